@@ -1,0 +1,100 @@
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <limits>
+#include <string>
+
+#include "canopy/base/checked.h"
+#include "canopy/base/le.h"
+#include "canopy/base/log.h"
+#include "canopy/base/result.h"
+#include "canopy/base/unique_fd.h"
+
+namespace canopy {
+namespace {
+
+TEST(Checked, AddDetectsOverflow) {
+  EXPECT_EQ(checked_add<uint64_t>(1, 2), 3u);
+  EXPECT_FALSE(checked_add<uint64_t>(std::numeric_limits<uint64_t>::max(), 1));
+  EXPECT_FALSE(checked_add<uint32_t>(0xffffffffu, 1));
+}
+
+TEST(Checked, MulDetectsOverflow) {
+  EXPECT_EQ(checked_mul<uint32_t>(0x10000, 0xffff), 0xffff0000u);
+  EXPECT_FALSE(checked_mul<uint32_t>(0x10000, 0x10000));
+}
+
+TEST(Checked, RangeWithin) {
+  EXPECT_TRUE(range_within(0, 16, 16));
+  EXPECT_TRUE(range_within(16, 0, 16));
+  EXPECT_FALSE(range_within(17, 0, 16));
+  EXPECT_FALSE(range_within(8, 9, 16));
+  EXPECT_FALSE(range_within(8, std::numeric_limits<uint64_t>::max(), 16));
+}
+
+TEST(Le, StoresLittleEndianBytes) {
+  le32 v = 0x11223344u;
+  const auto* b = reinterpret_cast<const uint8_t*>(&v);
+  EXPECT_EQ(b[0], 0x44);
+  EXPECT_EQ(b[3], 0x11);
+  EXPECT_EQ(v.get(), 0x11223344u);
+}
+
+Result<int> half(int x) {
+  if (x % 2) return make_error(Errc::kInvalidArgument, "odd");
+  return x / 2;
+}
+
+Status chain(int x, int* out) {
+  CANOPY_ASSIGN_OR_RETURN(int h, half(x));
+  *out = h;
+  return {};
+}
+
+TEST(Result, CarriesValueOrError) {
+  auto a = half(4);
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(*a, 2);
+  auto b = half(3);
+  ASSERT_FALSE(b.ok());
+  EXPECT_EQ(b.code(), Errc::kInvalidArgument);
+  EXPECT_STREQ(b.error().what, "odd");
+  int out = 0;
+  EXPECT_TRUE(chain(8, &out).ok());
+  EXPECT_EQ(out, 4);
+  EXPECT_EQ(chain(5, &out).code(), Errc::kInvalidArgument);
+}
+
+TEST(Result, HoldsMoveOnlyValues) {
+  int p[2];
+  ASSERT_EQ(pipe2(p, O_CLOEXEC), 0);
+  close(p[1]);
+  Result<UniqueFd> r(UniqueFd{p[0]});
+  UniqueFd fd = std::move(r).value();
+  EXPECT_EQ(fd.get(), p[0]);
+}
+
+TEST(UniqueFd, ClosesOnDestructionAndMoveLeavesInvalid) {
+  int p[2];
+  ASSERT_EQ(pipe2(p, O_CLOEXEC), 0);
+  {
+    UniqueFd a(p[0]);
+    UniqueFd b(std::move(a));
+    EXPECT_FALSE(a.valid());
+    EXPECT_TRUE(b.valid());
+  }
+  EXPECT_EQ(fcntl(p[0], F_GETFD), -1);
+  close(p[1]);
+}
+
+TEST(RateLimiter, DropsPastBurstAndCountsThem) {
+  RateLimiter rl(3, 60000);
+  uint64_t sup = 0;
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(rl.allow(&sup));
+  for (int i = 0; i < 5; ++i) EXPECT_FALSE(rl.allow(&sup));
+}
+
+}  // namespace
+}  // namespace canopy
