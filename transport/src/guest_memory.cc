@@ -1,6 +1,7 @@
 #include "canopy/transport/guest_memory.h"
 
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -51,6 +52,11 @@ Status GuestMemory::add_region(const RegionInfo& info, UniqueFd fd) {
     uint64_t rs = r->info.guest_phys_addr, re = rs + r->info.size;
     if (info.guest_phys_addr < re && rs < *end) return make_error(Errc::kInvalidArgument, "guest memory: overlapping region");
   }
+  // A region past the end of its file would fault (SIGBUS) on access: check it against the file size.
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) return make_error(Errc::kIo, "guest memory: fstat failed", errno);
+  if (S_ISREG(st.st_mode) && (info.mmap_offset > uint64_t(st.st_size) || info.size > uint64_t(st.st_size) - info.mmap_offset))
+    return make_error(Errc::kOutOfRange, "guest memory: region runs past the end of its file");
   // mmap needs a page-aligned file offset: map from the page boundary below mmap_offset.
   const uint64_t page = uint64_t(::sysconf(_SC_PAGESIZE));
   const uint64_t aligned_off = info.mmap_offset & ~(page - 1);
@@ -195,7 +201,6 @@ Status GuestMemory::store_relaxed_u16(uint64_t gpa, uint16_t v) {
 Result<uint64_t> GuestMemory::uva_to_gpa(uint64_t uva, uint64_t len) const {
   for (const auto& r : regions_) {
     const RegionInfo& i = r->info;
-    if (i.user_addr == 0 && uva != 0) continue;
     if (uva >= i.user_addr && range_within(uva - i.user_addr, len, i.size))
       return i.guest_phys_addr + (uva - i.user_addr);
   }

@@ -214,6 +214,20 @@ Result<bool> DeviceQueue::pop(DescriptorChain& out) {
   return true;
 }
 
+Result<bool> DeviceQueue::has_available() const {
+  if (!mem_) return make_error(Errc::kState, "queue: not configured");
+  CANOPY_ASSIGN_OR_RETURN(uint16_t avail_idx, mem_->load_acquire_u16(addrs_.avail + 2));
+  return avail_idx != last_avail_;
+}
+
+Status DeviceQueue::sync_used_idx() {
+  if (!mem_) return make_error(Errc::kState, "queue: not configured");
+  CANOPY_ASSIGN_OR_RETURN(uint16_t idx, mem_->load_acquire_u16(addrs_.used + 2));
+  used_idx_ = idx;
+  signalled_valid_ = false;
+  return {};
+}
+
 Status DeviceQueue::push_used(uint16_t head, uint32_t written) {
   if (!mem_) return make_error(Errc::kState, "queue: not configured");
   if (head >= size_) return make_error(Errc::kInvalidArgument, "queue: used id out of range");

@@ -123,6 +123,10 @@ class DeviceQueue {
   // stays usable. A driver that publishes more than `size` new entries at once is a protocol error
   // (the queue is then broken: kProtocol until reset).
   Result<bool> pop(DescriptorChain& out);
+  // Whether the driver has published chains not popped yet (does not consume anything).
+  Result<bool> has_available() const;
+  // Resumes the used index from the ring itself (vhost-user ring start after SET_VRING_BASE).
+  Status sync_used_idx();
   // Puts a chain back on the used ring with `written` bytes written.
   Status push_used(uint16_t head, uint32_t written);
   // Whether the driver wants an interrupt for the used entries pushed since the last call

@@ -1,0 +1,31 @@
+// The shared main() of every vhost-user back-end program (QEMU docs/interop/vhost-user.rst,
+// "Back-end program conventions"):
+//   --socket-path=PATH    listen on PATH and serve the front-end that connects (one connection)
+//   --fd=N                serve an already connected socket inherited as fd N
+//   --print-capabilities  print {"type": ..., "features": [...]} as JSON and exit
+// Runs in the foreground (no daemonizing), exits 0 when the front-end disconnects or on SIGTERM/SIGINT.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "canopy/base/result.h"
+#include "canopy/transport/vhost_user_backend.h"
+
+namespace canopy::transport::vhost_user {
+
+struct BackendProgram {
+  const char* name;                   // program name, for logs and --help
+  const char* type;                   // vhost-user type in --print-capabilities ("gpu", "sound", "rng")
+  std::vector<std::string> features;  // capability names in --print-capabilities
+  const char* extra_usage = "";       // help text for device options
+};
+
+// Creates the device from the options main() did not consume (each "--name" or "--name=value").
+using DeviceFactory = std::function<Result<std::unique_ptr<Device>>(const std::vector<std::string>& args)>;
+
+int backend_main(int argc, char** argv, const BackendProgram& program, const DeviceFactory& factory);
+
+}  // namespace canopy::transport::vhost_user

@@ -1,0 +1,17 @@
+# vhost-user: message channel, back-end library + program skeleton, front-end library.
+target_sources(canopy_transport PRIVATE
+  ${CMAKE_CURRENT_SOURCE_DIR}/src/vhost_user_channel.cc
+  ${CMAKE_CURRENT_SOURCE_DIR}/src/vhost_user_backend.cc
+  ${CMAKE_CURRENT_SOURCE_DIR}/src/vhost_user_frontend.cc
+  ${CMAKE_CURRENT_SOURCE_DIR}/src/backend_main.cc)
+
+canopy_program(canopy-vhost-rng SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/tools/vhost_rng.cc DEPS canopy_transport)
+
+canopy_test(canopy_vhost_user_test
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/src/vhost_user_test.cc
+  DEPS canopy_transport)
+
+canopy_fuzzer(fuzz_vhost_user_message
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/vhost_user_message_fuzz.cc
+  DEPS canopy_transport
+  CORPUS ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/corpus/vhost_user_message)
