@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Runs every Canopy benchmark binary in BUILD_DIR/bin and writes a report (BUILD_DIR/bench-report.md)
+# with the raw results and the ratios against references measured in the same run.
+# Usage: bench/report.sh [--smoke] [BUILD_DIR]   (--smoke: a few iterations each, for CI)
+set -euo pipefail
+SMOKE=0
+if [ "${1:-}" = "--smoke" ]; then SMOKE=1; shift; fi
+BUILD="${1:-build}"
+REPORT="$BUILD/bench-report.md"
+shopt -s nullglob
+benches=("$BUILD"/bin/canopy_bench_*)
+if [ ${#benches[@]} -eq 0 ]; then echo "bench: no benchmark binaries in $BUILD/bin" >&2; exit 1; fi
+args=()
+[ $SMOKE -eq 1 ] && args+=(--benchmark_min_time=0.01)
+{
+  echo "# Canopy benchmark report"
+  echo
+  echo "- date: $(date -u +%Y-%m-%dT%H:%MZ), host: $(uname -r), cpus: $(nproc), mode: $([ $SMOKE -eq 1 ] && echo smoke || echo full)"
+  echo
+} >"$REPORT"
+rc=0
+for b in "${benches[@]}"; do
+  name=$(basename "$b")
+  echo "bench: $name"
+  out=$("$b" "${args[@]}" 2>&1) || { echo "$out"; echo "bench: $name failed" >&2; rc=1; continue; }
+  echo "$out" | grep -E '^(BM_|ratio )' || true
+  {
+    echo "## $name"
+    echo
+    echo '```'
+    echo "$out" | grep -vE '^\*\*\*WARNING' || true
+    echo '```'
+    echo
+  } >>"$REPORT"
+done
+echo "bench: report written to $REPORT"
+grep -h '^ratio ' "$REPORT" || true
+exit $rc
