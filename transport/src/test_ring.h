@@ -69,7 +69,7 @@ class RawRing {
   // Fluent builder: ring.chain(0).out(a, 16).in(b, 64).publish();
   class Chain {
    public:
-    Chain(RawRing& r, uint16_t first) : r_(r), first_(first), next_(first) {}
+    Chain(RawRing& r, uint16_t first) : r_(r), first_(first) {}
     Chain& out(uint64_t addr, uint32_t len) { return add(addr, len, 0); }
     Chain& in(uint64_t addr, uint32_t len) { return add(addr, len, kVirtqDescFWrite); }
     Chain& add(uint64_t addr, uint32_t len, uint16_t flags) {
@@ -99,7 +99,6 @@ class RawRing {
     };
     RawRing& r_;
     uint16_t first_;
-    uint16_t next_;
     std::vector<D> descs_;
   };
   Chain chain(uint16_t first) { return Chain(*this, first); }
