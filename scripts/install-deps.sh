@@ -58,6 +58,8 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -q
-$SUDO apt-get install -y -q --no-install-recommends -t bookworm-backports "${BACKPORTS[@]}"
-$SUDO apt-get install -y -q --no-install-recommends "${MAIN[@]}"
+# One transaction, preferring backports: QEMU's backport upgrades Mesa, libudev and Wayland libraries,
+# so the -dev packages that depend on them (SDL2's chain, libgbm-dev ...) must come from backports too;
+# packages backports does not have come from bookworm.
+$SUDO apt-get install -y -q --no-install-recommends -t bookworm-backports "${BACKPORTS[@]}" "${MAIN[@]}"
 echo "install-deps: done"
