@@ -1,0 +1,232 @@
+# shellcheck shell=bash
+# Host-side helpers for conformance tests: QEMU + upstream Linux guest drivers against Canopy's
+# vhost-user back-ends. Source it from a bash test script (which sets `set -euo pipefail`):
+#
+#   . "$(dirname "$0")/lib.sh"
+#   canopy_begin rng                        # work dir + cleanup trap
+#   canopy_guest --test guest/rng.sh virtio-rng   # kernel + initramfs (cached)
+#   canopy_start backend "$BIN" --socket-path "$CANOPY_WORK/rng.sock"
+#   canopy_wait_socket "$CANOPY_WORK/rng.sock" 10 backend
+#   canopy_qemu -chardev socket,id=c,path="$CANOPY_WORK/rng.sock" -device vhost-user-rng-pci,chardev=c
+#   canopy_guest_result                     # 0 on PASS
+#   canopy_wait_exit backend 10             # the back-end's exit status
+#   canopy_pass / canopy_fail REASON
+#
+# Everything a test starts is killed on exit (TERM, then KILL after a grace period); the work dir
+# is removed unless CANOPY_KEEP_WORK=1. On failure the tails of the logs are printed.
+#
+# Environment: CANOPY_KEEP_WORK=1, CANOPY_QEMU_TIMEOUT (s, default 120), CANOPY_QEMU
+# (default qemu-system-x86_64), CANOPY_GUEST_TIMEOUT (s, default 60; the guest's own limit on
+# /test.sh), CANOPY_CACHE (see scripts/guest-kernel.sh), CANOPY_QEMU_APPEND (extra kernel args).
+
+CANOPY_CONFORMANCE_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+CANOPY_REPO=$(cd "$CANOPY_CONFORMANCE_DIR/../.." && pwd)
+CANOPY_WORK=""
+CANOPY_TEST_NAME=""
+CANOPY_STARTED_AT=0
+CANOPY_RESULT=""
+declare -A CANOPY_PIDS=()   # name -> pid
+declare -A CANOPY_STATUS=() # name -> exit status, once reaped
+
+canopy_log() { echo "[$CANOPY_TEST_NAME $(canopy_elapsed)] $*" >&2; }
+canopy_elapsed() {
+  local ms=$((($(date +%s%N) - CANOPY_STARTED_AT) / 1000000))
+  printf '%d.%03ds' $((ms / 1000)) $((ms % 1000))
+}
+
+# canopy_begin NAME: make the work dir ($CANOPY_WORK) and install the cleanup trap.
+canopy_begin() {
+  CANOPY_TEST_NAME=$1
+  CANOPY_STARTED_AT=$(date +%s%N)
+  CANOPY_WORK=$(mktemp -d "${TMPDIR:-/tmp}/canopy-$1.XXXXXX")
+  trap 'canopy_cleanup $?' EXIT
+  trap 'canopy_log "interrupted"; exit 130' INT
+  trap 'canopy_log "terminated"; exit 143' TERM
+  canopy_log "work dir $CANOPY_WORK"
+}
+
+# canopy_require CMD...: exit 77 (ctest SKIP_RETURN_CODE) when a host tool is missing.
+canopy_require() {
+  local c
+  for c in "$@"; do
+    if ! command -v "$c" >/dev/null; then
+      canopy_log "SKIP: $c not installed (scripts/install-deps.sh installs it)"
+      CANOPY_RESULT=skip
+      exit 77
+    fi
+  done
+}
+
+# canopy_guest BUILD-INITRAMFS-ARGS...: fetch the guest kernel and build the initramfs (both
+# cached); sets CANOPY_KVER, CANOPY_VMLINUZ, CANOPY_INITRD.
+canopy_guest() {
+  local env
+  env=$("$CANOPY_REPO/scripts/guest-kernel.sh") || canopy_fail "guest kernel unavailable (scripts/guest-kernel.sh)"
+  eval "$env"
+  export CANOPY_KVER CANOPY_GUEST_KERNEL_ROOT CANOPY_VMLINUZ CANOPY_MODULES_DIR
+  CANOPY_INITRD=$("$CANOPY_CONFORMANCE_DIR/build-initramfs.sh" "$@") || canopy_fail "initramfs build failed"
+  canopy_log "guest kernel $CANOPY_KVER, initramfs $CANOPY_INITRD"
+}
+
+# canopy_start NAME CMD [ARGS...]: start CMD in the background, output in $CANOPY_WORK/NAME.log.
+canopy_start() {
+  local name=$1
+  shift
+  "$@" >"$CANOPY_WORK/$name.log" 2>&1 </dev/null &
+  CANOPY_PIDS[$name]=$!
+  canopy_log "started $name (pid $!): $*"
+}
+
+# canopy_alive NAME: status 0 while the process is running.
+canopy_alive() {
+  local pid=${CANOPY_PIDS[$1]:-}
+  [ -n "$pid" ] && [ -z "${CANOPY_STATUS[$1]:-}" ] && kill -0 "$pid" 2>/dev/null
+}
+
+# canopy_reap NAME: wait for an exited process and record its status (no-op if already reaped).
+canopy_reap() {
+  local rc=0
+  [ -n "${CANOPY_STATUS[$1]:-}" ] && return 0
+  wait "${CANOPY_PIDS[$1]}" 2>/dev/null || rc=$?
+  CANOPY_STATUS[$1]=$rc
+}
+
+# canopy_wait_socket PATH TIMEOUT_S [NAME]: wait until PATH is a unix socket. Fails at once when
+# process NAME exits first.
+canopy_wait_socket() {
+  local path=$1 timeout=$2 name=${3:-} deadline
+  deadline=$(($(date +%s%N) + timeout * 1000000000))
+  while [ ! -S "$path" ]; do
+    if [ -n "$name" ] && ! canopy_alive "$name"; then
+      canopy_reap "$name"
+      canopy_fail "$name exited (status ${CANOPY_STATUS[$name]}) before creating $path"
+    fi
+    [ "$(date +%s%N)" -lt "$deadline" ] || canopy_fail "no socket $path after ${timeout}s"
+    sleep 0.02
+  done
+  canopy_log "socket $path ready"
+}
+
+# canopy_wait_exit NAME TIMEOUT_S: wait for process NAME to exit; prints nothing, returns its exit
+# status (124 if it is still running after the timeout).
+canopy_wait_exit() {
+  local name=$1 timeout=$2 deadline
+  deadline=$(($(date +%s%N) + timeout * 1000000000))
+  while canopy_alive "$name"; do
+    [ "$(date +%s%N)" -lt "$deadline" ] || return 124
+    sleep 0.02
+  done
+  canopy_reap "$name"
+  return "${CANOPY_STATUS[$name]}"
+}
+
+# canopy_qemu EXTRA-QEMU-ARGS...: boot the guest (CANOPY_VMLINUZ, CANOPY_INITRD) under TCG with
+# shared memfd RAM (as vhost-user needs), bounded by `timeout`; serial console in
+# $CANOPY_WORK/console.log. Returns QEMU's exit status (124 on timeout).
+canopy_qemu() {
+  local qemu=${CANOPY_QEMU:-qemu-system-x86_64} limit=${CANOPY_QEMU_TIMEOUT:-120} rc=0
+  local append="console=ttyS0 panic=-1 quiet canopy.timeout=${CANOPY_GUEST_TIMEOUT:-60} ${CANOPY_QEMU_APPEND:-}"
+  # shellcheck disable=SC2054 # commas belong to QEMU's option syntax
+  local -a cmd=(timeout --kill-after=5 "$limit" "$qemu"
+    -accel tcg -nic none -nographic -no-reboot -m 512
+    -object memory-backend-memfd,id=mem,size=512M,share=on -machine memory-backend=mem
+    -kernel "$CANOPY_VMLINUZ" -initrd "$CANOPY_INITRD" -append "$append"
+    "$@")
+  printf '%q ' "${cmd[@]}" >"$CANOPY_WORK/qemu.cmd"
+  echo >>"$CANOPY_WORK/qemu.cmd"
+  canopy_log "booting guest (limit ${limit}s)"
+  "${cmd[@]}" >"$CANOPY_WORK/console.log" 2>"$CANOPY_WORK/qemu.stderr" </dev/null &
+  CANOPY_PIDS[qemu]=$!
+  canopy_reap qemu
+  rc=${CANOPY_STATUS[qemu]}
+  canopy_log "qemu exited with status $rc"
+  [ "$rc" -ne 124 ] || canopy_log "qemu killed after ${limit}s"
+  return "$rc"
+}
+
+# canopy_guest_result: read the guest's verdict from console.log; status 0 on PASS. Sets
+# CANOPY_GUEST_VERDICT to the text after the marker ("PASS", "FAIL <reason>" or "none").
+canopy_guest_result() {
+  local line
+  line=$(grep -a 'CANOPY-TEST-RESULT:' "$CANOPY_WORK/console.log" 2>/dev/null | tail -n1 | tr -d '\r') || true
+  CANOPY_GUEST_VERDICT=${line#*CANOPY-TEST-RESULT: }
+  [ -n "$line" ] || CANOPY_GUEST_VERDICT=none
+  canopy_log "guest verdict: $CANOPY_GUEST_VERDICT"
+  [ "$CANOPY_GUEST_VERDICT" = PASS ]
+}
+
+# canopy_guest_timing: log when the guest reached /init and finished, from its console markers.
+canopy_guest_timing() {
+  local up finished
+  up=$(grep -a -o 'canopy-init: up at [0-9.]*' "$CANOPY_WORK/console.log" | head -n1 | awk '{print $4}') || true
+  finished=$(grep -a -o 'canopy-init: test finished at [0-9.]*' "$CANOPY_WORK/console.log" | head -n1 | awk '{print $5}') || true
+  canopy_log "guest: /init at ${up:-?} s guest uptime, test done at ${finished:-?} s"
+}
+
+canopy_pass() {
+  CANOPY_RESULT=pass
+  canopy_log "PASS"
+  exit 0
+}
+
+canopy_fail() {
+  CANOPY_RESULT=fail
+  canopy_log "FAIL: $*"
+  exit 1
+}
+
+# Kill every started process (TERM, then KILL after CANOPY_KILL_GRACE seconds, default 3).
+canopy_kill_all() {
+  local name pid grace=${CANOPY_KILL_GRACE:-3} deadline alive
+  for name in "${!CANOPY_PIDS[@]}"; do
+    pid=${CANOPY_PIDS[$name]}
+    [ -z "${CANOPY_STATUS[$name]:-}" ] || continue
+    if kill -0 "$pid" 2>/dev/null; then
+      canopy_log "stopping $name (pid $pid)"
+      kill -TERM "$pid" 2>/dev/null || true
+    fi
+  done
+  deadline=$(($(date +%s%N) + grace * 1000000000))
+  while :; do
+    alive=0
+    for name in "${!CANOPY_PIDS[@]}"; do
+      [ -z "${CANOPY_STATUS[$name]:-}" ] || continue
+      if kill -0 "${CANOPY_PIDS[$name]}" 2>/dev/null; then alive=1; else canopy_reap "$name"; fi
+    done
+    [ "$alive" -eq 1 ] || break
+    if [ "$(date +%s%N)" -ge "$deadline" ]; then
+      for name in "${!CANOPY_PIDS[@]}"; do
+        [ -z "${CANOPY_STATUS[$name]:-}" ] || continue
+        canopy_log "killing $name (pid ${CANOPY_PIDS[$name]}) after ${grace}s"
+        kill -KILL "${CANOPY_PIDS[$name]}" 2>/dev/null || true
+        canopy_reap "$name"
+      done
+      break
+    fi
+    sleep 0.05
+  done
+}
+
+canopy_cleanup() {
+  local rc=$1 f
+  trap - EXIT INT TERM
+  set +e
+  canopy_kill_all
+  if [ "$rc" -ne 0 ] && [ "$rc" -ne 77 ] && [ -n "$CANOPY_WORK" ] && [ -d "$CANOPY_WORK" ]; then
+    for f in "$CANOPY_WORK"/*.log "$CANOPY_WORK"/qemu.stderr "$CANOPY_WORK"/qemu.cmd; do
+      [ -s "$f" ] || continue
+      echo "----- tail of $(basename "$f") -----" >&2
+      tail -n "${CANOPY_LOG_TAIL:-40}" "$f" | tr -d '\r' >&2
+    done
+    echo "-----" >&2
+  fi
+  if [ -n "$CANOPY_WORK" ] && [ -d "$CANOPY_WORK" ]; then
+    if [ "${CANOPY_KEEP_WORK:-0}" = 1 ]; then
+      canopy_log "kept work dir $CANOPY_WORK"
+    else
+      rm -rf "$CANOPY_WORK"
+    fi
+  fi
+  [ "$rc" -eq 0 ] || [ -n "$CANOPY_RESULT" ] || canopy_log "FAIL (exit status $rc)"
+  exit "$rc"
+}
