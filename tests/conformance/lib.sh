@@ -50,6 +50,11 @@ canopy_require() {
   local c
   for c in "$@"; do
     if ! command -v "$c" >/dev/null; then
+      # The full test run (scripts/run-tests.sh) installs everything: there a missing tool is a failure.
+      if [ "${CANOPY_NO_SKIP:-0}" = 1 ]; then
+        canopy_log "FAIL: $c not installed (scripts/install-deps.sh installs it)"
+        exit 1
+      fi
       canopy_log "SKIP: $c not installed (scripts/install-deps.sh installs it)"
       CANOPY_RESULT=skip
       exit 77
