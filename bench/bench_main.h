@@ -5,6 +5,8 @@
 
 #include <benchmark/benchmark.h>
 
+#include <unistd.h>
+
 #include <cstdio>
 #include <map>
 #include <string>
@@ -31,6 +33,8 @@ inline bool add_ratio(Ratio r) {
 
 class RecordingReporter : public benchmark::ConsoleReporter {
  public:
+  // Colour only on a terminal: report.sh greps the plain lines.
+  RecordingReporter() : ConsoleReporter(isatty(STDOUT_FILENO) ? OO_Defaults : OO_Tabular) {}
   void ReportRuns(const std::vector<Run>& runs) override {
     for (const auto& r : runs) {
       if (r.run_type != Run::RT_Iteration || r.error_occurred) continue;
