@@ -24,18 +24,18 @@ TOTAL_FAILED=0
 START_ALL=$(date +%s)
 
 tier() {  # tier NAME COMMAND...
-  local name=$1; shift
+  local tier_name=$1; shift
   local t0 t1
   t0=$(date +%s)
-  echo "==== tier: $name"
+  echo "==== tier: $tier_name"
   local rc=0
   "$@" || rc=$?
   t1=$(date +%s)
-  TIER_NAMES+=("$name"); TIER_SECS+=($((t1 - t0)))
-  echo "==== tier: $name done in $((t1 - t0)) s (rc=$rc)"
+  TIER_NAMES+=("$tier_name"); TIER_SECS+=($((t1 - t0)))
+  echo "==== tier: $tier_name done in $((t1 - t0)) s (rc=$rc)"
   if [ $rc -ne 0 ]; then
     summary
-    echo "FAILED in tier $name"
+    echo "FAILED in tier $tier_name"
     exit $rc
   fi
 }
@@ -92,7 +92,7 @@ conformance() {
 }
 
 fuzz() {
-  local work rc=0
+  local work rc=0 name corpus
   work=$(mktemp -d)
   while IFS='|' read -r name corpus; do
     [ -n "$name" ] || continue

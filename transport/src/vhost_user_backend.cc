@@ -426,7 +426,7 @@ Status Backend::dispatch(Message& msg, Message& reply, bool& has_reply) {
         reply.payload.clear();
         return data.ok() ? make_error(Errc::kInvalidArgument, "GET_CONFIG: device returned wrong size") : data.error();
       }
-      std::memcpy(reply.payload.data() + sizeof(ConfigHeader), data->data(), data->size());
+      if (!data->empty()) std::memcpy(reply.payload.data() + sizeof(ConfigHeader), data->data(), data->size());
       return {};
     }
     case Request::kSetConfig: {

@@ -168,7 +168,7 @@ Status Frontend::set_config(uint32_t offset, std::span<const uint8_t> data) {
   h.flags = 0;
   m.payload.resize(sizeof h + data.size());
   std::memcpy(m.payload.data(), &h, sizeof h);
-  std::memcpy(m.payload.data() + sizeof h, data.data(), data.size());
+  if (!data.empty()) std::memcpy(m.payload.data() + sizeof h, data.data(), data.size());
   return send_set(m);
 }
 

@@ -168,6 +168,15 @@ TEST_F(VhostUserTest, ReadsConfigSpace) {
   EXPECT_FALSE(fe.get_config(0, 257).ok()); // over the 256-byte cap
 }
 
+// Regression (found by fuzz_vhost_user_message): GET_CONFIG with size 0 copied from a null pointer.
+TEST_F(VhostUserTest, ZeroSizedConfigReadIsAnEmptySuccess) {
+  handshake();
+  auto c = fe.get_config(4, 0);
+  ASSERT_TRUE(c.ok());
+  EXPECT_TRUE(c->empty());
+  EXPECT_EQ(*fe.get_queue_num(), 2u);
+}
+
 TEST_F(VhostUserTest, StatusAndResetDevice) {
   handshake();
   ASSERT_TRUE(fe.set_status(kStatusAcknowledge | kStatusDriver).ok());

@@ -36,6 +36,17 @@ constexpr uint32_t kPageMagic = 0x4c544e43;  // "CNTL"
 constexpr uint32_t kPageVersion = 1;
 constexpr off_t kLockByte = 0;  // the byte of the memfd the producer locks (F_OFD_SETLK)
 
+// A write lock on kLockByte: the producer takes it (F_OFD_SETLK), anyone tests it (F_OFD_GETLK).
+struct flock lock_byte_request() {
+  struct flock fl {};
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  fl.l_start = kLockByte;
+  fl.l_len = 1;
+  fl.l_pid = 0;
+  return fl;
+}
+
 // The shared page. Only fixed-size integers: nothing a peer writes here is ever used as an address.
 struct TimelinePage {
   std::atomic<uint32_t> magic;
@@ -116,12 +127,7 @@ struct Timeline::Impl {
   ProducerState probe() const {
     ProducerState s = state();
     if (s != ProducerState::kAttached) return s;
-    struct flock fl {};
-    fl.l_type = F_WRLCK;
-    fl.l_whence = SEEK_SET;
-    fl.l_start = kLockByte;
-    fl.l_len = 1;
-    fl.l_pid = 0;
+    struct flock fl = lock_byte_request();
     if (::fcntl(shm.fd(), F_OFD_GETLK, &fl) != 0)
       return ProducerState::kAttached;  // cannot tell: deadlines bound waits
     if (fl.l_type != F_UNLCK) return ProducerState::kAttached;
@@ -288,12 +294,7 @@ Status Timeline::attach_producer() {
   if (::fstat(lock.get(), &a) != 0 || ::fstat(impl_->shm.fd(), &b) != 0 || a.st_dev != b.st_dev ||
       a.st_ino != b.st_ino)
     return make_error(Errc::kIo, "timeline: reopened memfd is another file");
-  struct flock fl {};
-  fl.l_type = F_WRLCK;
-  fl.l_whence = SEEK_SET;
-  fl.l_start = kLockByte;
-  fl.l_len = 1;
-  fl.l_pid = 0;
+  struct flock fl = lock_byte_request();
   if (::fcntl(lock.get(), F_OFD_SETLK, &fl) != 0) {
     if (errno == EAGAIN || errno == EACCES)
       return make_error(Errc::kState, "timeline: another producer is attached");

@@ -32,7 +32,7 @@ struct GuestArea {
 // (the device could then return one used entry for several chains) and notification data (kicks
 // carry no data here).
 inline constexpr uint64_t kDriverUnsupportedFeatures =
-    transport::kVirtioFRingPacked | transport::kVirtioFInOrder | (1ull << 38);
+    transport::kVirtioFRingPacked | transport::kVirtioFInOrder | transport::kVirtioFNotificationData;
 
 class VirtioDriver;
 

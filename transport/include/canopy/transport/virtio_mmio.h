@@ -68,10 +68,6 @@ constexpr uint64_t window_size(uint32_t config_size) {
 }
 }  // namespace mmio
 
-// Transport feature bits the model itself interprets.
-inline constexpr uint64_t kVirtioFNotificationData = 1ull << 38;
-inline constexpr uint64_t kVirtioFRingReset = 1ull << 40;
-
 // InterruptStatus bits (§4.2.2).
 enum class InterruptKind : uint32_t {
   kUsedBuffer = 1,    // "Used Buffer Notification"

@@ -23,6 +23,8 @@ inline constexpr uint64_t kVirtioFVersion1 = 1ull << 32;
 inline constexpr uint64_t kVirtioFAccessPlatform = 1ull << 33;
 inline constexpr uint64_t kVirtioFRingPacked = 1ull << 34;
 inline constexpr uint64_t kVirtioFInOrder = 1ull << 35;
+inline constexpr uint64_t kVirtioFNotificationData = 1ull << 38;
+inline constexpr uint64_t kVirtioFRingReset = 1ull << 40;
 inline constexpr uint64_t kVirtioFNotifyOnEmpty = 1ull << 24;
 // vhost-user: VHOST_USER_F_PROTOCOL_FEATURES.
 inline constexpr uint64_t kVhostUserFProtocolFeatures = 1ull << 30;
