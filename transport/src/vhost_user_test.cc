@@ -27,8 +27,14 @@ constexpr uint64_t kData = 0x20000;
 class EchoDevice : public Device {
  public:
   uint64_t features() const override { return kVirtioFVersion1 | kVirtioFEventIdx | kVirtioFIndirectDesc; }
-  uint64_t protocol_features() const override { return proto_bit(kProtoConfig); }
+  uint64_t protocol_features() const override {
+    return proto_bit(kProtoConfig) | proto_bit(kProtoBackendReq) | proto_bit(kProtoBackendSendFd);
+  }
   uint16_t num_queues() const override { return 2; }
+  // Announces a config change on the back-end request channel as soon as it arrives.
+  void on_backend_channel(Channel* ch) override {
+    (void)ch->send(Message::make(static_cast<Request>(BackendRequest::kConfigChangeMsg)));
+  }
   Result<std::vector<uint8_t>> read_config(uint32_t offset, uint32_t size) override {
     if (offset > sizeof config_ || size > sizeof config_ - offset)
       return make_error(Errc::kOutOfRange, "config out of range");
@@ -175,6 +181,29 @@ TEST_F(VhostUserTest, ZeroSizedConfigReadIsAnEmptySuccess) {
   ASSERT_TRUE(c.ok());
   EXPECT_TRUE(c->empty());
   EXPECT_EQ(*fe.get_queue_num(), 2u);
+}
+
+TEST_F(VhostUserTest, BackendRequestChannelCarriesConfigChange) {
+  handshake();
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  Channel frontend_side{UniqueFd(sv[0])};
+  ASSERT_TRUE(fe.set_backend_req_fd(sv[1]).ok());
+  close(sv[1]);
+  auto m = frontend_side.recv(5000);
+  ASSERT_TRUE(m.ok()) << m.error().what;
+  EXPECT_EQ(m->header.request.get(), uint32_t(BackendRequest::kConfigChangeMsg));
+}
+
+TEST_F(VhostUserTest, BackendRequestFdRefusedWhenNotNegotiated) {
+  auto pf = fe.get_protocol_features();
+  ASSERT_TRUE(pf.ok());
+  ASSERT_TRUE(fe.set_protocol_features(*pf & ~proto_bit(kProtoBackendReq)).ok());
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  EXPECT_FALSE(fe.set_backend_req_fd(sv[1]).ok());
+  close(sv[0]);
+  close(sv[1]);
 }
 
 TEST_F(VhostUserTest, StatusAndResetDevice) {

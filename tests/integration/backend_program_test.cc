@@ -1,0 +1,103 @@
+// The back-end program conventions (QEMU docs/interop/vhost-user.rst), checked on a real back-end
+// binary: --print-capabilities, foreground serving on --socket-path, exit 0 on SIGTERM (idle and with a
+// front-end connected) and when the front-end disconnects, exit 2 on bad options.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <thread>
+
+#include "canopy/transport/vhost_user_frontend.h"
+
+namespace canopy::transport::vhost_user {
+namespace {
+
+const std::string kRng = std::string(CANOPY_BIN_DIR) + "/canopy-vhost-rng";
+
+pid_t spawn(std::vector<std::string> args) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    alarm(60);  // never outlive the test
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+// Waits for the child with a deadline; returns its exit status or -1 (then kills it).
+int wait_exit(pid_t pid, int timeout_ms) {
+  for (int waited = 0; waited < timeout_ms; waited += 10) {
+    int st;
+    if (waitpid(pid, &st, WNOHANG) == pid) return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  kill(pid, SIGKILL);
+  waitpid(pid, nullptr, 0);
+  return -1;
+}
+
+std::string socket_path(const char* tag) {
+  return "/tmp/canopy-test-" + std::to_string(getpid()) + "-" + tag + ".sock";
+}
+
+TEST(BackendProgram, PrintsCapabilitiesAsJson) {
+  FILE* p = popen((kRng + " --print-capabilities").c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  char buf[256] = {};
+  size_t n = fread(buf, 1, sizeof buf - 1, p);
+  EXPECT_EQ(pclose(p), 0);
+  std::string out(buf, n);
+  EXPECT_NE(out.find("\"type\": \"rng\""), std::string::npos) << out;
+  EXPECT_NE(out.find("\"features\": ["), std::string::npos) << out;
+}
+
+TEST(BackendProgram, RejectsUnknownOptionWithUsageError) {
+  pid_t pid = spawn({kRng, "--socket-path=/tmp/unused.sock", "--no-such-option"});
+  EXPECT_EQ(wait_exit(pid, 5000), 2);
+}
+
+TEST(BackendProgram, ExitsZeroOnSigtermWhileWaitingForFrontend) {
+  std::string path = socket_path("idle");
+  pid_t pid = spawn({kRng, "--socket-path=" + path});
+  // Wait until it listens, then stop it.
+  struct stat st;
+  for (int i = 0; i < 500 && stat(path.c_str(), &st) != 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  ASSERT_EQ(stat(path.c_str(), &st), 0);
+  kill(pid, SIGTERM);
+  EXPECT_EQ(wait_exit(pid, 5000), 0);
+  EXPECT_NE(stat(path.c_str(), &st), 0) << "socket file left behind";
+}
+
+TEST(BackendProgram, ExitsZeroOnSigtermWithFrontendConnected) {
+  std::string path = socket_path("busy");
+  pid_t pid = spawn({kRng, "--socket-path=" + path});
+  auto fe = Frontend::connect(path.c_str(), 5000);
+  ASSERT_TRUE(fe.ok());
+  ASSERT_TRUE(fe->get_features().ok());
+  kill(pid, SIGTERM);
+  EXPECT_EQ(wait_exit(pid, 5000), 0);
+}
+
+TEST(BackendProgram, ExitsZeroWhenFrontendDisconnects) {
+  std::string path = socket_path("bye");
+  pid_t pid = spawn({kRng, "--socket-path=" + path});
+  {
+    auto fe = Frontend::connect(path.c_str(), 5000);
+    ASSERT_TRUE(fe.ok());
+    auto f = fe->get_features();
+    ASSERT_TRUE(f.ok());
+    EXPECT_TRUE(*f & (1ull << 32));  // VIRTIO_F_VERSION_1
+  }
+  EXPECT_EQ(wait_exit(pid, 5000), 0);
+}
+
+}  // namespace
+}  // namespace canopy::transport::vhost_user
