@@ -99,7 +99,7 @@ fuzz() {
     mkdir -p "$work/$name"
     echo "fuzz: $name for ${FUZZ_SECONDS}s"
     # New inputs go to a scratch corpus; the checked-in seeds are only read.
-    if ! "build-asan/bin/$name" -max_total_time="$FUZZ_SECONDS" -print_final_stats=0 -close_fd_mask=3 \
+    if ! "build-asan/bin/$name" -max_total_time="$FUZZ_SECONDS" -timeout=10 -print_final_stats=0 -close_fd_mask=3 \
         -artifact_prefix="$work/$name-" "$work/$name" "$corpus" >"$work/$name.log" 2>&1; then
       echo "fuzz: $name found a problem:"; tail -n 40 "$work/$name.log"; rc=1
       TOTAL_FAILED=$((TOTAL_FAILED + 1))

@@ -71,9 +71,18 @@ uint64_t base_protocol_features() {
 
 Result<uint32_t> QueueHandle::process(const ChainFn& fn) {
   uint32_t served = 0;
+  // At most this many chains per call; the rest is served after the event loop has had its turn, so a
+  // guest that keeps the ring full (or writes into its own avail ring) cannot monopolise the thread.
+  const uint32_t budget = 2u * queue_.size();
+  uint32_t handled = 0;
   for (;;) {
     (void)queue_.enable_notification(false);
     for (;;) {
+      if (++handled > budget) {
+        yield_to_event_loop();
+        notify_if_needed();
+        return served;
+      }
       auto r = queue_.pop(chain_);
       if (!r.ok()) {
         CANOPY_WARN_RL("queue %u: dropped a bad chain: %s", unsigned(index_), r.error().what);
@@ -103,6 +112,14 @@ Result<uint32_t> QueueHandle::process(const ChainFn& fn) {
   }
   notify_if_needed();
   return served;
+}
+
+void QueueHandle::yield_to_event_loop() {
+  // Re-arm ourselves: the kick eventfd becomes readable again and the loop calls on_kick later.
+  if (!kick_) return;
+  uint64_t one = 1;
+  ssize_t w = ::write(kick_.get(), &one, sizeof one);
+  (void)w;
 }
 
 void QueueHandle::notify_if_needed() {

@@ -170,6 +170,16 @@ Status DeviceQueue::configure(GuestMemory* mem, uint16_t size, const VringAddrs&
   if (!mem->contains(addrs.desc, desc_table_bytes(size)) || !mem->contains(addrs.avail, avail_ring_bytes(size)) ||
       !mem->contains(addrs.used, used_ring_bytes(size)))
     return make_error(Errc::kOutOfRange, "queue: ring outside guest memory");
+  // Overlapping parts would let the device's own used-ring writes republish avail entries (an endless
+  // loop driven by the guest): refuse them.
+  const uint64_t start[3] = {addrs.desc, addrs.avail, addrs.used};
+  const uint64_t len[3] = {desc_table_bytes(size), avail_ring_bytes(size), used_ring_bytes(size)};
+  for (int i = 0; i < 3; ++i) {
+    for (int j = i + 1; j < 3; ++j) {
+      if (start[i] < start[j] + len[j] && start[j] < start[i] + len[i])
+        return make_error(Errc::kInvalidArgument, "queue: ring parts overlap");
+    }
+  }
   mem_ = mem;
   size_ = size;
   addrs_ = addrs;

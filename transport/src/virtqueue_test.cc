@@ -159,7 +159,18 @@ TEST(DeviceQueueConfig, RejectsBadSizeAndAddresses) {
   EXPECT_EQ(q.configure(&mem, 8, VringAddrs{0, 0x1000, 0xfffc}, 0).code(), Errc::kOutOfRange);
   EXPECT_EQ(q.configure(&mem, 4096, VringAddrs{0x8000, 0x1000, 0x2000}, 0).code(), Errc::kOutOfRange);
   EXPECT_TRUE(q.configure(&mem, 8, a, 0).ok());
-  EXPECT_FALSE(q.ready() == false);
+  EXPECT_TRUE(q.ready());
+}
+
+// Regression (found by fuzz_vhost_user_message): a used ring on top of the avail ring let the device's
+// own used-ring writes republish avail entries, looping forever.
+TEST(DeviceQueueConfig, RejectsOverlappingRingParts) {
+  auto mem = make_memory(0, 0x10000);
+  DeviceQueue q;
+  EXPECT_EQ(q.configure(&mem, 16, VringAddrs{0x0, 0x100, 0x100}, 0).code(), Errc::kInvalidArgument);  // used == avail
+  EXPECT_EQ(q.configure(&mem, 16, VringAddrs{0x0, 0xf0, 0x1000}, 0).code(), Errc::kInvalidArgument);  // avail in desc
+  EXPECT_EQ(q.configure(&mem, 16, VringAddrs{0x1000, 0x2000, 0x1080}, 0).code(), Errc::kInvalidArgument);
+  EXPECT_TRUE(q.configure(&mem, 16, VringAddrs{0x0, 0x100, 0x128}, 0).ok());  // back to back is fine
 }
 
 }  // namespace

@@ -28,15 +28,19 @@ class QueueHandle {
   DeviceQueue& queue() { return queue_; }
   GuestMemory& memory() { return *mem_; }
 
-  // Serves every available chain with fn(chain, reader, writer) -> bytes written (or an error: the
-  // chain is then returned with 0 bytes). Handles notification suppression and the re-check race,
-  // and signals the call eventfd when the driver wants it. Returns the number of chains served.
+  // Serves available chains with fn(chain, reader, writer) -> bytes written (or an error: the chain
+  // is then returned with 0 bytes). Handles notification suppression and the re-check race, and
+  // signals the call eventfd when the driver wants it. Serves at most 2 x queue size chains per call;
+  // when more are pending it re-arms its own kick so the event loop comes back to it after other work.
+  // Returns the number of chains served.
   using ChainFn = std::function<Result<uint32_t>(const DescriptorChain&, DescriptorReader&, DescriptorWriter&)>;
   Result<uint32_t> process(const ChainFn& fn);
   // Signals the driver (call eventfd) if should_notify() says it wants it.
   void notify_if_needed();
   // Signals the driver unconditionally.
   void notify();
+  // Makes the event loop call on_kick for this queue again (a device that stops early with work left).
+  void yield_to_event_loop();
 
  private:
   friend class Backend;
