@@ -9,6 +9,8 @@
 
 #include <cerrno>
 
+#include "canopy/buffers/fd_passing.h"
+
 namespace canopy::transport::vhost_user {
 
 Status Channel::wait_readable(int timeout_ms) {
@@ -26,48 +28,13 @@ Status Channel::send(const Message& m, std::span<const int> fds) {
   if (!sock_.valid()) return make_error(Errc::kClosed, "vhost-user: channel closed");
   if (fds.size() > kMaxFdsPerMessage) return make_error(Errc::kLimit, "vhost-user: too many fds");
   if (m.payload.size() > kMaxPayload) return make_error(Errc::kLimit, "vhost-user: payload too large");
+  // Header and payload go out as one buffer (at most 12 + 4096 bytes), the fds with its first byte.
   Header h = m.header;
   h.size = uint32_t(m.payload.size());
-  iovec iov[2] = {{&h, sizeof h}, {const_cast<uint8_t*>(m.payload.data()), m.payload.size()}};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerMessage)];
-  msghdr msg{};
-  msg.msg_iov = iov;
-  msg.msg_iovlen = m.payload.empty() ? 1 : 2;
-  if (!fds.empty()) {
-    msg.msg_control = control;
-    msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
-    cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-    std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
-  }
-  size_t total = sizeof h + m.payload.size();
-  size_t sent = 0;
-  while (sent < total) {
-    ssize_t n = ::sendmsg(sock_.get(), &msg, MSG_NOSIGNAL);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EPIPE || errno == ECONNRESET) return make_error(Errc::kClosed, "vhost-user: peer closed", errno);
-      return make_error(Errc::kIo, "vhost-user: sendmsg failed", errno);
-    }
-    sent += size_t(n);
-    if (sent == total) break;
-    // Partial send: continue with the rest, without the fds (already sent with the first byte).
-    msg.msg_control = nullptr;
-    msg.msg_controllen = 0;
-    size_t skip = size_t(n);
-    while (msg.msg_iovlen && skip >= msg.msg_iov[0].iov_len) {
-      skip -= msg.msg_iov[0].iov_len;
-      ++msg.msg_iov;
-      --msg.msg_iovlen;
-    }
-    if (msg.msg_iovlen) {
-      msg.msg_iov[0].iov_base = static_cast<char*>(msg.msg_iov[0].iov_base) + skip;
-      msg.msg_iov[0].iov_len -= skip;
-    }
-  }
-  return {};
+  uint8_t buf[sizeof(Header) + kMaxPayload];
+  std::memcpy(buf, &h, sizeof h);
+  if (!m.payload.empty()) std::memcpy(buf + sizeof h, m.payload.data(), m.payload.size());
+  return buffers::send_fds(sock_.get(), buf, sizeof h + m.payload.size(), fds);
 }
 
 Result<Message> Channel::recv(int timeout_ms) {
