@@ -472,9 +472,23 @@ struct VmSource {
   const toml::array* start_after = nullptr;
 };
 
+}  // namespace
+
+uint32_t virtio_device_id(std::string_view type) {
+  static constexpr std::pair<std::string_view, uint32_t> kIds[] = {
+      {"console", 3}, {"rng", 4}, {"input", 18}, {"vsock", 19}, {"scmi", 32}, {"i2c", 34}, {"can", 36}, {"gpio", 41}};
+  for (const auto& [n, id] : kIds) {
+    if (n == type) return id;
+  }
+  return 0;
+}
+
+namespace {
+
 GpuConfig parse_gpu(Ctx& c, const toml::table& t, const std::string& path) {
   GpuConfig g;
-  Reader r(c, t, path, {"scanouts", "backend"});
+  Reader r(c, t, path, {"scanouts", "backend", "args"});
+  if (const auto* a = r.array("args", false, kMaxArgs)) g.args = string_list(c, *a, r.at("args"), false);
   if (const auto* a = r.array("scanouts", true, kMaxScanouts)) {
     if (a->empty()) c.add(*a, r.at("scanouts"), "at least one scanout is required");
     each_table(c, *a, r.at("scanouts"), [&](const toml::table& st, const std::string& sp, size_t) {
@@ -492,7 +506,8 @@ GpuConfig parse_gpu(Ctx& c, const toml::table& t, const std::string& path) {
 
 SndConfig parse_snd(Ctx& c, const toml::table& t, const std::string& path) {
   SndConfig sc;
-  Reader r(c, t, path, {"streams", "backend"});
+  Reader r(c, t, path, {"streams", "backend", "args"});
+  if (const auto* a = r.array("args", false, kMaxArgs)) sc.args = string_list(c, *a, r.at("args"), false);
   if (const auto* a = r.array("streams", true, kMaxStreams)) {
     if (a->empty()) c.add(*a, r.at("streams"), "at least one stream is required");
     std::unordered_map<std::string, size_t> seen;
@@ -533,7 +548,7 @@ VmConfig parse_vm(Ctx& c, const toml::table& t, const std::string& path, VmSourc
   VmConfig vm;
   Reader r(c, t, path,
            {"name", "backend", "memory", "vcpus", "criticality", "restart", "max_restarts", "kernel",
-            "initrd", "cmdline", "app", "args", "start_after", "gpu", "snd"});
+            "initrd", "cmdline", "app", "args", "start_after", "watchdog_ms", "gpu", "snd", "device"});
   src.table = &t;
   r.name("name", true, vm.name);
   r.choice("backend", true, vm.backend, kBackends);
@@ -544,6 +559,7 @@ VmConfig parse_vm(Ctx& c, const toml::table& t, const std::string& path, VmSourc
   r.choice("criticality", false, vm.criticality, kCriticalities);
   r.choice("restart", false, vm.restart, kRestarts);
   r.integer("max_restarts", false, vm.max_restarts, 0, 1000);
+  r.integer("watchdog_ms", false, vm.watchdog_ms, 0, kMaxWatchdogMs);
 
   // Backend-specific keys, checked only when the backend itself is valid (no cascades).
   const toml::node* bn = t.get("backend");
@@ -576,6 +592,23 @@ VmConfig parse_vm(Ctx& c, const toml::table& t, const std::string& path, VmSourc
   }
   if (const auto* g = r.subtable("gpu")) vm.gpu = parse_gpu(c, *g, r.at("gpu"));
   if (const auto* s = r.subtable("snd")) vm.snd = parse_snd(c, *s, r.at("snd"));
+  if (const auto* a = r.array("device", false, kMaxDevices)) {
+    each_table(c, *a, r.at("device"), [&](const toml::table& dt, const std::string& dp, size_t) {
+      DeviceConfig d;
+      Reader dr(c, dt, dp, {"type", "backend", "args"});
+      dr.name("type", true, d.type);
+      if (!d.type.empty()) {
+        d.virtio_id = virtio_device_id(d.type);
+        if (d.virtio_id == 0)
+          c.add(*dt.get("type"), dr.at("type"),
+                "unknown device type " + quote(d.type) +
+                    " (known: console, rng, input, vsock, scmi, i2c, gpio, can; gpu and snd have their own tables)");
+      }
+      dr.str("backend", true, d.backend);
+      if (const auto* aa = dr.array("args", false, kMaxArgs)) d.args = string_list(c, *aa, dr.at("args"), false);
+      vm.devices.push_back(std::move(d));
+    });
+  }
   return vm;
 }
 

@@ -317,12 +317,14 @@ TEST(CanopyVmmTest, CheckPrintsEveryErrorAndFails) {
   unlink(path);
 }
 
-TEST(CanopyVmmTest, HelpAndUnimplementedModes) {
+TEST(CanopyVmmTest, HelpAndBadArguments) {
   std::string out;
   EXPECT_EQ(run(std::string(CANOPY_VMM_BIN) + " --help", out), 0);
   EXPECT_THAT(out, ::testing::HasSubstr("--check FILE"));
   EXPECT_EQ(run(std::string(CANOPY_VMM_BIN) + " " + kExamples + "/cockpit.toml", out), 2);
-  EXPECT_THAT(out, ::testing::HasSubstr("not implemented yet"));
+  EXPECT_THAT(out, ::testing::HasSubstr("bad arguments"));
+  EXPECT_EQ(run(std::string(CANOPY_VMM_BIN) + " run " + kExamples + "/cockpit.toml --frobnicate", out), 2);
+  EXPECT_THAT(out, ::testing::HasSubstr("bad argument --frobnicate"));
 }
 
 }  // namespace

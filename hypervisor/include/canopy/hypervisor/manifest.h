@@ -36,6 +36,8 @@ inline constexpr uint64_t kMaxVmMemory = 64ull << 30;
 inline constexpr uint32_t kMaxVcpus = 64;
 inline constexpr uint32_t kMaxDimension = 8192;
 inline constexpr uint32_t kMaxRefreshHz = 240;
+inline constexpr size_t kMaxDevices = 16;  // [[vm.device]] entries per VM
+inline constexpr uint32_t kMaxWatchdogMs = 600000;
 
 enum class Backend { kKvm, kPartition, kAuto };
 // Ordered: a smaller value is more critical (safety > high > normal > low).
@@ -61,6 +63,7 @@ struct Scanout {
 struct GpuConfig {
   std::vector<Scanout> scanouts;
   std::string backend = "canopy-gpu";  // backend program (PATH lookup or a path)
+  std::vector<std::string> args;       // extra back-end arguments
 };
 
 struct SndStream {
@@ -74,7 +77,19 @@ struct SndStream {
 struct SndConfig {
   std::vector<SndStream> streams;
   std::string backend = "canopy-snd";
+  std::vector<std::string> args;
 };
+
+// Any other vhost-user device ([[vm.device]]): its virtio type and the back-end program to start.
+struct DeviceConfig {
+  std::string type;      // virtio device name: "rng", "console", "input", "i2c", "gpio", ...
+  uint32_t virtio_id = 0;  // virtio 1.2 §5 device id for `type`
+  std::string backend;   // back-end program (PATH lookup or a path relative to the manifest)
+  std::vector<std::string> args;
+};
+
+// The virtio device id of a type name usable in [[vm.device]]; 0 when unknown.
+uint32_t virtio_device_id(std::string_view type);
 
 struct VmConfig {
   std::string name;
@@ -90,8 +105,10 @@ struct VmConfig {
   std::string app;  // partition / auto
   std::vector<std::string> args;
   std::vector<std::string> start_after;
+  uint32_t watchdog_ms = 0;  // heartbeat timeout; 0 = no watchdog
   std::optional<GpuConfig> gpu;
   std::optional<SndConfig> snd;
+  std::vector<DeviceConfig> devices;
 };
 
 struct DisplayConfig {

@@ -1,0 +1,104 @@
+// canopy-vmm's supervisor: runs the VMs of a manifest as guest partitions (processes; see process.h and
+// docs/partition-transport.md), each with its vhost-user device back-ends, and keeps them running:
+//   - start order from the manifest (boot_order: start_after, cluster first);
+//   - per-VM restart policy and heartbeat watchdog (VmLifecycle, lifecycle.h);
+//   - device back-ends restarted when they die, the VM told through DEVICE_NEEDS_RESET;
+//   - a control socket (SOCK_SEQPACKET, mode 0600, same-uid peers only) with status / stop / start /
+//     restart / shutdown, used by canopyctl;
+//   - teardown of every process and descriptor it started.
+// One event loop (epoll) serves every partition's control messages, process exits and the control
+// socket. The data path (kicks, calls, guest memory) never passes through it. A VM that floods its socket
+// is served at most kMessageBudget messages per turn; a malformed message is counted and dropped; a
+// partition that does not read its replies loses them (the VMM never blocks on a partition).
+//
+// Threading: all calls on one thread (the one that created the Supervisor: children die with it).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "canopy/base/result.h"
+#include "canopy/hypervisor/lifecycle.h"
+#include "canopy/hypervisor/manifest.h"
+
+namespace canopy::hypervisor {
+
+inline constexpr uid_t kPartitionUidBase = 0x7c000;  // partition i runs as uid/gid base + i (VMM as root)
+inline constexpr int kMessageBudget = 64;
+
+struct SupervisorOptions {
+  std::string control_path;  // empty: no control socket
+  std::string base_dir;      // relative program paths are taken from here (the manifest's folder)
+  int stop_grace_ms = 1000;  // EVENT_STOP + SIGTERM, then SIGKILL after this long
+  const Clock* clock = nullptr;  // nullptr: the steady clock
+  bool confine = true;           // namespaces + uid + seccomp for partitions
+};
+
+struct DeviceStatus {
+  uint16_t index = 0;
+  std::string type;
+  int backend_pid = -1;
+  bool backend_up = false;
+  uint32_t backend_starts = 0;
+  uint8_t status = 0;
+  uint64_t driver_resets = 0;
+};
+
+struct VmStatus {
+  std::string name;
+  VmState state = VmState::kStopped;
+  int pid = -1;
+  Criticality criticality = Criticality::kNormal;
+  uint32_t restarts = 0;
+  uint64_t heartbeats = 0;
+  uint64_t progress = 0;
+  uint64_t watchdog_expiries = 0;
+  uint64_t bad_messages = 0;
+  std::string confinement;
+  std::string last_exit;
+  std::vector<DeviceStatus> devices;
+};
+
+class Supervisor {
+ public:
+  // Checks what the manifest needs to run here (programs exist, backends supported) without starting
+  // anything. Errors name the VM.
+  static Result<std::unique_ptr<Supervisor>> create(const Manifest& m, SupervisorOptions options);
+  ~Supervisor();  // shutdown()
+  Supervisor(const Supervisor&) = delete;
+  Supervisor& operator=(const Supervisor&) = delete;
+
+  // Starts every VM in boot order. A VM that fails to start is handled by its restart policy; the
+  // others start regardless.
+  void start_all();
+  // Serves events for up to timeout_ms (negative: until one arrives) and then does what is due.
+  void run_once(int timeout_ms);
+  // Runs until shutdown is requested (control `shutdown`, or `signal_fd` readable: a signalfd).
+  void run(int signal_fd = -1);
+  bool shutdown_requested() const { return shutdown_requested_; }
+  // Stops every VM (reverse boot order, with the grace period) and every back-end; closes all.
+  void shutdown();
+
+  Status stop_vm(const std::string& name);
+  Status start_vm(const std::string& name);
+  Status restart_vm(const std::string& name);
+  std::vector<VmStatus> status() const;
+  std::string status_text() const;
+
+  // Observers (benchmarks, tests): a heartbeat arrived; a VM process started.
+  std::function<void(const std::string& vm, uint64_t progress)> on_heartbeat;
+  std::function<void(const std::string& vm)> on_vm_started;
+
+  struct Impl;
+
+ private:
+  explicit Supervisor(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+  bool shutdown_requested_ = false;
+  friend struct Impl;
+};
+
+}  // namespace canopy::hypervisor

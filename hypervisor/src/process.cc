@@ -1,0 +1,360 @@
+// Child processes: clone3 + pidfd, confinement before exec (process.h).
+#include "canopy/hypervisor/process.h"
+
+#include <fcntl.h>
+#include <linux/filter.h>
+#include <linux/sched.h>
+#include <linux/seccomp.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <grp.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+
+#include "canopy/base/log.h"
+
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+
+namespace canopy::hypervisor {
+
+namespace {
+
+// Where the child failed before exec (sent back over the error pipe).
+enum Stage : int { kStageSync = 1, kStageMount, kStageFds, kStageIds, kStageNoNewPrivs, kStageSeccomp, kStageExec };
+struct ChildError {
+  int stage;
+  int err;
+};
+
+const char* stage_name(int s) {
+  switch (s) {
+    case kStageSync: return "waiting for the user namespace set-up";
+    case kStageMount: return "making mounts private";
+    case kStageFds: return "setting up descriptors";
+    case kStageIds: return "dropping to the partition uid";
+    case kStageNoNewPrivs: return "setting no_new_privs";
+    case kStageSeccomp: return "installing the seccomp filter";
+    case kStageExec: return "exec";
+  }
+  return "?";
+}
+
+constexpr uint64_t kNsAll = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP;
+constexpr int kFirstTempFd = 16;  // child descriptor numbers must be below this
+
+std::string ns_names(uint64_t flags) {
+  std::string s;
+  auto add = [&](uint64_t f, const char* n) {
+    if (!(flags & f)) return;
+    if (!s.empty()) s += ",";
+    s += n;
+  };
+  add(CLONE_NEWUSER, "user");
+  add(CLONE_NEWPID, "pid");
+  add(CLONE_NEWNS, "mnt");
+  add(CLONE_NEWNET, "net");
+  add(CLONE_NEWIPC, "ipc");
+  add(CLONE_NEWUTS, "uts");
+  add(CLONE_NEWCGROUP, "cgroup");
+  return s;
+}
+
+bool write_file(const std::string& path, const std::string& text) {
+  UniqueFd fd(open(path.c_str(), O_WRONLY | O_CLOEXEC));
+  if (!fd) return false;
+  return write(fd.get(), text.data(), text.size()) == ssize_t(text.size());
+}
+
+[[noreturn]] void child_fail(int errfd, int stage) {
+  ChildError e{stage, errno};
+  ssize_t n = write(errfd, &e, sizeof e);
+  (void)n;
+  _exit(127);
+}
+
+// Everything the child needs, prepared before clone (the child must not allocate).
+struct ChildPlan {
+  const SpawnOptions* o;
+  std::vector<char*> argv;
+  std::vector<char*> envp;
+  uint64_t ns = 0;
+  bool drop_ids = false;
+  int exe_fd = -1;
+  int err_w = -1;
+  int sync_r = -1;
+  int devnull = -1;
+  sock_fprog prog{};
+};
+
+[[noreturn]] void child_main(const ChildPlan& p) {
+  const SpawnOptions& o = *p.o;
+  int errfd = p.err_w;
+  if (p.sync_r >= 0) {
+    char c;
+    if (read(p.sync_r, &c, 1) != 1) child_fail(errfd, kStageSync);
+  }
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (p.ns & CLONE_NEWNS) {
+    if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) child_fail(errfd, kStageMount);
+    // A /proc of the new PID namespace: other processes are not visible. Best effort (a read-only or
+    // masked /proc in a container refuses it; the uid and seccomp still hold).
+    if (p.ns & CLONE_NEWPID) (void)mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr);
+  }
+  // Descriptors: move every source above the target numbers first, then into place.
+  int tmp[kFirstTempFd];
+  size_t n = o.fds.size();
+  for (size_t i = 0; i < n; ++i) {
+    tmp[i] = fcntl(o.fds[i].first, F_DUPFD_CLOEXEC, kFirstTempFd);
+    if (tmp[i] < 0) child_fail(errfd, kStageFds);
+  }
+  errfd = fcntl(errfd, F_DUPFD_CLOEXEC, kFirstTempFd);
+  const int exe = fcntl(p.exe_fd, F_DUPFD_CLOEXEC, kFirstTempFd);
+  const int out = o.stdout_fd >= 0 ? fcntl(o.stdout_fd, F_DUPFD_CLOEXEC, kFirstTempFd) : 1;
+  const int err = o.stderr_fd >= 0 ? fcntl(o.stderr_fd, F_DUPFD_CLOEXEC, kFirstTempFd) : 2;
+  if (errfd < 0) _exit(127);
+  if (exe < 0 || out < 0 || err < 0) child_fail(errfd, kStageFds);
+  if (dup2(p.devnull, 0) < 0 || (out != 1 && dup2(out, 1) < 0) || (err != 2 && dup2(err, 2) < 0))
+    child_fail(errfd, kStageFds);
+  int max_target = 2;
+  for (size_t i = 0; i < n; ++i) {
+    if (dup2(tmp[i], o.fds[i].second) < 0) child_fail(errfd, kStageFds);
+    if (o.fds[i].second > max_target) max_target = o.fds[i].second;
+  }
+  // Everything else closes at exec (errfd and exe are needed until then).
+  if (syscall(SYS_close_range, unsigned(max_target + 1), ~0U, CLOSE_RANGE_CLOEXEC) != 0) child_fail(errfd, kStageFds);
+  if (p.drop_ids) {
+    const uid_t id = o.uid;
+    if (setgroups(0, nullptr) != 0 || setresgid(id, id, id) != 0 || setresuid(id, id, id) != 0)
+      child_fail(errfd, kStageIds);
+  }
+  if (o.confine) {
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) child_fail(errfd, kStageNoNewPrivs);
+    if (o.seccomp != nullptr && prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &p.prog) != 0)
+      child_fail(errfd, kStageSeccomp);
+  }
+  syscall(SYS_execveat, exe, "", p.argv.data(), p.envp.data(), AT_EMPTY_PATH);
+  child_fail(errfd, kStageExec);
+}
+
+}  // namespace
+
+std::string ExitInfo::to_string() const {
+  if (signaled) return std::string("killed by signal ") + std::to_string(code) + " (" + strsignal(code) + ")";
+  return "exited with status " + std::to_string(code);
+}
+
+Child& Child::operator=(Child&& o) noexcept {
+  if (this != &o) {
+    if (running()) terminate(0);
+    pid_ = o.pid_;
+    pidfd_ = std::move(o.pidfd_);
+    confinement_ = std::move(o.confinement_);
+  }
+  return *this;
+}
+
+Child::~Child() {
+  if (running()) terminate(0);
+}
+
+Status Child::signal(int sig) {
+  if (!running()) return make_error(Errc::kState, "child not running");
+  if (syscall(SYS_pidfd_send_signal, pidfd_.get(), sig, nullptr, 0) != 0)
+    return make_error(Errc::kIo, "pidfd_send_signal failed", errno);
+  return {};
+}
+
+std::optional<ExitInfo> Child::try_reap() {
+  if (!running()) return std::nullopt;
+  siginfo_t si{};
+  if (waitid(idtype_t(P_PIDFD), id_t(pidfd_.get()), &si, WEXITED | WNOHANG) != 0) {
+    if (errno == ECHILD) {  // reaped elsewhere; treat as gone
+      pidfd_.reset();
+      return ExitInfo{};
+    }
+    return std::nullopt;
+  }
+  if (si.si_pid == 0) return std::nullopt;
+  pidfd_.reset();
+  ExitInfo e;
+  e.signaled = si.si_code == CLD_KILLED || si.si_code == CLD_DUMPED;
+  e.code = si.si_status;
+  return e;
+}
+
+Result<ExitInfo> Child::wait(int timeout_ms) {
+  if (!running()) return make_error(Errc::kState, "child not running");
+  using Clock = std::chrono::steady_clock;
+  const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
+  for (;;) {
+    if (auto e = try_reap()) return *e;
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    if (left <= 0) return make_error(Errc::kTimeout, "child still running");
+    pollfd p{pidfd_.get(), POLLIN, 0};
+    (void)poll(&p, 1, int(left));
+  }
+}
+
+ExitInfo Child::terminate(int grace_ms) {
+  if (!running()) return ExitInfo{};
+  if (grace_ms > 0) {
+    (void)signal(SIGTERM);
+    if (auto e = wait(grace_ms); e.ok()) return *e;
+  }
+  (void)signal(SIGKILL);
+  for (;;) {
+    auto e = wait(10000);
+    if (e.ok()) return *e;
+    if (e.code() != Errc::kTimeout) return ExitInfo{true, SIGKILL};
+    CANOPY_ERROR("pid %d survives SIGKILL for 10 s", int(pid_));
+  }
+}
+
+Result<Child> spawn(const SpawnOptions& o) {
+  if (o.argv.empty()) return make_error(Errc::kInvalidArgument, "spawn: empty argv");
+  if (o.fds.size() >= kFirstTempFd) return make_error(Errc::kInvalidArgument, "spawn: too many descriptors");
+  for (const auto& [src, dst] : o.fds) {
+    if (dst < 3 || dst >= kFirstTempFd || src < 0)
+      return make_error(Errc::kInvalidArgument, "spawn: child descriptor numbers must be 3..15");
+  }
+  UniqueFd exe(open(o.path.c_str(), O_PATH | O_CLOEXEC));
+  if (!exe) return make_error(Errc::kIo, "spawn: cannot open the executable", errno);
+  UniqueFd devnull(open("/dev/null", O_RDWR | O_CLOEXEC));
+  if (!devnull) return make_error(Errc::kIo, "spawn: cannot open /dev/null", errno);
+  int ep[2];
+  if (pipe2(ep, O_CLOEXEC) != 0) return make_error(Errc::kIo, "spawn: pipe2 failed", errno);
+  UniqueFd err_r(ep[0]), err_w(ep[1]);
+
+  std::vector<std::string> env = o.env;
+  ChildPlan plan;
+  plan.o = &o;
+  for (const auto& a : o.argv) plan.argv.push_back(const_cast<char*>(a.c_str()));
+  plan.argv.push_back(nullptr);
+  for (const auto& e : env) plan.envp.push_back(const_cast<char*>(e.c_str()));
+  plan.envp.push_back(nullptr);
+  plan.exe_fd = exe.get();
+  plan.err_w = err_w.get();
+  plan.devnull = devnull.get();
+  if (o.seccomp != nullptr) {
+    plan.prog.len = static_cast<unsigned short>(o.seccomp->size());
+    plan.prog.filter = const_cast<sock_filter*>(o.seccomp->data());
+  }
+  const bool root = geteuid() == 0;
+
+  // Namespace sets to try, strongest first.
+  std::vector<uint64_t> tries;
+  if (o.confine) {
+    if (root) tries.push_back(kNsAll);
+    tries.push_back(CLONE_NEWUSER | kNsAll);
+  }
+  tries.push_back(0);
+
+  pid_t pid = -1;
+  int pidfd = -1;
+  uint64_t ns = 0;
+  UniqueFd sync_w;
+  int last_errno = 0;
+  for (uint64_t flags : tries) {
+    UniqueFd sync_r;
+    if (flags & CLONE_NEWUSER) {
+      int sp[2];
+      if (pipe2(sp, O_CLOEXEC) != 0) return make_error(Errc::kIo, "spawn: pipe2 failed", errno);
+      sync_r.reset(sp[0]);
+      sync_w.reset(sp[1]);
+    } else {
+      sync_w.reset();
+    }
+    plan.ns = flags;
+    plan.sync_r = sync_r.get();
+    plan.drop_ids = o.confine && root && o.uid != 0 && !(flags & CLONE_NEWUSER);
+    clone_args args{};
+    args.flags = CLONE_PIDFD | flags;
+    args.pidfd = uint64_t(reinterpret_cast<uintptr_t>(&pidfd));
+    args.exit_signal = SIGCHLD;
+    long r = syscall(SYS_clone3, &args, sizeof args);
+    if (r == 0) child_main(plan);  // never returns
+    if (r > 0) {
+      pid = pid_t(r);
+      ns = flags;
+      break;
+    }
+    last_errno = errno;
+    if (errno != EPERM && errno != EINVAL && errno != ENOSPC && errno != EUSERS) break;
+  }
+  if (pid < 0) return make_error(Errc::kIo, "spawn: clone3 failed", last_errno);
+  UniqueFd child_pidfd(pidfd);
+  err_w.reset();
+  if (ns & CLONE_NEWUSER) {
+    // Map the child's root to our own ids, then let it go on.
+    const std::string p = "/proc/" + std::to_string(pid) + "/";
+    bool ok = write_file(p + "setgroups", "deny") && write_file(p + "uid_map", "0 " + std::to_string(geteuid()) + " 1") &&
+              write_file(p + "gid_map", "0 " + std::to_string(getegid()) + " 1");
+    if (!ok) CANOPY_WARN("spawn: user namespace id maps for pid %d failed: %s", int(pid), strerror(errno));
+    char go = 1;
+    if (write(sync_w.get(), &go, 1) != 1) CANOPY_WARN("spawn: cannot release pid %d", int(pid));
+    sync_w.reset();
+  }
+  ChildError ce{};
+  ssize_t got;
+  do {
+    got = read(err_r.get(), &ce, sizeof ce);
+  } while (got < 0 && errno == EINTR);
+  if (got == ssize_t(sizeof ce)) {
+    Child failed(pid, std::move(child_pidfd), "");
+    (void)failed.wait(5000);
+    CANOPY_WARN("spawn %s: %s failed: %s", o.path.c_str(), stage_name(ce.stage), strerror(ce.err));
+    return make_error(ce.stage == kStageExec ? Errc::kIo : Errc::kState, "spawn: the child failed before exec", ce.err);
+  }
+  std::string conf;
+  if (o.confine) {
+    conf = ns ? "ns:" + ns_names(ns) : "ns:none";
+    if (plan.drop_ids) conf += " uid:" + std::to_string(o.uid);
+    conf += " no_new_privs";
+    if (o.seccomp != nullptr) conf += " seccomp";
+  }
+  return Child(pid, std::move(child_pidfd), conf);
+}
+
+Result<std::string> resolve_program(const std::string& name, const std::string& base_dir) {
+  if (name.empty()) return make_error(Errc::kInvalidArgument, "empty program name");
+  auto executable = [](const std::string& p) { return access(p.c_str(), X_OK) == 0; };
+  if (name.find('/') != std::string::npos) {
+    std::string p = name[0] == '/' || base_dir.empty() ? name : base_dir + "/" + name;
+    if (executable(p)) return p;
+    return make_error(Errc::kInvalidArgument, "program not found or not executable", errno);
+  }
+  char self[4096];
+  ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n > 0) {
+    self[n] = '\0';
+    std::string dir(self);
+    dir.resize(dir.rfind('/'));
+    if (executable(dir + "/" + name)) return dir + "/" + name;
+  }
+  const char* path = getenv("PATH");
+  std::string ps = path ? path : "/usr/local/bin:/usr/bin:/bin";
+  size_t start = 0;
+  while (start <= ps.size()) {
+    size_t end = ps.find(':', start);
+    if (end == std::string::npos) end = ps.size();
+    std::string dir = ps.substr(start, end - start);
+    if (!dir.empty() && executable(dir + "/" + name)) return dir + "/" + name;
+    start = end + 1;
+  }
+  return make_error(Errc::kInvalidArgument, "program not found beside canopy-vmm or in PATH");
+}
+
+}  // namespace canopy::hypervisor

@@ -1,0 +1,86 @@
+// The partition seccomp policy, built with libseccomp (sandbox.h).
+#include "canopy/hypervisor/sandbox.h"
+
+#include <errno.h>
+#include <sched.h>
+#include <seccomp.h>
+#include <sys/mman.h>
+#include <sys/ioctl.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include <cstring>
+
+namespace canopy::hypervisor {
+
+namespace {
+
+// Allowed without conditions.
+constexpr const char* kAllowed[] = {
+    // memory
+    "brk", "mmap", "munmap", "mprotect", "mremap", "madvise", "membarrier",
+    // files the app may open (the uid and mount namespace decide which)
+    "read", "write", "readv", "writev", "pread64", "pwrite64", "close", "openat", "open", "lseek", "fstat",
+    "newfstatat", "stat", "lstat", "statx", "access", "faccessat", "faccessat2", "readlink", "readlinkat",
+    "getdents64", "getcwd", "fcntl", "dup", "dup2", "dup3", "pipe2", "close_range",
+    // process and threads (clone is conditional, below)
+    "execve", "execveat", "exit", "exit_group", "arch_prctl", "set_tid_address", "set_robust_list",
+    "get_robust_list", "rseq", "prlimit64", "getrlimit", "getpid", "gettid", "getppid", "getuid", "geteuid",
+    "getgid", "getegid", "getgroups", "getresuid", "getresgid", "uname", "sched_yield", "sched_getaffinity",
+    "getcpu", "prctl", "futex", "futex_waitv", "getrandom", "wait4", "waitid",
+    // signals (to itself)
+    "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "rt_sigtimedwait", "sigaltstack", "tgkill", "tkill",
+    "restart_syscall",
+    // time
+    "clock_gettime", "clock_getres", "clock_nanosleep", "nanosleep", "gettimeofday", "time", "timerfd_create",
+    "timerfd_settime", "timerfd_gettime",
+    // the transport: its socket, eventfds, polling
+    "sendmsg", "recvmsg", "sendto", "recvfrom", "shutdown", "getsockopt", "eventfd2", "poll", "ppoll",
+    "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait", "select", "pselect6",
+};
+
+}  // namespace
+
+Result<std::vector<sock_filter>> partition_seccomp_filter() {
+  scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ERRNO(EPERM));
+  if (ctx == nullptr) return make_error(Errc::kNoMemory, "seccomp_init failed");
+  struct Guard {
+    scmp_filter_ctx c;
+    ~Guard() { seccomp_release(c); }
+  } guard{ctx};
+  int rc = 0;
+  for (const char* name : kAllowed) {
+    const int nr = seccomp_syscall_resolve_name(name);
+    if (nr == __NR_SCMP_ERROR) continue;  // not on this architecture
+    rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 0);
+    if (rc != 0) return make_error(Errc::kIo, "seccomp_rule_add failed", -rc);
+  }
+  // Threads only: a clone without CLONE_THREAD (fork) is refused.
+  rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(clone), 1,
+                        SCMP_A0(SCMP_CMP_MASKED_EQ, CLONE_THREAD, CLONE_THREAD));
+  if (rc == 0) rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0);
+  // stdio asks whether stdout is a terminal; nothing else of ioctl.
+  if (rc == 0) rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(ioctl), 1, SCMP_A1(SCMP_CMP_EQ, TCGETS));
+  if (rc != 0) return make_error(Errc::kIo, "seccomp_rule_add failed", -rc);
+
+  // Export the BPF program through a memfd (libseccomp 2.5 exports to a descriptor).
+  int fd = memfd_create("canopy-seccomp", MFD_CLOEXEC);
+  if (fd < 0) return make_error(Errc::kIo, "memfd_create failed", errno);
+  rc = seccomp_export_bpf(ctx, fd);
+  if (rc != 0) {
+    close(fd);
+    return make_error(Errc::kIo, "seccomp_export_bpf failed", -rc);
+  }
+  off_t size = lseek(fd, 0, SEEK_END);
+  if (size <= 0 || size % off_t(sizeof(sock_filter)) != 0) {
+    close(fd);
+    return make_error(Errc::kIo, "seccomp filter has an odd size");
+  }
+  std::vector<sock_filter> prog(size_t(size) / sizeof(sock_filter));
+  ssize_t got = pread(fd, prog.data(), size_t(size), 0);
+  close(fd);
+  if (got != size) return make_error(Errc::kIo, "reading the seccomp filter back failed", errno);
+  return prog;
+}
+
+}  // namespace canopy::hypervisor
