@@ -1,0 +1,236 @@
+// canopy-partition-probe: a hostile guest partition for canopy-vmm's isolation and robustness tests.
+//   --attack FILE   read a victim's host pid from FILE (written by the test) and try to reach it and
+//                   anything outside this partition's RAM; one line per attempt:
+//                     probe NAME: blocked (why)   or   probe NAME: ALLOWED (what happened)
+//                   then "probe summary: attempted=N allowed=M".
+//   --garbage       send malformed packets, requests out of order and a flood of requests it never reads
+//                   the replies of; prints "garbage done" and goes on heartbeating (the VMM must still serve it).
+// After either it heartbeats until told to stop.
+#include <fcntl.h>
+#include <sched.h>
+#include <sys/mount.h>
+#include <sys/ptrace.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <dirent.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <string>
+
+#include "canopy/guest/partition.h"
+#include "canopy/guest/virtio_driver.h"
+
+namespace {
+
+using namespace canopy;
+using namespace canopy::guest;
+namespace msg = canopy::transport::msg;
+
+int attempted = 0, allowed = 0;
+
+void result(const char* name, bool was_blocked, const std::string& detail) {
+  ++attempted;
+  if (!was_blocked) ++allowed;
+  std::printf("probe %s: %s (%s)\n", name, was_blocked ? "blocked" : "ALLOWED", detail.c_str());
+  std::fflush(stdout);
+}
+// A system call result: blocked when it failed with one of the refusal errnos.
+void syscall_result(const char* name, long rc, std::initializer_list<int> refusals) {
+  const int e = errno;
+  if (rc >= 0) return result(name, false, "succeeded");
+  for (int r : refusals) {
+    if (e == r) return result(name, true, std::strerror(e));
+  }
+  result(name, false, std::string("failed past the permission check: ") + std::strerror(e));
+}
+
+pid_t read_target(const std::string& file) {
+  for (int i = 0; i < 200; ++i) {
+    std::ifstream in(file);
+    long pid = 0;
+    if (in >> pid && pid > 0) return pid_t(pid);
+    usleep(50 * 1000);
+  }
+  return -1;
+}
+
+void attack(Partition& p, pid_t target) {
+  // Another process's memory and descriptors.
+  char buf[16];
+  iovec local{buf, sizeof buf}, remote{reinterpret_cast<void*>(0x400000), sizeof buf};
+  syscall_result("process_vm_readv", process_vm_readv(target, &local, 1, &remote, 1, 0), {EPERM, ESRCH, EACCES});
+  syscall_result("process_vm_writev", process_vm_writev(target, &local, 1, &remote, 1, 0), {EPERM, ESRCH, EACCES});
+  syscall_result("ptrace_seize", ptrace(PTRACE_SEIZE, target, nullptr, nullptr), {EPERM, ESRCH, EACCES});
+  const std::string mem = "/proc/" + std::to_string(target) + "/mem";
+  syscall_result("open_proc_mem", open(mem.c_str(), O_RDONLY | O_CLOEXEC), {EPERM, ENOENT, EACCES});
+  syscall_result("pidfd_open", syscall(SYS_pidfd_open, target, 0), {EPERM, ESRCH});
+  syscall_result("kill", kill(target, SIGKILL), {EPERM, ESRCH});
+  // New channels and privileges.
+  syscall_result("socket", socket(AF_UNIX, SOCK_STREAM, 0), {EPERM, EACCES});
+  syscall_result("unshare_user", unshare(CLONE_NEWUSER), {EPERM, EINVAL});
+  syscall_result("setuid_root", setuid(0), {EPERM});
+  syscall_result("mount", mount("none", "/tmp", "tmpfs", 0, nullptr), {EPERM});
+  syscall_result("fork", fork(), {EPERM, ENOSYS});
+  // This partition's RAM cannot be resized under the back-ends' mappings.
+  auto ranges = p.memory().file_ranges(0, 1);
+  if (ranges.ok() && !ranges->empty()) {
+    syscall_result("ram_shrink", ftruncate((*ranges)[0].fd, 4096), {EPERM});
+    syscall_result("ram_grow", ftruncate((*ranges)[0].fd, off_t(p.ram_size() * 2)), {EPERM});
+  }
+  // No descriptor of anything else: only this partition's socket, RAM and eventfds.
+  int foreign = 0;
+  std::string seen;
+  if (DIR* d = opendir("/proc/self/fd")) {
+    while (dirent* e = readdir(d)) {
+      if (e->d_name[0] == '.') continue;
+      char path[300], target_name[256];
+      std::snprintf(path, sizeof path, "/proc/self/fd/%s", e->d_name);
+      ssize_t n = readlink(path, target_name, sizeof target_name - 1);
+      if (n <= 0) continue;
+      target_name[n] = '\0';
+      const std::string t(target_name);
+      const bool mine = t.rfind("/dev/null", 0) == 0 || t.rfind("pipe:", 0) == 0 || t.rfind("/proc/", 0) == 0 ||
+                        t.rfind("anon_inode:[eventfd]", 0) == 0 || t.rfind("socket:", 0) == 0 ||
+                        t.rfind("/dev/pts", 0) == 0 || t.rfind("/tmp/", 0) == 0 ||
+                        t == "/memfd:canopy-ram-" + std::string(getenv("CANOPY_VM_NAME") ? getenv("CANOPY_VM_NAME") : "") + " (deleted)";
+      if (!mine) {
+        ++foreign;
+        seen += " " + t;
+      }
+    }
+    closedir(d);
+  }
+  result("foreign_descriptors", foreign == 0, foreign == 0 ? "none" : std::to_string(foreign) + ":" + seen);
+  // Device access outside RAM, through the VMM and through a back-end.
+  auto dev = p.find_device(4);
+  if (!dev.ok()) return;
+  auto t = p.transport(*dev);
+  msg::SetVqueue v{};
+  v.size = 64;
+  v.desc = p.ram_size() - 512;  // the descriptor table runs past the end of RAM
+  v.avail = 0x1000;
+  v.used = 0x2000;
+  t->write_status(0);
+  t->write_status(transport::kStatusAcknowledge | transport::kStatusDriver);
+  t->write_driver_features(transport::kVirtioFVersion1);
+  t->write_status(transport::kStatusAcknowledge | transport::kStatusDriver | transport::kStatusFeaturesOk);
+  int efd[2] = {-1, -1};
+  {
+    int a = syscall(SYS_eventfd2, 0, O_CLOEXEC), b = syscall(SYS_eventfd2, 0, O_CLOEXEC);
+    efd[0] = a;
+    efd[1] = b;
+  }
+  auto rr = p.request(msg::Type::kSetVqueue, *dev, msg::bytes_of(v), efd);
+  result("ring_outside_ram", !rr.ok() && rr.code() == Errc::kOutOfRange,
+         rr.ok() ? "accepted" : std::string("refused: ") + rr.error().what);
+  close(efd[0]);
+  close(efd[1]);
+  VirtioDriver drv(*t, p.memory());
+  auto rings = p.alloc(64 * 1024);
+  DriverOptions o;
+  o.device_id = 4;
+  o.num_queues = 1;
+  o.max_queue_size = 64;
+  o.ring_area = *rings;
+  if (Status s = drv.init(o); !s.ok()) {
+    result("buffer_outside_ram", false, std::string("could not set up the device: ") + s.error().what);
+    return;
+  }
+  // A device-writable buffer that starts inside RAM and runs 64 KiB past its end.
+  auto& q = drv.queue(0);
+  (void)q.add({}, {{p.ram_size() - 4096, 64 * 1024}}, uint64_t(1));
+  (void)drv.kick(0);
+  uint32_t len = 0;
+  bool completed = false;
+  for (int i = 0; i < 20 && !completed; ++i) {
+    (void)drv.wait_interrupt(50);
+    auto u = q.get_used();
+    if (u.ok() && u->has_value()) {
+      completed = true;
+      len = (*u)->len;
+    }
+  }
+  result("buffer_outside_ram", !completed || len == 0,
+         completed ? "completed with " + std::to_string(len) + " bytes" : "not served");
+}
+
+void garbage(Partition& p) {
+  const int s = p.socket_fd();
+  // Malformed packets: short, lying sizes, unknown types, responses, events, descriptors where none belong.
+  uint8_t junk[40] = {0xff, 0xee, 0x01, 0x02};
+  send(s, junk, 3, MSG_NOSIGNAL);
+  send(s, junk, sizeof junk, MSG_NOSIGNAL);
+  auto pkt = msg::encode(msg::Type::kGetStatus, msg::kFlagResponse, 0, 9, msg::Code::kOk, {});
+  (void)msg::send_packet(s, pkt);
+  pkt = msg::encode(msg::Type::kEventStop, 0, 0, 0, msg::Code::kOk, {});
+  (void)msg::send_packet(s, pkt);
+  pkt = msg::encode(msg::Type::kGetStatus, 0, 0, 10, msg::Code::kOk, {});
+  const int self = s;
+  (void)msg::send_packet(s, pkt, std::span<const int>(&self, 1));
+  // Well-formed but wrong: no such device, out-of-order status, config past the end.
+  (void)p.request(msg::Type::kGetFeatures, 31, {});
+  msg::StatusMsg st{};
+  st.status = transport::kStatusDriverOk;
+  (void)p.request(msg::Type::kSetStatus, 0, msg::bytes_of(st));
+  msg::ConfigReq c{};
+  c.offset = 0xfffffff0;
+  c.size = 64;
+  (void)p.request(msg::Type::kGetConfig, 0, msg::bytes_of(c));
+  // A flood of requests whose replies are never read.
+  pkt = msg::encode(msg::Type::kGetStatus, 0, 0, 11, msg::Code::kOk, {});
+  int sent = 0;
+  for (int i = 0; i < 20000; ++i) {
+    if (send(s, pkt.data(), pkt.size(), MSG_NOSIGNAL | MSG_DONTWAIT) > 0) ++sent;
+    else usleep(100);
+  }
+  // Drain what came back, then carry on as a good partition.
+  usleep(200 * 1000);
+  (void)p.poll_events();
+  std::printf("garbage done: %d flood requests sent\n", sent);
+  std::fflush(stdout);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string target_file;
+  bool do_garbage = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--attack" && i + 1 < argc) target_file = argv[++i];
+    else if (a == "--garbage") do_garbage = true;
+    else {
+      std::fprintf(stderr, "canopy-partition-probe: bad argument %s\n", a.c_str());
+      return 2;
+    }
+  }
+  auto p = Partition::attach(1000);
+  if (!p.ok()) {
+    std::fprintf(stderr, "canopy-partition-probe: attach failed: %s\n", p.error().what);
+    return 1;
+  }
+  if (!target_file.empty()) {
+    pid_t target = read_target(target_file);
+    if (target <= 0) {
+      std::fprintf(stderr, "canopy-partition-probe: no target pid in %s\n", target_file.c_str());
+      return 1;
+    }
+    attack(**p, target);
+    std::printf("probe summary: attempted=%d allowed=%d\n", attempted, allowed);
+    std::fflush(stdout);
+  }
+  if (do_garbage) garbage(**p);
+  uint64_t beats = 0;
+  while (!(*p)->stop_requested()) {
+    Status s = (*p)->heartbeat(++beats);
+    if (!s.ok() && s.error().code == Errc::kClosed) return 0;
+    usleep(20 * 1000);
+  }
+  return 0;
+}
