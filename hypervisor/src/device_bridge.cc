@@ -137,6 +137,16 @@ Status DeviceBridge::start_backend(const RamInfo& ram) {
   return {};
 }
 
+void DeviceBridge::configure_offline(const RamInfo& ram, uint16_t queues, uint64_t features, uint32_t config_size) {
+  ram_ = ram;
+  num_queues_ = queues;
+  offered_ = features;
+  backend_features_ = features;
+  config_size_ = config_size;
+  queues_.clear();
+  queues_.resize(queues);
+}
+
 void DeviceBridge::stop_backend() {
   frontend_.reset();  // closing the socket makes a back-end exit on its own
   if (backend_.running()) {

@@ -50,6 +50,9 @@ class DeviceBridge {
 
   // Starts the back-end process and does the vhost-user handshake with the given RAM.
   Status start_backend(const RamInfo& ram);
+  // The device model without a back-end process (fuzzing, tests): as after a handshake that offered
+  // `features` with `queues` queues; requests that need the back-end get kDeviceError.
+  void configure_offline(const RamInfo& ram, uint16_t queues, uint64_t features, uint32_t config_size);
   // Kills and reaps the back-end (VM stop / teardown).
   void stop_backend();
   // The back-end process exited or broke the protocol: forget it. Returns true when the guest must be told
