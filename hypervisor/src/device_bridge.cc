@@ -236,15 +236,25 @@ DeviceBridge::Reply DeviceBridge::set_status(uint32_t value) {
     out.status = status_;
     return ok(out);
   }
+  // Only the bits of §2.1 a driver may write; DEVICE_NEEDS_RESET is the device's.
+  constexpr uint32_t kDriverBits =
+      kStatusAcknowledge | kStatusDriver | kStatusFeaturesOk | kStatusDriverOk | kStatusFailed;
+  if (value & ~kDriverBits) return code(Code::kInvalid);
   if ((value & status_) != status_) return code(Code::kState);  // bits are cleared only by a reset
+  if (value & kStatusFailed) {  // the driver gave up: record it, take nothing else of this write
+    status_ |= kStatusFailed;
+    out.status = status_;
+    return ok(out);
+  }
   const uint8_t added = uint8_t(value & ~status_);
+  if ((added & kStatusDriver) && !(value & kStatusAcknowledge)) return code(Code::kState);
+  if ((added & kStatusFeaturesOk) && !(value & kStatusDriver)) return code(Code::kState);
   uint8_t next = uint8_t(value);
   if ((added & kStatusFeaturesOk)) {
-    const bool fine = (status_ & kStatusDriver) && (driver_features_ & ~offered_) == 0 &&
-                      (driver_features_ & kVirtioFVersion1);
+    const bool fine = (driver_features_ & ~offered_) == 0 && (driver_features_ & kVirtioFVersion1);
     if (!fine) next &= uint8_t(~kStatusFeaturesOk);  // §3.1.1: FEATURES_OK does not stick
   }
-  if ((added & kStatusDriverOk) && !(added & kStatusFailed)) {
+  if (added & kStatusDriverOk) {
     if (!(next & kStatusFeaturesOk)) return code(Code::kState);
     status_ = next;
     if (!frontend_) {

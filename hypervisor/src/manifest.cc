@@ -602,7 +602,7 @@ VmConfig parse_vm(Ctx& c, const toml::table& t, const std::string& path, VmSourc
         if (d.virtio_id == 0)
           c.add(*dt.get("type"), dr.at("type"),
                 "unknown device type " + quote(d.type) +
-                    " (known: console, rng, input, vsock, scmi, i2c, gpio, can; gpu and snd have their own tables)");
+                    " (known: console, rng, input, vsock, scmi, i2c, can, gpio; gpu and snd have their own tables)");
       }
       dr.str("backend", true, d.backend);
       if (const auto* aa = dr.array("args", false, kMaxArgs)) d.args = string_list(c, *aa, dr.at("args"), false);

@@ -124,7 +124,7 @@ TEST(ManifestTest, RejectsUnknownKey) {
       ElementsAre("t.toml:1:1: vm[0]: missing required key \"memory\"",
                   "t.toml:4:1: vm[0].memroy: unknown key (known: name, backend, memory, vcpus, "
                   "criticality, restart, max_restarts, kernel, initrd, cmdline, app, args, start_after, "
-                  "gpu, snd)"));
+                  "watchdog_ms, gpu, snd, device)"));
 }
 
 TEST(ManifestTest, RejectsBadSize) {
@@ -302,6 +302,41 @@ TEST(CanopyVmmTest, CheckAcceptsCockpitExample) {
   const std::string file = kExamples + "/cockpit.toml";
   EXPECT_EQ(run(std::string(CANOPY_VMM_BIN) + " --check " + file, out), 0);
   EXPECT_EQ(out, file + ": ok (2 VMs, 2 displays)\n");
+}
+
+TEST(CanopyVmmTest, CheckAcceptsPartitionsExample) {
+  std::string out;
+  const std::string file = kExamples + "/partitions.toml";
+  EXPECT_EQ(run(std::string(CANOPY_VMM_BIN) + " --check " + file, out), 0);
+  EXPECT_EQ(out, file + ": ok (2 VMs, 0 displays)\n");
+}
+
+TEST(ManifestTest, ReadsDevicesWatchdogAndBackEndArgs) {
+  auto r = load_manifest_string(
+      "[[vm]]\nname = \"p\"\nbackend = \"partition\"\nmemory = \"32M\"\napp = \"a\"\nwatchdog_ms = 250\n"
+      "[vm.gpu]\nscanouts = [{ width = 64, height = 32 }]\nargs = [\"--x\"]\n"
+      "[[vm.device]]\ntype = \"rng\"\nbackend = \"canopy-vhost-rng\"\nargs = [\"--pattern\"]\n",
+      "t.toml");
+  ASSERT_TRUE(r.ok());
+  const VmConfig& vm = r.manifest->vms[0];
+  EXPECT_EQ(vm.watchdog_ms, 250u);
+  ASSERT_TRUE(vm.gpu.has_value());
+  EXPECT_EQ(vm.gpu->args, std::vector<std::string>{"--x"});
+  ASSERT_EQ(vm.devices.size(), 1u);
+  EXPECT_EQ(vm.devices[0].type, "rng");
+  EXPECT_EQ(vm.devices[0].virtio_id, 4u);
+  EXPECT_EQ(vm.devices[0].backend, "canopy-vhost-rng");
+  EXPECT_EQ(vm.devices[0].args, std::vector<std::string>{"--pattern"});
+}
+
+TEST(ManifestTest, RejectsUnknownDeviceTypeMissingBackEndAndWatchdogOutOfRange) {
+  EXPECT_THAT(errors_of("[[vm]]\nname = \"p\"\nbackend = \"partition\"\nmemory = \"32M\"\napp = \"a\"\n"
+                        "watchdog_ms = 600001\n[[vm.device]]\ntype = \"toaster\"\n"),
+              ::testing::ElementsAre(
+                  "t.toml:6:15: vm[0].watchdog_ms: 600001 is out of range (0..600000)",
+                  "t.toml:7:1: vm[0].device[0]: missing required key \"backend\"",
+                  "t.toml:8:8: vm[0].device[0].type: unknown device type \"toaster\" (known: console, rng, input, vsock, "
+                  "scmi, i2c, can, gpio; gpu and snd have their own tables)"));
 }
 
 TEST(CanopyVmmTest, CheckPrintsEveryErrorAndFails) {
