@@ -155,6 +155,7 @@ struct Supervisor::Impl {
     vm.ram = std::move(ram);
     vm.hello = false;
     vm.kill_at.reset();
+    vm.progress = 0;  // progress is per incarnation
     watch(vm.sock.get(), tag(kVmSocket, vm.index));
     watch(vm.proc.pidfd(), tag(kVmProcess, vm.index));
     for (auto& d : vm.devices) watch(d->backend().pidfd(), tag(kBackendProcess, vm.index, d->index()));

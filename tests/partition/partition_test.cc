@@ -2,6 +2,7 @@
 // back-end restart with device reset, watchdog, confinement (a hostile partition), a misbehaving
 // partition, the control socket. Every process started here is owned by PID and gone at the end.
 #include <gtest/gtest.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -313,6 +314,28 @@ TEST(Partitions, ControlSocketStopsStartsAndRestartsVmsAndRefusesBadRequests) {
   EXPECT_EQ(vmm.canopyctl("restart b", out), 0);
   ASSERT_TRUE(Vmm::wait_until([&] { return vmm.field("vm b", "pid") > 0 && vmm.field("vm b", "pid") != b; }));
   EXPECT_TRUE(process_gone(b));
+
+  // Stop/start/restart cycles leave no descriptor behind in canopy-vmm.
+  auto fds = [&] {
+    int n = 0;
+    std::string dir = "/proc/" + std::to_string(vmm.process().pid()) + "/fd";
+    if (DIR* d = opendir(dir.c_str())) {
+      while (dirent* e = readdir(d)) n += e->d_name[0] != '.';
+      closedir(d);
+    }
+    return n;
+  };
+  ASSERT_TRUE(Vmm::wait_until([&] { return vmm.field("vm b", "progress") >= 5; }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // our control connections are closed by now
+  const int steady = fds();
+  for (int i = 0; i < 3; ++i) {
+    const pid_t before = pid_t(vmm.field("vm b", "pid"));
+    ASSERT_EQ(vmm.canopyctl("restart b", out), 0);
+    ASSERT_TRUE(Vmm::wait_until([&] {
+      return vmm.field("vm b", "pid") > 0 && vmm.field("vm b", "pid") != before && vmm.field("vm b", "progress") >= 5;
+    }));
+  }
+  EXPECT_TRUE(Vmm::wait_until([&] { return fds() == steady; }, 2000)) << fds() << " descriptors, " << steady << " before";
 }
 
 TEST(Partitions, RunRefusesAManifestItCannotRunAndNamesTheVm) {
