@@ -238,12 +238,11 @@ Result<Child> spawn(const SpawnOptions& o) {
   if (pipe2(ep, O_CLOEXEC) != 0) return make_error(Errc::kIo, "spawn: pipe2 failed", errno);
   UniqueFd err_r(ep[0]), err_w(ep[1]);
 
-  std::vector<std::string> env = o.env;
   ChildPlan plan;
   plan.o = &o;
   for (const auto& a : o.argv) plan.argv.push_back(const_cast<char*>(a.c_str()));
   plan.argv.push_back(nullptr);
-  for (const auto& e : env) plan.envp.push_back(const_cast<char*>(e.c_str()));
+  for (const auto& e : o.env) plan.envp.push_back(const_cast<char*>(e.c_str()));
   plan.envp.push_back(nullptr);
   plan.exe_fd = exe.get();
   plan.err_w = err_w.get();

@@ -552,11 +552,13 @@ void Supervisor::shutdown() {
   if (!impl_) return;
   auto& order = impl_->manifest.boot_order;
   for (auto it = order.rbegin(); it != order.rend(); ++it) impl_->begin_stop(*impl_->vms[*it]);
+  // Every VM got its stop request at once: they share one grace period, then SIGKILL.
+  const auto deadline = std::chrono::steady_clock::now() + Millis(impl_->opt.stop_grace_ms);
   for (auto it = order.rbegin(); it != order.rend(); ++it) {
     Vm& vm = *impl_->vms[*it];
     if (vm.proc.running()) {
-      ExitInfo e = vm.proc.wait(impl_->opt.stop_grace_ms).ok() ? ExitInfo{} : vm.proc.terminate(0);
-      (void)e;
+      const auto left = std::chrono::duration_cast<Millis>(deadline - std::chrono::steady_clock::now()).count();
+      if (!vm.proc.wait(int(std::max<long long>(left, 0))).ok()) vm.proc.terminate(0);
     }
     impl_->unwatch(vm.proc.pidfd());
     impl_->cleanup(vm);

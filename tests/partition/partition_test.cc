@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <sys/wait.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -37,6 +38,17 @@ std::string read_file(const std::string& path) {
 }
 
 bool process_gone(pid_t pid) { return kill(pid, 0) != 0 && errno == ESRCH; }
+
+// Runs a shell command; its output (stdout and stderr) in `out`, its exit code returned (-1: no exit).
+int run_command(const std::string& cmd, std::string& out) {
+  FILE* f = popen((cmd + " 2>&1").c_str(), "r");
+  out.clear();
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, n);
+  const int st = pclose(f);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
 
 // Runs canopy-vmm on a manifest in a private folder, and talks to it through its control socket.
 class Vmm {
@@ -101,14 +113,7 @@ class Vmm {
   }
   // `canopyctl` itself: its output and exit code.
   int canopyctl(const std::string& args, std::string& out) {
-    std::string cmd = kBin + "/canopyctl --socket " + control_ + " " + args + " 2>&1";
-    FILE* f = popen(cmd.c_str(), "r");
-    out.clear();
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, n);
-    int st = pclose(f);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return run_command(kBin + "/canopyctl --socket " + control_ + " " + args, out);
   }
 
   // Status lines: "vm NAME" and "device NAME INDEX" -> key=value fields.
@@ -342,14 +347,8 @@ TEST(Partitions, RunRefusesAManifestItCannotRunAndNamesTheVm) {
   char tmpl[] = "/tmp/canopy-partition-test-XXXXXX";
   std::string dir = mkdtemp(tmpl);
   std::ofstream(dir + "/vm.toml") << "[[vm]]\nname = \"x\"\nbackend = \"partition\"\nmemory = \"32M\"\napp = \"no-such-app\"\n";
-  std::string cmd = kBin + "/canopy-vmm run " + dir + "/vm.toml 2>&1";
-  FILE* f = popen(cmd.c_str(), "r");
   std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, n);
-  int st = pclose(f);
-  EXPECT_EQ(WEXITSTATUS(st), 1);
+  EXPECT_EQ(run_command(kBin + "/canopy-vmm run " + dir + "/vm.toml", out), 1);
   EXPECT_NE(out.find("vm x: app no-such-app: program not found beside canopy-vmm or in PATH"), std::string::npos) << out;
   std::system(("rm -rf " + dir).c_str());
 }

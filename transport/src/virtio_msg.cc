@@ -6,6 +6,8 @@
 
 #include <cerrno>
 
+#include "canopy/buffers/fd_passing.h"
+
 namespace canopy::transport::msg {
 
 const char* code_name(Code c) {
@@ -164,27 +166,8 @@ std::vector<uint8_t> encode(Type type, uint8_t flags, uint16_t device, uint32_t 
 
 Status send_packet(int sock, std::span<const uint8_t> packet, std::span<const int> fds) {
   if (fds.size() > kMaxFds) return make_error(Errc::kInvalidArgument, "too many descriptors for one packet");
-  iovec iov{const_cast<uint8_t*>(packet.data()), packet.size()};
-  msghdr mh{};
-  mh.msg_iov = &iov;
-  mh.msg_iovlen = 1;
-  alignas(cmsghdr) char ctrl[CMSG_SPACE(sizeof(int) * kMaxFds)] = {};
-  if (!fds.empty()) {
-    mh.msg_control = ctrl;
-    mh.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
-    cmsghdr* c = CMSG_FIRSTHDR(&mh);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-    std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
-  }
-  for (;;) {
-    ssize_t n = sendmsg(sock, &mh, MSG_NOSIGNAL);
-    if (n >= 0) return {};
-    if (errno == EINTR) continue;
-    if (errno == EPIPE || errno == ECONNRESET || errno == ENOTCONN) return make_error(Errc::kClosed, "peer closed", errno);
-    return make_error(Errc::kIo, "sendmsg failed", errno);
-  }
+  // On SOCK_SEQPACKET one sendmsg carries the whole packet: send_fds' partial-write loop never repeats.
+  return buffers::send_fds(sock, packet.data(), packet.size(), fds);
 }
 
 Result<Message> receive(int sock, Direction dir, int timeout_ms) {

@@ -186,7 +186,8 @@ std::span<const uint8_t> bytes_of(const T& v) {
 }
 
 // Socket I/O (SOCK_SEQPACKET, one packet per message).
-// Sends one packet with descriptors. Errors: kClosed (peer gone), kIo.
+// Sends one packet with descriptors (through core/buffers' send_fds). Errors: kClosed (peer gone), kIo
+// (among them EAGAIN on a non-blocking socket whose peer does not read).
 Status send_packet(int sock, std::span<const uint8_t> packet, std::span<const int> fds = {});
 // Receives one packet; waits up to timeout_ms (negative: no limit). Errors: kClosed (end of stream),
 // kTimeout, kProtocol (truncated packet or more than kMaxFds descriptors: nothing is kept), kIo.
