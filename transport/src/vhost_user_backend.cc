@@ -102,8 +102,9 @@ Result<uint32_t> QueueHandle::process(const ChainFn& fn) {
       DescriptorWriter wr(*mem_, chain_);
       auto written = fn(chain_, rd, wr);
       if (!written.ok()) CANOPY_WARN_RL("queue %u: request failed: %s", unsigned(index_), written.error().what);
-      CANOPY_TRY(queue_.push_used(chain_.head(), written.ok() ? *written : 0));
       ++served;
+      if (written.ok() && *written == kDeferred) continue;
+      CANOPY_TRY(queue_.push_used(chain_.head(), written.ok() ? *written : 0));
     }
     (void)queue_.enable_notification(true);
     // A chain published between the last pop and re-enabling notifications would get no kick.
@@ -112,6 +113,13 @@ Result<uint32_t> QueueHandle::process(const ChainFn& fn) {
   }
   notify_if_needed();
   return served;
+}
+
+Status QueueHandle::complete(uint16_t head, uint32_t written) {
+  if (!queue_.ready()) return make_error(Errc::kState, "queue not running");
+  CANOPY_TRY(queue_.push_used(head, written));
+  notify_if_needed();
+  return {};
 }
 
 void QueueHandle::yield_to_event_loop() {
@@ -144,9 +152,10 @@ Backend::Backend(Device& device) : device_(device) {
     queues_.push_back(std::move(q));
   }
   stop_fd_ = UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  device_.rewatch_ = [this] { epoll_dirty_ = true; };
 }
 
-Backend::~Backend() = default;
+Backend::~Backend() { device_.rewatch_ = nullptr; }
 
 void Backend::request_stop() {
   uint64_t one = 1;
@@ -285,6 +294,7 @@ Status Backend::dispatch(Message& msg, Message& reply, bool& has_reply) {
     case Request::kSetVringCall:
     case Request::kSetVringErr:
     case Request::kSetBackendReqFd:
+    case Request::kGpuSetSocket:
     case Request::kSetLogFd:
     case Request::kSetLogBase:
     case Request::kSetInflightFd:
@@ -427,6 +437,11 @@ Status Backend::dispatch(Message& msg, Message& reply, bool& has_reply) {
       device_.on_backend_channel(backend_req_.get());
       return {};
     }
+    case Request::kGpuSetSocket: {
+      if (msg.fds.size() != 1) return make_error(Errc::kProtocol, "GPU_SET_SOCKET: needs one fd");
+      epoll_dirty_ = true;  // the device may watch the new socket
+      return device_.on_gpu_socket(std::move(msg.fds[0]));
+    }
     case Request::kGetConfig: {
       has_reply = true;
       reply.payload = msg.payload;  // on error the reply carries the request's header and no data
@@ -566,7 +581,9 @@ Status Backend::refresh_running_queues() {
 
 void Backend::reset_device() {
   for (auto& q : queues_) {
+    q->resetting_ = true;
     stop_queue(*q);
+    q->resetting_ = false;
     q->call_.reset();
     q->err_.reset();
     q->num_ = 0;

@@ -35,12 +35,20 @@ class QueueHandle {
   // Returns the number of chains served.
   using ChainFn = std::function<Result<uint32_t>(const DescriptorChain&, DescriptorReader&, DescriptorWriter&)>;
   Result<uint32_t> process(const ChainFn& fn);
+  // A ChainFn returns kDeferred to keep the chain in flight (e.g. a fenced command): the device copies
+  // the chain and later writes its response and calls complete(head, written). Chains still deferred
+  // when the queue stops are lost to the driver, so a device completes them in on_queue_stopped.
+  static constexpr uint32_t kDeferred = 0xffffffffu;
+  Status complete(uint16_t head, uint32_t written);
   // Signals the driver (call eventfd) if should_notify() says it wants it.
   void notify_if_needed();
   // Signals the driver unconditionally.
   void notify();
   // Makes the event loop call on_kick for this queue again (a device that stops early with work left).
   void yield_to_event_loop();
+  // True inside on_queue_stopped when the stop is a device reset: the driver may already have freed
+  // the rings, so deferred chains are dropped, not completed.
+  bool resetting() const { return resetting_; }
 
  private:
   friend class Backend;
@@ -57,6 +65,7 @@ class QueueHandle {
   bool addr_set_ = false;
   bool started_ = false;  // has a kick fd and a configured ring (§ "Starting and stopping rings")
   bool enabled_ = false;
+  bool resetting_ = false;
 };
 
 // What a device model implements. All callbacks run on the backend thread.
@@ -91,12 +100,28 @@ class Device {
   virtual void on_reset() {}
   // The front-end sent its back-end request channel (protocol feature BACKEND_REQ).
   virtual void on_backend_channel(Channel* channel) { (void)channel; }
+  // VHOST_USER_GPU_SET_SOCKET (QEMU's vhost-user-gpu front-end): the display protocol socket of
+  // docs/interop/vhost-user-gpu.rst. Devices other than a GPU refuse it.
+  virtual Status on_gpu_socket(UniqueFd fd) {
+    (void)fd;
+    return make_error(Errc::kUnsupported, "GPU_SET_SOCKET: not a GPU device");
+  }
   // Extra fds the device wants polled on the backend thread: fn is called when fd is readable.
   struct Watch {
     int fd;
     std::function<void()> fn;
   };
   virtual std::vector<Watch> watches() { return {}; }
+
+ protected:
+  // Tells the event loop that watches() changed (it re-reads them before waiting again).
+  void rewatch() {
+    if (rewatch_) rewatch_();
+  }
+
+ private:
+  friend class Backend;
+  std::function<void()> rewatch_;
 };
 
 struct BackendStats {

@@ -1,0 +1,221 @@
+// The virtio-gpu device model (virtio 1.2 §5.7), independent of any transport:
+//
+//   transport (vhost-user / tests) -> queue handling (vhost_gpu.h) -> command decode (command.h)
+//     -> GpuDevice (this file: resources, scanouts, contexts, fences, caps) -> Renderer (2D now)
+//     -> ScanoutOutput (frames to the compositor)
+//
+// Commands arrive as the readable bytes of a control-queue chain with a token; responses leave through
+// the Respond callback with that token. A command without VIRTIO_GPU_FLAG_FENCE is answered at once. A
+// fenced command is answered when it is complete AND every earlier fenced command of its timeline has
+// been answered (the spec's retirement rule: a driver retires fence N and all earlier fences of the
+// timeline when N's response arrives). The timeline is (ctx_id, ring_idx) with
+// VIRTIO_GPU_FLAG_INFO_RING_IDX (CONTEXT_INIT), else the one global timeline. A fenced RESOURCE_FLUSH
+// completes when the output has released every frame it produced, so the guest's fence wait is the
+// display's consumption of its buffer.
+//
+// Caps (per device, i.e. per VM; a request over a cap gets VIRTIO_GPU_RESP_ERR_OUT_OF_MEMORY):
+// resources, guest bytes attached as backing, host bytes of 2D storage, backing entries per request,
+// command bytes, contexts. Defaults in GpuCaps; docs/gpu.md lists them.
+//
+// Threading: one thread calls everything except Frame::release(), which may come from any thread; it
+// queues the release and makes release_fd() readable; process_releases() takes them.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "canopy/base/result.h"
+#include "canopy/base/unique_fd.h"
+#include "canopy/gpu/edid.h"
+#include "canopy/gpu/protocol.h"
+#include "canopy/gpu/scanout_output.h"
+#include "canopy/transport/guest_memory.h"
+
+namespace canopy::gpu {
+
+struct Command;
+
+struct GpuCaps {
+  uint32_t max_resources = 4096;
+  uint64_t max_backing_bytes = uint64_t{4} << 30;  // guest memory attached as backing, all resources
+  uint64_t max_host_bytes = uint64_t{1} << 30;     // host storage of 2D resources, all resources
+  uint32_t max_backing_entries = 16384;            // per ATTACH_BACKING / CREATE_BLOB (QEMU's limit too)
+  uint32_t max_command_bytes = 1 << 20;            // readable bytes of one control command
+  uint32_t max_contexts = 256;
+  uint32_t max_dimension = 16384;                  // resource width/height
+};
+
+struct GpuOptions {
+  std::vector<DisplayMode> scanouts{DisplayMode{}};  // 1..16; each enabled (connected) at start
+  GpuCaps caps;
+  // 2D resources whose backing is page aligned are shown straight from guest memory and
+  // TRANSFER_TO_HOST_2D copies nothing (a guest writing while the display reads may tear).
+  bool alias_2d = false;
+  uint64_t features = proto::kFEdid | proto::kFResourceUuid | proto::kFResourceBlob | proto::kFContextInit;
+};
+
+struct CapsetInfo {
+  uint32_t id = 0, max_version = 0, max_size = 0;
+};
+
+// A 2D resource's host storage.
+struct HostImage {
+  SharedFd fd;
+  buffers::Mapping map;
+  uint32_t stride = 0;
+  uint64_t size = 0;
+};
+
+// The renderer behind the device model. The 2D renderer (make_2d_renderer) keeps 2D resources in
+// memfds and has no capsets; the 3D issue adds virglrenderer behind the same interface.
+class Renderer {
+ public:
+  virtual ~Renderer() = default;
+  virtual const char* name() const = 0;
+  virtual uint32_t num_capsets() const = 0;
+  // Errors: kInvalidArgument for an index / id / version the renderer does not have.
+  virtual Result<CapsetInfo> capset_info(uint32_t index) const = 0;
+  virtual Result<std::vector<uint8_t>> capset(uint32_t id, uint32_t version) const = 0;
+  virtual Status create_context(uint32_t ctx_id, uint32_t capset_id, std::string_view debug_name) = 0;
+  virtual void destroy_context(uint32_t ctx_id) = 0;
+  // A context's command stream (SUBMIT_3D). The 2D renderer accepts only an empty stream (a fence carrier).
+  virtual Status submit(uint32_t ctx_id, std::span<const uint8_t> commands) = 0;
+  virtual Result<HostImage> create_2d(uint32_t resource_id, uint32_t width, uint32_t height) = 0;
+};
+std::unique_ptr<Renderer> make_2d_renderer();
+
+struct GpuStats {
+  uint64_t commands = 0;
+  uint64_t errors = 0;  // error responses
+  uint64_t frames = 0;
+  uint64_t bytes_copied = 0;  // by transfers
+  uint64_t fences_retired = 0;
+  uint32_t resources = 0;
+  uint64_t backing_bytes = 0;
+  uint64_t host_bytes = 0;
+  uint32_t contexts = 0;
+  uint32_t pending_fences = 0;
+};
+
+class GpuDevice {
+ public:
+  using Respond = std::function<void(uint64_t token, std::span<const uint8_t> response)>;
+
+  // Errors: kInvalidArgument for 0 or more than 16 scanouts or a mode without EDID timings.
+  static Result<std::unique_ptr<GpuDevice>> create(GpuOptions options, std::unique_ptr<Renderer> renderer,
+                                                   ScanoutOutput* output, Respond respond);
+  ~GpuDevice();
+  GpuDevice(const GpuDevice&) = delete;
+  GpuDevice& operator=(const GpuDevice&) = delete;
+
+  uint64_t offered_features() const { return options_.features; }
+  void set_acked_features(uint64_t f) { acked_ = f & options_.features; }
+  uint64_t acked_features() const { return acked_; }
+  // The guest memory commands refer to (borrowed; may change between commands).
+  void set_memory(transport::GuestMemory* mem) { mem_ = mem; }
+
+  // One control-queue command: `request` is a copy of the chain's readable bytes (capped by the
+  // caller at caps.max_command_bytes + 1), `writable` the response room. respond(token, ...) is
+  // called now or later (fences), exactly once, unless reset() drops it first.
+  void control(uint64_t token, std::span<const uint8_t> request, uint32_t writable);
+  // One cursor-queue command; returns the response (OK_NODATA or an error).
+  proto::CtrlHdr cursor(std::span<const uint8_t> request);
+
+  // Frame releases from the output (any thread) become fence completions here.
+  int release_fd() const { return release_event_.get(); }
+  void process_releases();
+
+  // Config space (§5.7.4). Writes may only clear events.
+  proto::Config config() const;
+  Status write_config(uint32_t offset, std::span<const uint8_t> data);
+  // A display change (hotplug or new mode): sets VIRTIO_GPU_EVENT_DISPLAY. Returns true when the
+  // driver must be told (config change notification).
+  Status set_display(uint32_t scanout, bool connected, const DisplayMode& mode);
+  bool take_config_changed() { return std::exchange(config_changed_, false); }
+
+  // Answers every executed fenced command now, in timeline order, without waiting for frame releases
+  // (a queue stop: nothing may stay in flight).
+  void force_retire();
+  // Device reset: resources, contexts, scanouts and pending fences are dropped (without responses).
+  void reset();
+
+  const GpuStats& stats() const { return stats_; }
+  uint32_t num_scanouts() const { return uint32_t(scanouts_.size()); }
+  const GpuCaps& caps() const { return options_.caps; }
+
+  struct Resource;
+  struct Scanout;
+  struct Context;
+  struct Pending;
+
+ private:
+  GpuDevice(GpuOptions options, std::unique_ptr<Renderer> renderer, ScanoutOutput* output, Respond respond);
+
+  // Command handlers return a response type: OK_NODATA, an error, or an OK_* whose body is in resp_.
+  proto::Resp dispatch(const Command& c, uint64_t pending_id);
+  proto::Resp get_display_info();
+  proto::Resp resource_create_2d(const Command& c);
+  proto::Resp resource_unref(const Command& c);
+  proto::Resp set_scanout(const Command& c);
+  proto::Resp set_scanout_blob(const Command& c);
+  proto::Resp resource_flush(const Command& c, uint64_t pending_id);
+  proto::Resp transfer_to_host_2d(const Command& c);
+  proto::Resp attach_backing(const Command& c);
+  proto::Resp detach_backing(const Command& c);
+  proto::Resp get_capset_info(const Command& c);
+  proto::Resp get_capset(const Command& c);
+  proto::Resp get_edid(const Command& c);
+  proto::Resp assign_uuid(const Command& c);
+  proto::Resp create_blob(const Command& c);
+  proto::Resp ctx_create(const Command& c);
+  proto::Resp ctx_destroy(const Command& c);
+  proto::Resp ctx_resource(const Command& c, bool attach);
+  proto::Resp submit_3d(const Command& c);
+
+  // Validates memory entries (non-empty, no wrap, inside guest memory, no overlap, under the caps)
+  // and gives them to r as its backing. Returns OK_NODATA or the error to answer.
+  proto::Resp set_backing(Resource& r, std::span<const uint8_t> tail, uint32_t count);
+  Status make_pieces(Resource& r);
+  void free_backing(Resource& r);
+  void destroy_resource(uint32_t id);
+  void disable_scanout(uint32_t s);
+  void emit_frame(uint32_t s, Resource& r, const Rect& damage_in_resource, uint64_t pending_id);
+  void retire_ready();
+  bool feature(uint64_t f) const { return (acked_ & f) == f; }
+
+  GpuOptions options_;
+  std::unique_ptr<Renderer> renderer_;
+  ScanoutOutput* output_;
+  Respond respond_;
+  transport::GuestMemory* mem_ = nullptr;
+  uint64_t acked_ = 0;
+  uint32_t events_read_ = 0;
+  bool config_changed_ = false;
+  std::map<uint32_t, std::unique_ptr<Resource>> resources_;
+  std::vector<std::unique_ptr<Scanout>> scanouts_;
+  std::map<uint32_t, std::unique_ptr<Context>> contexts_;
+  // Fenced commands not answered yet, by id; per timeline in submission order.
+  std::unordered_map<uint64_t, std::unique_ptr<Pending>> pending_;
+  std::map<uint64_t, std::vector<uint64_t>> timelines_;  // key -> pending ids (front = oldest)
+  uint64_t next_pending_ = 1;
+  std::vector<uint8_t> resp_;  // response body of the command being handled (after the header)
+  GpuStats stats_;
+
+  struct ReleaseQueue {
+    std::mutex mu;
+    std::vector<uint64_t> tokens;
+    int fd = -1;
+  };
+  std::shared_ptr<ReleaseQueue> releases_;
+  UniqueFd release_event_;
+};
+
+}  // namespace canopy::gpu

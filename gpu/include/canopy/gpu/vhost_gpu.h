@@ -1,0 +1,82 @@
+// Queue handling: GpuDevice behind the vhost-user back-end library (canopy/transport/vhost_user_backend.h).
+//
+//   queue 0 (control): each chain's readable bytes (at most caps.max_command_bytes + 1) go to
+//     GpuDevice::control(); the response is written into the chain's writable part (truncated if the
+//     driver gave too little room). Fenced commands stay in flight (QueueHandle::kDeferred) until their
+//     fence retires; a queue stop that is not a reset completes them, a reset drops them.
+//   queue 1 (cursor): UPDATE_CURSOR / MOVE_CURSOR, answered at once when the chain has room.
+//   config space: struct virtio_gpu_config (protocol feature CONFIG); display changes are signalled
+//     with VHOST_USER_BACKEND_CONFIG_CHANGE_MSG when the front-end gave a back-end channel.
+//   GPU_SET_SOCKET: QEMU's vhost-user-gpu display protocol (docs/interop/vhost-user-gpu.rst). Frames
+//     are mirrored to it (SCANOUT / UPDATE / CURSOR_*) unless disabled, so QEMU's own window shows the
+//     guest; the device's frames still go to the configured ScanoutOutput.
+//
+// Threading: the back-end thread runs everything (see vhost_user_backend.h).
+#pragma once
+
+#include <memory>
+#include <unordered_map>
+#include <vector>
+
+#include "canopy/gpu/device.h"
+#include "canopy/transport/vhost_user_backend.h"
+
+namespace canopy::gpu {
+
+class FrontendDisplay;
+
+struct VhostGpuOptions {
+  GpuOptions gpu;
+  bool mirror_to_frontend = true;  // QEMU's display socket gets the frames too
+};
+
+class VhostGpu : public transport::vhost_user::Device {
+ public:
+  // `output` receives the frames (borrowed; must outlive this object).
+  static Result<std::unique_ptr<VhostGpu>> create(VhostGpuOptions options, ScanoutOutput* output);
+  ~VhostGpu() override;
+
+  uint64_t features() const override;
+  uint64_t protocol_features() const override;
+  uint16_t num_queues() const override { return 2; }
+  Result<std::vector<uint8_t>> read_config(uint32_t offset, uint32_t size) override;
+  Status write_config(uint32_t offset, std::span<const uint8_t> data) override;
+  void set_acked_features(uint64_t features) override;
+  void on_kick(transport::vhost_user::QueueHandle& q) override;
+  void on_queue_stopped(transport::vhost_user::QueueHandle& q) override;
+  void on_reset() override;
+  void on_backend_channel(transport::vhost_user::Channel* channel) override { backend_channel_ = channel; }
+  Status on_gpu_socket(UniqueFd fd) override;
+  std::vector<Watch> watches() override;
+
+  // A display change (e.g. the compositor resized an output): updates the mode and notifies the driver.
+  Status set_display(uint32_t scanout, bool connected, const DisplayMode& mode);
+  GpuDevice& gpu() { return *gpu_; }
+  // Deferred (fenced) chains not answered yet.
+  size_t in_flight() const { return deferred_.size(); }
+
+ private:
+  VhostGpu() = default;
+  void respond(uint64_t token, std::span<const uint8_t> bytes);
+  void after_work();
+
+  struct Deferred {
+    transport::vhost_user::QueueHandle* q = nullptr;
+    transport::DescriptorChain chain;
+  };
+  VhostGpuOptions options_;
+  OutputTee tee_;
+  std::unique_ptr<FrontendDisplay> frontend_;
+  std::unique_ptr<GpuDevice> gpu_;
+  transport::vhost_user::Channel* backend_channel_ = nullptr;
+  uint64_t acked_ = 0;
+  uint64_t next_token_ = 1;
+  // The chain being handled: a response for it is written straight into it.
+  uint64_t current_token_ = 0;
+  transport::DescriptorWriter* current_writer_ = nullptr;
+  bool current_answered_ = false;
+  std::unordered_map<uint64_t, Deferred> deferred_;
+  std::vector<uint8_t> buf_;
+};
+
+}  // namespace canopy::gpu

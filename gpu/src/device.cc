@@ -1,0 +1,862 @@
+#include "canopy/gpu/device.h"
+
+#include <fcntl.h>
+#include <sys/eventfd.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <set>
+
+#include "canopy/base/checked.h"
+#include "canopy/base/log.h"
+#include "canopy/transport/virtqueue.h"
+#include "command.h"
+
+namespace canopy::gpu {
+
+using proto::Cmd;
+using proto::Resp;
+
+struct GpuDevice::Resource {
+  uint32_t id = 0;
+  bool blob = false;
+  uint32_t format = 0, fourcc = 0, width = 0, height = 0;
+  HostImage host;                              // 2D
+  std::vector<transport::Segment> backing;     // guest-physical entries, in the guest's order
+  std::vector<uint64_t> backing_end;           // running end offset of each entry
+  uint64_t backing_bytes = 0;
+  std::vector<FramePiece> pieces;              // backing as file pieces (blob, alias mode)
+  bool pieces_ok = false;
+  uint64_t blob_size = 0;
+  uint32_t blob_flags = 0;
+  bool has_uuid = false;
+  std::array<uint8_t, 16> uuid{};
+  uint64_t pending_copied = 0;                 // transfer bytes not yet reported with a frame
+  std::shared_ptr<Frame::ViewCache> view = std::make_shared<Frame::ViewCache>();
+  uint32_t scanout_mask = 0;
+};
+
+struct GpuDevice::Scanout {
+  DisplayMode mode;
+  bool connected = true;
+  uint32_t resource_id = 0;
+  Rect r;
+  bool blob = false;
+  uint32_t fourcc = 0, stride = 0;  // the framebuffer shown (the resource, or a part of a blob)
+  uint32_t fb_w = 0, fb_h = 0;
+  uint64_t offset = 0;
+  uint64_t seq = 0;
+  CursorUpdate cursor;
+};
+
+struct GpuDevice::Context {
+  uint32_t capset = 0;
+  std::set<uint32_t> resources;
+};
+
+struct GpuDevice::Pending {
+  uint64_t token = 0;
+  proto::CtrlHdr hdr{};
+  Resp resp = Resp::kOkNodata;
+  std::vector<uint8_t> body;
+  uint32_t outstanding = 0;  // frames not released yet
+  bool executed = false;
+};
+
+namespace {
+
+constexpr uint64_t kGlobalTimeline = 0;
+uint64_t timeline_key(uint32_t ctx, uint8_t ring) { return (uint64_t(ctx) << 8 | ring) + 1; }
+bool is_error(Resp r) { return uint32_t(r) >= uint32_t(Resp::kErrUnspec); }
+
+bool rect_inside(const proto::Rect& r, uint32_t w, uint32_t h) {
+  return uint64_t(r.x.get()) + r.width.get() <= w && uint64_t(r.y.get()) + r.height.get() <= h;
+}
+
+Rect intersect(const Rect& a, const Rect& b) {
+  const uint64_t x0 = std::max(a.x, b.x), y0 = std::max(a.y, b.y);
+  const uint64_t x1 = std::min(uint64_t(a.x) + a.width, uint64_t(b.x) + b.width);
+  const uint64_t y1 = std::min(uint64_t(a.y) + a.height, uint64_t(b.y) + b.height);
+  if (x1 <= x0 || y1 <= y0) return {};
+  return {uint32_t(x0), uint32_t(y0), uint32_t(x1 - x0), uint32_t(y1 - y0)};
+}
+
+Rect to_rect(const proto::Rect& r) { return {r.x.get(), r.y.get(), r.width.get(), r.height.get()}; }
+
+}  // namespace
+
+GpuDevice::GpuDevice(GpuOptions options, std::unique_ptr<Renderer> renderer, ScanoutOutput* output, Respond respond)
+    : options_(std::move(options)), renderer_(std::move(renderer)), output_(output), respond_(std::move(respond)) {}
+
+GpuDevice::~GpuDevice() = default;
+
+Result<std::unique_ptr<GpuDevice>> GpuDevice::create(GpuOptions options, std::unique_ptr<Renderer> renderer,
+                                                     ScanoutOutput* output, Respond respond) {
+  if (options.scanouts.empty() || options.scanouts.size() > proto::kMaxScanouts)
+    return make_error(Errc::kInvalidArgument, "scanouts: 1 to 16");
+  for (const auto& m : options.scanouts) CANOPY_TRY(cvt_reduced_blanking(m));
+  if (!renderer || !output || !respond) return make_error(Errc::kInvalidArgument, "gpu: missing renderer, output or respond");
+  options.features &= proto::kFEdid | proto::kFResourceUuid | proto::kFResourceBlob | proto::kFContextInit |
+                      (renderer->num_capsets() ? proto::kFVirgl : 0);
+  std::unique_ptr<GpuDevice> d(new GpuDevice(std::move(options), std::move(renderer), output, std::move(respond)));
+  for (const auto& m : d->options_.scanouts) {
+    auto s = std::make_unique<Scanout>();
+    s->mode = m;
+    s->cursor.scanout = uint32_t(d->scanouts_.size());
+    d->scanouts_.push_back(std::move(s));
+  }
+  d->release_event_.reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!d->release_event_) return make_error(Errc::kIo, "gpu: eventfd", errno);
+  d->releases_ = std::make_shared<ReleaseQueue>();
+  d->releases_->fd = d->release_event_.get();
+  return d;
+}
+
+// ---- responses and fences -------------------------------------------------------------------
+
+void GpuDevice::control(uint64_t token, std::span<const uint8_t> request, uint32_t writable) {
+  (void)writable;
+  ++stats_.commands;
+  proto::CtrlHdr in{};
+  if (request.size() >= sizeof in) std::memcpy(&in, request.data(), sizeof in);
+  auto reply = [&](Resp resp, const proto::CtrlHdr& hdr, std::span<const uint8_t> body, bool fenced) {
+    std::vector<uint8_t> out(sizeof(proto::CtrlHdr) + body.size());
+    proto::CtrlHdr h{};
+    h.type = uint32_t(resp);
+    h.ctx_id = hdr.ctx_id;
+    h.ring_idx = hdr.ring_idx;
+    if (fenced) {
+      h.flags = hdr.flags.get() & (proto::kFlagFence | proto::kFlagInfoRingIdx);
+      h.fence_id = hdr.fence_id;
+    }
+    std::memcpy(out.data(), &h, sizeof h);
+    if (!body.empty()) std::memcpy(out.data() + sizeof h, body.data(), body.size());
+    if (is_error(resp)) ++stats_.errors;
+    respond_(token, out);
+  };
+  if (request.size() > options_.caps.max_command_bytes) {
+    CANOPY_WARN_RL("gpu: command of %zu bytes over the %u-byte cap", request.size(), options_.caps.max_command_bytes);
+    reply(Resp::kErrOutOfMemory, in, {}, false);
+    return;
+  }
+  DecodeError derr{};
+  auto cmd = decode(request, Queue::kControl, &derr);
+  if (!cmd.ok()) {
+    CANOPY_WARN_RL("gpu: bad command %#x: %s", in.type.get(), derr.why);
+    reply(derr.resp, in, {}, false);
+    return;
+  }
+  const bool fenced = cmd->hdr.flags.get() & proto::kFlagFence;
+  if (!fenced) {
+    resp_.clear();
+    const Resp r = dispatch(*cmd, 0);
+    if (is_error(r)) CANOPY_WARN_RL("gpu: %s -> %s", proto::cmd_name(in.type), proto::resp_name(uint32_t(r)));
+    reply(r, cmd->hdr, is_error(r) ? std::span<const uint8_t>() : std::span<const uint8_t>(resp_), false);
+    process_releases();
+    return;
+  }
+  // Fenced: which timeline? INFO_RING_IDX names a ring of a context (CONTEXT_INIT); an invalid one is
+  // answered with an error on the global timeline, so the driver's fence still retires in order.
+  uint64_t key = kGlobalTimeline;
+  Resp early = Resp::kOkNodata;
+  if (cmd->hdr.flags.get() & proto::kFlagInfoRingIdx) {
+    if (!feature(proto::kFContextInit) || cmd->hdr.ring_idx >= proto::kMaxRings) early = Resp::kErrInvalidParameter;
+    else if (!contexts_.count(cmd->hdr.ctx_id)) early = Resp::kErrInvalidContextId;
+    else key = timeline_key(cmd->hdr.ctx_id, cmd->hdr.ring_idx);
+  }
+  const uint64_t id = next_pending_++;
+  auto p = std::make_unique<Pending>();
+  p->token = token;
+  p->hdr = cmd->hdr;
+  Pending* pp = p.get();
+  pending_.emplace(id, std::move(p));
+  timelines_[key].push_back(id);
+  resp_.clear();
+  pp->resp = early == Resp::kOkNodata ? dispatch(*cmd, id) : early;
+  if (is_error(pp->resp)) CANOPY_WARN_RL("gpu: %s -> %s", proto::cmd_name(in.type), proto::resp_name(uint32_t(pp->resp)));
+  else pp->body = resp_;
+  pp->executed = true;
+  stats_.pending_fences = uint32_t(pending_.size());
+  process_releases();
+  retire_ready();
+}
+
+void GpuDevice::retire_ready() {
+  for (auto it = timelines_.begin(); it != timelines_.end();) {
+    auto& q = it->second;
+    size_t n = 0;
+    while (n < q.size()) {
+      auto pit = pending_.find(q[n]);
+      if (pit == pending_.end()) {
+        ++n;
+        continue;
+      }
+      Pending& p = *pit->second;
+      if (!p.executed || p.outstanding) break;
+      std::vector<uint8_t> out(sizeof(proto::CtrlHdr) + p.body.size());
+      proto::CtrlHdr h{};
+      h.type = uint32_t(p.resp);
+      h.flags = p.hdr.flags.get() & (proto::kFlagFence | proto::kFlagInfoRingIdx);
+      h.fence_id = p.hdr.fence_id;
+      h.ctx_id = p.hdr.ctx_id;
+      h.ring_idx = p.hdr.ring_idx;
+      std::memcpy(out.data(), &h, sizeof h);
+      if (!p.body.empty()) std::memcpy(out.data() + sizeof h, p.body.data(), p.body.size());
+      if (is_error(p.resp)) ++stats_.errors;
+      ++stats_.fences_retired;
+      const uint64_t token = p.token;
+      pending_.erase(pit);
+      ++n;
+      respond_(token, out);
+    }
+    q.erase(q.begin(), q.begin() + long(n));
+    it = q.empty() ? timelines_.erase(it) : std::next(it);
+  }
+  stats_.pending_fences = uint32_t(pending_.size());
+}
+
+void GpuDevice::force_retire() {
+  for (auto& [id, p] : pending_) p->outstanding = 0;
+  retire_ready();
+}
+
+void GpuDevice::process_releases() {
+  uint64_t v;
+  [[maybe_unused]] ssize_t r = read(release_event_.get(), &v, sizeof v);
+  std::vector<uint64_t> tokens;
+  {
+    std::lock_guard<std::mutex> lk(releases_->mu);
+    tokens.swap(releases_->tokens);
+  }
+  bool any = false;
+  for (uint64_t t : tokens) {
+    auto it = pending_.find(t);
+    if (it == pending_.end() || it->second->outstanding == 0) continue;
+    --it->second->outstanding;
+    any = true;
+  }
+  if (any) retire_ready();
+}
+
+// ---- dispatch -------------------------------------------------------------------------------
+
+Resp GpuDevice::dispatch(const Command& c, uint64_t pending_id) {
+  switch (c.type) {
+    case Cmd::kGetDisplayInfo: return get_display_info();
+    case Cmd::kResourceCreate2d: return resource_create_2d(c);
+    case Cmd::kResourceUnref: return resource_unref(c);
+    case Cmd::kSetScanout: return set_scanout(c);
+    case Cmd::kResourceFlush: return resource_flush(c, pending_id);
+    case Cmd::kTransferToHost2d: return transfer_to_host_2d(c);
+    case Cmd::kResourceAttachBacking: return attach_backing(c);
+    case Cmd::kResourceDetachBacking: return detach_backing(c);
+    case Cmd::kGetCapsetInfo: return get_capset_info(c);
+    case Cmd::kGetCapset: return get_capset(c);
+    case Cmd::kGetEdid: return get_edid(c);
+    case Cmd::kResourceAssignUuid: return assign_uuid(c);
+    case Cmd::kResourceCreateBlob: return create_blob(c);
+    case Cmd::kSetScanoutBlob: return set_scanout_blob(c);
+    case Cmd::kCtxCreate: return ctx_create(c);
+    case Cmd::kCtxDestroy: return ctx_destroy(c);
+    case Cmd::kCtxAttachResource: return ctx_resource(c, true);
+    case Cmd::kCtxDetachResource: return ctx_resource(c, false);
+    case Cmd::kSubmit3d: return submit_3d(c);
+    default:
+      // MAP/UNMAP_BLOB need a host-visible memory region (not offered); 3D resources need a 3D renderer.
+      return Resp::kErrUnspec;
+  }
+}
+
+Resp GpuDevice::get_display_info() {
+  proto::DisplayOne modes[proto::kMaxScanouts] = {};
+  for (size_t i = 0; i < scanouts_.size(); ++i) {
+    const Scanout& s = *scanouts_[i];
+    modes[i].r.width = s.mode.width;
+    modes[i].r.height = s.mode.height;
+    modes[i].enabled = s.connected ? 1 : 0;
+  }
+  resp_.resize(sizeof modes);
+  std::memcpy(resp_.data(), modes, sizeof modes);
+  return Resp::kOkDisplayInfo;
+}
+
+Resp GpuDevice::get_edid(const Command& c) {
+  if (!feature(proto::kFEdid)) return Resp::kErrUnspec;
+  const auto g = c.as<proto::GetEdid>();
+  if (g.scanout.get() >= scanouts_.size()) return Resp::kErrInvalidParameter;
+  auto edid = make_edid(scanouts_[g.scanout]->mode, g.scanout);
+  if (!edid.ok()) return Resp::kErrUnspec;
+  resp_.assign(8 + proto::kEdidBlobSize, 0);
+  const le32 size = kEdidSize;
+  std::memcpy(resp_.data(), &size, 4);
+  std::memcpy(resp_.data() + 8, edid->data(), kEdidSize);
+  return Resp::kOkEdid;
+}
+
+Resp GpuDevice::get_capset_info(const Command& c) {
+  const auto g = c.as<proto::GetCapsetInfo>();
+  auto info = renderer_->capset_info(g.capset_index);
+  if (!info.ok()) return Resp::kErrInvalidParameter;
+  proto::RespCapsetInfo r{};
+  r.capset_id = info->id;
+  r.capset_max_version = info->max_version;
+  r.capset_max_size = info->max_size;
+  resp_.resize(sizeof r - sizeof r.hdr);
+  std::memcpy(resp_.data(), reinterpret_cast<const uint8_t*>(&r) + sizeof r.hdr, resp_.size());
+  return Resp::kOkCapsetInfo;
+}
+
+Resp GpuDevice::get_capset(const Command& c) {
+  const auto g = c.as<proto::GetCapset>();
+  auto data = renderer_->capset(g.capset_id, g.capset_version);
+  if (!data.ok()) return Resp::kErrInvalidParameter;
+  resp_ = std::move(*data);
+  return Resp::kOkCapset;
+}
+
+// ---- resources --------------------------------------------------------------------------------
+
+Resp GpuDevice::resource_create_2d(const Command& c) {
+  const auto rc = c.as<proto::ResourceCreate2d>();
+  const uint32_t id = rc.resource_id;
+  if (id == 0 || resources_.count(id)) return Resp::kErrInvalidResourceId;
+  const uint32_t fourcc = proto::drm_fourcc(rc.format);
+  if (fourcc == 0) return Resp::kErrInvalidParameter;
+  const uint32_t w = rc.width, h = rc.height;
+  if (w == 0 || h == 0 || w > options_.caps.max_dimension || h > options_.caps.max_dimension)
+    return Resp::kErrInvalidParameter;
+  if (resources_.size() >= options_.caps.max_resources) return Resp::kErrOutOfMemory;
+  const uint64_t bytes = uint64_t(w) * proto::kBytesPerPixel * h;
+  if (stats_.host_bytes + bytes > options_.caps.max_host_bytes) return Resp::kErrOutOfMemory;
+  auto host = renderer_->create_2d(id, w, h);
+  if (!host.ok()) return Resp::kErrOutOfMemory;
+  auto r = std::make_unique<Resource>();
+  r->id = id;
+  r->format = rc.format;
+  r->fourcc = fourcc;
+  r->width = w;
+  r->height = h;
+  r->host = std::move(*host);
+  stats_.host_bytes += r->host.size;
+  resources_.emplace(id, std::move(r));
+  stats_.resources = uint32_t(resources_.size());
+  return Resp::kOkNodata;
+}
+
+Resp GpuDevice::create_blob(const Command& c) {
+  if (!feature(proto::kFResourceBlob)) return Resp::kErrUnspec;
+  const auto cb = c.as<proto::ResourceCreateBlob>();
+  const uint32_t id = cb.resource_id;
+  if (id == 0 || resources_.count(id)) return Resp::kErrInvalidResourceId;
+  // Only guest-memory blobs: host blobs need a 3D renderer.
+  if (cb.blob_mem.get() != uint32_t(proto::BlobMem::kGuest)) return Resp::kErrInvalidParameter;
+  const uint32_t known = proto::kBlobFlagMappable | proto::kBlobFlagShareable | proto::kBlobFlagCrossDevice;
+  if (cb.blob_flags.get() & ~known) return Resp::kErrInvalidParameter;
+  if (cb.size.get() == 0 || cb.nr_entries.get() == 0) return Resp::kErrInvalidParameter;
+  if (resources_.size() >= options_.caps.max_resources) return Resp::kErrOutOfMemory;
+  auto r = std::make_unique<Resource>();
+  r->id = id;
+  r->blob = true;
+  r->blob_size = cb.size;
+  r->blob_flags = cb.blob_flags;
+  const Resp b = set_backing(*r, c.tail<proto::ResourceCreateBlob>(), cb.nr_entries);
+  if (b != Resp::kOkNodata) return b;
+  if (r->backing_bytes < r->blob_size) {
+    free_backing(*r);
+    return Resp::kErrInvalidParameter;
+  }
+  if (!make_pieces(*r).ok()) {
+    free_backing(*r);
+    return Resp::kErrUnspec;
+  }
+  resources_.emplace(id, std::move(r));
+  stats_.resources = uint32_t(resources_.size());
+  return Resp::kOkNodata;
+}
+
+Resp GpuDevice::set_backing(Resource& r, std::span<const uint8_t> tail, uint32_t count) {
+  std::vector<proto::MemEntry> ents;
+  DecodeError err{};
+  if (!decode_entries(tail, count, options_.caps.max_backing_entries, ents, &err)) return err.resp;
+  if (count == 0) return Resp::kErrInvalidParameter;
+  if (!mem_) return Resp::kErrUnspec;
+  std::vector<transport::Segment> segs;
+  segs.reserve(count);
+  uint64_t total = 0;
+  for (const auto& e : ents) {
+    const uint64_t addr = e.addr, len = e.length;
+    if (len == 0 || !checked_add(addr, len)) return Resp::kErrInvalidParameter;
+    if (!mem_->contains(addr, len)) return Resp::kErrInvalidParameter;
+    total += len;  // <= 16384 * 4 GiB: no overflow
+    segs.push_back({addr, uint32_t(len)});
+  }
+  auto sorted = segs;
+  std::sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) { return a.gpa < b.gpa; });
+  for (size_t i = 1; i < sorted.size(); ++i)
+    if (sorted[i - 1].gpa + sorted[i - 1].len > sorted[i].gpa) return Resp::kErrInvalidParameter;  // overlap
+  if (stats_.backing_bytes + total > options_.caps.max_backing_bytes) return Resp::kErrOutOfMemory;
+  r.backing = std::move(segs);
+  r.backing_end.resize(r.backing.size());
+  uint64_t end = 0;
+  for (size_t i = 0; i < r.backing.size(); ++i) r.backing_end[i] = end += r.backing[i].len;
+  r.backing_bytes = total;
+  stats_.backing_bytes += total;
+  r.view = std::make_shared<Frame::ViewCache>();
+  r.pieces.clear();
+  r.pieces_ok = false;
+  return Resp::kOkNodata;
+}
+
+Status GpuDevice::make_pieces(Resource& r) {
+  std::vector<std::pair<int, SharedFd>> dups;
+  std::vector<FramePiece> pieces;
+  for (const auto& s : r.backing) {
+    CANOPY_ASSIGN_OR_RETURN(auto ranges, mem_->file_ranges(s.gpa, s.len));
+    for (const auto& fr : ranges) {
+      SharedFd fd;
+      for (auto& [raw, sh] : dups)
+        if (raw == fr.fd) fd = sh;
+      if (!fd) {
+        UniqueFd d(fcntl(fr.fd, F_DUPFD_CLOEXEC, 0));
+        if (!d) return make_error(Errc::kIo, "gpu: dup guest memory fd", errno);
+        fd = std::make_shared<const UniqueFd>(std::move(d));
+        dups.emplace_back(fr.fd, fd);
+      }
+      if (!pieces.empty() && pieces.back().fd == fd && pieces.back().offset + pieces.back().length == fr.offset)
+        pieces.back().length += fr.length;
+      else
+        pieces.push_back({fd, fr.offset, fr.length});
+    }
+  }
+  r.pieces = std::move(pieces);
+  r.pieces_ok = true;
+  return {};
+}
+
+void GpuDevice::free_backing(Resource& r) {
+  stats_.backing_bytes -= r.backing_bytes;
+  r.backing.clear();
+  r.backing_end.clear();
+  r.backing_bytes = 0;
+  r.pieces.clear();
+  r.pieces_ok = false;
+  r.view = std::make_shared<Frame::ViewCache>();
+}
+
+Resp GpuDevice::attach_backing(const Command& c) {
+  const auto ab = c.as<proto::ResourceAttachBacking>();
+  auto it = resources_.find(ab.resource_id);
+  if (it == resources_.end()) return Resp::kErrInvalidResourceId;
+  Resource& r = *it->second;
+  if (r.blob) return Resp::kErrInvalidParameter;
+  if (!r.backing.empty()) return Resp::kErrUnspec;  // already attached (QEMU answers the same)
+  const Resp b = set_backing(r, c.tail<proto::ResourceAttachBacking>(), ab.nr_entries);
+  if (b != Resp::kOkNodata) return b;
+  if (options_.alias_2d) (void)make_pieces(r);  // alias only where it works; copies otherwise
+  return Resp::kOkNodata;
+}
+
+Resp GpuDevice::detach_backing(const Command& c) {
+  const auto db = c.as<proto::ResourceDetachBacking>();
+  auto it = resources_.find(db.resource_id);
+  if (it == resources_.end()) return Resp::kErrInvalidResourceId;
+  Resource& r = *it->second;
+  if (r.blob) return Resp::kErrInvalidParameter;
+  if (r.backing.empty()) return Resp::kErrUnspec;
+  free_backing(r);
+  return Resp::kOkNodata;
+}
+
+void GpuDevice::destroy_resource(uint32_t id) {
+  auto it = resources_.find(id);
+  if (it == resources_.end()) return;
+  Resource& r = *it->second;
+  for (uint32_t s = 0; s < scanouts_.size(); ++s)
+    if (r.scanout_mask & (1u << s)) disable_scanout(s);
+  for (auto& [cid, ctx] : contexts_) ctx->resources.erase(id);
+  free_backing(r);
+  stats_.host_bytes -= r.host.size;
+  resources_.erase(it);
+  stats_.resources = uint32_t(resources_.size());
+}
+
+Resp GpuDevice::resource_unref(const Command& c) {
+  const auto u = c.as<proto::ResourceUnref>();
+  if (!resources_.count(u.resource_id)) return Resp::kErrInvalidResourceId;
+  destroy_resource(u.resource_id);
+  return Resp::kOkNodata;
+}
+
+Resp GpuDevice::assign_uuid(const Command& c) {
+  if (!feature(proto::kFResourceUuid)) return Resp::kErrUnspec;
+  const auto a = c.as<proto::ResourceAssignUuid>();
+  auto it = resources_.find(a.resource_id);
+  if (it == resources_.end()) return Resp::kErrInvalidResourceId;
+  Resource& r = *it->second;
+  if (!r.has_uuid) {
+    if (getrandom(r.uuid.data(), r.uuid.size(), 0) != ssize_t(r.uuid.size())) return Resp::kErrUnspec;
+    r.uuid[6] = uint8_t((r.uuid[6] & 0x0f) | 0x40);  // RFC 4122 version 4
+    r.uuid[8] = uint8_t((r.uuid[8] & 0x3f) | 0x80);
+    r.has_uuid = true;
+  }
+  resp_.assign(r.uuid.begin(), r.uuid.end());
+  return Resp::kOkResourceUuid;
+}
+
+// ---- scanouts and frames ------------------------------------------------------------------------
+
+void GpuDevice::disable_scanout(uint32_t s) {
+  Scanout& sc = *scanouts_[s];
+  if (sc.resource_id) {
+    auto it = resources_.find(sc.resource_id);
+    if (it != resources_.end()) it->second->scanout_mask &= ~(1u << s);
+  }
+  const bool was = sc.resource_id != 0;
+  sc.resource_id = 0;
+  sc.r = {};
+  sc.blob = false;
+  if (was) output_->on_scanout(ScanoutState{s, false, 0, 0, 0});
+}
+
+Resp GpuDevice::set_scanout(const Command& c) {
+  const auto ss = c.as<proto::SetScanout>();
+  const uint32_t s = ss.scanout_id;
+  if (s >= scanouts_.size()) return Resp::kErrInvalidScanoutId;
+  if (ss.resource_id.get() == 0) {
+    disable_scanout(s);
+    return Resp::kOkNodata;
+  }
+  auto it = resources_.find(ss.resource_id);
+  if (it == resources_.end()) return Resp::kErrInvalidResourceId;
+  Resource& r = *it->second;
+  if (r.blob) return Resp::kErrInvalidParameter;  // blobs are shown with SET_SCANOUT_BLOB
+  if (ss.r.width.get() == 0 || ss.r.height.get() == 0 || !rect_inside(ss.r, r.width, r.height))
+    return Resp::kErrInvalidParameter;
+  Scanout& sc = *scanouts_[s];
+  if (sc.resource_id && sc.resource_id != r.id) {
+    auto old = resources_.find(sc.resource_id);
+    if (old != resources_.end()) old->second->scanout_mask &= ~(1u << s);
+  }
+  sc.resource_id = r.id;
+  sc.r = to_rect(ss.r);
+  sc.blob = false;
+  sc.fourcc = r.fourcc;
+  sc.stride = r.width * proto::kBytesPerPixel;
+  sc.fb_w = r.width;
+  sc.fb_h = r.height;
+  sc.offset = 0;
+  r.scanout_mask |= 1u << s;
+  output_->on_scanout(ScanoutState{s, true, sc.r.width, sc.r.height, r.id});
+  return Resp::kOkNodata;
+}
+
+Resp GpuDevice::set_scanout_blob(const Command& c) {
+  if (!feature(proto::kFResourceBlob)) return Resp::kErrUnspec;
+  const auto sb = c.as<proto::SetScanoutBlob>();
+  const uint32_t s = sb.scanout_id;
+  if (s >= scanouts_.size()) return Resp::kErrInvalidScanoutId;
+  if (sb.resource_id.get() == 0) {
+    disable_scanout(s);
+    return Resp::kOkNodata;
+  }
+  auto it = resources_.find(sb.resource_id);
+  if (it == resources_.end()) return Resp::kErrInvalidResourceId;
+  Resource& r = *it->second;
+  if (!r.blob) return Resp::kErrInvalidParameter;
+  const uint32_t fourcc = proto::drm_fourcc(sb.format);
+  const uint32_t w = sb.width, h = sb.height, stride = sb.strides[0];
+  const uint64_t offset = sb.offsets[0].get();
+  if (fourcc == 0 || w == 0 || h == 0 || w > options_.caps.max_dimension || h > options_.caps.max_dimension)
+    return Resp::kErrInvalidParameter;
+  if (uint64_t(stride) < uint64_t(w) * proto::kBytesPerPixel) return Resp::kErrInvalidParameter;
+  // The framebuffer must lie inside the blob: offset + stride * (h - 1) + w * 4 <= size.
+  const uint64_t need = offset + uint64_t(stride) * (h - 1) + uint64_t(w) * proto::kBytesPerPixel;
+  if (need > r.blob_size) return Resp::kErrInvalidParameter;
+  if (sb.r.width.get() == 0 || sb.r.height.get() == 0 || !rect_inside(sb.r, w, h)) return Resp::kErrInvalidParameter;
+  Scanout& sc = *scanouts_[s];
+  if (sc.resource_id && sc.resource_id != r.id) {
+    auto old = resources_.find(sc.resource_id);
+    if (old != resources_.end()) old->second->scanout_mask &= ~(1u << s);
+  }
+  sc.resource_id = r.id;
+  sc.r = to_rect(sb.r);
+  sc.blob = true;
+  sc.fourcc = fourcc;
+  sc.stride = stride;
+  sc.fb_w = w;
+  sc.fb_h = h;
+  sc.offset = offset;
+  r.scanout_mask |= 1u << s;
+  output_->on_scanout(ScanoutState{s, true, sc.r.width, sc.r.height, r.id});
+  return Resp::kOkNodata;
+}
+
+void GpuDevice::emit_frame(uint32_t s, Resource& r, const Rect& damage_res, uint64_t pending_id) {
+  Scanout& sc = *scanouts_[s];
+  Rect dmg = intersect(damage_res, sc.r);
+  if (dmg.empty()) return;
+  dmg.x -= sc.r.x;
+  dmg.y -= sc.r.y;
+  auto f = std::make_shared<Frame>();
+  f->scanout = s;
+  f->seq = ++sc.seq;
+  f->resource_id = r.id;
+  f->drm_fourcc = sc.fourcc;
+  f->width = sc.r.width;
+  f->height = sc.r.height;
+  f->stride = sc.stride;
+  f->damage.push_back(dmg);
+  f->presented = Frame::Clock::now();
+  const uint64_t origin = sc.offset + uint64_t(sc.r.y) * sc.stride + uint64_t(sc.r.x) * proto::kBytesPerPixel;
+  f->offset = origin;
+  if (sc.blob) {
+    f->blob = true;
+    f->pieces = r.pieces;
+    f->view_cache = r.view;
+  } else if (options_.alias_2d && r.pieces_ok && r.backing_bytes >= uint64_t(r.width) * 4 * r.height) {
+    f->aliased = true;
+    f->pieces = r.pieces;
+    f->view_cache = r.view;
+  } else {
+    f->pieces.push_back({r.host.fd, 0, r.host.size});
+    f->bytes_copied = std::exchange(r.pending_copied, 0);
+    f->view_cache = r.view;
+  }
+  f->release_token = pending_id;
+  if (pending_id) {
+    auto p = pending_.find(pending_id);
+    if (p != pending_.end()) ++p->second->outstanding;
+    std::weak_ptr<ReleaseQueue> wq = releases_;
+    f->on_release = [wq](uint64_t token) {
+      auto q = wq.lock();
+      if (!q) return;
+      std::lock_guard<std::mutex> lk(q->mu);
+      q->tokens.push_back(token);
+      const uint64_t one = 1;
+      [[maybe_unused]] ssize_t n = write(q->fd, &one, sizeof one);
+    };
+  }
+  ++stats_.frames;
+  output_->on_frame(std::move(f));
+}
+
+Resp GpuDevice::resource_flush(const Command& c, uint64_t pending_id) {
+  const auto rf = c.as<proto::ResourceFlush>();
+  auto it = resources_.find(rf.resource_id);
+  if (it == resources_.end()) return Resp::kErrInvalidResourceId;
+  Resource& r = *it->second;
+  if (!r.blob && !rect_inside(rf.r, r.width, r.height)) return Resp::kErrInvalidParameter;
+  const Rect dmg = to_rect(rf.r);
+  // Blob flush rectangles are in the coordinates of the framebuffer each scanout shows.
+  for (uint32_t s = 0; s < scanouts_.size(); ++s)
+    if (r.blob && (r.scanout_mask & (1u << s)) && !rect_inside(rf.r, scanouts_[s]->fb_w, scanouts_[s]->fb_h))
+      return Resp::kErrInvalidParameter;
+  for (uint32_t s = 0; s < scanouts_.size(); ++s)
+    if (r.scanout_mask & (1u << s)) emit_frame(s, r, dmg, pending_id);
+  return Resp::kOkNodata;
+}
+
+Resp GpuDevice::transfer_to_host_2d(const Command& c) {
+  const auto t = c.as<proto::TransferToHost2d>();
+  auto it = resources_.find(t.resource_id);
+  if (it == resources_.end()) return Resp::kErrInvalidResourceId;
+  Resource& r = *it->second;
+  if (r.blob) return Resp::kErrInvalidParameter;
+  if (r.backing.empty()) return Resp::kErrUnspec;
+  if (!rect_inside(t.r, r.width, r.height)) return Resp::kErrInvalidParameter;
+  const uint32_t w = t.r.width, h = t.r.height, x = t.r.x, y = t.r.y;
+  if (w == 0 || h == 0) return Resp::kOkNodata;
+  const uint64_t stride = uint64_t(r.width) * proto::kBytesPerPixel;
+  const uint64_t row = uint64_t(w) * proto::kBytesPerPixel;
+  // Source rows start at offset + stride * i in the backing (QEMU's and Linux's layout).
+  auto last = checked_add<uint64_t>(t.offset.get(), stride * (h - 1) + row);
+  if (!last || *last > r.backing_bytes) return Resp::kErrInvalidParameter;
+  if (options_.alias_2d && r.pieces_ok && r.backing_bytes >= stride * r.height) return Resp::kOkNodata;
+  uint8_t* host = reinterpret_cast<uint8_t*>(r.host.map.data());
+  for (uint32_t i = 0; i < h; ++i) {
+    uint64_t src = t.offset.get() + stride * i;
+    uint8_t* dst = host + (uint64_t(y) + i) * r.host.stride + uint64_t(x) * proto::kBytesPerPixel;
+    uint64_t left = row;
+    // Find the entry holding `src` and copy across entries.
+    size_t e = size_t(std::upper_bound(r.backing_end.begin(), r.backing_end.end(), src) - r.backing_end.begin());
+    while (left > 0) {
+      if (e >= r.backing.size()) return Resp::kErrUnspec;
+      const uint64_t start = r.backing_end[e] - r.backing[e].len;
+      const uint64_t within = src - start;
+      const uint64_t n = std::min<uint64_t>(left, r.backing[e].len - within);
+      if (!mem_ || !mem_->read(r.backing[e].gpa + within, dst, size_t(n)).ok()) return Resp::kErrUnspec;
+      dst += n;
+      src += n;
+      left -= n;
+      ++e;
+    }
+  }
+  const uint64_t copied = row * h;
+  r.pending_copied += copied;
+  stats_.bytes_copied += copied;
+  return Resp::kOkNodata;
+}
+
+// ---- contexts -----------------------------------------------------------------------------------
+
+Resp GpuDevice::ctx_create(const Command& c) {
+  const auto cc = c.as<proto::CtxCreate>();
+  const uint32_t id = cc.hdr.ctx_id;
+  if (id == 0 || contexts_.count(id)) return Resp::kErrInvalidContextId;
+  if (cc.nlen.get() > sizeof cc.debug_name) return Resp::kErrInvalidParameter;
+  const uint32_t init = cc.context_init;
+  if (init & ~proto::kContextInitCapsetMask) return Resp::kErrInvalidParameter;
+  if (init && !feature(proto::kFContextInit)) return Resp::kErrInvalidParameter;
+  if (contexts_.size() >= options_.caps.max_contexts) return Resp::kErrOutOfMemory;
+  const uint32_t capset = init & proto::kContextInitCapsetMask;
+  if (!renderer_->create_context(id, capset, std::string_view(cc.debug_name, cc.nlen.get())).ok())
+    return Resp::kErrInvalidParameter;
+  auto ctx = std::make_unique<Context>();
+  ctx->capset = capset;
+  contexts_.emplace(id, std::move(ctx));
+  stats_.contexts = uint32_t(contexts_.size());
+  return Resp::kOkNodata;
+}
+
+Resp GpuDevice::ctx_destroy(const Command& c) {
+  const uint32_t id = c.hdr.ctx_id;
+  auto it = contexts_.find(id);
+  if (it == contexts_.end()) return Resp::kErrInvalidContextId;
+  renderer_->destroy_context(id);
+  contexts_.erase(it);
+  stats_.contexts = uint32_t(contexts_.size());
+  return Resp::kOkNodata;
+}
+
+Resp GpuDevice::ctx_resource(const Command& c, bool attach) {
+  const auto cr = c.as<proto::CtxResource>();
+  auto it = contexts_.find(c.hdr.ctx_id);
+  if (it == contexts_.end()) return Resp::kErrInvalidContextId;
+  if (!resources_.count(cr.resource_id)) return Resp::kErrInvalidResourceId;
+  if (attach) it->second->resources.insert(cr.resource_id);
+  else it->second->resources.erase(cr.resource_id);
+  return Resp::kOkNodata;
+}
+
+Resp GpuDevice::submit_3d(const Command& c) {
+  const auto s = c.as<proto::CmdSubmit>();
+  if (!contexts_.count(c.hdr.ctx_id)) return Resp::kErrInvalidContextId;
+  const auto tail = c.tail<proto::CmdSubmit>();
+  if (s.size.get() > tail.size()) return Resp::kErrInvalidParameter;
+  if (!renderer_->submit(c.hdr.ctx_id, tail.first(s.size.get())).ok()) return Resp::kErrInvalidParameter;
+  return Resp::kOkNodata;
+}
+
+// ---- cursor -------------------------------------------------------------------------------------
+
+proto::CtrlHdr GpuDevice::cursor(std::span<const uint8_t> request) {
+  proto::CtrlHdr out{};
+  auto answer = [&](Resp r) {
+    out.type = uint32_t(r);
+    if (is_error(r)) {
+      ++stats_.errors;
+      CANOPY_WARN_RL("gpu: cursor command -> %s", proto::resp_name(uint32_t(r)));
+    }
+    return out;
+  };
+  DecodeError derr{};
+  auto cmd = decode(request, Queue::kCursor, &derr);
+  if (!cmd.ok()) return answer(derr.resp);
+  out.ctx_id = cmd->hdr.ctx_id;
+  const auto u = cmd->as<proto::UpdateCursor>();
+  const uint32_t s = u.pos.scanout_id;
+  if (s >= scanouts_.size()) return answer(Resp::kErrInvalidScanoutId);
+  CursorUpdate& cu = scanouts_[s]->cursor;
+  cu.scanout = s;
+  cu.x = u.pos.x;
+  cu.y = u.pos.y;
+  cu.image_changed = false;
+  if (cmd->type == Cmd::kUpdateCursor) {
+    if (u.resource_id.get() == 0) {
+      cu.visible = false;
+      cu.image.reset();
+    } else {
+      auto it = resources_.find(u.resource_id);
+      if (it == resources_.end()) return answer(Resp::kErrInvalidResourceId);
+      Resource& r = *it->second;
+      if (r.blob || r.width != proto::kCursorSize || r.height != proto::kCursorSize) return answer(Resp::kErrInvalidParameter);
+      auto img = std::make_shared<CursorImage>();
+      img->argb.resize(proto::kCursorSize * proto::kCursorSize);
+      std::memcpy(img->argb.data(), r.host.map.data(), img->argb.size() * 4);
+      if (options_.alias_2d && r.pieces_ok && mem_) {
+        // Alias mode: the pixels live in guest memory.
+        uint64_t off = 0;
+        uint8_t* dst = reinterpret_cast<uint8_t*>(img->argb.data());
+        for (const auto& seg : r.backing) {
+          const uint64_t n = std::min<uint64_t>(seg.len, img->argb.size() * 4 - off);
+          if (n == 0 || !mem_->read(seg.gpa, dst + off, size_t(n)).ok()) break;
+          off += n;
+        }
+      }
+      cu.image = std::move(img);
+      cu.image_changed = true;
+      cu.visible = true;
+      cu.hot_x = u.hot_x;
+      cu.hot_y = u.hot_y;
+    }
+  }
+  output_->on_cursor(cu);
+  return answer(Resp::kOkNodata);
+}
+
+// ---- config, display changes, reset -------------------------------------------------------------
+
+proto::Config GpuDevice::config() const {
+  proto::Config c{};
+  c.events_read = events_read_;
+  c.num_scanouts = uint32_t(scanouts_.size());
+  c.num_capsets = renderer_->num_capsets();
+  return c;
+}
+
+Status GpuDevice::write_config(uint32_t offset, std::span<const uint8_t> data) {
+  if (offset != offsetof(proto::Config, events_clear) || data.size() != 4)
+    return make_error(Errc::kInvalidArgument, "gpu config: only events_clear is writable");
+  uint32_t v;
+  std::memcpy(&v, data.data(), 4);
+  events_read_ &= ~le32(v).get();
+  return {};
+}
+
+Status GpuDevice::set_display(uint32_t scanout, bool connected, const DisplayMode& mode) {
+  if (scanout >= scanouts_.size()) return make_error(Errc::kInvalidArgument, "gpu: no such scanout");
+  CANOPY_TRY(cvt_reduced_blanking(mode));
+  Scanout& s = *scanouts_[scanout];
+  s.connected = connected;
+  s.mode = mode;
+  events_read_ |= proto::kEventDisplay;
+  config_changed_ = true;
+  return {};
+}
+
+void GpuDevice::reset() {
+  for (uint32_t s = 0; s < scanouts_.size(); ++s) disable_scanout(s);
+  for (auto& [id, ctx] : contexts_) renderer_->destroy_context(id);
+  contexts_.clear();
+  while (!resources_.empty()) destroy_resource(resources_.begin()->first);
+  pending_.clear();
+  timelines_.clear();
+  {
+    std::lock_guard<std::mutex> lk(releases_->mu);
+    releases_->tokens.clear();
+  }
+  for (auto& s : scanouts_) {
+    s->seq = 0;
+    s->cursor = CursorUpdate{};
+  }
+  events_read_ = 0;
+  config_changed_ = false;
+  acked_ = 0;
+  stats_.resources = 0;
+  stats_.contexts = 0;
+  stats_.pending_fences = 0;
+}
+
+}  // namespace canopy::gpu

@@ -1,0 +1,545 @@
+#include "canopy/gpu/device.h"
+
+#include <gtest/gtest.h>
+
+#include "canopy/buffers/image.h"
+#include "gpu_test_util.h"
+
+namespace canopy::gpu {
+namespace {
+
+using proto::Cmd;
+using proto::Resp;
+using testing::hdr;
+using testing::Harness;
+constexpr uint32_t R(Resp r) { return uint32_t(r); }
+
+uint32_t pattern_crc(uint32_t w, uint32_t h, uint32_t pixel) {
+  std::vector<uint32_t> px(size_t(w) * h, pixel);
+  return image_crc32(reinterpret_cast<const uint8_t*>(px.data()), w * 4, h, w * 4);
+}
+
+TEST(GpuDevice, DisplayInfoListsEveryConfiguredScanout) {
+  GpuOptions o;
+  o.scanouts = {{1024, 768, 60}, {1920, 1080, 60}, {800, 480, 60}};
+  Harness h(o);
+  const uint64_t t = h.send(hdr(Cmd::kGetDisplayInfo));
+  ASSERT_EQ(h.response(t).type.get(), R(Resp::kOkDisplayInfo));
+  proto::RespDisplayInfo info;
+  ASSERT_EQ(h.responses[t].size(), sizeof info);
+  std::memcpy(&info, h.responses[t].data(), sizeof info);
+  EXPECT_EQ(info.pmodes[1].r.width.get(), 1920u);
+  EXPECT_EQ(info.pmodes[2].r.height.get(), 480u);
+  EXPECT_EQ(info.pmodes[2].enabled.get(), 1u);
+  EXPECT_EQ(info.pmodes[3].enabled.get(), 0u);
+  EXPECT_EQ(h.dev->config().num_scanouts.get(), 3u);
+}
+
+TEST(GpuDevice, EdidPerScanoutAndBadScanout) {
+  GpuOptions o;
+  o.scanouts = {{1024, 768, 60}, {1280, 800, 60}};
+  Harness h(o);
+  proto::GetEdid g{};
+  g.hdr = hdr(Cmd::kGetEdid);
+  g.scanout = 1;
+  const uint64_t t = h.send(g);
+  ASSERT_EQ(h.response(t).type.get(), R(Resp::kOkEdid));
+  proto::RespEdid e;
+  ASSERT_EQ(h.responses[t].size(), sizeof e);
+  std::memcpy(&e, h.responses[t].data(), sizeof e);
+  EXPECT_EQ(e.size.get(), 128u);
+  EXPECT_EQ(e.edid[56] | (e.edid[58] >> 4) << 8, 1280);  // preferred mode width
+  g.scanout = 2;
+  EXPECT_EQ(h.call(g), R(Resp::kErrInvalidParameter));
+  g.scanout = 0xffffffff;
+  EXPECT_EQ(h.call(g), R(Resp::kErrInvalidParameter));
+  h.dev->set_acked_features(0);  // EDID not negotiated
+  g.scanout = 0;
+  EXPECT_EQ(h.call(g), R(Resp::kErrUnspec));
+}
+
+TEST(GpuDevice, ResourceCreate2dValidatesEveryField) {
+  Harness h;
+  EXPECT_EQ(h.create_2d(0, 64, 64), R(Resp::kErrInvalidResourceId));
+  EXPECT_EQ(h.create_2d(1, 64, 64), R(Resp::kOkNodata));
+  EXPECT_EQ(h.create_2d(1, 64, 64), R(Resp::kErrInvalidResourceId));
+  EXPECT_EQ(h.create_2d(2, 64, 64, proto::Format(5)), R(Resp::kErrInvalidParameter));
+  EXPECT_EQ(h.create_2d(2, 0, 64), R(Resp::kErrInvalidParameter));
+  EXPECT_EQ(h.create_2d(2, 64, 16385), R(Resp::kErrInvalidParameter));
+  EXPECT_EQ(h.dev->stats().resources, 1u);
+}
+
+TEST(GpuDevice, TransferAndFlushDeliverTheGuestPixels) {
+  Harness h({}, {.checksum = true});
+  ASSERT_EQ(h.create_2d(1, 64, 32), R(Resp::kOkNodata));
+  h.fill_ram(0x10000, 64 * 32 * 4, 0xff336699);
+  ASSERT_EQ(h.attach(1, {Harness::entry(0x10000, 64 * 32 * 4)}), R(Resp::kOkNodata));
+  ASSERT_EQ(h.set_scanout(0, 1, 64, 32), R(Resp::kOkNodata));
+  ASSERT_EQ(h.transfer(1, 64, 32), R(Resp::kOkNodata));
+  ASSERT_EQ(h.call(h.flush_cmd(1, 64, 32)), R(Resp::kOkNodata));
+  auto st = h.out.stats(0);
+  EXPECT_EQ(st.frames, 1u);
+  EXPECT_EQ(st.last_crc, pattern_crc(64, 32, 0xff336699));
+  EXPECT_EQ(st.bytes_copied, 64u * 32 * 4);
+  EXPECT_EQ(st.last_fourcc, buffers::fourcc_code('X', 'R', '2', '4'));
+  ASSERT_EQ(st.last_damage.size(), 1u);
+  EXPECT_EQ(st.last_damage[0], (Rect{0, 0, 64, 32}));
+}
+
+TEST(GpuDevice, TransferGathersRowsAcrossScatteredEntries) {
+  Harness h({}, {.checksum = true});
+  ASSERT_EQ(h.create_2d(1, 16, 4), R(Resp::kOkNodata));
+  // 4 rows of 64 bytes in entries of 40 + 100 + 116 bytes at scattered addresses.
+  h.fill_ram(0x30000, 40, 0x11111111);
+  h.fill_ram(0x10000, 100, 0x11111111);
+  h.fill_ram(0x50000, 116, 0x11111111);
+  ASSERT_EQ(h.attach(1, {Harness::entry(0x30000, 40), Harness::entry(0x10000, 100), Harness::entry(0x50000, 116)}),
+            R(Resp::kOkNodata));
+  ASSERT_EQ(h.set_scanout(0, 1, 16, 4), R(Resp::kOkNodata));
+  ASSERT_EQ(h.transfer(1, 16, 4), R(Resp::kOkNodata));
+  ASSERT_EQ(h.call(h.flush_cmd(1, 16, 4)), R(Resp::kOkNodata));
+  EXPECT_EQ(h.out.stats(0).last_crc, pattern_crc(16, 4, 0x11111111));
+  // A partial transfer: rows 1..2, columns 4..7, source offset as Linux computes it.
+  h.fill_ram(0x30000, 40, 0x22222222);
+  h.fill_ram(0x10000, 100, 0x22222222);
+  h.fill_ram(0x50000, 116, 0x22222222);
+  ASSERT_EQ(h.transfer(1, 4, 2, 1 * 64 + 4 * 4, 4, 1), R(Resp::kOkNodata));
+  ASSERT_EQ(h.call(h.flush_cmd(1, 16, 4)), R(Resp::kOkNodata));
+  std::vector<uint32_t> expect(16 * 4, 0x11111111);
+  for (int y = 1; y <= 2; ++y)
+    for (int x = 4; x < 8; ++x) expect[y * 16 + x] = 0x22222222;
+  EXPECT_EQ(h.out.stats(0).last_crc, image_crc32(reinterpret_cast<const uint8_t*>(expect.data()), 64, 4, 64));
+  EXPECT_EQ(h.out.stats(0).bytes_copied, 16u * 4 * 4 + 4 * 2 * 4);
+}
+
+TEST(GpuDevice, TransferRefusesRectanglesAndOffsetsOutsideTheResourceOrBacking) {
+  Harness h;
+  ASSERT_EQ(h.create_2d(1, 64, 64), R(Resp::kOkNodata));
+  EXPECT_EQ(h.transfer(1, 64, 64), R(Resp::kErrUnspec));  // no backing yet
+  ASSERT_EQ(h.attach(1, {Harness::entry(0x10000, 64 * 64 * 4)}), R(Resp::kOkNodata));
+  EXPECT_EQ(h.transfer(1, 65, 1), R(Resp::kErrInvalidParameter));
+  EXPECT_EQ(h.transfer(1, 1, 1, 0, 0xffffffff, 0), R(Resp::kErrInvalidParameter));  // x + width wraps 32 bits
+  EXPECT_EQ(h.transfer(1, 64, 64, 4), R(Resp::kErrInvalidParameter));              // one pixel past the backing
+  EXPECT_EQ(h.transfer(1, 1, 1, ~uint64_t{0} - 2), R(Resp::kErrInvalidParameter));  // offset + row wraps 64 bits
+  EXPECT_EQ(h.transfer(7, 1, 1), R(Resp::kErrInvalidResourceId));
+  EXPECT_EQ(h.dev->stats().bytes_copied, 0u);
+}
+
+TEST(GpuDevice, AttachBackingRefusesOverlappingWrappingAndOutsideEntries) {
+  Harness h;
+  ASSERT_EQ(h.create_2d(1, 64, 64), R(Resp::kOkNodata));
+  EXPECT_EQ(h.attach(1, {Harness::entry(0x10000, 8192), Harness::entry(0x11000, 4096)}), R(Resp::kErrInvalidParameter));
+  EXPECT_EQ(h.attach(1, {Harness::entry(0x10000, 4096), Harness::entry(0x10000, 4096)}), R(Resp::kErrInvalidParameter));
+  EXPECT_EQ(h.attach(1, {Harness::entry(~uint64_t{0} - 100, 4096)}), R(Resp::kErrInvalidParameter));
+  EXPECT_EQ(h.attach(1, {Harness::entry(Harness::kRam - 4096, 8192)}), R(Resp::kErrInvalidParameter));
+  EXPECT_EQ(h.attach(1, {Harness::entry(Harness::kRam, 4096)}), R(Resp::kErrInvalidParameter));
+  EXPECT_EQ(h.attach(1, {Harness::entry(0x10000, 0)}), R(Resp::kErrInvalidParameter));
+  EXPECT_EQ(h.attach(1, {}), R(Resp::kErrInvalidParameter));
+  EXPECT_EQ(h.attach(9, {Harness::entry(0x10000, 4096)}), R(Resp::kErrInvalidResourceId));
+  EXPECT_EQ(h.dev->stats().backing_bytes, 0u);
+  // nr_entries larger than the entries that follow: the command is malformed.
+  proto::ResourceAttachBacking a{};
+  a.hdr = hdr(Cmd::kResourceAttachBacking);
+  a.resource_id = 1;
+  a.nr_entries = 2;
+  auto one = Harness::entry(0x10000, 4096);
+  EXPECT_EQ(h.call(a, std::span(reinterpret_cast<const uint8_t*>(&one), sizeof one)), R(Resp::kErrUnspec));
+  a.nr_entries = 16385;  // over the per-request cap
+  EXPECT_EQ(h.call(a), R(Resp::kErrOutOfMemory));
+  ASSERT_EQ(h.attach(1, {Harness::entry(0x10000, 4096)}), R(Resp::kOkNodata));
+  EXPECT_EQ(h.attach(1, {Harness::entry(0x20000, 4096)}), R(Resp::kErrUnspec));  // already attached
+  EXPECT_EQ(h.dev->stats().backing_bytes, 4096u);
+}
+
+// CVE-2016-10029 class: a scanout id at or beyond num_scanouts.
+TEST(GpuDevice, SetScanoutRefusesScanoutIdsOutOfRange) {
+  GpuOptions o;
+  o.scanouts = {{1024, 768, 60}, {1024, 768, 60}};
+  Harness h(o);
+  ASSERT_EQ(h.create_2d(1, 64, 64), R(Resp::kOkNodata));
+  EXPECT_EQ(h.set_scanout(2, 1, 64, 64), R(Resp::kErrInvalidScanoutId));
+  EXPECT_EQ(h.set_scanout(16, 1, 64, 64), R(Resp::kErrInvalidScanoutId));
+  EXPECT_EQ(h.set_scanout(0xffffffff, 1, 64, 64), R(Resp::kErrInvalidScanoutId));
+  EXPECT_EQ(h.set_scanout(0, 1, 65, 64), R(Resp::kErrInvalidParameter));
+  EXPECT_EQ(h.set_scanout(0, 1, 0, 64), R(Resp::kErrInvalidParameter));
+  EXPECT_EQ(h.set_scanout(0, 2, 64, 64), R(Resp::kErrInvalidResourceId));
+  EXPECT_EQ(h.set_scanout(1, 1, 64, 64), R(Resp::kOkNodata));
+  EXPECT_TRUE(h.out.stats(1).state.enabled);
+  EXPECT_EQ(h.set_scanout(1, 0, 0, 0), R(Resp::kOkNodata));
+  EXPECT_FALSE(h.out.stats(1).state.enabled);
+}
+
+// CVE-2016-10028 / CVE-2021-3546 class: capset index and id/version from the guest.
+TEST(GpuDevice, CapsetQueriesOutOfRangeAreRefused) {
+  Harness h;
+  proto::GetCapsetInfo ci{};
+  ci.hdr = hdr(Cmd::kGetCapsetInfo);
+  for (uint32_t idx : {0u, 1u, 0x7fffffffu, 0xffffffffu}) {
+    ci.capset_index = idx;
+    const uint64_t t = h.send(ci);
+    EXPECT_EQ(h.response(t).type.get(), R(Resp::kErrInvalidParameter)) << idx;
+    EXPECT_EQ(h.responses[t].size(), sizeof(proto::CtrlHdr));
+  }
+  proto::GetCapset c{};
+  c.hdr = hdr(Cmd::kGetCapset);
+  c.capset_id = 0xffffffff;
+  c.capset_version = 0xffffffff;
+  EXPECT_EQ(h.call(c), R(Resp::kErrInvalidParameter));
+  c.capset_id = 1;  // virgl: not offered by the 2D renderer
+  c.capset_version = 0;
+  EXPECT_EQ(h.call(c), R(Resp::kErrInvalidParameter));
+}
+
+// CVE-2021-3544 class: memory leaks through unref / detach / failed attaches.
+TEST(GpuDevice, UnrefAndDetachReleaseEverything) {
+  Harness h;
+  for (int round = 0; round < 50; ++round) {
+    ASSERT_EQ(h.create_2d(1, 128, 128), R(Resp::kOkNodata));
+    ASSERT_EQ(h.attach(1, {Harness::entry(0x10000, 65536)}), R(Resp::kOkNodata));
+    EXPECT_EQ(h.attach(1, {Harness::entry(0x90000, 4096)}), R(Resp::kErrUnspec));
+    ASSERT_EQ(h.set_scanout(0, 1, 128, 128), R(Resp::kOkNodata));
+    proto::ResourceDetachBacking d{};
+    d.hdr = hdr(Cmd::kResourceDetachBacking);
+    d.resource_id = 1;
+    ASSERT_EQ(h.call(d), R(Resp::kOkNodata));
+    EXPECT_EQ(h.call(d), R(Resp::kErrUnspec));
+    ASSERT_EQ(h.attach(1, {Harness::entry(0x10000, 65536)}), R(Resp::kOkNodata));
+    proto::ResourceUnref u{};
+    u.hdr = hdr(Cmd::kResourceUnref);
+    u.resource_id = 1;
+    ASSERT_EQ(h.call(u), R(Resp::kOkNodata));
+    EXPECT_EQ(h.call(u), R(Resp::kErrInvalidResourceId));
+  }
+  EXPECT_EQ(h.dev->stats().resources, 0u);
+  EXPECT_EQ(h.dev->stats().backing_bytes, 0u);
+  EXPECT_EQ(h.dev->stats().host_bytes, 0u);
+  EXPECT_FALSE(h.out.stats(0).state.enabled) << "unref of a scanned-out resource disables the scanout";
+}
+
+TEST(GpuDevice, CapsAnswerOutOfMemory) {
+  GpuOptions o;
+  o.caps.max_resources = 2;
+  o.caps.max_backing_bytes = 3 * 4096;
+  o.caps.max_host_bytes = 64 * 64 * 4 * 2;
+  o.caps.max_command_bytes = 4096;
+  o.caps.max_contexts = 1;
+  Harness h(o);
+  ASSERT_EQ(h.create_2d(1, 64, 64), R(Resp::kOkNodata));
+  EXPECT_EQ(h.create_2d(2, 64, 65), R(Resp::kErrOutOfMemory));  // host bytes
+  ASSERT_EQ(h.create_2d(2, 64, 64), R(Resp::kOkNodata));
+  EXPECT_EQ(h.create_2d(3, 1, 1), R(Resp::kErrOutOfMemory));  // resource count
+  ASSERT_EQ(h.attach(1, {Harness::entry(0x10000, 8192)}), R(Resp::kOkNodata));
+  EXPECT_EQ(h.attach(2, {Harness::entry(0x20000, 8192)}), R(Resp::kErrOutOfMemory));  // backing bytes
+  std::vector<uint8_t> big(4097, 0);
+  auto gdi = hdr(Cmd::kGetDisplayInfo);
+  std::memcpy(big.data(), &gdi, sizeof gdi);
+  EXPECT_EQ(h.response(h.send_bytes(big)).type.get(), R(Resp::kErrOutOfMemory));  // command size
+  proto::CtxCreate cc{};
+  cc.hdr = hdr(Cmd::kCtxCreate, 0, 0, 1);
+  EXPECT_EQ(h.call(cc), R(Resp::kOkNodata));
+  cc.hdr.ctx_id = 2;
+  EXPECT_EQ(h.call(cc), R(Resp::kErrOutOfMemory));
+}
+
+TEST(GpuDevice, FencedFlushRetiresWhenTheOutputReleasesAndInOrderOnItsTimeline) {
+  Harness h({}, {.hold_frames = true});
+  ASSERT_EQ(h.create_2d(1, 32, 32), R(Resp::kOkNodata));
+  ASSERT_EQ(h.attach(1, {Harness::entry(0x10000, 32 * 32 * 4)}), R(Resp::kOkNodata));
+  ASSERT_EQ(h.set_scanout(0, 1, 32, 32), R(Resp::kOkNodata));
+  h.order.clear();
+  const uint64_t flush = h.send(h.flush_cmd(1, 32, 32, proto::kFlagFence, 10));
+  EXPECT_FALSE(h.answered(flush)) << "held by the output";
+  // A later fenced command that completes at once still waits behind fence 10 (same timeline) ...
+  proto::TransferToHost2d t{};
+  t.hdr = hdr(Cmd::kTransferToHost2d, proto::kFlagFence, 11);
+  t.resource_id = 1;
+  t.r.width = 32;
+  t.r.height = 32;
+  const uint64_t xfer = h.send(t);
+  EXPECT_FALSE(h.answered(xfer));
+  // ... while an unfenced command is answered immediately.
+  const uint64_t info = h.send(hdr(Cmd::kGetDisplayInfo));
+  EXPECT_TRUE(h.answered(info));
+  EXPECT_EQ(h.dev->stats().pending_fences, 2u);
+  h.out.release_held();
+  h.dev->process_releases();
+  ASSERT_TRUE(h.answered(flush));
+  ASSERT_TRUE(h.answered(xfer));
+  EXPECT_EQ(h.order, (std::vector<uint64_t>{info, flush, xfer}));
+  EXPECT_EQ(h.response(flush).fence_id.get(), 10u);
+  EXPECT_EQ(h.response(flush).flags.get(), proto::kFlagFence);
+  EXPECT_EQ(h.response(xfer).fence_id.get(), 11u);
+  EXPECT_EQ(h.dev->stats().fences_retired, 2u);
+}
+
+TEST(GpuDevice, RingsOfAContextAreIndependentTimelines) {
+  Harness h({}, {.hold_frames = true});
+  proto::CtxCreate cc{};
+  cc.hdr = hdr(Cmd::kCtxCreate, 0, 0, 5);
+  ASSERT_EQ(h.call(cc), R(Resp::kOkNodata));
+  ASSERT_EQ(h.create_2d(1, 32, 32), R(Resp::kOkNodata));
+  ASSERT_EQ(h.attach(1, {Harness::entry(0x10000, 32 * 32 * 4)}), R(Resp::kOkNodata));
+  ASSERT_EQ(h.set_scanout(0, 1, 32, 32), R(Resp::kOkNodata));
+  const uint32_t ring = proto::kFlagFence | proto::kFlagInfoRingIdx;
+  const uint64_t held = h.send(h.flush_cmd(1, 32, 32, ring, 1, 5, 0));
+  proto::CmdSubmit s{};
+  s.hdr = hdr(Cmd::kSubmit3d, ring, 1, 5, 1);
+  const uint64_t other_ring = h.send(s);
+  s.hdr = hdr(Cmd::kSubmit3d, ring, 2, 5, 0);
+  const uint64_t same_ring = h.send(s);
+  EXPECT_FALSE(h.answered(held));
+  EXPECT_TRUE(h.answered(other_ring)) << "ring 1 does not wait for ring 0";
+  EXPECT_FALSE(h.answered(same_ring)) << "ring 0 retires in order";
+  EXPECT_EQ(h.response(other_ring).ring_idx, 1);
+  h.out.release_held();
+  h.dev->process_releases();
+  EXPECT_EQ(h.order.back(), same_ring);
+  // Bad ring information is answered (with its fence) rather than lost.
+  s.hdr = hdr(Cmd::kSubmit3d, ring, 3, 5, 64);
+  EXPECT_EQ(h.call(s), R(Resp::kErrInvalidParameter));
+  s.hdr = hdr(Cmd::kSubmit3d, ring, 4, 6, 0);
+  const uint64_t no_ctx = h.send(s);
+  EXPECT_EQ(h.response(no_ctx).type.get(), R(Resp::kErrInvalidContextId));
+  EXPECT_EQ(h.response(no_ctx).fence_id.get(), 4u);
+  s.hdr = hdr(Cmd::kSubmit3d, 0, 0, 5, 0);
+  s.size = 4;  // a command stream: the 2D renderer has none to run it
+  uint32_t junk = 0;
+  EXPECT_EQ(h.call(s, std::span(reinterpret_cast<const uint8_t*>(&junk), 4)), R(Resp::kErrInvalidParameter));
+  s.size = 8;  // longer than what follows
+  EXPECT_EQ(h.call(s, std::span(reinterpret_cast<const uint8_t*>(&junk), 4)), R(Resp::kErrInvalidParameter));
+}
+
+TEST(GpuDevice, ContextCommandsValidateIds) {
+  Harness h;
+  proto::CtxCreate cc{};
+  cc.hdr = hdr(Cmd::kCtxCreate, 0, 0, 0);
+  EXPECT_EQ(h.call(cc), R(Resp::kErrInvalidContextId));
+  cc.hdr.ctx_id = 3;
+  cc.nlen = 65;
+  EXPECT_EQ(h.call(cc), R(Resp::kErrInvalidParameter));
+  cc.nlen = 4;
+  cc.context_init = 0x100;
+  EXPECT_EQ(h.call(cc), R(Resp::kErrInvalidParameter));
+  cc.context_init = 1;  // virgl capset: not with the 2D renderer
+  EXPECT_EQ(h.call(cc), R(Resp::kErrInvalidParameter));
+  cc.context_init = 0;
+  EXPECT_EQ(h.call(cc), R(Resp::kOkNodata));
+  EXPECT_EQ(h.call(cc), R(Resp::kErrInvalidContextId));
+  proto::CtxResource cr{};
+  cr.hdr = hdr(Cmd::kCtxAttachResource, 0, 0, 3);
+  cr.resource_id = 1;
+  EXPECT_EQ(h.call(cr), R(Resp::kErrInvalidResourceId));
+  ASSERT_EQ(h.create_2d(1, 4, 4), R(Resp::kOkNodata));
+  EXPECT_EQ(h.call(cr), R(Resp::kOkNodata));
+  cr.hdr.ctx_id = 4;
+  EXPECT_EQ(h.call(cr), R(Resp::kErrInvalidContextId));
+  proto::CtxDestroy d{};
+  d.hdr = hdr(Cmd::kCtxDestroy, 0, 0, 3);
+  EXPECT_EQ(h.call(d), R(Resp::kOkNodata));
+  EXPECT_EQ(h.call(d), R(Resp::kErrInvalidContextId));
+}
+
+struct BlobSetup {
+  static constexpr uint32_t kW = 64, kH = 64;
+  // Four scattered, non-adjacent pages (out of address order), as a Linux guest hands them.
+  std::vector<proto::MemEntry> entries{Harness::entry(0x80000, 4096), Harness::entry(0x20000, 4096),
+                                       Harness::entry(0x140000, 4096), Harness::entry(0x61000, 4096)};
+  uint32_t create(Harness& h, uint32_t id, uint64_t size = 4 * 4096) {
+    proto::ResourceCreateBlob b{};
+    b.hdr = hdr(Cmd::kResourceCreateBlob);
+    b.resource_id = id;
+    b.blob_mem = uint32_t(proto::BlobMem::kGuest);
+    b.blob_flags = proto::kBlobFlagShareable;
+    b.nr_entries = uint32_t(entries.size());
+    b.size = size;
+    return h.call(b, std::span(reinterpret_cast<const uint8_t*>(entries.data()), entries.size() * sizeof entries[0]));
+  }
+  proto::SetScanoutBlob scanout(uint32_t id) {
+    proto::SetScanoutBlob s{};
+    s.hdr = hdr(Cmd::kSetScanoutBlob);
+    s.resource_id = id;
+    s.width = kW;
+    s.height = kH;
+    s.format = uint32_t(proto::Format::kB8G8R8X8);
+    s.strides[0] = kW * 4;
+    s.r.width = kW;
+    s.r.height = kH;
+    return s;
+  }
+  void paint(Harness& h, uint32_t pixel) {
+    for (const auto& e : entries) h.fill_ram(e.addr, e.length, pixel);
+  }
+};
+
+TEST(GpuDevice, BlobScanoutArrivesWithZeroBytesCopiedFromScatteredPages) {
+  Harness h({}, {.checksum = true});
+  BlobSetup b;
+  ASSERT_EQ(b.create(h, 7), R(Resp::kOkNodata));
+  ASSERT_EQ(h.call(b.scanout(7)), R(Resp::kOkNodata));
+  b.paint(h, 0xff00ff00);
+  ASSERT_EQ(h.call(h.flush_cmd(7, 64, 64)), R(Resp::kOkNodata));
+  auto st = h.out.stats(0);
+  EXPECT_EQ(st.frames, 1u);
+  EXPECT_EQ(st.bytes_copied, 0u);
+  EXPECT_EQ(st.last_crc, pattern_crc(64, 64, 0xff00ff00));
+  // The view maps guest memory itself: the guest's next frame is visible without any copy.
+  b.paint(h, 0xffff0000);
+  ASSERT_EQ(h.call(h.flush_cmd(7, 64, 64)), R(Resp::kOkNodata));
+  EXPECT_EQ(h.out.stats(0).last_crc, pattern_crc(64, 64, 0xffff0000));
+  EXPECT_EQ(h.dev->stats().bytes_copied, 0u);
+}
+
+TEST(GpuDevice, BlobCommandsValidateMemoryAndLayout) {
+  Harness h;
+  BlobSetup b;
+  EXPECT_EQ(b.create(h, 7, 4 * 4096 + 1), R(Resp::kErrInvalidParameter));  // size beyond the pages
+  EXPECT_EQ(b.create(h, 0), R(Resp::kErrInvalidResourceId));
+  proto::ResourceCreateBlob host{};
+  host.hdr = hdr(Cmd::kResourceCreateBlob);
+  host.resource_id = 8;
+  host.blob_mem = uint32_t(proto::BlobMem::kHost3d);
+  host.size = 4096;
+  EXPECT_EQ(h.call(host), R(Resp::kErrInvalidParameter));
+  ASSERT_EQ(b.create(h, 7), R(Resp::kOkNodata));
+  auto s = b.scanout(7);
+  s.strides[0] = 63 * 4;
+  EXPECT_EQ(h.call(s), R(Resp::kErrInvalidParameter));  // stride below width
+  s = b.scanout(7);
+  s.offsets[0] = 4;
+  EXPECT_EQ(h.call(s), R(Resp::kErrInvalidParameter));  // framebuffer runs past the blob
+  s = b.scanout(7);
+  s.format = 99;
+  EXPECT_EQ(h.call(s), R(Resp::kErrInvalidParameter));
+  s = b.scanout(7);
+  s.scanout_id = 1;
+  EXPECT_EQ(h.call(s), R(Resp::kErrInvalidScanoutId));
+  EXPECT_EQ(h.set_scanout(0, 7, 64, 64), R(Resp::kErrInvalidParameter));  // blobs use SET_SCANOUT_BLOB
+  EXPECT_EQ(h.attach(7, {Harness::entry(0x10000, 4096)}), R(Resp::kErrInvalidParameter));
+  ASSERT_EQ(h.create_2d(9, 64, 64), R(Resp::kOkNodata));
+  EXPECT_EQ(h.call(b.scanout(9)), R(Resp::kErrInvalidParameter));  // not a blob
+  h.dev->set_acked_features(0);
+  EXPECT_EQ(b.create(h, 10), R(Resp::kErrUnspec));  // RESOURCE_BLOB not negotiated
+}
+
+TEST(GpuDevice, AssignUuidIsStablePerResource) {
+  Harness h;
+  ASSERT_EQ(h.create_2d(1, 4, 4), R(Resp::kOkNodata));
+  proto::ResourceAssignUuid a{};
+  a.hdr = hdr(Cmd::kResourceAssignUuid);
+  a.resource_id = 1;
+  const uint64_t t1 = h.send(a), t2 = h.send(a);
+  ASSERT_EQ(h.response(t1).type.get(), R(Resp::kOkResourceUuid));
+  ASSERT_EQ(h.responses[t1].size(), sizeof(proto::RespResourceUuid));
+  EXPECT_EQ(h.responses[t1], h.responses[t2]);
+  EXPECT_EQ(h.responses[t1][24 + 6] >> 4, 4) << "version 4";
+  a.resource_id = 2;
+  EXPECT_EQ(h.call(a), R(Resp::kErrInvalidResourceId));
+}
+
+TEST(GpuDevice, CursorUpdatesReachTheOutput) {
+  Harness h;
+  ASSERT_EQ(h.create_2d(3, 64, 64, proto::Format::kB8G8R8A8), R(Resp::kOkNodata));
+  h.fill_ram(0x40000, 64 * 64 * 4, 0x80ffffff);
+  ASSERT_EQ(h.attach(3, {Harness::entry(0x40000, 64 * 64 * 4)}), R(Resp::kOkNodata));
+  ASSERT_EQ(h.transfer(3, 64, 64), R(Resp::kOkNodata));
+  proto::UpdateCursor u{};
+  u.hdr = hdr(Cmd::kUpdateCursor);
+  u.resource_id = 3;
+  u.pos.x = 100;
+  u.pos.y = 50;
+  u.hot_x = 2;
+  u.hot_y = 3;
+  auto send_cursor = [&](const proto::UpdateCursor& c) {
+    return h.dev->cursor(std::span(reinterpret_cast<const uint8_t*>(&c), sizeof c)).type.get();
+  };
+  EXPECT_EQ(send_cursor(u), R(Resp::kOkNodata));
+  auto st = h.out.stats(0);
+  EXPECT_EQ(st.cursor_updates, 1u);
+  EXPECT_TRUE(st.last_cursor.visible);
+  ASSERT_TRUE(st.last_cursor.image);
+  EXPECT_EQ(st.last_cursor.image->argb[0], 0x80ffffffu);
+  EXPECT_EQ(st.last_cursor.hot_y, 3u);
+  u.hdr.type = uint32_t(Cmd::kMoveCursor);
+  u.pos.x = 7;
+  EXPECT_EQ(send_cursor(u), R(Resp::kOkNodata));
+  EXPECT_EQ(h.out.stats(0).last_cursor.x, 7u);
+  EXPECT_FALSE(h.out.stats(0).last_cursor.image_changed);
+  u.hdr.type = uint32_t(Cmd::kUpdateCursor);
+  u.pos.scanout_id = 1;
+  EXPECT_EQ(send_cursor(u), R(Resp::kErrInvalidScanoutId));
+  u.pos.scanout_id = 0;
+  ASSERT_EQ(h.create_2d(4, 32, 32), R(Resp::kOkNodata));
+  u.resource_id = 4;
+  EXPECT_EQ(send_cursor(u), R(Resp::kErrInvalidParameter));
+  u.resource_id = 0;
+  EXPECT_EQ(send_cursor(u), R(Resp::kOkNodata));
+  EXPECT_FALSE(h.out.stats(0).last_cursor.visible);
+  uint8_t shorty[20] = {};
+  EXPECT_EQ(h.dev->cursor(shorty).type.get(), R(Resp::kErrUnspec));
+}
+
+TEST(GpuDevice, DisplayChangeSetsTheEventAndNewModes) {
+  Harness h;
+  EXPECT_EQ(h.dev->config().events_read.get(), 0u);
+  ASSERT_TRUE(h.dev->set_display(0, true, {1280, 720, 60}).ok());
+  EXPECT_TRUE(h.dev->take_config_changed());
+  EXPECT_EQ(h.dev->config().events_read.get(), proto::kEventDisplay);
+  const uint64_t t = h.send(hdr(Cmd::kGetDisplayInfo));
+  proto::RespDisplayInfo info;
+  std::memcpy(&info, h.responses[t].data(), sizeof info);
+  EXPECT_EQ(info.pmodes[0].r.width.get(), 1280u);
+  const le32 clear = proto::kEventDisplay;
+  ASSERT_TRUE(h.dev->write_config(4, std::span(reinterpret_cast<const uint8_t*>(&clear), 4)).ok());
+  EXPECT_EQ(h.dev->config().events_read.get(), 0u);
+  EXPECT_FALSE(h.dev->write_config(8, std::span(reinterpret_cast<const uint8_t*>(&clear), 4)).ok());
+  EXPECT_FALSE(h.dev->set_display(1, true, {1280, 720, 60}).ok());
+}
+
+TEST(GpuDevice, MalformedRequestsGetErrUnspec) {
+  Harness h;
+  uint8_t shorty[16] = {};
+  EXPECT_EQ(h.response(h.send_bytes(shorty)).type.get(), R(Resp::kErrUnspec));
+  EXPECT_EQ(h.call(hdr(Cmd(0x0142))), R(Resp::kErrUnspec));
+  EXPECT_EQ(h.call(hdr(Cmd::kGetDisplayInfo, 0x80)), R(Resp::kErrUnspec));  // unknown flag bit
+  EXPECT_EQ(h.call(hdr(Cmd::kResourceCreate2d)), R(Resp::kErrUnspec));      // truncated body
+  EXPECT_EQ(h.call(hdr(Cmd::kUpdateCursor)), R(Resp::kErrUnspec));          // a cursor command on the control queue
+  EXPECT_EQ(h.call(hdr(Cmd::kResourceMapBlob)), R(Resp::kErrUnspec));
+  EXPECT_EQ(h.dev->stats().errors, 6u);
+}
+
+TEST(GpuDevice, ResetDropsResourcesScanoutsAndPendingFences) {
+  Harness h({}, {.hold_frames = true});
+  ASSERT_EQ(h.create_2d(1, 32, 32), R(Resp::kOkNodata));
+  ASSERT_EQ(h.attach(1, {Harness::entry(0x10000, 4096)}), R(Resp::kOkNodata));
+  ASSERT_EQ(h.set_scanout(0, 1, 32, 32), R(Resp::kOkNodata));
+  const uint64_t t = h.send(h.flush_cmd(1, 32, 32, proto::kFlagFence, 1));
+  EXPECT_FALSE(h.answered(t));
+  h.dev->reset();
+  h.out.release_held();
+  h.dev->process_releases();
+  EXPECT_FALSE(h.answered(t));
+  EXPECT_EQ(h.dev->stats().resources, 0u);
+  EXPECT_EQ(h.dev->stats().backing_bytes, 0u);
+  EXPECT_EQ(h.dev->stats().pending_fences, 0u);
+  EXPECT_FALSE(h.out.stats(0).state.enabled);
+}
+
+TEST(GpuDevice, AliasModeShowsGuestMemoryWithoutTransferCopies) {
+  GpuOptions o;
+  o.alias_2d = true;
+  Harness h(o, {.checksum = true});
+  ASSERT_EQ(h.create_2d(1, 64, 64), R(Resp::kOkNodata));
+  ASSERT_EQ(h.attach(1, {Harness::entry(0x10000, 8192), Harness::entry(0x30000, 64 * 64 * 4 - 8192)}),
+            R(Resp::kOkNodata));
+  h.fill_ram(0x10000, 8192, 0xff123456);
+  h.fill_ram(0x30000, 64 * 64 * 4 - 8192, 0xff123456);
+  ASSERT_EQ(h.set_scanout(0, 1, 64, 64), R(Resp::kOkNodata));
+  ASSERT_EQ(h.transfer(1, 64, 64), R(Resp::kOkNodata));
+  ASSERT_EQ(h.call(h.flush_cmd(1, 64, 64)), R(Resp::kOkNodata));
+  EXPECT_EQ(h.out.stats(0).last_crc, pattern_crc(64, 64, 0xff123456));
+  EXPECT_EQ(h.out.stats(0).bytes_copied, 0u);
+  EXPECT_EQ(h.dev->stats().bytes_copied, 0u);
+}
+
+}  // namespace
+}  // namespace canopy::gpu

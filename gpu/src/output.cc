@@ -1,0 +1,222 @@
+#include <unistd.h>
+
+#include <cerrno>
+
+#include <array>
+#include <cstdarg>
+#include <cstring>
+
+#include "canopy/gpu/scanout_output.h"
+
+namespace canopy::gpu {
+
+// ---- Frame ----------------------------------------------------------------------------------
+
+Result<std::shared_ptr<const FrameView>> Frame::map() const {
+  if (!view_cache) return make_error(Errc::kState, "frame: no pieces");
+  std::lock_guard<std::mutex> lk(view_cache->mu);
+  if (view_cache->view) return view_cache->view;
+  std::vector<buffers::FilePiece> fp;
+  fp.reserve(pieces.size());
+  for (const auto& p : pieces) fp.push_back({p.fd->get(), p.offset, p.length});
+  auto view = std::make_shared<FrameView>();
+  if (buffers::scatter_mappable(fp)) {
+    CANOPY_ASSIGN_OR_RETURN(view->mapping, buffers::map_scattered(fp, buffers::Access::kRead));
+  } else {
+    // Pieces that are not page aligned (a partition's own allocator may hand such): copy them.
+    uint64_t total = 0;
+    for (const auto& p : fp) total += p.length;
+    if (total > buffers::kMaxSharedMemorySize) return make_error(Errc::kLimit, "frame: view above cap");
+    view->copy.resize(size_t(total));
+    uint64_t at = 0;
+    for (const auto& p : fp) {
+      uint64_t done = 0;
+      while (done < p.length) {
+        ssize_t n = pread(p.fd, view->copy.data() + at + done, size_t(p.length - done), off_t(p.offset + done));
+        if (n <= 0) return make_error(Errc::kIo, "frame: pread", errno);
+        done += uint64_t(n);
+      }
+      at += p.length;
+    }
+  }
+  view_cache->view = view;
+  return std::shared_ptr<const FrameView>(view);
+}
+
+void Frame::release() {
+  if (released_.exchange(true, std::memory_order_acq_rel)) return;
+  if (on_release && release_token) on_release(release_token);
+}
+
+// ---- OutputTee ------------------------------------------------------------------------------
+
+void OutputTee::on_scanout(const ScanoutState& s) {
+  for (auto* o : outs_) o->on_scanout(s);
+}
+
+void OutputTee::on_frame(std::shared_ptr<Frame> frame) {
+  if (outs_.size() == 1) return outs_[0]->on_frame(std::move(frame));
+  // Each consumer gets its own Frame sharing the pixels; the original is released when all are.
+  struct Join {
+    std::shared_ptr<Frame> original;
+    explicit Join(std::shared_ptr<Frame> f) : original(std::move(f)) {}
+    ~Join() { original->release(); }
+  };
+  auto join = std::make_shared<Join>(frame);
+  for (auto* o : outs_) {
+    auto f = std::make_shared<Frame>();
+    f->scanout = frame->scanout;
+    f->seq = frame->seq;
+    f->resource_id = frame->resource_id;
+    f->drm_fourcc = frame->drm_fourcc;
+    f->width = frame->width;
+    f->height = frame->height;
+    f->stride = frame->stride;
+    f->offset = frame->offset;
+    f->pieces = frame->pieces;
+    f->damage = frame->damage;
+    f->bytes_copied = frame->bytes_copied;
+    f->blob = frame->blob;
+    f->aliased = frame->aliased;
+    f->presented = frame->presented;
+    f->wait_acquire = frame->wait_acquire;
+    f->view_cache = frame->view_cache;
+    f->release_token = 1;
+    f->on_release = [join](uint64_t) mutable { join.reset(); };
+    o->on_frame(std::move(f));
+  }
+}
+
+void OutputTee::on_cursor(const CursorUpdate& c) {
+  for (auto* o : outs_) o->on_cursor(c);
+}
+
+// ---- HeadlessOutput -------------------------------------------------------------------------
+
+uint32_t image_crc32(const uint8_t* data, uint32_t row_bytes, uint32_t height, uint32_t stride) {
+  static const auto table = [] {
+    std::array<uint32_t, 256> t{};
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = c & 1 ? 0xedb88320u ^ (c >> 1) : c >> 1;
+      t[i] = c;
+    }
+    return t;
+  }();
+  uint32_t crc = 0xffffffffu;
+  for (uint32_t y = 0; y < height; ++y) {
+    const uint8_t* p = data + uint64_t(y) * stride;
+    for (uint32_t i = 0; i < row_bytes; ++i) crc = table[(crc ^ p[i]) & 0xff] ^ (crc >> 8);
+  }
+  return crc ^ 0xffffffffu;
+}
+
+HeadlessOutput::HeadlessOutput(Options o) : opt_(std::move(o)) {
+  if (!opt_.log_path.empty()) log_ = fopen(opt_.log_path.c_str(), "we");
+}
+
+HeadlessOutput::~HeadlessOutput() {
+  release_held();
+  if (log_) fclose(log_);
+}
+
+void HeadlessOutput::log(const char* fmt, ...) {
+  if (!log_) return;
+  va_list ap;
+  va_start(ap, fmt);
+  vfprintf(log_, fmt, ap);
+  va_end(ap);
+  fflush(log_);
+}
+
+void HeadlessOutput::on_scanout(const ScanoutState& s) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (stats_.size() <= s.scanout) stats_.resize(s.scanout + 1);
+    stats_[s.scanout].state = s;
+  }
+  log("scanout %u %s %ux%u resource %u\n", s.scanout, s.enabled ? "on" : "off", s.width, s.height, s.resource_id);
+}
+
+void HeadlessOutput::on_frame(std::shared_ptr<Frame> frame) {
+  uint32_t crc = 0;
+  bool crc_ok = false;
+  if (opt_.checksum) {
+    auto view = frame->map();
+    const uint64_t row = uint64_t(frame->width) * 4;
+    if (view.ok() && frame->height > 0 &&
+        frame->offset + uint64_t(frame->stride) * (frame->height - 1) + row <= (*view)->size()) {
+      crc = image_crc32((*view)->data() + frame->offset, uint32_t(row), frame->height, frame->stride);
+      crc_ok = true;
+    }
+  }
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (stats_.size() <= frame->scanout) stats_.resize(frame->scanout + 1);
+    auto& st = stats_[frame->scanout];
+    ++st.frames;
+    st.bytes_copied += frame->bytes_copied;
+    st.last_crc = crc;
+    st.last_width = frame->width;
+    st.last_height = frame->height;
+    st.last_fourcc = frame->drm_fourcc;
+    st.last_damage = frame->damage;
+  }
+  const Rect d = frame->damage.empty() ? Rect{} : frame->damage[0];
+  char fourcc[5] = {char(frame->drm_fourcc), char(frame->drm_fourcc >> 8), char(frame->drm_fourcc >> 16),
+                    char(frame->drm_fourcc >> 24), 0};
+  log("frame %u seq %llu %ux%u %s stride %u %s copied %llu damage %u,%u %ux%u crc %s%08x\n", frame->scanout,
+      (unsigned long long)frame->seq, frame->width, frame->height, fourcc, frame->stride,
+      frame->blob ? "blob" : frame->aliased ? "alias" : "2d", (unsigned long long)frame->bytes_copied, d.x, d.y,
+      d.width, d.height, crc_ok ? "" : "none-", crc);
+  if (on_frame_hook) on_frame_hook(*frame);
+  if (opt_.hold_frames) {
+    std::lock_guard<std::mutex> lk(mu_);
+    held_.push_back(std::move(frame));
+  } else {
+    frame->release();
+  }
+}
+
+void HeadlessOutput::on_cursor(const CursorUpdate& c) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (stats_.size() <= c.scanout) stats_.resize(c.scanout + 1);
+    ++stats_[c.scanout].cursor_updates;
+    stats_[c.scanout].last_cursor = c;
+  }
+  uint32_t crc = 0;
+  if (c.image_changed && c.image)
+    crc = image_crc32(reinterpret_cast<const uint8_t*>(c.image->argb.data()), c.image->width * 4, c.image->height,
+                      c.image->width * 4);
+  log("cursor %u %s %u,%u hot %u,%u%s crc %08x\n", c.scanout, c.visible ? "show" : "hide", c.x, c.y, c.hot_x,
+      c.hot_y, c.image_changed ? " image" : "", crc);
+}
+
+HeadlessOutput::ScanoutStats HeadlessOutput::stats(uint32_t scanout) const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return scanout < stats_.size() ? stats_[scanout] : ScanoutStats{};
+}
+
+uint64_t HeadlessOutput::total_frames() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  uint64_t n = 0;
+  for (const auto& s : stats_) n += s.frames;
+  return n;
+}
+
+size_t HeadlessOutput::held() const {
+  std::lock_guard<std::mutex> lk(mu_);
+  return held_.size();
+}
+
+void HeadlessOutput::release_held() {
+  std::vector<std::shared_ptr<Frame>> h;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    h.swap(held_);
+  }
+  for (auto& f : h) f->release();
+}
+
+}  // namespace canopy::gpu

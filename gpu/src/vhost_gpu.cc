@@ -1,0 +1,166 @@
+#include "canopy/gpu/vhost_gpu.h"
+
+#include <cstring>
+
+#include "canopy/base/log.h"
+#include "canopy/transport/virtio_ring.h"
+#include "frontend_display.h"
+
+namespace canopy::gpu {
+
+namespace vu = transport::vhost_user;
+
+Result<std::unique_ptr<VhostGpu>> VhostGpu::create(VhostGpuOptions options, ScanoutOutput* output) {
+  if (!output) return make_error(Errc::kInvalidArgument, "vhost-gpu: no output");
+  std::unique_ptr<VhostGpu> v(new VhostGpu());
+  v->options_ = std::move(options);
+  v->tee_.add(output);
+  VhostGpu* self = v.get();
+  CANOPY_ASSIGN_OR_RETURN(v->gpu_, GpuDevice::create(v->options_.gpu, make_2d_renderer(), &v->tee_,
+                                                     [self](uint64_t t, std::span<const uint8_t> b) { self->respond(t, b); }));
+  return v;
+}
+
+VhostGpu::~VhostGpu() = default;
+
+uint64_t VhostGpu::features() const {
+  return transport::kVirtioFVersion1 | transport::kVirtioFIndirectDesc | transport::kVirtioFEventIdx |
+         gpu_->offered_features();
+}
+
+uint64_t VhostGpu::protocol_features() const {
+  return vu::proto_bit(vu::kProtoConfig) | vu::proto_bit(vu::kProtoBackendReq);
+}
+
+Result<std::vector<uint8_t>> VhostGpu::read_config(uint32_t offset, uint32_t size) {
+  const proto::Config c = gpu_->config();
+  if (uint64_t(offset) + size > sizeof c) return make_error(Errc::kOutOfRange, "gpu config: read past the end");
+  std::vector<uint8_t> out(size);
+  if (size) std::memcpy(out.data(), reinterpret_cast<const uint8_t*>(&c) + offset, size);
+  return out;
+}
+
+Status VhostGpu::write_config(uint32_t offset, std::span<const uint8_t> data) {
+  return gpu_->write_config(offset, data);
+}
+
+void VhostGpu::set_acked_features(uint64_t features) {
+  acked_ = features;
+  gpu_->set_acked_features(features);
+}
+
+void VhostGpu::respond(uint64_t token, std::span<const uint8_t> bytes) {
+  if (token == current_token_ && current_writer_) {
+    const size_t n = std::min(bytes.size(), current_writer_->remaining());
+    if (n < bytes.size()) CANOPY_WARN_RL("gpu: response of %zu bytes truncated to %zu", bytes.size(), n);
+    (void)current_writer_->write(bytes.data(), n);
+    current_answered_ = true;
+    return;
+  }
+  auto it = deferred_.find(token);
+  if (it == deferred_.end()) return;
+  Deferred& d = it->second;
+  transport::DescriptorWriter wr(d.q->memory(), d.chain);
+  const size_t n = std::min(bytes.size(), wr.remaining());
+  (void)wr.write(bytes.data(), n);
+  (void)d.q->complete(d.chain.head(), wr.bytes_written());
+  deferred_.erase(it);
+}
+
+void VhostGpu::on_kick(vu::QueueHandle& q) {
+  gpu_->set_memory(&q.memory());
+  if (q.index() == 0) {
+    (void)q.process([&](const transport::DescriptorChain& chain, transport::DescriptorReader& rd,
+                        transport::DescriptorWriter& wr) -> Result<uint32_t> {
+      const size_t n = std::min<size_t>(rd.remaining(), size_t(gpu_->caps().max_command_bytes) + 1);
+      buf_.resize(n);
+      CANOPY_TRY(rd.read(buf_.data(), n));
+      const uint64_t token = next_token_++;
+      current_token_ = token;
+      current_writer_ = &wr;
+      current_answered_ = false;
+      gpu_->control(token, buf_, uint32_t(wr.remaining()));
+      current_token_ = 0;
+      current_writer_ = nullptr;
+      if (current_answered_) return wr.bytes_written();
+      deferred_.emplace(token, Deferred{&q, chain});
+      return vu::QueueHandle::kDeferred;
+    });
+  } else if (q.index() == 1) {
+    (void)q.process([&](const transport::DescriptorChain&, transport::DescriptorReader& rd,
+                        transport::DescriptorWriter& wr) -> Result<uint32_t> {
+      const size_t n = std::min<size_t>(rd.remaining(), 4096);
+      buf_.resize(n);
+      CANOPY_TRY(rd.read(buf_.data(), n));
+      const proto::CtrlHdr resp = gpu_->cursor(buf_);
+      if (wr.remaining() >= sizeof resp) CANOPY_TRY(wr.write_obj(resp));
+      return wr.bytes_written();
+    });
+  }
+  after_work();
+}
+
+void VhostGpu::after_work() {
+  if (gpu_->take_config_changed() && backend_channel_ && backend_channel_->valid()) {
+    auto m = vu::Message::make(static_cast<vu::Request>(uint32_t(vu::BackendRequest::kConfigChangeMsg)));
+    if (!backend_channel_->send(m).ok()) CANOPY_WARN_RL("gpu: config change notification failed");
+  }
+}
+
+void VhostGpu::on_queue_stopped(vu::QueueHandle& q) {
+  if (q.index() != 0) return;
+  if (q.resetting()) {
+    deferred_.clear();
+    return;
+  }
+  // A stop (not a reset): answer what is in flight now, so no fence is lost to the driver. The
+  // frames stay with the output; their releases no longer hold anything.
+  std::vector<uint64_t> tokens;
+  for (auto& [t, d] : deferred_)
+    if (d.q == &q) tokens.push_back(t);
+  if (!tokens.empty()) CANOPY_INFO("gpu: queue stopped with %zu fenced command(s) in flight: answering them", tokens.size());
+  gpu_->force_retire();
+  for (uint64_t t : tokens) deferred_.erase(t);
+}
+
+void VhostGpu::on_reset() {
+  deferred_.clear();
+  gpu_->reset();
+}
+
+Status VhostGpu::on_gpu_socket(UniqueFd fd) {
+  auto fe = std::make_unique<FrontendDisplay>(std::move(fd), options_.mirror_to_frontend);
+  if (Status s = fe->handshake(); !s.ok()) {
+    CANOPY_WARN("vhost-user-gpu: display socket handshake failed: %s", s.error().what);
+    return s;
+  }
+  CANOPY_INFO("vhost-user-gpu: front-end display connected (features %#llx)%s",
+              (unsigned long long)fe->peer_features(), options_.mirror_to_frontend ? ", mirroring frames" : "");
+  if (frontend_) tee_.remove(frontend_.get());
+  frontend_ = std::move(fe);
+  tee_.add(frontend_.get());
+  rewatch();
+  return {};
+}
+
+Status VhostGpu::set_display(uint32_t scanout, bool connected, const DisplayMode& mode) {
+  CANOPY_TRY(gpu_->set_display(scanout, connected, mode));
+  after_work();
+  return {};
+}
+
+std::vector<vu::Device::Watch> VhostGpu::watches() {
+  std::vector<Watch> w;
+  w.push_back({gpu_->release_fd(), [this] {
+                 gpu_->process_releases();
+                 after_work();
+               }});
+  if (frontend_ && frontend_->alive())
+    w.push_back({frontend_->fd(), [this] {
+                   frontend_->on_readable();
+                   if (!frontend_->alive()) rewatch();
+                 }});
+  return w;
+}
+
+}  // namespace canopy::gpu

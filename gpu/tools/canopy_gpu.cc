@@ -1,0 +1,135 @@
+// canopy-gpu: the virtio-gpu vhost-user back-end (virtio 1.2 §5.7; docs/gpu.md).
+//
+//   canopy-gpu --socket-path /tmp/gpu.sock                       one 1024x768 scanout
+//   canopy-gpu --socket-path /tmp/gpu.sock --scanouts 2 --mode 1920x1080@60
+//   qemu-system-x86_64 ... -chardev socket,id=gpu,path=/tmp/gpu.sock
+//       -device vhost-user-gpu-pci,chardev=gpu,max_outputs=2
+#include <cerrno>
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+
+#include "canopy/base/log.h"
+#include "canopy/gpu/vhost_gpu.h"
+#include "canopy/transport/backend_main.h"
+
+namespace {
+
+using namespace canopy;
+using namespace canopy::gpu;
+namespace vu = canopy::transport::vhost_user;
+
+constexpr const char* kUsage =
+    "  --scanouts=N             number of scanouts, 1..16 (default 1)\n"
+    "  --mode=WxH[@HZ]          mode of every scanout (default 1024x768@60; at most 4095x4095)\n"
+    "  --scanout-mode=I:WxH[@HZ] mode of scanout I (after --mode)\n"
+    "  --alias-2d               show 2D resources straight from guest memory (no transfer copies;\n"
+    "                           the guest may tear)\n"
+    "  --frame-log=FILE         headless output: one line per frame / cursor event (checksums)\n"
+    "  --no-frontend-display    do not mirror frames to QEMU's vhost-user-gpu display socket\n"
+    "  --no-blob --no-uuid --no-context-init --no-edid   withhold a feature\n"
+    "  --max-resources=N --max-backing-mb=N --max-host-mb=N --max-contexts=N   per-VM caps\n";
+
+bool parse_mode(const std::string& s, DisplayMode& m) {
+  unsigned w = 0, h = 0, hz = 60;
+  char tail = 0;
+  int n = std::sscanf(s.c_str(), "%ux%u@%u%c", &w, &h, &hz, &tail);
+  if (n == 2 || n == 3) {
+    m = DisplayMode{w, h, hz};
+    return cvt_reduced_blanking(m).ok();
+  }
+  return false;
+}
+
+bool parse_u64(const std::string& s, uint64_t& out, uint64_t max) {
+  char* end = nullptr;
+  errno = 0;
+  unsigned long long v = std::strtoull(s.c_str(), &end, 10);
+  if (errno || end == s.c_str() || *end || v > max) return false;
+  out = v;
+  return true;
+}
+
+// Everything the device needs lives here for the program's lifetime.
+struct Program {
+  std::unique_ptr<HeadlessOutput> output;
+  std::unique_ptr<VhostGpu> device;
+};
+Program g_program;
+
+
+Result<std::unique_ptr<vu::Device>> make_device(const std::vector<std::string>& args) {
+  VhostGpuOptions o;
+  uint64_t scanouts = 1;
+  DisplayMode mode;
+  std::vector<std::pair<uint32_t, DisplayMode>> per;
+  HeadlessOutput::Options ho;
+  ho.checksum = false;
+  for (const auto& a : args) {
+    auto eq = a.find('=');
+    std::string key = a.substr(0, eq), val = eq == std::string::npos ? "" : a.substr(eq + 1);
+    uint64_t v = 0;
+    if (key == "--scanouts" && parse_u64(val, v, proto::kMaxScanouts) && v >= 1) scanouts = v;
+    else if (key == "--mode" && parse_mode(val, mode)) {}
+    else if (key == "--scanout-mode") {
+      auto colon = val.find(':');
+      DisplayMode m;
+      if (colon == std::string::npos || !parse_u64(val.substr(0, colon), v, proto::kMaxScanouts - 1) ||
+          !parse_mode(val.substr(colon + 1), m))
+        return make_error(Errc::kInvalidArgument, "--scanout-mode: expected I:WxH[@HZ]");
+      per.emplace_back(uint32_t(v), m);
+    } else if (key == "--alias-2d" && eq == std::string::npos) o.gpu.alias_2d = true;
+    else if (key == "--frame-log" && !val.empty()) {
+      ho.log_path = val;
+      ho.checksum = true;
+    } else if (key == "--no-frontend-display" && eq == std::string::npos) o.mirror_to_frontend = false;
+    else if (key == "--no-blob" && eq == std::string::npos) o.gpu.features &= ~proto::kFResourceBlob;
+    else if (key == "--no-uuid" && eq == std::string::npos) o.gpu.features &= ~proto::kFResourceUuid;
+    else if (key == "--no-context-init" && eq == std::string::npos) o.gpu.features &= ~proto::kFContextInit;
+    else if (key == "--no-edid" && eq == std::string::npos) o.gpu.features &= ~proto::kFEdid;
+    else if (key == "--max-resources" && parse_u64(val, v, 1u << 20) && v) o.gpu.caps.max_resources = uint32_t(v);
+    else if (key == "--max-backing-mb" && parse_u64(val, v, 1u << 20) && v) o.gpu.caps.max_backing_bytes = v << 20;
+    else if (key == "--max-host-mb" && parse_u64(val, v, 1u << 20) && v) o.gpu.caps.max_host_bytes = v << 20;
+    else if (key == "--max-contexts" && parse_u64(val, v, 1u << 16) && v) o.gpu.caps.max_contexts = uint32_t(v);
+    else {
+      CANOPY_ERROR("canopy-gpu: bad option %s", a.c_str());
+      return make_error(Errc::kInvalidArgument, "bad option (see --help)");
+    }
+  }
+  o.gpu.scanouts.assign(scanouts, mode);
+  for (auto& [i, m] : per) {
+    if (i >= scanouts) return make_error(Errc::kInvalidArgument, "--scanout-mode: no such scanout");
+    o.gpu.scanouts[i] = m;
+  }
+  g_program.output = std::make_unique<HeadlessOutput>(ho);
+  CANOPY_ASSIGN_OR_RETURN(auto dev, VhostGpu::create(std::move(o), g_program.output.get()));
+  CANOPY_INFO("canopy-gpu: %llu scanout(s), %ux%u@%u", (unsigned long long)scanouts, mode.width, mode.height,
+              mode.refresh_hz);
+  return std::unique_ptr<vu::Device>(std::move(dev));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // vhost-user expands options given as "--opt value" into one argument for the factory only when
+  // written "--opt=value"; accept both spellings.
+  std::vector<std::string> joined;
+  static const char* kValued[] = {"--scanouts", "--mode", "--scanout-mode", "--frame-log", "--max-resources",
+                                  "--max-backing-mb", "--max-host-mb", "--max-contexts"};
+  std::vector<char*> av{argv[0]};
+  for (int i = 1; i < argc; ++i) {
+    bool valued = false;
+    for (const char* k : kValued) valued |= std::strcmp(argv[i], k) == 0;
+    if (valued && i + 1 < argc) {
+      joined.push_back(std::string(argv[i]) + "=" + argv[i + 1]);
+      ++i;
+    } else {
+      joined.emplace_back(argv[i]);
+    }
+  }
+  for (auto& s : joined) av.push_back(s.data());
+  vu::BackendProgram program{"canopy-gpu", "gpu", {"edid"}, kUsage};
+  return vu::backend_main(int(av.size()), av.data(), program, make_device);
+}
