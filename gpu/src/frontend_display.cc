@@ -57,17 +57,10 @@ static_assert(sizeof(CursorUpdateMsg) == 20 + 16384 && sizeof(UpdateHdr) == 20);
 
 }  // namespace
 
-Status FrontendDisplay::handshake(int timeout_ms) {
+Status FrontendDisplay::handshake() {
   timeval tv{0, 200 * 1000};  // sends give up after 200 ms
   (void)setsockopt(sock_.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
   if (!send(vugpu::kGetProtocolFeatures, nullptr, 0)) return make_error(Errc::kIo, "vhost-user-gpu: send");
-  vugpu::Header h{};
-  CANOPY_TRY(read_exact(sock_.get(), &h, sizeof h, timeout_ms));
-  if (h.request != vugpu::kGetProtocolFeatures || !(h.flags & vugpu::kFlagReply) || h.size != 8)
-    return make_error(Errc::kProtocol, "vhost-user-gpu: bad GET_PROTOCOL_FEATURES reply");
-  CANOPY_TRY(read_exact(sock_.get(), &peer_features_, 8, timeout_ms));
-  const uint64_t none = 0;
-  if (!send(vugpu::kSetProtocolFeatures, &none, 8)) return make_error(Errc::kIo, "vhost-user-gpu: send");
   return {};
 }
 
@@ -122,18 +115,31 @@ void FrontendDisplay::on_readable() {
   if (n < 0) return;
   if (!read_exact(sock_.get(), &h, sizeof h, 100).ok()) return close_socket("short message from the front-end");
   if (h.size > vugpu::kMaxReplyPayload) return close_socket("oversized message from the front-end");
-  std::vector<uint8_t> drop(h.size);
-  if (h.size && !read_exact(sock_.get(), drop.data(), drop.size(), 100).ok()) close_socket("short message from the front-end");
+  std::vector<uint8_t> payload(h.size);
+  if (h.size && !read_exact(sock_.get(), payload.data(), payload.size(), 100).ok())
+    return close_socket("short message from the front-end");
+  if (!ready_ && h.request == vugpu::kGetProtocolFeatures && (h.flags & vugpu::kFlagReply) && h.size == 8) {
+    std::memcpy(&peer_features_, payload.data(), 8);
+    const uint64_t none = 0;
+    if (!send(vugpu::kSetProtocolFeatures, &none, 8)) return;
+    ready_ = true;
+    CANOPY_INFO("vhost-user-gpu: front-end display ready (its features %#llx)", (unsigned long long)peer_features_);
+    for (const auto& st : scanouts_)
+      if (st.enabled) on_scanout(st);
+  }
+  // Anything else (replies we never asked for) is dropped.
 }
 
 void FrontendDisplay::on_scanout(const ScanoutState& s) {
-  if (!mirror_) return;
+  if (scanouts_.size() <= s.scanout) scanouts_.resize(s.scanout + 1);
+  scanouts_[s.scanout] = s;
+  if (!mirror_ || !ready_) return;
   ScanoutMsg m{s.scanout, s.enabled ? s.width : 0, s.enabled ? s.height : 0};
   send(vugpu::kScanout, &m, sizeof m);
 }
 
 void FrontendDisplay::on_frame(std::shared_ptr<Frame> frame) {
-  if (!mirror_ || !sock_ || frame->damage.empty()) return frame->release();
+  if (!mirror_ || !ready_ || !sock_ || frame->damage.empty()) return frame->release();
   const uint32_t xrgb = buffers::fourcc_code('X', 'R', '2', '4'), argb = buffers::fourcc_code('A', 'R', '2', '4');
   if (frame->drm_fourcc != xrgb && frame->drm_fourcc != argb) {
     if (!warned_format_) CANOPY_WARN("vhost-user-gpu: only XRGB8888/ARGB8888 frames are mirrored to the front-end");
@@ -158,7 +164,7 @@ void FrontendDisplay::on_frame(std::shared_ptr<Frame> frame) {
 }
 
 void FrontendDisplay::on_cursor(const CursorUpdate& c) {
-  if (!mirror_) return;
+  if (!mirror_ || !ready_) return;
   if (!c.visible) {
     CursorPosMsg p{c.scanout, c.x, c.y};
     send(vugpu::kCursorPosHide, &p, sizeof p);

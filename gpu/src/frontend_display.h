@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "canopy/base/result.h"
 #include "canopy/base/unique_fd.h"
@@ -39,8 +40,11 @@ static_assert(sizeof(Header) == 12);
 class FrontendDisplay : public ScanoutOutput {
  public:
   FrontendDisplay(UniqueFd sock, bool mirror) : sock_(std::move(sock)), mirror_(mirror) {}
-  // GET_PROTOCOL_FEATURES (waits up to timeout_ms for the reply), then SET_PROTOCOL_FEATURES(0).
-  Status handshake(int timeout_ms = 2000);
+  // Sends GET_PROTOCOL_FEATURES. The reply is taken by on_readable() (QEMU answers from its main
+  // loop, which is busy with this very vhost-user request: waiting here would deadlock), which then
+  // sends SET_PROTOCOL_FEATURES(0) and starts mirroring (scanouts set meanwhile are re-sent).
+  Status handshake();
+  bool ready() const { return ready_; }
   int fd() const { return sock_.get(); }
   bool alive() const { return sock_.valid(); }
   // The socket is readable: replies we did not ask for are read and dropped; EOF closes it.
@@ -57,7 +61,9 @@ class FrontendDisplay : public ScanoutOutput {
   UniqueFd sock_;
   bool mirror_;
   uint64_t peer_features_ = 0;
+  bool ready_ = false;
   bool warned_format_ = false;
+  std::vector<ScanoutState> scanouts_;  // last state per scanout, re-sent when the handshake ends
 };
 
 }  // namespace canopy::gpu

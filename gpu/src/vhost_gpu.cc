@@ -134,8 +134,8 @@ Status VhostGpu::on_gpu_socket(UniqueFd fd) {
     CANOPY_WARN("vhost-user-gpu: display socket handshake failed: %s", s.error().what);
     return s;
   }
-  CANOPY_INFO("vhost-user-gpu: front-end display connected (features %#llx)%s",
-              (unsigned long long)fe->peer_features(), options_.mirror_to_frontend ? ", mirroring frames" : "");
+  CANOPY_INFO("vhost-user-gpu: front-end display connected%s",
+              options_.mirror_to_frontend ? " (frames mirrored to it)" : "");
   if (frontend_) tee_.remove(frontend_.get());
   frontend_ = std::move(fe);
   tee_.add(frontend_.get());

@@ -314,8 +314,12 @@ Status Backend::dispatch(Message& msg, Message& reply, bool& has_reply) {
     case Request::kSetFeatures: {
       CANOPY_ASSIGN_OR_RETURN(le64 v, msg.exact<le64>());
       const uint64_t offered = device_.features() | kVhostUserFProtocolFeatures;
-      if (v.get() & ~offered) return make_error(Errc::kProtocol, "SET_FEATURES: features not offered");
-      acked_features_ = v;
+      // QEMU's front-ends may add transport bits of their own (e.g. VIRTIO_F_RING_RESET from
+      // virtio-pci): bits we never offered are dropped, not acted on (libvhost-user does the same).
+      if (v.get() & ~offered)
+        CANOPY_WARN_RL("vhost-user: SET_FEATURES: ignoring bits %#llx that were not offered",
+                       (unsigned long long)(v.get() & ~offered));
+      acked_features_ = v.get() & offered;
       features_set_ = true;
       device_.set_acked_features(acked_features_ & ~kVhostUserFProtocolFeatures);
       return {};
