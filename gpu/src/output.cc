@@ -113,9 +113,45 @@ uint32_t image_crc32(const uint8_t* data, uint32_t row_bytes, uint32_t height, u
 
 HeadlessOutput::HeadlessOutput(Options o) : opt_(std::move(o)) {
   if (!opt_.log_path.empty()) log_ = fopen(opt_.log_path.c_str(), "we");
+  if (opt_.release_after_ms > 0) releaser_ = std::thread([this] { release_loop(); });
+}
+
+void HeadlessOutput::release_loop() {
+  std::unique_lock<std::mutex> lk(mu_);
+  while (!stopping_) {
+    const auto now = Frame::Clock::now();
+    const auto delay = std::chrono::milliseconds(opt_.release_after_ms);
+    auto next = now + delay;
+    std::vector<std::shared_ptr<Frame>> due;
+    for (auto it = held_.begin(); it != held_.end();) {
+      if ((*it)->presented + delay <= now) {
+        due.push_back(std::move(*it));
+        it = held_.erase(it);
+      } else {
+        next = std::min(next, (*it)->presented + delay);
+        ++it;
+      }
+    }
+    if (!due.empty()) {
+      lk.unlock();
+      for (auto& f : due) f->release();
+      due.clear();
+      lk.lock();
+      continue;
+    }
+    cv_.wait_until(lk, next);
+  }
 }
 
 HeadlessOutput::~HeadlessOutput() {
+  if (releaser_.joinable()) {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    releaser_.join();
+  }
   release_held();
   if (log_) fclose(log_);
 }
@@ -170,9 +206,10 @@ void HeadlessOutput::on_frame(std::shared_ptr<Frame> frame) {
       frame->blob ? "blob" : frame->aliased ? "alias" : "2d", (unsigned long long)frame->bytes_copied, d.x, d.y,
       d.width, d.height, crc_ok ? "" : "none-", crc);
   if (on_frame_hook) on_frame_hook(*frame);
-  if (opt_.hold_frames) {
+  if (opt_.hold_frames || opt_.release_after_ms > 0) {
     std::lock_guard<std::mutex> lk(mu_);
     held_.push_back(std::move(frame));
+    cv_.notify_all();
   } else {
     frame->release();
   }

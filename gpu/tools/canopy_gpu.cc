@@ -28,6 +28,7 @@ constexpr const char* kUsage =
     "  --alias-2d               show 2D resources straight from guest memory (no transfer copies;\n"
     "                           the guest may tear)\n"
     "  --frame-log=FILE         headless output: one line per frame / cursor event (checksums)\n"
+    "  --release-after-ms=N     headless output: release each frame N ms after it arrived\n"
     "  --no-frontend-display    do not mirror frames to QEMU's vhost-user-gpu display socket\n"
     "  --no-blob --no-uuid --no-context-init --no-edid   withhold a feature\n"
     "  --max-resources=N --max-backing-mb=N --max-host-mb=N --max-contexts=N   per-VM caps\n";
@@ -92,6 +93,7 @@ Result<std::unique_ptr<vu::Device>> make_device(const std::vector<std::string>& 
     else if (key == "--max-resources" && parse_u64(val, v, 1u << 20) && v) o.gpu.caps.max_resources = uint32_t(v);
     else if (key == "--max-backing-mb" && parse_u64(val, v, 1u << 20) && v) o.gpu.caps.max_backing_bytes = v << 20;
     else if (key == "--max-host-mb" && parse_u64(val, v, 1u << 20) && v) o.gpu.caps.max_host_bytes = v << 20;
+    else if (key == "--release-after-ms" && parse_u64(val, v, 10000)) ho.release_after_ms = int(v);
     else if (key == "--max-contexts" && parse_u64(val, v, 1u << 16) && v) o.gpu.caps.max_contexts = uint32_t(v);
     else {
       CANOPY_ERROR("canopy-gpu: bad option %s", a.c_str());
@@ -117,7 +119,7 @@ int main(int argc, char** argv) {
   // written "--opt=value"; accept both spellings.
   std::vector<std::string> joined;
   static const char* kValued[] = {"--scanouts", "--mode", "--scanout-mode", "--frame-log", "--max-resources",
-                                  "--max-backing-mb", "--max-host-mb", "--max-contexts"};
+                                  "--max-backing-mb", "--max-host-mb", "--max-contexts", "--release-after-ms"};
   std::vector<char*> av{argv[0]};
   for (int i = 1; i < argc; ++i) {
     bool valued = false;

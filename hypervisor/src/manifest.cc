@@ -494,8 +494,8 @@ GpuConfig parse_gpu(Ctx& c, const toml::table& t, const std::string& path) {
     each_table(c, *a, r.at("scanouts"), [&](const toml::table& st, const std::string& sp, size_t) {
       Scanout s;
       Reader sr(c, st, sp, {"width", "height", "refresh_hz"});
-      sr.integer("width", true, s.width, 1, kMaxDimension);
-      sr.integer("height", true, s.height, 1, kMaxDimension);
+      sr.integer("width", true, s.width, 1, kMaxScanoutDimension);
+      sr.integer("height", true, s.height, 1, kMaxScanoutDimension);
       sr.integer("refresh_hz", false, s.refresh_hz, 1, kMaxRefreshHz);
       g.scanouts.push_back(s);
     });

@@ -502,7 +502,17 @@ Result<std::unique_ptr<Supervisor>> Supervisor::create(const Manifest& m, Superv
       vm->program = *prog;
     }
     std::vector<BackendSpec> specs;
-    if (c.gpu) specs.push_back({"gpu", 16, c.gpu->backend, c.gpu->args});
+    if (c.gpu) {
+      // The manifest's scanouts become canopy-gpu's flags; the manifest's own args come last.
+      std::vector<std::string> args{"--scanouts=" + std::to_string(c.gpu->scanouts.size())};
+      for (size_t k = 0; k < c.gpu->scanouts.size(); ++k) {
+        const auto& s = c.gpu->scanouts[k];
+        args.push_back("--scanout-mode=" + std::to_string(k) + ":" + std::to_string(s.width) + "x" +
+                       std::to_string(s.height) + "@" + std::to_string(s.refresh_hz));
+      }
+      args.insert(args.end(), c.gpu->args.begin(), c.gpu->args.end());
+      specs.push_back({"gpu", 16, c.gpu->backend, args});
+    }
     if (c.snd) specs.push_back({"snd", 25, c.snd->backend, c.snd->args});
     for (const auto& d : c.devices) specs.push_back({d.type, d.virtio_id, d.backend, d.args});
     for (auto& s : specs) {

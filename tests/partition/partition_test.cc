@@ -12,6 +12,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -351,6 +352,52 @@ TEST(Partitions, RunRefusesAManifestItCannotRunAndNamesTheVm) {
   EXPECT_EQ(run_command(kBin + "/canopy-vmm run " + dir + "/vm.toml", out), 1);
   EXPECT_NE(out.find("vm x: app no-such-app: program not found beside canopy-vmm or in PATH"), std::string::npos) << out;
   std::system(("rm -rf " + dir).c_str());
+}
+
+}  // namespace
+}  // namespace canopy::hypervisor
+
+namespace canopy::hypervisor {
+namespace {
+
+// CRC-32 (IEEE) of `count` copies of a 32-bit pixel, as canopy-gpu's frame log prints it.
+std::string pixel_crc(uint32_t pixel, size_t count) {
+  uint32_t crc = 0xffffffffu;
+  for (size_t i = 0; i < count; ++i)
+    for (int b = 0; b < 4; ++b) {
+      crc ^= (pixel >> (8 * b)) & 0xff;
+      for (int k = 0; k < 8; ++k) crc = crc & 1 ? 0xedb88320u ^ (crc >> 1) : crc >> 1;
+    }
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "%08x", crc ^ 0xffffffffu);
+  return buf;
+}
+
+TEST(PartitionGpu, EveryCommandAndErrorCodeThroughTheGuestClient) {
+  Vmm vmm("[[vm]]\nname = \"gfx\"\nbackend = \"partition\"\nmemory = \"32M\"\nrestart = \"never\"\napp = \"" + kBin +
+          "/canopy-partition-gpu-check\"\n[vm.gpu]\nbackend = \"" + kBin +
+          "/canopy-gpu\"\nscanouts = [{ width = 640, height = 480 }, { width = 320, height = 240 }]\n"
+          "args = [\"--frame-log=@DIR@/frames.log\", \"--release-after-ms=150\", \"--max-resources=16\"]\n");
+  ASSERT_TRUE(Vmm::wait_until([&] { return vmm.log().find("gpu-check: done") != std::string::npos; }, 60000))
+      << vmm.log();
+  const std::string log = vmm.log();
+  EXPECT_EQ(log.find("gpu-check: FAIL"), std::string::npos) << log;
+  EXPECT_NE(log.find("gpu-check: done"), std::string::npos);
+  EXPECT_GE(std::count(log.begin(), log.end(), '\n'), 30);
+  const std::string frames = read_file(vmm.dir() + "/frames.log");
+  // The 2D frame: the guest's pixels, copied once by TRANSFER_TO_HOST_2D.
+  EXPECT_NE(frames.find("frame 0 seq 1 64x64 XR24 stride 256 2d copied 16384 damage 0,0 64x64 crc " +
+                        pixel_crc(0xff204080, 64 * 64)),
+            std::string::npos)
+      << frames;
+  // The blob frame from four scattered pages: the guest's pixels with zero bytes copied.
+  EXPECT_NE(frames.find("frame 1 seq 1 64x64 XR24 stride 256 blob copied 0 damage 0,0 64x64 crc " +
+                        pixel_crc(0xff00ff00, 64 * 64)),
+            std::string::npos)
+      << frames;
+  EXPECT_NE(frames.find("cursor 0 show 10,20 hot 1,1 image crc " + pixel_crc(0xffffffff, 64 * 64)), std::string::npos)
+      << frames;
+  EXPECT_NE(frames.find("cursor 0 show 30,40 hot 1,1 crc"), std::string::npos) << frames;
 }
 
 }  // namespace

@@ -18,6 +18,8 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <thread>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -154,6 +156,9 @@ class HeadlessOutput : public ScanoutOutput {
     std::string log_path;     // "" = no log
     bool hold_frames = false;
     bool checksum = true;     // CRC-32 of the visible pixels (width*4 bytes per row)
+    // > 0: a thread releases each frame this long after it arrived (a display that keeps showing a
+    // frame until its next refresh); fenced flushes then retire at that pace.
+    int release_after_ms = 0;
   };
   struct ScanoutStats {
     ScanoutState state;
@@ -182,8 +187,12 @@ class HeadlessOutput : public ScanoutOutput {
 
  private:
   void log(const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+  void release_loop();
   Options opt_;
   mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  std::thread releaser_;
   std::vector<ScanoutStats> stats_;
   std::vector<std::shared_ptr<Frame>> held_;
   FILE* log_ = nullptr;

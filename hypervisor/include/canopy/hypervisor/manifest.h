@@ -35,6 +35,8 @@ inline constexpr uint64_t kMinVmMemory = 16ull << 20;
 inline constexpr uint64_t kMaxVmMemory = 64ull << 30;
 inline constexpr uint32_t kMaxVcpus = 64;
 inline constexpr uint32_t kMaxDimension = 8192;
+// A virtio-gpu scanout's mode must fit an EDID detailed timing (canopy-gpu's limit).
+inline constexpr uint32_t kMaxScanoutDimension = 4095;
 inline constexpr uint32_t kMaxRefreshHz = 240;
 inline constexpr size_t kMaxDevices = 16;  // [[vm.device]] entries per VM
 inline constexpr uint32_t kMaxWatchdogMs = 600000;
