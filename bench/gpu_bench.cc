@@ -28,14 +28,6 @@ struct Sizes {
 };
 constexpr Sizes kSizes[] = {{1280, 720}, {1920, 1080}, {3840, 2160}};
 
-proto::CtrlHdr hdr(proto::Cmd t, uint32_t flags = 0, uint64_t fence = 0) {
-  proto::CtrlHdr h{};
-  h.type = uint32_t(t);
-  h.flags = flags;
-  h.fence_id = fence;
-  return h;
-}
-
 // A device over guest RAM big enough for one 4K frame, with a consumer that maps each frame.
 struct Rig {
   transport::GuestMemory mem;
@@ -96,32 +88,32 @@ void BM_Present2d(benchmark::State& st) {
   const uint32_t w = uint32_t(st.range(0)), h = uint32_t(st.range(1));
   Rig r;
   proto::ResourceCreate2d c{};
-  c.hdr = hdr(proto::Cmd::kResourceCreate2d);
+  c.hdr = proto::make_hdr(proto::Cmd::kResourceCreate2d);
   c.resource_id = 1;
   c.format = uint32_t(proto::Format::kB8G8R8X8);
   c.width = w;
   c.height = h;
   r.send(c);
   proto::ResourceAttachBacking a{};
-  a.hdr = hdr(proto::Cmd::kResourceAttachBacking);
+  a.hdr = proto::make_hdr(proto::Cmd::kResourceAttachBacking);
   a.resource_id = 1;
   proto::MemEntry e{};
   e.length = w * h * 4;  // one contiguous entry: the copy itself is what is measured
   a.nr_entries = 1;
   r.send(a, std::span(reinterpret_cast<const uint8_t*>(&e), sizeof e));
   proto::SetScanout s{};
-  s.hdr = hdr(proto::Cmd::kSetScanout);
+  s.hdr = proto::make_hdr(proto::Cmd::kSetScanout);
   s.resource_id = 1;
   s.r.width = w;
   s.r.height = h;
   r.send(s);
   proto::TransferToHost2d t{};
-  t.hdr = hdr(proto::Cmd::kTransferToHost2d);
+  t.hdr = proto::make_hdr(proto::Cmd::kTransferToHost2d);
   t.resource_id = 1;
   t.r.width = w;
   t.r.height = h;
   proto::ResourceFlush f{};
-  f.hdr = hdr(proto::Cmd::kResourceFlush);
+  f.hdr = proto::make_hdr(proto::Cmd::kResourceFlush);
   f.resource_id = 1;
   f.r.width = w;
   f.r.height = h;
@@ -140,14 +132,14 @@ void BM_PresentBlob(benchmark::State& st) {
   const uint64_t bytes = uint64_t(w) * h * 4;
   auto pages = r.pages(bytes);
   proto::ResourceCreateBlob b{};
-  b.hdr = hdr(proto::Cmd::kResourceCreateBlob);
+  b.hdr = proto::make_hdr(proto::Cmd::kResourceCreateBlob);
   b.resource_id = 1;
   b.blob_mem = uint32_t(proto::BlobMem::kGuest);
   b.nr_entries = uint32_t(pages.size());
   b.size = bytes;
   r.send(b, std::span(reinterpret_cast<const uint8_t*>(pages.data()), pages.size() * sizeof pages[0]));
   proto::SetScanoutBlob s{};
-  s.hdr = hdr(proto::Cmd::kSetScanoutBlob);
+  s.hdr = proto::make_hdr(proto::Cmd::kSetScanoutBlob);
   s.resource_id = 1;
   s.width = w;
   s.height = h;
@@ -157,7 +149,7 @@ void BM_PresentBlob(benchmark::State& st) {
   s.r.height = h;
   r.send(s);
   proto::ResourceFlush f{};
-  f.hdr = hdr(proto::Cmd::kResourceFlush);
+  f.hdr = proto::make_hdr(proto::Cmd::kResourceFlush);
   f.resource_id = 1;
   f.r.width = w;
   f.r.height = h;
@@ -185,20 +177,20 @@ void BM_BlobViewBuild(benchmark::State& st) {
 void BM_FenceRetire(benchmark::State& st) {
   Rig r;
   proto::ResourceCreate2d c{};
-  c.hdr = hdr(proto::Cmd::kResourceCreate2d);
+  c.hdr = proto::make_hdr(proto::Cmd::kResourceCreate2d);
   c.resource_id = 1;
   c.format = uint32_t(proto::Format::kB8G8R8X8);
   c.width = 64;
   c.height = 64;
   r.send(c);
   proto::SetScanout s{};
-  s.hdr = hdr(proto::Cmd::kSetScanout);
+  s.hdr = proto::make_hdr(proto::Cmd::kSetScanout);
   s.resource_id = 1;
   s.r.width = 64;
   s.r.height = 64;
   r.send(s);
   proto::ResourceFlush f{};
-  f.hdr = hdr(proto::Cmd::kResourceFlush, proto::kFlagFence);
+  f.hdr = proto::make_hdr(proto::Cmd::kResourceFlush, proto::kFlagFence);
   f.resource_id = 1;
   f.r.width = 64;
   f.r.height = 64;

@@ -27,8 +27,8 @@ struct GpuDevice::Resource {
   std::vector<transport::Segment> backing;     // guest-physical entries, in the guest's order
   std::vector<uint64_t> backing_end;           // running end offset of each entry
   uint64_t backing_bytes = 0;
-  std::vector<FramePiece> pieces;              // backing as file pieces (blob, alias mode)
-  bool pieces_ok = false;
+  FramePieces pieces;                          // backing as file pieces (blob, alias mode); null if none
+  FramePieces host_pieces;                     // the host storage (2D)
   uint64_t blob_size = 0;
   uint32_t blob_flags = 0;
   bool has_uuid = false;
@@ -38,15 +38,18 @@ struct GpuDevice::Resource {
   uint32_t scanout_mask = 0;
 };
 
+struct GpuDevice::Framebuffer {
+  bool blob = false;
+  uint32_t fourcc = 0, stride = 0, width = 0, height = 0;
+  uint64_t offset = 0;  // of pixel (0,0) in the resource's bytes
+};
+
 struct GpuDevice::Scanout {
   DisplayMode mode;
   bool connected = true;
   uint32_t resource_id = 0;
-  Rect r;
-  bool blob = false;
-  uint32_t fourcc = 0, stride = 0;  // the framebuffer shown (the resource, or a part of a blob)
-  uint32_t fb_w = 0, fb_h = 0;
-  uint64_t offset = 0;
+  Rect r;          // the part of the framebuffer shown
+  Framebuffer fb;  // the resource, or a framebuffer inside a blob
   uint64_t seq = 0;
   CursorUpdate cursor;
 };
@@ -114,38 +117,49 @@ Result<std::unique_ptr<GpuDevice>> GpuDevice::create(GpuOptions options, std::un
   return d;
 }
 
+GpuStats GpuDevice::stats() const {
+  GpuStats st = stats_;
+  st.resources = uint32_t(resources_.size());
+  st.contexts = uint32_t(contexts_.size());
+  st.pending_fences = uint32_t(pending_.size());
+  return st;
+}
+
 // ---- responses and fences -------------------------------------------------------------------
+
+void GpuDevice::send_response(uint64_t token, Resp resp, const proto::CtrlHdr& in, std::span<const uint8_t> body,
+                              bool fenced) {
+  // The response echoes the context and ring; a fenced one also its fence (the driver retires by it).
+  proto::CtrlHdr h{};
+  h.type = uint32_t(resp);
+  h.ctx_id = in.ctx_id;
+  h.ring_idx = in.ring_idx;
+  if (fenced) {
+    h.flags = in.flags.get() & (proto::kFlagFence | proto::kFlagInfoRingIdx);
+    h.fence_id = in.fence_id;
+  }
+  std::vector<uint8_t> out(sizeof h + body.size());
+  std::memcpy(out.data(), &h, sizeof h);
+  if (!body.empty()) std::memcpy(out.data() + sizeof h, body.data(), body.size());
+  if (is_error(resp)) ++stats_.errors;
+  respond_(token, out);
+}
 
 void GpuDevice::control(uint64_t token, std::span<const uint8_t> request, uint32_t writable) {
   (void)writable;
   ++stats_.commands;
   proto::CtrlHdr in{};
   if (request.size() >= sizeof in) std::memcpy(&in, request.data(), sizeof in);
-  auto reply = [&](Resp resp, const proto::CtrlHdr& hdr, std::span<const uint8_t> body, bool fenced) {
-    std::vector<uint8_t> out(sizeof(proto::CtrlHdr) + body.size());
-    proto::CtrlHdr h{};
-    h.type = uint32_t(resp);
-    h.ctx_id = hdr.ctx_id;
-    h.ring_idx = hdr.ring_idx;
-    if (fenced) {
-      h.flags = hdr.flags.get() & (proto::kFlagFence | proto::kFlagInfoRingIdx);
-      h.fence_id = hdr.fence_id;
-    }
-    std::memcpy(out.data(), &h, sizeof h);
-    if (!body.empty()) std::memcpy(out.data() + sizeof h, body.data(), body.size());
-    if (is_error(resp)) ++stats_.errors;
-    respond_(token, out);
-  };
   if (request.size() > options_.caps.max_command_bytes) {
     CANOPY_WARN_RL("gpu: command of %zu bytes over the %u-byte cap", request.size(), options_.caps.max_command_bytes);
-    reply(Resp::kErrOutOfMemory, in, {}, false);
+    send_response(token, Resp::kErrOutOfMemory, in, {}, false);
     return;
   }
   DecodeError derr{};
   auto cmd = decode(request, Queue::kControl, &derr);
   if (!cmd.ok()) {
     CANOPY_WARN_RL("gpu: bad command %#x: %s", in.type.get(), derr.why);
-    reply(derr.resp, in, {}, false);
+    send_response(token, derr.resp, in, {}, false);
     return;
   }
   const bool fenced = cmd->hdr.flags.get() & proto::kFlagFence;
@@ -153,7 +167,7 @@ void GpuDevice::control(uint64_t token, std::span<const uint8_t> request, uint32
     resp_.clear();
     const Resp r = dispatch(*cmd, 0);
     if (is_error(r)) CANOPY_WARN_RL("gpu: %s -> %s", proto::cmd_name(in.type), proto::resp_name(uint32_t(r)));
-    reply(r, cmd->hdr, is_error(r) ? std::span<const uint8_t>() : std::span<const uint8_t>(resp_), false);
+    send_response(token, r, cmd->hdr, is_error(r) ? std::span<const uint8_t>() : std::span<const uint8_t>(resp_), false);
     process_releases();
     return;
   }
@@ -178,7 +192,6 @@ void GpuDevice::control(uint64_t token, std::span<const uint8_t> request, uint32
   if (is_error(pp->resp)) CANOPY_WARN_RL("gpu: %s -> %s", proto::cmd_name(in.type), proto::resp_name(uint32_t(pp->resp)));
   else pp->body = resp_;
   pp->executed = true;
-  stats_.pending_fences = uint32_t(pending_.size());
   process_releases();
   retire_ready();
 }
@@ -195,26 +208,15 @@ void GpuDevice::retire_ready() {
       }
       Pending& p = *pit->second;
       if (!p.executed || p.outstanding) break;
-      std::vector<uint8_t> out(sizeof(proto::CtrlHdr) + p.body.size());
-      proto::CtrlHdr h{};
-      h.type = uint32_t(p.resp);
-      h.flags = p.hdr.flags.get() & (proto::kFlagFence | proto::kFlagInfoRingIdx);
-      h.fence_id = p.hdr.fence_id;
-      h.ctx_id = p.hdr.ctx_id;
-      h.ring_idx = p.hdr.ring_idx;
-      std::memcpy(out.data(), &h, sizeof h);
-      if (!p.body.empty()) std::memcpy(out.data() + sizeof h, p.body.data(), p.body.size());
-      if (is_error(p.resp)) ++stats_.errors;
       ++stats_.fences_retired;
-      const uint64_t token = p.token;
+      const std::unique_ptr<Pending> done = std::move(pit->second);
       pending_.erase(pit);
       ++n;
-      respond_(token, out);
+      send_response(done->token, done->resp, done->hdr, done->body, true);
     }
     q.erase(q.begin(), q.begin() + long(n));
     it = q.empty() ? timelines_.erase(it) : std::next(it);
   }
-  stats_.pending_fences = uint32_t(pending_.size());
 }
 
 void GpuDevice::force_retire() {
@@ -222,14 +224,20 @@ void GpuDevice::force_retire() {
   retire_ready();
 }
 
-void GpuDevice::process_releases() {
+void GpuDevice::take_releases(std::vector<uint64_t>& out) {
+  // Releases push a token and write the eventfd under the lock; taking them drains it under the same
+  // lock, so the eventfd is readable exactly while tokens wait. An empty queue (the common case after
+  // a command) costs no system call.
+  std::lock_guard<std::mutex> lk(releases_->mu);
+  if (releases_->tokens.empty()) return;
   uint64_t v;
   [[maybe_unused]] ssize_t r = read(release_event_.get(), &v, sizeof v);
+  out.swap(releases_->tokens);
+}
+
+void GpuDevice::process_releases() {
   std::vector<uint64_t> tokens;
-  {
-    std::lock_guard<std::mutex> lk(releases_->mu);
-    tokens.swap(releases_->tokens);
-  }
+  take_releases(tokens);
   bool any = false;
   for (uint64_t t : tokens) {
     auto it = pending_.find(t);
@@ -339,9 +347,9 @@ Resp GpuDevice::resource_create_2d(const Command& c) {
   r->width = w;
   r->height = h;
   r->host = std::move(*host);
+  r->host_pieces = std::make_shared<const std::vector<FramePiece>>(1, FramePiece{r->host.fd, 0, r->host.size});
   stats_.host_bytes += r->host.size;
   resources_.emplace(id, std::move(r));
-  stats_.resources = uint32_t(resources_.size());
   return Resp::kOkNodata;
 }
 
@@ -372,7 +380,6 @@ Resp GpuDevice::create_blob(const Command& c) {
     return Resp::kErrUnspec;
   }
   resources_.emplace(id, std::move(r));
-  stats_.resources = uint32_t(resources_.size());
   return Resp::kOkNodata;
 }
 
@@ -404,8 +411,7 @@ Resp GpuDevice::set_backing(Resource& r, std::span<const uint8_t> tail, uint32_t
   r.backing_bytes = total;
   stats_.backing_bytes += total;
   r.view = std::make_shared<Frame::ViewCache>();
-  r.pieces.clear();
-  r.pieces_ok = false;
+  r.pieces.reset();
   return Resp::kOkNodata;
 }
 
@@ -430,8 +436,7 @@ Status GpuDevice::make_pieces(Resource& r) {
         pieces.push_back({fd, fr.offset, fr.length});
     }
   }
-  r.pieces = std::move(pieces);
-  r.pieces_ok = true;
+  r.pieces = std::make_shared<const std::vector<FramePiece>>(std::move(pieces));
   return {};
 }
 
@@ -440,8 +445,7 @@ void GpuDevice::free_backing(Resource& r) {
   r.backing.clear();
   r.backing_end.clear();
   r.backing_bytes = 0;
-  r.pieces.clear();
-  r.pieces_ok = false;
+  r.pieces.reset();
   r.view = std::make_shared<Frame::ViewCache>();
 }
 
@@ -479,7 +483,6 @@ void GpuDevice::destroy_resource(uint32_t id) {
   free_backing(r);
   stats_.host_bytes -= r.host.size;
   resources_.erase(it);
-  stats_.resources = uint32_t(resources_.size());
 }
 
 Resp GpuDevice::resource_unref(const Command& c) {
@@ -516,8 +519,21 @@ void GpuDevice::disable_scanout(uint32_t s) {
   const bool was = sc.resource_id != 0;
   sc.resource_id = 0;
   sc.r = {};
-  sc.blob = false;
+  sc.fb = {};
   if (was) output_->on_scanout(ScanoutState{s, false, 0, 0, 0});
+}
+
+void GpuDevice::show(uint32_t s, Resource& r, const Rect& rect, const Framebuffer& fb) {
+  Scanout& sc = *scanouts_[s];
+  if (sc.resource_id && sc.resource_id != r.id) {
+    auto old = resources_.find(sc.resource_id);
+    if (old != resources_.end()) old->second->scanout_mask &= ~(1u << s);
+  }
+  sc.resource_id = r.id;
+  sc.r = rect;
+  sc.fb = fb;
+  r.scanout_mask |= 1u << s;
+  output_->on_scanout(ScanoutState{s, true, rect.width, rect.height, r.id});
 }
 
 Resp GpuDevice::set_scanout(const Command& c) {
@@ -534,21 +550,7 @@ Resp GpuDevice::set_scanout(const Command& c) {
   if (r.blob) return Resp::kErrInvalidParameter;  // blobs are shown with SET_SCANOUT_BLOB
   if (ss.r.width.get() == 0 || ss.r.height.get() == 0 || !rect_inside(ss.r, r.width, r.height))
     return Resp::kErrInvalidParameter;
-  Scanout& sc = *scanouts_[s];
-  if (sc.resource_id && sc.resource_id != r.id) {
-    auto old = resources_.find(sc.resource_id);
-    if (old != resources_.end()) old->second->scanout_mask &= ~(1u << s);
-  }
-  sc.resource_id = r.id;
-  sc.r = to_rect(ss.r);
-  sc.blob = false;
-  sc.fourcc = r.fourcc;
-  sc.stride = r.width * proto::kBytesPerPixel;
-  sc.fb_w = r.width;
-  sc.fb_h = r.height;
-  sc.offset = 0;
-  r.scanout_mask |= 1u << s;
-  output_->on_scanout(ScanoutState{s, true, sc.r.width, sc.r.height, r.id});
+  show(s, r, to_rect(ss.r), Framebuffer{false, r.fourcc, r.width * proto::kBytesPerPixel, r.width, r.height, 0});
   return Resp::kOkNodata;
 }
 
@@ -575,21 +577,7 @@ Resp GpuDevice::set_scanout_blob(const Command& c) {
   const uint64_t need = offset + uint64_t(stride) * (h - 1) + uint64_t(w) * proto::kBytesPerPixel;
   if (need > r.blob_size) return Resp::kErrInvalidParameter;
   if (sb.r.width.get() == 0 || sb.r.height.get() == 0 || !rect_inside(sb.r, w, h)) return Resp::kErrInvalidParameter;
-  Scanout& sc = *scanouts_[s];
-  if (sc.resource_id && sc.resource_id != r.id) {
-    auto old = resources_.find(sc.resource_id);
-    if (old != resources_.end()) old->second->scanout_mask &= ~(1u << s);
-  }
-  sc.resource_id = r.id;
-  sc.r = to_rect(sb.r);
-  sc.blob = true;
-  sc.fourcc = fourcc;
-  sc.stride = stride;
-  sc.fb_w = w;
-  sc.fb_h = h;
-  sc.offset = offset;
-  r.scanout_mask |= 1u << s;
-  output_->on_scanout(ScanoutState{s, true, sc.r.width, sc.r.height, r.id});
+  show(s, r, to_rect(sb.r), Framebuffer{true, fourcc, stride, w, h, offset});
   return Resp::kOkNodata;
 }
 
@@ -603,24 +591,23 @@ void GpuDevice::emit_frame(uint32_t s, Resource& r, const Rect& damage_res, uint
   f->scanout = s;
   f->seq = ++sc.seq;
   f->resource_id = r.id;
-  f->drm_fourcc = sc.fourcc;
+  f->drm_fourcc = sc.fb.fourcc;
   f->width = sc.r.width;
   f->height = sc.r.height;
-  f->stride = sc.stride;
+  f->stride = sc.fb.stride;
   f->damage.push_back(dmg);
   f->presented = Frame::Clock::now();
-  const uint64_t origin = sc.offset + uint64_t(sc.r.y) * sc.stride + uint64_t(sc.r.x) * proto::kBytesPerPixel;
-  f->offset = origin;
-  if (sc.blob) {
+  f->offset = sc.fb.offset + uint64_t(sc.r.y) * sc.fb.stride + uint64_t(sc.r.x) * proto::kBytesPerPixel;
+  if (sc.fb.blob) {
     f->blob = true;
     f->pieces = r.pieces;
     f->view_cache = r.view;
-  } else if (options_.alias_2d && r.pieces_ok && r.backing_bytes >= uint64_t(r.width) * 4 * r.height) {
+  } else if (aliased(r)) {
     f->aliased = true;
     f->pieces = r.pieces;
     f->view_cache = r.view;
   } else {
-    f->pieces.push_back({r.host.fd, 0, r.host.size});
+    f->pieces = r.host_pieces;
     f->bytes_copied = std::exchange(r.pending_copied, 0);
     f->view_cache = r.view;
   }
@@ -651,11 +638,31 @@ Resp GpuDevice::resource_flush(const Command& c, uint64_t pending_id) {
   const Rect dmg = to_rect(rf.r);
   // Blob flush rectangles are in the coordinates of the framebuffer each scanout shows.
   for (uint32_t s = 0; s < scanouts_.size(); ++s)
-    if (r.blob && (r.scanout_mask & (1u << s)) && !rect_inside(rf.r, scanouts_[s]->fb_w, scanouts_[s]->fb_h))
+    if (r.blob && (r.scanout_mask & (1u << s)) && !rect_inside(rf.r, scanouts_[s]->fb.width, scanouts_[s]->fb.height))
       return Resp::kErrInvalidParameter;
   for (uint32_t s = 0; s < scanouts_.size(); ++s)
     if (r.scanout_mask & (1u << s)) emit_frame(s, r, dmg, pending_id);
   return Resp::kOkNodata;
+}
+
+bool GpuDevice::aliased(const Resource& r) const {
+  return options_.alias_2d && r.pieces && r.backing_bytes >= uint64_t(r.width) * proto::kBytesPerPixel * r.height;
+}
+
+bool GpuDevice::read_backing(const Resource& r, uint64_t offset, uint8_t* dst, uint64_t len) const {
+  // The entry holding `offset`, then across entries. The caller checked offset + len <= backing_bytes.
+  size_t e = size_t(std::upper_bound(r.backing_end.begin(), r.backing_end.end(), offset) - r.backing_end.begin());
+  while (len > 0) {
+    if (e >= r.backing.size() || !mem_) return false;
+    const uint64_t within = offset - (r.backing_end[e] - r.backing[e].len);
+    const uint64_t n = std::min<uint64_t>(len, r.backing[e].len - within);
+    if (!mem_->read(r.backing[e].gpa + within, dst, size_t(n)).ok()) return false;
+    dst += n;
+    offset += n;
+    len -= n;
+    ++e;
+  }
+  return true;
 }
 
 Resp GpuDevice::transfer_to_host_2d(const Command& c) {
@@ -673,25 +680,11 @@ Resp GpuDevice::transfer_to_host_2d(const Command& c) {
   // Source rows start at offset + stride * i in the backing (QEMU's and Linux's layout).
   auto last = checked_add<uint64_t>(t.offset.get(), stride * (h - 1) + row);
   if (!last || *last > r.backing_bytes) return Resp::kErrInvalidParameter;
-  if (options_.alias_2d && r.pieces_ok && r.backing_bytes >= stride * r.height) return Resp::kOkNodata;
+  if (aliased(r)) return Resp::kOkNodata;
   uint8_t* host = reinterpret_cast<uint8_t*>(r.host.map.data());
   for (uint32_t i = 0; i < h; ++i) {
-    uint64_t src = t.offset.get() + stride * i;
     uint8_t* dst = host + (uint64_t(y) + i) * r.host.stride + uint64_t(x) * proto::kBytesPerPixel;
-    uint64_t left = row;
-    // Find the entry holding `src` and copy across entries.
-    size_t e = size_t(std::upper_bound(r.backing_end.begin(), r.backing_end.end(), src) - r.backing_end.begin());
-    while (left > 0) {
-      if (e >= r.backing.size()) return Resp::kErrUnspec;
-      const uint64_t start = r.backing_end[e] - r.backing[e].len;
-      const uint64_t within = src - start;
-      const uint64_t n = std::min<uint64_t>(left, r.backing[e].len - within);
-      if (!mem_ || !mem_->read(r.backing[e].gpa + within, dst, size_t(n)).ok()) return Resp::kErrUnspec;
-      dst += n;
-      src += n;
-      left -= n;
-      ++e;
-    }
+    if (!read_backing(r, t.offset.get() + stride * i, dst, row)) return Resp::kErrUnspec;
   }
   const uint64_t copied = row * h;
   r.pending_copied += copied;
@@ -716,7 +709,6 @@ Resp GpuDevice::ctx_create(const Command& c) {
   auto ctx = std::make_unique<Context>();
   ctx->capset = capset;
   contexts_.emplace(id, std::move(ctx));
-  stats_.contexts = uint32_t(contexts_.size());
   return Resp::kOkNodata;
 }
 
@@ -726,7 +718,6 @@ Resp GpuDevice::ctx_destroy(const Command& c) {
   if (it == contexts_.end()) return Resp::kErrInvalidContextId;
   renderer_->destroy_context(id);
   contexts_.erase(it);
-  stats_.contexts = uint32_t(contexts_.size());
   return Resp::kOkNodata;
 }
 
@@ -784,17 +775,10 @@ proto::CtrlHdr GpuDevice::cursor(std::span<const uint8_t> request) {
       if (r.blob || r.width != proto::kCursorSize || r.height != proto::kCursorSize) return answer(Resp::kErrInvalidParameter);
       auto img = std::make_shared<CursorImage>();
       img->argb.resize(proto::kCursorSize * proto::kCursorSize);
-      std::memcpy(img->argb.data(), r.host.map.data(), img->argb.size() * 4);
-      if (options_.alias_2d && r.pieces_ok && mem_) {
-        // Alias mode: the pixels live in guest memory.
-        uint64_t off = 0;
-        uint8_t* dst = reinterpret_cast<uint8_t*>(img->argb.data());
-        for (const auto& seg : r.backing) {
-          const uint64_t n = std::min<uint64_t>(seg.len, img->argb.size() * 4 - off);
-          if (n == 0 || !mem_->read(seg.gpa, dst + off, size_t(n)).ok()) break;
-          off += n;
-        }
-      }
+      uint8_t* dst = reinterpret_cast<uint8_t*>(img->argb.data());
+      // Alias mode shows the guest's memory itself; otherwise the pixels were transferred to the host.
+      if (!aliased(r)) std::memcpy(dst, r.host.map.data(), img->argb.size() * 4);
+      else if (!read_backing(r, 0, dst, img->argb.size() * 4)) return answer(Resp::kErrUnspec);
       cu.image = std::move(img);
       cu.image_changed = true;
       cu.visible = true;
@@ -843,10 +827,8 @@ void GpuDevice::reset() {
   while (!resources_.empty()) destroy_resource(resources_.begin()->first);
   pending_.clear();
   timelines_.clear();
-  {
-    std::lock_guard<std::mutex> lk(releases_->mu);
-    releases_->tokens.clear();
-  }
+  std::vector<uint64_t> dropped;
+  take_releases(dropped);
   for (auto& s : scanouts_) {
     s->seq = 0;
     s->cursor = CursorUpdate{};
@@ -854,9 +836,6 @@ void GpuDevice::reset() {
   events_read_ = 0;
   config_changed_ = false;
   acked_ = 0;
-  stats_.resources = 0;
-  stats_.contexts = 0;
-  stats_.pending_fences = 0;
 }
 
 }  // namespace canopy::gpu

@@ -10,7 +10,7 @@ namespace {
 
 using proto::Cmd;
 using proto::Resp;
-using testing::hdr;
+
 using testing::Harness;
 constexpr uint32_t R(Resp r) { return uint32_t(r); }
 
@@ -23,7 +23,7 @@ TEST(GpuDevice, DisplayInfoListsEveryConfiguredScanout) {
   GpuOptions o;
   o.scanouts = {{1024, 768, 60}, {1920, 1080, 60}, {800, 480, 60}};
   Harness h(o);
-  const uint64_t t = h.send(hdr(Cmd::kGetDisplayInfo));
+  const uint64_t t = h.send(proto::make_hdr(Cmd::kGetDisplayInfo));
   ASSERT_EQ(h.response(t).type.get(), R(Resp::kOkDisplayInfo));
   proto::RespDisplayInfo info;
   ASSERT_EQ(h.responses[t].size(), sizeof info);
@@ -40,7 +40,7 @@ TEST(GpuDevice, EdidPerScanoutAndBadScanout) {
   o.scanouts = {{1024, 768, 60}, {1280, 800, 60}};
   Harness h(o);
   proto::GetEdid g{};
-  g.hdr = hdr(Cmd::kGetEdid);
+  g.hdr = proto::make_hdr(Cmd::kGetEdid);
   g.scanout = 1;
   const uint64_t t = h.send(g);
   ASSERT_EQ(h.response(t).type.get(), R(Resp::kOkEdid));
@@ -139,7 +139,7 @@ TEST(GpuDevice, AttachBackingRefusesOverlappingWrappingAndOutsideEntries) {
   EXPECT_EQ(h.dev->stats().backing_bytes, 0u);
   // nr_entries larger than the entries that follow: the command is malformed.
   proto::ResourceAttachBacking a{};
-  a.hdr = hdr(Cmd::kResourceAttachBacking);
+  a.hdr = proto::make_hdr(Cmd::kResourceAttachBacking);
   a.resource_id = 1;
   a.nr_entries = 2;
   auto one = Harness::entry(0x10000, 4096);
@@ -173,7 +173,7 @@ TEST(GpuDevice, SetScanoutRefusesScanoutIdsOutOfRange) {
 TEST(GpuDevice, CapsetQueriesOutOfRangeAreRefused) {
   Harness h;
   proto::GetCapsetInfo ci{};
-  ci.hdr = hdr(Cmd::kGetCapsetInfo);
+  ci.hdr = proto::make_hdr(Cmd::kGetCapsetInfo);
   for (uint32_t idx : {0u, 1u, 0x7fffffffu, 0xffffffffu}) {
     ci.capset_index = idx;
     const uint64_t t = h.send(ci);
@@ -181,7 +181,7 @@ TEST(GpuDevice, CapsetQueriesOutOfRangeAreRefused) {
     EXPECT_EQ(h.responses[t].size(), sizeof(proto::CtrlHdr));
   }
   proto::GetCapset c{};
-  c.hdr = hdr(Cmd::kGetCapset);
+  c.hdr = proto::make_hdr(Cmd::kGetCapset);
   c.capset_id = 0xffffffff;
   c.capset_version = 0xffffffff;
   EXPECT_EQ(h.call(c), R(Resp::kErrInvalidParameter));
@@ -199,13 +199,13 @@ TEST(GpuDevice, UnrefAndDetachReleaseEverything) {
     EXPECT_EQ(h.attach(1, {Harness::entry(0x90000, 4096)}), R(Resp::kErrUnspec));
     ASSERT_EQ(h.set_scanout(0, 1, 128, 128), R(Resp::kOkNodata));
     proto::ResourceDetachBacking d{};
-    d.hdr = hdr(Cmd::kResourceDetachBacking);
+    d.hdr = proto::make_hdr(Cmd::kResourceDetachBacking);
     d.resource_id = 1;
     ASSERT_EQ(h.call(d), R(Resp::kOkNodata));
     EXPECT_EQ(h.call(d), R(Resp::kErrUnspec));
     ASSERT_EQ(h.attach(1, {Harness::entry(0x10000, 65536)}), R(Resp::kOkNodata));
     proto::ResourceUnref u{};
-    u.hdr = hdr(Cmd::kResourceUnref);
+    u.hdr = proto::make_hdr(Cmd::kResourceUnref);
     u.resource_id = 1;
     ASSERT_EQ(h.call(u), R(Resp::kOkNodata));
     EXPECT_EQ(h.call(u), R(Resp::kErrInvalidResourceId));
@@ -231,11 +231,11 @@ TEST(GpuDevice, CapsAnswerOutOfMemory) {
   ASSERT_EQ(h.attach(1, {Harness::entry(0x10000, 8192)}), R(Resp::kOkNodata));
   EXPECT_EQ(h.attach(2, {Harness::entry(0x20000, 8192)}), R(Resp::kErrOutOfMemory));  // backing bytes
   std::vector<uint8_t> big(4097, 0);
-  auto gdi = hdr(Cmd::kGetDisplayInfo);
+  auto gdi = proto::make_hdr(Cmd::kGetDisplayInfo);
   std::memcpy(big.data(), &gdi, sizeof gdi);
   EXPECT_EQ(h.response(h.send_bytes(big)).type.get(), R(Resp::kErrOutOfMemory));  // command size
   proto::CtxCreate cc{};
-  cc.hdr = hdr(Cmd::kCtxCreate, 0, 0, 1);
+  cc.hdr = proto::make_hdr(Cmd::kCtxCreate, 0, 0, 1);
   EXPECT_EQ(h.call(cc), R(Resp::kOkNodata));
   cc.hdr.ctx_id = 2;
   EXPECT_EQ(h.call(cc), R(Resp::kErrOutOfMemory));
@@ -251,14 +251,14 @@ TEST(GpuDevice, FencedFlushRetiresWhenTheOutputReleasesAndInOrderOnItsTimeline) 
   EXPECT_FALSE(h.answered(flush)) << "held by the output";
   // A later fenced command that completes at once still waits behind fence 10 (same timeline) ...
   proto::TransferToHost2d t{};
-  t.hdr = hdr(Cmd::kTransferToHost2d, proto::kFlagFence, 11);
+  t.hdr = proto::make_hdr(Cmd::kTransferToHost2d, proto::kFlagFence, 11);
   t.resource_id = 1;
   t.r.width = 32;
   t.r.height = 32;
   const uint64_t xfer = h.send(t);
   EXPECT_FALSE(h.answered(xfer));
   // ... while an unfenced command is answered immediately.
-  const uint64_t info = h.send(hdr(Cmd::kGetDisplayInfo));
+  const uint64_t info = h.send(proto::make_hdr(Cmd::kGetDisplayInfo));
   EXPECT_TRUE(h.answered(info));
   EXPECT_EQ(h.dev->stats().pending_fences, 2u);
   h.out.release_held();
@@ -275,7 +275,7 @@ TEST(GpuDevice, FencedFlushRetiresWhenTheOutputReleasesAndInOrderOnItsTimeline) 
 TEST(GpuDevice, RingsOfAContextAreIndependentTimelines) {
   Harness h({}, {.hold_frames = true});
   proto::CtxCreate cc{};
-  cc.hdr = hdr(Cmd::kCtxCreate, 0, 0, 5);
+  cc.hdr = proto::make_hdr(Cmd::kCtxCreate, 0, 0, 5);
   ASSERT_EQ(h.call(cc), R(Resp::kOkNodata));
   ASSERT_EQ(h.create_2d(1, 32, 32), R(Resp::kOkNodata));
   ASSERT_EQ(h.attach(1, {Harness::entry(0x10000, 32 * 32 * 4)}), R(Resp::kOkNodata));
@@ -283,9 +283,9 @@ TEST(GpuDevice, RingsOfAContextAreIndependentTimelines) {
   const uint32_t ring = proto::kFlagFence | proto::kFlagInfoRingIdx;
   const uint64_t held = h.send(h.flush_cmd(1, 32, 32, ring, 1, 5, 0));
   proto::CmdSubmit s{};
-  s.hdr = hdr(Cmd::kSubmit3d, ring, 1, 5, 1);
+  s.hdr = proto::make_hdr(Cmd::kSubmit3d, ring, 1, 5, 1);
   const uint64_t other_ring = h.send(s);
-  s.hdr = hdr(Cmd::kSubmit3d, ring, 2, 5, 0);
+  s.hdr = proto::make_hdr(Cmd::kSubmit3d, ring, 2, 5, 0);
   const uint64_t same_ring = h.send(s);
   EXPECT_FALSE(h.answered(held));
   EXPECT_TRUE(h.answered(other_ring)) << "ring 1 does not wait for ring 0";
@@ -295,13 +295,13 @@ TEST(GpuDevice, RingsOfAContextAreIndependentTimelines) {
   h.dev->process_releases();
   EXPECT_EQ(h.order.back(), same_ring);
   // Bad ring information is answered (with its fence) rather than lost.
-  s.hdr = hdr(Cmd::kSubmit3d, ring, 3, 5, 64);
+  s.hdr = proto::make_hdr(Cmd::kSubmit3d, ring, 3, 5, 64);
   EXPECT_EQ(h.call(s), R(Resp::kErrInvalidParameter));
-  s.hdr = hdr(Cmd::kSubmit3d, ring, 4, 6, 0);
+  s.hdr = proto::make_hdr(Cmd::kSubmit3d, ring, 4, 6, 0);
   const uint64_t no_ctx = h.send(s);
   EXPECT_EQ(h.response(no_ctx).type.get(), R(Resp::kErrInvalidContextId));
   EXPECT_EQ(h.response(no_ctx).fence_id.get(), 4u);
-  s.hdr = hdr(Cmd::kSubmit3d, 0, 0, 5, 0);
+  s.hdr = proto::make_hdr(Cmd::kSubmit3d, 0, 0, 5, 0);
   s.size = 4;  // a command stream: the 2D renderer has none to run it
   uint32_t junk = 0;
   EXPECT_EQ(h.call(s, std::span(reinterpret_cast<const uint8_t*>(&junk), 4)), R(Resp::kErrInvalidParameter));
@@ -312,7 +312,7 @@ TEST(GpuDevice, RingsOfAContextAreIndependentTimelines) {
 TEST(GpuDevice, ContextCommandsValidateIds) {
   Harness h;
   proto::CtxCreate cc{};
-  cc.hdr = hdr(Cmd::kCtxCreate, 0, 0, 0);
+  cc.hdr = proto::make_hdr(Cmd::kCtxCreate, 0, 0, 0);
   EXPECT_EQ(h.call(cc), R(Resp::kErrInvalidContextId));
   cc.hdr.ctx_id = 3;
   cc.nlen = 65;
@@ -326,7 +326,7 @@ TEST(GpuDevice, ContextCommandsValidateIds) {
   EXPECT_EQ(h.call(cc), R(Resp::kOkNodata));
   EXPECT_EQ(h.call(cc), R(Resp::kErrInvalidContextId));
   proto::CtxResource cr{};
-  cr.hdr = hdr(Cmd::kCtxAttachResource, 0, 0, 3);
+  cr.hdr = proto::make_hdr(Cmd::kCtxAttachResource, 0, 0, 3);
   cr.resource_id = 1;
   EXPECT_EQ(h.call(cr), R(Resp::kErrInvalidResourceId));
   ASSERT_EQ(h.create_2d(1, 4, 4), R(Resp::kOkNodata));
@@ -334,7 +334,7 @@ TEST(GpuDevice, ContextCommandsValidateIds) {
   cr.hdr.ctx_id = 4;
   EXPECT_EQ(h.call(cr), R(Resp::kErrInvalidContextId));
   proto::CtxDestroy d{};
-  d.hdr = hdr(Cmd::kCtxDestroy, 0, 0, 3);
+  d.hdr = proto::make_hdr(Cmd::kCtxDestroy, 0, 0, 3);
   EXPECT_EQ(h.call(d), R(Resp::kOkNodata));
   EXPECT_EQ(h.call(d), R(Resp::kErrInvalidContextId));
 }
@@ -346,7 +346,7 @@ struct BlobSetup {
                                        Harness::entry(0x140000, 4096), Harness::entry(0x61000, 4096)};
   uint32_t create(Harness& h, uint32_t id, uint64_t size = 4 * 4096) {
     proto::ResourceCreateBlob b{};
-    b.hdr = hdr(Cmd::kResourceCreateBlob);
+    b.hdr = proto::make_hdr(Cmd::kResourceCreateBlob);
     b.resource_id = id;
     b.blob_mem = uint32_t(proto::BlobMem::kGuest);
     b.blob_flags = proto::kBlobFlagShareable;
@@ -356,7 +356,7 @@ struct BlobSetup {
   }
   proto::SetScanoutBlob scanout(uint32_t id) {
     proto::SetScanoutBlob s{};
-    s.hdr = hdr(Cmd::kSetScanoutBlob);
+    s.hdr = proto::make_hdr(Cmd::kSetScanoutBlob);
     s.resource_id = id;
     s.width = kW;
     s.height = kH;
@@ -395,7 +395,7 @@ TEST(GpuDevice, BlobCommandsValidateMemoryAndLayout) {
   EXPECT_EQ(b.create(h, 7, 4 * 4096 + 1), R(Resp::kErrInvalidParameter));  // size beyond the pages
   EXPECT_EQ(b.create(h, 0), R(Resp::kErrInvalidResourceId));
   proto::ResourceCreateBlob host{};
-  host.hdr = hdr(Cmd::kResourceCreateBlob);
+  host.hdr = proto::make_hdr(Cmd::kResourceCreateBlob);
   host.resource_id = 8;
   host.blob_mem = uint32_t(proto::BlobMem::kHost3d);
   host.size = 4096;
@@ -425,7 +425,7 @@ TEST(GpuDevice, AssignUuidIsStablePerResource) {
   Harness h;
   ASSERT_EQ(h.create_2d(1, 4, 4), R(Resp::kOkNodata));
   proto::ResourceAssignUuid a{};
-  a.hdr = hdr(Cmd::kResourceAssignUuid);
+  a.hdr = proto::make_hdr(Cmd::kResourceAssignUuid);
   a.resource_id = 1;
   const uint64_t t1 = h.send(a), t2 = h.send(a);
   ASSERT_EQ(h.response(t1).type.get(), R(Resp::kOkResourceUuid));
@@ -443,7 +443,7 @@ TEST(GpuDevice, CursorUpdatesReachTheOutput) {
   ASSERT_EQ(h.attach(3, {Harness::entry(0x40000, 64 * 64 * 4)}), R(Resp::kOkNodata));
   ASSERT_EQ(h.transfer(3, 64, 64), R(Resp::kOkNodata));
   proto::UpdateCursor u{};
-  u.hdr = hdr(Cmd::kUpdateCursor);
+  u.hdr = proto::make_hdr(Cmd::kUpdateCursor);
   u.resource_id = 3;
   u.pos.x = 100;
   u.pos.y = 50;
@@ -484,7 +484,7 @@ TEST(GpuDevice, DisplayChangeSetsTheEventAndNewModes) {
   ASSERT_TRUE(h.dev->set_display(0, true, {1280, 720, 60}).ok());
   EXPECT_TRUE(h.dev->take_config_changed());
   EXPECT_EQ(h.dev->config().events_read.get(), proto::kEventDisplay);
-  const uint64_t t = h.send(hdr(Cmd::kGetDisplayInfo));
+  const uint64_t t = h.send(proto::make_hdr(Cmd::kGetDisplayInfo));
   proto::RespDisplayInfo info;
   std::memcpy(&info, h.responses[t].data(), sizeof info);
   EXPECT_EQ(info.pmodes[0].r.width.get(), 1280u);
@@ -499,11 +499,11 @@ TEST(GpuDevice, MalformedRequestsGetErrUnspec) {
   Harness h;
   uint8_t shorty[16] = {};
   EXPECT_EQ(h.response(h.send_bytes(shorty)).type.get(), R(Resp::kErrUnspec));
-  EXPECT_EQ(h.call(hdr(Cmd(0x0142))), R(Resp::kErrUnspec));
-  EXPECT_EQ(h.call(hdr(Cmd::kGetDisplayInfo, 0x80)), R(Resp::kErrUnspec));  // unknown flag bit
-  EXPECT_EQ(h.call(hdr(Cmd::kResourceCreate2d)), R(Resp::kErrUnspec));      // truncated body
-  EXPECT_EQ(h.call(hdr(Cmd::kUpdateCursor)), R(Resp::kErrUnspec));          // a cursor command on the control queue
-  EXPECT_EQ(h.call(hdr(Cmd::kResourceMapBlob)), R(Resp::kErrUnspec));
+  EXPECT_EQ(h.call(proto::make_hdr(Cmd(0x0142))), R(Resp::kErrUnspec));
+  EXPECT_EQ(h.call(proto::make_hdr(Cmd::kGetDisplayInfo, 0x80)), R(Resp::kErrUnspec));  // unknown flag bit
+  EXPECT_EQ(h.call(proto::make_hdr(Cmd::kResourceCreate2d)), R(Resp::kErrUnspec));      // truncated body
+  EXPECT_EQ(h.call(proto::make_hdr(Cmd::kUpdateCursor)), R(Resp::kErrUnspec));          // a cursor command on the control queue
+  EXPECT_EQ(h.call(proto::make_hdr(Cmd::kResourceMapBlob)), R(Resp::kErrUnspec));
   EXPECT_EQ(h.dev->stats().errors, 6u);
 }
 

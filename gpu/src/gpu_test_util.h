@@ -14,15 +14,7 @@
 
 namespace canopy::gpu::testing {
 
-inline proto::CtrlHdr hdr(proto::Cmd t, uint32_t flags = 0, uint64_t fence = 0, uint32_t ctx = 0, uint8_t ring = 0) {
-  proto::CtrlHdr h{};
-  h.type = uint32_t(t);
-  h.flags = flags;
-  h.fence_id = fence;
-  h.ctx_id = ctx;
-  h.ring_idx = ring;
-  return h;
-}
+using proto::make_hdr;
 
 struct Harness {
   static constexpr uint64_t kRam = 32 << 20;
@@ -76,7 +68,7 @@ struct Harness {
   // Helpers for common sequences.
   uint32_t create_2d(uint32_t id, uint32_t w, uint32_t h, proto::Format f = proto::Format::kB8G8R8X8) {
     proto::ResourceCreate2d c{};
-    c.hdr = hdr(proto::Cmd::kResourceCreate2d);
+    c.hdr = make_hdr(proto::Cmd::kResourceCreate2d);
     c.resource_id = id;
     c.format = uint32_t(f);
     c.width = w;
@@ -85,7 +77,7 @@ struct Harness {
   }
   uint32_t attach(uint32_t id, const std::vector<proto::MemEntry>& entries) {
     proto::ResourceAttachBacking a{};
-    a.hdr = hdr(proto::Cmd::kResourceAttachBacking);
+    a.hdr = make_hdr(proto::Cmd::kResourceAttachBacking);
     a.resource_id = id;
     a.nr_entries = uint32_t(entries.size());
     return call(a, std::span(reinterpret_cast<const uint8_t*>(entries.data()), entries.size() * sizeof(proto::MemEntry)));
@@ -98,7 +90,7 @@ struct Harness {
   }
   uint32_t set_scanout(uint32_t scanout, uint32_t id, uint32_t w, uint32_t h) {
     proto::SetScanout s{};
-    s.hdr = hdr(proto::Cmd::kSetScanout);
+    s.hdr = make_hdr(proto::Cmd::kSetScanout);
     s.scanout_id = scanout;
     s.resource_id = id;
     s.r.width = w;
@@ -107,7 +99,7 @@ struct Harness {
   }
   uint32_t transfer(uint32_t id, uint32_t w, uint32_t h, uint64_t offset = 0, uint32_t x = 0, uint32_t y = 0) {
     proto::TransferToHost2d t{};
-    t.hdr = hdr(proto::Cmd::kTransferToHost2d);
+    t.hdr = make_hdr(proto::Cmd::kTransferToHost2d);
     t.resource_id = id;
     t.r.x = x;
     t.r.y = y;
@@ -119,7 +111,7 @@ struct Harness {
   proto::ResourceFlush flush_cmd(uint32_t id, uint32_t w, uint32_t h, uint32_t flags = 0, uint64_t fence = 0,
                                  uint32_t ctx = 0, uint8_t ring = 0) {
     proto::ResourceFlush f{};
-    f.hdr = hdr(proto::Cmd::kResourceFlush, flags, fence, ctx, ring);
+    f.hdr = make_hdr(proto::Cmd::kResourceFlush, flags, fence, ctx, ring);
     f.resource_id = id;
     f.r.width = w;
     f.r.height = h;

@@ -13,12 +13,12 @@ namespace canopy::gpu {
 // ---- Frame ----------------------------------------------------------------------------------
 
 Result<std::shared_ptr<const FrameView>> Frame::map() const {
-  if (!view_cache) return make_error(Errc::kState, "frame: no pieces");
+  if (!view_cache || !pieces) return make_error(Errc::kState, "frame: no pieces");
   std::lock_guard<std::mutex> lk(view_cache->mu);
   if (view_cache->view) return view_cache->view;
   std::vector<buffers::FilePiece> fp;
-  fp.reserve(pieces.size());
-  for (const auto& p : pieces) fp.push_back({p.fd->get(), p.offset, p.length});
+  fp.reserve(pieces->size());
+  for (const auto& p : *pieces) fp.push_back({p.fd->get(), p.offset, p.length});
   auto view = std::make_shared<FrameView>();
   if (buffers::scatter_mappable(fp)) {
     CANOPY_ASSIGN_OR_RETURN(view->mapping, buffers::map_scattered(fp, buffers::Access::kRead));

@@ -28,16 +28,6 @@ std::span<const uint8_t> as_bytes(std::span<const transport::Segment> pages, std
 }
 }  // namespace
 
-proto::CtrlHdr GpuClient::header(Cmd type, uint32_t flags, uint64_t fence, uint32_t ctx, uint8_t ring) {
-  proto::CtrlHdr h{};
-  h.type = uint32_t(type);
-  h.flags = flags;
-  h.fence_id = fence;
-  h.ctx_id = ctx;
-  h.ring_idx = ring;
-  return h;
-}
-
 Result<std::unique_ptr<GpuClient>> GpuClient::create(VirtioTransport& t, transport::GuestMemory& mem,
                                                      const Options& o) {
   if (o.area.len < kAreaBytes) return make_error(Errc::kInvalidArgument, "gpu client: area below kAreaBytes");
@@ -194,7 +184,7 @@ Status GpuClient::expect_ok(const Result<Reply>& r) {
 }
 
 Result<std::vector<proto::DisplayOne>> GpuClient::display_info() {
-  auto r = call(header(Cmd::kGetDisplayInfo), {}, sizeof(proto::RespDisplayInfo));
+  auto r = call(proto::make_hdr(Cmd::kGetDisplayInfo), {}, sizeof(proto::RespDisplayInfo));
   CANOPY_TRY(expect_ok(r));
   if (r->body.size() != sizeof(proto::DisplayOne) * proto::kMaxScanouts)
     return make_error(Errc::kProtocol, "gpu: short display info");
@@ -205,7 +195,7 @@ Result<std::vector<proto::DisplayOne>> GpuClient::display_info() {
 
 Result<std::vector<uint8_t>> GpuClient::edid(uint32_t scanout) {
   proto::GetEdid g{};
-  g.hdr = header(Cmd::kGetEdid);
+  g.hdr = proto::make_hdr(Cmd::kGetEdid);
   g.scanout = scanout;
   auto r = call(g, {}, sizeof(proto::RespEdid));
   CANOPY_TRY(expect_ok(r));
@@ -218,7 +208,7 @@ Result<std::vector<uint8_t>> GpuClient::edid(uint32_t scanout) {
 
 Result<uint32_t> GpuClient::create_2d(proto::Format format, uint32_t width, uint32_t height) {
   proto::ResourceCreate2d c{};
-  c.hdr = header(Cmd::kResourceCreate2d);
+  c.hdr = proto::make_hdr(Cmd::kResourceCreate2d);
   c.resource_id = next_resource_;
   c.format = uint32_t(format);
   c.width = width;
@@ -229,7 +219,7 @@ Result<uint32_t> GpuClient::create_2d(proto::Format format, uint32_t width, uint
 
 Status GpuClient::attach_backing(uint32_t resource, std::span<const transport::Segment> pages) {
   proto::ResourceAttachBacking a{};
-  a.hdr = header(Cmd::kResourceAttachBacking);
+  a.hdr = proto::make_hdr(Cmd::kResourceAttachBacking);
   a.resource_id = resource;
   a.nr_entries = uint32_t(pages.size());
   std::vector<proto::MemEntry> e;
@@ -238,21 +228,21 @@ Status GpuClient::attach_backing(uint32_t resource, std::span<const transport::S
 
 Status GpuClient::detach_backing(uint32_t resource) {
   proto::ResourceDetachBacking d{};
-  d.hdr = header(Cmd::kResourceDetachBacking);
+  d.hdr = proto::make_hdr(Cmd::kResourceDetachBacking);
   d.resource_id = resource;
   return expect_ok(call(d));
 }
 
 Status GpuClient::unref(uint32_t resource) {
   proto::ResourceUnref u{};
-  u.hdr = header(Cmd::kResourceUnref);
+  u.hdr = proto::make_hdr(Cmd::kResourceUnref);
   u.resource_id = resource;
   return expect_ok(call(u));
 }
 
 Status GpuClient::set_scanout(uint32_t scanout, uint32_t resource, GpuRect r) {
   proto::SetScanout s{};
-  s.hdr = header(Cmd::kSetScanout);
+  s.hdr = proto::make_hdr(Cmd::kSetScanout);
   s.scanout_id = scanout;
   s.resource_id = resource;
   s.r = {r.x, r.y, r.width, r.height};
@@ -261,7 +251,7 @@ Status GpuClient::set_scanout(uint32_t scanout, uint32_t resource, GpuRect r) {
 
 Status GpuClient::transfer_to_host_2d(uint32_t resource, GpuRect r, uint64_t offset) {
   proto::TransferToHost2d t{};
-  t.hdr = header(Cmd::kTransferToHost2d);
+  t.hdr = proto::make_hdr(Cmd::kTransferToHost2d);
   t.resource_id = resource;
   t.r = {r.x, r.y, r.width, r.height};
   t.offset = offset;
@@ -270,7 +260,7 @@ Status GpuClient::transfer_to_host_2d(uint32_t resource, GpuRect r, uint64_t off
 
 Status GpuClient::flush(uint32_t resource, GpuRect r) {
   proto::ResourceFlush f{};
-  f.hdr = header(Cmd::kResourceFlush);
+  f.hdr = proto::make_hdr(Cmd::kResourceFlush);
   f.resource_id = resource;
   f.r = {r.x, r.y, r.width, r.height};
   return expect_ok(call(f));
@@ -278,7 +268,7 @@ Status GpuClient::flush(uint32_t resource, GpuRect r) {
 
 Result<uint32_t> GpuClient::create_blob(std::span<const transport::Segment> pages, uint64_t size, uint32_t flags) {
   proto::ResourceCreateBlob b{};
-  b.hdr = header(Cmd::kResourceCreateBlob);
+  b.hdr = proto::make_hdr(Cmd::kResourceCreateBlob);
   b.resource_id = next_resource_;
   b.blob_mem = uint32_t(proto::BlobMem::kGuest);
   b.blob_flags = flags;
@@ -292,7 +282,7 @@ Result<uint32_t> GpuClient::create_blob(std::span<const transport::Segment> page
 Status GpuClient::set_scanout_blob(uint32_t scanout, uint32_t resource, proto::Format format, uint32_t width,
                                    uint32_t height, uint32_t stride, uint32_t offset, GpuRect r) {
   proto::SetScanoutBlob s{};
-  s.hdr = header(Cmd::kSetScanoutBlob);
+  s.hdr = proto::make_hdr(Cmd::kSetScanoutBlob);
   s.scanout_id = scanout;
   s.resource_id = resource;
   s.width = width;
@@ -306,7 +296,7 @@ Status GpuClient::set_scanout_blob(uint32_t scanout, uint32_t resource, proto::F
 
 Result<std::array<uint8_t, 16>> GpuClient::assign_uuid(uint32_t resource) {
   proto::ResourceAssignUuid a{};
-  a.hdr = header(Cmd::kResourceAssignUuid);
+  a.hdr = proto::make_hdr(Cmd::kResourceAssignUuid);
   a.resource_id = resource;
   auto r = call(a, {}, sizeof(proto::RespResourceUuid));
   CANOPY_TRY(expect_ok(r));
@@ -318,7 +308,7 @@ Result<std::array<uint8_t, 16>> GpuClient::assign_uuid(uint32_t resource) {
 
 Status GpuClient::ctx_create(uint32_t ctx, uint32_t capset, const char* name) {
   proto::CtxCreate c{};
-  c.hdr = header(Cmd::kCtxCreate, 0, 0, ctx);
+  c.hdr = proto::make_hdr(Cmd::kCtxCreate, 0, 0, ctx);
   c.nlen = uint32_t(std::min<size_t>(std::strlen(name), sizeof c.debug_name));
   c.context_init = capset;
   std::memcpy(c.debug_name, name, c.nlen);
@@ -327,13 +317,13 @@ Status GpuClient::ctx_create(uint32_t ctx, uint32_t capset, const char* name) {
 
 Status GpuClient::ctx_destroy(uint32_t ctx) {
   proto::CtxDestroy d{};
-  d.hdr = header(Cmd::kCtxDestroy, 0, 0, ctx);
+  d.hdr = proto::make_hdr(Cmd::kCtxDestroy, 0, 0, ctx);
   return expect_ok(call(d));
 }
 
 Status GpuClient::move_cursor(uint32_t scanout, uint32_t x, uint32_t y) {
   proto::UpdateCursor u{};
-  u.hdr = header(Cmd::kMoveCursor);
+  u.hdr = proto::make_hdr(Cmd::kMoveCursor);
   u.pos.scanout_id = scanout;
   u.pos.x = x;
   u.pos.y = y;
@@ -343,7 +333,7 @@ Status GpuClient::move_cursor(uint32_t scanout, uint32_t x, uint32_t y) {
 Status GpuClient::update_cursor(uint32_t scanout, uint32_t resource, uint32_t x, uint32_t y, uint32_t hot_x,
                                 uint32_t hot_y) {
   proto::UpdateCursor u{};
-  u.hdr = header(Cmd::kUpdateCursor);
+  u.hdr = proto::make_hdr(Cmd::kUpdateCursor);
   u.pos.scanout_id = scanout;
   u.pos.x = x;
   u.pos.y = y;

@@ -119,15 +119,15 @@ int main() {
   expect_code("UNREF unknown", code(g.unref(999), g), Resp::kErrInvalidResourceId);
   expect_code("CREATE_2D bad format", code(g.create_2d(proto::Format(7), 4, 4), g), Resp::kErrInvalidParameter);
   proto::GetCapsetInfo ci{};
-  ci.hdr = GpuClient::header(Cmd::kGetCapsetInfo);
+  ci.hdr = proto::make_hdr(Cmd::kGetCapsetInfo);
   ci.capset_index = 0xffffffff;
   auto cir = g.call(ci, {}, sizeof(proto::RespCapsetInfo));
   expect_code("GET_CAPSET_INFO index 0xffffffff", cir.ok() ? cir->type() : 0, Resp::kErrInvalidParameter);
   proto::CtxDestroy cd{};
-  cd.hdr = GpuClient::header(Cmd::kCtxDestroy, 0, 0, 77);
+  cd.hdr = proto::make_hdr(Cmd::kCtxDestroy, 0, 0, 77);
   auto cdr = g.call(cd);
   expect_code("CTX_DESTROY unknown context", cdr.ok() ? cdr->type() : 0, Resp::kErrInvalidContextId);
-  auto bad = g.call(GpuClient::header(Cmd(0x1ff)));
+  auto bad = g.call(proto::make_hdr(Cmd(0x1ff)));
   expect_code("unknown command", bad.ok() ? bad->type() : 0, Resp::kErrUnspec);
 
   // --- caps: --max-resources=16; unref releases (no leak) ---
@@ -178,14 +178,14 @@ int main() {
   report(g.ctx_create(1).ok(), "CTX_CREATE");
   const uint32_t fr = proto::kFlagFence | proto::kFlagInfoRingIdx;
   proto::ResourceFlush f{};
-  f.hdr = GpuClient::header(Cmd::kResourceFlush, fr, g.next_fence_id(), 1, 0);
+  f.hdr = proto::make_hdr(Cmd::kResourceFlush, fr, g.next_fence_id(), 1, 0);
   f.resource_id = r2d;
   f.r = {0, 0, W, H};
   auto t_flush = g.submit(f);  // held by the output for --release-after-ms
   proto::CmdSubmit s{};
-  s.hdr = GpuClient::header(Cmd::kSubmit3d, fr, g.next_fence_id(), 1, 1);
+  s.hdr = proto::make_hdr(Cmd::kSubmit3d, fr, g.next_fence_id(), 1, 1);
   auto t_ring1 = g.submit(s);
-  s.hdr = GpuClient::header(Cmd::kSubmit3d, fr, g.next_fence_id(), 1, 0);
+  s.hdr = proto::make_hdr(Cmd::kSubmit3d, fr, g.next_fence_id(), 1, 0);
   auto t_ring0 = g.submit(s);
   std::vector<uint64_t> order;
   for (int i = 0; i < 3; ++i) {
@@ -195,9 +195,9 @@ int main() {
   }
   report(t_flush.ok() && t_ring1.ok() && t_ring0.ok() && order == std::vector<uint64_t>{*t_ring1, *t_flush, *t_ring0},
          "fences: ring 1 retires first; ring 0 retires in submission order after the display released the flush");
-  f.hdr = GpuClient::header(Cmd::kResourceFlush, proto::kFlagFence, g.next_fence_id());
+  f.hdr = proto::make_hdr(Cmd::kResourceFlush, proto::kFlagFence, g.next_fence_id());
   auto t_global = g.submit(f);
-  auto t_info = g.submit(GpuClient::header(Cmd::kGetDisplayInfo, proto::kFlagFence, g.next_fence_id()));
+  auto t_info = g.submit(proto::make_hdr(Cmd::kGetDisplayInfo, proto::kFlagFence, g.next_fence_id()));
   order.clear();
   for (int i = 0; i < 2; ++i) {
     auto c = g.next_completion(3000);

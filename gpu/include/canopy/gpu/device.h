@@ -147,12 +147,13 @@ class GpuDevice {
   // Device reset: resources, contexts, scanouts and pending fences are dropped (without responses).
   void reset();
 
-  const GpuStats& stats() const { return stats_; }
+  GpuStats stats() const;
   uint32_t num_scanouts() const { return uint32_t(scanouts_.size()); }
   const GpuCaps& caps() const { return options_.caps; }
 
   struct Resource;
   struct Scanout;
+  struct Framebuffer;
   struct Context;
   struct Pending;
 
@@ -187,8 +188,16 @@ class GpuDevice {
   void free_backing(Resource& r);
   void destroy_resource(uint32_t id);
   void disable_scanout(uint32_t s);
+  void show(uint32_t s, Resource& r, const Rect& rect, const Framebuffer& fb);
   void emit_frame(uint32_t s, Resource& r, const Rect& damage_in_resource, uint64_t pending_id);
+  void send_response(uint64_t token, proto::Resp resp, const proto::CtrlHdr& in, std::span<const uint8_t> body,
+                     bool fenced);
   void retire_ready();
+  void take_releases(std::vector<uint64_t>& out);
+  // A 2D resource shown straight from its guest backing (alias mode, page-aligned, big enough).
+  bool aliased(const Resource& r) const;
+  // Copies len bytes at `offset` of r's backing (across entries); false when guest memory fails.
+  bool read_backing(const Resource& r, uint64_t offset, uint8_t* dst, uint64_t len) const;
   bool feature(uint64_t f) const { return (acked_ & f) == f; }
 
   GpuOptions options_;
@@ -207,7 +216,7 @@ class GpuDevice {
   std::map<uint64_t, std::vector<uint64_t>> timelines_;  // key -> pending ids (front = oldest)
   uint64_t next_pending_ = 1;
   std::vector<uint8_t> resp_;  // response body of the command being handled (after the header)
-  GpuStats stats_;
+  GpuStats stats_;  // counters; the table sizes are filled in by stats()
 
   struct ReleaseQueue {
     std::mutex mu;

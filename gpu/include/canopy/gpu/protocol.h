@@ -100,6 +100,17 @@ struct CtrlHdr {
 };
 static_assert(sizeof(CtrlHdr) == 24 && offsetof(CtrlHdr, ring_idx) == 20);
 
+// A request header (drivers and tests build every command on one).
+inline CtrlHdr make_hdr(Cmd type, uint32_t flags = 0, uint64_t fence_id = 0, uint32_t ctx_id = 0, uint8_t ring_idx = 0) {
+  CtrlHdr h{};
+  h.type = uint32_t(type);
+  h.flags = flags;
+  h.fence_id = fence_id;
+  h.ctx_id = ctx_id;
+  h.ring_idx = ring_idx;
+  return h;
+}
+
 struct Rect {
   le32 x, y, width, height;
 };

@@ -47,6 +47,8 @@ struct FramePiece {
   uint64_t offset = 0;
   uint64_t length = 0;
 };
+// A resource's pieces, shared by its frames (a frame does not copy the list).
+using FramePieces = std::shared_ptr<const std::vector<FramePiece>>;
 
 // The contiguous view of a frame's pieces, shared by the frames of one resource.
 struct FrameView {
@@ -68,7 +70,7 @@ class Frame {
   uint32_t width = 0, height = 0;
   uint32_t stride = 0;
   uint64_t offset = 0;        // of pixel (0,0) in the contiguous view
-  std::vector<FramePiece> pieces;
+  FramePieces pieces;
   std::vector<Rect> damage;   // in scanout coordinates
   uint64_t bytes_copied = 0;  // device-side copies made for this frame
   bool blob = false;

@@ -113,8 +113,6 @@ class GpuClient {
     if (!tail.empty()) std::memcpy(b.data() + sizeof(T), tail.data(), tail.size());
     return b;
   }
-  static proto::CtrlHdr header(proto::Cmd type, uint32_t flags = 0, uint64_t fence = 0, uint32_t ctx = 0,
-                               uint8_t ring = 0);
 
  private:
   GpuClient(VirtioTransport& t, transport::GuestMemory& mem) : driver_(t, mem), mem_(mem) {}
