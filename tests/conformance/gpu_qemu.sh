@@ -30,18 +30,7 @@ qemu_rc=0
 CANOPY_QEMU_APPEND="canopy.gpu_modes=1024x768,800x600 canopy.gpu_flip_s=${CANOPY_GPU_FLIP_S:-6}" \
   canopy_qemu -chardev "socket,id=gpu,path=$SOCK" -device vhost-user-gpu-pci,chardev=gpu,max_outputs=2 \
   -virtfs local,path=/,mount_tag=host,security_model=none,readonly=on || qemu_rc=$?
-canopy_guest_timing
-
-verdict_ok=0
-canopy_guest_result || verdict_ok=$?
-backend_rc=0
-canopy_wait_exit backend 10 || backend_rc=$?
-
-[ "$qemu_rc" -ne 124 ] || canopy_fail "QEMU did not finish within ${CANOPY_QEMU_TIMEOUT:-120}s (guest verdict: $CANOPY_GUEST_VERDICT)"
-[ "$verdict_ok" -eq 0 ] || canopy_fail "guest: $CANOPY_GUEST_VERDICT"
-[ "$qemu_rc" -eq 0 ] || canopy_fail "QEMU exited with status $qemu_rc"
-[ "$backend_rc" -ne 124 ] || canopy_fail "back-end still running 10 s after QEMU exited"
-[ "$backend_rc" -eq 0 ] || canopy_fail "back-end exited with status $backend_rc"
+canopy_check_guest_run "$qemu_rc"
 grep -q 'front-end display connected' "$CANOPY_WORK/backend.log" ||
   canopy_fail "QEMU's display socket (GPU_SET_SOCKET) was not accepted"
 

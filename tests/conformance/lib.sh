@@ -7,10 +7,10 @@
 #   canopy_guest --test guest/rng.sh virtio-rng   # kernel + initramfs (cached)
 #   canopy_start backend "$BIN" --socket-path "$CANOPY_WORK/rng.sock"
 #   canopy_wait_socket "$CANOPY_WORK/rng.sock" 10 backend
-#   canopy_qemu -chardev socket,id=c,path="$CANOPY_WORK/rng.sock" -device vhost-user-rng-pci,chardev=c
-#   canopy_guest_result                     # 0 on PASS
-#   canopy_wait_exit backend 10             # the back-end's exit status
+#   qemu_rc=0; canopy_qemu -chardev socket,id=c,path="$CANOPY_WORK/rng.sock" -device vhost-user-rng-pci,chardev=c || qemu_rc=$?
+#   canopy_check_guest_run "$qemu_rc"      # QEMU in time and 0, guest PASS, back-end exited 0
 #   canopy_pass / canopy_fail REASON
+# (canopy_guest_result and canopy_wait_exit give the pieces of that check one by one.)
 #
 # Everything a test starts is killed on exit (TERM, then KILL after a grace period); the work dir
 # is removed unless CANOPY_KEEP_WORK=1. On failure the tails of the logs are printed.
@@ -158,6 +158,21 @@ canopy_guest_result() {
   [ -n "$line" ] || CANOPY_GUEST_VERDICT=none
   canopy_log "guest verdict: $CANOPY_GUEST_VERDICT"
   [ "$CANOPY_GUEST_VERDICT" = PASS ]
+}
+
+# canopy_check_guest_run QEMU_RC [BACKEND]: after canopy_qemu, fail unless QEMU finished in time and
+# exited 0, the guest said PASS, and back-end process BACKEND (default "backend") noticed the
+# disconnect and exited 0 by itself within 10 s.
+canopy_check_guest_run() {
+  local qemu_rc=$1 backend=${2:-backend} verdict_ok=0 backend_rc=0
+  canopy_guest_timing
+  canopy_guest_result || verdict_ok=$?
+  canopy_wait_exit "$backend" 10 || backend_rc=$?
+  [ "$qemu_rc" -ne 124 ] || canopy_fail "QEMU did not finish within ${CANOPY_QEMU_TIMEOUT:-120}s (guest verdict: $CANOPY_GUEST_VERDICT)"
+  [ "$verdict_ok" -eq 0 ] || canopy_fail "guest: $CANOPY_GUEST_VERDICT"
+  [ "$qemu_rc" -eq 0 ] || canopy_fail "QEMU exited with status $qemu_rc"
+  [ "$backend_rc" -ne 124 ] || canopy_fail "$backend still running 10 s after QEMU exited"
+  [ "$backend_rc" -eq 0 ] || canopy_fail "$backend exited with status $backend_rc"
 }
 
 # canopy_guest_timing: log when the guest reached /init and finished, from its console markers.
