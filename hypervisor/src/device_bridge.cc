@@ -1,6 +1,7 @@
 // A partition's virtio device bridged to a vhost-user back-end (device_bridge.h).
 #include "device_bridge.h"
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -23,7 +24,10 @@ namespace {
 
 constexpr uint64_t kWantedProtocol = vu::proto_bit(vu::kProtoReplyAck) | vu::proto_bit(vu::kProtoMq) |
                                      vu::proto_bit(vu::kProtoConfig) | vu::proto_bit(vu::kProtoResetDevice) |
-                                     vu::proto_bit(vu::kProtoStatus);
+                                     vu::proto_bit(vu::kProtoStatus) | vu::proto_bit(vu::kProtoBackendReq);
+// Messages taken from the back-end request channel per wake-up (the rest wait for the next one).
+constexpr int kBackendRequestBudget = 16;
+constexpr int kBackendRequestPartMs = 100;
 
 DeviceBridge::Reply code(Code c) { return DeviceBridge::Reply{c, {}}; }
 
@@ -117,6 +121,14 @@ Status DeviceBridge::start_backend(const RamInfo& ram) {
       queues = uint16_t(n);
     }
     CANOPY_TRY(fe.set_owner());
+    if (protocol_ & vu::proto_bit(vu::kProtoBackendReq)) {
+      int rq[2];
+      if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, rq) != 0)
+        return make_error(Errc::kIo, "socketpair for the back-end request channel failed", errno);
+      UniqueFd mine(rq[0]), given(rq[1]);
+      CANOPY_TRY(fe.set_backend_req_fd(given.get()));
+      backend_req_ = vu::Channel(std::move(mine));
+    }
     vu::FrontendRegion region{transport::RegionInfo{0, ram_.size, kRamUserAddr, 0}, ram_.fd};
     CANOPY_TRY(fe.set_mem_table(std::span<const vu::FrontendRegion>(&region, 1)));
     num_queues_ = queues;
@@ -124,6 +136,7 @@ Status DeviceBridge::start_backend(const RamInfo& ram) {
   };
   if (Status s = handshake(); !s.ok()) {
     CANOPY_WARN("device %s: back-end handshake failed: %s", spec_.name.c_str(), s.error().what);
+    backend_req_.close();
     backend_.terminate(0);
     return s.error();
   }
@@ -149,6 +162,7 @@ void DeviceBridge::configure_offline(const RamInfo& ram, uint16_t queues, uint64
 
 void DeviceBridge::stop_backend() {
   frontend_.reset();  // closing the socket makes a back-end exit on its own
+  backend_req_.close();
   if (backend_.running()) {
     if (!backend_.wait(500).ok()) backend_.terminate(500);
   }
@@ -158,6 +172,7 @@ void DeviceBridge::stop_backend() {
 bool DeviceBridge::backend_lost(const std::string& why) {
   CANOPY_WARN("device %s: back-end lost: %s", spec_.name.c_str(), why.c_str());
   frontend_.reset();
+  backend_req_.close();
   if (backend_.running()) backend_.terminate(0);
   active_ = false;
   if (status_ != 0 && !(status_ & transport::kStatusDeviceNeedsReset)) {
@@ -173,6 +188,44 @@ Status DeviceBridge::fail_backend(const Error& e, const char* step) {
   if (backend_lost(step)) pending_event_ = true;
   backend_failed_ = true;
   return e;
+}
+
+void DeviceBridge::on_backend_request() {
+  for (int i = 0; i < kBackendRequestBudget && backend_req_.valid(); ++i) {
+    pollfd p{backend_req_.fd(), POLLIN, 0};
+    if (::poll(&p, 1, 0) <= 0) return;  // nothing (more) waiting
+    // A message is sent whole: once its first byte is here, the rest follows at once; a back-end
+    // stuck mid-message is failed rather than waited for.
+    auto m = backend_req_.recv(kBackendRequestPartMs);
+    if (!m.ok()) {
+      if (m.code() == Errc::kClosed) {  // the back-end closed it (or exited: the pidfd tells)
+        backend_req_.close();
+        return;
+      }
+      (void)fail_backend(m.error(), "reading the back-end request channel");
+      return;
+    }
+    const uint32_t req = m->header.request.get();
+    bool ok = false;
+    if (req == uint32_t(vu::BackendRequest::kConfigChangeMsg)) {
+      ok = true;
+      ++config_changes_;
+      // The guest re-reads the config space; only a driver that has the device hears of it.
+      if (status_ & transport::kStatusDriverOk) {
+        ++generation_;
+        pending_event_ = true;
+      }
+    } else {
+      CANOPY_WARN_RL("device %s: back-end request %u refused (not supported)", spec_.name.c_str(), req);
+    }
+    if (m->need_reply()) {
+      auto r = vu::Message::make_u64(static_cast<vu::Request>(req), ok ? 0 : 1, vu::kVersion | vu::kFlagReply);
+      if (Status s = backend_req_.send(r); !s.ok()) {
+        (void)fail_backend(s.error(), "answering the back-end request channel");
+        return;
+      }
+    }
+  }
 }
 
 void DeviceBridge::quiesce() {

@@ -8,6 +8,11 @@
 // re-initialisation bring the device up on it. Requests that need the back-end while it is down get
 // kDeviceError rather than waiting.
 //
+// Back-ends that speak BACKEND_REQ get a back-end request channel (a socketpair, SET_BACKEND_REQ_FD);
+// the supervisor watches backend_request_fd() and calls on_backend_request(). A CONFIG_CHANGE_MSG on it
+// (e.g. canopy-gpu's display change) bumps the config generation and becomes an EVENT_CONFIG for the
+// guest, as a config-change interrupt would; other requests are refused.
+//
 // Threading: the supervisor's thread only.
 #pragma once
 
@@ -53,6 +58,8 @@ class DeviceBridge {
   // The device model without a back-end process (fuzzing, tests): as after a handshake that offered
   // `features` with `queues` queues; requests that need the back-end get kDeviceError.
   void configure_offline(const RamInfo& ram, uint16_t queues, uint64_t features, uint32_t config_size);
+  // Tests: the back-end request channel a back-end would have been given (our end of it).
+  void adopt_backend_request_channel(UniqueFd sock) { backend_req_ = transport::vhost_user::Channel(std::move(sock)); }
   // Kills and reaps the back-end (VM stop / teardown).
   void stop_backend();
   // The back-end process exited or broke the protocol: forget it. Returns true when the guest must be told
@@ -63,6 +70,13 @@ class DeviceBridge {
     transport::msg::Code code = transport::msg::Code::kOk;
     std::vector<uint8_t> payload;
   };
+  // The back-end request channel, -1 when the back-end has none (watch it for readability).
+  int backend_request_fd() const { return backend_req_.valid() ? backend_req_.fd() : -1; }
+  // Takes the messages waiting on the back-end request channel (never blocks for long: a message is
+  // read whole or the back-end is failed). Sets the pending-event flag on a config change.
+  void on_backend_request();
+  uint64_t config_changes() const { return config_changes_; }
+
   // A request for this device from the partition (already parsed; device index checked).
   Reply handle(transport::msg::Message& req);
   // Device reset: status 0, queues forgotten, the back-end's rings stopped. `by_driver`: the driver asked
@@ -104,6 +118,7 @@ class DeviceBridge {
   RamInfo ram_{};
   Child backend_;
   std::optional<transport::vhost_user::Frontend> frontend_;
+  transport::vhost_user::Channel backend_req_;
   uint64_t offered_ = 0;         // device features, as the guest sees them
   uint64_t backend_features_ = 0;  // as the back-end offered them (incl. the vhost-user bit)
   uint64_t protocol_ = 0;
@@ -116,6 +131,7 @@ class DeviceBridge {
   uint32_t generation_ = 0;
   uint32_t backend_starts_ = 0;
   uint64_t driver_resets_ = 0;
+  uint64_t config_changes_ = 0;
   bool backend_failed_ = false;
   bool pending_event_ = false;
 };

@@ -4,8 +4,10 @@
 
 #include <gtest/gtest.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 namespace canopy::hypervisor {
@@ -133,6 +135,88 @@ TEST_F(DeviceBridgeTest, ConfigAccessPastTheEndIsOutOfRange) {
   auto r = send(msg::Type::kGetConfig, c);
   EXPECT_EQ(r.code, msg::Code::kOk) << "size 0 reads the generation";
   EXPECT_EQ(r.payload.size(), sizeof(msg::ConfigResp));
+}
+
+// The back-end request channel: config changes become guest events once the driver has the device;
+// replies when asked; anything else refused; garbage fails the back-end, not the VMM.
+class BackendRequestTest : public DeviceBridgeTest {
+ protected:
+  void SetUp() override {
+    DeviceBridgeTest::SetUp();
+    int sv[2];
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    d_.adopt_backend_request_channel(UniqueFd(sv[0]));
+    backend_ = vhost_user::Channel(UniqueFd(sv[1]));
+  }
+  void send_request(uint32_t request, uint32_t flags = vhost_user::kVersion) {
+    auto m = vhost_user::Message::make(static_cast<vhost_user::Request>(request), flags);
+    ASSERT_TRUE(backend_.send(m).ok());
+    d_.on_backend_request();
+  }
+  // The bridge's reply to a NEED_REPLY request: its u64 (0: done).
+  uint64_t reply() {
+    auto r = backend_.recv(1000);
+    EXPECT_TRUE(r.ok());
+    if (!r.ok()) return ~0ull;
+    EXPECT_TRUE(r->flags() & vhost_user::kFlagReply);
+    auto v = r->exact<le64>();
+    return v.ok() ? v->get() : ~0ull;
+  }
+  void driver_ok() {
+    to_features_ok();
+    ASSERT_EQ(vqueue(0x1000), msg::Code::kOk);
+    ASSERT_EQ(status(kStatusAcknowledge | kStatusDriver | kStatusFeaturesOk | kStatusDriverOk), msg::Code::kOk);
+    (void)d_.take_pending_event();
+  }
+  static constexpr uint32_t kConfigChange = uint32_t(vhost_user::BackendRequest::kConfigChangeMsg);
+  vhost_user::Channel backend_;
+};
+
+TEST_F(BackendRequestTest, ConfigChangeBecomesAnEventOnlyForADriverThatHasTheDevice) {
+  ASSERT_GE(d_.backend_request_fd(), 0);
+  send_request(kConfigChange);
+  EXPECT_EQ(d_.config_changes(), 1u);
+  EXPECT_FALSE(d_.take_pending_event()) << "no driver yet: nobody to tell";
+  EXPECT_EQ(d_.config_generation(), 0u);
+  driver_ok();
+  const uint32_t gen = d_.config_generation();
+  send_request(kConfigChange);
+  EXPECT_TRUE(d_.take_pending_event());
+  EXPECT_EQ(d_.config_generation(), gen + 1);
+  EXPECT_EQ(d_.config_changes(), 2u);
+}
+
+TEST_F(BackendRequestTest, AnswersWhenAskedAndRefusesOtherRequests) {
+  send_request(kConfigChange, vhost_user::kVersion | vhost_user::kFlagNeedReply);
+  EXPECT_EQ(reply(), 0u);
+  send_request(uint32_t(vhost_user::BackendRequest::kIotlbMsg), vhost_user::kVersion | vhost_user::kFlagNeedReply);
+  EXPECT_NE(reply(), 0u);
+  send_request(uint32_t(vhost_user::BackendRequest::kVringHostNotifierMsg));  // no reply wanted: none sent
+  pollfd p{backend_.fd(), POLLIN, 0};
+  EXPECT_EQ(poll(&p, 1, 50), 0);
+  EXPECT_EQ(d_.config_changes(), 1u);
+  EXPECT_FALSE(d_.take_backend_failed());
+}
+
+TEST_F(BackendRequestTest, GarbageFailsTheBackEndAndTheDeviceAsksForAReset) {
+  driver_ok();
+  const char junk[12] = {1, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0};  // flags: version 3
+  ASSERT_EQ(::send(backend_.fd(), junk, sizeof junk, MSG_NOSIGNAL), ssize_t(sizeof junk));
+  d_.on_backend_request();
+  EXPECT_TRUE(d_.take_backend_failed());
+  EXPECT_EQ(d_.backend_request_fd(), -1);
+  EXPECT_TRUE(d_.status() & kStatusDeviceNeedsReset);
+  // The device keeps answering the partition.
+  msg::ConfigReq c{};
+  EXPECT_EQ(send(msg::Type::kGetConfig, c).code, msg::Code::kOk);
+}
+
+TEST_F(BackendRequestTest, ClosedChannelIsForgottenQuietly) {
+  backend_.close();
+  d_.on_backend_request();
+  EXPECT_EQ(d_.backend_request_fd(), -1);
+  EXPECT_FALSE(d_.take_backend_failed());
+  d_.on_backend_request();  // nothing left to read
 }
 
 }  // namespace

@@ -31,7 +31,15 @@ using msg::Type;
 
 namespace {
 
-enum Kind : uint64_t { kVmSocket = 1, kVmProcess, kBackendProcess, kControlListen, kControlClient, kSignal };
+enum Kind : uint64_t {
+  kVmSocket = 1,
+  kVmProcess,
+  kBackendProcess,
+  kBackendRequest,
+  kControlListen,
+  kControlClient,
+  kSignal
+};
 uint64_t tag(Kind k, uint64_t a = 0, uint64_t b = 0) { return (uint64_t(k) << 56) | (a << 24) | b; }
 Kind tag_kind(uint64_t t) { return Kind(t >> 56); }
 uint64_t tag_a(uint64_t t) { return (t >> 24) & 0xffffffff; }
@@ -158,7 +166,7 @@ struct Supervisor::Impl {
     vm.progress = 0;  // progress is per incarnation
     watch(vm.sock.get(), tag(kVmSocket, vm.index));
     watch(vm.proc.pidfd(), tag(kVmProcess, vm.index));
-    for (auto& d : vm.devices) watch(d->backend().pidfd(), tag(kBackendProcess, vm.index, d->index()));
+    for (auto& d : vm.devices) watch_backend(vm, *d);
     vm.life.on_started(now());
     CANOPY_INFO("vm %s: started pid %d (%s)", c.name.c_str(), int(vm.proc.pid()), vm.confinement.c_str());
     if (self->on_vm_started) self->on_vm_started(c.name);
@@ -181,6 +189,7 @@ struct Supervisor::Impl {
     vm.sock.reset();
     for (auto& d : vm.devices) {
       unwatch(d->backend().pidfd());
+      unwatch(d->backend_request_fd());
       d->reset();
       d->stop_backend();
     }
@@ -239,12 +248,19 @@ struct Supervisor::Impl {
                    s.error().what);
       return;
     }
+    watch_backend(vm, d);
+  }
+
+  // The back-end's process (its exit) and its request channel (config changes), if it has one.
+  void watch_backend(Vm& vm, DeviceBridge& d) {
     watch(d.backend().pidfd(), tag(kBackendProcess, vm.index, d.index()));
+    if (d.backend_request_fd() >= 0) watch(d.backend_request_fd(), tag(kBackendRequest, vm.index, d.index()));
   }
 
   void on_backend_exit(Vm& vm, DeviceBridge& d) {
     auto e = d.backend().try_reap();
     if (!e) return;  // stale event
+    unwatch(d.backend_request_fd());
     if (d.backend_lost(e->to_string())) send_event(vm, d);
     if (vm.proc.running()) restart_backend(vm, d);
   }
@@ -467,6 +483,15 @@ struct Supervisor::Impl {
         if (d < vm.devices.size()) on_backend_exit(vm, *vm.devices[d]);
         break;
       }
+      case kBackendRequest: {
+        Vm& vm = *vms[tag_a(t)];
+        const size_t d = tag_b(t);
+        if (d < vm.devices.size()) {
+          vm.devices[d]->on_backend_request();
+          after_device_request(vm, *vm.devices[d]);
+        }
+        break;
+      }
       case kControlListen: on_control_accept(); break;
       case kControlClient: on_control_client(int(tag_b(t))); break;
       case kSignal: break;
@@ -631,6 +656,7 @@ std::vector<VmStatus> Supervisor::status() const {
       ds.backend_starts = d->backend_starts();
       ds.status = d->status();
       ds.driver_resets = d->driver_resets();
+      ds.config_changes = d->config_changes();
       s.devices.push_back(ds);
     }
     out.push_back(std::move(s));
@@ -652,7 +678,8 @@ std::string Supervisor::status_text() const {
       o += "device vm=" + s.name + " index=" + std::to_string(d.index) + " type=" + d.type +
            " backend_pid=" + std::to_string(d.backend_pid) + " backend_up=" + (d.backend_up ? "1" : "0") +
            " backend_starts=" + std::to_string(d.backend_starts) + " status=" + hex +
-           " driver_resets=" + std::to_string(d.driver_resets) + "\n";
+           " driver_resets=" + std::to_string(d.driver_resets) +
+           " config_changes=" + std::to_string(d.config_changes) + "\n";
     }
   }
   return o;

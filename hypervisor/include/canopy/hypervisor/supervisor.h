@@ -45,6 +45,7 @@ struct DeviceStatus {
   uint32_t backend_starts = 0;
   uint8_t status = 0;
   uint64_t driver_resets = 0;
+  uint64_t config_changes = 0;  // CONFIG_CHANGE_MSGs from the back-end (e.g. display changes)
 };
 
 struct VmStatus {
