@@ -820,6 +820,11 @@ Status GpuDevice::set_display(uint32_t scanout, bool connected, const DisplayMod
   return {};
 }
 
+GpuDevice::Display GpuDevice::display(uint32_t scanout) const {
+  const Scanout& s = *scanouts_.at(scanout);
+  return Display{s.connected, s.mode};
+}
+
 void GpuDevice::reset() {
   for (uint32_t s = 0; s < scanouts_.size(); ++s) disable_scanout(s);
   for (auto& [id, ctx] : contexts_) renderer_->destroy_context(id);

@@ -4,6 +4,7 @@
 
 #include "canopy/base/log.h"
 #include "canopy/transport/virtio_ring.h"
+#include "control.h"
 #include "frontend_display.h"
 
 namespace canopy::gpu {
@@ -18,6 +19,13 @@ Result<std::unique_ptr<VhostGpu>> VhostGpu::create(VhostGpuOptions options, Scan
   VhostGpu* self = v.get();
   CANOPY_ASSIGN_OR_RETURN(v->gpu_, GpuDevice::create(v->options_.gpu, make_2d_renderer(), &v->tee_,
                                                      [self](uint64_t t, std::span<const uint8_t> b) { self->respond(t, b); }));
+  if (!v->options_.control_path.empty()) {
+    CANOPY_ASSIGN_OR_RETURN(v->control_,
+                            ControlServer::listen(
+                                v->options_.control_path,
+                                [self](const ControlCommand& c) { return self->control_command(c); },
+                                [self] { self->rewatch(); }));
+  }
   return v;
 }
 
@@ -149,6 +157,28 @@ Status VhostGpu::set_display(uint32_t scanout, bool connected, const DisplayMode
   return {};
 }
 
+Result<std::string> VhostGpu::control_command(const ControlCommand& c) {
+  GpuDevice& g = *gpu_;
+  if (c.kind == ControlCommand::Kind::kList) {
+    std::string out;
+    for (uint32_t i = 0; i < g.num_scanouts(); ++i) {
+      const auto d = g.display(i);
+      out += std::to_string(i) + " " + std::to_string(d.mode.width) + "x" + std::to_string(d.mode.height) + "@" +
+             std::to_string(d.mode.refresh_hz) + (d.connected ? " on\n" : " off\n");
+    }
+    return out;
+  }
+  if (c.scanout >= g.num_scanouts())
+    return make_error(Errc::kInvalidArgument, "no such scanout (see: displays)");
+  const DisplayMode mode = c.connected ? c.mode : g.display(c.scanout).mode;
+  CANOPY_TRY(set_display(c.scanout, c.connected, mode));
+  if (c.connected)
+    CANOPY_INFO("gpu: scanout %u now %ux%u@%u", c.scanout, mode.width, mode.height, mode.refresh_hz);
+  else
+    CANOPY_INFO("gpu: scanout %u disconnected", c.scanout);
+  return std::string();
+}
+
 std::vector<vu::Device::Watch> VhostGpu::watches() {
   std::vector<Watch> w;
   w.push_back({gpu_->release_fd(), [this] {
@@ -160,6 +190,10 @@ std::vector<vu::Device::Watch> VhostGpu::watches() {
                    frontend_->on_readable();
                    if (!frontend_->alive()) rewatch();
                  }});
+  if (control_) {
+    auto c = control_->watches();
+    w.insert(w.end(), std::make_move_iterator(c.begin()), std::make_move_iterator(c.end()));
+  }
   return w;
 }
 

@@ -30,6 +30,8 @@ constexpr const char* kUsage =
     "  --frame-log=FILE         headless output: one line per frame / cursor event (checksums)\n"
     "  --release-after-ms=N     headless output: release each frame N ms after it arrived\n"
     "  --no-frontend-display    do not mirror frames to QEMU's vhost-user-gpu display socket\n"
+    "  --control=PATH           control socket for display changes, one command per line:\n"
+    "                           'display I WxH[@HZ]', 'display I off', 'displays' (docs/gpu.md)\n"
     "  --no-blob --no-uuid --no-context-init --no-edid   withhold a feature\n"
     "  --max-resources=N --max-backing-mb=N --max-host-mb=N --max-contexts=N   per-VM caps\n";
 
@@ -86,6 +88,7 @@ Result<std::unique_ptr<vu::Device>> make_device(const std::vector<std::string>& 
       ho.log_path = val;
       ho.checksum = true;
     } else if (key == "--no-frontend-display" && eq == std::string::npos) o.mirror_to_frontend = false;
+    else if (key == "--control" && !val.empty()) o.control_path = val;
     else if (key == "--no-blob" && eq == std::string::npos) o.gpu.features &= ~proto::kFResourceBlob;
     else if (key == "--no-uuid" && eq == std::string::npos) o.gpu.features &= ~proto::kFResourceUuid;
     else if (key == "--no-context-init" && eq == std::string::npos) o.gpu.features &= ~proto::kFContextInit;
@@ -119,7 +122,7 @@ int main(int argc, char** argv) {
   // written "--opt=value"; accept both spellings.
   std::vector<std::string> joined;
   static const char* kValued[] = {"--scanouts", "--mode", "--scanout-mode", "--frame-log", "--max-resources",
-                                  "--max-backing-mb", "--max-host-mb", "--max-contexts", "--release-after-ms"};
+                                  "--max-backing-mb", "--max-host-mb", "--max-contexts", "--release-after-ms", "--control"};
   std::vector<char*> av{argv[0]};
   for (int i = 1; i < argc; ++i) {
     bool valued = false;

@@ -1,7 +1,9 @@
 #include "canopy/guest/gpu_client.h"
 
 #include <chrono>
+#include <cstddef>
 #include <cstring>
+#include <utility>
 
 #include "canopy/transport/driver_queue.h"
 
@@ -48,6 +50,16 @@ Result<std::unique_ptr<GpuClient>> GpuClient::create(VirtioTransport& t, transpo
 }
 
 Result<proto::Config> GpuClient::config() { return driver_.read_config_obj<proto::Config>(0); }
+
+bool GpuClient::take_config_changed() {
+  if (driver_.poll_interrupt() & kInterruptConfigChange) config_changed_ = true;
+  return std::exchange(config_changed_, false);
+}
+
+Status GpuClient::clear_events(uint32_t events) {
+  const le32 v = events;
+  return driver_.write_config(offsetof(proto::Config, events_clear), &v, sizeof v);
+}
 
 Result<uint32_t> GpuClient::take_slot() {
   for (int round = 0; round < 2; ++round) {
@@ -114,6 +126,7 @@ Status GpuClient::pump(int timeout_ms) {
     if (!any && pass == 0) {
       auto irq = driver_.wait_interrupt(timeout_ms);
       if (!irq.ok() && irq.code() != Errc::kTimeout) return irq.error();
+      if (irq.ok() && (*irq & kInterruptConfigChange)) config_changed_ = true;
       if (driver_.needs_reset()) return make_error(Errc::kState, "gpu: device needs reset");
     }
   }

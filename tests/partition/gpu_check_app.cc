@@ -3,7 +3,10 @@
 // from a guest. Prints "gpu-check: ok NAME" / "gpu-check: FAIL NAME: ..." and finally
 // "gpu-check: done OK FAILED"; exits 0 only when nothing failed. canopy_partition_test runs it with
 // canopy-gpu --frame-log --release-after-ms=150 --max-resources=16 and two scanouts (640x480, 320x240)
-// and checks the frame log (pixels, zero-copy blob frame, cursor).
+// and checks the frame log (pixels, zero-copy blob frame, cursor). At the end it waits for two display
+// changes the test makes through canopy-gpu --control (scanout 1 to 400x300, then off).
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -219,6 +222,34 @@ int main() {
          "UPDATE_CURSOR / MOVE_CURSOR sent");
   // The cursor queue has no responses to wait for; a synchronous request after it is served after it.
   (void)g.display_info();
+
+  // --- display changes from the host side (canopy_partition_test sends them over canopy-gpu's control
+  // socket once it reads "waiting for ..."): config-change notification, EVENT_DISPLAY, new modes ---
+  auto wait_change = [&](const char* what) {
+    std::fprintf(stderr, "gpu-check: waiting for %s\n", what);
+    for (int i = 0; i < 2000; ++i) {  // 20 s
+      if (g.take_config_changed()) return true;
+      (void)part.heartbeat(4);
+      usleep(10000);
+    }
+    return false;
+  };
+  report(wait_change("a display change"), "config change notification for the host's display change");
+  cfg = g.config();
+  report(cfg.ok() && (cfg->events_read.get() & proto::kEventDisplay), "config: events_read has EVENT_DISPLAY");
+  di = g.display_info();
+  report(di.ok() && (*di)[1].r.width.get() == 400 && (*di)[1].r.height.get() == 300 && (*di)[1].enabled.get() == 1 &&
+             (*di)[0].r.width.get() == 640,
+         "GET_DISPLAY_INFO: scanout 1 is now 400x300, scanout 0 unchanged");
+  edid = g.edid(1);
+  report(edid.ok() && edid->size() >= 128 && ((*edid)[56] | ((*edid)[58] >> 4) << 8) == 400,
+         "GET_EDID: scanout 1's EDID now prefers 400x300");
+  report(g.clear_events(proto::kEventDisplay).ok() && (cfg = g.config()).ok() && cfg->events_read.get() == 0,
+         "events_clear acknowledges EVENT_DISPLAY");
+  report(wait_change("a disconnect"), "config change notification for the disconnect");
+  di = g.display_info();
+  report(di.ok() && (*di)[1].enabled.get() == 0 && (*di)[0].enabled.get() == 1,
+         "GET_DISPLAY_INFO: scanout 1 disconnected, scanout 0 still enabled");
 
   (void)part.heartbeat(3);
   std::fprintf(stderr, "gpu-check: done %d %d\n", ok_count, fail_count);

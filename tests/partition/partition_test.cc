@@ -52,6 +52,25 @@ int run_command(const std::string& cmd, std::string& out) {
 }
 
 // Runs canopy-vmm on a manifest in a private folder, and talks to it through its control socket.
+// Sends `text` over a unix stream socket and returns what comes back until the peer is quiet for
+// 300 ms (a line protocol such as canopy-gpu's control socket).
+std::string line_exchange(const std::string& path, const std::string& text) {
+  int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::snprintf(a.sun_path, sizeof a.sun_path, "%s", path.c_str());
+  std::string out;
+  if (connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
+      send(s, text.data(), text.size(), MSG_NOSIGNAL) == ssize_t(text.size())) {
+    timeval tv{0, 300000};
+    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char buf[4096];
+    for (ssize_t n; (n = recv(s, buf, sizeof buf, 0)) > 0;) out.append(buf, size_t(n));
+  }
+  close(s);
+  return out;
+}
+
 class Vmm {
  public:
   explicit Vmm(const std::string& manifest, std::vector<std::string> extra = {}) {
@@ -377,9 +396,22 @@ TEST(PartitionGpu, EveryCommandAndErrorCodeThroughTheGuestClient) {
   Vmm vmm("[[vm]]\nname = \"gfx\"\nbackend = \"partition\"\nmemory = \"32M\"\nrestart = \"never\"\napp = \"" + kBin +
           "/canopy-partition-gpu-check\"\n[vm.gpu]\nbackend = \"" + kBin +
           "/canopy-gpu\"\nscanouts = [{ width = 640, height = 480 }, { width = 320, height = 240 }]\n"
-          "args = [\"--frame-log=@DIR@/frames.log\", \"--release-after-ms=150\", \"--max-resources=16\"]\n");
-  ASSERT_TRUE(Vmm::wait_until([&] { return vmm.log().find("gpu-check: done") != std::string::npos; }, 60000))
+          "args = [\"--frame-log=@DIR@/frames.log\", \"--release-after-ms=150\", \"--max-resources=16\",\n"
+          "        \"--control=@DIR@/gpu-control.sock\"]\n");
+  // Display changes from the host side: canopy-gpu's control socket -> CONFIG_CHANGE_MSG on the
+  // back-end request channel -> canopy-vmm -> EVENT_CONFIG -> the guest re-reads its displays.
+  const std::string gpu_control = vmm.dir() + "/gpu-control.sock";
+  ASSERT_TRUE(Vmm::wait_until([&] { return vmm.log().find("gpu-check: waiting for a display change") != std::string::npos; },
+                              60000))
       << vmm.log();
+  EXPECT_EQ(line_exchange(gpu_control, "display 1 400x300\n"), "ok\n");
+  ASSERT_TRUE(
+      Vmm::wait_until([&] { return vmm.log().find("gpu-check: waiting for a disconnect") != std::string::npos; }, 30000))
+      << vmm.log();
+  EXPECT_EQ(line_exchange(gpu_control, "display 1 off\ndisplays\n"), "ok\n0 640x480@60 on\n1 400x300@60 off\nok\n");
+  ASSERT_TRUE(Vmm::wait_until([&] { return vmm.log().find("gpu-check: done") != std::string::npos; }, 30000))
+      << vmm.log();
+  EXPECT_EQ(vmm.status()["device gfx 0"]["config_changes"], "2") << vmm.ctl("status");
   const std::string log = vmm.log();
   EXPECT_EQ(log.find("gpu-check: FAIL"), std::string::npos) << log;
   EXPECT_NE(log.find("gpu-check: done"), std::string::npos);

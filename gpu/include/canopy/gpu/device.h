@@ -140,6 +140,12 @@ class GpuDevice {
   // driver must be told (config change notification).
   Status set_display(uint32_t scanout, bool connected, const DisplayMode& mode);
   bool take_config_changed() { return std::exchange(config_changed_, false); }
+  // A scanout's display as the driver sees it (precondition: scanout < num_scanouts()).
+  struct Display {
+    bool connected = true;
+    DisplayMode mode;
+  };
+  Display display(uint32_t scanout) const;
 
   // Answers every executed fenced command now, in timeline order, without waiting for frame releases
   // (a queue stop: nothing may stay in flight).

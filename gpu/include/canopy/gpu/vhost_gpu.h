@@ -7,6 +7,8 @@
 //   queue 1 (cursor): UPDATE_CURSOR / MOVE_CURSOR, answered at once when the chain has room.
 //   config space: struct virtio_gpu_config (protocol feature CONFIG); display changes are signalled
 //     with VHOST_USER_BACKEND_CONFIG_CHANGE_MSG when the front-end gave a back-end channel.
+//   control socket (VhostGpuOptions::control_path, gpu/src/control.h): display changes from the host
+//     side ("display 1 1280x720", "display 1 off") go through set_display().
 //   GPU_SET_SOCKET: QEMU's vhost-user-gpu display protocol (docs/interop/vhost-user-gpu.rst). Frames
 //     are mirrored to it (SCANOUT / UPDATE / CURSOR_*) unless disabled, so QEMU's own window shows the
 //     guest; the device's frames still go to the configured ScanoutOutput.
@@ -15,6 +17,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -24,10 +27,13 @@
 namespace canopy::gpu {
 
 class FrontendDisplay;
+class ControlServer;
+struct ControlCommand;
 
 struct VhostGpuOptions {
   GpuOptions gpu;
   bool mirror_to_frontend = true;  // QEMU's display socket gets the frames too
+  std::string control_path;        // listen here for display changes (empty: no control socket)
 };
 
 class VhostGpu : public transport::vhost_user::Device {
@@ -59,6 +65,7 @@ class VhostGpu : public transport::vhost_user::Device {
   VhostGpu() = default;
   void respond(uint64_t token, std::span<const uint8_t> bytes);
   void after_work();
+  Result<std::string> control_command(const ControlCommand& c);
 
   struct Deferred {
     transport::vhost_user::QueueHandle* q = nullptr;
@@ -67,6 +74,7 @@ class VhostGpu : public transport::vhost_user::Device {
   VhostGpuOptions options_;
   OutputTee tee_;
   std::unique_ptr<FrontendDisplay> frontend_;
+  std::unique_ptr<ControlServer> control_;
   std::unique_ptr<GpuDevice> gpu_;
   transport::vhost_user::Channel* backend_channel_ = nullptr;
   uint64_t acked_ = 0;

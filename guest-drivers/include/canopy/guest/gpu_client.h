@@ -63,6 +63,11 @@ class GpuClient {
 
   bool has_feature(uint64_t f) const { return driver_.has_feature(f); }
   Result<proto::Config> config();
+  // Whether the device signalled a config change (a display event, §5.7.4) since the last call: from
+  // interrupts seen while waiting for replies, or pending now. Read config().events_read for what.
+  bool take_config_changed();
+  // Acknowledges events (writes events_clear); the device clears them from events_read.
+  Status clear_events(uint32_t events);
 
   // Raw requests: the command bytes (header first) and the response size expected.
   Result<Reply> call(std::span<const uint8_t> command, uint32_t response_bytes = sizeof(proto::CtrlHdr));
@@ -119,6 +124,7 @@ class GpuClient {
   Status expect_ok(const Result<Reply>& r);
   Result<uint32_t> take_slot();
   Status pump(int timeout_ms);  // reaps used buffers into done_
+  bool config_changed_ = false;
 
   struct InFlight {
     uint32_t slot = 0;
