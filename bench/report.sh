@@ -2,6 +2,7 @@
 # Runs every Canopy benchmark binary in BUILD_DIR/bin and writes a report (BUILD_DIR/bench-report.md)
 # with the raw results and the ratios against references measured in the same run.
 # Usage: bench/report.sh [--smoke] [BUILD_DIR]   (--smoke: a few iterations each, for CI)
+# Also runs bench/gpu_guest_bench.sh (a Linux guest under QEMU) unless CANOPY_BENCH_GUEST=0.
 set -euo pipefail
 SMOKE=0
 if [ "${1:-}" = "--smoke" ]; then SMOKE=1; shift; fi
@@ -33,6 +34,20 @@ for b in "${benches[@]}"; do
     echo
   } >>"$REPORT"
 done
+# The Linux guest's view: page flips and cursor round trips against canopy-gpu and QEMU's own GPUs
+# (boots QEMU four times: ~30 s with --smoke, a few minutes in full). CANOPY_BENCH_GUEST=0 skips it.
+if [ "${CANOPY_BENCH_GUEST:-1}" = 1 ]; then
+  echo "bench: gpu_guest_bench"
+  guest_args=()
+  [ $SMOKE -eq 1 ] && guest_args+=(--smoke)
+  if bash "$(dirname "$0")/gpu_guest_bench.sh" "${guest_args[@]}" "$BUILD" >"$BUILD/bench-gpu-guest.log" 2>&1; then
+    cat "$BUILD/bench-gpu-guest.md" >>"$REPORT"
+  else
+    tail -n 40 "$BUILD/bench-gpu-guest.log"
+    echo "bench: gpu_guest_bench failed (log: $BUILD/bench-gpu-guest.log)" >&2
+    rc=1
+  fi
+fi
 echo "bench: report written to $REPORT"
 grep -h '^ratio ' "$REPORT" || true
 exit $rc

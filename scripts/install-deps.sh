@@ -11,9 +11,10 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # Packages from bookworm-backports. QEMU 10 upgrades libdrm, Mesa and systemd libraries, so the
-# matching -dev packages come from backports too.
+# matching -dev packages come from backports too. qemu-system-gui brings QEMU's reference
+# vhost-user-gpu back-end, which bench/gpu_guest_bench.sh compares canopy-gpu against.
 BACKPORTS=(
-  qemu-system-x86 qemu-system-common qemu-utils
+  qemu-system-x86 qemu-system-common qemu-utils qemu-system-gui
   pipewire pipewire-bin wireplumber libpipewire-0.3-dev libspa-0.2-dev
   mesa-vulkan-drivers libgbm-dev libdrm-dev libdrm-tests linux-libc-dev
 )

@@ -74,11 +74,13 @@ canopy_guest() {
 }
 
 # canopy_start NAME CMD [ARGS...]: start CMD in the background, output in $CANOPY_WORK/NAME.log.
+# A NAME may be reused once its previous process has exited (canopy_qemu reuses "qemu").
 canopy_start() {
   local name=$1
   shift
   "$@" >"$CANOPY_WORK/$name.log" 2>&1 </dev/null &
   CANOPY_PIDS[$name]=$!
+  unset "CANOPY_STATUS[$name]"
   canopy_log "started $name (pid $!): $*"
 }
 
@@ -142,6 +144,7 @@ canopy_qemu() {
   canopy_log "booting guest (limit ${limit}s)"
   "${cmd[@]}" >"$CANOPY_WORK/console.log" 2>"$CANOPY_WORK/qemu.stderr" </dev/null &
   CANOPY_PIDS[qemu]=$!
+  unset "CANOPY_STATUS[qemu]"
   canopy_reap qemu
   rc=${CANOPY_STATUS[qemu]}
   canopy_log "qemu exited with status $rc"
