@@ -14,7 +14,7 @@ if [ ! -f "$B/root.tar" ]; then
   debootstrap --variant=minbase bookworm "$B/root" http://deb.debian.org/debian
   tar -C "$B/root" -cf "$B/root.tar" . && rm -rf "$B/root"
 fi
-cleanup() { umount -R "$R/proc" "$R/dev" "$R/sys" 2>/dev/null || true; rm -rf "$R"; }
+cleanup() { umount -R "$R/proc" "$R/dev" "$R/sys" "$R/tmp" 2>/dev/null || true; rm -rf "$R"; }
 cleanup
 trap cleanup EXIT
 mkdir -p "$R/src" && tar -C "$R" -xf "$B/root.tar"
@@ -27,7 +27,7 @@ t1=$(date +%s); in_chroot 'bash scripts/install-deps.sh' >"$B/install2.log" 2>&1
 t2=$(date +%s)
 echo "prove: first install $((t1 - t0)) s, second (idempotent) $((t2 - t1)) s"
 in_chroot 'bash scripts/guest-kernel.sh' >"$B/kernel.log" 2>&1 && echo "prove: guest kernel ok"
-in_chroot 'cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null && ninja -C build >/dev/null && ctest --test-dir build -L unit -j2' \
+in_chroot 'cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null && ninja -C build >/dev/null && ctest --test-dir build -L unit -j2 --output-on-failure' \
   >"$B/build.log" 2>&1
 grep -E 'tests passed' "$B/build.log"
 echo "prove: ok (logs in $B)"
