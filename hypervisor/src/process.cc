@@ -17,6 +17,7 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 
 #include "canopy/base/log.h"
@@ -54,6 +55,21 @@ const char* stage_name(int s) {
 
 constexpr uint64_t kNsAll = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP;
 constexpr int kFirstTempFd = 16;  // child descriptor numbers must be below this
+
+// Whether "/" is a mount point in our view (not so in a chroot onto a plain folder): mountinfo's fifth
+// field is each mount point, relative to our root.
+bool root_is_mount_point() {
+  std::FILE* f = std::fopen("/proc/self/mountinfo", "re");
+  if (!f) return true;  // cannot tell: assume the usual case
+  char line[4096];
+  bool found = false;
+  while (!found && std::fgets(line, sizeof line, f)) {
+    char point[4096];
+    if (std::sscanf(line, "%*s %*s %*s %*s %4095s", point) == 1 && std::strcmp(point, "/") == 0) found = true;
+  }
+  std::fclose(f);
+  return found;
+}
 
 std::string ns_names(uint64_t flags) {
   std::string s;
@@ -108,10 +124,16 @@ struct ChildPlan {
   }
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (p.ns & CLONE_NEWNS) {
-    if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) child_fail(errfd, kStageMount);
-    // A /proc of the new PID namespace: other processes are not visible. Best effort (a read-only or
-    // masked /proc in a container refuses it; the uid and seccomp still hold).
-    if (p.ns & CLONE_NEWPID) (void)mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr);
+    if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) == 0) {
+      // A /proc of the new PID namespace: other processes are not visible. Best effort (a read-only or
+      // masked /proc in a container refuses it; the uid and seccomp still hold).
+      if (p.ns & CLONE_NEWPID) (void)mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr);
+    } else if (errno != EINVAL) {
+      child_fail(errfd, kStageMount);
+    }
+    // EINVAL: "/" is not a mount point (canopy-vmm runs in a chroot). Its propagation cannot be changed,
+    // so nothing is mounted here (it could show up outside); the partition's own mount calls are refused
+    // by seccomp and its /proc stays the outer one (the uid, no_new_privs and seccomp still hold).
   }
   // Descriptors: move every source above the target numbers first, then into place.
   int tmp[kFirstTempFd];
@@ -320,6 +342,9 @@ Result<Child> spawn(const SpawnOptions& o) {
   std::string conf;
   if (o.confine) {
     conf = ns ? "ns:" + ns_names(ns) : "ns:none";
+    // In a chroot the child could not make its mounts private, so it kept the outer /proc (process.cc
+    // child_main): say so.
+    if ((ns & CLONE_NEWNS) && !root_is_mount_point()) conf += " mounts:outer";
     if (plan.drop_ids) conf += " uid:" + std::to_string(o.uid);
     conf += " no_new_privs";
     if (o.seccomp != nullptr) conf += " seccomp";

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -76,7 +77,16 @@ void attack(Partition& p, pid_t target) {
   syscall_result("socket", socket(AF_UNIX, SOCK_STREAM, 0), {EPERM, EACCES});
   syscall_result("unshare_user", unshare(CLONE_NEWUSER), {EPERM, EINVAL});
   syscall_result("setuid_root", setuid(0), {EPERM});
-  syscall_result("mount", mount("none", "/tmp", "tmpfs", 0, nullptr), {EPERM});
+  {
+    // Mount on a scratch folder of its own (never over a shared path: without confinement, as root, the
+    // mount succeeds and would hide /tmp from everyone else), and take it down again at once.
+    char scratch[] = "/tmp/canopy-probe-mount-XXXXXX";
+    const char* target = mkdtemp(scratch) ? scratch : "/nonexistent-canopy-probe";
+    const int r = mount("none", target, "tmpfs", 0, nullptr);
+    syscall_result("mount", r, {EPERM});
+    if (r == 0) (void)umount2(target, MNT_DETACH);
+    if (target == scratch) (void)rmdir(scratch);
+  }
   const pid_t child = fork();
   if (child == 0) _exit(0);  // (only without confinement) the copy must not go on probing
   if (child > 0) waitpid(child, nullptr, 0);
