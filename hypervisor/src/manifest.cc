@@ -7,6 +7,7 @@
 #include <cstring>
 #include <initializer_list>
 #include <span>
+#include <sstream>
 #include <tuple>
 #include <unordered_map>
 #include <utility>
@@ -420,6 +421,25 @@ class Reader {
     read(key, required, out,
          [&](const toml::node& n, const std::string& p) { return node_int(c_, n, p, lo, hi); });
   }
+  // A number (integer or float) in [lo, hi].
+  void number(std::string_view key, bool required, double& out, double lo, double hi) {
+    read(key, required, out, [&](const toml::node& n, const std::string& p) -> std::optional<double> {
+      double v = 0;
+      if (const auto* i = n.as_integer()) v = double(i->get());
+      else if (const auto* f = n.as_floating_point()) v = f->get();
+      else {
+        c_.add(n, p, std::string("expected a number, got ") + type_name(n.type()));
+        return std::nullopt;
+      }
+      if (!(v >= lo && v <= hi)) {  // NaN fails too
+        std::ostringstream o;
+        o << v << " is out of range (" << lo << ".." << hi << ")";
+        c_.add(n, p, o.str());
+        return std::nullopt;
+      }
+      return v;
+    });
+  }
   void boolean(std::string_view key, bool required, bool& out) {
     read(key, required, out, [&](const toml::node& n, const std::string& p) -> std::optional<bool> {
       if (const auto* b = n.as_boolean()) return b->get();
@@ -614,18 +634,29 @@ VmConfig parse_vm(Ctx& c, const toml::table& t, const std::string& path, VmSourc
 
 DisplayConfig parse_display(Ctx& c, const toml::table& t, const std::string& path) {
   DisplayConfig d;
-  Reader r(c, t, path, {"name", "width", "height", "refresh_hz", "output"});
+  Reader r(c, t, path, {"name", "width", "height", "refresh_hz", "output", "criticality"});
   r.name("name", true, d.name);
   r.integer("width", true, d.width, 1, kMaxDimension);
   r.integer("height", true, d.height, 1, kMaxDimension);
   r.integer("refresh_hz", false, d.refresh_hz, 1, kMaxRefreshHz);
   r.choice("output", false, d.output, kOutputs);
+  if (t.get("criticality")) {
+    Criticality cr = Criticality::kNormal;
+    bool good = true;
+    r.read("criticality", false, cr, [&](const toml::node& n, const std::string& p) {
+      auto v = node_choice<Criticality>(c, n, p, std::span<const Choice<Criticality>>(kCriticalities));
+      good = v.has_value();
+      return v;
+    });
+    if (good) d.criticality = cr;
+  }
   return d;
 }
 
 LayoutEntry parse_layout(Ctx& c, const toml::table& t, const std::string& path) {
   LayoutEntry l;
-  Reader r(c, t, path, {"display", "vm", "scanout", "x", "y", "width", "height", "z"});
+  Reader r(c, t, path,
+           {"display", "vm", "scanout", "x", "y", "width", "height", "z", "crop", "alpha", "rotation", "stale_ms"});
   r.name("display", true, l.display);
   r.name("vm", true, l.vm);
   r.integer("scanout", false, l.scanout, 0, kMaxScanouts - 1);
@@ -634,6 +665,23 @@ LayoutEntry parse_layout(Ctx& c, const toml::table& t, const std::string& path) 
   r.integer("width", true, l.width, 1, kMaxDimension);
   r.integer("height", true, l.height, 1, kMaxDimension);
   r.integer("z", false, l.z, -1000, 1000);
+  if (const auto* ct = r.subtable("crop")) {
+    Reader cr(c, *ct, r.at("crop"), {"x", "y", "width", "height"});
+    cr.integer("x", false, l.crop.x, 0, kMaxScanoutDimension - 1);
+    cr.integer("y", false, l.crop.y, 0, kMaxScanoutDimension - 1);
+    cr.integer("width", true, l.crop.width, 1, kMaxScanoutDimension);
+    cr.integer("height", true, l.crop.height, 1, kMaxScanoutDimension);
+  }
+  r.number("alpha", false, l.alpha, 0.0, 1.0);
+  if (const auto* n = r.get("rotation", false)) {
+    if (auto v = node_int(c, *n, r.at("rotation"), 0, 270)) {
+      if (*v % 90 != 0) c.add(*n, r.at("rotation"), std::to_string(*v) + " is not a rotation (0, 90, 180 or 270)");
+      else l.rotation = uint32_t(*v);
+    }
+  }
+  if (const auto* n = r.get("stale_ms", false)) {
+    if (auto v = node_int(c, *n, r.at("stale_ms"), 0, kMaxStaleMs)) l.stale_ms = uint32_t(*v);
+  }
   return l;
 }
 
@@ -757,6 +805,15 @@ void check_layouts(Ctx& c, const Manifest& m, const std::vector<const toml::tabl
               "VM " + quote(l.vm) + " has " + std::to_string(vm->gpu->scanouts.size()) +
                   " scanout(s); index " + std::to_string(l.scanout) + " does not exist");
       }
+    }
+    if (vm != nullptr && vm->gpu && l.scanout < vm->gpu->scanouts.size() && l.crop.width != 0 && l.crop.height != 0) {
+      const Scanout& so = vm->gpu->scanouts[l.scanout];
+      if (uint64_t{l.crop.x} + l.crop.width > so.width || uint64_t{l.crop.y} + l.crop.height > so.height)
+        c.add(*t.get("crop"), sub(p, "crop"),
+              "crop " + std::to_string(l.crop.x) + "," + std::to_string(l.crop.y) + " " +
+                  std::to_string(l.crop.width) + "x" + std::to_string(l.crop.height) + " does not fit scanout " +
+                  std::to_string(l.scanout) + " of VM " + quote(l.vm) + " (" + std::to_string(so.width) + "x" +
+                  std::to_string(so.height) + ")");
     }
     if (d != nullptr && l.width != 0 && l.height != 0 &&
         (uint64_t{l.x} + l.width > d->width || uint64_t{l.y} + l.height > d->height)) {

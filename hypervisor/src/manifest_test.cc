@@ -183,6 +183,52 @@ TEST(ManifestTest, RejectsRectangleOutsideDisplay) {
       ElementsAre("t.toml:14:1: layout[0]: rectangle 100,0 1000x768 does not fit display \"d\" (1024x768)"));
 }
 
+TEST(ManifestTest, LayoutCropAlphaRotationStaleAndDisplayCriticality) {
+  LoadResult r = load_manifest_string(
+      gfx_vm("a") +
+          "[[display]]\nname = \"d\"\nwidth = 1024\nheight = 768\ncriticality = \"safety\"\n"
+          "[[layout]]\ndisplay = \"d\"\nvm = \"a\"\nwidth = 300\nheight = 400\nalpha = 0.5\nrotation = 90\n"
+          "stale_ms = 100\ncrop = { x = 24, y = 8, width = 1000, height = 700 }\n"
+          "[[layout]]\ndisplay = \"d\"\nvm = \"a\"\nwidth = 10\nheight = 10\nalpha = 1\n",
+      "t.toml");
+  for (const auto& e : r.errors) ADD_FAILURE() << e.to_string();
+  ASSERT_TRUE(r.ok());
+  const Manifest& m = *r.manifest;
+  EXPECT_EQ(m.displays[0].criticality, Criticality::kSafety);
+  const LayoutEntry& l = m.layouts[0];
+  EXPECT_EQ(l.crop.x, 24u);
+  EXPECT_EQ(l.crop.y, 8u);
+  EXPECT_EQ(l.crop.width, 1000u);
+  EXPECT_EQ(l.crop.height, 700u);
+  EXPECT_DOUBLE_EQ(l.alpha, 0.5);
+  EXPECT_EQ(l.rotation, 90u);
+  EXPECT_EQ(l.stale_ms, 100u);
+  const LayoutEntry& l2 = m.layouts[1];
+  EXPECT_EQ(l2.crop.width, 0u) << "no crop: the whole scanout";
+  EXPECT_DOUBLE_EQ(l2.alpha, 1.0);
+  EXPECT_EQ(l2.rotation, 0u);
+  EXPECT_FALSE(l2.stale_ms.has_value());
+}
+
+TEST(ManifestTest, RejectsBadCropAlphaRotation) {
+  const std::string head = gfx_vm("a") + "[[display]]\nname = \"d\"\nwidth = 1024\nheight = 768\n" +
+                           "[[layout]]\ndisplay = \"d\"\nvm = \"a\"\nwidth = 10\nheight = 10\n";
+  EXPECT_THAT(errors_of(head + "crop = { x = 100, width = 1000, height = 10 }\n"),
+              ElementsAre("t.toml:19:8: layout[0].crop: crop 100,0 1000x10 does not fit scanout 0 of VM \"a\" (1024x768)"));
+  EXPECT_THAT(errors_of(head + "crop = { x = 1, height = 10 }\n"),
+              ElementsAre("t.toml:19:8: layout[0].crop: missing required key \"width\""));
+  EXPECT_THAT(errors_of(head + "alpha = 1.5\n"), ElementsAre("t.toml:19:9: layout[0].alpha: 1.5 is out of range (0..1)"));
+  EXPECT_THAT(errors_of(head + "alpha = nan\n"), ElementsAre("t.toml:19:9: layout[0].alpha: nan is out of range (0..1)"));
+  EXPECT_THAT(errors_of(head + "alpha = \"half\"\n"),
+              ElementsAre("t.toml:19:9: layout[0].alpha: expected a number, got a string"));
+  EXPECT_THAT(errors_of(head + "rotation = 45\n"),
+              ElementsAre("t.toml:19:12: layout[0].rotation: 45 is not a rotation (0, 90, 180 or 270)"));
+  EXPECT_THAT(errors_of(head + "rotation = 360\n"),
+              ElementsAre("t.toml:19:12: layout[0].rotation: 360 is out of range (0..270)"));
+  EXPECT_THAT(errors_of(head + "stale_ms = 60001\n"),
+              ElementsAre("t.toml:19:12: layout[0].stale_ms: 60001 is out of range (0..60000)"));
+}
+
 TEST(ManifestTest, RejectsWrongType) {
   EXPECT_THAT(errors_of(vm("a", "vcpus = \"4\"\n")),
               ElementsAre("t.toml:6:9: vm[0].vcpus: expected an integer, got a string"));

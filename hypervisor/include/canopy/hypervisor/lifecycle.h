@@ -22,33 +22,16 @@
 #include <optional>
 #include <string>
 
+#include "canopy/base/clock.h"
 #include "canopy/hypervisor/manifest.h"
 
 namespace canopy::hypervisor {
 
-using TimePoint = std::chrono::steady_clock::time_point;
+using TimePoint = canopy::TimePoint;
 using Millis = std::chrono::milliseconds;
-
-class Clock {
- public:
-  virtual ~Clock() = default;
-  virtual TimePoint now() const = 0;
-};
-
-class SteadyClock final : public Clock {
- public:
-  TimePoint now() const override { return std::chrono::steady_clock::now(); }
-};
-
-// A clock that moves only when told to (tests).
-class FakeClock final : public Clock {
- public:
-  TimePoint now() const override { return now_; }
-  void advance(Millis d) { now_ += d; }
-
- private:
-  TimePoint now_{std::chrono::seconds(1000)};
-};
+using canopy::Clock;
+using canopy::FakeClock;
+using canopy::SteadyClock;
 
 inline constexpr Millis kRestartBackoffBase{100};
 inline constexpr Millis kRestartBackoffMax{5000};

@@ -36,6 +36,7 @@ inline constexpr uint64_t kMaxVmMemory = 64ull << 30;
 inline constexpr uint32_t kMaxVcpus = 64;
 inline constexpr uint32_t kMaxDimension = 8192;
 // A virtio-gpu scanout's mode must fit an EDID detailed timing (canopy-gpu's limit).
+inline constexpr uint32_t kMaxStaleMs = 60000;
 inline constexpr uint32_t kMaxScanoutDimension = 4095;
 inline constexpr uint32_t kMaxRefreshHz = 240;
 inline constexpr size_t kMaxDevices = 16;  // [[vm.device]] entries per VM
@@ -119,6 +120,8 @@ struct DisplayConfig {
   uint32_t height = 0;
   uint32_t refresh_hz = 60;
   DisplayOutput output = DisplayOutput::kKms;
+  // Unset: the highest criticality among the VMs laid out on it (the compositor's default).
+  std::optional<Criticality> criticality;
 };
 
 struct LayoutEntry {
@@ -130,6 +133,15 @@ struct LayoutEntry {
   uint32_t width = 0;
   uint32_t height = 0;
   int32_t z = 0;
+  // The part of the scanout shown; width 0 means the whole scanout.
+  struct Crop {
+    uint32_t x = 0, y = 0, width = 0, height = 0;
+  } crop;
+  double alpha = 1.0;     // 0..1, multiplied with the frame's own alpha
+  uint32_t rotation = 0;  // clockwise degrees: 0, 90, 180, 270
+  // Stale-frame watchdog: after this long without a new frame the layer shows the safe fallback.
+  // Unset: the compositor's default (on for safety VMs).
+  std::optional<uint32_t> stale_ms;
 };
 
 struct AudioRoute {
