@@ -23,7 +23,7 @@ MAIN=(
   build-essential cmake ninja-build pkg-config git ca-certificates
   clang-19 libclang-rt-19-dev llvm-19
   libgtest-dev libgmock-dev libbenchmark-dev
-  libvirglrenderer-dev libliftoff-dev libpixman-1-dev libvulkan-dev vulkan-tools glslc
+  libvirglrenderer-dev libliftoff-dev libpixman-1-dev libpng-dev libvulkan-dev vulkan-tools glslc
   libsdl2-dev libtomlplusplus-dev libspdlog-dev libcli11-dev libseccomp-dev
   busybox-static cpio xz-utils gzip zstd kmod alsa-utils
   procps psmisc

@@ -1,0 +1,117 @@
+#include "canopy/display/layout.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "canopy/hypervisor/manifest.h"
+
+namespace canopy::display {
+
+const char* to_string(Criticality c) {
+  switch (c) {
+    case Criticality::kSafety: return "safety";
+    case Criticality::kHigh: return "high";
+    case Criticality::kNormal: return "normal";
+    case Criticality::kLow: return "low";
+  }
+  return "?";
+}
+
+const char* to_string(OutputKind k) {
+  switch (k) {
+    case OutputKind::kHeadless: return "headless";
+    case OutputKind::kWindow: return "window";
+    case OutputKind::kKms: return "kms";
+  }
+  return "?";
+}
+
+const OutputSpec* Layout::find(std::string_view name) const {
+  for (const auto& o : outputs)
+    if (o.name == name) return &o;
+  return nullptr;
+}
+
+namespace {
+
+Criticality from_manifest(hypervisor::Criticality c) {
+  switch (c) {
+    case hypervisor::Criticality::kSafety: return Criticality::kSafety;
+    case hypervisor::Criticality::kHigh: return Criticality::kHigh;
+    case hypervisor::Criticality::kNormal: return Criticality::kNormal;
+    case hypervisor::Criticality::kLow: return Criticality::kLow;
+  }
+  return Criticality::kNormal;
+}
+
+OutputKind from_manifest(hypervisor::DisplayOutput o) {
+  switch (o) {
+    case hypervisor::DisplayOutput::kKms: return OutputKind::kKms;
+    case hypervisor::DisplayOutput::kWindow: return OutputKind::kWindow;
+    case hypervisor::DisplayOutput::kHeadless: return OutputKind::kHeadless;
+  }
+  return OutputKind::kHeadless;
+}
+
+}  // namespace
+
+Layout layout_from_manifest(const hypervisor::Manifest& m) {
+  Layout out;
+  for (const auto& d : m.displays) {
+    OutputSpec o;
+    o.name = d.name;
+    o.width = d.width;
+    o.height = d.height;
+    o.refresh_hz = d.refresh_hz;
+    o.kind = from_manifest(d.output);
+    Criticality most = Criticality::kLow;
+    for (const auto& l : m.layouts) {
+      if (l.display != d.name) continue;
+      const hypervisor::VmConfig* vm = m.find_vm(l.vm);
+      LayerSpec s;
+      s.vm = l.vm;
+      s.scanout = l.scanout;
+      s.src = Rect{int32_t(l.crop.x), int32_t(l.crop.y), l.crop.width, l.crop.height};
+      s.dst = Rect{int32_t(l.x), int32_t(l.y), l.width, l.height};
+      s.z = l.z;
+      s.alpha = l.alpha;
+      s.rotation = Rotation(l.rotation);
+      s.criticality = vm ? from_manifest(vm->criticality) : Criticality::kNormal;
+      s.stale_ms = l.stale_ms ? *l.stale_ms : (s.criticality == Criticality::kSafety ? kDefaultSafetyStaleMs : 0);
+      if (at_least(s.criticality, most)) most = s.criticality;
+      o.layers.push_back(std::move(s));
+    }
+    std::stable_sort(o.layers.begin(), o.layers.end(), [](const LayerSpec& a, const LayerSpec& b) { return a.z < b.z; });
+    o.criticality = d.criticality ? from_manifest(*d.criticality) : (o.layers.empty() ? Criticality::kNormal : most);
+    out.outputs.push_back(std::move(o));
+  }
+  return out;
+}
+
+Rect resolved_src(const LayerSpec& l, uint32_t fw, uint32_t fh) {
+  if (l.src.empty()) return Rect{0, 0, fw, fh};
+  const int64_t x0 = std::max<int64_t>(l.src.x, 0), y0 = std::max<int64_t>(l.src.y, 0);
+  const int64_t x1 = std::min<int64_t>(int64_t(l.src.x) + l.src.width, fw);
+  const int64_t y1 = std::min<int64_t>(int64_t(l.src.y) + l.src.height, fh);
+  if (x1 <= x0 || y1 <= y0) return Rect{};
+  return Rect{int32_t(x0), int32_t(y0), uint32_t(x1 - x0), uint32_t(y1 - y0)};
+}
+
+Affine dst_to_src(const LayerSpec& l, const Rect& src) {
+  const double W = l.dst.width, H = l.dst.height;
+  const double sx = src.x, sy = src.y, sw = src.width, sh = src.height;
+  Affine m;
+  switch (l.rotation) {
+    case Rotation::k0: m = {sw / W, 0, 0, sh / H, sx, sy}; break;
+    case Rotation::k90: m = {0, sw / H, -sh / W, 0, sx, sy + sh}; break;
+    case Rotation::k180: m = {-sw / W, 0, 0, -sh / H, sx + sw, sy + sh}; break;
+    case Rotation::k270: m = {0, -sw / H, sh / W, 0, sx + sw, sy}; break;
+  }
+  return m;
+}
+
+bool is_integer_translation(const Affine& m) {
+  return m.a == 1 && m.b == 0 && m.c == 0 && m.d == 1 && m.e == std::floor(m.e) && m.f == std::floor(m.f);
+}
+
+}  // namespace canopy::display
