@@ -1,7 +1,6 @@
 // The partition message transport: packet checks, encoding and SEQPACKET I/O (virtio_msg.h).
 #include "canopy/transport/virtio_msg.h"
 
-#include <poll.h>
 #include <sys/socket.h>
 
 #include <cerrno>
@@ -171,44 +170,9 @@ Status send_packet(int sock, std::span<const uint8_t> packet, std::span<const in
 }
 
 Result<Message> receive(int sock, Direction dir, int timeout_ms) {
-  pollfd p{sock, POLLIN, 0};
-  for (;;) {
-    int r = poll(&p, 1, timeout_ms);
-    if (r > 0) break;
-    if (r == 0) return make_error(Errc::kTimeout, "no message within the timeout");
-    if (errno != EINTR) return make_error(Errc::kIo, "poll failed", errno);
-  }
-  uint8_t buf[kMaxPacket + 1];
-  iovec iov{buf, sizeof buf};
-  msghdr mh{};
-  mh.msg_iov = &iov;
-  mh.msg_iovlen = 1;
-  alignas(cmsghdr) char ctrl[CMSG_SPACE(sizeof(int) * (kMaxFds + 1))];
-  mh.msg_control = ctrl;
-  mh.msg_controllen = sizeof ctrl;
-  ssize_t n;
-  do {
-    n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
-  } while (n < 0 && errno == EINTR);
-  if (n < 0) {
-    if (errno == EAGAIN) return make_error(Errc::kTimeout, "no message (spurious wake-up)");
-    if (errno == ECONNRESET) return make_error(Errc::kClosed, "peer closed", errno);
-    return make_error(Errc::kIo, "recvmsg failed", errno);
-  }
-  std::vector<UniqueFd> fds;
-  for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c != nullptr; c = CMSG_NXTHDR(&mh, c)) {
-    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-    const size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    for (size_t i = 0; i < count; ++i) {
-      int fd;
-      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-      fds.emplace_back(fd);
-    }
-  }
-  if (n == 0) return make_error(Errc::kClosed, "peer closed");
-  if (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) return bad("packet or its descriptors truncated");
-  if (fds.size() > kMaxFds) return bad("more than 2 descriptors in one packet");
-  return parse(std::span<const uint8_t>(buf, size_t(n)), std::move(fds), dir);
+  uint8_t buf[kMaxPacket];
+  CANOPY_ASSIGN_OR_RETURN(auto p, buffers::recv_packet(sock, buf, sizeof buf, kMaxFds, timeout_ms));
+  return parse(std::span<const uint8_t>(buf, p.size), std::move(p.fds), dir);
 }
 
 Result<std::pair<UniqueFd, UniqueFd>> socket_pair() {

@@ -1,5 +1,6 @@
 #include "canopy/buffers/fd_passing.h"
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
@@ -12,9 +13,9 @@ namespace canopy::buffers {
 
 namespace {
 
-// Control buffer for up to kMaxFdsPerMessage descriptors, suitably aligned for cmsghdr.
+// Control buffer for up to kMaxFdsPerMessage descriptors (+1 to detect one too many), aligned for cmsghdr.
 union ControlBuffer {
-  char buf[CMSG_SPACE(sizeof(int) * kMaxFdsPerMessage)];
+  char buf[CMSG_SPACE(sizeof(int) * (kMaxFdsPerMessage + 1))];
   cmsghdr align;
 };
 
@@ -105,6 +106,40 @@ Result<std::vector<UniqueFd>> recv_fds(int sock, void* data, size_t len, size_t 
     got += size_t(n);
   }
   return fds;
+}
+
+Result<Packet> recv_packet(int sock, void* buf, size_t cap, size_t max_fds, int timeout_ms) {
+  if (cap == 0 || buf == nullptr) return make_error(Errc::kInvalidArgument, "recv_packet: no buffer");
+  if (max_fds > kMaxFdsPerMessage) return make_error(Errc::kInvalidArgument, "recv_packet: max_fds above cap");
+  pollfd pfd{sock, POLLIN, 0};
+  for (;;) {
+    const int r = ::poll(&pfd, 1, timeout_ms);
+    if (r > 0) break;
+    if (r == 0) return make_error(Errc::kTimeout, "recv_packet: nothing within the timeout");
+    if (errno != EINTR) return make_error(Errc::kIo, "recv_packet: poll", errno);
+  }
+  ControlBuffer control;
+  std::memset(&control, 0, sizeof(control));
+  iovec iov{buf, cap};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  // Room for one descriptor more than allowed, so that too many show up as a count, not a truncation.
+  msg.msg_control = control.buf;
+  msg.msg_controllen = CMSG_SPACE(sizeof(int) * (max_fds + 1));
+  ssize_t n = retry_eintr([&] { return ::recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT); });
+  if (n < 0) {
+    if (errno == EAGAIN) return make_error(Errc::kTimeout, "recv_packet: nothing there (spurious wake-up)");
+    return io_error("recv_packet: recvmsg", errno);
+  }
+  Packet p;
+  collect_fds(&msg, &p.fds);  // owned from here: every error below closes them
+  if (n == 0) return make_error(Errc::kClosed, "recv_packet: end of stream");
+  if (msg.msg_flags & MSG_TRUNC) return make_error(Errc::kProtocol, "recv_packet: datagram larger than allowed");
+  if (msg.msg_flags & MSG_CTRUNC) return make_error(Errc::kProtocol, "recv_packet: descriptors truncated");
+  if (p.fds.size() > max_fds) return make_error(Errc::kProtocol, "recv_packet: more descriptors than allowed");
+  p.size = size_t(n);
+  return p;
 }
 
 }  // namespace canopy::buffers

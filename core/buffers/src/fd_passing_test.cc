@@ -141,6 +141,32 @@ TEST(FdPassing, DatagramLargerThanBufferIsProtocolError) {
   EXPECT_EQ(recv_fds(sp.b.get(), small, sizeof(small), 1).code(), Errc::kProtocol);
 }
 
+TEST(RecvPacket, OneDatagramWithItsDescriptorsAndTheErrorsLeakNothing) {
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+  UniqueFd a(sv[0]), b(sv[1]);
+  char buf[8];
+  EXPECT_EQ(recv_packet(b.get(), buf, sizeof buf, 2, 10).code(), Errc::kTimeout);
+  UniqueFd x = memfd_with("x"), y = memfd_with("y"), z = memfd_with("z");
+  const int two[2] = {x.get(), y.get()};
+  ASSERT_TRUE(send_fds(a.get(), "hello", 5, two).ok());
+  auto p = recv_packet(b.get(), buf, sizeof buf, 2, 1000);
+  ASSERT_TRUE(p.ok()) << p.error().what;
+  EXPECT_EQ(p->size, 5u);
+  ASSERT_EQ(p->fds.size(), 2u);
+  EXPECT_EQ(text_of(p->fds[1].get()), "y");
+  const int before = count_open_fds();
+  const int three[3] = {x.get(), y.get(), z.get()};
+  ASSERT_TRUE(send_fds(a.get(), "m", 1, three).ok());
+  EXPECT_EQ(recv_packet(b.get(), buf, sizeof buf, 2, 1000).code(), Errc::kProtocol) << "one descriptor too many";
+  ASSERT_TRUE(send_fds(a.get(), "123456789", 9, two).ok());
+  EXPECT_EQ(recv_packet(b.get(), buf, sizeof buf, 2, 1000).code(), Errc::kProtocol) << "larger than the buffer";
+  EXPECT_EQ(count_open_fds(), before);
+  a.reset();
+  EXPECT_EQ(recv_packet(b.get(), buf, sizeof buf, 2, 1000).code(), Errc::kClosed);
+  EXPECT_EQ(recv_packet(b.get(), buf, sizeof buf, kMaxFdsPerMessage + 1, 0).code(), Errc::kInvalidArgument);
+}
+
 TEST(FdPassing, RejectsEmptyPayloadTooManyAndNegativeDescriptors) {
   auto sp = make_socketpair();
   EXPECT_EQ(send_fds(sp.a.get(), "x", 0, {}).code(), Errc::kInvalidArgument);

@@ -35,4 +35,14 @@ inline constexpr size_t kMaxFdsPerMessage = 16;
 // received; MSG_TRUNC, i.e. a datagram larger than len), kInvalidArgument (len 0 or max_fds too large), kIo.
 [[nodiscard]] Result<std::vector<UniqueFd>> recv_fds(int sock, void* data, size_t len, size_t max_fds);
 
+// One datagram of a SOCK_SEQPACKET socket: its bytes (at most `cap`) and descriptors (at most `max_fds`,
+// <= kMaxFdsPerMessage), waiting up to timeout_ms (negative: no limit) for it to arrive. Errors: kTimeout,
+// kClosed (end of stream, ECONNRESET), kProtocol (a datagram larger than cap, or more descriptors than
+// max_fds: nothing is kept), kInvalidArgument (cap 0 or max_fds too large), kIo.
+struct Packet {
+  size_t size = 0;
+  std::vector<UniqueFd> fds;
+};
+[[nodiscard]] Result<Packet> recv_packet(int sock, void* buf, size_t cap, size_t max_fds, int timeout_ms);
+
 }  // namespace canopy::buffers
