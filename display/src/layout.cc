@@ -81,7 +81,14 @@ Layout layout_from_manifest(const hypervisor::Manifest& m) {
       if (at_least(s.criticality, most)) most = s.criticality;
       o.layers.push_back(std::move(s));
     }
-    std::stable_sort(o.layers.begin(), o.layers.end(), [](const LayerSpec& a, const LayerSpec& b) { return a.z < b.z; });
+    // Back to front by z, ties in file order (a sort on (z, index): std::stable_sort trips clang's
+    // deprecation warning on libstdc++ 12's temporary buffer).
+    std::vector<std::pair<int32_t, size_t>> order;
+    for (size_t i = 0; i < o.layers.size(); ++i) order.emplace_back(o.layers[i].z, i);
+    std::sort(order.begin(), order.end());
+    std::vector<LayerSpec> sorted;
+    for (const auto& [z, i] : order) sorted.push_back(std::move(o.layers[i]));
+    o.layers = std::move(sorted);
     o.criticality = d.criticality ? from_manifest(*d.criticality) : (o.layers.empty() ? Criticality::kNormal : most);
     out.outputs.push_back(std::move(o));
   }
