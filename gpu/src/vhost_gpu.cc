@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "canopy/base/log.h"
+#include "canopy/gpu/channel_output.h"
 #include "canopy/transport/virtio_ring.h"
 #include "control.h"
 #include "frontend_display.h"
@@ -157,6 +158,18 @@ Status VhostGpu::set_display(uint32_t scanout, bool connected, const DisplayMode
   return {};
 }
 
+void VhostGpu::attach_channel(ChannelOutput* channel) {
+  channel_ = channel;
+  channel->on_change = [this] { rewatch(); };
+  channel->on_display = [this](uint32_t scanout, bool connected, uint32_t w, uint32_t h, uint32_t hz) {
+    if (scanout >= gpu_->num_scanouts()) return;
+    DisplayMode mode = connected ? DisplayMode{w, h, hz} : gpu_->display(scanout).mode;
+    if (Status s = set_display(scanout, connected, mode); !s.ok())
+      CANOPY_WARN("gpu: the compositor's display change for scanout %u refused: %s", scanout, s.error().what);
+  };
+  rewatch();
+}
+
 Result<std::string> VhostGpu::control_command(const ControlCommand& c) {
   GpuDevice& g = *gpu_;
   if (c.kind == ControlCommand::Kind::kList) {
@@ -189,6 +202,11 @@ std::vector<vu::Device::Watch> VhostGpu::watches() {
     w.push_back({frontend_->fd(), [this] {
                    frontend_->on_readable();
                    if (!frontend_->alive()) rewatch();
+                 }});
+  if (channel_ && channel_->fd() >= 0)
+    w.push_back({channel_->fd(), [this] {
+                   channel_->on_readable();
+                   after_work();
                  }});
   if (control_) {
     auto c = control_->watches();

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "canopy/base/log.h"
+#include "canopy/gpu/channel_output.h"
 #include "canopy/gpu/vhost_gpu.h"
 #include "canopy/transport/backend_main.h"
 
@@ -29,6 +30,8 @@ constexpr const char* kUsage =
     "                           the guest may tear)\n"
     "  --frame-log=FILE         headless output: one line per frame / cursor event (checksums)\n"
     "  --release-after-ms=N     headless output: release each frame N ms after it arrived\n"
+    "  --display-socket=PATH    send frames to the compositor (canopy-display --listen PATH), zero copy\n"
+    "  --vm=NAME                the VM name the compositor lays out (default: gpu)\n"
     "  --no-frontend-display    do not mirror frames to QEMU's vhost-user-gpu display socket\n"
     "  --control=PATH           control socket for display changes, one command per line:\n"
     "                           'display I WxH[@HZ]', 'display I off', 'displays' (docs/gpu.md)\n"
@@ -58,6 +61,8 @@ bool parse_u64(const std::string& s, uint64_t& out, uint64_t max) {
 // Everything the device needs lives here for the program's lifetime.
 struct Program {
   std::unique_ptr<HeadlessOutput> output;
+  std::unique_ptr<ChannelOutput> channel;
+  OutputTee tee;
   std::unique_ptr<VhostGpu> device;
 };
 Program g_program;
@@ -70,6 +75,7 @@ Result<std::unique_ptr<vu::Device>> make_device(const std::vector<std::string>& 
   std::vector<std::pair<uint32_t, DisplayMode>> per;
   HeadlessOutput::Options ho;
   ho.checksum = false;
+  std::string display_socket, vm_name = "gpu";
   for (const auto& a : args) {
     auto eq = a.find('=');
     std::string key = a.substr(0, eq), val = eq == std::string::npos ? "" : a.substr(eq + 1);
@@ -89,6 +95,10 @@ Result<std::unique_ptr<vu::Device>> make_device(const std::vector<std::string>& 
       ho.checksum = true;
     } else if (key == "--no-frontend-display" && eq == std::string::npos) o.mirror_to_frontend = false;
     else if (key == "--control" && !val.empty()) o.control_path = val;
+    else if (key == "--display-socket" && !val.empty()) display_socket = val;
+    else if (key == "--vm" && !val.empty() && val.size() < 32 &&
+             val.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789-") == std::string::npos)
+      vm_name = val;
     else if (key == "--no-blob" && eq == std::string::npos) o.gpu.features &= ~proto::kFResourceBlob;
     else if (key == "--no-uuid" && eq == std::string::npos) o.gpu.features &= ~proto::kFResourceUuid;
     else if (key == "--no-context-init" && eq == std::string::npos) o.gpu.features &= ~proto::kFContextInit;
@@ -108,8 +118,22 @@ Result<std::unique_ptr<vu::Device>> make_device(const std::vector<std::string>& 
     if (i >= scanouts) return make_error(Errc::kInvalidArgument, "--scanout-mode: no such scanout");
     o.gpu.scanouts[i] = m;
   }
-  g_program.output = std::make_unique<HeadlessOutput>(ho);
-  CANOPY_ASSIGN_OR_RETURN(auto dev, VhostGpu::create(std::move(o), g_program.output.get()));
+  // Frames go to the compositor when there is one, to the headless output otherwise, to both when a
+  // frame log is asked for.
+  ScanoutOutput* out = nullptr;
+  if (!display_socket.empty()) {
+    g_program.channel = std::make_unique<ChannelOutput>(
+        ChannelOutput::Options{display_socket, vm_name, uint32_t(scanouts)});
+    g_program.tee.add(g_program.channel.get());
+    out = &g_program.tee;
+  }
+  if (display_socket.empty() || !ho.log_path.empty()) {
+    g_program.output = std::make_unique<HeadlessOutput>(ho);
+    g_program.tee.add(g_program.output.get());
+    out = &g_program.tee;
+  }
+  CANOPY_ASSIGN_OR_RETURN(auto dev, VhostGpu::create(std::move(o), out));
+  if (g_program.channel) dev->attach_channel(g_program.channel.get());
   CANOPY_INFO("canopy-gpu: %llu scanout(s), %ux%u@%u", (unsigned long long)scanouts, mode.width, mode.height,
               mode.refresh_hz);
   return std::unique_ptr<vu::Device>(std::move(dev));
@@ -122,7 +146,8 @@ int main(int argc, char** argv) {
   // written "--opt=value"; accept both spellings.
   std::vector<std::string> joined;
   static const char* kValued[] = {"--scanouts", "--mode", "--scanout-mode", "--frame-log", "--max-resources",
-                                  "--max-backing-mb", "--max-host-mb", "--max-contexts", "--release-after-ms", "--control"};
+                                  "--max-backing-mb", "--max-host-mb", "--max-contexts", "--release-after-ms", "--control",
+                                  "--display-socket", "--vm"};
   std::vector<char*> av{argv[0]};
   for (int i = 1; i < argc; ++i) {
     bool valued = false;

@@ -535,6 +535,10 @@ Result<std::unique_ptr<Supervisor>> Supervisor::create(const Manifest& m, Superv
         args.push_back("--scanout-mode=" + std::to_string(k) + ":" + std::to_string(s.width) + "x" +
                        std::to_string(s.height) + "@" + std::to_string(s.refresh_hz));
       }
+      if (!impl->opt.display_socket.empty()) {
+        args.push_back("--display-socket=" + impl->opt.display_socket);
+        args.push_back("--vm=" + c.name);
+      }
       args.insert(args.end(), c.gpu->args.begin(), c.gpu->args.end());
       specs.push_back({"gpu", 16, c.gpu->backend, args});
     }

@@ -1,6 +1,6 @@
 // canopy-vmm: the VM manager.
 //   canopy-vmm --check FILE                      validate a manifest and exit
-//   canopy-vmm run FILE [--control PATH] [--no-confine] [--stop-grace-ms N]
+//   canopy-vmm run FILE [--control PATH] [--no-confine] [--stop-grace-ms N] [--display PATH]
 //                                                run its VMs until SIGTERM/SIGINT or `canopyctl shutdown`
 #include <signal.h>
 #include <sys/signalfd.h>
@@ -20,6 +20,7 @@ namespace {
 constexpr const char* kUsage =
     "usage: canopy-vmm --check FILE   check a VM manifest (docs/manifest.md) and exit\n"
     "       canopy-vmm run FILE [--control PATH] [--no-confine] [--stop-grace-ms N]\n"
+    "                             [--display PATH]\n"
     "                             run the VMs of a manifest (guest partitions; docs/partition-transport.md)\n"
     "                             until SIGTERM/SIGINT or `canopyctl --socket PATH shutdown`\n"
     "       canopy-vmm --help     this text\n";
@@ -47,6 +48,8 @@ int run(int argc, char** argv) {
     std::string a = argv[i];
     if (a == "--control" && i + 1 < argc) {
       opt.control_path = argv[++i];
+    } else if (a == "--display" && i + 1 < argc) {
+      opt.display_socket = argv[++i];  // canopy-display --listen PATH: GPU back-ends send frames there
     } else if (a == "--no-confine") {
       opt.confine = false;
     } else if (a == "--stop-grace-ms" && i + 1 < argc) {

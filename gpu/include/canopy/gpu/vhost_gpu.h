@@ -9,6 +9,7 @@
 //     with VHOST_USER_BACKEND_CONFIG_CHANGE_MSG when the front-end gave a back-end channel.
 //   control socket (VhostGpuOptions::control_path, gpu/src/control.h): display changes from the host
 //     side ("display 1 1280x720", "display 1 off") go through set_display().
+//   compositor (attach_channel, canopy/gpu/channel_output.h): RELEASE / DISPLAY from canopy-display.
 //   GPU_SET_SOCKET: QEMU's vhost-user-gpu display protocol (docs/interop/vhost-user-gpu.rst). Frames
 //     are mirrored to it (SCANOUT / UPDATE / CURSOR_*) unless disabled, so QEMU's own window shows the
 //     guest; the device's frames still go to the configured ScanoutOutput.
@@ -27,6 +28,7 @@
 namespace canopy::gpu {
 
 class FrontendDisplay;
+class ChannelOutput;
 class ControlServer;
 struct ControlCommand;
 
@@ -57,6 +59,9 @@ class VhostGpu : public transport::vhost_user::Device {
 
   // A display change (e.g. the compositor resized an output): updates the mode and notifies the driver.
   Status set_display(uint32_t scanout, bool connected, const DisplayMode& mode);
+  // Serves a compositor connection (the output given to create() or one it feeds): its socket is
+  // watched for RELEASE / DISPLAY, and DISPLAY becomes set_display(). Borrowed; must outlive this.
+  void attach_channel(ChannelOutput* channel);
   GpuDevice& gpu() { return *gpu_; }
   // Deferred (fenced) chains not answered yet.
   size_t in_flight() const { return deferred_.size(); }
@@ -75,6 +80,7 @@ class VhostGpu : public transport::vhost_user::Device {
   OutputTee tee_;
   std::unique_ptr<FrontendDisplay> frontend_;
   std::unique_ptr<ControlServer> control_;
+  ChannelOutput* channel_ = nullptr;
   std::unique_ptr<GpuDevice> gpu_;
   transport::vhost_user::Channel* backend_channel_ = nullptr;
   uint64_t acked_ = 0;

@@ -35,6 +35,8 @@ struct SupervisorOptions {
   int stop_grace_ms = 1000;  // EVENT_STOP + SIGTERM, then SIGKILL after this long
   const Clock* clock = nullptr;  // nullptr: the steady clock
   bool confine = true;           // namespaces + uid + seccomp for partitions
+  // canopy-display's scanout channel socket: GPU back-ends get --display-socket=PATH --vm=NAME.
+  std::string display_socket;
 };
 
 struct DeviceStatus {

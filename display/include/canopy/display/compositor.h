@@ -1,0 +1,105 @@
+// The compositor behind canopy-display: GPU devices (canopy-gpu, one connection per VM) send their
+// scanouts' frames over the scanout channel (canopy/display/channel.h); the compositor maps each buffer
+// once (the pieces back to back, buffers::map_scattered: zero copy), schedules every output with its
+// own OutputScheduler (mixed criticality, canopy/display/scheduler.h), composes with a Renderer into
+// the output's canvas, presents it on the output's sink and sends RELEASE for every frame it no
+// longer reads.
+//
+// Bad input from a device connection (a malformed packet, an unknown buffer, a frame that does not fit
+// its buffer, caps exceeded) is answered by closing that connection with a logged reason; every other
+// VM and every output go on. A frame that cannot be shown is released at once. Frames of a connection
+// that went away stay on screen (their mappings are the compositor's own) until newer ones replace
+// them or the stale-frame watchdog shows the fallback.
+//
+// Control (SOCK_SEQPACKET, one request and one reply per datagram, the canopyctl protocol):
+//   stats                per output and layer: compositions, missed deadlines, new / reused / missed /
+//                        dropped frames, fallback, latency percentiles; per VM connection: frames, bytes
+//   snapshot DIR         writes DIR/<output>.png of every output's last composition
+//   trace-start          starts a Perfetto-readable Chrome JSON trace (latch, compose, present, frames)
+//   trace-stop FILE      writes the trace recorded since trace-start to FILE
+//   quit                 run_once() reports quit_requested() afterwards
+//
+// Threading: one thread runs everything; the Clock drives the schedulers (tests use a FakeClock and
+// call the steps themselves).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "canopy/base/clock.h"
+#include "canopy/base/result.h"
+#include "canopy/display/layout.h"
+#include "canopy/display/renderer.h"
+#include "canopy/display/scheduler.h"
+#include "canopy/display/sink.h"
+
+namespace canopy::display {
+
+// Caps per device connection (documented in docs/display.md).
+inline constexpr size_t kMaxConnections = 16;
+inline constexpr size_t kMaxBuffersPerConnection = 256;
+inline constexpr uint64_t kMaxMappedBytesPerConnection = 2ull << 30;
+inline constexpr size_t kMaxPacketsPerTurn = 256;  // per connection, so one VM cannot starve the loop
+
+struct CompositorOptions {
+  std::string listen_path;   // the scanout channel socket canopy-gpu connects to
+  std::string control_path;  // "" = no control socket
+  std::string renderer = "pixman";
+  // Sinks: every output headless, every output a window, or each output's manifest kind (window
+  // where it says window, headless otherwise; KMS comes later).
+  enum class Sinks { kHeadless, kWindow } sinks = Sinks::kHeadless;
+  SchedulerOptions scheduler;
+  uint32_t background = 0x00000000;
+};
+
+struct ConnectionStats {
+  std::string vm;
+  bool connected = false;
+  uint64_t frames = 0;
+  uint64_t frames_refused = 0;
+  uint64_t bytes_copied = 0;  // reported by the device (2D transfers); 0 for blob scanouts
+  uint64_t blob_frames = 0;
+  size_t buffers = 0;
+  uint64_t mapped_bytes = 0;
+};
+
+class Compositor {
+ public:
+  static Result<std::unique_ptr<Compositor>> create(Layout layout, CompositorOptions options, const Clock& clock);
+  ~Compositor();
+  Compositor(const Compositor&) = delete;
+  Compositor& operator=(const Compositor&) = delete;
+
+  // One turn of the loop: waits for packets and requests until the next latch point (at most
+  // max_wait_ms), handles them, then composes every output whose latch point has come.
+  Status run_once(int max_wait_ms);
+  // The steps of run_once, for tests in virtual time: take what arrived (waiting up to wait_ms), and
+  // compose the outputs that are due at clock.now().
+  Status poll_input(int wait_ms);
+  Status compose_due();
+  bool quit_requested() const;
+  // False once a window sink was closed by the user.
+  bool sinks_open() const;
+
+  const Layout& layout() const;
+  size_t num_outputs() const;
+  const Canvas& canvas(size_t output) const;
+  const OutputStats& output_stats(size_t output) const;
+  const char* sink_name(size_t output) const;
+  const char* renderer_name() const;
+  std::vector<ConnectionStats> connections() const;
+
+  Status snapshot(const std::string& dir) const;  // DIR/<output>.png
+  std::string stats_text() const;
+  void trace_start();
+  Status trace_stop(const std::string& path);
+
+ private:
+  struct Impl;
+  explicit Compositor(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace canopy::display

@@ -1,0 +1,622 @@
+#include "canopy/display/compositor.h"
+
+#include <poll.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <unordered_map>
+
+#include "canopy/base/checked.h"
+#include "canopy/base/log.h"
+#include "canopy/base/unique_fd.h"
+#include "canopy/buffers/image.h"
+#include "canopy/buffers/scatter_mapping.h"
+#include "canopy/display/channel.h"
+#include "canopy/display/fallback.h"
+#include "canopy/display/png.h"
+
+namespace canopy::display {
+
+namespace ch = channel;
+using buffers::Format;
+
+namespace {
+
+constexpr size_t kMaxTraceEvents = 1 << 20;
+constexpr size_t kMaxControlRequest = 4096;
+
+Result<UniqueFd> listen_seqpacket(const std::string& path, bool private_mode) {
+  UniqueFd s(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!s.valid()) return make_error(Errc::kIo, "socket", errno);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof a.sun_path) return make_error(Errc::kInvalidArgument, "socket path length");
+  std::memcpy(a.sun_path, path.c_str(), path.size());
+  ::unlink(path.c_str());
+  if (::bind(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0)
+    return make_error(Errc::kIo, "canopy-display: cannot bind the socket path", errno);
+  if (private_mode) ::chmod(path.c_str(), 0600);
+  if (::listen(s.get(), 16) != 0) return make_error(Errc::kIo, "listen", errno);
+  return s;
+}
+
+bool drawable_format(uint32_t fourcc) {
+  switch (Format(fourcc)) {
+    case Format::kXRGB8888:
+    case Format::kARGB8888:
+    case Format::kABGR8888:
+    case Format::kXBGR8888:
+    case Format::kRGB565: return true;
+    default: return false;
+  }
+}
+
+int64_t us_since(TimePoint epoch, TimePoint t) {
+  return std::chrono::duration_cast<std::chrono::microseconds>(t - epoch).count();
+}
+
+}  // namespace
+
+// ---- state ----------------------------------------------------------------------------------------
+
+struct MappedBuffer {
+  buffers::ScatterMapping map;
+};
+
+struct Compositor::Impl {
+  struct PartialBuffer {
+    uint32_t total = 0;
+    std::vector<buffers::FilePiece> pieces;
+    std::vector<UniqueFd> fds;  // kept open until the buffer is mapped
+  };
+  struct Conn {
+    UniqueFd sock;
+    bool hello = false;
+    uint32_t num_scanouts = 0;
+    std::unordered_map<uint32_t, std::shared_ptr<MappedBuffer>> buffers;
+    std::unordered_map<uint32_t, PartialBuffer> partial;
+    ConnectionStats stats;
+  };
+  struct FrameRec {
+    uint64_t conn = 0;
+    uint32_t scanout = 0;
+    uint64_t seq = 0;
+    std::shared_ptr<MappedBuffer> buf;
+    Image image;
+    int refs = 0;
+  };
+  struct Output {
+    std::unique_ptr<OutputScheduler> sched;
+    std::vector<uint32_t> px;
+    Canvas canvas;
+    std::unique_ptr<OutputSink> sink;
+    std::vector<FallbackImage> fallback;  // per layer, the size of its rectangle
+    std::vector<LayerSpec> fallback_spec;
+    // Frames on screen, per layer (global frame ids), to find images when reused.
+  };
+  struct TraceEvent {
+    const char* name;
+    int64_t ts_us;
+    int64_t dur_us;
+    uint32_t tid;
+    uint64_t arg;
+  };
+
+  Layout layout;
+  CompositorOptions opt;
+  const Clock& clock;
+  TimePoint epoch;
+  std::unique_ptr<Renderer> renderer;
+  std::vector<Output> outputs;
+  UniqueFd ep;
+  UniqueFd listen;
+  UniqueFd control;
+  std::map<uint64_t, Conn> conns;  // by connection id
+  std::map<int, uint64_t> conn_by_fd;
+  uint64_t next_conn = 1;
+  std::unordered_map<uint64_t, FrameRec> frames;  // by global frame id
+  uint64_t next_frame = 1;
+  bool quit = false;
+  bool sinks_open = true;
+  bool tracing = false;
+  std::vector<TraceEvent> trace;
+
+  Impl(Layout l, CompositorOptions o, const Clock& c) : layout(std::move(l)), opt(std::move(o)), clock(c) {}
+
+  void trace_event(const char* name, TimePoint start, TimePoint end, uint32_t tid, uint64_t arg = 0) {
+    if (!tracing || trace.size() >= kMaxTraceEvents) return;
+    trace.push_back({name, us_since(epoch, start), us_since(start, end), tid, arg});
+  }
+
+  Status watch(int fd) {
+    epoll_event e{};
+    e.events = EPOLLIN;
+    e.data.fd = fd;
+    if (::epoll_ctl(ep.get(), EPOLL_CTL_ADD, fd, &e) != 0) return make_error(Errc::kIo, "epoll_ctl", errno);
+    return {};
+  }
+
+  // ---- frames and releases ----
+
+  void send_release(uint64_t conn_id, uint32_t scanout, uint64_t seq) {
+    auto it = conns.find(conn_id);
+    if (it == conns.end() || !it->second.sock.valid()) return;
+    ch::Release r{};
+    r.scanout = scanout;
+    r.seq = seq;
+    auto st = ch::send_packet(it->second.sock.get(), ch::encode(ch::Type::kRelease, r));
+    if (!st.ok()) drop(conn_id, st.error().what);
+  }
+
+  void unref(uint64_t id) {
+    auto it = frames.find(id);
+    if (it == frames.end()) return;
+    if (--it->second.refs > 0) return;
+    const FrameRec f = std::move(it->second);
+    frames.erase(it);
+    send_release(f.conn, f.scanout, f.seq);
+  }
+
+  void take_releases(Output& o) {
+    for (auto [layer, id] : o.sched->take_releases()) unref(id);
+  }
+
+  // ---- device connections ----
+
+  void drop(uint64_t conn_id, const char* why) {
+    auto it = conns.find(conn_id);
+    if (it == conns.end() || !it->second.sock.valid()) return;
+    Conn& c = it->second;
+    CANOPY_WARN("canopy-display: connection of %s closed: %s", c.stats.vm.empty() ? "(no HELLO)" : c.stats.vm.c_str(),
+                why);
+    ::epoll_ctl(ep.get(), EPOLL_CTL_DEL, c.sock.get(), nullptr);
+    conn_by_fd.erase(c.sock.get());
+    c.sock.reset();
+    c.stats.connected = false;
+    c.buffers.clear();  // frames on screen keep their own references
+    c.partial.clear();
+  }
+
+  void accept_all() {
+    for (;;) {
+      UniqueFd s(::accept4(listen.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+      if (!s.valid()) return;
+      size_t live = 0;
+      for (auto& [id, c] : conns) live += c.sock.valid() ? 1 : 0;
+      if (live >= kMaxConnections) {
+        CANOPY_WARN("canopy-display: connection refused: %zu devices connected already", live);
+        continue;
+      }
+      const uint64_t id = next_conn++;
+      Conn& c = conns[id];
+      c.sock = std::move(s);
+      c.stats.connected = true;
+      conn_by_fd[c.sock.get()] = id;
+      if (!watch(c.sock.get()).ok()) drop(id, "epoll");
+    }
+  }
+
+  Status on_hello(uint64_t id, Conn& c, const ch::Message& m) {
+    if (c.hello) return make_error(Errc::kProtocol, "second HELLO");
+    c.hello = true;
+    c.stats.vm = m.vm_name();
+    c.num_scanouts = m.fixed<ch::Hello>().num_scanouts.get();
+    // A VM's device that reconnects (a restarted back-end) replaces its old connection.
+    for (auto& [other_id, o] : conns)
+      if (other_id != id && o.stats.vm == c.stats.vm) {
+        if (o.sock.valid()) drop(other_id, "replaced by a new connection of the same VM");
+        o.stats.vm += " (old)";
+      }
+    bool shown = false;
+    for (const auto& out : layout.outputs)
+      for (const auto& l : out.layers) shown |= l.vm == c.stats.vm;
+    CANOPY_INFO("canopy-display: %s connected (%u scanouts)%s", c.stats.vm.c_str(), c.num_scanouts,
+                shown ? "" : "; the layout shows none of them");
+    return {};
+  }
+
+  Status on_buffer(Conn& c, ch::Message& m) {
+    const auto h = m.fixed<ch::BufferHdr>();
+    const uint32_t id = h.id.get();
+    if (c.buffers.count(id)) return make_error(Errc::kProtocol, "BUFFER redefines a live buffer id");
+    PartialBuffer& p = c.partial[id];
+    if (h.first_piece.get() == 0 && p.total == 0) {
+      if (c.buffers.size() + c.partial.size() > kMaxBuffersPerConnection)
+        return make_error(Errc::kLimit, "too many buffers");
+      p.total = h.total_pieces.get();
+    }
+    if (h.first_piece.get() != p.pieces.size() || h.total_pieces.get() != p.total)
+      return make_error(Errc::kProtocol, "BUFFER packets out of order");
+    const size_t fd_base = p.fds.size();
+    for (auto& fd : m.fds) p.fds.push_back(std::move(fd));
+    uint64_t bytes = 0;
+    for (const auto& pc : p.pieces) bytes += pc.length;
+    for (const auto& pc : m.pieces()) {
+      const uint64_t len = uint64_t(pc.pages.get()) * ch::kPageSize;
+      bytes += len;
+      if (c.stats.mapped_bytes + bytes > kMaxMappedBytesPerConnection)
+        return make_error(Errc::kLimit, "buffers above the mapped-bytes cap");
+      p.pieces.push_back({p.fds[fd_base + pc.fd_index.get()].get(), pc.offset.get(), len});
+    }
+    if (p.pieces.size() < p.total) return {};
+    auto map = buffers::map_scattered(p.pieces, buffers::Access::kRead);
+    if (!map.ok()) {
+      CANOPY_WARN("canopy-display: %s: buffer %u: %s", c.stats.vm.c_str(), id, map.error().what);
+      return make_error(Errc::kProtocol, "BUFFER cannot be mapped");
+    }
+    auto b = std::make_shared<MappedBuffer>();
+    b->map = std::move(*map);
+    c.stats.mapped_bytes += b->map.size();
+    c.buffers[id] = std::move(b);
+    c.partial.erase(id);  // closes the descriptors: the mapping keeps the memory
+    c.stats.buffers = c.buffers.size();
+    return {};
+  }
+
+  Status on_buffer_gone(Conn& c, const ch::Message& m) {
+    const uint32_t id = m.fixed<ch::BufferGone>().id.get();
+    auto it = c.buffers.find(id);
+    if (it == c.buffers.end()) return make_error(Errc::kProtocol, "BUFFER_GONE for an unknown buffer");
+    c.stats.mapped_bytes -= it->second->map.size();
+    c.buffers.erase(it);  // frames still on screen hold the mapping
+    c.stats.buffers = c.buffers.size();
+    return {};
+  }
+
+  Status on_frame(uint64_t conn_id, Conn& c, const ch::Message& m) {
+    const auto f = m.fixed<ch::FrameMsg>();
+    const uint32_t scanout = f.scanout.get();
+    const uint64_t seq = f.seq.get();
+    ++c.stats.frames;
+    c.stats.bytes_copied += f.bytes_copied.get();
+    if (f.flags.get() & ch::kFrameBlob) ++c.stats.blob_frames;
+    auto refuse = [&](const char* why) -> Status {
+      ++c.stats.frames_refused;
+      CANOPY_WARN_RL("canopy-display: %s: frame %llu of scanout %u refused: %s", c.stats.vm.c_str(),
+                              (unsigned long long)seq, scanout, why);
+      send_release(conn_id, scanout, seq);
+      return {};
+    };
+    if (scanout >= c.num_scanouts) return make_error(Errc::kProtocol, "FRAME for a scanout the device does not have");
+    auto bit = c.buffers.find(f.buffer_id.get());
+    if (bit == c.buffers.end()) return make_error(Errc::kProtocol, "FRAME shows an unknown buffer");
+    if (!drawable_format(f.fourcc.get())) return refuse("format not drawable");
+    const Format fmt = Format(f.fourcc.get());
+    const uint32_t w = f.width.get(), h = f.height.get(), stride = f.stride.get();
+    // The frame must lie inside its buffer: offset + stride * (h - 1) + w * bpp <= size.
+    if (w == 0 || h == 0) return refuse("frame has no pixels");
+    const auto row = checked_mul<uint64_t>(w, bytes_per_pixel(fmt));
+    const auto last = checked_mul<uint64_t>(stride, h - 1);
+    const auto end = last && row ? checked_add<uint64_t>(*last, *row) : std::nullopt;
+    const auto total = end ? checked_add<uint64_t>(*end, f.offset.get()) : std::nullopt;
+    if (!row || stride < *row || !total || *total > bit->second->map.size())
+      return refuse("frame does not fit its buffer");
+    std::vector<std::pair<size_t, size_t>> targets;
+    for (size_t o = 0; o < layout.outputs.size(); ++o)
+      for (size_t l = 0; l < layout.outputs[o].layers.size(); ++l) {
+        const auto& ls = layout.outputs[o].layers[l];
+        if (ls.vm == c.stats.vm && ls.scanout == scanout) targets.emplace_back(o, l);
+      }
+    if (targets.empty()) {
+      send_release(conn_id, scanout, seq);
+      return {};
+    }
+    const uint64_t id = next_frame++;
+    FrameRec& r = frames[id];
+    r.conn = conn_id;
+    r.scanout = scanout;
+    r.seq = seq;
+    r.buf = bit->second;
+    r.image = Image{reinterpret_cast<const uint8_t*>(r.buf->map.data()) + f.offset.get(), w, h, stride, fmt};
+    r.refs = int(targets.size());
+    const TimePoint now = clock.now();
+    trace_event("frame", now, now, 100, seq);
+    // 2D and blob frames are complete when they arrive (their acquire fence has signalled).
+    for (auto [o, l] : targets) outputs[o].sched->submit(l, id, true);
+    for (auto [o, l] : targets) take_releases(outputs[o]);
+    return {};
+  }
+
+  void on_conn_readable(uint64_t id) {
+    for (size_t n = 0; n < kMaxPacketsPerTurn; ++n) {
+      auto it = conns.find(id);
+      if (it == conns.end() || !it->second.sock.valid()) return;
+      Conn& c = it->second;
+      auto msg = ch::receive(c.sock.get(), ch::Direction::kToCompositor, 0);
+      if (!msg.ok()) {
+        if (msg.error().code == Errc::kTimeout) return;
+        drop(id, msg.error().code == Errc::kClosed ? "closed by the device" : msg.error().what);
+        return;
+      }
+      Status st;
+      if (!c.hello && msg->type != ch::Type::kHello) st = make_error(Errc::kProtocol, "first packet is not HELLO");
+      else switch (msg->type) {
+          case ch::Type::kHello: st = on_hello(id, c, *msg); break;
+          case ch::Type::kBuffer: st = on_buffer(c, *msg); break;
+          case ch::Type::kBufferGone: st = on_buffer_gone(c, *msg); break;
+          case ch::Type::kFrame: st = on_frame(id, c, *msg); break;
+          case ch::Type::kScanout:
+            if (msg->fixed<ch::ScanoutMsg>().scanout.get() >= c.num_scanouts)
+              st = make_error(Errc::kProtocol, "SCANOUT for a scanout the device does not have");
+            break;
+          case ch::Type::kCursor: break;  // the cursor is not composed yet (docs/display.md)
+          default: st = make_error(Errc::kProtocol, "unexpected packet type"); break;
+        }
+      if (!st.ok()) {
+        drop(id, st.error().what);
+        return;
+      }
+    }
+  }
+
+  // ---- control ----
+
+  void on_control() {
+    for (;;) {
+      UniqueFd s(::accept4(control.get(), nullptr, nullptr, SOCK_CLOEXEC));
+      if (!s.valid()) return;
+      ucred cred{};
+      socklen_t len = sizeof cred;
+      if (::getsockopt(s.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || cred.uid != ::geteuid()) continue;
+      pollfd p{s.get(), POLLIN, 0};
+      if (::poll(&p, 1, 1000) != 1) continue;
+      char buf[kMaxControlRequest];
+      const ssize_t n = ::recv(s.get(), buf, sizeof buf, 0);
+      if (n <= 0) continue;
+      std::string reply = control_request(std::string(buf, size_t(n)));
+      (void)::send(s.get(), reply.data(), reply.size(), MSG_NOSIGNAL);
+    }
+  }
+
+  std::string control_request(const std::string& req) {
+    const auto sp = req.find(' ');
+    const std::string cmd = req.substr(0, sp), arg = sp == std::string::npos ? "" : req.substr(sp + 1);
+    if (cmd == "stats" && arg.empty()) return stats_text();
+    if (cmd == "snapshot" && !arg.empty()) {
+      auto st = snapshot(arg);
+      return st.ok() ? "ok\n" : std::string("error: ") + st.error().what + "\n";
+    }
+    if (cmd == "trace-start" && arg.empty()) {
+      trace.clear();
+      tracing = true;
+      return "ok\n";
+    }
+    if (cmd == "trace-stop" && !arg.empty()) {
+      auto st = write_trace(arg);
+      return st.ok() ? "ok\n" : std::string("error: ") + st.error().what + "\n";
+    }
+    if (cmd == "quit" && arg.empty()) {
+      quit = true;
+      return "ok\n";
+    }
+    return "error: unknown request (stats | snapshot DIR | trace-start | trace-stop FILE | quit)\n";
+  }
+
+  Status snapshot(const std::string& dir) const {
+    for (size_t i = 0; i < outputs.size(); ++i)
+      CANOPY_TRY(write_png(dir + "/" + layout.outputs[i].name + ".png", outputs[i].canvas));
+    return {};
+  }
+
+  Status write_trace(const std::string& path) {
+    tracing = false;
+    FILE* f = std::fopen(path.c_str(), "w");
+    if (!f) return make_error(Errc::kIo, "trace: cannot write the file", errno);
+    std::fprintf(f, "{\"traceEvents\":[\n");
+    for (size_t i = 0; i < outputs.size(); ++i)
+      std::fprintf(f, "{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":1,\"tid\":%zu,\"args\":{\"name\":\"output %s\"}},\n",
+                   i, layout.outputs[i].name.c_str());
+    std::fprintf(f, "{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":1,\"tid\":100,\"args\":{\"name\":\"frames in\"}}");
+    for (const auto& e : trace)
+      std::fprintf(f, ",\n{\"name\":\"%s\",\"ph\":\"%s\",\"pid\":1,\"tid\":%u,\"ts\":%lld%s,\"args\":{\"n\":%llu}%s}",
+                   e.name, e.dur_us > 0 ? "X" : "i", e.tid, (long long)e.ts_us,
+                   e.dur_us > 0 ? (",\"dur\":" + std::to_string(e.dur_us)).c_str() : "", (unsigned long long)e.arg,
+                   e.dur_us > 0 ? "" : ",\"s\":\"t\"");
+    std::fprintf(f, "\n]}\n");
+    const bool ok = std::fclose(f) == 0;
+    trace.clear();
+    return ok ? Status{} : make_error(Errc::kIo, "trace: write failed");
+  }
+
+  std::string stats_text() const {
+    std::string s;
+    char line[512];
+    for (size_t i = 0; i < outputs.size(); ++i) {
+      const OutputSpec& spec = layout.outputs[i];
+      const OutputStats& st = outputs[i].sched->stats();
+      std::snprintf(line, sizeof line,
+                    "output %s %ux%u@%u criticality=%s sink=%s renderer=%s compositions=%llu missed_deadlines=%llu "
+                    "waits=%llu\n",
+                    spec.name.c_str(), spec.width, spec.height, spec.refresh_hz, to_string(spec.criticality),
+                    outputs[i].sink->name(), renderer->name(), (unsigned long long)st.compositions,
+                    (unsigned long long)st.missed_deadlines, (unsigned long long)st.waits);
+      s += line;
+      for (size_t l = 0; l < spec.layers.size(); ++l) {
+        const LayerStats& ls = st.layers[l];
+        std::snprintf(line, sizeof line,
+                      "  layer %zu vm=%s scanout=%u new=%llu reused=%llu missed=%llu dropped=%llu fallback=%d "
+                      "fallback_entries=%llu latency_p50_us=%lld latency_p99_us=%lld\n",
+                      l, spec.layers[l].vm.c_str(), spec.layers[l].scanout, (unsigned long long)ls.new_frames,
+                      (unsigned long long)ls.reused, (unsigned long long)ls.missed, (unsigned long long)ls.dropped,
+                      ls.fallback ? 1 : 0, (unsigned long long)ls.fallback_entries,
+                      (long long)(ls.latency.percentile(0.5).count() / 1000),
+                      (long long)(ls.latency.percentile(0.99).count() / 1000));
+        s += line;
+      }
+    }
+    for (const auto& [id, c] : conns) {
+      if (!c.hello) continue;
+      std::snprintf(line, sizeof line,
+                    "vm %s connected=%d frames=%llu refused=%llu blob_frames=%llu bytes_copied=%llu buffers=%zu "
+                    "mapped_bytes=%llu\n",
+                    c.stats.vm.c_str(), c.stats.connected ? 1 : 0, (unsigned long long)c.stats.frames,
+                    (unsigned long long)c.stats.frames_refused, (unsigned long long)c.stats.blob_frames,
+                    (unsigned long long)c.stats.bytes_copied, c.stats.buffers, (unsigned long long)c.stats.mapped_bytes);
+      s += line;
+    }
+    return s;
+  }
+
+  // ---- composition ----
+
+  Status compose(size_t oi, const OutputScheduler::Plan& plan) {
+    Output& o = outputs[oi];
+    const OutputSpec& spec = layout.outputs[oi];
+    std::vector<LayerDraw> draws;
+    draws.reserve(spec.layers.size());
+    for (size_t l = 0; l < plan.layers.size(); ++l) {
+      const auto& lp = plan.layers[l];
+      switch (lp.show) {
+        case OutputScheduler::Show::kNothing: break;
+        case OutputScheduler::Show::kNew:
+        case OutputScheduler::Show::kReused: {
+          auto it = frames.find(lp.frame);
+          if (it != frames.end()) draws.push_back({&spec.layers[l], it->second.image});
+          break;
+        }
+        case OutputScheduler::Show::kFallback:
+          draws.push_back({&o.fallback_spec[l], o.fallback[l].image()});
+          break;
+      }
+    }
+    const TimePoint t0 = clock.now();
+    Status st = renderer->compose(draws, o.canvas, opt.background);
+    const TimePoint t1 = clock.now();
+    trace_event("compose", t0, t1, uint32_t(oi), draws.size());
+    if (!st.ok()) CANOPY_WARN_RL("canopy-display: output %s: %s", spec.name.c_str(), st.error().what);
+    Status ps = o.sink->present(o.canvas);
+    trace_event("present", t1, clock.now(), uint32_t(oi));
+    return ps;
+  }
+
+  Status compose_due() {
+    for (size_t i = 0; i < outputs.size(); ++i) {
+      Output& o = outputs[i];
+      if (!o.sink->poll()) sinks_open = false;
+      // Catch up at most a few periods per call: a late output skips to the next deadline ahead.
+      for (int guard = 0; guard < 4 && clock.now() >= o.sched->next_latch(); ++guard) {
+        const TimePoint t0 = clock.now();
+        auto plan = o.sched->latch();
+        if (plan.wait) break;
+        trace_event("latch", t0, clock.now(), uint32_t(i));
+        CANOPY_TRY(compose(i, plan));
+        o.sched->presented();
+        take_releases(o);
+      }
+    }
+    return {};
+  }
+
+  Status poll_input(int wait_ms) {
+    epoll_event evs[32];
+    const int n = ::epoll_wait(ep.get(), evs, 32, std::max(wait_ms, 0));
+    if (n < 0) {
+      if (errno == EINTR) return {};
+      return make_error(Errc::kIo, "epoll_wait", errno);
+    }
+    for (int i = 0; i < n; ++i) {
+      const int fd = evs[i].data.fd;
+      if (fd == listen.get()) accept_all();
+      else if (control.valid() && fd == control.get()) on_control();
+      else if (auto it = conn_by_fd.find(fd); it != conn_by_fd.end()) on_conn_readable(it->second);
+    }
+    return {};
+  }
+
+  int until_next_latch_ms() const {
+    TimePoint next = TimePoint::max();
+    for (const auto& o : outputs) next = std::min(next, o.sched->next_latch());
+    const auto d = next - clock.now();
+    if (d <= std::chrono::nanoseconds(0)) return 0;
+    return int(std::chrono::duration_cast<std::chrono::milliseconds>(d + std::chrono::microseconds(999)).count());
+  }
+};
+
+// ---- Compositor -----------------------------------------------------------------------------------
+
+Result<std::unique_ptr<Compositor>> Compositor::create(Layout layout, CompositorOptions options, const Clock& clock) {
+  if (layout.outputs.empty()) return make_error(Errc::kInvalidArgument, "canopy-display: the manifest has no [[display]]");
+  auto impl = std::make_unique<Impl>(std::move(layout), std::move(options), clock);
+  Impl& m = *impl;
+  m.epoch = clock.now();
+  if (m.opt.renderer == "pixman") m.renderer = make_pixman_renderer();
+  else return make_error(Errc::kInvalidArgument, "canopy-display: unknown renderer (pixman)");
+  m.ep = UniqueFd(::epoll_create1(EPOLL_CLOEXEC));
+  if (!m.ep.valid()) return make_error(Errc::kIo, "epoll_create1", errno);
+  m.outputs.resize(m.layout.outputs.size());
+  for (size_t i = 0; i < m.outputs.size(); ++i) {
+    const OutputSpec& spec = m.layout.outputs[i];
+    auto& o = m.outputs[i];
+    o.sched = std::make_unique<OutputScheduler>(spec, clock, m.opt.scheduler);
+    o.px.assign(size_t(spec.width) * spec.height, m.opt.background);
+    o.canvas = Canvas{reinterpret_cast<uint8_t*>(o.px.data()), spec.width, spec.height, spec.width * 4};
+    if (m.opt.sinks == CompositorOptions::Sinks::kWindow) {
+      CANOPY_ASSIGN_OR_RETURN(o.sink, make_window_sink("Canopy: " + spec.name, spec.width, spec.height));
+    } else {
+      o.sink = make_headless_sink();
+    }
+    for (const auto& l : spec.layers) {
+      o.fallback.emplace_back(std::max<uint32_t>(l.dst.width, 1), std::max<uint32_t>(l.dst.height, 1));
+      LayerSpec f = l;
+      f.src = Rect{};
+      f.rotation = Rotation::k0;
+      f.alpha = 1.0;
+      o.fallback_spec.push_back(f);
+    }
+  }
+  CANOPY_ASSIGN_OR_RETURN(m.listen, listen_seqpacket(m.opt.listen_path, false));
+  CANOPY_TRY(m.watch(m.listen.get()));
+  if (!m.opt.control_path.empty()) {
+    CANOPY_ASSIGN_OR_RETURN(m.control, listen_seqpacket(m.opt.control_path, true));
+    CANOPY_TRY(m.watch(m.control.get()));
+  }
+  return std::unique_ptr<Compositor>(new Compositor(std::move(impl)));
+}
+
+Compositor::Compositor(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Compositor::~Compositor() {
+  if (!impl_) return;
+  if (!impl_->opt.listen_path.empty()) ::unlink(impl_->opt.listen_path.c_str());
+  if (!impl_->opt.control_path.empty()) ::unlink(impl_->opt.control_path.c_str());
+}
+
+Status Compositor::run_once(int max_wait_ms) {
+  CANOPY_TRY(impl_->poll_input(std::min(max_wait_ms, impl_->until_next_latch_ms())));
+  return impl_->compose_due();
+}
+
+Status Compositor::poll_input(int wait_ms) { return impl_->poll_input(wait_ms); }
+Status Compositor::compose_due() { return impl_->compose_due(); }
+bool Compositor::quit_requested() const { return impl_->quit; }
+bool Compositor::sinks_open() const { return impl_->sinks_open; }
+const Layout& Compositor::layout() const { return impl_->layout; }
+size_t Compositor::num_outputs() const { return impl_->outputs.size(); }
+const Canvas& Compositor::canvas(size_t i) const { return impl_->outputs.at(i).canvas; }
+const OutputStats& Compositor::output_stats(size_t i) const { return impl_->outputs.at(i).sched->stats(); }
+const char* Compositor::sink_name(size_t i) const { return impl_->outputs.at(i).sink->name(); }
+const char* Compositor::renderer_name() const { return impl_->renderer->name(); }
+Status Compositor::snapshot(const std::string& dir) const { return impl_->snapshot(dir); }
+std::string Compositor::stats_text() const { return impl_->stats_text(); }
+void Compositor::trace_start() {
+  impl_->trace.clear();
+  impl_->tracing = true;
+}
+Status Compositor::trace_stop(const std::string& path) { return impl_->write_trace(path); }
+
+std::vector<ConnectionStats> Compositor::connections() const {
+  std::vector<ConnectionStats> out;
+  for (const auto& [id, c] : impl_->conns)
+    if (c.hello) out.push_back(c.stats);
+  return out;
+}
+
+}  // namespace canopy::display

@@ -1,0 +1,219 @@
+// canopy-display: the multi-VM compositor (docs/display.md).
+//
+//   canopy-display MANIFEST --listen /run/canopy/display.sock [--control PATH] [--output auto|headless|window]
+//                  [--run-for-s N] [--snapshot-dir DIR] [--summary FILE] [--trace FILE] [--budget-ms N]
+//
+// canopy-gpu instances connect to --listen (canopy-vmm run ... --display PATH tells them to) and send
+// their scanouts' frames; the manifest's [[display]] / [[layout]] say where each one goes. With
+// --run-for-s it stops after that long, writes PNG snapshots of every output and a summary; SIGTERM /
+// SIGINT / control `quit` stop it too (and write them as well). Exit status: 0, 1 on a runtime error,
+// 2 on bad usage or a bad manifest.
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "canopy/base/clock.h"
+#include "canopy/base/log.h"
+#include "canopy/display/compositor.h"
+#include "canopy/hypervisor/manifest.h"
+
+using namespace canopy;
+using namespace canopy::display;
+
+namespace {
+
+constexpr const char* kUsage =
+    "usage: canopy-display MANIFEST --listen PATH [options]\n"
+    "  --listen PATH          scanout channel socket canopy-gpu connects to (--display-socket)\n"
+    "  --control PATH         control socket (canopyctl --socket PATH stats | snapshot DIR | trace-start |\n"
+    "                         trace-stop FILE | quit)\n"
+    "  --output MODE          auto (a window when a display is there, else headless), headless, window\n"
+    "  --run-for-s N          stop after N seconds\n"
+    "  --snapshot-dir DIR     at the end write DIR/<output>.png\n"
+    "  --summary FILE         at the end write the summary there too (it always goes to stdout)\n"
+    "  --trace FILE           record a Chrome JSON trace (Perfetto) of the whole run into FILE\n"
+    "  --budget-ms N          compose this long before each deadline (default 4)\n"
+    "  --quiet                no progress line every second\n";
+
+volatile sig_atomic_t g_stop = 0;
+void on_signal(int) { g_stop = 1; }
+
+double ms(Nanos d) { return double(d.count()) / 1e6; }
+
+std::string summary(const Compositor& c, double seconds) {
+  std::string s;
+  char line[512];
+  std::snprintf(line, sizeof line, "canopy-display summary: %.1f s, renderer %s\n", seconds, c.renderer_name());
+  s += line;
+  for (size_t i = 0; i < c.num_outputs(); ++i) {
+    const OutputSpec& spec = c.layout().outputs[i];
+    const OutputStats& st = c.output_stats(i);
+    uint64_t reused = 0;
+    for (const auto& l : st.layers) reused += l.reused;
+    std::snprintf(line, sizeof line,
+                  "output %s %ux%u@%u (%s, %s): %.1f fps, missed deadlines %llu, reused frames %llu\n",
+                  spec.name.c_str(), spec.width, spec.height, spec.refresh_hz, to_string(spec.criticality),
+                  c.sink_name(i), seconds > 0 ? double(st.compositions) / seconds : 0.0,
+                  (unsigned long long)st.missed_deadlines, (unsigned long long)reused);
+    s += line;
+    for (size_t l = 0; l < spec.layers.size(); ++l) {
+      const LayerStats& ls = st.layers[l];
+      std::snprintf(line, sizeof line,
+                    "  layer %s/%u: %.1f new fps, frame latency p50 %.2f ms p99 %.2f ms, reused %llu, missed %llu, "
+                    "dropped %llu, fallback entries %llu%s\n",
+                    spec.layers[l].vm.c_str(), spec.layers[l].scanout,
+                    seconds > 0 ? double(ls.new_frames) / seconds : 0.0, ms(ls.latency.percentile(0.5)),
+                    ms(ls.latency.percentile(0.99)), (unsigned long long)ls.reused, (unsigned long long)ls.missed,
+                    (unsigned long long)ls.dropped, (unsigned long long)ls.fallback_entries,
+                    ls.fallback ? " (showing the fallback)" : "");
+      s += line;
+    }
+  }
+  for (const auto& v : c.connections()) {
+    std::snprintf(line, sizeof line, "vm %s: frames %llu (blob %llu, refused %llu), bytes copied %llu%s\n",
+                  v.vm.c_str(), (unsigned long long)v.frames, (unsigned long long)v.blob_frames,
+                  (unsigned long long)v.frames_refused, (unsigned long long)v.bytes_copied,
+                  v.connected ? "" : " (disconnected)");
+    s += line;
+  }
+  return s;
+}
+
+void progress(const Compositor& c, double seconds) {
+  std::string s;
+  char part[160];
+  std::snprintf(part, sizeof part, "canopy-display: %5.1f s", seconds);
+  s += part;
+  for (size_t i = 0; i < c.num_outputs(); ++i) {
+    const OutputStats& st = c.output_stats(i);
+    uint64_t fb = 0;
+    for (const auto& l : st.layers) fb += l.fallback ? 1 : 0;
+    std::snprintf(part, sizeof part, " | %s: %llu frames, %llu missed%s", c.layout().outputs[i].name.c_str(),
+                  (unsigned long long)st.compositions, (unsigned long long)st.missed_deadlines,
+                  fb ? ", FALLBACK" : "");
+    s += part;
+  }
+  std::fprintf(stderr, "%s\n", s.c_str());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string manifest_path, output = "auto", snapshot_dir, summary_path, trace_path;
+  CompositorOptions opt;
+  double run_for = 0;
+  bool quiet = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&](const char* name) -> const char* {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "canopy-display: %s needs a value\n%s", name, kUsage);
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (a == "--help" || a == "-h") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    } else if (a == "--listen") opt.listen_path = value("--listen");
+    else if (a == "--control") opt.control_path = value("--control");
+    else if (a == "--output") output = value("--output");
+    else if (a == "--run-for-s") run_for = std::atof(value("--run-for-s"));
+    else if (a == "--snapshot-dir") snapshot_dir = value("--snapshot-dir");
+    else if (a == "--summary") summary_path = value("--summary");
+    else if (a == "--trace") trace_path = value("--trace");
+    else if (a == "--budget-ms") opt.scheduler.budget = std::chrono::milliseconds(std::atoi(value("--budget-ms")));
+    else if (a == "--quiet") quiet = true;
+    else if (!a.empty() && a[0] != '-' && manifest_path.empty()) manifest_path = a;
+    else {
+      std::fprintf(stderr, "canopy-display: unknown argument %s\n%s", a.c_str(), kUsage);
+      return 2;
+    }
+  }
+  if (manifest_path.empty() || opt.listen_path.empty() || run_for < 0 ||
+      (output != "auto" && output != "headless" && output != "window") || opt.scheduler.budget.count() <= 0) {
+    std::fputs(kUsage, stderr);
+    return 2;
+  }
+  auto loaded = hypervisor::load_manifest_file(manifest_path);
+  if (!loaded.ok()) {
+    for (const auto& e : loaded.errors) std::fprintf(stderr, "%s\n", e.to_string().c_str());
+    return 2;
+  }
+  Layout layout = layout_from_manifest(*loaded.manifest);
+
+  SteadyClock clock;
+  std::unique_ptr<Compositor> comp;
+  const bool has_display = std::getenv("DISPLAY") || std::getenv("WAYLAND_DISPLAY");
+  if (output == "window" || (output == "auto" && has_display)) {
+    opt.sinks = CompositorOptions::Sinks::kWindow;
+    auto c = Compositor::create(layout, opt, clock);
+    if (c.ok()) comp = std::move(*c);
+    else if (output == "window") {
+      std::fprintf(stderr, "canopy-display: %s\n", c.error().what);
+      return 1;
+    } else {
+      std::fprintf(stderr, "canopy-display: no window (%s): running headless\n", c.error().what);
+    }
+  }
+  if (!comp) {
+    opt.sinks = CompositorOptions::Sinks::kHeadless;
+    auto c = Compositor::create(layout, opt, clock);
+    if (!c.ok()) {
+      std::fprintf(stderr, "canopy-display: %s\n", c.error().what);
+      return 1;
+    }
+    comp = std::move(*c);
+  }
+  if (!trace_path.empty()) comp->trace_start();
+
+  struct sigaction sa{};
+  sa.sa_handler = on_signal;
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);
+
+  std::fprintf(stderr, "canopy-display: %zu output(s), %s, listening on %s\n", comp->num_outputs(),
+               comp->sink_name(0), opt.listen_path.c_str());
+  const TimePoint start = clock.now();
+  TimePoint next_progress = start + std::chrono::seconds(1);
+  int rc = 0;
+  while (!g_stop && !comp->quit_requested() && comp->sinks_open()) {
+    const TimePoint now = clock.now();
+    const double elapsed = std::chrono::duration<double>(now - start).count();
+    if (run_for > 0 && elapsed >= run_for) break;
+    if (!quiet && now >= next_progress) {
+      progress(*comp, elapsed);
+      next_progress += std::chrono::seconds(1);
+    }
+    if (Status s = comp->run_once(50); !s.ok()) {
+      std::fprintf(stderr, "canopy-display: %s\n", s.error().what);
+      rc = 1;
+      break;
+    }
+  }
+  const double seconds = std::chrono::duration<double>(clock.now() - start).count();
+  if (!snapshot_dir.empty()) {
+    if (Status s = comp->snapshot(snapshot_dir); !s.ok()) {
+      std::fprintf(stderr, "canopy-display: snapshot: %s\n", s.error().what);
+      rc = 1;
+    }
+  }
+  if (!trace_path.empty()) {
+    if (Status s = comp->trace_stop(trace_path); !s.ok()) {
+      std::fprintf(stderr, "canopy-display: trace: %s\n", s.error().what);
+      rc = 1;
+    }
+  }
+  const std::string text = summary(*comp, seconds);
+  std::fputs(text.c_str(), stdout);
+  std::fflush(stdout);
+  if (!summary_path.empty()) {
+    FILE* f = std::fopen(summary_path.c_str(), "w");
+    if (!f || std::fputs(text.c_str(), f) < 0) rc = 1;
+    if (f) std::fclose(f);
+  }
+  return rc;
+}

@@ -1,0 +1,292 @@
+#include "canopy/gpu/channel_output.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+
+#include "canopy/base/log.h"
+#include "canopy/buffers/shared_memory.h"
+#include "canopy/display/channel.h"
+
+namespace canopy::gpu {
+
+namespace ch = canopy::display::channel;
+
+namespace {
+
+int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+uint64_t page_up(uint64_t v) { return (v + ch::kPageSize - 1) & ~(ch::kPageSize - 1); }
+
+// A memfd holding `len` bytes of `data` (sealed against resizing), for pieces the channel cannot name.
+Result<UniqueFd> memfd_copy(const void* data, size_t len, const char* name) {
+  CANOPY_ASSIGN_OR_RETURN(auto shm, buffers::SharedMemory::create(name, page_up(len)));
+  {
+    CANOPY_ASSIGN_OR_RETURN(auto map, shm.map(buffers::Access::kReadWrite));
+    std::memcpy(map.data(), data, len);
+  }
+  return shm.dup_fd();
+}
+
+}  // namespace
+
+ChannelOutput::ChannelOutput(Options o) : opt_(std::move(o)), held_(opt_.num_scanouts), scanouts_(opt_.num_scanouts) {
+  for (uint32_t i = 0; i < opt_.num_scanouts; ++i) scanouts_[i].scanout = i;
+}
+
+ChannelOutput::~ChannelOutput() { disconnect(nullptr); }
+
+size_t ChannelOutput::held() const {
+  size_t n = 0;
+  for (const auto& m : held_) n += m.size();
+  return n;
+}
+
+bool ChannelOutput::ensure_connected() {
+  if (sock_.valid()) return true;
+  const int64_t now = now_ms();
+  if (now < next_try_ms_) return false;
+  next_try_ms_ = now + opt_.retry_ms;
+  UniqueFd s(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!s.valid()) return false;
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  if (opt_.socket_path.size() >= sizeof a.sun_path) return false;
+  std::memcpy(a.sun_path, opt_.socket_path.c_str(), opt_.socket_path.size());
+  if (::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) return false;
+  // Room for bursts of FRAME packets; a compositor that lets it fill up is dropped, not waited for.
+  int sz = 1 << 20;
+  (void)::setsockopt(s.get(), SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz);
+  sock_ = std::move(s);
+  ++stats_.connects;
+  if (!send(ch::encode_hello(opt_.vm_name, opt_.num_scanouts))) return false;
+  for (const auto& st : scanouts_) {
+    if (!st.enabled) continue;
+    ch::ScanoutMsg m{};
+    m.scanout = st.scanout;
+    m.enabled = 1;
+    m.width = st.width;
+    m.height = st.height;
+    if (!send(ch::encode(ch::Type::kScanout, m))) return false;
+  }
+  CANOPY_INFO("canopy-gpu: connected to the compositor at %s as %s", opt_.socket_path.c_str(), opt_.vm_name.c_str());
+  if (on_change) on_change();
+  return true;
+}
+
+void ChannelOutput::disconnect(const char* why) {
+  if (!sock_.valid()) return;
+  if (why) CANOPY_WARN("canopy-gpu: compositor connection dropped: %s", why);
+  sock_.reset();
+  ++stats_.disconnects;
+  // The compositor's mappings of our buffers are its own; ours are defined anew on the next connection.
+  buffers_.clear();
+  for (auto& m : held_) {
+    for (auto& [seq, f] : m) f->release();
+    m.clear();
+  }
+  next_try_ms_ = now_ms() + opt_.retry_ms;
+  if (on_change) on_change();
+}
+
+bool ChannelOutput::send(const std::vector<uint8_t>& packet, std::span<const int> fds) {
+  if (!sock_.valid()) return false;
+  auto st = ch::send_packet(sock_.get(), packet, fds);
+  if (!st.ok()) {
+    disconnect(st.error().what);
+    return false;
+  }
+  return true;
+}
+
+void ChannelOutput::collect_gone() {
+  for (auto it = buffers_.begin(); it != buffers_.end();) {
+    if (it->second.cache.expired()) {
+      ch::BufferGone g{};
+      g.id = it->second.id;
+      it = buffers_.erase(it);
+      if (!send(ch::encode(ch::Type::kBufferGone, g))) return;  // disconnect cleared buffers_
+    } else {
+      ++it;
+    }
+  }
+}
+
+uint32_t ChannelOutput::buffer_for(const Frame& f, uint64_t& copied) {
+  if (!f.view_cache || !f.pieces || f.pieces->empty()) return 0;
+  if (auto it = buffers_.find(f.view_cache.get()); it != buffers_.end()) return it->second.id;
+
+  BufferRef ref;
+  ref.cache = f.view_cache;
+  ref.id = next_buffer_id_++;
+  if (next_buffer_id_ == 0) next_buffer_id_ = 1;
+  std::vector<ch::PieceRef> pieces;
+  std::vector<int> fds;
+  std::vector<buffers::FilePiece> fp;
+  for (const auto& p : *f.pieces) fp.push_back({p.fd->get(), p.offset, p.length});
+  if (buffers::scatter_mappable(fp)) {
+    for (const auto& p : fp) {
+      auto at = std::find(fds.begin(), fds.end(), p.fd);
+      if (at == fds.end()) at = fds.insert(fds.end(), p.fd);
+      // map_scattered maps the last piece's final page whole; the channel counts whole pages.
+      pieces.push_back({uint32_t(at - fds.begin()), p.offset, page_up(p.length)});
+    }
+  } else {
+    auto view = f.map();
+    if (!view.ok()) return 0;
+    auto fd = memfd_copy((*view)->data(), (*view)->size(), "canopy-gpu-frame-copy");
+    if (!fd.ok()) return 0;
+    copied += (*view)->size();
+    stats_.bytes_copied += (*view)->size();
+    fds.push_back(fd->get());
+    pieces.push_back({0, 0, page_up((*view)->size())});
+    ref.copy = std::move(*fd);
+  }
+  auto packets = ch::encode_buffer(ref.id, pieces, fds);
+  if (!packets.ok()) {
+    CANOPY_WARN("canopy-gpu: frame buffer cannot be sent to the compositor: %s", packets.error().what);
+    return 0;
+  }
+  for (const auto& pk : *packets)
+    if (!send(pk.bytes, pk.fds)) return 0;
+  ++stats_.buffers_sent;
+  const uint32_t id = ref.id;
+  buffers_.emplace(f.view_cache.get(), std::move(ref));
+  return id;
+}
+
+void ChannelOutput::on_scanout(const ScanoutState& s) {
+  if (s.scanout >= scanouts_.size()) return;
+  scanouts_[s.scanout] = s;
+  if (!sock_.valid()) return;
+  ch::ScanoutMsg m{};
+  m.scanout = s.scanout;
+  m.enabled = s.enabled ? 1 : 0;
+  m.width = s.enabled ? s.width : 0;
+  m.height = s.enabled ? s.height : 0;
+  (void)send(ch::encode(ch::Type::kScanout, m));
+}
+
+void ChannelOutput::hold(std::shared_ptr<Frame> f) {
+  auto& m = held_[f->scanout];
+  m[f->seq] = std::move(f);
+  while (m.size() > opt_.max_held) {
+    m.begin()->second->release();
+    m.erase(m.begin());
+    ++stats_.frames_released_over_cap;
+  }
+}
+
+void ChannelOutput::on_frame(std::shared_ptr<Frame> f) {
+  if (f->scanout >= held_.size() || !ensure_connected()) {
+    f->release();
+    ++stats_.frames_released_unsent;
+    return;
+  }
+  collect_gone();
+  uint64_t copied = 0;
+  const uint32_t id = sock_.valid() ? buffer_for(*f, copied) : 0;
+  if (id == 0) {
+    f->release();
+    ++stats_.frames_released_unsent;
+    return;
+  }
+  ch::FrameMsg m{};
+  m.scanout = f->scanout;
+  m.buffer_id = id;
+  m.seq = f->seq;
+  m.fourcc = f->drm_fourcc;
+  m.width = f->width;
+  m.height = f->height;
+  m.stride = f->stride;
+  m.offset = f->offset;
+  m.bytes_copied = f->bytes_copied + copied;
+  m.flags = (f->blob ? ch::kFrameBlob : 0) | (f->aliased ? ch::kFrameAliased : 0);
+  std::vector<ch::WireRect> damage;
+  if (f->damage.size() <= ch::kMaxDamage) {
+    for (const auto& r : f->damage) {
+      // Damage is clipped to the frame (the channel refuses rectangles outside it).
+      if (r.x >= f->width || r.y >= f->height) continue;
+      ch::WireRect w{};
+      w.x = r.x;
+      w.y = r.y;
+      w.width = std::min(r.width, f->width - r.x);
+      w.height = std::min(r.height, f->height - r.y);
+      if (w.width.get() && w.height.get()) damage.push_back(w);
+    }
+  }
+  if (!send(ch::encode_frame(m, damage))) {
+    f->release();
+    ++stats_.frames_released_unsent;
+    return;
+  }
+  ++stats_.frames_sent;
+  hold(std::move(f));
+}
+
+void ChannelOutput::on_cursor(const CursorUpdate& c) {
+  if (c.scanout >= held_.size() || !sock_.valid()) return;
+  ch::CursorMsg m{};
+  m.scanout = c.scanout;
+  m.visible = c.visible ? 1 : 0;
+  m.x = c.x;
+  m.y = c.y;
+  m.hot_x = std::min<uint32_t>(c.hot_x, 63);
+  m.hot_y = std::min<uint32_t>(c.hot_y, 63);
+  if (c.image_changed && c.image && c.image->width == 64 && c.image->height == 64 && c.image->argb.size() == 64 * 64) {
+    // Cursor images are small and rare: one memfd each, defined as a one-piece buffer.
+    auto fd = memfd_copy(c.image->argb.data(), c.image->argb.size() * 4, "canopy-gpu-cursor");
+    if (!fd.ok()) return;
+    const uint32_t id = next_buffer_id_++;
+    ch::PieceRef piece{0, 0, 64 * 64 * 4};
+    const int fds[1] = {fd->get()};
+    auto packets = ch::encode_buffer(id, {&piece, 1}, fds);
+    if (!packets.ok() || !send((*packets)[0].bytes, (*packets)[0].fds)) return;
+    m.buffer_id = id;
+    if (!send(ch::encode(ch::Type::kCursor, m))) return;
+    // The compositor keeps its own mapping of the image; the id is not used again.
+    ch::BufferGone g{};
+    g.id = id;
+    (void)send(ch::encode(ch::Type::kBufferGone, g));
+    return;
+  }
+  (void)send(ch::encode(ch::Type::kCursor, m));
+}
+
+void ChannelOutput::on_readable() {
+  // Take everything that is there now; the socket is non-blocking.
+  for (int i = 0; i < 256 && sock_.valid(); ++i) {
+    auto msg = ch::receive(sock_.get(), ch::Direction::kToDevice, 0);
+    if (!msg.ok()) {
+      if (msg.error().code == Errc::kTimeout) return;
+      disconnect(msg.error().code == Errc::kClosed ? "closed by the compositor" : msg.error().what);
+      return;
+    }
+    if (msg->type == ch::Type::kRelease) {
+      const auto r = msg->fixed<ch::Release>();
+      if (r.scanout.get() >= held_.size()) continue;
+      auto& m = held_[r.scanout.get()];
+      if (auto it = m.find(r.seq.get()); it != m.end()) {
+        it->second->release();
+        m.erase(it);
+        ++stats_.frames_released_by_compositor;
+      }
+    } else if (msg->type == ch::Type::kDisplay) {
+      const auto d = msg->fixed<ch::DisplayMsg>();
+      if (on_display)
+        on_display(d.scanout.get(), d.connected.get() != 0, d.width.get(), d.height.get(), d.refresh_hz.get());
+    }
+  }
+}
+
+}  // namespace canopy::gpu
