@@ -531,10 +531,14 @@ struct Compositor::Impl {
     return {};
   }
 
-  int until_next_latch_ms() const {
+  TimePoint next_latch() const {
     TimePoint next = TimePoint::max();
     for (const auto& o : outputs) next = std::min(next, o.sched->next_latch());
-    const auto d = next - clock.now();
+    return next;
+  }
+
+  int until_next_latch_ms() const {
+    const auto d = next_latch() - clock.now();
     if (d <= std::chrono::nanoseconds(0)) return 0;
     return int(std::chrono::duration_cast<std::chrono::milliseconds>(d + std::chrono::microseconds(999)).count());
   }
@@ -596,6 +600,7 @@ Status Compositor::run_once(int max_wait_ms) {
 
 Status Compositor::poll_input(int wait_ms) { return impl_->poll_input(wait_ms); }
 Status Compositor::compose_due() { return impl_->compose_due(); }
+TimePoint Compositor::next_latch() const { return impl_->next_latch(); }
 bool Compositor::quit_requested() const { return impl_->quit; }
 bool Compositor::sinks_open() const { return impl_->sinks_open; }
 const Layout& Compositor::layout() const { return impl_->layout; }

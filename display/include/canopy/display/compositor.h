@@ -9,7 +9,9 @@
 // its buffer, caps exceeded) is answered by closing that connection with a logged reason; every other
 // VM and every output go on. A frame that cannot be shown is released at once. Frames of a connection
 // that went away stay on screen (their mappings are the compositor's own) until newer ones replace
-// them or the stale-frame watchdog shows the fallback.
+// them or the stale-frame watchdog shows the fallback. RELEASEs are sent without blocking: a device
+// that does not take them until its socket buffer is full is disconnected (canopy-gpu takes them in
+// its event loop as they come).
 //
 // Control (SOCK_SEQPACKET, one request and one reply per datagram, the canopyctl protocol):
 //   stats                per output and layer: compositions, missed deadlines, new / reused / missed /
@@ -79,6 +81,8 @@ class Compositor {
   // compose the outputs that are due at clock.now().
   Status poll_input(int wait_ms);
   Status compose_due();
+  // The earliest latch point of any output (when compose_due() has work next).
+  TimePoint next_latch() const;
   bool quit_requested() const;
   // False once a window sink was closed by the user.
   bool sinks_open() const;

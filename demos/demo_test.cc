@@ -1,0 +1,206 @@
+// The cockpit demo end to end, as processes (canopy-display, canopy-vmm, two canopy-gpu back-ends, the
+// cluster and IVI partitions): its headless PNGs are checked for what they must show (not byte-exact
+// goldens), its summary for zero-copy frames; and with the IVI VM stopped mid-run the cluster output
+// goes on with new cluster frames and never shows the fallback. Assertions are on frame counts and
+// pixels, not on wall-clock rates. Every process started here is owned by PID and gone at the end.
+#include <gtest/gtest.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <regex>
+#include <sstream>
+#include <string>
+#include <thread>
+
+#include "canopy/display/png.h"
+#include "canopy/hypervisor/process.h"
+
+namespace canopy::display {
+namespace {
+
+const std::string kBin = CANOPY_BIN_DIR;
+const std::string kSource = CANOPY_SOURCE_DIR;
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+int run_command(const std::string& cmd, std::string& out) {
+  FILE* f = popen((cmd + " 2>&1").c_str(), "r");
+  out.clear();
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, n);
+  const int st = pclose(f);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+// One request on a canopyctl-style control socket (SOCK_SEQPACKET); "" when unreachable.
+std::string ask(const std::string& path, const std::string& req) {
+  int s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::snprintf(a.sun_path, sizeof a.sun_path, "%s", path.c_str());
+  std::string out;
+  if (connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 && send(s, req.data(), req.size(), 0) > 0) {
+    timeval tv{5, 0};
+    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    std::vector<char> buf(65536);
+    ssize_t n = recv(s, buf.data(), buf.size(), 0);
+    if (n > 0) out.assign(buf.data(), size_t(n));
+  }
+  close(s);
+  return out;
+}
+
+// A number from canopy-display's stats: the field `key` on the first line that contains `line_has`.
+long stat(const std::string& stats, const std::string& line_has, const std::string& key) {
+  std::istringstream in(stats);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.find(line_has) == std::string::npos) continue;
+    const auto at = line.find(" " + key + "=");
+    if (at == std::string::npos) return -1;
+    return std::atol(line.c_str() + at + key.size() + 2);
+  }
+  return -1;
+}
+
+bool wait_for(const std::function<bool()>& cond, int seconds) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
+  while (std::chrono::steady_clock::now() < end) {
+    if (cond()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return cond();
+}
+
+struct Rgb {
+  int r, g, b;
+};
+Rgb rgb(uint32_t p) { return {int(p >> 16 & 0xff), int(p >> 8 & 0xff), int(p & 0xff)}; }
+
+// The share of pixels in [x0,x1) x [y0,y1) for which `pred` holds.
+double share(const PixelImage& img, uint32_t x0, uint32_t y0, uint32_t x1, uint32_t y1,
+             const std::function<bool(Rgb)>& pred) {
+  uint64_t n = 0, all = 0;
+  for (uint32_t y = y0; y < y1; ++y)
+    for (uint32_t x = x0; x < x1; ++x, ++all) n += pred(rgb(img.at(x, y))) ? 1 : 0;
+  return all ? double(n) / double(all) : 0;
+}
+
+bool dark(Rgb c) { return c.r < 0x40 && c.g < 0x40 && c.b < 0x40; }
+bool cyan(Rgb c) { return c.r < 0x80 && c.g > 0xa0 && c.b > 0xa0; }
+bool map_light(Rgb c) { return c.r > 0x70 && c.g > 0xa0; }  // ground, roads, parks, water: all light
+bool amber(Rgb c) { return c.r > 0xe0 && c.g > 0x90 && c.g < 0xd0 && c.b < 0x40; }
+
+void expect_cluster(const PixelImage& c) {
+  ASSERT_EQ(c.width, 1920u);
+  ASSERT_EQ(c.height, 720u);
+  EXPECT_GT(share(c, 0, 0, 1920, 720, dark), 0.5);                       // a dark instrument panel
+  EXPECT_GT(share(c, 0, 0, 1920, 720, cyan) * 1920 * 720, 2000);          // needles and swept arcs
+  EXPECT_GT(share(c, 800, 400, 1120, 680, map_light), 0.6);               // the IVI's map inset
+  EXPECT_LT(share(c, 0, 0, 1920, 720, map_light), 0.2);                   // and only there
+  EXPECT_FALSE(amber(rgb(c.at(2, 360))) && amber(rgb(c.at(1917, 360))));  // not the fallback's border
+}
+
+void expect_center(const PixelImage& c) {
+  ASSERT_EQ(c.width, 1920u);
+  ASSERT_EQ(c.height, 1080u);
+  EXPECT_GT(share(c, 0, 0, 1280, 1080, map_light), 0.8);  // the map on the left two thirds
+  EXPECT_GT(share(c, 1280, 0, 1920, 1080, [](Rgb p) { return p.r == 0x1c && p.g == 0x1c && p.b == 0x26; }), 0.3);
+}
+
+TEST(CockpitDemo, RunsHeadlessAndWritesBothOutputsAndTheSummary) {
+  char tmpl[] = "/tmp/canopy-demo-test-XXXXXX";
+  const std::string out = mkdtemp(tmpl);
+  std::string log;
+  const int rc = run_command("CANOPY_DEMO_SECONDS=4 CANOPY_DEMO_OUTPUT=headless timeout 120 bash " + kSource +
+                                 "/demos/run-cockpit.sh " + kBin + "/.. " + out,
+                             log);
+  ASSERT_EQ(rc, 0) << log;
+  auto cluster = read_png(out + "/cluster.png");
+  auto center = read_png(out + "/center.png");
+  ASSERT_TRUE(cluster.ok() && center.ok()) << log;
+  expect_cluster(*cluster);
+  expect_center(*center);
+  const std::string summary = read_file(out + "/summary.txt");
+  EXPECT_NE(summary.find("output cluster 1920x720@60 (safety, headless): "), std::string::npos) << summary;
+  EXPECT_NE(summary.find("output center 1920x1080@60 (normal, headless): "), std::string::npos) << summary;
+  EXPECT_NE(summary.find("frame latency p50 "), std::string::npos) << summary;
+  // Every frame of both VMs arrived as a blob scanout with zero bytes copied.
+  for (const char* vm : {"cluster", "ivi"}) {
+    std::smatch m;
+    const std::regex re(std::string("vm ") + vm + R"(: frames (\d+) \(blob (\d+), refused 0\), bytes copied 0)");
+    ASSERT_TRUE(std::regex_search(summary, m, re)) << summary;
+    EXPECT_GT(std::stol(m[1]), 10) << summary;
+    EXPECT_EQ(m[1], m[2]) << summary;
+  }
+  EXPECT_NE(read_file(out + "/trace.json").find("\"name\":\"compose\""), std::string::npos);
+  std::system(("rm -rf " + out).c_str());
+}
+
+TEST(CockpitDemo, ClusterGoesOnWhenTheIviIsStopped) {
+  using hypervisor::Child;
+  char tmpl[] = "/tmp/canopy-demo-test-XXXXXX";
+  const std::string dir = mkdtemp(tmpl);
+  const std::string display_ctl = dir + "/display.ctl", vmm_ctl = dir + "/vmm.ctl";
+  UniqueFd log(open((dir + "/log").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  auto start = [&](std::vector<std::string> argv) {
+    hypervisor::SpawnOptions o;
+    o.path = argv[0];
+    o.argv = std::move(argv);
+    o.env = {"PATH=/usr/bin:/bin", "CANOPY_LOG=info"};
+    o.stdout_fd = log.get();
+    o.stderr_fd = log.get();
+    auto c = hypervisor::spawn(o);
+    EXPECT_TRUE(c.ok());
+    return c.ok() ? std::move(*c) : Child();
+  };
+  const std::string manifest = kSource + "/demos/cockpit.toml";
+  Child display = start({kBin + "/canopy-display", manifest, "--listen", dir + "/display.sock", "--control",
+                         display_ctl, "--output", "headless", "--quiet"});
+  ASSERT_TRUE(wait_for([&] { return access((dir + "/display.sock").c_str(), F_OK) == 0; }, 10));
+  Child vmm = start({kBin + "/canopy-vmm", "run", manifest, "--display", dir + "/display.sock", "--control", vmm_ctl,
+                     "--stop-grace-ms", "500"});
+  auto stats = [&] { return ask(display_ctl, "stats"); };
+  ASSERT_TRUE(wait_for([&] {
+    const std::string s = stats();
+    return stat(s, "layer 0 vm=cluster", "new") > 30 && stat(s, "vm ivi ", "frames") > 10;
+  }, 60)) << stats() << read_file(dir + "/log");
+  const long fallback_entries = stat(stats(), "layer 0 vm=cluster", "fallback_entries");
+
+  std::string out;
+  ASSERT_EQ(run_command(kBin + "/canopyctl --socket " + vmm_ctl + " stop ivi", out), 0) << out;
+  ASSERT_TRUE(wait_for([&] { return stat(stats(), "vm ivi ", "connected") == 0; }, 20)) << stats();
+  const long before = stat(stats(), "layer 0 vm=cluster", "new");
+  ASSERT_TRUE(wait_for([&] { return stat(stats(), "layer 0 vm=cluster", "new") > before + 60; }, 60)) << stats();
+  const std::string s = stats();
+  EXPECT_EQ(stat(s, "layer 0 vm=cluster", "fallback"), 0) << s;
+  EXPECT_EQ(stat(s, "layer 0 vm=cluster", "fallback_entries"), fallback_entries) << s;
+  ASSERT_EQ(ask(display_ctl, "snapshot " + dir), "ok\n");
+  auto cluster = read_png(dir + "/cluster.png");
+  ASSERT_TRUE(cluster.ok());
+  expect_cluster(*cluster);  // the inset keeps the IVI's last good frame
+
+  ASSERT_EQ(run_command(kBin + "/canopyctl --socket " + vmm_ctl + " shutdown", out), 0) << out;
+  EXPECT_TRUE(vmm.wait(10000).ok());
+  EXPECT_EQ(ask(display_ctl, "quit"), "ok\n");
+  EXPECT_TRUE(display.wait(10000).ok());
+  if (::testing::Test::HasFailure()) std::fprintf(stderr, "--- log ---\n%s\n", read_file(dir + "/log").c_str());
+  std::system(("rm -rf " + dir).c_str());
+}
+
+}  // namespace
+}  // namespace canopy::display

@@ -1,0 +1,341 @@
+// The compositor with real scanout-channel connections (the wire canopy-gpu speaks), in virtual time:
+// the assertions are on frame sequence, pixels and virtual deadlines, never on wall-clock rates.
+#include "canopy/display/compositor.h"
+
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "canopy/buffers/shared_memory.h"
+#include "canopy/display/channel.h"
+#include "canopy/display/fallback.h"
+
+namespace canopy::display {
+namespace {
+
+namespace ch = channel;
+using std::chrono::milliseconds;
+
+// A GPU device as canopy-gpu is on the channel: one connection, one memfd per buffer.
+class FakeDevice {
+ public:
+  FakeDevice(const std::string& path, const std::string& vm, uint32_t scanouts = 1) {
+    sock_ = UniqueFd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::memcpy(a.sun_path, path.c_str(), path.size());
+    EXPECT_EQ(::connect(sock_.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    send(ch::encode_hello(vm, scanouts));
+  }
+  void send(const std::vector<uint8_t>& p, std::span<const int> fds = {}) {
+    ASSERT_TRUE(ch::send_packet(sock_.get(), p, fds).ok());
+  }
+  // A w x h XRGB8888 buffer filled with `colour`; returns its id.
+  uint32_t buffer(uint32_t w, uint32_t h, uint32_t colour) {
+    const uint64_t bytes = (uint64_t(w) * h * 4 + 4095) & ~4095ull;
+    auto shm = buffers::SharedMemory::create("test-frame", bytes);
+    EXPECT_TRUE(shm.ok());
+    auto map = shm->map();
+    auto* px = reinterpret_cast<uint32_t*>(map->data());
+    for (uint64_t i = 0; i < uint64_t(w) * h; ++i) px[i] = colour;
+    const uint32_t id = next_buffer_++;
+    ch::PieceRef piece{0, 0, bytes};
+    const int fds[1] = {shm->fd()};
+    auto pk = ch::encode_buffer(id, {&piece, 1}, fds);
+    EXPECT_TRUE(pk.ok());
+    send((*pk)[0].bytes, (*pk)[0].fds);
+    return id;
+  }
+  uint64_t frame(uint32_t buffer, uint32_t w, uint32_t h, uint32_t scanout = 0, uint64_t offset = 0,
+                 uint32_t stride = 0) {
+    ch::FrameMsg f{};
+    f.scanout = scanout;
+    f.buffer_id = buffer;
+    f.seq = ++seq_;
+    f.fourcc = uint32_t(buffers::Format::kXRGB8888);
+    f.width = w;
+    f.height = h;
+    f.stride = stride ? stride : w * 4;
+    f.offset = offset;
+    f.flags = ch::kFrameBlob;
+    send(ch::encode_frame(f, {}));
+    return seq_;
+  }
+  // RELEASEs received so far (seq numbers), without waiting.
+  std::vector<uint64_t> releases() {
+    for (;;) {
+      auto m = ch::receive(sock_.get(), ch::Direction::kToDevice, 0);
+      if (!m.ok()) {
+        closed_ = m.error().code == Errc::kClosed;
+        break;
+      }
+      if (m->type == ch::Type::kRelease) released_.push_back(m->fixed<ch::Release>().seq.get());
+    }
+    return released_;
+  }
+  bool closed() {
+    releases();
+    return closed_;
+  }
+  void close() { sock_.reset(); }
+
+ private:
+  UniqueFd sock_;
+  uint32_t next_buffer_ = 1;
+  uint64_t seq_ = 0;
+  std::vector<uint64_t> released_;
+  bool closed_ = false;
+};
+
+// The demo's cluster display, small: the cluster full screen (safety, 250 ms watchdog), an IVI inset.
+Layout cockpit_layout() {
+  OutputSpec o;
+  o.name = "cluster";
+  o.width = 64;
+  o.height = 32;
+  o.refresh_hz = 60;
+  o.criticality = Criticality::kSafety;
+  LayerSpec c;
+  c.vm = "cluster";
+  c.dst = {0, 0, 64, 32};
+  c.criticality = Criticality::kSafety;
+  c.stale_ms = kDefaultSafetyStaleMs;
+  LayerSpec i;
+  i.vm = "ivi";
+  i.dst = {40, 8, 16, 16};
+  i.z = 1;
+  i.criticality = Criticality::kNormal;
+  o.layers = {c, i};
+  Layout l;
+  l.outputs.push_back(o);
+  return l;
+}
+
+class CompositorTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = "/tmp/canopy-compositor-test." + std::to_string(::getpid());
+    ::mkdir(dir_.c_str(), 0700);
+    CompositorOptions o;
+    o.listen_path = dir_ + "/display.sock";
+    o.control_path = dir_ + "/control.sock";
+    auto c = Compositor::create(cockpit_layout(), o, clock);
+    ASSERT_TRUE(c.ok()) << c.error().what;
+    comp = std::move(*c);
+  }
+  void TearDown() override {
+    comp.reset();
+    ::rmdir(dir_.c_str());
+  }
+  std::string sock() const { return dir_ + "/display.sock"; }
+  // Takes every packet that arrived (the connections are local: a few turns suffice).
+  void pump() {
+    for (int i = 0; i < 5; ++i) ASSERT_TRUE(comp->poll_input(1).ok());
+  }
+  // Advances virtual time to the next latch point and composes; returns the stats after it.
+  const OutputStats& refresh() {
+    clock.set(std::max(clock.now(), comp->next_latch()));
+    EXPECT_TRUE(comp->compose_due().ok());
+    return comp->output_stats(0);
+  }
+  uint32_t pixel(uint32_t x, uint32_t y) const {
+    const Canvas& c = comp->canvas(0);
+    uint32_t v;
+    std::memcpy(&v, c.data + size_t(y) * c.stride + x * 4, 4);
+    return v & 0x00ffffff;
+  }
+
+  FakeClock clock;
+  std::string dir_;
+  std::unique_ptr<Compositor> comp;
+};
+
+TEST_F(CompositorTest, FramesFromTwoVmsAreComposedAndReplacedFramesReleased) {
+  FakeDevice cluster(sock(), "cluster"), ivi(sock(), "ivi");
+  const uint32_t cb = cluster.buffer(64, 32, 0x102030), cb2 = cluster.buffer(64, 32, 0x405060);
+  const uint32_t ib = ivi.buffer(32, 32, 0xa0b0c0);
+  const uint64_t c1 = cluster.frame(cb, 64, 32);
+  ivi.frame(ib, 32, 32);
+  pump();
+  refresh();
+  EXPECT_EQ(pixel(0, 0), 0x102030u);
+  EXPECT_EQ(pixel(45, 10), 0xa0b0c0u);  // the inset, scaled 32x32 -> 16x16
+  EXPECT_TRUE(cluster.releases().empty());
+  cluster.frame(cb2, 64, 32);
+  pump();
+  const auto& st = refresh();
+  EXPECT_EQ(pixel(0, 0), 0x405060u);
+  pump();
+  EXPECT_EQ(cluster.releases(), std::vector<uint64_t>{c1});  // the first frame, once the second was presented
+  EXPECT_EQ(st.layers[0].new_frames, 2u);
+  EXPECT_EQ(st.layers[1].reused, 1u);
+  const auto conns = comp->connections();
+  ASSERT_EQ(conns.size(), 2u);
+  for (const auto& c : conns) EXPECT_EQ(c.bytes_copied, 0u);
+}
+
+TEST_F(CompositorTest, BadFramesAreRefusedAndReleasedBadConnectionsClosedOthersGoOn) {
+  FakeDevice cluster(sock(), "cluster"), ivi(sock(), "ivi");
+  const uint32_t cb = cluster.buffer(64, 32, 0x112233);
+  const uint32_t ib = ivi.buffer(32, 32, 0x445566);  // exactly one 4 KiB page
+  // Exact bad values: a frame one row taller than its buffer, a stride smaller than a row, and an
+  // offset that wraps the sum.
+  const uint64_t tall = ivi.frame(ib, 32, 33);
+  const uint64_t narrow = ivi.frame(ib, 32, 32, 0, 0, 124);
+  const uint64_t wrap = ivi.frame(ib, 32, 32, 0, 0xfffffffffffff000ull);
+  pump();
+  EXPECT_EQ(ivi.releases(), (std::vector<uint64_t>{tall, narrow, wrap}));
+  EXPECT_FALSE(ivi.closed());
+  // An unknown buffer closes the connection; the cluster is unaffected.
+  ivi.frame(99, 16, 16);
+  cluster.frame(cb, 64, 32);
+  pump();
+  EXPECT_TRUE(ivi.closed());
+  refresh();
+  EXPECT_EQ(pixel(0, 0), 0x112233u);
+  // A scanout the device did not announce, and a BUFFER before HELLO, close those connections too.
+  FakeDevice bad(sock(), "ivi");
+  bad.frame(1, 16, 16, 3);
+  pump();
+  EXPECT_TRUE(bad.closed());
+  UniqueFd raw(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::memcpy(a.sun_path, sock().c_str(), sock().size());
+  ASSERT_EQ(::connect(raw.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  const uint8_t garbage[20] = {1, 2, 3};
+  ASSERT_EQ(::send(raw.get(), garbage, sizeof garbage, 0), ssize_t(sizeof garbage));
+  pump();
+  char b;
+  EXPECT_EQ(::recv(raw.get(), &b, 1, MSG_DONTWAIT), 0);  // closed
+  EXPECT_EQ(comp->output_stats(0).layers[0].new_frames, 1u);
+}
+
+// Mixed criticality with real connections: whatever the IVI does, the cluster output shows every
+// cluster frame at the refresh it was due, with the right pixels, and keeps every deadline.
+class MixedCriticality : public CompositorTest {
+ protected:
+  static constexpr int kFrames = 120;
+  void run(const std::function<void(FakeDevice& ivi, uint32_t ivi_buffer, int frame)>& ivi_does) {
+    FakeDevice cluster(sock(), "cluster");
+    auto ivi = std::make_unique<FakeDevice>(sock(), "ivi");
+    const uint32_t cbuf[2] = {cluster.buffer(64, 32, 0x000001), cluster.buffer(64, 32, 0x000002)};
+    const uint32_t ib = ivi->buffer(32, 32, 0x00ff00);
+    ivi->frame(ib, 32, 32);
+    for (int n = 0; n < kFrames; ++n) {
+      cluster.frame(cbuf[n % 2], 64, 32);
+      if (ivi) {
+        ivi_does(*ivi, ib, n);
+        if (n == kFrames / 2 && killed_) ivi.reset();  // the IVI VM is killed mid-way
+      }
+      pump();
+      const auto& st = refresh();
+      ASSERT_EQ(pixel(0, 0), uint32_t(1 + n % 2)) << "refresh " << n;
+      ASSERT_EQ(st.layers[0].new_frames, uint64_t(n + 1));
+      ASSERT_EQ(st.missed_deadlines, 0u);
+      ASSERT_FALSE(st.layers[0].fallback);
+    }
+    EXPECT_EQ(comp->output_stats(0).waits, 0u);  // never held for the IVI
+  }
+  bool killed_ = false;
+};
+
+TEST_F(MixedCriticality, IviThatHangsNeverDelaysTheCluster) {
+  run([](FakeDevice&, uint32_t, int) {});
+  EXPECT_EQ(pixel(45, 10), 0x00ff00u);  // its last good frame stays
+  EXPECT_EQ(comp->output_stats(0).layers[1].reused, uint64_t(kFrames - 1));
+}
+
+TEST_F(MixedCriticality, IviThatFloodsIsBoundedAndNeverDelaysTheCluster) {
+  run([](FakeDevice& ivi, uint32_t b, int) {
+    for (int k = 0; k < 10; ++k) ivi.frame(b, 32, 32);
+    ivi.releases();  // as canopy-gpu does: its loop takes RELEASEs as they come
+  });
+  const auto& l = comp->output_stats(0).layers[1];
+  EXPECT_EQ(l.new_frames, uint64_t(kFrames));   // one shown per refresh
+  EXPECT_EQ(l.dropped, uint64_t(kFrames * 10 + 1 - kFrames));  // the rest released unshown
+}
+
+TEST_F(MixedCriticality, IviThatIsKilledNeverDelaysTheCluster) {
+  killed_ = true;
+  run([](FakeDevice& ivi, uint32_t b, int) { ivi.frame(b, 32, 32); });
+  EXPECT_EQ(pixel(45, 10), 0x00ff00u);
+  for (const auto& c : comp->connections())
+    if (c.vm == "ivi") {
+      EXPECT_FALSE(c.connected);
+    }
+}
+
+TEST_F(CompositorTest, StaleClusterSwitchesToTheFallbackAndBackWhenFramesResume) {
+  FakeDevice cluster(sock(), "cluster");
+  const uint32_t cb = cluster.buffer(64, 32, 0x203040);
+  cluster.frame(cb, 64, 32);
+  pump();
+  refresh();
+  ASSERT_EQ(pixel(0, 0), 0x203040u);
+  // No new frame: 250 ms at 60 Hz is the 15th refresh after the last new one.
+  int n = 0;
+  while (!comp->output_stats(0).layers[0].fallback && n < 100) {
+    refresh();
+    ++n;
+  }
+  EXPECT_EQ(n, 15);
+  EXPECT_EQ(pixel(0, 0), kFallbackAmber & 0xffffff);  // the fallback's border
+  EXPECT_EQ(comp->output_stats(0).layers[0].fallback_entries, 1u);
+  cluster.frame(cb, 64, 32);
+  pump();
+  refresh();
+  EXPECT_FALSE(comp->output_stats(0).layers[0].fallback);
+  EXPECT_EQ(pixel(0, 0), 0x203040u);
+}
+
+TEST_F(CompositorTest, ControlSocketAnswersStatsSnapshotAndTrace) {
+  FakeDevice cluster(sock(), "cluster");
+  cluster.frame(cluster.buffer(64, 32, 0x010203), 64, 32);
+  pump();
+  comp->trace_start();
+  refresh();
+  auto ask = [&](const std::string& req) {
+    UniqueFd s(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    const std::string path = dir_ + "/control.sock";
+    std::memcpy(a.sun_path, path.c_str(), path.size());
+    EXPECT_EQ(::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    EXPECT_EQ(::send(s.get(), req.data(), req.size(), 0), ssize_t(req.size()));
+    pump();
+    char buf[8192];
+    const ssize_t n = ::recv(s.get(), buf, sizeof buf, MSG_DONTWAIT);
+    return n > 0 ? std::string(buf, size_t(n)) : std::string();
+  };
+  const std::string stats = ask("stats");
+  EXPECT_NE(stats.find("output cluster 64x32@60 criticality=safety"), std::string::npos) << stats;
+  EXPECT_NE(stats.find("layer 0 vm=cluster scanout=0 new=1"), std::string::npos) << stats;
+  EXPECT_NE(stats.find("vm cluster connected=1 frames=1"), std::string::npos) << stats;
+  EXPECT_EQ(ask("snapshot " + dir_), "ok\n");
+  EXPECT_EQ(::access((dir_ + "/cluster.png").c_str(), R_OK), 0);
+  EXPECT_EQ(ask("trace-stop " + dir_ + "/trace.json"), "ok\n");
+  FILE* f = std::fopen((dir_ + "/trace.json").c_str(), "r");
+  ASSERT_NE(f, nullptr);
+  std::string trace(65536, '\0');
+  trace.resize(std::fread(trace.data(), 1, trace.size(), f));
+  std::fclose(f);
+  EXPECT_EQ(trace.rfind("{\"traceEvents\":[", 0), 0u);
+  EXPECT_NE(trace.find("\"name\":\"compose\""), std::string::npos);
+  EXPECT_EQ(ask("bogus"), "error: unknown request (stats | snapshot DIR | trace-start | trace-stop FILE | quit)\n");
+  EXPECT_EQ(ask("quit"), "ok\n");
+  EXPECT_TRUE(comp->quit_requested());
+  ::unlink((dir_ + "/cluster.png").c_str());
+  ::unlink((dir_ + "/trace.json").c_str());
+}
+
+}  // namespace
+}  // namespace canopy::display
