@@ -1,0 +1,86 @@
+// Composition cost per output at the cockpit demo's sizes (demos/cockpit.toml) for each renderer,
+// against memcpy of the same output bytes measured in the same run (the machine's own limit: a
+// composition writes every output pixel at least once).
+#include <benchmark/benchmark.h>
+
+#include <cstring>
+#include <vector>
+
+#include "bench_main.h"
+#include "canopy/display/layout.h"
+#include "canopy/display/renderer.h"
+#include "canopy/hypervisor/manifest.h"
+
+namespace {
+
+using namespace canopy;
+using namespace canopy::display;
+
+const Layout& demo_layout() {
+  static const Layout l = [] {
+    auto m = hypervisor::load_manifest_file(CANOPY_SOURCE_DIR "/demos/cockpit.toml");
+    return m.ok() ? layout_from_manifest(*m.manifest) : Layout{};
+  }();
+  return l;
+}
+
+// Frames the size the demo's VMs send: cluster 1920x720, IVI 1920x1080 (XRGB8888, some texture).
+struct Frames {
+  std::vector<uint32_t> cluster = pattern(1920, 720), ivi = pattern(1920, 1080);
+  static std::vector<uint32_t> pattern(uint32_t w, uint32_t h) {
+    std::vector<uint32_t> p(size_t(w) * h);
+    for (uint32_t y = 0; y < h; ++y)
+      for (uint32_t x = 0; x < w; ++x) p[size_t(y) * w + x] = (x * 3) ^ (y << 8) ^ ((x + y) << 16);
+    return p;
+  }
+  Image image(const std::string& vm) const {
+    const auto& p = vm == "cluster" ? cluster : ivi;
+    const uint32_t w = 1920, h = vm == "cluster" ? 720 : 1080;
+    return Image{reinterpret_cast<const uint8_t*>(p.data()), w, h, w * 4, buffers::Format::kXRGB8888};
+  }
+};
+
+void BM_Memcpy(benchmark::State& st) {
+  const OutputSpec& o = demo_layout().outputs.at(size_t(st.range(0)));
+  const size_t bytes = size_t(o.width) * o.height * 4;
+  std::vector<uint8_t> a(bytes, 1), b(bytes);
+  for (auto _ : st) {
+    std::memcpy(b.data(), a.data(), bytes);
+    benchmark::DoNotOptimize(b.data());
+  }
+  st.SetLabel(o.name);
+  st.SetBytesProcessed(int64_t(st.iterations()) * int64_t(bytes));
+}
+
+void BM_ComposePixman(benchmark::State& st) {
+  const OutputSpec& o = demo_layout().outputs.at(size_t(st.range(0)));
+  static const Frames frames;
+  std::vector<LayerDraw> draws;
+  for (const auto& l : o.layers) draws.push_back({&l, frames.image(l.vm)});
+  std::vector<uint32_t> px(size_t(o.width) * o.height);
+  Canvas c{reinterpret_cast<uint8_t*>(px.data()), o.width, o.height, o.width * 4};
+  auto r = make_pixman_renderer();
+  for (auto _ : st) {
+    if (!r->compose(draws, c, 0).ok()) st.SkipWithError("compose failed");
+    benchmark::DoNotOptimize(px.data());
+  }
+  st.SetLabel(o.name + " (" + std::to_string(o.layers.size()) + " layers)");
+  st.SetBytesProcessed(int64_t(st.iterations()) * int64_t(px.size() * 4));
+}
+
+BENCHMARK(BM_Memcpy)->Arg(0)->Arg(1)->UseRealTime();
+BENCHMARK(BM_ComposePixman)->Arg(0)->Arg(1)->UseRealTime();
+
+[[maybe_unused]] const bool kRatios = [] {
+  for (const char* i : {"0", "1"}) {
+    const std::string out = std::string(i) == "0" ? "cluster 1920x720 + inset" : "center 1920x1080";
+    canopy::bench::add_ratio({std::string("compose pixman / memcpy, ") + out,
+                              std::string("BM_ComposePixman/") + i + "/real_time",
+                              std::string("BM_Memcpy/") + i + "/real_time", "time"});
+  }
+  return true;
+}();
+
+}  // namespace
+
+CANOPY_BENCH_MAIN();
