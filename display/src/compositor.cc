@@ -195,6 +195,8 @@ struct Compositor::Impl {
         CANOPY_WARN("canopy-display: connection refused: %zu devices connected already", live);
         continue;
       }
+      // Connections that closed before saying HELLO are not worth a record.
+      std::erase_if(conns, [](const auto& kv) { return !kv.second.sock.valid() && !kv.second.hello; });
       const uint64_t id = next_conn++;
       Conn& c = conns[id];
       c.sock = std::move(s);
@@ -209,12 +211,15 @@ struct Compositor::Impl {
     c.hello = true;
     c.stats.vm = m.vm_name();
     c.num_scanouts = m.fixed<ch::Hello>().num_scanouts.get();
-    // A VM's device that reconnects (a restarted back-end) replaces its old connection.
+    // A VM's device that reconnects (a restarted back-end) replaces its old connection; records of
+    // closed connections are forgotten then (their frames on screen keep their own mappings).
+    std::vector<uint64_t> old;
     for (auto& [other_id, o] : conns)
-      if (other_id != id && o.stats.vm == c.stats.vm) {
-        if (o.sock.valid()) drop(other_id, "replaced by a new connection of the same VM");
-        o.stats.vm += " (old)";
-      }
+      if (other_id != id && o.stats.vm == c.stats.vm) old.push_back(other_id);
+    for (uint64_t o : old) {
+      drop(o, "replaced by a new connection of the same VM");
+      conns.erase(o);
+    }
     bool shown = false;
     for (const auto& out : layout.outputs)
       for (const auto& l : out.layers) shown |= l.vm == c.stats.vm;
