@@ -1,5 +1,6 @@
 #include "canopy/display/compositor.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
@@ -249,7 +250,16 @@ struct Compositor::Impl {
       bytes += len;
       if (c.stats.mapped_bytes + bytes > kMaxMappedBytesPerConnection)
         return make_error(Errc::kLimit, "buffers above the mapped-bytes cap");
-      p.pieces.push_back({p.fds[fd_base + pc.fd_index.get()].get(), pc.offset.get(), len});
+      // The piece must lie inside its file, and the file must not be able to shrink under the mapping
+      // (a read past its end would raise SIGBUS): memfds sealed with F_SEAL_SHRINK only.
+      const int fd = p.fds[fd_base + pc.fd_index.get()].get();
+      struct stat sb {};
+      const int seals = ::fcntl(fd, F_GET_SEALS);
+      if (seals < 0 || !(seals & F_SEAL_SHRINK)) return make_error(Errc::kProtocol, "BUFFER file is not sealed against shrinking");
+      if (::fstat(fd, &sb) != 0 || pc.offset.get() > uint64_t(sb.st_size) ||
+          len > ((uint64_t(sb.st_size) + ch::kPageSize - 1) & ~(ch::kPageSize - 1)) - pc.offset.get())
+        return make_error(Errc::kProtocol, "BUFFER piece outside its file");
+      p.pieces.push_back({fd, pc.offset.get(), len});
     }
     if (p.pieces.size() < p.total) return {};
     auto map = buffers::map_scattered(p.pieces, buffers::Access::kRead);
