@@ -101,7 +101,6 @@ struct Compositor::Impl {
     std::unique_ptr<OutputSink> sink;
     std::vector<FallbackImage> fallback;  // per layer, the size of its rectangle
     std::vector<LayerSpec> fallback_spec;
-    // Frames on screen, per layer (global frame ids), to find images when reused.
   };
   struct TraceEvent {
     const char* name;
@@ -131,6 +130,11 @@ struct Compositor::Impl {
   std::vector<TraceEvent> trace;
 
   Impl(Layout l, CompositorOptions o, const Clock& c) : layout(std::move(l)), opt(std::move(o)), clock(c) {}
+
+  void start_trace() {
+    trace.clear();
+    tracing = true;
+  }
 
   void trace_event(const char* name, TimePoint start, TimePoint end, uint32_t tid, uint64_t arg = 0) {
     if (!tracing || trace.size() >= kMaxTraceEvents) return;
@@ -400,8 +404,7 @@ struct Compositor::Impl {
       return st.ok() ? "ok\n" : std::string("error: ") + st.error().what + "\n";
     }
     if (cmd == "trace-start" && arg.empty()) {
-      trace.clear();
-      tracing = true;
+      start_trace();
       return "ok\n";
     }
     if (cmd == "trace-stop" && !arg.empty()) {
@@ -626,10 +629,7 @@ const char* Compositor::sink_name(size_t i) const { return impl_->outputs.at(i).
 const char* Compositor::renderer_name() const { return impl_->renderer->name(); }
 Status Compositor::snapshot(const std::string& dir) const { return impl_->snapshot(dir); }
 std::string Compositor::stats_text() const { return impl_->stats_text(); }
-void Compositor::trace_start() {
-  impl_->trace.clear();
-  impl_->tracing = true;
-}
+void Compositor::trace_start() { impl_->start_trace(); }
 Status Compositor::trace_stop(const std::string& path) { return impl_->write_trace(path); }
 
 std::vector<ConnectionStats> Compositor::connections() const {
