@@ -73,8 +73,8 @@ class ChannelOutputTest : public ::testing::Test {
 };
 
 TEST_F(ChannelOutputTest, BufferOnceFramesAsPacketsReleaseOnRelease) {
+  int released = 0;  // outlives out, whose destructor releases what it holds
   ChannelOutput out({path_, "cluster", 1});
-  int released = 0;
   out.on_frame(frame(1, &released));
   UniqueFd comp = accept();
   EXPECT_EQ(next(comp.get()).vm_name(), "cluster");
@@ -110,16 +110,16 @@ TEST_F(ChannelOutputTest, BufferOnceFramesAsPacketsReleaseOnRelease) {
 TEST_F(ChannelOutputTest, NoCompositorMeansFramesAreReleasedAtOnce) {
   listen_.reset();
   ::unlink(path_.c_str());
+  int released = 0;  // outlives out, whose destructor releases what it holds
   ChannelOutput out({path_, "ivi", 1});
-  int released = 0;
   for (uint64_t s = 1; s <= 3; ++s) out.on_frame(frame(s, &released));
   EXPECT_EQ(released, 3);
   EXPECT_EQ(out.stats().frames_released_unsent, 3u);
 }
 
 TEST_F(ChannelOutputTest, ACompositorThatNeverReleasesCannotHoldMoreThanTheCap) {
+  int released = 0;  // outlives out, whose destructor releases what it holds
   ChannelOutput out({path_, "ivi", 1, 500, 8});
-  int released = 0;
   out.on_frame(frame(1, &released));
   UniqueFd comp = accept();
   for (uint64_t s = 2; s <= 20; ++s) out.on_frame(frame(s, &released));
@@ -129,8 +129,8 @@ TEST_F(ChannelOutputTest, ACompositorThatNeverReleasesCannotHoldMoreThanTheCap) 
 }
 
 TEST_F(ChannelOutputTest, AMalformedPacketFromTheCompositorDropsTheConnection) {
+  int released = 0;  // outlives out, whose destructor releases what it holds
   ChannelOutput out({path_, "ivi", 1});
-  int released = 0;
   out.on_frame(frame(1, &released));
   UniqueFd comp = accept();
   const uint8_t junk[24] = {0xde, 0xad};
