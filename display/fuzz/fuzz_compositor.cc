@@ -50,6 +50,7 @@ struct World {
     layout.outputs.push_back(o);
     CompositorOptions opt;
     opt.listen_path = path;
+    opt.renderer = "pixman";  // the packet handling is under test; one renderer suffices
     auto c = Compositor::create(layout, opt, clock);
     if (!c.ok()) __builtin_trap();
     comp = std::move(*c);

@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -14,6 +15,7 @@
 #include <cstring>
 #include <map>
 #include <unordered_map>
+#include <utility>
 
 #include "canopy/base/checked.h"
 #include "canopy/base/log.h"
@@ -68,8 +70,45 @@ int64_t us_since(TimePoint epoch, TimePoint t) {
 
 // ---- state ----------------------------------------------------------------------------------------
 
+// A device's buffer, mapped once. The renderer may have derived state from the mapping (the Vulkan
+// renderer's import of it), dropped before the memory goes.
 struct MappedBuffer {
   buffers::ScatterMapping map;
+  std::unique_ptr<Renderer>* renderer = nullptr;  // the compositor's current renderer
+  MappedBuffer() = default;
+  MappedBuffer(const MappedBuffer&) = delete;
+  MappedBuffer& operator=(const MappedBuffer&) = delete;
+  ~MappedBuffer() {
+    if (renderer && *renderer && map.data()) (*renderer)->forget_memory(map.data());
+  }
+  // The whole pages the mapping covers (the last piece's final page is mapped whole).
+  Mapping mapping() const {
+    return Mapping{map.data(), (map.size() + ch::kPageSize - 1) & ~size_t(ch::kPageSize - 1)};
+  }
+};
+
+// An output's canvas in its own page-aligned anonymous mapping, so a renderer can use it in place.
+class CanvasMemory {
+ public:
+  CanvasMemory() = default;
+  CanvasMemory(CanvasMemory&& o) noexcept : base_(std::exchange(o.base_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+  CanvasMemory& operator=(CanvasMemory&&) = delete;
+  ~CanvasMemory() {
+    if (base_) ::munmap(base_, size_);
+  }
+  Status allocate(size_t bytes) {
+    size_ = (bytes + ch::kPageSize - 1) & ~size_t(ch::kPageSize - 1);
+    void* p = ::mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return make_error(Errc::kNoMemory, "canopy-display: canvas memory", errno);
+    base_ = static_cast<uint8_t*>(p);
+    return {};
+  }
+  uint8_t* data() const { return base_; }
+  Mapping mapping() const { return Mapping{base_, size_}; }
+
+ private:
+  uint8_t* base_ = nullptr;
+  size_t size_ = 0;
 };
 
 struct Compositor::Impl {
@@ -96,7 +135,7 @@ struct Compositor::Impl {
   };
   struct Output {
     std::unique_ptr<OutputScheduler> sched;
-    std::vector<uint32_t> px;
+    CanvasMemory px;
     Canvas canvas;
     std::unique_ptr<OutputSink> sink;
     std::vector<FallbackImage> fallback;  // per layer, the size of its rectangle
@@ -127,9 +166,21 @@ struct Compositor::Impl {
   bool quit = false;
   bool sinks_open = true;
   bool tracing = false;
+  uint64_t renderer_switches = 0;
   std::vector<TraceEvent> trace;
 
   Impl(Layout l, CompositorOptions o, const Clock& c) : layout(std::move(l)), opt(std::move(o)), clock(c) {}
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
+  ~Impl() {
+    // Buffers first (each tells the renderer its mapping goes), then the renderer, then the canvases
+    // it may have imported.
+    frames.clear();
+    conns.clear();
+    if (renderer)
+      for (auto& o : outputs) renderer->forget_memory(o.px.data());
+    renderer.reset();
+  }
 
   void start_trace() {
     trace.clear();
@@ -273,6 +324,7 @@ struct Compositor::Impl {
     }
     auto b = std::make_shared<MappedBuffer>();
     b->map = std::move(*map);
+    b->renderer = &renderer;
     c.stats.mapped_bytes += b->map.size();
     c.buffers[id] = std::move(b);
     c.partial.erase(id);  // closes the descriptors: the mapping keeps the memory
@@ -334,7 +386,8 @@ struct Compositor::Impl {
     r.scanout = scanout;
     r.seq = seq;
     r.buf = bit->second;
-    r.image = Image{reinterpret_cast<const uint8_t*>(r.buf->map.data()) + f.offset.get(), w, h, stride, fmt};
+    r.image = Image{reinterpret_cast<const uint8_t*>(r.buf->map.data()) + f.offset.get(), w, h, stride, fmt,
+                    r.buf->mapping()};
     r.refs = int(targets.size());
     const TimePoint now = clock.now();
     trace_event("frame", now, now, 100, seq);
@@ -447,6 +500,11 @@ struct Compositor::Impl {
   std::string stats_text() const {
     std::string s;
     char line[512];
+    const Renderer::Stats rs = renderer->stats();
+    std::snprintf(line, sizeof line, "renderer %s compositions=%llu imports=%llu bytes_staged=%llu switches=%llu\n",
+                  renderer->name(), (unsigned long long)rs.compositions, (unsigned long long)rs.imports,
+                  (unsigned long long)rs.bytes_staged, (unsigned long long)renderer_switches);
+    s += line;
     for (size_t i = 0; i < outputs.size(); ++i) {
       const OutputSpec& spec = layout.outputs[i];
       const OutputStats& st = outputs[i].sched->stats();
@@ -510,6 +568,13 @@ struct Compositor::Impl {
     const TimePoint t1 = clock.now();
     trace_event("compose", t0, t1, uint32_t(oi), draws.size());
     if (!st.ok()) CANOPY_WARN_RL("canopy-display: output %s: %s", spec.name.c_str(), st.error().what);
+    if (!renderer->usable()) {
+      // A lost or hung GPU: go on with the CPU renderer from this frame on.
+      CANOPY_ERROR("canopy-display: renderer %s stopped working; composing with pixman from now on", renderer->name());
+      renderer = make_pixman_renderer();
+      ++renderer_switches;
+      CANOPY_TRY(renderer->compose(draws, o.canvas, opt.background));
+    }
     Status ps = o.sink->present(o.canvas);
     trace_event("present", t1, clock.now(), uint32_t(oi));
     return ps;
@@ -569,8 +634,25 @@ Result<std::unique_ptr<Compositor>> Compositor::create(Layout layout, Compositor
   auto impl = std::make_unique<Impl>(std::move(layout), std::move(options), clock);
   Impl& m = *impl;
   m.epoch = clock.now();
-  if (m.opt.renderer == "pixman") m.renderer = make_pixman_renderer();
-  else return make_error(Errc::kInvalidArgument, "canopy-display: unknown renderer (pixman)");
+  if (m.opt.renderer == "pixman") {
+    m.renderer = make_pixman_renderer();
+  } else if (m.opt.renderer == "vulkan" || m.opt.renderer == "auto") {
+    // auto: Vulkan on a GPU; on a CPU-only machine pixman is faster than lavapipe.
+    VulkanOptions vo;
+    vo.device = m.opt.vulkan_device;
+    vo.allow_cpu = m.opt.renderer == "vulkan";
+    auto v = make_vulkan_renderer(vo);
+    if (v.ok()) {
+      m.renderer = std::move(*v);
+    } else if (m.opt.renderer == "auto") {
+      CANOPY_INFO("canopy-display: %s; composing with pixman", v.error().what);
+      m.renderer = make_pixman_renderer();
+    } else {
+      return v.error();
+    }
+  } else {
+    return make_error(Errc::kInvalidArgument, "canopy-display: unknown renderer (pixman, vulkan, auto)");
+  }
   m.ep = UniqueFd(::epoll_create1(EPOLL_CLOEXEC));
   if (!m.ep.valid()) return make_error(Errc::kIo, "epoll_create1", errno);
   m.outputs.resize(m.layout.outputs.size());
@@ -578,8 +660,9 @@ Result<std::unique_ptr<Compositor>> Compositor::create(Layout layout, Compositor
     const OutputSpec& spec = m.layout.outputs[i];
     auto& o = m.outputs[i];
     o.sched = std::make_unique<OutputScheduler>(spec, clock, m.opt.scheduler);
-    o.px.assign(size_t(spec.width) * spec.height, m.opt.background);
-    o.canvas = Canvas{reinterpret_cast<uint8_t*>(o.px.data()), spec.width, spec.height, spec.width * 4};
+    CANOPY_TRY(o.px.allocate(size_t(spec.width) * spec.height * 4));
+    o.canvas = Canvas{o.px.data(), spec.width, spec.height, spec.width * 4, o.px.mapping()};
+    std::fill_n(reinterpret_cast<uint32_t*>(o.px.data()), size_t(spec.width) * spec.height, m.opt.background);
     if (m.opt.sinks == CompositorOptions::Sinks::kWindow) {
       CANOPY_ASSIGN_OR_RETURN(o.sink, make_window_sink("Canopy: " + spec.name, spec.width, spec.height));
     } else {
@@ -627,6 +710,7 @@ const Canvas& Compositor::canvas(size_t i) const { return impl_->outputs.at(i).c
 const OutputStats& Compositor::output_stats(size_t i) const { return impl_->outputs.at(i).sched->stats(); }
 const char* Compositor::sink_name(size_t i) const { return impl_->outputs.at(i).sink->name(); }
 const char* Compositor::renderer_name() const { return impl_->renderer->name(); }
+Renderer::Stats Compositor::renderer_stats() const { return impl_->renderer->stats(); }
 Status Compositor::snapshot(const std::string& dir) const { return impl_->snapshot(dir); }
 std::string Compositor::stats_text() const { return impl_->stats_text(); }
 void Compositor::trace_start() { impl_->start_trace(); }

@@ -8,6 +8,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <map>
@@ -119,7 +120,9 @@ Layout cockpit_layout() {
   return l;
 }
 
-class CompositorTest : public ::testing::Test {
+// Every test runs with each renderer (Vulkan on whatever device there is: lavapipe in CI; without
+// any it skips, except under CANOPY_NO_SKIP=1).
+class CompositorTest : public ::testing::TestWithParam<const char*> {
  protected:
   void SetUp() override {
     dir_ = "/tmp/canopy-compositor-test." + std::to_string(::getpid());
@@ -127,7 +130,9 @@ class CompositorTest : public ::testing::Test {
     CompositorOptions o;
     o.listen_path = dir_ + "/display.sock";
     o.control_path = dir_ + "/control.sock";
+    o.renderer = GetParam();
     auto c = Compositor::create(cockpit_layout(), o, clock);
+    if (!c.ok() && o.renderer == "vulkan" && !std::getenv("CANOPY_NO_SKIP")) GTEST_SKIP() << c.error().what;
     ASSERT_TRUE(c.ok()) << c.error().what;
     comp = std::move(*c);
   }
@@ -158,7 +163,7 @@ class CompositorTest : public ::testing::Test {
   std::unique_ptr<Compositor> comp;
 };
 
-TEST_F(CompositorTest, FramesFromTwoVmsAreComposedAndReplacedFramesReleased) {
+TEST_P(CompositorTest, FramesFromTwoVmsAreComposedAndReplacedFramesReleased) {
   FakeDevice cluster(sock(), "cluster"), ivi(sock(), "ivi");
   const uint32_t cb = cluster.buffer(64, 32, 0x102030), cb2 = cluster.buffer(64, 32, 0x405060);
   const uint32_t ib = ivi.buffer(32, 32, 0xa0b0c0);
@@ -180,9 +185,15 @@ TEST_F(CompositorTest, FramesFromTwoVmsAreComposedAndReplacedFramesReleased) {
   const auto conns = comp->connections();
   ASSERT_EQ(conns.size(), 2u);
   for (const auto& c : conns) EXPECT_EQ(c.bytes_copied, 0u);
+  // Guest buffers are read where they are mapped: the Vulkan renderer imports each mapping (three
+  // buffers and the canvas) and stages nothing.
+  EXPECT_EQ(comp->renderer_stats().bytes_staged, 0u);
+  if (std::string(GetParam()) == "vulkan") {
+    EXPECT_EQ(comp->renderer_stats().imports, 4u);
+  }
 }
 
-TEST_F(CompositorTest, BadFramesAreRefusedAndReleasedBadConnectionsClosedOthersGoOn) {
+TEST_P(CompositorTest, BadFramesAreRefusedAndReleasedBadConnectionsClosedOthersGoOn) {
   FakeDevice cluster(sock(), "cluster"), ivi(sock(), "ivi");
   const uint32_t cb = cluster.buffer(64, 32, 0x112233);
   const uint32_t ib = ivi.buffer(32, 32, 0x445566);  // exactly one 4 KiB page
@@ -248,13 +259,13 @@ class MixedCriticality : public CompositorTest {
   bool killed_ = false;
 };
 
-TEST_F(MixedCriticality, IviThatHangsNeverDelaysTheCluster) {
+TEST_P(MixedCriticality, IviThatHangsNeverDelaysTheCluster) {
   run([](FakeDevice&, uint32_t, int) {});
   EXPECT_EQ(pixel(45, 10), 0x00ff00u);  // its last good frame stays
   EXPECT_EQ(comp->output_stats(0).layers[1].reused, uint64_t(kFrames - 1));
 }
 
-TEST_F(MixedCriticality, IviThatFloodsIsBoundedAndNeverDelaysTheCluster) {
+TEST_P(MixedCriticality, IviThatFloodsIsBoundedAndNeverDelaysTheCluster) {
   run([](FakeDevice& ivi, uint32_t b, int) {
     for (int k = 0; k < 10; ++k) ivi.frame(b, 32, 32);
     ivi.releases();  // as canopy-gpu does: its loop takes RELEASEs as they come
@@ -264,7 +275,7 @@ TEST_F(MixedCriticality, IviThatFloodsIsBoundedAndNeverDelaysTheCluster) {
   EXPECT_EQ(l.dropped, uint64_t(kFrames * 10 + 1 - kFrames));  // the rest released unshown
 }
 
-TEST_F(MixedCriticality, IviThatIsKilledNeverDelaysTheCluster) {
+TEST_P(MixedCriticality, IviThatIsKilledNeverDelaysTheCluster) {
   killed_ = true;
   run([](FakeDevice& ivi, uint32_t b, int) { ivi.frame(b, 32, 32); });
   EXPECT_EQ(pixel(45, 10), 0x00ff00u);
@@ -274,7 +285,7 @@ TEST_F(MixedCriticality, IviThatIsKilledNeverDelaysTheCluster) {
     }
 }
 
-TEST_F(CompositorTest, StaleClusterSwitchesToTheFallbackAndBackWhenFramesResume) {
+TEST_P(CompositorTest, StaleClusterSwitchesToTheFallbackAndBackWhenFramesResume) {
   FakeDevice cluster(sock(), "cluster");
   const uint32_t cb = cluster.buffer(64, 32, 0x203040);
   cluster.frame(cb, 64, 32);
@@ -297,7 +308,7 @@ TEST_F(CompositorTest, StaleClusterSwitchesToTheFallbackAndBackWhenFramesResume)
   EXPECT_EQ(pixel(0, 0), 0x203040u);
 }
 
-TEST_F(CompositorTest, ControlSocketAnswersStatsSnapshotAndTrace) {
+TEST_P(CompositorTest, ControlSocketAnswersStatsSnapshotAndTrace) {
   FakeDevice cluster(sock(), "cluster");
   cluster.frame(cluster.buffer(64, 32, 0x010203), 64, 32);
   pump();
@@ -336,6 +347,10 @@ TEST_F(CompositorTest, ControlSocketAnswersStatsSnapshotAndTrace) {
   ::unlink((dir_ + "/cluster.png").c_str());
   ::unlink((dir_ + "/trace.json").c_str());
 }
+
+auto renderer_name = [](const auto& info) { return std::string(info.param); };
+INSTANTIATE_TEST_SUITE_P(Renderers, CompositorTest, ::testing::Values("pixman", "vulkan"), renderer_name);
+INSTANTIATE_TEST_SUITE_P(Renderers, MixedCriticality, ::testing::Values("pixman", "vulkan"), renderer_name);
 
 }  // namespace
 }  // namespace canopy::display

@@ -35,6 +35,7 @@ struct ImageRef {
 class PixmanRenderer final : public Renderer {
  public:
   const char* name() const override { return "pixman"; }
+  Stats stats() const override { return stats_; }
 
   Status compose(std::span<const LayerDraw> layers, const Canvas& t, uint32_t background) override {
     if (!t.data || t.width == 0 || t.height == 0 || t.stride < t.width * 4 || t.stride % 4)
@@ -51,6 +52,7 @@ class PixmanRenderer final : public Renderer {
       Status s = draw(d, dst.p, t);
       if (!s.ok() && result.ok()) result = s;
     }
+    ++stats_.compositions;
     return result;
   }
 
@@ -106,6 +108,8 @@ class PixmanRenderer final : public Renderer {
                              int32_t(y1 - y0));
     return {};
   }
+
+  Stats stats_;
 };
 
 }  // namespace

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "canopy/display/fallback.h"
@@ -47,12 +48,27 @@ int channel_diff(uint32_t a, uint32_t b) {
   return d;
 }
 
-class RendererTest : public ::testing::Test {
+// Every renderer must pass the same behaviour tests; Vulkan runs on whatever device the machine has
+// (lavapipe in CI). Without any Vulkan device the Vulkan cases skip, except under CANOPY_NO_SKIP=1
+// (the project's test run, which installs lavapipe).
+class RendererTest : public ::testing::TestWithParam<const char*> {
  protected:
-  std::unique_ptr<Renderer> r = make_pixman_renderer();
+  void SetUp() override {
+    if (std::string(GetParam()) == "pixman") {
+      r = make_pixman_renderer();
+      return;
+    }
+    auto v = make_vulkan_renderer();
+    if (!v.ok()) {
+      if (std::getenv("CANOPY_NO_SKIP")) FAIL() << "no Vulkan renderer: " << v.error().what;
+      GTEST_SKIP() << "no Vulkan renderer: " << v.error().what;
+    }
+    r = std::move(*v);
+  }
+  std::unique_ptr<Renderer> r;
 };
 
-TEST_F(RendererTest, OneToOneIsAnExactCopyOnTheBackground) {
+TEST_P(RendererTest, OneToOneIsAnExactCopyOnTheBackground) {
   Pixels src = numbered(4, 4), out(10, 10, 0xdeadbeef);
   LayerSpec l = layer({2, 3, 4, 4});
   LayerDraw d{&l, src.image()};
@@ -64,7 +80,7 @@ TEST_F(RendererTest, OneToOneIsAnExactCopyOnTheBackground) {
     }
 }
 
-TEST_F(RendererTest, CropShowsOnlyThePartAsked) {
+TEST_P(RendererTest, CropShowsOnlyThePartAsked) {
   Pixels src = numbered(8, 8), out(4, 4);
   LayerSpec l = layer({0, 0, 4, 4});
   l.src = Rect{2, 3, 4, 4};
@@ -75,7 +91,7 @@ TEST_F(RendererTest, CropShowsOnlyThePartAsked) {
 }
 
 // Rotations at scale 1 sample pixel centres: exact values, in the rotated places.
-TEST_F(RendererTest, RotationsPutEverySourcePixelInItsRotatedPlace) {
+TEST_P(RendererTest, RotationsPutEverySourcePixelInItsRotatedPlace) {
   Pixels src = numbered(3, 2);
   for (Rotation rot : {Rotation::k90, Rotation::k180, Rotation::k270}) {
     const bool swap = rot != Rotation::k180;
@@ -94,7 +110,7 @@ TEST_F(RendererTest, RotationsPutEverySourcePixelInItsRotatedPlace) {
   }
 }
 
-TEST_F(RendererTest, ScalingFiltersBetweenNeighboursAndKeepsCorners) {
+TEST_P(RendererTest, ScalingFiltersBetweenNeighboursAndKeepsCorners) {
   Pixels src(2, 1);
   src.at(0, 0) = 0x000000;
   src.at(1, 0) = 0xc8c8c8;
@@ -109,7 +125,7 @@ TEST_F(RendererTest, ScalingFiltersBetweenNeighboursAndKeepsCorners) {
   EXPECT_LE(channel_diff(out.at(2, 0), 0x969696), 1);
 }
 
-TEST_F(RendererTest, LayersStackInOrderWithAlpha) {
+TEST_P(RendererTest, LayersStackInOrderWithAlpha) {
   Pixels red(4, 4, 0xff0000), blue(2, 2, 0x0000ff), out(4, 4);
   LayerSpec back = layer({0, 0, 4, 4}), front = layer({1, 1, 2, 2});
   front.alpha = 0.5;
@@ -121,7 +137,7 @@ TEST_F(RendererTest, LayersStackInOrderWithAlpha) {
   EXPECT_EQ(rgb(out.at(3, 3)), 0xff0000u);
 }
 
-TEST_F(RendererTest, PremultipliedArgbBlendsOverWhatIsBelow) {
+TEST_P(RendererTest, PremultipliedArgbBlendsOverWhatIsBelow) {
   Pixels src(2, 1), out(2, 1);
   src.at(0, 0) = 0x00000000;  // fully transparent
   src.at(1, 0) = 0x80008000;  // half-transparent green, premultiplied
@@ -132,7 +148,7 @@ TEST_F(RendererTest, PremultipliedArgbBlendsOverWhatIsBelow) {
   EXPECT_LE(channel_diff(out.at(1, 0), 0x008064), 1) << std::hex << out.at(1, 0);
 }
 
-TEST_F(RendererTest, BadLayersAreReportedAndTheRestStillDrawn) {
+TEST_P(RendererTest, BadLayersAreReportedAndTheRestStillDrawn) {
   Pixels good(2, 2, 0x00ff00), out(4, 4);
   std::vector<uint8_t> nv12(64);
   LayerSpec a = layer({0, 0, 2, 2}), b = layer({2, 2, 2, 2});
@@ -146,7 +162,7 @@ TEST_F(RendererTest, BadLayersAreReportedAndTheRestStillDrawn) {
   EXPECT_EQ(r->compose({}, Canvas{}, 0).code(), Errc::kInvalidArgument);
 }
 
-TEST_F(RendererTest, LayersPartlyOffTheCanvasAreClipped) {
+TEST_P(RendererTest, LayersPartlyOffTheCanvasAreClipped) {
   Pixels src = numbered(4, 4), out(3, 3);
   LayerSpec l = layer({-2, 1, 4, 4});
   LayerDraw d{&l, src.image()};
@@ -156,6 +172,9 @@ TEST_F(RendererTest, LayersPartlyOffTheCanvasAreClipped) {
   EXPECT_EQ(rgb(out.at(2, 1)), 0x010101u);
   EXPECT_EQ(rgb(out.at(0, 0)), 0x010101u);
 }
+
+INSTANTIATE_TEST_SUITE_P(Renderers, RendererTest, ::testing::Values("pixman", "vulkan"),
+                         [](const auto& info) { return std::string(info.param); });
 
 TEST(Png, WritesAndReadsBackTheSamePixels) {
   Pixels p = numbered(5, 3);

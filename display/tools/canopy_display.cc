@@ -2,6 +2,7 @@
 //
 //   canopy-display MANIFEST --listen /run/canopy/display.sock [--control PATH] [--output auto|headless|window]
 //                  [--run-for-s N] [--snapshot-dir DIR] [--summary FILE] [--trace FILE] [--budget-ms N]
+//                  [--renderer auto|pixman|vulkan] [--vulkan-device NAME]
 //
 // canopy-gpu instances connect to --listen (canopy-vmm run ... --display PATH tells them to) and send
 // their scanouts' frames; the manifest's [[display]] / [[layout]] say where each one goes. With
@@ -35,6 +36,8 @@ constexpr const char* kUsage =
     "  --summary FILE         at the end write the summary there too (it always goes to stdout)\n"
     "  --trace FILE           record a Chrome JSON trace (Perfetto) of the whole run into FILE\n"
     "  --budget-ms N          compose this long before each deadline (default 4)\n"
+    "  --renderer R           auto (Vulkan on a GPU, else pixman), pixman, vulkan (any device, lavapipe too)\n"
+    "  --vulkan-device NAME   the Vulkan device whose name contains NAME\n"
     "  --quiet                no progress line every second\n";
 
 volatile sig_atomic_t g_stop = 0;
@@ -45,7 +48,10 @@ double ms(Nanos d) { return double(d.count()) / 1e6; }
 std::string summary(const Compositor& c, double seconds) {
   std::string s;
   char line[512];
-  std::snprintf(line, sizeof line, "canopy-display summary: %.1f s, renderer %s\n", seconds, c.renderer_name());
+  const Renderer::Stats rs = c.renderer_stats();
+  std::snprintf(line, sizeof line,
+                "canopy-display summary: %.1f s, renderer %s (mappings imported %llu, bytes staged %llu)\n", seconds,
+                c.renderer_name(), (unsigned long long)rs.imports, (unsigned long long)rs.bytes_staged);
   s += line;
   for (size_t i = 0; i < c.num_outputs(); ++i) {
     const OutputSpec& spec = c.layout().outputs[i];
@@ -126,6 +132,8 @@ int main(int argc, char** argv) {
     else if (a == "--trace") trace_path = value("--trace");
     else if (a == "--budget-ms") opt.scheduler.budget = std::chrono::milliseconds(std::atoi(value("--budget-ms")));
     else if (a == "--quiet") quiet = true;
+    else if (a == "--renderer") opt.renderer = value("--renderer");
+    else if (a == "--vulkan-device") opt.vulkan_device = value("--vulkan-device");
     else if (!a.empty() && a[0] != '-' && manifest_path.empty()) manifest_path = a;
     else {
       std::fprintf(stderr, "canopy-display: unknown argument %s\n%s", a.c_str(), kUsage);

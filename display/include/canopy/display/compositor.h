@@ -48,7 +48,9 @@ inline constexpr size_t kMaxPacketsPerTurn = 256;  // per connection, so one VM 
 struct CompositorOptions {
   std::string listen_path;   // the scanout channel socket canopy-gpu connects to
   std::string control_path;  // "" = no control socket
-  std::string renderer = "pixman";
+  // pixman, vulkan (any Vulkan device, lavapipe included) or auto (Vulkan on a GPU, else pixman).
+  std::string renderer = "auto";
+  std::string vulkan_device;  // a substring of the Vulkan device's name; "" = the best ranked
   // Sinks: every output headless, every output a window, or each output's manifest kind (window
   // where it says window, headless otherwise; KMS comes later).
   enum class Sinks { kHeadless, kWindow } sinks = Sinks::kHeadless;
@@ -93,6 +95,7 @@ class Compositor {
   const OutputStats& output_stats(size_t output) const;
   const char* sink_name(size_t output) const;
   const char* renderer_name() const;
+  Renderer::Stats renderer_stats() const;
   std::vector<ConnectionStats> connections() const;
 
   Status snapshot(const std::string& dir) const;  // DIR/<output>.png
