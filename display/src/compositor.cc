@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <unordered_map>
 #include <utility>
 
@@ -391,8 +392,15 @@ struct Compositor::Impl {
     r.refs = int(targets.size());
     const TimePoint now = clock.now();
     trace_event("frame", now, now, 100, seq);
+    // The guest's present time from the device (CLOCK_MONOTONIC, the real clock's base) starts the
+    // frame's latency when it is plausible: not ahead of now, at most 10 s back.
+    std::optional<TimePoint> presented;
+    if (const uint64_t pns = f.present_ns.get()) {
+      const TimePoint p{std::chrono::nanoseconds(pns)};
+      if (p <= now && now - p < std::chrono::seconds(10)) presented = p;
+    }
     // 2D and blob frames are complete when they arrive (their acquire fence has signalled).
-    for (auto [o, l] : targets) outputs[o].sched->submit(l, id, true);
+    for (auto [o, l] : targets) outputs[o].sched->submit(l, id, true, presented);
     for (auto [o, l] : targets) take_releases(outputs[o]);
     return {};
   }

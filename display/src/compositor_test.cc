@@ -56,7 +56,7 @@ class FakeDevice {
     return id;
   }
   uint64_t frame(uint32_t buffer, uint32_t w, uint32_t h, uint32_t scanout = 0, uint64_t offset = 0,
-                 uint32_t stride = 0) {
+                 uint32_t stride = 0, uint64_t present_ns = 0) {
     ch::FrameMsg f{};
     f.scanout = scanout;
     f.buffer_id = buffer;
@@ -67,6 +67,7 @@ class FakeDevice {
     f.stride = stride ? stride : w * 4;
     f.offset = offset;
     f.flags = ch::kFrameBlob;
+    f.present_ns = present_ns;
     send(ch::encode_frame(f, {}));
     return seq_;
   }
@@ -191,6 +192,31 @@ TEST_P(CompositorTest, FramesFromTwoVmsAreComposedAndReplacedFramesReleased) {
   if (std::string(GetParam()) == "vulkan") {
     EXPECT_EQ(comp->renderer_stats().imports, 4u);
   }
+}
+
+// Frame latency runs from the guest's present as the device reports it (the same monotonic clock),
+// to the output's present; a present time ahead of now or from long ago is not believed.
+TEST_P(CompositorTest, LatencyStartsAtTheGuestPresentTheDeviceReports) {
+  FakeDevice cluster(sock(), "cluster");
+  const uint32_t b = cluster.buffer(64, 32, 0x010203);
+  auto ns = [](TimePoint t) { return uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count()); };
+  clock.set(comp->next_latch() - milliseconds(3));
+  cluster.frame(b, 64, 32, 0, 0, 0, ns(clock.now() - milliseconds(4)));  // 4 ms before it arrived
+  pump();
+  const auto& st = refresh();  // 3 ms after it arrived
+  ASSERT_EQ(st.layers[0].latency.count(), 1u);
+  EXPECT_EQ(st.layers[0].latency.percentile(0.5), milliseconds(7));
+  clock.set(comp->next_latch() - milliseconds(2));
+  cluster.frame(b, 64, 32, 0, 0, 0, ns(clock.now() + milliseconds(50)));  // in the future: arrival counts
+  pump();
+  refresh();
+  clock.set(comp->next_latch() - milliseconds(2));
+  cluster.frame(b, 64, 32, 0, 0, 0, ns(clock.now() - std::chrono::seconds(11)));  // too old: arrival counts
+  pump();
+  const auto& st2 = refresh();
+  ASSERT_EQ(st2.layers[0].latency.count(), 3u);
+  EXPECT_EQ(st2.layers[0].latency.percentile(1.0), milliseconds(7));
+  EXPECT_EQ(st2.layers[0].latency.percentile(0.0), milliseconds(2));
 }
 
 TEST_P(CompositorTest, BadFramesAreRefusedAndReleasedBadConnectionsClosedOthersGoOn) {

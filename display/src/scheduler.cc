@@ -46,13 +46,14 @@ TimePoint OutputScheduler::next_latch() const {
   return deadline_ - opt_.budget;
 }
 
-void OutputScheduler::submit(size_t layer, uint64_t id, bool signalled) {
+void OutputScheduler::submit(size_t layer, uint64_t id, bool signalled, std::optional<TimePoint> guest_present) {
   if (layer >= layers_.size()) {
     releases_.emplace_back(layer, id);  // no such layer: hand it straight back
     return;
   }
   Layer& l = layers_[layer];
-  l.pending.push_back(Pending{id, clock_.now(), signalled});
+  const TimePoint now = clock_.now();
+  l.pending.push_back(Pending{id, guest_present && *guest_present <= now ? *guest_present : now, signalled});
   while (l.pending.size() > opt_.max_pending) {
     releases_.emplace_back(layer, l.pending.front().id);
     ++stats_.layers[layer].dropped;

@@ -212,6 +212,9 @@ void ChannelOutput::on_frame(std::shared_ptr<Frame> f) {
   m.offset = f->offset;
   m.bytes_copied = f->bytes_copied + copied;
   m.flags = (f->blob ? ch::kFrameBlob : 0) | (f->aliased ? ch::kFrameAliased : 0);
+  // steady_clock is CLOCK_MONOTONIC: the compositor on this host measures latency from here.
+  if (f->presented != Frame::Clock::time_point{})
+    m.present_ns = uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(f->presented.time_since_epoch()).count());
   std::vector<ch::WireRect> damage;
   if (f->damage.size() <= ch::kMaxDamage) {
     for (const auto& r : f->damage) {

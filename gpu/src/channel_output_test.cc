@@ -88,8 +88,13 @@ TEST_F(ChannelOutputTest, BufferOnceFramesAsPacketsReleaseOnRelease) {
   EXPECT_EQ(f1.fixed<ch::FrameMsg>().seq.get(), 1u);
   EXPECT_EQ(f1.fixed<ch::FrameMsg>().bytes_copied.get(), 0u);
   EXPECT_EQ(f1.fixed<ch::FrameMsg>().flags.get(), ch::kFrameBlob);
-  out.on_frame(frame(2, &released));
-  EXPECT_EQ(next(comp.get()).type, ch::Type::kFrame);  // no second BUFFER for the same backing
+  EXPECT_EQ(f1.fixed<ch::FrameMsg>().present_ns.get(), 0u);  // the test's frame has no present time
+  auto f2 = frame(2, &released);
+  f2->presented = Frame::Clock::time_point(std::chrono::nanoseconds(123456789));
+  out.on_frame(f2);
+  const auto m2 = next(comp.get());
+  ASSERT_EQ(m2.type, ch::Type::kFrame);  // no second BUFFER for the same backing
+  EXPECT_EQ(m2.fixed<ch::FrameMsg>().present_ns.get(), 123456789u);
   EXPECT_EQ(released, 0);
   EXPECT_EQ(out.held(), 2u);
   ch::Release r{};

@@ -110,6 +110,7 @@ struct FrameMsg {
   le64 bytes_copied;  // device-side copies made for this frame
   le32 flags;         // kFrameBlob | kFrameAliased
   le32 num_damage;    // WireRect[num_damage] follow (0: the whole frame)
+  le64 present_ns;    // CLOCK_MONOTONIC when the device took the guest's flush; 0: unknown
 };
 struct CursorMsg {
   le32 scanout;
@@ -133,7 +134,7 @@ struct DisplayMsg {
 };
 #pragma pack(pop)
 static_assert(sizeof(Header) == kHeaderSize && sizeof(Hello) == 40 && sizeof(BufferHdr) == 16 &&
-              sizeof(Piece) == 16 && sizeof(FrameMsg) == 56 && sizeof(CursorMsg) == 32 && sizeof(Release) == 16 &&
+              sizeof(Piece) == 16 && sizeof(FrameMsg) == 64 && sizeof(CursorMsg) == 32 && sizeof(Release) == 16 &&
               sizeof(DisplayMsg) == 24 && sizeof(WireRect) == 16 && sizeof(ScanoutMsg) == 16);
 
 inline constexpr uint32_t kFrameBlob = 1u << 0;

@@ -56,7 +56,7 @@ struct LayerStats {
   uint64_t fallback_entries = 0;  // times the stale-frame watchdog switched to the fallback
   uint64_t fallback_compositions = 0;
   bool fallback = false;          // showing the fallback now
-  LatencyRecorder latency;        // submit -> presented, for frames shown
+  LatencyRecorder latency;        // guest present (else submit) -> output present, for frames shown
 };
 
 struct OutputStats {
@@ -83,7 +83,9 @@ class OutputScheduler {
   TimePoint next_latch() const;
 
   // A producer presented frame `id` on layer `layer` (its acquire fence signalled or not yet).
-  void submit(size_t layer, uint64_t id, bool signalled);
+  // `guest_present`: when the guest presented the frame (its flush reached the device), the start of
+  // the latency recorded for it; without it, the submission.
+  void submit(size_t layer, uint64_t id, bool signalled, std::optional<TimePoint> guest_present = std::nullopt);
   // Frame `id`'s acquire fence signalled (unknown ids are ignored: already dropped).
   void signal(size_t layer, uint64_t id);
 
