@@ -2,7 +2,8 @@
 # Runs every Canopy benchmark binary in BUILD_DIR/bin and writes a report (BUILD_DIR/bench-report.md)
 # with the raw results and the ratios against references measured in the same run.
 # Usage: bench/report.sh [--smoke] [BUILD_DIR]   (--smoke: a few iterations each, for CI)
-# Also runs bench/gpu_guest_bench.sh (a Linux guest under QEMU) unless CANOPY_BENCH_GUEST=0.
+# Also runs bench/gpu_guest_bench.sh (a Linux guest under QEMU) unless CANOPY_BENCH_GUEST=0, and
+# bench/cockpit_bench.sh (the cockpit demo end to end) unless CANOPY_BENCH_COCKPIT=0.
 set -euo pipefail
 SMOKE=0
 if [ "${1:-}" = "--smoke" ]; then SMOKE=1; shift; fi
@@ -45,6 +46,22 @@ if [ "${CANOPY_BENCH_GUEST:-1}" = 1 ]; then
   else
     tail -n 40 "$BUILD/bench-gpu-guest.log"
     echo "bench: gpu_guest_bench failed (log: $BUILD/bench-gpu-guest.log)" >&2
+    rc=1
+  fi
+fi
+# The cockpit demo end to end: latency from guest present to output present, and the cluster's frame
+# rate with the IVI flooding (two demo runs: ~10 s with --smoke, ~45 s in full). CANOPY_BENCH_COCKPIT=0
+# skips it.
+if [ "${CANOPY_BENCH_COCKPIT:-1}" = 1 ]; then
+  echo "bench: cockpit_bench"
+  cockpit_args=()
+  [ $SMOKE -eq 1 ] && cockpit_args+=(--smoke)
+  if bash "$(dirname "$0")/cockpit_bench.sh" "${cockpit_args[@]}" "$BUILD" >"$BUILD/bench-cockpit.log" 2>&1; then
+    cat "$BUILD/bench-cockpit.md" >>"$REPORT"
+    grep -E '^\| (normal|ivi-flood) ' "$BUILD/bench-cockpit.md" || true
+  else
+    tail -n 40 "$BUILD/bench-cockpit.log"
+    echo "bench: cockpit_bench failed (log: $BUILD/bench-cockpit.log)" >&2
     rc=1
   fi
 fi
