@@ -664,6 +664,7 @@ Result<std::unique_ptr<Compositor>> Compositor::create(Layout layout, Compositor
   m.ep = UniqueFd(::epoll_create1(EPOLL_CLOEXEC));
   if (!m.ep.valid()) return make_error(Errc::kIo, "epoll_create1", errno);
   m.outputs.resize(m.layout.outputs.size());
+  std::shared_ptr<KmsCard> kms;
   for (size_t i = 0; i < m.outputs.size(); ++i) {
     const OutputSpec& spec = m.layout.outputs[i];
     auto& o = m.outputs[i];
@@ -673,6 +674,11 @@ Result<std::unique_ptr<Compositor>> Compositor::create(Layout layout, Compositor
     std::fill_n(reinterpret_cast<uint32_t*>(o.px.data()), size_t(spec.width) * spec.height, m.opt.background);
     if (m.opt.sinks == CompositorOptions::Sinks::kWindow) {
       CANOPY_ASSIGN_OR_RETURN(o.sink, make_window_sink("Canopy: " + spec.name, spec.width, spec.height));
+    } else if (m.opt.sinks == CompositorOptions::Sinks::kKms) {
+      if (!kms) {
+        CANOPY_ASSIGN_OR_RETURN(kms, open_kms_card(m.opt.kms_device));
+      }
+      CANOPY_ASSIGN_OR_RETURN(o.sink, make_kms_sink(kms, spec.name, spec.width, spec.height));
     } else {
       o.sink = make_headless_sink();
     }

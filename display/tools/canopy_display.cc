@@ -2,7 +2,8 @@
 //
 //   canopy-display MANIFEST --listen /run/canopy/display.sock [--control PATH] [--output auto|headless|window]
 //                  [--run-for-s N] [--snapshot-dir DIR] [--summary FILE] [--trace FILE] [--budget-ms N]
-//                  [--renderer auto|pixman|vulkan] [--vulkan-device NAME]
+//                  [--renderer auto|pixman|vulkan] [--vulkan-device NAME] [--output kms [--kms-device PATH]]
+//                  [--background RRGGBB]
 //
 // canopy-gpu instances connect to --listen (canopy-vmm run ... --display PATH tells them to) and send
 // their scanouts' frames; the manifest's [[display]] / [[layout]] say where each one goes. With
@@ -30,7 +31,11 @@ constexpr const char* kUsage =
     "  --listen PATH          scanout channel socket canopy-gpu connects to (--display-socket)\n"
     "  --control PATH         control socket (canopyctl --socket PATH stats | snapshot DIR | trace-start |\n"
     "                         trace-stop FILE | quit)\n"
-    "  --output MODE          auto (a window when a display is there, else headless), headless, window\n"
+    "  --output MODE          auto (a window when a display is there, else headless), headless, window,\n"
+    "                         kms (each output on the next connected connector of the DRM device)\n"
+    "  --kms-device PATH      the DRM device for --output kms (default: the first /dev/dri/cardN with a\n"
+    "                         connected connector)\n"
+    "  --background RRGGBB    what shows where no layer draws (default 000000)\n"
     "  --run-for-s N          stop after N seconds\n"
     "  --snapshot-dir DIR     at the end write DIR/<output>.png\n"
     "  --summary FILE         at the end write the summary there too (it always goes to stdout)\n"
@@ -134,6 +139,8 @@ int main(int argc, char** argv) {
     else if (a == "--quiet") quiet = true;
     else if (a == "--renderer") opt.renderer = value("--renderer");
     else if (a == "--vulkan-device") opt.vulkan_device = value("--vulkan-device");
+    else if (a == "--kms-device") opt.kms_device = value("--kms-device");
+    else if (a == "--background") opt.background = uint32_t(std::strtoul(value("--background"), nullptr, 16)) & 0xffffff;
     else if (!a.empty() && a[0] != '-' && manifest_path.empty()) manifest_path = a;
     else {
       std::fprintf(stderr, "canopy-display: unknown argument %s\n%s", a.c_str(), kUsage);
@@ -141,7 +148,7 @@ int main(int argc, char** argv) {
     }
   }
   if (manifest_path.empty() || opt.listen_path.empty() || run_for < 0 ||
-      (output != "auto" && output != "headless" && output != "window") || opt.scheduler.budget.count() <= 0) {
+      (output != "auto" && output != "headless" && output != "window" && output != "kms") || opt.scheduler.budget.count() <= 0) {
     std::fputs(kUsage, stderr);
     return 2;
   }
@@ -155,7 +162,15 @@ int main(int argc, char** argv) {
   SteadyClock clock;
   std::unique_ptr<Compositor> comp;
   const bool has_display = std::getenv("DISPLAY") || std::getenv("WAYLAND_DISPLAY");
-  if (output == "window" || (output == "auto" && has_display)) {
+  if (output == "kms") {
+    opt.sinks = CompositorOptions::Sinks::kKms;
+    auto c = Compositor::create(layout, opt, clock);
+    if (!c.ok()) {
+      std::fprintf(stderr, "canopy-display: %s\n", c.error().what);
+      return 1;
+    }
+    comp = std::move(*c);
+  } else if (output == "window" || (output == "auto" && has_display)) {
     opt.sinks = CompositorOptions::Sinks::kWindow;
     auto c = Compositor::create(layout, opt, clock);
     if (c.ok()) comp = std::move(*c);

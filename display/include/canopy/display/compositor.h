@@ -51,9 +51,10 @@ struct CompositorOptions {
   // pixman, vulkan (any Vulkan device, lavapipe included) or auto (Vulkan on a GPU, else pixman).
   std::string renderer = "auto";
   std::string vulkan_device;  // a substring of the Vulkan device's name; "" = the best ranked
-  // Sinks: every output headless, every output a window, or each output's manifest kind (window
-  // where it says window, headless otherwise; KMS comes later).
-  enum class Sinks { kHeadless, kWindow } sinks = Sinks::kHeadless;
+  // Sinks: every output headless, every output a window, or every output on KMS (each output the
+  // next connected connector of kms_device).
+  enum class Sinks { kHeadless, kWindow, kKms } sinks = Sinks::kHeadless;
+  std::string kms_device;  // "" = the first DRM device with a connected connector
   SchedulerOptions scheduler;
   uint32_t background = 0x00000000;
 };

@@ -2,7 +2,7 @@
 //
 //   headless  keeps nothing itself: the compositor's canvas is the picture (PNG snapshots, tests);
 //   window    an SDL2 window per output, for desktop demos (needs a display: $DISPLAY or Wayland);
-//   kms       (later) libdrm atomic commits, libliftoff for planes.
+//   kms       libdrm atomic commits on a DRM device, libliftoff choosing the planes (sink_kms.cc).
 //
 // Threading: the compositor thread.
 #pragma once
@@ -28,5 +28,14 @@ class OutputSink {
 std::unique_ptr<OutputSink> make_headless_sink();
 // An SDL2 window titled `title`, showing width x height pixels. kUnsupported when no display is there.
 Result<std::unique_ptr<OutputSink>> make_window_sink(const std::string& title, uint32_t width, uint32_t height);
+
+// A DRM device for KMS outputs (shared by all of them: one master descriptor). `path` "" = the first
+// /dev/dri/cardN with atomic modesetting and a connected connector.
+struct KmsCard;
+Result<std::shared_ptr<KmsCard>> open_kms_card(const std::string& path);
+// The next connected connector of `card` (in connector-id order) in the mode of width x height, else its
+// preferred mode; the canvas is shown from its top-left corner. `name` is for logs.
+Result<std::unique_ptr<OutputSink>> make_kms_sink(std::shared_ptr<KmsCard> card, const std::string& name,
+                                                  uint32_t width, uint32_t height);
 
 }  // namespace canopy::display
