@@ -178,6 +178,44 @@ canopy_check_guest_run() {
   [ "$backend_rc" -eq 0 ] || canopy_fail "$backend exited with status $backend_rc"
 }
 
+# canopy_start_gpu2 BACKEND: start canopy-gpu (process "backend") with two scanouts, 1024x768 and
+# 800x600, logging what reaches them to $CANOPY_FRAMES; its socket is $CANOPY_GPU_SOCK.
+canopy_start_gpu2() {
+  CANOPY_GPU_SOCK="$CANOPY_WORK/gpu.sock"
+  CANOPY_FRAMES="$CANOPY_WORK/frames.log"
+  canopy_start backend "$1" --socket-path "$CANOPY_GPU_SOCK" --scanouts 2 --mode 1024x768 \
+    --scanout-mode 1:800x600 --frame-log "$CANOPY_FRAMES"
+  canopy_wait_socket "$CANOPY_GPU_SOCK" 10 backend
+}
+
+# canopy_qemu_gpu2: canopy_qemu with that back-end behind vhost-user-gpu-pci (max_outputs=2) and the
+# host's root on 9p (mount tag "host", read-only) for host tools. Returns QEMU's status.
+canopy_qemu_gpu2() {
+  canopy_qemu -chardev "socket,id=gpu,path=$CANOPY_GPU_SOCK" -device vhost-user-gpu-pci,chardev=gpu,max_outputs=2 \
+    -virtfs local,path=/,mount_tag=host,security_model=none,readonly=on
+}
+
+# canopy_pixel_crc PIXEL BYTES: the IEEE CRC-32 (gzip's trailer) of BYTES bytes of the 4-byte pixel
+# PIXEL (hex bytes in memory order, e.g. 777777ff; no 0a byte) repeated.
+canopy_pixel_crc() {
+  local p=$1 bytes
+  bytes=$(printf '\\x%s\\x%s\\x%s\\x%s' "${p:0:2}" "${p:2:2}" "${p:4:2}" "${p:6:2}")
+  # yes stops on SIGPIPE once head has enough: not a failure here.
+  (set +o pipefail; LC_ALL=C yes "$(printf '%b' "$bytes")" | LC_ALL=C tr -d '\n' | head -c "$2" | gzip -c |
+    tail -c 8 | od -An -tx4 -N4 | tr -d ' \n')
+}
+
+# canopy_check_frames SCANOUT W H PIXEL WHAT: fail unless at least 10 frames of W x H on SCANOUT in
+# $CANOPY_FRAMES have every pixel equal to PIXEL (see canopy_pixel_crc); WHAT names it in the log.
+canopy_check_frames() {
+  local s=$1 w=$2 h=$3 crc frames good
+  crc=$(canopy_pixel_crc "$4" $((w * h * 4)))
+  frames=$(grep -c "^frame $s .* ${w}x${h} XR24 " "$CANOPY_FRAMES" || true)
+  good=$(grep -c "^frame $s .* ${w}x${h} XR24 .* crc $crc\$" "$CANOPY_FRAMES" || true)
+  canopy_log "scanout $s: $frames frame(s) of ${w}x${h}, $good with $5 (crc $crc)"
+  [ "$good" -ge 10 ] || canopy_fail "scanout $s: only $good frame(s) with $5 (want >= 10 page flips)"
+}
+
 # canopy_guest_timing: log when the guest reached /init and finished, from its console markers.
 canopy_guest_timing() {
   local up finished

@@ -2,7 +2,7 @@
 // geometry (canopy/display/layout.h): crop, rotation, scale to dst, z order, alpha. Formats: XRGB8888,
 // ARGB8888 / ABGR8888 (premultiplied, as DRM's default blend mode), XBGR8888, RGB565.
 //
-// pixman (CPU) is always there; Vulkan (lavapipe or a GPU) comes behind the same interface.
+// pixman (CPU) is always there; Vulkan (lavapipe or a GPU) gives the same pixels (renderer_vulkan.cc).
 // Threading: a Renderer is used by one thread at a time.
 #pragma once
 
