@@ -395,10 +395,11 @@ struct Compositor::Impl {
     // The guest's present time from the device (CLOCK_MONOTONIC, the real clock's base) starts the
     // frame's latency when it is plausible: not ahead of now, at most 10 s back.
     std::optional<TimePoint> presented;
-    if (const uint64_t pns = f.present_ns.get()) {
-      const TimePoint p{std::chrono::nanoseconds(pns)};
-      if (p <= now && now - p < std::chrono::seconds(10)) presented = p;
-    }
+    // (Compared as unsigned nanoseconds: any 64-bit value may come from the device.)
+    const int64_t now_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()).count();
+    if (const uint64_t pns = f.present_ns.get(); pns && now_ns > 0 && pns <= uint64_t(now_ns) &&
+                                                 uint64_t(now_ns) - pns < 10'000'000'000ull)
+      presented = TimePoint{std::chrono::nanoseconds(int64_t(pns))};
     // 2D and blob frames are complete when they arrive (their acquire fence has signalled).
     for (auto [o, l] : targets) outputs[o].sched->submit(l, id, true, presented);
     for (auto [o, l] : targets) take_releases(outputs[o]);
