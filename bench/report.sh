@@ -35,35 +35,32 @@ for b in "${benches[@]}"; do
     echo
   } >>"$REPORT"
 done
+# script_bench NAME SCRIPT REPORT_MD: run a benchmark script (with --smoke when this run is), append
+# the Markdown it writes to the report; on failure show its log's tail.
+script_bench() {
+  local name=$1 script=$2 md=$3 log="$BUILD/bench-$1.log"
+  local -a sargs=()
+  [ $SMOKE -eq 1 ] && sargs+=(--smoke)
+  echo "bench: $name"
+  if bash "$(dirname "$0")/$script" "${sargs[@]}" "$BUILD" >"$log" 2>&1; then
+    cat "$md" >>"$REPORT"
+  else
+    tail -n 40 "$log"
+    echo "bench: $name failed (log: $log)" >&2
+    rc=1
+  fi
+}
 # The Linux guest's view: page flips and cursor round trips against canopy-gpu and QEMU's own GPUs
 # (boots QEMU four times: ~30 s with --smoke, a few minutes in full). CANOPY_BENCH_GUEST=0 skips it.
 if [ "${CANOPY_BENCH_GUEST:-1}" = 1 ]; then
-  echo "bench: gpu_guest_bench"
-  guest_args=()
-  [ $SMOKE -eq 1 ] && guest_args+=(--smoke)
-  if bash "$(dirname "$0")/gpu_guest_bench.sh" "${guest_args[@]}" "$BUILD" >"$BUILD/bench-gpu-guest.log" 2>&1; then
-    cat "$BUILD/bench-gpu-guest.md" >>"$REPORT"
-  else
-    tail -n 40 "$BUILD/bench-gpu-guest.log"
-    echo "bench: gpu_guest_bench failed (log: $BUILD/bench-gpu-guest.log)" >&2
-    rc=1
-  fi
+  script_bench gpu-guest gpu_guest_bench.sh "$BUILD/bench-gpu-guest.md"
 fi
 # The cockpit demo end to end: latency from guest present to output present, and the cluster's frame
 # rate with the IVI flooding (two demo runs: ~10 s with --smoke, ~45 s in full). CANOPY_BENCH_COCKPIT=0
 # skips it.
 if [ "${CANOPY_BENCH_COCKPIT:-1}" = 1 ]; then
-  echo "bench: cockpit_bench"
-  cockpit_args=()
-  [ $SMOKE -eq 1 ] && cockpit_args+=(--smoke)
-  if bash "$(dirname "$0")/cockpit_bench.sh" "${cockpit_args[@]}" "$BUILD" >"$BUILD/bench-cockpit.log" 2>&1; then
-    cat "$BUILD/bench-cockpit.md" >>"$REPORT"
-    grep -E '^\| (normal|ivi-flood) ' "$BUILD/bench-cockpit.md" || true
-  else
-    tail -n 40 "$BUILD/bench-cockpit.log"
-    echo "bench: cockpit_bench failed (log: $BUILD/bench-cockpit.log)" >&2
-    rc=1
-  fi
+  script_bench cockpit cockpit_bench.sh "$BUILD/bench-cockpit.md"
+  grep -E '^\| (normal|ivi-flood) ' "$BUILD/bench-cockpit.md" 2>/dev/null || true
 fi
 echo "bench: report written to $REPORT"
 grep -h '^ratio ' "$REPORT" || true

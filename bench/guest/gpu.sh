@@ -22,12 +22,13 @@ wait_for /dev/dri/card0 10 || fail "no /dev/dri/card0 (virtio_gpu did not bind)"
 
 mkdir -p /host
 mount -t 9p -o trans=virtio,version=9p2000.L,ro host /host || fail "cannot mount the host's root over 9p"
-for m in dev proc sys tmp; do mount --bind "/$m" "/host/$m" || fail "cannot bind /$m into /host"; done
+# Not /tmp: the host's /tmp stays visible (a checkout, and so the bench binary, may live there).
+for m in dev proc sys; do mount --bind "/$m" "/host/$m" || fail "cannot bind /$m into /host"; done
 [ -x "/host$bench" ] || fail "$bench missing on the host (build target canopy-drm-bench)"
 chroot /host "$bench" --seconds "$bench_s" --cursor-rounds "$rounds" >/tmp/bench.txt 2>&1
 rc=$?
 while read -r l; do note "$l"; done </tmp/bench.txt
 [ "$rc" -eq 0 ] || fail "canopy-drm-bench exited with $rc"
-for m in dev proc sys tmp; do umount "/host/$m"; done
+for m in dev proc sys; do umount "/host/$m"; done
 umount /host
 exit 0
