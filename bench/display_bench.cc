@@ -3,13 +3,12 @@
 // composition writes every output pixel at least once).
 #include <benchmark/benchmark.h>
 
-#include <sys/mman.h>
-
 #include <cstring>
 #include <memory>
 #include <vector>
 
 #include "bench_main.h"
+#include "canopy/buffers/shared_memory.h"
 #include "canopy/display/layout.h"
 #include "canopy/display/renderer.h"
 #include "canopy/hypervisor/manifest.h"
@@ -27,20 +26,19 @@ const Layout& demo_layout() {
   return l;
 }
 
-// Page-aligned memory, as the compositor's buffer views and canvases are (the Vulkan renderer
-// imports it in place).
+// Whole pages of a memfd, mapped, as the compositor's buffer views and canvases are (the Vulkan
+// renderer imports them in place).
 struct PageMem {
-  void* p = nullptr;
-  size_t size = 0;
-  explicit PageMem(size_t bytes) : size((bytes + 4095) & ~size_t(4095)) {
-    p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) p = nullptr;
+  buffers::Mapping map;
+  explicit PageMem(size_t bytes) {
+    auto shm = buffers::SharedMemory::create("canopy-bench", (bytes + 4095) & ~size_t(4095));
+    if (!shm.ok()) return;
+    auto m = shm->map();
+    if (m.ok()) map = std::move(*m);
   }
-  ~PageMem() {
-    if (p) ::munmap(p, size);
-  }
-  uint32_t* px() const { return static_cast<uint32_t*>(p); }
-  Mapping mapping() const { return Mapping{p, size}; }
+  void* p() const { return map.data(); }
+  uint32_t* px() const { return reinterpret_cast<uint32_t*>(map.data()); }
+  Mapping mapping() const { return Mapping{map.data(), map.size()}; }
 };
 
 // Frames the size the demo's VMs send: cluster 1920x720, IVI 1920x1080 (XRGB8888, some texture).
@@ -55,7 +53,7 @@ struct Frames {
   Image image(const std::string& vm) const {
     const auto& p = vm == "cluster" ? cluster : ivi;
     const uint32_t w = 1920, h = vm == "cluster" ? 720 : 1080;
-    return Image{reinterpret_cast<const uint8_t*>(p.p), w, h, w * 4, buffers::Format::kXRGB8888, p.mapping()};
+    return Image{reinterpret_cast<const uint8_t*>(p.p()), w, h, w * 4, buffers::Format::kXRGB8888, p.mapping()};
   }
 };
 
@@ -65,12 +63,12 @@ void compose_loop(benchmark::State& st, Renderer& r) {
   std::vector<LayerDraw> draws;
   for (const auto& l : o.layers) draws.push_back({&l, frames.image(l.vm)});
   PageMem canvas(size_t(o.width) * o.height * 4);
-  Canvas c{static_cast<uint8_t*>(canvas.p), o.width, o.height, o.width * 4, canvas.mapping()};
+  Canvas c{static_cast<uint8_t*>(canvas.p()), o.width, o.height, o.width * 4, canvas.mapping()};
   for (auto _ : st) {
     if (!r.compose(draws, c, 0).ok()) st.SkipWithError("compose failed");
-    benchmark::DoNotOptimize(canvas.p);
+    benchmark::DoNotOptimize(canvas.p());
   }
-  r.forget_memory(canvas.p);
+  r.forget_memory(canvas.p());
   st.SetLabel(o.name + " (" + std::to_string(o.layers.size()) + " layers)");
   st.SetBytesProcessed(int64_t(st.iterations()) * int64_t(size_t(o.width) * o.height * 4));
   st.counters["bytes_staged"] = double(r.stats().bytes_staged);

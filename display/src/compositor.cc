@@ -6,7 +6,6 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -23,6 +22,7 @@
 #include "canopy/base/unique_fd.h"
 #include "canopy/buffers/image.h"
 #include "canopy/buffers/scatter_mapping.h"
+#include "canopy/buffers/shared_memory.h"
 #include "canopy/display/channel.h"
 #include "canopy/display/fallback.h"
 #include "canopy/display/png.h"
@@ -88,30 +88,6 @@ struct MappedBuffer {
   }
 };
 
-// An output's canvas in its own page-aligned anonymous mapping, so a renderer can use it in place.
-class CanvasMemory {
- public:
-  CanvasMemory() = default;
-  CanvasMemory(CanvasMemory&& o) noexcept : base_(std::exchange(o.base_, nullptr)), size_(std::exchange(o.size_, 0)) {}
-  CanvasMemory& operator=(CanvasMemory&&) = delete;
-  ~CanvasMemory() {
-    if (base_) ::munmap(base_, size_);
-  }
-  Status allocate(size_t bytes) {
-    size_ = (bytes + ch::kPageSize - 1) & ~size_t(ch::kPageSize - 1);
-    void* p = ::mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) return make_error(Errc::kNoMemory, "canopy-display: canvas memory", errno);
-    base_ = static_cast<uint8_t*>(p);
-    return {};
-  }
-  uint8_t* data() const { return base_; }
-  Mapping mapping() const { return Mapping{base_, size_}; }
-
- private:
-  uint8_t* base_ = nullptr;
-  size_t size_ = 0;
-};
-
 struct Compositor::Impl {
   struct PartialBuffer {
     uint32_t total = 0;
@@ -136,7 +112,7 @@ struct Compositor::Impl {
   };
   struct Output {
     std::unique_ptr<OutputScheduler> sched;
-    CanvasMemory px;
+    buffers::Mapping px;  // the canvas: whole pages of a memfd, so a renderer can use it in place
     Canvas canvas;
     std::unique_ptr<OutputSink> sink;
     std::vector<FallbackImage> fallback;  // per layer, the size of its rectangle
@@ -179,7 +155,7 @@ struct Compositor::Impl {
     frames.clear();
     conns.clear();
     if (renderer)
-      for (auto& o : outputs) renderer->forget_memory(o.px.data());
+      for (auto& o : outputs) renderer->forget_memory(o.px.data());  // (before the mapping goes)
     renderer.reset();
   }
 
@@ -670,9 +646,12 @@ Result<std::unique_ptr<Compositor>> Compositor::create(Layout layout, Compositor
     const OutputSpec& spec = m.layout.outputs[i];
     auto& o = m.outputs[i];
     o.sched = std::make_unique<OutputScheduler>(spec, clock, m.opt.scheduler);
-    CANOPY_TRY(o.px.allocate(size_t(spec.width) * spec.height * 4));
-    o.canvas = Canvas{o.px.data(), spec.width, spec.height, spec.width * 4, o.px.mapping()};
-    std::fill_n(reinterpret_cast<uint32_t*>(o.px.data()), size_t(spec.width) * spec.height, m.opt.background);
+    const size_t canvas_bytes = (size_t(spec.width) * spec.height * 4 + ch::kPageSize - 1) & ~size_t(ch::kPageSize - 1);
+    CANOPY_ASSIGN_OR_RETURN(auto canvas_memory, buffers::SharedMemory::create("canopy-canvas", canvas_bytes));
+    CANOPY_ASSIGN_OR_RETURN(o.px, canvas_memory.map());  // the mapping outlives the memfd
+    auto* px = reinterpret_cast<uint8_t*>(o.px.data());
+    o.canvas = Canvas{px, spec.width, spec.height, spec.width * 4, Mapping{px, o.px.size()}};
+    std::fill_n(reinterpret_cast<uint32_t*>(px), size_t(spec.width) * spec.height, m.opt.background);
     if (m.opt.sinks == CompositorOptions::Sinks::kWindow) {
       CANOPY_ASSIGN_OR_RETURN(o.sink, make_window_sink("Canopy: " + spec.name, spec.width, spec.height));
     } else if (m.opt.sinks == CompositorOptions::Sinks::kKms) {

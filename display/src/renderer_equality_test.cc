@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "canopy/buffers/shared_memory.h"
 #include "canopy/display/renderer.h"
 
 namespace canopy::display {
@@ -34,26 +35,21 @@ std::unique_ptr<Renderer> vulkan_or_skip() {
     GTEST_SKIP() << "no Vulkan renderer on this machine";                                   \
   }
 
-// Page-aligned anonymous memory: what the compositor's mappings look like.
+// Whole pages of a memfd, mapped: what the compositor's buffer views and canvases are.
 class Pages {
  public:
   explicit Pages(size_t bytes) {
     const size_t page = size_t(::sysconf(_SC_PAGESIZE));
-    size_ = (bytes + page - 1) / page * page;
-    void* p = ::mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    base_ = p == MAP_FAILED ? nullptr : static_cast<uint8_t*>(p);
+    auto shm = buffers::SharedMemory::create("canopy-test", (bytes + page - 1) / page * page);
+    if (!shm.ok()) return;
+    auto m = shm->map();
+    if (m.ok()) map_ = std::move(*m);
   }
-  ~Pages() {
-    if (base_) ::munmap(base_, size_);
-  }
-  Pages(const Pages&) = delete;
-  Pages& operator=(const Pages&) = delete;
-  uint8_t* data() { return base_; }
-  Mapping mapping() const { return Mapping{base_, size_}; }
+  uint8_t* data() { return reinterpret_cast<uint8_t*>(map_.data()); }
+  Mapping mapping() const { return Mapping{map_.data(), map_.size()}; }
 
  private:
-  uint8_t* base_ = nullptr;
-  size_t size_ = 0;
+  buffers::Mapping map_;
 };
 
 uint32_t bpp_of(Format f) { return f == Format::kRGB565 ? 2 : 4; }
@@ -83,56 +79,51 @@ void fill(uint8_t* data, uint32_t w, uint32_t h, uint32_t stride, Format f, uint
     }
 }
 
-struct Frame {
+// Memory for a frame or a canvas, `offset` bytes into its allocation: in a mapping (the Vulkan
+// renderer imports it) or on the heap, 4-aligned but not page-aligned (it is staged).
+struct Memory {
   std::unique_ptr<Pages> pages;
   std::vector<uint8_t> heap;
+  uint8_t* data = nullptr;
+  Mapping mapping;
+};
+
+Memory memory(size_t bytes, bool mapped, size_t offset) {
+  Memory m;
+  if (mapped) {
+    m.pages = std::make_unique<Pages>(bytes + offset);
+    m.data = m.pages->data() + offset;
+    m.mapping = m.pages->mapping();
+  } else {
+    m.heap.assign(bytes + offset, 0xcd);
+    m.data = m.heap.data() + offset;
+  }
+  return m;
+}
+
+struct Frame {
+  Memory mem;
   Image image;
 };
 
 Frame make_frame(uint32_t w, uint32_t h, Format f, bool mapped, uint32_t seed) {
-  Frame fr;
   const uint32_t stride = (w * bpp_of(f) + 63) / 64 * 64;  // padded rows, as drivers make them
-  const size_t bytes = size_t(stride) * h;
-  uint8_t* data;
-  if (mapped) {
-    fr.pages = std::make_unique<Pages>(bytes + 4096);
-    data = fr.pages->data() + 4096;  // not at the mapping's start: offsets are honoured
-    fr.image.mapping = fr.pages->mapping();
-  } else {
-    fr.heap.resize(bytes + 4);
-    data = fr.heap.data() + 4;  // 4-aligned but not page-aligned
-  }
-  fill(data, w, h, stride, f, seed);
-  fr.image.data = data;
-  fr.image.width = w;
-  fr.image.height = h;
-  fr.image.stride = stride;
-  fr.image.format = f;
+  // Mapped frames do not start at the mapping's start (offsets are honoured).
+  Frame fr{memory(size_t(stride) * h, mapped, mapped ? 4096 : 4), {}};
+  fill(fr.mem.data, w, h, stride, f, seed);
+  fr.image = Image{fr.mem.data, w, h, stride, f, fr.mem.mapping};
   return fr;
 }
 
 struct Target {
-  std::unique_ptr<Pages> pages;
-  std::vector<uint8_t> heap;
+  Memory mem;
   Canvas canvas;
 };
 
 Target make_target(uint32_t w, uint32_t h, bool mapped) {
-  Target t;
   const uint32_t stride = w * 4 + (mapped ? 0 : 32);
-  uint8_t* data;
-  if (mapped) {
-    t.pages = std::make_unique<Pages>(size_t(stride) * h);
-    data = t.pages->data();
-    t.canvas.mapping = t.pages->mapping();
-  } else {
-    t.heap.assign(size_t(stride) * h, 0xcd);
-    data = t.heap.data();
-  }
-  t.canvas.data = data;
-  t.canvas.width = w;
-  t.canvas.height = h;
-  t.canvas.stride = stride;
+  Target t{memory(size_t(stride) * h, mapped, 0), {}};
+  t.canvas = Canvas{t.mem.data, w, h, stride, t.mem.mapping};
   return t;
 }
 

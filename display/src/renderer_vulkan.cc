@@ -69,15 +69,15 @@ Status vk_error(VkResult r, const char* what) {
     if (vk_try_r != VK_SUCCESS) return vk_error(vk_try_r, what); \
   } while (0)
 
-uint32_t shader_format(buffers::Format f, uint32_t& bpp, bool& opaque) {
-  bpp = 4;
+// compose.comp's format number; ~0u when it cannot draw the format.
+uint32_t shader_format(buffers::Format f, bool& opaque) {
   opaque = false;
   switch (f) {
     case buffers::Format::kXRGB8888: opaque = true; return 0;
     case buffers::Format::kARGB8888: return 1;
     case buffers::Format::kXBGR8888: opaque = true; return 2;
     case buffers::Format::kABGR8888: return 3;
-    case buffers::Format::kRGB565: opaque = true; bpp = 2; return 4;
+    case buffers::Format::kRGB565: opaque = true; return 4;
     default: return ~0u;
   }
 }
@@ -146,23 +146,12 @@ class VulkanRenderer final : public Renderer {
   Stats stats() const override { return stats_; }
 
   void forget_memory(const void* base) override {
-    for (size_t i = 0; i < imports_.size();) {
-      if (imports_[i].base == base) {
-        destroy(imports_[i].b);
-        imports_[i] = imports_.back();
-        imports_.pop_back();
-      } else {
-        ++i;
-      }
-    }
-    for (size_t i = 0; i < refused_.size();) {
-      if (refused_[i] == base) {
-        refused_[i] = refused_.back();
-        refused_.pop_back();
-      } else {
-        ++i;
-      }
-    }
+    std::erase_if(imports_, [&](Import& i) {
+      if (i.base != base) return false;
+      destroy(i.b);
+      return true;
+    });
+    std::erase(refused_, base);
   }
 
   Status compose(std::span<const LayerDraw> layers, const Canvas& t, uint32_t background) override {
@@ -196,10 +185,8 @@ class VulkanRenderer final : public Renderer {
       }
       if (p.push.dst_size[0] == 0) continue;  // nothing visible
       const Image& im = d.image;
-      uint32_t bpp = 4;
-      bool opaque = false;
-      shader_format(im.format, bpp, opaque);
-      const VkDeviceSize bytes = VkDeviceSize(im.stride) * (im.height - 1) + VkDeviceSize(im.width) * bpp;
+      const VkDeviceSize bytes =
+          VkDeviceSize(im.stride) * (im.height - 1) + VkDeviceSize(im.width) * buffers::bytes_per_pixel(im.format);
       const VkBuf* imported = import(im.mapping, im.data, bytes);
       if (imported) {
         p.src = imported->buf;
@@ -326,10 +313,10 @@ class VulkanRenderer final : public Renderer {
     const Image& im = d.image;
     p = Push{};
     if (l.alpha <= 0 || l.dst.empty()) return {};
-    uint32_t bpp = 4;
     bool opaque = false;
-    const uint32_t fmt = shader_format(im.format, bpp, opaque);
+    const uint32_t fmt = shader_format(im.format, opaque);
     if (fmt == ~0u) return make_error(Errc::kUnsupported, "vulkan: frame format not supported");
+    const uint32_t bpp = buffers::bytes_per_pixel(im.format);
     if (!im.data || im.width == 0 || im.height == 0 || im.stride < uint64_t(im.width) * bpp || im.stride % 4 ||
         reinterpret_cast<uintptr_t>(im.data) % 4)
       return make_error(Errc::kInvalidArgument, "vulkan: bad frame geometry");

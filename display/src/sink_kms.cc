@@ -42,8 +42,12 @@ struct KmsCard {
   size_t next_connector = 0;
   uint32_t crtcs_used = 0;            // bit i: resources->crtcs[i]
   std::vector<uint32_t> planes_taken;  // planes already given to an output's libliftoff device
-  std::vector<std::pair<uint32_t, bool*>> flip_pending;  // per CRTC: its output's pending-flip flag
-  std::vector<std::pair<uint32_t, uint64_t*>> flips;     // per CRTC: its output's completed-flip count
+  // Page flips per CRTC, updated from the shared descriptor's events whichever output reads them.
+  struct Flips {
+    bool pending = false;
+    uint64_t completed = 0;
+  };
+  std::vector<std::pair<uint32_t, Flips*>> flips;
 };
 
 namespace {
@@ -76,7 +80,6 @@ class KmsSink final : public OutputSink {
     if (layer_) liftoff_layer_destroy(layer_);
     if (out_) liftoff_output_destroy(out_);
     if (lo_) liftoff_device_destroy(lo_);
-    std::erase_if(card_->flip_pending, [&](const auto& e) { return e.first == crtc_id_; });
     std::erase_if(card_->flips, [&](const auto& e) { return e.first == crtc_id_; });
     for (auto& b : bufs_) {
       if (b.map) ::munmap(b.map, b.size);
@@ -90,7 +93,8 @@ class KmsSink final : public OutputSink {
     if (mode_blob_) drmModeDestroyPropertyBlob(fd, mode_blob_);
     if (crtc_bit_) card_->crtcs_used &= ~crtc_bit_;
     CANOPY_INFO("kms: output %s: %llu commits, %llu flips completed, %llu compositions skipped while a flip was pending",
-                name_.c_str(), (unsigned long long)commits_, (unsigned long long)flips_, (unsigned long long)skipped_);
+                name_.c_str(), (unsigned long long)commits_, (unsigned long long)flips_.completed,
+                (unsigned long long)skipped_);
   }
 
   const char* name() const override { return "kms"; }
@@ -133,7 +137,6 @@ class KmsSink final : public OutputSink {
     liftoff_layer_set_property(layer_, "SRC_W", uint64_t(mode_.hdisplay) << 16);
     liftoff_layer_set_property(layer_, "SRC_H", uint64_t(mode_.vdisplay) << 16);
     period_ms_ = mode_.vrefresh ? int(1000 / mode_.vrefresh) + 1 : 17;
-    card_->flip_pending.emplace_back(crtc_id_, &flip_pending_);
     card_->flips.emplace_back(crtc_id_, &flips_);
     CANOPY_INFO("kms: output %s on %s connector %u, CRTC %u, %zu plane(s), mode %s (%ux%u@%u); canvas %ux%u",
                 name_.c_str(), card_->path.c_str(), conn_id_, crtc_id_, planes_, mode_.name, mode_.hdisplay,
@@ -143,7 +146,7 @@ class KmsSink final : public OutputSink {
 
   Status present(const Canvas& c) override {
     const int fd = card_->fd.get();
-    if (flip_pending_ && !wait_flip(period_ms_)) {
+    if (flips_.pending && !wait_flip(period_ms_)) {
       ++skipped_;
       return {};  // the display still shows the previous buffer; nothing is torn
     }
@@ -179,14 +182,14 @@ class KmsSink final : public OutputSink {
       return make_error(Errc::kIo, "kms: atomic commit failed", err);
     }
     ++commits_;
-    if (mode_set_) flip_pending_ = true;
+    if (mode_set_) flips_.pending = true;
     mode_set_ = true;
     back_ ^= 1;
     return {};
   }
 
   bool poll() override {
-    if (flip_pending_) wait_flip(0);
+    if (flips_.pending) wait_flip(0);
     return true;
   }
 
@@ -265,7 +268,7 @@ class KmsSink final : public OutputSink {
   // output's flip has completed.
   bool wait_flip(int timeout_ms) {
     pollfd p{card_->fd.get(), POLLIN, 0};
-    while (flip_pending_) {
+    while (flips_.pending) {
       const int n = ::poll(&p, 1, timeout_ms);
       if (n <= 0) break;
       drmEventContext ev{};
@@ -273,15 +276,16 @@ class KmsSink final : public OutputSink {
       // Events are for CRTCs: the descriptor is shared, so this may complete another output's flip.
       ev.page_flip_handler2 = [](int, unsigned, unsigned, unsigned, unsigned crtc, void* data) {
         auto* card = static_cast<KmsCard*>(data);
-        for (auto& [id, pending] : card->flip_pending)
-          if (id == crtc) *pending = false;
-        for (auto& [id, count] : card->flips)
-          if (id == crtc) ++*count;
+        for (auto& [id, f] : card->flips)
+          if (id == crtc) {
+            f->pending = false;
+            ++f->completed;
+          }
       };
       drmHandleEvent(card_->fd.get(), &ev);
       if (timeout_ms == 0) break;
     }
-    return !flip_pending_;
+    return !flips_.pending;
   }
 
   std::shared_ptr<KmsCard> card_;
@@ -295,9 +299,10 @@ class KmsSink final : public OutputSink {
   size_t planes_ = 0;
   liftoff_output* out_ = nullptr;
   liftoff_layer* layer_ = nullptr;
-  bool mode_set_ = false, flip_pending_ = false;
+  bool mode_set_ = false;
+  KmsCard::Flips flips_;
   int period_ms_ = 17;
-  uint64_t commits_ = 0, flips_ = 0, skipped_ = 0;
+  uint64_t commits_ = 0, skipped_ = 0;
 };
 
 }  // namespace

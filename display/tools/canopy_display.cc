@@ -160,36 +160,23 @@ int main(int argc, char** argv) {
   Layout layout = layout_from_manifest(*loaded.manifest);
 
   SteadyClock clock;
-  std::unique_ptr<Compositor> comp;
+  using Sinks = CompositorOptions::Sinks;
+  auto create = [&](Sinks sinks) {
+    opt.sinks = sinks;
+    return Compositor::create(layout, opt, clock);
+  };
   const bool has_display = std::getenv("DISPLAY") || std::getenv("WAYLAND_DISPLAY");
-  if (output == "kms") {
-    opt.sinks = CompositorOptions::Sinks::kKms;
-    auto c = Compositor::create(layout, opt, clock);
-    if (!c.ok()) {
-      std::fprintf(stderr, "canopy-display: %s\n", c.error().what);
-      return 1;
-    }
-    comp = std::move(*c);
-  } else if (output == "window" || (output == "auto" && has_display)) {
-    opt.sinks = CompositorOptions::Sinks::kWindow;
-    auto c = Compositor::create(layout, opt, clock);
-    if (c.ok()) comp = std::move(*c);
-    else if (output == "window") {
-      std::fprintf(stderr, "canopy-display: %s\n", c.error().what);
-      return 1;
-    } else {
-      std::fprintf(stderr, "canopy-display: no window (%s): running headless\n", c.error().what);
-    }
+  const bool want_window = output == "window" || (output == "auto" && has_display);
+  auto created = create(output == "kms" ? Sinks::kKms : want_window ? Sinks::kWindow : Sinks::kHeadless);
+  if (!created.ok() && want_window && output == "auto") {
+    std::fprintf(stderr, "canopy-display: no window (%s): running headless\n", created.error().what);
+    created = create(Sinks::kHeadless);
   }
-  if (!comp) {
-    opt.sinks = CompositorOptions::Sinks::kHeadless;
-    auto c = Compositor::create(layout, opt, clock);
-    if (!c.ok()) {
-      std::fprintf(stderr, "canopy-display: %s\n", c.error().what);
-      return 1;
-    }
-    comp = std::move(*c);
+  if (!created.ok()) {
+    std::fprintf(stderr, "canopy-display: %s\n", created.error().what);
+    return 1;
   }
+  std::unique_ptr<Compositor> comp = std::move(*created);
   if (!trace_path.empty()) comp->trace_start();
 
   struct sigaction sa{};
