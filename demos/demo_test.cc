@@ -6,9 +6,6 @@
 #include <gtest/gtest.h>
 #include <fcntl.h>
 #include <signal.h>
-#include <sys/socket.h>
-#include <sys/un.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -19,9 +16,12 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "canopy/display/png.h"
+#include "canopy/hypervisor/control_client.h"
 #include "canopy/hypervisor/process.h"
+#include "canopy/test_support/command.h"
 
 namespace canopy::display {
 namespace {
@@ -36,32 +36,12 @@ std::string read_file(const std::string& path) {
   return ss.str();
 }
 
-int run_command(const std::string& cmd, std::string& out) {
-  FILE* f = popen((cmd + " 2>&1").c_str(), "r");
-  out.clear();
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, n);
-  const int st = pclose(f);
-  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
+using canopy::test_support::run_command;
 
-// One request on a canopyctl-style control socket (SOCK_SEQPACKET); "" when unreachable.
+// One request on a control socket in canopyctl's protocol; "" when it cannot be had.
 std::string ask(const std::string& path, const std::string& req) {
-  int s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-  sockaddr_un a{};
-  a.sun_family = AF_UNIX;
-  std::snprintf(a.sun_path, sizeof a.sun_path, "%s", path.c_str());
-  std::string out;
-  if (connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 && send(s, req.data(), req.size(), 0) > 0) {
-    timeval tv{5, 0};
-    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    std::vector<char> buf(65536);
-    ssize_t n = recv(s, buf.data(), buf.size(), 0);
-    if (n > 0) out.assign(buf.data(), size_t(n));
-  }
-  close(s);
-  return out;
+  auto r = hypervisor::control_request(path, req, 5000);
+  return r.ok() ? std::move(*r) : std::string();
 }
 
 // A number from canopy-display's stats: the field `key` on the first line that contains `line_has`.

@@ -4,13 +4,14 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <fstream>
 #include <string>
 #include <vector>
+
+#include "canopy/test_support/command.h"
 
 namespace canopy::hypervisor {
 namespace {
@@ -331,29 +332,19 @@ TEST(ManifestTest, ReportsUnreadableFile) {
   EXPECT_EQ(r.errors[0].to_string(), "/nonexistent/x.toml: cannot open: No such file or directory");
 }
 
-// Runs a command, returning its exit status and combined output.
-int run(const std::string& cmd, std::string& out) {
-  out.clear();
-  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  if (p == nullptr) return -1;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  const int st = pclose(p);
-  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
+using canopy::test_support::run_command;
 
 TEST(CanopyVmmTest, CheckAcceptsCockpitExample) {
   std::string out;
   const std::string file = kExamples + "/cockpit.toml";
-  EXPECT_EQ(run(std::string(CANOPY_VMM_BIN) + " --check " + file, out), 0);
+  EXPECT_EQ(run_command(std::string(CANOPY_VMM_BIN) + " --check " + file, out), 0);
   EXPECT_EQ(out, file + ": ok (2 VMs, 2 displays)\n");
 }
 
 TEST(CanopyVmmTest, CheckAcceptsPartitionsExample) {
   std::string out;
   const std::string file = kExamples + "/partitions.toml";
-  EXPECT_EQ(run(std::string(CANOPY_VMM_BIN) + " --check " + file, out), 0);
+  EXPECT_EQ(run_command(std::string(CANOPY_VMM_BIN) + " --check " + file, out), 0);
   EXPECT_EQ(out, file + ": ok (2 VMs, 0 displays)\n");
 }
 
@@ -392,7 +383,7 @@ TEST(CanopyVmmTest, CheckPrintsEveryErrorAndFails) {
   close(fd);
   std::ofstream(path) << vm("a", "vcpus = 0\n") << vm("a");
   std::string out;
-  EXPECT_EQ(run(std::string(CANOPY_VMM_BIN) + " --check " + path, out), 1);
+  EXPECT_EQ(run_command(std::string(CANOPY_VMM_BIN) + " --check " + path, out), 1);
   EXPECT_EQ(out, std::string(path) + ":6:9: vm[0].vcpus: 0 is out of range (1..64)\n" + path +
                      ":8:8: vm[1].name: duplicate VM name \"a\" (first at vm[0])\n");
   unlink(path);
@@ -400,11 +391,11 @@ TEST(CanopyVmmTest, CheckPrintsEveryErrorAndFails) {
 
 TEST(CanopyVmmTest, HelpAndBadArguments) {
   std::string out;
-  EXPECT_EQ(run(std::string(CANOPY_VMM_BIN) + " --help", out), 0);
+  EXPECT_EQ(run_command(std::string(CANOPY_VMM_BIN) + " --help", out), 0);
   EXPECT_THAT(out, ::testing::HasSubstr("--check FILE"));
-  EXPECT_EQ(run(std::string(CANOPY_VMM_BIN) + " " + kExamples + "/cockpit.toml", out), 2);
+  EXPECT_EQ(run_command(std::string(CANOPY_VMM_BIN) + " " + kExamples + "/cockpit.toml", out), 2);
   EXPECT_THAT(out, ::testing::HasSubstr("bad arguments"));
-  EXPECT_EQ(run(std::string(CANOPY_VMM_BIN) + " run " + kExamples + "/cockpit.toml --frobnicate", out), 2);
+  EXPECT_EQ(run_command(std::string(CANOPY_VMM_BIN) + " run " + kExamples + "/cockpit.toml --frobnicate", out), 2);
   EXPECT_THAT(out, ::testing::HasSubstr("bad argument --frobnicate"));
 }
 

@@ -8,7 +8,6 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
-#include <sys/wait.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -24,6 +23,7 @@
 #include <vector>
 
 #include "canopy/hypervisor/process.h"
+#include "canopy/test_support/command.h"
 
 namespace canopy::hypervisor {
 namespace {
@@ -40,16 +40,7 @@ std::string read_file(const std::string& path) {
 
 bool process_gone(pid_t pid) { return kill(pid, 0) != 0 && errno == ESRCH; }
 
-// Runs a shell command; its output (stdout and stderr) in `out`, its exit code returned (-1: no exit).
-int run_command(const std::string& cmd, std::string& out) {
-  FILE* f = popen((cmd + " 2>&1").c_str(), "r");
-  out.clear();
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, n);
-  const int st = pclose(f);
-  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
+using canopy::test_support::run_command;
 
 // Runs canopy-vmm on a manifest in a private folder, and talks to it through its control socket.
 // Sends `text` over a unix stream socket and returns what comes back until the peer is quiet for
