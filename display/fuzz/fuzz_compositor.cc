@@ -1,8 +1,9 @@
 // libFuzzer target: the compositor's handling of a device connection (canopy/display/compositor.h):
 // packet sequences after a valid HELLO, against the stateful checks (buffer ids, multi-packet BUFFERs,
 // frames against their buffers, caps), with compositions in virtual time between packets.
-// Input: a sequence of records [u16 length][u8 descriptors 0..8][length bytes of packet]; each record's
-// packet is sent with that many memfds (64 KiB each) attached. Invariants: no crash, no hang, and the
+// Input: a sequence of records [u16 length][u8 descriptors][length bytes of packet]; each record's
+// packet is sent with (descriptors % 10) memfds (64 KiB each) attached, or, for 9, a real timeline's
+// memfd and eventfd (TIMELINE), which the harness signals one step further every few packets. Invariants: no crash, no hang, and the
 // compositor keeps serving a fresh, well-behaved connection afterwards.
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -16,6 +17,7 @@
 
 #include "canopy/base/log.h"
 #include "canopy/buffers/shared_memory.h"
+#include "canopy/buffers/timeline.h"
 #include "canopy/display/channel.h"
 #include "canopy/display/compositor.h"
 
@@ -29,6 +31,7 @@ struct World {
   std::string path = "/tmp/canopy-fuzz-compositor." + std::to_string(::getpid());
   std::unique_ptr<Compositor> comp;
   std::vector<buffers::SharedMemory> memfds;
+  buffers::Timeline timeline;
   World() {
     set_log_level(LogLevel::kError);  // every refused input would log otherwise
     OutputSpec o;
@@ -59,6 +62,9 @@ struct World {
       if (!m.ok()) __builtin_trap();
       memfds.push_back(std::move(*m));
     }
+    auto t = buffers::Timeline::create_producer();
+    if (!t.ok()) __builtin_trap();
+    timeline = std::move(*t);
   }
   UniqueFd connect_device() {
     UniqueFd s(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
@@ -70,6 +76,7 @@ struct World {
     return s;
   }
   void turn() {
+    (void)timeline.signal(timeline.signalled() + 1);
     (void)comp->poll_input(0);
     clock.set(std::max(clock.now(), comp->next_latch()));
     (void)comp->compose_due();
@@ -86,11 +93,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   int sent = 0;
   while (at + 3 <= size && sent < 64) {
     const size_t len = size_t(data[at]) | size_t(data[at + 1]) << 8;
-    const int nfds = data[at + 2] % 9;
+    const int nfds = data[at + 2] % 10;
     at += 3;
     if (len == 0 || len > size - at) break;
     std::vector<int> fds;
-    for (int i = 0; i < nfds; ++i) fds.push_back(w.memfds[size_t(i)].fd());
+    if (nfds == 9) fds = {w.timeline.memfd(), w.timeline.eventfd()};
+    for (int i = 0; i < nfds && nfds < 9; ++i) fds.push_back(w.memfds[size_t(i)].fd());
     if (!channel::send_packet(dev.get(), std::span<const uint8_t>(data + at, len), fds).ok()) break;
     at += len;
     ++sent;

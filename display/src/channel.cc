@@ -5,6 +5,7 @@
 
 #include "canopy/base/checked.h"
 #include "canopy/buffers/fd_passing.h"
+#include "canopy/buffers/timeline.h"
 
 namespace canopy::display::channel {
 namespace {
@@ -20,6 +21,7 @@ bool known(uint16_t t) {
     case Type::kScanout:
     case Type::kFrame:
     case Type::kCursor:
+    case Type::kTimeline:
     case Type::kRelease:
     case Type::kDisplay: return true;
   }
@@ -85,6 +87,8 @@ Status check_frame(std::span<const uint8_t> p) {
   if (f.stride.get() < w || f.stride.get() % 4) return bad("channel: FRAME stride too small or not 4-byte aligned");
   if (f.flags.get() & ~kKnownFrameFlags) return bad("channel: FRAME with unknown flags");
   if (f.seq.get() == 0) return bad("channel: FRAME seq 0");
+  if (((f.flags.get() & kFrameAcquire) != 0) != (f.acquire_point.get() != 0))
+    return bad("channel: FRAME acquire point without the acquire flag, or the flag with point 0");
   for (uint32_t i = 0; i < nd; ++i) {
     const WireRect r = read_at<WireRect>(p, sizeof(FrameMsg) + size_t(i) * sizeof(WireRect));
     if (r.width.get() == 0 || r.height.get() == 0 || uint64_t(r.x.get()) + r.width.get() > w ||
@@ -104,6 +108,7 @@ const char* type_name(Type t) {
     case Type::kScanout: return "SCANOUT";
     case Type::kFrame: return "FRAME";
     case Type::kCursor: return "CURSOR";
+    case Type::kTimeline: return "TIMELINE";
     case Type::kRelease: return "RELEASE";
     case Type::kDisplay: return "DISPLAY";
   }
@@ -140,7 +145,8 @@ Result<Message> parse(std::span<const uint8_t> packet, std::vector<UniqueFd> fds
   if (!known(h.type.get())) return bad("channel: unknown message type");
   const Type t = Type(h.type.get());
   if (to_device(t) != (dir == Direction::kToDevice)) return bad("channel: message type not valid in this direction");
-  if (t != Type::kBuffer && !fds.empty()) return bad("channel: descriptors with a message that carries none");
+  if (t != Type::kBuffer && t != Type::kTimeline && !fds.empty())
+    return bad("channel: descriptors with a message that carries none");
   if (fds.size() > kMaxFdsPerPacket) return bad("channel: more than 8 descriptors in one packet");
   const auto p = packet.subspan(kHeaderSize);
   auto exact = [&](size_t n) -> Status {
@@ -172,6 +178,14 @@ Result<Message> parse(std::span<const uint8_t> packet, std::vector<UniqueFd> fds
       if (c.scanout.get() >= kMaxScanouts || c.visible.get() > 1 || c.reserved.get() != 0 || c.hot_x.get() >= 64 ||
           c.hot_y.get() >= 64)
         return bad("channel: CURSOR field out of range");
+      break;
+    }
+    case Type::kTimeline: {
+      CANOPY_TRY(exact(sizeof(TimelineMsg)));
+      const auto tl = read_at<TimelineMsg>(p, 0);
+      if (tl.scanout.get() >= kMaxScanouts) return bad("channel: TIMELINE scanout out of range");
+      if (tl.num_fds.get() < 2 || tl.num_fds.get() > 3 || tl.num_fds.get() != fds.size())
+        return bad("channel: TIMELINE needs a memfd, an eventfd and optionally a pidfd, as counted");
       break;
     }
     case Type::kRelease: {
@@ -266,6 +280,16 @@ Result<std::vector<BufferPacket>> encode_buffer(uint32_t id, std::span<const Pie
     first = i;
   }
   return out;
+}
+
+Status send_timeline(int sock, uint32_t scanout, const buffers::Timeline& timeline) {
+  CANOPY_ASSIGN_OR_RETURN(auto fds, timeline.export_fds());
+  std::vector<int> raw{fds.memfd.get(), fds.eventfd.get()};
+  if (fds.producer_pidfd.valid()) raw.push_back(fds.producer_pidfd.get());
+  TimelineMsg t{};
+  t.scanout = scanout;
+  t.num_fds = uint32_t(raw.size());
+  return send_packet(sock, encode(Type::kTimeline, t), raw);  // the duplicates close on return
 }
 
 Status send_packet(int sock, std::span<const uint8_t> packet, std::span<const int> fds) {

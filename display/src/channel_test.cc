@@ -5,6 +5,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "canopy/buffers/timeline.h"
+
 namespace canopy::display::channel {
 namespace {
 
@@ -98,7 +100,7 @@ TEST(Channel, RefusesBadPacketsWithAReason) {
   };
   EXPECT_EQ(why(std::vector<uint8_t>(8)), "channel: packet shorter than its header");
   EXPECT_EQ(why(with(0, 0)), "channel: bad magic");
-  EXPECT_EQ(why(with(4, 2)), "channel: unsupported version");
+  EXPECT_EQ(why(with(4, 1)), "channel: unsupported version");  // before acquire points
   EXPECT_EQ(why(with(12, 1)), "channel: reserved header field set");
   EXPECT_EQ(why(with(8, 41)), "channel: size field does not match the packet");
   EXPECT_EQ(why(with(6, 99)), "channel: unknown message type");
@@ -121,8 +123,23 @@ TEST(Channel, RefusesBadPacketsWithAReason) {
   f.width = 0;
   EXPECT_EQ(why(encode_frame(f, {})), "channel: FRAME size out of range");
   f = frame();
-  f.flags = 4;
+  f.flags = 8;
   EXPECT_EQ(why(encode_frame(f, {})), "channel: FRAME with unknown flags");
+  f = frame();
+  f.flags = kFrameAcquire;
+  EXPECT_EQ(why(encode_frame(f, {})), "channel: FRAME acquire point without the acquire flag, or the flag with point 0");
+  f.flags = 0;
+  f.acquire_point = 7;
+  EXPECT_EQ(why(encode_frame(f, {})), "channel: FRAME acquire point without the acquire flag, or the flag with point 0");
+  TimelineMsg tl{};
+  tl.num_fds = 2;
+  EXPECT_EQ(why(encode(Type::kTimeline, tl), 2), "");
+  EXPECT_EQ(why(encode(Type::kTimeline, tl), 3), "channel: TIMELINE needs a memfd, an eventfd and optionally a pidfd, as counted");
+  tl.num_fds = 1;
+  EXPECT_EQ(why(encode(Type::kTimeline, tl), 1), "channel: TIMELINE needs a memfd, an eventfd and optionally a pidfd, as counted");
+  tl.num_fds = 2;
+  tl.scanout = 16;
+  EXPECT_EQ(why(encode(Type::kTimeline, tl), 2), "channel: TIMELINE scanout out of range");
   f = frame();
   f.scanout = 16;
   EXPECT_EQ(why(encode_frame(f, {})), "channel: FRAME scanout out of range");
@@ -189,6 +206,20 @@ TEST(Channel, SendAndReceiveOverASocketWithDescriptors) {
   EXPECT_EQ(m->fds.size(), 2u);
   EXPECT_EQ(m->pieces()[1].pages.get(), 2u);
   EXPECT_EQ(receive(b.get(), Direction::kToCompositor, 10).code(), Errc::kTimeout);
+  // A timeline travels with its memfd, eventfd and the producer's pidfd, and imports on the far side.
+  auto tl = buffers::Timeline::create_producer();
+  ASSERT_TRUE(tl.ok());
+  ASSERT_TRUE(send_timeline(a.get(), 2, *tl).ok());
+  m = receive(b.get(), Direction::kToCompositor, 1000);
+  ASSERT_TRUE(m.ok()) << m.error().what;
+  ASSERT_EQ(m->type, Type::kTimeline);
+  EXPECT_EQ(m->fixed<TimelineMsg>().scanout.get(), 2u);
+  ASSERT_EQ(m->fds.size(), 3u);
+  buffers::TimelineFds tf{std::move(m->fds[0]), std::move(m->fds[1]), std::move(m->fds[2])};
+  auto imported = buffers::Timeline::import(std::move(tf));
+  ASSERT_TRUE(imported.ok()) << imported.error().what;
+  ASSERT_TRUE(tl->signal(5).ok());
+  EXPECT_EQ(imported->signalled(), 5u);
   a.reset();
   EXPECT_EQ(receive(b.get(), Direction::kToCompositor, 1000).code(), Errc::kClosed);
 }

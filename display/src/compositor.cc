@@ -23,6 +23,7 @@
 #include "canopy/buffers/image.h"
 #include "canopy/buffers/scatter_mapping.h"
 #include "canopy/buffers/shared_memory.h"
+#include "canopy/buffers/timeline.h"
 #include "canopy/display/channel.h"
 #include "canopy/display/fallback.h"
 #include "canopy/display/png.h"
@@ -94,8 +95,19 @@ struct Compositor::Impl {
     std::vector<buffers::FilePiece> pieces;
     std::vector<UniqueFd> fds;  // kept open until the buffer is mapped
   };
+  // A scanout's acquire/release timeline (TIMELINE): frames with an acquire point wait for it; points
+  // of frames no longer read are retired on it.
+  struct ScanoutTimeline {
+    buffers::Timeline tl;
+    std::multimap<uint64_t, uint64_t> waiting;  // acquire point -> frame id, not signalled yet
+    std::map<uint64_t, int> held;               // acquire points of frames not released yet
+    uint64_t highest_released = 0;
+    bool pidfd_watched = false;
+    bool lost = false;
+  };
   struct Conn {
     UniqueFd sock;
+    std::map<uint32_t, ScanoutTimeline> timelines;  // by scanout
     bool hello = false;
     uint32_t num_scanouts = 0;
     std::unordered_map<uint32_t, std::shared_ptr<MappedBuffer>> buffers;
@@ -106,6 +118,8 @@ struct Compositor::Impl {
     uint64_t conn = 0;
     uint32_t scanout = 0;
     uint64_t seq = 0;
+    uint64_t acquire = 0;  // the acquire point on the scanout's timeline; 0: complete on arrival
+    std::vector<std::pair<size_t, size_t>> targets;  // (output, layer) showing it
     std::shared_ptr<MappedBuffer> buf;
     Image image;
     int refs = 0;
@@ -137,6 +151,7 @@ struct Compositor::Impl {
   UniqueFd control;
   std::map<uint64_t, Conn> conns;  // by connection id
   std::map<int, uint64_t> conn_by_fd;
+  std::map<int, std::pair<uint64_t, uint32_t>> timeline_by_fd;  // eventfd / pidfd -> (connection, scanout)
   uint64_t next_conn = 1;
   std::unordered_map<uint64_t, FrameRec> frames;  // by global frame id
   uint64_t next_frame = 1;
@@ -195,7 +210,99 @@ struct Compositor::Impl {
     if (--it->second.refs > 0) return;
     const FrameRec f = std::move(it->second);
     frames.erase(it);
+    if (f.acquire) release_point(f.conn, f.scanout, f.acquire, id);
     send_release(f.conn, f.scanout, f.seq);
+  }
+
+  ScanoutTimeline* timeline_of(uint64_t conn_id, uint32_t scanout) {
+    auto c = conns.find(conn_id);
+    if (c == conns.end()) return nullptr;
+    auto t = c->second.timelines.find(scanout);
+    return t == c->second.timelines.end() ? nullptr : &t->second;
+  }
+
+  // Frame `id` (acquire point `point`) is no longer read: retire the timeline up to the highest point
+  // below every frame still held (never past what was signalled: a dropped frame may not have been).
+  void release_point(uint64_t conn_id, uint32_t scanout, uint64_t point, uint64_t id) {
+    ScanoutTimeline* st = timeline_of(conn_id, scanout);
+    if (!st) return;
+    for (auto [a, b] = st->waiting.equal_range(point); a != b; ++a)
+      if (a->second == id) {
+        st->waiting.erase(a);
+        break;
+      }
+    if (auto h = st->held.find(point); h != st->held.end() && --h->second == 0) st->held.erase(h);
+    st->highest_released = std::max(st->highest_released, point);
+    retire(*st);
+  }
+
+  static void retire(ScanoutTimeline& st) {
+    uint64_t to = st.highest_released;
+    if (!st.held.empty()) to = std::min(to, st.held.begin()->first - 1);
+    to = std::min(to, st.tl.signalled());
+    if (to > st.tl.retired()) (void)st.tl.retire(to);
+  }
+
+  // The timeline's eventfd or its producer's pidfd became readable.
+  void on_timeline_event(int fd, uint64_t conn_id, uint32_t scanout) {
+    ScanoutTimeline* st = timeline_of(conn_id, scanout);
+    if (!st) return;
+    if (fd == st->tl.producer_pidfd()) {
+      ::epoll_ctl(ep.get(), EPOLL_CTL_DEL, fd, nullptr);  // readable for good once the producer exited
+      timeline_by_fd.erase(fd);
+      st->pidfd_watched = false;
+      st->tl.check_producer();
+    }
+    st->tl.consume_event();
+    const uint64_t v = st->tl.signalled();
+    while (!st->waiting.empty() && st->waiting.begin()->first <= v) {
+      const uint64_t id = st->waiting.begin()->second;
+      st->waiting.erase(st->waiting.begin());
+      auto f = frames.find(id);
+      if (f == frames.end()) continue;
+      for (auto [o, l] : f->second.targets) outputs[o].sched->signal(l, id);
+      trace_event("acquire", clock.now(), clock.now(), 100, f->second.seq);
+    }
+    retire(*st);
+    if (!st->lost && st->tl.producer_state() == buffers::ProducerState::kLost) {
+      st->lost = true;
+      auto c = conns.find(conn_id);
+      CANOPY_WARN("canopy-display: %s: scanout %u: the producer of its timeline is gone; %zu frame(s) will "
+                  "not complete",
+                  c != conns.end() ? c->second.stats.vm.c_str() : "?", scanout, st->waiting.size());
+    }
+  }
+
+  void unwatch_timelines(Conn& c) {
+    for (auto& [scanout, st] : c.timelines) {
+      for (int fd : {st.tl.eventfd(), st.pidfd_watched ? st.tl.producer_pidfd() : -1}) {
+        if (fd < 0) continue;
+        ::epoll_ctl(ep.get(), EPOLL_CTL_DEL, fd, nullptr);
+        timeline_by_fd.erase(fd);
+      }
+    }
+  }
+
+  Status on_timeline(uint64_t conn_id, Conn& c, ch::Message& m) {
+    const uint32_t scanout = m.fixed<ch::TimelineMsg>().scanout.get();
+    if (scanout >= c.num_scanouts) return make_error(Errc::kProtocol, "TIMELINE for a scanout the device does not have");
+    if (c.timelines.count(scanout)) return make_error(Errc::kProtocol, "a second TIMELINE for a scanout");
+    buffers::TimelineFds fds;
+    fds.memfd = std::move(m.fds[0]);
+    fds.eventfd = std::move(m.fds[1]);
+    if (m.fds.size() > 2) fds.producer_pidfd = std::move(m.fds[2]);
+    auto tl = buffers::Timeline::import(std::move(fds));
+    if (!tl.ok()) return make_error(Errc::kProtocol, "TIMELINE descriptors are not a timeline");
+    ScanoutTimeline& st = c.timelines[scanout];
+    st.tl = std::move(*tl);
+    CANOPY_TRY(watch(st.tl.eventfd()));
+    timeline_by_fd[st.tl.eventfd()] = {conn_id, scanout};
+    if (st.tl.producer_pidfd() >= 0) {
+      CANOPY_TRY(watch(st.tl.producer_pidfd()));
+      timeline_by_fd[st.tl.producer_pidfd()] = {conn_id, scanout};
+      st.pidfd_watched = true;
+    }
+    return {};
   }
 
   void take_releases(Output& o) {
@@ -212,10 +319,12 @@ struct Compositor::Impl {
                 why);
     ::epoll_ctl(ep.get(), EPOLL_CTL_DEL, c.sock.get(), nullptr);
     conn_by_fd.erase(c.sock.get());
+    unwatch_timelines(c);
     c.sock.reset();
     c.stats.connected = false;
     c.buffers.clear();  // frames on screen keep their own references
     c.partial.clear();
+    c.timelines.clear();  // frames waiting on one will not complete; newer frames replace them
   }
 
   void accept_all() {
@@ -326,11 +435,26 @@ struct Compositor::Impl {
     ++c.stats.frames;
     c.stats.bytes_copied += f.bytes_copied.get();
     if (f.flags.get() & ch::kFrameBlob) ++c.stats.blob_frames;
+    const uint64_t acquire = f.acquire_point.get();  // nonzero iff kFrameAcquire (parse() checked)
+    ScanoutTimeline* st = nullptr;
+    if (acquire) {
+      auto t = c.timelines.find(f.scanout.get());
+      if (t == c.timelines.end()) return make_error(Errc::kProtocol, "FRAME with an acquire point on a scanout without TIMELINE");
+      st = &t->second;
+      ++c.stats.fenced_frames;
+    }
+    auto hand_back = [&] {  // a frame never shown: released at once
+      if (st) {
+        st->highest_released = std::max(st->highest_released, acquire);
+        retire(*st);
+      }
+      send_release(conn_id, scanout, seq);
+    };
     auto refuse = [&](const char* why) -> Status {
       ++c.stats.frames_refused;
       CANOPY_WARN_RL("canopy-display: %s: frame %llu of scanout %u refused: %s", c.stats.vm.c_str(),
                               (unsigned long long)seq, scanout, why);
-      send_release(conn_id, scanout, seq);
+      hand_back();
       return {};
     };
     if (scanout >= c.num_scanouts) return make_error(Errc::kProtocol, "FRAME for a scanout the device does not have");
@@ -354,7 +478,7 @@ struct Compositor::Impl {
         if (ls.vm == c.stats.vm && ls.scanout == scanout) targets.emplace_back(o, l);
       }
     if (targets.empty()) {
-      send_release(conn_id, scanout, seq);
+      hand_back();
       return {};
     }
     const uint64_t id = next_frame++;
@@ -362,6 +486,8 @@ struct Compositor::Impl {
     r.conn = conn_id;
     r.scanout = scanout;
     r.seq = seq;
+    r.acquire = acquire;
+    r.targets = targets;
     r.buf = bit->second;
     r.image = Image{reinterpret_cast<const uint8_t*>(r.buf->map.data()) + f.offset.get(), w, h, stride, fmt,
                     r.buf->mapping()};
@@ -376,8 +502,14 @@ struct Compositor::Impl {
     if (const uint64_t pns = f.present_ns.get(); pns && now_ns > 0 && pns <= uint64_t(now_ns) &&
                                                  uint64_t(now_ns) - pns < 10'000'000'000ull)
       presented = TimePoint{std::chrono::nanoseconds(int64_t(pns))};
-    // 2D and blob frames are complete when they arrive (their acquire fence has signalled).
-    for (auto [o, l] : targets) outputs[o].sched->submit(l, id, true, presented);
+    // Frames without an acquire point (2D and blob scanouts) are complete when they arrive.
+    bool signalled = true;
+    if (st) {
+      st->held[acquire]++;
+      signalled = st->tl.signalled() >= acquire;
+      if (!signalled) st->waiting.emplace(acquire, id);
+    }
+    for (auto [o, l] : targets) outputs[o].sched->submit(l, id, signalled, presented);
     for (auto [o, l] : targets) take_releases(outputs[o]);
     return {};
   }
@@ -400,6 +532,7 @@ struct Compositor::Impl {
           case ch::Type::kBuffer: st = on_buffer(c, *msg); break;
           case ch::Type::kBufferGone: st = on_buffer_gone(c, *msg); break;
           case ch::Type::kFrame: st = on_frame(id, c, *msg); break;
+          case ch::Type::kTimeline: st = on_timeline(id, c, *msg); break;
           case ch::Type::kScanout:
             if (msg->fixed<ch::ScanoutMsg>().scanout.get() >= c.num_scanouts)
               st = make_error(Errc::kProtocol, "SCANOUT for a scanout the device does not have");
@@ -516,10 +649,11 @@ struct Compositor::Impl {
     for (const auto& [id, c] : conns) {
       if (!c.hello) continue;
       std::snprintf(line, sizeof line,
-                    "vm %s connected=%d frames=%llu refused=%llu blob_frames=%llu bytes_copied=%llu buffers=%zu "
+                    "vm %s connected=%d frames=%llu refused=%llu blob_frames=%llu fenced_frames=%llu bytes_copied=%llu buffers=%zu "
                     "mapped_bytes=%llu\n",
                     c.stats.vm.c_str(), c.stats.connected ? 1 : 0, (unsigned long long)c.stats.frames,
                     (unsigned long long)c.stats.frames_refused, (unsigned long long)c.stats.blob_frames,
+                    (unsigned long long)c.stats.fenced_frames,
                     (unsigned long long)c.stats.bytes_copied, c.stats.buffers, (unsigned long long)c.stats.mapped_bytes);
       s += line;
     }
@@ -595,6 +729,8 @@ struct Compositor::Impl {
       if (fd == listen.get()) accept_all();
       else if (control.valid() && fd == control.get()) on_control();
       else if (auto it = conn_by_fd.find(fd); it != conn_by_fd.end()) on_conn_readable(it->second);
+      else if (auto t = timeline_by_fd.find(fd); t != timeline_by_fd.end())
+        on_timeline_event(fd, t->second.first, t->second.second);
     }
     return {};
   }

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "canopy/buffers/shared_memory.h"
+#include "canopy/buffers/timeline.h"
 #include "canopy/display/channel.h"
 #include "canopy/display/fallback.h"
 
@@ -55,6 +56,21 @@ class FakeDevice {
     send((*pk)[0].bytes, (*pk)[0].fds);
     return id;
   }
+  // Gives scanout 0 an acquire/release timeline this object produces.
+  buffers::Timeline& timeline() {
+    auto t = buffers::Timeline::create_producer();
+    EXPECT_TRUE(t.ok());
+    timeline_ = std::move(*t);
+    EXPECT_TRUE(ch::send_timeline(sock_.get(), 0, timeline_).ok());
+    return timeline_;
+  }
+  // A frame on scanout 0 complete once the timeline reaches `point`.
+  uint64_t fenced_frame(uint32_t buffer, uint32_t w, uint32_t h, uint64_t point) {
+    acquire_ = point;
+    const uint64_t seq = frame(buffer, w, h);
+    acquire_ = 0;
+    return seq;
+  }
   uint64_t frame(uint32_t buffer, uint32_t w, uint32_t h, uint32_t scanout = 0, uint64_t offset = 0,
                  uint32_t stride = 0, uint64_t present_ns = 0) {
     ch::FrameMsg f{};
@@ -66,8 +82,9 @@ class FakeDevice {
     f.height = h;
     f.stride = stride ? stride : w * 4;
     f.offset = offset;
-    f.flags = ch::kFrameBlob;
+    f.flags = ch::kFrameBlob | (acquire_ ? ch::kFrameAcquire : 0);
     f.present_ns = present_ns;
+    f.acquire_point = acquire_;
     send(ch::encode_frame(f, {}));
     return seq_;
   }
@@ -93,6 +110,8 @@ class FakeDevice {
   UniqueFd sock_;
   uint32_t next_buffer_ = 1;
   uint64_t seq_ = 0;
+  uint64_t acquire_ = 0;
+  buffers::Timeline timeline_;
   std::vector<uint64_t> released_;
   bool closed_ = false;
 };
@@ -256,6 +275,58 @@ TEST_P(CompositorTest, BadFramesAreRefusedAndReleasedBadConnectionsClosedOthersG
   EXPECT_EQ(comp->output_stats(0).layers[0].new_frames, 1u);
 }
 
+// Acquire fences travel as a timeline (TIMELINE) and points on FRAMEs: a frame is shown only once its
+// point has signalled; frames no longer read are retired on the timeline (the release fence) as well as
+// RELEASEd.
+TEST_P(CompositorTest, FramesWaitForTheirAcquireFenceAndRetireTheTimelineWhenReleased) {
+  FakeDevice cluster(sock(), "cluster");
+  buffers::Timeline& tl = cluster.timeline();
+  const uint32_t b1 = cluster.buffer(64, 32, 0x111111), b2 = cluster.buffer(64, 32, 0x222222);
+  const uint64_t s1 = cluster.fenced_frame(b1, 64, 32, 1);
+  pump();
+  // The cluster is critical for its output: the latch is held for the grace, then nothing is new.
+  const auto& st0 = refresh();
+  EXPECT_EQ(st0.waits, 1u);
+  refresh();
+  EXPECT_EQ(st0.compositions, 1u);
+  EXPECT_EQ(pixel(0, 0), 0u) << "not shown before its fence signalled";
+  EXPECT_EQ(st0.layers[0].missed, 1u);
+  ASSERT_TRUE(tl.signal(1).ok());
+  pump();
+  refresh();
+  EXPECT_EQ(pixel(0, 0), 0x111111u);
+  // The next frame signals while the latch is held for it: composed at once, before the deadline.
+  const uint64_t s2 = cluster.fenced_frame(b2, 64, 32, 2);
+  pump();
+  clock.set(comp->next_latch());
+  ASSERT_TRUE(comp->compose_due().ok());
+  EXPECT_EQ(comp->output_stats(0).waits, 2u);
+  EXPECT_EQ(comp->output_stats(0).compositions, 2u) << "held";
+  clock.advance(std::chrono::microseconds(500));
+  ASSERT_TRUE(tl.signal(2).ok());
+  pump();
+  EXPECT_EQ(comp->next_latch(), clock.now());
+  ASSERT_TRUE(comp->compose_due().ok());
+  const auto& st = comp->output_stats(0);
+  EXPECT_EQ(st.compositions, 3u);
+  EXPECT_EQ(st.missed_deadlines, 0u);
+  EXPECT_EQ(pixel(0, 0), 0x222222u);
+  pump();
+  EXPECT_EQ(cluster.releases(), std::vector<uint64_t>{s1});
+  EXPECT_EQ(tl.retired(), 1u) << "frame 1 is no longer read";
+  EXPECT_EQ(tl.lifecycle(2), buffers::PointState::kSignalled) << "frame 2 is on screen";
+  (void)s2;
+  // A fenced FRAME on a scanout without TIMELINE is a protocol error.
+  FakeDevice ivi(sock(), "ivi");
+  ivi.fenced_frame(ivi.buffer(16, 16, 0), 16, 16, 1);
+  pump();
+  EXPECT_TRUE(ivi.closed());
+  for (const auto& c : comp->connections())
+    if (c.vm == "cluster") {
+      EXPECT_EQ(c.fenced_frames, 2u);
+    }
+}
+
 // Mixed criticality with real connections: whatever the IVI does, the cluster output shows every
 // cluster frame at the refresh it was due, with the right pixels, and keeps every deadline.
 class MixedCriticality : public CompositorTest {
@@ -289,6 +360,17 @@ TEST_P(MixedCriticality, IviThatHangsNeverDelaysTheCluster) {
   run([](FakeDevice&, uint32_t, int) {});
   EXPECT_EQ(pixel(45, 10), 0x00ff00u);  // its last good frame stays
   EXPECT_EQ(comp->output_stats(0).layers[1].reused, uint64_t(kFrames - 1));
+}
+
+TEST_P(MixedCriticality, IviWhoseFencesNeverSignalNeverDelaysTheCluster) {
+  run([](FakeDevice& ivi, uint32_t b, int n) {
+    if (n == 0) ivi.timeline();
+    ivi.fenced_frame(b, 32, 32, uint64_t(n) + 1);  // never signalled
+  });
+  EXPECT_EQ(pixel(45, 10), 0x00ff00u);  // its last good frame stays
+  const auto& l = comp->output_stats(0).layers[1];
+  EXPECT_EQ(l.new_frames, 1u);
+  EXPECT_EQ(l.missed, uint64_t(kFrames - 1));
 }
 
 TEST_P(MixedCriticality, IviThatFloodsIsBoundedAndNeverDelaysTheCluster) {

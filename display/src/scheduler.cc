@@ -64,7 +64,11 @@ void OutputScheduler::submit(size_t layer, uint64_t id, bool signalled, std::opt
 void OutputScheduler::signal(size_t layer, uint64_t id) {
   if (layer >= layers_.size()) return;
   for (auto& p : layers_[layer].pending)
-    if (p.id == id) p.signalled = true;
+    if (p.id == id) {
+      p.signalled = true;
+      // A latch held for this frame may go on now.
+      if (wait_until_) wait_until_ = std::min(*wait_until_, clock_.now());
+    }
 }
 
 OutputScheduler::Plan OutputScheduler::latch() {

@@ -135,6 +135,7 @@ TEST_F(SchedulerTest, ACriticalLayerHoldsTheLatchForAtMostGrace) {
   EXPECT_EQ(p.wait_until, clock.now() + milliseconds(2));
   clock.advance(milliseconds(1));
   s.signal(0, c);
+  EXPECT_EQ(s.next_latch(), clock.now()) << "the held latch is due as soon as the frame signals";
   p = s.latch();
   ASSERT_FALSE(p.wait);
   EXPECT_EQ(p.layers[0].show, Show::kNew);

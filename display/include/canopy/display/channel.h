@@ -4,7 +4,7 @@
 //
 // One unix SOCK_SEQPACKET connection per GPU device; every packet is one message: a 16-byte header and
 // a payload whose layout is fixed per type (counts inside it size its arrays). Descriptors travel with
-// BUFFER packets only. parse() checks everything that does not need the receiver's state (sizes,
+// BUFFER and TIMELINE packets only. parse() checks everything that does not need the receiver's state (sizes,
 // counts against the caps, descriptor indices, overflow, names, flags); the receiver checks ids
 // against what it knows. Wire format and caps: docs/display.md.
 //
@@ -14,10 +14,16 @@
 //                  (first_piece / total_pieces); carries the descriptors its pieces name
 //     BUFFER_GONE  buffer `id` will not be used again (its resource was destroyed)
 //     SCANOUT      scanout enabled with a size, or disabled
-//     FRAME        scanout shows buffer `id` from now on: format, size, stride, offset, damage, seq
+//     TIMELINE     the scanout's acquire/release timeline (canopy/buffers/timeline.h): its memfd, eventfd
+//                  and, when known, the producer's pidfd; at most one per scanout and connection
+//     FRAME        scanout shows buffer `id` from now on: format, size, stride, offset, damage, seq; with
+//                  kFrameAcquire, only once the scanout's timeline has signalled `acquire_point` (else the
+//                  frame is complete on arrival, as 2D and blob frames are)
 //     CURSOR       cursor image (a 64x64 ARGB8888 buffer, 0: unchanged), position, hotspot, visibility
 //   compositor -> device
-//     RELEASE      the compositor no longer reads frame `seq` of `scanout`
+//     RELEASE      the compositor no longer reads frame `seq` of `scanout`; for frames with an acquire
+//                  point it also retires the timeline up to the highest point whose frames (and all
+//                  before) it no longer reads: the release fence a producer can wait on
 //     DISPLAY      the output behind a scanout changed (connected, mode): the device tells its guest
 //
 // Threading: the functions are pure or act on one socket; a socket is used by one thread at a time.
@@ -35,10 +41,14 @@
 #include "canopy/base/result.h"
 #include "canopy/base/unique_fd.h"
 
+namespace canopy::buffers {
+class Timeline;
+}
+
 namespace canopy::display::channel {
 
 inline constexpr uint32_t kMagic = 0x53444e43;  // "CNDS"
-inline constexpr uint16_t kVersion = 1;
+inline constexpr uint16_t kVersion = 2;
 inline constexpr size_t kHeaderSize = 16;
 inline constexpr uint32_t kMaxScanouts = 16;
 inline constexpr uint32_t kMaxPiecesPerPacket = 4096;     // a packet stays under 64 KiB of payload
@@ -56,6 +66,7 @@ enum class Type : uint16_t {
   kScanout = 4,
   kFrame = 5,
   kCursor = 6,
+  kTimeline = 7,
   kRelease = 0x101,
   kDisplay = 0x102,
 };
@@ -111,6 +122,11 @@ struct FrameMsg {
   le32 flags;         // kFrameBlob | kFrameAliased
   le32 num_damage;    // WireRect[num_damage] follow (0: the whole frame)
   le64 present_ns;    // CLOCK_MONOTONIC when the device took the guest's flush; 0: unknown
+  le64 acquire_point;  // with kFrameAcquire: the scanout's timeline value that makes the frame complete
+};
+struct TimelineMsg {
+  le32 scanout;
+  le32 num_fds;  // 2 (memfd, eventfd) or 3 (+ the producer's pidfd), in that order
 };
 struct CursorMsg {
   le32 scanout;
@@ -134,12 +150,13 @@ struct DisplayMsg {
 };
 #pragma pack(pop)
 static_assert(sizeof(Header) == kHeaderSize && sizeof(Hello) == 40 && sizeof(BufferHdr) == 16 &&
-              sizeof(Piece) == 16 && sizeof(FrameMsg) == 64 && sizeof(CursorMsg) == 32 && sizeof(Release) == 16 &&
+              sizeof(Piece) == 16 && sizeof(FrameMsg) == 72 && sizeof(TimelineMsg) == 8 && sizeof(CursorMsg) == 32 && sizeof(Release) == 16 &&
               sizeof(DisplayMsg) == 24 && sizeof(WireRect) == 16 && sizeof(ScanoutMsg) == 16);
 
 inline constexpr uint32_t kFrameBlob = 1u << 0;
 inline constexpr uint32_t kFrameAliased = 1u << 1;
-inline constexpr uint32_t kKnownFrameFlags = kFrameBlob | kFrameAliased;
+inline constexpr uint32_t kFrameAcquire = 1u << 2;
+inline constexpr uint32_t kKnownFrameFlags = kFrameBlob | kFrameAliased | kFrameAcquire;
 inline constexpr uint64_t kPageSize = 4096;
 
 // A parsed packet: the header's type, the fixed part, the arrays, the descriptors.
@@ -187,6 +204,8 @@ Result<std::vector<BufferPacket>> encode_buffer(uint32_t id, std::span<const Pie
 
 // Sends / receives one packet (SOCK_SEQPACKET). receive: kClosed at end of stream, kTimeout, kProtocol.
 Status send_packet(int sock, std::span<const uint8_t> packet, std::span<const int> fds = {});
+// TIMELINE for `scanout`: duplicates of the timeline's descriptors (the producer's pidfd when known).
+Status send_timeline(int sock, uint32_t scanout, const buffers::Timeline& timeline);
 Result<Message> receive(int sock, Direction dir, int timeout_ms);
 
 }  // namespace canopy::display::channel

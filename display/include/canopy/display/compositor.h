@@ -66,6 +66,7 @@ struct ConnectionStats {
   uint64_t frames_refused = 0;
   uint64_t bytes_copied = 0;  // reported by the device (2D transfers); 0 for blob scanouts
   uint64_t blob_frames = 0;
+  uint64_t fenced_frames = 0;  // frames with an acquire point on their scanout's timeline
   size_t buffers = 0;
   uint64_t mapped_bytes = 0;
 };

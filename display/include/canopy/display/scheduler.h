@@ -86,7 +86,8 @@ class OutputScheduler {
   // `guest_present`: when the guest presented the frame (its flush reached the device), the start of
   // the latency recorded for it; without it, the submission.
   void submit(size_t layer, uint64_t id, bool signalled, std::optional<TimePoint> guest_present = std::nullopt);
-  // Frame `id`'s acquire fence signalled (unknown ids are ignored: already dropped).
+  // Frame `id`'s acquire fence signalled (unknown ids are ignored: already dropped). A latch held
+  // waiting (Plan::wait) becomes due at once.
   void signal(size_t layer, uint64_t id);
 
   enum class Show { kNothing, kNew, kReused, kFallback };
