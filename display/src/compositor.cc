@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <optional>
 #include <unordered_map>
@@ -72,16 +73,19 @@ int64_t us_since(TimePoint epoch, TimePoint t) {
 
 // ---- state ----------------------------------------------------------------------------------------
 
-// A device's buffer, mapped once. The renderer may have derived state from the mapping (the Vulkan
-// renderer's import of it), dropped before the memory goes.
+// A device's buffer, mapped once. The renderer and the sinks may have derived state from the mapping
+// (the Vulkan renderer's import of it, a KMS framebuffer), dropped before the memory goes. With sinks
+// that offer hardware planes the descriptors stay open: a plane needs the memory as a dma-buf.
 struct MappedBuffer {
   buffers::ScatterMapping map;
-  std::unique_ptr<Renderer>* renderer = nullptr;  // the compositor's current renderer
+  std::vector<UniqueFd> fds;               // (only for plane sinks)
+  std::vector<buffers::FilePiece> pieces;  // the mapping's pieces of those files, in order
+  std::function<void(const void*)> forget;
   MappedBuffer() = default;
   MappedBuffer(const MappedBuffer&) = delete;
   MappedBuffer& operator=(const MappedBuffer&) = delete;
   ~MappedBuffer() {
-    if (renderer && *renderer && map.data()) (*renderer)->forget_memory(map.data());
+    if (forget && map.data()) forget(map.data());
   }
   // The whole pages the mapping covers (the last piece's final page is mapped whole).
   Mapping mapping() const {
@@ -105,8 +109,17 @@ struct Compositor::Impl {
     bool pidfd_watched = false;
     bool lost = false;
   };
+  // The guest's cursor on a scanout (CURSOR): drawn over every layer showing that scanout.
+  static constexpr uint32_t kCursorSize = 64;
+  struct Cursor {
+    bool visible = false;
+    int32_t x = 0, y = 0;  // the hotspot's position in the scanout
+    uint32_t hot_x = 0, hot_y = 0;
+    std::shared_ptr<MappedBuffer> image;  // 64x64 ARGB8888; kept after its BUFFER_GONE
+  };
   struct Conn {
     UniqueFd sock;
+    std::map<uint32_t, Cursor> cursors;  // by scanout
     std::map<uint32_t, ScanoutTimeline> timelines;  // by scanout
     bool hello = false;
     uint32_t num_scanouts = 0;
@@ -131,6 +144,9 @@ struct Compositor::Impl {
     std::unique_ptr<OutputSink> sink;
     std::vector<FallbackImage> fallback;  // per layer, the size of its rectangle
     std::vector<LayerSpec> fallback_spec;
+    uint64_t on_planes = 0;                    // compositions the sink showed on hardware planes
+    bool canvas_stale = false;                 // the last one was on planes: the canvas is older
+    std::optional<OutputScheduler::Plan> last_plan;
   };
   struct TraceEvent {
     const char* name;
@@ -158,6 +174,7 @@ struct Compositor::Impl {
   bool quit = false;
   bool sinks_open = true;
   bool tracing = false;
+  bool plane_sinks = false;  // some output's sink offers hardware planes
   uint64_t renderer_switches = 0;
   std::vector<TraceEvent> trace;
 
@@ -165,8 +182,9 @@ struct Compositor::Impl {
   Impl(const Impl&) = delete;
   Impl& operator=(const Impl&) = delete;
   ~Impl() {
-    // Buffers first (each tells the renderer its mapping goes), then the renderer, then the canvases
-    // it may have imported.
+    // Sinks first (they hold frames on planes), then buffers (each tells the renderer and sinks its
+    // mapping goes), then the renderer, then the canvases it may have imported.
+    for (auto& o : outputs) o.sink.reset();
     frames.clear();
     conns.clear();
     if (renderer)
@@ -325,6 +343,7 @@ struct Compositor::Impl {
     c.buffers.clear();  // frames on screen keep their own references
     c.partial.clear();
     c.timelines.clear();  // frames waiting on one will not complete; newer frames replace them
+    c.cursors.clear();    // a gone VM's pointer is not drawn over its last frames
   }
 
   void accept_all() {
@@ -410,7 +429,11 @@ struct Compositor::Impl {
     }
     auto b = std::make_shared<MappedBuffer>();
     b->map = std::move(*map);
-    b->renderer = &renderer;
+    b->forget = [this](const void* base) { forget_memory(base); };
+    if (plane_sinks) {
+      b->fds = std::move(p.fds);
+      b->pieces = std::move(p.pieces);
+    }
     c.stats.mapped_bytes += b->map.size();
     c.buffers[id] = std::move(b);
     c.partial.erase(id);  // closes the descriptors: the mapping keeps the memory
@@ -426,6 +449,41 @@ struct Compositor::Impl {
     c.buffers.erase(it);  // frames still on screen hold the mapping
     c.stats.buffers = c.buffers.size();
     return {};
+  }
+
+  Status on_cursor(Conn& c, const ch::Message& m) {
+    const auto cm = m.fixed<ch::CursorMsg>();
+    if (cm.scanout.get() >= c.num_scanouts) return make_error(Errc::kProtocol, "CURSOR for a scanout the device does not have");
+    Cursor& cur = c.cursors[cm.scanout.get()];
+    if (const uint32_t id = cm.buffer_id.get()) {
+      auto b = c.buffers.find(id);
+      if (b == c.buffers.end()) return make_error(Errc::kProtocol, "CURSOR shows an unknown buffer");
+      if (b->second->map.size() < size_t(kCursorSize) * kCursorSize * 4)
+        return make_error(Errc::kProtocol, "CURSOR image buffer smaller than 64x64 ARGB8888");
+      cur.image = b->second;
+    }
+    cur.visible = cm.visible.get() != 0;
+    // Positions are the guest's signed 32-bit values (a cursor may hang over the scanout's left edge).
+    cur.x = int32_t(cm.x.get());
+    cur.y = int32_t(cm.y.get());
+    cur.hot_x = cm.hot_x.get();
+    cur.hot_y = cm.hot_y.get();
+    return {};
+  }
+
+  // The cursor over frame `f` as drawn by layer `l`, when its VM shows one on that scanout.
+  std::optional<LayerDraw> cursor_draw(const FrameRec& f, const LayerSpec& l, std::vector<LayerSpec>& specs) {
+    auto c = conns.find(f.conn);
+    if (c == conns.end()) return std::nullopt;
+    auto cur = c->second.cursors.find(f.scanout);
+    if (cur == c->second.cursors.end() || !cur->second.visible || !cur->second.image) return std::nullopt;
+    const Cursor& k = cur->second;
+    const Rect piece{int32_t(int64_t(k.x) - k.hot_x), int32_t(int64_t(k.y) - k.hot_y), kCursorSize, kCursorSize};
+    auto spec = sub_layer(l, resolved_src(l, f.image.width, f.image.height), piece);
+    if (!spec) return std::nullopt;
+    specs.push_back(*spec);
+    const auto* px = reinterpret_cast<const uint8_t*>(k.image->map.data());
+    return LayerDraw{&specs.back(), Image{px, kCursorSize, kCursorSize, kCursorSize * 4, Format::kARGB8888, k.image->mapping()}};
   }
 
   Status on_frame(uint64_t conn_id, Conn& c, const ch::Message& m) {
@@ -537,7 +595,7 @@ struct Compositor::Impl {
             if (msg->fixed<ch::ScanoutMsg>().scanout.get() >= c.num_scanouts)
               st = make_error(Errc::kProtocol, "SCANOUT for a scanout the device does not have");
             break;
-          case ch::Type::kCursor: break;  // the cursor is not composed yet (docs/display.md)
+          case ch::Type::kCursor: st = on_cursor(c, *msg); break;
           default: st = make_error(Errc::kProtocol, "unexpected packet type"); break;
         }
       if (!st.ok()) {
@@ -589,9 +647,20 @@ struct Compositor::Impl {
     return "error: unknown request (stats | snapshot DIR | trace-start | trace-stop FILE | quit)\n";
   }
 
-  Status snapshot(const std::string& dir) const {
-    for (size_t i = 0; i < outputs.size(); ++i)
-      CANOPY_TRY(write_png(dir + "/" + layout.outputs[i].name + ".png", outputs[i].canvas));
+  Status snapshot(const std::string& dir) {
+    for (size_t i = 0; i < outputs.size(); ++i) {
+      Output& o = outputs[i];
+      if (o.canvas_stale && o.last_plan) {
+        // Shown on planes: compose the same picture for the file (its frames are still held).
+        std::vector<LayerDraw> draws;
+        std::vector<Source> sources;
+        std::vector<LayerSpec> specs;
+        build_draws(i, *o.last_plan, draws, sources, specs);
+        CANOPY_TRY(renderer->compose(draws, o.canvas, opt.background));
+        o.canvas_stale = false;
+      }
+      CANOPY_TRY(write_png(dir + "/" + layout.outputs[i].name + ".png", o.canvas));
+    }
     return {};
   }
 
@@ -628,10 +697,11 @@ struct Compositor::Impl {
       const OutputStats& st = outputs[i].sched->stats();
       std::snprintf(line, sizeof line,
                     "output %s %ux%u@%u criticality=%s sink=%s renderer=%s compositions=%llu missed_deadlines=%llu "
-                    "waits=%llu\n",
+                    "waits=%llu on_planes=%llu\n",
                     spec.name.c_str(), spec.width, spec.height, spec.refresh_hz, to_string(spec.criticality),
                     outputs[i].sink->name(), renderer->name(), (unsigned long long)st.compositions,
-                    (unsigned long long)st.missed_deadlines, (unsigned long long)st.waits);
+                    (unsigned long long)st.missed_deadlines, (unsigned long long)st.waits,
+                    (unsigned long long)outputs[i].on_planes);
       s += line;
       for (size_t l = 0; l < spec.layers.size(); ++l) {
         const LayerStats& ls = st.layers[l];
@@ -662,11 +732,24 @@ struct Compositor::Impl {
 
   // ---- composition ----
 
-  Status compose(size_t oi, const OutputScheduler::Plan& plan) {
+  void forget_memory(const void* base) {
+    if (renderer) renderer->forget_memory(base);
+    for (auto& o : outputs)
+      if (o.sink) o.sink->forget_memory(base);
+  }
+
+  // What a plan draws, back to front; per draw, the buffer behind it and its frame (0: a cursor), or
+  // no buffer (the compositor's own fallback picture). `specs` holds the cursors' layer specs.
+  struct Source {
+    std::shared_ptr<MappedBuffer> buf;
+    uint64_t frame = 0;
+  };
+  void build_draws(size_t oi, const OutputScheduler::Plan& plan, std::vector<LayerDraw>& draws,
+                   std::vector<Source>& sources, std::vector<LayerSpec>& specs) {
     Output& o = outputs[oi];
     const OutputSpec& spec = layout.outputs[oi];
-    std::vector<LayerDraw> draws;
-    draws.reserve(spec.layers.size());
+    draws.reserve(spec.layers.size() * 2);
+    specs.reserve(spec.layers.size());  // (stable: the draws point into it)
     for (size_t l = 0; l < plan.layers.size(); ++l) {
       const auto& lp = plan.layers[l];
       switch (lp.show) {
@@ -674,14 +757,82 @@ struct Compositor::Impl {
         case OutputScheduler::Show::kNew:
         case OutputScheduler::Show::kReused: {
           auto it = frames.find(lp.frame);
-          if (it != frames.end()) draws.push_back({&spec.layers[l], it->second.image});
+          if (it == frames.end()) break;
+          draws.push_back({&spec.layers[l], it->second.image});
+          sources.push_back({it->second.buf, lp.frame});
+          if (auto cd = cursor_draw(it->second, spec.layers[l], specs)) {
+            draws.push_back(*cd);
+            sources.push_back({conns.at(it->second.conn).cursors.at(it->second.scanout).image, 0});
+          }
           break;
         }
         case OutputScheduler::Show::kFallback:
           draws.push_back({&o.fallback_spec[l], o.fallback[l].image()});
+          sources.push_back({});
           break;
       }
     }
+  }
+
+  // The draws as hardware-plane layers, when every one is a buffer of its VM and the picture needs no
+  // background of the compositor's (black, or an opaque bottom layer covering the output).
+  std::vector<PlaneLayer> plane_layers(size_t oi, const std::vector<LayerDraw>& draws, const std::vector<Source>& sources) {
+    std::vector<PlaneLayer> out;
+    if (draws.empty()) return out;
+    const OutputSpec& spec = layout.outputs[oi];
+    const LayerDraw& bottom = draws.front();
+    const bool opaque_format = bottom.image.format == Format::kXRGB8888 || bottom.image.format == Format::kXBGR8888 ||
+                               bottom.image.format == Format::kRGB565;
+    const bool covered = opaque_format && bottom.layer->alpha >= 1.0 && bottom.layer->dst.x <= 0 && bottom.layer->dst.y <= 0 &&
+                         int64_t(bottom.layer->dst.x) + bottom.layer->dst.width >= int64_t(spec.width) &&
+                         int64_t(bottom.layer->dst.y) + bottom.layer->dst.height >= int64_t(spec.height);
+    if ((opt.background & 0xffffff) != 0 && !covered) return out;
+    for (size_t i = 0; i < draws.size(); ++i) {
+      const Source& src = sources[i];
+      if (!src.buf || src.buf->pieces.empty()) return {};
+      PlaneLayer pl;
+      pl.layer = draws[i].layer;
+      pl.image = draws[i].image;
+      pl.buffer_base = src.buf->map.data();
+      pl.pieces = src.buf->pieces;
+      if (src.frame) {
+        // The sink's hold is one more reference on the frame: it goes back to its VM only when the
+        // sink drops the hold (the display no longer reads it).
+        frames.at(src.frame).refs++;
+        const uint64_t id = src.frame;
+        pl.hold = std::shared_ptr<void>(src.buf.get(), [this, id](void*) { unref(id); });
+      } else {
+        pl.hold = src.buf;
+      }
+      out.push_back(std::move(pl));
+    }
+    return out;
+  }
+
+  Status compose(size_t oi, const OutputScheduler::Plan& plan) {
+    Output& o = outputs[oi];
+    const OutputSpec& spec = layout.outputs[oi];
+    std::vector<LayerDraw> draws;
+    std::vector<Source> sources;
+    std::vector<LayerSpec> cursor_specs;
+    build_draws(oi, plan, draws, sources, cursor_specs);
+    if (o.sink->offers_planes()) {
+      o.last_plan = plan;
+      auto layers = plane_layers(oi, draws, sources);
+      if (!layers.empty()) {
+        const TimePoint t0 = clock.now();
+        auto shown = o.sink->present_planes(layers);
+        layers.clear();  // (the sink keeps the holds it needs)
+        if (!shown.ok()) return shown.error();
+        if (*shown) {
+          trace_event("present-planes", t0, clock.now(), uint32_t(oi), draws.size());
+          ++o.on_planes;
+          o.canvas_stale = true;
+          return {};
+        }
+      }
+    }
+    o.canvas_stale = false;
     const TimePoint t0 = clock.now();
     Status st = renderer->compose(draws, o.canvas, opt.background);
     const TimePoint t1 = clock.now();
@@ -788,7 +939,10 @@ Result<std::unique_ptr<Compositor>> Compositor::create(Layout layout, Compositor
     auto* px = reinterpret_cast<uint8_t*>(o.px.data());
     o.canvas = Canvas{px, spec.width, spec.height, spec.width * 4, Mapping{px, o.px.size()}};
     std::fill_n(reinterpret_cast<uint32_t*>(px), size_t(spec.width) * spec.height, m.opt.background);
-    if (m.opt.sinks == CompositorOptions::Sinks::kWindow) {
+    if (m.opt.make_sink) {
+      o.sink = m.opt.make_sink(spec);
+      if (!o.sink) return make_error(Errc::kInvalidArgument, "canopy-display: no sink for an output");
+    } else if (m.opt.sinks == CompositorOptions::Sinks::kWindow) {
       CANOPY_ASSIGN_OR_RETURN(o.sink, make_window_sink("Canopy: " + spec.name, spec.width, spec.height));
     } else if (m.opt.sinks == CompositorOptions::Sinks::kKms) {
       if (!kms) {
@@ -807,6 +961,7 @@ Result<std::unique_ptr<Compositor>> Compositor::create(Layout layout, Compositor
       o.fallback_spec.push_back(f);
     }
   }
+  for (const auto& o : m.outputs) m.plane_sinks |= o.sink->offers_planes();
   CANOPY_ASSIGN_OR_RETURN(m.listen, listen_seqpacket(m.opt.listen_path, false));
   CANOPY_TRY(m.watch(m.listen.get()));
   if (!m.opt.control_path.empty()) {
@@ -841,7 +996,7 @@ const OutputStats& Compositor::output_stats(size_t i) const { return impl_->outp
 const char* Compositor::sink_name(size_t i) const { return impl_->outputs.at(i).sink->name(); }
 const char* Compositor::renderer_name() const { return impl_->renderer->name(); }
 Renderer::Stats Compositor::renderer_stats() const { return impl_->renderer->stats(); }
-Status Compositor::snapshot(const std::string& dir) const { return impl_->snapshot(dir); }
+Status Compositor::snapshot(const std::string& dir) { return impl_->snapshot(dir); }
 std::string Compositor::stats_text() const { return impl_->stats_text(); }
 void Compositor::trace_start() { impl_->start_trace(); }
 Status Compositor::trace_stop(const std::string& path) { return impl_->write_trace(path); }

@@ -19,6 +19,7 @@
 #include "canopy/buffers/timeline.h"
 #include "canopy/display/channel.h"
 #include "canopy/display/fallback.h"
+#include "canopy/display/png.h"
 
 namespace canopy::display {
 namespace {
@@ -87,6 +88,23 @@ class FakeDevice {
     f.acquire_point = acquire_;
     send(ch::encode_frame(f, {}));
     return seq_;
+  }
+  // CURSOR on scanout 0; with an image colour, a new 64x64 ARGB8888 image (its buffer gone at once,
+  // as canopy-gpu does).
+  void cursor(bool visible, int32_t x, int32_t y, uint32_t hot_x, uint32_t hot_y, uint32_t image_argb = 0) {
+    ch::CursorMsg m{};
+    m.visible = visible ? 1 : 0;
+    m.x = uint32_t(x);
+    m.y = uint32_t(y);
+    m.hot_x = hot_x;
+    m.hot_y = hot_y;
+    if (image_argb) m.buffer_id = buffer(64, 64, image_argb);
+    send(ch::encode(ch::Type::kCursor, m));
+    if (image_argb) {
+      ch::BufferGone g{};
+      g.id = m.buffer_id.get();
+      send(ch::encode(ch::Type::kBufferGone, g));
+    }
   }
   // RELEASEs received so far (seq numbers), without waiting.
   std::vector<uint64_t> releases() {
@@ -275,6 +293,42 @@ TEST_P(CompositorTest, BadFramesAreRefusedAndReleasedBadConnectionsClosedOthersG
   EXPECT_EQ(comp->output_stats(0).layers[0].new_frames, 1u);
 }
 
+// The guest's cursor is drawn over its scanout where the layer shows it: moved, scaled with an inset,
+// clipped to the frame, hidden; its image outlives the buffer that brought it.
+TEST_P(CompositorTest, CursorsAreDrawnWhereTheirScanoutShows) {
+  FakeDevice cluster(sock(), "cluster"), ivi(sock(), "ivi");
+  const uint32_t cb = cluster.buffer(64, 32, 0x101010);
+  cluster.frame(cb, 64, 32);
+  ivi.frame(ivi.buffer(32, 32, 0x202020), 32, 32);
+  cluster.cursor(true, 10, 5, 2, 2, 0xff0000ff);  // opaque blue, its top-left at (8, 3)
+  ivi.cursor(true, 16, 0, 0, 0, 0xff00ff00);      // green over the inset's right half (scaled by 1/2)
+  pump();
+  refresh();
+  EXPECT_EQ(pixel(7, 3), 0x101010u);
+  EXPECT_EQ(pixel(8, 3), 0x0000ffu);
+  EXPECT_EQ(pixel(39, 31), 0x0000ffu) << "clipped at the frame's bottom";
+  EXPECT_EQ(pixel(47, 10), 0x202020u);
+  EXPECT_EQ(pixel(48, 8), 0x00ff00u);
+  EXPECT_EQ(pixel(55, 23), 0x00ff00u);
+  cluster.cursor(true, 40, 20, 2, 2);  // moved, same image
+  pump();
+  refresh();
+  EXPECT_EQ(pixel(8, 3), 0x101010u);
+  EXPECT_EQ(pixel(38, 18), 0x0000ffu);
+  EXPECT_EQ(pixel(37, 18), 0x101010u);
+  cluster.cursor(false, 40, 20, 2, 2);
+  pump();
+  refresh();
+  EXPECT_EQ(pixel(38, 18), 0x101010u);
+  // A CURSOR naming a buffer it does not have closes that connection only.
+  FakeDevice bad(sock(), "other");
+  ch::CursorMsg m{};
+  m.buffer_id = 5;
+  bad.send(ch::encode(ch::Type::kCursor, m));
+  pump();
+  EXPECT_TRUE(bad.closed());
+}
+
 // Acquire fences travel as a timeline (TIMELINE) and points on FRAMEs: a frame is shown only once its
 // point has signalled; frames no longer read are retired on the timeline (the release fence) as well as
 // RELEASEd.
@@ -454,6 +508,117 @@ TEST_P(CompositorTest, ControlSocketAnswersStatsSnapshotAndTrace) {
   EXPECT_TRUE(comp->quit_requested());
   ::unlink((dir_ + "/cluster.png").c_str());
   ::unlink((dir_ + "/trace.json").c_str());
+}
+
+// A sink with hardware planes, as the KMS sink is on hardware that can scan out guest memory: it takes
+// (or refuses) whole compositions and keeps the holds of what it shows until the test lets them go.
+struct FakePlaneSink final : OutputSink {
+  struct Shown {
+    std::vector<Rect> dst;
+    std::vector<size_t> pieces;
+  };
+  bool accept = true;
+  std::vector<Shown> shown;
+  std::vector<std::vector<std::shared_ptr<void>>> holds;
+  size_t canvas_presents = 0;
+  const char* name() const override { return "fake-planes"; }
+  Status present(const Canvas&) override {
+    ++canvas_presents;
+    return {};
+  }
+  bool offers_planes() const override { return true; }
+  Result<bool> present_planes(std::span<const PlaneLayer> layers) override {
+    if (!accept) return false;
+    Shown s;
+    std::vector<std::shared_ptr<void>> h;
+    for (const auto& l : layers) {
+      s.dst.push_back(l.layer->dst);
+      s.pieces.push_back(l.pieces.size());
+      h.push_back(l.hold);
+    }
+    shown.push_back(s);
+    holds.push_back(std::move(h));
+    return true;
+  }
+};
+
+// Whole compositions go on planes when the sink takes them (the guest's memory, no canvas); a frame on a
+// plane goes back to its VM only once the sink lets go of it; compositor-drawn pictures (the fallback)
+// and refusals are composed as usual; a snapshot composes what the planes show.
+TEST(CompositorPlanes, VmFramesGoOnPlanesAndAreHeldWhileShown) {
+  FakeClock clock;
+  const std::string dir = "/tmp/canopy-compositor-planes." + std::to_string(::getpid());
+  ::mkdir(dir.c_str(), 0700);
+  FakePlaneSink* sink = nullptr;
+  CompositorOptions o;
+  o.listen_path = dir + "/display.sock";
+  o.renderer = "pixman";
+  o.background = 0x303030;  // not black: planes only when a covering opaque layer is at the bottom
+  o.make_sink = [&](const OutputSpec&) {
+    auto s = std::make_unique<FakePlaneSink>();
+    sink = s.get();
+    return s;
+  };
+  auto c = Compositor::create(cockpit_layout(), o, clock);
+  ASSERT_TRUE(c.ok()) << c.error().what;
+  auto& comp = *c;
+  auto pump = [&] {
+    for (int i = 0; i < 5; ++i) ASSERT_TRUE(comp->poll_input(1).ok());
+  };
+  auto refresh = [&] {
+    clock.set(std::max(clock.now(), comp->next_latch()));
+    EXPECT_TRUE(comp->compose_due().ok());
+  };
+  {
+    FakeDevice cluster(o.listen_path, "cluster"), ivi(o.listen_path, "ivi");
+    const uint32_t cb1 = cluster.buffer(64, 32, 0x0000aa), cb2 = cluster.buffer(64, 32, 0x0000bb);
+    const uint64_t c1 = cluster.frame(cb1, 64, 32);
+    ivi.frame(ivi.buffer(32, 32, 0x00cc00), 32, 32);
+    pump();
+    refresh();
+    ASSERT_EQ(sink->shown.size(), 1u);
+    EXPECT_EQ(sink->shown[0].dst, (std::vector<Rect>{{0, 0, 64, 32}, {40, 8, 16, 16}})) << "back to front";
+    EXPECT_EQ(sink->shown[0].pieces, (std::vector<size_t>{1, 1})) << "the guest's memory goes with each";
+    EXPECT_EQ(sink->canvas_presents, 0u);
+    EXPECT_NE(comp->stats_text().find("on_planes=1"), std::string::npos);
+    cluster.frame(cb2, 64, 32);
+    pump();
+    refresh();
+    ASSERT_EQ(sink->shown.size(), 2u);
+    pump();
+    EXPECT_TRUE(cluster.releases().empty()) << "frame 1 is still held by the sink";
+    sink->holds[0].clear();  // the display no longer reads the first composition
+    pump();
+    EXPECT_EQ(cluster.releases(), std::vector<uint64_t>{c1});
+    // A snapshot composes what the planes show.
+    ASSERT_TRUE(comp->snapshot(dir).ok());
+    auto png = read_png(dir + "/cluster.png");
+    ASSERT_TRUE(png.ok()) << png.error().what;
+    EXPECT_EQ(png->pixels[0] & 0xffffff, 0x0000bbu);
+    ::unlink((dir + "/cluster.png").c_str());
+    // Refused: composed and presented as a canvas.
+    sink->accept = false;
+    cluster.frame(cb1, 64, 32);
+    pump();
+    refresh();
+    EXPECT_EQ(sink->canvas_presents, 1u);
+    const Canvas& cv = comp->canvas(0);
+    uint32_t px;
+    std::memcpy(&px, cv.data, 4);
+    EXPECT_EQ(px & 0xffffff, 0x0000aau);
+    // The fallback is the compositor's own picture: never on planes.
+    sink->accept = true;
+    for (int n = 0; n < 20 && !comp->output_stats(0).layers[0].fallback; ++n) refresh();
+    ASSERT_TRUE(comp->output_stats(0).layers[0].fallback);
+    const size_t on_planes = sink->shown.size(), canvases = sink->canvas_presents;
+    for (int n = 0; n < 3; ++n) refresh();
+    EXPECT_EQ(sink->shown.size(), on_planes);
+    EXPECT_EQ(sink->canvas_presents, canvases + 3);
+    sink->holds.clear();
+  }
+  pump();  // the devices closed
+  comp.reset();
+  EXPECT_EQ(::rmdir(dir.c_str()), 0);
 }
 
 auto renderer_name = [](const auto& info) { return std::string(info.param); };

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 #include "canopy/hypervisor/manifest.h"
 
@@ -115,6 +116,29 @@ Affine dst_to_src(const LayerSpec& l, const Rect& src) {
     case Rotation::k270: m = {0, -sw / H, sh / W, 0, sx + sw, sy}; break;
   }
   return m;
+}
+
+std::optional<LayerSpec> sub_layer(const LayerSpec& l, const Rect& src, const Rect& piece) {
+  const int64_t x0 = std::max<int64_t>(piece.x, src.x), y0 = std::max<int64_t>(piece.y, src.y);
+  const int64_t x1 = std::min<int64_t>(int64_t(piece.x) + piece.width, int64_t(src.x) + src.width);
+  const int64_t y1 = std::min<int64_t>(int64_t(piece.y) + piece.height, int64_t(src.y) + src.height);
+  if (x1 <= x0 || y1 <= y0 || l.dst.empty()) return std::nullopt;
+  // Where the visible part's corners land: the inverse of dst_to_src (axis aligned: a scaled rotation).
+  const Affine m = dst_to_src(l, src);
+  const double det = m.a * m.d - m.b * m.c;
+  if (det == 0) return std::nullopt;
+  auto to_dst = [&](double u, double v) {
+    const double du = u - m.e, dv = v - m.f;
+    return Affine::Point{(m.d * du - m.b * dv) / det, (-m.c * du + m.a * dv) / det};
+  };
+  const auto p = to_dst(double(x0), double(y0)), q = to_dst(double(x1), double(y1));
+  const int64_t dx0 = std::llround(std::min(p.x, q.x)), dx1 = std::llround(std::max(p.x, q.x));
+  const int64_t dy0 = std::llround(std::min(p.y, q.y)), dy1 = std::llround(std::max(p.y, q.y));
+  if (dx1 <= dx0 || dy1 <= dy0) return std::nullopt;  // smaller than a pixel on the output
+  LayerSpec s = l;
+  s.src = Rect{int32_t(x0 - piece.x), int32_t(y0 - piece.y), uint32_t(x1 - x0), uint32_t(y1 - y0)};
+  s.dst = Rect{int32_t(l.dst.x + dx0), int32_t(l.dst.y + dy0), uint32_t(dx1 - dx0), uint32_t(dy1 - dy0)};
+  return s;
 }
 
 bool is_integer_translation(const Affine& m) {

@@ -95,6 +95,33 @@ TEST(Layout, DstToSrcCornersForEachRotation) {
   EXPECT_TRUE(is_integer_translation(dst_to_src(same, src)));
 }
 
+// A cursor-sized piece of the frame placed where that part of the frame shows, clipped to the crop.
+TEST(Layout, SubLayerLandsWhereItsPartOfTheFrameShows) {
+  const Rect src{10, 20, 200, 100};
+  LayerSpec l;
+  l.dst = Rect{5, 5, 100, 50};  // half size
+  l.alpha = 0.5;
+  auto s = sub_layer(l, src, Rect{110, 70, 64, 64});
+  ASSERT_TRUE(s);
+  EXPECT_EQ(s->src, (Rect{0, 0, 64, 50})) << "clipped at the crop's bottom";
+  EXPECT_EQ(s->dst, (Rect{55, 30, 32, 25}));
+  EXPECT_EQ(s->alpha, 0.5);
+  s = sub_layer(l, src, Rect{-10, 20, 64, 64});
+  ASSERT_TRUE(s);
+  EXPECT_EQ(s->src, (Rect{20, 0, 44, 64})) << "clipped at the crop's left";
+  EXPECT_EQ(s->dst, (Rect{5, 5, 22, 32}));
+  l.rotation = Rotation::k90;
+  l.dst = Rect{5, 5, 50, 100};
+  s = sub_layer(l, src, Rect{110, 70, 64, 64});
+  ASSERT_TRUE(s);
+  EXPECT_EQ(s->src, (Rect{0, 0, 64, 50}));
+  EXPECT_EQ(s->dst, (Rect{5, 55, 25, 32}));
+  EXPECT_EQ(s->rotation, Rotation::k90);
+  EXPECT_FALSE(sub_layer(l, src, Rect{300, 0, 64, 64})) << "outside the crop";
+  l.dst = Rect{5, 5, 2, 4};
+  EXPECT_FALSE(sub_layer(l, src, Rect{10, 20, 4, 4})) << "under a pixel on the output";
+}
+
 TEST(Layout, ResolvedSourceClampsTheCropToTheFrame) {
   LayerSpec l;
   EXPECT_EQ(resolved_src(l, 640, 480), (Rect{0, 0, 640, 480})) << "no crop";

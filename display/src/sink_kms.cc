@@ -10,9 +10,15 @@
 // the display still scans out: while a flip is pending it waits for its event for at most one refresh
 // period and otherwise skips that composition (counted).
 //
-// VM frames themselves are not put on planes yet: that needs them as DRM framebuffers (dma-buf import
-// of guest memory), and the hardware here (virtio-gpu: one primary and one cursor plane per CRTC)
-// could not show them anyway, so plane offload is untested (docs/display.md).
+// Plane offload (present_planes): each VM frame becomes a DRM framebuffer over its own memory (a
+// udmabuf of the guest's memfd pages, imported with drmPrimeFDToHandle, cached per buffer until the
+// compositor forgets it), one libliftoff layer per composition layer (position, crop, zpos, alpha,
+// rotation), the canvas layer disabled. libliftoff tests the assignment with TEST_ONLY commits; if any
+// layer would need composition, nothing goes on planes and the compositor composes as usual (all or
+// nothing: a partial offload would need a transparent composition buffer between planes). A frame on a
+// plane is held (not released to its VM) until the flip after the one that replaced it has completed.
+// The hardware here (virtio-gpu: one primary and one cursor plane per CRTC, no import of foreign
+// dma-bufs in Linux 6.12) refuses it, so only that refusal is tested (docs/display.md).
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/mman.h>
@@ -26,11 +32,15 @@ extern "C" {  // libliftoff 0.3's header has no C++ guards
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <map>
+#include <memory>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "canopy/base/log.h"
 #include "canopy/base/unique_fd.h"
+#include "canopy/buffers/udmabuf.h"
 #include "canopy/display/sink.h"
 
 namespace canopy::display {
@@ -77,6 +87,8 @@ class KmsSink final : public OutputSink {
   ~KmsSink() override {
     const int fd = card_->fd.get();
     wait_flip(200);
+    for (liftoff_layer* l : vm_layers_) liftoff_layer_destroy(l);
+    for (auto& [key, f] : fbs_) drop_fb(f);
     if (layer_) liftoff_layer_destroy(layer_);
     if (out_) liftoff_output_destroy(out_);
     if (lo_) liftoff_device_destroy(lo_);
@@ -92,9 +104,86 @@ class KmsSink final : public OutputSink {
     }
     if (mode_blob_) drmModeDestroyPropertyBlob(fd, mode_blob_);
     if (crtc_bit_) card_->crtcs_used &= ~crtc_bit_;
-    CANOPY_INFO("kms: output %s: %llu commits, %llu flips completed, %llu compositions skipped while a flip was pending",
+    CANOPY_INFO("kms: output %s: %llu commits, %llu flips completed, %llu compositions skipped while a flip was pending; "
+                "%llu on planes, %llu refused planes",
                 name_.c_str(), (unsigned long long)commits_, (unsigned long long)flips_.completed,
-                (unsigned long long)skipped_);
+                (unsigned long long)skipped_, (unsigned long long)on_planes_, (unsigned long long)planes_refused_);
+  }
+
+  bool offers_planes() const override { return true; }
+
+  Result<bool> present_planes(std::span<const PlaneLayer> layers) override {
+    if (layers.empty() || !mode_set_) return false;  // the first commit sets the mode with the canvas
+    std::vector<uint32_t> fbs;
+    for (const auto& l : layers) {
+      const uint32_t fb = framebuffer(l);
+      if (!fb) {
+        ++planes_refused_;
+        return false;
+      }
+      fbs.push_back(fb);
+    }
+    if (flips_.pending && !wait_flip(period_ms_)) {
+      ++skipped_;
+      return true;  // as present(): the display still shows the previous buffers
+    }
+    while (vm_layers_.size() < layers.size()) {
+      liftoff_layer* l = liftoff_layer_create(out_);
+      if (!l) return false;
+      vm_layers_.push_back(l);
+    }
+    for (size_t i = 0; i < vm_layers_.size(); ++i) {
+      liftoff_layer* l = vm_layers_[i];
+      if (i >= layers.size()) {
+        liftoff_layer_set_property(l, "FB_ID", 0);
+        continue;
+      }
+      const LayerSpec& spec = *layers[i].layer;
+      const Rect src = resolved_src(spec, layers[i].image.width, layers[i].image.height);
+      liftoff_layer_set_property(l, "FB_ID", fbs[i]);
+      liftoff_layer_set_property(l, "zpos", i);
+      liftoff_layer_set_property(l, "CRTC_X", uint64_t(int64_t(spec.dst.x)));
+      liftoff_layer_set_property(l, "CRTC_Y", uint64_t(int64_t(spec.dst.y)));
+      liftoff_layer_set_property(l, "CRTC_W", spec.dst.width);
+      liftoff_layer_set_property(l, "CRTC_H", spec.dst.height);
+      liftoff_layer_set_property(l, "SRC_X", uint64_t(src.x) << 16);
+      liftoff_layer_set_property(l, "SRC_Y", uint64_t(src.y) << 16);
+      liftoff_layer_set_property(l, "SRC_W", uint64_t(src.width) << 16);
+      liftoff_layer_set_property(l, "SRC_H", uint64_t(src.height) << 16);
+      // Only what differs from a plane's defaults, so planes without these properties still qualify.
+      if (spec.alpha < 1.0) liftoff_layer_set_property(l, "alpha", uint64_t(spec.alpha * 0xffff + 0.5));
+      else liftoff_layer_unset_property(l, "alpha");
+      // KMS rotates counter-clockwise, the layout clockwise.
+      if (spec.rotation != Rotation::k0)
+        liftoff_layer_set_property(l, "rotation", spec.rotation == Rotation::k90    ? DRM_MODE_ROTATE_270
+                                                  : spec.rotation == Rotation::k180 ? DRM_MODE_ROTATE_180
+                                                                                    : DRM_MODE_ROTATE_90);
+      else liftoff_layer_unset_property(l, "rotation");
+    }
+    liftoff_layer_set_property(layer_, "FB_ID", 0);  // the canvas is not shown
+    std::vector<std::shared_ptr<void>> holds;
+    for (const auto& l : layers) holds.push_back(l.hold);
+    const int r = commit(true);
+    if (r == 1) return true;  // skipped (EBUSY)
+    if (r != 0) {
+      ++planes_refused_;
+      for (liftoff_layer* l : vm_layers_) liftoff_layer_set_property(l, "FB_ID", 0);
+      return false;
+    }
+    ++on_planes_;
+    shown(std::move(holds));
+    return true;
+  }
+
+  void forget_memory(const void* base) override {
+    for (auto it = fbs_.begin(); it != fbs_.end();) {
+      if (it->first.base == base) {
+        drop_fb(it->second);
+        it = fbs_.erase(it);
+      } else {
+        ++it;
+      }
+    }
   }
 
   const char* name() const override { return "kms"; }
@@ -145,7 +234,6 @@ class KmsSink final : public OutputSink {
   }
 
   Status present(const Canvas& c) override {
-    const int fd = card_->fd.get();
     if (flips_.pending && !wait_flip(period_ms_)) {
       ++skipped_;
       return {};  // the display still shows the previous buffer; nothing is torn
@@ -159,31 +247,14 @@ class KmsSink final : public OutputSink {
       for (uint32_t x = 0; x < w; ++x) dst[x] = src[x] | 0xff000000u;
     }
     liftoff_layer_set_property(layer_, "FB_ID", b.fb);
-    drmModeAtomicReq* req = drmModeAtomicAlloc();
-    if (!req) return make_error(Errc::kNoMemory, "kms: atomic request");
-    uint32_t flags = DRM_MODE_ATOMIC_NONBLOCK | DRM_MODE_PAGE_FLIP_EVENT;
-    if (!mode_set_) {
-      flags = DRM_MODE_ATOMIC_ALLOW_MODESET;
-      drmModeAtomicAddProperty(req, conn_id_, conn_crtc_prop_, crtc_id_);
-      drmModeAtomicAddProperty(req, crtc_id_, crtc_mode_prop_, mode_blob_);
-      drmModeAtomicAddProperty(req, crtc_id_, crtc_active_prop_, 1);
-    }
-    int r = liftoff_output_apply(out_, req, flags);
-    if (r == 0 && liftoff_layer_needs_composition(layer_)) r = -ENOSPC;  // no plane could take the canvas
-    if (r == 0 && drmModeAtomicCommit(fd, req, flags, card_.get()) != 0) r = -errno;
-    drmModeAtomicFree(req);
-    if (r == -EBUSY) {  // the CRTC still has a flip queued (its event not read yet): show this next time
-      ++skipped_;
-      return {};
-    }
+    for (liftoff_layer* l : vm_layers_) liftoff_layer_set_property(l, "FB_ID", 0);
+    const int r = commit(false);
+    if (r == 1) return {};
     if (r != 0) {
-      const int err = -r;
-      CANOPY_WARN_RL("kms: output %s: commit failed: %s", name_.c_str(), std::strerror(err));
-      return make_error(Errc::kIo, "kms: atomic commit failed", err);
+      CANOPY_WARN_RL("kms: output %s: commit failed: %s", name_.c_str(), std::strerror(-r));
+      return make_error(Errc::kIo, "kms: atomic commit failed", -r);
     }
-    ++commits_;
-    if (mode_set_) flips_.pending = true;
-    mode_set_ = true;
+    shown({});
     back_ ^= 1;
     return {};
   }
@@ -194,6 +265,94 @@ class KmsSink final : public OutputSink {
   }
 
  private:
+  // One atomic commit of the libliftoff layers as set: 0 committed, 1 skipped (EBUSY: the CRTC still
+  // has a flip queued; show this next time), else -errno. With `planes`, every VM layer must be on a
+  // plane (-ENOSPC otherwise); without, the canvas layer must be.
+  int commit(bool planes) {
+    drmModeAtomicReq* req = drmModeAtomicAlloc();
+    if (!req) return -ENOMEM;
+    uint32_t flags = DRM_MODE_ATOMIC_NONBLOCK | DRM_MODE_PAGE_FLIP_EVENT;
+    if (!mode_set_) {
+      flags = DRM_MODE_ATOMIC_ALLOW_MODESET;
+      drmModeAtomicAddProperty(req, conn_id_, conn_crtc_prop_, crtc_id_);
+      drmModeAtomicAddProperty(req, crtc_id_, crtc_mode_prop_, mode_blob_);
+      drmModeAtomicAddProperty(req, crtc_id_, crtc_active_prop_, 1);
+    }
+    int r = liftoff_output_apply(out_, req, flags);
+    if (r == 0) {
+      if (planes) {
+        for (liftoff_layer* l : vm_layers_)
+          if (liftoff_layer_needs_composition(l)) r = -ENOSPC;  // (disabled layers need none)
+      } else if (liftoff_layer_needs_composition(layer_)) {
+        r = -ENOSPC;  // no plane could take the canvas
+      }
+    }
+    if (r == 0 && drmModeAtomicCommit(card_->fd.get(), req, flags, card_.get()) != 0) r = -errno;
+    drmModeAtomicFree(req);
+    if (r == -EBUSY) {
+      ++skipped_;
+      return 1;
+    }
+    if (r != 0) return r;
+    ++commits_;
+    if (mode_set_) flips_.pending = true;
+    mode_set_ = true;
+    return 0;
+  }
+
+  // A commit went out showing what `holds` keep: the previous flip has completed (present waits for
+  // it), so what was on screen before it is no longer read.
+  void shown(std::vector<std::shared_ptr<void>> holds) {
+    holds_[0] = std::move(holds_[1]);
+    holds_[1] = std::move(holds);
+  }
+
+  struct FbKey {
+    const void* base;
+    uint64_t offset;
+    uint32_t width, height, stride, fourcc;
+    bool operator<(const FbKey& o) const {
+      return std::tie(base, offset, width, height, stride, fourcc) <
+             std::tie(o.base, o.offset, o.width, o.height, o.stride, o.fourcc);
+    }
+  };
+  struct Fb {
+    uint32_t fb = 0, handle = 0;  // fb 0: the device refused this buffer (not tried again)
+  };
+
+  void drop_fb(const Fb& f) {
+    if (f.fb) drmModeRmFB(card_->fd.get(), f.fb);
+    if (f.handle) drmCloseBufferHandle(card_->fd.get(), f.handle);
+  }
+
+  // The framebuffer over a layer's own memory; 0 when the device cannot scan it out.
+  uint32_t framebuffer(const PlaneLayer& l) {
+    const auto* base = static_cast<const uint8_t*>(l.buffer_base);
+    const FbKey key{l.buffer_base, uint64_t(l.image.data - base), l.image.width, l.image.height, l.image.stride,
+                    uint32_t(l.image.format)};
+    if (auto it = fbs_.find(key); it != fbs_.end()) return it->second.fb;
+    Fb& f = fbs_[key];
+    auto dmabuf = buffers::make_udmabuf(l.pieces);
+    if (!dmabuf.ok()) {
+      CANOPY_WARN_RL("kms: output %s: a frame cannot go on a plane: %s", name_.c_str(), dmabuf.error().what);
+      return 0;
+    }
+    if (drmPrimeFDToHandle(card_->fd.get(), dmabuf->get(), &f.handle) != 0) {
+      f.handle = 0;
+      CANOPY_WARN_RL("kms: output %s: %s cannot import guest memory (dma-buf): %s; composing instead", name_.c_str(),
+                     card_->path.c_str(), std::strerror(errno));
+      return 0;
+    }
+    const uint32_t handles[4] = {f.handle}, pitches[4] = {l.image.stride}, offsets[4] = {uint32_t(key.offset)};
+    if (key.offset > UINT32_MAX ||
+        drmModeAddFB2(card_->fd.get(), l.image.width, l.image.height, key.fourcc, handles, pitches, offsets, &f.fb, 0) != 0) {
+      f.fb = 0;
+      CANOPY_WARN_RL("kms: output %s: no framebuffer over a frame's memory: %s; composing instead", name_.c_str(),
+                     std::strerror(errno));
+    }
+    return f.fb;
+  }
+
   Status pick(drmModeRes* res, drmModeConnector* conn, uint32_t width, uint32_t height) {
     if (!res || !conn || conn->count_modes == 0) return make_error(Errc::kIo, "kms: connector has no modes");
     const drmModeModeInfo* chosen = nullptr;
@@ -298,7 +457,11 @@ class KmsSink final : public OutputSink {
   liftoff_device* lo_ = nullptr;
   size_t planes_ = 0;
   liftoff_output* out_ = nullptr;
-  liftoff_layer* layer_ = nullptr;
+  liftoff_layer* layer_ = nullptr;     // the canvas
+  std::vector<liftoff_layer*> vm_layers_;  // frames on planes (FB_ID 0: unused)
+  std::map<FbKey, Fb> fbs_;
+  std::vector<std::shared_ptr<void>> holds_[2];  // on screen, and in the last commit
+  uint64_t on_planes_ = 0, planes_refused_ = 0;
   bool mode_set_ = false;
   KmsCard::Flips flips_;
   int period_ms_ = 17;

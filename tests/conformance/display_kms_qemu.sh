@@ -3,12 +3,16 @@
 # on the upstream virtio_gpu driver with two outputs (QEMU's vhost-user-gpu-pci, max_outputs=2, with
 # canopy-gpu behind it). The guest (guest/display_kms.sh) runs canopy-display from the host's root
 # with --output kms and a manifest of two displays; it checks that both ran on KMS and page-flipped.
+# canopy-display-feed stands in for VM "ivi", full screen on output main in the background's colour, so
+# the compositor offers that frame to a plane of its own (udmabuf of the feed's memfd, imported into
+# virtio_gpu); the guest checks that it was offered and logs whether it was taken or refused and why.
 # Here we check what reached canopy-gpu's scanouts: frames in both modes whose pixels are the
-# compositor's background (0x777777, X byte 0xff: every pixel 77 77 77 ff).
-# virtio-gpu has a primary and a cursor plane per CRTC, so libliftoff can only place the composed
-# canvas: plane offload of VM buffers is not exercised here.
+# compositor's background or the feed (both 0x777777, X byte 0xff: every pixel 77 77 77 ff), whichever
+# way they went. virtio-gpu has a primary and a cursor plane per CRTC and Linux 6.12's virtio_gpu does
+# not import foreign dma-bufs, so plane offload itself is refused here (docs/display.md).
 #
-# Usage: display_kms_qemu.sh PATH/TO/canopy-display PATH/TO/canopy-gpu
+# Usage: display_kms_qemu.sh PATH/TO/canopy-display PATH/TO/canopy-gpu PATH/TO/canopy-display-feed
+# (the feed must lie beside canopy-display: the guest runs it from there)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=lib.sh
@@ -16,15 +20,18 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 
 DISPLAY_BIN=${1:-}
 BACKEND=${2:-}
+FEED=${3:-}
 canopy_begin display_kms_qemu
-[ -n "$DISPLAY_BIN" ] && [ -n "$BACKEND" ] || canopy_fail "usage: $0 PATH/TO/canopy-display PATH/TO/canopy-gpu"
-for b in "$DISPLAY_BIN" "$BACKEND"; do [ -x "$b" ] || canopy_fail "$b missing or not executable"; done
+[ -n "$DISPLAY_BIN" ] && [ -n "$BACKEND" ] && [ -n "$FEED" ] ||
+  canopy_fail "usage: $0 PATH/TO/canopy-display PATH/TO/canopy-gpu PATH/TO/canopy-display-feed"
+for b in "$DISPLAY_BIN" "$BACKEND" "$FEED"; do [ -x "$b" ] || canopy_fail "$b missing or not executable"; done
+[ "$(dirname "$FEED")" -ef "$(dirname "$DISPLAY_BIN")" ] || canopy_fail "canopy-display-feed must lie beside canopy-display"
 DISPLAY_BIN=$(cd "$(dirname "$DISPLAY_BIN")" && pwd)/$(basename "$DISPLAY_BIN")
 canopy_require "${CANOPY_QEMU:-qemu-system-x86_64}" busybox cpio modinfo gzip od
 
 canopy_guest --test "$HERE/guest/display_kms.sh" virtio-gpu netfs 9pnet 9p 9pnet_virtio
 
-# Two displays, one with a layer whose VM never connects (nothing drawn there: the background shows).
+# Two displays: main shows VM ivi (the feed) full screen, second shows only the background.
 cat >"$CANOPY_WORK/kms.toml" <<'TOML'
 version = 1
 
@@ -52,10 +59,10 @@ output = "kms"
 [[layout]]
 display = "main"
 vm = "ivi"
-x = 100
-y = 100
-width = 200
-height = 100
+x = 0
+y = 0
+width = 1024
+height = 768
 TOML
 chmod -R a+rX "$CANOPY_WORK"
 
@@ -66,7 +73,7 @@ CANOPY_QEMU_APPEND="canopy.display_bin=$DISPLAY_BIN canopy.display_manifest=$CAN
   canopy_qemu_gpu2 || qemu_rc=$?
 canopy_check_guest_run "$qemu_rc"
 
-canopy_check_frames 0 1024 768 777777ff "the compositor's background"
+canopy_check_frames 0 1024 768 777777ff "the feed's frame (or the background)"
 canopy_check_frames 1 800 600 777777ff "the compositor's background"
 { grep -a 'canopy-test: .*kms: output' "$CANOPY_WORK/console.log" || true; } | while read -r l; do
   canopy_log "guest: ${l#*info: }"

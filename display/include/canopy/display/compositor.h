@@ -26,6 +26,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -55,6 +56,8 @@ struct CompositorOptions {
   // next connected connector of kms_device).
   enum class Sinks { kHeadless, kWindow, kKms } sinks = Sinks::kHeadless;
   std::string kms_device;  // "" = the first DRM device with a connected connector
+  // Makes each output's sink instead of `sinks` when set (tests: a sink with hardware planes).
+  std::function<std::unique_ptr<OutputSink>(const OutputSpec&)> make_sink;
   SchedulerOptions scheduler;
   uint32_t background = 0x00000000;
 };
@@ -100,7 +103,7 @@ class Compositor {
   Renderer::Stats renderer_stats() const;
   std::vector<ConnectionStats> connections() const;
 
-  Status snapshot(const std::string& dir) const;  // DIR/<output>.png
+  Status snapshot(const std::string& dir);  // DIR/<output>.png
   std::string stats_text() const;
   void trace_start();
   Status trace_stop(const std::string& path);

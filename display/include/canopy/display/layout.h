@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -87,6 +88,11 @@ struct Affine {
 Rect resolved_src(const LayerSpec& l, uint32_t frame_w, uint32_t frame_h);
 // The map from dst-relative output coordinates to source pixel coordinates for that crop.
 Affine dst_to_src(const LayerSpec& l, const Rect& src);
+// A layer drawing `piece` (a rectangle in the frame's pixels, e.g. the guest's cursor) with its own
+// image of piece's size, exactly where that part of the frame appears on the output: the part of piece
+// inside the crop `src`, with the layer's rotation, scale and alpha; its src is relative to piece's
+// image. None when nothing of piece is visible (outside the crop, or under a pixel on the output).
+std::optional<LayerSpec> sub_layer(const LayerSpec& l, const Rect& src, const Rect& piece);
 // Whether the map is a pure translation by whole pixels (renderers may copy instead of filtering).
 bool is_integer_translation(const Affine& m);
 

@@ -8,12 +8,25 @@
 #pragma once
 
 #include <memory>
+#include <span>
 #include <string>
 
 #include "canopy/base/result.h"
+#include "canopy/buffers/scatter_mapping.h"
+#include "canopy/display/layout.h"
 #include "canopy/display/renderer.h"
 
 namespace canopy::display {
+
+// A layer a sink may show on a hardware plane of its own: a VM frame (or cursor image) with the memory
+// behind it, so the display reads it where the guest drew it.
+struct PlaneLayer {
+  const LayerSpec* layer = nullptr;
+  Image image;                                  // the pixels, inside the buffer's mapping
+  const void* buffer_base = nullptr;            // the buffer's mapping: the key of what a sink derives
+  std::span<const buffers::FilePiece> pieces;   // the buffer's memory, in mapping order
+  std::shared_ptr<void> hold;                   // keeps the frame from its VM while the sink shows it
+};
 
 class OutputSink {
  public:
@@ -23,6 +36,18 @@ class OutputSink {
   virtual Status present(const Canvas& canvas) = 0;
   // Lets the sink take its window-system events; false once the user closed it.
   virtual bool poll() { return true; }
+
+  // Hardware planes. A sink that offers them may show a composition's layers (back to front) each on
+  // a plane of its own, without the canvas: all of them or none. present_planes() returns false when
+  // it cannot (then the compositor composes and calls present()); while the display reads a layer the
+  // sink keeps its `hold`.
+  virtual bool offers_planes() const { return false; }
+  virtual Result<bool> present_planes(std::span<const PlaneLayer> layers) {
+    (void)layers;
+    return false;
+  }
+  // The memory mapped at `base` is going away: drop what the sink derived from it (framebuffers).
+  virtual void forget_memory(const void* base) { (void)base; }
 };
 
 std::unique_ptr<OutputSink> make_headless_sink();

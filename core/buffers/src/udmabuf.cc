@@ -1,0 +1,48 @@
+#include "canopy/buffers/udmabuf.h"
+
+#include <fcntl.h>
+#include <linux/udmabuf.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+namespace canopy::buffers {
+
+Result<UniqueFd> make_udmabuf(std::span<const FilePiece> pieces) {
+  const uint64_t page = uint64_t(::sysconf(_SC_PAGESIZE));
+  if (pieces.empty()) return make_error(Errc::kInvalidArgument, "udmabuf: no pieces");
+  std::vector<udmabuf_create_item> items;
+  for (const auto& p : pieces) {
+    if (p.fd < 0 || p.length == 0 || p.offset % page || p.length % page)
+      return make_error(Errc::kInvalidArgument, "udmabuf: a piece is not whole pages");
+    if (!items.empty() && items.back().memfd == uint32_t(p.fd) &&
+        items.back().offset + items.back().size == p.offset) {
+      items.back().size += p.length;
+      continue;
+    }
+    udmabuf_create_item it{};
+    it.memfd = uint32_t(p.fd);
+    it.offset = p.offset;
+    it.size = p.length;
+    items.push_back(it);
+  }
+  UniqueFd dev(::open("/dev/udmabuf", O_RDWR | O_CLOEXEC));
+  if (!dev.valid()) return make_error(Errc::kUnsupported, "udmabuf: no /dev/udmabuf", errno);
+  // struct udmabuf_create_list ends in a flexible array.
+  const size_t bytes = sizeof(udmabuf_create_list) + items.size() * sizeof(udmabuf_create_item);
+  std::unique_ptr<uint8_t[]> buf(new uint8_t[bytes]());
+  auto* list = reinterpret_cast<udmabuf_create_list*>(buf.get());
+  list->flags = UDMABUF_FLAGS_CLOEXEC;
+  list->count = uint32_t(items.size());
+  std::memcpy(buf.get() + sizeof(udmabuf_create_list), items.data(), items.size() * sizeof(udmabuf_create_item));
+  const int fd = ::ioctl(dev.get(), UDMABUF_CREATE_LIST, list);
+  if (fd < 0) return make_error(Errc::kIo, "udmabuf: the kernel refused the list", errno);
+  return UniqueFd(fd);
+}
+
+}  // namespace canopy::buffers
