@@ -106,7 +106,6 @@ struct Compositor::Impl {
     std::multimap<uint64_t, uint64_t> waiting;  // acquire point -> frame id, not signalled yet
     std::map<uint64_t, int> held;               // acquire points of frames not released yet
     uint64_t highest_released = 0;
-    bool pidfd_watched = false;
     bool lost = false;
   };
   // The guest's cursor on a scanout (CURSOR): drawn over every layer showing that scanout.
@@ -250,11 +249,13 @@ struct Compositor::Impl {
         break;
       }
     if (auto h = st->held.find(point); h != st->held.end() && --h->second == 0) st->held.erase(h);
-    st->highest_released = std::max(st->highest_released, point);
-    retire(*st);
+    retire(*st, point);
   }
 
-  static void retire(ScanoutTimeline& st) {
+  // Retires the timeline as far as the frames still read allow, `released` (a point) now among the
+  // released ones.
+  static void retire(ScanoutTimeline& st, uint64_t released = 0) {
+    st.highest_released = std::max(st.highest_released, released);
     uint64_t to = st.highest_released;
     if (!st.held.empty()) to = std::min(to, st.held.begin()->first - 1);
     to = std::min(to, st.tl.signalled());
@@ -268,7 +269,6 @@ struct Compositor::Impl {
     if (fd == st->tl.producer_pidfd()) {
       ::epoll_ctl(ep.get(), EPOLL_CTL_DEL, fd, nullptr);  // readable for good once the producer exited
       timeline_by_fd.erase(fd);
-      st->pidfd_watched = false;
       st->tl.check_producer();
     }
     st->tl.consume_event();
@@ -291,14 +291,13 @@ struct Compositor::Impl {
     }
   }
 
-  void unwatch_timelines(Conn& c) {
-    for (auto& [scanout, st] : c.timelines) {
-      for (int fd : {st.tl.eventfd(), st.pidfd_watched ? st.tl.producer_pidfd() : -1}) {
-        if (fd < 0) continue;
-        ::epoll_ctl(ep.get(), EPOLL_CTL_DEL, fd, nullptr);
-        timeline_by_fd.erase(fd);
-      }
-    }
+  // Stops watching a connection's timeline descriptors (whichever are still watched).
+  void unwatch_timelines(uint64_t conn_id) {
+    std::erase_if(timeline_by_fd, [&](const auto& kv) {
+      if (kv.second.first != conn_id) return false;
+      ::epoll_ctl(ep.get(), EPOLL_CTL_DEL, kv.first, nullptr);
+      return true;
+    });
   }
 
   Status on_timeline(uint64_t conn_id, Conn& c, ch::Message& m) {
@@ -318,7 +317,6 @@ struct Compositor::Impl {
     if (st.tl.producer_pidfd() >= 0) {
       CANOPY_TRY(watch(st.tl.producer_pidfd()));
       timeline_by_fd[st.tl.producer_pidfd()] = {conn_id, scanout};
-      st.pidfd_watched = true;
     }
     return {};
   }
@@ -337,7 +335,7 @@ struct Compositor::Impl {
                 why);
     ::epoll_ctl(ep.get(), EPOLL_CTL_DEL, c.sock.get(), nullptr);
     conn_by_fd.erase(c.sock.get());
-    unwatch_timelines(c);
+    unwatch_timelines(conn_id);
     c.sock.reset();
     c.stats.connected = false;
     c.buffers.clear();  // frames on screen keep their own references
@@ -471,20 +469,6 @@ struct Compositor::Impl {
     return {};
   }
 
-  // The cursor over frame `f` as drawn by layer `l`, when its VM shows one on that scanout.
-  std::optional<LayerDraw> cursor_draw(const FrameRec& f, const LayerSpec& l, std::vector<LayerSpec>& specs) {
-    auto c = conns.find(f.conn);
-    if (c == conns.end()) return std::nullopt;
-    auto cur = c->second.cursors.find(f.scanout);
-    if (cur == c->second.cursors.end() || !cur->second.visible || !cur->second.image) return std::nullopt;
-    const Cursor& k = cur->second;
-    const Rect piece{int32_t(int64_t(k.x) - k.hot_x), int32_t(int64_t(k.y) - k.hot_y), kCursorSize, kCursorSize};
-    auto spec = sub_layer(l, resolved_src(l, f.image.width, f.image.height), piece);
-    if (!spec) return std::nullopt;
-    specs.push_back(*spec);
-    const auto* px = reinterpret_cast<const uint8_t*>(k.image->map.data());
-    return LayerDraw{&specs.back(), Image{px, kCursorSize, kCursorSize, kCursorSize * 4, Format::kARGB8888, k.image->mapping()}};
-  }
 
   Status on_frame(uint64_t conn_id, Conn& c, const ch::Message& m) {
     const auto f = m.fixed<ch::FrameMsg>();
@@ -502,10 +486,7 @@ struct Compositor::Impl {
       ++c.stats.fenced_frames;
     }
     auto hand_back = [&] {  // a frame never shown: released at once
-      if (st) {
-        st->highest_released = std::max(st->highest_released, acquire);
-        retire(*st);
-      }
+      if (st) retire(*st, acquire);
       send_release(conn_id, scanout, seq);
     };
     auto refuse = [&](const char* why) -> Status {
@@ -760,10 +741,7 @@ struct Compositor::Impl {
           if (it == frames.end()) break;
           draws.push_back({&spec.layers[l], it->second.image});
           sources.push_back({it->second.buf, lp.frame});
-          if (auto cd = cursor_draw(it->second, spec.layers[l], specs)) {
-            draws.push_back(*cd);
-            sources.push_back({conns.at(it->second.conn).cursors.at(it->second.scanout).image, 0});
-          }
+          add_cursor(it->second, spec.layers[l], draws, sources, specs);
           break;
         }
         case OutputScheduler::Show::kFallback:
@@ -772,6 +750,23 @@ struct Compositor::Impl {
           break;
       }
     }
+  }
+
+  // The cursor over frame `f` as layer `l` draws it, when its VM shows one on that scanout.
+  void add_cursor(const FrameRec& f, const LayerSpec& l, std::vector<LayerDraw>& draws, std::vector<Source>& sources,
+                  std::vector<LayerSpec>& specs) {
+    auto c = conns.find(f.conn);
+    if (c == conns.end()) return;
+    auto cur = c->second.cursors.find(f.scanout);
+    if (cur == c->second.cursors.end() || !cur->second.visible || !cur->second.image) return;
+    const Cursor& k = cur->second;
+    const Rect piece{int32_t(int64_t(k.x) - k.hot_x), int32_t(int64_t(k.y) - k.hot_y), kCursorSize, kCursorSize};
+    auto spec = sub_layer(l, resolved_src(l, f.image.width, f.image.height), piece);
+    if (!spec) return;
+    specs.push_back(*spec);
+    const auto* px = reinterpret_cast<const uint8_t*>(k.image->map.data());
+    draws.push_back({&specs.back(), Image{px, kCursorSize, kCursorSize, kCursorSize * 4, Format::kARGB8888, k.image->mapping()}});
+    sources.push_back({k.image, 0});
   }
 
   // The draws as hardware-plane layers, when every one is a buffer of its VM and the picture needs no

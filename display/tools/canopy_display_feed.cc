@@ -7,21 +7,18 @@
 //
 // It waits up to 10 s for the socket to accept. Exit status: 0 after --run-for-s (or SIGTERM), 1 when
 // the connection fails or closes, 2 on bad usage.
-#include <poll.h>
 #include <sys/socket.h>
-#include <sys/un.h>
-#include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <string>
-#include <thread>
 
 #include "canopy/buffers/shared_memory.h"
 #include "canopy/display/channel.h"
+#include "canopy/transport/vhost_user_channel.h"
 
 using namespace canopy;
 namespace ch = canopy::display::channel;
@@ -36,20 +33,6 @@ int usage() {
                "usage: canopy-display-feed --socket PATH --vm NAME [--size WxH] [--colour RRGGBB] [--fps N] "
                "[--run-for-s N]\n");
   return 2;
-}
-
-UniqueFd connect_within(const std::string& path, int seconds) {
-  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
-  while (!g_stop) {
-    UniqueFd s(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
-    sockaddr_un a{};
-    a.sun_family = AF_UNIX;
-    std::memcpy(a.sun_path, path.c_str(), std::min(path.size(), sizeof a.sun_path - 1));
-    if (::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) return s;
-    if (std::chrono::steady_clock::now() >= until) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  return UniqueFd();
 }
 
 }  // namespace
@@ -92,11 +75,12 @@ int main(int argc, char** argv) {
     auto* px = reinterpret_cast<uint32_t*>(map->data());
     for (uint64_t i = 0; i < uint64_t(w) * h; ++i) px[i] = 0xff000000u | colour;
   }
-  UniqueFd sock = connect_within(socket_path, 10);
-  if (!sock.valid()) {
-    std::fprintf(stderr, "canopy-display-feed: cannot connect to %s\n", socket_path.c_str());
+  auto connected = transport::vhost_user::connect_unix(socket_path.c_str(), 10'000, SOCK_SEQPACKET);
+  if (!connected.ok()) {
+    std::fprintf(stderr, "canopy-display-feed: cannot connect to %s: %s\n", socket_path.c_str(), connected.error().what);
     return 1;
   }
+  UniqueFd sock = std::move(*connected);
   auto send = [&](const std::vector<uint8_t>& p, std::span<const int> fds = {}) {
     return ch::send_packet(sock.get(), p, fds).ok();
   };

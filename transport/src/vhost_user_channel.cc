@@ -93,7 +93,7 @@ Result<Message> Channel::recv(int timeout_ms) {
   return m;
 }
 
-Result<UniqueFd> connect_unix(const char* path, int timeout_ms) {
+Result<UniqueFd> connect_unix(const char* path, int timeout_ms, int type) {
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   if (std::strlen(path) >= sizeof addr.sun_path) return make_error(Errc::kInvalidArgument, "socket path too long");
@@ -101,7 +101,7 @@ Result<UniqueFd> connect_unix(const char* path, int timeout_ms) {
   timespec start;
   clock_gettime(CLOCK_MONOTONIC, &start);
   for (;;) {
-    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    UniqueFd fd(::socket(AF_UNIX, type | SOCK_CLOEXEC, 0));
     if (!fd) return make_error(Errc::kIo, "socket failed", errno);
     if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) return fd;
     int err = errno;

@@ -5,6 +5,8 @@
 // Threading: one thread sends and one thread receives at a time (the owner serialises).
 #pragma once
 
+#include <sys/socket.h>
+
 #include <cstdint>
 #include <cstring>
 #include <span>
@@ -82,7 +84,8 @@ class Channel {
 };
 
 // Connects to a unix socket path (retrying until timeout_ms passes, for a backend still starting).
-Result<UniqueFd> connect_unix(const char* path, int timeout_ms);
+// `type`: SOCK_STREAM (vhost-user) or SOCK_SEQPACKET.
+Result<UniqueFd> connect_unix(const char* path, int timeout_ms, int type = SOCK_STREAM);
 // Creates a listening unix socket at path (an existing socket file is replaced).
 Result<UniqueFd> listen_unix(const char* path);
 
