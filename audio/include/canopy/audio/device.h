@@ -1,0 +1,244 @@
+// The virtio-snd device model (virtio 1.2 §5.14 + 1.3 control elements), independent of the transport:
+// canopy-snd runs it behind vhost-user (vhost_snd.h), tests and the fuzzer drive it directly.
+//
+//   SndDevice::create(options, host, board, complete)   one device: jacks, streams, chmaps, controls
+//   control(chain)      a controlq request; answered at once (returns the used length)
+//   io(queue, chain)    a txq / rxq / eventq buffer; held until it is consumed / filled / needed, then
+//                       handed back through `complete(queue, head, used_len)`
+//
+// Guest input is never trusted: every id, count, size and length is checked against the configuration and
+// the chain's own buffers (the QEMU virtio-snd CVE classes are regression-tested in device_test.cc). A
+// malformed request gets VIRTIO_SND_S_BAD_MSG; a buffer the device cannot use is handed back at once with
+// VIRTIO_SND_S_IO_ERR (or with nothing written when it has no room for a status).
+//
+// Data: a host backend (host.h) pulls playback bytes and pushes capture bytes through the stream's
+// StreamIo at the host's pace, so tx buffers are completed when the host has taken them (the guest's
+// clock is the host's), rx buffers when full. Volume, mute and the policy's ducking are applied there.
+//
+// Threading: one thread (canopy-snd's event loop) calls everything, host callbacks included.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "canopy/audio/protocol.h"
+#include "canopy/base/result.h"
+#include "canopy/transport/guest_memory.h"
+#include "canopy/transport/virtqueue.h"
+
+namespace canopy::audio {
+
+class PolicyBoard;
+
+// The formats the device offers by default: those it can apply a gain to (U8, S16, S24 in 32 bits, S32,
+// FLOAT). PipeWire converts them to whatever the graph runs at.
+uint64_t default_formats();
+
+// The usual channel layout for a channel count (MONO; FL FR; ... 7.1), as virtio positions.
+std::vector<uint8_t> default_positions(uint8_t channels);
+
+// Cross-VM policy of one stream (docs/audio-policy.md).
+struct StreamPolicy {
+  uint32_t priority = 50;    // 0..100, higher wins
+  bool duck_others = false;  // while this stream runs, lower-priority streams are attenuated ...
+  double duck_db = -20.0;    // ... by this much (dB, < 0) ...
+  uint32_t ramp_ms = 50;     // ... over this ramp (and restored over the same ramp)
+  bool exclusive = false;    // while this stream runs, lower-priority streams are muted
+};
+
+struct StreamConfig {
+  std::string name;
+  proto::Direction direction = proto::Direction::kOutput;
+  uint8_t channels_min = 1;
+  uint8_t channels_max = 2;
+  uint64_t formats = 0;  // virtio format bits; 0: default_formats()
+  uint64_t rates = 0;    // virtio rate bits; 0: 44100 and 48000
+  std::vector<uint8_t> positions;  // channel map (channels_max entries); empty: the usual layout
+  std::string role = "media";      // media.role of the host stream
+  std::string target;              // host sink / source node name; empty: the default one
+  StreamPolicy policy;
+};
+
+struct JackConfig {
+  std::string name;
+  proto::Direction direction = proto::Direction::kOutput;
+  uint32_t hda_device = proto::kHdaDevLineOut;  // HDA default device (Line Out, Speaker, HP Out, Mic In ...)
+  bool connected = true;
+};
+
+struct SndOptions {
+  std::vector<StreamConfig> streams;
+  std::vector<JackConfig> jacks;
+  bool controls = true;  // offer VIRTIO_SND_F_CTLS: a volume and a switch per stream
+  std::string vm = "vm";  // shown in host node names and logs
+  uint32_t max_pending_events = 64;  // events kept while the driver has no eventq buffer
+};
+
+// One stream's parameters from PCM_SET_PARAMS.
+struct PcmParams {
+  uint32_t buffer_bytes = 0;
+  uint32_t period_bytes = 0;
+  uint32_t features = 0;
+  uint8_t channels = 0;
+  uint8_t format = 0;  // proto::Format
+  uint32_t rate = 0;   // Hz
+  uint32_t frame_bytes() const { return channels * proto::format_bytes(format); }
+  bool operator==(const PcmParams&) const = default;
+};
+
+// The device side of a stream, for its host backend.
+class StreamIo {
+ public:
+  virtual ~StreamIo() = default;
+  // Playback: copies up to `bytes` of the guest's queued audio to dst (volume and ducking applied) and
+  // completes the tx buffers it empties; returns the bytes copied. Less than asked while running is an
+  // underrun (counted, and an XRUN event where negotiated); the caller fills the rest with silence.
+  virtual size_t pull(uint8_t* dst, size_t bytes) = 0;
+  // Capture: writes `bytes` of host audio into the guest's rx buffers, completing each one filled;
+  // returns the bytes taken (less: no buffer, an overrun, counted).
+  virtual size_t push(const uint8_t* src, size_t bytes) = 0;
+  virtual const PcmParams& params() const = 0;
+  virtual const StreamConfig& config() const = 0;
+};
+
+// The host end of one virtio stream (a PipeWire stream, a WAV file, nothing).
+class HostStream {
+ public:
+  virtual ~HostStream() = default;
+  // PCM_PREPARE: open or reopen the host side for these parameters (not running yet).
+  virtual Status prepare(const PcmParams& p) = 0;
+  // PCM_START / PCM_STOP. A stopped playback stream plays out what the host already holds.
+  virtual void start() = 0;
+  virtual void stop() = 0;
+  // PCM_RELEASE.
+  virtual void release() {}
+  // Frames the host holds between pull() and the output (for latency_bytes).
+  virtual uint32_t delay_frames() { return 0; }
+};
+
+class HostBackend {
+ public:
+  virtual ~HostBackend() = default;
+  virtual const char* name() const = 0;
+  virtual Result<std::unique_ptr<HostStream>> open(uint32_t index, StreamIo& io) = 0;
+  // Descriptors the event loop polls for the backend, and what to call when one is readable.
+  struct Watch {
+    int fd;
+    std::function<void()> fn;
+  };
+  virtual std::vector<Watch> watches() { return {}; }
+};
+
+struct StreamStats {
+  uint64_t tx_buffers = 0, rx_buffers = 0, io_errors = 0;
+  uint64_t frames = 0;      // frames moved to / from the host
+  uint64_t underruns = 0;   // playback pulls the guest could not fill while running
+  uint64_t overruns = 0;    // capture pushes with no guest buffer
+  uint64_t xrun_events = 0;
+  uint64_t ducks = 0;       // times the policy started attenuating this stream
+  double gain_db = 0;       // current policy gain (0 = none)
+  uint32_t last_latency_bytes = 0;
+};
+
+class SndDevice {
+ public:
+  // A held buffer is done: the transport writes the used element and notifies the driver.
+  using CompleteFn = std::function<void(uint16_t queue, uint16_t head, uint32_t used_len)>;
+  // A chain as the device sees it: validated guest segments, readable first.
+  struct Chain {
+    uint16_t head = 0;
+    std::span<const transport::Segment> readable;
+    std::span<const transport::Segment> writable;
+  };
+  static constexpr uint32_t kHeld = 0xffffffffu;
+
+  // Checks the configuration (ids, counts, formats, rates, positions) and opens each stream's host end.
+  static Result<std::unique_ptr<SndDevice>> create(SndOptions options, HostBackend* host, PolicyBoard* board,
+                                                   CompleteFn complete);
+  ~SndDevice();
+
+  uint64_t offered_features() const;
+  void set_acked_features(uint64_t f) { acked_ = f; }
+  proto::Config config() const;
+  uint32_t config_bytes() const;  // 16 with CTLS offered, else 12
+  void set_memory(transport::GuestMemory* mem) { mem_ = mem; }
+
+  // A controlq request: the response is written into the chain; returns the used length.
+  uint32_t control(const Chain& c);
+  // A txq / rxq / eventq buffer: kHeld when the device keeps it, else the used length to return now.
+  uint32_t io(uint16_t queue, const Chain& c);
+  // The driver reset the device or stopped queue `queue` (-1: all): held buffers are dropped (reset: the
+  // rings may be gone) or handed back (stop), streams go back to their initial state.
+  void reset();
+  void queue_stopped(uint16_t queue, bool resetting);
+
+  // Host-side events.
+  Status set_jack(uint32_t jack, bool connected);
+  Status set_volume(uint32_t stream, uint32_t volume, bool mute);  // a control changed by the host
+
+  uint32_t num_streams() const;
+  // The device side of a stream, as its host backend sees it (tests drive it directly).
+  StreamIo* stream_io(uint32_t stream);
+  const StreamStats& stats(uint32_t stream) const;
+  const char* state_name(uint32_t stream) const;
+  uint64_t events_sent() const { return events_sent_; }
+  uint64_t events_dropped() const { return events_dropped_; }
+  uint64_t bad_requests() const { return bad_requests_; }
+
+  struct Stream;
+
+ private:
+  SndDevice() = default;
+  uint32_t respond(const Chain& c, proto::Code code, std::span<const uint8_t> payload = {});
+  uint32_t query(const Chain& c, uint32_t code, const std::vector<uint8_t>& req);
+  uint32_t pcm_command(const Chain& c, proto::Code code, const std::vector<uint8_t>& req);
+  uint32_t ctl_command(const Chain& c, proto::Code code, const std::vector<uint8_t>& req);
+  uint32_t tx_rx(uint16_t queue, const Chain& c);
+  void post_event(uint32_t code, uint32_t data);
+  void post_ctl_event(uint32_t control, uint16_t mask);
+  void flush_events();
+  friend struct Stream;
+
+  SndOptions opt_;
+  HostBackend* host_ = nullptr;
+  PolicyBoard* board_ = nullptr;
+  CompleteFn complete_;
+  transport::GuestMemory* mem_ = nullptr;
+  uint64_t acked_ = 0;
+  std::vector<std::unique_ptr<Stream>> streams_;
+  std::vector<uint8_t> jack_connected_;
+  struct HeldBuffer {
+    uint16_t head = 0;
+    std::vector<transport::Segment> writable;
+  };
+  std::deque<HeldBuffer> event_buffers_;
+  std::deque<proto::Event> pending_events_;
+  uint64_t events_sent_ = 0, events_dropped_ = 0, bad_requests_ = 0;
+};
+
+// Reads and writes a list of guest segments as one byte range.
+class SegmentCursor {
+ public:
+  SegmentCursor(std::span<const transport::Segment> segs, size_t skip = 0);
+  size_t remaining() const { return remaining_; }
+  Status read(const transport::GuestMemory& mem, void* dst, size_t len);
+  Status write(transport::GuestMemory& mem, const void* src, size_t len);
+
+ private:
+  std::span<const transport::Segment> segs_;
+  size_t index_ = 0;
+  size_t offset_ = 0;
+  size_t remaining_ = 0;
+};
+
+// Applies a gain ramp to interleaved samples in place: frame i gets db_start + i * db_step (dB, clamped
+// at kMuteDb = silence). Supports the formats of default_formats().
+inline constexpr double kMuteDb = -96.0;
+void apply_gain(uint8_t format, uint8_t* data, size_t frames, uint32_t channels, double db_start, double db_step);
+
+}  // namespace canopy::audio

@@ -1,0 +1,32 @@
+// Host ends of canopy-snd's streams (device.h's HostBackend):
+//   PipeWire  one pw_stream per virtio stream (node properties carry the VM, the stream and the manifest's
+//             media.role; node.latency asks for a quantum of one guest period); PipeWire converts format,
+//             rate and channel layout to the graph's.
+//   null      no audio system: a timer takes playback at the stream's rate (optionally recorded to a WAV
+//             file per stream) and gives capture a tone or silence. For tests and machines without audio.
+// Both run on the device's event loop thread (their descriptors come from watches()).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "canopy/audio/device.h"
+
+namespace canopy::audio {
+
+struct NullHostOptions {
+  std::string wav_dir;          // playback of stream S of VM V is written to WAV_DIR/V-S.wav ("" = discarded)
+  double capture_tone_hz = 0;   // capture streams hear this sine at -6 dBFS (0 = silence)
+  std::string vm = "vm";
+};
+Result<std::unique_ptr<HostBackend>> make_null_backend(const NullHostOptions& o);
+
+struct PipeWireHostOptions {
+  std::string vm = "vm";
+  bool force_quantum = false;  // also force the graph's quantum to one period (node.force-quantum)
+  int connect_timeout_ms = 3000;
+};
+// Connects to the PipeWire daemon (PIPEWIRE_REMOTE / XDG_RUNTIME_DIR as usual); an error when none answers.
+Result<std::unique_ptr<HostBackend>> make_pipewire_backend(const PipeWireHostOptions& o);
+
+}  // namespace canopy::audio

@@ -1,0 +1,195 @@
+#include "canopy/audio/policy.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+namespace canopy::audio {
+
+namespace {
+constexpr uint32_t kMagic = 0x50414e43;  // "CNAP"
+constexpr uint32_t kVersion = 1;
+constexpr uint32_t kFlagDuck = 1, kFlagExclusive = 2;
+}  // namespace
+
+// One slot: written by its owner, read by everyone. `owner` (a pid) is the claim; the rest is published
+// before `owner` is set and read after it (acquire/release).
+struct PolicyBoard::Slot {
+  std::atomic<uint32_t> owner;  // 0: free
+  uint32_t priority;
+  uint32_t flags;
+  int32_t duck_mdb;  // milli-dB
+  uint32_t ramp_ms;
+  std::atomic<uint32_t> active;
+  std::atomic<uint64_t> refreshed_ns;
+  char label[32];
+};
+static_assert(sizeof(PolicyBoard::Slot) == 64);
+
+namespace {
+struct Header {
+  uint32_t magic;
+  uint32_t version;
+  uint32_t slots;
+  uint32_t slot_bytes;
+  uint8_t pad[48];
+};
+static_assert(sizeof(Header) == 64);
+constexpr size_t kBoardBytes = sizeof(Header) + PolicyBoard::kSlots * sizeof(PolicyBoard::Slot);
+
+bool process_gone(uint32_t pid) { return pid != 0 && kill(pid_t(pid), 0) != 0 && errno == ESRCH; }
+}  // namespace
+
+uint64_t monotonic_ns() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return uint64_t(ts.tv_sec) * 1'000'000'000ull + uint64_t(ts.tv_nsec);
+}
+
+Result<std::unique_ptr<PolicyBoard>> PolicyBoard::map(UniqueFd fd) {
+  // Size and initialise under an exclusive lock so two processes starting together agree.
+  if (flock(fd.get(), LOCK_EX) != 0) return make_error(Errc::kIo, "policy board: flock failed", errno);
+  struct stat st{};
+  if (fstat(fd.get(), &st) != 0) return make_error(Errc::kIo, "policy board: fstat failed", errno);
+  const bool fresh = st.st_size == 0;
+  if (fresh && ftruncate(fd.get(), off_t(kBoardBytes)) != 0)
+    return make_error(Errc::kIo, "policy board: cannot size the file", errno);
+  if (!fresh && size_t(st.st_size) != kBoardBytes) {
+    flock(fd.get(), LOCK_UN);
+    return make_error(Errc::kInvalidArgument, "policy board: the file has the wrong size (not a canopy policy board)");
+  }
+  void* p = mmap(nullptr, kBoardBytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+  if (p == MAP_FAILED) {
+    flock(fd.get(), LOCK_UN);
+    return make_error(Errc::kIo, "policy board: mmap failed", errno);
+  }
+  auto* h = static_cast<Header*>(p);
+  if (fresh) {
+    h->magic = kMagic;
+    h->version = kVersion;
+    h->slots = kSlots;
+    h->slot_bytes = sizeof(Slot);
+  } else if (h->magic != kMagic || h->version != kVersion || h->slots != kSlots || h->slot_bytes != sizeof(Slot)) {
+    munmap(p, kBoardBytes);
+    flock(fd.get(), LOCK_UN);
+    return make_error(Errc::kInvalidArgument, "policy board: not a canopy policy board of this version");
+  }
+  flock(fd.get(), LOCK_UN);
+  std::unique_ptr<PolicyBoard> b(new PolicyBoard());
+  b->fd_ = std::move(fd);
+  b->slots_ = reinterpret_cast<Slot*>(static_cast<uint8_t*>(p) + sizeof(Header));
+  b->bytes_ = kBoardBytes;
+  return b;
+}
+
+Result<std::unique_ptr<PolicyBoard>> PolicyBoard::open(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
+  if (!fd.valid()) return make_error(Errc::kIo, "policy board: cannot open the file", errno);
+  return map(std::move(fd));
+}
+
+Result<std::unique_ptr<PolicyBoard>> PolicyBoard::anonymous() {
+  UniqueFd fd(memfd_create("canopy-audio-policy", MFD_CLOEXEC));
+  if (!fd.valid()) return make_error(Errc::kIo, "policy board: memfd_create failed", errno);
+  return map(std::move(fd));
+}
+
+PolicyBoard::~PolicyBoard() {
+  if (slots_) munmap(reinterpret_cast<uint8_t*>(slots_) - sizeof(Header), bytes_);
+}
+
+Result<uint32_t> PolicyBoard::claim(const std::string& label, const StreamPolicy& p) {
+  const uint32_t me = uint32_t(getpid());
+  const uint64_t now = monotonic_ns();
+  for (uint32_t i = 0; i < kSlots; ++i) {
+    Slot& s = slots_[i];
+    uint32_t owner = s.owner.load(std::memory_order_acquire);
+    // A slot whose process is gone is free again (a crashed canopy-snd).
+    if (owner != 0 && process_gone(owner)) {
+      s.active.store(0, std::memory_order_relaxed);
+      if (s.owner.compare_exchange_strong(owner, 0)) owner = 0;
+    }
+    if (owner != 0) continue;
+    // Claim with a placeholder first so nobody reads half-written fields as ours.
+    uint32_t expected = 0;
+    if (!s.owner.compare_exchange_strong(expected, 0xffffffffu, std::memory_order_acq_rel)) continue;
+    s.priority = p.priority;
+    s.flags = (p.duck_others ? kFlagDuck : 0) | (p.exclusive ? kFlagExclusive : 0);
+    s.duck_mdb = int32_t(p.duck_db * 1000.0);
+    s.ramp_ms = p.ramp_ms;
+    s.active.store(0, std::memory_order_relaxed);
+    s.refreshed_ns.store(now, std::memory_order_relaxed);
+    std::memset(s.label, 0, sizeof s.label);
+    std::snprintf(s.label, sizeof s.label, "%s", label.c_str());
+    s.owner.store(me, std::memory_order_release);
+    return i;
+  }
+  return make_error(Errc::kLimit, "policy board: all 64 slots are taken");
+}
+
+void PolicyBoard::release(uint32_t slot) {
+  if (slot >= kSlots) return;
+  slots_[slot].active.store(0, std::memory_order_release);
+  slots_[slot].owner.store(0, std::memory_order_release);
+}
+
+void PolicyBoard::set_active(uint32_t slot, bool active, uint64_t now_ns) {
+  if (slot >= kSlots) return;
+  slots_[slot].refreshed_ns.store(now_ns, std::memory_order_relaxed);
+  slots_[slot].active.store(active ? 1 : 0, std::memory_order_release);
+}
+
+void PolicyBoard::refresh(uint32_t slot, uint64_t now_ns) {
+  if (slot < kSlots) slots_[slot].refreshed_ns.store(now_ns, std::memory_order_relaxed);
+}
+
+PolicyBoard::Target PolicyBoard::target(uint32_t slot, uint64_t now_ns) const {
+  Target t;
+  if (slot >= kSlots) return t;
+  const uint32_t my_priority = slots_[slot].priority;
+  for (uint32_t i = 0; i < kSlots; ++i) {
+    if (i == slot) continue;
+    const Slot& s = slots_[i];
+    const uint32_t owner = s.owner.load(std::memory_order_acquire);
+    if (owner == 0 || owner == 0xffffffffu) continue;
+    if (!s.active.load(std::memory_order_acquire)) continue;
+    const uint64_t seen = s.refreshed_ns.load(std::memory_order_relaxed);
+    if (now_ns > seen && now_ns - seen > kStaleNs) continue;
+    if (s.priority <= my_priority) continue;
+    double db = 0;
+    if (s.flags & kFlagExclusive) db = kMuteDb;
+    else if (s.flags & kFlagDuck) db = s.duck_mdb / 1000.0;
+    if (db < t.db) {
+      t.db = db;
+      t.ramp_ms = s.ramp_ms;
+    }
+  }
+  return t;
+}
+
+std::string PolicyBoard::describe(uint64_t now_ns) const {
+  std::string out;
+  for (uint32_t i = 0; i < kSlots; ++i) {
+    const Slot& s = slots_[i];
+    const uint32_t owner = s.owner.load(std::memory_order_acquire);
+    if (owner == 0 || owner == 0xffffffffu) continue;
+    char line[160];
+    const uint64_t seen = s.refreshed_ns.load(std::memory_order_relaxed);
+    std::snprintf(line, sizeof line, "%s pid=%u priority=%u duck=%s%.1fdB ramp=%ums exclusive=%d active=%u age_ms=%llu\n",
+                  s.label, owner, s.priority, (s.flags & kFlagDuck) ? "" : "(off)", s.duck_mdb / 1000.0, s.ramp_ms,
+                  (s.flags & kFlagExclusive) ? 1 : 0, s.active.load(std::memory_order_relaxed),
+                  (unsigned long long)(now_ns > seen ? (now_ns - seen) / 1000000 : 0));
+    out += line;
+  }
+  return out;
+}
+
+}  // namespace canopy::audio

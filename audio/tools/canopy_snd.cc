@@ -1,0 +1,148 @@
+// canopy-snd: the virtio-snd vhost-user back-end (virtio 1.2 §5.14 + 1.3 controls; docs/sound.md).
+//
+//   canopy-snd --socket-path /tmp/snd.sock          one stereo playback and one stereo capture stream
+//                                                   on the default PipeWire sink and source
+//   qemu-system-x86_64 ... -chardev socket,id=snd,path=/tmp/snd.sock
+//       -device vhost-user-snd-pci,chardev=snd,controls=on
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+
+#include "canopy/audio/config.h"
+#include "canopy/audio/vhost_snd.h"
+#include "canopy/base/log.h"
+#include "canopy/transport/backend_main.h"
+
+namespace {
+
+using namespace canopy;
+using namespace canopy::audio;
+namespace vu = canopy::transport::vhost_user;
+
+constexpr const char* kUsage =
+    "  --stream=SPEC            a PCM stream (repeat; default: one stereo output 'playback' and one\n"
+    "                           stereo input 'capture'). SPEC: name=N,dir=output|input[,channels=C]\n"
+    "                           [,rates=44100:48000][,role=R][,positions=FL:FR][,target=NODE]\n"
+    "                           [,priority=P][,duck-others][,duck-db=-20][,ramp-ms=50][,exclusive]\n"
+    "  --jack=SPEC              a jack: name=N,dir=output|input[,device=speaker|headphone|line-out|\n"
+    "                           line-in|mic][,connected=0|1]\n"
+    "  --host=pipewire|null     where the audio goes (default pipewire)\n"
+    "  --wav-dir=DIR            null host: record each playback stream to DIR/VM-STREAM.wav\n"
+    "  --capture-tone=HZ        null host: capture streams hear a sine at -6 dBFS\n"
+    "  --vm=NAME                the VM (PipeWire node names, policy board labels)\n"
+    "  --policy=PATH            the cross-VM policy board (default $XDG_RUNTIME_DIR/canopy-audio-policy)\n"
+    "  --no-policy              no cross-VM policy\n"
+    "  --no-controls            do not offer VIRTIO_SND_F_CTLS (volume/mute controls)\n"
+    "  --force-quantum          force PipeWire's quantum to the guest's period while a stream runs\n"
+    "  --stats=FILE             write the per-stream summary to FILE at exit\n";
+
+Result<std::unique_ptr<vu::Device>> make_device(const std::vector<std::string>& args) {
+  SndOptions o;
+  std::string host = "pipewire", wav_dir, policy, stats;
+  bool no_policy = false, force_quantum = false;
+  double tone = 0;
+  for (const auto& a : args) {
+    const auto eq = a.find('=');
+    const std::string key = a.substr(0, eq), val = eq == std::string::npos ? "" : a.substr(eq + 1);
+    const bool flag = eq == std::string::npos;
+    if (key == "--stream") {
+      auto s = parse_stream_spec(val);
+      if (!s.ok()) {
+        CANOPY_ERROR("canopy-snd: %s: %s", a.c_str(), s.error().what);
+        return s.error();
+      }
+      o.streams.push_back(std::move(*s));
+    } else if (key == "--jack") {
+      auto j = parse_jack_spec(val);
+      if (!j.ok()) {
+        CANOPY_ERROR("canopy-snd: %s: %s", a.c_str(), j.error().what);
+        return j.error();
+      }
+      o.jacks.push_back(std::move(*j));
+    } else if (key == "--host" && (val == "pipewire" || val == "null")) host = val;
+    else if (key == "--wav-dir" && !val.empty()) wav_dir = val;
+    else if (key == "--capture-tone" && !val.empty()) tone = std::atof(val.c_str());
+    else if (key == "--vm" && !val.empty() && val.size() < 64) o.vm = val;
+    else if (key == "--policy" && !val.empty()) policy = val;
+    else if (key == "--no-policy" && flag) no_policy = true;
+    else if (key == "--no-controls" && flag) o.controls = false;
+    else if (key == "--force-quantum" && flag) force_quantum = true;
+    else if (key == "--stats" && !val.empty()) stats = val;
+    else {
+      CANOPY_ERROR("canopy-snd: bad option %s", a.c_str());
+      return make_error(Errc::kInvalidArgument, "bad option (see --help)");
+    }
+  }
+  if (o.streams.empty()) {
+    StreamConfig out;
+    out.name = "playback";
+    StreamConfig in;
+    in.name = "capture";
+    in.direction = proto::Direction::kInput;
+    o.streams = {out, in};
+  }
+  std::unique_ptr<HostBackend> h;
+  if (host == "null") {
+    NullHostOptions no;
+    no.wav_dir = wav_dir;
+    no.capture_tone_hz = tone;
+    no.vm = o.vm;
+    CANOPY_ASSIGN_OR_RETURN(h, make_null_backend(no));
+  } else {
+    PipeWireHostOptions po;
+    po.vm = o.vm;
+    po.force_quantum = force_quantum;
+    auto r = make_pipewire_backend(po);
+    if (!r.ok()) {
+      CANOPY_ERROR("canopy-snd: %s (use --host=null to run without an audio system)", r.error().what);
+      return r.error();
+    }
+    h = std::move(*r);
+  }
+  std::unique_ptr<PolicyBoard> board;
+  if (!no_policy) {
+    if (policy.empty()) {
+      const char* rt = std::getenv("XDG_RUNTIME_DIR");
+      if (rt && *rt) policy = std::string(rt) + "/canopy-audio-policy";
+    }
+    if (!policy.empty()) {
+      auto b = PolicyBoard::open(policy);
+      if (!b.ok()) {
+        CANOPY_ERROR("canopy-snd: policy board %s: %s", policy.c_str(), b.error().what);
+        return b.error();
+      }
+      board = std::move(*b);
+    }
+  }
+  const size_t nstreams = o.streams.size(), njacks = o.jacks.size();
+  const bool controls = o.controls;
+  const std::string vm = o.vm;
+  CANOPY_ASSIGN_OR_RETURN(auto dev, VhostSnd::create(std::move(o), std::move(h), std::move(board)));
+  dev->set_stats_path(stats);
+  CANOPY_INFO("canopy-snd: vm %s, %zu stream(s), %zu jack(s), controls %s, host %s, policy %s", vm.c_str(), nstreams,
+              njacks, controls ? "on" : "off", host.c_str(), policy.empty() || no_policy ? "off" : policy.c_str());
+  return std::unique_ptr<vu::Device>(std::move(dev));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Accept "--opt value" as well as "--opt=value".
+  std::vector<std::string> joined;
+  static const char* kValued[] = {"--stream", "--jack", "--host", "--wav-dir", "--capture-tone", "--vm", "--policy", "--stats"};
+  std::vector<char*> av{argv[0]};
+  for (int i = 1; i < argc; ++i) {
+    bool valued = false;
+    for (const char* k : kValued) valued |= std::strcmp(argv[i], k) == 0;
+    if (valued && i + 1 < argc) {
+      joined.push_back(std::string(argv[i]) + "=" + argv[i + 1]);
+      ++i;
+    } else {
+      joined.emplace_back(argv[i]);
+    }
+  }
+  for (auto& s : joined) av.push_back(s.data());
+  vu::BackendProgram program{"canopy-snd", "sound", {}, kUsage};
+  return vu::backend_main(int(av.size()), av.data(), program, make_device);
+}
