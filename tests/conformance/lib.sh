@@ -291,3 +291,73 @@ canopy_cleanup() {
   [ "$rc" -eq 0 ] || [ -n "$CANOPY_RESULT" ] || canopy_log "FAIL (exit status $rc)"
   exit "$rc"
 }
+
+# canopy_pipewire_start: a private headless PipeWire + WirePlumber for this test (own XDG_RUNTIME_DIR
+# and config under $CANOPY_WORK, no session bus) with the null sink canopy-test-sink and the null source
+# canopy-test-source (pipewire/canopy-test-devices.conf) as the defaults. Exports XDG_RUNTIME_DIR and
+# XDG_CONFIG_HOME so every later command (canopy-snd, pw-record ...) uses it; processes "pipewire" and
+# "wireplumber" are cleaned up with the rest.
+canopy_pipewire_start() {
+  export XDG_RUNTIME_DIR="$CANOPY_WORK/xdg-run" XDG_CONFIG_HOME="$CANOPY_WORK/xdg-config"
+  unset DBUS_SESSION_BUS_ADDRESS PIPEWIRE_REMOTE
+  mkdir -p "$XDG_RUNTIME_DIR" "$XDG_CONFIG_HOME/pipewire/pipewire.conf.d"
+  chmod 700 "$XDG_RUNTIME_DIR"
+  cp "$CANOPY_CONFORMANCE_DIR/pipewire/canopy-test-devices.conf" "$XDG_CONFIG_HOME/pipewire/pipewire.conf.d/"
+  canopy_start pipewire pipewire
+  local i
+  for i in $(seq 100); do
+    pw-cli info 0 >/dev/null 2>&1 && break
+    canopy_alive pipewire || canopy_fail "pipewire exited at start (see pipewire.log)"
+    sleep 0.05
+  done
+  pw-cli info 0 >/dev/null 2>&1 || canopy_fail "pipewire did not answer within 5 s"
+  canopy_start wireplumber wireplumber
+  for i in $(seq 200); do
+    wpctl inspect @DEFAULT_AUDIO_SINK@ 2>/dev/null | grep -q canopy-test-sink && break
+    canopy_alive wireplumber || canopy_fail "wireplumber exited at start (see wireplumber.log)"
+    sleep 0.05
+  done
+  # Pin the defaults: otherwise WirePlumber may pick the sink's monitor as the default source.
+  pw-metadata -n default 0 default.configured.audio.sink '{ "name": "canopy-test-sink" }' Spa:String:JSON >/dev/null
+  pw-metadata -n default 0 default.configured.audio.source '{ "name": "canopy-test-source" }' Spa:String:JSON >/dev/null
+  for i in $(seq 100); do
+    wpctl inspect @DEFAULT_AUDIO_SOURCE@ 2>/dev/null | grep -q canopy-test-source && break
+    sleep 0.05
+  done
+  wpctl inspect @DEFAULT_AUDIO_SINK@ 2>/dev/null | grep -q canopy-test-sink || canopy_fail "canopy-test-sink is not the default sink"
+  wpctl inspect @DEFAULT_AUDIO_SOURCE@ 2>/dev/null | grep -q canopy-test-source || canopy_fail "canopy-test-source is not the default source"
+  canopy_log "pipewire + wireplumber up (XDG_RUNTIME_DIR=$XDG_RUNTIME_DIR)"
+}
+
+# canopy_record_sink NAME FILE: record everything reaching canopy-test-sink into FILE (48 kHz stereo
+# float WAV) as process NAME; stop it with canopy_stop_recording NAME (SIGINT: the file is finished).
+canopy_record_sink() {
+  canopy_start "$1" pw-record -P '{ stream.capture.sink = true }' --target canopy-test-sink --rate 48000 \
+    --channels 2 --format f32 "$2"
+  local i
+  for i in $(seq 100); do
+    [ -s "$2" ] && break
+    sleep 0.05
+  done
+  [ -s "$2" ] || canopy_fail "pw-record made no file $2"
+}
+
+canopy_stop_recording() {
+  local pid=${CANOPY_PIDS[$1]:-}
+  [ -n "$pid" ] || return 0
+  kill -INT "$pid" 2>/dev/null || true
+  canopy_wait_exit "$1" 5 || true
+}
+
+# canopy_feed_source NAME FILE: play FILE into canopy-test-source (so guests recording from the default
+# source hear it), looped by pw-play's own means: the test makes FILE as long as it needs.
+canopy_feed_source() {
+  canopy_start "$1" pw-play --target 0 -P "{ node.name = canopy-test-feed }" "$2"
+  local i
+  for i in $(seq 100); do
+    pw-link canopy-test-feed:output_FL canopy-test-source:input_FL >/dev/null 2>&1 && break
+    sleep 0.05
+  done
+  pw-link canopy-test-feed:output_FR canopy-test-source:input_FR >/dev/null 2>&1 ||
+    canopy_fail "cannot link the tone into canopy-test-source"
+}

@@ -1,0 +1,72 @@
+#!/bin/sh
+# Guest side of the virtio-snd conformance test (runs as /test.sh under busybox): the upstream Linux
+# snd_virtio driver against canopy-snd behind QEMU's vhost-user-snd-pci (controls=on). ALSA's own tools
+# come from the host's root (mounted read-only over 9p):
+#   - /proc/asound shows the card with one playback and one capture substream, the jack, the controls;
+#   - aplay plays the host's tone file with 20 ms periods (the host checks what reached its sink);
+#   - arecord records 2 s from the capture stream, which canopy-snd feeds from the host's source (a
+#     440 Hz tone), and canopy-snd-wav measures it here.
+# Kernel command line: canopy.tone=PATH canopy.wavtool=PATH (host paths)
+# shellcheck disable=SC1091 # installed in the initramfs from guest/canopy-guest.sh
+. /lib/canopy/guest.sh
+
+tone=""
+wavtool=""
+# shellcheck disable=SC2013 # words, not lines
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in
+    canopy.tone=*) tone=${arg#canopy.tone=} ;;
+    canopy.wavtool=*) wavtool=${arg#canopy.wavtool=} ;;
+  esac
+done
+[ -n "$tone" ] && [ -n "$wavtool" ] || fail "canopy.tone / canopy.wavtool missing"
+wait_for /proc/asound/card0 15 || fail "no /proc/asound/card0 (snd_virtio did not bind)"
+wait_for /dev/snd/pcmC0D0p 10 || fail "no playback PCM device /dev/snd/pcmC0D0p"
+wait_for /dev/snd/pcmC0D0c 10 || fail "no capture PCM device /dev/snd/pcmC0D0c"
+
+note "cards: $(tr -s ' \n' ' ' </proc/asound/cards)"
+grep -q 'VirtIO SoundCard' /proc/asound/cards || fail "card 0 is not the virtio sound card"
+note "pcm: $(cat /proc/asound/pcm)"
+grep -q 'playback 1' /proc/asound/pcm || fail "no playback substream in /proc/asound/pcm"
+grep -q 'capture 1' /proc/asound/pcm || fail "no capture substream in /proc/asound/pcm"
+
+mkdir -p /host
+mount -t 9p -o trans=virtio,version=9p2000.L,ro host /host || fail "cannot mount the host's root over 9p"
+for m in dev proc sys; do mount --bind "/$m" "/host/$m" || fail "cannot bind /$m into /host"; done
+mount -t tmpfs tmpfs /host/run || fail "cannot mount a tmpfs on /host/run"
+
+# Controls (VIRTIO_SND_F_CTLS): a volume and a switch per stream, and the jack.
+chroot /host amixer -c 0 controls >/tmp/controls.txt 2>&1 || { cat /tmp/controls.txt; fail "amixer controls failed"; }
+while read -r l; do note "control: $l"; done </tmp/controls.txt
+grep -q "'playback Playback Volume'" /tmp/controls.txt || fail "no 'playback Playback Volume' control"
+grep -q "'playback Playback Switch'" /tmp/controls.txt || fail "no 'playback Playback Switch' control"
+grep -q "'capture Capture Volume'" /tmp/controls.txt || fail "no 'capture Capture Volume' control"
+grep -q "Speaker Jack" /tmp/controls.txt || fail "no speaker jack control"
+chroot /host amixer -c 0 cget "name=playback Playback Volume" >/tmp/vol.txt 2>&1 || fail "cannot read the volume"
+grep -q 'dBscale-min=-50.00dB' /tmp/vol.txt || { cat /tmp/vol.txt; fail "the volume has no dB scale"; }
+
+note "aplay (20 ms periods)"
+chroot /host aplay -D hw:0,0 --period-time=20000 --buffer-time=80000 "$tone" >/tmp/aplay.txt 2>&1 ||
+  { cat /tmp/aplay.txt; fail "aplay failed"; }
+grep -i -E 'underrun|xrun' /tmp/aplay.txt && note "aplay reported an underrun"
+
+note "arecord 2 s (20 ms periods)"
+chroot /host arecord -D hw:0,0 -f S16_LE -r 48000 -c 2 -d 2 --period-time=20000 --buffer-time=80000 /run/rec.wav \
+  >/tmp/arecord.txt 2>&1 || { cat /tmp/arecord.txt; fail "arecord failed"; }
+report=$(chroot /host "$wavtool" analyze /run/rec.wav --channel 0)
+note "recorded: $report"
+# shellcheck disable=SC2086 # key=value words
+set -- $report
+found=0 hz=0 duration_ms=0 level_db=0
+for kv in "$@"; do
+  case "$kv" in found=*) found=${kv#found=} ;; hz=*) hz=${kv#hz=} ;; duration_ms=*) duration_ms=${kv#duration_ms=} ;;
+  level_db=*) level_db=${kv#level_db=} ;; esac
+done
+[ "$found" = 1 ] || fail "arecord heard nothing"
+hz_i=${hz%.*}
+[ "$hz_i" -ge 435 ] && [ "$hz_i" -le 445 ] || fail "arecord heard ${hz} Hz, want 440"
+dur_i=${duration_ms%.*}
+[ "$dur_i" -ge 1500 ] || fail "arecord heard the tone for only ${duration_ms} ms of 2000"
+lvl_i=${level_db%.*}
+[ "$lvl_i" -ge -9 ] && [ "$lvl_i" -le -3 ] || fail "arecord heard the tone at ${level_db} dB, want about -6"
+umount /host/run
