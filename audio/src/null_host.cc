@@ -43,6 +43,7 @@ class NullStream final : public HostStream {
   uint64_t frames_done_ = 0;
   uint64_t tone_phase_ = 0;
   std::unique_ptr<WavWriter> wav_;
+  int files_ = 0;
   std::vector<uint8_t> buf_;
 };
 
@@ -96,14 +97,18 @@ class NullHost final : public HostBackend {
 NullStream::~NullStream() { host_.forget(this); }
 
 Status NullStream::prepare(const PcmParams& p) {
-  if (!(p == p_) || !wav_) {
+  // One file per stream, continued across PREPAREs while the sample format stays; a new format starts
+  // a new file (VM-STREAM-2.wav, -3 ...).
+  const bool same_format = wav_ && p.format == p_.format && p.channels == p_.channels && p.rate == p_.rate;
+  if (!same_format && !host_.options().wav_dir.empty() && io_.config().direction == proto::Direction::kOutput) {
     wav_.reset();
-    if (!host_.options().wav_dir.empty() && io_.config().direction == proto::Direction::kOutput) {
-      const std::string path = host_.options().wav_dir + "/" + host_.options().vm + "-" + io_.config().name + ".wav";
-      auto w = WavWriter::create(path, p.format, p.channels, p.rate);
-      if (!w.ok()) return w.error();
-      wav_ = std::move(*w);
-    }
+    char suffix[16] = "";
+    if (files_++) std::snprintf(suffix, sizeof suffix, "-%d", files_);
+    const std::string path =
+        host_.options().wav_dir + "/" + host_.options().vm + "-" + io_.config().name + suffix + ".wav";
+    auto w = WavWriter::create(path, p.format, p.channels, p.rate);
+    if (!w.ok()) return w.error();
+    wav_ = std::move(*w);
   }
   p_ = p;
   return {};

@@ -55,6 +55,16 @@ constexpr Choice<AudioRole> kRoles[] = {{"chime", AudioRole::kChime},  {"alert",
                                         {"phone", AudioRole::kPhone},  {"navigation", AudioRole::kNavigation},
                                         {"voice", AudioRole::kVoice},  {"media", AudioRole::kMedia},
                                         {"system", AudioRole::kSystem}};
+constexpr Choice<JackDevice> kJackDevices[] = {{"line-out", JackDevice::kLineOut},
+                                               {"speaker", JackDevice::kSpeaker},
+                                               {"headphone", JackDevice::kHeadphone},
+                                               {"line-in", JackDevice::kLineIn},
+                                               {"mic", JackDevice::kMic}};
+// virtio-snd channel positions (virtio spec 5.14.6.8.1.1) a stream's channel map may name.
+constexpr std::string_view kPositions[] = {"NA",  "MONO", "FL",  "FR",   "RL",   "RR",  "FC",  "LFE", "SL",  "SR",
+                                           "RC",  "FLC",  "FRC", "RLC",  "RRC",  "FLW", "FRW", "FLH", "FCH", "FRH",
+                                           "TC",  "TFL",  "TFR", "TFC",  "TRL",  "TRR", "TRC", "TFLC", "TFRC", "TSL",
+                                           "TSR", "LLFE", "RLFE", "BC",  "BLC",  "BRC"};
 constexpr Choice<DisplayOutput> kOutputs[] = {
     {"kms", DisplayOutput::kKms}, {"window", DisplayOutput::kWindow}, {"headless", DisplayOutput::kHeadless}};
 
@@ -526,14 +536,26 @@ GpuConfig parse_gpu(Ctx& c, const toml::table& t, const std::string& path) {
 
 SndConfig parse_snd(Ctx& c, const toml::table& t, const std::string& path) {
   SndConfig sc;
-  Reader r(c, t, path, {"streams", "backend", "args"});
+  Reader r(c, t, path, {"streams", "jacks", "backend", "args"});
   if (const auto* a = r.array("args", false, kMaxArgs)) sc.args = string_list(c, *a, r.at("args"), false);
+  if (const auto* a = r.array("jacks", false, kMaxJacks)) {
+    each_table(c, *a, r.at("jacks"), [&](const toml::table& jt, const std::string& jp, size_t) {
+      SndJack j;
+      Reader jr(c, jt, jp, {"name", "direction", "device", "connected"});
+      jr.name("name", true, j.name);
+      jr.choice("direction", true, j.direction, kDirections);
+      if (j.direction == StreamDirection::kInput) j.device = JackDevice::kMic;
+      jr.choice("device", false, j.device, kJackDevices);
+      jr.boolean("connected", false, j.connected);
+      sc.jacks.push_back(std::move(j));
+    });
+  }
   if (const auto* a = r.array("streams", true, kMaxStreams)) {
     if (a->empty()) c.add(*a, r.at("streams"), "at least one stream is required");
     std::unordered_map<std::string, size_t> seen;
     each_table(c, *a, r.at("streams"), [&](const toml::table& st, const std::string& sp, size_t i) {
       SndStream s;
-      Reader sr(c, st, sp, {"name", "direction", "channels", "rates", "role"});
+      Reader sr(c, st, sp, {"name", "direction", "channels", "rates", "role", "positions"});
       sr.name("name", true, s.name);
       if (!s.name.empty()) {
         auto [it, fresh] = seen.emplace(s.name, i);
@@ -557,6 +579,16 @@ SndConfig parse_snd(Ctx& c, const toml::table& t, const std::string& path) {
         }
       }
       sr.choice("role", false, s.role, kRoles);
+      if (const auto* pa = sr.array("positions", false, 8)) {
+        s.positions = string_list(c, *pa, sr.at("positions"), false);
+        for (size_t k = 0; k < s.positions.size(); ++k)
+          if (std::find(std::begin(kPositions), std::end(kPositions), s.positions[k]) == std::end(kPositions))
+            c.add((*pa)[k], idx(sr.at("positions"), k),
+                  quote(s.positions[k]) + " is not a channel position (FL, FR, FC, LFE, RL, RR, SL, SR, MONO, ...)");
+        if (s.positions.size() != s.channels)
+          c.add(*pa, sr.at("positions"),
+                std::to_string(s.positions.size()) + " positions for " + std::to_string(s.channels) + " channels");
+      }
       sc.streams.push_back(std::move(s));
     });
   }
@@ -687,7 +719,7 @@ LayoutEntry parse_layout(Ctx& c, const toml::table& t, const std::string& path) 
 
 AudioRoute parse_route(Ctx& c, const toml::table& t, const std::string& path) {
   AudioRoute a;
-  Reader r(c, t, path, {"vm", "stream", "sink", "priority", "duck_others"});
+  Reader r(c, t, path, {"vm", "stream", "sink", "priority", "duck_others", "duck_db", "ramp_ms", "exclusive"});
   r.name("vm", true, a.vm);
   r.name("stream", true, a.stream);
   r.str("sink", true, a.sink);
@@ -695,6 +727,9 @@ AudioRoute parse_route(Ctx& c, const toml::table& t, const std::string& path) {
     c.add(*n, r.at("sink"), "must not be empty");
   r.integer("priority", false, a.priority, 0, 100);
   r.boolean("duck_others", false, a.duck_others);
+  r.number("duck_db", false, a.duck_db, -96.0, 0.0);
+  r.integer("ramp_ms", false, a.ramp_ms, 0, 10000);
+  r.boolean("exclusive", false, a.exclusive);
   return a;
 }
 
@@ -867,6 +902,7 @@ const char* to_string(RestartPolicy r) { return choice_name<RestartPolicy>(kRest
 const char* to_string(StreamDirection d) { return choice_name<StreamDirection>(kDirections, d); }
 const char* to_string(AudioRole r) { return choice_name<AudioRole>(kRoles, r); }
 const char* to_string(DisplayOutput o) { return choice_name<DisplayOutput>(kOutputs, o); }
+const char* to_string(JackDevice d) { return choice_name<JackDevice>(kJackDevices, d); }
 
 const VmConfig* Manifest::find_vm(std::string_view name) const {
   for (const auto& v : vms)

@@ -401,3 +401,49 @@ TEST(CanopyVmmTest, HelpAndBadArguments) {
 
 }  // namespace
 }  // namespace canopy::hypervisor
+
+namespace canopy::hypervisor {
+namespace {
+
+using ::testing::HasSubstr;
+
+const char* const kSndVm =
+    "[[vm]]\nname = \"a\"\nbackend = \"partition\"\nmemory = \"32M\"\napp = \"x\"\n[vm.snd]\n"
+    "streams = [{ name = \"chime\", direction = \"output\", channels = 2, rates = [48000], positions = [\"FL\", \"FR\"] },\n"
+    "           { name = \"mic\", direction = \"input\", channels = 1, rates = [16000] }]\n"
+    "jacks = [{ name = \"speaker\", direction = \"output\", device = \"speaker\" },\n"
+    "         { name = \"mic\", direction = \"input\", connected = false }]\n";
+
+TEST(ManifestTest, SndJacksChannelMapsAndRouteDucking) {
+  LoadResult r = load_manifest_string(std::string(kSndVm) +
+                                          "[[audio.route]]\nvm = \"a\"\nstream = \"chime\"\nsink = \"default\"\n"
+                                          "priority = 100\nduck_others = true\nduck_db = -18.5\nramp_ms = 30\n"
+                                          "exclusive = true\n",
+                                      "t.toml");
+  ASSERT_TRUE(r.ok()) << (r.errors.empty() ? "" : r.errors[0].to_string());
+  const VmConfig& v = r.manifest->vms[0];
+  ASSERT_EQ(v.snd->jacks.size(), 2u);
+  EXPECT_EQ(v.snd->jacks[0].device, JackDevice::kSpeaker);
+  EXPECT_TRUE(v.snd->jacks[0].connected);
+  EXPECT_EQ(v.snd->jacks[1].device, JackDevice::kMic);  // an input jack defaults to a microphone
+  EXPECT_FALSE(v.snd->jacks[1].connected);
+  EXPECT_EQ(v.snd->streams[0].positions, (std::vector<std::string>{"FL", "FR"}));
+  const AudioRoute& a = r.manifest->audio_routes[0];
+  EXPECT_EQ(a.duck_db, -18.5);
+  EXPECT_EQ(a.ramp_ms, 30u);
+  EXPECT_TRUE(a.exclusive);
+}
+
+TEST(ManifestTest, RejectsBadPositionsJacksAndDucking) {
+  std::string bad = kSndVm;
+  bad.replace(bad.find("[\"FL\", \"FR\"]"), 12, "[\"FL\", \"XX\", \"FR\"]");
+  bad.replace(bad.find("device = \"speaker\""), 18, "device = \"tuba\"");
+  EXPECT_THAT(errors_of(bad + "[[audio.route]]\nvm = \"a\"\nstream = \"chime\"\nsink = \"default\"\nduck_db = 3\n"
+                              "ramp_ms = 20000\n"),
+              ElementsAre(HasSubstr("3 positions for 2 channels"), HasSubstr("\"XX\" is not a channel position"),
+                          HasSubstr("jacks[0].device"), HasSubstr("audio.route[0].duck_db"),
+                          HasSubstr("audio.route[0].ramp_ms")));
+}
+
+}  // namespace
+}  // namespace canopy::hypervisor

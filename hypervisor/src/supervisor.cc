@@ -31,6 +31,45 @@ using msg::Type;
 
 namespace {
 
+// canopy-snd's flags for a VM's [vm.snd] (docs/sound.md): --vm, one --stream per stream with its channel
+// map and the policy of its [[audio.route]] (priority, ducking, exclusivity, the host sink), one --jack
+// per jack; the manifest's own args come last.
+std::vector<std::string> snd_args(const Manifest& m, const VmConfig& c) {
+  std::vector<std::string> args{"--vm=" + c.name};
+  for (const SndStream& s : c.snd->streams) {
+    std::string spec = "name=" + s.name + ",dir=" + to_string(s.direction) + ",channels=" + std::to_string(s.channels);
+    spec += ",rates=";
+    for (size_t i = 0; i < s.rates.size(); ++i) {
+      if (i) spec += ':';
+      spec += std::to_string(s.rates[i]);
+    }
+    spec += std::string(",role=") + to_string(s.role);
+    if (!s.positions.empty()) {
+      spec += ",positions=";
+      for (size_t i = 0; i < s.positions.size(); ++i) {
+        if (i) spec += ':';
+        spec += s.positions[i];
+      }
+    }
+    for (const AudioRoute& r : m.audio_routes) {
+      if (r.vm != c.name || r.stream != s.name) continue;
+      char duck[64];
+      std::snprintf(duck, sizeof duck, ",duck-db=%g,ramp-ms=%u", r.duck_db, r.ramp_ms);
+      spec += ",priority=" + std::to_string(r.priority) + duck;
+      if (r.duck_others) spec += ",duck-others";
+      if (r.exclusive) spec += ",exclusive";
+      if (r.sink != "default") spec += ",target=" + r.sink;
+      break;
+    }
+    args.push_back("--stream=" + spec);
+  }
+  for (const SndJack& j : c.snd->jacks)
+    args.push_back("--jack=name=" + j.name + ",dir=" + to_string(j.direction) + ",device=" + to_string(j.device) +
+                   ",connected=" + (j.connected ? "1" : "0"));
+  args.insert(args.end(), c.snd->args.begin(), c.snd->args.end());
+  return args;
+}
+
 enum Kind : uint64_t {
   kVmSocket = 1,
   kVmProcess,
@@ -542,7 +581,7 @@ Result<std::unique_ptr<Supervisor>> Supervisor::create(const Manifest& m, Superv
       args.insert(args.end(), c.gpu->args.begin(), c.gpu->args.end());
       specs.push_back({"gpu", 16, c.gpu->backend, args});
     }
-    if (c.snd) specs.push_back({"snd", 25, c.snd->backend, c.snd->args});
+    if (c.snd) specs.push_back({"snd", 25, c.snd->backend, snd_args(m, c)});
     for (const auto& d : c.devices) specs.push_back({d.type, d.virtio_id, d.backend, d.args});
     for (auto& s : specs) {
       auto prog = resolve_program(s.program, impl->opt.base_dir);

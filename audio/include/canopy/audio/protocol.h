@@ -214,23 +214,20 @@ struct CtlInfo {
   le32 index;
   uint8_t name[kCtlNameBytes];
   uint8_t pad[4];  // the le64 members of the value union align it to 8 (92 bytes on i386 guests: use `size`)
-  union {
+  // The spec's value union (24 bytes): INTEGER {le32 min, max, step}; INTEGER64 {le64 min, max, step}
+  // over all 24 bytes; ENUMERATED {le32 items} (= integer.min). Only INTEGER is offered.
+  struct {
     struct {
       le32 min, max, step;
     } integer;
-    struct {
-      le64 min, max, step;
-    } integer64;
-    struct {
-      le32 items;
-    } enumerated;
+    uint8_t rest[12];
   } value;
 };
 static_assert(sizeof(CtlInfo) == 96 && offsetof(CtlInfo, name) == 24 && offsetof(CtlInfo, value) == 72);
 
 struct CtlValue {
   union {
-    le32 integer[128];
+    le32 integer[128]{};
     le64 integer64[64];
     le32 enumerated[128];
     uint8_t bytes[512];

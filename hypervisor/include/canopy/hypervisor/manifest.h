@@ -26,6 +26,7 @@ inline constexpr size_t kMaxDisplays = 8;
 inline constexpr size_t kMaxLayouts = 64;
 inline constexpr size_t kMaxScanouts = 16;
 inline constexpr size_t kMaxStreams = 32;
+inline constexpr size_t kMaxJacks = 16;
 inline constexpr size_t kMaxRates = 16;
 inline constexpr size_t kMaxAudioRoutes = 64;
 inline constexpr size_t kMaxArgs = 64;
@@ -75,10 +76,22 @@ struct SndStream {
   uint32_t channels = 2;
   std::vector<uint32_t> rates;
   AudioRole role = AudioRole::kMedia;
+  std::vector<std::string> positions;  // channel map: one virtio position name per channel ("FL", "FR" ...)
+};
+
+enum class JackDevice { kLineOut, kSpeaker, kHeadphone, kLineIn, kMic };
+const char* to_string(JackDevice d);
+
+struct SndJack {
+  std::string name;
+  StreamDirection direction = StreamDirection::kOutput;
+  JackDevice device = JackDevice::kLineOut;
+  bool connected = true;
 };
 
 struct SndConfig {
   std::vector<SndStream> streams;
+  std::vector<SndJack> jacks;
   std::string backend = "canopy-snd";
   std::vector<std::string> args;
 };
@@ -150,6 +163,9 @@ struct AudioRoute {
   std::string sink;
   uint32_t priority = 50;
   bool duck_others = false;
+  double duck_db = -20.0;  // how far lower-priority routes are ducked while this one plays
+  uint32_t ramp_ms = 50;   // over this ramp (and restored over the same)
+  bool exclusive = false;  // mute lower-priority routes while this one plays
 };
 
 struct Manifest {
