@@ -209,6 +209,7 @@ struct SndDevice::Stream final : StreamIo {
   double policy_db = 0;
   double ramp_db_per_frame = 0;
   uint32_t last_ramp_ms = 50;
+  double last_target = 0;
   uint64_t duck_started_frame = 0;
   bool ducking = false;
   StreamStats st;
@@ -277,12 +278,13 @@ struct SndDevice::Stream final : StreamIo {
       duck_started_frame = st.frames;
     }
     if (target >= 0) ducking = false;
-    // Ducking ramps over the ducking stream's ramp; restoring over the ramp of the last duck.
+    // A new target: ramp from where the gain is now to it, linearly in dB, over the ducking stream's
+    // ramp (restoring: over the ramp of the last duck).
     if (target < 0) last_ramp_ms = ramp_ms;
-    if (target != policy_db) {
-      const double span = std::max(std::abs(target), std::abs(policy_db));
+    if (target != last_target) {
       const double ramp_frames = std::max(1.0, double(last_ramp_ms) * params_.rate / 1000.0);
-      ramp_db_per_frame = span / ramp_frames;
+      ramp_db_per_frame = std::max(std::abs(target - policy_db), 1e-6) / ramp_frames;
+      last_target = target;
     }
     const double control_db = mute ? kMuteDb : volume_db(volume);
     size_t done = 0;

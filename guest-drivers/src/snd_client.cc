@@ -89,6 +89,10 @@ Status SndClient::pump(int timeout_ms) {
           if (io.tx) {
             CANOPY_TRY(mem_.read(base + 4 + io.bytes, &st, sizeof st));
             c.bytes = io.bytes;
+            for (uint32_t k = 0; k < kIoSlots; ++k)
+              if (k != slot && io_[k].busy && io_[k].tx && io_[k].stream == io.stream &&
+                  io_[k].submitted_ns >= io.submitted_ns)
+                c.queued_after += io_[k].bytes;
             tx_done_.push_back(std::move(c));
           } else {
             // The status is the last 8 bytes the device wrote: used_len = 8 + data.

@@ -50,7 +50,13 @@ class SndClient {
     uint32_t bytes = 0;             // playback: bytes written; capture: bytes recorded
     uint64_t submitted_ns = 0;      // CLOCK_MONOTONIC
     uint64_t completed_ns = 0;
+    uint32_t queued_after = 0;      // playback: bytes of this stream's later buffers still with the device
     std::vector<uint8_t> data;      // capture only
+    // Playback: how long after completion its last sample is heard (latency_bytes counts the later
+    // buffers too; they play after it), in ms at `bytes_per_ms`.
+    double host_delay_ms(double bytes_per_ms) const {
+      return latency_bytes > queued_after ? (latency_bytes - queued_after) / bytes_per_ms : 0.0;
+    }
   };
 
   static Result<std::unique_ptr<SndClient>> create(VirtioTransport& transport, transport::GuestMemory& mem,
