@@ -110,6 +110,27 @@ void draw(const DrawArgs& a) {
   fill_rect(a.image, 0xffffb000, int(w / 2) + 30, int(h) - 60, int(140 * 0.55), 14);
 }
 
+// The chime: a 500 ms "ding" at 880 Hz with an octave overtone (-8 dBFS, 5 ms attack, a gentle decay),
+// a seat-belt reminder every 5 s from 1.5 s (docs/demo.md).
+void chime(int16_t* out, size_t frames, uint64_t pos) {
+  for (size_t i = 0; i < frames; ++i) {
+    const double t = double(pos + i) / 48000.0;
+    const double env = t < 0.5 ? std::pow(10.0, -8.0 / 20) * std::min(1.0, t / 0.005) * std::exp(-t * 0.8) : 0.0;
+    const double v = env * (std::sin(2 * M_PI * 880.0 * t) + 0.25 * std::sin(2 * M_PI * 1760.0 * t)) / 1.25;
+    out[2 * i] = out[2 * i + 1] = int16_t(std::lround(v * 32767));
+  }
+}
+
 }  // namespace
 
-int main(int argc, char** argv) { return run_app("canopy-cluster-app", 60, argc, argv, draw); }
+int main(int argc, char** argv) {
+  AudioPlan sound;
+  sound.kind = AudioPlan::Kind::kChimes;
+  sound.period_ms = 5;
+  sound.periods = 4;
+  sound.render = chime;
+  sound.first_s = 1.5;
+  sound.every_s = 5;
+  sound.length_s = 0.5;
+  return run_app("canopy-cluster-app", 60, argc, argv, draw, &sound);
+}

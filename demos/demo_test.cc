@@ -128,6 +128,22 @@ TEST(CockpitDemo, RunsHeadlessAndWritesBothOutputsAndTheSummary) {
     EXPECT_EQ(m[1], m[2]) << summary;
   }
   EXPECT_NE(read_file(out + "/trace.json").find("\"name\":\"compose\""), std::string::npos);
+  // Sound: both VMs played through their canopy-snd (the chime once, at 1.5 s), and where PipeWire is
+  // installed what reached the sink shows the music ducked by the manifest's 20 dB while the chime played.
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(summary, m, std::regex(R"(audio: stream cluster/chime output: .* tx=(\d+) .*latency_ms p50=)")))
+      << summary;
+  EXPECT_GE(std::stol(m[1]), 50) << summary;  // a 500 ms chime in 5 ms periods
+  ASSERT_TRUE(std::regex_search(summary, m, std::regex(R"(audio: stream ivi/media output: .* tx=(\d+) )"))) << summary;
+  EXPECT_GE(std::stol(m[1]), 100) << summary;
+  if (summary.find("audio: through no PipeWire") == std::string::npos) {
+    ASSERT_TRUE(std::regex_search(summary, m, std::regex(R"(audio: ducking at the sink .*chime=1 .*ducked_by_db=(-?[0-9.]+) reached_ms=(-?[0-9.]+) restored_ms=(-?[0-9.]+))")))
+        << summary;
+    EXPECT_NEAR(std::stod(m[1]), -20.0, 1.0) << summary;
+    EXPECT_GE(std::stod(m[2]), 0.0) << summary;
+    EXPECT_LE(std::stod(m[2]), 60.0) << summary;
+    EXPECT_GE(std::stod(m[3]), 0.0) << summary;
+  }
   std::system(("rm -rf " + out).c_str());
 }
 

@@ -76,6 +76,30 @@ void draw(const DrawArgs& a) {
   }
 }
 
+
+// The music: an A major pad (220, 277.2, 329.6 Hz at -18 dBFS each) under a slow melody an octave up
+// (-26 dBFS, a note every 500 ms). The pad's 220 Hz is what the demo measures the ducking on.
+void music(int16_t* out, size_t frames, uint64_t pos) {
+  static const double kMelody[] = {440.0, 493.9, 554.4, 659.3, 554.4, 493.9};
+  for (size_t i = 0; i < frames; ++i) {
+    const double t = double(pos + i) / 48000.0;
+    const double pad = std::pow(10.0, -18.0 / 20);
+    double v = pad * (std::sin(2 * M_PI * 220.0 * t) + std::sin(2 * M_PI * 277.18 * t) + std::sin(2 * M_PI * 329.63 * t));
+    const double nt = std::fmod(t, 0.5);
+    const double hz = kMelody[size_t(t / 0.5) % 6];
+    v += std::pow(10.0, -26.0 / 20) * std::min(1.0, nt / 0.01) * std::exp(-nt * 3) * std::sin(2 * M_PI * hz * t);
+    const int16_t s = int16_t(std::lround(std::clamp(v, -1.0, 1.0) * 32767));
+    out[2 * i] = out[2 * i + 1] = s;
+  }
+}
+
 }  // namespace
 
-int main(int argc, char** argv) { return run_app("canopy-ivi-app", 30, argc, argv, draw); }
+int main(int argc, char** argv) {
+  AudioPlan sound;
+  sound.kind = AudioPlan::Kind::kContinuous;
+  sound.period_ms = 10;
+  sound.periods = 6;
+  sound.render = music;
+  return run_app("canopy-ivi-app", 30, argc, argv, draw, &sound);
+}

@@ -7,7 +7,12 @@
 #              CANOPY_DEMO_RENDERER auto | pixman | vulkan (default auto: Vulkan on a GPU, else pixman),
 #              CANOPY_DEMO_MANIFEST (default demos/cockpit.toml).
 # Writes OUT_DIR/cluster.png, OUT_DIR/center.png, OUT_DIR/summary.txt, OUT_DIR/trace.json (open it in
-# ui.perfetto.dev), OUT_DIR/vmm.log. Every process it starts is stopped by PID when it ends.
+# ui.perfetto.dev), OUT_DIR/vmm.log, OUT_DIR/sink.wav (what reached the audio sink). Every process it
+# starts is stopped by PID when it ends.
+# Sound: canopy-snd plays into the session's PipeWire when one answers (you hear the music and the
+# chimes); otherwise into a private headless PipeWire with a null sink started here; without PipeWire
+# installed, into canopy-snd's null host (silence). The summary gets the audio latency and the ducking measured
+# on what reached the sink.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD="$(cd "${1:-$ROOT/build}" && pwd)"
@@ -21,12 +26,14 @@ OUT="$(cd "$OUT" && pwd)"
 RUN="$(mktemp -d /tmp/canopy-demo.XXXXXX)"
 DISPLAY_PID=""
 VMM_PID=""
+PW_PIDS=""
+REC_PID=""
 
 cleanup() {
-  for pid in $VMM_PID $DISPLAY_PID; do
+  for pid in $REC_PID $VMM_PID $DISPLAY_PID $PW_PIDS; do
     if kill -0 "$pid" 2>/dev/null; then kill -TERM "$pid" 2>/dev/null || true; fi
   done
-  for pid in $VMM_PID $DISPLAY_PID; do
+  for pid in $REC_PID $VMM_PID $DISPLAY_PID $PW_PIDS; do
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
   done
@@ -35,7 +42,39 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-rm -f "$OUT"/cluster.png "$OUT"/center.png "$OUT"/summary.txt "$OUT"/trace.json
+rm -f "$OUT"/cluster.png "$OUT"/center.png "$OUT"/summary.txt "$OUT"/trace.json "$OUT"/sink.wav
+
+# --- sound ---
+SINK_TARGET=()
+if command -v pw-cli >/dev/null && pw-cli info 0 >/dev/null 2>&1; then
+  AUDIO="the session's PipeWire"
+elif command -v pipewire >/dev/null && command -v wireplumber >/dev/null; then
+  export XDG_RUNTIME_DIR="$RUN/xdg-run" XDG_CONFIG_HOME="$RUN/xdg-config"
+  unset DBUS_SESSION_BUS_ADDRESS PIPEWIRE_REMOTE
+  mkdir -p "$XDG_RUNTIME_DIR" "$XDG_CONFIG_HOME/pipewire/pipewire.conf.d"
+  chmod 700 "$XDG_RUNTIME_DIR"
+  cp "$ROOT/scripts/pipewire/canopy-headless.conf" "$XDG_CONFIG_HOME/pipewire/pipewire.conf.d/"
+  pipewire >"$RUN/pipewire.log" 2>&1 &
+  PW_PIDS="$!"
+  for _ in $(seq 100); do pw-cli info 0 >/dev/null 2>&1 && break; sleep 0.05; done
+  wireplumber >"$RUN/wireplumber.log" 2>&1 &
+  PW_PIDS="$PW_PIDS $!"
+  for _ in $(seq 200); do wpctl inspect @DEFAULT_AUDIO_SINK@ 2>/dev/null | grep -q canopy-test-sink && break; sleep 0.05; done
+  pw-metadata -n default 0 default.configured.audio.sink '{ "name": "canopy-test-sink" }' Spa:String:JSON >/dev/null 2>&1 || true
+  SINK_TARGET=(--target canopy-test-sink)
+  AUDIO="a private headless PipeWire (null sink)"
+else
+  export CANOPY_SND_HOST=null
+  AUDIO="no PipeWire: canopy-snd's null host"
+fi
+export CANOPY_SND_STATS_DIR="$RUN/snd"
+mkdir -p "$CANOPY_SND_STATS_DIR"
+if [ "${CANOPY_SND_HOST:-}" != null ] && command -v pw-record >/dev/null; then
+  pw-record -P '{ stream.capture.sink = true }' "${SINK_TARGET[@]}" --rate 48000 --channels 2 --format f32 \
+    "$OUT/sink.wav" >"$RUN/pw-record.log" 2>&1 &
+  REC_PID=$!
+fi
+echo "demo: sound through $AUDIO" >&2
 RUN_FOR=()
 [ "$SECONDS_TO_RUN" != 0 ] && RUN_FOR=(--run-for-s "$SECONDS_TO_RUN")
 "$BUILD/bin/canopy-display" "$MANIFEST" --listen "$RUN/display.sock" --control "$RUN/display.ctl" \
@@ -56,9 +95,28 @@ DISPLAY_PID=""
 "$BUILD/bin/canopyctl" --socket "$RUN/vmm.ctl" shutdown >/dev/null 2>&1 || true
 wait "$VMM_PID" 2>/dev/null || true
 VMM_PID=""
+if [ -n "$REC_PID" ]; then
+  kill -INT "$REC_PID" 2>/dev/null || true
+  wait "$REC_PID" 2>/dev/null || true
+  REC_PID=""
+fi
 if [ $rc -ne 0 ]; then
   echo "demo: canopy-display exited with $rc; canopy-vmm's log:" >&2
   tail -n 30 "$OUT/vmm.log" >&2
   exit $rc
 fi
+
+# --- the audio part of the summary ---
+{
+  echo "audio: through $AUDIO"
+  for f in "$CANOPY_SND_STATS_DIR"/*-snd.txt; do
+    [ -s "$f" ] && grep '^stream ' "$f" | sed 's/^/audio: /'
+  done
+  grep -h -E 'canopy-(cluster|ivi)-app: audio:' "$OUT/vmm.log" | sed 's/^.*canopy-\(cluster\|ivi\)-app: audio: /audio: \1 guest: /'
+  if [ -s "$OUT/sink.wav" ]; then
+    duck=$("$BUILD/bin/canopy-snd-wav" duck "$OUT/sink.wav" --music-hz 220 --chime-hz 880 --expect-db -20 --settle-ms 80 || true)
+    echo "audio: ducking at the sink (music 220 Hz under the 880 Hz chime, expect -20 dB within 40 ms): $duck"
+  fi
+} >>"$OUT/summary.txt"
+grep '^audio' "$OUT/summary.txt" >&2 || true
 echo "demo: outputs: $OUT/cluster.png $OUT/center.png; summary: $OUT/summary.txt; trace: $OUT/trace.json"

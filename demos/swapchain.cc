@@ -172,12 +172,128 @@ int draw_text(pixman_image_t* dst, uint32_t argb, int x, int y, int h, const cha
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <string>
 #include <thread>
 
+#include "canopy/guest/snd_client.h"
+
 namespace canopy::demo {
 
-int run_app(const char* name, double fps, int argc, char** argv, void (*draw)(const DrawArgs&)) {
+namespace {
+
+namespace sndp = canopy::audio::proto;
+
+// The sound side of run_app (AudioPlan).
+class DemoAudio {
+ public:
+  static std::unique_ptr<DemoAudio> open(const char* name, guest::Partition& part, const AudioPlan& plan) {
+    auto dev = part.find_device(sndp::kDeviceId);
+    if (!dev.ok()) {
+      std::fprintf(stderr, "%s: no [vm.snd]: silent\n", name);
+      return nullptr;
+    }
+    std::unique_ptr<DemoAudio> a(new DemoAudio(name, plan));
+    a->transport_ = part.transport(*dev);
+    guest::SndClient::Options o;
+    auto area = part.alloc(guest::SndClient::kAreaBytes);
+    if (!area.ok()) return nullptr;
+    o.area = *area;
+    auto c = guest::SndClient::create(*a->transport_, part.memory(), o);
+    if (!c.ok()) {
+      std::fprintf(stderr, "%s: virtio-snd init failed: %s: silent\n", name, c.error().what);
+      return nullptr;
+    }
+    a->snd_ = std::move(*c);
+    a->frames_ = uint32_t(std::lround(plan.period_ms * 48.0));
+    a->buf_.resize(size_t(a->frames_) * 2);
+    if (!a->snd_->set_params(0, plan.periods * a->frames_ * 4, a->frames_ * 4, 2, sndp::Format::kS16, 48000).ok()) {
+      std::fprintf(stderr, "%s: virtio-snd refused 48 kHz stereo S16 (%s): silent\n", name,
+                   sndp::code_name(a->snd_->last_status()));
+      return nullptr;
+    }
+    a->next_chime_ = plan.first_s;
+    std::fprintf(stderr, "%s: sound on virtio-snd stream 0 (%.1f ms periods, %u buffered)\n", name, plan.period_ms,
+                 plan.periods);
+    return a;
+  }
+
+  void service(double t) {
+    (void)snd_->poll();
+    for (;;) {
+      auto c = snd_->next_tx(0);
+      if (!c.ok()) break;
+      ++periods_;
+      latency_.push_back((c->completed_ns - c->submitted_ns) / 1e6 + c->host_delay_ms(192.0));
+    }
+    if (plan_.kind == AudioPlan::Kind::kContinuous) {
+      if (!playing_) begin();
+      fill(~uint64_t(0));
+      return;
+    }
+    const uint64_t len = uint64_t(plan_.length_s * 48000);
+    if (!playing_ && t >= next_chime_) {
+      begin();
+      ++chimes_;
+      next_chime_ += plan_.every_s;
+    }
+    if (!playing_) return;
+    fill(len);
+    if (pos_ >= len && snd_->tx_in_flight() == 0) {
+      (void)snd_->stop(0);
+      (void)snd_->release(0);
+      playing_ = false;
+    }
+  }
+
+  ~DemoAudio() {
+    // The summary first: the VMM may be tearing the device down already.
+    std::sort(latency_.begin(), latency_.end());
+    auto pct = [&](double q) { return latency_.empty() ? 0.0 : latency_[std::min(latency_.size() - 1, size_t(q * latency_.size()))]; };
+    std::fprintf(stderr, "%s: audio: %llu periods%s, latency_ms p50=%.1f p99=%.1f (write -> heard)\n", name_,
+                 (unsigned long long)periods_,
+                 plan_.kind == AudioPlan::Kind::kChimes ? (", " + std::to_string(chimes_) + " chimes").c_str() : "",
+                 pct(0.5), pct(0.99));
+    if (playing_) {
+      (void)snd_->stop(0);
+      (void)snd_->release(0);
+    }
+  }
+
+ private:
+  DemoAudio(const char* name, const AudioPlan& plan) : name_(name), plan_(plan) {}
+  void begin() {
+    pos_ = 0;
+    if (!snd_->prepare(0).ok()) return;
+    fill(plan_.kind == AudioPlan::Kind::kChimes ? uint64_t(plan_.length_s * 48000) : ~uint64_t(0));
+    playing_ = snd_->start(0).ok();
+  }
+  // Keeps `periods` buffers with the device until the sound's `len` frames are written.
+  void fill(uint64_t len) {
+    while (snd_->tx_in_flight() < plan_.periods && pos_ < len) {
+      plan_.render(buf_.data(), frames_, pos_);
+      pos_ += frames_;
+      if (!snd_->write(0, std::span(reinterpret_cast<const uint8_t*>(buf_.data()), buf_.size() * 2)).ok()) return;
+    }
+  }
+
+  const char* name_;
+  AudioPlan plan_;
+  std::unique_ptr<guest::VirtioTransport> transport_;
+  std::unique_ptr<guest::SndClient> snd_;
+  uint32_t frames_ = 0;
+  std::vector<int16_t> buf_;
+  uint64_t pos_ = 0;
+  bool playing_ = false;
+  double next_chime_ = 0;
+  uint64_t periods_ = 0, chimes_ = 0;
+  std::vector<double> latency_;
+};
+
+}  // namespace
+
+int run_app(const char* name, double fps, int argc, char** argv, void (*draw)(const DrawArgs&),
+            const AudioPlan* audio_plan) {
   uint64_t max_frames = 0;
   double hang_after = -1;
   bool flood = false;
@@ -230,6 +346,7 @@ int run_app(const char* name, double fps, int argc, char** argv, void (*draw)(co
     return 1;
   }
   std::fprintf(stderr, "%s: drawing %ux%u at %.0f fps%s\n", name, w, h, fps, flood ? " (flooding)" : "");
+  std::unique_ptr<DemoAudio> audio = audio_plan ? DemoAudio::open(name, part, *audio_plan) : nullptr;
   using clock = std::chrono::steady_clock;
   const auto start = clock::now();
   const auto period = std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(1.0 / fps));
@@ -248,10 +365,19 @@ int run_app(const char* name, double fps, int argc, char** argv, void (*draw)(co
       return 1;
     }
     ++frame;
+    if (audio) audio->service(std::chrono::duration<double>(clock::now() - start).count());
     if (!flood) {
       next += period;
-      const auto now = clock::now();
+      auto now = clock::now();
       if (next < now) next = now;  // late: no burst to catch up
+      // Sound is serviced every period in between frames.
+      const auto step = std::chrono::duration_cast<clock::duration>(
+          std::chrono::duration<double, std::milli>(audio_plan ? audio_plan->period_ms : 1e9));
+      while (audio && now + step < next) {
+        std::this_thread::sleep_until(now + step);
+        now = clock::now();
+        audio->service(std::chrono::duration<double>(now - start).count());
+      }
       std::this_thread::sleep_until(next);
     }
   }

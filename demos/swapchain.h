@@ -86,6 +86,20 @@ struct DrawArgs {
   double t;        // seconds since the first frame
   uint64_t frame;  // from 0
 };
-int run_app(const char* name, double default_fps, int argc, char** argv, void (*draw)(const DrawArgs&));
+// Sound (when the VM has a [vm.snd]): stream 0 at 48 kHz, stereo S16, through the guest-drivers
+// SndClient, serviced between frames every period. Continuous: played from the start (the IVI's music).
+// Chimes: each one STARTs the stream, plays `length_s` and STOPs it again — the policy ducks lower
+// streams exactly while a chime runs — the first at `first_s`, then every `every_s`. At the end the app
+// prints "NAME: audio: N periods, latency_ms p50=.. p99=.. (write -> heard)".
+struct AudioPlan {
+  enum class Kind { kContinuous, kChimes } kind = Kind::kContinuous;
+  double period_ms = 10;
+  uint32_t periods = 4;
+  // Fills `frames` interleaved stereo frames from sample `pos` of the sound (a chime starts at 0).
+  void (*render)(int16_t* out, size_t frames, uint64_t pos) = nullptr;
+  double first_s = 1, every_s = 5, length_s = 0.6;
+};
+int run_app(const char* name, double default_fps, int argc, char** argv, void (*draw)(const DrawArgs&),
+            const AudioPlan* audio = nullptr);
 
 }  // namespace canopy::demo

@@ -11,5 +11,5 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 if [ "$(id -u)" -eq 0 ]; then bash scripts/install-deps.sh; else sudo bash scripts/install-deps.sh; fi
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
-ninja -C build canopy-display canopy-vmm canopyctl canopy-gpu canopy-cluster-app canopy-ivi-app
+ninja -C build canopy-display canopy-vmm canopyctl canopy-gpu canopy-snd canopy-snd-wav canopy-cluster-app canopy-ivi-app
 exec bash demos/run-cockpit.sh build build/demo

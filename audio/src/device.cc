@@ -201,6 +201,7 @@ struct SndDevice::Stream final : StreamIo {
     std::vector<Segment> status;
     uint32_t size = 0;
     uint32_t done = 0;
+    uint64_t arrived_ns = 0;
   };
   std::deque<Io> held;
   uint64_t queued_bytes = 0;  // playback bytes held and not yet taken
@@ -298,6 +299,11 @@ struct SndDevice::Stream final : StreamIo {
       if ((step < 0 && policy_db <= target) || (step > 0 && policy_db >= target)) policy_db = target;
     }
     st.gain_db = policy_db;
+    st.deepest_db = std::min(st.deepest_db, policy_db);
+    if (ducking && policy_db == target && target < 0 && duck_started_frame != UINT64_MAX) {
+      st.duck_reached_ms = 1000.0 * double(st.frames + done - duck_started_frame) / params_.rate;
+      duck_started_frame = UINT64_MAX;
+    }
     const double db = policy_db + control_db;
     if (done < frames && db != 0) apply_gain(params_.format, data + done * fb, frames - done, params_.channels, db, 0);
   }
@@ -326,6 +332,10 @@ struct SndDevice::Stream final : StreamIo {
         Io fin = std::move(io);
         held.pop_front();
         finish(fin, uint32_t(Code::kOk), 0);
+        if (st.latency_ms.size() < 100000 && params_.rate) {
+          const double host_ms = host ? 1000.0 * host->delay_frames() / params_.rate : 0.0;
+          st.latency_ms.push_back(float((monotonic_ns() - fin.arrived_ns) / 1e6 + host_ms));
+        }
       }
     }
     // Whole frames only get a gain; a partial frame at the end (odd guest buffers) is left as is.
@@ -464,6 +474,14 @@ proto::Config SndDevice::config() const {
   c.chmaps = uint32_t(streams_.size());
   c.controls = opt_.controls ? uint32_t(streams_.size() * 2) : 0;
   return c;
+}
+
+double StreamStats::latency_percentile(double p) const {
+  if (latency_ms.empty()) return -1;
+  std::vector<float> v(latency_ms);
+  const size_t k = std::min(v.size() - 1, size_t(p * double(v.size())));
+  std::nth_element(v.begin(), v.begin() + long(k), v.end());
+  return v[k];
 }
 
 uint32_t SndDevice::num_streams() const { return uint32_t(streams_.size()); }
@@ -792,6 +810,7 @@ uint32_t SndDevice::tx_rx(uint16_t queue, const Chain& c) {
   Stream::Io io;
   io.head = c.head;
   io.status = std::move(status);
+  io.arrived_ns = monotonic_ns();
   if (tx) split(c.readable, sizeof x, size, io.data);
   else split(c.writable, 0, size, io.data);
   io.size = uint32_t(size);

@@ -3,6 +3,7 @@
 // device's thread and touch the guest's buffers directly with no locking.
 #include <pipewire/pipewire.h>
 #include <spa/param/audio/format-utils.h>
+#include <spa/param/buffers.h>
 #include <spa/param/props.h>
 #include <spa/pod/builder.h>
 #include <spa/utils/result.h>
@@ -90,6 +91,7 @@ class PwStream final : public HostStream {
   void process();
   static void on_process(void* d) { static_cast<PwStream*>(d)->process(); }
   static void on_state(void* d, pw_stream_state, pw_stream_state state, const char* error);
+  static void on_param_changed(void* d, uint32_t id, const spa_pod* param);
   bool playback() const { return io_.config().direction == proto::Direction::kOutput; }
 
   PwHost& host_;
@@ -185,6 +187,23 @@ void PwStream::on_state(void* d, pw_stream_state, pw_stream_state state, const c
     CANOPY_DEBUG("pipewire: stream %s: %s", s->io_.config().name.c_str(), pw_stream_state_as_string(state));
 }
 
+// Once the format is fixed: two buffers of one period each (at least a quantum's worth). The stream's
+// process callback runs on our loop and is asked to refill every free buffer, so every buffer more is
+// a quantum more of latency.
+void PwStream::on_param_changed(void* d, uint32_t id, const spa_pod* param) {
+  auto* s = static_cast<PwStream*>(d);
+  if (id != SPA_PARAM_Format || !param || !s->stream_) return;
+  const uint32_t fb = std::max(1u, s->p_.frame_bytes());
+  const int size = int(std::max<uint32_t>(s->p_.period_bytes, 8192 * fb));
+  uint8_t buf[256];
+  spa_pod_builder b = SPA_POD_BUILDER_INIT(buf, sizeof buf);
+  const spa_pod* params[1] = {static_cast<const spa_pod*>(spa_pod_builder_add_object(
+      &b, SPA_TYPE_OBJECT_ParamBuffers, SPA_PARAM_Buffers, SPA_PARAM_BUFFERS_buffers, SPA_POD_CHOICE_RANGE_Int(2, 1, 2),
+      SPA_PARAM_BUFFERS_blocks, SPA_POD_Int(1), SPA_PARAM_BUFFERS_size, SPA_POD_CHOICE_RANGE_Int(size, int(fb), INT32_MAX),
+      SPA_PARAM_BUFFERS_stride, SPA_POD_Int(int(fb))))};
+  pw_stream_update_params(s->stream_, params, 1);
+}
+
 Status PwStream::prepare(const PcmParams& p) {
   if (stream_ && p == p_) return {};  // same parameters: keep the node (and what it still plays)
   destroy();
@@ -210,6 +229,7 @@ Status PwStream::prepare(const PcmParams& p) {
   events_.version = PW_VERSION_STREAM_EVENTS;
   events_.process = &PwStream::on_process;
   events_.state_changed = &PwStream::on_state;
+  events_.param_changed = &PwStream::on_param_changed;
   pw_stream_add_listener(stream_, &listener_, &events_, this);
 
   spa_audio_info_raw info{};

@@ -13,6 +13,7 @@ namespace vu = transport::vhost_user;
 Result<std::unique_ptr<VhostSnd>> VhostSnd::create(SndOptions options, std::unique_ptr<HostBackend> host,
                                                    std::unique_ptr<PolicyBoard> board) {
   std::unique_ptr<VhostSnd> v(new VhostSnd());
+  v->vm_ = options.vm;
   v->host_ = std::move(host);
   v->board_ = std::move(board);
   VhostSnd* self = v.get();
@@ -96,15 +97,22 @@ std::string VhostSnd::summary() const {
     const StreamIo* io = const_cast<SndDevice&>(*dev_).stream_io(i);
     const PcmParams& p = io->params();
     const double lat_ms = p.rate && p.frame_bytes() ? 1000.0 * s.last_latency_bytes / p.frame_bytes() / p.rate : 0;
-    char line[512];
-    std::snprintf(line, sizeof line,
-                  "stream %s %s: state=%s tx=%llu rx=%llu frames=%llu underruns=%llu overruns=%llu xrun_events=%llu "
-                  "io_errors=%llu ducks=%llu gain_db=%.1f latency_ms=%.1f\n",
-                  io->config().name.c_str(), io->config().direction == proto::Direction::kOutput ? "output" : "input",
-                  dev_->state_name(i), (unsigned long long)s.tx_buffers, (unsigned long long)s.rx_buffers,
-                  (unsigned long long)s.frames, (unsigned long long)s.underruns, (unsigned long long)s.overruns,
-                  (unsigned long long)s.xrun_events, (unsigned long long)s.io_errors, (unsigned long long)s.ducks,
-                  s.gain_db, lat_ms);
+    char line[640];
+    int n = std::snprintf(line, sizeof line,
+                          "stream %s/%s %s: state=%s tx=%llu rx=%llu frames=%llu underruns=%llu overruns=%llu "
+                          "xrun_events=%llu io_errors=%llu latency_bytes_ms=%.1f",
+                          vm_.c_str(), io->config().name.c_str(),
+                          io->config().direction == proto::Direction::kOutput ? "output" : "input", dev_->state_name(i),
+                          (unsigned long long)s.tx_buffers, (unsigned long long)s.rx_buffers,
+                          (unsigned long long)s.frames, (unsigned long long)s.underruns, (unsigned long long)s.overruns,
+                          (unsigned long long)s.xrun_events, (unsigned long long)s.io_errors, lat_ms);
+    if (!s.latency_ms.empty())
+      n += std::snprintf(line + n, sizeof line - size_t(n), " latency_ms p50=%.1f p99=%.1f max=%.1f",
+                         s.latency_percentile(0.5), s.latency_percentile(0.99), s.latency_percentile(1.0));
+    if (s.ducks)
+      n += std::snprintf(line + n, sizeof line - size_t(n), " ducks=%llu deepest_db=%.1f duck_reached_ms=%.1f",
+                         (unsigned long long)s.ducks, s.deepest_db, s.duck_reached_ms);
+    std::snprintf(line + n, sizeof line - size_t(n), "\n");
     out += line;
   }
   char tail[160];

@@ -256,9 +256,17 @@ DuckReport measure_ducking(const Audio& a, uint32_t ch, double music_hz, double 
   // The chime is there where its level is within 6 dB of its peak: a Hann window half covered by a
   // tone sees half its amplitude, so the first and last such windows are centred on its edges.
   const double thr = chime_peak - 6;
+  // The first chime: its first window above the threshold to the last one before it falls below for
+  // more than 50 ms (a later chime is not this one).
   size_t first = n, last = 0;
-  for (size_t i = 0; i < n; ++i)
-    if (chime[i] >= thr) first = std::min(first, i), last = i;
+  for (size_t i = 0; i < n; ++i) {
+    if (chime[i] < thr) {
+      if (first < n && i > last + 50) break;
+      continue;
+    }
+    if (first == n) first = i;
+    last = i;
+  }
   r.chime_found = true;
   const double ms_per_hop = 1000.0 * double(hop) / a.rate;
   const double centre = 10.0;

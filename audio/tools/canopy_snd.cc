@@ -27,7 +27,8 @@ constexpr const char* kUsage =
     "                           [,priority=P][,duck-others][,duck-db=-20][,ramp-ms=50][,exclusive]\n"
     "  --jack=SPEC              a jack: name=N,dir=output|input[,device=speaker|headphone|line-out|\n"
     "                           line-in|mic][,connected=0|1]\n"
-    "  --host=pipewire|null     where the audio goes (default pipewire)\n"
+    "  --host=auto|pipewire|null  where the audio goes (default auto: PipeWire, or the null host with a\n"
+    "                           warning when no PipeWire daemon answers; or $CANOPY_SND_HOST)\n"
     "  --wav-dir=DIR            null host: record each playback stream to DIR/VM-STREAM.wav\n"
     "  --capture-tone=HZ        null host: capture streams hear a sine at -6 dBFS\n"
     "  --vm=NAME                the VM (PipeWire node names, policy board labels)\n"
@@ -35,11 +36,16 @@ constexpr const char* kUsage =
     "  --no-policy              no cross-VM policy\n"
     "  --no-controls            do not offer VIRTIO_SND_F_CTLS (volume/mute controls)\n"
     "  --force-quantum          force PipeWire's quantum to the guest's period while a stream runs\n"
-    "  --stats=FILE             write the per-stream summary to FILE at exit\n";
+    "  --stats=FILE             write the per-stream summary to FILE at exit (default with\n"
+    "                           $CANOPY_SND_STATS_DIR set: that folder, VM-snd.txt)\n";
 
 Result<std::unique_ptr<vu::Device>> make_device(const std::vector<std::string>& args) {
   SndOptions o;
-  std::string host = "pipewire", wav_dir, policy, stats;
+  // The default host: auto (PipeWire, or the null host with a warning when no daemon answers), or what
+  // $CANOPY_SND_HOST says.
+  const char* env_host = std::getenv("CANOPY_SND_HOST");
+  std::string host = "auto", wav_dir, policy, stats;
+  if (env_host && (std::string(env_host) == "null" || std::string(env_host) == "pipewire")) host = env_host;
   bool no_policy = false, force_quantum = false;
   double tone = 0;
   for (const auto& a : args) {
@@ -60,7 +66,7 @@ Result<std::unique_ptr<vu::Device>> make_device(const std::vector<std::string>& 
         return j.error();
       }
       o.jacks.push_back(std::move(*j));
-    } else if (key == "--host" && (val == "pipewire" || val == "null")) host = val;
+    } else if (key == "--host" && (val == "auto" || val == "pipewire" || val == "null")) host = val;
     else if (key == "--wav-dir" && !val.empty()) wav_dir = val;
     else if (key == "--capture-tone" && !val.empty()) tone = std::atof(val.c_str());
     else if (key == "--vm" && !val.empty() && val.size() < 64) o.vm = val;
@@ -83,22 +89,29 @@ Result<std::unique_ptr<vu::Device>> make_device(const std::vector<std::string>& 
     o.streams = {out, in};
   }
   std::unique_ptr<HostBackend> h;
+  if (host != "null") {
+    PipeWireHostOptions po;
+    po.vm = o.vm;
+    po.force_quantum = force_quantum;
+    auto r = make_pipewire_backend(po);
+    if (r.ok()) {
+      h = std::move(*r);
+      host = "pipewire";
+    } else if (host == "pipewire") {
+      CANOPY_ERROR("canopy-snd: %s (--host=auto falls back to the null host)", r.error().what);
+      return r.error();
+    } else {
+      CANOPY_WARN("canopy-snd: %s: playing into the null host (silence; --host=pipewire makes this an error)",
+                  r.error().what);
+      host = "null";
+    }
+  }
   if (host == "null") {
     NullHostOptions no;
     no.wav_dir = wav_dir;
     no.capture_tone_hz = tone;
     no.vm = o.vm;
     CANOPY_ASSIGN_OR_RETURN(h, make_null_backend(no));
-  } else {
-    PipeWireHostOptions po;
-    po.vm = o.vm;
-    po.force_quantum = force_quantum;
-    auto r = make_pipewire_backend(po);
-    if (!r.ok()) {
-      CANOPY_ERROR("canopy-snd: %s (use --host=null to run without an audio system)", r.error().what);
-      return r.error();
-    }
-    h = std::move(*r);
   }
   std::unique_ptr<PolicyBoard> board;
   if (!no_policy) {
@@ -119,6 +132,11 @@ Result<std::unique_ptr<vu::Device>> make_device(const std::vector<std::string>& 
   const bool controls = o.controls;
   const std::string vm = o.vm;
   CANOPY_ASSIGN_OR_RETURN(auto dev, VhostSnd::create(std::move(o), std::move(h), std::move(board)));
+  if (stats.empty()) {
+    // canopy-vmm passes its environment on: the demo collects every VM's summary this way.
+    const char* dir = std::getenv("CANOPY_SND_STATS_DIR");
+    if (dir && *dir) stats = std::string(dir) + "/" + vm + "-snd.txt";
+  }
   dev->set_stats_path(stats);
   CANOPY_INFO("canopy-snd: vm %s, %zu stream(s), %zu jack(s), controls %s, host %s, policy %s", vm.c_str(), nstreams,
               njacks, controls ? "on" : "off", host.c_str(), policy.empty() || no_policy ? "off" : policy.c_str());

@@ -294,7 +294,7 @@ canopy_cleanup() {
 
 # canopy_pipewire_start: a private headless PipeWire + WirePlumber for this test (own XDG_RUNTIME_DIR
 # and config under $CANOPY_WORK, no session bus) with the null sink canopy-test-sink and the null source
-# canopy-test-source (pipewire/canopy-test-devices.conf) as the defaults. Exports XDG_RUNTIME_DIR and
+# canopy-test-source (scripts/pipewire/canopy-headless.conf) as the defaults. Exports XDG_RUNTIME_DIR and
 # XDG_CONFIG_HOME so every later command (canopy-snd, pw-record ...) uses it; processes "pipewire" and
 # "wireplumber" are cleaned up with the rest.
 canopy_pipewire_start() {
@@ -302,7 +302,7 @@ canopy_pipewire_start() {
   unset DBUS_SESSION_BUS_ADDRESS PIPEWIRE_REMOTE
   mkdir -p "$XDG_RUNTIME_DIR" "$XDG_CONFIG_HOME/pipewire/pipewire.conf.d"
   chmod 700 "$XDG_RUNTIME_DIR"
-  cp "$CANOPY_CONFORMANCE_DIR/pipewire/canopy-test-devices.conf" "$XDG_CONFIG_HOME/pipewire/pipewire.conf.d/"
+  cp "$CANOPY_REPO/scripts/pipewire/canopy-headless.conf" "$XDG_CONFIG_HOME/pipewire/pipewire.conf.d/"
   canopy_start pipewire pipewire
   local i
   for i in $(seq 100); do

@@ -142,7 +142,14 @@ struct StreamStats {
   uint64_t xrun_events = 0;
   uint64_t ducks = 0;       // times the policy started attenuating this stream
   double gain_db = 0;       // current policy gain (0 = none)
+  double deepest_db = 0;    // the lowest policy gain reached
+  double duck_reached_ms = -1;  // how long the last duck took to reach its target (-1: none yet)
   uint32_t last_latency_bytes = 0;
+  // Playback latency per tx buffer: from its arrival (the guest's kick) until its last sample is out of
+  // the host (taken + the host's delay), in ms. The first 100000 buffers are kept.
+  std::vector<float> latency_ms;
+  // The p-th percentile (0..1) of latency_ms; -1 when there are none.
+  double latency_percentile(double p) const;
 };
 
 class SndDevice {

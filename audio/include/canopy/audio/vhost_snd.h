@@ -48,6 +48,7 @@ class VhostSnd final : public transport::vhost_user::Device {
   std::unique_ptr<SndDevice> dev_;
   std::array<transport::vhost_user::QueueHandle*, proto::kNumQueues> queues_{};
   std::string stats_path_;
+  std::string vm_;
 };
 
 }  // namespace canopy::audio

@@ -99,6 +99,8 @@ class SndClient {
   // Waits until every tx buffer is back.
   Status drain_tx(int timeout_ms);
   uint32_t tx_in_flight() const;
+  // Takes what the device returned, without waiting (next_tx / next_rx then answer at once).
+  Status poll() { return pump(0); }
   uint32_t rx_in_flight() const;
   // Events received so far (taken).
   std::vector<sndp::Event> take_events(int wait_ms = 0);
