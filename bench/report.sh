@@ -3,7 +3,9 @@
 # with the raw results and the ratios against references measured in the same run.
 # Usage: bench/report.sh [--smoke] [BUILD_DIR]   (--smoke: a few iterations each, for CI)
 # Also runs bench/gpu_guest_bench.sh (a Linux guest under QEMU) unless CANOPY_BENCH_GUEST=0, and
-# bench/cockpit_bench.sh (the cockpit demo end to end) unless CANOPY_BENCH_COCKPIT=0.
+# bench/cockpit_bench.sh (the cockpit demo end to end) unless CANOPY_BENCH_COCKPIT=0, and
+# bench/snd_bench.sh (canopy-snd's latency, a soak, a Linux guest against QEMU's virtio-sound) unless
+# CANOPY_BENCH_SND=0.
 set -euo pipefail
 SMOKE=0
 if [ "${1:-}" = "--smoke" ]; then SMOKE=1; shift; fi
@@ -61,6 +63,12 @@ fi
 if [ "${CANOPY_BENCH_COCKPIT:-1}" = 1 ]; then
   script_bench cockpit cockpit_bench.sh "$BUILD/bench-cockpit.md"
   grep -E '^\| (normal|ivi-flood) ' "$BUILD/bench-cockpit.md" 2>/dev/null || true
+fi
+# canopy-snd: guest write -> heard latency for 2.5 / 5 / 10 ms periods, a soak, and a Linux guest's aplay
+# against canopy-snd and QEMU's built-in virtio-sound (~40 s with --smoke, a few minutes in full).
+# CANOPY_BENCH_SND=0 skips it.
+if [ "${CANOPY_BENCH_SND:-1}" = 1 ]; then
+  script_bench snd snd_bench.sh "$BUILD/bench-snd.md"
 fi
 echo "bench: report written to $REPORT"
 grep -h '^ratio ' "$REPORT" || true

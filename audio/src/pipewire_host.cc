@@ -78,7 +78,7 @@ class PwHost;
 
 class PwStream final : public HostStream {
  public:
-  PwStream(PwHost& host, uint32_t index, StreamIo& io) : host_(host), index_(index), io_(io) {}
+  PwStream(PwHost& host, StreamIo& io) : host_(host), io_(io) {}
   ~PwStream() override { destroy(); }
   Status prepare(const PcmParams& p) override;
   void start() override;
@@ -95,7 +95,6 @@ class PwStream final : public HostStream {
   bool playback() const { return io_.config().direction == proto::Direction::kOutput; }
 
   PwHost& host_;
-  uint32_t index_;
   StreamIo& io_;
   pw_stream* stream_ = nullptr;
   spa_hook listener_{};
@@ -151,8 +150,8 @@ class PwHost final : public HostBackend {
     return {};
   }
 
-  Result<std::unique_ptr<HostStream>> open(uint32_t index, StreamIo& io) override {
-    return std::unique_ptr<HostStream>(std::make_unique<PwStream>(*this, index, io));
+  Result<std::unique_ptr<HostStream>> open(uint32_t, StreamIo& io) override {
+    return std::unique_ptr<HostStream>(std::make_unique<PwStream>(*this, io));
   }
   std::vector<Watch> watches() override {
     return {{pw_loop_get_fd(loop_), [this] { pw_loop_iterate(loop_, 0); }}};
