@@ -33,10 +33,9 @@ int usage() {
 }
 
 bool options(int argc, char** argv, int from, std::map<std::string, std::string>& out) {
-  for (int i = from; i < argc; ++i) {
+  for (int i = from; i < argc; i += 2) {
     if (std::strncmp(argv[i], "--", 2) != 0 || i + 1 >= argc) return false;
     out[argv[i] + 2] = argv[i + 1];
-    ++i;
   }
   return true;
 }
