@@ -19,6 +19,9 @@ constexpr uint32_t kMaxRequestBytes = 4096;      // control requests we read (no
 constexpr uint32_t kMaxItemSize = 1024;          // query_info.size accepted (the structs are 24..96 bytes)
 constexpr uint32_t kVolumeMax = 100;             // volume control: 0..100 = -50 dB..0 dB in 0.5 dB steps
 constexpr int32_t kVolumeMinCdb = -5000, kVolumeStepCdb = 50;
+// XRUN events, and PERIOD_ELAPSED events each time a period's worth of frames went to / came from the
+// host (meant for the shared-memory transport, which is not offered; informational over messages).
+constexpr uint32_t kOfferedPcmFeatures = proto::kPcmFEvtXruns | proto::kPcmFEvtShmemPeriods;
 
 double volume_db(uint32_t v) { return (kVolumeMinCdb + int32_t(v) * kVolumeStepCdb) / 100.0; }
 
@@ -206,6 +209,7 @@ struct SndDevice::Stream final : StreamIo {
   std::deque<Io> held;
   uint64_t queued_bytes = 0;  // playback bytes held and not yet taken
   bool in_xrun = false;
+  uint64_t period_progress = 0;  // bytes moved since the last PERIOD_ELAPSED
   // Policy ramp.
   double policy_db = 0;
   double ramp_db_per_frame = 0;
@@ -258,6 +262,15 @@ struct SndDevice::Stream final : StreamIo {
   void set_state(PcmState s) {
     state = s;
     if (dev->board_ && slot >= 0) dev->board_->set_active(uint32_t(slot), s == PcmState::kStarted, monotonic_ns());
+  }
+
+  void moved(size_t bytes) {
+    if (!(params_.features & proto::kPcmFEvtShmemPeriods) || !params_.period_bytes) return;
+    period_progress += bytes;
+    while (period_progress >= params_.period_bytes) {
+      period_progress -= params_.period_bytes;
+      dev->post_event(uint32_t(Code::kEvtPcmPeriodElapsed), id);
+    }
   }
 
   // The policy + control gain for the next `frames` frames, applied to `data`.
@@ -343,6 +356,7 @@ struct SndDevice::Stream final : StreamIo {
       gain(dst, got / fb);
       st.frames += got / fb;
     }
+    moved(got);
     if (got < bytes) {
       ++st.underruns;
       if (!in_xrun) {
@@ -386,6 +400,7 @@ struct SndDevice::Stream final : StreamIo {
       }
     }
     if (fb) st.frames += put / fb;
+    moved(put);
     if (put < bytes) {
       ++st.overruns;
       if (!in_xrun) {
@@ -577,7 +592,7 @@ uint32_t SndDevice::query(const Chain& c, uint32_t code, const std::vector<uint8
     } else if (Code(code) == Code::kPcmInfo) {
       const StreamConfig& s = streams_[id]->cfg;
       proto::PcmInfo i{};
-      i.features = proto::kPcmFEvtXruns;
+      i.features = kOfferedPcmFeatures;
       i.formats = s.formats;
       i.rates = s.rates;
       i.direction = uint8_t(s.direction);
@@ -616,7 +631,8 @@ uint32_t SndDevice::query(const Chain& c, uint32_t code, const std::vector<uint8
       // An i386 guest's struct has no padding before the union: move the value up.
       if (size < sizeof(proto::CtlInfo)) {
         std::memcpy(at, &i, offsetof(proto::CtlInfo, pad));
-        std::memcpy(at + offsetof(proto::CtlInfo, pad), &i.value, size - offsetof(proto::CtlInfo, pad));
+        std::memcpy(at + offsetof(proto::CtlInfo, pad), &i.value,
+                    std::min<size_t>(size - offsetof(proto::CtlInfo, pad), sizeof i.value));
       } else {
         std::memcpy(at, &i, n);
       }
@@ -651,7 +667,7 @@ uint32_t SndDevice::pcm_command(const Chain& c, Code code, const std::vector<uin
       if (p.rate >= proto::kRateCount || !(s.cfg.rates >> p.rate & 1)) return respond(c, Code::kBadMsg);
       n.rate = proto::kRates[p.rate];
       if (p.channels < s.cfg.channels_min || p.channels > s.cfg.channels_max) return respond(c, Code::kBadMsg);
-      if (n.features & ~proto::kPcmFEvtXruns) return respond(c, Code::kBadMsg);  // only EVT_XRUNS is offered
+      if (n.features & ~kOfferedPcmFeatures) return respond(c, Code::kBadMsg);
       const uint32_t fb = n.frame_bytes();
       if (!n.period_bytes || !n.buffer_bytes || n.buffer_bytes > kMaxBufferBytes || n.buffer_bytes % n.period_bytes ||
           n.period_bytes % fb)
@@ -670,6 +686,7 @@ uint32_t SndDevice::pcm_command(const Chain& c, Code code, const std::vector<uin
         }
       }
       s.in_xrun = false;
+      s.period_progress = 0;
       s.state = S::kPrepared;
       return respond(c, Code::kOk);
     }

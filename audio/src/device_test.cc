@@ -63,7 +63,7 @@ TEST(SndDevice, PcmInfoDescribesEveryStream) {
   EXPECT_EQ(out.channels_max, 2);
   EXPECT_EQ(out.formats.get(), default_formats());
   EXPECT_EQ(out.rates.get(), 1u << 7);
-  EXPECT_EQ(out.features.get(), proto::kPcmFEvtXruns);
+  EXPECT_EQ(out.features.get(), proto::kPcmFEvtXruns | proto::kPcmFEvtShmemPeriods);
   EXPECT_EQ(in.direction, 1);
   EXPECT_EQ(in.channels_max, 1);
   EXPECT_EQ(in.rates.get(), (1u << 3) | (1u << 7));
@@ -258,6 +258,20 @@ TEST(SndDevice, UnderrunsSendOneXrunEventPerEpisodeWhenNegotiated) {
   EXPECT_EQ(h.dev->stats(0).underruns, 3u);
 }
 
+TEST(SndDevice, PeriodElapsedEventsWhenNegotiated) {
+  Harness h;
+  for (int i = 0; i < 4; ++i) h.event_buffer();
+  prepare_music(h, proto::kPcmFEvtShmemPeriods);
+  for (int i = 0; i < 3; ++i) h.tx(0, ramp_bytes(kPeriod, uint8_t(i)));
+  ASSERT_EQ(h.pcm(Code::kPcmStart, 0), kOk);
+  std::vector<uint8_t> b(kPeriod * 5 / 2);
+  ASSERT_EQ(h.dev->stream_io(0)->pull(b.data(), b.size()), b.size());
+  auto ev = h.events();
+  ASSERT_EQ(ev.size(), 2u);  // two and a half periods taken: two elapsed
+  EXPECT_EQ(ev[0].hdr.code.get(), uint32_t(Code::kEvtPcmPeriodElapsed));
+  EXPECT_EQ(ev[1].data.get(), 0u);
+}
+
 TEST(SndDevice, ReleaseReturnsEveryPendingBufferBeforeItIsAnswered) {
   Harness h;
   prepare_music(h);
@@ -435,6 +449,7 @@ TEST(SndDevice, ControlsReadWriteTlvAndHostChangesNotify) {
   le32 max92;
   ASSERT_TRUE(h.mem.read(r.payload_gpa + 68 + 4, &max92, 4).ok());
   EXPECT_EQ(max92.get(), 100u);
+  EXPECT_EQ(h.query(Code::kCtlInfo, 0, 4, 95, 4 * 95), kOk);  // odd strides in between: packed, zero-filled
 
   proto::CtlHdr c{};
   c.hdr.code = uint32_t(Code::kCtlRead);

@@ -8,6 +8,7 @@
 #include <spa/pod/builder.h>
 #include <spa/utils/result.h>
 
+#include <csignal>
 #include <cstring>
 #include <string>
 
@@ -136,7 +137,16 @@ class PwHost final : public HostBackend {
       e.error = [](void* d, uint32_t id, int, int res, const char* message) {
         auto* h = static_cast<PwHost*>(d);
         CANOPY_WARN("pipewire: error on object %u: %s (%s)", id, message ? message : "", spa_strerror(res));
-        if (id == PW_ID_CORE) h->broken_ = true;
+        if (id != PW_ID_CORE) return;
+        h->broken_ = true;
+        // The daemon is gone (or refused us) after start: no stream will take data again and the
+        // guest's buffers would stay held. End cleanly instead: canopy-vmm then resets the device and
+        // starts a new back-end (which, with --host=auto, falls back to the null host if PipeWire is
+        // still away); QEMU reports the back-end's disconnect.
+        if (h->synced_) {
+          CANOPY_ERROR("pipewire: lost the daemon: canopy-snd stops");
+          raise(SIGTERM);
+        }
       };
       return e;
     }();
