@@ -77,15 +77,15 @@ SegmentCursor::SegmentCursor(std::span<const Segment> segs, size_t skip) : segs_
   offset_ = skip;
 }
 
-Status SegmentCursor::read(const transport::GuestMemory& mem, void* dst, size_t len) {
-  if (len > remaining_) return make_error(Errc::kOutOfRange, "read past the end of the buffer");
-  auto* d = static_cast<uint8_t*>(dst);
-  while (len) {
+template <typename Fn>
+Status SegmentCursor::walk(size_t len, Fn&& fn) {
+  if (len > remaining_) return make_error(Errc::kOutOfRange, "past the end of the buffer");
+  size_t done = 0;
+  while (done < len) {
     const Segment& s = segs_[index_];
-    const size_t n = std::min<size_t>(len, s.len - offset_);
-    CANOPY_TRY(mem.read(s.gpa + offset_, d, n));
-    d += n;
-    len -= n;
+    const size_t n = std::min<size_t>(len - done, s.len - offset_);
+    CANOPY_TRY(fn(s.gpa + offset_, done, n));
+    done += n;
     remaining_ -= n;
     offset_ += n;
     if (offset_ == s.len) {
@@ -96,23 +96,14 @@ Status SegmentCursor::read(const transport::GuestMemory& mem, void* dst, size_t 
   return {};
 }
 
+Status SegmentCursor::read(const transport::GuestMemory& mem, void* dst, size_t len) {
+  auto* d = static_cast<uint8_t*>(dst);
+  return walk(len, [&](uint64_t gpa, size_t at, size_t n) { return mem.read(gpa, d + at, n); });
+}
+
 Status SegmentCursor::write(transport::GuestMemory& mem, const void* src, size_t len) {
-  if (len > remaining_) return make_error(Errc::kOutOfRange, "write past the end of the buffer");
   auto* p = static_cast<const uint8_t*>(src);
-  while (len) {
-    const Segment& s = segs_[index_];
-    const size_t n = std::min<size_t>(len, s.len - offset_);
-    CANOPY_TRY(mem.write(s.gpa + offset_, p, n));
-    p += n;
-    len -= n;
-    remaining_ -= n;
-    offset_ += n;
-    if (offset_ == s.len) {
-      ++index_;
-      offset_ = 0;
-    }
-  }
-  return {};
+  return walk(len, [&](uint64_t gpa, size_t at, size_t n) { return mem.write(gpa, p + at, n); });
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -5,7 +5,6 @@
 //   qemu-system-x86_64 ... -chardev socket,id=snd,path=/tmp/snd.sock
 //       -device vhost-user-snd-pci,chardev=snd,controls=on
 #include <cstdlib>
-#include <cstring>
 #include <memory>
 #include <string>
 
@@ -146,21 +145,7 @@ Result<std::unique_ptr<vu::Device>> make_device(const std::vector<std::string>& 
 }  // namespace
 
 int main(int argc, char** argv) {
-  // Accept "--opt value" as well as "--opt=value".
-  std::vector<std::string> joined;
-  static const char* kValued[] = {"--stream", "--jack", "--host", "--wav-dir", "--capture-tone", "--vm", "--policy", "--stats"};
-  std::vector<char*> av{argv[0]};
-  for (int i = 1; i < argc; ++i) {
-    bool valued = false;
-    for (const char* k : kValued) valued |= std::strcmp(argv[i], k) == 0;
-    if (valued && i + 1 < argc) {
-      joined.push_back(std::string(argv[i]) + "=" + argv[i + 1]);
-      ++i;
-    } else {
-      joined.emplace_back(argv[i]);
-    }
-  }
-  for (auto& s : joined) av.push_back(s.data());
   vu::BackendProgram program{"canopy-snd", "sound", {}, kUsage};
-  return vu::backend_main(int(av.size()), av.data(), program, make_device);
+  program.valued_options = {"--stream", "--jack", "--host", "--wav-dir", "--capture-tone", "--vm", "--policy", "--stats"};
+  return vu::backend_main(argc, argv, program, make_device);
 }

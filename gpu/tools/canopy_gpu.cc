@@ -142,24 +142,9 @@ Result<std::unique_ptr<vu::Device>> make_device(const std::vector<std::string>& 
 }  // namespace
 
 int main(int argc, char** argv) {
-  // vhost-user expands options given as "--opt value" into one argument for the factory only when
-  // written "--opt=value"; accept both spellings.
-  std::vector<std::string> joined;
-  static const char* kValued[] = {"--scanouts", "--mode", "--scanout-mode", "--frame-log", "--max-resources",
-                                  "--max-backing-mb", "--max-host-mb", "--max-contexts", "--release-after-ms", "--control",
-                                  "--display-socket", "--vm"};
-  std::vector<char*> av{argv[0]};
-  for (int i = 1; i < argc; ++i) {
-    bool valued = false;
-    for (const char* k : kValued) valued |= std::strcmp(argv[i], k) == 0;
-    if (valued && i + 1 < argc) {
-      joined.push_back(std::string(argv[i]) + "=" + argv[i + 1]);
-      ++i;
-    } else {
-      joined.emplace_back(argv[i]);
-    }
-  }
-  for (auto& s : joined) av.push_back(s.data());
   vu::BackendProgram program{"canopy-gpu", "gpu", {"edid"}, kUsage};
-  return vu::backend_main(int(av.size()), av.data(), program, make_device);
+  program.valued_options = {"--scanouts",    "--mode",           "--scanout-mode", "--frame-log",
+                            "--max-resources", "--max-backing-mb", "--max-host-mb",  "--max-contexts",
+                            "--release-after-ms", "--control",  "--display-socket", "--vm"};
+  return vu::backend_main(argc, argv, program, make_device);
 }

@@ -133,11 +133,7 @@ Result<uint32_t> SndClient::call(std::span<const uint8_t> request, uint32_t payl
   if (!added.ok()) return added.error();
   auto k = driver_.kick(sndp::kControlQ);
   if (!k.ok()) return k.error();
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(opt_.timeout_ms);
-  while (!ctl_used_) {
-    if (std::chrono::steady_clock::now() > deadline) return make_error(Errc::kTimeout, "snd: no response");
-    CANOPY_TRY(pump(20));
-  }
+  CANOPY_TRY(wait(opt_.timeout_ms, [&] { return ctl_used_.has_value(); }, "snd: no response"));
   le32 status;
   CANOPY_TRY(mem_.read(resp, &status, 4));
   last_status_ = status;
@@ -234,13 +230,13 @@ Status SndClient::ctl_write(uint32_t control, uint32_t value) {
 }
 
 Result<uint32_t> SndClient::take_io_slot(int timeout_ms) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-  for (;;) {
+  auto free_slot = [&]() -> int {
     for (uint32_t i = 0; i < kIoSlots; ++i)
-      if (!io_[i].busy) return i;
-    if (std::chrono::steady_clock::now() > deadline) return make_error(Errc::kTimeout, "snd client: no free buffer");
-    CANOPY_TRY(pump(20));
-  }
+      if (!io_[i].busy) return int(i);
+    return -1;
+  };
+  CANOPY_TRY(wait(timeout_ms, [&] { return free_slot() >= 0; }, "snd client: no free buffer"));
+  return uint32_t(free_slot());
 }
 
 Status SndClient::write(uint32_t stream, std::span<const uint8_t> data) {
@@ -279,35 +275,31 @@ Status SndClient::queue_reads(uint32_t stream, uint32_t bytes, uint32_t count) {
   return k.ok() ? Status{} : Status(k.error());
 }
 
-Result<SndClient::Completion> SndClient::next_tx(int timeout_ms) {
+Status SndClient::wait(int timeout_ms, const std::function<bool()>& done, const char* what) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-  while (tx_done_.empty()) {
-    if (std::chrono::steady_clock::now() >= deadline) return make_error(Errc::kTimeout, "snd: no tx completion");
+  while (!done()) {
+    if (std::chrono::steady_clock::now() >= deadline) return make_error(Errc::kTimeout, what);
     CANOPY_TRY(pump(10));
   }
+  return {};
+}
+
+Result<SndClient::Completion> SndClient::next_tx(int timeout_ms) {
+  CANOPY_TRY(wait(timeout_ms, [&] { return !tx_done_.empty(); }, "snd: no tx completion"));
   Completion c = std::move(tx_done_.front());
   tx_done_.pop_front();
   return c;
 }
 
 Result<SndClient::Completion> SndClient::next_rx(int timeout_ms) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-  while (rx_done_.empty()) {
-    if (std::chrono::steady_clock::now() >= deadline) return make_error(Errc::kTimeout, "snd: no rx completion");
-    CANOPY_TRY(pump(10));
-  }
+  CANOPY_TRY(wait(timeout_ms, [&] { return !rx_done_.empty(); }, "snd: no rx completion"));
   Completion c = std::move(rx_done_.front());
   rx_done_.pop_front();
   return c;
 }
 
 Status SndClient::drain_tx(int timeout_ms) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-  while (tx_in_flight()) {
-    if (std::chrono::steady_clock::now() >= deadline) return make_error(Errc::kTimeout, "snd: tx not drained");
-    CANOPY_TRY(pump(10));
-  }
-  return {};
+  return wait(timeout_ms, [&] { return tx_in_flight() == 0; }, "snd: tx not drained");
 }
 
 uint32_t SndClient::tx_in_flight() const {
@@ -323,9 +315,8 @@ uint32_t SndClient::rx_in_flight() const {
 }
 
 std::vector<sndp::Event> SndClient::take_events(int wait_ms) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms);
   (void)pump(0);
-  while (events_.empty() && std::chrono::steady_clock::now() < deadline) (void)pump(10);
+  (void)wait(wait_ms, [&] { return !events_.empty(); }, "snd: no event");
   std::vector<sndp::Event> out(events_.begin(), events_.end());
   events_.clear();
   return out;

@@ -101,3 +101,36 @@ TEST(BackendProgram, ExitsZeroWhenFrontendDisconnects) {
 
 }  // namespace
 }  // namespace canopy::transport::vhost_user
+
+namespace canopy::transport::vhost_user {
+namespace {
+
+// Device options take their value as "--name value" or "--name=value" (backend_main joins them for the
+// factory): canopy-snd given its streams both ways offers the config space they make.
+TEST(BackendProgram, DeviceOptionsTakeTheirValueEitherWay) {
+  const std::string snd = std::string(CANOPY_BIN_DIR) + "/canopy-snd";
+  std::string path = socket_path("snd");
+  pid_t pid = spawn({snd, "--socket-path", path, "--host", "null", "--no-policy", "--stream",
+                     "name=a,dir=output,channels=2", "--stream=name=b,dir=input,channels=1", "--jack",
+                     "name=j,dir=output"});
+  auto fe = Frontend::connect(path.c_str(), 5000);
+  ASSERT_TRUE(fe.ok());
+  auto features = fe->get_features();
+  ASSERT_TRUE(features.ok());
+  EXPECT_TRUE(*features & 1);  // VIRTIO_SND_F_CTLS
+  ASSERT_TRUE(fe->get_protocol_features().ok());
+  ASSERT_TRUE(fe->set_protocol_features(proto_bit(kProtoConfig)).ok());
+  auto config = fe->get_config(0, 16);
+  ASSERT_TRUE(config.ok());
+  ASSERT_EQ(config->size(), 16u);
+  const std::vector<uint8_t> want = {1, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 4, 0, 0, 0};  // jacks streams chmaps controls
+  EXPECT_EQ(*config, want);
+  kill(pid, SIGTERM);
+  EXPECT_EQ(wait_exit(pid, 5000), 0);
+  // A bad value is a usage error naming the option.
+  pid = spawn({snd, "--socket-path", path, "--host", "null", "--stream", "name=a"});
+  EXPECT_EQ(wait_exit(pid, 5000), 2);
+}
+
+}  // namespace
+}  // namespace canopy::transport::vhost_user

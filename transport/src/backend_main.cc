@@ -95,7 +95,11 @@ int backend_main(int argc, char** argv, const BackendProgram& program, const Dev
       }
       conn_fd = int(n);
     } else {
-      extra.emplace_back(a);
+      // A device option given as "--name value" reaches the factory as "--name=value".
+      bool valued = false;
+      for (const std::string& v : program.valued_options) valued |= a == v;
+      if (valued && i + 1 < argc) extra.push_back(std::string(a) + "=" + argv[++i]);
+      else extra.emplace_back(a);
     }
   }
   if (print_caps) {

@@ -237,6 +237,9 @@ class SegmentCursor {
   Status write(transport::GuestMemory& mem, const void* src, size_t len);
 
  private:
+  // Calls fn(gpa, offset in the range, bytes) for each piece of the next len bytes (all or nothing).
+  template <typename Fn>
+  Status walk(size_t len, Fn&& fn);
   std::span<const transport::Segment> segs_;
   size_t index_ = 0;
   size_t offset_ = 0;

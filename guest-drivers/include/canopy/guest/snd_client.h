@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -111,6 +112,8 @@ class SndClient {
  private:
   SndClient(VirtioTransport& t, transport::GuestMemory& mem) : driver_(t, mem), mem_(mem) {}
   Status pump(int timeout_ms);
+  // Pumps until done() or timeout_ms (kTimeout with `what`).
+  Status wait(int timeout_ms, const std::function<bool()>& done, const char* what);
   Status post_event(uint32_t slot);
   Result<uint32_t> take_io_slot(int timeout_ms);
   template <typename T>

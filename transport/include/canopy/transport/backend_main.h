@@ -21,6 +21,8 @@ struct BackendProgram {
   const char* type;                   // vhost-user type in --print-capabilities ("gpu", "sound", "rng")
   std::vector<std::string> features;  // capability names in --print-capabilities
   const char* extra_usage = "";       // help text for device options
+  // Device options that take a value: "--name value" is accepted as well as "--name=value".
+  std::vector<std::string> valued_options = {};
 };
 
 // Creates the device from the options main() did not consume (each "--name" or "--name=value").
