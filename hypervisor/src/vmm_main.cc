@@ -2,6 +2,8 @@
 //   canopy-vmm --check FILE                      validate a manifest and exit
 //   canopy-vmm run FILE [--control PATH] [--no-confine] [--stop-grace-ms N] [--display PATH]
 //                                                run its VMs until SIGTERM/SIGINT or `canopyctl shutdown`
+//   canopy-vmm boot --kernel BZIMAGE [--initrd FILE] [--cmdline TEXT] [--memory SIZE] [--vcpus N]
+//                                                boot one Linux guest on KVM, its serial console on stdout
 #include <signal.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
@@ -14,6 +16,7 @@
 #include "canopy/base/log.h"
 #include "canopy/hypervisor/manifest.h"
 #include "canopy/hypervisor/supervisor.h"
+#include "kvm/kvm_vm.h"
 
 namespace {
 
@@ -23,6 +26,10 @@ constexpr const char* kUsage =
     "                             [--display PATH]\n"
     "                             run the VMs of a manifest (guest partitions; docs/partition-transport.md)\n"
     "                             until SIGTERM/SIGINT or `canopyctl --socket PATH shutdown`\n"
+    "       canopy-vmm boot --kernel BZIMAGE [--initrd FILE] [--cmdline TEXT] [--memory SIZE] [--vcpus N]\n"
+    "                             boot one Linux guest on KVM (docs/kvm.md); its serial console goes to\n"
+    "                             stdout. Exit status: 0 the guest powered off, 3 it rebooted, 4 stopped by\n"
+    "                             SIGTERM/SIGINT, 1 an error\n"
     "       canopy-vmm --help     this text\n";
 
 canopy::hypervisor::LoadResult load(const std::string& path) {
@@ -94,6 +101,73 @@ int run(int argc, char** argv) {
 
 }  // namespace
 
+namespace {
+
+canopy::hypervisor::kvm::KvmVm* g_kvm = nullptr;
+
+bool parse_memory(const std::string& s, uint64_t& out) {
+  char* end = nullptr;
+  const unsigned long long v = std::strtoull(s.c_str(), &end, 10);
+  if (end == s.c_str()) return false;
+  const std::string unit = end;
+  const uint64_t mul = unit == "G" ? (1ull << 30) : unit == "M" ? (1ull << 20) : unit.empty() ? 1 : 0;
+  if (!mul || v > (1ull << 40) / mul) return false;
+  out = v * mul;
+  return true;
+}
+
+int boot(int argc, char** argv) {
+  namespace k = canopy::hypervisor::kvm;
+  k::KvmConfig c;
+  c.cmdline = "console=ttyS0";
+  for (int i = 2; i < argc; ++i) {
+    const std::string a = argv[i];
+    const bool has = i + 1 < argc;
+    if (a == "--kernel" && has) c.kernel = argv[++i];
+    else if (a == "--initrd" && has) c.initrd = argv[++i];
+    else if (a == "--cmdline" && has) c.cmdline = argv[++i];
+    else if (a == "--memory" && has && parse_memory(argv[i + 1], c.ram_bytes)) ++i;
+    else if (a == "--vcpus" && has) c.vcpus = uint32_t(std::strtoul(argv[++i], nullptr, 10));
+    else {
+      std::fprintf(stderr, "canopy-vmm boot: bad argument %s\n%s", a.c_str(), kUsage);
+      return 2;
+    }
+  }
+  if (c.kernel.empty()) {
+    std::fprintf(stderr, "canopy-vmm boot: --kernel is required\n");
+    return 2;
+  }
+  auto vm = k::KvmVm::create(c);
+  if (!vm.ok()) {
+    std::fprintf(stderr, "canopy-vmm boot: %s%s\n", vm.error().what,
+                 k::KvmVm::available() ? "" : " (no usable /dev/kvm: load kvm-intel or kvm-amd)");
+    return 1;
+  }
+  g_kvm = vm->get();
+  struct sigaction sa{};
+  sa.sa_handler = [](int) {
+    if (g_kvm) g_kvm->request_stop();
+  };
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
+  auto r = (*vm)->run();
+  g_kvm = nullptr;
+  if (!r.ok()) {
+    std::fprintf(stderr, "canopy-vmm boot: %s\n", r.error().what);
+    return 1;
+  }
+  CANOPY_INFO("kvm: guest %s after %llu exits", k::to_string(*r), (unsigned long long)(*vm)->exits());
+  switch (*r) {
+    case k::VmExit::kPowerOff: return 0;
+    case k::VmExit::kReboot: return 3;
+    case k::VmExit::kStopped: return 4;
+    default: return 1;
+  }
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   if (argc == 2 && (std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0)) {
     std::fputs(kUsage, stdout);
@@ -101,6 +175,7 @@ int main(int argc, char** argv) {
   }
   if (argc == 3 && std::strcmp(argv[1], "--check") == 0) return check(argv[2]);
   if (argc >= 2 && std::strcmp(argv[1], "run") == 0) return run(argc, argv);
+  if (argc >= 2 && std::strcmp(argv[1], "boot") == 0) return boot(argc, argv);
   std::fprintf(stderr, "canopy-vmm: bad arguments\n%s", kUsage);
   return 2;
 }
