@@ -95,6 +95,28 @@ std::vector<uint8_t> aml_pkg_length(size_t body) {
 std::vector<uint8_t> dsdt_aml(const AcpiConfig& c) {
   std::vector<uint8_t> sb;  // Scope(\_SB) body
   append_name(sb, "_SB_");
+  if (c.com1) {
+    // Device(COM1) { _HID EISAID("PNP0501"), _UID 1, _CRS { IO(Decode16, 0x3f8, 0x3f8, 1, 8),
+    // Interrupt(Consumer, Edge, ActiveHigh, Exclusive) {4} } }: with hardware-reduced ACPI there are no
+    // legacy ISA IRQ mappings, so the UART's IRQ must come from here.
+    std::vector<uint8_t> dev;
+    append_name(dev, "COM1");
+    append(dev, {0x08});
+    append_name(dev, "_HID");
+    append(dev, {0x0c, 0x41, 0xd0, 0x05, 0x01});  // EISAID("PNP0501")
+    append(dev, {0x08});
+    append_name(dev, "_UID");
+    append(dev, {0x01});
+    std::vector<uint8_t> res = {0x47, 0x01, 0xf8, 0x03, 0xf8, 0x03, 0x01, 0x08,   // IO
+                                0x89, 0x06, 0x00, 0x03, 0x01, 0x04, 0x00, 0x00, 0x00,  // Interrupt {4}
+                                0x79, 0x00};
+    std::vector<uint8_t> buf{0x0a, uint8_t(res.size())};
+    append(buf, res);
+    append(dev, {0x08});
+    append_name(dev, "_CRS");
+    append(dev, with_pkg({0x11}, buf));
+    append(sb, with_pkg({0x5b, 0x82}, dev));
+  }
   for (size_t i = 0; i < c.virtio.size(); ++i) {
     const AcpiVirtioDevice& d = c.virtio[i];
     const char name[5] = {'V', char('0' + i / 100 % 10), char('0' + i / 10 % 10), char('0' + i % 10), 0};

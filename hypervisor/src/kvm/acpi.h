@@ -33,6 +33,7 @@ struct AcpiVirtioDevice {
 
 struct AcpiConfig {
   uint32_t vcpus = 1;
+  bool com1 = true;  // describe the UART at 0x3f8 / IRQ 4 (PNP0501)
   std::vector<AcpiVirtioDevice> virtio;
 };
 

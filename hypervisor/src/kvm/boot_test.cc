@@ -191,6 +191,8 @@ TEST(KvmAcpi, TablesHaveValidChecksumsAndTheDevicesInTheDsdt) {
   EXPECT_NE(std::search(dsdt.begin(), dsdt.end(), v001.begin(), v001.end()), dsdt.end());
   const std::vector<uint8_t> s5 = {0x08, 0x5c, '_', 'S', '5', '_', 0x12, 0x07, 0x04, 0x0a, 0x05, 0, 0, 0};
   EXPECT_NE(std::search(dsdt.begin(), dsdt.end(), s5.begin(), s5.end()), dsdt.end());
+  const std::vector<uint8_t> com1 = {0x08, '_', 'H', 'I', 'D', 0x0c, 0x41, 0xd0, 0x05, 0x01};  // EISAID("PNP0501")
+  EXPECT_NE(std::search(dsdt.begin(), dsdt.end(), com1.begin(), com1.end()), dsdt.end());
   AcpiConfig none;
   none.vcpus = 0;
   EXPECT_FALSE(write_acpi_tables(ram, kAcpiAddr, none).ok());

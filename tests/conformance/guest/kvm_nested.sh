@@ -1,0 +1,32 @@
+#!/bin/sh
+# Guest side of the nested KVM test (runs as /test.sh in the outer guest, QEMU TCG with -cpu max): with
+# kvm-amd loaded (AMD SVM is emulated by TCG) /dev/kvm exists; canopy-vmm, from the host's root over 9p,
+# boots the same Linux kernel with the L2 initramfs on KVM and prints that guest's serial console. The L2
+# guest reports its own verdict there and powers off through ACPI S5; canopy-vmm must exit 0.
+# Kernel command line: canopy.vmm=PATH canopy.kernel=PATH canopy.l2initrd=PATH (host paths)
+# shellcheck disable=SC1091 # installed in the initramfs
+. /lib/canopy/guest.sh
+vmm="" kernel="" l2=""
+# shellcheck disable=SC2013 # words, not lines
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in
+    canopy.vmm=*) vmm=${arg#canopy.vmm=} ;;
+    canopy.kernel=*) kernel=${arg#canopy.kernel=} ;;
+    canopy.l2initrd=*) l2=${arg#canopy.l2initrd=} ;;
+  esac
+done
+[ -n "$vmm" ] && [ -n "$kernel" ] && [ -n "$l2" ] || fail "canopy.vmm / canopy.kernel / canopy.l2initrd missing"
+[ -c /dev/kvm ] || fail "no /dev/kvm in the outer guest (kvm-amd did not load: is the CPU -cpu max?)"
+mkdir -p /host
+mount -t 9p -o trans=virtio,version=9p2000.L,ro host /host || fail "cannot mount the host's root over 9p"
+for m in dev proc sys; do mount --bind "/$m" "/host/$m" || fail "cannot bind /$m into /host"; done
+note "canopy-vmm boot on KVM"
+t0=$(cut -d' ' -f1 /proc/uptime)
+chroot /host "$vmm" boot --kernel "$kernel" --initrd "$l2" --memory 256M \
+  --cmdline "console=ttyS0 panic=-1 quiet canopy.timeout=60" >/tmp/l2.txt 2>&1
+rc=$?
+t1=$(cut -d' ' -f1 /proc/uptime)
+grep -a -E 'canopy-|CANOPY-TEST-RESULT|kvm:' /tmp/l2.txt | while read -r l; do note "L2: $l"; done
+note "canopy-vmm boot exited $rc after $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s"
+grep -q 'CANOPY-TEST-RESULT: PASS' /tmp/l2.txt || { tail -n 30 /tmp/l2.txt; fail "the L2 guest did not pass"; }
+[ "$rc" -eq 0 ] || fail "canopy-vmm boot exited $rc (0 = the guest powered off)"

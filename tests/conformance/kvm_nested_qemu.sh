@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Conformance, nested KVM: canopy-vmm's KVM backend boots an unmodified Linux 6.12 guest. QEMU 10 under
+# TCG with -cpu max runs the outer guest, where kvm-amd gives a /dev/kvm (recipes: AMD SVM is emulated by
+# TCG); there canopy-vmm boot (from the host's root over 9p) starts the same Debian kernel with a busybox
+# initramfs (guest/kvm_l2_hello.sh as its test) — direct boot, ACPI tables, COM1 — and the inner guest's
+# /init output, its verdict and its ACPI power-off must come back (guest/kvm_nested.sh checks them).
+#
+# Usage: kvm_nested_qemu.sh PATH/TO/canopy-vmm
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=lib.sh
+. "$HERE/lib.sh"
+
+VMM=${1:-}
+canopy_begin kvm_nested_qemu
+[ -n "$VMM" ] && [ -x "$VMM" ] || canopy_fail "usage: $0 PATH/TO/canopy-vmm"
+VMM=$(cd "$(dirname "$VMM")" && pwd)/$(basename "$VMM")
+canopy_require "${CANOPY_QEMU:-qemu-system-x86_64}" busybox cpio modinfo gzip
+
+# The inner guest's initramfs first (its path goes on the outer guest's command line), then the outer's.
+L2=$("$HERE/build-initramfs.sh" --test "$HERE/guest/kvm_l2_hello.sh") || canopy_fail "L2 initramfs build failed"
+canopy_log "L2 initramfs $L2"
+canopy_guest --test "$HERE/guest/kvm_nested.sh" kvm-amd netfs 9pnet 9p 9pnet_virtio
+
+qemu_rc=0
+CANOPY_QEMU_TIMEOUT=${CANOPY_QEMU_TIMEOUT:-240} CANOPY_GUEST_TIMEOUT=${CANOPY_GUEST_TIMEOUT:-200} \
+  CANOPY_QEMU_APPEND="canopy.vmm=$VMM canopy.kernel=$CANOPY_VMLINUZ canopy.l2initrd=$L2" \
+  canopy_qemu -cpu max -virtfs local,path=/,mount_tag=host,security_model=none,readonly=on || qemu_rc=$?
+grep -a 'canopy-test:' "$CANOPY_WORK/console.log" | while read -r l; do canopy_log "guest: ${l#*canopy-test: }"; done
+canopy_guest_timing
+canopy_guest_result || canopy_fail "guest: $CANOPY_GUEST_VERDICT"
+[ "$qemu_rc" -eq 0 ] || canopy_fail "QEMU exited with status $qemu_rc"
+canopy_pass
