@@ -3,6 +3,7 @@
 //   canopy-vmm run FILE [--control PATH] [--no-confine] [--stop-grace-ms N] [--display PATH]
 //                                                run its VMs until SIGTERM/SIGINT or `canopyctl shutdown`
 //   canopy-vmm boot --kernel BZIMAGE [--initrd FILE] [--cmdline TEXT] [--memory SIZE] [--vcpus N]
+//                   [--device TYPE=PROGRAM[,ARG...]]...
 //                                                boot one Linux guest on KVM, its serial console on stdout
 #include <signal.h>
 #include <sys/signalfd.h>
@@ -17,6 +18,7 @@
 #include "canopy/hypervisor/manifest.h"
 #include "canopy/hypervisor/supervisor.h"
 #include "kvm/kvm_vm.h"
+#include "kvm/vhost_mmio.h"
 
 namespace {
 
@@ -27,7 +29,10 @@ constexpr const char* kUsage =
     "                             run the VMs of a manifest (guest partitions; docs/partition-transport.md)\n"
     "                             until SIGTERM/SIGINT or `canopyctl --socket PATH shutdown`\n"
     "       canopy-vmm boot --kernel BZIMAGE [--initrd FILE] [--cmdline TEXT] [--memory SIZE] [--vcpus N]\n"
-    "                             boot one Linux guest on KVM (docs/kvm.md); its serial console goes to\n"
+    "                       [--device TYPE=PROGRAM[,ARG...]]...\n"
+    "                             boot one Linux guest on KVM (docs/kvm.md), each --device a virtio-mmio\n"
+    "                             device (rng, snd, gpu, console, ...) bridged to the vhost-user back-end\n"
+    "                             PROGRAM (started as PROGRAM --fd=3 ARGS); its serial console goes to\n"
     "                             stdout. Exit status: 0 the guest powered off, 3 it rebooted, 4 stopped by\n"
     "                             SIGTERM/SIGINT, 1 an error\n"
     "       canopy-vmm --help     this text\n";
@@ -120,6 +125,7 @@ int boot(int argc, char** argv) {
   namespace k = canopy::hypervisor::kvm;
   k::KvmConfig c;
   c.cmdline = "console=ttyS0";
+  std::vector<k::KvmDeviceSpec> devices;
   for (int i = 2; i < argc; ++i) {
     const std::string a = argv[i];
     const bool has = i + 1 < argc;
@@ -128,7 +134,29 @@ int boot(int argc, char** argv) {
     else if (a == "--cmdline" && has) c.cmdline = argv[++i];
     else if (a == "--memory" && has && parse_memory(argv[i + 1], c.ram_bytes)) ++i;
     else if (a == "--vcpus" && has) c.vcpus = uint32_t(std::strtoul(argv[++i], nullptr, 10));
-    else {
+    else if (a == "--device" && has) {
+      const std::string spec = argv[++i];
+      const size_t eq = spec.find('=');
+      k::KvmDeviceSpec d;
+      d.name = spec.substr(0, eq);
+      d.virtio_id = d.name == "gpu" ? 16 : d.name == "snd" ? 25 : canopy::hypervisor::virtio_device_id(d.name);
+      if (eq == std::string::npos || d.virtio_id == 0 || eq + 1 >= spec.size()) {
+        std::fprintf(stderr, "canopy-vmm boot: --device %s: expected TYPE=PROGRAM[,ARG...] with a virtio type\n",
+                     spec.c_str());
+        return 2;
+      }
+      std::string rest = spec.substr(eq + 1);
+      size_t start = 0;
+      for (;;) {
+        const size_t comma = rest.find(',', start);
+        const std::string part = rest.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+        if (d.program.empty()) d.program = part;
+        else d.args.push_back(part);
+        if (comma == std::string::npos) break;
+        start = comma + 1;
+      }
+      devices.push_back(std::move(d));
+    } else {
       std::fprintf(stderr, "canopy-vmm boot: bad argument %s\n%s", a.c_str(), kUsage);
       return 2;
     }
@@ -142,6 +170,22 @@ int boot(int argc, char** argv) {
     std::fprintf(stderr, "canopy-vmm boot: %s%s\n", vm.error().what,
                  k::KvmVm::available() ? "" : " (no usable /dev/kvm: load kvm-intel or kvm-amd)");
     return 1;
+  }
+  if (devices.size() > 16) {
+    std::fprintf(stderr, "canopy-vmm boot: at most 16 devices\n");
+    return 2;
+  }
+  // Devices: 4 KiB MMIO windows from 0xd0000000, GSIs from 5 (4 is COM1), edge-triggered.
+  k::IrqPump pump;
+  std::vector<std::unique_ptr<k::VhostMmioDevice>> live;
+  for (size_t i = 0; i < devices.size(); ++i) {
+    auto d = k::VhostMmioDevice::start(devices[i], **vm, pump, 0xd0000000ull + i * 0x1000, uint32_t(5 + i));
+    if (!d.ok()) {
+      std::fprintf(stderr, "canopy-vmm boot: device %s (%s): %s\n", devices[i].name.c_str(), devices[i].program.c_str(),
+                   d.error().what);
+      return 1;
+    }
+    live.push_back(std::move(*d));
   }
   g_kvm = vm->get();
   struct sigaction sa{};

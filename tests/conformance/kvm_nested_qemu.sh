@@ -5,26 +5,35 @@
 # initramfs (guest/kvm_l2_hello.sh as its test) — direct boot, ACPI tables, COM1 — and the inner guest's
 # /init output, its verdict and its ACPI power-off must come back (guest/kvm_nested.sh checks them).
 #
-# Usage: kvm_nested_qemu.sh PATH/TO/canopy-vmm
+# A second inner guest has a virtio-rng device: virtio-mmio described in the ACPI DSDT, bridged by
+# canopy-vmm to canopy-vhost-rng (ioeventfd kicks, call eventfds to interrupts), checked by guest/rng.sh.
+#
+# Usage: kvm_nested_qemu.sh PATH/TO/canopy-vmm PATH/TO/canopy-vhost-rng
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
 
 VMM=${1:-}
+RNG=${2:-}
 canopy_begin kvm_nested_qemu
-[ -n "$VMM" ] && [ -x "$VMM" ] || canopy_fail "usage: $0 PATH/TO/canopy-vmm"
+[ -n "$VMM" ] && [ -x "$VMM" ] && [ -n "$RNG" ] && [ -x "$RNG" ] ||
+  canopy_fail "usage: $0 PATH/TO/canopy-vmm PATH/TO/canopy-vhost-rng"
 VMM=$(cd "$(dirname "$VMM")" && pwd)/$(basename "$VMM")
+RNG=$(cd "$(dirname "$RNG")" && pwd)/$(basename "$RNG")
 canopy_require "${CANOPY_QEMU:-qemu-system-x86_64}" busybox cpio modinfo gzip
 
 # The inner guest's initramfs first (its path goes on the outer guest's command line), then the outer's.
 L2=$("$HERE/build-initramfs.sh" --test "$HERE/guest/kvm_l2_hello.sh") || canopy_fail "L2 initramfs build failed"
 canopy_log "L2 initramfs $L2"
+L2RNG=$("$HERE/build-initramfs.sh" --test "$HERE/guest/rng.sh" virtio_mmio virtio-rng) ||
+  canopy_fail "L2 initramfs (rng) build failed"
+canopy_log "L2 initramfs with virtio-rng $L2RNG"
 canopy_guest --test "$HERE/guest/kvm_nested.sh" kvm-amd netfs 9pnet 9p 9pnet_virtio
 
 qemu_rc=0
 CANOPY_QEMU_TIMEOUT=${CANOPY_QEMU_TIMEOUT:-240} CANOPY_GUEST_TIMEOUT=${CANOPY_GUEST_TIMEOUT:-200} \
-  CANOPY_QEMU_APPEND="canopy.vmm=$VMM canopy.kernel=$CANOPY_VMLINUZ canopy.l2initrd=$L2" \
+  CANOPY_QEMU_APPEND="canopy.vmm=$VMM canopy.kernel=$CANOPY_VMLINUZ canopy.l2initrd=$L2 canopy.l2rng=$L2RNG canopy.rng=$RNG" \
   canopy_qemu -cpu max -virtfs local,path=/,mount_tag=host,security_model=none,readonly=on || qemu_rc=$?
 grep -a 'canopy-test:' "$CANOPY_WORK/console.log" | while read -r l; do canopy_log "guest: ${l#*canopy-test: }"; done
 canopy_guest_timing

@@ -207,6 +207,17 @@ Status KvmVm::add_ioeventfd(uint64_t addr, uint32_t datamatch, int fd) {
   return {};
 }
 
+Status KvmVm::remove_ioeventfd(uint64_t addr, uint32_t datamatch, int fd) {
+  kvm_ioeventfd e{};
+  e.datamatch = datamatch;
+  e.addr = addr;
+  e.len = 4;
+  e.fd = fd;
+  e.flags = KVM_IOEVENTFD_FLAG_DATAMATCH | KVM_IOEVENTFD_FLAG_DEASSIGN;
+  if (ioctl(vm_.get(), KVM_IOEVENTFD, &e) < 0) return make_error(Errc::kIo, "kvm: KVM_IOEVENTFD deassign failed", errno);
+  return {};
+}
+
 Status KvmVm::add_irqfd(uint32_t gsi, int fd) {
   kvm_irqfd i{};
   i.fd = uint32_t(fd);

@@ -54,6 +54,7 @@ class KvmVm {
   Status add_mmio(uint64_t base, uint64_t size, MmioHandler h);
   // An eventfd KVM signals when the guest writes `datamatch` (4 bytes) at `addr` (a queue notify).
   Status add_ioeventfd(uint64_t addr, uint32_t datamatch, int fd);
+  Status remove_ioeventfd(uint64_t addr, uint32_t datamatch, int fd);
   // An eventfd that, when signalled, pulses GSI `gsi` (edge) in the IOAPIC.
   Status add_irqfd(uint32_t gsi, int fd);
   Status remove_irqfd(uint32_t gsi, int fd);

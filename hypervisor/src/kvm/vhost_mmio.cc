@@ -1,0 +1,228 @@
+#include "kvm/vhost_mmio.h"
+
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "canopy/base/log.h"
+#include "canopy/transport/virtio_ring.h"
+#include "device_bridge.h"
+#include "kvm/boot.h"
+
+namespace canopy::hypervisor::kvm {
+
+namespace vu = transport::vhost_user;
+
+// ---------------------------------------------------------------------------------------------------
+// IrqPump
+
+IrqPump::IrqPump() {
+  epoll_ = UniqueFd(epoll_create1(EPOLL_CLOEXEC));
+  stop_ = UniqueFd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.fd = stop_.get();
+  epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, stop_.get(), &ev);
+  thread_ = std::thread([this] { loop(); });
+}
+
+IrqPump::~IrqPump() {
+  uint64_t one = 1;
+  ssize_t w = ::write(stop_.get(), &one, sizeof one);
+  (void)w;
+  if (thread_.joinable()) thread_.join();
+}
+
+Status IrqPump::add(int fd, Fn fn) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    fns_.emplace_back(fd, std::make_shared<Fn>(std::move(fn)));
+  }
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.fd = fd;
+  if (epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) return make_error(Errc::kIo, "irq pump: epoll_ctl failed", errno);
+  return {};
+}
+
+void IrqPump::remove(int fd) {
+  epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, fd, nullptr);
+  std::lock_guard<std::mutex> l(mu_);
+  std::erase_if(fns_, [fd](const auto& p) { return p.first == fd; });
+}
+
+void IrqPump::loop() {
+  epoll_event evs[16];
+  for (;;) {
+    const int n = epoll_wait(epoll_.get(), evs, 16, -1);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return;
+    for (int i = 0; i < n; ++i) {
+      const int fd = evs[i].data.fd;
+      if (fd == stop_.get()) return;
+      uint64_t v;
+      if (::read(fd, &v, sizeof v) != sizeof v) continue;
+      std::shared_ptr<Fn> fn;
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        for (auto& p : fns_)
+          if (p.first == fd) fn = p.second;
+      }
+      if (fn) (*fn)();
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// VhostMmioDevice
+
+Result<std::unique_ptr<VhostMmioDevice>> VhostMmioDevice::start(const KvmDeviceSpec& spec, KvmVm& vm, IrqPump& pump,
+                                                                uint64_t base, uint32_t gsi) {
+  std::unique_ptr<VhostMmioDevice> d(new VhostMmioDevice());
+  d->spec_ = spec;
+  d->vm_ = &vm;
+  d->pump_ = &pump;
+  d->base_ = base;
+  d->gsi_ = gsi;
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return make_error(Errc::kIo, "socketpair failed", errno);
+  UniqueFd ours(sv[0]), theirs(sv[1]);
+  SpawnOptions o;
+  o.path = spec.program;
+  o.argv = {spec.program, "--fd=3"};
+  o.argv.insert(o.argv.end(), spec.args.begin(), spec.args.end());
+  for (char** e = environ; *e != nullptr; ++e) o.env.emplace_back(*e);
+  o.fds = {{theirs.get(), 3}};
+  CANOPY_ASSIGN_OR_RETURN(d->backend_, spawn(o));
+  theirs.reset();
+  d->fe_ = vu::Frontend(std::move(ours), 5000);
+  vu::Frontend& fe = d->fe_;
+  CANOPY_ASSIGN_OR_RETURN(d->backend_features_, fe.get_features());
+  uint64_t proto = 0;
+  if (d->backend_features_ & transport::kVhostUserFProtocolFeatures) {
+    CANOPY_ASSIGN_OR_RETURN(uint64_t pf, fe.get_protocol_features());
+    proto = pf & (vu::proto_bit(vu::kProtoConfig) | vu::proto_bit(vu::kProtoMq) | vu::proto_bit(vu::kProtoReplyAck));
+    CANOPY_TRY(fe.set_protocol_features(proto));
+  }
+  uint16_t queues = virtio_default_queues(spec.virtio_id);
+  if (proto & vu::proto_bit(vu::kProtoMq)) {
+    CANOPY_ASSIGN_OR_RETURN(uint64_t n, fe.get_queue_num());
+    if (n == 0 || n > 64) return make_error(Errc::kProtocol, "back-end reports an odd queue count");
+    queues = uint16_t(n);
+  }
+  CANOPY_TRY(fe.set_owner());
+  // Guest RAM as the back-end maps it: the low part at GPA 0, the rest at 4 GiB, user addresses those of
+  // canopy-vmm's own mapping (ring addresses are given in them).
+  const uint64_t low = std::min(vm.ram_bytes(), kMmioGapStart);
+  std::vector<vu::FrontendRegion> regions;
+  regions.push_back({transport::RegionInfo{0, low, reinterpret_cast<uint64_t>(vm.host_address(0)), 0}, vm.ram_fd()});
+  if (vm.ram_bytes() > low)
+    regions.push_back({transport::RegionInfo{kHighRamStart, vm.ram_bytes() - low,
+                                             reinterpret_cast<uint64_t>(vm.host_address(kHighRamStart)), low},
+                       vm.ram_fd()});
+  CANOPY_TRY(fe.set_mem_table(regions));
+  d->config_size_ = (proto & vu::proto_bit(vu::kProtoConfig)) ? virtio_config_size(spec.virtio_id) : 0;
+  d->queues_.resize(queues);
+  VhostMmioDevice* self = d.get();
+  d->mmio_ = std::make_unique<transport::VirtioMmio>(*d, [self](bool asserted) {
+    if (asserted) self->vm_->pulse_irq(self->gsi_);
+  });
+  d->window_ = transport::mmio::window_size(d->config_size_);
+  CANOPY_TRY(vm.add_mmio(base, d->window_,
+                         MmioHandler{[self](uint64_t off, uint32_t len) { return self->mmio_->read(off, len); },
+                                     [self](uint64_t off, uint32_t len, uint64_t v) { self->mmio_->write(off, len, v); }}));
+  vm.describe_virtio(base, uint32_t(d->window_), gsi);
+  CANOPY_INFO("kvm: device %s (virtio %u): back-end %s up (pid %d), %u queue(s), MMIO 0x%llx, GSI %u", spec.name.c_str(),
+              spec.virtio_id, spec.program.c_str(), int(d->backend_.pid()), queues, (unsigned long long)base, gsi);
+  return d;
+}
+
+VhostMmioDevice::~VhostMmioDevice() {
+  for (uint16_t q = 0; q < queues_.size(); ++q)
+    if (queues_[q].call.valid()) pump_->remove(queues_[q].call.get());
+  fe_ = vu::Frontend();  // closing the socket makes the back-end exit on its own
+  if (backend_.running() && !backend_.wait(500).ok()) backend_.terminate(500);
+}
+
+uint64_t VhostMmioDevice::device_features() const {
+  return (backend_features_ & ~transport::kVhostUserFProtocolFeatures & ~transport::kVirtioFRingPacked &
+          ~transport::kVirtioFNotificationData) |
+         transport::kVirtioFVersion1;
+}
+
+void VhostMmioDevice::read_config(uint32_t offset, void* dst, uint32_t len) {
+  auto c = fe_.get_config(offset, len);
+  if (c.ok() && c->size() == len) std::memcpy(dst, c->data(), len);
+  else std::memset(dst, 0, len);
+}
+
+void VhostMmioDevice::write_config(uint32_t offset, const void* src, uint32_t len) {
+  (void)fe_.set_config(offset, std::span(static_cast<const uint8_t*>(src), len));
+}
+
+bool VhostMmioDevice::on_features_ok(uint64_t features) {
+  const uint64_t f = features | (backend_features_ & transport::kVhostUserFProtocolFeatures);
+  if (Status s = fe_.set_features(f); !s.ok()) {
+    CANOPY_WARN("kvm: device %s: SET_FEATURES failed: %s", spec_.name.c_str(), s.error().what);
+    return false;
+  }
+  return true;
+}
+
+Status VhostMmioDevice::on_queue_ready(uint16_t q, const transport::MmioQueueConfig& cfg) {
+  if (!cfg.ready) {
+    stop_queue(q);
+    return {};
+  }
+  Queue& qu = queues_[q];
+  const uint64_t desc_bytes = 16ull * cfg.size, avail_bytes = 6 + 2ull * cfg.size, used_bytes = 6 + 8ull * cfg.size;
+  uint8_t* desc = vm_->host_address(cfg.addrs.desc);
+  uint8_t* avail = vm_->host_address(cfg.addrs.avail);
+  uint8_t* used = vm_->host_address(cfg.addrs.used);
+  if (!desc || !avail || !used || !vm_->host_address(cfg.addrs.desc + desc_bytes - 1) ||
+      !vm_->host_address(cfg.addrs.avail + avail_bytes - 1) || !vm_->host_address(cfg.addrs.used + used_bytes - 1))
+    return make_error(Errc::kOutOfRange, "queue rings outside guest RAM");
+  qu.kick = UniqueFd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  qu.call = UniqueFd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!qu.kick.valid() || !qu.call.valid()) return make_error(Errc::kIo, "eventfd failed", errno);
+  CANOPY_TRY(fe_.set_vring_num(q, cfg.size));
+  CANOPY_TRY(fe_.set_vring_addr(q, reinterpret_cast<uint64_t>(desc), reinterpret_cast<uint64_t>(avail),
+                                reinterpret_cast<uint64_t>(used)));
+  CANOPY_TRY(fe_.set_vring_base(q, 0));
+  CANOPY_TRY(fe_.set_vring_kick(q, qu.kick.get()));
+  CANOPY_TRY(fe_.set_vring_call(q, qu.call.get()));
+  CANOPY_TRY(fe_.set_vring_enable(q, true));
+  CANOPY_TRY(vm_->add_ioeventfd(base_ + transport::mmio::kQueueNotify, q, qu.kick.get()));
+  transport::VirtioMmio* mmio = mmio_.get();
+  CANOPY_TRY(pump_->add(qu.call.get(), [mmio] { mmio->raise_interrupt(transport::InterruptKind::kUsedBuffer); }));
+  qu.running = true;
+  return {};
+}
+
+void VhostMmioDevice::on_queue_notify(uint16_t q, uint32_t) {
+  // Only kicks KVM did not catch (e.g. one the register model held back until DRIVER_OK) get here.
+  if (q < queues_.size() && queues_[q].kick.valid()) {
+    uint64_t one = 1;
+    ssize_t w = ::write(queues_[q].kick.get(), &one, sizeof one);
+    (void)w;
+  }
+}
+
+void VhostMmioDevice::stop_queue(uint16_t q) {
+  Queue& qu = queues_[q];
+  if (!qu.running) return;
+  (void)fe_.get_vring_base(q);  // stops the ring in the back-end
+  (void)vm_->remove_ioeventfd(base_ + transport::mmio::kQueueNotify, q, qu.kick.get());
+  pump_->remove(qu.call.get());
+  qu = Queue();
+}
+
+void VhostMmioDevice::on_reset() {
+  for (uint16_t q = 0; q < queues_.size(); ++q) stop_queue(q);
+}
+
+}  // namespace canopy::hypervisor::kvm
