@@ -29,7 +29,7 @@ constexpr const char* kUsage =
     "                             run the VMs of a manifest (guest partitions; docs/partition-transport.md)\n"
     "                             until SIGTERM/SIGINT or `canopyctl --socket PATH shutdown`\n"
     "       canopy-vmm boot --kernel BZIMAGE [--initrd FILE] [--cmdline TEXT] [--memory SIZE] [--vcpus N]\n"
-    "                       [--device TYPE=PROGRAM[,ARG...]]...\n"
+    "                       [--device TYPE=PROGRAM[,ARG...] [--device-arg ARG]...]...\n"
     "                             boot one Linux guest on KVM (docs/kvm.md), each --device a virtio-mmio\n"
     "                             device (rng, snd, gpu, console, ...) bridged to the vhost-user back-end\n"
     "                             PROGRAM (started as PROGRAM --fd=3 ARGS); its serial console goes to\n"
@@ -156,6 +156,8 @@ int boot(int argc, char** argv) {
         start = comma + 1;
       }
       devices.push_back(std::move(d));
+    } else if (a == "--device-arg" && has && !devices.empty()) {
+      devices.back().args.push_back(argv[++i]);  // one argument, commas and all
     } else {
       std::fprintf(stderr, "canopy-vmm boot: bad argument %s\n%s", a.c_str(), kUsage);
       return 2;

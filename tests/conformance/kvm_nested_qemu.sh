@@ -31,9 +31,31 @@ L2RNG=$("$HERE/build-initramfs.sh" --test "$HERE/guest/rng.sh" virtio_mmio virti
 canopy_log "L2 initramfs with virtio-rng $L2RNG"
 canopy_guest --test "$HERE/guest/kvm_nested.sh" kvm-amd netfs 9pnet 9p 9pnet_virtio
 
+# The same rng guest again, from a manifest through `canopy-vmm run`: backend = "auto" picks KVM where
+# /dev/kvm is (here, in the outer guest), and [[vm.device]] gives it the virtio-rng back-end.
+cat >"$CANOPY_WORK/kvm.toml" <<TOML
+version = 1
+
+[[vm]]
+name = "linux"
+backend = "auto"
+memory = "256M"
+restart = "never"
+kernel = "$CANOPY_VMLINUZ"
+initrd = "$L2RNG"
+cmdline = "console=ttyS0 panic=-1 quiet canopy.timeout=60"
+app = "canopy-partition-rng"
+
+[[vm.device]]
+type = "rng"
+backend = "$RNG"
+args = ["--pattern"]
+TOML
+chmod -R a+rX "$CANOPY_WORK"
+
 qemu_rc=0
 CANOPY_QEMU_TIMEOUT=${CANOPY_QEMU_TIMEOUT:-240} CANOPY_GUEST_TIMEOUT=${CANOPY_GUEST_TIMEOUT:-200} \
-  CANOPY_QEMU_APPEND="canopy.vmm=$VMM canopy.kernel=$CANOPY_VMLINUZ canopy.l2initrd=$L2 canopy.l2rng=$L2RNG canopy.rng=$RNG" \
+  CANOPY_QEMU_APPEND="canopy.vmm=$VMM canopy.kernel=$CANOPY_VMLINUZ canopy.l2initrd=$L2 canopy.l2rng=$L2RNG canopy.rng=$RNG canopy.manifest=$CANOPY_WORK/kvm.toml" \
   canopy_qemu -cpu max -virtfs local,path=/,mount_tag=host,security_model=none,readonly=on || qemu_rc=$?
 grep -a 'canopy-test:' "$CANOPY_WORK/console.log" | while read -r l; do canopy_log "guest: ${l#*canopy-test: }"; done
 canopy_guest_timing

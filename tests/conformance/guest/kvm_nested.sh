@@ -6,10 +6,11 @@
 # A second inner guest gets a virtio-rng device over virtio-mmio (described in ACPI, LNRO0005) bridged to
 # canopy-vhost-rng: its own test (guest/rng.sh) checks that virtio_rng binds and reads the back-end's bytes.
 # Kernel command line: canopy.vmm=PATH canopy.kernel=PATH canopy.l2initrd=PATH canopy.l2rng=PATH
-# canopy.rng=PATH (host paths)
+# canopy.rng=PATH canopy.manifest=PATH (host paths). Last, canopy-vmm run starts that rng guest from a
+# manifest with backend = "auto" (KVM here).
 # shellcheck disable=SC1091 # installed in the initramfs
 . /lib/canopy/guest.sh
-vmm="" kernel="" l2="" l2rng="" rng=""
+vmm="" kernel="" l2="" l2rng="" rng="" manifest=""
 # shellcheck disable=SC2013 # words, not lines
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
@@ -18,6 +19,7 @@ for arg in $(cat /proc/cmdline); do
     canopy.l2initrd=*) l2=${arg#canopy.l2initrd=} ;;
     canopy.l2rng=*) l2rng=${arg#canopy.l2rng=} ;;
     canopy.rng=*) rng=${arg#canopy.rng=} ;;
+    canopy.manifest=*) manifest=${arg#canopy.manifest=} ;;
   esac
 done
 [ -n "$vmm" ] && [ -n "$kernel" ] && [ -n "$l2" ] && [ -n "$l2rng" ] && [ -n "$rng" ] ||
@@ -47,4 +49,20 @@ grep -a -E 'canopy-|CANOPY-TEST-RESULT|kvm:' /tmp/l2rng.txt | while read -r l; d
 note "canopy-vmm boot (rng) exited $rc after $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s"
 grep -q 'CANOPY-TEST-RESULT: PASS' /tmp/l2rng.txt || { tail -n 30 /tmp/l2rng.txt; fail "the L2 guest with virtio-rng did not pass"; }
 [ "$rc" -eq 0 ] || fail "canopy-vmm boot (rng) exited $rc"
+
+[ -n "$manifest" ] || fail "canopy.manifest missing"
+note "canopy-vmm run $manifest (backend auto)"
+chroot /host "$vmm" run "$manifest" >/tmp/run.txt 2>&1 &
+pid=$!
+n=0
+while ! grep -q 'CANOPY-TEST-RESULT' /tmp/run.txt && [ "$n" -lt 1200 ] && kill -0 "$pid" 2>/dev/null; do
+  usleep 100000
+  n=$((n + 1))
+done
+sleep 1
+kill -TERM "$pid" 2>/dev/null
+wait "$pid"
+grep -a -E 'vm linux|CANOPY-TEST-RESULT|all VMs' /tmp/run.txt | while read -r l; do note "run: $l"; done
+grep -q 'vm linux: started on KVM' /tmp/run.txt || { tail -n 20 /tmp/run.txt; fail "backend auto did not start the VM on KVM"; }
+grep -q 'CANOPY-TEST-RESULT: PASS' /tmp/run.txt || { tail -n 30 /tmp/run.txt; fail "the manifest's KVM guest did not pass"; }
 
