@@ -70,6 +70,11 @@ fi
 if [ "${CANOPY_BENCH_SND:-1}" = 1 ]; then
   script_bench snd snd_bench.sh "$BUILD/bench-snd.md"
 fi
+# canopy-vmm's KVM backend beside QEMU -M microvm under nested KVM (~1 min with --smoke).
+# CANOPY_BENCH_KVM=0 skips it.
+if [ "${CANOPY_BENCH_KVM:-1}" = 1 ]; then
+  script_bench kvm kvm_bench.sh "$BUILD/bench-kvm.md"
+fi
 echo "bench: report written to $REPORT"
 grep -h '^ratio ' "$REPORT" || true
 exit $rc
