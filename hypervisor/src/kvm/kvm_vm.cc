@@ -196,44 +196,33 @@ Status KvmVm::add_mmio(uint64_t base, uint64_t size, MmioHandler h) {
 
 void KvmVm::describe_virtio(uint64_t base, uint32_t size, uint32_t gsi) { impl_->virtio.push_back({base, size, gsi}); }
 
-Status KvmVm::add_ioeventfd(uint64_t addr, uint32_t datamatch, int fd) {
+namespace {
+Status ioeventfd(int vm, uint64_t addr, uint32_t datamatch, int fd, bool assign) {
   kvm_ioeventfd e{};
   e.datamatch = datamatch;
   e.addr = addr;
   e.len = 4;
   e.fd = fd;
-  e.flags = KVM_IOEVENTFD_FLAG_DATAMATCH;
-  if (ioctl(vm_.get(), KVM_IOEVENTFD, &e) < 0) return make_error(Errc::kIo, "kvm: KVM_IOEVENTFD failed", errno);
+  e.flags = KVM_IOEVENTFD_FLAG_DATAMATCH | (assign ? 0 : KVM_IOEVENTFD_FLAG_DEASSIGN);
+  if (ioctl(vm, KVM_IOEVENTFD, &e) < 0) return make_error(Errc::kIo, "kvm: KVM_IOEVENTFD failed", errno);
   return {};
 }
+Status irqfd(int vm, uint32_t gsi, int fd, bool assign) {
+  kvm_irqfd i{};
+  i.fd = uint32_t(fd);
+  i.gsi = gsi;
+  i.flags = assign ? 0 : KVM_IRQFD_FLAG_DEASSIGN;
+  if (ioctl(vm, KVM_IRQFD, &i) < 0) return make_error(Errc::kIo, "kvm: KVM_IRQFD failed", errno);
+  return {};
+}
+}  // namespace
 
+Status KvmVm::add_ioeventfd(uint64_t addr, uint32_t datamatch, int fd) { return ioeventfd(vm_.get(), addr, datamatch, fd, true); }
 Status KvmVm::remove_ioeventfd(uint64_t addr, uint32_t datamatch, int fd) {
-  kvm_ioeventfd e{};
-  e.datamatch = datamatch;
-  e.addr = addr;
-  e.len = 4;
-  e.fd = fd;
-  e.flags = KVM_IOEVENTFD_FLAG_DATAMATCH | KVM_IOEVENTFD_FLAG_DEASSIGN;
-  if (ioctl(vm_.get(), KVM_IOEVENTFD, &e) < 0) return make_error(Errc::kIo, "kvm: KVM_IOEVENTFD deassign failed", errno);
-  return {};
+  return ioeventfd(vm_.get(), addr, datamatch, fd, false);
 }
-
-Status KvmVm::add_irqfd(uint32_t gsi, int fd) {
-  kvm_irqfd i{};
-  i.fd = uint32_t(fd);
-  i.gsi = gsi;
-  if (ioctl(vm_.get(), KVM_IRQFD, &i) < 0) return make_error(Errc::kIo, "kvm: KVM_IRQFD failed", errno);
-  return {};
-}
-
-Status KvmVm::remove_irqfd(uint32_t gsi, int fd) {
-  kvm_irqfd i{};
-  i.fd = uint32_t(fd);
-  i.gsi = gsi;
-  i.flags = KVM_IRQFD_FLAG_DEASSIGN;
-  if (ioctl(vm_.get(), KVM_IRQFD, &i) < 0) return make_error(Errc::kIo, "kvm: KVM_IRQFD deassign failed", errno);
-  return {};
-}
+Status KvmVm::add_irqfd(uint32_t gsi, int fd) { return irqfd(vm_.get(), gsi, fd, true); }
+Status KvmVm::remove_irqfd(uint32_t gsi, int fd) { return irqfd(vm_.get(), gsi, fd, false); }
 
 void KvmVm::pulse_irq(uint32_t gsi) {
   kvm_irq_level l{};

@@ -28,27 +28,24 @@ done
 mkdir -p /host
 mount -t 9p -o trans=virtio,version=9p2000.L,ro host /host || fail "cannot mount the host's root over 9p"
 for m in dev proc sys; do mount --bind "/$m" "/host/$m" || fail "cannot bind /$m into /host"; done
-note "canopy-vmm boot on KVM"
-t0=$(cut -d' ' -f1 /proc/uptime)
-chroot /host "$vmm" boot --kernel "$kernel" --initrd "$l2" --memory 256M \
-  --cmdline "console=ttyS0 panic=-1 quiet canopy.timeout=60" >/tmp/l2.txt 2>&1
-rc=$?
-t1=$(cut -d' ' -f1 /proc/uptime)
-grep -a -E 'canopy-|CANOPY-TEST-RESULT|kvm:' /tmp/l2.txt | while read -r l; do note "L2: $l"; done
-note "canopy-vmm boot exited $rc after $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s"
-grep -q 'CANOPY-TEST-RESULT: PASS' /tmp/l2.txt || { tail -n 30 /tmp/l2.txt; fail "the L2 guest did not pass"; }
-[ "$rc" -eq 0 ] || fail "canopy-vmm boot exited $rc (0 = the guest powered off)"
-
-note "canopy-vmm boot on KVM with a virtio-rng device (canopy-vhost-rng over vhost-user)"
-t0=$(cut -d' ' -f1 /proc/uptime)
-chroot /host "$vmm" boot --kernel "$kernel" --initrd "$l2rng" --memory 256M --device "rng=$rng,--pattern" \
-  --cmdline "console=ttyS0 panic=-1 quiet canopy.timeout=60" >/tmp/l2rng.txt 2>&1
-rc=$?
-t1=$(cut -d' ' -f1 /proc/uptime)
-grep -a -E 'canopy-|CANOPY-TEST-RESULT|kvm:' /tmp/l2rng.txt | while read -r l; do note "L2 rng: $l"; done
-note "canopy-vmm boot (rng) exited $rc after $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s"
-grep -q 'CANOPY-TEST-RESULT: PASS' /tmp/l2rng.txt || { tail -n 30 /tmp/l2rng.txt; fail "the L2 guest with virtio-rng did not pass"; }
-[ "$rc" -eq 0 ] || fail "canopy-vmm boot (rng) exited $rc"
+# boot_l2 LABEL INITRD [DEVICE-ARGS...]: canopy-vmm boot of the inner guest; its console lines are shown,
+# its verdict must be PASS and canopy-vmm's exit status 0 (the guest powered off).
+boot_l2() {
+  label=$1 initrd=$2
+  shift 2
+  note "canopy-vmm boot on KVM ($label)"
+  t0=$(cut -d' ' -f1 /proc/uptime)
+  chroot /host "$vmm" boot --kernel "$kernel" --initrd "$initrd" --memory 256M "$@" \
+    --cmdline "console=ttyS0 panic=-1 quiet canopy.timeout=60" >/tmp/l2.txt 2>&1
+  rc=$?
+  t1=$(cut -d' ' -f1 /proc/uptime)
+  grep -a -E 'canopy-|CANOPY-TEST-RESULT|kvm:' /tmp/l2.txt | while read -r l; do note "L2 $label: $l"; done
+  note "canopy-vmm boot ($label) exited $rc after $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s"
+  grep -q 'CANOPY-TEST-RESULT: PASS' /tmp/l2.txt || { tail -n 30 /tmp/l2.txt; fail "the L2 guest ($label) did not pass"; }
+  [ "$rc" -eq 0 ] || fail "canopy-vmm boot ($label) exited $rc (0 = the guest powered off)"
+}
+boot_l2 plain "$l2"
+boot_l2 "virtio-rng over vhost-user" "$l2rng" --device "rng=$rng,--pattern"
 
 [ -n "$manifest" ] || fail "canopy.manifest missing"
 note "canopy-vmm run $manifest (backend auto)"
