@@ -255,6 +255,22 @@ struct SndDevice::Stream final : StreamIo {
     if (dev->board_ && slot >= 0) dev->board_->set_active(uint32_t(slot), s == PcmState::kStarted, monotonic_ns());
   }
 
+  // After a pull / push: a short one is an underrun / overrun (counted in `counter`); the first of an
+  // episode is reported as EVT_PCM_XRUN where negotiated; a full one ends the episode.
+  void xrun(bool short_transfer, uint64_t& counter) {
+    if (!short_transfer) {
+      in_xrun = false;
+      return;
+    }
+    ++counter;
+    if (in_xrun) return;
+    in_xrun = true;
+    if (params_.features & proto::kPcmFEvtXruns) {
+      ++st.xrun_events;
+      dev->post_event(uint32_t(Code::kEvtPcmXrun), id);
+    }
+  }
+
   void moved(size_t bytes) {
     if (!(params_.features & proto::kPcmFEvtShmemPeriods) || !params_.period_bytes) return;
     period_progress += bytes;
@@ -348,18 +364,7 @@ struct SndDevice::Stream final : StreamIo {
       st.frames += got / fb;
     }
     moved(got);
-    if (got < bytes) {
-      ++st.underruns;
-      if (!in_xrun) {
-        in_xrun = true;
-        if (params_.features & proto::kPcmFEvtXruns) {
-          ++st.xrun_events;
-          dev->post_event(uint32_t(Code::kEvtPcmXrun), id);
-        }
-      }
-    } else {
-      in_xrun = false;
-    }
+    xrun(got < bytes, st.underruns);
     return got;
   }
 
@@ -392,18 +397,7 @@ struct SndDevice::Stream final : StreamIo {
     }
     if (fb) st.frames += put / fb;
     moved(put);
-    if (put < bytes) {
-      ++st.overruns;
-      if (!in_xrun) {
-        in_xrun = true;
-        if (params_.features & proto::kPcmFEvtXruns) {
-          ++st.xrun_events;
-          dev->post_event(uint32_t(Code::kEvtPcmXrun), id);
-        }
-      }
-    } else {
-      in_xrun = false;
-    }
+    xrun(put < bytes, st.overruns);
     return put;
   }
 };

@@ -330,6 +330,25 @@ const toml::array* node_array(Ctx& c, const toml::node& n, const std::string& pa
   return a;
 }
 
+}  // namespace
+
+std::optional<uint64_t> parse_size(std::string_view t) {
+  size_t digits = 0;
+  while (digits < t.size() && t[digits] >= '0' && t[digits] <= '9') ++digits;
+  const std::string_view suffix = t.substr(digits);
+  unsigned shift = 0;
+  if (digits == 0 || digits > 12) return std::nullopt;  // 12 digits << 30 cannot overflow 64 bits
+  if (suffix == "K") shift = 10;
+  else if (suffix == "M") shift = 20;
+  else if (suffix == "G") shift = 30;
+  else if (!suffix.empty()) return std::nullopt;
+  uint64_t bytes = 0;
+  for (size_t k = 0; k < digits; ++k) bytes = bytes * 10 + static_cast<uint64_t>(t[k] - '0');
+  return bytes << shift;
+}
+
+namespace {
+
 // Sizes: integer bytes, or a string of digits with an optional binary suffix K, M or G.
 std::optional<uint64_t> node_size(Ctx& c, const toml::node& n, const std::string& path, uint64_t lo,
                                   uint64_t hi) {
@@ -343,27 +362,13 @@ std::optional<uint64_t> node_size(Ctx& c, const toml::node& n, const std::string
     bytes = static_cast<uint64_t>(i->get());
     shown = std::to_string(bytes);
   } else if (const auto* s = n.as_string()) {
-    const std::string_view t = s->get();
-    shown = quote(t);
-    size_t digits = 0;
-    while (digits < t.size() && t[digits] >= '0' && t[digits] <= '9') ++digits;
-    const std::string_view suffix = t.substr(digits);
-    unsigned shift = 0;
-    bool good = digits > 0 && digits <= 12;  // 12 digits << 30 cannot overflow 64 bits
-    if (suffix == "K")
-      shift = 10;
-    else if (suffix == "M")
-      shift = 20;
-    else if (suffix == "G")
-      shift = 30;
-    else if (!suffix.empty())
-      good = false;
-    if (!good) {
+    shown = quote(s->get());
+    const auto parsed = parse_size(s->get());
+    if (!parsed) {
       c.add(n, path, shown + " is not a size (use e.g. 512M, 2G)");
       return std::nullopt;
     }
-    for (size_t k = 0; k < digits; ++k) bytes = bytes * 10 + static_cast<uint64_t>(t[k] - '0');
-    bytes <<= shift;
+    bytes = *parsed;
   } else {
     c.add(
         n, path,

@@ -1,5 +1,6 @@
 // canopy-vmm's supervisor: partitions, back-ends, lifecycle, control socket (supervisor.h).
 #include "canopy/hypervisor/supervisor.h"
+#include "canopy/audio/config.h"
 #include "kvm/kvm_vm.h"
 
 #include <fcntl.h>
@@ -38,31 +39,22 @@ namespace {
 std::vector<std::string> snd_args(const Manifest& m, const VmConfig& c) {
   std::vector<std::string> args{"--vm=" + c.name};
   for (const SndStream& s : c.snd->streams) {
-    std::string spec = "name=" + s.name + ",dir=" + to_string(s.direction) + ",channels=" + std::to_string(s.channels);
-    spec += ",rates=";
-    for (size_t i = 0; i < s.rates.size(); ++i) {
-      if (i) spec += ':';
-      spec += std::to_string(s.rates[i]);
-    }
-    spec += std::string(",role=") + to_string(s.role);
-    if (!s.positions.empty()) {
-      spec += ",positions=";
-      for (size_t i = 0; i < s.positions.size(); ++i) {
-        if (i) spec += ':';
-        spec += s.positions[i];
-      }
-    }
+    // The manifest's stream as canopy-snd's own configuration, written by canopy-snd's own printer.
+    audio::StreamConfig sc;
+    sc.name = s.name;
+    sc.direction = s.direction == StreamDirection::kOutput ? audio::proto::Direction::kOutput
+                                                            : audio::proto::Direction::kInput;
+    sc.channels_max = uint8_t(s.channels);
+    for (uint32_t hz : s.rates) sc.rates |= 1ull << audio::proto::rate_bit(hz);  // checked by the loader
+    sc.role = to_string(s.role);
+    for (const std::string& p : s.positions) sc.positions.push_back(uint8_t(audio::proto::position_from_name(p.c_str())));
     for (const AudioRoute& r : m.audio_routes) {
       if (r.vm != c.name || r.stream != s.name) continue;
-      char duck[64];
-      std::snprintf(duck, sizeof duck, ",duck-db=%g,ramp-ms=%u", r.duck_db, r.ramp_ms);
-      spec += ",priority=" + std::to_string(r.priority) + duck;
-      if (r.duck_others) spec += ",duck-others";
-      if (r.exclusive) spec += ",exclusive";
-      if (r.sink != "default") spec += ",target=" + r.sink;
+      sc.policy = {r.priority, r.duck_others, r.duck_db, r.ramp_ms, r.exclusive};
+      if (r.sink != "default") sc.target = r.sink;
       break;
     }
-    args.push_back("--stream=" + spec);
+    args.push_back("--stream=" + audio::stream_spec(sc));
   }
   for (const SndJack& j : c.snd->jacks)
     args.push_back("--jack=name=" + j.name + ",dir=" + to_string(j.direction) + ",device=" + to_string(j.device) +

@@ -110,17 +110,6 @@ namespace {
 
 canopy::hypervisor::kvm::KvmVm* g_kvm = nullptr;
 
-bool parse_memory(const std::string& s, uint64_t& out) {
-  char* end = nullptr;
-  const unsigned long long v = std::strtoull(s.c_str(), &end, 10);
-  if (end == s.c_str()) return false;
-  const std::string unit = end;
-  const uint64_t mul = unit == "G" ? (1ull << 30) : unit == "M" ? (1ull << 20) : unit.empty() ? 1 : 0;
-  if (!mul || v > (1ull << 40) / mul) return false;
-  out = v * mul;
-  return true;
-}
-
 int boot(int argc, char** argv) {
   namespace k = canopy::hypervisor::kvm;
   k::KvmConfig c;
@@ -132,7 +121,10 @@ int boot(int argc, char** argv) {
     if (a == "--kernel" && has) c.kernel = argv[++i];
     else if (a == "--initrd" && has) c.initrd = argv[++i];
     else if (a == "--cmdline" && has) c.cmdline = argv[++i];
-    else if (a == "--memory" && has && parse_memory(argv[i + 1], c.ram_bytes)) ++i;
+    else if (const auto size = a == "--memory" && has ? canopy::hypervisor::parse_size(argv[i + 1]) : std::nullopt) {
+      c.ram_bytes = *size;
+      ++i;
+    }
     else if (a == "--vcpus" && has) c.vcpus = uint32_t(std::strtoul(argv[++i], nullptr, 10));
     else if (a == "--device" && has) {
       const std::string spec = argv[++i];

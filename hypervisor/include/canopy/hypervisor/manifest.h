@@ -104,6 +104,10 @@ struct DeviceConfig {
   std::vector<std::string> args;
 };
 
+// A size as the manifest writes it: digits with an optional binary suffix K, M or G ("512M", "2G",
+// "33554432"); nullopt when it is not one.
+std::optional<uint64_t> parse_size(std::string_view text);
+
 // The virtio device id of a type name usable in [[vm.device]]; 0 when unknown.
 uint32_t virtio_device_id(std::string_view type);
 
