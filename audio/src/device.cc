@@ -23,6 +23,13 @@ constexpr int32_t kVolumeMinCdb = -5000, kVolumeStepCdb = 50;
 // host (meant for the shared-memory transport, which is not offered; informational over messages).
 constexpr uint32_t kOfferedPcmFeatures = proto::kPcmFEvtXruns | proto::kPcmFEvtShmemPeriods;
 
+// The bytes of a chain part (each segment is at most 4 GiB - 1: no overflow in 64 bits).
+uint64_t bytes_of(std::span<const Segment> segs) {
+  uint64_t n = 0;
+  for (const Segment& s : segs) n += s.len;
+  return n;
+}
+
 double volume_db(uint32_t v) { return (kVolumeMinCdb + int32_t(v) * kVolumeStepCdb) / 100.0; }
 
 }  // namespace
@@ -61,49 +68,6 @@ uint64_t default_formats() {
   using F = proto::Format;
   return (1ull << uint8_t(F::kU8)) | (1ull << uint8_t(F::kS16)) | (1ull << uint8_t(F::kS24)) |
          (1ull << uint8_t(F::kS32)) | (1ull << uint8_t(F::kFloat));
-}
-
-// ---------------------------------------------------------------------------------------------------
-// SegmentCursor
-
-SegmentCursor::SegmentCursor(std::span<const Segment> segs, size_t skip) : segs_(segs) {
-  for (const Segment& s : segs) remaining_ += s.len;
-  skip = std::min(skip, remaining_);
-  remaining_ -= skip;
-  while (index_ < segs_.size() && skip >= segs_[index_].len) {
-    skip -= segs_[index_].len;
-    ++index_;
-  }
-  offset_ = skip;
-}
-
-template <typename Fn>
-Status SegmentCursor::walk(size_t len, Fn&& fn) {
-  if (len > remaining_) return make_error(Errc::kOutOfRange, "past the end of the buffer");
-  size_t done = 0;
-  while (done < len) {
-    const Segment& s = segs_[index_];
-    const size_t n = std::min<size_t>(len - done, s.len - offset_);
-    CANOPY_TRY(fn(s.gpa + offset_, done, n));
-    done += n;
-    remaining_ -= n;
-    offset_ += n;
-    if (offset_ == s.len) {
-      ++index_;
-      offset_ = 0;
-    }
-  }
-  return {};
-}
-
-Status SegmentCursor::read(const transport::GuestMemory& mem, void* dst, size_t len) {
-  auto* d = static_cast<uint8_t*>(dst);
-  return walk(len, [&](uint64_t gpa, size_t at, size_t n) { return mem.read(gpa, d + at, n); });
-}
-
-Status SegmentCursor::write(transport::GuestMemory& mem, const void* src, size_t len) {
-  auto* p = static_cast<const uint8_t*>(src);
-  return walk(len, [&](uint64_t gpa, size_t at, size_t n) { return mem.write(gpa, p + at, n); });
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -228,8 +192,8 @@ struct SndDevice::Stream final : StreamIo {
     st.last_latency_bytes = s.latency_bytes;
     uint32_t used = used_data;
     if (dev->mem_) {
-      SegmentCursor c(io.status);
-      if (c.remaining() >= sizeof s && c.write(*dev->mem_, &s, sizeof s).ok()) used += sizeof s;
+      transport::DescriptorWriter c(*dev->mem_, io.status);
+      if (c.remaining() >= sizeof s && c.write(&s, sizeof s).ok()) used += sizeof s;
     }
     dev->complete_(queue(), io.head, used);
   }
@@ -335,8 +299,8 @@ struct SndDevice::Stream final : StreamIo {
     while (got < bytes && !held.empty()) {
       Io& io = held.front();
       const size_t n = std::min<size_t>(bytes - got, io.size - io.done);
-      SegmentCursor c(io.data, io.done);
-      if (!c.read(*dev->mem_, dst + got, n).ok()) {
+      transport::DescriptorReader c(*dev->mem_, io.data);
+      if (!c.skip(io.done).ok() || !c.read(dst + got, n).ok()) {
         // The guest's memory went away under the buffer: hand it back as failed.
         Io bad = std::move(io);
         held.pop_front();
@@ -378,8 +342,8 @@ struct SndDevice::Stream final : StreamIo {
       Io& io = held.front();
       // Never more than the buffer's own data part (writable minus the 8-byte status): CVE-2024-7730.
       const size_t n = std::min<size_t>(bytes - put, io.size - io.done);
-      SegmentCursor c(io.data, io.done);
-      if (!c.write(*dev->mem_, scratch.data() + put, n).ok()) {
+      transport::DescriptorWriter c(*dev->mem_, io.data);
+      if (!c.skip(io.done).ok() || !c.write(scratch.data() + put, n).ok()) {
         Io bad = std::move(io);
         held.pop_front();
         ++st.io_errors;
@@ -491,21 +455,21 @@ StreamIo* SndDevice::stream_io(uint32_t s) { return s < streams_.size() ? stream
 
 uint32_t SndDevice::respond(const Chain& c, Code code, std::span<const uint8_t> payload) {
   if (!mem_) return 0;
-  SegmentCursor w(c.writable);
+  transport::DescriptorWriter w(*mem_, c.writable);
   proto::Hdr h{};
   h.code = uint32_t(code);
   if (code != Code::kOk) ++bad_requests_;
-  if (w.remaining() < sizeof h || !w.write(*mem_, &h, sizeof h).ok()) return 0;
+  if (w.remaining() < sizeof h || !w.write(&h, sizeof h).ok()) return 0;
   const size_t n = std::min(payload.size(), w.remaining());
-  if (n && !w.write(*mem_, payload.data(), n).ok()) return sizeof h;
+  if (n && !w.write(payload.data(), n).ok()) return sizeof h;
   return uint32_t(sizeof h + n);
 }
 
 uint32_t SndDevice::control(const Chain& c) {
   if (!mem_) return 0;
-  SegmentCursor r(c.readable);
+  transport::DescriptorReader r(*mem_, c.readable);
   std::vector<uint8_t> req(std::min<size_t>(r.remaining(), kMaxRequestBytes));
-  if (req.size() < sizeof(proto::Hdr) || !r.read(*mem_, req.data(), req.size()).ok())
+  if (req.size() < sizeof(proto::Hdr) || !r.read(req.data(), req.size()).ok())
     return respond(c, Code::kBadMsg);
   const uint32_t code = load<proto::Hdr>(req).code;
   switch (Code(code)) {
@@ -557,8 +521,7 @@ uint32_t SndDevice::query(const Chain& c, uint32_t code, const std::vector<uint8
   // response buffer, before anything is sized by them.
   const uint64_t start = q.start_id, count = q.count, size = q.size;
   if (start + count > total || size < min_item || size > kMaxItemSize) return respond(c, Code::kBadMsg);
-  SegmentCursor probe(c.writable);
-  if (probe.remaining() < sizeof(proto::Hdr) + count * size) return respond(c, Code::kBadMsg);
+  if (bytes_of(c.writable) < sizeof(proto::Hdr) + count * size) return respond(c, Code::kBadMsg);
   std::vector<uint8_t> out(size_t(count * size), 0);
   for (uint32_t k = 0; k < count; ++k) {
     const uint32_t id = uint32_t(start) + k;
@@ -708,8 +671,7 @@ uint32_t SndDevice::ctl_command(const Chain& c, Code code, const std::vector<uin
     case Code::kCtlRead: {
       proto::CtlValue v{};
       v.integer[0] = volume ? s.volume : (s.mute ? 0u : 1u);  // the switch is "on" when not muted
-      SegmentCursor probe(c.writable);
-      if (probe.remaining() < sizeof(proto::Hdr) + sizeof v) return respond(c, Code::kBadMsg);
+      if (bytes_of(c.writable) < sizeof(proto::Hdr) + sizeof v) return respond(c, Code::kBadMsg);
       return respond(c, Code::kOk, std::span(reinterpret_cast<const uint8_t*>(&v), sizeof v));
     }
     case Code::kCtlWrite: {
@@ -749,9 +711,7 @@ uint32_t SndDevice::ctl_command(const Chain& c, Code code, const std::vector<uin
 
 uint32_t SndDevice::io(uint16_t queue, const Chain& c) {
   if (queue == proto::kEventQ) {
-    uint64_t w = 0;
-    for (const Segment& s : c.writable) w += s.len;
-    if (w < sizeof(proto::Event)) {
+    if (bytes_of(c.writable) < sizeof(proto::Event)) {
       ++bad_requests_;
       return 0;
     }
@@ -766,9 +726,7 @@ uint32_t SndDevice::io(uint16_t queue, const Chain& c) {
 
 uint32_t SndDevice::tx_rx(uint16_t queue, const Chain& c) {
   const bool tx = queue == proto::kTxQ;
-  uint64_t rbytes = 0, wbytes = 0;
-  for (const Segment& s : c.readable) rbytes += s.len;
-  for (const Segment& s : c.writable) wbytes += s.len;
+  const uint64_t rbytes = bytes_of(c.readable), wbytes = bytes_of(c.writable);
   // Where the status goes: a tx buffer's writable part is the status; an rx buffer's status is its last
   // 8 writable bytes. A buffer with no room for one is handed back with nothing written.
   if (wbytes < sizeof(proto::PcmStatus) || !mem_) {
@@ -790,12 +748,12 @@ uint32_t SndDevice::tx_rx(uint16_t queue, const Chain& c) {
     ++bad_requests_;
     proto::PcmStatus s{};
     s.status = uint32_t(code);
-    SegmentCursor w(status);
-    return w.write(*mem_, &s, sizeof s).ok() ? sizeof s : 0;
+    transport::DescriptorWriter w(*mem_, status);
+    return w.write(&s, sizeof s).ok() ? sizeof s : 0;
   };
   proto::PcmXfer x{};
-  SegmentCursor r(c.readable);
-  if (rbytes < sizeof x || !r.read(*mem_, &x, sizeof x).ok()) return fail_now(Code::kBadMsg);
+  transport::DescriptorReader r(*mem_, c.readable);
+  if (rbytes < sizeof x || !r.read(&x, sizeof x).ok()) return fail_now(Code::kBadMsg);
   if (x.stream_id >= streams_.size()) return fail_now(Code::kBadMsg);
   Stream& s = *streams_[x.stream_id];
   if (s.queue() != queue) return fail_now(Code::kBadMsg);  // a capture stream's buffer on the txq, or the reverse
@@ -847,8 +805,8 @@ void SndDevice::flush_events() {
     event_buffers_.pop_front();
     const proto::Event e = pending_events_.front();
     pending_events_.pop_front();
-    SegmentCursor w(b.writable);
-    const bool ok = w.write(*mem_, &e, sizeof e).ok();
+    transport::DescriptorWriter w(*mem_, b.writable);
+    const bool ok = w.write(&e, sizeof e).ok();
     ++events_sent_;
     complete_(proto::kEventQ, b.head, ok ? sizeof e : 0);
   }

@@ -82,8 +82,19 @@ Status DescriptorChain::parse(const GuestMemory& mem, uint64_t desc_table, uint1
 // ---------------------------------------------------------------------------------------------
 // DescriptorReader / DescriptorWriter
 
+namespace {
+size_t total_bytes(std::span<const Segment> segs) {
+  size_t n = 0;
+  for (const Segment& s : segs) n += s.len;
+  return n;
+}
+}  // namespace
+
 DescriptorReader::DescriptorReader(const GuestMemory& mem, const DescriptorChain& chain)
     : mem_(mem), segs_(chain.readable()), remaining_(chain.readable_bytes()) {}
+
+DescriptorReader::DescriptorReader(const GuestMemory& mem, std::span<const Segment> segments)
+    : mem_(mem), segs_(segments), remaining_(total_bytes(segments)) {}
 
 template <typename Fn>
 Status DescriptorReader::walk(size_t len, Fn&& fn) {
@@ -123,6 +134,9 @@ Status DescriptorReader::take_segments(size_t len, std::vector<Segment>& out) {
 
 DescriptorWriter::DescriptorWriter(GuestMemory& mem, const DescriptorChain& chain)
     : mem_(mem), segs_(chain.writable()), remaining_(chain.writable_bytes()) {}
+
+DescriptorWriter::DescriptorWriter(GuestMemory& mem, std::span<const Segment> segments)
+    : mem_(mem), segs_(segments), remaining_(total_bytes(segments)) {}
 
 template <typename Fn>
 Status DescriptorWriter::walk(size_t len, Fn&& fn) {

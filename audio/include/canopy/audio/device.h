@@ -228,24 +228,6 @@ class SndDevice {
   uint64_t events_sent_ = 0, events_dropped_ = 0, bad_requests_ = 0;
 };
 
-// Reads and writes a list of guest segments as one byte range.
-class SegmentCursor {
- public:
-  SegmentCursor(std::span<const transport::Segment> segs, size_t skip = 0);
-  size_t remaining() const { return remaining_; }
-  Status read(const transport::GuestMemory& mem, void* dst, size_t len);
-  Status write(transport::GuestMemory& mem, const void* src, size_t len);
-
- private:
-  // Calls fn(gpa, offset in the range, bytes) for each piece of the next len bytes (all or nothing).
-  template <typename Fn>
-  Status walk(size_t len, Fn&& fn);
-  std::span<const transport::Segment> segs_;
-  size_t index_ = 0;
-  size_t offset_ = 0;
-  size_t remaining_ = 0;
-};
-
 // Applies a gain ramp to interleaved samples in place: frame i gets db_start + i * db_step (dB, clamped
 // at kMuteDb = silence). Supports the formats of default_formats().
 inline constexpr double kMuteDb = -96.0;

@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
+#include <span>
 #include <vector>
 
 #include "canopy/base/result.h"
@@ -50,10 +51,12 @@ class DescriptorChain {
   uint32_t writable_bytes_ = 0;
 };
 
-// Sequential reader over a chain's readable part.
+// Sequential reader over a chain's readable part (or over any list of validated segments: a device that
+// holds a chain's pieces after the chain itself is gone).
 class DescriptorReader {
  public:
   DescriptorReader(const GuestMemory& mem, const DescriptorChain& chain);
+  DescriptorReader(const GuestMemory& mem, std::span<const Segment> segments);
   size_t remaining() const { return remaining_; }
   size_t consumed() const { return consumed_; }
   // Copies exactly len bytes or fails (kOutOfRange) without consuming.
@@ -73,17 +76,18 @@ class DescriptorReader {
   template <typename Fn>
   Status walk(size_t len, Fn&& fn);
   const GuestMemory& mem_;
-  const std::vector<Segment>& segs_;
+  std::span<const Segment> segs_;
   size_t index_ = 0;
   uint32_t offset_ = 0;
   size_t remaining_ = 0;
   size_t consumed_ = 0;
 };
 
-// Sequential writer over a chain's writable part.
+// Sequential writer over a chain's writable part (or over any list of validated segments).
 class DescriptorWriter {
  public:
   DescriptorWriter(GuestMemory& mem, const DescriptorChain& chain);
+  DescriptorWriter(GuestMemory& mem, std::span<const Segment> segments);
   size_t remaining() const { return remaining_; }
   // Bytes written so far: the `len` to report in the used ring.
   uint32_t bytes_written() const { return written_; }
@@ -100,7 +104,7 @@ class DescriptorWriter {
   template <typename Fn>
   Status walk(size_t len, Fn&& fn);
   GuestMemory& mem_;
-  const std::vector<Segment>& segs_;
+  std::span<const Segment> segs_;
   size_t index_ = 0;
   uint32_t offset_ = 0;
   size_t remaining_ = 0;
