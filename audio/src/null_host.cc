@@ -129,7 +129,7 @@ void NullStream::stop() {
 
 void NullStream::fill_capture(uint8_t* dst, size_t frames) {
   const uint32_t fb = p_.frame_bytes();
-  std::memset(dst, p_.format == uint8_t(proto::Format::kU8) ? 0x80 : 0, frames * fb);
+  std::memset(dst, proto::silence_byte(p_.format), frames * fb);
   const double hz = host_.options().capture_tone_hz;
   if (hz <= 0) return;
   for (size_t f = 0; f < frames; ++f, ++tone_phase_) {
@@ -150,7 +150,7 @@ void NullStream::tick(uint64_t now) {
   if (io_.config().direction == proto::Direction::kOutput) {
     const size_t got = io_.pull(buf_.data(), buf_.size());
     if (got < buf_.size())
-      std::memset(buf_.data() + got, p_.format == uint8_t(proto::Format::kU8) ? 0x80 : 0, buf_.size() - got);
+      std::memset(buf_.data() + got, proto::silence_byte(p_.format), buf_.size() - got);
     if (wav_) (void)wav_->write(buf_.data(), buf_.size());
   } else {
     fill_capture(buf_.data(), frames);

@@ -300,7 +300,7 @@ void PwStream::process() {
     auto* dst = static_cast<uint8_t*>(d.data);
     const size_t want = size_t(frames) * fb;
     const size_t got = running_ ? io_.pull(dst, want) : 0;
-    if (got < want) std::memset(dst + got, p_.format == uint8_t(proto::Format::kU8) ? 0x80 : 0, want - got);
+    if (got < want) std::memset(dst + got, proto::silence_byte(p_.format), want - got);
     d.chunk->offset = 0;
     d.chunk->stride = int32_t(fb);
     d.chunk->size = uint32_t(want);

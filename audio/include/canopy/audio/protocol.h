@@ -60,6 +60,8 @@ inline constexpr uint8_t kFormatCount = 25;
 // Bytes per sample of a format the device can carry (0: not a linear PCM format it supports).
 uint32_t format_bytes(uint8_t format);
 const char* format_name(uint8_t format);
+// The byte that fills silence in a format (0x80 for unsigned 8-bit, else 0).
+inline uint8_t silence_byte(uint8_t format) { return format == uint8_t(Format::kU8) ? 0x80 : 0; }
 
 // PCM frame rates (bit numbers): 5512, 8000, ... 384000 (§5.14.6.6.2).
 inline constexpr uint8_t kRateCount = 14;
