@@ -670,7 +670,10 @@ Resp GpuDevice::transfer_to_host_2d(const Command& c) {
   auto it = resources_.find(t.resource_id);
   if (it == resources_.end()) return Resp::kErrInvalidResourceId;
   Resource& r = *it->second;
-  if (r.blob) return Resp::kErrInvalidParameter;
+  // A guest blob is its guest memory: there is no host copy to update, so a transfer has nothing to do.
+  // Linux's virtio_gpu makes dumb buffers guest blobs when RESOURCE_BLOB is on (and 3D is off) and still
+  // transfers them before each flush, as QEMU and crosvm accept.
+  if (r.blob) return Resp::kOkNodata;
   if (r.backing.empty()) return Resp::kErrUnspec;
   if (!rect_inside(t.r, r.width, r.height)) return Resp::kErrInvalidParameter;
   const uint32_t w = t.r.width, h = t.r.height, x = t.r.x, y = t.r.y;

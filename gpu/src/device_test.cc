@@ -389,6 +389,24 @@ TEST(GpuDevice, BlobScanoutArrivesWithZeroBytesCopiedFromScatteredPages) {
   EXPECT_EQ(h.dev->stats().bytes_copied, 0u);
 }
 
+// Linux 6.12's virtio_gpu makes dumb buffers guest blobs once RESOURCE_BLOB is negotiated (without 3D)
+// and sends TRANSFER_TO_HOST_2D before each flush. The blob is guest memory shown in place: the transfer
+// succeeds and copies nothing (it used to answer ERR_INVALID_PARAMETER, found in the nested KVM test).
+TEST(GpuDevice, TransferToAGuestBlobSucceedsAndCopiesNothing) {
+  Harness h({}, {.checksum = true});
+  BlobSetup b;
+  ASSERT_EQ(b.create(h, 7), R(Resp::kOkNodata));
+  ASSERT_EQ(h.call(b.scanout(7)), R(Resp::kOkNodata));
+  b.paint(h, 0xff123456);
+  EXPECT_EQ(h.transfer(7, 64, 64), R(Resp::kOkNodata));
+  EXPECT_EQ(h.transfer(7, 16, 16, 4096, 8, 8), R(Resp::kOkNodata));
+  ASSERT_EQ(h.call(h.flush_cmd(7, 64, 64)), R(Resp::kOkNodata));
+  EXPECT_EQ(h.out.stats(0).last_crc, pattern_crc(64, 64, 0xff123456));
+  EXPECT_EQ(h.out.stats(0).bytes_copied, 0u);
+  EXPECT_EQ(h.dev->stats().bytes_copied, 0u);
+  EXPECT_EQ(h.transfer(8, 64, 64), R(Resp::kErrInvalidResourceId));
+}
+
 TEST(GpuDevice, BlobCommandsValidateMemoryAndLayout) {
   Harness h;
   BlobSetup b;
