@@ -435,7 +435,9 @@ Result<VmExit> KvmVm::run() {
             }
             break;
           }
-          case KVM_EXIT_SHUTDOWN:  // a triple fault: what a reset by `reboot=t` looks like
+          case KVM_EXIT_SHUTDOWN:  // a triple fault: what a reset by `reboot=t` looks like, or a crash
+            // (AMD's KVM has already reset the vCPU here, so its registers tell nothing.)
+            CANOPY_INFO("kvm: vCPU %u: shutdown (triple fault)", v->index);
             finish(VmExit::kReboot);
             break;
           case KVM_EXIT_SYSTEM_EVENT:
