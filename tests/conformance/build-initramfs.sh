@@ -4,6 +4,9 @@
 # Usage: tests/conformance/build-initramfs.sh --test SCRIPT [--file SRC:DEST]... [MODULE...]
 #   --test SCRIPT     guest-side test (busybox sh), installed as /test.sh
 #   --file SRC:DEST   extra file to copy into the image (DEST is an absolute path in the guest)
+#   --bin PATH        a host program, at the same path in the guest, with the shared libraries ldd finds
+#                     for it (and the dynamic loader), for guests that have no host root to chroot into
+#   --tree SRC:DEST   a folder copied whole (DEST absolute), e.g. /usr/share/alsa for aplay
 #   MODULE            kernel modules to load, e.g. virtio-rng; dependencies are resolved with
 #                     `modinfo -F depends` and loaded first; built-in modules are skipped
 # Prints the path of the initramfs (gzip'ed newc cpio) on stdout; progress goes to stderr.
@@ -33,11 +36,15 @@ log() { echo "build-initramfs: $*" >&2; }
 
 test_script=""
 extra_files=()
+bins=()
+trees=()
 modules=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --test) [ $# -ge 2 ] || die "--test needs a file"; test_script=$2; shift 2 ;;
     --file) [ $# -ge 2 ] || die "--file needs SRC:DEST"; extra_files+=("$2"); shift 2 ;;
+    --bin) [ $# -ge 2 ] || die "--bin needs a program"; bins+=("$2"); shift 2 ;;
+    --tree) [ $# -ge 2 ] || die "--tree needs SRC:DEST"; trees+=("$2"); shift 2 ;;
     -h | --help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$SELF"; exit 0 ;;
     -*) die "unknown option $1" ;;
     *) modules+=("$1"); shift ;;
@@ -48,6 +55,24 @@ done
 for f in "${extra_files[@]}"; do
   [ -f "${f%%:*}" ] || die "no file ${f%%:*}"
   case "${f#*:}" in /*) ;; *) die "--file $f: DEST must be absolute" ;; esac
+done
+for t in "${trees[@]}"; do
+  [ -d "${t%%:*}" ] || die "no folder ${t%%:*}"
+  case "${t#*:}" in /*) ;; *) die "--tree $t: DEST must be absolute" ;; esac
+done
+# Each --bin program with the libraries it loads (ldd's resolved paths, the loader included), as
+# absolute host paths copied to the same paths in the guest.
+bin_files=()
+for b in "${bins[@]}"; do
+  case "$b" in /*) ;; *) die "--bin $b: give an absolute path" ;; esac
+  [ -x "$b" ] || die "no program $b"
+  bin_files+=("$b")
+  if ldd "$b" >/dev/null 2>&1; then
+    while read -r lib; do
+      [ -f "$lib" ] || die "$b needs $lib, which is missing"
+      bin_files+=("$lib")
+    done < <(ldd "$b" | awk '/=> \// { print $3 } /^[[:space:]]*\// { print $1 }')
+  fi
 done
 
 BUSYBOX=$(command -v busybox || true)
@@ -145,6 +170,11 @@ key_input() {
   local f
   for f in "${ordered[@]}"; do echo "module ${f#"$KROOT"}"; done
   for f in "${extra_files[@]}"; do echo "file ${f#*:} $(sha256sum "${f%%:*}" | cut -d' ' -f1)"; done
+  for f in "${bin_files[@]}"; do echo "bin $f $(sha256sum "$f" | cut -d' ' -f1)"; done
+  for t in "${trees[@]}"; do
+    echo "tree ${t#*:}"
+    (cd "${t%%:*}" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum)
+  done
 }
 hash=$(key_input | sha256sum | cut -c1-16)
 CACHE_DIR="${CANOPY_CACHE:-/var/cache/canopy}/initramfs/$KVER"
@@ -189,6 +219,14 @@ install -m 0755 "$test_script" "$root/test.sh"
 for f in "${extra_files[@]}"; do
   mkdir -p "$root/$(dirname "${f#*:}")"
   cp -L "${f%%:*}" "$root/${f#*:}"
+done
+for f in "${bin_files[@]}"; do
+  mkdir -p "$root/$(dirname "$f")"
+  cp -L "$f" "$root/$f"
+done
+for t in "${trees[@]}"; do
+  mkdir -p "$root/${t#*:}"
+  cp -RL "${t%%:*}/." "$root/${t#*:}/"
 done
 
 (cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) | gzip -6 -n >"$stage/out.cpio.gz"

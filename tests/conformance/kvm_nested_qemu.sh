@@ -7,20 +7,26 @@
 #
 # A second inner guest has a virtio-rng device: virtio-mmio described in the ACPI DSDT, bridged by
 # canopy-vmm to canopy-vhost-rng (ioeventfd kicks, call eventfds to interrupts), checked by guest/rng.sh.
+# A third has canopy-gpu: the upstream virtio_gpu driver with blob resources and context init, whose
+# guest-memory blob scanouts (canopy-guest-blob) must reach canopy-gpu's output with zero bytes copied.
+# A fourth has canopy-snd (its timer-paced host, recording to WAV): aplay's 1 kHz tone in the inner
+# guest must reach that sink whole.
 #
-# Usage: kvm_nested_qemu.sh PATH/TO/canopy-vmm PATH/TO/canopy-vhost-rng
+# Usage: kvm_nested_qemu.sh VMM VHOST-RNG GPU SND SND-WAV GUEST-BLOB (the paths of canopy-vmm,
+#        canopy-vhost-rng, canopy-gpu, canopy-snd, canopy-snd-wav and canopy-guest-blob)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
 
-VMM=${1:-}
-RNG=${2:-}
 canopy_begin kvm_nested_qemu
-[ -n "$VMM" ] && [ -x "$VMM" ] && [ -n "$RNG" ] && [ -x "$RNG" ] ||
-  canopy_fail "usage: $0 PATH/TO/canopy-vmm PATH/TO/canopy-vhost-rng"
-VMM=$(cd "$(dirname "$VMM")" && pwd)/$(basename "$VMM")
-RNG=$(cd "$(dirname "$RNG")" && pwd)/$(basename "$RNG")
+[ $# -eq 6 ] || canopy_fail "usage: $0 VMM VHOST-RNG GPU SND SND-WAV GUEST-BLOB"
+abs=()
+for p in "$@"; do
+  [ -x "$p" ] || canopy_fail "$p missing or not executable (build it first)"
+  abs+=("$(cd "$(dirname "$p")" && pwd)/$(basename "$p")")
+done
+VMM=${abs[0]} RNG=${abs[1]} GPU=${abs[2]} SND=${abs[3]} WAVTOOL=${abs[4]} BLOB=${abs[5]}
 canopy_require "${CANOPY_QEMU:-qemu-system-x86_64}" busybox cpio modinfo gzip
 
 # The inner guest's initramfs first (its path goes on the outer guest's command line), then the outer's.
@@ -29,6 +35,15 @@ canopy_log "L2 initramfs $L2"
 L2RNG=$("$HERE/build-initramfs.sh" --test "$HERE/guest/rng.sh" virtio_mmio virtio-rng) ||
   canopy_fail "L2 initramfs (rng) build failed"
 canopy_log "L2 initramfs with virtio-rng $L2RNG"
+L2GPU=$("$HERE/build-initramfs.sh" --test "$HERE/guest/kvm_l2_gpu.sh" --file "$BLOB:/bin/canopy-guest-blob" \
+  virtio_mmio virtio-gpu) || canopy_fail "L2 initramfs (gpu) build failed"
+canopy_log "L2 initramfs with virtio-gpu $L2GPU"
+# The tone aplay plays in the inner guest: 1 kHz, -6 dBFS, exactly 1 s, S16 stereo 48 kHz.
+"$WAVTOOL" tone "$CANOPY_WORK/tone.wav" --hz 1000 --ms 1000 --level-db -6
+L2SND=$("$HERE/build-initramfs.sh" --test "$HERE/guest/kvm_l2_snd.sh" --file "$CANOPY_WORK/tone.wav:/tone.wav" \
+  --bin "$(command -v aplay)" --tree /usr/share/alsa:/usr/share/alsa virtio_mmio virtio_snd) ||
+  canopy_fail "L2 initramfs (snd) build failed"
+canopy_log "L2 initramfs with virtio-snd and aplay $L2SND"
 canopy_guest --test "$HERE/guest/kvm_nested.sh" kvm-amd netfs 9pnet 9p 9pnet_virtio
 
 # The same rng guest again, from a manifest through `canopy-vmm run`: backend = "auto" picks KVM where
@@ -51,11 +66,16 @@ type = "rng"
 backend = "$RNG"
 args = ["--pattern"]
 TOML
+# What the outer guest needs, as host paths (it reads this file over 9p).
+KERNEL=$CANOPY_VMLINUZ MANIFEST=$CANOPY_WORK/kvm.toml
+for v in VMM KERNEL L2 L2RNG RNG MANIFEST GPU L2GPU SND L2SND WAVTOOL; do
+  printf "%s='%s'\n" "$v" "${!v}"
+done >"$CANOPY_WORK/nested.env"
 chmod -R a+rX "$CANOPY_WORK"
 
 qemu_rc=0
-CANOPY_QEMU_TIMEOUT=${CANOPY_QEMU_TIMEOUT:-240} CANOPY_GUEST_TIMEOUT=${CANOPY_GUEST_TIMEOUT:-200} \
-  CANOPY_QEMU_APPEND="canopy.vmm=$VMM canopy.kernel=$CANOPY_VMLINUZ canopy.l2initrd=$L2 canopy.l2rng=$L2RNG canopy.rng=$RNG canopy.manifest=$CANOPY_WORK/kvm.toml" \
+CANOPY_QEMU_TIMEOUT=${CANOPY_QEMU_TIMEOUT:-480} CANOPY_GUEST_TIMEOUT=${CANOPY_GUEST_TIMEOUT:-440} \
+  CANOPY_QEMU_MEMORY=1536M CANOPY_QEMU_APPEND="canopy.env=$CANOPY_WORK/nested.env" \
   canopy_qemu -cpu max -virtfs local,path=/,mount_tag=host,security_model=none,readonly=on || qemu_rc=$?
 grep -a 'canopy-test:' "$CANOPY_WORK/console.log" | while read -r l; do canopy_log "guest: ${l#*canopy-test: }"; done
 canopy_guest_timing

@@ -16,7 +16,7 @@
 # is removed unless CANOPY_KEEP_WORK=1. On failure the tails of the logs are printed.
 #
 # Environment: CANOPY_KEEP_WORK=1, CANOPY_QEMU_TIMEOUT (s, default 120), CANOPY_QEMU
-# (default qemu-system-x86_64), CANOPY_GUEST_TIMEOUT (s, default 60; the guest's own limit on
+# (default qemu-system-x86_64), CANOPY_QEMU_MEMORY (the guest's RAM, default 512M), CANOPY_GUEST_TIMEOUT (s, default 60; the guest's own limit on
 # /test.sh), CANOPY_CACHE (see scripts/guest-kernel.sh), CANOPY_QEMU_APPEND (extra kernel args).
 
 CANOPY_CONFORMANCE_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -131,12 +131,12 @@ canopy_wait_exit() {
 # shared memfd RAM (as vhost-user needs), bounded by `timeout`; serial console in
 # $CANOPY_WORK/console.log. Returns QEMU's exit status (124 on timeout).
 canopy_qemu() {
-  local qemu=${CANOPY_QEMU:-qemu-system-x86_64} limit=${CANOPY_QEMU_TIMEOUT:-120} rc=0
+  local qemu=${CANOPY_QEMU:-qemu-system-x86_64} limit=${CANOPY_QEMU_TIMEOUT:-120} rc=0 mem=${CANOPY_QEMU_MEMORY:-512M}
   local append="console=ttyS0 panic=-1 quiet canopy.timeout=${CANOPY_GUEST_TIMEOUT:-60} ${CANOPY_QEMU_APPEND:-}"
   # shellcheck disable=SC2054 # commas belong to QEMU's option syntax
   local -a cmd=(timeout --kill-after=5 "$limit" "$qemu"
-    -accel tcg -nic none -nographic -no-reboot -m 512
-    -object memory-backend-memfd,id=mem,size=512M,share=on -machine memory-backend=mem
+    -accel tcg -nic none -nographic -no-reboot -m "$mem"
+    -object memory-backend-memfd,id=mem,size="$mem",share=on -machine memory-backend=mem
     -kernel "$CANOPY_VMLINUZ" -initrd "$CANOPY_INITRD" -append "$append"
     "$@")
   printf '%q ' "${cmd[@]}" >"$CANOPY_WORK/qemu.cmd"

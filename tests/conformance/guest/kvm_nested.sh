@@ -5,29 +5,34 @@
 # guest reports its own verdict there and powers off through ACPI S5; canopy-vmm must exit 0.
 # A second inner guest gets a virtio-rng device over virtio-mmio (described in ACPI, LNRO0005) bridged to
 # canopy-vhost-rng: its own test (guest/rng.sh) checks that virtio_rng binds and reads the back-end's bytes.
-# Kernel command line: canopy.vmm=PATH canopy.kernel=PATH canopy.l2initrd=PATH canopy.l2rng=PATH
-# canopy.rng=PATH canopy.manifest=PATH (host paths). Last, canopy-vmm run starts that rng guest from a
-# manifest with backend = "auto" (KVM here).
+# Then an inner guest with a virtio-gpu device bridged to canopy-gpu: its virtio_gpu driver must offer
+# blob resources and context init, and canopy-guest-blob's blob scanouts (guest/kvm_l2_gpu.sh) must reach
+# canopy-gpu's scanout output (its frame log) pixel for pixel with no byte copied. And one with a
+# virtio-snd device bridged to canopy-snd (its timer-paced host recording to WAV): aplay's tone in the
+# inner guest must reach that sink whole.
+# Kernel command line: canopy.env=PATH, a file of the host's (KEY='value' lines, host paths) with VMM,
+# KERNEL, L2, L2RNG, RNG, MANIFEST, GPU, L2GPU, SND, L2SND and WAVTOOL. Last, canopy-vmm run
+# starts that rng guest from a manifest with backend = "auto" (KVM here).
 # shellcheck disable=SC1091 # installed in the initramfs
 . /lib/canopy/guest.sh
-vmm="" kernel="" l2="" l2rng="" rng="" manifest=""
+env=""
 # shellcheck disable=SC2013 # words, not lines
 for arg in $(cat /proc/cmdline); do
-  case "$arg" in
-    canopy.vmm=*) vmm=${arg#canopy.vmm=} ;;
-    canopy.kernel=*) kernel=${arg#canopy.kernel=} ;;
-    canopy.l2initrd=*) l2=${arg#canopy.l2initrd=} ;;
-    canopy.l2rng=*) l2rng=${arg#canopy.l2rng=} ;;
-    canopy.rng=*) rng=${arg#canopy.rng=} ;;
-    canopy.manifest=*) manifest=${arg#canopy.manifest=} ;;
-  esac
+  case "$arg" in canopy.env=*) env=${arg#canopy.env=} ;; esac
 done
-[ -n "$vmm" ] && [ -n "$kernel" ] && [ -n "$l2" ] && [ -n "$l2rng" ] && [ -n "$rng" ] ||
-  fail "canopy.vmm / canopy.kernel / canopy.l2initrd / canopy.l2rng / canopy.rng missing"
+[ -n "$env" ] || fail "canopy.env missing from the kernel command line"
 [ -c /dev/kvm ] || fail "no /dev/kvm in the outer guest (kvm-amd did not load: is the CPU -cpu max?)"
 mkdir -p /host
 mount -t 9p -o trans=virtio,version=9p2000.L,ro host /host || fail "cannot mount the host's root over 9p"
 for m in dev proc sys; do mount --bind "/$m" "/host/$m" || fail "cannot bind /$m into /host"; done
+# Writable room for the back-ends' logs and PipeWire inside the read-only host root.
+mount -t tmpfs tmpfs /host/run || fail "cannot mount a tmpfs on /host/run"
+VMM="" KERNEL="" L2="" L2RNG="" RNG="" MANIFEST="" GPU="" L2GPU="" SND="" L2SND="" WAVTOOL=""
+[ -f "/host$env" ] || fail "no $env on the host"
+. "/host$env"
+for v in VMM KERNEL L2 L2RNG RNG MANIFEST GPU L2GPU SND L2SND WAVTOOL; do
+  eval "[ -n \"\$$v\" ]" || fail "$v missing from $env"
+done
 # boot_l2 LABEL INITRD [DEVICE-ARGS...]: canopy-vmm boot of the inner guest; its console lines are shown,
 # its verdict must be PASS and canopy-vmm's exit status 0 (the guest powered off).
 boot_l2() {
@@ -35,7 +40,7 @@ boot_l2() {
   shift 2
   note "canopy-vmm boot on KVM ($label)"
   t0=$(cut -d' ' -f1 /proc/uptime)
-  chroot /host "$vmm" boot --kernel "$kernel" --initrd "$initrd" --memory 256M "$@" \
+  chroot /host "$VMM" boot --kernel "$KERNEL" --initrd "$initrd" --memory 256M "$@" \
     --cmdline "console=ttyS0 panic=-1 quiet canopy.timeout=60" >/tmp/l2.txt 2>&1
   rc=$?
   t1=$(cut -d' ' -f1 /proc/uptime)
@@ -44,12 +49,53 @@ boot_l2() {
   grep -q 'CANOPY-TEST-RESULT: PASS' /tmp/l2.txt || { tail -n 30 /tmp/l2.txt; fail "the L2 guest ($label) did not pass"; }
   [ "$rc" -eq 0 ] || fail "canopy-vmm boot ($label) exited $rc (0 = the guest powered off)"
 }
-boot_l2 plain "$l2"
-boot_l2 "virtio-rng over vhost-user" "$l2rng" --device "rng=$rng,--pattern"
+boot_l2 plain "$L2"
+boot_l2 "virtio-rng over vhost-user" "$L2RNG" --device "rng=$RNG,--pattern"
 
-[ -n "$manifest" ] || fail "canopy.manifest missing"
-note "canopy-vmm run $manifest (backend auto)"
-chroot /host "$vmm" run "$manifest" >/tmp/run.txt 2>&1 &
+# virtio-gpu: canopy-gpu's headless output logs every frame (size, format, blob or not, bytes copied,
+# CRC-32 of the pixels); the inner guest prints the CRC of each blob's pattern.
+frames=/run/kvm-frames.log
+boot_l2 "virtio-gpu over vhost-user" "$L2GPU" --device "gpu=$GPU,--mode=1024x768,--frame-log=$frames"
+mode=$(grep -a -o 'canopy-guest-blob: connector .* mode [0-9]*x[0-9]*' /tmp/l2.txt | head -n1 | awk '{ print $NF }')
+[ "$mode" = 1024x768 ] || fail "the inner guest scanned out '$mode', not canopy-gpu's 1024x768"
+frames=/host$frames
+[ -s "$frames" ] || fail "canopy-gpu logged no frame"
+note "canopy-gpu: $(grep -c '^frame ' "$frames") frame(s) in all, $(grep -c '^frame .* blob ' "$frames") from blobs"
+for b in A B; do
+  crc=$(grep -a -o "canopy-guest-blob: blob $b .* crc [0-9a-f]*" /tmp/l2.txt | head -n1 | awk '{ print $NF }')
+  [ -n "$crc" ] || fail "the inner guest printed no checksum for blob $b"
+  n=$(grep -c "^frame 0 seq [0-9]* 1024x768 XR24 stride 4096 blob copied 0 .* crc $crc\$" "$frames")
+  note "blob $b (crc $crc): $n frame(s) on scanout 0 as a blob, 0 bytes copied, pixels equal"
+  [ "$n" -ge 10 ] || fail "only $n frame(s) of blob $b reached canopy-gpu's output whole and uncopied (want >= 10)"
+done
+copied=$(grep '^frame .* blob ' "$frames" | grep -v -c ' copied 0 ')
+[ "$copied" -eq 0 ] || fail "$copied blob frame(s) were copied"
+
+# virtio-snd: canopy-snd's timer-paced host records what the inner guest plays (its WAV sink); the tone
+# must arrive whole: frequency, level, length, no gaps.
+mkdir -p /host/run/snd
+boot_l2 "virtio-snd over vhost-user" "$L2SND" \
+  --device "snd=$SND,--host=null,--vm=inner,--wav-dir=/run/snd,--stats=/run/snd/stats.txt"
+while read -r l; do note "canopy-snd: $l"; done </host/run/snd/stats.txt
+wav=$(ls /host/run/snd/*.wav 2>/dev/null | head -n1)
+[ -n "$wav" ] || fail "canopy-snd recorded no stream"
+report=$(chroot /host "$WAVTOOL" analyze "${wav#/host}" --channel 0) || fail "canopy-snd-wav analyze failed"
+note "at canopy-snd's sink ($(basename "$wav")): $report"
+found=0 hz=0 duration_ms=0 level_db=0 gaps=1
+# shellcheck disable=SC2086 # key=value words
+for kv in $report; do
+  case "$kv" in
+    found=* | hz=* | duration_ms=* | level_db=* | gaps=*) eval "${kv%%=*}=${kv#*=}" ;;
+  esac
+done
+[ "$found" = 1 ] || fail "the inner guest's tone did not reach canopy-snd's sink"
+awk -v v="$hz" 'BEGIN { exit !(v >= 995 && v <= 1005) }' || fail "the sink heard $hz Hz, want 1000"
+awk -v v="$level_db" 'BEGIN { exit !(v >= -6.5 && v <= -5.5) }' || fail "the tone arrived at $level_db dB, want -6"
+awk -v v="$duration_ms" 'BEGIN { exit !(v >= 995 && v <= 1005) }' || fail "the tone lasted $duration_ms ms, want 1000"
+[ "$gaps" = 0 ] || fail "$gaps gap(s) in the tone at the sink"
+
+note "canopy-vmm run $MANIFEST (backend auto)"
+chroot /host "$VMM" run "$MANIFEST" >/tmp/run.txt 2>&1 &
 pid=$!
 n=0
 while ! grep -q 'CANOPY-TEST-RESULT' /tmp/run.txt && [ "$n" -lt 1200 ] && kill -0 "$pid" 2>/dev/null; do
