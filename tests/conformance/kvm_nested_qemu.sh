@@ -26,6 +26,7 @@ for p in "$@"; do
   [ -x "$p" ] || canopy_fail "$p missing or not executable (build it first)"
   abs+=("$(cd "$(dirname "$p")" && pwd)/$(basename "$p")")
 done
+# shellcheck disable=SC2034 # all of them go to the outer guest through nested.env (${!v} below)
 VMM=${abs[0]} RNG=${abs[1]} GPU=${abs[2]} SND=${abs[3]} WAVTOOL=${abs[4]} BLOB=${abs[5]}
 canopy_require "${CANOPY_QEMU:-qemu-system-x86_64}" busybox cpio modinfo gzip
 
@@ -67,6 +68,7 @@ backend = "$RNG"
 args = ["--pattern"]
 TOML
 # What the outer guest needs, as host paths (it reads this file over 9p).
+# shellcheck disable=SC2034 # read through ${!v}
 KERNEL=$CANOPY_VMLINUZ MANIFEST=$CANOPY_WORK/kvm.toml
 for v in VMM KERNEL L2 L2RNG RNG MANIFEST GPU L2GPU SND L2SND WAVTOOL; do
   printf "%s='%s'\n" "$v" "${!v}"

@@ -38,3 +38,27 @@ first_existing() {
   done
   return 1
 }
+
+# cmdline_arg NAME [DEFAULT]: the value of NAME=VALUE on the kernel command line, else DEFAULT.
+cmdline_arg() {
+  # shellcheck disable=SC2013 # words, not lines
+  for _a in $(cat /proc/cmdline); do
+    case "$_a" in "$1="*) echo "${_a#"$1"=}" && return 0 ;; esac
+  done
+  echo "${2:-}"
+}
+
+# virtio_device ID DRIVER: print the sysfs folder of the virtio device with device ID (decimal) once
+# DRIVER has bound to it (10 s at most); fail otherwise. Use as `dev=$(virtio_device 16 virtio_gpu) || exit 1`.
+virtio_device() {
+  _want=$(printf '0x%04x' "$1")
+  for _d in /sys/bus/virtio/devices/*; do
+    [ "$(cat "$_d/device" 2>/dev/null)" = "$_want" ] || continue
+    wait_for "$_d/driver" 10 || fail "$(basename "$_d") (virtio ID $1): no driver bound"
+    _drv=$(basename "$(readlink "$_d/driver")")
+    [ "$_drv" = "$2" ] || fail "$(basename "$_d") (virtio ID $1) bound to '$_drv', not $2"
+    echo "$_d"
+    return 0
+  done
+  fail "no virtio device with ID $1 on the virtio bus"
+}

@@ -22,18 +22,7 @@ for arg in $(cat /proc/cmdline); do
 done
 
 # 1. The virtio device with ID 16 (GPU), bound to virtio_gpu, EDID negotiated.
-dev=""
-for d in /sys/bus/virtio/devices/*; do
-  [ -e "$d/device" ] || continue
-  if [ "$(cat "$d/device")" = "0x0010" ]; then
-    dev=$d
-    break
-  fi
-done
-[ -n "$dev" ] || fail "no virtio device with ID 16 (gpu)"
-wait_for "$dev/driver" 10 || fail "$(basename "$dev"): no driver bound"
-drv=$(basename "$(readlink "$dev/driver")")
-[ "$drv" = "virtio_gpu" ] || fail "bound to '$drv', not virtio_gpu"
+dev=$(virtio_device 16 virtio_gpu) || exit 1
 features=$(cat "$dev/features")
 [ "$(echo "$features" | cut -c2)" = "1" ] || fail "VIRTIO_GPU_F_EDID not negotiated (features $features)"
 [ "$(echo "$features" | cut -c33)" = "1" ] || fail "VIRTIO_F_VERSION_1 not negotiated"

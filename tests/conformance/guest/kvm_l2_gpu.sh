@@ -8,20 +8,8 @@
 # Kernel command line: canopy.flips=N (default 20).
 # shellcheck disable=SC1091 # installed in the initramfs
 . /lib/canopy/guest.sh
-flips=20
-# shellcheck disable=SC2013 # words, not lines
-for arg in $(cat /proc/cmdline); do
-  case "$arg" in canopy.flips=*) flips=${arg#canopy.flips=} ;; esac
-done
-dev=""
-for d in /sys/bus/virtio/devices/*; do
-  [ -e "$d/device" ] || continue
-  [ "$(cat "$d/device")" = "0x0010" ] && dev=$d && break
-done
-[ -n "$dev" ] || fail "no virtio device with ID 16 (gpu) on the virtio bus"
-wait_for "$dev/driver" 10 || fail "$(basename "$dev"): no driver bound"
-drv=$(basename "$(readlink "$dev/driver")")
-[ "$drv" = "virtio_gpu" ] || fail "bound to '$drv', not virtio_gpu"
+flips=$(cmdline_arg canopy.flips 20)
+dev=$(virtio_device 16 virtio_gpu) || exit 1
 # One character per feature bit, bit 0 first: EDID 1, RESOURCE_UUID 2, RESOURCE_BLOB 3, CONTEXT_INIT 4.
 features=$(cat "$dev/features")
 note "virtio-gpu $(basename "$dev") on $(basename "$(readlink -f "$dev/..")") features $features"

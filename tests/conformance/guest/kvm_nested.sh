@@ -15,11 +15,7 @@
 # starts that rng guest from a manifest with backend = "auto" (KVM here).
 # shellcheck disable=SC1091 # installed in the initramfs
 . /lib/canopy/guest.sh
-env=""
-# shellcheck disable=SC2013 # words, not lines
-for arg in $(cat /proc/cmdline); do
-  case "$arg" in canopy.env=*) env=${arg#canopy.env=} ;; esac
-done
+env=$(cmdline_arg canopy.env)
 [ -n "$env" ] || fail "canopy.env missing from the kernel command line"
 [ -c /dev/kvm ] || fail "no /dev/kvm in the outer guest (kvm-amd did not load: is the CPU -cpu max?)"
 mkdir -p /host
@@ -29,6 +25,7 @@ for m in dev proc sys; do mount --bind "/$m" "/host/$m" || fail "cannot bind /$m
 mount -t tmpfs tmpfs /host/run || fail "cannot mount a tmpfs on /host/run"
 VMM="" KERNEL="" L2="" L2RNG="" RNG="" MANIFEST="" GPU="" L2GPU="" SND="" L2SND="" WAVTOOL=""
 [ -f "/host$env" ] || fail "no $env on the host"
+# shellcheck disable=SC1090 # written by the host test
 . "/host$env"
 for v in VMM KERNEL L2 L2RNG RNG MANIFEST GPU L2GPU SND L2SND WAVTOOL; do
   eval "[ -n \"\$$v\" ]" || fail "$v missing from $env"
@@ -77,7 +74,7 @@ mkdir -p /host/run/snd
 boot_l2 "virtio-snd over vhost-user" "$L2SND" \
   --device "snd=$SND,--host=null,--vm=inner,--wav-dir=/run/snd,--stats=/run/snd/stats.txt"
 while read -r l; do note "canopy-snd: $l"; done </host/run/snd/stats.txt
-wav=$(ls /host/run/snd/*.wav 2>/dev/null | head -n1)
+wav=$(find /host/run/snd -name '*.wav' | head -n1)
 [ -n "$wav" ] || fail "canopy-snd recorded no stream"
 report=$(chroot /host "$WAVTOOL" analyze "${wav#/host}" --channel 0) || fail "canopy-snd-wav analyze failed"
 note "at canopy-snd's sink ($(basename "$wav")): $report"

@@ -14,19 +14,8 @@ for arg in $(cat /proc/cmdline); do
 done
 
 # 1. A virtio device with device ID 4 (entropy source), bound to virtio_rng.
-dev=""
-for d in /sys/bus/virtio/devices/*; do
-  [ -e "$d/device" ] || continue
-  if [ "$(cat "$d/device")" = "0x0004" ]; then
-    dev=$d
-    break
-  fi
-done
-[ -n "$dev" ] || fail "no virtio device with ID 4 (rng) on the virtio bus"
+dev=$(virtio_device 4 virtio_rng) || exit 1
 note "rng device $(basename "$dev")"
-wait_for "$dev/driver" 5 || fail "$(basename "$dev"): no driver bound"
-drv=$(basename "$(readlink "$dev/driver")")
-[ "$drv" = "virtio_rng" ] || fail "$(basename "$dev") bound to '$drv', not virtio_rng"
 
 # 2. Negotiated features: bit 32 (VIRTIO_F_VERSION_1) must be set. The sysfs file has one character
 #    per feature bit, bit 0 first.
