@@ -170,10 +170,9 @@ int boot(int argc, char** argv) {
     return 2;
   }
   // Devices: 4 KiB MMIO windows from 0xd0000000, GSIs from 5 (4 is COM1), edge-triggered.
-  k::IrqPump pump;
   std::vector<std::unique_ptr<k::VhostMmioDevice>> live;
   for (size_t i = 0; i < devices.size(); ++i) {
-    auto d = k::VhostMmioDevice::start(devices[i], **vm, pump, 0xd0000000ull + i * 0x1000, uint32_t(5 + i));
+    auto d = k::VhostMmioDevice::start(devices[i], **vm, 0xd0000000ull + i * 0x1000, uint32_t(5 + i));
     if (!d.ok()) {
       std::fprintf(stderr, "canopy-vmm boot: device %s (%s): %s\n", devices[i].name.c_str(), devices[i].program.c_str(),
                    d.error().what);

@@ -3,7 +3,8 @@
 // applied to a VirtioMmio in front of a fake device that runs a real DeviceQueue on guest memory:
 //   op % 8 == 0..3  MMIO read   (size % 9 bytes at offset)
 //   op % 8 == 4..5  MMIO write  (an 8-byte write repeats value in both halves)
-//   op % 8 == 6     device side: raise_interrupt / config_changed / set_needs_reset (by value % 3)
+//   op % 8 == 6     device side: raise_interrupt / config_changed / set_needs_reset (by value % 3);
+//                   with size 0xee: used-buffer notifications external (irqfd) on or off (value & 1)
 //   op % 8 == 7     guest memory: store value at (offset * 4) so the fuzzer can build rings and chains
 // After every record the model's invariants are checked; a violation traps.
 #include <sys/mman.h>
@@ -161,7 +162,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         mmio.write(r.offset, r.size % 9, uint64_t(r.value) | (uint64_t(r.value) << 32));
         break;
       case 6:
-        if (r.value % 3 == 0)
+        if (r.size == 0xee)  // canopy-vmm's irqfd mode on or off
+          mmio.set_used_buffer_notifications_external(r.value & 1);
+        else if (r.value % 3 == 0)
           mmio.raise_interrupt(InterruptKind::kUsedBuffer);
         else if (r.value % 3 == 1)
           mmio.config_changed();

@@ -146,7 +146,9 @@ uint32_t VirtioMmio::read_reg(uint32_t offset) {
       return q && q->reset_done ? 1 : 0;
     }
     case mmio::kInterruptStatus:
-      return interrupt_status_;
+      return interrupt_status_ | (external_used_ && (status_ & kStatusDriverOk)
+                                      ? static_cast<uint32_t>(InterruptKind::kUsedBuffer)
+                                      : 0u);
     case mmio::kStatus:
       return status_;
     case mmio::kShmLenLow:
@@ -435,6 +437,11 @@ void VirtioMmio::set_needs_reset() {
   status_ |= kStatusDeviceNeedsReset;
   // §2.1.2: after DRIVER_OK the device sends a configuration change notification.
   if (status_ & kStatusDriverOk) raise_locked(static_cast<uint32_t>(InterruptKind::kConfigChange));
+}
+
+void VirtioMmio::set_used_buffer_notifications_external(bool external) {
+  std::lock_guard lock(mu_);
+  external_used_ = external;
 }
 
 uint8_t VirtioMmio::status() const {

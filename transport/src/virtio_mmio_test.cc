@@ -524,6 +524,31 @@ TEST_F(VirtioMmioTest, InterruptsLatchBeforeDriverOkAndAssertAfter) {
   EXPECT_EQ(line, (std::vector<bool>{true, true, false}));
 }
 
+// canopy-vmm's KVM devices: the back-end's call eventfd is a KVM irqfd, so used-buffer notifications
+// never pass through the model; InterruptStatus must show the used-buffer bit for them.
+TEST_F(VirtioMmioTest, ExternalUsedBufferNotificationsReadAsSetFromDriverOk) {
+  mmio.set_used_buffer_notifications_external(true);
+  to_features_ok();
+  EXPECT_EQ(rd(mmio::kInterruptStatus), 0u);  // not before DRIVER_OK
+  driver_ok();
+  EXPECT_EQ(rd(mmio::kInterruptStatus), 1u);
+  wr(mmio::kInterruptAck, 1);
+  EXPECT_EQ(rd(mmio::kInterruptStatus), 1u);  // an ACK cannot clear what the model does not own
+  EXPECT_TRUE(line.empty());
+  mmio.config_changed();  // config changes still go through the model and its line
+  EXPECT_EQ(rd(mmio::kInterruptStatus), 3u);
+  EXPECT_EQ(line, (std::vector<bool>{true}));
+  wr(mmio::kInterruptAck, 3);
+  EXPECT_EQ(rd(mmio::kInterruptStatus), 1u);
+  EXPECT_EQ(line, (std::vector<bool>{true, false}));
+  wr(mmio::kStatus, 0);  // reset: nothing until the next DRIVER_OK
+  EXPECT_EQ(rd(mmio::kInterruptStatus), 0u);
+  mmio.set_used_buffer_notifications_external(false);
+  to_features_ok();
+  driver_ok();
+  EXPECT_EQ(rd(mmio::kInterruptStatus), 0u);
+}
+
 TEST_F(VirtioMmioTest, ConfigChangedBumpsGeneration) {
   to_features_ok();
   driver_ok();

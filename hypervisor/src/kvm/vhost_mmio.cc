@@ -1,6 +1,5 @@
 #include "kvm/vhost_mmio.h"
 
-#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -18,74 +17,13 @@ namespace canopy::hypervisor::kvm {
 namespace vu = transport::vhost_user;
 
 // ---------------------------------------------------------------------------------------------------
-// IrqPump
-
-IrqPump::IrqPump() {
-  epoll_ = UniqueFd(epoll_create1(EPOLL_CLOEXEC));
-  stop_ = UniqueFd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-  epoll_event ev{};
-  ev.events = EPOLLIN;
-  ev.data.fd = stop_.get();
-  epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, stop_.get(), &ev);
-  thread_ = std::thread([this] { loop(); });
-}
-
-IrqPump::~IrqPump() {
-  uint64_t one = 1;
-  ssize_t w = ::write(stop_.get(), &one, sizeof one);
-  (void)w;
-  if (thread_.joinable()) thread_.join();
-}
-
-Status IrqPump::add(int fd, Fn fn) {
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    fns_.emplace_back(fd, std::make_shared<Fn>(std::move(fn)));
-  }
-  epoll_event ev{};
-  ev.events = EPOLLIN;
-  ev.data.fd = fd;
-  if (epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) return make_error(Errc::kIo, "irq pump: epoll_ctl failed", errno);
-  return {};
-}
-
-void IrqPump::remove(int fd) {
-  epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, fd, nullptr);
-  std::lock_guard<std::mutex> l(mu_);
-  std::erase_if(fns_, [fd](const auto& p) { return p.first == fd; });
-}
-
-void IrqPump::loop() {
-  epoll_event evs[16];
-  for (;;) {
-    const int n = epoll_wait(epoll_.get(), evs, 16, -1);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return;
-    for (int i = 0; i < n; ++i) {
-      const int fd = evs[i].data.fd;
-      if (fd == stop_.get()) return;
-      uint64_t v;
-      if (::read(fd, &v, sizeof v) != sizeof v) continue;
-      std::shared_ptr<Fn> fn;
-      {
-        std::lock_guard<std::mutex> l(mu_);
-        for (auto& p : fns_)
-          if (p.first == fd) fn = p.second;
-      }
-      if (fn) (*fn)();
-    }
-  }
-}
-
-// ---------------------------------------------------------------------------------------------------
 // VhostMmioDevice
 
-Result<std::unique_ptr<VhostMmioDevice>> VhostMmioDevice::start(const KvmDeviceSpec& spec, KvmVm& vm, IrqPump& pump,
-                                                                uint64_t base, uint32_t gsi) {
+Result<std::unique_ptr<VhostMmioDevice>> VhostMmioDevice::start(const KvmDeviceSpec& spec, KvmVm& vm, uint64_t base,
+                                                                uint32_t gsi) {
   std::unique_ptr<VhostMmioDevice> d(new VhostMmioDevice());
   d->spec_ = spec;
   d->vm_ = &vm;
-  d->pump_ = &pump;
   d->base_ = base;
   d->gsi_ = gsi;
   int sv[2];
@@ -131,6 +69,7 @@ Result<std::unique_ptr<VhostMmioDevice>> VhostMmioDevice::start(const KvmDeviceS
   d->mmio_ = std::make_unique<transport::VirtioMmio>(*d, [self](bool asserted) {
     if (asserted) self->vm_->pulse_irq(self->gsi_);
   });
+  d->mmio_->set_used_buffer_notifications_external(true);
   d->window_ = transport::mmio::window_size(d->config_size_);
   CANOPY_TRY(vm.add_mmio(base, d->window_,
                          MmioHandler{[self](uint64_t off, uint32_t len) { return self->mmio_->read(off, len); },
@@ -143,7 +82,7 @@ Result<std::unique_ptr<VhostMmioDevice>> VhostMmioDevice::start(const KvmDeviceS
 
 VhostMmioDevice::~VhostMmioDevice() {
   for (uint16_t q = 0; q < queues_.size(); ++q)
-    if (queues_[q].call.valid()) pump_->remove(queues_[q].call.get());
+    if (queues_[q].call.valid()) (void)vm_->remove_irqfd(gsi_, queues_[q].call.get());
   fe_ = vu::Frontend();  // closing the socket makes the back-end exit on its own
   if (backend_.running() && !backend_.wait(500).ok()) backend_.terminate(500);
 }
@@ -197,8 +136,7 @@ Status VhostMmioDevice::on_queue_ready(uint16_t q, const transport::MmioQueueCon
   CANOPY_TRY(fe_.set_vring_call(q, qu.call.get()));
   CANOPY_TRY(fe_.set_vring_enable(q, true));
   CANOPY_TRY(vm_->add_ioeventfd(base_ + transport::mmio::kQueueNotify, q, qu.kick.get()));
-  transport::VirtioMmio* mmio = mmio_.get();
-  CANOPY_TRY(pump_->add(qu.call.get(), [mmio] { mmio->raise_interrupt(transport::InterruptKind::kUsedBuffer); }));
+  CANOPY_TRY(vm_->add_irqfd(gsi_, qu.call.get()));
   qu.running = true;
   return {};
 }
@@ -217,7 +155,7 @@ void VhostMmioDevice::stop_queue(uint16_t q) {
   if (!qu.running) return;
   (void)fe_.get_vring_base(q);  // stops the ring in the back-end
   (void)vm_->remove_ioeventfd(base_ + transport::mmio::kQueueNotify, q, qu.kick.get());
-  pump_->remove(qu.call.get());
+  (void)vm_->remove_irqfd(gsi_, qu.call.get());
   qu = Queue();
 }
 

@@ -2,18 +2,17 @@
 // partitions and QEMU use): canopy-vmm starts PROGRAM --fd=3 ARGS, does the vhost-user handshake with
 // the guest's RAM memfd, answers the register file (transport/virtio_mmio.h) from the back-end's
 // features and config, and when the driver enables a queue gives the back-end its ring addresses, a
-// kick eventfd that KVM signals on QueueNotify (ioeventfd: the data path never exits to canopy-vmm) and
-// a call eventfd that canopy-vmm's interrupt thread turns into InterruptStatus + an edge on the
-// device's GSI.
+// kick eventfd that KVM signals on QueueNotify (ioeventfd) and a call eventfd that KVM turns into an
+// edge on the device's GSI (irqfd): the data path never goes through canopy-vmm. InterruptStatus then
+// reads with the used-buffer bit set from DRIVER_OK on (VirtioMmio::set_used_buffer_notifications_external);
+// config-change interrupts still come from the register model.
 //
-// Threading: register accesses come from vCPU threads (serialised by the register model's mutex);
-// call events from the IrqPump's thread.
+// Threading: register accesses come from vCPU threads (serialised by the register model's mutex).
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "canopy/base/result.h"
@@ -25,24 +24,6 @@
 
 namespace canopy::hypervisor::kvm {
 
-// Turns call eventfds into interrupts on its own thread.
-class IrqPump {
- public:
-  IrqPump();
-  ~IrqPump();
-  using Fn = std::function<void()>;
-  // fn runs on the pump's thread each time fd is signalled; the token removes it.
-  Status add(int fd, Fn fn);
-  void remove(int fd);
-
- private:
-  void loop();
-  UniqueFd epoll_, stop_;
-  std::mutex mu_;
-  std::vector<std::pair<int, std::shared_ptr<Fn>>> fns_;
-  std::thread thread_;
-};
-
 struct KvmDeviceSpec {
   std::string name;  // "rng", "snd", ... (logs)
   uint32_t virtio_id = 0;
@@ -53,8 +34,8 @@ struct KvmDeviceSpec {
 class VhostMmioDevice final : public transport::MmioDevice {
  public:
   // Starts the back-end, does the handshake, maps the window [base, base + window) at `gsi` into `vm`.
-  static Result<std::unique_ptr<VhostMmioDevice>> start(const KvmDeviceSpec& spec, KvmVm& vm, IrqPump& pump,
-                                                        uint64_t base, uint32_t gsi);
+  static Result<std::unique_ptr<VhostMmioDevice>> start(const KvmDeviceSpec& spec, KvmVm& vm, uint64_t base,
+                                                        uint32_t gsi);
   ~VhostMmioDevice() override;
 
   uint32_t device_id() const override { return spec_.virtio_id; }
@@ -81,7 +62,6 @@ class VhostMmioDevice final : public transport::MmioDevice {
   };
   KvmDeviceSpec spec_;
   KvmVm* vm_ = nullptr;
-  IrqPump* pump_ = nullptr;
   Child backend_;
   transport::vhost_user::Frontend fe_;
   std::unique_ptr<transport::VirtioMmio> mmio_;

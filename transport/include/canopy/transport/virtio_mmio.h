@@ -146,6 +146,12 @@ class VirtioMmio {
   void config_changed();
   // Device side: sets DEVICE_NEEDS_RESET (§2.1.2) and, after DRIVER_OK, raises the config interrupt.
   void set_needs_reset();
+  // For a VMM whose queues' used-buffer notifications reach the guest's interrupt line without passing
+  // through this model (a back-end's call eventfd registered as a KVM irqfd): from DRIVER_OK on,
+  // InterruptStatus reads with the used-buffer bit set, as §4.2.2.1 asks before each such notification,
+  // and an InterruptACK of it changes nothing. The driver then looks at its queues on every interrupt;
+  // one with nothing new is a spurious used-buffer interrupt, which drivers handle.
+  void set_used_buffer_notifications_external(bool external);
 
   // Introspection for VMMs and tests.
   uint8_t status() const;
@@ -190,6 +196,7 @@ class VirtioMmio {
   uint32_t queue_sel_ = 0;
   uint32_t shm_sel_ = 0;
   uint32_t interrupt_status_ = 0;
+  bool external_used_ = false;
   uint8_t status_ = 0;
   uint32_t config_generation_ = 0;
   uint64_t bad_accesses_ = 0;
