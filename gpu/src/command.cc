@@ -30,10 +30,10 @@ size_t fixed_size(Cmd type, Queue q) {
     case Cmd::kSubmit3d: return sizeof(proto::CmdSubmit);
     case Cmd::kResourceMapBlob: return sizeof(proto::ResourceMapBlob);
     case Cmd::kResourceUnmapBlob: return sizeof(proto::ResourceUnmapBlob);
-    // 3D resource commands: known, but only a 3D renderer serves them (answered INVALID_PARAMETER).
-    case Cmd::kResourceCreate3d:
+    // 3D resource commands: only a 3D renderer serves them (the 2D one answers ERR_UNSPEC).
+    case Cmd::kResourceCreate3d: return sizeof(proto::ResourceCreate3d);
     case Cmd::kTransferToHost3d:
-    case Cmd::kTransferFromHost3d: return sizeof(proto::CtrlHdr);
+    case Cmd::kTransferFromHost3d: return sizeof(proto::TransferHost3d);
     default: return 0;
   }
 }

@@ -22,6 +22,8 @@ using proto::Resp;
 struct GpuDevice::Resource {
   uint32_t id = 0;
   bool blob = false;
+  bool is3d = false;                           // RESOURCE_CREATE_3D: lives in the renderer
+  Resource3dArgs args3d;
   uint32_t format = 0, fourcc = 0, width = 0, height = 0;
   HostImage host;                              // 2D
   std::vector<transport::Segment> backing;     // guest-physical entries, in the guest's order
@@ -110,6 +112,11 @@ Result<std::unique_ptr<GpuDevice>> GpuDevice::create(GpuOptions options, std::un
     s->cursor.scanout = uint32_t(d->scanouts_.size());
     d->scanouts_.push_back(std::move(s));
   }
+  GpuDevice* self = d.get();
+  d->renderer_->set_fence_callback([self](uint64_t id) {
+    auto p = self->pending_.find(id);
+    if (p != self->pending_.end() && p->second->outstanding) --p->second->outstanding;
+  });
   d->release_event_.reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!d->release_event_) return make_error(Errc::kIo, "gpu: eventfd", errno);
   d->releases_ = std::make_shared<ReleaseQueue>();
@@ -155,6 +162,7 @@ void GpuDevice::control(uint64_t token, std::span<const uint8_t> request, uint32
     send_response(token, Resp::kErrOutOfMemory, in, {}, false);
     return;
   }
+  if (mem_ && mem_->layout() != mem_layout_) refresh_3d_backings();
   DecodeError derr{};
   auto cmd = decode(request, Queue::kControl, &derr);
   if (!cmd.ok()) {
@@ -191,6 +199,11 @@ void GpuDevice::control(uint64_t token, std::span<const uint8_t> request, uint32
   pp->resp = early == Resp::kOkNodata ? dispatch(*cmd, id) : early;
   if (is_error(pp->resp)) CANOPY_WARN_RL("gpu: %s -> %s", proto::cmd_name(in.type), proto::resp_name(uint32_t(pp->resp)));
   else pp->body = resp_;
+  // With a 3D renderer the fence also waits for the GPU work queued so far (the command's own included).
+  if (!is_error(pp->resp) && renderer_->supports_3d()) {
+    const bool on_ring = cmd->hdr.flags.get() & proto::kFlagInfoRingIdx;
+    if (renderer_->create_fence(cmd->hdr.ctx_id, cmd->hdr.ring_idx, on_ring, id).ok()) ++pp->outstanding;
+  }
   pp->executed = true;
   process_releases();
   retire_ready();
@@ -235,6 +248,11 @@ void GpuDevice::take_releases(std::vector<uint64_t>& out) {
   out.swap(releases_->tokens);
 }
 
+void GpuDevice::process_renderer() {
+  renderer_->poll();
+  retire_ready();
+}
+
 void GpuDevice::process_releases() {
   std::vector<uint64_t> tokens;
   take_releases(tokens);
@@ -271,8 +289,11 @@ Resp GpuDevice::dispatch(const Command& c, uint64_t pending_id) {
     case Cmd::kCtxAttachResource: return ctx_resource(c, true);
     case Cmd::kCtxDetachResource: return ctx_resource(c, false);
     case Cmd::kSubmit3d: return submit_3d(c);
+    case Cmd::kResourceCreate3d: return resource_create_3d(c);
+    case Cmd::kTransferToHost3d: return transfer_3d(c, true);
+    case Cmd::kTransferFromHost3d: return transfer_3d(c, false);
     default:
-      // MAP/UNMAP_BLOB need a host-visible memory region (not offered); 3D resources need a 3D renderer.
+      // MAP/UNMAP_BLOB need a host-visible memory region (not offered).
       return Resp::kErrUnspec;
   }
 }
@@ -458,6 +479,7 @@ Resp GpuDevice::attach_backing(const Command& c) {
   if (!r.backing.empty()) return Resp::kErrUnspec;  // already attached (QEMU answers the same)
   const Resp b = set_backing(r, c.tail<proto::ResourceAttachBacking>(), ab.nr_entries);
   if (b != Resp::kOkNodata) return b;
+  if (r.is3d) return attach_backing_3d(r);
   if (options_.alias_2d) (void)make_pieces(r);  // alias only where it works; copies otherwise
   return Resp::kOkNodata;
 }
@@ -469,6 +491,7 @@ Resp GpuDevice::detach_backing(const Command& c) {
   Resource& r = *it->second;
   if (r.blob) return Resp::kErrInvalidParameter;
   if (r.backing.empty()) return Resp::kErrUnspec;
+  if (r.is3d) renderer_->detach_backing_3d(r.id);
   free_backing(r);
   return Resp::kOkNodata;
 }
@@ -480,6 +503,10 @@ void GpuDevice::destroy_resource(uint32_t id) {
   for (uint32_t s = 0; s < scanouts_.size(); ++s)
     if (r.scanout_mask & (1u << s)) disable_scanout(s);
   for (auto& [cid, ctx] : contexts_) ctx->resources.erase(id);
+  if (r.is3d) {
+    renderer_->detach_backing_3d(id);
+    renderer_->destroy_3d(id);
+  }
   free_backing(r);
   stats_.host_bytes -= r.host.size;
   resources_.erase(it);
@@ -550,6 +577,17 @@ Resp GpuDevice::set_scanout(const Command& c) {
   if (r.blob) return Resp::kErrInvalidParameter;  // blobs are shown with SET_SCANOUT_BLOB
   if (ss.r.width.get() == 0 || ss.r.height.get() == 0 || !rect_inside(ss.r, r.width, r.height))
     return Resp::kErrInvalidParameter;
+  if (r.is3d && !r.host.map.data()) {
+    // A 3D resource reaches the output through a host copy, read back at each flush.
+    if (r.fourcc == 0 || r.args3d.depth != 1) return Resp::kErrInvalidParameter;
+    const uint64_t bytes = uint64_t(r.width) * proto::kBytesPerPixel * r.height;
+    if (stats_.host_bytes + bytes > options_.caps.max_host_bytes) return Resp::kErrOutOfMemory;
+    auto host = renderer_->create_2d(r.id, r.width, r.height);
+    if (!host.ok()) return Resp::kErrOutOfMemory;
+    r.host = std::move(*host);
+    r.host_pieces = std::make_shared<const std::vector<FramePiece>>(1, FramePiece{r.host.fd, 0, r.host.size});
+    stats_.host_bytes += r.host.size;
+  }
   show(s, r, to_rect(ss.r), Framebuffer{false, r.fourcc, r.width * proto::kBytesPerPixel, r.width, r.height, 0});
   return Resp::kOkNodata;
 }
@@ -640,6 +678,15 @@ Resp GpuDevice::resource_flush(const Command& c, uint64_t pending_id) {
   for (uint32_t s = 0; s < scanouts_.size(); ++s)
     if (r.blob && (r.scanout_mask & (1u << s)) && !rect_inside(rf.r, scanouts_[s]->fb.width, scanouts_[s]->fb.height))
       return Resp::kErrInvalidParameter;
+  if (r.is3d && r.scanout_mask && r.host.map.data() && !dmg.empty()) {
+    // The damaged rectangle, from the renderer into the host copy the output reads.
+    uint8_t* dst = reinterpret_cast<uint8_t*>(r.host.map.data()) + uint64_t(dmg.y) * r.host.stride +
+                   uint64_t(dmg.x) * proto::kBytesPerPixel;
+    if (!renderer_->read_pixels(r.id, dmg, dst, r.host.stride).ok()) return Resp::kErrUnspec;
+    const uint64_t copied = uint64_t(dmg.width) * proto::kBytesPerPixel * dmg.height;
+    r.pending_copied += copied;
+    stats_.bytes_copied += copied;
+  }
   for (uint32_t s = 0; s < scanouts_.size(); ++s)
     if (r.scanout_mask & (1u << s)) emit_frame(s, r, dmg, pending_id);
   return Resp::kOkNodata;
@@ -674,6 +721,7 @@ Resp GpuDevice::transfer_to_host_2d(const Command& c) {
   // Linux's virtio_gpu makes dumb buffers guest blobs when RESOURCE_BLOB is on (and 3D is off) and still
   // transfers them before each flush, as QEMU and crosvm accept.
   if (r.blob) return Resp::kOkNodata;
+  if (r.is3d) return Resp::kErrInvalidParameter;  // TRANSFER_TO_HOST_3D for those
   if (r.backing.empty()) return Resp::kErrUnspec;
   if (!rect_inside(t.r, r.width, r.height)) return Resp::kErrInvalidParameter;
   const uint32_t w = t.r.width, h = t.r.height, x = t.r.x, y = t.r.y;
@@ -728,9 +776,14 @@ Resp GpuDevice::ctx_resource(const Command& c, bool attach) {
   const auto cr = c.as<proto::CtxResource>();
   auto it = contexts_.find(c.hdr.ctx_id);
   if (it == contexts_.end()) return Resp::kErrInvalidContextId;
-  if (!resources_.count(cr.resource_id)) return Resp::kErrInvalidResourceId;
+  auto rit = resources_.find(cr.resource_id);
+  if (rit == resources_.end()) return Resp::kErrInvalidResourceId;
   if (attach) it->second->resources.insert(cr.resource_id);
   else it->second->resources.erase(cr.resource_id);
+  if (rit->second->is3d) {
+    if (attach) renderer_->attach_to_context(c.hdr.ctx_id, cr.resource_id);
+    else renderer_->detach_from_context(c.hdr.ctx_id, cr.resource_id);
+  }
   return Resp::kOkNodata;
 }
 
@@ -740,6 +793,99 @@ Resp GpuDevice::submit_3d(const Command& c) {
   const auto tail = c.tail<proto::CmdSubmit>();
   if (s.size.get() > tail.size()) return Resp::kErrInvalidParameter;
   if (!renderer_->submit(c.hdr.ctx_id, tail.first(s.size.get())).ok()) return Resp::kErrInvalidParameter;
+  return Resp::kOkNodata;
+}
+
+Resp GpuDevice::resource_create_3d(const Command& c) {
+  if (!renderer_->supports_3d() || !feature(proto::kFVirgl)) return Resp::kErrUnspec;
+  const auto rc = c.as<proto::ResourceCreate3d>();
+  const uint32_t id = rc.resource_id;
+  if (id == 0 || resources_.count(id)) return Resp::kErrInvalidResourceId;
+  Resource3dArgs a;
+  a.target = rc.target;
+  a.format = rc.format;
+  a.bind = rc.bind;
+  a.width = rc.width;
+  a.height = rc.height;
+  a.depth = rc.depth;
+  a.array_size = rc.array_size;
+  a.last_level = rc.last_level;
+  a.nr_samples = rc.nr_samples;
+  a.flags = rc.flags;
+  const uint32_t maxd = options_.caps.max_dimension;
+  if (a.width == 0 || a.height == 0 || a.depth == 0 || a.width > maxd || a.height > maxd || a.depth > maxd ||
+      a.array_size == 0 || a.array_size > maxd || a.last_level > 31 || a.nr_samples > 32)
+    return Resp::kErrInvalidParameter;
+  if (resources_.size() >= options_.caps.max_resources) return Resp::kErrOutOfMemory;
+  if (!renderer_->create_3d(id, a).ok()) return Resp::kErrInvalidParameter;
+  auto r = std::make_unique<Resource>();
+  r->id = id;
+  r->is3d = true;
+  r->args3d = a;
+  r->format = a.format;
+  r->fourcc = proto::drm_fourcc(a.format);  // virtio-gpu's formats are Gallium's: 0 if not scanout-able
+  r->width = a.width;
+  r->height = a.height;
+  resources_.emplace(id, std::move(r));
+  return Resp::kOkNodata;
+}
+
+Resp GpuDevice::attach_backing_3d(Resource& r) {
+  std::vector<transport::GuestMemory::HostRange> iov;
+  for (const auto& s : r.backing) {
+    auto ranges = mem_->host_ranges(s.gpa, s.len);
+    if (!ranges.ok()) {
+      free_backing(r);
+      return Resp::kErrInvalidParameter;
+    }
+    iov.insert(iov.end(), ranges->begin(), ranges->end());
+  }
+  if (!renderer_->attach_backing_3d(r.id, iov).ok()) {
+    free_backing(r);
+    return Resp::kErrUnspec;
+  }
+  mem_layout_ = mem_->layout();
+  return Resp::kOkNodata;
+}
+
+void GpuDevice::refresh_3d_backings() {
+  mem_layout_ = mem_->layout();
+  for (auto& [id, r] : resources_) {
+    if (!r->is3d || r->backing.empty()) continue;
+    renderer_->detach_backing_3d(id);
+    bool inside = true;
+    for (const auto& s : r->backing) inside = inside && mem_->contains(s.gpa, s.len);
+    if (!inside || attach_backing_3d(*r) != Resp::kOkNodata) {
+      CANOPY_WARN_RL("gpu: resource %u: its backing is no longer guest memory; detached", id);
+      free_backing(*r);
+    }
+  }
+}
+
+Resp GpuDevice::transfer_3d(const Command& c, bool to_host) {
+  if (!renderer_->supports_3d() || !feature(proto::kFVirgl)) return Resp::kErrUnspec;
+  const auto t = c.as<proto::TransferHost3d>();
+  auto it = resources_.find(t.resource_id);
+  if (it == resources_.end()) return Resp::kErrInvalidResourceId;
+  Resource& r = *it->second;
+  if (!r.is3d) return Resp::kErrInvalidParameter;
+  const uint32_t ctx = c.hdr.ctx_id;
+  if (ctx != 0 && !contexts_.count(ctx)) return Resp::kErrInvalidContextId;
+  if (r.backing.empty()) return Resp::kErrUnspec;
+  Transfer3d x;
+  x.ctx_id = ctx;
+  x.level = t.level;
+  x.stride = t.stride;
+  x.layer_stride = t.layer_stride;
+  x.x = t.box.x;
+  x.y = t.box.y;
+  x.z = t.box.z;
+  x.w = t.box.w;
+  x.h = t.box.h;
+  x.d = t.box.d;
+  x.offset = t.offset;
+  if (x.offset > r.backing_bytes) return Resp::kErrInvalidParameter;
+  if (!renderer_->transfer_3d(r.id, to_host, x).ok()) return Resp::kErrInvalidParameter;
   return Resp::kOkNodata;
 }
 
@@ -780,7 +926,12 @@ proto::CtrlHdr GpuDevice::cursor(std::span<const uint8_t> request) {
       img->argb.resize(proto::kCursorSize * proto::kCursorSize);
       uint8_t* dst = reinterpret_cast<uint8_t*>(img->argb.data());
       // Alias mode shows the guest's memory itself; otherwise the pixels were transferred to the host.
-      if (!aliased(r)) std::memcpy(dst, r.host.map.data(), img->argb.size() * 4);
+      if (r.is3d) {
+        if (!renderer_->read_pixels(r.id, Rect{0, 0, proto::kCursorSize, proto::kCursorSize}, dst,
+                                    proto::kCursorSize * 4)
+                 .ok())
+          return answer(Resp::kErrUnspec);
+      } else if (!aliased(r)) std::memcpy(dst, r.host.map.data(), img->argb.size() * 4);
       else if (!read_backing(r, 0, dst, img->argb.size() * 4)) return answer(Resp::kErrUnspec);
       cu.image = std::move(img);
       cu.image_changed = true;

@@ -55,4 +55,21 @@ class Renderer2d : public Renderer {
 
 std::unique_ptr<Renderer> make_2d_renderer() { return std::make_unique<Renderer2d>(); }
 
+// What a renderer without 3D answers.
+Status Renderer::create_3d(uint32_t, const Resource3dArgs&) {
+  return make_error(Errc::kUnsupported, "renderer: no 3D resources");
+}
+Status Renderer::attach_backing_3d(uint32_t, std::span<const transport::GuestMemory::HostRange>) {
+  return make_error(Errc::kUnsupported, "renderer: no 3D resources");
+}
+Status Renderer::transfer_3d(uint32_t, bool, const Transfer3d&) {
+  return make_error(Errc::kUnsupported, "renderer: no 3D resources");
+}
+Status Renderer::read_pixels(uint32_t, const Rect&, uint8_t*, uint32_t) {
+  return make_error(Errc::kUnsupported, "renderer: no 3D resources");
+}
+Status Renderer::create_fence(uint32_t, uint32_t, bool, uint64_t) {
+  return make_error(Errc::kUnsupported, "renderer: no fences of its own");
+}
+
 }  // namespace canopy::gpu

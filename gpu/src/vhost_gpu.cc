@@ -18,7 +18,16 @@ Result<std::unique_ptr<VhostGpu>> VhostGpu::create(VhostGpuOptions options, Scan
   v->options_ = std::move(options);
   v->tee_.add(output);
   VhostGpu* self = v.get();
-  CANOPY_ASSIGN_OR_RETURN(v->gpu_, GpuDevice::create(v->options_.gpu, make_2d_renderer(), &v->tee_,
+  std::unique_ptr<Renderer> renderer;
+  if (v->options_.renderer == "virgl") {
+    CANOPY_ASSIGN_OR_RETURN(renderer, make_virgl_renderer(v->options_.virgl));
+    v->options_.gpu.features |= proto::kFVirgl;
+  } else if (v->options_.renderer == "2d") {
+    renderer = make_2d_renderer();
+  } else {
+    return make_error(Errc::kInvalidArgument, "vhost-gpu: renderer is 2d or virgl");
+  }
+  CANOPY_ASSIGN_OR_RETURN(v->gpu_, GpuDevice::create(v->options_.gpu, std::move(renderer), &v->tee_,
                                                      [self](uint64_t t, std::span<const uint8_t> b) { self->respond(t, b); }));
   if (!v->options_.control_path.empty()) {
     CANOPY_ASSIGN_OR_RETURN(v->control_,
@@ -198,6 +207,11 @@ std::vector<vu::Device::Watch> VhostGpu::watches() {
                  gpu_->process_releases();
                  after_work();
                }});
+  if (gpu_->renderer_fd() >= 0)
+    w.push_back({gpu_->renderer_fd(), [this] {
+                   gpu_->process_renderer();
+                   after_work();
+                 }});
   if (frontend_ && frontend_->alive())
     w.push_back({frontend_->fd(), [this] {
                    frontend_->on_readable();

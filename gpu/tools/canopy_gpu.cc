@@ -35,6 +35,9 @@ constexpr const char* kUsage =
     "  --no-frontend-display    do not mirror frames to QEMU's vhost-user-gpu display socket\n"
     "  --control=PATH           control socket for display changes, one command per line:\n"
     "                           'display I WxH[@HZ]', 'display I off', 'displays' (docs/gpu.md)\n"
+    "  --renderer=2d|virgl      2d (default), or virglrenderer for 3D (VIRGL: capsets virgl, virgl2;\n"
+    "                           EGL without a window system: a GPU's render node, else llvmpipe)\n"
+    "  --gles                   with virgl: OpenGL ES on the host instead of desktop OpenGL\n"
     "  --no-blob --no-uuid --no-context-init --no-edid   withhold a feature\n"
     "  --max-resources=N --max-backing-mb=N --max-host-mb=N --max-contexts=N   per-VM caps\n";
 
@@ -108,6 +111,8 @@ Result<std::unique_ptr<vu::Device>> make_device(const std::vector<std::string>& 
     else if (key == "--max-host-mb" && parse_u64(val, v, 1u << 20) && v) o.gpu.caps.max_host_bytes = v << 20;
     else if (key == "--release-after-ms" && parse_u64(val, v, 10000)) ho.release_after_ms = int(v);
     else if (key == "--max-contexts" && parse_u64(val, v, 1u << 16) && v) o.gpu.caps.max_contexts = uint32_t(v);
+    else if (key == "--renderer" && (val == "2d" || val == "virgl")) o.renderer = val;
+    else if (key == "--gles" && eq == std::string::npos) o.virgl.gles = true;
     else {
       CANOPY_ERROR("canopy-gpu: bad option %s", a.c_str());
       return make_error(Errc::kInvalidArgument, "bad option (see --help)");
@@ -132,10 +137,11 @@ Result<std::unique_ptr<vu::Device>> make_device(const std::vector<std::string>& 
     g_program.tee.add(g_program.output.get());
     out = &g_program.tee;
   }
+  const std::string renderer = o.renderer;
   CANOPY_ASSIGN_OR_RETURN(auto dev, VhostGpu::create(std::move(o), out));
   if (g_program.channel) dev->attach_channel(g_program.channel.get());
-  CANOPY_INFO("canopy-gpu: %llu scanout(s), %ux%u@%u", (unsigned long long)scanouts, mode.width, mode.height,
-              mode.refresh_hz);
+  CANOPY_INFO("canopy-gpu: %llu scanout(s), %ux%u@%u, renderer %s", (unsigned long long)scanouts, mode.width,
+              mode.height, mode.refresh_hz, renderer.c_str());
   return std::unique_ptr<vu::Device>(std::move(dev));
 }
 
@@ -143,7 +149,7 @@ Result<std::unique_ptr<vu::Device>> make_device(const std::vector<std::string>& 
 
 int main(int argc, char** argv) {
   vu::BackendProgram program{"canopy-gpu", "gpu", {"edid"}, kUsage};
-  program.valued_options = {"--scanouts",    "--mode",           "--scanout-mode", "--frame-log",
+  program.valued_options = {"--renderer", "--scanouts",    "--mode",           "--scanout-mode", "--frame-log",
                             "--max-resources", "--max-backing-mb", "--max-host-mb",  "--max-contexts",
                             "--release-after-ms", "--control",  "--display-socket", "--vm"};
   return vu::backend_main(argc, argv, program, make_device);

@@ -20,13 +20,21 @@ uint16_t from_le16(uint16_t raw) {
 uint16_t to_le16(uint16_t v) { return from_le16(v); }
 }  // namespace
 
+uint64_t GuestMemory::next_layout() {
+  static std::atomic<uint64_t> counter{0};
+  return counter.fetch_add(1, std::memory_order_relaxed) + 1;
+}
+
 GuestMemory::GuestMemory(GuestMemory&& o) noexcept
-    : regions_(std::move(o.regions_)), bytes_copied_(o.bytes_copied_.load()) {}
+    : regions_(std::move(o.regions_)), bytes_copied_(o.bytes_copied_.load()) {
+  o.layout_ = next_layout();
+}
 
 GuestMemory& GuestMemory::operator=(GuestMemory&& o) noexcept {
   if (this != &o) {
     clear();
     regions_ = std::move(o.regions_);
+    o.layout_ = next_layout();
     bytes_copied_.store(o.bytes_copied_.load());
   }
   return *this;
@@ -39,6 +47,7 @@ void GuestMemory::clear() {
     if (r->map_base) ::munmap(r->map_base, r->map_len);
   }
   regions_.clear();
+  layout_ = next_layout();
 }
 
 Status GuestMemory::add_region(const RegionInfo& info, UniqueFd fd) {
@@ -75,6 +84,7 @@ Status GuestMemory::add_region(const RegionInfo& info, UniqueFd fd) {
   auto pos = std::lower_bound(regions_.begin(), regions_.end(), info.guest_phys_addr,
                               [](const std::unique_ptr<Region>& r, uint64_t gpa) { return r->info.guest_phys_addr < gpa; });
   regions_.insert(pos, std::move(region));
+  layout_ = next_layout();
   return {};
 }
 
@@ -83,6 +93,7 @@ Status GuestMemory::remove_region(uint64_t gpa, uint64_t size) {
     if ((*it)->info.guest_phys_addr == gpa && (*it)->info.size == size) {
       ::munmap((*it)->map_base, (*it)->map_len);
       regions_.erase(it);
+      layout_ = next_layout();
       return {};
     }
   }
@@ -212,6 +223,15 @@ Result<std::vector<FileRange>> GuestMemory::file_ranges(uint64_t gpa, uint64_t l
   if (len > SIZE_MAX) return make_error(Errc::kOverflow, "guest memory: range too large");
   CANOPY_TRY(for_each_piece(gpa, size_t(len), [&](const Region& r, uint64_t off, size_t, size_t n) {
     out.push_back(FileRange{r.fd.get(), r.info.mmap_offset + off, n});
+  }));
+  return out;
+}
+
+Result<std::vector<GuestMemory::HostRange>> GuestMemory::host_ranges(uint64_t gpa, uint64_t len) const {
+  std::vector<HostRange> out;
+  if (len > SIZE_MAX) return make_error(Errc::kOverflow, "guest memory: range too large");
+  CANOPY_TRY(for_each_piece(gpa, size_t(len), [&](const Region& r, uint64_t off, size_t, size_t n) {
+    out.push_back(HostRange{r.host + off, n});
   }));
   return out;
 }

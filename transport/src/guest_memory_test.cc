@@ -49,6 +49,23 @@ TEST(GuestMemory, AccessSpansAdjacentRegions) {
   EXPECT_EQ((*ranges)[1].offset, 0u);
 }
 
+TEST(GuestMemory, HostRangesSplitAtRegionsAndRejectWhatIsNotMemory) {
+  GuestMemory mem;
+  ASSERT_TRUE(mem.add_region({0x0, 0x1000, 0, 0}, make_memfd(0x1000)).ok());
+  ASSERT_TRUE(mem.add_region({0x1000, 0x1000, 0, 0}, make_memfd(0x1000)).ok());
+  const uint8_t in[4] = {1, 2, 3, 4};
+  ASSERT_TRUE(mem.write(0x1000 - 2, in, 4).ok());
+  auto r = mem.host_ranges(0x1000 - 2, 4);
+  ASSERT_TRUE(r.ok());
+  ASSERT_EQ(r->size(), 2u);
+  EXPECT_EQ((*r)[0].len, 2u);
+  EXPECT_EQ((*r)[1].len, 2u);
+  EXPECT_EQ((*r)[0].base[1], 2);
+  EXPECT_EQ((*r)[1].base[0], 3);
+  EXPECT_EQ(mem.host_ranges(0x1ff0, 0x20).code(), Errc::kOutOfRange);
+  EXPECT_EQ(mem.host_ranges(std::numeric_limits<uint64_t>::max() - 4, 16).code(), Errc::kOverflow);
+}
+
 TEST(GuestMemory, HoleBetweenRegionsIsNotMemory) {
   GuestMemory mem;
   ASSERT_TRUE(mem.add_region({0x0, 0x1000, 0, 0}, make_memfd(0x1000)).ok());

@@ -74,8 +74,23 @@ struct HostImage {
   uint64_t size = 0;
 };
 
+// RESOURCE_CREATE_3D's arguments (Gallium target, format, bind flags ...), checked by the renderer.
+struct Resource3dArgs {
+  uint32_t target = 0, format = 0, bind = 0, width = 0, height = 0, depth = 0, array_size = 0, last_level = 0,
+           nr_samples = 0, flags = 0;
+};
+
+// A TRANSFER_TO/FROM_HOST_3D: the box of `level`, the guest data at `offset` of the resource's backing
+// with `stride` bytes per row and `layer_stride` per layer (0: tightly packed).
+struct Transfer3d {
+  uint32_t ctx_id = 0, level = 0, stride = 0, layer_stride = 0;
+  uint32_t x = 0, y = 0, z = 0, w = 0, h = 0, d = 0;
+  uint64_t offset = 0;
+};
+
 // The renderer behind the device model. The 2D renderer (make_2d_renderer) keeps 2D resources in
-// memfds and has no capsets; the 3D issue adds virglrenderer behind the same interface.
+// memfds and has no capsets; the virgl renderer (renderer_virgl.h) runs virglrenderer: capsets,
+// contexts with command streams, 3D resources and fences that complete when the GPU work has.
 class Renderer {
  public:
   virtual ~Renderer() = default;
@@ -89,6 +104,28 @@ class Renderer {
   // A context's command stream (SUBMIT_3D). The 2D renderer accepts only an empty stream (a fence carrier).
   virtual Status submit(uint32_t ctx_id, std::span<const uint8_t> commands) = 0;
   virtual Result<HostImage> create_2d(uint32_t resource_id, uint32_t width, uint32_t height) = 0;
+
+  // ---- 3D. The 2D renderer has none of this (supports_3d() false, the rest kUnsupported). ----
+  virtual bool supports_3d() const { return false; }
+  virtual Status create_3d(uint32_t resource_id, const Resource3dArgs& args);
+  virtual void destroy_3d(uint32_t /*resource_id*/) {}
+  // The guest memory behind a 3D resource, as host mappings (GuestMemory::host_ranges), in order.
+  virtual Status attach_backing_3d(uint32_t resource_id, std::span<const transport::GuestMemory::HostRange> iov);
+  virtual void detach_backing_3d(uint32_t /*resource_id*/) {}
+  virtual void attach_to_context(uint32_t /*ctx_id*/, uint32_t /*resource_id*/) {}
+  virtual void detach_from_context(uint32_t /*ctx_id*/, uint32_t /*resource_id*/) {}
+  // Between the resource and its attached backing; errors for a box or level outside the resource.
+  virtual Status transfer_3d(uint32_t resource_id, bool to_host, const Transfer3d& t);
+  // Reads level 0's rows [y, y + h) of columns [x, x + w) into dst (`stride` bytes a row, top row first):
+  // how a scanout of a 3D resource reaches the output (a counted copy).
+  virtual Status read_pixels(uint32_t resource_id, const Rect& r, uint8_t* dst, uint32_t stride);
+  // A fence after everything submitted so far (to ring `ring_idx` of ctx_id when on_ring, else to all):
+  // the callback set with set_fence_callback gets `id` once that work has completed, from poll().
+  virtual Status create_fence(uint32_t ctx_id, uint32_t ring_idx, bool on_ring, uint64_t id);
+  virtual void set_fence_callback(std::function<void(uint64_t id)> /*cb*/) {}
+  // Readable when poll() has fences to report; -1 when the renderer has none.
+  virtual int poll_fd() const { return -1; }
+  virtual void poll() {}
 };
 std::unique_ptr<Renderer> make_2d_renderer();
 
@@ -132,6 +169,10 @@ class GpuDevice {
   // Frame releases from the output (any thread) become fence completions here.
   int release_fd() const { return release_event_.get(); }
   void process_releases();
+  // The renderer's completed fences (3D): watch renderer_fd() (-1 without a 3D renderer), then call
+  // process_renderer().
+  int renderer_fd() const { return renderer_->poll_fd(); }
+  void process_renderer();
 
   // Config space (§5.7.4). Writes may only clear events.
   proto::Config config() const;
@@ -186,6 +227,12 @@ class GpuDevice {
   proto::Resp ctx_destroy(const Command& c);
   proto::Resp ctx_resource(const Command& c, bool attach);
   proto::Resp submit_3d(const Command& c);
+  proto::Resp resource_create_3d(const Command& c);
+  proto::Resp transfer_3d(const Command& c, bool to_host);
+  // Gives a 3D resource's backing to the renderer as host mappings of the current guest memory.
+  proto::Resp attach_backing_3d(Resource& r);
+  // Guest memory changed layout: 3D backings are given again (or dropped where they no longer fit).
+  void refresh_3d_backings();
 
   // Validates memory entries (non-empty, no wrap, inside guest memory, no overlap, under the caps)
   // and gives them to r as its backing. Returns OK_NODATA or the error to answer.
@@ -211,6 +258,7 @@ class GpuDevice {
   ScanoutOutput* output_;
   Respond respond_;
   transport::GuestMemory* mem_ = nullptr;
+  uint64_t mem_layout_ = 0;  // the guest memory layout 3D backings were given under
   uint64_t acked_ = 0;
   uint32_t events_read_ = 0;
   bool config_changed_ = false;

@@ -256,6 +256,30 @@ struct CtxResource {
 };
 static_assert(sizeof(CtxResource) == 32);
 
+// RESOURCE_CREATE_3D (§5.7.6.10): Gallium's target / format / bind values, passed to the renderer.
+inline constexpr uint32_t kResourceFlagY0Top = 1u << 0;
+struct ResourceCreate3d {
+  CtrlHdr hdr;
+  le32 resource_id, target, format, bind, width, height, depth, array_size, last_level, nr_samples, flags,
+      padding;
+};
+static_assert(sizeof(ResourceCreate3d) == 72 && offsetof(ResourceCreate3d, flags) == 64);
+
+struct Box {
+  le32 x, y, z, w, h, d;
+};
+static_assert(sizeof(Box) == 24);
+
+// TRANSFER_TO_HOST_3D and TRANSFER_FROM_HOST_3D (§5.7.6.10).
+struct TransferHost3d {
+  CtrlHdr hdr;
+  Box box;
+  le64 offset;
+  le32 resource_id, level, stride, layer_stride;
+};
+static_assert(sizeof(TransferHost3d) == 72 && offsetof(TransferHost3d, offset) == 48 &&
+              offsetof(TransferHost3d, resource_id) == 56);
+
 struct CmdSubmit {
   CtrlHdr hdr;
   le32 size, padding;

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "canopy/gpu/device.h"
+#include "canopy/gpu/renderer_virgl.h"
 #include "canopy/transport/vhost_user_backend.h"
 
 namespace canopy::gpu {
@@ -34,6 +35,9 @@ struct ControlCommand;
 
 struct VhostGpuOptions {
   GpuOptions gpu;
+  // "2d" (no capsets) or "virgl" (virglrenderer: VIRTIO_GPU_F_VIRGL, capsets virgl and virgl2).
+  std::string renderer = "2d";
+  VirglOptions virgl;
   bool mirror_to_frontend = true;  // QEMU's display socket gets the frames too
   std::string control_path;        // listen here for display changes (empty: no control socket)
 };

@@ -91,6 +91,19 @@ class GuestMemory {
   // The file ranges covering [gpa, gpa+len), in order (several when the range spans regions).
   Result<std::vector<FileRange>> file_ranges(uint64_t gpa, uint64_t len) const;
 
+  // The host mappings covering [gpa, gpa+len), in order, for a library that reads and writes guest
+  // memory itself through iovecs (virglrenderer's attached backing). The pointers stay valid until the
+  // region is removed or the memory cleared: the caller must let go of them first (a vhost-user
+  // SET_MEM_TABLE or reset), and nothing written through them is counted in bytes_copied().
+  struct HostRange {
+    uint8_t* base;
+    size_t len;
+  };
+  Result<std::vector<HostRange>> host_ranges(uint64_t gpa, uint64_t len) const;
+  // Changes (to a value no GuestMemory had before) whenever a region is added or removed or the memory
+  // is cleared or moved: host_ranges() taken under another layout may dangle.
+  uint64_t layout() const { return layout_; }
+
   // Bytes copied by read/write/fill since creation: the zero-copy accounting figure.
   uint64_t bytes_copied() const { return bytes_copied_.load(std::memory_order_relaxed); }
 
@@ -110,6 +123,8 @@ class GuestMemory {
 
   std::vector<std::unique_ptr<Region>> regions_;
   mutable std::atomic<uint64_t> bytes_copied_{0};
+  uint64_t layout_ = next_layout();
+  static uint64_t next_layout();
 };
 
 }  // namespace canopy::transport

@@ -1,0 +1,257 @@
+// The virgl renderer (renderer_virgl.h): virglrenderer 0.10 behind the Renderer interface.
+#include "canopy/gpu/renderer_virgl.h"
+
+#include <sys/uio.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <vector>
+
+#include "canopy/base/log.h"
+
+#define VIRGL_RENDERER_UNSTABLE_APIS 1
+extern "C" {
+#include <virgl/virglrenderer.h>
+}
+
+// virglrenderer.h only declares struct virgl_box; its layout (src/virgl_hw.h) is virtio-gpu's box.
+struct virgl_box {
+  uint32_t x, y, z, w, h, d;
+};
+
+namespace canopy::gpu {
+namespace {
+
+// Capset ids (virtio 1.2 §5.7.6.7 / virglrenderer_hw.h).
+constexpr uint32_t kCapsetVirgl = 1, kCapsetVirgl2 = 2;
+constexpr uint32_t kCapsets[] = {kCapsetVirgl, kCapsetVirgl2};
+
+std::atomic<bool> g_alive{false};
+
+class VirglRenderer final : public Renderer {
+ public:
+  static Result<std::unique_ptr<Renderer>> create(const VirglOptions& o) {
+    bool expected = false;
+    if (!g_alive.compare_exchange_strong(expected, true))
+      return make_error(Errc::kState, "virgl: virglrenderer already runs in this process");
+    std::unique_ptr<VirglRenderer> r(new VirglRenderer());
+    r->callbacks_.version = 4;
+    r->callbacks_.write_fence = [](void* cookie, uint32_t fence) {
+      static_cast<VirglRenderer*>(cookie)->on_global_fence(fence);
+    };
+    r->callbacks_.write_context_fence = [](void* cookie, uint32_t ctx, uint32_t ring, uint64_t fence) {
+      static_cast<VirglRenderer*>(cookie)->on_context_fence(ctx, ring, fence);
+    };
+    int flags = VIRGL_RENDERER_USE_EGL | VIRGL_RENDERER_USE_SURFACELESS | VIRGL_RENDERER_THREAD_SYNC;
+    if (o.gles) flags |= VIRGL_RENDERER_USE_GLES;
+    // The cookie must not be null: virglrenderer then fails without a word.
+    if (virgl_renderer_init(r.get(), flags, &r->callbacks_) != 0) {
+      g_alive = false;
+      return make_error(Errc::kIo, "virgl: virgl_renderer_init failed (no EGL device or surfaceless platform?)");
+    }
+    r->initialised_ = true;
+    r->poll_fd_ = virgl_renderer_get_poll_fd();
+    for (uint32_t id : kCapsets) {
+      uint32_t ver = 0, size = 0;
+      virgl_renderer_get_cap_set(id, &ver, &size);
+      if (ver > 0 && size > 0) r->capsets_.push_back(CapsetInfo{id, ver, size});
+    }
+    if (r->capsets_.empty()) return make_error(Errc::kIo, "virgl: no virgl capsets (OpenGL too old?)");
+    return std::unique_ptr<Renderer>(std::move(r));
+  }
+
+  ~VirglRenderer() override {
+    if (initialised_) {
+      for (auto& [id, iov] : backings_) virgl_renderer_resource_detach_iov(int(id), nullptr, nullptr);
+      virgl_renderer_cleanup(this);
+    }
+    g_alive = false;
+  }
+
+  const char* name() const override { return "virgl"; }
+  uint32_t num_capsets() const override { return uint32_t(capsets_.size()); }
+  Result<CapsetInfo> capset_info(uint32_t index) const override {
+    if (index >= capsets_.size()) return make_error(Errc::kInvalidArgument, "virgl: no such capset index");
+    return capsets_[index];
+  }
+  Result<std::vector<uint8_t>> capset(uint32_t id, uint32_t version) const override {
+    for (const auto& c : capsets_) {
+      if (c.id != id) continue;
+      if (version == 0 || version > c.max_version) break;
+      std::vector<uint8_t> out(c.max_size);
+      virgl_renderer_fill_caps(id, version, out.data());
+      return out;
+    }
+    return make_error(Errc::kInvalidArgument, "virgl: no such capset or version");
+  }
+
+  Status create_context(uint32_t ctx_id, uint32_t capset_id, std::string_view debug_name) override {
+    // No capset (a driver without CONTEXT_INIT) means virgl, as QEMU does.
+    const uint32_t capset = capset_id == 0 ? kCapsetVirgl2 : capset_id;
+    if (capset != kCapsetVirgl && capset != kCapsetVirgl2)
+      return make_error(Errc::kInvalidArgument, "virgl: contexts of this capset are not served");
+    const std::string name(debug_name.substr(0, 64));
+    if (virgl_renderer_context_create_with_flags(ctx_id, capset, uint32_t(name.size()), name.c_str()) != 0)
+      return make_error(Errc::kInvalidArgument, "virgl: context creation failed");
+    return {};
+  }
+  void destroy_context(uint32_t ctx_id) override {
+    virgl_renderer_context_destroy(ctx_id);
+    ring_fences_.erase(ctx_id);
+  }
+
+  Status submit(uint32_t ctx_id, std::span<const uint8_t> commands) override {
+    if (commands.size() % 4 != 0) return make_error(Errc::kInvalidArgument, "virgl: command stream not in dwords");
+    if (commands.empty()) return {};
+    // virglrenderer decodes in place and wants dword alignment: an aligned copy.
+    words_.resize(commands.size() / 4);
+    std::memcpy(words_.data(), commands.data(), commands.size());
+    if (virgl_renderer_submit_cmd(words_.data(), int(ctx_id), int(words_.size())) != 0)
+      return make_error(Errc::kInvalidArgument, "virgl: the command stream was refused");
+    return {};
+  }
+
+  Result<HostImage> create_2d(uint32_t resource_id, uint32_t width, uint32_t height) override {
+    return two_d_->create_2d(resource_id, width, height);
+  }
+
+  bool supports_3d() const override { return true; }
+
+  Status create_3d(uint32_t resource_id, const Resource3dArgs& a) override {
+    virgl_renderer_resource_create_args args{};
+    args.handle = resource_id;
+    args.target = a.target;
+    args.format = a.format;
+    args.bind = a.bind;
+    args.width = a.width;
+    args.height = a.height;
+    args.depth = a.depth;
+    args.array_size = a.array_size;
+    args.last_level = a.last_level;
+    args.nr_samples = a.nr_samples;
+    args.flags = a.flags;
+    if (virgl_renderer_resource_create(&args, nullptr, 0) != 0)
+      return make_error(Errc::kInvalidArgument, "virgl: resource creation refused");
+    return {};
+  }
+  void destroy_3d(uint32_t resource_id) override { virgl_renderer_resource_unref(resource_id); }
+
+  Status attach_backing_3d(uint32_t resource_id, std::span<const transport::GuestMemory::HostRange> ranges) override {
+    // virglrenderer keeps the iovec array itself: it lives here until the backing is detached.
+    std::vector<iovec> iov;
+    iov.reserve(ranges.size());
+    for (const auto& r : ranges) iov.push_back(iovec{r.base, r.len});
+    auto& kept = backings_[resource_id];
+    kept = std::move(iov);
+    if (virgl_renderer_resource_attach_iov(int(resource_id), kept.data(), int(kept.size())) != 0) {
+      backings_.erase(resource_id);
+      return make_error(Errc::kInvalidArgument, "virgl: backing refused");
+    }
+    return {};
+  }
+  void detach_backing_3d(uint32_t resource_id) override {
+    if (!backings_.count(resource_id)) return;
+    virgl_renderer_resource_detach_iov(int(resource_id), nullptr, nullptr);
+    backings_.erase(resource_id);
+  }
+
+  void attach_to_context(uint32_t ctx_id, uint32_t resource_id) override {
+    virgl_renderer_ctx_attach_resource(int(ctx_id), int(resource_id));
+  }
+  void detach_from_context(uint32_t ctx_id, uint32_t resource_id) override {
+    virgl_renderer_ctx_detach_resource(int(ctx_id), int(resource_id));
+  }
+
+  Status transfer_3d(uint32_t resource_id, bool to_host, const Transfer3d& t) override {
+    virgl_box box{t.x, t.y, t.z, t.w, t.h, t.d};
+    const int r = to_host ? virgl_renderer_transfer_write_iov(resource_id, t.ctx_id, int(t.level), t.stride,
+                                                              t.layer_stride, &box, t.offset, nullptr, 0)
+                          : virgl_renderer_transfer_read_iov(resource_id, t.ctx_id, t.level, t.stride, t.layer_stride,
+                                                             &box, t.offset, nullptr, 0);
+    if (r != 0) return make_error(Errc::kInvalidArgument, "virgl: transfer refused", r);
+    return {};
+  }
+
+  Status read_pixels(uint32_t resource_id, const Rect& rect, uint8_t* dst, uint32_t stride) override {
+    virgl_box box{rect.x, rect.y, 0, rect.width, rect.height, 1};
+    iovec iov{dst, size_t(stride) * rect.height};
+    if (virgl_renderer_transfer_read_iov(resource_id, 0, 0, stride, 0, &box, 0, &iov, 1) != 0)
+      return make_error(Errc::kInvalidArgument, "virgl: read-back refused");
+    return {};
+  }
+
+  Status create_fence(uint32_t ctx_id, uint32_t ring_idx, bool on_ring, uint64_t id) override {
+    if (on_ring && virgl_renderer_context_create_fence(ctx_id, 0, ring_idx, id) == 0) {
+      ring_fences_[ctx_id][ring_idx].push_back(id);
+      return {};
+    }
+    // The global timeline (or a ring virglrenderer does not have): a ctx0 fence after all work so far.
+    // virglrenderer merges those and reports the newest that signalled: every older one is done too.
+    const uint32_t seq = next_global_++;
+    if (virgl_renderer_create_fence(int(seq), 0) != 0) return make_error(Errc::kIo, "virgl: fence refused");
+    global_fences_.push_back({seq, id});
+    return {};
+  }
+  void set_fence_callback(std::function<void(uint64_t)> cb) override { on_fence_ = std::move(cb); }
+  int poll_fd() const override { return poll_fd_; }
+  void poll() override {
+    virgl_renderer_poll();
+    for (auto& [ctx, rings] : ring_fences_)
+      if (!rings.empty()) virgl_renderer_context_poll(ctx);
+  }
+
+ private:
+  VirglRenderer() = default;
+
+  void on_global_fence(uint32_t seq) {
+    bool known = false;
+    for (const auto& f : global_fences_) known = known || f.first == seq;
+    if (!known) return;
+    while (!global_fences_.empty()) {
+      const auto f = global_fences_.front();
+      global_fences_.pop_front();
+      if (on_fence_) on_fence_(f.second);
+      if (f.first == seq) break;
+    }
+  }
+  void on_context_fence(uint32_t ctx, uint32_t ring, uint64_t id) {
+    auto c = ring_fences_.find(ctx);
+    if (c == ring_fences_.end()) return;
+    auto r = c->second.find(ring);
+    if (r == c->second.end()) return;
+    auto& q = r->second;
+    if (std::find(q.begin(), q.end(), id) == q.end()) return;
+    while (!q.empty()) {
+      const uint64_t f = q.front();
+      q.pop_front();
+      if (on_fence_) on_fence_(f);
+      if (f == id) break;
+    }
+    if (q.empty()) c->second.erase(r);
+  }
+
+  virgl_renderer_callbacks callbacks_{};
+  bool initialised_ = false;
+  int poll_fd_ = -1;
+  std::vector<CapsetInfo> capsets_;
+  std::unique_ptr<Renderer> two_d_ = make_2d_renderer();
+  std::map<uint32_t, std::vector<iovec>> backings_;
+  std::vector<uint32_t> words_;
+  std::function<void(uint64_t)> on_fence_;
+  uint32_t next_global_ = 1;
+  std::deque<std::pair<uint32_t, uint64_t>> global_fences_;             // (virgl seq, device id), oldest first
+  std::map<uint32_t, std::map<uint32_t, std::deque<uint64_t>>> ring_fences_;  // ctx -> ring -> ids
+};
+
+}  // namespace
+
+bool virgl_available() { return true; }
+
+Result<std::unique_ptr<Renderer>> make_virgl_renderer(const VirglOptions& options) {
+  return VirglRenderer::create(options);
+}
+
+}  // namespace canopy::gpu

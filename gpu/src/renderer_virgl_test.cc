@@ -1,0 +1,296 @@
+// The device model with the virgl renderer: virglrenderer on this machine's OpenGL (llvmpipe in CI),
+// driven with the commands a guest's Mesa virgl driver sends, and a virgl command stream of our own.
+#include <poll.h>
+
+#include <chrono>
+#include <cstring>
+
+#include "canopy/gpu/renderer_virgl.h"
+#include "gpu_test_util.h"
+
+namespace canopy::gpu {
+namespace {
+
+using proto::Cmd;
+using proto::Resp;
+using testing::Harness;
+
+uint32_t R(Resp r) { return uint32_t(r); }
+
+// The virgl protocol's numbers (virglrenderer 0.10 src/virgl_protocol.h and virgl_hw.h, Gallium's
+// p_defines.h): the library installs none of these headers.
+constexpr uint32_t kCcmdCreateObject = 1, kCcmdSetFramebufferState = 5, kCcmdClear = 7;
+constexpr uint32_t kObjectSurface = 8;
+constexpr uint32_t kTargetTexture2d = 2, kFormatB8G8R8X8 = 2;
+constexpr uint32_t kBindRenderTarget = 1u << 1, kBindSamplerView = 1u << 3, kBindScanout = 1u << 18;
+constexpr uint32_t kClearColor0 = 1u << 2;
+uint32_t cmd0(uint32_t cmd, uint32_t obj, uint32_t len) { return cmd | obj << 8 | len << 16; }
+uint32_t f32(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+
+constexpr uint32_t kCtx = 3, kRes = 7, kW = 64, kH = 48;
+constexpr uint64_t kBacking = 0x100000;
+
+class VirglDevice : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!virgl_available()) GTEST_SKIP() << "built without virglrenderer";
+    auto r = make_virgl_renderer();
+    ASSERT_TRUE(r.ok()) << r.error().what;  // CI has EGL on llvmpipe: a failure here is a failure
+    GpuOptions o;
+    o.features |= proto::kFVirgl;
+    h = std::make_unique<Harness>(o, HeadlessOutput::Options{.checksum = true}, std::move(*r));
+  }
+
+  // Runs the renderer until token t is answered (5 s at most).
+  bool wait(uint64_t t) {
+    const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (!h->answered(t) && std::chrono::steady_clock::now() < end) {
+      pollfd p{h->dev->renderer_fd(), POLLIN, 0};
+      (void)::poll(&p, 1, 10);
+      h->dev->process_renderer();
+    }
+    return h->answered(t);
+  }
+
+  uint32_t ctx_create(uint32_t ctx, uint32_t capset) {
+    proto::CtxCreate c{};
+    c.hdr = proto::make_hdr(Cmd::kCtxCreate, 0, 0, ctx);
+    c.context_init = capset;
+    c.nlen = 4;
+    std::memcpy(c.debug_name, "test", 4);
+    return h->call(c);
+  }
+  proto::ResourceCreate3d create_3d_cmd(uint32_t id, uint32_t w, uint32_t hgt) {
+    proto::ResourceCreate3d c{};
+    c.hdr = proto::make_hdr(Cmd::kResourceCreate3d);
+    c.resource_id = id;
+    c.target = kTargetTexture2d;
+    c.format = kFormatB8G8R8X8;
+    c.bind = kBindRenderTarget | kBindSamplerView | kBindScanout;
+    c.width = w;
+    c.height = hgt;
+    c.depth = 1;
+    c.array_size = 1;
+    return c;
+  }
+  uint32_t ctx_attach(uint32_t ctx, uint32_t res) {
+    proto::CtxResource a{};
+    a.hdr = proto::make_hdr(Cmd::kCtxAttachResource, 0, 0, ctx);
+    a.resource_id = res;
+    return h->call(a);
+  }
+  uint64_t submit(uint32_t ctx, const std::vector<uint32_t>& words, uint32_t flags = 0, uint64_t fence = 0) {
+    proto::CmdSubmit s{};
+    s.hdr = proto::make_hdr(Cmd::kSubmit3d, flags, fence, ctx);
+    s.size = uint32_t(words.size() * 4);
+    return h->send(s, std::span(reinterpret_cast<const uint8_t*>(words.data()), words.size() * 4));
+  }
+  proto::TransferHost3d transfer_cmd(Cmd type, uint32_t res, uint32_t w, uint32_t hgt, uint32_t flags = 0,
+                                     uint64_t fence = 0) {
+    proto::TransferHost3d t{};
+    t.hdr = proto::make_hdr(type, flags, fence, kCtx);
+    t.resource_id = res;
+    t.box.w = w;
+    t.box.h = hgt;
+    t.box.d = 1;
+    t.stride = w * 4;
+    return t;
+  }
+  // A context with a kW x kH render target backed by guest memory at kBacking.
+  void render_target() {
+    ASSERT_EQ(ctx_create(kCtx, 2), R(Resp::kOkNodata));
+    ASSERT_EQ(h->call(create_3d_cmd(kRes, kW, kH)), R(Resp::kOkNodata));
+    ASSERT_EQ(h->attach(kRes, {Harness::entry(kBacking, kW * kH * 4)}), R(Resp::kOkNodata));
+    ASSERT_EQ(ctx_attach(kCtx, kRes), R(Resp::kOkNodata));
+  }
+  // Surface 1 on the resource, bound as the only colour buffer, cleared to (r, g, b).
+  std::vector<uint32_t> clear_stream(float r, float g, float b) {
+    std::vector<uint32_t> w = {cmd0(kCcmdCreateObject, kObjectSurface, 5), 1, kRes, kFormatB8G8R8X8, 0, 0,
+                               cmd0(kCcmdSetFramebufferState, 0, 3), 1, 0, 1,
+                               cmd0(kCcmdClear, 0, 8), kClearColor0, f32(r), f32(g), f32(b), f32(1.0f)};
+    const double depth = 1.0;
+    uint32_t d[2];
+    std::memcpy(d, &depth, 8);
+    w.push_back(d[0]);
+    w.push_back(d[1]);
+    w.push_back(0);  // stencil
+    return w;
+  }
+
+  std::unique_ptr<Harness> h;
+};
+
+TEST_F(VirglDevice, OffersVirglWithTheVirglAndVirgl2Capsets) {
+  EXPECT_TRUE(h->dev->offered_features() & proto::kFVirgl);
+  EXPECT_EQ(h->dev->config().num_capsets.get(), 2u);
+  EXPECT_GE(h->dev->renderer_fd(), 0);
+  for (uint32_t index = 0; index < 2; ++index) {
+    proto::GetCapsetInfo g{};
+    g.hdr = proto::make_hdr(Cmd::kGetCapsetInfo);
+    g.capset_index = index;
+    const uint64_t t = h->send(g);
+    ASSERT_EQ(h->response(t).type.get(), R(Resp::kOkCapsetInfo));
+    proto::RespCapsetInfo info{};
+    ASSERT_EQ(h->responses[t].size(), sizeof info);
+    std::memcpy(&info, h->responses[t].data(), sizeof info);
+    EXPECT_EQ(info.capset_id.get(), index + 1);
+    EXPECT_GE(info.capset_max_version.get(), 1u);
+    EXPECT_GT(info.capset_max_size.get(), 4u);
+    proto::GetCapset c{};
+    c.hdr = proto::make_hdr(Cmd::kGetCapset);
+    c.capset_id = info.capset_id;
+    c.capset_version = info.capset_max_version;
+    const uint64_t t2 = h->send(c);
+    ASSERT_EQ(h->response(t2).type.get(), R(Resp::kOkCapset));
+    ASSERT_EQ(h->responses[t2].size(), sizeof(proto::CtrlHdr) + info.capset_max_size.get());
+    uint32_t max_version;  // both capsets start with the version they describe
+    std::memcpy(&max_version, h->responses[t2].data() + sizeof(proto::CtrlHdr), 4);
+    EXPECT_EQ(max_version, info.capset_max_version.get());
+    c.capset_version = info.capset_max_version.get() + 1;
+    EXPECT_EQ(h->call(c), R(Resp::kErrInvalidParameter));
+  }
+  proto::GetCapsetInfo g{};
+  g.hdr = proto::make_hdr(Cmd::kGetCapsetInfo);
+  g.capset_index = 2;
+  EXPECT_EQ(h->call(g), R(Resp::kErrInvalidParameter));
+  EXPECT_EQ(ctx_create(1, 4), R(Resp::kErrInvalidParameter));  // venus: not served by this renderer
+  EXPECT_EQ(ctx_create(1, 1), R(Resp::kOkNodata));
+  EXPECT_EQ(ctx_create(2, 2), R(Resp::kOkNodata));
+}
+
+// The whole 3D path: a command stream clears the render target on the host's GPU, a fenced
+// TRANSFER_FROM_HOST_3D brings the pixels into guest memory and is answered only once the renderer's
+// fence has signalled, and a scanout of the resource shows them (a counted read-back copy).
+TEST_F(VirglDevice, ClearsARenderTargetReadsItBackAndScansItOut) {
+  render_target();
+  const uint64_t s = submit(kCtx, clear_stream(1.0f, 0.0f, 0.0f));
+  ASSERT_EQ(h->response(s).type.get(), R(Resp::kOkNodata));
+  h->fill_ram(kBacking, kW * kH * 4, 0x12345678);
+  const uint64_t t = h->send(transfer_cmd(Cmd::kTransferFromHost3d, kRes, kW, kH, proto::kFlagFence, 11));
+  EXPECT_FALSE(h->answered(t));  // the fence is the renderer's: nothing answers it before poll()
+  ASSERT_TRUE(wait(t));
+  EXPECT_EQ(h->response(t).type.get(), R(Resp::kOkNodata));
+  EXPECT_EQ(h->response(t).fence_id.get(), 11u);
+  std::vector<uint32_t> px(kW * kH);
+  ASSERT_TRUE(h->mem.read(kBacking, px.data(), px.size() * 4).ok());
+  size_t red = 0;
+  for (uint32_t p : px) red += (p & 0x00ffffff) == 0x00ff0000;
+  EXPECT_EQ(red, px.size()) << "first pixel " << std::hex << px[0];
+
+  ASSERT_EQ(h->set_scanout(0, kRes, kW, kH), R(Resp::kOkNodata));
+  const uint64_t before = h->dev->stats().bytes_copied;
+  const uint64_t f = h->send(h->flush_cmd(kRes, kW, kH, proto::kFlagFence, 12));
+  ASSERT_TRUE(wait(f));
+  const auto st = h->out.stats(0);
+  EXPECT_EQ(st.frames, 1u);
+  EXPECT_EQ(st.last_width, kW);
+  EXPECT_EQ(st.last_crc, image_crc32(reinterpret_cast<const uint8_t*>(px.data()), kW * 4, kH, kW * 4));
+  EXPECT_EQ(st.bytes_copied, uint64_t(kW) * kH * 4);
+  EXPECT_EQ(h->dev->stats().bytes_copied - before, uint64_t(kW) * kH * 4);
+
+  // Cleared again to blue: the next flush shows it.
+  ASSERT_EQ(h->response(submit(kCtx, clear_stream(0.0f, 0.0f, 1.0f))).type.get(), R(Resp::kOkNodata));
+  ASSERT_TRUE(wait(h->send(h->flush_cmd(kRes, kW, kH, proto::kFlagFence, 13))));
+  std::vector<uint32_t> blue(kW * kH, 0xff0000ff);
+  EXPECT_EQ(h->out.stats(0).last_crc, image_crc32(reinterpret_cast<const uint8_t*>(blue.data()), kW * 4, kH, kW * 4));
+}
+
+TEST_F(VirglDevice, UploadsGuestPixelsAndReadsThemBack) {
+  render_target();
+  std::vector<uint32_t> in(kW * kH);
+  for (uint32_t i = 0; i < in.size(); ++i) in[i] = 0xff000000u | (i * 2654435761u >> 8);
+  ASSERT_TRUE(h->mem.write(kBacking, in.data(), in.size() * 4).ok());
+  ASSERT_EQ(h->call(transfer_cmd(Cmd::kTransferToHost3d, kRes, kW, kH)), R(Resp::kOkNodata));
+  h->fill_ram(kBacking, kW * kH * 4, 0);
+  const uint64_t t = h->send(transfer_cmd(Cmd::kTransferFromHost3d, kRes, kW, kH, proto::kFlagFence, 5));
+  ASSERT_TRUE(wait(t));
+  std::vector<uint32_t> out(kW * kH);
+  ASSERT_TRUE(h->mem.read(kBacking, out.data(), out.size() * 4).ok());
+  EXPECT_EQ(out, in);
+  // virglrenderer read and wrote the guest's pages in place: only the test's own write, fill and read
+  // went through GuestMemory's copies.
+  EXPECT_EQ(h->mem.bytes_copied(), 3u * kW * kH * 4);
+}
+
+TEST_F(VirglDevice, RefusesBadThreeDCommandsAndKeepsServing) {
+  ASSERT_EQ(ctx_create(kCtx, 2), R(Resp::kOkNodata));
+  auto c = create_3d_cmd(kRes, 0, kH);
+  EXPECT_EQ(h->call(c), R(Resp::kErrInvalidParameter));  // width 0
+  c = create_3d_cmd(kRes, kW, kH);
+  c.target = 99;
+  EXPECT_EQ(h->call(c), R(Resp::kErrInvalidParameter));  // refused by virglrenderer
+  c = create_3d_cmd(0, kW, kH);
+  EXPECT_EQ(h->call(c), R(Resp::kErrInvalidResourceId));
+  ASSERT_EQ(h->call(create_3d_cmd(kRes, kW, kH)), R(Resp::kOkNodata));
+  EXPECT_EQ(h->call(create_3d_cmd(kRes, kW, kH)), R(Resp::kErrInvalidResourceId));  // taken
+  // No backing yet; then a box past the resource; an unknown resource; a 2D transfer on a 3D one.
+  EXPECT_EQ(h->call(transfer_cmd(Cmd::kTransferFromHost3d, kRes, kW, kH)), R(Resp::kErrUnspec));
+  ASSERT_EQ(h->attach(kRes, {Harness::entry(kBacking, kW * kH * 4)}), R(Resp::kOkNodata));
+  ASSERT_EQ(ctx_attach(kCtx, kRes), R(Resp::kOkNodata));
+  EXPECT_EQ(h->call(transfer_cmd(Cmd::kTransferFromHost3d, kRes, kW + 1, kH)), R(Resp::kErrInvalidParameter));
+  EXPECT_EQ(h->call(transfer_cmd(Cmd::kTransferFromHost3d, 99, kW, kH)), R(Resp::kErrInvalidResourceId));
+  EXPECT_EQ(h->transfer(kRes, kW, kH), R(Resp::kErrInvalidParameter));
+  // Streams: to an unknown context, not in dwords, one virglrenderer refuses (an unknown command).
+  EXPECT_EQ(h->response(submit(9, clear_stream(1, 1, 1))).type.get(), R(Resp::kErrInvalidContextId));
+  proto::CmdSubmit odd{};
+  odd.hdr = proto::make_hdr(Cmd::kSubmit3d, 0, 0, kCtx);
+  odd.size = 3;
+  const uint8_t three[3] = {1, 2, 3};
+  EXPECT_EQ(h->call(odd, three), R(Resp::kErrInvalidParameter));
+  EXPECT_NE(h->response(submit(kCtx, {cmd0(250, 0, 0)})).type.get(), 0u);
+  // virglrenderer marks a context that erred as lost (its later streams are refused), but the device
+  // and the VM's other contexts go on: a new context clears and reads back.
+  ASSERT_EQ(ctx_create(kCtx + 1, 2), R(Resp::kOkNodata));
+  ASSERT_EQ(ctx_attach(kCtx + 1, kRes), R(Resp::kOkNodata));
+  ASSERT_EQ(h->response(submit(kCtx + 1, clear_stream(0, 1, 0))).type.get(), R(Resp::kOkNodata));
+  auto rb = transfer_cmd(Cmd::kTransferFromHost3d, kRes, kW, kH, proto::kFlagFence, 1);
+  rb.hdr.ctx_id = kCtx + 1;
+  ASSERT_TRUE(wait(h->send(rb)));
+  uint32_t p = 0;
+  ASSERT_TRUE(h->mem.read(kBacking, &p, 4).ok());
+  EXPECT_EQ(p & 0x00ffffff, 0x0000ff00u);
+}
+
+TEST_F(VirglDevice, ResetDropsContextsAndResourcesInTheRenderer) {
+  render_target();
+  h->dev->reset();
+  h->dev->set_acked_features(h->dev->offered_features());
+  EXPECT_EQ(h->dev->stats().resources, 0u);
+  // The same ids are free again in virglrenderer too.
+  render_target();
+  ASSERT_EQ(h->response(submit(kCtx, clear_stream(1, 1, 1))).type.get(), R(Resp::kOkNodata));
+}
+
+TEST(VirglRenderer, OnePerProcess) {
+  if (!virgl_available()) GTEST_SKIP() << "built without virglrenderer";
+  auto a = make_virgl_renderer();
+  ASSERT_TRUE(a.ok()) << a.error().what;
+  auto b = make_virgl_renderer();
+  ASSERT_FALSE(b.ok());
+  EXPECT_EQ(b.error().code, Errc::kState);
+  a->reset();
+  auto c = make_virgl_renderer();  // after the first one is gone, a new one starts
+  EXPECT_TRUE(c.ok());
+}
+
+TEST(GpuDevice2d, ThreeDCommandsNeedAThreeDRenderer) {
+  Harness h;
+  proto::ResourceCreate3d c{};
+  c.hdr = proto::make_hdr(Cmd::kResourceCreate3d);
+  c.resource_id = 1;
+  c.width = c.height = c.depth = c.array_size = 1;
+  EXPECT_EQ(h.call(c), R(Resp::kErrUnspec));
+  proto::TransferHost3d t{};
+  t.hdr = proto::make_hdr(Cmd::kTransferToHost3d);
+  t.resource_id = 1;
+  EXPECT_EQ(h.call(t), R(Resp::kErrUnspec));
+  EXPECT_FALSE(h.dev->offered_features() & proto::kFVirgl);
+  EXPECT_EQ(h.dev->renderer_fd(), -1);
+}
+
+}  // namespace
+}  // namespace canopy::gpu
