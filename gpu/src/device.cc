@@ -201,7 +201,8 @@ void GpuDevice::control(uint64_t token, std::span<const uint8_t> request, uint32
   else pp->body = resp_;
   // With a 3D renderer the fence also waits for the GPU work queued so far (the command's own included).
   if (!is_error(pp->resp) && renderer_->supports_3d()) {
-    const bool on_ring = cmd->hdr.flags.get() & proto::kFlagInfoRingIdx;
+    // A CTX_DESTROY on its own ring leaves no ring to fence on: the renderer's global fence then.
+    const bool on_ring = (cmd->hdr.flags.get() & proto::kFlagInfoRingIdx) && contexts_.count(cmd->hdr.ctx_id);
     if (renderer_->create_fence(cmd->hdr.ctx_id, cmd->hdr.ring_idx, on_ring, id).ok()) ++pp->outstanding;
   }
   pp->executed = true;

@@ -255,6 +255,19 @@ TEST_F(VirglDevice, RefusesBadThreeDCommandsAndKeepsServing) {
   EXPECT_EQ(p & 0x00ffffff, 0x0000ff00u);
 }
 
+// Found by fuzz_gpu_3d: a fenced CTX_DESTROY on a ring of the context it destroys left no ring to put
+// the renderer's fence on; it goes on the global timeline and is answered.
+TEST_F(VirglDevice, FencedContextDestroyOnItsOwnRingIsAnswered) {
+  ASSERT_EQ(ctx_create(kCtx, 2), R(Resp::kOkNodata));
+  proto::CtxDestroy d{};
+  d.hdr = proto::make_hdr(Cmd::kCtxDestroy, proto::kFlagFence | proto::kFlagInfoRingIdx, 21, kCtx, 0);
+  const uint64_t t = h->send(d);
+  ASSERT_TRUE(wait(t));
+  EXPECT_EQ(h->response(t).type.get(), R(Resp::kOkNodata));
+  EXPECT_EQ(h->response(t).fence_id.get(), 21u);
+  EXPECT_EQ(ctx_create(kCtx, 2), R(Resp::kOkNodata));  // the id is free again
+}
+
 TEST_F(VirglDevice, ResetDropsContextsAndResourcesInTheRenderer) {
   render_target();
   h->dev->reset();

@@ -1,0 +1,231 @@
+// Fuzz target: the 3D command path in front of the renderer — our validation, not virglrenderer's
+// internals. The device model runs with a checking 3D renderer that stands where virglrenderer does and
+// traps on anything our validation must never let through: a resource it does not know or knows
+// twice, a backing range outside the guest's memory, a transfer without backing, a read-back outside
+// the resource or its host copy, a context it does not know. Its fences complete when the input says
+// (queue byte 2), in order. The input is a sequence of requests, each [u8 queue | u16 length | bytes]:
+//   queue % 4 == 0  a control command      1  a cursor command
+//   queue % 4 == 2  complete the renderer's fences and release held frames
+//   queue % 4 == 3  guest memory write at (first byte << 12)
+// Invariants besides the renderer's: every control request answered exactly once once fences and
+// frames are done; a reset leaves nothing behind in the device or the renderer.
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <set>
+#include <vector>
+
+#include "canopy/gpu/device.h"
+
+using namespace canopy;
+using namespace canopy::gpu;
+
+namespace {
+
+void check(bool ok, const char* what) {
+  if (!ok) {
+    fprintf(stderr, "invariant broken: %s\n", what);
+    abort();
+  }
+}
+
+constexpr uint64_t kRam = 4 << 20;
+constexpr uint32_t kBpp = 4;
+
+class CheckingRenderer final : public Renderer {
+ public:
+  explicit CheckingRenderer(const uint8_t* ram) : ram_(ram) {}
+  const char* name() const override { return "checking"; }
+  uint32_t num_capsets() const override { return 1; }
+  Result<CapsetInfo> capset_info(uint32_t index) const override {
+    if (index != 0) return make_error(Errc::kInvalidArgument, "no such capset");
+    return CapsetInfo{2, 2, 16};
+  }
+  Result<std::vector<uint8_t>> capset(uint32_t id, uint32_t version) const override {
+    if (id != 2 || version != 2) return make_error(Errc::kInvalidArgument, "no such capset");
+    return std::vector<uint8_t>(16, 0x5a);
+  }
+  Status create_context(uint32_t ctx_id, uint32_t capset_id, std::string_view) override {
+    check(ctx_id != 0 && !contexts_.count(ctx_id), "context id zero or taken");
+    if (capset_id > 2) return make_error(Errc::kInvalidArgument, "capset");
+    contexts_.insert(ctx_id);
+    return {};
+  }
+  void destroy_context(uint32_t ctx_id) override {
+    check(contexts_.erase(ctx_id) == 1, "destroying an unknown context");
+  }
+  Status submit(uint32_t ctx_id, std::span<const uint8_t> commands) override {
+    check(contexts_.count(ctx_id) == 1, "submit to an unknown context");
+    if (commands.size() % 4) return make_error(Errc::kInvalidArgument, "not in dwords");
+    return {};
+  }
+  Result<HostImage> create_2d(uint32_t resource_id, uint32_t width, uint32_t height) override {
+    auto img = two_d_->create_2d(resource_id, width, height);
+    if (img.ok()) hosts_[resource_id] = {reinterpret_cast<const uint8_t*>(img->map.data()), img->size};
+    return img;
+  }
+  bool supports_3d() const override { return true; }
+  Status create_3d(uint32_t id, const Resource3dArgs& a) override {
+    check(id != 0 && !resources_.count(id), "3D resource id zero or taken");
+    check(a.width && a.height && a.depth && a.array_size, "zero-sized 3D resource");
+    if (a.target > 8) return make_error(Errc::kInvalidArgument, "target");
+    resources_[id] = Res{a, false};
+    return {};
+  }
+  void destroy_3d(uint32_t id) override {
+    auto it = resources_.find(id);
+    check(it != resources_.end(), "destroying an unknown 3D resource");
+    check(!it->second.backed, "destroyed with its backing still attached");
+    resources_.erase(it);
+    hosts_.erase(id);
+  }
+  Status attach_backing_3d(uint32_t id, std::span<const transport::GuestMemory::HostRange> iov) override {
+    auto it = resources_.find(id);
+    check(it != resources_.end(), "backing for an unknown 3D resource");
+    check(!it->second.backed, "backing attached twice");
+    check(!iov.empty(), "empty backing");
+    for (const auto& r : iov)
+      check(r.len > 0 && r.base >= ram_ && r.base + r.len <= ram_ + kRam, "backing range outside guest memory");
+    it->second.backed = true;
+    return {};
+  }
+  void detach_backing_3d(uint32_t id) override {
+    auto it = resources_.find(id);
+    check(it != resources_.end(), "detaching an unknown 3D resource");
+    it->second.backed = false;
+  }
+  void attach_to_context(uint32_t ctx, uint32_t id) override {
+    check(contexts_.count(ctx) && resources_.count(id), "attach: unknown context or resource");
+  }
+  void detach_from_context(uint32_t ctx, uint32_t id) override {
+    check(contexts_.count(ctx) && resources_.count(id), "detach: unknown context or resource");
+  }
+  Status transfer_3d(uint32_t id, bool, const Transfer3d& t) override {
+    auto it = resources_.find(id);
+    check(it != resources_.end(), "transfer on an unknown 3D resource");
+    check(it->second.backed, "transfer without backing");
+    check(t.ctx_id == 0 || contexts_.count(t.ctx_id), "transfer in an unknown context");
+    const auto& a = it->second.a;
+    if (uint64_t(t.x) + t.w > a.width || uint64_t(t.y) + t.h > a.height) return make_error(Errc::kInvalidArgument, "box");
+    return {};
+  }
+  Status read_pixels(uint32_t id, const Rect& r, uint8_t* dst, uint32_t stride) override {
+    auto it = resources_.find(id);
+    check(it != resources_.end(), "read-back of an unknown 3D resource");
+    check(uint64_t(r.x) + r.width <= it->second.a.width && uint64_t(r.y) + r.height <= it->second.a.height,
+          "read-back outside the resource");
+    check(uint64_t(stride) >= uint64_t(r.width) * kBpp, "read-back stride below the row");
+    if (r.width == 0 || r.height == 0) return {};
+    // Into the resource's host copy (scanout) or a cursor image the device owns: write every byte.
+    for (uint32_t y = 0; y < r.height; ++y) std::memset(dst + uint64_t(y) * stride, 0x42, size_t(r.width) * kBpp);
+    auto h = hosts_.find(id);
+    if (h != hosts_.end() && h->second.first && dst >= h->second.first && dst < h->second.first + h->second.second)
+      check(dst + uint64_t(stride) * (r.height - 1) + uint64_t(r.width) * kBpp <= h->second.first + h->second.second,
+            "read-back past the host copy");
+    return {};
+  }
+  Status create_fence(uint32_t ctx, uint32_t, bool on_ring, uint64_t id) override {
+    check(!on_ring || contexts_.count(ctx), "ring fence in an unknown context");
+    fences_.push_back(id);
+    return {};
+  }
+  void set_fence_callback(std::function<void(uint64_t)> cb) override { cb_ = std::move(cb); }
+  void complete_fences() {
+    while (!fences_.empty()) {
+      const uint64_t f = fences_.front();
+      fences_.pop_front();
+      if (cb_) cb_(f);
+    }
+  }
+  bool empty() const { return contexts_.empty() && resources_.empty(); }
+
+ private:
+  struct Res {
+    Resource3dArgs a;
+    bool backed = false;
+  };
+  const uint8_t* ram_;
+  std::unique_ptr<Renderer> two_d_ = make_2d_renderer();
+  std::set<uint32_t> contexts_;
+  std::map<uint32_t, Res> resources_;
+  std::map<uint32_t, std::pair<const uint8_t*, uint64_t>> hosts_;
+  std::deque<uint64_t> fences_;
+  std::function<void(uint64_t)> cb_;
+};
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  transport::GuestMemory mem;
+  {
+    UniqueFd fd(memfd_create("fuzz-ram", MFD_CLOEXEC));
+    if (ftruncate(fd.get(), kRam) != 0) return 0;
+    if (!mem.add_region({0, kRam, 0, 0}, std::move(fd)).ok()) return 0;
+  }
+  auto ranges = mem.host_ranges(0, kRam);
+  if (!ranges.ok() || ranges->size() != 1) return 0;
+  HeadlessOutput out({.hold_frames = true, .checksum = true});
+  std::map<uint64_t, int> answers;
+  GpuOptions o;
+  o.scanouts = {{640, 480, 60}, {320, 240, 60}};
+  o.features |= proto::kFVirgl;
+  o.caps.max_resources = 64;
+  o.caps.max_host_bytes = 16 << 20;
+  o.caps.max_backing_bytes = 16 << 20;
+  o.caps.max_command_bytes = 64 << 10;
+  o.caps.max_backing_entries = 1024;
+  o.caps.max_dimension = 4096;
+  auto owned = std::make_unique<CheckingRenderer>((*ranges)[0].base);
+  CheckingRenderer* renderer = owned.get();
+  auto dev = GpuDevice::create(o, std::move(owned), &out, [&](uint64_t t, std::span<const uint8_t> b) {
+    check(b.size() >= sizeof(proto::CtrlHdr), "response shorter than a header");
+    ++answers[t];
+  });
+  if (!dev.ok()) return 0;
+  (*dev)->set_memory(&mem);
+  (*dev)->set_acked_features((*dev)->offered_features());
+  uint64_t token = 1;
+  size_t at = 0;
+  while (at + 3 <= size) {
+    const uint8_t q = data[at];
+    size_t len = size_t(data[at + 1]) | size_t(data[at + 2]) << 8;
+    at += 3;
+    if (len > size - at) len = size - at;
+    std::span<const uint8_t> req(data + at, len);
+    at += len;
+    switch (q % 4) {
+      case 0:
+        (*dev)->control(token++, req, 4096);
+        break;
+      case 1:
+        (void)(*dev)->cursor(req);
+        break;
+      case 2:
+        renderer->complete_fences();
+        (*dev)->process_renderer();
+        out.release_held();
+        (*dev)->process_releases();
+        break;
+      case 3:
+        if (!req.empty()) (void)mem.write(uint64_t(req[0]) << 12, req.data(), req.size());
+        break;
+    }
+  }
+  renderer->complete_fences();
+  (*dev)->process_renderer();
+  out.release_held();
+  (*dev)->process_releases();
+  for (uint64_t t = 1; t < token; ++t) check(answers[t] == 1, "every control request answered exactly once");
+  (*dev)->reset();
+  const auto& st = (*dev)->stats();
+  check(st.resources == 0 && st.backing_bytes == 0 && st.host_bytes == 0 && st.pending_fences == 0,
+        "reset releases everything");
+  check(renderer->empty(), "reset leaves nothing in the renderer");
+  return 0;
+}
