@@ -26,7 +26,7 @@ MAIN=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libvirglrenderer-dev libliftoff-dev libpixman-1-dev libpng-dev libvulkan-dev vulkan-tools glslc
   libsdl2-dev libtomlplusplus-dev libspdlog-dev libcli11-dev libseccomp-dev
-  busybox-static cpio xz-utils gzip zstd kmod alsa-utils
+  busybox-static cpio xz-utils gzip zstd kmod alsa-utils kmscube glmark2-es2-drm
   procps psmisc
 )
 

@@ -224,7 +224,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (uint64_t t = 1; t < token; ++t) check(answers[t] == 1, "every control request answered exactly once");
   (*dev)->reset();
   const auto& st = (*dev)->stats();
-  check(st.resources == 0 && st.backing_bytes == 0 && st.host_bytes == 0 && st.pending_fences == 0,
+  check(st.resources == 0 && st.backing_bytes == 0 && st.host_bytes == 0 && st.gpu_bytes == 0 && st.pending_fences == 0,
         "reset releases everything");
   check(renderer->empty(), "reset leaves nothing in the renderer");
   return 0;

@@ -24,6 +24,7 @@ struct GpuDevice::Resource {
   bool blob = false;
   bool is3d = false;                           // RESOURCE_CREATE_3D: lives in the renderer
   Resource3dArgs args3d;
+  uint64_t gpu_bytes = 0;                      // its share of GpuCaps::max_3d_bytes
   uint32_t format = 0, fourcc = 0, width = 0, height = 0;
   HostImage host;                              // 2D
   std::vector<transport::Segment> backing;     // guest-physical entries, in the guest's order
@@ -507,6 +508,7 @@ void GpuDevice::destroy_resource(uint32_t id) {
   if (r.is3d) {
     renderer_->detach_backing_3d(id);
     renderer_->destroy_3d(id);
+    stats_.gpu_bytes -= r.gpu_bytes;
   }
   free_backing(r);
   stats_.host_bytes -= r.host.size;
@@ -813,16 +815,29 @@ Resp GpuDevice::resource_create_3d(const Command& c) {
   a.last_level = rc.last_level;
   a.nr_samples = rc.nr_samples;
   a.flags = rc.flags;
+  // Gallium's PIPE_BUFFER (target 0): width is the size in bytes, one row. Textures: each dimension
+  // within max_dimension. The renderer checks the rest (target, format, bind, levels).
+  constexpr uint32_t kPipeBuffer = 0;
   const uint32_t maxd = options_.caps.max_dimension;
-  if (a.width == 0 || a.height == 0 || a.depth == 0 || a.width > maxd || a.height > maxd || a.depth > maxd ||
-      a.array_size == 0 || a.array_size > maxd || a.last_level > 31 || a.nr_samples > 32)
+  if (a.width == 0 || a.height == 0 || a.depth == 0 || a.array_size == 0 || a.last_level > 31 || a.nr_samples > 32)
     return Resp::kErrInvalidParameter;
+  if (a.target == kPipeBuffer ? (a.height != 1 || a.depth != 1 || a.array_size != 1)
+                              : (a.width > maxd || a.height > maxd || a.depth > maxd || a.array_size > maxd))
+    return Resp::kErrInvalidParameter;
+  uint64_t bytes = a.target == kPipeBuffer ? uint64_t(a.width) : uint64_t(a.width) * a.height * 4;
+  auto more = checked_mul<uint64_t>(bytes, uint64_t(a.depth) * a.array_size * std::max<uint32_t>(a.nr_samples, 1));
+  if (!more) return Resp::kErrInvalidParameter;
+  bytes = *more;
   if (resources_.size() >= options_.caps.max_resources) return Resp::kErrOutOfMemory;
+  if (bytes > options_.caps.max_3d_bytes || stats_.gpu_bytes + bytes > options_.caps.max_3d_bytes)
+    return Resp::kErrOutOfMemory;
   if (!renderer_->create_3d(id, a).ok()) return Resp::kErrInvalidParameter;
+  stats_.gpu_bytes += bytes;
   auto r = std::make_unique<Resource>();
   r->id = id;
   r->is3d = true;
   r->args3d = a;
+  r->gpu_bytes = bytes;
   r->format = a.format;
   r->fourcc = proto::drm_fourcc(a.format);  // virtio-gpu's formats are Gallium's: 0 if not scanout-able
   r->width = a.width;

@@ -80,7 +80,9 @@ class VirglRenderer final : public Renderer {
   Result<std::vector<uint8_t>> capset(uint32_t id, uint32_t version) const override {
     for (const auto& c : capsets_) {
       if (c.id != id) continue;
-      if (version == 0 || version > c.max_version) break;
+      // Linux's DRM_IOCTL_VIRTGPU_GET_CAPS passes Mesa's cap_set_ver, which Mesa leaves 0: version 0
+      // asks for the capset as the renderer has it (QEMU and crosvm answer it the same way).
+      if (version > c.max_version) break;
       std::vector<uint8_t> out(c.max_size);
       virgl_renderer_fill_caps(id, version, out.data());
       return out;
@@ -135,9 +137,13 @@ class VirglRenderer final : public Renderer {
     args.flags = a.flags;
     if (virgl_renderer_resource_create(&args, nullptr, 0) != 0)
       return make_error(Errc::kInvalidArgument, "virgl: resource creation refused");
+    resources_[resource_id] = a;
     return {};
   }
-  void destroy_3d(uint32_t resource_id) override { virgl_renderer_resource_unref(resource_id); }
+  void destroy_3d(uint32_t resource_id) override {
+    virgl_renderer_resource_unref(resource_id);
+    resources_.erase(resource_id);
+  }
 
   Status attach_backing_3d(uint32_t resource_id, std::span<const transport::GuestMemory::HostRange> ranges) override {
     // virglrenderer keeps the iovec array itself: it lives here until the backing is detached.
@@ -176,10 +182,28 @@ class VirglRenderer final : public Renderer {
   }
 
   Status read_pixels(uint32_t resource_id, const Rect& rect, uint8_t* dst, uint32_t stride) override {
-    virgl_box box{rect.x, rect.y, 0, rect.width, rect.height, 1};
-    iovec iov{dst, size_t(stride) * rect.height};
+    auto it = resources_.find(resource_id);
+    if (it == resources_.end()) return make_error(Errc::kInvalidArgument, "virgl: no such resource");
+    if (rect.width == 0 || rect.height == 0) return {};
+    // A resource without VIRGL_RESOURCE_Y_0_TOP is OpenGL's way up: its row 0 is the bottom of the
+    // picture (what a guest's GL driver renders its buffers as; dumb buffers carry the flag). The
+    // display's row y is then the resource's row height - 1 - y, as QEMU's virgl display shows it.
+    const bool flip = !(it->second.flags & proto::kResourceFlagY0Top);
+    const uint32_t y = flip ? it->second.height - rect.y - rect.height : rect.y;
+    virgl_box box{rect.x, y, 0, rect.width, rect.height, 1};
+    iovec iov{dst, size_t(stride) * (rect.height - 1) + size_t(rect.width) * 4};
     if (virgl_renderer_transfer_read_iov(resource_id, 0, 0, stride, 0, &box, 0, &iov, 1) != 0)
       return make_error(Errc::kInvalidArgument, "virgl: read-back refused");
+    if (flip) {
+      row_.resize(size_t(rect.width) * 4);
+      for (uint32_t a = 0, b = rect.height - 1; a < b; ++a, --b) {
+        uint8_t* ra = dst + size_t(a) * stride;
+        uint8_t* rb = dst + size_t(b) * stride;
+        std::memcpy(row_.data(), ra, row_.size());
+        std::memcpy(ra, rb, row_.size());
+        std::memcpy(rb, row_.data(), row_.size());
+      }
+    }
     return {};
   }
 
@@ -239,6 +263,8 @@ class VirglRenderer final : public Renderer {
   std::vector<CapsetInfo> capsets_;
   std::unique_ptr<Renderer> two_d_ = make_2d_renderer();
   std::map<uint32_t, std::vector<iovec>> backings_;
+  std::map<uint32_t, Resource3dArgs> resources_;
+  std::vector<uint8_t> row_;
   std::vector<uint32_t> words_;
   std::function<void(uint64_t)> on_fence_;
   uint32_t next_global_ = 1;

@@ -150,6 +150,8 @@ TEST_F(VirglDevice, OffersVirglWithTheVirglAndVirgl2Capsets) {
     uint32_t max_version;  // both capsets start with the version they describe
     std::memcpy(&max_version, h->responses[t2].data() + sizeof(proto::CtrlHdr), 4);
     EXPECT_EQ(max_version, info.capset_max_version.get());
+    c.capset_version = 0;  // what Mesa's virgl driver asks for through Linux (found with kmscube)
+    EXPECT_EQ(h->call(c), R(Resp::kOkCapset));
     c.capset_version = info.capset_max_version.get() + 1;
     EXPECT_EQ(h->call(c), R(Resp::kErrInvalidParameter));
   }
@@ -253,6 +255,66 @@ TEST_F(VirglDevice, RefusesBadThreeDCommandsAndKeepsServing) {
   uint32_t p = 0;
   ASSERT_TRUE(h->mem.read(kBacking, &p, 4).ok());
   EXPECT_EQ(p & 0x00ffffff, 0x0000ff00u);
+}
+
+// Which way up a 3D resource reaches the display: with VIRGL_RESOURCE_Y_0_TOP (Linux's dumb buffers)
+// row 0 is the top, as the guest wrote it; without it (what a guest's GL driver renders) row 0 is
+// OpenGL's bottom, so the display shows the rows in reverse, as QEMU's virgl display does.
+TEST_F(VirglDevice, ScanoutsFollowTheResourcesWayUp) {
+  ASSERT_EQ(ctx_create(kCtx, 2), R(Resp::kOkNodata));
+  std::vector<uint32_t> rows(kW * kH), reversed(kW * kH);
+  for (uint32_t y = 0; y < kH; ++y)
+    for (uint32_t x = 0; x < kW; ++x) {
+      rows[y * kW + x] = 0xff000000u | y << 16 | x;
+      reversed[(kH - 1 - y) * kW + x] = rows[y * kW + x];
+    }
+  const uint32_t crc_rows = image_crc32(reinterpret_cast<const uint8_t*>(rows.data()), kW * 4, kH, kW * 4);
+  const uint32_t crc_reversed = image_crc32(reinterpret_cast<const uint8_t*>(reversed.data()), kW * 4, kH, kW * 4);
+  for (uint32_t flags : {proto::kResourceFlagY0Top, 0u}) {
+    const uint32_t id = flags ? 30 : 31;
+    auto c = create_3d_cmd(id, kW, kH);
+    c.flags = flags;
+    ASSERT_EQ(h->call(c), R(Resp::kOkNodata));
+    ASSERT_EQ(h->attach(id, {Harness::entry(kBacking, kW * kH * 4)}), R(Resp::kOkNodata));
+    ASSERT_EQ(ctx_attach(kCtx, id), R(Resp::kOkNodata));
+    ASSERT_TRUE(h->mem.write(kBacking, rows.data(), rows.size() * 4).ok());
+    ASSERT_EQ(h->call(transfer_cmd(Cmd::kTransferToHost3d, id, kW, kH)), R(Resp::kOkNodata));
+    ASSERT_EQ(h->set_scanout(0, id, kW, kH), R(Resp::kOkNodata));
+    ASSERT_TRUE(wait(h->send(h->flush_cmd(id, kW, kH, proto::kFlagFence, id))));
+    EXPECT_EQ(h->out.stats(0).last_crc, flags ? crc_rows : crc_reversed) << "flags " << flags;
+    // A damaged band at the top of the display comes from the matching rows too.
+    ASSERT_TRUE(wait(h->send(h->flush_cmd(id, kW, 8, proto::kFlagFence, id + 100))));
+    EXPECT_EQ(h->out.stats(0).last_crc, flags ? crc_rows : crc_reversed) << "band, flags " << flags;
+  }
+}
+
+// Mesa's virgl driver makes buffers (PIPE_BUFFER) whose width is their size in bytes, well past any
+// texture dimension (glmark2 refused them before); the 3D budget caps what a guest can have made.
+TEST_F(VirglDevice, BuffersAreSizedInBytesAndTheThreeDBudgetHolds) {
+  auto buf = create_3d_cmd(20, 1 << 20, 1);
+  buf.target = 0;
+  buf.format = 64;  // VIRGL_FORMAT_R8_UNORM, as Mesa's buffers
+  buf.bind = 1u << 4;  // VIRGL_BIND_VERTEX_BUFFER
+  EXPECT_EQ(h->call(buf), R(Resp::kOkNodata));
+  EXPECT_EQ(h->dev->stats().gpu_bytes, 1u << 20);
+  buf.resource_id = 21;
+  buf.height = 2;
+  EXPECT_EQ(h->call(buf), R(Resp::kErrInvalidParameter));  // a buffer is one row
+  h.reset();
+  auto r = make_virgl_renderer();
+  ASSERT_TRUE(r.ok());
+  GpuOptions o;
+  o.features |= proto::kFVirgl;
+  o.caps.max_3d_bytes = 4 * kW * kH + 100;
+  h = std::make_unique<Harness>(o, HeadlessOutput::Options{}, std::move(*r));
+  EXPECT_EQ(h->call(create_3d_cmd(kRes, kW, kH)), R(Resp::kOkNodata));
+  EXPECT_EQ(h->call(create_3d_cmd(kRes + 1, 8, 8)), R(Resp::kErrOutOfMemory));  // 256 bytes over the 100 left
+  proto::ResourceUnref u{};
+  u.hdr = proto::make_hdr(Cmd::kResourceUnref);
+  u.resource_id = kRes;
+  ASSERT_EQ(h->call(u), R(Resp::kOkNodata));
+  EXPECT_EQ(h->dev->stats().gpu_bytes, 0u);
+  EXPECT_EQ(h->call(create_3d_cmd(kRes + 1, 8, 8)), R(Resp::kOkNodata));
 }
 
 // Found by fuzz_gpu_3d: a fenced CTX_DESTROY on a ring of the context it destroys left no ring to put

@@ -50,7 +50,10 @@ struct GpuCaps {
   uint32_t max_backing_entries = 16384;            // per ATTACH_BACKING / CREATE_BLOB (QEMU's limit too)
   uint32_t max_command_bytes = 1 << 20;            // readable bytes of one control command
   uint32_t max_contexts = 256;
-  uint32_t max_dimension = 16384;                  // resource width/height
+  uint32_t max_dimension = 16384;                  // resource width/height (2D, blob scanouts, 3D textures)
+  // 3D resources (virgl), all together: an estimate of their GPU memory, 4 bytes a texel (a buffer's
+  // width is its size in bytes), so a guest cannot make the host allocate without bound.
+  uint64_t max_3d_bytes = uint64_t{1} << 30;
 };
 
 struct GpuOptions {
@@ -138,6 +141,7 @@ struct GpuStats {
   uint32_t resources = 0;
   uint64_t backing_bytes = 0;
   uint64_t host_bytes = 0;
+  uint64_t gpu_bytes = 0;  // the 3D resources' estimate (GpuCaps::max_3d_bytes)
   uint32_t contexts = 0;
   uint32_t pending_fences = 0;
 };
