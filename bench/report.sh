@@ -57,6 +57,11 @@ script_bench() {
 if [ "${CANOPY_BENCH_GUEST:-1}" = 1 ]; then
   script_bench gpu-guest gpu_guest_bench.sh "$BUILD/bench-gpu-guest.md"
 fi
+# 3D: kmscube through Mesa's virgl driver against canopy-gpu --renderer=virgl (and QEMU's own virgl devices
+# where a DRM render node lets them run): ~20 s with --smoke. CANOPY_BENCH_VIRGL=0 skips it.
+if [ "${CANOPY_BENCH_VIRGL:-1}" = 1 ]; then
+  script_bench virgl virgl_bench.sh "$BUILD/bench-virgl.md"
+fi
 # The cockpit demo end to end: latency from guest present to output present, and the cluster's frame
 # rate with the IVI flooding (two demo runs: ~10 s with --smoke, ~45 s in full). CANOPY_BENCH_COCKPIT=0
 # skips it.
