@@ -2,13 +2,9 @@
 // internals. The device model runs with a checking 3D renderer that stands where virglrenderer does and
 // traps on anything our validation must never let through: a resource it does not know or knows
 // twice, a backing range outside the guest's memory, a transfer without backing, a read-back outside
-// the resource or its host copy, a context it does not know. Its fences complete when the input says
-// (queue byte 2), in order. The input is a sequence of requests, each [u8 queue | u16 length | bytes]:
-//   queue % 4 == 0  a control command      1  a cursor command
-//   queue % 4 == 2  complete the renderer's fences and release held frames
-//   queue % 4 == 3  guest memory write at (first byte << 12)
-// Invariants besides the renderer's: every control request answered exactly once once fences and
-// frames are done; a reset leaves nothing behind in the device or the renderer.
+// the resource or its host copy, a context it does not know. The input format and the device's
+// invariants are gpu_fuzz_rig.h's; queue byte 2 completes the renderer's fences (in order) and releases
+// held frames; a reset must leave nothing behind in the renderer either.
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -22,25 +18,22 @@
 #include <vector>
 
 #include "canopy/gpu/device.h"
+#include "gpu_fuzz_rig.h"
 
 using namespace canopy;
 using namespace canopy::gpu;
 
 namespace {
 
-void check(bool ok, const char* what) {
-  if (!ok) {
-    fprintf(stderr, "invariant broken: %s\n", what);
-    abort();
-  }
-}
+using fuzzing::check;
+using fuzzing::Rig;
 
-constexpr uint64_t kRam = 4 << 20;
 constexpr uint32_t kBpp = 4;
 
 class CheckingRenderer final : public Renderer {
  public:
   explicit CheckingRenderer(const uint8_t* ram) : ram_(ram) {}
+  void set_ram(const uint8_t* ram) { ram_ = ram; }
   const char* name() const override { return "checking"; }
   uint32_t num_capsets() const override { return 1; }
   Result<CapsetInfo> capset_info(uint32_t index) const override {
@@ -91,7 +84,7 @@ class CheckingRenderer final : public Renderer {
     check(!it->second.backed, "backing attached twice");
     check(!iov.empty(), "empty backing");
     for (const auto& r : iov)
-      check(r.len > 0 && r.base >= ram_ && r.base + r.len <= ram_ + kRam, "backing range outside guest memory");
+      check(r.len > 0 && r.base >= ram_ && r.base + r.len <= ram_ + Rig::kRam, "backing range outside guest memory");
     it->second.backed = true;
     return {};
   }
@@ -162,70 +155,20 @@ class CheckingRenderer final : public Renderer {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  transport::GuestMemory mem;
-  {
-    UniqueFd fd(memfd_create("fuzz-ram", MFD_CLOEXEC));
-    if (ftruncate(fd.get(), kRam) != 0) return 0;
-    if (!mem.add_region({0, kRam, 0, 0}, std::move(fd)).ok()) return 0;
-  }
-  auto ranges = mem.host_ranges(0, kRam);
-  if (!ranges.ok() || ranges->size() != 1) return 0;
-  HeadlessOutput out({.hold_frames = true, .checksum = true});
-  std::map<uint64_t, int> answers;
-  GpuOptions o;
-  o.scanouts = {{640, 480, 60}, {320, 240, 60}};
-  o.features |= proto::kFVirgl;
-  o.caps.max_resources = 64;
-  o.caps.max_host_bytes = 16 << 20;
-  o.caps.max_backing_bytes = 16 << 20;
-  o.caps.max_command_bytes = 64 << 10;
-  o.caps.max_backing_entries = 1024;
-  o.caps.max_dimension = 4096;
-  auto owned = std::make_unique<CheckingRenderer>((*ranges)[0].base);
+  Rig rig;
+  // The checking renderer learns where guest memory is mapped once the rig has made it.
+  auto owned = std::make_unique<CheckingRenderer>(nullptr);
   CheckingRenderer* renderer = owned.get();
-  auto dev = GpuDevice::create(o, std::move(owned), &out, [&](uint64_t t, std::span<const uint8_t> b) {
-    check(b.size() >= sizeof(proto::CtrlHdr), "response shorter than a header");
-    ++answers[t];
+  if (!rig.start(std::move(owned), proto::kFVirgl)) return 0;
+  auto ranges = rig.mem.host_ranges(0, Rig::kRam);
+  if (!ranges.ok() || ranges->size() != 1) return 0;
+  renderer->set_ram((*ranges)[0].base);
+  rig.run(data, size, [&] {
+    renderer->complete_fences();
+    rig.dev->process_renderer();
+    rig.out.release_held();
+    rig.dev->process_releases();
   });
-  if (!dev.ok()) return 0;
-  (*dev)->set_memory(&mem);
-  (*dev)->set_acked_features((*dev)->offered_features());
-  uint64_t token = 1;
-  size_t at = 0;
-  while (at + 3 <= size) {
-    const uint8_t q = data[at];
-    size_t len = size_t(data[at + 1]) | size_t(data[at + 2]) << 8;
-    at += 3;
-    if (len > size - at) len = size - at;
-    std::span<const uint8_t> req(data + at, len);
-    at += len;
-    switch (q % 4) {
-      case 0:
-        (*dev)->control(token++, req, 4096);
-        break;
-      case 1:
-        (void)(*dev)->cursor(req);
-        break;
-      case 2:
-        renderer->complete_fences();
-        (*dev)->process_renderer();
-        out.release_held();
-        (*dev)->process_releases();
-        break;
-      case 3:
-        if (!req.empty()) (void)mem.write(uint64_t(req[0]) << 12, req.data(), req.size());
-        break;
-    }
-  }
-  renderer->complete_fences();
-  (*dev)->process_renderer();
-  out.release_held();
-  (*dev)->process_releases();
-  for (uint64_t t = 1; t < token; ++t) check(answers[t] == 1, "every control request answered exactly once");
-  (*dev)->reset();
-  const auto& st = (*dev)->stats();
-  check(st.resources == 0 && st.backing_bytes == 0 && st.host_bytes == 0 && st.gpu_bytes == 0 && st.pending_fences == 0,
-        "reset releases everything");
   check(renderer->empty(), "reset leaves nothing in the renderer");
   return 0;
 }
