@@ -102,7 +102,15 @@ class VirglRenderer final : public Renderer {
   }
   void destroy_context(uint32_t ctx_id) override {
     virgl_renderer_context_destroy(ctx_id);
-    ring_fences_.erase(ctx_id);
+    // virglrenderer drops a destroyed context's fences without signalling them; the guest still waits
+    // for their responses: its work is gone, so they are answered now, in order.
+    auto c = ring_fences_.find(ctx_id);
+    if (c == ring_fences_.end()) return;
+    auto rings = std::move(c->second);
+    ring_fences_.erase(c);
+    for (auto& [ring, q] : rings)
+      for (uint64_t id : q)
+        if (on_fence_) on_fence_(id);
   }
 
   Status submit(uint32_t ctx_id, std::span<const uint8_t> commands) override {

@@ -288,6 +288,20 @@ TEST_F(VirglDevice, ScanoutsFollowTheResourcesWayUp) {
   }
 }
 
+// A context destroyed while a fence on one of its rings is outstanding: virglrenderer forgets the fence,
+// the guest still waits for the answer.
+TEST_F(VirglDevice, RingFencesOfADestroyedContextAreAnswered) {
+  render_target();
+  const uint64_t t = submit(kCtx, clear_stream(1, 0, 0), proto::kFlagFence | proto::kFlagInfoRingIdx, 41);
+  EXPECT_FALSE(h->answered(t));
+  proto::CtxDestroy d{};
+  d.hdr = proto::make_hdr(Cmd::kCtxDestroy, 0, 0, kCtx);
+  ASSERT_EQ(h->call(d), R(Resp::kOkNodata));
+  ASSERT_TRUE(wait(t));
+  EXPECT_EQ(h->response(t).type.get(), R(Resp::kOkNodata));
+  EXPECT_EQ(h->response(t).fence_id.get(), 41u);
+}
+
 // Mesa's virgl driver makes buffers (PIPE_BUFFER) whose width is their size in bytes, well past any
 // texture dimension (glmark2 refused them before); the 3D budget caps what a guest can have made.
 TEST_F(VirglDevice, BuffersAreSizedInBytesAndTheThreeDBudgetHolds) {
