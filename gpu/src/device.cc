@@ -359,20 +359,25 @@ Resp GpuDevice::resource_create_2d(const Command& c) {
   if (w == 0 || h == 0 || w > options_.caps.max_dimension || h > options_.caps.max_dimension)
     return Resp::kErrInvalidParameter;
   if (resources_.size() >= options_.caps.max_resources) return Resp::kErrOutOfMemory;
-  const uint64_t bytes = uint64_t(w) * proto::kBytesPerPixel * h;
-  if (stats_.host_bytes + bytes > options_.caps.max_host_bytes) return Resp::kErrOutOfMemory;
-  auto host = renderer_->create_2d(id, w, h);
-  if (!host.ok()) return Resp::kErrOutOfMemory;
   auto r = std::make_unique<Resource>();
   r->id = id;
   r->format = rc.format;
   r->fourcc = fourcc;
   r->width = w;
   r->height = h;
-  r->host = std::move(*host);
-  r->host_pieces = std::make_shared<const std::vector<FramePiece>>(1, FramePiece{r->host.fd, 0, r->host.size});
-  stats_.host_bytes += r->host.size;
+  if (const Resp hr = give_host_image(*r); hr != Resp::kOkNodata) return hr;
   resources_.emplace(id, std::move(r));
+  return Resp::kOkNodata;
+}
+
+Resp GpuDevice::give_host_image(Resource& r) {
+  const uint64_t bytes = uint64_t(r.width) * proto::kBytesPerPixel * r.height;
+  if (stats_.host_bytes + bytes > options_.caps.max_host_bytes) return Resp::kErrOutOfMemory;
+  auto host = renderer_->create_2d(r.id, r.width, r.height);
+  if (!host.ok()) return Resp::kErrOutOfMemory;
+  r.host = std::move(*host);
+  r.host_pieces = std::make_shared<const std::vector<FramePiece>>(1, FramePiece{r.host.fd, 0, r.host.size});
+  stats_.host_bytes += r.host.size;
   return Resp::kOkNodata;
 }
 
@@ -583,13 +588,7 @@ Resp GpuDevice::set_scanout(const Command& c) {
   if (r.is3d && !r.host.map.data()) {
     // A 3D resource reaches the output through a host copy, read back at each flush.
     if (r.fourcc == 0 || r.args3d.depth != 1) return Resp::kErrInvalidParameter;
-    const uint64_t bytes = uint64_t(r.width) * proto::kBytesPerPixel * r.height;
-    if (stats_.host_bytes + bytes > options_.caps.max_host_bytes) return Resp::kErrOutOfMemory;
-    auto host = renderer_->create_2d(r.id, r.width, r.height);
-    if (!host.ok()) return Resp::kErrOutOfMemory;
-    r.host = std::move(*host);
-    r.host_pieces = std::make_shared<const std::vector<FramePiece>>(1, FramePiece{r.host.fd, 0, r.host.size});
-    stats_.host_bytes += r.host.size;
+    if (const Resp hr = give_host_image(r); hr != Resp::kOkNodata) return hr;
   }
   show(s, r, to_rect(ss.r), Framebuffer{false, r.fourcc, r.width * proto::kBytesPerPixel, r.width, r.height, 0});
   return Resp::kOkNodata;

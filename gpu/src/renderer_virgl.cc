@@ -109,8 +109,8 @@ class VirglRenderer final : public Renderer {
     auto rings = std::move(c->second);
     ring_fences_.erase(c);
     for (auto& [ring, q] : rings)
-      for (uint64_t id : q)
-        if (on_fence_) on_fence_(id);
+      for (const auto& f : q)
+        if (on_fence_) on_fence_(f.second);
   }
 
   Status submit(uint32_t ctx_id, std::span<const uint8_t> commands) override {
@@ -217,7 +217,7 @@ class VirglRenderer final : public Renderer {
 
   Status create_fence(uint32_t ctx_id, uint32_t ring_idx, bool on_ring, uint64_t id) override {
     if (on_ring && virgl_renderer_context_create_fence(ctx_id, 0, ring_idx, id) == 0) {
-      ring_fences_[ctx_id][ring_idx].push_back(id);
+      ring_fences_[ctx_id][ring_idx].push_back({id, id});
       return {};
     }
     // The global timeline (or a ring virglrenderer does not have): a ctx0 fence after all work so far.
@@ -238,31 +238,28 @@ class VirglRenderer final : public Renderer {
  private:
   VirglRenderer() = default;
 
-  void on_global_fence(uint32_t seq) {
-    bool known = false;
-    for (const auto& f : global_fences_) known = known || f.first == seq;
-    if (!known) return;
-    while (!global_fences_.empty()) {
-      const auto f = global_fences_.front();
-      global_fences_.pop_front();
+  // (the renderer's fence id, the device's id), oldest first.
+  using FenceQueue = std::deque<std::pair<uint64_t, uint64_t>>;
+
+  // A timeline's fences signal in order: the one reported and every older one are done. An id the
+  // queue does not hold (already reported, or never ours) changes nothing.
+  void complete_through(FenceQueue& q, uint64_t fence) {
+    if (std::find_if(q.begin(), q.end(), [fence](const auto& f) { return f.first == fence; }) == q.end()) return;
+    while (!q.empty()) {
+      const auto f = q.front();
+      q.pop_front();
       if (on_fence_) on_fence_(f.second);
-      if (f.first == seq) break;
+      if (f.first == fence) break;
     }
   }
+  void on_global_fence(uint32_t seq) { complete_through(global_fences_, seq); }
   void on_context_fence(uint32_t ctx, uint32_t ring, uint64_t id) {
     auto c = ring_fences_.find(ctx);
     if (c == ring_fences_.end()) return;
     auto r = c->second.find(ring);
     if (r == c->second.end()) return;
-    auto& q = r->second;
-    if (std::find(q.begin(), q.end(), id) == q.end()) return;
-    while (!q.empty()) {
-      const uint64_t f = q.front();
-      q.pop_front();
-      if (on_fence_) on_fence_(f);
-      if (f == id) break;
-    }
-    if (q.empty()) c->second.erase(r);
+    complete_through(r->second, id);
+    if (r->second.empty()) c->second.erase(r);
   }
 
   virgl_renderer_callbacks callbacks_{};
@@ -276,8 +273,8 @@ class VirglRenderer final : public Renderer {
   std::vector<uint32_t> words_;
   std::function<void(uint64_t)> on_fence_;
   uint32_t next_global_ = 1;
-  std::deque<std::pair<uint32_t, uint64_t>> global_fences_;             // (virgl seq, device id), oldest first
-  std::map<uint32_t, std::map<uint32_t, std::deque<uint64_t>>> ring_fences_;  // ctx -> ring -> ids
+  FenceQueue global_fences_;                                    // virgl's ctx0 fence seq -> device id
+  std::map<uint32_t, std::map<uint32_t, FenceQueue>> ring_fences_;  // ctx -> ring -> (id, id)
 };
 
 }  // namespace

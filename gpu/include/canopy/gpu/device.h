@@ -241,6 +241,9 @@ class GpuDevice {
   // Validates memory entries (non-empty, no wrap, inside guest memory, no overlap, under the caps)
   // and gives them to r as its backing. Returns OK_NODATA or the error to answer.
   proto::Resp set_backing(Resource& r, std::span<const uint8_t> tail, uint32_t count);
+  // Host storage of r's width x height (a 2D resource's, or a 3D scanout's read-back copy), under the
+  // host-bytes cap. Returns OK_NODATA or OUT_OF_MEMORY.
+  proto::Resp give_host_image(Resource& r);
   Status make_pieces(Resource& r);
   void free_backing(Resource& r);
   void destroy_resource(uint32_t id);
