@@ -39,6 +39,7 @@ bool is_get(Request r) {
     case Request::kGetSharedObject:
     case Request::kCheckDeviceState:
     case Request::kSetDeviceStateFd:
+    case Request::kGetShmemConfig:
       return true;
     default:
       return false;
@@ -56,7 +57,7 @@ const char* request_name(Request r) {
       "GET_CONFIG", "SET_CONFIG", "CREATE_CRYPTO_SESSION", "CLOSE_CRYPTO_SESSION", "POSTCOPY_ADVISE",
       "POSTCOPY_LISTEN", "POSTCOPY_END", "GET_INFLIGHT_FD", "SET_INFLIGHT_FD", "GPU_SET_SOCKET", "RESET_DEVICE",
       "VRING_KICK", "GET_MAX_MEM_SLOTS", "ADD_MEM_REG", "REM_MEM_REG", "SET_STATUS", "GET_STATUS",
-      "GET_SHARED_OBJECT", "SET_DEVICE_STATE_FD", "CHECK_DEVICE_STATE"};
+      "GET_SHARED_OBJECT", "SET_DEVICE_STATE_FD", "CHECK_DEVICE_STATE", "GET_SHMEM_CONFIG"};
   auto i = static_cast<uint32_t>(r);
   return i < sizeof kNames / sizeof kNames[0] ? kNames[i] : "UNKNOWN";
 }
@@ -332,6 +333,7 @@ Status Backend::dispatch(Message& msg, Message& reply, bool& has_reply) {
       if (v.get() & ~(base_protocol_features() | device_.protocol_features()))
         return make_error(Errc::kProtocol, "SET_PROTOCOL_FEATURES: features not offered");
       acked_protocol_ = v;
+      device_.set_acked_protocol_features(v);
       return {};
     }
     case Request::kSetOwner:
@@ -487,6 +489,22 @@ Status Backend::dispatch(Message& msg, Message& reply, bool& has_reply) {
     case Request::kResetDevice:
       reset_device();
       return {};
+    case Request::kGetShmemConfig: {
+      has_reply = true;
+      if (!has_protocol(kProtoShmem)) return make_error(Errc::kProtocol, "GET_SHMEM_CONFIG: SHMEM not negotiated");
+      ShmemConfig c{};
+      const auto sizes = device_.shmem_sizes();
+      if (sizes.size() > kMaxShmemRegions) return make_error(Errc::kLimit, "GET_SHMEM_CONFIG: too many regions");
+      uint32_t n = 0;
+      for (size_t i = 0; i < sizes.size(); ++i) {
+        c.memory_sizes[i] = sizes[i];
+        n += sizes[i] != 0;
+      }
+      c.nregions = n;
+      reply.payload.resize(sizeof c);
+      std::memcpy(reply.payload.data(), &c, sizeof c);
+      return {};
+    }
     case Request::kVringKick: {
       VringState st;
       CANOPY_ASSIGN_OR_RETURN(QueueHandle * q, vring_from_state(msg, &st));

@@ -93,6 +93,17 @@ Result<Message> Channel::recv(int timeout_ms) {
   return m;
 }
 
+Status Channel::request_ack(Message m, std::span<const int> fds, int timeout_ms) {
+  m.header.flags = m.header.flags.get() | kFlagNeedReply;
+  CANOPY_TRY(send(m, fds));
+  CANOPY_ASSIGN_OR_RETURN(Message r, recv(timeout_ms));
+  if (r.header.request.get() != m.header.request.get() || !(r.flags() & kFlagReply))
+    return make_error(Errc::kProtocol, "vhost-user: expected the reply to our request");
+  CANOPY_ASSIGN_OR_RETURN(le64 v, r.exact<le64>());
+  if (v.get() != 0) return make_error(Errc::kIo, "vhost-user: the peer refused the request");
+  return {};
+}
+
 Result<UniqueFd> connect_unix(const char* path, int timeout_ms, int type) {
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;

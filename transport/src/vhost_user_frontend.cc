@@ -179,8 +179,63 @@ Result<uint8_t> Frontend::get_status() {
   return uint8_t(v);
 }
 
+Result<std::vector<uint64_t>> Frontend::get_shmem_config() {
+  CANOPY_ASSIGN_OR_RETURN(Message reply, transact(Message::make(Request::kGetShmemConfig), {}, true));
+  CANOPY_ASSIGN_OR_RETURN(ShmemConfig c, reply.exact<ShmemConfig>());
+  std::vector<uint64_t> sizes(kMaxShmemRegions);
+  uint32_t n = 0;
+  for (uint32_t i = 0; i < kMaxShmemRegions; ++i) {
+    sizes[i] = c.memory_sizes[i];
+    n += sizes[i] != 0;
+  }
+  if (n != c.nregions.get()) return make_error(Errc::kProtocol, "GET_SHMEM_CONFIG: region count does not match the sizes");
+  while (!sizes.empty() && sizes.back() == 0) sizes.pop_back();
+  return sizes;
+}
+
 Status Frontend::set_backend_req_fd(int fd) {
   return send_set(Message::make(Request::kSetBackendReqFd), std::span<const int>(&fd, 1));
+}
+
+Status serve_backend_request(Channel& ch, const BackendRequestHandlers& h, int timeout_ms) {
+  CANOPY_ASSIGN_OR_RETURN(Message m, ch.recv(timeout_ms));
+  const auto req = static_cast<BackendRequest>(m.header.request.get());
+  Status result;
+  bool known = true;
+  switch (req) {
+    case BackendRequest::kConfigChangeMsg:
+      if (!m.fds.empty() || !m.payload.empty()) {
+        result = make_error(Errc::kProtocol, "CONFIG_CHANGE_MSG: unexpected payload or fds");
+        break;
+      }
+      if (h.config_changed) h.config_changed();
+      break;
+    case BackendRequest::kShmemMap:
+    case BackendRequest::kShmemUnmap: {
+      const bool map = req == BackendRequest::kShmemMap;
+      auto body = m.exact<ShmemMap>();
+      if (!body.ok()) return body.error();  // out of step: the caller closes the channel
+      if (m.fds.size() != (map ? 1u : 0u)) {
+        result = make_error(Errc::kProtocol, map ? "SHMEM_MAP: needs one fd" : "SHMEM_UNMAP: unexpected fds");
+        break;
+      }
+      if (map ? !h.shmem_map : !h.shmem_unmap) {
+        result = make_error(Errc::kUnsupported, "shared memory regions not served");
+        break;
+      }
+      result = map ? h.shmem_map(*body, m.fds[0].get()) : h.shmem_unmap(*body);
+      break;
+    }
+    default:
+      known = false;
+      result = make_error(Errc::kUnsupported, "back-end request not supported");
+  }
+  if (m.need_reply()) {
+    Message r = Message::make_u64(static_cast<Request>(m.header.request.get()), result.ok() ? 0 : 1, kVersion | kFlagReply);
+    CANOPY_TRY(ch.send(r));
+  }
+  (void)known;
+  return result;
 }
 
 }  // namespace canopy::transport::vhost_user

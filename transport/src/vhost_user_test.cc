@@ -9,6 +9,7 @@
 #include <cstring>
 #include <atomic>
 #include <functional>
+#include <string>
 #include <thread>
 
 #include "canopy/transport/vhost_user_backend.h"
@@ -30,8 +31,10 @@ class EchoDevice : public Device {
  public:
   uint64_t features() const override { return kVirtioFVersion1 | kVirtioFEventIdx | kVirtioFIndirectDesc; }
   uint64_t protocol_features() const override {
-    return proto_bit(kProtoConfig) | proto_bit(kProtoBackendReq) | proto_bit(kProtoBackendSendFd);
+    return proto_bit(kProtoConfig) | proto_bit(kProtoBackendReq) | proto_bit(kProtoBackendSendFd) |
+           proto_bit(kProtoShmem);
   }
+  std::vector<uint64_t> shmem_sizes() const override { return {0, 1 << 20}; }
   uint16_t num_queues() const override { return 2; }
   // Announces a config change on the back-end request channel as soon as it arrives.
   void on_backend_channel(Channel* ch) override {
@@ -224,6 +227,81 @@ TEST_F(VhostUserTest, BackendRequestChannelCarriesConfigChange) {
   auto m = frontend_side.recv(5000);
   ASSERT_TRUE(m.ok()) << m.error().what;
   EXPECT_EQ(m->header.request.get(), uint32_t(BackendRequest::kConfigChangeMsg));
+}
+
+TEST_F(VhostUserTest, ShmemConfigGivesRegionSizesByShmid) {
+  handshake();
+  auto c = fe.get_shmem_config();
+  ASSERT_TRUE(c.ok()) << c.error().what;
+  EXPECT_EQ(*c, (std::vector<uint64_t>{0, 1 << 20}));
+}
+
+TEST_F(VhostUserTest, ShmemConfigRefusedWhenNotNegotiated) {
+  auto pf = fe.get_protocol_features();
+  ASSERT_TRUE(pf.ok());
+  ASSERT_TRUE(fe.set_protocol_features(*pf & ~proto_bit(kProtoShmem)).ok());
+  EXPECT_FALSE(fe.get_shmem_config().ok());
+  EXPECT_EQ(*fe.get_queue_num(), 2u);  // the connection is still in step
+}
+
+// The back-end request channel on its own: a back-end's SHMEM_MAP / UNMAP with NEED_REPLY against the
+// front-end's serve_backend_request, acknowledged or refused by the handlers.
+TEST(VhostUserBackendRequests, ShmemMapAndUnmapAreServedAndAcknowledged) {
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  Channel backend_side{UniqueFd(sv[0])}, frontend_side{UniqueFd(sv[1])};
+  std::vector<std::string> seen;
+  BackendRequestHandlers h;
+  h.shmem_map = [&](const ShmemMap& m, int fd) -> Status {
+    seen.push_back("map " + std::to_string(m.shmid) + " " + std::to_string(m.shm_offset.get()) + " " +
+                   std::to_string(m.len.get()) + (fd >= 0 ? " fd" : ""));
+    if (m.shm_offset.get() >= (1u << 20)) return make_error(Errc::kOutOfRange, "outside the region");
+    return {};
+  };
+  h.shmem_unmap = [&](const ShmemMap& m) -> Status {
+    seen.push_back("unmap " + std::to_string(m.shm_offset.get()));
+    return {};
+  };
+  UniqueFd file = make_memfd(8192);
+  std::thread fe_thread([&] {
+    for (int i = 0; i < 3; ++i) (void)serve_backend_request(frontend_side, h, 5000);
+  });
+  ShmemMap m{};
+  m.shmid = 1;
+  m.shm_offset = 4096;
+  m.len = 8192;
+  m.flags = kShmemMapWritable;
+  const int fd = file.get();
+  EXPECT_TRUE(backend_side.request_ack(Message::make(static_cast<Request>(BackendRequest::kShmemMap), m),
+                                       std::span<const int>(&fd, 1), 5000).ok());
+  m.shm_offset = 1 << 20;
+  EXPECT_FALSE(backend_side.request_ack(Message::make(static_cast<Request>(BackendRequest::kShmemMap), m),
+                                        std::span<const int>(&fd, 1), 5000).ok());
+  m.shm_offset = 4096;
+  EXPECT_TRUE(backend_side.request_ack(Message::make(static_cast<Request>(BackendRequest::kShmemUnmap), m), {}, 5000).ok());
+  fe_thread.join();
+  EXPECT_EQ(seen, (std::vector<std::string>{"map 1 4096 8192 fd", "map 1 1048576 8192 fd", "unmap 4096"}));
+}
+
+TEST(VhostUserBackendRequests, MalformedShmemMapIsAProtocolErrorAndAMapWithoutFdIsRefused) {
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  Channel backend_side{UniqueFd(sv[0])}, frontend_side{UniqueFd(sv[1])};
+  int maps = 0;
+  BackendRequestHandlers h;
+  h.shmem_map = [&](const ShmemMap&, int) -> Status {
+    ++maps;
+    return {};
+  };
+  // No fd: refused with a reply, the channel stays in step.
+  std::thread fe_thread([&] { EXPECT_EQ(serve_backend_request(frontend_side, h, 5000).code(), Errc::kProtocol); });
+  EXPECT_FALSE(backend_side.request_ack(Message::make(static_cast<Request>(BackendRequest::kShmemMap), ShmemMap{}), {},
+                                        5000).ok());
+  fe_thread.join();
+  // A payload of the wrong size: the front-end says so and does not act.
+  ASSERT_TRUE(backend_side.send(Message::make_u64(static_cast<Request>(BackendRequest::kShmemMap), 7)).ok());
+  EXPECT_EQ(serve_backend_request(frontend_side, h, 5000).code(), Errc::kProtocol);
+  EXPECT_EQ(maps, 0);
 }
 
 TEST_F(VhostUserTest, BackendRequestFdRefusedWhenNotNegotiated) {

@@ -92,12 +92,15 @@ class Device {
     return make_error(Errc::kUnsupported, "device config is read-only");
   }
   virtual void set_acked_features(uint64_t features) { (void)features; }
+  virtual void set_acked_protocol_features(uint64_t features) { (void)features; }
   // The driver kicked (or a ring just started with work pending).
   virtual void on_kick(QueueHandle& q) = 0;
   virtual void on_queue_started(QueueHandle& q) { (void)q; }
   virtual void on_queue_stopped(QueueHandle& q) { (void)q; }
   virtual void on_status(uint8_t status) { (void)status; }
   virtual void on_reset() {}
+  // VIRTIO shared memory regions (protocol feature SHMEM): each one's size, indexed by shmid (0: none).
+  virtual std::vector<uint64_t> shmem_sizes() const { return {}; }
   // The front-end sent its back-end request channel (protocol feature BACKEND_REQ).
   virtual void on_backend_channel(Channel* channel) { (void)channel; }
   // VHOST_USER_GPU_SET_SOCKET (QEMU's vhost-user-gpu front-end): the display protocol socket of

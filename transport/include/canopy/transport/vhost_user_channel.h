@@ -78,6 +78,11 @@ class Channel {
 
   void close() { sock_.reset(); }
 
+  // A request that wants the peer's acknowledgement (NEED_REPLY, as on the back-end request channel):
+  // sends m with the flag and waits at most timeout_ms for the reply to the same request, whose u64
+  // must be 0. Other messages arriving meanwhile are a protocol error.
+  Status request_ack(Message m, std::span<const int> fds, int timeout_ms);
+
  private:
   Status wait_readable(int timeout_ms);
   UniqueFd sock_;

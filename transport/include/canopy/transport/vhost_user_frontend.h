@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <vector>
 
@@ -15,6 +16,17 @@
 #include "canopy/transport/vhost_user_channel.h"
 
 namespace canopy::transport::vhost_user {
+
+// What a front-end does with the back-end's requests on the back-end request channel.
+struct BackendRequestHandlers {
+  std::function<void()> config_changed;                            // CONFIG_CHANGE_MSG
+  std::function<Status(const ShmemMap& m, int fd)> shmem_map;      // SHMEM_MAP (fd borrowed)
+  std::function<Status(const ShmemMap& m)> shmem_unmap;            // SHMEM_UNMAP
+};
+// Reads and serves one back-end request from `ch` (waiting at most timeout_ms, -1: forever), replying
+// where the back-end asked (NEED_REPLY): 0 when done, 1 when refused. Errors: kClosed when the back-end
+// went away; kProtocol for a malformed message (the channel is then out of step: close it).
+Status serve_backend_request(Channel& ch, const BackendRequestHandlers& h, int timeout_ms = -1);
 
 struct FrontendRegion {
   RegionInfo info;  // user_addr: the address this front-end gives the region in its own space
@@ -53,6 +65,8 @@ class Frontend {
   Status set_status(uint8_t status);
   Result<uint8_t> get_status();
   Status set_backend_req_fd(int fd);
+  // Protocol feature SHMEM: the back-end's shared memory regions' sizes by shmid (trailing zeros cut).
+  Result<std::vector<uint64_t>> get_shmem_config();
 
   // Sends an arbitrary message (tests use this to send malformed input) and, if expect_reply, returns the reply.
   Result<Message> transact(const Message& m, std::span<const int> fds, bool expect_reply);

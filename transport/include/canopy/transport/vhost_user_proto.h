@@ -55,7 +55,8 @@ enum class Request : uint32_t {
   kGetSharedObject = 41,
   kSetDeviceStateFd = 42,
   kCheckDeviceState = 43,
-  kMax = 44,
+  kGetShmemConfig = 44,
+  kMax = 45,
 };
 
 const char* request_name(Request r);
@@ -68,6 +69,8 @@ enum class BackendRequest : uint32_t {
   kSharedObjectAdd = 6,
   kSharedObjectRemove = 7,
   kSharedObjectLookup = 8,
+  kShmemMap = 9,
+  kShmemUnmap = 10,
 };
 
 // Protocol feature bits (GET/SET_PROTOCOL_FEATURES).
@@ -92,6 +95,7 @@ enum ProtocolFeature : uint64_t {
   kProtoXenMmap = 17,
   kProtoSharedObject = 18,
   kProtoDeviceState = 19,
+  kProtoShmem = 20,
 };
 constexpr uint64_t proto_bit(ProtocolFeature f) { return 1ull << f; }
 
@@ -165,6 +169,28 @@ struct ConfigHeader {
   le32 flags;  // 0: VHOST_SET_CONFIG_TYPE_FRONTEND, 1: MIGRATION
 };
 static_assert(sizeof(ConfigHeader) == 12);
+
+// VIRTIO shared memory regions (protocol feature SHMEM): GET_SHMEM_CONFIG's reply gives each region's
+// size by shmid (0 = none); the back-end then maps files into them with SHMEM_MAP / SHMEM_UNMAP on the
+// back-end request channel (with NEED_REPLY; the front-end answers 0 when done).
+inline constexpr uint32_t kMaxShmemRegions = 256;
+struct ShmemConfig {
+  le32 nregions;  // regions with a non-zero size
+  le32 padding;
+  le64 memory_sizes[kMaxShmemRegions];
+};
+static_assert(sizeof(ShmemConfig) == 8 + 8 * 256);
+
+inline constexpr uint64_t kShmemMapWritable = 1;
+struct ShmemMap {
+  uint8_t shmid;
+  uint8_t padding[7];
+  le64 fd_offset;   // of the area in the file (MAP only)
+  le64 shm_offset;  // from the start of the region
+  le64 len;
+  le64 flags;       // kShmemMapWritable, else read-only (MAP only)
+};
+static_assert(sizeof(ShmemMap) == 40 && offsetof(ShmemMap, fd_offset) == 8);
 
 
 }  // namespace canopy::transport::vhost_user
