@@ -34,6 +34,9 @@ struct GpuDevice::Resource {
   FramePieces host_pieces;                     // the host storage (2D)
   uint64_t blob_size = 0;
   uint32_t blob_flags = 0;
+  uint32_t blob_mem = 0;                       // proto::BlobMem of a blob
+  bool mapped = false;                         // in the host-visible region at map_offset
+  uint64_t map_offset = 0, map_len = 0;
   bool has_uuid = false;
   std::array<uint8_t, 16> uuid{};
   uint64_t pending_copied = 0;                 // transfer bytes not yet reported with a frame
@@ -130,6 +133,7 @@ GpuStats GpuDevice::stats() const {
   st.resources = uint32_t(resources_.size());
   st.contexts = uint32_t(contexts_.size());
   st.pending_fences = uint32_t(pending_.size());
+  st.blobs_mapped = uint32_t(mapped_.size());
   return st;
 }
 
@@ -294,9 +298,9 @@ Resp GpuDevice::dispatch(const Command& c, uint64_t pending_id) {
     case Cmd::kResourceCreate3d: return resource_create_3d(c);
     case Cmd::kTransferToHost3d: return transfer_3d(c, true);
     case Cmd::kTransferFromHost3d: return transfer_3d(c, false);
-    default:
-      // MAP/UNMAP_BLOB need a host-visible memory region (not offered).
-      return Resp::kErrUnspec;
+    case Cmd::kResourceMapBlob: return map_blob(c);
+    case Cmd::kResourceUnmapBlob: return unmap_blob(c);
+    default: return Resp::kErrUnspec;
   }
 }
 
@@ -386,8 +390,7 @@ Resp GpuDevice::create_blob(const Command& c) {
   const auto cb = c.as<proto::ResourceCreateBlob>();
   const uint32_t id = cb.resource_id;
   if (id == 0 || resources_.count(id)) return Resp::kErrInvalidResourceId;
-  // Only guest-memory blobs: host blobs need a 3D renderer.
-  if (cb.blob_mem.get() != uint32_t(proto::BlobMem::kGuest)) return Resp::kErrInvalidParameter;
+  if (cb.blob_mem.get() != uint32_t(proto::BlobMem::kGuest)) return create_blob_3d(c);
   const uint32_t known = proto::kBlobFlagMappable | proto::kBlobFlagShareable | proto::kBlobFlagCrossDevice;
   if (cb.blob_flags.get() & ~known) return Resp::kErrInvalidParameter;
   if (cb.size.get() == 0 || cb.nr_entries.get() == 0) return Resp::kErrInvalidParameter;
@@ -397,6 +400,7 @@ Resp GpuDevice::create_blob(const Command& c) {
   r->blob = true;
   r->blob_size = cb.size;
   r->blob_flags = cb.blob_flags;
+  r->blob_mem = cb.blob_mem;
   const Resp b = set_backing(*r, c.tail<proto::ResourceCreateBlob>(), cb.nr_entries);
   if (b != Resp::kOkNodata) return b;
   if (r->backing_bytes < r->blob_size) {
@@ -510,6 +514,7 @@ void GpuDevice::destroy_resource(uint32_t id) {
   for (uint32_t s = 0; s < scanouts_.size(); ++s)
     if (r.scanout_mask & (1u << s)) disable_scanout(s);
   for (auto& [cid, ctx] : contexts_) ctx->resources.erase(id);
+  unmap_resource(r);
   if (r.is3d) {
     renderer_->detach_backing_3d(id);
     renderer_->destroy_3d(id);
@@ -606,7 +611,8 @@ Resp GpuDevice::set_scanout_blob(const Command& c) {
   auto it = resources_.find(sb.resource_id);
   if (it == resources_.end()) return Resp::kErrInvalidResourceId;
   Resource& r = *it->second;
-  if (!r.blob) return Resp::kErrInvalidParameter;
+  // Guest-memory blobs only: a host blob's pixels are the renderer's (not scanned out from here yet).
+  if (!r.blob || r.is3d) return Resp::kErrInvalidParameter;
   const uint32_t fourcc = proto::drm_fourcc(sb.format);
   const uint32_t w = sb.width, h = sb.height, stride = sb.strides[0];
   const uint64_t offset = sb.offsets[0].get();
@@ -875,6 +881,131 @@ void GpuDevice::refresh_3d_backings() {
       free_backing(*r);
     }
   }
+}
+
+// ---- host blobs and the host-visible region -----------------------------------------------------
+
+Resp GpuDevice::create_blob_3d(const Command& c) {
+  const auto cb = c.as<proto::ResourceCreateBlob>();
+  const uint32_t mem = cb.blob_mem;
+  if (!renderer_->supports_3d() || !feature(proto::kFVirgl)) return Resp::kErrInvalidParameter;
+  if (mem != uint32_t(proto::BlobMem::kHost3d) && mem != uint32_t(proto::BlobMem::kHost3dGuest))
+    return Resp::kErrInvalidParameter;
+  const uint32_t known = proto::kBlobFlagMappable | proto::kBlobFlagShareable | proto::kBlobFlagCrossDevice;
+  if (cb.blob_flags.get() & ~known) return Resp::kErrInvalidParameter;
+  // A host blob is a context's object (its blob_id names it there).
+  if (!contexts_.count(cb.hdr.ctx_id)) return Resp::kErrInvalidContextId;
+  const bool guest = mem == uint32_t(proto::BlobMem::kHost3dGuest);
+  if (cb.size.get() == 0 || (guest ? cb.nr_entries.get() == 0 : cb.nr_entries.get() != 0))
+    return Resp::kErrInvalidParameter;
+  // Counted in pages against the 3D budget (host memory the guest makes us hold).
+  const uint64_t page = 4096;
+  if (cb.size.get() > options_.caps.max_3d_bytes) return Resp::kErrOutOfMemory;
+  const uint64_t bytes = (cb.size.get() + page - 1) & ~(page - 1);
+  if (stats_.gpu_bytes + bytes > options_.caps.max_3d_bytes) return Resp::kErrOutOfMemory;
+  if (resources_.size() >= options_.caps.max_resources) return Resp::kErrOutOfMemory;
+  auto r = std::make_unique<Resource>();
+  r->id = cb.resource_id;
+  r->blob = true;
+  r->is3d = true;
+  r->blob_size = cb.size;
+  r->blob_flags = cb.blob_flags;
+  r->blob_mem = mem;
+  std::vector<transport::GuestMemory::HostRange> iov;
+  if (guest) {
+    const Resp b = set_backing(*r, c.tail<proto::ResourceCreateBlob>(), cb.nr_entries);
+    if (b != Resp::kOkNodata) return b;
+    if (r->backing_bytes < r->blob_size) {
+      free_backing(*r);
+      return Resp::kErrInvalidParameter;
+    }
+    for (const auto& seg : r->backing) {
+      auto ranges = mem_->host_ranges(seg.gpa, seg.len);
+      if (!ranges.ok()) {
+        free_backing(*r);
+        return Resp::kErrInvalidParameter;
+      }
+      iov.insert(iov.end(), ranges->begin(), ranges->end());
+    }
+  }
+  Blob3dArgs a;
+  a.ctx_id = cb.hdr.ctx_id;
+  a.blob_mem = mem;
+  a.blob_flags = cb.blob_flags;
+  a.blob_id = cb.blob_id;
+  a.size = cb.size;
+  if (Status st = renderer_->create_blob_3d(r->id, a, iov); !st.ok()) {
+    CANOPY_WARN_RL("gpu: host blob %u (ctx %u, blob id %llu, %llu bytes) refused: %s", r->id, a.ctx_id,
+                   (unsigned long long)a.blob_id, (unsigned long long)a.size, st.error().what);
+    free_backing(*r);
+    return Resp::kErrInvalidParameter;
+  }
+  if (guest) mem_layout_ = mem_->layout();
+  r->gpu_bytes = bytes;
+  stats_.gpu_bytes += bytes;
+  contexts_[cb.hdr.ctx_id]->resources.insert(r->id);
+  resources_.emplace(r->id, std::move(r));
+  return Resp::kOkNodata;
+}
+
+Resp GpuDevice::map_blob(const Command& c) {
+  if (!feature(proto::kFResourceBlob)) return Resp::kErrUnspec;
+  if (!host_visible_ || !host_visible_->usable()) return Resp::kErrUnspec;
+  const auto m = c.as<proto::ResourceMapBlob>();
+  auto it = resources_.find(m.resource_id);
+  if (it == resources_.end()) return Resp::kErrInvalidResourceId;
+  Resource& r = *it->second;
+  if (!r.is3d || !r.blob || !(r.blob_flags & proto::kBlobFlagMappable) || r.mapped) return Resp::kErrInvalidParameter;
+  const uint64_t page = 4096, offset = m.offset;
+  const uint64_t len = (r.blob_size + page - 1) & ~(page - 1);
+  if (offset % page || offset > host_visible_->size() || len > host_visible_->size() - offset)
+    return Resp::kErrInvalidParameter;
+  // Not over another mapping (the driver allocates the region; a guest that overlaps is refused).
+  auto next = mapped_.lower_bound(offset);
+  if (next != mapped_.end() && next->first < offset + len) return Resp::kErrInvalidParameter;
+  if (next != mapped_.begin()) {
+    const Resource& prev = *resources_.at(std::prev(next)->second);
+    if (prev.map_offset + prev.map_len > offset) return Resp::kErrInvalidParameter;
+  }
+  auto ex = renderer_->export_blob(r.id);
+  if (!ex.ok()) {
+    CANOPY_WARN_RL("gpu: MAP_BLOB of resource %u: %s", r.id, ex.error().what);
+    return Resp::kErrUnspec;
+  }
+  if (Status st = host_visible_->map(offset, ex->fd.get(), 0, len, true); !st.ok()) {
+    CANOPY_WARN_RL("gpu: MAP_BLOB of resource %u at 0x%llx: the front-end did not map it: %s", r.id,
+                   (unsigned long long)offset, st.error().what);
+    return Resp::kErrUnspec;
+  }
+  r.mapped = true;
+  r.map_offset = offset;
+  r.map_len = len;
+  mapped_.emplace(offset, r.id);
+  proto::RespMapInfo info{};
+  info.map_info = ex->map_info;
+  resp_.resize(sizeof info - sizeof info.hdr);
+  std::memcpy(resp_.data(), reinterpret_cast<const uint8_t*>(&info) + sizeof info.hdr, resp_.size());
+  return Resp::kOkMapInfo;
+}
+
+Resp GpuDevice::unmap_blob(const Command& c) {
+  if (!feature(proto::kFResourceBlob)) return Resp::kErrUnspec;
+  const auto u = c.as<proto::ResourceUnmapBlob>();
+  auto it = resources_.find(u.resource_id);
+  if (it == resources_.end()) return Resp::kErrInvalidResourceId;
+  if (!it->second->mapped) return Resp::kErrInvalidParameter;
+  unmap_resource(*it->second);
+  return Resp::kOkNodata;
+}
+
+void GpuDevice::unmap_resource(Resource& r) {
+  if (!r.mapped) return;
+  if (host_visible_) {
+    if (Status st = host_visible_->unmap(r.map_offset, r.map_len); !st.ok())
+      CANOPY_WARN_RL("gpu: resource %u: the front-end did not unmap it: %s", r.id, st.error().what);
+  }
+  mapped_.erase(r.map_offset);
+  r.mapped = false;
 }
 
 Resp GpuDevice::transfer_3d(const Command& c, bool to_host) {

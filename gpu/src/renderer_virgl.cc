@@ -1,6 +1,7 @@
 // The virgl renderer (renderer_virgl.h): virglrenderer 0.10 behind the Renderer interface.
 #include "canopy/gpu/renderer_virgl.h"
 
+#include <fcntl.h>
 #include <sys/uio.h>
 
 #include <algorithm>
@@ -26,8 +27,8 @@ namespace canopy::gpu {
 namespace {
 
 // Capset ids (virtio 1.2 §5.7.6.7 / virglrenderer_hw.h).
-constexpr uint32_t kCapsetVirgl = 1, kCapsetVirgl2 = 2;
-constexpr uint32_t kCapsets[] = {kCapsetVirgl, kCapsetVirgl2};
+constexpr uint32_t kCapsetVirgl = 1, kCapsetVirgl2 = 2, kCapsetVenus = 4;
+constexpr uint32_t kCapsets[] = {kCapsetVirgl, kCapsetVirgl2, kCapsetVenus};
 
 std::atomic<bool> g_alive{false};
 
@@ -47,6 +48,8 @@ class VirglRenderer final : public Renderer {
     };
     int flags = VIRGL_RENDERER_USE_EGL | VIRGL_RENDERER_USE_SURFACELESS | VIRGL_RENDERER_THREAD_SYNC;
     if (o.gles) flags |= VIRGL_RENDERER_USE_GLES;
+    // Venus (Vulkan) contexts run in this process on the host's Vulkan driver (no render server).
+    if (o.venus) flags |= VIRGL_RENDERER_VENUS;
     // The cookie must not be null: virglrenderer then fails without a word.
     if (virgl_renderer_init(r.get(), flags, &r->callbacks_) != 0) {
       g_alive = false;
@@ -55,10 +58,14 @@ class VirglRenderer final : public Renderer {
     r->initialised_ = true;
     r->poll_fd_ = virgl_renderer_get_poll_fd();
     for (uint32_t id : kCapsets) {
+      if (id == kCapsetVenus && !o.venus) continue;
       uint32_t ver = 0, size = 0;
       virgl_renderer_get_cap_set(id, &ver, &size);
-      if (ver > 0 && size > 0) r->capsets_.push_back(CapsetInfo{id, ver, size});
+      // Venus's capset has version 0; a size says the renderer has it.
+      if (size > 0 && (ver > 0 || id == kCapsetVenus)) r->capsets_.push_back(CapsetInfo{id, ver, size});
     }
+    if (o.venus && std::none_of(r->capsets_.begin(), r->capsets_.end(), [](const CapsetInfo& c) { return c.id == kCapsetVenus; }))
+      return make_error(Errc::kUnsupported, "virgl: venus asked for, but virglrenderer has no venus (no Vulkan driver?)");
     if (r->capsets_.empty()) return make_error(Errc::kIo, "virgl: no virgl capsets (OpenGL too old?)");
     return std::unique_ptr<Renderer>(std::move(r));
   }
@@ -93,7 +100,7 @@ class VirglRenderer final : public Renderer {
   Status create_context(uint32_t ctx_id, uint32_t capset_id, std::string_view debug_name) override {
     // No capset (a driver without CONTEXT_INIT) means virgl, as QEMU does.
     const uint32_t capset = capset_id == 0 ? kCapsetVirgl2 : capset_id;
-    if (capset != kCapsetVirgl && capset != kCapsetVirgl2)
+    if (std::none_of(capsets_.begin(), capsets_.end(), [capset](const CapsetInfo& c) { return c.id == capset; }))
       return make_error(Errc::kInvalidArgument, "virgl: contexts of this capset are not served");
     const std::string name(debug_name.substr(0, 64));
     if (virgl_renderer_context_create_with_flags(ctx_id, capset, uint32_t(name.size()), name.c_str()) != 0)
@@ -148,6 +155,50 @@ class VirglRenderer final : public Renderer {
     resources_[resource_id] = a;
     return {};
   }
+  Status create_blob_3d(uint32_t resource_id, const Blob3dArgs& a,
+                        std::span<const transport::GuestMemory::HostRange> ranges) override {
+    std::vector<iovec> iov;
+    for (const auto& r : ranges) iov.push_back(iovec{r.base, r.len});
+    virgl_renderer_resource_create_blob_args args{};
+    args.res_handle = resource_id;
+    args.ctx_id = a.ctx_id;
+    args.blob_mem = a.blob_mem;
+    args.blob_flags = a.blob_flags;
+    args.blob_id = a.blob_id;
+    args.size = a.size;
+    if (!iov.empty()) {
+      auto& kept = backings_[resource_id];  // virglrenderer keeps the array
+      kept = std::move(iov);
+      args.iovecs = kept.data();
+      args.num_iovs = uint32_t(kept.size());
+    }
+    if (const int r = virgl_renderer_resource_create_blob(&args); r != 0) {
+      backings_.erase(resource_id);
+      return make_error(Errc::kInvalidArgument, "virgl: host blob refused", -r);
+    }
+    return {};
+  }
+
+  Result<BlobExport> export_blob(uint32_t resource_id) override {
+    uint32_t type = 0;
+    int fd = -1;
+    if (virgl_renderer_resource_export_blob(resource_id, &type, &fd) != 0)
+      return make_error(Errc::kUnsupported, "virgl: the blob cannot be exported as a file");
+    BlobExport out;
+    out.fd = UniqueFd(fd);
+    // dma-bufs (a GPU's memory) and shared memory map; an opaque fd only where it is a memfd (lavapipe's
+    // host-visible memory): anything else is not a file the front-end can map.
+    if (type == VIRGL_RENDERER_BLOB_FD_TYPE_OPAQUE && fcntl(out.fd.get(), F_GET_SEALS) < 0)
+      return make_error(Errc::kUnsupported, "virgl: the blob is an opaque handle, not mappable memory");
+    if (type != VIRGL_RENDERER_BLOB_FD_TYPE_DMABUF && type != VIRGL_RENDERER_BLOB_FD_TYPE_SHM &&
+        type != VIRGL_RENDERER_BLOB_FD_TYPE_OPAQUE)
+      return make_error(Errc::kUnsupported, "virgl: unknown blob file type");
+    uint32_t info = 0;
+    if (virgl_renderer_resource_get_map_info(resource_id, &info) != 0) info = proto::kMapCacheCached;
+    out.map_info = info & proto::kMapCacheMask;
+    return out;
+  }
+
   void destroy_3d(uint32_t resource_id) override {
     virgl_renderer_resource_unref(resource_id);
     resources_.erase(resource_id);

@@ -1,9 +1,11 @@
 // The device model with the virgl renderer: virglrenderer on this machine's OpenGL (llvmpipe in CI),
 // driven with the commands a guest's Mesa virgl driver sends, and a virgl command stream of our own.
 #include <poll.h>
+#include <sys/mman.h>
 
 #include <chrono>
 #include <cstring>
+#include <map>
 
 #include "canopy/gpu/renderer_virgl.h"
 #include "gpu_test_util.h"
@@ -364,6 +366,164 @@ TEST(VirglRenderer, OnePerProcess) {
   a->reset();
   auto c = make_virgl_renderer();  // after the first one is gone, a new one starts
   EXPECT_TRUE(c.ok());
+}
+
+// ---- venus: host blobs mapped into the host-visible region ---------------------------------------
+
+// The host-visible region as canopy-vmm keeps it: a reserved, inaccessible range of this process into
+// which map() puts the blob's file (MAP_FIXED) and unmap() puts the reservation back.
+class TestRegion final : public HostVisibleRegion {
+ public:
+  explicit TestRegion(uint64_t size) : size_(size) {
+    base_ = static_cast<uint8_t*>(mmap(nullptr, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0));
+  }
+  ~TestRegion() override { munmap(base_, size_); }
+  uint64_t size() const override { return size_; }
+  bool usable() const override { return true; }
+  Status map(uint64_t offset, int fd, uint64_t fd_offset, uint64_t len, bool writable) override {
+    maps.emplace(offset, len);
+    void* p = mmap(base_ + offset, len, PROT_READ | (writable ? PROT_WRITE : 0), MAP_SHARED | MAP_FIXED, fd,
+                   off_t(fd_offset));
+    return p == MAP_FAILED ? Status(make_error(Errc::kIo, "mmap failed", errno)) : Status();
+  }
+  Status unmap(uint64_t offset, uint64_t len) override {
+    auto it = maps.find(offset);
+    if (it == maps.end() || it->second != len) return make_error(Errc::kInvalidArgument, "no such mapping");
+    maps.erase(it);
+    mmap(base_ + offset, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+    return {};
+  }
+  uint8_t* at(uint64_t offset) { return base_ + offset; }
+  std::map<uint64_t, uint64_t> maps;
+
+ private:
+  uint64_t size_;
+  uint8_t* base_;
+};
+
+constexpr uint32_t kCapsetVenus = 4;
+
+class VenusDevice : public VirglDevice {
+ protected:
+  void SetUp() override {
+    if (!virgl_available()) GTEST_SKIP() << "built without virglrenderer";
+    VirglOptions vo;
+    vo.venus = true;
+    auto r = make_virgl_renderer(vo);
+    ASSERT_TRUE(r.ok()) << r.error().what;  // lavapipe in CI
+    GpuOptions o;
+    o.features |= proto::kFVirgl;
+    o.caps.max_3d_bytes = 4 << 20;
+    h = std::make_unique<Harness>(o, HeadlessOutput::Options{}, std::move(*r));
+    h->dev->set_host_visible(&region);
+  }
+  uint32_t create_blob(uint32_t id, uint32_t ctx, uint64_t size, uint32_t flags = proto::kBlobFlagMappable,
+                       uint32_t mem = uint32_t(proto::BlobMem::kHost3d)) {
+    proto::ResourceCreateBlob b{};
+    b.hdr = proto::make_hdr(Cmd::kResourceCreateBlob, 0, 0, ctx);
+    b.resource_id = id;
+    b.blob_mem = mem;
+    b.blob_flags = flags;
+    b.blob_id = 0;  // fresh shared memory (what venus's command ring is made of)
+    b.size = size;
+    return h->call(b);
+  }
+  // MAP_BLOB: the response type and the map_info it carries.
+  std::pair<uint32_t, uint32_t> map(uint32_t id, uint64_t offset) {
+    proto::ResourceMapBlob m{};
+    m.hdr = proto::make_hdr(Cmd::kResourceMapBlob);
+    m.resource_id = id;
+    m.offset = offset;
+    const uint64_t t = h->send(m);
+    proto::RespMapInfo info{};
+    const auto& bytes = h->responses[t];
+    std::memcpy(&info, bytes.data(), std::min(sizeof info, bytes.size()));
+    return {info.hdr.type.get(), info.map_info.get()};
+  }
+  uint32_t unmap(uint32_t id) {
+    proto::ResourceUnmapBlob u{};
+    u.hdr = proto::make_hdr(Cmd::kResourceUnmapBlob);
+    u.resource_id = id;
+    return h->call(u);
+  }
+  TestRegion region{16 << 20};
+};
+
+TEST_F(VenusDevice, OffersTheVenusCapsetAndContexts) {
+  bool venus = false;
+  for (uint32_t i = 0; i < 8; ++i) {
+    proto::GetCapsetInfo g{};
+    g.hdr = proto::make_hdr(Cmd::kGetCapsetInfo);
+    g.capset_index = i;
+    const uint64_t t = h->send(g);
+    proto::RespCapsetInfo info{};
+    std::memcpy(&info, h->responses[t].data(), std::min(sizeof info, h->responses[t].size()));
+    if (info.hdr.type.get() != R(Resp::kOkCapsetInfo)) break;
+    venus |= info.capset_id.get() == kCapsetVenus && info.capset_max_size.get() > 0;
+  }
+  EXPECT_TRUE(venus);
+  EXPECT_EQ(ctx_create(kCtx, kCapsetVenus), R(Resp::kOkNodata));
+  EXPECT_EQ(ctx_create(kCtx + 1, 3), R(Resp::kErrInvalidParameter));  // a capset the renderer lacks
+}
+
+TEST_F(VenusDevice, HostBlobIsMappedIntoTheRegionAndKeepsItsContents) {
+  ASSERT_EQ(ctx_create(kCtx, kCapsetVenus), R(Resp::kOkNodata));
+  ASSERT_EQ(create_blob(10, kCtx, 64 << 10), R(Resp::kOkNodata));
+  EXPECT_EQ(h->dev->stats().gpu_bytes, 64u << 10);
+  auto [type, info] = map(10, 0x10000);
+  ASSERT_EQ(type, R(Resp::kOkMapInfo));
+  EXPECT_EQ(info, proto::kMapCacheCached);
+  EXPECT_EQ(region.maps, (std::map<uint64_t, uint64_t>{{0x10000, 64 << 10}}));
+  EXPECT_EQ(h->dev->stats().blobs_mapped, 1u);
+  // The guest's view: memory it writes through the region is the blob's.
+  for (uint32_t i = 0; i < (64 << 10); i += 4096) region.at(0x10000)[i] = uint8_t(i >> 12 | 0x80);
+  EXPECT_EQ(unmap(10), R(Resp::kOkNodata));
+  EXPECT_TRUE(region.maps.empty());
+  ASSERT_EQ(map(10, 0).first, R(Resp::kOkMapInfo));  // somewhere else: the same memory
+  for (uint32_t i = 0; i < (64 << 10); i += 4096) ASSERT_EQ(region.at(0)[i], uint8_t(i >> 12 | 0x80)) << i;
+  // Unref of a mapped blob takes the mapping back.
+  EXPECT_EQ(h->call(proto::ResourceUnref{proto::make_hdr(Cmd::kResourceUnref), 10, 0}), R(Resp::kOkNodata));
+  EXPECT_TRUE(region.maps.empty());
+  EXPECT_EQ(h->dev->stats().gpu_bytes, 0u);
+  EXPECT_EQ(h->dev->stats().blobs_mapped, 0u);
+}
+
+TEST_F(VenusDevice, MapBlobRefusesWhatTheRegionCannotHold) {
+  ASSERT_EQ(ctx_create(kCtx, kCapsetVenus), R(Resp::kOkNodata));
+  ASSERT_EQ(create_blob(10, kCtx, 64 << 10), R(Resp::kOkNodata));
+  ASSERT_EQ(create_blob(11, kCtx, 8192), R(Resp::kOkNodata));
+  // Fresh shared memory is only for mapping: virglrenderer refuses it without MAPPABLE.
+  EXPECT_EQ(create_blob(12, kCtx, 4096, 0), R(Resp::kErrInvalidParameter));
+  EXPECT_EQ(map(10, 100).first, R(Resp::kErrInvalidParameter));               // not page aligned
+  EXPECT_EQ(map(10, (16 << 20) - 4096).first, R(Resp::kErrInvalidParameter));  // runs past the region
+  EXPECT_EQ(map(10, uint64_t(1) << 63).first, R(Resp::kErrInvalidParameter));
+  EXPECT_EQ(unmap(11), R(Resp::kErrInvalidParameter));  // not mapped
+  EXPECT_EQ(map(99, 0).first, R(Resp::kErrInvalidResourceId));
+  ASSERT_EQ(map(10, 0x20000).first, R(Resp::kOkMapInfo));
+  EXPECT_EQ(map(10, 0x40000).first, R(Resp::kErrInvalidParameter));  // mapped already
+  EXPECT_EQ(map(11, 0x2f000).first, R(Resp::kErrInvalidParameter));  // overlaps 10's end
+  EXPECT_EQ(map(11, 0x1f000).first, R(Resp::kErrInvalidParameter));  // overlaps 10's start
+  EXPECT_EQ(map(11, 0x1e000).first, R(Resp::kOkMapInfo));            // just before it
+  EXPECT_EQ(region.maps.size(), 2u);
+  // A device reset takes every mapping back.
+  h->dev->reset();
+  EXPECT_TRUE(region.maps.empty());
+}
+
+TEST_F(VenusDevice, HostBlobsAreCheckedAndBudgeted) {
+  ASSERT_EQ(ctx_create(kCtx, kCapsetVenus), R(Resp::kOkNodata));
+  EXPECT_EQ(create_blob(10, kCtx + 1, 4096), R(Resp::kErrInvalidContextId));
+  EXPECT_EQ(create_blob(10, kCtx, 0), R(Resp::kErrInvalidParameter));
+  EXPECT_EQ(create_blob(10, kCtx, 4096, 0x100), R(Resp::kErrInvalidParameter));  // unknown flag
+  EXPECT_EQ(create_blob(10, kCtx, 4096, proto::kBlobFlagMappable, 9), R(Resp::kErrInvalidParameter));
+  EXPECT_EQ(create_blob(10, kCtx, 5 << 20), R(Resp::kErrOutOfMemory));  // over max_3d_bytes (4 MiB)
+  ASSERT_EQ(create_blob(10, kCtx, 3 << 20), R(Resp::kOkNodata));
+  EXPECT_EQ(create_blob(11, kCtx, 2 << 20), R(Resp::kErrOutOfMemory));  // together over it
+  EXPECT_EQ(create_blob(10, kCtx, 4096), R(Resp::kErrInvalidResourceId));
+  // Without a region (a front-end that maps nothing), MAP_BLOB fails and nothing else does.
+  h->dev->set_host_visible(nullptr);
+  EXPECT_EQ(map(10, 0).first, R(Resp::kErrUnspec));
+  EXPECT_EQ(create_blob(11, kCtx, 4096), R(Resp::kOkNodata));
 }
 
 TEST(GpuDevice2d, ThreeDCommandsNeedAThreeDRenderer) {

@@ -12,6 +12,44 @@ namespace canopy::gpu {
 
 namespace vu = transport::vhost_user;
 
+// The host-visible region as the front-end maps it (SHMEM_MAP / SHMEM_UNMAP, acknowledged).
+class VhostGpu::Region final : public HostVisibleRegion {
+ public:
+  explicit Region(VhostGpu& g) : g_(g) {}
+  uint64_t size() const override { return g_.options_.host_visible_bytes; }
+  bool usable() const override {
+    return (g_.acked_protocol_ & vu::proto_bit(vu::kProtoShmem)) && g_.backend_channel_ && g_.backend_channel_->valid();
+  }
+  Status map(uint64_t offset, int fd, uint64_t fd_offset, uint64_t len, bool writable) override {
+    return request(vu::BackendRequest::kShmemMap, offset, len, fd_offset, writable ? vu::kShmemMapWritable : 0, fd);
+  }
+  Status unmap(uint64_t offset, uint64_t len) override {
+    return request(vu::BackendRequest::kShmemUnmap, offset, len, 0, 0, -1);
+  }
+
+ private:
+  Status request(vu::BackendRequest what, uint64_t offset, uint64_t len, uint64_t fd_offset, uint64_t flags, int fd) {
+    if (!usable()) return make_error(Errc::kState, "no host-visible region with this front-end");
+    vu::ShmemMap m{};
+    m.shmid = proto::kShmIdHostVisible;
+    m.fd_offset = fd_offset;
+    m.shm_offset = offset;
+    m.len = len;
+    m.flags = flags;
+    auto msg = vu::Message::make(static_cast<vu::Request>(uint32_t(what)), m);
+    // A front-end that does not answer in time loses the channel rather than stall the device.
+    Status s = g_.backend_channel_->request_ack(std::move(msg), fd >= 0 ? std::span<const int>(&fd, 1) : std::span<const int>(),
+                                                kReplyTimeoutMs);
+    if (!s.ok() && (s.code() == Errc::kTimeout || s.code() == Errc::kProtocol || s.code() == Errc::kClosed)) {
+      CANOPY_WARN("gpu: back-end channel out of step (%s): closing it", s.error().what);
+      g_.backend_channel_->close();
+    }
+    return s;
+  }
+  static constexpr int kReplyTimeoutMs = 5000;
+  VhostGpu& g_;
+};
+
 Result<std::unique_ptr<VhostGpu>> VhostGpu::create(VhostGpuOptions options, ScanoutOutput* output) {
   if (!output) return make_error(Errc::kInvalidArgument, "vhost-gpu: no output");
   std::unique_ptr<VhostGpu> v(new VhostGpu());
@@ -29,6 +67,13 @@ Result<std::unique_ptr<VhostGpu>> VhostGpu::create(VhostGpuOptions options, Scan
   }
   CANOPY_ASSIGN_OR_RETURN(v->gpu_, GpuDevice::create(v->options_.gpu, std::move(renderer), &v->tee_,
                                                      [self](uint64_t t, std::span<const uint8_t> b) { self->respond(t, b); }));
+  if (v->options_.renderer != "virgl") v->options_.host_visible_bytes = 0;
+  if (v->options_.host_visible_bytes % (uint64_t{2} << 20))
+    return make_error(Errc::kInvalidArgument, "vhost-gpu: the host-visible region is a multiple of 2 MiB");
+  if (v->options_.host_visible_bytes) {
+    v->region_ = std::make_unique<Region>(*v);
+    v->gpu_->set_host_visible(v->region_.get());
+  }
   if (!v->options_.control_path.empty()) {
     CANOPY_ASSIGN_OR_RETURN(v->control_,
                             ControlServer::listen(
@@ -47,7 +92,15 @@ uint64_t VhostGpu::features() const {
 }
 
 uint64_t VhostGpu::protocol_features() const {
-  return vu::proto_bit(vu::kProtoConfig) | vu::proto_bit(vu::kProtoBackendReq);
+  return vu::proto_bit(vu::kProtoConfig) | vu::proto_bit(vu::kProtoBackendReq) |
+         (region_ ? vu::proto_bit(vu::kProtoShmem) : 0);
+}
+
+std::vector<uint64_t> VhostGpu::shmem_sizes() const {
+  if (!region_) return {};
+  std::vector<uint64_t> sizes(proto::kShmIdHostVisible + 1);
+  sizes[proto::kShmIdHostVisible] = options_.host_visible_bytes;
+  return sizes;
 }
 
 Result<std::vector<uint8_t>> VhostGpu::read_config(uint32_t offset, uint32_t size) {

@@ -38,6 +38,9 @@ constexpr const char* kUsage =
     "  --renderer=2d|virgl      2d (default), or virglrenderer for 3D (VIRGL: capsets virgl, virgl2;\n"
     "                           EGL without a window system: a GPU's render node, else llvmpipe)\n"
     "  --gles                   with virgl: OpenGL ES on the host instead of desktop OpenGL\n"
+    "  --venus                  with virgl: Vulkan contexts too (capset venus, the host's Vulkan driver)\n"
+    "  --host-visible-mb=N      with virgl: the host-visible region for mapped host blobs (default 1024,\n"
+    "                           0: none); only front-ends with vhost-user SHMEM (canopy-vmm) map it\n"
     "  --no-blob --no-uuid --no-context-init --no-edid   withhold a feature\n"
     "  --max-resources=N --max-backing-mb=N --max-host-mb=N --max-contexts=N   per-VM caps\n";
 
@@ -113,6 +116,8 @@ Result<std::unique_ptr<vu::Device>> make_device(const std::vector<std::string>& 
     else if (key == "--max-contexts" && parse_u64(val, v, 1u << 16) && v) o.gpu.caps.max_contexts = uint32_t(v);
     else if (key == "--renderer" && (val == "2d" || val == "virgl")) o.renderer = val;
     else if (key == "--gles" && eq == std::string::npos) o.virgl.gles = true;
+    else if (key == "--venus" && eq == std::string::npos) o.virgl.venus = true;
+    else if (key == "--host-visible-mb" && parse_u64(val, v, 64u << 10) && v % 2 == 0) o.host_visible_bytes = v << 20;
     else {
       CANOPY_ERROR("canopy-gpu: bad option %s", a.c_str());
       return make_error(Errc::kInvalidArgument, "bad option (see --help)");
@@ -151,6 +156,6 @@ int main(int argc, char** argv) {
   vu::BackendProgram program{"canopy-gpu", "gpu", {"edid"}, kUsage};
   program.valued_options = {"--renderer", "--scanouts",    "--mode",           "--scanout-mode", "--frame-log",
                             "--max-resources", "--max-backing-mb", "--max-host-mb",  "--max-contexts",
-                            "--release-after-ms", "--control",  "--display-socket", "--vm"};
+                            "--release-after-ms", "--control",  "--display-socket", "--vm", "--host-visible-mb"};
   return vu::backend_main(argc, argv, program, make_device);
 }

@@ -8,9 +8,11 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <bit>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <thread>
 
@@ -92,6 +94,15 @@ struct KvmVm::Impl {
   std::atomic<int> outcome{-1};
   std::mutex console_mu;
   std::string console_line;
+  struct Shm {
+    uint64_t gpa = 0, size = 0;
+    uint8_t* host = nullptr;
+    std::map<uint64_t, uint64_t> maps;  // offset -> len
+  };
+  mutable std::mutex shm_mu;
+  std::vector<Shm> shm;
+  uint64_t next_shm_gpa = 0;
+  uint32_t next_slot = 2;  // 0 and 1: RAM
 };
 
 bool KvmVm::available() {
@@ -176,6 +187,98 @@ KvmVm::~KvmVm() {
     }
   }
   if (ram_) munmap(ram_, cfg_.ram_bytes);
+  if (impl_)
+    for (auto& r : impl_->shm) munmap(r.host, r.size);
+}
+
+namespace {
+constexpr uint64_t kShmAlign = 2ull << 20;
+// An inaccessible reservation of [at, at + len) (or anywhere, at == nullptr).
+void* reserve(void* at, uint64_t len) {
+  return mmap(at, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | (at ? MAP_FIXED : 0), -1, 0);
+}
+}  // namespace
+
+Result<uint32_t> KvmVm::add_shm_region(uint64_t size, uint64_t* gpa) {
+  if (size == 0 || size % kShmAlign || size > (64ull << 30))
+    return make_error(Errc::kInvalidArgument, "kvm: a shared memory region is 2 MiB..64 GiB in 2 MiB steps");
+  std::lock_guard<std::mutex> l(impl_->shm_mu);
+  if (impl_->next_shm_gpa == 0) {
+    // Above RAM, on a 1 GiB boundary.
+    const uint64_t low = std::min(cfg_.ram_bytes, kMmioGapStart);
+    impl_->next_shm_gpa = (kHighRamStart + (cfg_.ram_bytes - low) + (1ull << 30) - 1) & ~((1ull << 30) - 1);
+  }
+  // Each region on a boundary of its own size (up to 1 GiB), so the guest can use large pages.
+  const uint64_t align = std::min<uint64_t>(1ull << 30, std::bit_ceil(size));
+  const uint64_t at = (impl_->next_shm_gpa + align - 1) & ~(align - 1);
+  void* host = reserve(nullptr, size);
+  if (host == MAP_FAILED) return make_error(Errc::kNoMemory, "kvm: cannot reserve a shared memory region", errno);
+  kvm_userspace_memory_region r{};
+  r.slot = impl_->next_slot;
+  r.guest_phys_addr = at;
+  r.memory_size = size;
+  r.userspace_addr = reinterpret_cast<uint64_t>(host);
+  if (ioctl(vm_.get(), KVM_SET_USER_MEMORY_REGION, &r) < 0) {
+    const int err = errno;
+    munmap(host, size);
+    return make_error(Errc::kIo, "kvm: cannot add a shared memory region's slot", err);
+  }
+  ++impl_->next_slot;
+  impl_->next_shm_gpa = at + size;
+  impl_->shm.push_back(Impl::Shm{at, size, static_cast<uint8_t*>(host), {}});
+  *gpa = at;
+  return uint32_t(impl_->shm.size() - 1);
+}
+
+Status KvmVm::map_shm(uint32_t region, uint64_t offset, int fd, uint64_t fd_offset, uint64_t len, bool writable) {
+  std::lock_guard<std::mutex> l(impl_->shm_mu);
+  if (region >= impl_->shm.size()) return make_error(Errc::kInvalidArgument, "kvm: no such shared memory region");
+  Impl::Shm& r = impl_->shm[region];
+  const uint64_t page = uint64_t(sysconf(_SC_PAGESIZE));
+  if (len == 0 || offset % page || len % page || fd_offset % page)
+    return make_error(Errc::kInvalidArgument, "kvm: shared memory mapping not page aligned or empty");
+  if (offset > r.size || len > r.size - offset)
+    return make_error(Errc::kOutOfRange, "kvm: shared memory mapping outside its region");
+  auto next = r.maps.lower_bound(offset);
+  if (next != r.maps.end() && next->first < offset + len)
+    return make_error(Errc::kInvalidArgument, "kvm: shared memory mapping overlaps another");
+  if (next != r.maps.begin() && std::prev(next)->first + std::prev(next)->second > offset)
+    return make_error(Errc::kInvalidArgument, "kvm: shared memory mapping overlaps another");
+  void* p = mmap(r.host + offset, len, PROT_READ | (writable ? PROT_WRITE : 0), MAP_SHARED | MAP_FIXED, fd,
+                 off_t(fd_offset));
+  if (p == MAP_FAILED) {
+    const int err = errno;
+    reserve(r.host + offset, len);  // MAP_FIXED may have dropped the reservation there
+    return make_error(Errc::kIo, "kvm: cannot map the back-end's file", err);
+  }
+  r.maps.emplace(offset, len);
+  return {};
+}
+
+Status KvmVm::unmap_shm(uint32_t region, uint64_t offset, uint64_t len) {
+  std::lock_guard<std::mutex> l(impl_->shm_mu);
+  if (region >= impl_->shm.size()) return make_error(Errc::kInvalidArgument, "kvm: no such shared memory region");
+  Impl::Shm& r = impl_->shm[region];
+  auto it = r.maps.find(offset);
+  if (it == r.maps.end() || it->second != len)
+    return make_error(Errc::kInvalidArgument, "kvm: no such shared memory mapping");
+  if (reserve(r.host + offset, len) == MAP_FAILED)
+    return make_error(Errc::kIo, "kvm: cannot take back a shared memory mapping", errno);
+  r.maps.erase(it);
+  return {};
+}
+
+void KvmVm::clear_shm(uint32_t region) {
+  std::lock_guard<std::mutex> l(impl_->shm_mu);
+  if (region >= impl_->shm.size()) return;
+  Impl::Shm& r = impl_->shm[region];
+  for (const auto& [off, len] : r.maps) reserve(r.host + off, len);
+  r.maps.clear();
+}
+
+size_t KvmVm::shm_mappings(uint32_t region) const {
+  std::lock_guard<std::mutex> l(impl_->shm_mu);
+  return region < impl_->shm.size() ? impl_->shm[region].maps.size() : 0;
 }
 
 uint8_t* KvmVm::host_address(uint64_t gpa) const {
@@ -392,7 +495,11 @@ Result<VmExit> KvmVm::run() {
             run->immediate_exit = 0;
             continue;
           }
-          CANOPY_ERROR("kvm: vCPU %u: KVM_RUN failed: %s", v->index, std::strerror(errno));
+          if (errno == EFAULT)
+            CANOPY_ERROR("kvm: vCPU %u: the guest touched memory without host pages (an unmapped part of a "
+                         "shared memory region?): stopping it", v->index);
+          else
+            CANOPY_ERROR("kvm: vCPU %u: KVM_RUN failed: %s", v->index, std::strerror(errno));
           finish(VmExit::kError);
           break;
         }

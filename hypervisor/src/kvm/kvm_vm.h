@@ -63,6 +63,22 @@ class KvmVm {
   // ACPI devices: the virtio-mmio windows to describe in the DSDT (before run()).
   void describe_virtio(uint64_t base, uint32_t size, uint32_t gsi);
 
+  // A VIRTIO shared memory region (virtio 1.2 §2.10): `size` bytes (a multiple of 2 MiB, at most 64 GiB)
+  // of guest-physical space above RAM, one KVM memory slot over a range of canopy-vmm's address space
+  // that is reserved and inaccessible until map_shm() puts a back-end's file into part of it (the
+  // guest then reaches that file's pages directly; touching an unmapped part stops the VM with an
+  // error). Returns the region's index; *gpa is where the guest finds it.
+  Result<uint32_t> add_shm_region(uint64_t size, uint64_t* gpa);
+  // Maps [fd_offset, fd_offset + len) of fd at `offset` of region `region` (page aligned, inside the
+  // region, not overlapping another mapping). Any thread.
+  Status map_shm(uint32_t region, uint64_t offset, int fd, uint64_t fd_offset, uint64_t len, bool writable);
+  // Takes back exactly one earlier mapping [offset, offset + len).
+  Status unmap_shm(uint32_t region, uint64_t offset, uint64_t len);
+  // Takes back every mapping of the region (a device reset or a back-end gone).
+  void clear_shm(uint32_t region);
+  // The number of live mappings of a region (tests, logs).
+  size_t shm_mappings(uint32_t region) const;
+
   // Loads the kernel and tables, runs the vCPUs until the guest stops.
   Result<VmExit> run();
   // Any thread, or a signal handler.

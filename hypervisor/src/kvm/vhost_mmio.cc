@@ -43,7 +43,10 @@ Result<std::unique_ptr<VhostMmioDevice>> VhostMmioDevice::start(const KvmDeviceS
   uint64_t proto = 0;
   if (d->backend_features_ & transport::kVhostUserFProtocolFeatures) {
     CANOPY_ASSIGN_OR_RETURN(uint64_t pf, fe.get_protocol_features());
-    proto = pf & (vu::proto_bit(vu::kProtoConfig) | vu::proto_bit(vu::kProtoMq) | vu::proto_bit(vu::kProtoReplyAck));
+    proto = pf & (vu::proto_bit(vu::kProtoConfig) | vu::proto_bit(vu::kProtoMq) | vu::proto_bit(vu::kProtoReplyAck) |
+                  vu::proto_bit(vu::kProtoResetDevice) | vu::proto_bit(vu::kProtoBackendReq) |
+                  vu::proto_bit(vu::kProtoShmem));
+    if (!(proto & vu::proto_bit(vu::kProtoBackendReq))) proto &= ~vu::proto_bit(vu::kProtoShmem);
     CANOPY_TRY(fe.set_protocol_features(proto));
   }
   uint16_t queues = virtio_default_queues(spec.virtio_id);
@@ -64,6 +67,23 @@ Result<std::unique_ptr<VhostMmioDevice>> VhostMmioDevice::start(const KvmDeviceS
                        vm.ram_fd()});
   CANOPY_TRY(fe.set_mem_table(regions));
   d->config_size_ = (proto & vu::proto_bit(vu::kProtoConfig)) ? virtio_config_size(spec.virtio_id) : 0;
+  d->proto_ = proto;
+  if (proto & vu::proto_bit(vu::kProtoShmem)) {
+    CANOPY_ASSIGN_OR_RETURN(auto sizes, fe.get_shmem_config());
+    for (uint32_t id = 0; id < sizes.size(); ++id) {
+      if (sizes[id] == 0) continue;
+      Shm s;
+      s.shmid = id;
+      s.size = sizes[id];
+      auto region = vm.add_shm_region(s.size, &s.gpa);
+      if (!region.ok())
+        return make_error(region.code(), "back-end's shared memory region refused", region.error().sys_errno);
+      s.region = *region;
+      CANOPY_INFO("kvm: device %s: shared memory region %u, %llu MiB at guest-physical 0x%llx", spec.name.c_str(), id,
+                  (unsigned long long)(s.size >> 20), (unsigned long long)s.gpa);
+      d->shm_.push_back(s);
+    }
+  }
   d->queues_.resize(queues);
   VhostMmioDevice* self = d.get();
   d->mmio_ = std::make_unique<transport::VirtioMmio>(*d, [self](bool asserted) {
@@ -75,15 +95,62 @@ Result<std::unique_ptr<VhostMmioDevice>> VhostMmioDevice::start(const KvmDeviceS
                          MmioHandler{[self](uint64_t off, uint32_t len) { return self->mmio_->read(off, len); },
                                      [self](uint64_t off, uint32_t len, uint64_t v) { self->mmio_->write(off, len, v); }}));
   vm.describe_virtio(base, uint32_t(d->window_), gsi);
+  if (proto & vu::proto_bit(vu::kProtoBackendReq)) CANOPY_TRY(d->start_backend_requests(proto));
   CANOPY_INFO("kvm: device %s (virtio %u): back-end %s up (pid %d), %u queue(s), MMIO 0x%llx, GSI %u", spec.name.c_str(),
               spec.virtio_id, spec.program.c_str(), int(d->backend_.pid()), queues, (unsigned long long)base, gsi);
   return d;
+}
+
+Status VhostMmioDevice::start_backend_requests(uint64_t) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return make_error(Errc::kIo, "socketpair failed", errno);
+  backend_req_ = UniqueFd(sv[0]);
+  UniqueFd theirs(sv[1]);
+  CANOPY_TRY(fe_.set_backend_req_fd(theirs.get()));
+  backend_req_thread_ = std::thread([this] { serve_backend_requests(); });
+  return {};
+}
+
+void VhostMmioDevice::serve_backend_requests() {
+  vu::Channel ch(UniqueFd(dup(backend_req_.get())));
+  vu::BackendRequestHandlers h;
+  h.config_changed = [this] { mmio_->config_changed(); };
+  auto find = [this](uint8_t shmid) -> const Shm* {
+    for (const auto& s : shm_)
+      if (s.shmid == shmid) return &s;
+    return nullptr;
+  };
+  h.shmem_map = [this, find](const vu::ShmemMap& m, int fd) -> Status {
+    const Shm* s = find(m.shmid);
+    if (!s) return make_error(Errc::kInvalidArgument, "SHMEM_MAP: no such region");
+    return vm_->map_shm(s->region, m.shm_offset, fd, m.fd_offset, m.len, m.flags.get() & vu::kShmemMapWritable);
+  };
+  h.shmem_unmap = [this, find](const vu::ShmemMap& m) -> Status {
+    const Shm* s = find(m.shmid);
+    if (!s) return make_error(Errc::kInvalidArgument, "SHMEM_UNMAP: no such region");
+    return vm_->unmap_shm(s->region, m.shm_offset, m.len);
+  };
+  for (;;) {
+    Status st = vu::serve_backend_request(ch, h, -1);
+    if (st.ok()) continue;
+    if (st.code() == Errc::kClosed || st.code() == Errc::kIo) break;  // the back-end or we went away
+    CANOPY_WARN_RL("kvm: device %s: back-end request refused: %s", spec_.name.c_str(), st.error().what);
+    if (st.code() == Errc::kProtocol) break;  // out of step
+  }
+}
+
+std::optional<transport::ShmRegion> VhostMmioDevice::shm_region(uint32_t id) const {
+  for (const auto& s : shm_)
+    if (s.shmid == id) return transport::ShmRegion{s.gpa, s.size};
+  return std::nullopt;
 }
 
 VhostMmioDevice::~VhostMmioDevice() {
   for (uint16_t q = 0; q < queues_.size(); ++q)
     if (queues_[q].call.valid()) (void)vm_->remove_irqfd(gsi_, queues_[q].call.get());
   fe_ = vu::Frontend();  // closing the socket makes the back-end exit on its own
+  if (backend_req_.valid()) ::shutdown(backend_req_.get(), SHUT_RDWR);  // ends the request thread
+  if (backend_req_thread_.joinable()) backend_req_thread_.join();
   if (backend_.running() && !backend_.wait(500).ok()) backend_.terminate(500);
 }
 
@@ -161,6 +228,12 @@ void VhostMmioDevice::stop_queue(uint16_t q) {
 
 void VhostMmioDevice::on_reset() {
   for (uint16_t q = 0; q < queues_.size(); ++q) stop_queue(q);
+  if (proto_ & vu::proto_bit(vu::kProtoResetDevice)) {
+    if (Status s = fe_.reset_device(); !s.ok())
+      CANOPY_WARN("kvm: device %s: RESET_DEVICE failed: %s", spec_.name.c_str(), s.error().what);
+  }
+  // The back-end forgets its mappings with the reset; the regions are emptied to match.
+  for (const auto& s : shm_) vm_->clear_shm(s.region);
 }
 
 }  // namespace canopy::hypervisor::kvm

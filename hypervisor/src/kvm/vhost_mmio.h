@@ -7,12 +7,20 @@
 // reads with the used-buffer bit set from DRIVER_OK on (VirtioMmio::set_used_buffer_notifications_external);
 // config-change interrupts still come from the register model.
 //
+// Back-ends that offer BACKEND_REQ get a back-end request channel, served on a thread of its own
+// (never blocked by a vCPU): CONFIG_CHANGE_MSG becomes a config-change interrupt, and with SHMEM the
+// back-end's shared memory regions (GET_SHMEM_CONFIG) become guest-physical regions the driver finds
+// through SHMSel (KvmVm::add_shm_region) into which SHMEM_MAP / SHMEM_UNMAP put the back-end's files
+// (virtio-gpu's host-visible memory: the guest maps GPU buffers without a copy). A driver reset
+// reaches the back-end (RESET_DEVICE) and takes every mapping back.
+//
 // Threading: register accesses come from vCPU threads (serialised by the register model's mutex).
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "canopy/base/result.h"
@@ -50,12 +58,15 @@ class VhostMmioDevice final : public transport::MmioDevice {
   Status on_queue_ready(uint16_t q, const transport::MmioQueueConfig& cfg) override;
   void on_queue_notify(uint16_t q, uint32_t data) override;
   void on_reset() override;
+  std::optional<transport::ShmRegion> shm_region(uint32_t id) const override;
 
   uint64_t window() const { return window_; }
 
  private:
   VhostMmioDevice() = default;
   void stop_queue(uint16_t q);
+  Status start_backend_requests(uint64_t proto);
+  void serve_backend_requests();
   struct Queue {
     bool running = false;
     UniqueFd kick, call;
@@ -68,8 +79,16 @@ class VhostMmioDevice final : public transport::MmioDevice {
   uint64_t base_ = 0, window_ = 0;
   uint32_t gsi_ = 0;
   uint64_t backend_features_ = 0;
+  uint64_t proto_ = 0;  // negotiated protocol features
   uint32_t config_size_ = 0;
   std::vector<Queue> queues_;
+  struct Shm {
+    uint32_t shmid = 0, region = 0;
+    uint64_t gpa = 0, size = 0;
+  };
+  std::vector<Shm> shm_;
+  UniqueFd backend_req_;  // our end of the back-end request channel
+  std::thread backend_req_thread_;
 };
 
 }  // namespace canopy::hypervisor::kvm

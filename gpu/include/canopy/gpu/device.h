@@ -83,6 +83,32 @@ struct Resource3dArgs {
            nr_samples = 0, flags = 0;
 };
 
+// RESOURCE_CREATE_BLOB of host memory (HOST3D, or HOST3D_GUEST with guest backing): the context's
+// object `blob_id` (0: fresh shared memory) becomes resource memory.
+struct Blob3dArgs {
+  uint32_t ctx_id = 0, blob_mem = 0, blob_flags = 0;
+  uint64_t blob_id = 0, size = 0;
+};
+
+// A host blob as a file the front-end can map into the guest, and how the guest should cache it.
+struct BlobExport {
+  UniqueFd fd;
+  uint32_t map_info = 0;  // proto::kMapCache*
+};
+
+// The host-visible memory region (virtio-gpu shared memory region 1): where RESOURCE_MAP_BLOB puts a
+// host blob for the guest to reach without copies. The transport implements it: over vhost-user,
+// SHMEM_MAP / SHMEM_UNMAP to the front-end, which maps the file into the guest's region.
+class HostVisibleRegion {
+ public:
+  virtual ~HostVisibleRegion() = default;
+  virtual uint64_t size() const = 0;
+  // Whether the front-end maps (it may not have negotiated the region).
+  virtual bool usable() const = 0;
+  virtual Status map(uint64_t offset, int fd, uint64_t fd_offset, uint64_t len, bool writable) = 0;
+  virtual Status unmap(uint64_t offset, uint64_t len) = 0;
+};
+
 // A TRANSFER_TO/FROM_HOST_3D: the box of `level`, the guest data at `offset` of the resource's backing
 // with `stride` bytes per row and `layer_stride` per layer (0: tightly packed).
 struct Transfer3d {
@@ -117,6 +143,13 @@ class Renderer {
   virtual void detach_backing_3d(uint32_t /*resource_id*/) {}
   virtual void attach_to_context(uint32_t /*ctx_id*/, uint32_t /*resource_id*/) {}
   virtual void detach_from_context(uint32_t /*ctx_id*/, uint32_t /*resource_id*/) {}
+  // Host blobs (RESOURCE_CREATE_BLOB with HOST3D / HOST3D_GUEST); iov: the guest backing of HOST3D_GUEST.
+  // Destroyed with destroy_3d.
+  virtual Status create_blob_3d(uint32_t resource_id, const Blob3dArgs& args,
+                                std::span<const transport::GuestMemory::HostRange> iov);
+  // A host blob as a mappable file (RESOURCE_MAP_BLOB). kUnsupported where the renderer's memory
+  // cannot be shared as a file.
+  virtual Result<BlobExport> export_blob(uint32_t resource_id);
   // Between the resource and its attached backing; errors for a box or level outside the resource.
   virtual Status transfer_3d(uint32_t resource_id, bool to_host, const Transfer3d& t);
   // Reads level 0's rows [y, y + h) of columns [x, x + w) into dst (`stride` bytes a row, top row first):
@@ -142,6 +175,7 @@ struct GpuStats {
   uint64_t backing_bytes = 0;
   uint64_t host_bytes = 0;
   uint64_t gpu_bytes = 0;  // the 3D resources' estimate (GpuCaps::max_3d_bytes)
+  uint32_t blobs_mapped = 0;  // host blobs in the host-visible region now
   uint32_t contexts = 0;
   uint32_t pending_fences = 0;
 };
@@ -162,6 +196,8 @@ class GpuDevice {
   uint64_t acked_features() const { return acked_; }
   // The guest memory commands refer to (borrowed; may change between commands).
   void set_memory(transport::GuestMemory* mem) { mem_ = mem; }
+  // The host-visible region RESOURCE_MAP_BLOB maps into (borrowed; nullptr: none, MAP_BLOB fails).
+  void set_host_visible(HostVisibleRegion* region) { host_visible_ = region; }
 
   // One control-queue command: `request` is a copy of the chain's readable bytes (capped by the
   // caller at caps.max_command_bytes + 1), `writable` the response room. respond(token, ...) is
@@ -233,6 +269,10 @@ class GpuDevice {
   proto::Resp submit_3d(const Command& c);
   proto::Resp resource_create_3d(const Command& c);
   proto::Resp transfer_3d(const Command& c, bool to_host);
+  proto::Resp create_blob_3d(const Command& c);
+  proto::Resp map_blob(const Command& c);
+  proto::Resp unmap_blob(const Command& c);
+  void unmap_resource(Resource& r);
   // Gives a 3D resource's backing to the renderer as host mappings of the current guest memory.
   proto::Resp attach_backing_3d(Resource& r);
   // Guest memory changed layout: 3D backings are given again (or dropped where they no longer fit).
@@ -265,6 +305,8 @@ class GpuDevice {
   ScanoutOutput* output_;
   Respond respond_;
   transport::GuestMemory* mem_ = nullptr;
+  HostVisibleRegion* host_visible_ = nullptr;
+  std::map<uint64_t, uint32_t> mapped_;  // host-visible offset -> resource mapped there
   uint64_t mem_layout_ = 0;  // the guest memory layout 3D backings were given under
   uint64_t acked_ = 0;
   uint32_t events_read_ = 0;

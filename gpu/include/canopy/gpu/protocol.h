@@ -293,6 +293,18 @@ struct ResourceMapBlob {
 };
 static_assert(sizeof(ResourceMapBlob) == 40);
 
+// VIRTIO_GPU_RESP_OK_MAP_INFO's body: how the guest should cache the mapping.
+inline constexpr uint32_t kMapCacheMask = 0x0f, kMapCacheNone = 0, kMapCacheCached = 1, kMapCacheUncached = 2,
+                          kMapCacheWc = 3;
+struct RespMapInfo {
+  CtrlHdr hdr;
+  le32 map_info, padding;
+};
+static_assert(sizeof(RespMapInfo) == 32);
+
+// Shared memory region ids (§5.7.5): the host-visible region RESOURCE_MAP_BLOB maps into.
+inline constexpr uint8_t kShmIdHostVisible = 1;
+
 struct ResourceUnmapBlob {
   CtrlHdr hdr;
   le32 resource_id, padding;

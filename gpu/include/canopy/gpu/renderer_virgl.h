@@ -22,6 +22,9 @@ namespace canopy::gpu {
 
 struct VirglOptions {
   bool gles = false;  // OpenGL ES contexts on the host (VIRGL_RENDERER_USE_GLES) instead of desktop GL
+  // Venus: capset 4, Vulkan contexts on the host's Vulkan driver (lavapipe here), whose memory reaches
+  // the guest as host blobs mapped into the host-visible region.
+  bool venus = false;
 };
 
 // Whether this build has virglrenderer (CMake found it).

@@ -10,6 +10,10 @@
 //   control socket (VhostGpuOptions::control_path, gpu/src/control.h): display changes from the host
 //     side ("display 1 1280x720", "display 1 off") go through set_display().
 //   compositor (attach_channel, canopy/gpu/channel_output.h): RELEASE / DISPLAY from canopy-display.
+//   host-visible region (protocol feature SHMEM, virgl renderer): shared memory region 1 of
+//     VhostGpuOptions::host_visible_bytes; RESOURCE_MAP_BLOB / UNMAP_BLOB become SHMEM_MAP / SHMEM_UNMAP
+//     on the back-end channel, each waited for (the front-end maps the blob's file into the guest before
+//     the driver hears OK_MAP_INFO). Front-ends without SHMEM (QEMU 10.0) see no region; MAP_BLOB fails.
 //   GPU_SET_SOCKET: QEMU's vhost-user-gpu display protocol (docs/interop/vhost-user-gpu.rst). Frames
 //     are mirrored to it (SCANOUT / UPDATE / CURSOR_*) unless disabled, so QEMU's own window shows the
 //     guest; the device's frames still go to the configured ScanoutOutput.
@@ -39,6 +43,8 @@ struct VhostGpuOptions {
   std::string renderer = "2d";
   VirglOptions virgl;
   bool mirror_to_frontend = true;  // QEMU's display socket gets the frames too
+  // The host-visible region's size (virgl renderer; a multiple of 2 MiB; 0: none).
+  uint64_t host_visible_bytes = uint64_t{1} << 30;
   std::string control_path;        // listen here for display changes (empty: no control socket)
 };
 
@@ -58,6 +64,8 @@ class VhostGpu : public transport::vhost_user::Device {
   void on_queue_stopped(transport::vhost_user::QueueHandle& q) override;
   void on_reset() override;
   void on_backend_channel(transport::vhost_user::Channel* channel) override { backend_channel_ = channel; }
+  void set_acked_protocol_features(uint64_t features) override { acked_protocol_ = features; }
+  std::vector<uint64_t> shmem_sizes() const override;
   Status on_gpu_socket(UniqueFd fd) override;
   std::vector<Watch> watches() override;
 
@@ -72,6 +80,7 @@ class VhostGpu : public transport::vhost_user::Device {
 
  private:
   VhostGpu() = default;
+  class Region;
   void respond(uint64_t token, std::span<const uint8_t> bytes);
   void after_work();
   Result<std::string> control_command(const ControlCommand& c);
@@ -88,6 +97,8 @@ class VhostGpu : public transport::vhost_user::Device {
   std::unique_ptr<GpuDevice> gpu_;
   transport::vhost_user::Channel* backend_channel_ = nullptr;
   uint64_t acked_ = 0;
+  uint64_t acked_protocol_ = 0;
+  std::unique_ptr<Region> region_;
   uint64_t next_token_ = 1;
   // The chain being handled: a response for it is written straight into it.
   uint64_t current_token_ = 0;
