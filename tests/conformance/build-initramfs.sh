@@ -4,7 +4,7 @@
 # Usage: tests/conformance/build-initramfs.sh --test SCRIPT [--file SRC:DEST]... [MODULE...]
 #   --test SCRIPT     guest-side test (busybox sh), installed as /test.sh
 #   --file SRC:DEST   extra file to copy into the image (DEST is an absolute path in the guest)
-#   --bin PATH        a host program, at the same path in the guest, with the shared libraries ldd finds
+#   --bin PATH        a host program (or shared library), at the same path in the guest, with the shared libraries ldd finds
 #                     for it (and the dynamic loader), for guests that have no host root to chroot into
 #   --tree SRC:DEST   a folder copied whole (DEST absolute), e.g. /usr/share/alsa for aplay
 #   MODULE            kernel modules to load, e.g. virtio-rng; dependencies are resolved with
@@ -65,7 +65,7 @@ done
 bin_files=()
 for b in "${bins[@]}"; do
   case "$b" in /*) ;; *) die "--bin $b: give an absolute path" ;; esac
-  [ -x "$b" ] || die "no program $b"
+  [ -f "$b" ] || die "no program or library $b"
   bin_files+=("$b")
   if ldd "$b" >/dev/null 2>&1; then
     while read -r lib; do

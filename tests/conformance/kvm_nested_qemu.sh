@@ -11,23 +11,28 @@
 # guest-memory blob scanouts (canopy-guest-blob) must reach canopy-gpu's output with zero bytes copied.
 # A fourth has canopy-snd (its timer-paced host, recording to WAV): aplay's 1 kHz tone in the inner
 # guest must reach that sink whole.
+# A fifth has canopy-gpu with virglrenderer and venus: canopy-vmm maps its host-visible region into the
+# inner guest (vhost-user SHMEM), where canopy-guest-hostmem maps venus host blobs through the upstream
+# driver (RESOURCE_MAP_BLOB), writes them and reads them back.
 #
-# Usage: kvm_nested_qemu.sh VMM VHOST-RNG GPU SND SND-WAV GUEST-BLOB (the paths of canopy-vmm,
-#        canopy-vhost-rng, canopy-gpu, canopy-snd, canopy-snd-wav and canopy-guest-blob)
+# Usage: kvm_nested_qemu.sh VMM VHOST-RNG GPU SND SND-WAV GUEST-BLOB GUEST-HOSTMEM (the paths of
+#        canopy-vmm, canopy-vhost-rng, canopy-gpu, canopy-snd, canopy-snd-wav, canopy-guest-blob and
+#        canopy-guest-hostmem)
+#        CANOPY_NESTED_CASES="venus" (any of plain rng gpu snd venus run) runs only those inner guests.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
 
 canopy_begin kvm_nested_qemu
-[ $# -eq 6 ] || canopy_fail "usage: $0 VMM VHOST-RNG GPU SND SND-WAV GUEST-BLOB"
+[ $# -eq 7 ] || canopy_fail "usage: $0 VMM VHOST-RNG GPU SND SND-WAV GUEST-BLOB GUEST-HOSTMEM"
 abs=()
 for p in "$@"; do
   [ -x "$p" ] || canopy_fail "$p missing or not executable (build it first)"
   abs+=("$(cd "$(dirname "$p")" && pwd)/$(basename "$p")")
 done
 # shellcheck disable=SC2034 # all of them go to the outer guest through nested.env (${!v} below)
-VMM=${abs[0]} RNG=${abs[1]} GPU=${abs[2]} SND=${abs[3]} WAVTOOL=${abs[4]} BLOB=${abs[5]}
+VMM=${abs[0]} RNG=${abs[1]} GPU=${abs[2]} SND=${abs[3]} WAVTOOL=${abs[4]} BLOB=${abs[5]} HOSTMEM=${abs[6]}
 canopy_require "${CANOPY_QEMU:-qemu-system-x86_64}" busybox cpio modinfo gzip
 
 # The inner guest's initramfs first (its path goes on the outer guest's command line), then the outer's.
@@ -45,6 +50,9 @@ L2SND=$("$HERE/build-initramfs.sh" --test "$HERE/guest/kvm_l2_snd.sh" --file "$C
   --bin "$(command -v aplay)" --tree /usr/share/alsa:/usr/share/alsa virtio_mmio virtio_snd) ||
   canopy_fail "L2 initramfs (snd) build failed"
 canopy_log "L2 initramfs with virtio-snd and aplay $L2SND"
+L2VENUS=$("$HERE/build-initramfs.sh" --test "$HERE/guest/kvm_l2_hostmem.sh" \
+  --file "$HOSTMEM:/bin/canopy-guest-hostmem" virtio_mmio virtio-gpu) || canopy_fail "L2 initramfs (host blobs) build failed"
+canopy_log "L2 initramfs with virtio-gpu for host blobs $L2VENUS"
 canopy_guest --test "$HERE/guest/kvm_nested.sh" kvm-amd netfs 9pnet 9p 9pnet_virtio
 
 # The same rng guest again, from a manifest through `canopy-vmm run`: backend = "auto" picks KVM where
@@ -70,7 +78,9 @@ TOML
 # What the outer guest needs, as host paths (it reads this file over 9p).
 # shellcheck disable=SC2034 # read through ${!v}
 KERNEL=$CANOPY_VMLINUZ MANIFEST=$CANOPY_WORK/kvm.toml
-for v in VMM KERNEL L2 L2RNG RNG MANIFEST GPU L2GPU SND L2SND WAVTOOL; do
+# CANOPY_NESTED_CASES picks inner guests for a quicker loop while developing (default: all of them).
+CASES=${CANOPY_NESTED_CASES:-plain rng gpu snd venus run}
+for v in VMM KERNEL L2 L2RNG RNG MANIFEST GPU L2GPU SND L2SND WAVTOOL L2VENUS CASES; do
   printf "%s='%s'\n" "$v" "${!v}"
 done >"$CANOPY_WORK/nested.env"
 chmod -R a+rX "$CANOPY_WORK"

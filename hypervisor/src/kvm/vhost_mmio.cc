@@ -16,6 +16,10 @@ namespace canopy::hypervisor::kvm {
 
 namespace vu = transport::vhost_user;
 
+namespace {
+constexpr int kBackendStartMs = 60000;
+}  // namespace
+
 // ---------------------------------------------------------------------------------------------------
 // VhostMmioDevice
 
@@ -37,9 +41,12 @@ Result<std::unique_ptr<VhostMmioDevice>> VhostMmioDevice::start(const KvmDeviceS
   o.fds = {{theirs.get(), 3}};
   CANOPY_ASSIGN_OR_RETURN(d->backend_, spawn(o));
   theirs.reset();
-  d->fe_ = vu::Frontend(std::move(ours), 5000);
+  // The back-end answers its first message once it has set itself up, which can take long (canopy-gpu's
+  // virglrenderer compiles its shaders at start: seconds on a slow CPU); after that, 5 s a reply.
+  d->fe_ = vu::Frontend(std::move(ours), kBackendStartMs);
   vu::Frontend& fe = d->fe_;
   CANOPY_ASSIGN_OR_RETURN(d->backend_features_, fe.get_features());
+  fe.set_reply_timeout(5000);
   uint64_t proto = 0;
   if (d->backend_features_ & transport::kVhostUserFProtocolFeatures) {
     CANOPY_ASSIGN_OR_RETURN(uint64_t pf, fe.get_protocol_features());

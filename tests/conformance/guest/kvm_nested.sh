@@ -11,7 +11,9 @@
 # virtio-snd device bridged to canopy-snd (its timer-paced host recording to WAV): aplay's tone in the
 # inner guest must reach that sink whole.
 # Kernel command line: canopy.env=PATH, a file of the host's (KEY='value' lines, host paths) with VMM,
-# KERNEL, L2, L2RNG, RNG, MANIFEST, GPU, L2GPU, SND, L2SND and WAVTOOL. Last, canopy-vmm run
+# KERNEL, L2, L2RNG, RNG, MANIFEST, GPU, L2GPU, SND, L2SND, WAVTOOL and L2VENUS. Then an inner guest
+# whose canopy-gpu runs virglrenderer with venus: its host-visible region mapped by canopy-vmm, venus
+# host blobs mapped, written and read back in the inner guest (guest/kvm_l2_hostmem.sh). Last, canopy-vmm run
 # starts that rng guest from a manifest with backend = "auto" (KVM here).
 # shellcheck disable=SC1091 # installed in the initramfs
 . /lib/canopy/guest.sh
@@ -23,11 +25,11 @@ mount -t 9p -o trans=virtio,version=9p2000.L,ro host /host || fail "cannot mount
 for m in dev proc sys; do mount --bind "/$m" "/host/$m" || fail "cannot bind /$m into /host"; done
 # Writable room for the back-ends' logs and PipeWire inside the read-only host root.
 mount -t tmpfs tmpfs /host/run || fail "cannot mount a tmpfs on /host/run"
-VMM="" KERNEL="" L2="" L2RNG="" RNG="" MANIFEST="" GPU="" L2GPU="" SND="" L2SND="" WAVTOOL=""
+VMM="" KERNEL="" L2="" L2RNG="" RNG="" MANIFEST="" GPU="" L2GPU="" SND="" L2SND="" WAVTOOL="" L2VENUS="" CASES=""
 [ -f "/host$env" ] || fail "no $env on the host"
 # shellcheck disable=SC1090 # written by the host test
 . "/host$env"
-for v in VMM KERNEL L2 L2RNG RNG MANIFEST GPU L2GPU SND L2SND WAVTOOL; do
+for v in VMM KERNEL L2 L2RNG RNG MANIFEST GPU L2GPU SND L2SND WAVTOOL L2VENUS CASES; do
   eval "[ -n \"\$$v\" ]" || fail "$v missing from $env"
 done
 # boot_l2 LABEL INITRD [DEVICE-ARGS...]: canopy-vmm boot of the inner guest; its console lines are shown,
@@ -46,63 +48,84 @@ boot_l2() {
   grep -q 'CANOPY-TEST-RESULT: PASS' /tmp/l2.txt || { tail -n 30 /tmp/l2.txt; fail "the L2 guest ($label) did not pass"; }
   [ "$rc" -eq 0 ] || fail "canopy-vmm boot ($label) exited $rc (0 = the guest powered off)"
 }
-boot_l2 plain "$L2"
-boot_l2 "virtio-rng over vhost-user" "$L2RNG" --device "rng=$RNG,--pattern"
+# wants CASE: whether this run includes that inner guest (CASES, from the env file).
+wants() { case " $CASES " in *" $1 "*) return 0 ;; esac; return 1; }
 
-# virtio-gpu: canopy-gpu's headless output logs every frame (size, format, blob or not, bytes copied,
-# CRC-32 of the pixels); the inner guest prints the CRC of each blob's pattern.
-frames=/run/kvm-frames.log
-boot_l2 "virtio-gpu over vhost-user" "$L2GPU" --device "gpu=$GPU,--mode=1024x768,--frame-log=$frames"
-mode=$(grep -a -o 'canopy-guest-blob: connector .* mode [0-9]*x[0-9]*' /tmp/l2.txt | head -n1 | awk '{ print $NF }')
-[ "$mode" = 1024x768 ] || fail "the inner guest scanned out '$mode', not canopy-gpu's 1024x768"
-frames=/host$frames
-[ -s "$frames" ] || fail "canopy-gpu logged no frame"
-note "canopy-gpu: $(grep -c '^frame ' "$frames") frame(s) in all, $(grep -c '^frame .* blob ' "$frames") from blobs"
-for b in A B; do
-  crc=$(grep -a -o "canopy-guest-blob: blob $b .* crc [0-9a-f]*" /tmp/l2.txt | head -n1 | awk '{ print $NF }')
-  [ -n "$crc" ] || fail "the inner guest printed no checksum for blob $b"
-  n=$(grep -c "^frame 0 seq [0-9]* 1024x768 XR24 stride 4096 blob copied 0 .* crc $crc\$" "$frames")
-  note "blob $b (crc $crc): $n frame(s) on scanout 0 as a blob, 0 bytes copied, pixels equal"
-  [ "$n" -ge 10 ] || fail "only $n frame(s) of blob $b reached canopy-gpu's output whole and uncopied (want >= 10)"
-done
-copied=$(grep '^frame .* blob ' "$frames" | grep -v -c ' copied 0 ')
-[ "$copied" -eq 0 ] || fail "$copied blob frame(s) were copied"
+if wants plain; then
+  boot_l2 plain "$L2"
+fi
 
-# virtio-snd: canopy-snd's timer-paced host records what the inner guest plays (its WAV sink); the tone
-# must arrive whole: frequency, level, length, no gaps.
-mkdir -p /host/run/snd
-boot_l2 "virtio-snd over vhost-user" "$L2SND" \
-  --device "snd=$SND,--host=null,--vm=inner,--wav-dir=/run/snd,--stats=/run/snd/stats.txt"
-while read -r l; do note "canopy-snd: $l"; done </host/run/snd/stats.txt
-wav=$(find /host/run/snd -name '*.wav' | head -n1)
-[ -n "$wav" ] || fail "canopy-snd recorded no stream"
-report=$(chroot /host "$WAVTOOL" analyze "${wav#/host}" --channel 0) || fail "canopy-snd-wav analyze failed"
-note "at canopy-snd's sink ($(basename "$wav")): $report"
-found=0 hz=0 duration_ms=0 level_db=0 gaps=1
-# shellcheck disable=SC2086 # key=value words
-for kv in $report; do
-  case "$kv" in
-    found=* | hz=* | duration_ms=* | level_db=* | gaps=*) eval "${kv%%=*}=${kv#*=}" ;;
-  esac
-done
-[ "$found" = 1 ] || fail "the inner guest's tone did not reach canopy-snd's sink"
-awk -v v="$hz" 'BEGIN { exit !(v >= 995 && v <= 1005) }' || fail "the sink heard $hz Hz, want 1000"
-awk -v v="$level_db" 'BEGIN { exit !(v >= -6.5 && v <= -5.5) }' || fail "the tone arrived at $level_db dB, want -6"
-awk -v v="$duration_ms" 'BEGIN { exit !(v >= 995 && v <= 1005) }' || fail "the tone lasted $duration_ms ms, want 1000"
-[ "$gaps" = 0 ] || fail "$gaps gap(s) in the tone at the sink"
+if wants rng; then
+  boot_l2 "virtio-rng over vhost-user" "$L2RNG" --device "rng=$RNG,--pattern"
+fi
 
-note "canopy-vmm run $MANIFEST (backend auto)"
-chroot /host "$VMM" run "$MANIFEST" >/tmp/run.txt 2>&1 &
-pid=$!
-n=0
-while ! grep -q 'CANOPY-TEST-RESULT' /tmp/run.txt && [ "$n" -lt 1200 ] && kill -0 "$pid" 2>/dev/null; do
-  usleep 100000
-  n=$((n + 1))
-done
-sleep 1
-kill -TERM "$pid" 2>/dev/null
-wait "$pid"
-grep -a -E 'vm linux|CANOPY-TEST-RESULT|all VMs' /tmp/run.txt | while read -r l; do note "run: $l"; done
-grep -q 'vm linux: started on KVM' /tmp/run.txt || { tail -n 20 /tmp/run.txt; fail "backend auto did not start the VM on KVM"; }
-grep -q 'CANOPY-TEST-RESULT: PASS' /tmp/run.txt || { tail -n 30 /tmp/run.txt; fail "the manifest's KVM guest did not pass"; }
+if wants gpu; then
+  # virtio-gpu: canopy-gpu's headless output logs every frame (size, format, blob or not, bytes copied,
+  # CRC-32 of the pixels); the inner guest prints the CRC of each blob's pattern.
+  frames=/run/kvm-frames.log
+  boot_l2 "virtio-gpu over vhost-user" "$L2GPU" --device "gpu=$GPU,--mode=1024x768,--frame-log=$frames"
+  mode=$(grep -a -o 'canopy-guest-blob: connector .* mode [0-9]*x[0-9]*' /tmp/l2.txt | head -n1 | awk '{ print $NF }')
+  [ "$mode" = 1024x768 ] || fail "the inner guest scanned out '$mode', not canopy-gpu's 1024x768"
+  frames=/host$frames
+  [ -s "$frames" ] || fail "canopy-gpu logged no frame"
+  note "canopy-gpu: $(grep -c '^frame ' "$frames") frame(s) in all, $(grep -c '^frame .* blob ' "$frames") from blobs"
+  for b in A B; do
+    crc=$(grep -a -o "canopy-guest-blob: blob $b .* crc [0-9a-f]*" /tmp/l2.txt | head -n1 | awk '{ print $NF }')
+    [ -n "$crc" ] || fail "the inner guest printed no checksum for blob $b"
+    n=$(grep -c "^frame 0 seq [0-9]* 1024x768 XR24 stride 4096 blob copied 0 .* crc $crc\$" "$frames")
+    note "blob $b (crc $crc): $n frame(s) on scanout 0 as a blob, 0 bytes copied, pixels equal"
+    [ "$n" -ge 10 ] || fail "only $n frame(s) of blob $b reached canopy-gpu's output whole and uncopied (want >= 10)"
+  done
+  copied=$(grep '^frame .* blob ' "$frames" | grep -v -c ' copied 0 ')
+  [ "$copied" -eq 0 ] || fail "$copied blob frame(s) were copied"
+fi
 
+if wants snd; then
+  # virtio-snd: canopy-snd's timer-paced host records what the inner guest plays (its WAV sink); the tone
+  # must arrive whole: frequency, level, length, no gaps.
+  mkdir -p /host/run/snd
+  boot_l2 "virtio-snd over vhost-user" "$L2SND" \
+    --device "snd=$SND,--host=null,--vm=inner,--wav-dir=/run/snd,--stats=/run/snd/stats.txt"
+  while read -r l; do note "canopy-snd: $l"; done </host/run/snd/stats.txt
+  wav=$(find /host/run/snd -name '*.wav' | head -n1)
+  [ -n "$wav" ] || fail "canopy-snd recorded no stream"
+  report=$(chroot /host "$WAVTOOL" analyze "${wav#/host}" --channel 0) || fail "canopy-snd-wav analyze failed"
+  note "at canopy-snd's sink ($(basename "$wav")): $report"
+  found=0 hz=0 duration_ms=0 level_db=0 gaps=1
+  # shellcheck disable=SC2086 # key=value words
+  for kv in $report; do
+    case "$kv" in
+      found=* | hz=* | duration_ms=* | level_db=* | gaps=*) eval "${kv%%=*}=${kv#*=}" ;;
+    esac
+  done
+  [ "$found" = 1 ] || fail "the inner guest's tone did not reach canopy-snd's sink"
+  awk -v v="$hz" 'BEGIN { exit !(v >= 995 && v <= 1005) }' || fail "the sink heard $hz Hz, want 1000"
+  awk -v v="$level_db" 'BEGIN { exit !(v >= -6.5 && v <= -5.5) }' || fail "the tone arrived at $level_db dB, want -6"
+  awk -v v="$duration_ms" 'BEGIN { exit !(v >= 995 && v <= 1005) }' || fail "the tone lasted $duration_ms ms, want 1000"
+  [ "$gaps" = 0 ] || fail "$gaps gap(s) in the tone at the sink"
+fi
+
+if wants venus; then
+  # venus host blobs: canopy-gpu with virglrenderer (llvmpipe, lavapipe here); canopy-vmm must give the
+  # inner guest canopy-gpu's host-visible region and map each blob there when canopy-gpu asks.
+  boot_l2 "virtio-gpu host blobs" "$L2VENUS" --device "gpu=$GPU,--renderer=virgl,--venus,--host-visible-mb=256"
+  grep -q 'kvm: device gpu: shared memory region 1, 256 MiB' /tmp/l2.txt || fail "canopy-vmm did not map canopy-gpu's host-visible region"
+  grep -q 'canopy-guest-hostmem: PASS' /tmp/l2.txt || fail "canopy-guest-hostmem did not pass in the inner guest"
+fi
+
+if wants run; then
+  note "canopy-vmm run $MANIFEST (backend auto)"
+  chroot /host "$VMM" run "$MANIFEST" >/tmp/run.txt 2>&1 &
+  pid=$!
+  n=0
+  while ! grep -q 'CANOPY-TEST-RESULT' /tmp/run.txt && [ "$n" -lt 1200 ] && kill -0 "$pid" 2>/dev/null; do
+    usleep 100000
+    n=$((n + 1))
+  done
+  sleep 1
+  kill -TERM "$pid" 2>/dev/null
+  wait "$pid"
+  grep -a -E 'vm linux|CANOPY-TEST-RESULT|all VMs' /tmp/run.txt | while read -r l; do note "run: $l"; done
+  grep -q 'vm linux: started on KVM' /tmp/run.txt || { tail -n 20 /tmp/run.txt; fail "backend auto did not start the VM on KVM"; }
+  grep -q 'CANOPY-TEST-RESULT: PASS' /tmp/run.txt || { tail -n 30 /tmp/run.txt; fail "the manifest's KVM guest did not pass"; }
+fi

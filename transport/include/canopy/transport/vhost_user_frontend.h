@@ -39,6 +39,8 @@ class Frontend {
   explicit Frontend(UniqueFd sock, int reply_timeout_ms = 5000)
       : channel_(std::move(sock)), timeout_ms_(reply_timeout_ms) {}
   static Result<Frontend> connect(const char* path, int connect_timeout_ms = 5000);
+  // How long each reply may take from now on.
+  void set_reply_timeout(int ms) { timeout_ms_ = ms; }
 
   Result<uint64_t> get_features();
   Status set_features(uint64_t features);
