@@ -4,7 +4,9 @@
 // twice, a backing range outside the guest's memory, a transfer without backing, a read-back outside
 // the resource or its host copy, a context it does not know. The input format and the device's
 // invariants are gpu_fuzz_rig.h's; queue byte 2 completes the renderer's fences (in order) and releases
-// held frames; a reset must leave nothing behind in the renderer either.
+// held frames; a reset must leave nothing behind in the renderer either. Host blobs (HOST3D) and
+// MAP_BLOB / UNMAP_BLOB go to a checking host-visible region that traps on a mapping outside it, over
+// another, of an unknown resource, or an unmap of something not mapped; a reset must leave it empty.
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -70,6 +72,29 @@ class CheckingRenderer final : public Renderer {
     if (a.target > 8) return make_error(Errc::kInvalidArgument, "target");
     resources_[id] = Res{a, false};
     return {};
+  }
+  Status create_blob_3d(uint32_t id, const Blob3dArgs& a, std::span<const transport::GuestMemory::HostRange> iov) override {
+    check(id != 0 && !resources_.count(id), "host blob id zero or taken");
+    check(contexts_.count(a.ctx_id), "host blob in an unknown context");
+    check(a.size > 0, "empty host blob");
+    for (const auto& r : iov)
+      check(r.len > 0 && r.base >= ram_ && r.base + r.len <= ram_ + Rig::kRam, "host blob backing outside guest memory");
+    if (a.blob_id > 3) return make_error(Errc::kInvalidArgument, "no such object");
+    resources_[id] = Res{{}, !iov.empty(), a.size};
+    return {};
+  }
+  Result<BlobExport> export_blob(uint32_t id) override {
+    auto it = resources_.find(id);
+    check(it != resources_.end() && it->second.blob_size > 0, "export of an unknown or non-blob resource");
+    BlobExport e;
+    e.fd = UniqueFd(memfd_create("fuzz-blob", MFD_CLOEXEC));
+    e.map_info = proto::kMapCacheCached;
+    blob_size_[e.fd.get()] = it->second.blob_size;
+    return e;
+  }
+  uint64_t exported_size(int fd) const {
+    auto it = blob_size_.find(fd);
+    return it == blob_size_.end() ? 0 : it->second;
   }
   void destroy_3d(uint32_t id) override {
     auto it = resources_.find(id);
@@ -142,7 +167,9 @@ class CheckingRenderer final : public Renderer {
   struct Res {
     Resource3dArgs a;
     bool backed = false;
+    uint64_t blob_size = 0;  // a host blob's
   };
+  std::map<int, uint64_t> blob_size_;  // exported fd -> blob size
   const uint8_t* ram_;
   std::unique_ptr<Renderer> two_d_ = make_2d_renderer();
   std::set<uint32_t> contexts_;
@@ -150,6 +177,37 @@ class CheckingRenderer final : public Renderer {
   std::map<uint32_t, std::pair<const uint8_t*, uint64_t>> hosts_;
   std::deque<uint64_t> fences_;
   std::function<void(uint64_t)> cb_;
+};
+
+// The host-visible region as a checker: mappings inside it, page aligned, never over each other, of
+// at least the blob's size; unmaps of exactly what was mapped.
+class CheckingRegion final : public HostVisibleRegion {
+ public:
+  explicit CheckingRegion(const CheckingRenderer& r) : r_(r) {}
+  uint64_t size() const override { return kSize; }
+  bool usable() const override { return true; }
+  Status map(uint64_t offset, int fd, uint64_t fd_offset, uint64_t len, bool) override {
+    check(offset % 4096 == 0 && len % 4096 == 0 && len > 0 && fd_offset == 0, "unaligned or empty mapping");
+    check(offset < kSize && len <= kSize - offset, "mapping outside the region");
+    check(len >= r_.exported_size(fd) && r_.exported_size(fd) > 0, "mapping smaller than the blob, or of no export");
+    auto next = maps_.lower_bound(offset);
+    check(next == maps_.end() || next->first >= offset + len, "mapping over the next one");
+    check(next == maps_.begin() || std::prev(next)->first + std::prev(next)->second <= offset, "mapping over the previous one");
+    maps_.emplace(offset, len);
+    return {};
+  }
+  Status unmap(uint64_t offset, uint64_t len) override {
+    auto it = maps_.find(offset);
+    check(it != maps_.end() && it->second == len, "unmap of something not mapped");
+    maps_.erase(it);
+    return {};
+  }
+  bool empty() const { return maps_.empty(); }
+  static constexpr uint64_t kSize = 64ull << 20;
+
+ private:
+  const CheckingRenderer& r_;
+  std::map<uint64_t, uint64_t> maps_;
 };
 
 }  // namespace
@@ -163,6 +221,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto ranges = rig.mem.host_ranges(0, Rig::kRam);
   if (!ranges.ok() || ranges->size() != 1) return 0;
   renderer->set_ram((*ranges)[0].base);
+  CheckingRegion region(*renderer);
+  rig.dev->set_host_visible(&region);
   rig.run(data, size, [&] {
     renderer->complete_fences();
     rig.dev->process_renderer();
@@ -170,5 +230,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     rig.dev->process_releases();
   });
   check(renderer->empty(), "reset leaves nothing in the renderer");
+  check(region.empty(), "reset leaves nothing mapped in the host-visible region");
   return 0;
 }
