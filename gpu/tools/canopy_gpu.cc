@@ -154,6 +154,8 @@ Result<std::unique_ptr<vu::Device>> make_device(const std::vector<std::string>& 
 
 int main(int argc, char** argv) {
   vu::BackendProgram program{"canopy-gpu", "gpu", {"edid"}, kUsage};
+  // virglrenderer and the host's GL / Vulkan driver decode guest command streams in this process.
+  program.confine = true;
   program.valued_options = {"--renderer", "--scanouts",    "--mode",           "--scanout-mode", "--frame-log",
                             "--max-resources", "--max-backing-mb", "--max-host-mb",  "--max-contexts",
                             "--release-after-ms", "--control",  "--display-socket", "--vm", "--host-visible-mb"};

@@ -1,5 +1,7 @@
 #include "canopy/transport/backend_main.h"
 
+#include "canopy/transport/backend_sandbox.h"
+
 #include <poll.h>
 #include <signal.h>
 #include <sys/eventfd.h>
@@ -34,8 +36,10 @@ void usage(const BackendProgram& p, FILE* out) {
                "  --socket-path=PATH    listen on a unix socket and serve one vhost-user front-end\n"
                "  --fd=N                serve an already connected vhost-user socket\n"
                "  --print-capabilities  print the back-end's capabilities as JSON\n"
-               "  --verbose             debug logging\n%s",
-               p.name, p.name, p.extra_usage);
+               "  --verbose             debug logging\n%s%s",
+               p.name, p.name,
+               p.confine ? "  --no-sandbox          do not confine the process once serving (docs/transport.md)\n" : "",
+               p.extra_usage);
 }
 
 // Accepts one connection, or returns an invalid fd when a stop was requested.
@@ -63,6 +67,7 @@ int backend_main(int argc, char** argv, const BackendProgram& program, const Dev
   std::string socket_path;
   int conn_fd = -1;
   bool print_caps = false;
+  bool no_sandbox = false;
   std::vector<std::string> extra;
   for (int i = 1; i < argc; ++i) {
     std::string_view a = argv[i];
@@ -77,6 +82,8 @@ int backend_main(int argc, char** argv, const BackendProgram& program, const Dev
     } else if (a == "--help" || a == "-h") {
       usage(program, stdout);
       return 0;
+    } else if (a == "--no-sandbox") {
+      no_sandbox = true;
     } else if (a == "--verbose" || a == "-v") {
       set_log_level(LogLevel::kDebug);
     } else if (a.rfind("--socket-path", 0) == 0) {
@@ -149,6 +156,13 @@ int backend_main(int argc, char** argv, const BackendProgram& program, const Dev
     conn = std::move(*c);
   }
 
+  if (program.confine && !no_sandbox) {
+    if (Status st = confine_backend(); !st.ok()) {
+      CANOPY_ERROR("cannot confine the process: %s (--no-sandbox runs without)", st.error().what);
+      return 1;
+    }
+    CANOPY_INFO("confined: no exec, no new processes, unix sockets only, no other processes (seccomp)");
+  }
   Backend backend(**device);
   g_backend.store(&backend);
   uint64_t pending;

@@ -71,6 +71,7 @@ class RngDevice : public Device {
 
 int main(int argc, char** argv) {
   BackendProgram program{"canopy-vhost-rng", "rng", {}, "  --pattern             serve the repeated text \"canopy-rng:\"\n"};
+  program.confine = true;
   return backend_main(argc, argv, program, [](const std::vector<std::string>& args) -> Result<std::unique_ptr<Device>> {
     bool pattern = false;
     for (const auto& a : args) {

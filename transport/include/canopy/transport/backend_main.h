@@ -23,6 +23,9 @@ struct BackendProgram {
   const char* extra_usage = "";       // help text for device options
   // Device options that take a value: "--name value" is accepted as well as "--name=value".
   std::vector<std::string> valued_options = {};
+  // Confine the process (backend_sandbox.h) once the device is up and the front-end connected, unless
+  // --no-sandbox is given.
+  bool confine = false;
 };
 
 // Creates the device from the options main() did not consume (each "--name" or "--name=value").

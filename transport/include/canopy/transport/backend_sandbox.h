@@ -1,0 +1,34 @@
+// Confinement of a vhost-user device back-end process (canopy-gpu, canopy-vhost-rng), applied by
+// backend_main once the device is set up and its front-end connected, before the first message: from
+// then on the process only serves that front-end. A compromised back-end (say, through a guest's 3D
+// command stream inside virglrenderer or the host's GL driver) keeps what it already holds (the VM's
+// guest memory, its sockets, the GPU's device files) but cannot grow it:
+//
+//   - PR_SET_NO_NEW_PRIVS, then a seccomp filter (libseccomp) that refuses with EPERM: execve/execveat,
+//     fork/vfork and clone without CLONE_THREAD (threads stay; clone3 answers ENOSYS so that glibc
+//     uses clone, whose flags the filter can see), ptrace, process_vm_readv/writev, kcmp, pidfd_open /
+//     pidfd_getfd / pidfd_send_signal, kill, tgkill of other processes, sockets other than AF_UNIX
+//     (no network, no netlink), mount and the new mount API, chroot, pivot_root, unshare, setns, bpf,
+//     perf_event_open, userfaultfd, io_uring, keyctl/add_key/request_key, module and kexec calls,
+//     reboot, swapon/swapoff, acct, changing the clock, the host name, uids, gids and capabilities,
+//     iopl/ioperm, personality, quotactl.
+//   - Everything else stays allowed: a GPU driver's ioctls, Mesa's JIT (mmap/mprotect), memfds for
+//     frames and blobs, AF_UNIX sockets (the compositor channel reconnects), threads, files (the uid's
+//     permissions decide). An allowlist is what partitions get (hypervisor/sandbox.h); a back-end that
+//     loads a GPU driver cannot be given one without breaking with each driver.
+//
+// Sanitizer builds (ASan / LSan) keep ptrace, kill and clone without CLONE_THREAD: LeakSanitizer stops
+// the world with a traced helper task at exit.
+//
+// Threading: call once, from any thread, before other threads start is not required (the filter is
+// applied to all threads: SECCOMP_FILTER_FLAG_TSYNC).
+#pragma once
+
+#include "canopy/base/result.h"
+
+namespace canopy::transport {
+
+// Errors: kIo when the kernel refuses the filter (seccomp not built in).
+Status confine_backend();
+
+}  // namespace canopy::transport

@@ -1,0 +1,94 @@
+// The back-end confinement in a child process: what it must refuse, and what a back-end (and a GPU
+// driver inside it) still needs.
+#include <errno.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/ptrace.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <thread>
+
+#include "canopy/transport/backend_sandbox.h"
+
+namespace canopy::transport {
+namespace {
+
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kSanitizer = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(leak_sanitizer)
+constexpr bool kSanitizer = true;
+#else
+constexpr bool kSanitizer = false;
+#endif
+#else
+constexpr bool kSanitizer = false;
+#endif
+
+// Runs fn in a forked child; returns its exit status (the number of the first check that failed, 0 if
+// none). _exit, not exit: the child must not run the parent's atexit handlers.
+template <typename Fn>
+int in_child(Fn fn) {
+  const pid_t pid = fork();
+  if (pid == 0) _exit(fn());
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 100 + WTERMSIG(status);
+}
+
+TEST(BackendSandbox, RefusesNewProcessesProgramsNetworkAndOtherProcesses) {
+  const pid_t parent = getpid();
+  EXPECT_EQ(in_child([parent] {
+              if (Status st = confine_backend(); !st.ok()) {
+                fprintf(stderr, "confine_backend: %s (%d)\n", st.error().what, st.error().sys_errno);
+                return 1;
+              }
+              char* const argv[] = {const_cast<char*>("/bin/true"), nullptr};
+              if (execv("/bin/true", argv) != -1 || errno != EPERM) return 2;
+              if (socket(AF_INET, SOCK_STREAM, 0) != -1 || errno != EAFNOSUPPORT) return 3;
+              if (socket(AF_NETLINK, SOCK_RAW, 0) != -1) return 4;
+              if (!kSanitizer && (kill(parent, 0) != -1 || errno != EPERM)) return 5;
+              if (syscall(SYS_tgkill, parent, parent, 0) != -1 || errno != EPERM) return 9;
+              if (unshare(CLONE_NEWUSER) != -1 || errno != EPERM) return 6;
+              if (!kSanitizer) {
+                if (fork() != -1 || errno != EPERM) return 7;
+                if (ptrace(PTRACE_TRACEME, 0, nullptr, nullptr) != -1 || errno != EPERM) return 8;
+              }
+              return 0;
+            }),
+            0);
+}
+
+TEST(BackendSandbox, KeepsWhatABackEndNeeds) {
+  EXPECT_EQ(in_child([] {
+              if (Status st = confine_backend(); !st.ok()) {
+                fprintf(stderr, "confine_backend: %s (%d)\n", st.error().what, st.error().sys_errno);
+                return 1;
+              }
+              int sv[2];
+              if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) return 2;
+              if (socket(AF_UNIX, SOCK_SEQPACKET, 0) < 0) return 3;
+              const int fd = memfd_create("sandboxed", MFD_CLOEXEC);
+              if (fd < 0 || ftruncate(fd, 4096) != 0) return 4;
+              void* p = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+              if (p == MAP_FAILED) return 5;
+              // A JIT's way: writable, then executable.
+              void* code = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+              if (code == MAP_FAILED || mprotect(code, 4096, PROT_READ | PROT_EXEC) != 0) return 6;
+              std::atomic<int> ran{0};
+              std::thread t([&] { ran = 1; });  // glibc: clone3 (ENOSYS) -> clone with CLONE_THREAD
+              t.join();
+              if (ran != 1) return 7;
+              if (syscall(SYS_tgkill, getpid(), gettid(), 0) != 0) return 8;
+              return 0;
+            }),
+            0);
+}
+
+}  // namespace
+}  // namespace canopy::transport
