@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# 3D frame rate a Linux guest gets: kmscube through Mesa's virgl driver (Linux 6.12 under QEMU 10 TCG)
-# against each of these devices in the same run, rounds interleaved:
+# 3D frame rate a Linux guest gets: kmscube, then glmark2-es2-drm, through Mesa's virgl driver (Linux 6.12
+# under QEMU 10 TCG) against each of these devices in the same run, rounds interleaved:
 #
 #   canopy-virgl          canopy-gpu --renderer=virgl (virglrenderer: a GPU's render node or llvmpipe)
 #                         through vhost-user-gpu-pci
@@ -10,7 +10,8 @@
 # QEMU's two virgl devices need a DRM render node (gbm / EGL on a GPU): where there is none (CI, these
 # machines) they are reported as unavailable with the reason, and only canopy-gpu's numbers stand.
 # Reported per device (median over rounds): kmscube's own frames per second (the guest's last "Rendered"
-# line), and frames that reached canopy-gpu's output. Ratios: canopy against each QEMU device measured.
+# line), glmark2's score over GLMARK2_BENCHMARKS (each one's FPS in the raw lines), and frames that
+# reached canopy-gpu's output. Ratios: canopy against each QEMU device measured.
 #
 # Usage: bench/virgl_bench.sh [--smoke] [BUILD_DIR]
 #   writes BUILD_DIR/bench-virgl.md; --smoke: one round of 60 frames (CI), otherwise CANOPY_BENCH_ROUNDS
@@ -23,13 +24,19 @@ BUILD=$(cd "${1:-build}" && pwd)
 # shellcheck source=../tests/conformance/lib.sh
 . "$HERE/../tests/conformance/lib.sh"
 
-if [ $SMOKE -eq 1 ]; then ROUNDS=1 FRAMES=60; else ROUNDS=${CANOPY_BENCH_ROUNDS:-3} FRAMES=${CANOPY_BENCH_FRAMES:-300}; fi
+if [ $SMOKE -eq 1 ]; then ROUNDS=1 FRAMES=60 SECONDS_EACH=2; else
+  ROUNDS=${CANOPY_BENCH_ROUNDS:-3} FRAMES=${CANOPY_BENCH_FRAMES:-300} SECONDS_EACH=${CANOPY_BENCH_GLMARK2_SECONDS:-5}
+fi
+# glmark2's scenes that say something about a virgl pipe: geometry upload, texturing, a heavy fragment
+# shader, and buffer updates (map and subdata), each for SECONDS_EACH seconds.
+GLMARK2_BENCHMARKS="build:use-vbo=true,texture:texture-filter=linear,shading:shading=phong,buffer:update-method=map,buffer:update-method=subdata"
+GLMARK2_SPECS=$(echo "$GLMARK2_BENCHMARKS" | tr ',' '\n' | sed "s/\$/:duration=$SECONDS_EACH/" | paste -sd, -)
 REFERENCE=${CANOPY_REFERENCE_GPU:-/usr/lib/qemu/vhost-user-gpu}
 REPORT="$BUILD/bench-virgl.md"
 RESULTS="$BUILD/bench-virgl.txt"
 
 canopy_begin virgl_bench
-canopy_require "${CANOPY_QEMU:-qemu-system-x86_64}" busybox cpio modinfo gzip kmscube
+canopy_require "${CANOPY_QEMU:-qemu-system-x86_64}" busybox cpio modinfo gzip kmscube glmark2-es2-drm
 [ -x "$BUILD/bin/canopy-gpu" ] || canopy_fail "$BUILD/bin/canopy-gpu missing (build the project first)"
 canopy_guest --test "$HERE/../tests/conformance/guest/virgl.sh" virtio-gpu netfs 9pnet 9p 9pnet_virtio
 
@@ -61,7 +68,7 @@ run_one() {  # run_one DEVICE ROUND
       ;;
   esac
   CANOPY_QEMU_MEMORY=1024M CANOPY_QEMU_TIMEOUT=300 CANOPY_GUEST_TIMEOUT=280 \
-    CANOPY_QEMU_APPEND="canopy.kmscube_frames=$FRAMES" \
+    CANOPY_QEMU_APPEND="canopy.kmscube_frames=$FRAMES canopy.glmark2=$GLMARK2_SPECS" \
     canopy_qemu "${gpu_args[@]}" -virtfs local,path=/,mount_tag=host,security_model=none,readonly=on || qemu_rc=$?
   cp "$CANOPY_WORK/console.log" "$CANOPY_WORK/console.$name.log"
   case "$dev" in
@@ -75,9 +82,14 @@ run_one() {  # run_one DEVICE ROUND
   fps=$(grep -a -o 'Rendered [0-9]* frames in [0-9.]* sec ([0-9.]* fps)' "$CANOPY_WORK/console.log" | tail -n1 |
     sed -E 's/.*\(([0-9.]*) fps\)/\1/')
   [ -n "$fps" ] || canopy_fail "$name: kmscube reported no frame rate"
+  local score scenes
+  score=$(grep -a -o 'glmark2 Score: [0-9]*' "$CANOPY_WORK/console.log" | tail -n1 | awk '{ print $NF }')
+  [ -n "$score" ] || canopy_fail "$name: glmark2 reported no score"
+  # Each scene's FPS, in GLMARK2_BENCHMARKS' order.
+  scenes=$(grep -a -o '] [^ ]*: FPS: [0-9]*' "$CANOPY_WORK/console.log" | awk '{ print $NF }' | paste -sd/ -)
   [ -f "$log" ] && shown=$(grep -c '^frame 0 .* 1024x768 ' "$log" || true)
-  echo "$dev $round fps=$fps shown=$shown" >>"$RESULTS"
-  canopy_log "$name: kmscube $fps fps, $shown frame(s) at the output"
+  echo "$dev $round fps=$fps glmark2=$score shown=$shown glmark2_scene_fps=$scenes" >>"$RESULTS"
+  canopy_log "$name: kmscube $fps fps, glmark2 score $score, $shown frame(s) at the output"
 }
 
 for round in $(seq 1 "$ROUNDS"); do
@@ -96,16 +108,21 @@ median() {  # median DEVICE KEY
   echo "- $(date -u +%Y-%m-%dT%H:%MZ), QEMU $("${CANOPY_QEMU:-qemu-system-x86_64}" --version | head -n1 | awk '{print $4}') TCG," \
     "guest Linux $CANOPY_KVER, 1024x768, $ROUNDS round(s) of $FRAMES frames per device$([ $SMOKE -eq 1 ] && echo ', smoke')"
   echo
-  echo "| device | kmscube fps (median) | frames at canopy-gpu's output (fbcon's included) |"
-  echo "|---|---|---|"
-  for dev in "${devices[@]}"; do echo "| $dev | $(median "$dev" fps) | $(median "$dev" shown) |"; done
-  for dev in "${!unavailable[@]}"; do echo "| $dev | unavailable: ${unavailable[$dev]} | |"; done
+  echo "glmark2-es2-drm $(dpkg-query -W -f '${Version}' glmark2-es2-drm 2>/dev/null) scenes, ${SECONDS_EACH} s each:" \
+    "$GLMARK2_BENCHMARKS (800x600 asked, the 1024x768 mode drawn, XRGB8888)"
+  echo
+  echo "| device | kmscube fps (median) | glmark2 score (median) | frames at canopy-gpu's output (fbcon's included) |"
+  echo "|---|---|---|---|"
+  for dev in "${devices[@]}"; do echo "| $dev | $(median "$dev" fps) | $(median "$dev" glmark2) | $(median "$dev" shown) |"; done
+  for dev in "${!unavailable[@]}"; do echo "| $dev | unavailable: ${unavailable[$dev]} | | |"; done
   echo
   echo '```'
   for ref in "${devices[@]}"; do
     [ "$ref" = canopy-virgl ] && continue
-    echo "ratio kmscube fps canopy-virgl / $ref = $(awk -v a="$(median canopy-virgl fps)" -v b="$(median "$ref" fps)" \
-      'BEGIN { if (b + 0 == 0) print "nan"; else printf "%.2f", a / b }')  (higher is better)"
+    for key in fps glmark2; do
+      echo "ratio $key canopy-virgl / $ref = $(awk -v a="$(median canopy-virgl "$key")" -v b="$(median "$ref" "$key")" \
+        'BEGIN { if (b + 0 == 0) print "nan"; else printf "%.2f", a / b }')  (higher is better)"
+    done
   done
   echo '```'
   echo

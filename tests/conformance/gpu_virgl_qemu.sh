@@ -27,7 +27,7 @@ canopy_wait_socket "$SOCK" 10 backend
 
 qemu_rc=0
 CANOPY_QEMU_TIMEOUT=${CANOPY_QEMU_TIMEOUT:-240} CANOPY_GUEST_TIMEOUT=${CANOPY_GUEST_TIMEOUT:-200} \
-  CANOPY_QEMU_MEMORY=1024M CANOPY_QEMU_APPEND="canopy.kmscube_frames=$FRAMES" \
+  CANOPY_QEMU_MEMORY=1024M CANOPY_QEMU_APPEND="canopy.kmscube_frames=$FRAMES ${CANOPY_VIRGL_APPEND:-}" \
   canopy_qemu -chardev "socket,id=gpu,path=$SOCK" -device vhost-user-gpu-pci,chardev=gpu \
   -virtfs local,path=/,mount_tag=host,security_model=none,readonly=on || qemu_rc=$?
 grep -a 'canopy-test:' "$CANOPY_WORK/console.log" | while read -r l; do canopy_log "guest: ${l#*canopy-test: }"; done
