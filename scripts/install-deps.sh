@@ -17,7 +17,7 @@ BACKPORTS=(
   qemu-system-x86 qemu-system-common qemu-utils qemu-system-gui
   pipewire pipewire-bin wireplumber libpipewire-0.3-dev libspa-0.2-dev
   mesa-vulkan-drivers libgbm-dev libdrm-dev libdrm-tests linux-libc-dev
-  libegl-mesa0 libgl1-mesa-dri
+  libegl-mesa0 libgl1-mesa-dri libegl-dev
 )
 # Packages from bookworm itself.
 MAIN=(

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <deque>
 #include <map>
+#include <string>
 #include <vector>
 
 #include "canopy/base/log.h"
@@ -17,6 +18,15 @@
 extern "C" {
 #include <virgl/virglrenderer.h>
 }
+#include <EGL/egl.h>
+#include <EGL/eglext.h>
+
+#ifndef EGL_CONTEXT_PRIORITY_LEVEL_IMG
+#define EGL_CONTEXT_PRIORITY_LEVEL_IMG 0x3100
+#define EGL_CONTEXT_PRIORITY_HIGH_IMG 0x3101
+#define EGL_CONTEXT_PRIORITY_MEDIUM_IMG 0x3102
+#define EGL_CONTEXT_PRIORITY_LOW_IMG 0x3103
+#endif
 
 // virglrenderer.h only declares struct virgl_box; its layout (src/virgl_hw.h) is virtio-gpu's box.
 struct virgl_box {
@@ -31,6 +41,101 @@ constexpr uint32_t kCapsetVirgl = 1, kCapsetVirgl2 = 2, kCapsetVenus = 4;
 constexpr uint32_t kCapsets[] = {kCapsetVirgl, kCapsetVirgl2, kCapsetVenus};
 
 std::atomic<bool> g_alive{false};
+std::string g_priority_granted = "default";
+
+// virglrenderer's GL contexts made by canopy-gpu (VirglOptions::priority): an EGL display without a
+// window system (Mesa's surfaceless platform, or the first EGL device: NVIDIA's), contexts without a
+// config or surface, each asked for at the VM's priority level. virglrenderer shares each new context
+// with the one current on the calling thread, as its own EGL code does.
+class OwnEgl {
+ public:
+  static Result<std::unique_ptr<OwnEgl>> create(bool gles, VirglOptions::Priority p) {
+    auto get_platform_display =
+        reinterpret_cast<PFNEGLGETPLATFORMDISPLAYEXTPROC>(eglGetProcAddress("eglGetPlatformDisplayEXT"));
+    if (!get_platform_display) return make_error(Errc::kUnsupported, "virgl: EGL has no eglGetPlatformDisplayEXT");
+    std::unique_ptr<OwnEgl> e(new OwnEgl());
+    e->gles_ = gles;
+    EGLint major = 0, minor = 0;
+    e->dpy_ = get_platform_display(EGL_PLATFORM_SURFACELESS_MESA, EGL_DEFAULT_DISPLAY, nullptr);
+    if (e->dpy_ == EGL_NO_DISPLAY || !eglInitialize(e->dpy_, &major, &minor)) {
+      auto query_devices = reinterpret_cast<PFNEGLQUERYDEVICESEXTPROC>(eglGetProcAddress("eglQueryDevicesEXT"));
+      EGLDeviceEXT dev;
+      EGLint n = 0;
+      if (!query_devices || !query_devices(1, &dev, &n) || n < 1)
+        return make_error(Errc::kIo, "virgl: no surfaceless EGL platform and no EGL device");
+      e->dpy_ = get_platform_display(EGL_PLATFORM_DEVICE_EXT, dev, nullptr);
+      if (e->dpy_ == EGL_NO_DISPLAY || !eglInitialize(e->dpy_, &major, &minor))
+        return make_error(Errc::kIo, "virgl: cannot initialise an EGL display");
+    }
+    e->initialised_ = true;
+    const char* ext = eglQueryString(e->dpy_, EGL_EXTENSIONS);
+    auto has = [ext](const char* name) { return ext && std::strstr(ext, name) != nullptr; };
+    if (!has("EGL_KHR_no_config_context") || !has("EGL_KHR_surfaceless_context"))
+      return make_error(Errc::kUnsupported, "virgl: EGL lacks contexts without a config or surface");
+    if (!eglBindAPI(gles ? EGL_OPENGL_ES_API : EGL_OPENGL_API)) return make_error(Errc::kIo, "virgl: eglBindAPI failed");
+    if (p != VirglOptions::Priority::kDefault) {
+      if (has("EGL_IMG_context_priority")) {
+        e->priority_ = p == VirglOptions::Priority::kHigh     ? EGL_CONTEXT_PRIORITY_HIGH_IMG
+                       : p == VirglOptions::Priority::kMedium ? EGL_CONTEXT_PRIORITY_MEDIUM_IMG
+                                                              : EGL_CONTEXT_PRIORITY_LOW_IMG;
+      } else {
+        e->granted_ = "default (driver has no EGL_IMG_context_priority)";
+      }
+    }
+    return e;
+  }
+  ~OwnEgl() {
+    if (initialised_) {
+      eglMakeCurrent(dpy_, EGL_NO_SURFACE, EGL_NO_SURFACE, EGL_NO_CONTEXT);
+      eglTerminate(dpy_);
+    }
+  }
+  void* display() const { return dpy_; }
+  const std::string& granted() const { return granted_; }
+
+  virgl_renderer_gl_context create_context(const virgl_renderer_gl_ctx_param& p) {
+    EGLint attrs[16];
+    int n = 0;
+    attrs[n++] = EGL_CONTEXT_MAJOR_VERSION;
+    attrs[n++] = p.major_ver;
+    attrs[n++] = EGL_CONTEXT_MINOR_VERSION;
+    attrs[n++] = p.minor_ver;
+    if (!gles_) {
+      attrs[n++] = EGL_CONTEXT_OPENGL_PROFILE_MASK;
+      attrs[n++] = EGL_CONTEXT_OPENGL_CORE_PROFILE_BIT;
+    }
+    if (priority_) {
+      attrs[n++] = EGL_CONTEXT_PRIORITY_LEVEL_IMG;
+      attrs[n++] = priority_;
+    }
+    attrs[n++] = EGL_NONE;
+    EGLContext share = p.shared ? eglGetCurrentContext() : EGL_NO_CONTEXT;
+    EGLContext c = eglCreateContext(dpy_, EGL_NO_CONFIG_KHR, share, attrs);
+    if (c == EGL_NO_CONTEXT) return nullptr;
+    if (priority_) {
+      // The level asked for is a hint: what the driver gave is what counts.
+      EGLint got = 0;
+      eglQueryContext(dpy_, c, EGL_CONTEXT_PRIORITY_LEVEL_IMG, &got);
+      granted_ = got == EGL_CONTEXT_PRIORITY_HIGH_IMG     ? "high"
+                 : got == EGL_CONTEXT_PRIORITY_MEDIUM_IMG ? "medium"
+                 : got == EGL_CONTEXT_PRIORITY_LOW_IMG    ? "low"
+                                                          : "default";
+    }
+    return c;
+  }
+  void destroy_context(virgl_renderer_gl_context c) { eglDestroyContext(dpy_, static_cast<EGLContext>(c)); }
+  int make_current(virgl_renderer_gl_context c) {
+    return eglMakeCurrent(dpy_, EGL_NO_SURFACE, EGL_NO_SURFACE, static_cast<EGLContext>(c)) ? 0 : -1;
+  }
+
+ private:
+  OwnEgl() = default;
+  EGLDisplay dpy_ = EGL_NO_DISPLAY;
+  bool initialised_ = false;
+  bool gles_ = false;
+  EGLint priority_ = 0;
+  std::string granted_ = "default";
+};
 
 class VirglRenderer final : public Renderer {
  public:
@@ -46,8 +151,29 @@ class VirglRenderer final : public Renderer {
     r->callbacks_.write_context_fence = [](void* cookie, uint32_t ctx, uint32_t ring, uint64_t fence) {
       static_cast<VirglRenderer*>(cookie)->on_context_fence(ctx, ring, fence);
     };
-    int flags = VIRGL_RENDERER_USE_EGL | VIRGL_RENDERER_USE_SURFACELESS | VIRGL_RENDERER_THREAD_SYNC;
+    int flags = VIRGL_RENDERER_THREAD_SYNC;
     if (o.gles) flags |= VIRGL_RENDERER_USE_GLES;
+    if (o.priority == VirglOptions::Priority::kDefault) {
+      flags |= VIRGL_RENDERER_USE_EGL | VIRGL_RENDERER_USE_SURFACELESS;
+    } else {
+      // canopy-gpu's own EGL display and contexts (virglrenderer's "external winsys").
+      auto egl = OwnEgl::create(o.gles, o.priority);
+      if (!egl.ok()) {
+        g_alive = false;
+        return egl.error();
+      }
+      r->egl_ = std::move(*egl);
+      r->callbacks_.create_gl_context = [](void* cookie, int, virgl_renderer_gl_ctx_param* p) {
+        return static_cast<VirglRenderer*>(cookie)->egl_->create_context(*p);
+      };
+      r->callbacks_.destroy_gl_context = [](void* cookie, virgl_renderer_gl_context c) {
+        static_cast<VirglRenderer*>(cookie)->egl_->destroy_context(c);
+      };
+      r->callbacks_.make_current = [](void* cookie, int, virgl_renderer_gl_context c) {
+        return static_cast<VirglRenderer*>(cookie)->egl_->make_current(c);
+      };
+      r->callbacks_.get_egl_display = [](void* cookie) { return static_cast<VirglRenderer*>(cookie)->egl_->display(); };
+    }
     // Venus (Vulkan) contexts run in this process on the host's Vulkan driver (no render server).
     if (o.venus) flags |= VIRGL_RENDERER_VENUS;
     // The cookie must not be null: virglrenderer then fails without a word.
@@ -56,6 +182,7 @@ class VirglRenderer final : public Renderer {
       return make_error(Errc::kIo, "virgl: virgl_renderer_init failed (no EGL device or surfaceless platform?)");
     }
     r->initialised_ = true;
+    g_priority_granted = r->egl_ ? r->egl_->granted() : "default";
     r->poll_fd_ = virgl_renderer_get_poll_fd();
     for (uint32_t id : kCapsets) {
       if (id == kCapsetVenus && !o.venus) continue;
@@ -314,6 +441,7 @@ class VirglRenderer final : public Renderer {
   }
 
   virgl_renderer_callbacks callbacks_{};
+  std::unique_ptr<OwnEgl> egl_;  // with a priority: the EGL display and contexts are ours
   bool initialised_ = false;
   int poll_fd_ = -1;
   std::vector<CapsetInfo> capsets_;
@@ -331,6 +459,7 @@ class VirglRenderer final : public Renderer {
 }  // namespace
 
 bool virgl_available() { return true; }
+std::string virgl_priority_granted() { return g_priority_granted; }
 
 Result<std::unique_ptr<Renderer>> make_virgl_renderer(const VirglOptions& options) {
   return VirglRenderer::create(options);

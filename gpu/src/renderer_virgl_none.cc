@@ -4,6 +4,7 @@
 namespace canopy::gpu {
 
 bool virgl_available() { return false; }
+std::string virgl_priority_granted() { return "default"; }
 
 Result<std::unique_ptr<Renderer>> make_virgl_renderer(const VirglOptions&) {
   return make_error(Errc::kUnsupported, "virgl: this build has no virglrenderer (install libvirglrenderer-dev)");

@@ -39,6 +39,8 @@ constexpr const char* kUsage =
     "                           EGL without a window system: a GPU's render node, else llvmpipe)\n"
     "  --gles                   with virgl: OpenGL ES on the host instead of desktop OpenGL\n"
     "  --venus                  with virgl: Vulkan contexts too (capset venus, the host's Vulkan driver)\n"
+    "  --priority=low|medium|high  with virgl: the GPU priority of this VM's GL contexts (EGL_IMG_context_\n"
+    "                           priority where the driver has it, e.g. high for the cluster VM)\n"
     "  --host-visible-mb=N      with virgl: the host-visible region for mapped host blobs (default 1024,\n"
     "                           0: none); only front-ends with vhost-user SHMEM (canopy-vmm) map it\n"
     "  --no-blob --no-uuid --no-context-init --no-edid   withhold a feature\n"
@@ -117,6 +119,10 @@ Result<std::unique_ptr<vu::Device>> make_device(const std::vector<std::string>& 
     else if (key == "--renderer" && (val == "2d" || val == "virgl")) o.renderer = val;
     else if (key == "--gles" && eq == std::string::npos) o.virgl.gles = true;
     else if (key == "--venus" && eq == std::string::npos) o.virgl.venus = true;
+    else if (key == "--priority" && (val == "low" || val == "medium" || val == "high"))
+      o.virgl.priority = val == "low"      ? VirglOptions::Priority::kLow
+                         : val == "medium" ? VirglOptions::Priority::kMedium
+                                           : VirglOptions::Priority::kHigh;
     else if (key == "--host-visible-mb" && parse_u64(val, v, 64u << 10) && v % 2 == 0) o.host_visible_bytes = v << 20;
     else {
       CANOPY_ERROR("canopy-gpu: bad option %s", a.c_str());
@@ -147,6 +153,7 @@ Result<std::unique_ptr<vu::Device>> make_device(const std::vector<std::string>& 
   if (g_program.channel) dev->attach_channel(g_program.channel.get());
   CANOPY_INFO("canopy-gpu: %llu scanout(s), %ux%u@%u, renderer %s", (unsigned long long)scanouts, mode.width,
               mode.height, mode.refresh_hz, renderer.c_str());
+  if (renderer == "virgl") CANOPY_INFO("canopy-gpu: GL context priority %s", virgl_priority_granted().c_str());
   return std::unique_ptr<vu::Device>(std::move(dev));
 }
 
@@ -158,6 +165,6 @@ int main(int argc, char** argv) {
   program.confine = true;
   program.valued_options = {"--renderer", "--scanouts",    "--mode",           "--scanout-mode", "--frame-log",
                             "--max-resources", "--max-backing-mb", "--max-host-mb",  "--max-contexts",
-                            "--release-after-ms", "--control",  "--display-socket", "--vm", "--host-visible-mb"};
+                            "--release-after-ms", "--control",  "--display-socket", "--vm", "--host-visible-mb", "--priority"};
   return vu::backend_main(argc, argv, program, make_device);
 }

@@ -14,6 +14,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 
 #include "canopy/base/result.h"
 #include "canopy/gpu/device.h"
@@ -25,7 +26,17 @@ struct VirglOptions {
   // Venus: capset 4, Vulkan contexts on the host's Vulkan driver (lavapipe here), whose memory reaches
   // the guest as host blobs mapped into the host-visible region.
   bool venus = false;
+  // The GPU scheduling priority of this VM's GL contexts (EGL_IMG_context_priority), e.g. high for the
+  // cluster VM. kDefault leaves virglrenderer its own EGL setup; any other level makes canopy-gpu create
+  // virglrenderer's contexts itself (its EGL display, contexts asked for at that level). Where the driver
+  // lacks the extension (llvmpipe) the contexts get the default and priority_granted() says so.
+  enum class Priority { kDefault, kLow, kMedium, kHigh };
+  Priority priority = Priority::kDefault;
 };
+
+// What the driver granted the contexts ("default", "low", "medium", "high", or "default (driver has no
+// EGL_IMG_context_priority)"); for logs and tests. Only valid while a virgl renderer lives.
+std::string virgl_priority_granted();
 
 // Whether this build has virglrenderer (CMake found it).
 bool virgl_available();
