@@ -75,11 +75,13 @@ class CheckingRenderer final : public Renderer {
   }
   Status create_blob_3d(uint32_t id, const Blob3dArgs& a, std::span<const transport::GuestMemory::HostRange> iov) override {
     check(id != 0 && !resources_.count(id), "host blob id zero or taken");
-    check(contexts_.count(a.ctx_id), "host blob in an unknown context");
+    const bool guest_only = a.blob_mem == uint32_t(proto::BlobMem::kGuest);
+    check(guest_only || contexts_.count(a.ctx_id), "host blob in an unknown context");
+    check(!guest_only || !iov.empty(), "guest blob without its memory");
     check(a.size > 0, "empty host blob");
     for (const auto& r : iov)
       check(r.len > 0 && r.base >= ram_ && r.base + r.len <= ram_ + Rig::kRam, "host blob backing outside guest memory");
-    if (a.blob_id > 3) return make_error(Errc::kInvalidArgument, "no such object");
+    if (!guest_only && a.blob_id > 3) return make_error(Errc::kInvalidArgument, "no such object");
     resources_[id] = Res{{}, !iov.empty(), a.size};
     return {};
   }

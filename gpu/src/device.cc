@@ -35,6 +35,7 @@ struct GpuDevice::Resource {
   uint64_t blob_size = 0;
   uint32_t blob_flags = 0;
   uint32_t blob_mem = 0;                       // proto::BlobMem of a blob
+  bool in_renderer = false;                    // a guest blob the 3D renderer also has (contexts use it)
   bool mapped = false;                         // in the host-visible region at map_offset
   uint64_t map_offset = 0, map_len = 0;
   bool has_uuid = false;
@@ -411,7 +412,37 @@ Resp GpuDevice::create_blob(const Command& c) {
     free_backing(*r);
     return Resp::kErrUnspec;
   }
+  // With a 3D renderer the blob is the renderer's too, as QEMU's virgl device has it: a context may use
+  // guest memory blobs (venus's command rings where the renderer has no shared-memory blobs).
+  if (renderer_->supports_3d()) {
+    if (const Resp rr = give_guest_blob_to_renderer(*r, cb.hdr.ctx_id, cb.blob_id); rr != Resp::kOkNodata) {
+      free_backing(*r);
+      return rr;
+    }
+  }
   resources_.emplace(id, std::move(r));
+  return Resp::kOkNodata;
+}
+
+Resp GpuDevice::give_guest_blob_to_renderer(Resource& r, uint32_t ctx_id, uint64_t blob_id) {
+  std::vector<transport::GuestMemory::HostRange> iov;
+  for (const auto& seg : r.backing) {
+    auto ranges = mem_->host_ranges(seg.gpa, seg.len);
+    if (!ranges.ok()) return Resp::kErrInvalidParameter;
+    iov.insert(iov.end(), ranges->begin(), ranges->end());
+  }
+  Blob3dArgs a;
+  a.ctx_id = ctx_id;
+  a.blob_mem = uint32_t(proto::BlobMem::kGuest);
+  a.blob_flags = r.blob_flags;
+  a.blob_id = blob_id;
+  a.size = r.blob_size;
+  if (Status st = renderer_->create_blob_3d(r.id, a, iov); !st.ok()) {
+    CANOPY_WARN_RL("gpu: guest blob %u refused by the renderer: %s", r.id, st.error().what);
+    return Resp::kErrInvalidParameter;
+  }
+  r.in_renderer = true;
+  mem_layout_ = mem_->layout();
   return Resp::kOkNodata;
 }
 
@@ -515,6 +546,10 @@ void GpuDevice::destroy_resource(uint32_t id) {
     if (r.scanout_mask & (1u << s)) disable_scanout(s);
   for (auto& [cid, ctx] : contexts_) ctx->resources.erase(id);
   unmap_resource(r);
+  if (r.in_renderer) {
+    renderer_->detach_backing_3d(id);
+    renderer_->destroy_3d(id);
+  }
   if (r.is3d) {
     renderer_->detach_backing_3d(id);
     renderer_->destroy_3d(id);
@@ -788,7 +823,7 @@ Resp GpuDevice::ctx_resource(const Command& c, bool attach) {
   if (rit == resources_.end()) return Resp::kErrInvalidResourceId;
   if (attach) it->second->resources.insert(cr.resource_id);
   else it->second->resources.erase(cr.resource_id);
-  if (rit->second->is3d) {
+  if (rit->second->is3d || rit->second->in_renderer) {
     if (attach) renderer_->attach_to_context(c.hdr.ctx_id, cr.resource_id);
     else renderer_->detach_from_context(c.hdr.ctx_id, cr.resource_id);
   }
@@ -872,6 +907,27 @@ Resp GpuDevice::attach_backing_3d(Resource& r) {
 void GpuDevice::refresh_3d_backings() {
   mem_layout_ = mem_->layout();
   for (auto& [id, r] : resources_) {
+    if (r->in_renderer) {
+      // A guest blob: its own pieces (for scanouts) do not move; the renderer's view of it is renewed,
+      // or the renderer's copy of the resource dropped where its memory is gone.
+      renderer_->detach_backing_3d(id);
+      std::vector<transport::GuestMemory::HostRange> iov;
+      bool ok = true;
+      for (const auto& seg : r->backing) {
+        auto ranges = mem_->host_ranges(seg.gpa, seg.len);
+        if (!ranges.ok()) {
+          ok = false;
+          break;
+        }
+        iov.insert(iov.end(), ranges->begin(), ranges->end());
+      }
+      if (!ok || !renderer_->attach_backing_3d(id, iov).ok()) {
+        CANOPY_WARN_RL("gpu: guest blob %u: its memory moved out of reach; the renderer no longer has it", id);
+        renderer_->destroy_3d(id);
+        r->in_renderer = false;
+      }
+      continue;
+    }
     if (!r->is3d || r->backing.empty()) continue;
     renderer_->detach_backing_3d(id);
     bool inside = true;

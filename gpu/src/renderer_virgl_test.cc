@@ -536,6 +536,43 @@ TEST_F(VenusDevice, MapBlobRefusesWhatTheRegionCannotHold) {
   EXPECT_TRUE(region.maps.empty());
 }
 
+// A guest blob is the renderer's too (QEMU's virgl device does the same): a venus context can be given
+// one (Mesa's venus puts its command ring in guest memory where the renderer has no shared-memory blobs),
+// and it still scans out from guest memory without a copy.
+TEST_F(VenusDevice, GuestBlobsAreTheRenderersTooAndStillScanOutWithoutCopies) {
+  ASSERT_EQ(ctx_create(kCtx, kCapsetVenus), R(Resp::kOkNodata));
+  constexpr uint32_t kBw = 64, kBh = 64;
+  const std::vector<proto::MemEntry> entries{Harness::entry(0x80000, 8192), Harness::entry(0x20000, 8192)};
+  proto::ResourceCreateBlob b{};
+  b.hdr = proto::make_hdr(Cmd::kResourceCreateBlob, 0, 0, kCtx);
+  b.resource_id = 20;
+  b.blob_mem = uint32_t(proto::BlobMem::kGuest);
+  b.blob_flags = proto::kBlobFlagMappable;
+  b.nr_entries = uint32_t(entries.size());
+  b.size = kBw * kBh * 4;
+  ASSERT_EQ(h->call(b, std::span(reinterpret_cast<const uint8_t*>(entries.data()), entries.size() * sizeof entries[0])),
+            R(Resp::kOkNodata));
+  EXPECT_EQ(ctx_attach(kCtx, 20), R(Resp::kOkNodata));
+  EXPECT_EQ(create_blob(20, kCtx, 4096), R(Resp::kErrInvalidResourceId));  // the id is taken
+  for (const auto& e : entries) h->fill_ram(e.addr, e.length, 0xff00ff00);
+  proto::SetScanoutBlob sb{};
+  sb.hdr = proto::make_hdr(Cmd::kSetScanoutBlob);
+  sb.resource_id = 20;
+  sb.width = kBw;
+  sb.height = kBh;
+  sb.format = uint32_t(proto::Format::kB8G8R8X8);
+  sb.strides[0] = kBw * 4;
+  sb.r.width = kBw;
+  sb.r.height = kBh;
+  ASSERT_EQ(h->call(sb), R(Resp::kOkNodata));
+  ASSERT_EQ(h->call(h->flush_cmd(20, kBw, kBh)), R(Resp::kOkNodata));
+  EXPECT_EQ(h->out.stats(0).frames, 1u);
+  EXPECT_EQ(h->out.stats(0).bytes_copied, 0u);
+  EXPECT_EQ(h->call(proto::ResourceUnref{proto::make_hdr(Cmd::kResourceUnref), 20, 0}), R(Resp::kOkNodata));
+  // Gone from the renderer too (it refuses an id it still has): the id can be a host blob now.
+  EXPECT_EQ(create_blob(20, kCtx, 4096), R(Resp::kOkNodata));
+}
+
 TEST_F(VenusDevice, HostBlobsAreCheckedAndBudgeted) {
   ASSERT_EQ(ctx_create(kCtx, kCapsetVenus), R(Resp::kOkNodata));
   EXPECT_EQ(create_blob(10, kCtx + 1, 4096), R(Resp::kErrInvalidContextId));

@@ -270,6 +270,8 @@ class GpuDevice {
   proto::Resp resource_create_3d(const Command& c);
   proto::Resp transfer_3d(const Command& c, bool to_host);
   proto::Resp create_blob_3d(const Command& c);
+  // A guest blob made the 3D renderer's too (its backing handed over in place).
+  proto::Resp give_guest_blob_to_renderer(Resource& r, uint32_t ctx_id, uint64_t blob_id);
   proto::Resp map_blob(const Command& c);
   proto::Resp unmap_blob(const Command& c);
   void unmap_resource(Resource& r);
