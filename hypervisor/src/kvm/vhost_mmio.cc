@@ -114,6 +114,17 @@ Status VhostMmioDevice::start_backend_requests(uint64_t) {
   backend_req_ = UniqueFd(sv[0]);
   UniqueFd theirs(sv[1]);
   CANOPY_TRY(fe_.set_backend_req_fd(theirs.get()));
+  config_thread_ = std::thread([this] {
+    std::unique_lock<std::mutex> l(config_mu_);
+    for (;;) {
+      config_cv_.wait(l, [this] { return config_pending_ || config_stop_; });
+      if (config_stop_) return;
+      config_pending_ = false;
+      l.unlock();
+      mmio_->config_changed();
+      l.lock();
+    }
+  });
   backend_req_thread_ = std::thread([this] { serve_backend_requests(); });
   return {};
 }
@@ -121,7 +132,11 @@ Status VhostMmioDevice::start_backend_requests(uint64_t) {
 void VhostMmioDevice::serve_backend_requests() {
   vu::Channel ch(UniqueFd(dup(backend_req_.get())));
   vu::BackendRequestHandlers h;
-  h.config_changed = [this] { mmio_->config_changed(); };
+  h.config_changed = [this] {
+    std::lock_guard<std::mutex> l(config_mu_);
+    config_pending_ = true;
+    config_cv_.notify_one();
+  };
   auto find = [this](uint8_t shmid) -> const Shm* {
     for (const auto& s : shm_)
       if (s.shmid == shmid) return &s;
@@ -158,6 +173,14 @@ VhostMmioDevice::~VhostMmioDevice() {
   fe_ = vu::Frontend();  // closing the socket makes the back-end exit on its own
   if (backend_req_.valid()) ::shutdown(backend_req_.get(), SHUT_RDWR);  // ends the request thread
   if (backend_req_thread_.joinable()) backend_req_thread_.join();
+  if (config_thread_.joinable()) {
+    {
+      std::lock_guard<std::mutex> l(config_mu_);
+      config_stop_ = true;
+    }
+    config_cv_.notify_one();
+    config_thread_.join();
+  }
   if (backend_.running() && !backend_.wait(500).ok()) backend_.terminate(500);
 }
 

@@ -20,6 +20,8 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <condition_variable>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -89,6 +91,12 @@ class VhostMmioDevice final : public transport::MmioDevice {
   std::vector<Shm> shm_;
   UniqueFd backend_req_;  // our end of the back-end request channel
   std::thread backend_req_thread_;
+  // Config-change notices are raised from a thread of their own: the register model's lock may be held
+  // by a vCPU waiting for the back-end, which may be waiting for the request thread (SHMEM_UNMAP).
+  std::thread config_thread_;
+  std::mutex config_mu_;
+  std::condition_variable config_cv_;
+  bool config_pending_ = false, config_stop_ = false;
 };
 
 }  // namespace canopy::hypervisor::kvm
