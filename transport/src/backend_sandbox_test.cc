@@ -18,17 +18,7 @@
 namespace canopy::transport {
 namespace {
 
-#if defined(__SANITIZE_ADDRESS__)
-constexpr bool kSanitizer = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(leak_sanitizer)
-constexpr bool kSanitizer = true;
-#else
-constexpr bool kSanitizer = false;
-#endif
-#else
-constexpr bool kSanitizer = false;
-#endif
+const bool kSanitizer = backend_sandbox_loosened();
 
 // Runs fn in a forked child; returns its exit status (the number of the first check that failed, 0 if
 // none). _exit, not exit: the child must not run the parent's atexit handlers.

@@ -30,5 +30,7 @@ namespace canopy::transport {
 
 // Errors: kIo when the kernel refuses the filter (seccomp not built in).
 Status confine_backend();
+// Whether this build keeps ptrace, kill and process clones (a sanitizer build).
+bool backend_sandbox_loosened();
 
 }  // namespace canopy::transport
