@@ -1020,8 +1020,8 @@ Resp GpuDevice::map_blob(const Command& c) {
   auto next = mapped_.lower_bound(offset);
   if (next != mapped_.end() && next->first < offset + len) return Resp::kErrInvalidParameter;
   if (next != mapped_.begin()) {
-    const Resource& prev = *resources_.at(std::prev(next)->second);
-    if (prev.map_offset + prev.map_len > offset) return Resp::kErrInvalidParameter;
+    const auto& prev = *std::prev(next);
+    if (prev.first + prev.second.second > offset) return Resp::kErrInvalidParameter;
   }
   auto ex = renderer_->export_blob(r.id);
   if (!ex.ok()) {
@@ -1036,7 +1036,7 @@ Resp GpuDevice::map_blob(const Command& c) {
   r.mapped = true;
   r.map_offset = offset;
   r.map_len = len;
-  mapped_.emplace(offset, r.id);
+  mapped_.emplace(offset, std::make_pair(r.id, len));
   proto::RespMapInfo info{};
   info.map_info = ex->map_info;
   resp_.resize(sizeof info - sizeof info.hdr);
@@ -1056,12 +1056,18 @@ Resp GpuDevice::unmap_blob(const Command& c) {
 
 void GpuDevice::unmap_resource(Resource& r) {
   if (!r.mapped) return;
+  r.mapped = false;
   if (host_visible_) {
-    if (Status st = host_visible_->unmap(r.map_offset, r.map_len); !st.ok())
-      CANOPY_WARN_RL("gpu: resource %u: the front-end did not unmap it: %s", r.id, st.error().what);
+    if (Status st = host_visible_->unmap(r.map_offset, r.map_len); !st.ok()) {
+      // The guest may still reach those pages: the range stays taken (no other blob goes there) until a
+      // reset, when the front-end empties the region.
+      CANOPY_WARN_RL("gpu: resource %u: the front-end did not unmap it (%s): its range stays taken until a reset",
+                     r.id, st.error().what);
+      mapped_[r.map_offset].first = 0;
+      return;
+    }
   }
   mapped_.erase(r.map_offset);
-  r.mapped = false;
 }
 
 Resp GpuDevice::transfer_3d(const Command& c, bool to_host) {
@@ -1186,6 +1192,7 @@ void GpuDevice::reset() {
   for (auto& [id, ctx] : contexts_) renderer_->destroy_context(id);
   contexts_.clear();
   while (!resources_.empty()) destroy_resource(resources_.begin()->first);
+  mapped_.clear();  // a reset empties the front-end's region too
   pending_.clear();
   timelines_.clear();
   std::vector<uint64_t> dropped;

@@ -413,6 +413,7 @@ class TestRegion final : public HostVisibleRegion {
     return p == MAP_FAILED ? Status(make_error(Errc::kIo, "mmap failed", errno)) : Status();
   }
   Status unmap(uint64_t offset, uint64_t len) override {
+    if (fail_unmaps) return make_error(Errc::kIo, "front-end refused");
     auto it = maps.find(offset);
     if (it == maps.end() || it->second != len) return make_error(Errc::kInvalidArgument, "no such mapping");
     maps.erase(it);
@@ -421,6 +422,7 @@ class TestRegion final : public HostVisibleRegion {
   }
   uint8_t* at(uint64_t offset) { return base_ + offset; }
   std::map<uint64_t, uint64_t> maps;
+  bool fail_unmaps = false;
 
  private:
   uint64_t size_;
@@ -534,6 +536,25 @@ TEST_F(VenusDevice, MapBlobRefusesWhatTheRegionCannotHold) {
   // A device reset takes every mapping back.
   h->dev->reset();
   EXPECT_TRUE(region.maps.empty());
+}
+
+TEST_F(VenusDevice, ARangeTheFrontEndDidNotTakeBackStaysTakenUntilAReset) {
+  ASSERT_EQ(ctx_create(kCtx, kCapsetVenus), R(Resp::kOkNodata));
+  ASSERT_EQ(create_blob(10, kCtx, 8192), R(Resp::kOkNodata));
+  ASSERT_EQ(create_blob(11, kCtx, 8192), R(Resp::kOkNodata));
+  ASSERT_EQ(map(10, 0x4000).first, R(Resp::kOkMapInfo));
+  region.fail_unmaps = true;
+  EXPECT_EQ(unmap(10), R(Resp::kOkNodata));  // the guest's request is done; the front-end failed
+  region.fail_unmaps = false;
+  EXPECT_EQ(map(11, 0x4000).first, R(Resp::kErrInvalidParameter));  // the guest may still reach 10 there
+  EXPECT_EQ(map(11, 0x8000).first, R(Resp::kOkMapInfo));
+  EXPECT_EQ(map(10, 0x10000).first, R(Resp::kOkMapInfo));  // the blob itself can be mapped elsewhere
+  h->dev->reset();
+  region.maps.clear();  // canopy-vmm empties the region at a reset
+  h->dev->set_acked_features(h->dev->offered_features());
+  ASSERT_EQ(ctx_create(kCtx, kCapsetVenus), R(Resp::kOkNodata));
+  ASSERT_EQ(create_blob(12, kCtx, 8192), R(Resp::kOkNodata));
+  EXPECT_EQ(map(12, 0x4000).first, R(Resp::kOkMapInfo));  // a reset frees the range
 }
 
 // A guest blob is the renderer's too (QEMU's virgl device does the same): a venus context can be given

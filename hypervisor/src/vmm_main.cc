@@ -6,6 +6,7 @@
 //                   [--device TYPE=PROGRAM[,ARG...]]...
 //                                                boot one Linux guest on KVM, its serial console on stdout
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
@@ -17,6 +18,7 @@
 #include "canopy/base/log.h"
 #include "canopy/hypervisor/manifest.h"
 #include "canopy/hypervisor/supervisor.h"
+#include "canopy/transport/backend_sandbox.h"
 #include "kvm/kvm_vm.h"
 #include "kvm/vhost_mmio.h"
 
@@ -206,6 +208,10 @@ int boot(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // canopy-vmm holds every VM's memory: a back-end of the same user (confined, but able to open files)
+  // must not read or write it through /proc/<pid>/mem. Sanitizer builds stay dumpable (LeakSanitizer
+  // traces the process from a helper task).
+  if (!canopy::transport::backend_sandbox_loosened()) prctl(PR_SET_DUMPABLE, 0);
   if (argc == 2 && (std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0)) {
     std::fputs(kUsage, stdout);
     return 0;

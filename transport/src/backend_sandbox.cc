@@ -35,7 +35,7 @@ constexpr const char* kDenied[] = {
     "reboot", "swapon", "swapoff", "acct", "settimeofday", "clock_settime", "clock_adjtime", "adjtimex",
     "sethostname", "setdomainname", "setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid",
     "setgroups", "setfsuid", "setfsgid", "capset", "iopl", "ioperm", "personality", "quotactl", "vhangup",
-    "lookup_dcookie", "name_to_handle_at", "open_by_handle_at",
+    "lookup_dcookie", "name_to_handle_at", "open_by_handle_at", "tkill",
 };
 
 }  // namespace
@@ -62,6 +62,11 @@ Status confine_backend() {
   // (sanitizers keep it: their runtime signals its helper task).
   const scmp_arg_cmp other_tgid[] = {SCMP_A0(SCMP_CMP_NE, uint64_t(getpid()))};
   rc = deny(SCMP_SYS(tgkill), EPERM, 1, other_tgid);
+  if (rc == 0) rc = deny(SCMP_SYS(rt_sigqueueinfo), EPERM, 1, other_tgid);
+  if (rc == 0) rc = deny(SCMP_SYS(rt_tgsigqueueinfo), EPERM, 1, other_tgid);
+  // Limits: its own to read and set (pid 0), another process's only to read.
+  const scmp_arg_cmp set_other_limits[] = {SCMP_A0(SCMP_CMP_NE, 0), SCMP_A2(SCMP_CMP_NE, 0)};
+  if (rc == 0) rc = deny(SCMP_SYS(prlimit64), EPERM, 2, set_other_limits);
   if (rc == 0 && !kSanitizer) rc = deny(SCMP_SYS(kill), EPERM, 0, nullptr);
   // No sockets but unix ones.
   const scmp_arg_cmp not_unix[] = {SCMP_A0(SCMP_CMP_NE, AF_UNIX)};

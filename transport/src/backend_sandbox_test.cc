@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/ptrace.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -44,6 +45,11 @@ TEST(BackendSandbox, RefusesNewProcessesProgramsNetworkAndOtherProcesses) {
               if (socket(AF_NETLINK, SOCK_RAW, 0) != -1) return 4;
               if (!kSanitizer && (kill(parent, 0) != -1 || errno != EPERM)) return 5;
               if (syscall(SYS_tgkill, parent, parent, 0) != -1 || errno != EPERM) return 9;
+              if (syscall(SYS_tkill, parent, 0) != -1 || errno != EPERM) return 10;
+              rlimit lim{};
+              if (prlimit(parent, RLIMIT_NOFILE, nullptr, &lim) != 0) return 11;       // reading: allowed
+              if (prlimit(parent, RLIMIT_NOFILE, &lim, nullptr) != -1 || errno != EPERM) return 12;
+              if (setrlimit(RLIMIT_NOFILE, &lim) != 0) return 13;                       // its own: allowed
               if (unshare(CLONE_NEWUSER) != -1 || errno != EPERM) return 6;
               if (!kSanitizer) {
                 if (fork() != -1 || errno != EPERM) return 7;

@@ -232,6 +232,7 @@ Status Backend::run(UniqueFd connection) {
   }
   for (auto& q : queues_) stop_queue(*q);
   channel_.close();
+  device_.on_backend_channel(nullptr);
   backend_req_.reset();
   return result;
 }
@@ -439,6 +440,7 @@ Status Backend::dispatch(Message& msg, Message& reply, bool& has_reply) {
     case Request::kSetBackendReqFd: {
       if (msg.fds.size() != 1) return make_error(Errc::kProtocol, "SET_BACKEND_REQ_FD: needs one fd");
       if (!has_protocol(kProtoBackendReq)) return make_error(Errc::kProtocol, "SET_BACKEND_REQ_FD: not negotiated");
+      device_.on_backend_channel(nullptr);  // the old channel (if any) goes now
       backend_req_ = std::make_unique<Channel>(std::move(msg.fds[0]));
       device_.on_backend_channel(backend_req_.get());
       return {};

@@ -197,15 +197,16 @@ Status Frontend::set_backend_req_fd(int fd) {
   return send_set(Message::make(Request::kSetBackendReqFd), std::span<const int>(&fd, 1));
 }
 
-Status serve_backend_request(Channel& ch, const BackendRequestHandlers& h, int timeout_ms) {
+Status serve_backend_request(Channel& ch, const BackendRequestHandlers& h, int timeout_ms, Status* outcome) {
+  // recv has taken the whole message (or failed): from here on the channel stays in step, and a request
+  // that cannot be served is refused with a reply, not by dropping the channel.
   CANOPY_ASSIGN_OR_RETURN(Message m, ch.recv(timeout_ms));
   const auto req = static_cast<BackendRequest>(m.header.request.get());
   Status result;
-  bool known = true;
   switch (req) {
     case BackendRequest::kConfigChangeMsg:
       if (!m.fds.empty() || !m.payload.empty()) {
-        result = make_error(Errc::kProtocol, "CONFIG_CHANGE_MSG: unexpected payload or fds");
+        result = make_error(Errc::kInvalidArgument, "CONFIG_CHANGE_MSG: unexpected payload or fds");
         break;
       }
       if (h.config_changed) h.config_changed();
@@ -214,9 +215,12 @@ Status serve_backend_request(Channel& ch, const BackendRequestHandlers& h, int t
     case BackendRequest::kShmemUnmap: {
       const bool map = req == BackendRequest::kShmemMap;
       auto body = m.exact<ShmemMap>();
-      if (!body.ok()) return body.error();  // out of step: the caller closes the channel
+      if (!body.ok()) {
+        result = make_error(Errc::kInvalidArgument, "SHMEM_MAP/UNMAP: payload of the wrong size");
+        break;
+      }
       if (m.fds.size() != (map ? 1u : 0u)) {
-        result = make_error(Errc::kProtocol, map ? "SHMEM_MAP: needs one fd" : "SHMEM_UNMAP: unexpected fds");
+        result = make_error(Errc::kInvalidArgument, map ? "SHMEM_MAP: needs one fd" : "SHMEM_UNMAP: unexpected fds");
         break;
       }
       if (map ? !h.shmem_map : !h.shmem_unmap) {
@@ -227,15 +231,14 @@ Status serve_backend_request(Channel& ch, const BackendRequestHandlers& h, int t
       break;
     }
     default:
-      known = false;
       result = make_error(Errc::kUnsupported, "back-end request not supported");
   }
   if (m.need_reply()) {
     Message r = Message::make_u64(static_cast<Request>(m.header.request.get()), result.ok() ? 0 : 1, kVersion | kFlagReply);
     CANOPY_TRY(ch.send(r));
   }
-  (void)known;
-  return result;
+  if (outcome) *outcome = result;
+  return {};
 }
 
 }  // namespace canopy::transport::vhost_user

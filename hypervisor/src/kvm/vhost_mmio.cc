@@ -77,6 +77,11 @@ Result<std::unique_ptr<VhostMmioDevice>> VhostMmioDevice::start(const KvmDeviceS
   d->proto_ = proto;
   if (proto & vu::proto_bit(vu::kProtoShmem)) {
     CANOPY_ASSIGN_OR_RETURN(auto sizes, fe.get_shmem_config());
+    // Guest-physical space is finite (and each region a KVM slot): 64 GiB per device at most.
+    uint64_t total = 0;
+    for (uint64_t sz : sizes) total += std::min<uint64_t>(sz, uint64_t{1} << 40);
+    if (total > (uint64_t{64} << 30))
+      return make_error(Errc::kLimit, "back-end asks for more than 64 GiB of shared memory regions");
     for (uint32_t id = 0; id < sizes.size(); ++id) {
       if (sizes[id] == 0) continue;
       Shm s;
@@ -130,7 +135,13 @@ Status VhostMmioDevice::start_backend_requests(uint64_t) {
 }
 
 void VhostMmioDevice::serve_backend_requests() {
-  vu::Channel ch(UniqueFd(dup(backend_req_.get())));
+  const int fd = dup(backend_req_.get());
+  if (fd < 0) {
+    CANOPY_ERROR("kvm: device %s: cannot serve the back-end's requests (dup failed)", spec_.name.c_str());
+    ::shutdown(backend_req_.get(), SHUT_RDWR);  // the back-end sees the channel gone at once
+    return;
+  }
+  vu::Channel ch{UniqueFd(fd)};
   vu::BackendRequestHandlers h;
   h.config_changed = [this] {
     std::lock_guard<std::mutex> l(config_mu_);
@@ -145,6 +156,10 @@ void VhostMmioDevice::serve_backend_requests() {
   h.shmem_map = [this, find](const vu::ShmemMap& m, int fd) -> Status {
     const Shm* s = find(m.shmid);
     if (!s) return make_error(Errc::kInvalidArgument, "SHMEM_MAP: no such region");
+    // The region's memory slot is writable for the guest: a read-only file there would stop the VM at
+    // the guest's first write. Read-only mappings are refused until slots of their own carry them.
+    if (!(m.flags.get() & vu::kShmemMapWritable))
+      return make_error(Errc::kUnsupported, "SHMEM_MAP: read-only mappings are not served");
     return vm_->map_shm(s->region, m.shm_offset, fd, m.fd_offset, m.len, m.flags.get() & vu::kShmemMapWritable);
   };
   h.shmem_unmap = [this, find](const vu::ShmemMap& m) -> Status {
@@ -153,11 +168,18 @@ void VhostMmioDevice::serve_backend_requests() {
     return vm_->unmap_shm(s->region, m.shm_offset, m.len);
   };
   for (;;) {
-    Status st = vu::serve_backend_request(ch, h, -1);
-    if (st.ok()) continue;
-    if (st.code() == Errc::kClosed || st.code() == Errc::kIo) break;  // the back-end or we went away
-    CANOPY_WARN_RL("kvm: device %s: back-end request refused: %s", spec_.name.c_str(), st.error().what);
-    if (st.code() == Errc::kProtocol) break;  // out of step
+    Status outcome;
+    Status st = vu::serve_backend_request(ch, h, -1, &outcome);
+    if (!st.ok()) {
+      // The back-end went away, or the channel is out of step: the back-end must see it closed now
+      // (not wait for acknowledgements that never come).
+      if (st.code() != Errc::kClosed)
+        CANOPY_WARN("kvm: device %s: back-end request channel broken: %s", spec_.name.c_str(), st.error().what);
+      ::shutdown(backend_req_.get(), SHUT_RDWR);
+      break;
+    }
+    if (!outcome.ok())
+      CANOPY_WARN_RL("kvm: device %s: back-end request refused: %s", spec_.name.c_str(), outcome.error().what);
   }
 }
 

@@ -308,7 +308,9 @@ class GpuDevice {
   Respond respond_;
   transport::GuestMemory* mem_ = nullptr;
   HostVisibleRegion* host_visible_ = nullptr;
-  std::map<uint64_t, uint32_t> mapped_;  // host-visible offset -> resource mapped there
+  // Host-visible offset -> (resource mapped there, length); resource 0: a range the front-end failed to
+  // take back, kept out of use until a reset.
+  std::map<uint64_t, std::pair<uint32_t, uint64_t>> mapped_;
   uint64_t mem_layout_ = 0;  // the guest memory layout 3D backings were given under
   uint64_t acked_ = 0;
   uint32_t events_read_ = 0;

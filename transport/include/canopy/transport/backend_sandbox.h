@@ -7,11 +7,17 @@
 //   - PR_SET_NO_NEW_PRIVS, then a seccomp filter (libseccomp) that refuses with EPERM: execve/execveat,
 //     fork/vfork and clone without CLONE_THREAD (threads stay; clone3 answers ENOSYS so that glibc
 //     uses clone, whose flags the filter can see), ptrace, process_vm_readv/writev, kcmp, pidfd_open /
-//     pidfd_getfd / pidfd_send_signal, kill, tgkill of other processes, sockets other than AF_UNIX
+//     pidfd_getfd / pidfd_send_signal, kill, tkill, tgkill / rt_(tg)sigqueueinfo to other processes,
+//     prlimit64 setting another process's limits, sockets other than AF_UNIX
 //     (no network, no netlink), mount and the new mount API, chroot, pivot_root, unshare, setns, bpf,
 //     perf_event_open, userfaultfd, io_uring, keyctl/add_key/request_key, module and kexec calls,
 //     reboot, swapon/swapoff, acct, changing the clock, the host name, uids, gids and capabilities,
 //     iopl/ioperm, personality, quotactl.
+//   - Not covered: scheduling calls on other processes of the same user (sched_setaffinity and friends,
+//     which GPU drivers use on their own threads), and connecting to any unix socket (the compositor's,
+//     but also a session bus): a filesystem view of its own (Landlock, a mount namespace) would close
+//     that. canopy-vmm makes itself non-dumpable, so a back-end of the same user cannot open its memory
+//     through /proc.
 //   - Everything else stays allowed: a GPU driver's ioctls, Mesa's JIT (mmap/mprotect), memfds for
 //     frames and blobs, AF_UNIX sockets (the compositor channel reconnects), threads, files (the uid's
 //     permissions decide). An allowlist is what partitions get (hypervisor/sandbox.h); a back-end that

@@ -24,9 +24,12 @@ struct BackendRequestHandlers {
   std::function<Status(const ShmemMap& m)> shmem_unmap;            // SHMEM_UNMAP
 };
 // Reads and serves one back-end request from `ch` (waiting at most timeout_ms, -1: forever), replying
-// where the back-end asked (NEED_REPLY): 0 when done, 1 when refused. Errors: kClosed when the back-end
-// went away; kProtocol for a malformed message (the channel is then out of step: close it).
-Status serve_backend_request(Channel& ch, const BackendRequestHandlers& h, int timeout_ms = -1);
+// where the back-end asked (NEED_REPLY): 0 when done, 1 when refused. A request refused (by a handler,
+// or malformed but read whole) is not an error of the channel: *outcome, when given, says why. Errors
+// only when the channel itself failed (kClosed: the back-end went away; kProtocol / kIo / kTimeout: it
+// is out of step or broken): close it.
+Status serve_backend_request(Channel& ch, const BackendRequestHandlers& h, int timeout_ms = -1,
+                             Status* outcome = nullptr);
 
 struct FrontendRegion {
   RegionInfo info;  // user_addr: the address this front-end gives the region in its own space
