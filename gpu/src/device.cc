@@ -78,6 +78,9 @@ struct GpuDevice::Pending {
 namespace {
 
 constexpr uint64_t kGlobalTimeline = 0;
+// Host blobs are mapped and budgeted in whole pages. (Sizes are capped before this: no overflow.)
+constexpr uint64_t kPage = 4096;
+uint64_t whole_pages(uint64_t bytes) { return (bytes + kPage - 1) & ~(kPage - 1); }
 uint64_t timeline_key(uint32_t ctx, uint8_t ring) { return (uint64_t(ctx) << 8 | ring) + 1; }
 bool is_error(Resp r) { return uint32_t(r) >= uint32_t(Resp::kErrUnspec); }
 
@@ -391,9 +394,9 @@ Resp GpuDevice::create_blob(const Command& c) {
   const auto cb = c.as<proto::ResourceCreateBlob>();
   const uint32_t id = cb.resource_id;
   if (id == 0 || resources_.count(id)) return Resp::kErrInvalidResourceId;
-  if (cb.blob_mem.get() != uint32_t(proto::BlobMem::kGuest)) return create_blob_3d(c);
   const uint32_t known = proto::kBlobFlagMappable | proto::kBlobFlagShareable | proto::kBlobFlagCrossDevice;
   if (cb.blob_flags.get() & ~known) return Resp::kErrInvalidParameter;
+  if (cb.blob_mem.get() != uint32_t(proto::BlobMem::kGuest)) return create_blob_3d(c);
   if (cb.size.get() == 0 || cb.nr_entries.get() == 0) return Resp::kErrInvalidParameter;
   if (resources_.size() >= options_.caps.max_resources) return Resp::kErrOutOfMemory;
   auto r = std::make_unique<Resource>();
@@ -426,11 +429,7 @@ Resp GpuDevice::create_blob(const Command& c) {
 
 Resp GpuDevice::give_guest_blob_to_renderer(Resource& r, uint32_t ctx_id, uint64_t blob_id) {
   std::vector<transport::GuestMemory::HostRange> iov;
-  for (const auto& seg : r.backing) {
-    auto ranges = mem_->host_ranges(seg.gpa, seg.len);
-    if (!ranges.ok()) return Resp::kErrInvalidParameter;
-    iov.insert(iov.end(), ranges->begin(), ranges->end());
-  }
+  if (!backing_ranges(r, iov)) return Resp::kErrInvalidParameter;
   Blob3dArgs a;
   a.ctx_id = ctx_id;
   a.blob_mem = uint32_t(proto::BlobMem::kGuest);
@@ -546,15 +545,11 @@ void GpuDevice::destroy_resource(uint32_t id) {
     if (r.scanout_mask & (1u << s)) disable_scanout(s);
   for (auto& [cid, ctx] : contexts_) ctx->resources.erase(id);
   unmap_resource(r);
-  if (r.in_renderer) {
+  if (r.is3d || r.in_renderer) {
     renderer_->detach_backing_3d(id);
     renderer_->destroy_3d(id);
   }
-  if (r.is3d) {
-    renderer_->detach_backing_3d(id);
-    renderer_->destroy_3d(id);
-    stats_.gpu_bytes -= r.gpu_bytes;
-  }
+  stats_.gpu_bytes -= r.gpu_bytes;  // 0 unless the 3D budget holds it
   free_backing(r);
   stats_.host_bytes -= r.host.size;
   resources_.erase(it);
@@ -886,15 +881,21 @@ Resp GpuDevice::resource_create_3d(const Command& c) {
   return Resp::kOkNodata;
 }
 
+bool GpuDevice::backing_ranges(const Resource& r, std::vector<transport::GuestMemory::HostRange>& out) const {
+  out.clear();
+  for (const auto& seg : r.backing) {
+    auto ranges = mem_->host_ranges(seg.gpa, seg.len);
+    if (!ranges.ok()) return false;
+    out.insert(out.end(), ranges->begin(), ranges->end());
+  }
+  return true;
+}
+
 Resp GpuDevice::attach_backing_3d(Resource& r) {
   std::vector<transport::GuestMemory::HostRange> iov;
-  for (const auto& s : r.backing) {
-    auto ranges = mem_->host_ranges(s.gpa, s.len);
-    if (!ranges.ok()) {
-      free_backing(r);
-      return Resp::kErrInvalidParameter;
-    }
-    iov.insert(iov.end(), ranges->begin(), ranges->end());
+  if (!backing_ranges(r, iov)) {
+    free_backing(r);
+    return Resp::kErrInvalidParameter;
   }
   if (!renderer_->attach_backing_3d(r.id, iov).ok()) {
     free_backing(r);
@@ -912,16 +913,7 @@ void GpuDevice::refresh_3d_backings() {
       // or the renderer's copy of the resource dropped where its memory is gone.
       renderer_->detach_backing_3d(id);
       std::vector<transport::GuestMemory::HostRange> iov;
-      bool ok = true;
-      for (const auto& seg : r->backing) {
-        auto ranges = mem_->host_ranges(seg.gpa, seg.len);
-        if (!ranges.ok()) {
-          ok = false;
-          break;
-        }
-        iov.insert(iov.end(), ranges->begin(), ranges->end());
-      }
-      if (!ok || !renderer_->attach_backing_3d(id, iov).ok()) {
+      if (!backing_ranges(*r, iov) || !renderer_->attach_backing_3d(id, iov).ok()) {
         CANOPY_WARN_RL("gpu: guest blob %u: its memory moved out of reach; the renderer no longer has it", id);
         renderer_->destroy_3d(id);
         r->in_renderer = false;
@@ -947,17 +939,14 @@ Resp GpuDevice::create_blob_3d(const Command& c) {
   if (!renderer_->supports_3d() || !feature(proto::kFVirgl)) return Resp::kErrInvalidParameter;
   if (mem != uint32_t(proto::BlobMem::kHost3d) && mem != uint32_t(proto::BlobMem::kHost3dGuest))
     return Resp::kErrInvalidParameter;
-  const uint32_t known = proto::kBlobFlagMappable | proto::kBlobFlagShareable | proto::kBlobFlagCrossDevice;
-  if (cb.blob_flags.get() & ~known) return Resp::kErrInvalidParameter;
   // A host blob is a context's object (its blob_id names it there).
   if (!contexts_.count(cb.hdr.ctx_id)) return Resp::kErrInvalidContextId;
   const bool guest = mem == uint32_t(proto::BlobMem::kHost3dGuest);
   if (cb.size.get() == 0 || (guest ? cb.nr_entries.get() == 0 : cb.nr_entries.get() != 0))
     return Resp::kErrInvalidParameter;
   // Counted in pages against the 3D budget (host memory the guest makes us hold).
-  const uint64_t page = 4096;
   if (cb.size.get() > options_.caps.max_3d_bytes) return Resp::kErrOutOfMemory;
-  const uint64_t bytes = (cb.size.get() + page - 1) & ~(page - 1);
+  const uint64_t bytes = whole_pages(cb.size);
   if (stats_.gpu_bytes + bytes > options_.caps.max_3d_bytes) return Resp::kErrOutOfMemory;
   if (resources_.size() >= options_.caps.max_resources) return Resp::kErrOutOfMemory;
   auto r = std::make_unique<Resource>();
@@ -971,17 +960,9 @@ Resp GpuDevice::create_blob_3d(const Command& c) {
   if (guest) {
     const Resp b = set_backing(*r, c.tail<proto::ResourceCreateBlob>(), cb.nr_entries);
     if (b != Resp::kOkNodata) return b;
-    if (r->backing_bytes < r->blob_size) {
+    if (r->backing_bytes < r->blob_size || !backing_ranges(*r, iov)) {
       free_backing(*r);
       return Resp::kErrInvalidParameter;
-    }
-    for (const auto& seg : r->backing) {
-      auto ranges = mem_->host_ranges(seg.gpa, seg.len);
-      if (!ranges.ok()) {
-        free_backing(*r);
-        return Resp::kErrInvalidParameter;
-      }
-      iov.insert(iov.end(), ranges->begin(), ranges->end());
     }
   }
   Blob3dArgs a;
@@ -1012,9 +993,9 @@ Resp GpuDevice::map_blob(const Command& c) {
   if (it == resources_.end()) return Resp::kErrInvalidResourceId;
   Resource& r = *it->second;
   if (!r.is3d || !r.blob || !(r.blob_flags & proto::kBlobFlagMappable) || r.mapped) return Resp::kErrInvalidParameter;
-  const uint64_t page = 4096, offset = m.offset;
-  const uint64_t len = (r.blob_size + page - 1) & ~(page - 1);
-  if (offset % page || offset > host_visible_->size() || len > host_visible_->size() - offset)
+  const uint64_t offset = m.offset;
+  const uint64_t len = whole_pages(r.blob_size);
+  if (offset % kPage || offset > host_visible_->size() || len > host_visible_->size() - offset)
     return Resp::kErrInvalidParameter;
   // Not over another mapping (the driver allocates the region; a guest that overlaps is refused).
   auto next = mapped_.lower_bound(offset);

@@ -284,8 +284,6 @@ class VirglRenderer final : public Renderer {
   }
   Status create_blob_3d(uint32_t resource_id, const Blob3dArgs& a,
                         std::span<const transport::GuestMemory::HostRange> ranges) override {
-    std::vector<iovec> iov;
-    for (const auto& r : ranges) iov.push_back(iovec{r.base, r.len});
     virgl_renderer_resource_create_blob_args args{};
     args.res_handle = resource_id;
     args.ctx_id = a.ctx_id;
@@ -293,9 +291,8 @@ class VirglRenderer final : public Renderer {
     args.blob_flags = a.blob_flags;
     args.blob_id = a.blob_id;
     args.size = a.size;
-    if (!iov.empty()) {
-      auto& kept = backings_[resource_id];  // virglrenderer keeps the array
-      kept = std::move(iov);
+    if (!ranges.empty()) {
+      auto& kept = keep_iov(resource_id, ranges);
       args.iovecs = kept.data();
       args.num_iovs = uint32_t(kept.size());
     }
@@ -332,12 +329,7 @@ class VirglRenderer final : public Renderer {
   }
 
   Status attach_backing_3d(uint32_t resource_id, std::span<const transport::GuestMemory::HostRange> ranges) override {
-    // virglrenderer keeps the iovec array itself: it lives here until the backing is detached.
-    std::vector<iovec> iov;
-    iov.reserve(ranges.size());
-    for (const auto& r : ranges) iov.push_back(iovec{r.base, r.len});
-    auto& kept = backings_[resource_id];
-    kept = std::move(iov);
+    auto& kept = keep_iov(resource_id, ranges);
     if (virgl_renderer_resource_attach_iov(int(resource_id), kept.data(), int(kept.size())) != 0) {
       backings_.erase(resource_id);
       return make_error(Errc::kInvalidArgument, "virgl: backing refused");
@@ -415,6 +407,16 @@ class VirglRenderer final : public Renderer {
 
  private:
   VirglRenderer() = default;
+
+  // virglrenderer keeps the iovec array it is given (not a copy): it lives here, by resource, until the
+  // backing is detached or the resource goes.
+  std::vector<iovec>& keep_iov(uint32_t resource_id, std::span<const transport::GuestMemory::HostRange> ranges) {
+    auto& kept = backings_[resource_id];
+    kept.clear();
+    kept.reserve(ranges.size());
+    for (const auto& r : ranges) kept.push_back(iovec{r.base, r.len});
+    return kept;
+  }
 
   // (the renderer's fence id, the device's id), oldest first.
   using FenceQueue = std::deque<std::pair<uint64_t, uint64_t>>;

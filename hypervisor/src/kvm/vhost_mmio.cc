@@ -107,13 +107,13 @@ Result<std::unique_ptr<VhostMmioDevice>> VhostMmioDevice::start(const KvmDeviceS
                          MmioHandler{[self](uint64_t off, uint32_t len) { return self->mmio_->read(off, len); },
                                      [self](uint64_t off, uint32_t len, uint64_t v) { self->mmio_->write(off, len, v); }}));
   vm.describe_virtio(base, uint32_t(d->window_), gsi);
-  if (proto & vu::proto_bit(vu::kProtoBackendReq)) CANOPY_TRY(d->start_backend_requests(proto));
+  if (proto & vu::proto_bit(vu::kProtoBackendReq)) CANOPY_TRY(d->start_backend_requests());
   CANOPY_INFO("kvm: device %s (virtio %u): back-end %s up (pid %d), %u queue(s), MMIO 0x%llx, GSI %u", spec.name.c_str(),
               spec.virtio_id, spec.program.c_str(), int(d->backend_.pid()), queues, (unsigned long long)base, gsi);
   return d;
 }
 
-Status VhostMmioDevice::start_backend_requests(uint64_t) {
+Status VhostMmioDevice::start_backend_requests() {
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return make_error(Errc::kIo, "socketpair failed", errno);
   backend_req_ = UniqueFd(sv[0]);

@@ -67,7 +67,7 @@ class VhostMmioDevice final : public transport::MmioDevice {
  private:
   VhostMmioDevice() = default;
   void stop_queue(uint16_t q);
-  Status start_backend_requests(uint64_t proto);
+  Status start_backend_requests();
   void serve_backend_requests();
   struct Queue {
     bool running = false;

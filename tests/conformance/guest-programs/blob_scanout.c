@@ -31,24 +31,12 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "virtgpu_ioctl.h"
+
 static void die(const char* what) {
   fprintf(stderr, "canopy-guest-blob: FAIL %s: %s\n", what, errno ? strerror(errno) : "failed");
   printf("canopy-guest-blob: FAIL %s\n", what);
   exit(1);
-}
-
-static int xioctl(int fd, unsigned long req, void* arg) {
-  int r;
-  do r = ioctl(fd, req, arg);
-  while (r < 0 && (errno == EINTR || errno == EAGAIN));
-  return r;
-}
-
-static int getparam(int fd, uint64_t param) {
-  int value = 0;
-  struct drm_virtgpu_getparam p = {.param = param, .value = (uint64_t)(uintptr_t)&value};
-  if (xioctl(fd, DRM_IOCTL_VIRTGPU_GETPARAM, &p) != 0) return -1;
-  return value;
 }
 
 static uint32_t crc32_ieee(const uint8_t* p, size_t n) {

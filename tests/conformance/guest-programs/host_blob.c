@@ -26,23 +26,11 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "virtgpu_ioctl.h"
+
 static void die(const char* what) {
   printf("canopy-guest-hostmem: FAIL %s: %s\n", what, errno ? strerror(errno) : "failed");
   exit(1);
-}
-
-static int xioctl(int fd, unsigned long req, void* arg) {
-  int r;
-  do r = ioctl(fd, req, arg);
-  while (r == -1 && errno == EINTR);
-  return r;
-}
-
-static int getparam(int fd, uint64_t param) {
-  int value = 0;
-  struct drm_virtgpu_getparam p = {.param = param, .value = (uint64_t)(uintptr_t)&value};
-  if (xioctl(fd, DRM_IOCTL_VIRTGPU_GETPARAM, &p) != 0) return -1;
-  return value;
 }
 
 static uint32_t word(uint32_t blob, uint32_t round, uint32_t i) { return (i + 1u) * 2654435761u ^ (blob << 24 | round << 16); }

@@ -277,6 +277,8 @@ class GpuDevice {
   void unmap_resource(Resource& r);
   // Gives a 3D resource's backing to the renderer as host mappings of the current guest memory.
   proto::Resp attach_backing_3d(Resource& r);
+  // r's backing as host mappings of the current guest memory; false when some of it is not guest memory.
+  bool backing_ranges(const Resource& r, std::vector<transport::GuestMemory::HostRange>& out) const;
   // Guest memory changed layout: 3D backings are given again (or dropped where they no longer fit).
   void refresh_3d_backings();
 
