@@ -32,12 +32,14 @@ function(canopy_program name)
   target_link_libraries(${name} PRIVATE ${A_DEPS})
 endfunction()
 
-# canopy_test(NAME SOURCES ... [DEPS ...] [LABELS ...] [TIMEOUT s])  a GoogleTest binary registered with ctest.
+# canopy_test(NAME SOURCES ... [DEPS ...] [LABELS ...] [TIMEOUT s] [IN_GUEST])  a GoogleTest binary
+# registered with ctest. IN_GUEST: built but not registered, because it needs what only a Linux guest has
+# here (e.g. /dev/udmabuf); a conformance test runs it inside a QEMU guest (tests/conformance).
 function(canopy_test name)
   if(NOT CANOPY_BUILD_TESTS)
     return()
   endif()
-  cmake_parse_arguments(A "" "TIMEOUT" "SOURCES;DEPS;LABELS" ${ARGN})
+  cmake_parse_arguments(A "IN_GUEST" "TIMEOUT" "SOURCES;DEPS;LABELS" ${ARGN})
   if(NOT A_LABELS)
     set(A_LABELS unit)
   endif()
@@ -47,6 +49,9 @@ function(canopy_test name)
   add_executable(${name} ${A_SOURCES})
   target_compile_options(${name} PRIVATE ${CANOPY_WARNINGS})
   target_link_libraries(${name} PRIVATE ${A_DEPS} GTest::gtest GTest::gtest_main GTest::gmock Threads::Threads)
+  if(A_IN_GUEST)
+    return()
+  endif()
   add_test(NAME ${name} COMMAND ${name})
   set_tests_properties(${name} PROPERTIES LABELS "${A_LABELS}" TIMEOUT ${A_TIMEOUT})
 endfunction()
