@@ -219,9 +219,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // The checking renderer learns where guest memory is mapped once the rig has made it.
   auto owned = std::make_unique<CheckingRenderer>(nullptr);
   CheckingRenderer* renderer = owned.get();
-  if (!rig.start(std::move(owned), proto::kFVirgl)) return 0;
+  // A set-up that fails is a broken target, not an uninteresting input: it must not replay as a pass.
+  check(rig.start(std::move(owned), proto::kFVirgl), "set-up: the rig's device did not start");
   auto ranges = rig.mem.host_ranges(0, Rig::kRam);
-  if (!ranges.ok() || ranges->size() != 1) return 0;
+  check(ranges.ok() && ranges->size() == 1, "set-up: guest RAM is not one mapping");
   renderer->set_ram((*ranges)[0].base);
   CheckingRegion region(*renderer);
   rig.dev->set_host_visible(&region);

@@ -6,7 +6,7 @@ using namespace canopy::gpu;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   fuzzing::Rig rig;
-  if (!rig.start(make_2d_renderer())) return 0;
+  fuzzing::check(rig.start(make_2d_renderer()), "set-up: the rig's device did not start");
   rig.run(data, size, [&] {
     rig.out.release_held();
     rig.dev->process_releases();
