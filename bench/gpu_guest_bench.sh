@@ -43,10 +43,9 @@ done
 canopy_guest --test "$HERE/guest/gpu.sh" virtio-gpu netfs 9pnet 9p 9pnet_virtio
 
 devices=(canopy canopy-direct qemu-vhost-user qemu-builtin)
-if [ ! -x "$REFERENCE" ]; then
-  canopy_log "QEMU's reference back-end $REFERENCE is not installed (qemu-system-gui): skipping qemu-vhost-user"
-  devices=(canopy canopy-direct qemu-builtin)
-fi
+# The references must run: without QEMU's back-end the comparison this benchmark exists for is gone.
+[ -x "$REFERENCE" ] ||
+  canopy_fail "QEMU's reference back-end $REFERENCE is not installed (qemu-system-gui; scripts/install-deps.sh)"
 
 : >"$RESULTS"
 # run_one DEVICE ROUND: boot the guest against DEVICE and append its result lines to $RESULTS.
@@ -95,7 +94,36 @@ median() {
       for (i = 0; i < n; i++) for (j = i + 1; j < n; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
       print (n % 2) ? v[int(n / 2)] : (v[n / 2 - 1] + v[n / 2]) / 2 }' "$RESULTS"
 }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "nan"; else printf "%.2f", a / b }'; }
+# ratio A B: A / B to two places; status 1 (nothing printed) when either is not a number or B is 0.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a !~ /^[0-9.]+$/ || b !~ /^[0-9.]+$/ || b + 0 == 0) exit 1; printf "%.2f", a / b }'; }
+
+# Every device must have measured everything the table shows: a missing figure fails here.
+for dev in "${devices[@]}"; do
+  for m in "flip rate_hz" "flip median_us" "flip p99_us" "cursor-image median_us" "cursor-image p99_us" "cursor-move median_us"; do
+    # shellcheck disable=SC2086 # KIND KEY
+    v=$(median "$dev" $m)
+    [[ "$v" =~ ^[0-9.]+$ ]] || canopy_fail "$dev: no $m measured (median: $v)"
+  done
+done
+# The ratios, computed and checked before the report is written (a ratio that cannot be computed fails).
+ratio_lines=()
+add_ratio() {  # add_ratio LABEL A B BETTER
+  local v
+  v=$(ratio "$2" "$3") || canopy_fail "ratio $1 cannot be computed ($2 / $3)"
+  if [ $SMOKE -eq 1 ]; then
+    ratio_lines+=("ratio $1: smoke: not a measurement (one short round)")
+  else
+    ratio_lines+=("ratio $1 = $v  ($4 is better)")
+  fi
+}
+for ref in "${devices[@]}"; do
+  case "$ref" in qemu-*) ;; *) continue ;; esac
+  for ours in canopy canopy-direct; do
+    add_ratio "guest flip rate $ours / $ref" "$(median "$ours" flip rate_hz)" "$(median "$ref" flip rate_hz)" higher
+    add_ratio "guest cursor image round trip $ours / $ref" "$(median "$ours" cursor-image median_us)" \
+      "$(median "$ref" cursor-image median_us)" lower
+  done
+done
 
 {
   echo "## Linux guest page flips and cursor (bench/gpu_guest_bench.sh)"
@@ -112,13 +140,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "nan"; else pri
   done
   echo
   echo '```'
-  for ref in "${devices[@]}"; do
-    case "$ref" in qemu-*) ;; *) continue ;; esac
-    for ours in canopy canopy-direct; do
-      echo "ratio guest flip rate $ours / $ref = $(ratio "$(median "$ours" flip rate_hz)" "$(median "$ref" flip rate_hz)")  (higher is better)"
-      echo "ratio guest cursor image round trip $ours / $ref = $(ratio "$(median "$ours" cursor-image median_us)" "$(median "$ref" cursor-image median_us)")  (lower is better)"
-    done
-  done
+  for l in "${ratio_lines[@]}"; do echo "$l"; done
   echo '```'
   echo
   echo "Raw results (device round measurement ...):"

@@ -33,14 +33,38 @@ grep -a 'kvm-bench:' "$CANOPY_WORK/console.log" | tr -d '\r' >"$CANOPY_WORK/resu
 while read -r l; do canopy_log "$l"; done <"$CANOPY_WORK/results.txt"
 [ -s "$CANOPY_WORK/results.txt" ] || canopy_fail "no results from the outer guest (QEMU status $qemu_rc)"
 grep -q 'status=[1-9]' "$CANOPY_WORK/results.txt" && canopy_fail "a run failed: $(grep 'status=[1-9]' "$CANOPY_WORK/results.txt" | head -n1)"
-median() {  # median VMM FIELD
-  grep "vmm=$1 " "$CANOPY_WORK/results.txt" | grep -o "$2=[0-9.]*" | cut -d= -f2 | sort -n |
-    awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)]; else print "n/a" }'
+# The outer QEMU must have finished by itself (the guest's power-off) with its guest's PASS: otherwise
+# the results may be a partial set of rounds.
+[ "$qemu_rc" -ne 124 ] || canopy_fail "the outer QEMU did not finish in time"
+canopy_guest_result || canopy_fail "outer guest: $CANOPY_GUEST_VERDICT"
+[ "$qemu_rc" -eq 0 ] || canopy_fail "the outer QEMU exited with status $qemu_rc"
+for vmm in canopy qemu-microvm; do
+  n=$(grep -c "vmm=$vmm " "$CANOPY_WORK/results.txt" || true)
+  [ "$n" -eq "$ROUNDS" ] || canopy_fail "$vmm: $n run(s) reported, $ROUNDS expected"
+done
+median() {  # median VMM FIELD: the median over rounds; fails unless every round measured it
+  local v
+  v=$(grep "vmm=$1 " "$CANOPY_WORK/results.txt" | grep -o " $2=[^ ]*" | cut -d= -f2)
+  if [ -z "$v" ] || grep -qvE '^[0-9]+(\.[0-9]+)?$' <<<"$v"; then
+    canopy_fail "$1: $2 not measured in every round ($(echo "$v" | paste -sd' ' -))"
+  fi
+  sort -n <<<"$v" | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
 }
-ct=$(median canopy total_ms) qt=$(median qemu-microvm total_ms)
-ci=$(median canopy init_s) qi=$(median qemu-microvm init_s)
+# (median fails from a command substitution: `set -e` then ends the script on the assignment.)
+ct=$(median canopy total_ms); qt=$(median qemu-microvm total_ms)
+ci=$(median canopy init_s); qi=$(median qemu-microvm init_s)
 ce=$(median canopy exits)
-cp=$(median canopy port_writes_per_s) qp=$(median qemu-microvm port_writes_per_s)
+cp=$(median canopy port_writes_per_s); qp=$(median qemu-microvm port_writes_per_s)
+ratio() {  # ratio LABEL A B: the ratio line (smoke: labelled, no number); fails when B is 0
+  awk -v a="$2" -v b="$3" 'BEGIN { exit !(b > 0) }' || canopy_fail "ratio $1 cannot be computed ($2 / $3)"
+  if [ $SMOKE -eq 1 ]; then
+    echo "ratio $1: smoke: not a measurement (one round)"
+  else
+    awk -v l="$1" -v a="$2" -v b="$3" 'BEGIN { printf "ratio %s = %.3f\n", l, a / b }'
+  fi
+}
+r_total=$(ratio "canopy-vmm / microvm start -> power-off" "$ct" "$qt")
+r_port=$(ratio "canopy-vmm / microvm port-write exits per second" "$cp" "$qp")
 {
   echo "## canopy-vmm on KVM beside QEMU -M microvm (bench/kvm_bench.sh, nested KVM in a TCG guest)"
   echo
@@ -51,8 +75,8 @@ cp=$(median canopy port_writes_per_s) qp=$(median qemu-microvm port_writes_per_s
   echo "| canopy-vmm boot | $ct | $ci | $ce | $cp |"
   echo "| QEMU -M microvm,acpi=on | $qt | $qi | - | $qp |"
   echo
-  awk -v a="$ct" -v b="$qt" 'BEGIN { if (b > 0) printf "ratio canopy-vmm / microvm start -> power-off = %.3f\n", a / b }'
-  awk -v a="$cp" -v b="$qp" 'BEGIN { if (b > 0) printf "ratio canopy-vmm / microvm port-write exits per second = %.3f\n", a / b }'
+  echo "$r_total"
+  echo "$r_port"
 } >"$REPORT"
 cat "$REPORT"
 canopy_pass
