@@ -13,6 +13,16 @@ if(CANOPY_SANITIZE)
   add_link_options(-fsanitize=address,undefined)
 endif()
 
+# ThreadSanitizer (clang): scripts/run-tests.sh builds the tests labelled "tsan" (the threaded ones) this
+# way in build-tsan; tests/tsan.supp silences only the uninstrumented libraries.
+if(CANOPY_TSAN)
+  if(CANOPY_SANITIZE)
+    message(FATAL_ERROR "CANOPY_TSAN and CANOPY_SANITIZE cannot be combined")
+  endif()
+  add_compile_options(-fsanitize=thread -fno-omit-frame-pointer)
+  add_link_options(-fsanitize=thread)
+endif()
+
 # canopy_library(NAME SOURCES ... [DEPS ...])  static library with include/ as public headers.
 function(canopy_library name)
   cmake_parse_arguments(A "" "" "SOURCES;DEPS;PUBLIC_DEPS" ${ARGN})

@@ -27,7 +27,7 @@ MAIN=(
   libvirglrenderer-dev libliftoff-dev libpixman-1-dev libpng-dev libvulkan-dev vulkan-tools glslc
   libsdl2-dev libtomlplusplus-dev libspdlog-dev libcli11-dev libseccomp-dev
   busybox-static cpio xz-utils gzip zstd kmod alsa-utils kmscube glmark2-es2-drm
-  procps psmisc
+  procps psmisc python3 clang-format-19 clang-tidy-19
 )
 
 missing=()

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Canopy's whole test run: installs what is missing, builds twice (gcc Release; clang-19 ASan+UBSan
-# with libFuzzer instrumentation) and runs every tier, printing the time of each beside its budget:
-#   install, build-release, build-sanitize, unit (both builds), conformance (QEMU + Linux guests,
-#   against the sanitized back-ends), fuzz (each libFuzzer target for CANOPY_FUZZ_SECONDS), bench smoke.
+# Canopy's whole test run: installs what is missing, builds (gcc Release; clang-19 ASan+UBSan with
+# libFuzzer instrumentation; clang-19 ThreadSanitizer for the threaded tests) and runs every tier,
+# printing the time of each beside its budget:
+#   install, build-release, lint (clang-format, clang-tidy), build-sanitize, unit (both builds), tsan,
+#   conformance (QEMU + Linux guests, against the sanitized back-ends), fuzz (each libFuzzer target for
+#   CANOPY_FUZZ_SECONDS), bench smoke.
 # Usage: scripts/run-tests.sh [--quick]   (--quick: release build + unit tier only)
 # Environment: CANOPY_FUZZ_SECONDS (default 30), CANOPY_JOBS (default: nproc), CANOPY_NO_SKIP (default 1
 # here: everything a test needs is installed by this script, so a skip fails the run).
@@ -107,6 +109,23 @@ build_sanitize() {
   ninja -C build-asan -j "$JOBS"
 }
 
+lint() {
+  bash scripts/lint.sh build
+}
+
+tsan() {
+  # The threaded tests (label tsan: vhost-user back-end and front-end, timelines, compositor, snd policy
+  # board, lifecycle), built with ThreadSanitizer; tests/tsan.supp names only uninstrumented libraries.
+  CC=clang-19 CXX=clang++-19 cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DCANOPY_TSAN=ON -DCANOPY_BUILD_BENCH=OFF >/dev/null
+  local -a targets
+  mapfile -t targets < <(ctest --test-dir build-tsan -L tsan -N | sed -n 's/^ *Test *#[0-9]*: //p')
+  [ ${#targets[@]} -gt 0 ] || { echo "tsan: no tests labelled tsan"; exit 1; }
+  ninja -C build-tsan -j "$JOBS" "${targets[@]}"
+  TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$ROOT/tests/tsan.supp" \
+    ASAN_OPTIONS= run_ctest tsan build-tsan -L tsan -j "$JOBS"
+}
+
 unit() {
   run_ctest unit-release build -L unit -j "$JOBS"
   if [ $QUICK -eq 0 ]; then run_ctest unit-asan build-asan -L unit -j "$JOBS"; fi
@@ -148,9 +167,13 @@ bench_smoke() {
 
 tier install install
 tier build-release build_release
-if [ $QUICK -eq 0 ]; then tier build-sanitize build_sanitize; fi
+if [ $QUICK -eq 0 ]; then
+  tier lint lint
+  tier build-sanitize build_sanitize
+fi
 tier unit unit
 if [ $QUICK -eq 0 ]; then
+  tier tsan tsan
   tier conformance conformance
   tier fuzz fuzz
   tier bench-smoke bench_smoke

@@ -134,7 +134,7 @@ void NullStream::fill_capture(uint8_t* dst, size_t frames) {
   if (hz <= 0) return;
   for (size_t f = 0; f < frames; ++f, ++tone_phase_) {
     const double v = 0.5 * std::sin(2.0 * M_PI * hz * double(tone_phase_) / p_.rate);
-    for (uint32_t c = 0; c < p_.channels; ++c) write_sample(p_.format, dst + f * fb + c * (fb / p_.channels), v);
+    for (uint32_t c = 0; c < p_.channels; ++c) write_sample(p_.format, dst + size_t(f) * fb + size_t(c) * (fb / p_.channels), v);
   }
 }
 

@@ -117,7 +117,7 @@ Result<Audio> read_wav(const std::string& path) {
   size_t n;
   while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) b.insert(b.end(), chunk, chunk + n);
   std::fclose(f);
-  if (b.size() < 12 || std::memcmp(b.data(), "RIFF", 4) || std::memcmp(b.data() + 8, "WAVE", 4))
+  if (b.size() < 12 || std::memcmp(b.data(), "RIFF", 4) != 0 || std::memcmp(b.data() + 8, "WAVE", 4) != 0)
     return make_error(Errc::kInvalidArgument, "wav: not a RIFF/WAVE file");
   Audio a;
   uint16_t tag = 0, bits = 0;
@@ -279,7 +279,7 @@ DuckReport measure_ducking(const Audio& a, uint32_t ch, double music_hz, double 
       if (t >= from_ms && t <= to_ms) v.push_back(music[i]);
     }
     if (v.empty()) return -200.0;
-    std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
+    std::nth_element(v.begin(), v.begin() + std::ptrdiff_t(v.size() / 2), v.end());
     return v[v.size() / 2];
   };
   r.before_db = median(std::max(0.0, r.onset_ms - 300), r.onset_ms - 15);

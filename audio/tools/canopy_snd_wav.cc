@@ -74,11 +74,11 @@ int main(int argc, char** argv) {
     const size_t lead_f = size_t(lead * rate / 1000), tone_f = size_t(ms * rate / 1000), tail_f = size_t(tail * rate / 1000);
     const double amp = std::pow(10.0, level / 20.0);
     const uint32_t sb = proto::format_bytes(fmt);
-    std::vector<uint8_t> frame(sb * ch);
+    std::vector<uint8_t> frame(size_t(sb) * ch);
     for (size_t i = 0; i < lead_f + tone_f + tail_f; ++i) {
       const bool on = i >= lead_f && i < lead_f + tone_f;
       const double v = on ? amp * std::sin(2.0 * M_PI * hz * double(i - lead_f) / rate) : 0.0;
-      for (uint32_t c = 0; c < ch; ++c) write_sample(fmt, frame.data() + c * sb, v);
+      for (uint32_t c = 0; c < ch; ++c) write_sample(fmt, frame.data() + size_t(c) * sb, v);
       if (!(*w)->write(frame.data(), frame.size()).ok()) return 1;
     }
     return (*w)->flush().ok() ? 0 : 1;

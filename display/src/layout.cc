@@ -85,9 +85,11 @@ Layout layout_from_manifest(const hypervisor::Manifest& m) {
     // Back to front by z, ties in file order (a sort on (z, index): std::stable_sort trips clang's
     // deprecation warning on libstdc++ 12's temporary buffer).
     std::vector<std::pair<int32_t, size_t>> order;
+    order.reserve(o.layers.size());
     for (size_t i = 0; i < o.layers.size(); ++i) order.emplace_back(o.layers[i].z, i);
     std::sort(order.begin(), order.end());
     std::vector<LayerSpec> sorted;
+    sorted.reserve(order.size());
     for (const auto& [z, i] : order) sorted.push_back(std::move(o.layers[i]));
     o.layers = std::move(sorted);
     o.criticality = d.criticality ? from_manifest(*d.criticality) : (o.layers.empty() ? Criticality::kNormal : most);

@@ -15,9 +15,10 @@ Status write_png(const std::string& path, const Canvas& c) {
     uint8_t* out = rgb.data() + size_t(y) * c.width * 3;
     for (uint32_t x = 0; x < c.width; ++x) {
       const uint32_t p = row[x];
-      out[3 * x] = uint8_t(p >> 16);
-      out[3 * x + 1] = uint8_t(p >> 8);
-      out[3 * x + 2] = uint8_t(p);
+      uint8_t* px = out + size_t(x) * 3;
+      px[0] = uint8_t(p >> 16);
+      px[1] = uint8_t(p >> 8);
+      px[2] = uint8_t(p);
     }
   }
   png_image img;

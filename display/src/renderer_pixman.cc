@@ -2,6 +2,7 @@
 #include <pixman.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "canopy/display/renderer.h"
 
@@ -100,7 +101,7 @@ class PixmanRenderer final : public Renderer {
     ImageRef mask(nullptr);
     pixman_op_t op = opaque ? PIXMAN_OP_SRC : PIXMAN_OP_OVER;
     if (l.alpha < 1.0) {
-      const pixman_color_t a{0, 0, 0, uint16_t(std::clamp(l.alpha, 0.0, 1.0) * 0xffff + 0.5)};
+      const pixman_color_t a{0, 0, 0, uint16_t(std::lround(std::clamp(l.alpha, 0.0, 1.0) * 0xffff))};
       mask.p = pixman_image_create_solid_fill(&a);
       op = PIXMAN_OP_OVER;
     }

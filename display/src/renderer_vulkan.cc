@@ -356,7 +356,7 @@ class VulkanRenderer final : public Renderer {
     p.src_h = im.height;
     p.format = fmt;
     // pixman's solid mask: 16-bit alpha, used as its top 8 bits.
-    const uint32_t a16 = l.alpha < 1.0 ? uint32_t(std::clamp(l.alpha, 0.0, 1.0) * 0xffff + 0.5) : 0xffff;
+    const uint32_t a16 = l.alpha < 1.0 ? uint32_t(std::lround(std::clamp(l.alpha, 0.0, 1.0) * 0xffff)) : 0xffff;
     p.mask = a16 >> 8;
     p.op = (opaque && l.alpha >= 1.0) ? 0 : 1;
     return {};

@@ -30,6 +30,7 @@ extern "C" {  // libliftoff 0.3's header has no C++ guards
 }
 
 #include <algorithm>
+#include <cmath>
 #include <cerrno>
 #include <cstring>
 #include <map>
@@ -151,7 +152,7 @@ class KmsSink final : public OutputSink {
       liftoff_layer_set_property(l, "SRC_W", uint64_t(src.width) << 16);
       liftoff_layer_set_property(l, "SRC_H", uint64_t(src.height) << 16);
       // Only what differs from a plane's defaults, so planes without these properties still qualify.
-      if (spec.alpha < 1.0) liftoff_layer_set_property(l, "alpha", uint64_t(spec.alpha * 0xffff + 0.5));
+      if (spec.alpha < 1.0) liftoff_layer_set_property(l, "alpha", uint64_t(std::lround(std::clamp(spec.alpha, 0.0, 1.0) * 0xffff)));
       else liftoff_layer_unset_property(l, "alpha");
       // KMS rotates counter-clockwise, the layout clockwise.
       if (spec.rotation != Rotation::k0)

@@ -58,7 +58,7 @@ static_assert(sizeof(CursorUpdateMsg) == 20 + 16384 && sizeof(UpdateHdr) == 20);
 }  // namespace
 
 Status FrontendDisplay::handshake() {
-  timeval tv{0, 200 * 1000};  // sends give up after 200 ms
+  timeval tv{0, 200'000};  // sends give up after 200 ms
   (void)setsockopt(sock_.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
   if (!send(vugpu::kGetProtocolFeatures, nullptr, 0)) return make_error(Errc::kIo, "vhost-user-gpu: send");
   return {};
@@ -170,7 +170,7 @@ void FrontendDisplay::on_cursor(const CursorUpdate& c) {
     send(vugpu::kCursorPosHide, &p, sizeof p);
     return;
   }
-  if (c.image_changed && c.image && c.image->argb.size() == 64 * 64) {
+  if (c.image_changed && c.image && c.image->argb.size() == size_t{64} * 64) {
     auto m = std::make_unique<CursorUpdateMsg>();
     m->pos = {c.scanout, c.x, c.y};
     m->hot_x = c.hot_x;

@@ -234,8 +234,8 @@ Status Partition::hello() {
 }
 
 Result<uint16_t> Partition::find_device(uint32_t virtio_id) const {
-  for (uint16_t d = 0; d < devices_.size(); ++d) {
-    if (devices_[d].device_id.get() == virtio_id) return d;
+  for (size_t d = 0; d < devices_.size(); ++d) {
+    if (devices_[d].device_id.get() == virtio_id) return uint16_t(d);
   }
   return make_error(Errc::kUnsupported, "no device of that type");
 }

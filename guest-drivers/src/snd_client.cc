@@ -46,7 +46,7 @@ Result<std::unique_ptr<SndClient>> SndClient::create(VirtioTransport& t, transpo
 }
 
 Status SndClient::post_event(uint32_t slot) {
-  auto r = driver_.queue(sndp::kEventQ).add({}, {{ev_gpa_ + slot * kEventBytes, kEventBytes}}, kEventTokenBase + slot);
+  auto r = driver_.queue(sndp::kEventQ).add({}, {{ev_gpa_ + uint64_t(slot) * kEventBytes, kEventBytes}}, kEventTokenBase + slot);
   return r.ok() ? Status{} : Status(r.error());
 }
 
@@ -72,7 +72,7 @@ Status SndClient::pump(int timeout_ms) {
           const uint32_t slot = uint32_t(tok - kEventTokenBase);
           if (used->len >= kEventBytes) {
             sndp::Event e{};
-            CANOPY_TRY(mem_.read(ev_gpa_ + slot * kEventBytes, &e, sizeof e));
+            CANOPY_TRY(mem_.read(ev_gpa_ + uint64_t(slot) * kEventBytes, &e, sizeof e));
             events_.push_back(e);
           }
           CANOPY_TRY(post_event(slot));

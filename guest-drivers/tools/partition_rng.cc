@@ -84,7 +84,7 @@ int main(int argc, char** argv) {
   }
   auto t = part.transport(*dev);
   VirtioDriver driver(*t, part.memory());
-  auto rings = part.alloc(64 * 1024);
+  auto rings = part.alloc(64 << 10);
   auto buf = part.alloc(kRequestBytes);
   if (!rings.ok() || !buf.ok()) {
     std::fprintf(stderr, "canopy-partition-rng: RAM too small\n");

@@ -49,8 +49,8 @@ const char* stage_name(int s) {
     case kStageNoNewPrivs: return "setting no_new_privs";
     case kStageSeccomp: return "installing the seccomp filter";
     case kStageExec: return "exec";
+    default: return "?";
   }
-  return "?";
 }
 
 constexpr uint64_t kNsAll = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP;
@@ -374,8 +374,12 @@ Result<std::string> resolve_program(const std::string& name, const std::string& 
   while (start <= ps.size()) {
     size_t end = ps.find(':', start);
     if (end == std::string::npos) end = ps.size();
-    std::string dir = ps.substr(start, end - start);
-    if (!dir.empty() && executable(dir + "/" + name)) return dir + "/" + name;
+    std::string candidate = ps.substr(start, end - start);
+    if (!candidate.empty()) {
+      candidate += '/';
+      candidate += name;
+      if (executable(candidate)) return candidate;
+    }
     start = end + 1;
   }
   return make_error(Errc::kInvalidArgument, "program not found beside canopy-vmm or in PATH");

@@ -117,7 +117,7 @@ Result<BootSetup> write_linux_boot(GuestRam ram, uint64_t ram_bytes, std::span<c
 
   // Identity map of the first 4 GiB: PML4[0] -> PDPT, PDPT[0..3] -> four PDs of 2 MiB pages.
   const uint64_t pdpt = kPml4Addr + 0x1000, pd = kPml4Addr + 0x2000;
-  std::memset(low.data() + kPml4Addr, 0, 6 * 0x1000);
+  std::memset(low.data() + kPml4Addr, 0, size_t{6} * 0x1000);
   put<uint64_t>(low, kPml4Addr, pdpt | 0x3);
   for (uint64_t g = 0; g < 4; ++g) {
     put<uint64_t>(low, pdpt + g * 8, (pd + g * 0x1000) | 0x3);

@@ -190,7 +190,7 @@ std::optional<transport::ShmRegion> VhostMmioDevice::shm_region(uint32_t id) con
 }
 
 VhostMmioDevice::~VhostMmioDevice() {
-  for (uint16_t q = 0; q < queues_.size(); ++q)
+  for (size_t q = 0; q < queues_.size(); ++q)
     if (queues_[q].call.valid()) (void)vm_->remove_irqfd(gsi_, queues_[q].call.get());
   fe_ = vu::Frontend();  // closing the socket makes the back-end exit on its own
   if (backend_req_.valid()) ::shutdown(backend_req_.get(), SHUT_RDWR);  // ends the request thread
@@ -279,7 +279,7 @@ void VhostMmioDevice::stop_queue(uint16_t q) {
 }
 
 void VhostMmioDevice::on_reset() {
-  for (uint16_t q = 0; q < queues_.size(); ++q) stop_queue(q);
+  for (size_t q = 0; q < queues_.size(); ++q) stop_queue(uint16_t(q));
   if (proto_ & vu::proto_bit(vu::kProtoResetDevice)) {
     if (Status s = fe_.reset_device(); !s.ok())
       CANOPY_WARN("kvm: device %s: RESET_DEVICE failed: %s", spec_.name.c_str(), s.error().what);

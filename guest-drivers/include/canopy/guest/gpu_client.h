@@ -39,9 +39,9 @@ struct GpuRect {
 
 class GpuClient {
  public:
-  static constexpr uint64_t kSlotBytes = 64 * 1024;
+  static constexpr uint64_t kSlotBytes = 64 << 10;
   static constexpr uint32_t kSlots = 16;
-  static constexpr uint64_t kRingBytes = 64 * 1024;
+  static constexpr uint64_t kRingBytes = 64 << 10;
   static constexpr uint64_t kAreaBytes = kRingBytes + kSlots * kSlotBytes;
 
   struct Options {

@@ -32,10 +32,10 @@ namespace sndp = canopy::audio::proto;
 
 class SndClient {
  public:
-  static constexpr uint64_t kRingBytes = 64 * 1024;
-  static constexpr uint64_t kCtlBytes = 64 * 1024;     // one control request and its response
+  static constexpr uint64_t kRingBytes = 64 << 10;
+  static constexpr uint64_t kCtlBytes = 64 << 10;      // one control request and its response
   static constexpr uint32_t kIoSlots = 32;
-  static constexpr uint64_t kIoSlotBytes = 32 * 1024;  // periods up to 32 KiB - 16
+  static constexpr uint64_t kIoSlotBytes = 32 << 10;  // periods up to 32 KiB - 16
   static constexpr uint32_t kEventSlots = 16;
   static constexpr uint64_t kAreaBytes = kRingBytes + kCtlBytes + kIoSlots * kIoSlotBytes + 4096;
 
