@@ -3,12 +3,12 @@
 # on the upstream virtio_gpu driver with two outputs (QEMU's vhost-user-gpu-pci, max_outputs=2, with
 # canopy-gpu behind it). The guest (guest/display_kms.sh) runs canopy-display from the host's root
 # with --output kms and a manifest of two displays; it checks that both ran on KMS and page-flipped.
-# canopy-display-feed stands in for VM "ivi", full screen on output main in the background's colour, so
+# canopy-display-feed stands in for VM "ivi", full screen on output main in a colour of its own, so
 # the compositor offers that frame to a plane of its own (udmabuf of the feed's memfd, imported into
 # virtio_gpu); the guest checks that it was offered and logs whether it was taken or refused and why.
-# Here we check what reached canopy-gpu's scanouts: frames in both modes whose pixels are the
-# compositor's background or the feed (both 0x777777, X byte 0xff: every pixel 77 77 77 ff), whichever
-# way they went. virtio-gpu has a primary and a cursor plane per CRTC and Linux 6.12's virtio_gpu does
+# Here we check what reached canopy-gpu's scanouts: output main must show the feed (0x2080c0, X byte
+# 0xff: every pixel c0 80 20 ff in memory), composed or on a plane, whichever way it went; output second
+# only the background (0x777777: every pixel 77 77 77 ff), never the feed. virtio-gpu has a primary and a cursor plane per CRTC and Linux 6.12's virtio_gpu does
 # not import foreign dma-bufs, so plane offload itself is refused here (docs/display.md).
 #
 # Usage: display_kms_qemu.sh PATH/TO/canopy-display PATH/TO/canopy-gpu PATH/TO/canopy-display-feed
@@ -68,13 +68,23 @@ chmod -R a+rX "$CANOPY_WORK"
 
 canopy_start_gpu2 "$BACKEND"
 
+# The guest runs until the frames below have reached canopy-gpu's frame log (it reads it over 9p), so
+# the only time limits are hang guards: about 10x what a busy 2-core machine needs (idle: ~20 s).
+crc0=$(canopy_pixel_crc c08020ff $((1024 * 768 * 4)))
+crc1=$(canopy_pixel_crc 777777ff $((800 * 600 * 4)))
+CANOPY_GUEST_TIMEOUT=${CANOPY_GUEST_TIMEOUT:-300}
+CANOPY_QEMU_TIMEOUT=${CANOPY_QEMU_TIMEOUT:-360}
 qemu_rc=0
-CANOPY_QEMU_APPEND="canopy.display_bin=$DISPLAY_BIN canopy.display_manifest=$CANOPY_WORK/kms.toml canopy.display_s=${CANOPY_KMS_S:-5}" \
+CANOPY_QEMU_APPEND="canopy.display_bin=$DISPLAY_BIN canopy.display_manifest=$CANOPY_WORK/kms.toml canopy.frames_log=$CANOPY_FRAMES canopy.crc0=$crc0 canopy.crc1=$crc1" \
   canopy_qemu_gpu2 || qemu_rc=$?
 canopy_check_guest_run "$qemu_rc"
 
-canopy_check_frames 0 1024 768 777777ff "the feed's frame (or the background)"
+canopy_check_frames 0 1024 768 c08020ff "the feed's colour (VM ivi reached output main)"
 canopy_check_frames 1 800 600 777777ff "the compositor's background"
+feed_crc=$(canopy_pixel_crc c08020ff $((800 * 600 * 4)))
+if grep -q "^frame 1 .* 800x600 XR24 .* crc $feed_crc\$" "$CANOPY_FRAMES"; then
+  canopy_fail "the feed's colour reached output second, which has no layer of VM ivi"
+fi
 { grep -a 'canopy-test: .*kms: output' "$CANOPY_WORK/console.log" || true; } | while read -r l; do
   canopy_log "guest: ${l#*info: }"
 done
