@@ -10,7 +10,13 @@
 //      changes the image's checksum;
 //   3. a framebuffer on each (ADDFB2, XRGB8888), SETCRTC with the first: the driver sends
 //      SET_SCANOUT_BLOB + RESOURCE_FLUSH; then --flips page flips alternating the two (each a
-//      SET_SCANOUT_BLOB + a fenced RESOURCE_FLUSH, completed by the flip event).
+//      SET_SCANOUT_BLOB + RESOURCE_FLUSH).
+//   4. after the SETCRTC and after each flip, a host barrier: Linux 6.12's virtio_gpu fences a flip only
+//      for dumb buffers, so a blob flip's event says nothing about the host (the guest could flip 20
+//      times and power off while the device still had the commands queued). The barrier is a fenced
+//      RESOURCE_CREATE of a small 2D resource followed by VIRTGPU_WAIT on it: the device answers the
+//      control queue in order, so when the fence signals, the flip's flush was processed (and logged
+//      by canopy-gpu's output). "shown" counts only flips the host processed.
 //
 // Output, for the test scripts: one "canopy-guest-blob: KEY ..." line per step, including the CRC-32
 // (IEEE, as gzip) of each pattern's pixels, which the host compares with what reached canopy-gpu's
@@ -98,9 +104,34 @@ static void make_blob(int fd, struct blob* b, uint32_t w, uint32_t h) {
   b->fb = f.fb_id;
 }
 
+// The host barrier of step 4: RESOURCE_CREATE of a small 2D resource, which virtio_gpu sends fenced (the
+// fence is on the new object, with or without 3D), then VIRTGPU_WAIT for that fence and GEM_CLOSE.
+// (TRANSFER_TO_HOST is fenced only on a device with virgl, so it is no barrier on a 2D device.)
+static void host_barrier(int fd) {
+  struct drm_virtgpu_resource_create c = {0};
+  c.target = 2;  // PIPE_TEXTURE_2D, the only target without 3D
+  c.format = 2;  // VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM
+  c.width = 16;
+  c.height = 16;
+  c.depth = 1;
+  c.array_size = 1;
+  c.size = 16 * 16 * 4;
+  c.stride = 16 * 4;
+  if (xioctl(fd, DRM_IOCTL_VIRTGPU_RESOURCE_CREATE, &c) != 0) die("RESOURCE_CREATE for the host barrier");
+  // VIRTGPU_WAIT gives up after 15 s with EBUSY; a busy nested-TCG host may need longer: the test's own
+  // time limit is the hang guard.
+  for (;;) {
+    struct drm_virtgpu_3d_wait w = {.handle = c.bo_handle};
+    if (xioctl(fd, DRM_IOCTL_VIRTGPU_WAIT, &w) == 0) break;
+    if (errno != EBUSY) die("VIRTGPU_WAIT for the host barrier");
+  }
+  struct drm_gem_close g = {.handle = c.bo_handle};
+  if (xioctl(fd, DRM_IOCTL_GEM_CLOSE, &g) != 0) die("GEM_CLOSE of the host barrier");
+}
+
 static void wait_flip(int fd) {
   struct pollfd p = {.fd = fd, .events = POLLIN};
-  int r = poll(&p, 1, 10000);
+  int r = poll(&p, 1, 600000);  // a hang guard: the event follows the commit, not the host
   if (r <= 0) {
     errno = r == 0 ? ETIMEDOUT : errno;
     die("waiting for the flip event");
@@ -209,6 +240,7 @@ int main(int argc, char** argv) {
   set.mode = mode;
   set.mode_valid = 1;
   if (xioctl(fd, DRM_IOCTL_MODE_SETCRTC, &set) != 0) die("SETCRTC with blob A");
+  host_barrier(fd);
   printf("canopy-guest-blob: scanout set to blob A\n");
 
   int shown[2] = {1, 0};
@@ -216,6 +248,7 @@ int main(int argc, char** argv) {
     struct drm_mode_crtc_page_flip f = {.crtc_id = crtc_id, .fb_id = b[i & 1].fb, .flags = DRM_MODE_PAGE_FLIP_EVENT};
     if (xioctl(fd, DRM_IOCTL_MODE_PAGE_FLIP, &f) != 0) die("PAGE_FLIP");
     wait_flip(fd);
+    host_barrier(fd);
     ++shown[i & 1];
   }
   printf("canopy-guest-blob: %d flips done, shown A %d B %d\n", flips, shown[0], shown[1]);
