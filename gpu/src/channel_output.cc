@@ -142,12 +142,13 @@ uint32_t ChannelOutput::buffer_for(const Frame& f, uint64_t& copied) {
       pieces.push_back({uint32_t(at - fds.begin()), p.offset, page_up(p.length)});
     }
   } else {
-    auto view = f.map();
+    const uint64_t before = copied;
+    auto view = f.map(&copied);  // the read into this process, when this call made the view
     if (!view.ok()) return 0;
     auto fd = memfd_copy((*view)->data(), (*view)->size(), "canopy-gpu-frame-copy");
     if (!fd.ok()) return 0;
     copied += (*view)->size();
-    stats_.bytes_copied += (*view)->size();
+    stats_.bytes_copied += copied - before;
     fds.push_back(fd->get());
     pieces.push_back({0, 0, page_up((*view)->size())});
     ref.copy = std::move(*fd);
@@ -246,12 +247,12 @@ void ChannelOutput::on_cursor(const CursorUpdate& c) {
   m.y = c.y;
   m.hot_x = std::min<uint32_t>(c.hot_x, 63);
   m.hot_y = std::min<uint32_t>(c.hot_y, 63);
-  if (c.image_changed && c.image && c.image->width == 64 && c.image->height == 64 && c.image->argb.size() == 64 * 64) {
+  if (c.image_changed && c.image && c.image->width == 64 && c.image->height == 64 && c.image->argb.size() == size_t{64} * 64) {
     // Cursor images are small and rare: one memfd each, defined as a one-piece buffer.
     auto fd = memfd_copy(c.image->argb.data(), c.image->argb.size() * 4, "canopy-gpu-cursor");
     if (!fd.ok()) return;
     const uint32_t id = next_buffer_id_++;
-    ch::PieceRef piece{0, 0, 64 * 64 * 4};
+    ch::PieceRef piece{0, 0, uint64_t{64} * 64 * 4};
     const int fds[1] = {fd->get()};
     auto packets = ch::encode_buffer(id, {&piece, 1}, fds);
     if (!packets.ok() || !send((*packets)[0].bytes, (*packets)[0].fds)) return;

@@ -279,6 +279,21 @@ void GpuDevice::process_releases() {
 // ---- dispatch -------------------------------------------------------------------------------
 
 Resp GpuDevice::dispatch(const Command& c, uint64_t pending_id) {
+  copy_mark_ = mem_ ? mem_->bytes_copied() : 0;
+  const Resp r = dispatch_command(c, pending_id);
+  if (mem_) stats_.guest_copies_uncharged += mem_->bytes_copied() - copy_mark_;
+  return r;
+}
+
+uint64_t GpuDevice::take_guest_copies() {
+  if (!mem_) return 0;
+  const uint64_t now = mem_->bytes_copied(), n = now - copy_mark_;
+  copy_mark_ = now;
+  stats_.bytes_copied += n;
+  return n;
+}
+
+Resp GpuDevice::dispatch_command(const Command& c, uint64_t pending_id) {
   switch (c.type) {
     case Cmd::kGetDisplayInfo: return get_display_info();
     case Cmd::kResourceCreate2d: return resource_create_2d(c);
@@ -677,16 +692,17 @@ void GpuDevice::emit_frame(uint32_t s, Resource& r, const Rect& damage_res, uint
   if (sc.fb.blob) {
     f->blob = true;
     f->pieces = r.pieces;
-    f->view_cache = r.view;
   } else if (aliased(r)) {
     f->aliased = true;
     f->pieces = r.pieces;
-    f->view_cache = r.view;
   } else {
     f->pieces = r.host_pieces;
-    f->bytes_copied = std::exchange(r.pending_copied, 0);
-    f->view_cache = r.view;
   }
+  f->view_cache = r.view;
+  // Every kind of frame carries what was copied for its resource: earlier transfers and read-backs, and
+  // whatever guest memory this command copied before the frame left (0 for a zero-copy path).
+  r.pending_copied += take_guest_copies();
+  f->bytes_copied = std::exchange(r.pending_copied, 0);
   f->release_token = pending_id;
   if (pending_id) {
     auto p = pending_.find(pending_id);
@@ -775,9 +791,7 @@ Resp GpuDevice::transfer_to_host_2d(const Command& c) {
     uint8_t* dst = host + (uint64_t(y) + i) * r.host.stride + uint64_t(x) * proto::kBytesPerPixel;
     if (!read_backing(r, t.offset.get() + stride * i, dst, row)) return Resp::kErrUnspec;
   }
-  const uint64_t copied = row * h;
-  r.pending_copied += copied;
-  stats_.bytes_copied += copied;
+  r.pending_copied += take_guest_copies();  // as GuestMemory counted them, not as computed
   return Resp::kOkNodata;
 }
 
@@ -1112,7 +1126,7 @@ proto::CtrlHdr GpuDevice::cursor(std::span<const uint8_t> request) {
       Resource& r = *it->second;
       if (r.blob || r.width != proto::kCursorSize || r.height != proto::kCursorSize) return answer(Resp::kErrInvalidParameter);
       auto img = std::make_shared<CursorImage>();
-      img->argb.resize(proto::kCursorSize * proto::kCursorSize);
+      img->argb.resize(size_t{proto::kCursorSize} * proto::kCursorSize);
       uint8_t* dst = reinterpret_cast<uint8_t*>(img->argb.data());
       // Alias mode shows the guest's memory itself; otherwise the pixels were transferred to the host.
       if (r.is3d) {

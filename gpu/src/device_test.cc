@@ -1,6 +1,12 @@
 #include "canopy/gpu/device.h"
 
 #include <gtest/gtest.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 
 #include "canopy/buffers/image.h"
 #include "gpu_test_util.h"
@@ -387,6 +393,29 @@ TEST(GpuDevice, BlobScanoutArrivesWithZeroBytesCopiedFromScatteredPages) {
   ASSERT_EQ(h.call(h.flush_cmd(7, 64, 64)), R(Resp::kOkNodata));
   EXPECT_EQ(h.out.stats(0).last_crc, pattern_crc(64, 64, 0xffff0000));
   EXPECT_EQ(h.dev->stats().bytes_copied, 0u);
+  EXPECT_EQ(h.dev->stats().guest_copies_uncharged, 0u);
+}
+
+// A frame's bytes_copied is what GuestMemory itself counted while its resource was filled, not a
+// computed figure: a path that copied guest memory, blob or not, shows up in the frame that follows.
+TEST(GpuDevice, FramesCarryTheGuestMemoryCopiesGuestMemoryCounted) {
+  Harness h({}, {.checksum = true});
+  ASSERT_EQ(h.create_2d(1, 64, 32), R(Resp::kOkNodata));
+  h.fill_ram(0x10000, 64 * 32 * 4, 0xff336699);
+  ASSERT_EQ(h.attach(1, {Harness::entry(0x10000, 64 * 32 * 4)}), R(Resp::kOkNodata));
+  ASSERT_EQ(h.set_scanout(0, 1, 64, 32), R(Resp::kOkNodata));
+  const uint64_t before = h.mem.bytes_copied();
+  ASSERT_EQ(h.transfer(1, 64, 16, 0, 0, 0), R(Resp::kOkNodata));
+  ASSERT_EQ(h.transfer(1, 64, 16, 64 * 16 * 4, 0, 16), R(Resp::kOkNodata));
+  ASSERT_EQ(h.call(h.flush_cmd(1, 64, 32)), R(Resp::kOkNodata));
+  const uint64_t counted = h.mem.bytes_copied() - before;
+  EXPECT_EQ(counted, 64u * 32 * 4);
+  EXPECT_EQ(h.out.stats(0).bytes_copied, counted);  // both transfers, in the one frame that followed
+  EXPECT_EQ(h.dev->stats().bytes_copied, counted);
+  EXPECT_EQ(h.dev->stats().guest_copies_uncharged, 0u);
+  // The next frame copied nothing new.
+  ASSERT_EQ(h.call(h.flush_cmd(1, 64, 32)), R(Resp::kOkNodata));
+  EXPECT_EQ(h.out.stats(0).bytes_copied, counted);
 }
 
 // Linux 6.12's virtio_gpu makes dumb buffers guest blobs once RESOURCE_BLOB is negotiated (without 3D)
@@ -557,6 +586,42 @@ TEST(GpuDevice, AliasModeShowsGuestMemoryWithoutTransferCopies) {
   EXPECT_EQ(h.out.stats(0).last_crc, pattern_crc(64, 64, 0xff123456));
   EXPECT_EQ(h.out.stats(0).bytes_copied, 0u);
   EXPECT_EQ(h.dev->stats().bytes_copied, 0u);
+  EXPECT_EQ(h.dev->stats().guest_copies_uncharged, 0u);
+}
+
+// An output that has to copy a frame's pieces (not page aligned: no scattered mapping) counts that copy
+// itself, once per resource view: its stats and its frame log say so.
+TEST(HeadlessOutput, CountsItsOwnCopyOfPiecesThatAreNotPageAligned) {
+  UniqueFd fd(::memfd_create("unaligned", MFD_CLOEXEC));
+  ASSERT_EQ(::ftruncate(fd.get(), 8192), 0);
+  const SharedFd shared = std::make_shared<const UniqueFd>(std::move(fd));
+  const auto pieces = std::make_shared<const std::vector<FramePiece>>(std::vector<FramePiece>{{shared, 100, 16 * 16 * 4}});
+  const auto cache = std::make_shared<Frame::ViewCache>();
+  char path[] = "/tmp/canopy-headless-log.XXXXXX";
+  const int log_fd = ::mkstemp(path);
+  ASSERT_GE(log_fd, 0);
+  ::close(log_fd);
+  HeadlessOutput out({.log_path = path, .checksum = true});
+  for (int i = 0; i < 2; ++i) {
+    auto f = std::make_shared<Frame>();
+    f->width = 16;
+    f->height = 16;
+    f->stride = 64;
+    f->drm_fourcc = buffers::fourcc_code('X', 'R', '2', '4');
+    f->pieces = pieces;
+    f->view_cache = cache;
+    f->blob = true;
+    out.on_frame(std::move(f));
+  }
+  EXPECT_EQ(out.stats(0).frames, 2u);
+  EXPECT_EQ(out.stats(0).bytes_copied, 16u * 16 * 4);  // the first frame made the view; the second reused it
+  std::FILE* log = std::fopen(path, "r");
+  ASSERT_NE(log, nullptr);
+  char line[256];
+  ASSERT_NE(std::fgets(line, sizeof line, log), nullptr);
+  EXPECT_NE(std::strstr(line, " blob copied 1024 "), nullptr) << line;
+  std::fclose(log);
+  ::unlink(path);
 }
 
 }  // namespace

@@ -12,7 +12,7 @@ namespace canopy::gpu {
 
 // ---- Frame ----------------------------------------------------------------------------------
 
-Result<std::shared_ptr<const FrameView>> Frame::map() const {
+Result<std::shared_ptr<const FrameView>> Frame::map(uint64_t* copied) const {
   if (!view_cache || !pieces) return make_error(Errc::kState, "frame: no pieces");
   std::lock_guard<std::mutex> lk(view_cache->mu);
   if (view_cache->view) return view_cache->view;
@@ -38,6 +38,7 @@ Result<std::shared_ptr<const FrameView>> Frame::map() const {
       }
       at += p.length;
     }
+    if (copied) *copied += total;
   }
   view_cache->view = view;
   return std::shared_ptr<const FrameView>(view);
@@ -177,8 +178,9 @@ void HeadlessOutput::on_scanout(const ScanoutState& s) {
 void HeadlessOutput::on_frame(std::shared_ptr<Frame> frame) {
   uint32_t crc = 0;
   bool crc_ok = false;
+  uint64_t copied = frame->bytes_copied;  // the device's copies, and below this output's own
   if (opt_.checksum) {
-    auto view = frame->map();
+    auto view = frame->map(&copied);
     const uint64_t row = uint64_t(frame->width) * 4;
     if (view.ok() && frame->height > 0 &&
         frame->offset + uint64_t(frame->stride) * (frame->height - 1) + row <= (*view)->size()) {
@@ -191,7 +193,7 @@ void HeadlessOutput::on_frame(std::shared_ptr<Frame> frame) {
     if (stats_.size() <= frame->scanout) stats_.resize(frame->scanout + 1);
     auto& st = stats_[frame->scanout];
     ++st.frames;
-    st.bytes_copied += frame->bytes_copied;
+    st.bytes_copied += copied;
     st.last_crc = crc;
     st.last_width = frame->width;
     st.last_height = frame->height;
@@ -203,7 +205,7 @@ void HeadlessOutput::on_frame(std::shared_ptr<Frame> frame) {
                     char(frame->drm_fourcc >> 24), 0};
   log("frame %u seq %llu %ux%u %s stride %u %s copied %llu damage %u,%u %ux%u crc %s%08x\n", frame->scanout,
       (unsigned long long)frame->seq, frame->width, frame->height, fourcc, frame->stride,
-      frame->blob ? "blob" : frame->aliased ? "alias" : "2d", (unsigned long long)frame->bytes_copied, d.x, d.y,
+      frame->blob ? "blob" : frame->aliased ? "alias" : "2d", (unsigned long long)copied, d.x, d.y,
       d.width, d.height, crc_ok ? "" : "none-", crc);
   if (on_frame_hook) on_frame_hook(*frame);
   if (opt_.hold_frames || opt_.release_after_ms > 0) {

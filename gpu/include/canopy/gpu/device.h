@@ -158,7 +158,8 @@ class Renderer {
   // A fence after everything submitted so far (to ring `ring_idx` of ctx_id when on_ring, else to all):
   // the callback set with set_fence_callback gets `id` once that work has completed, from poll().
   virtual Status create_fence(uint32_t ctx_id, uint32_t ring_idx, bool on_ring, uint64_t id);
-  virtual void set_fence_callback(std::function<void(uint64_t id)> /*cb*/) {}
+  // A sink: the overrides move from it.
+  virtual void set_fence_callback(std::function<void(uint64_t id)> /*cb*/) {}  // NOLINT(performance-unnecessary-value-param)
   // Readable when poll() has fences to report; -1 when the renderer has none.
   virtual int poll_fd() const { return -1; }
   virtual void poll() {}
@@ -169,7 +170,12 @@ struct GpuStats {
   uint64_t commands = 0;
   uint64_t errors = 0;  // error responses
   uint64_t frames = 0;
-  uint64_t bytes_copied = 0;  // by transfers
+  // Guest-memory bytes copied for resources (GuestMemory's own count over each command, so any path that
+  // copies shows up) + the 3D renderer's read-backs into host copies. Each frame carries its resource's.
+  uint64_t bytes_copied = 0;
+  // Guest-memory bytes copied while a command ran that no resource took (0 unless a copy path forgot to
+  // charge its resource).
+  uint64_t guest_copies_uncharged = 0;
   uint64_t fences_retired = 0;
   uint32_t resources = 0;
   uint64_t backing_bytes = 0;
@@ -248,7 +254,13 @@ class GpuDevice {
   GpuDevice(GpuOptions options, std::unique_ptr<Renderer> renderer, ScanoutOutput* output, Respond respond);
 
   // Command handlers return a response type: OK_NODATA, an error, or an OK_* whose body is in resp_.
+  // Runs one decoded command: marks GuestMemory's copy count first (the request is already copied out and
+  // the response is written after), so every guest-memory copy in between is resource data.
   proto::Resp dispatch(const Command& c, uint64_t pending_id);
+  proto::Resp dispatch_command(const Command& c, uint64_t pending_id);
+  // Guest-memory bytes copied since the last mark (the command's start or the last take); moves the mark
+  // and adds them to stats_.bytes_copied.
+  uint64_t take_guest_copies();
   proto::Resp get_display_info();
   proto::Resp resource_create_2d(const Command& c);
   proto::Resp resource_unref(const Command& c);
@@ -302,6 +314,7 @@ class GpuDevice {
   bool aliased(const Resource& r) const;
   // Copies len bytes at `offset` of r's backing (across entries); false when guest memory fails.
   bool read_backing(const Resource& r, uint64_t offset, uint8_t* dst, uint64_t len) const;
+  uint64_t copy_mark_ = 0;  // GuestMemory::bytes_copied() at the last mark
   bool feature(uint64_t f) const { return (acked_ & f) == f; }
 
   GpuOptions options_;

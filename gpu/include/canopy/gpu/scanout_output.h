@@ -80,8 +80,10 @@ class Frame {
   // precede the flush). The 3D renderer sets a fence the consumer waits on before reading.
   std::function<bool(int timeout_ms)> wait_acquire;
 
-  // The contiguous view (maps the pieces on first use per resource). Errors from map_scattered.
-  Result<std::shared_ptr<const FrameView>> map() const;
+  // The contiguous view (maps the pieces on first use per resource). Errors from map_scattered. Pieces
+  // that are not page aligned are read into the view once per resource: `copied`, when given, grows by
+  // the bytes that call copied, so the consumer can count its own copies.
+  Result<std::shared_ptr<const FrameView>> map(uint64_t* copied = nullptr) const;
   // Tells the device the consumer is done with this frame. Idempotent, thread-safe.
   void release();
   bool released() const { return released_.load(std::memory_order_acquire); }
