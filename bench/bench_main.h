@@ -4,7 +4,6 @@
 #pragma once
 
 #include <benchmark/benchmark.h>
-
 #include <unistd.h>
 
 #include <cstdio>
@@ -83,13 +82,13 @@ class RecordingReporter : public benchmark::ConsoleReporter {
 
 }  // namespace canopy::bench
 
-#define CANOPY_BENCH_MAIN()                                              \
-  int main(int argc, char** argv) {                                      \
-    benchmark::Initialize(&argc, argv);                                  \
-    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;    \
-    canopy::bench::RecordingReporter reporter;                           \
-    benchmark::RunSpecifiedBenchmarks(&reporter);                        \
-    reporter.print_ratios();                                             \
-    benchmark::Shutdown();                                               \
-    return 0;                                                            \
+#define CANOPY_BENCH_MAIN()                                           \
+  int main(int argc, char** argv) {                                   \
+    benchmark::Initialize(&argc, argv);                               \
+    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1; \
+    canopy::bench::RecordingReporter reporter;                        \
+    benchmark::RunSpecifiedBenchmarks(&reporter);                     \
+    reporter.print_ratios();                                          \
+    benchmark::Shutdown();                                            \
+    return 0;                                                         \
   }

@@ -123,8 +123,9 @@ void BM_FencePingPong(benchmark::State& state) {
 }
 BENCHMARK(BM_FencePingPong)->Iterations(kPingPongIterations)->UseRealTime();
 
-[[maybe_unused]] const bool kRatio = canopy::bench::add_ratio({"fence/futex", "BM_FencePingPong/iterations:10000/real_time",
-                                              "BM_FutexPingPong/iterations:10000/real_time", "time"});
+[[maybe_unused]] const bool kRatio =
+    canopy::bench::add_ratio({"fence/futex", "BM_FencePingPong/iterations:10000/real_time",
+                              "BM_FutexPingPong/iterations:10000/real_time", "time"});
 
 void BM_FenceSignalNoWaiter(benchmark::State& state) {
   auto t = Timeline::create_producer();

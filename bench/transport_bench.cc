@@ -110,7 +110,8 @@ void BM_VirtqueueRoundTrip(benchmark::State& state) {
   cfg.addrs = layout->addrs;
   cfg.features = kVirtioFEventIdx;
   FrontendRegion r{{0, kMemSize, kUva, 0}, ram.get()};
-  bool ok = dq.init(&mem, cfg).ok() && fe.set_features(kVirtioFVersion1 | kVirtioFEventIdx | kVhostUserFProtocolFeatures).ok() &&
+  bool ok = dq.init(&mem, cfg).ok() &&
+            fe.set_features(kVirtioFVersion1 | kVirtioFEventIdx | kVhostUserFProtocolFeatures).ok() &&
             fe.set_protocol_features(proto_bit(kProtoReplyAck)).ok() && fe.set_owner().ok() &&
             fe.set_mem_table(std::span<const FrontendRegion>(&r, 1)).ok() && fe.set_vring_num(0, 256).ok() &&
             fe.set_vring_base(0, 0).ok() &&

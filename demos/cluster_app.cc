@@ -42,7 +42,8 @@ void draw_dial(pixman_image_t* img, const Gauge& g, int majors) {
 void make_background(uint32_t w, uint32_t h, const Gauge& speed, const Gauge& rpm) {
   g_background_px.assign(size_t(w) * h, 0);
   g_background = pixman_image_create_bits(PIXMAN_x8r8g8b8, int(w), int(h), g_background_px.data(), int(w * 4));
-  pixman_gradient_stop_t stops[2] = {{0, {0x0b00, 0x1000, 0x2000, 0xffff}}, {pixman_int_to_fixed(1), {0x0300, 0x0500, 0x0a00, 0xffff}}};
+  pixman_gradient_stop_t stops[2] = {{0, {0x0b00, 0x1000, 0x2000, 0xffff}},
+                                     {pixman_int_to_fixed(1), {0x0300, 0x0500, 0x0a00, 0xffff}}};
   pixman_point_fixed_t p0{0, 0}, p1{0, pixman_int_to_fixed(int(h))};
   pixman_image_t* grad = pixman_image_create_linear_gradient(&p0, &p1, stops, 2);
   pixman_image_composite32(PIXMAN_OP_SRC, grad, nullptr, g_background, 0, 0, 0, 0, 0, 0, int(w), int(h));
@@ -60,15 +61,22 @@ void needle(pixman_image_t* img, const Gauge& g, double value, uint32_t colour) 
   fill_arc(img, (colour & 0x00ffffff) | 0x60000000, g.cx, g.cy, g.r - 8, g.r, kStart, a);  // the swept arc
   const double c = std::cos(a), s = std::sin(a), nx = -s, ny = c;
   fill_polygon(img, colour,
-               {{g.cx + (g.r - 12) * c, g.cy + (g.r - 12) * s}, {g.cx + 9 * nx - 30 * c, g.cy + 9 * ny - 30 * s},
+               {{g.cx + (g.r - 12) * c, g.cy + (g.r - 12) * s},
+                {g.cx + 9 * nx - 30 * c, g.cy + 9 * ny - 30 * s},
                 {g.cx - 9 * nx - 30 * c, g.cy - 9 * ny - 30 * s}});
   fill_circle(img, 0xff1b2433, g.cx, g.cy, 34);
   fill_circle(img, colour, g.cx, g.cy, 10);
 }
 
 void arrow(pixman_image_t* img, uint32_t colour, double x, double y, double dir) {
-  fill_polygon(img, colour, {{x + dir * 36, y}, {x, y - 26}, {x, y - 10}, {x - dir * 30, y - 10},
-                             {x - dir * 30, y + 10}, {x, y + 10}, {x, y + 26}});
+  fill_polygon(img, colour,
+               {{x + dir * 36, y},
+                {x, y - 26},
+                {x, y - 10},
+                {x - dir * 30, y - 10},
+                {x - dir * 30, y + 10},
+                {x, y + 10},
+                {x, y + 26}});
 }
 
 void draw(const DrawArgs& a) {
@@ -76,7 +84,8 @@ void draw(const DrawArgs& a) {
   const Gauge speed{w * 0.25, h * 0.53, std::min(h * 0.41, w * 0.15), 260, 260};
   const Gauge rpm{w * 0.75, h * 0.53, std::min(h * 0.41, w * 0.15), 8, 6.5};
   if (!g_background) make_background(a.width, a.height, speed, rpm);
-  pixman_image_composite32(PIXMAN_OP_SRC, g_background, nullptr, a.image, 0, 0, 0, 0, 0, 0, int(a.width), int(a.height));
+  pixman_image_composite32(PIXMAN_OP_SRC, g_background, nullptr, a.image, 0, 0, 0, 0, 0, 0, int(a.width),
+                           int(a.height));
 
   const double t = a.t;
   const double kmh = 90 + 70 * std::sin(t * 0.35) + 10 * std::sin(t * 1.3);
@@ -99,7 +108,12 @@ void draw(const DrawArgs& a) {
   const double ty = h * 0.07;
   arrow(a.image, blink ? 0xff20d040 : 0xff17301d, w * 0.42, ty, -1);
   arrow(a.image, blink ? 0xff17301d : 0xff20d040, w * 0.58, ty, 1);
-  fill_polygon(a.image, 0xff2f6bff, {{w * 0.47, ty - 18}, {w * 0.47 + 26, ty - 18}, {w * 0.47 + 34, ty}, {w * 0.47 + 26, ty + 18}, {w * 0.47, ty + 18}});
+  fill_polygon(a.image, 0xff2f6bff,
+               {{w * 0.47, ty - 18},
+                {w * 0.47 + 26, ty - 18},
+                {w * 0.47 + 34, ty},
+                {w * 0.47 + 26, ty + 18},
+                {w * 0.47, ty + 18}});
   fill_circle(a.image, 0xffe0301e, w * 0.53, ty - 10, 9);
   fill_rect(a.image, 0xffe0301e, int(w * 0.53) - 9, int(ty), 18, 20);
   fill_rect(a.image, 0xffffb000, int(w * 0.36) - 20, int(ty) - 14, 40, 28);

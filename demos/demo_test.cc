@@ -3,8 +3,8 @@
 // goldens), its summary for zero-copy frames; and with the IVI VM stopped mid-run the cluster output
 // goes on with new cluster frames and never shows the fallback. Assertions are on frame counts and
 // pixels, not on wall-clock rates. Every process started here is owned by PID and gone at the end.
-#include <gtest/gtest.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -88,7 +88,7 @@ bool amber(Rgb c) { return c.r > 0xe0 && c.g > 0x90 && c.g < 0xd0 && c.b < 0x40;
 void expect_cluster(const PixelImage& c) {
   ASSERT_EQ(c.width, 1920u);
   ASSERT_EQ(c.height, 720u);
-  EXPECT_GT(share(c, 0, 0, 1920, 720, dark), 0.5);                       // a dark instrument panel
+  EXPECT_GT(share(c, 0, 0, 1920, 720, dark), 0.5);                        // a dark instrument panel
   EXPECT_GT(share(c, 0, 0, 1920, 720, cyan) * 1920 * 720, 2000);          // needles and swept arcs
   EXPECT_GT(share(c, 800, 400, 1120, 680, map_light), 0.6);               // the IVI's map inset
   EXPECT_LT(share(c, 0, 0, 1920, 720, map_light), 0.2);                   // and only there
@@ -131,13 +131,17 @@ TEST(CockpitDemo, RunsHeadlessAndWritesBothOutputsAndTheSummary) {
   // Sound: both VMs played through their canopy-snd (the chime once, at 1.5 s), and where PipeWire is
   // installed what reached the sink shows the music ducked by the manifest's 20 dB while the chime played.
   std::smatch m;
-  ASSERT_TRUE(std::regex_search(summary, m, std::regex(R"(audio: stream cluster/chime output: .* tx=(\d+) .*latency_ms p50=)")))
+  ASSERT_TRUE(
+      std::regex_search(summary, m, std::regex(R"(audio: stream cluster/chime output: .* tx=(\d+) .*latency_ms p50=)")))
       << summary;
   EXPECT_GE(std::stol(m[1]), 50) << summary;  // a 500 ms chime in 5 ms periods
   ASSERT_TRUE(std::regex_search(summary, m, std::regex(R"(audio: stream ivi/media output: .* tx=(\d+) )"))) << summary;
   EXPECT_GE(std::stol(m[1]), 100) << summary;
   if (summary.find("audio: through no PipeWire") == std::string::npos) {
-    ASSERT_TRUE(std::regex_search(summary, m, std::regex(R"(audio: ducking at the sink .*chime=1 .*ducked_by_db=(-?[0-9.]+) reached_ms=(-?[0-9.]+) restored_ms=(-?[0-9.]+))")))
+    ASSERT_TRUE(std::regex_search(
+        summary, m,
+        std::regex(
+            R"(audio: ducking at the sink .*chime=1 .*ducked_by_db=(-?[0-9.]+) reached_ms=(-?[0-9.]+) restored_ms=(-?[0-9.]+))")))
         << summary;
     EXPECT_NEAR(std::stod(m[1]), -20.0, 1.0) << summary;
     EXPECT_GE(std::stod(m[2]), 0.0) << summary;
@@ -183,10 +187,13 @@ TEST(CockpitDemo, ClusterGoesOnWhenTheIviIsStopped) {
   Child vmm = start({kBin + "/canopy-vmm", "run", manifest, "--display", dir + "/display.sock", "--control", vmm_ctl,
                      "--stop-grace-ms", "500"});
   auto stats = [&] { return ask(display_ctl, "stats"); };
-  ASSERT_TRUE(wait_for([&] {
-    const std::string s = stats();
-    return stat(s, "layer 0 vm=cluster", "new") > 30 && stat(s, "vm ivi ", "frames") > 10;
-  }, 60)) << stats() << read_file(dir + "/log");
+  ASSERT_TRUE(wait_for(
+      [&] {
+        const std::string s = stats();
+        return stat(s, "layer 0 vm=cluster", "new") > 30 && stat(s, "vm ivi ", "frames") > 10;
+      },
+      60))
+      << stats() << read_file(dir + "/log");
   const long fallback_entries = stat(stats(), "layer 0 vm=cluster", "fallback_entries");
 
   std::string out;

@@ -50,14 +50,16 @@ void draw(const DrawArgs& a) {
   const double cross = car_y - std::fmod(double(scroll) + car_y, 256.0) + 0;  // next street above the car
   draw_line(a.image, kRoute, car_x, car_y, car_x, cross, 14);
   draw_line(a.image, kRoute, car_x - 7, cross, map_w, cross, 14);
-  fill_polygon(a.image, 0xff1060ff, {{car_x, car_y - 30}, {car_x + 20, car_y + 20}, {car_x, car_y + 8}, {car_x - 20, car_y + 20}});
+  fill_polygon(a.image, 0xff1060ff,
+               {{car_x, car_y - 30}, {car_x + 20, car_y + 20}, {car_x, car_y + 8}, {car_x - 20, car_y + 20}});
 
   // Media player.
   fill_rect(a.image, kPanel, map_w, 0, w - map_w, h);
   const int art = std::min(w - map_w - 80, h / 2);
   const int ax = map_w + (w - map_w - art) / 2, ay = h / 8;
   const double hue = std::fmod(a.t * 0.05, 1.0);
-  const uint32_t r = uint32_t(128 + 127 * std::sin(2 * M_PI * hue)), g = uint32_t(128 + 127 * std::sin(2 * M_PI * (hue + 0.33))),
+  const uint32_t r = uint32_t(128 + 127 * std::sin(2 * M_PI * hue)),
+                 g = uint32_t(128 + 127 * std::sin(2 * M_PI * (hue + 0.33))),
                  b = uint32_t(128 + 127 * std::sin(2 * M_PI * (hue + 0.66)));
   fill_rect(a.image, 0xff000000 | r << 16 | g << 8 | b, ax, ay, art, art);
   fill_circle(a.image, 0xff1c1c26, ax + art / 2.0, ay + art / 2.0, art * 0.18);
@@ -76,7 +78,6 @@ void draw(const DrawArgs& a) {
   }
 }
 
-
 // The music: an A major pad (220, 277.2, 329.6 Hz at -18 dBFS each) under a slow melody an octave up
 // (-26 dBFS, a note every 500 ms). The pad's 220 Hz is what the demo measures the ducking on.
 void music(int16_t* out, size_t frames, uint64_t pos) {
@@ -84,7 +85,8 @@ void music(int16_t* out, size_t frames, uint64_t pos) {
   for (size_t i = 0; i < frames; ++i) {
     const double t = double(pos + i) / 48000.0;
     const double pad = std::pow(10.0, -18.0 / 20);
-    double v = pad * (std::sin(2 * M_PI * 220.0 * t) + std::sin(2 * M_PI * 277.18 * t) + std::sin(2 * M_PI * 329.63 * t));
+    double v =
+        pad * (std::sin(2 * M_PI * 220.0 * t) + std::sin(2 * M_PI * 277.18 * t) + std::sin(2 * M_PI * 329.63 * t));
     const double nt = std::fmod(t, 0.5);
     const double hz = kMelody[size_t(t / 0.5) % 6];
     v += std::pow(10.0, -26.0 / 20) * std::min(1.0, nt / 0.01) * std::exp(-nt * 3) * std::sin(2 * M_PI * hz * t);

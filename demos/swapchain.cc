@@ -47,8 +47,7 @@ Swapchain::~Swapchain() {
 
 Status Swapchain::present() {
   Buf& b = bufs_[cur_];
-  CANOPY_TRY(gpu_.set_scanout_blob(scanout_, b.resource, proto::Format::kB8G8R8X8, w_, h_, w_ * 4, 0,
-                                   {0, 0, w_, h_}));
+  CANOPY_TRY(gpu_.set_scanout_blob(scanout_, b.resource, proto::Format::kB8G8R8X8, w_, h_, w_ * 4, 0, {0, 0, w_, h_}));
   proto::ResourceFlush f{};
   f.hdr = proto::make_hdr(proto::Cmd::kResourceFlush, proto::kFlagFence, gpu_.next_fence_id());
   f.resource_id = b.resource;
@@ -142,10 +141,22 @@ int draw_text(pixman_image_t* dst, uint32_t argb, int x, int y, int h, const cha
   // Segments a..g (top, top-right, bottom-right, bottom, bottom-left, top-left, middle).
   auto segs = [](char ch) -> uint8_t {
     switch (ch) {
-      case '0': return 0x3f; case '1': return 0x06; case '2': return 0x5b; case '3': return 0x4f;
-      case '4': return 0x66; case '5': return 0x6d; case '6': return 0x7d; case '7': return 0x07;
-      case '8': return 0x7f; case '9': return 0x6f; case '-': return 0x40; case 'P': return 0x73;
-      case 'R': return 0x50; case 'N': return 0x54; case 'D': return 0x5e; default: return 0;
+      case '0': return 0x3f;
+      case '1': return 0x06;
+      case '2': return 0x5b;
+      case '3': return 0x4f;
+      case '4': return 0x66;
+      case '5': return 0x6d;
+      case '6': return 0x7d;
+      case '7': return 0x07;
+      case '8': return 0x7f;
+      case '9': return 0x6f;
+      case '-': return 0x40;
+      case 'P': return 0x73;
+      case 'R': return 0x50;
+      case 'N': return 0x54;
+      case 'D': return 0x5e;
+      default: return 0;
     }
   };
   const int w = h / 2, t = std::max(2, h / 9), gap = h / 5;
@@ -249,7 +260,9 @@ class DemoAudio {
   ~DemoAudio() {
     // The summary first: the VMM may be tearing the device down already.
     std::sort(latency_.begin(), latency_.end());
-    auto pct = [&](double q) { return latency_.empty() ? 0.0 : latency_[std::min(latency_.size() - 1, size_t(q * latency_.size()))]; };
+    auto pct = [&](double q) {
+      return latency_.empty() ? 0.0 : latency_[std::min(latency_.size() - 1, size_t(q * latency_.size()))];
+    };
     std::fprintf(stderr, "%s: audio: %llu periods%s, latency_ms p50=%.1f p99=%.1f (write -> heard)\n", name_,
                  (unsigned long long)periods_,
                  plan_.kind == AudioPlan::Kind::kChimes ? (", " + std::to_string(chimes_) + " chimes").c_str() : "",

@@ -37,7 +37,7 @@ class Swapchain {
   Status present();
   uint64_t frames() const { return frames_; }
   uint64_t late_releases() const { return late_; }  // waits that timed out
-  static constexpr size_t kMaxInFlight = 8;  // fenced flushes not yet answered
+  static constexpr size_t kMaxInFlight = 8;         // fenced flushes not yet answered
 
  private:
   Swapchain(guest::GpuClient& g) : gpu_(g) {}

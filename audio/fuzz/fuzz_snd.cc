@@ -68,7 +68,7 @@ std::vector<transport::Segment> segments(Input& in) {
     const uint8_t kind = in.u8();
     uint64_t gpa = uint64_t(in.u16()) << 4;
     uint32_t len = in.u16() % 8192;
-    if (kind == 0xff) gpa = kRam - 8;          // straddles the end of RAM
+    if (kind == 0xff) gpa = kRam - 8;                // straddles the end of RAM
     else if (kind == 0xfe) gpa = ~uint64_t(0) - 16;  // wraps
     if (kind == 0xfd) len = 0xffffffffu;
     v.push_back({gpa, len});
@@ -94,7 +94,7 @@ SndOptions make_options() {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static World* w = new World();
   Input in{data, size};
- static const SndOptions o = make_options();
+  static const SndOptions o = make_options();
   size_t completions = 0;
   auto dev = SndDevice::create(o, &w->host, w->board.get(), [&](uint16_t, uint16_t, uint32_t) { ++completions; });
   if (!dev.ok()) abort();

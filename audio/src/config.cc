@@ -86,7 +86,10 @@ Result<StreamConfig> parse_stream_spec(const std::string& spec) {
     else if (k == "exclusive" && flag) s.policy.exclusive = true;
     else if (k == "duck-db" && to_double(v, s.policy.duck_db) && s.policy.duck_db <= 0 && s.policy.duck_db >= kMuteDb) {
     } else if (k == "ramp-ms" && to_u32(v, 10000, n)) s.policy.ramp_ms = n;
-    else return bad("--stream: unknown key or bad value (keys: name dir channels channels-min rates role target positions priority duck-others duck-db ramp-ms exclusive)");
+    else
+      return bad(
+          "--stream: unknown key or bad value (keys: name dir channels channels-min rates role target positions "
+          "priority duck-others duck-db ramp-ms exclusive)");
   }
   if (s.name.empty() || !have_dir) return bad("--stream: name= and dir= are required");
   if (s.channels_min > s.channels_max) return bad("--stream: channels-min above channels");
@@ -117,7 +120,8 @@ Result<JackConfig> parse_jack_spec(const std::string& spec) {
     else return bad("--jack: unknown key or bad value (keys: name dir device connected)");
   }
   if (j.name.empty() || !have_dir) return bad("--jack: name= and dir= are required");
-  if (!have_device) j.hda_device = j.direction == proto::Direction::kOutput ? proto::kHdaDevLineOut : proto::kHdaDevMicIn;
+  if (!have_device)
+    j.hda_device = j.direction == proto::Direction::kOutput ? proto::kHdaDevLineOut : proto::kHdaDevMicIn;
   return j;
 }
 

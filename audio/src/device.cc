@@ -15,9 +15,9 @@ using transport::Segment;
 namespace {
 
 constexpr uint32_t kMaxBufferBytes = 4u << 20;  // per stream; Linux asks for at most ~1 MiB (160 ms of 8ch/192k/32bit)
-constexpr uint32_t kMaxRequestBytes = 4096;      // control requests we read (no TLV writes are offered)
-constexpr uint32_t kMaxItemSize = 1024;          // query_info.size accepted (the structs are 24..96 bytes)
-constexpr uint32_t kVolumeMax = 100;             // volume control: 0..100 = -50 dB..0 dB in 0.5 dB steps
+constexpr uint32_t kMaxRequestBytes = 4096;     // control requests we read (no TLV writes are offered)
+constexpr uint32_t kMaxItemSize = 1024;         // query_info.size accepted (the structs are 24..96 bytes)
+constexpr uint32_t kVolumeMax = 100;            // volume control: 0..100 = -50 dB..0 dB in 0.5 dB steps
 constexpr int32_t kVolumeMinCdb = -5000, kVolumeStepCdb = 50;
 // XRUN events, and PERIOD_ELAPSED events each time a period's worth of frames went to / came from the
 // host (meant for the shared-memory transport, which is not offered; informational over messages).
@@ -97,8 +97,9 @@ void apply_gain(uint8_t format, uint8_t* data, size_t frames, uint32_t channels,
   using F = proto::Format;
   switch (F(format)) {
     case F::kU8:
-      ramp_samples<uint8_t>(data, frames, channels, db, step,
-                            [](uint8_t v, double g) { return clamp_to<uint8_t>((double(v) - 128.0) * g + 128.0, 0, 255); });
+      ramp_samples<uint8_t>(data, frames, channels, db, step, [](uint8_t v, double g) {
+        return clamp_to<uint8_t>((double(v) - 128.0) * g + 128.0, 0, 255);
+      });
       break;
     case F::kS16:
       ramp_samples<int16_t>(data, frames, channels, db, step,
@@ -117,8 +118,7 @@ void apply_gain(uint8_t format, uint8_t* data, size_t frames, uint32_t channels,
     case F::kFloat:
       ramp_samples<float>(data, frames, channels, db, step, [](float v, double g) { return float(v * g); });
       break;
-    default:
-      break;
+    default: break;
   }
 }
 
@@ -385,7 +385,8 @@ Result<std::unique_ptr<SndDevice>> SndDevice::create(SndOptions options, HostBac
       return make_error(Errc::kInvalidArgument, "snd: channels must satisfy 1 <= min <= max <= 18");
     if (!s.formats) s.formats = default_formats();
     if (s.formats & ~default_formats())
-      return make_error(Errc::kUnsupported, "snd: a stream offers a format the device cannot carry (U8, S16, S24, S32, FLOAT)");
+      return make_error(Errc::kUnsupported,
+                        "snd: a stream offers a format the device cannot carry (U8, S16, S24, S32, FLOAT)");
     if (!s.rates) s.rates = (1u << 6) | (1u << 7);
     if (s.rates >> proto::kRateCount) return make_error(Errc::kInvalidArgument, "snd: a rate bit outside virtio-snd's");
     if (s.positions.empty()) s.positions = default_positions(s.channels_max);
@@ -469,15 +470,13 @@ uint32_t SndDevice::control(const Chain& c) {
   if (!mem_) return 0;
   transport::DescriptorReader r(*mem_, c.readable);
   std::vector<uint8_t> req(std::min<size_t>(r.remaining(), kMaxRequestBytes));
-  if (req.size() < sizeof(proto::Hdr) || !r.read(req.data(), req.size()).ok())
-    return respond(c, Code::kBadMsg);
+  if (req.size() < sizeof(proto::Hdr) || !r.read(req.data(), req.size()).ok()) return respond(c, Code::kBadMsg);
   const uint32_t code = load<proto::Hdr>(req).code;
   switch (Code(code)) {
     case Code::kJackInfo:
     case Code::kPcmInfo:
     case Code::kChmapInfo:
-    case Code::kCtlInfo:
-      return query(c, code, req);
+    case Code::kCtlInfo: return query(c, code, req);
     case Code::kJackRemap: {
       if (req.size() < sizeof(proto::JackRemap)) return respond(c, Code::kBadMsg);
       const auto m = load<proto::JackRemap>(req);
@@ -488,18 +487,14 @@ uint32_t SndDevice::control(const Chain& c) {
     case Code::kPcmPrepare:
     case Code::kPcmRelease:
     case Code::kPcmStart:
-    case Code::kPcmStop:
-      return pcm_command(c, Code(code), req);
+    case Code::kPcmStop: return pcm_command(c, Code(code), req);
     case Code::kCtlEnumItems:
     case Code::kCtlRead:
     case Code::kCtlWrite:
     case Code::kCtlTlvRead:
     case Code::kCtlTlvWrite:
-    case Code::kCtlTlvCommand:
-      return ctl_command(c, Code(code), req);
-    default:
-      CANOPY_WARN_RL("snd: unknown control request 0x%x", code);
-      return respond(c, Code::kNotSupp);
+    case Code::kCtlTlvCommand: return ctl_command(c, Code(code), req);
+    default: CANOPY_WARN_RL("snd: unknown control request 0x%x", code); return respond(c, Code::kNotSupp);
   }
 }
 
@@ -559,15 +554,18 @@ uint32_t SndDevice::query(const Chain& c, uint32_t code, const std::vector<uint8
       const bool out_dir = s.cfg.direction == proto::Direction::kOutput;
       proto::CtlInfo i{};
       const bool volume = id % 2 == 0;
-      i.role = ((volume ? uint32_t(proto::CtlRole::kVolume) : uint32_t(proto::CtlRole::kMute)) << 1) | (out_dir ? 0 : 1);
+      i.role =
+          ((volume ? uint32_t(proto::CtlRole::kVolume) : uint32_t(proto::CtlRole::kMute)) << 1) | (out_dir ? 0 : 1);
       i.type = uint32_t(volume ? proto::CtlType::kInteger : proto::CtlType::kBoolean);
       i.access = proto::kCtlAccessRead | proto::kCtlAccessWrite | (volume ? proto::kCtlAccessTlvRead : 0);
       i.count = 1;
       // ALSA mixer names; streams with the same (truncated) name get distinct indices.
-      std::string name = s.cfg.name.substr(0, 24) + (out_dir ? " Playback " : " Capture ") + (volume ? "Volume" : "Switch");
+      std::string name =
+          s.cfg.name.substr(0, 24) + (out_dir ? " Playback " : " Capture ") + (volume ? "Volume" : "Switch");
       uint32_t index = 0;
       for (uint32_t o = 0; o < s.id; ++o)
-        if (streams_[o]->cfg.name.substr(0, 24) == s.cfg.name.substr(0, 24) && streams_[o]->cfg.direction == s.cfg.direction)
+        if (streams_[o]->cfg.name.substr(0, 24) == s.cfg.name.substr(0, 24) &&
+            streams_[o]->cfg.direction == s.cfg.direction)
           ++index;
       i.index = index;
       std::memcpy(i.name, name.c_str(), std::min<size_t>(name.size(), proto::kCtlNameBytes - 1));
@@ -611,7 +609,8 @@ uint32_t SndDevice::pcm_command(const Chain& c, Code code, const std::vector<uin
       n.features = p.features;
       n.channels = p.channels;
       n.format = p.format;
-      if (p.format >= 64 || !(s.cfg.formats >> p.format & 1) || !proto::format_bytes(p.format)) return respond(c, Code::kBadMsg);
+      if (p.format >= 64 || !(s.cfg.formats >> p.format & 1) || !proto::format_bytes(p.format))
+        return respond(c, Code::kBadMsg);
       if (p.rate >= proto::kRateCount || !(s.cfg.rates >> p.rate & 1)) return respond(c, Code::kBadMsg);
       n.rate = proto::kRates[p.rate];
       if (p.channels < s.cfg.channels_min || p.channels > s.cfg.channels_max) return respond(c, Code::kBadMsg);
@@ -655,8 +654,7 @@ uint32_t SndDevice::pcm_command(const Chain& c, Code code, const std::vector<uin
       if (s.host) s.host->release();
       s.set_state(S::kReleased);
       return respond(c, Code::kOk);
-    default:
-      return respond(c, Code::kNotSupp);
+    default: return respond(c, Code::kNotSupp);
   }
 }
 
@@ -704,8 +702,7 @@ uint32_t SndDevice::ctl_command(const Chain& c, Code code, const std::vector<uin
     case Code::kCtlEnumItems:  // no enumerated controls
     case Code::kCtlTlvWrite:   // not in any control's access bits
     case Code::kCtlTlvCommand:
-    default:
-      return respond(c, Code::kBadMsg);
+    default: return respond(c, Code::kBadMsg);
   }
 }
 

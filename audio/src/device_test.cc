@@ -110,14 +110,14 @@ TEST(SndDevice, QueryCountsThatOverflowAreRefusedCve2026_3196) {
   for (Code c : {Code::kPcmInfo, Code::kJackInfo, Code::kChmapInfo, Code::kCtlInfo}) {
     const uint32_t sz = c == Code::kCtlInfo ? 96 : c == Code::kPcmInfo ? 32 : 24;
     SCOPED_TRACE(proto::code_name(uint32_t(c)));
-    EXPECT_EQ(h.query(c, 0, 0x80000000u, 2, 64), kBad);          // count * size wraps to 0 in 32 bits
-    EXPECT_EQ(h.query(c, 0, 0xffffffffu, 0, 64), kBad);          // size 0
-    EXPECT_EQ(h.query(c, 1, 0xffffffffu, sz, 64), kBad);         // start + count wraps to 0
+    EXPECT_EQ(h.query(c, 0, 0x80000000u, 2, 64), kBad);   // count * size wraps to 0 in 32 bits
+    EXPECT_EQ(h.query(c, 0, 0xffffffffu, 0, 64), kBad);   // size 0
+    EXPECT_EQ(h.query(c, 1, 0xffffffffu, sz, 64), kBad);  // start + count wraps to 0
     EXPECT_EQ(h.query(c, 0x7fffffffu, 0x80000002u, sz, 64), kBad);
     EXPECT_EQ(h.query(c, h.dev->config().streams.get() + 5, 1, sz, 64), kBad);  // start past the end
-    EXPECT_EQ(h.query(c, 0, 1, sz - 1, 64), kBad);               // items smaller than the struct
-    EXPECT_EQ(h.query(c, 0, 1, 0x10000000u, 64), kBad);          // absurd item size
-    EXPECT_EQ(h.query(c, 0, 1, sz, sz - 1), kBad);               // response buffer too short
+    EXPECT_EQ(h.query(c, 0, 1, sz - 1, 64), kBad);                              // items smaller than the struct
+    EXPECT_EQ(h.query(c, 0, 1, 0x10000000u, 64), kBad);                         // absurd item size
+    EXPECT_EQ(h.query(c, 0, 1, sz, sz - 1), kBad);                              // response buffer too short
     EXPECT_EQ(h.query(c, 0, 1, sz, sz), kOk);
   }
   EXPECT_EQ(h.query(Code::kPcmInfo, 2, 1, 32, 32), kBad);  // start_id == streams
@@ -148,16 +148,16 @@ TEST(SndDevice, SetParamsValidatesEveryField) {
   Harness h;
   using F = proto::Format;
   EXPECT_EQ(h.set_params(0, kBuffer, kPeriod, 2, F::kS16, k48k), kOk);
-  EXPECT_EQ(h.set_params(0, kBuffer, kPeriod, 3, F::kS16, k48k), kBad);        // channels > max
-  EXPECT_EQ(h.set_params(0, kBuffer, kPeriod, 0, F::kS16, k48k), kBad);        // channels < min
-  EXPECT_EQ(h.set_params(0, kBuffer, kPeriod, 2, F::kS8, k48k), kBad);         // format not offered
-  EXPECT_EQ(h.set_params(0, kBuffer, kPeriod, 2, F(200), k48k), kBad);         // no such format
-  EXPECT_EQ(h.set_params(0, kBuffer, kPeriod, 2, F::kS16, 6), kBad);           // 44100 not offered here
-  EXPECT_EQ(h.set_params(0, kBuffer, kPeriod, 2, F::kS16, 14), kBad);          // no such rate
-  EXPECT_EQ(h.set_params(0, kBuffer, 0, 2, F::kS16, k48k), kBad);              // period 0
-  EXPECT_EQ(h.set_params(0, 0, kPeriod, 2, F::kS16, k48k), kBad);              // buffer 0
-  EXPECT_EQ(h.set_params(0, kBuffer + 4, kPeriod, 2, F::kS16, k48k), kBad);    // buffer not whole periods
-  EXPECT_EQ(h.set_params(0, 4 * 1002, 1002, 2, F::kS16, k48k), kBad);          // period not whole frames
+  EXPECT_EQ(h.set_params(0, kBuffer, kPeriod, 3, F::kS16, k48k), kBad);          // channels > max
+  EXPECT_EQ(h.set_params(0, kBuffer, kPeriod, 0, F::kS16, k48k), kBad);          // channels < min
+  EXPECT_EQ(h.set_params(0, kBuffer, kPeriod, 2, F::kS8, k48k), kBad);           // format not offered
+  EXPECT_EQ(h.set_params(0, kBuffer, kPeriod, 2, F(200), k48k), kBad);           // no such format
+  EXPECT_EQ(h.set_params(0, kBuffer, kPeriod, 2, F::kS16, 6), kBad);             // 44100 not offered here
+  EXPECT_EQ(h.set_params(0, kBuffer, kPeriod, 2, F::kS16, 14), kBad);            // no such rate
+  EXPECT_EQ(h.set_params(0, kBuffer, 0, 2, F::kS16, k48k), kBad);                // period 0
+  EXPECT_EQ(h.set_params(0, 0, kPeriod, 2, F::kS16, k48k), kBad);                // buffer 0
+  EXPECT_EQ(h.set_params(0, kBuffer + 4, kPeriod, 2, F::kS16, k48k), kBad);      // buffer not whole periods
+  EXPECT_EQ(h.set_params(0, 4 * 1002, 1002, 2, F::kS16, k48k), kBad);            // period not whole frames
   EXPECT_EQ(h.set_params(0, 0xfffffff0u, 0x3ffffffcu, 2, F::kS16, k48k), kBad);  // buffer above the cap
   EXPECT_EQ(h.set_params(0, kBuffer, kPeriod, 2, F::kS16, k48k, proto::kPcmFMsgPolling), kBad);  // not offered
   EXPECT_EQ(h.set_params(0, kBuffer, kPeriod, 2, F::kS16, k48k, proto::kPcmFShmemHost), kBad);
@@ -191,7 +191,7 @@ TEST(SndDevice, TheSpecsStateMachineAndBadMsgForEveryInvalidTransition) {
   EXPECT_EQ(h.pcm(Code::kPcmPrepare, 0), kOk);  // RELEASE -> PREPARE
   EXPECT_EQ(h.pcm(Code::kPcmRelease, 0), kOk);
   EXPECT_EQ(h.set_params(0, kBuffer, kPeriod, 1, proto::Format::kS16, k48k), kOk);  // RELEASE -> SET_PARAMS
-  const std::vector<std::string> want = {"prepare 0 48000", "prepare 0 48000", "start 0",   "stop 0", "start 0",
+  const std::vector<std::string> want = {"prepare 0 48000", "prepare 0 48000", "start 0",         "stop 0",   "start 0",
                                          "stop 0",          "release 0",       "prepare 0 48000", "release 0"};
   EXPECT_EQ(h.host.log, want);
   // The host refusing the parameters is an I/O error, and the stream stays where it was.
@@ -302,9 +302,11 @@ TEST(SndDevice, TxBuffersTheDeviceCannotUseComeBackAtOnce) {
     EXPECT_EQ(h.get_obj<proto::PcmStatus>(s).status.get(), kBad);
   }
   EXPECT_EQ(h.get_obj<proto::PcmStatus>(h.tx(7, ramp_bytes(16, 0)).status_gpa).status.get(), kBad);  // no stream 7
-  EXPECT_EQ(h.get_obj<proto::PcmStatus>(h.tx(1, ramp_bytes(16, 0)).status_gpa).status.get(), kBad);  // capture stream on txq
-  EXPECT_EQ(h.get_obj<proto::PcmStatus>(h.tx(0, {}).status_gpa).status.get(), kIoErr);               // no payload
-  EXPECT_EQ(h.get_obj<proto::PcmStatus>(h.tx(0, ramp_bytes(kBuffer + 4, 0)).status_gpa).status.get(), kIoErr);  // > buffer
+  EXPECT_EQ(h.get_obj<proto::PcmStatus>(h.tx(1, ramp_bytes(16, 0)).status_gpa).status.get(),
+            kBad);                                                                      // capture stream on txq
+  EXPECT_EQ(h.get_obj<proto::PcmStatus>(h.tx(0, {}).status_gpa).status.get(), kIoErr);  // no payload
+  EXPECT_EQ(h.get_obj<proto::PcmStatus>(h.tx(0, ramp_bytes(kBuffer + 4, 0)).status_gpa).status.get(),
+            kIoErr);  // > buffer
   // No room for a status: handed back with nothing written.
   {
     const uint64_t r = h.put_obj(proto::PcmXfer{}), s = h.alloc(8);

@@ -134,7 +134,8 @@ void NullStream::fill_capture(uint8_t* dst, size_t frames) {
   if (hz <= 0) return;
   for (size_t f = 0; f < frames; ++f, ++tone_phase_) {
     const double v = 0.5 * std::sin(2.0 * M_PI * hz * double(tone_phase_) / p_.rate);
-    for (uint32_t c = 0; c < p_.channels; ++c) write_sample(p_.format, dst + size_t(f) * fb + size_t(c) * (fb / p_.channels), v);
+    for (uint32_t c = 0; c < p_.channels; ++c)
+      write_sample(p_.format, dst + size_t(f) * fb + size_t(c) * (fb / p_.channels), v);
   }
 }
 
@@ -149,8 +150,7 @@ void NullStream::tick(uint64_t now) {
   buf_.resize(frames * fb);
   if (io_.config().direction == proto::Direction::kOutput) {
     const size_t got = io_.pull(buf_.data(), buf_.size());
-    if (got < buf_.size())
-      std::memset(buf_.data() + got, proto::silence_byte(p_.format), buf_.size() - got);
+    if (got < buf_.size()) std::memset(buf_.data() + got, proto::silence_byte(p_.format), buf_.size() - got);
     if (wav_) (void)wav_->write(buf_.data(), buf_.size());
   } else {
     fill_capture(buf_.data(), frames);

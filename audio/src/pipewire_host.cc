@@ -192,8 +192,7 @@ void PwStream::on_state(void* d, pw_stream_state, pw_stream_state state, const c
   auto* s = static_cast<PwStream*>(d);
   if (state == PW_STREAM_STATE_ERROR)
     CANOPY_WARN("pipewire: stream %s: %s", s->io_.config().name.c_str(), error ? error : "error");
-  else
-    CANOPY_DEBUG("pipewire: stream %s: %s", s->io_.config().name.c_str(), pw_stream_state_as_string(state));
+  else CANOPY_DEBUG("pipewire: stream %s: %s", s->io_.config().name.c_str(), pw_stream_state_as_string(state));
 }
 
 // Once the format is fixed: two buffers of one period each (at least a quantum's worth). The stream's
@@ -208,8 +207,8 @@ void PwStream::on_param_changed(void* d, uint32_t id, const spa_pod* param) {
   spa_pod_builder b = SPA_POD_BUILDER_INIT(buf, sizeof buf);
   const spa_pod* params[1] = {static_cast<const spa_pod*>(spa_pod_builder_add_object(
       &b, SPA_TYPE_OBJECT_ParamBuffers, SPA_PARAM_Buffers, SPA_PARAM_BUFFERS_buffers, SPA_POD_CHOICE_RANGE_Int(2, 1, 2),
-      SPA_PARAM_BUFFERS_blocks, SPA_POD_Int(1), SPA_PARAM_BUFFERS_size, SPA_POD_CHOICE_RANGE_Int(size, int(fb), INT32_MAX),
-      SPA_PARAM_BUFFERS_stride, SPA_POD_Int(int(fb))))};
+      SPA_PARAM_BUFFERS_blocks, SPA_POD_Int(1), SPA_PARAM_BUFFERS_size,
+      SPA_POD_CHOICE_RANGE_Int(size, int(fb), INT32_MAX), SPA_PARAM_BUFFERS_stride, SPA_POD_Int(int(fb))))};
   pw_stream_update_params(s->stream_, params, 1);
 }
 
@@ -224,11 +223,10 @@ Status PwStream::prepare(const PcmParams& p) {
   const std::string desc = vm + " " + c.name;
   char latency[32];
   std::snprintf(latency, sizeof latency, "%u/%u", period_frames, p.rate);
-  pw_properties* props = pw_properties_new(PW_KEY_MEDIA_TYPE, "Audio", PW_KEY_MEDIA_CATEGORY,
-                                           playback() ? "Playback" : "Capture", PW_KEY_MEDIA_ROLE, c.role.c_str(),
-                                           PW_KEY_NODE_NAME, node.c_str(), PW_KEY_NODE_DESCRIPTION, desc.c_str(),
-                                           PW_KEY_APP_NAME, "canopy-snd", PW_KEY_NODE_LATENCY, latency,
-                                           "canopy.vm", vm.c_str(), "canopy.stream", c.name.c_str(), nullptr);
+  pw_properties* props = pw_properties_new(
+      PW_KEY_MEDIA_TYPE, "Audio", PW_KEY_MEDIA_CATEGORY, playback() ? "Playback" : "Capture", PW_KEY_MEDIA_ROLE,
+      c.role.c_str(), PW_KEY_NODE_NAME, node.c_str(), PW_KEY_NODE_DESCRIPTION, desc.c_str(), PW_KEY_APP_NAME,
+      "canopy-snd", PW_KEY_NODE_LATENCY, latency, "canopy.vm", vm.c_str(), "canopy.stream", c.name.c_str(), nullptr);
   pw_properties_setf(props, "canopy.priority", "%u", c.policy.priority);
   if (host_.options().force_quantum) pw_properties_setf(props, PW_KEY_NODE_FORCE_QUANTUM, "%u", period_frames);
   if (!c.target.empty()) pw_properties_set(props, PW_KEY_TARGET_OBJECT, c.target.c_str());
@@ -250,10 +248,9 @@ Status PwStream::prepare(const PcmParams& p) {
   uint8_t buf[1024];
   spa_pod_builder b = SPA_POD_BUILDER_INIT(buf, sizeof buf);
   const spa_pod* params[1] = {spa_format_audio_raw_build(&b, SPA_PARAM_EnumFormat, &info)};
-  const int r = pw_stream_connect(stream_, playback() ? PW_DIRECTION_OUTPUT : PW_DIRECTION_INPUT, PW_ID_ANY,
-                                  pw_stream_flags(PW_STREAM_FLAG_AUTOCONNECT | PW_STREAM_FLAG_MAP_BUFFERS |
-                                                  PW_STREAM_FLAG_INACTIVE),
-                                  params, 1);
+  const int r = pw_stream_connect(
+      stream_, playback() ? PW_DIRECTION_OUTPUT : PW_DIRECTION_INPUT, PW_ID_ANY,
+      pw_stream_flags(PW_STREAM_FLAG_AUTOCONNECT | PW_STREAM_FLAG_MAP_BUFFERS | PW_STREAM_FLAG_INACTIVE), params, 1);
   if (r < 0) {
     destroy();
     return make_error(Errc::kIo, "pipewire: cannot connect the stream", -r);

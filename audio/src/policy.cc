@@ -183,8 +183,9 @@ std::string PolicyBoard::describe(uint64_t now_ns) const {
     if (owner == 0 || owner == 0xffffffffu) continue;
     char line[160];
     const uint64_t seen = s.refreshed_ns.load(std::memory_order_relaxed);
-    std::snprintf(line, sizeof line, "%s pid=%u priority=%u duck=%s%.1fdB ramp=%ums exclusive=%d active=%u age_ms=%llu\n",
-                  s.label, owner, s.priority, (s.flags & kFlagDuck) ? "" : "(off)", s.duck_mdb / 1000.0, s.ramp_ms,
+    std::snprintf(line, sizeof line,
+                  "%s pid=%u priority=%u duck=%s%.1fdB ramp=%ums exclusive=%d active=%u age_ms=%llu\n", s.label, owner,
+                  s.priority, (s.flags & kFlagDuck) ? "" : "(off)", s.duck_mdb / 1000.0, s.ramp_ms,
                   (s.flags & kFlagExclusive) ? 1 : 0, s.active.load(std::memory_order_relaxed),
                   (unsigned long long)(now_ns > seen ? (now_ns - seen) / 1000000 : 0));
     out += line;

@@ -47,10 +47,11 @@ uint32_t format_bytes(uint8_t format) {
 }
 
 const char* format_name(uint8_t format) {
-  static const char* const names[kFormatCount] = {
-      "IMA_ADPCM", "MU_LAW", "A_LAW", "S8",  "U8",  "S16",   "U16",     "S18_3",   "U18_3",
-      "S20_3",     "U20_3",  "S24_3", "U24_3", "S20", "U20", "S24",     "U24",     "S32",
-      "U32",       "FLOAT",  "FLOAT64", "DSD_U8", "DSD_U16", "DSD_U32", "IEC958_SUBFRAME"};
+  static const char* const names[kFormatCount] = {"IMA_ADPCM", "MU_LAW", "A_LAW",   "S8",      "U8",
+                                                  "S16",       "U16",    "S18_3",   "U18_3",   "S20_3",
+                                                  "U20_3",     "S24_3",  "U24_3",   "S20",     "U20",
+                                                  "S24",       "U24",    "S32",     "U32",     "FLOAT",
+                                                  "FLOAT64",   "DSD_U8", "DSD_U16", "DSD_U32", "IEC958_SUBFRAME"};
   return format < kFormatCount ? names[format] : "unknown";
 }
 
@@ -61,10 +62,10 @@ int rate_bit(uint32_t hz) {
 }
 
 namespace {
-const char* const kPosNames[kPosCount] = {"NONE", "NA",   "MONO", "FL",   "FR",   "RL",   "RR",   "FC",  "LFE", "SL",
-                                          "SR",   "RC",   "FLC",  "FRC",  "RLC",  "RRC",  "FLW",  "FRW", "FLH", "FCH",
-                                          "FRH",  "TC",   "TFL",  "TFR",  "TFC",  "TRL",  "TRR",  "TRC", "TFLC", "TFRC",
-                                          "TSL",  "TSR",  "LLFE", "RLFE", "BC",   "BLC",  "BRC"};
+const char* const kPosNames[kPosCount] = {"NONE", "NA",  "MONO", "FL",   "FR",  "RL",  "RR",  "FC",  "LFE",  "SL",
+                                          "SR",   "RC",  "FLC",  "FRC",  "RLC", "RRC", "FLW", "FRW", "FLH",  "FCH",
+                                          "FRH",  "TC",  "TFL",  "TFR",  "TFC", "TRL", "TRR", "TRC", "TFLC", "TFRC",
+                                          "TSL",  "TSR", "LLFE", "RLFE", "BC",  "BLC", "BRC"};
 }
 
 int position_from_name(const char* name) {

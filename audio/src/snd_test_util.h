@@ -95,7 +95,9 @@ struct Harness {
     return g;
   }
   template <typename T>
-  uint64_t put_obj(const T& v) { return put(&v, sizeof v); }
+  uint64_t put_obj(const T& v) {
+    return put(&v, sizeof v);
+  }
   std::vector<uint8_t> get(uint64_t gpa, size_t n) {
     std::vector<uint8_t> b(n);
     EXPECT_TRUE(mem.read(gpa, b.data(), n).ok());

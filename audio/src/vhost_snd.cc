@@ -17,10 +17,9 @@ Result<std::unique_ptr<VhostSnd>> VhostSnd::create(SndOptions options, std::uniq
   v->host_ = std::move(host);
   v->board_ = std::move(board);
   VhostSnd* self = v.get();
-  CANOPY_ASSIGN_OR_RETURN(v->dev_, SndDevice::create(std::move(options), v->host_.get(), v->board_.get(),
-                                                     [self](uint16_t q, uint16_t head, uint32_t used) {
-                                                       self->complete(q, head, used);
-                                                     }));
+  CANOPY_ASSIGN_OR_RETURN(
+      v->dev_, SndDevice::create(std::move(options), v->host_.get(), v->board_.get(),
+                                 [self](uint16_t q, uint16_t head, uint32_t used) { self->complete(q, head, used); }));
   return v;
 }
 
@@ -41,9 +40,7 @@ uint64_t VhostSnd::features() const {
          dev_->offered_features();
 }
 
-uint64_t VhostSnd::protocol_features() const {
-  return vu::proto_bit(vu::kProtoConfig) | vu::proto_bit(vu::kProtoMq);
-}
+uint64_t VhostSnd::protocol_features() const { return vu::proto_bit(vu::kProtoConfig) | vu::proto_bit(vu::kProtoMq); }
 
 Result<std::vector<uint8_t>> VhostSnd::read_config(uint32_t offset, uint32_t size) {
   const proto::Config c = dev_->config();
@@ -58,7 +55,8 @@ void VhostSnd::set_acked_features(uint64_t features) { dev_->set_acked_features(
 void VhostSnd::complete(uint16_t queue, uint16_t head, uint32_t used) {
   vu::QueueHandle* q = queue < queues_.size() ? queues_[queue] : nullptr;
   if (!q) return;
-  if (Status s = q->complete(head, used); !s.ok()) CANOPY_WARN_RL("snd: queue %u: completion lost: %s", queue, s.error().what);
+  if (Status s = q->complete(head, used); !s.ok())
+    CANOPY_WARN_RL("snd: queue %u: completion lost: %s", queue, s.error().what);
 }
 
 void VhostSnd::on_queue_started(vu::QueueHandle& q) {

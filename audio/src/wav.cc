@@ -14,19 +14,39 @@ void write_sample(uint8_t format, uint8_t* dst, double v) {
   using F = proto::Format;
   switch (F(format)) {
     case F::kU8: dst[0] = uint8_t(std::lround(v * 127.0) + 128); break;
-    case F::kS16: { const int16_t s = int16_t(std::lround(v * 32767.0)); std::memcpy(dst, &s, 2); break; }
-    case F::kS24: { const int32_t s = int32_t(std::lround(v * 8388607.0)); std::memcpy(dst, &s, 4); break; }
-    case F::kS32: { const int32_t s = int32_t(std::llround(v * 2147483647.0)); std::memcpy(dst, &s, 4); break; }
-    case F::kFloat: { const float s = float(v); std::memcpy(dst, &s, 4); break; }
+    case F::kS16: {
+      const int16_t s = int16_t(std::lround(v * 32767.0));
+      std::memcpy(dst, &s, 2);
+      break;
+    }
+    case F::kS24: {
+      const int32_t s = int32_t(std::lround(v * 8388607.0));
+      std::memcpy(dst, &s, 4);
+      break;
+    }
+    case F::kS32: {
+      const int32_t s = int32_t(std::llround(v * 2147483647.0));
+      std::memcpy(dst, &s, 4);
+      break;
+    }
+    case F::kFloat: {
+      const float s = float(v);
+      std::memcpy(dst, &s, 4);
+      break;
+    }
     default: break;
   }
 }
 
 namespace {
 void put16(uint8_t* p, uint16_t v) { p[0] = uint8_t(v), p[1] = uint8_t(v >> 8); }
-void put32(uint8_t* p, uint32_t v) { for (int i = 0; i < 4; ++i) p[i] = uint8_t(v >> (8 * i)); }
+void put32(uint8_t* p, uint32_t v) {
+  for (int i = 0; i < 4; ++i) p[i] = uint8_t(v >> (8 * i));
+}
 uint16_t get16(const uint8_t* p) { return uint16_t(p[0] | p[1] << 8); }
-uint32_t get32(const uint8_t* p) { return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24; }
+uint32_t get32(const uint8_t* p) {
+  return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24;
+}
 
 struct WavFormat {
   uint16_t tag = 1;  // 1 PCM, 3 IEEE float

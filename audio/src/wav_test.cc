@@ -11,7 +11,9 @@
 namespace canopy::audio {
 namespace {
 
-std::string temp_path(const char* name) { return std::string("/tmp/canopy-wav-test-") + std::to_string(getpid()) + name; }
+std::string temp_path(const char* name) {
+  return std::string("/tmp/canopy-wav-test-") + std::to_string(getpid()) + name;
+}
 
 void write_tone(const std::string& path, uint8_t fmt, double hz, double db, size_t lead, size_t len, size_t gap_at = 0,
                 size_t gap_len = 0) {
@@ -29,7 +31,8 @@ void write_tone(const std::string& path, uint8_t fmt, double hz, double db, size
 }
 
 TEST(Wav, AToneIsFoundWithItsOnsetLengthFrequencyAndLevelInEveryFormat) {
-  for (auto f : {proto::Format::kS16, proto::Format::kS24, proto::Format::kS32, proto::Format::kFloat, proto::Format::kU8}) {
+  for (auto f :
+       {proto::Format::kS16, proto::Format::kS24, proto::Format::kS32, proto::Format::kFloat, proto::Format::kU8}) {
     SCOPED_TRACE(proto::format_name(uint8_t(f)));
     const std::string p = temp_path("tone.wav");
     write_tone(p, uint8_t(f), 1000, -6, 4800, 48000);
@@ -119,10 +122,11 @@ TEST(StreamSpec, ParsesEveryKeyAndRoundTrips) {
   auto again = parse_stream_spec(stream_spec(*s));
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(stream_spec(*again), stream_spec(*s));
-  for (const char* bad : {"name=x", "dir=output", "name=x,dir=sideways", "name=x,dir=output,rates=44000",
-                          "name=x,dir=output,channels=0", "name=x,dir=output,channels=19", "name=x,dir=output,priority=101",
-                          "name=x,dir=output,duck-db=3", "name=x,dir=output,positions=FL", "name=x,dir=output,colour=red",
-                          "name=x y,dir=output", "name=x,dir=output,duck-others=1"})
+  for (const char* bad :
+       {"name=x", "dir=output", "name=x,dir=sideways", "name=x,dir=output,rates=44000", "name=x,dir=output,channels=0",
+        "name=x,dir=output,channels=19", "name=x,dir=output,priority=101", "name=x,dir=output,duck-db=3",
+        "name=x,dir=output,positions=FL", "name=x,dir=output,colour=red", "name=x y,dir=output",
+        "name=x,dir=output,duck-others=1"})
     EXPECT_FALSE(parse_stream_spec(bad).ok()) << bad;
   auto j = parse_jack_spec("name=hp,dir=output,device=headphone,connected=0");
   ASSERT_TRUE(j.ok());

@@ -146,6 +146,7 @@ Result<std::unique_ptr<vu::Device>> make_device(const std::vector<std::string>& 
 
 int main(int argc, char** argv) {
   vu::BackendProgram program{"canopy-snd", "sound", {}, kUsage};
-  program.valued_options = {"--stream", "--jack", "--host", "--wav-dir", "--capture-tone", "--vm", "--policy", "--stats"};
+  program.valued_options = {"--stream",       "--jack", "--host",   "--wav-dir",
+                            "--capture-tone", "--vm",   "--policy", "--stats"};
   return vu::backend_main(argc, argv, program, make_device);
 }

@@ -23,12 +23,13 @@ using namespace canopy::audio;
 namespace {
 
 int usage() {
-  std::fprintf(stderr,
-               "usage: canopy-snd-wav tone OUT.wav --hz H --ms MS [--rate R] [--channels C] [--level-db L]\n"
-               "                      [--lead-ms A] [--tail-ms B] [--format s16|s32|float]\n"
-               "       canopy-snd-wav analyze FILE [--channel C] [--threshold-db T]\n"
-               "       canopy-snd-wav level FILE --hz H --from-ms A --to-ms B [--channel C]\n"
-               "       canopy-snd-wav duck FILE --music-hz M --chime-hz C --expect-db D [--settle-ms S] [--channel C]\n");
+  std::fprintf(
+      stderr,
+      "usage: canopy-snd-wav tone OUT.wav --hz H --ms MS [--rate R] [--channels C] [--level-db L]\n"
+      "                      [--lead-ms A] [--tail-ms B] [--format s16|s32|float]\n"
+      "       canopy-snd-wav analyze FILE [--channel C] [--threshold-db T]\n"
+      "       canopy-snd-wav level FILE --hz H --from-ms A --to-ms B [--channel C]\n"
+      "       canopy-snd-wav duck FILE --music-hz M --chime-hz C --expect-db D [--settle-ms S] [--channel C]\n");
   return 2;
 }
 
@@ -71,7 +72,8 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "canopy-snd-wav: %s: %s\n", argv[2], w.error().what);
       return 1;
     }
-    const size_t lead_f = size_t(lead * rate / 1000), tone_f = size_t(ms * rate / 1000), tail_f = size_t(tail * rate / 1000);
+    const size_t lead_f = size_t(lead * rate / 1000), tone_f = size_t(ms * rate / 1000),
+                 tail_f = size_t(tail * rate / 1000);
     const double amp = std::pow(10.0, level / 20.0);
     const uint32_t sb = proto::format_bytes(fmt);
     std::vector<uint8_t> frame(size_t(sb) * ch);
@@ -89,9 +91,11 @@ int main(int argc, char** argv) {
   const double ms_per_frame = 1000.0 / a->rate;
   if (cmd == "analyze") {
     const ToneReport r = analyze_tone(*a, ch, num(o, "threshold-db", -40));
-    std::printf("found=%d onset_ms=%.2f duration_ms=%.2f hz=%.1f level_db=%.2f gaps=%zu longest_gap_ms=%.1f frames=%zu rate=%u\n",
-                r.found ? 1 : 0, r.onset * ms_per_frame, double(r.end - r.onset) * ms_per_frame, r.hz, r.level_db,
-                r.gaps, r.longest_gap * ms_per_frame, a->frames(), a->rate);
+    std::printf(
+        "found=%d onset_ms=%.2f duration_ms=%.2f hz=%.1f level_db=%.2f gaps=%zu longest_gap_ms=%.1f frames=%zu "
+        "rate=%u\n",
+        r.found ? 1 : 0, r.onset * ms_per_frame, double(r.end - r.onset) * ms_per_frame, r.hz, r.level_db, r.gaps,
+        r.longest_gap * ms_per_frame, a->frames(), a->rate);
     return 0;
   }
   if (cmd == "level") {
@@ -102,10 +106,11 @@ int main(int argc, char** argv) {
   if (cmd == "duck") {
     const DuckReport r = measure_ducking(*a, ch, num(o, "music-hz", 400), num(o, "chime-hz", 1000),
                                          num(o, "expect-db", -20), num(o, "settle-ms", 80));
-    std::printf("chime=%d onset_ms=%.1f chime_end_ms=%.1f before_db=%.2f during_db=%.2f after_db=%.2f ducked_by_db=%.2f "
-                "reached_ms=%.1f restored_ms=%.1f\n",
-                r.chime_found ? 1 : 0, r.onset_ms, r.chime_end_ms, r.before_db, r.during_db, r.after_db, r.ducked_by_db,
-                r.reached_ms, r.restored_ms);
+    std::printf(
+        "chime=%d onset_ms=%.1f chime_end_ms=%.1f before_db=%.2f during_db=%.2f after_db=%.2f ducked_by_db=%.2f "
+        "reached_ms=%.1f restored_ms=%.1f\n",
+        r.chime_found ? 1 : 0, r.onset_ms, r.chime_end_ms, r.before_db, r.during_db, r.after_db, r.ducked_by_db,
+        r.reached_ms, r.restored_ms);
     return 0;
   }
   return usage();

@@ -14,13 +14,13 @@
 //
 // Output: one line per measurement, "canopy-drm-bench: NAME key=value ...", for scripts to parse.
 // Usage: canopy-drm-bench [--card /dev/dri/card0] [--seconds 5] [--cursor-rounds 300]
+#include <drm_fourcc.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/mman.h>
 #include <unistd.h>
 #include <xf86drm.h>
 #include <xf86drmMode.h>
-#include <drm_fourcc.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -41,9 +41,7 @@ using Clock = std::chrono::steady_clock;
   std::exit(1);
 }
 
-double us_since(Clock::time_point t0) {
-  return std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
-}
+double us_since(Clock::time_point t0) { return std::chrono::duration<double, std::micro>(Clock::now() - t0).count(); }
 
 struct Stats {
   double median, p99, max;
@@ -145,8 +143,8 @@ int main(int argc, char** argv) {
     drmModeFreeEncoder(enc);
   }
   if (!crtc) die("no CRTC for the connector");
-  std::printf("canopy-drm-bench: setup connector=%u crtc=%u mode=%ux%u@%u\n", conn->connector_id, crtc,
-              mode.hdisplay, mode.vdisplay, mode.vrefresh);
+  std::printf("canopy-drm-bench: setup connector=%u crtc=%u mode=%ux%u@%u\n", conn->connector_id, crtc, mode.hdisplay,
+              mode.vdisplay, mode.vrefresh);
 
   // Two full-screen buffers to flip between.
   DumbBuffer fb[2];

@@ -3,8 +3,8 @@
 // frames against their buffers, caps), with compositions in virtual time between packets.
 // Input: a sequence of records [u16 length][u8 descriptors][length bytes of packet]; each record's
 // packet is sent with (descriptors % 10) memfds (64 KiB each) attached, or, for 9, a real timeline's
-// memfd and eventfd (TIMELINE), which the harness signals one step further every few packets. Invariants: no crash, no hang, and the
-// compositor keeps serving a fresh, well-behaved connection afterwards.
+// memfd and eventfd (TIMELINE), which the harness signals one step further every few packets. Invariants: no crash, no
+// hang, and the compositor keeps serving a fresh, well-behaved connection afterwards.
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>

@@ -59,7 +59,8 @@ Status check_buffer(std::span<const uint8_t> p, size_t nfds) {
   const uint32_t n = b.num_pieces, first = b.first_piece, total = b.total_pieces;
   if (b.id.get() == 0) return bad("channel: BUFFER id 0");
   if (n == 0 || n > kMaxPiecesPerPacket) return bad("channel: BUFFER piece count out of range (1..4096)");
-  if (p.size() != sizeof(BufferHdr) + size_t(n) * sizeof(Piece)) return bad("channel: BUFFER size does not match its piece count");
+  if (p.size() != sizeof(BufferHdr) + size_t(n) * sizeof(Piece))
+    return bad("channel: BUFFER size does not match its piece count");
   if (total == 0 || total > kMaxPiecesPerBuffer) return bad("channel: BUFFER total pieces out of range (1..65536)");
   if (uint64_t(first) + n > total) return bad("channel: BUFFER pieces past the buffer's total");
   if (nfds == 0) return bad("channel: BUFFER without descriptors");
@@ -79,7 +80,8 @@ Status check_frame(std::span<const uint8_t> p) {
   const FrameMsg f = read_at<FrameMsg>(p, 0);
   const uint32_t nd = f.num_damage;
   if (nd > kMaxDamage) return bad("channel: FRAME with more than 16 damage rectangles");
-  if (p.size() != sizeof(FrameMsg) + size_t(nd) * sizeof(WireRect)) return bad("channel: FRAME size does not match its damage count");
+  if (p.size() != sizeof(FrameMsg) + size_t(nd) * sizeof(WireRect))
+    return bad("channel: FRAME size does not match its damage count");
   if (f.scanout.get() >= kMaxScanouts) return bad("channel: FRAME scanout out of range");
   if (f.buffer_id.get() == 0) return bad("channel: FRAME buffer id 0");
   const uint32_t w = f.width, h = f.height;
@@ -165,7 +167,8 @@ Result<Message> parse(std::span<const uint8_t> packet, std::vector<UniqueFd> fds
     case Type::kScanout: {
       CANOPY_TRY(exact(sizeof(ScanoutMsg)));
       const auto s = read_at<ScanoutMsg>(p, 0);
-      if (s.scanout.get() >= kMaxScanouts || s.enabled.get() > 1) return bad("channel: SCANOUT scanout or flag out of range");
+      if (s.scanout.get() >= kMaxScanouts || s.enabled.get() > 1)
+        return bad("channel: SCANOUT scanout or flag out of range");
       const uint32_t w = s.width, hh = s.height;
       if (s.enabled.get() ? (w == 0 || hh == 0 || w > kMaxDimension || hh > kMaxDimension) : (w != 0 || hh != 0))
         return bad("channel: SCANOUT size out of range (0x0 when disabled)");
@@ -241,7 +244,8 @@ std::vector<uint8_t> encode_frame(const FrameMsg& f, std::span<const WireRect> d
   return encode(Type::kFrame, body);
 }
 
-Result<std::vector<BufferPacket>> encode_buffer(uint32_t id, std::span<const PieceRef> pieces, std::span<const int> fds) {
+Result<std::vector<BufferPacket>> encode_buffer(uint32_t id, std::span<const PieceRef> pieces,
+                                                std::span<const int> fds) {
   if (id == 0 || pieces.empty() || pieces.size() > kMaxPiecesPerBuffer)
     return make_error(Errc::kInvalidArgument, "channel: buffer id 0 or piece count out of range");
   std::vector<BufferPacket> out;

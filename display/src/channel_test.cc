@@ -127,16 +127,20 @@ TEST(Channel, RefusesBadPacketsWithAReason) {
   EXPECT_EQ(why(encode_frame(f, {})), "channel: FRAME with unknown flags");
   f = frame();
   f.flags = kFrameAcquire;
-  EXPECT_EQ(why(encode_frame(f, {})), "channel: FRAME acquire point without the acquire flag, or the flag with point 0");
+  EXPECT_EQ(why(encode_frame(f, {})),
+            "channel: FRAME acquire point without the acquire flag, or the flag with point 0");
   f.flags = 0;
   f.acquire_point = 7;
-  EXPECT_EQ(why(encode_frame(f, {})), "channel: FRAME acquire point without the acquire flag, or the flag with point 0");
+  EXPECT_EQ(why(encode_frame(f, {})),
+            "channel: FRAME acquire point without the acquire flag, or the flag with point 0");
   TimelineMsg tl{};
   tl.num_fds = 2;
   EXPECT_EQ(why(encode(Type::kTimeline, tl), 2), "");
-  EXPECT_EQ(why(encode(Type::kTimeline, tl), 3), "channel: TIMELINE needs a memfd, an eventfd and optionally a pidfd, as counted");
+  EXPECT_EQ(why(encode(Type::kTimeline, tl), 3),
+            "channel: TIMELINE needs a memfd, an eventfd and optionally a pidfd, as counted");
   tl.num_fds = 1;
-  EXPECT_EQ(why(encode(Type::kTimeline, tl), 1), "channel: TIMELINE needs a memfd, an eventfd and optionally a pidfd, as counted");
+  EXPECT_EQ(why(encode(Type::kTimeline, tl), 1),
+            "channel: TIMELINE needs a memfd, an eventfd and optionally a pidfd, as counted");
   tl.num_fds = 2;
   tl.scanout = 16;
   EXPECT_EQ(why(encode(Type::kTimeline, tl), 2), "channel: TIMELINE scanout out of range");

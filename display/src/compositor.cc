@@ -88,9 +88,7 @@ struct MappedBuffer {
     if (forget && map.data()) forget(map.data());
   }
   // The whole pages the mapping covers (the last piece's final page is mapped whole).
-  Mapping mapping() const {
-    return Mapping{map.data(), (map.size() + ch::kPageSize - 1) & ~size_t(ch::kPageSize - 1)};
-  }
+  Mapping mapping() const { return Mapping{map.data(), (map.size() + ch::kPageSize - 1) & ~size_t(ch::kPageSize - 1)}; }
 };
 
 struct Compositor::Impl {
@@ -118,7 +116,7 @@ struct Compositor::Impl {
   };
   struct Conn {
     UniqueFd sock;
-    std::map<uint32_t, Cursor> cursors;  // by scanout
+    std::map<uint32_t, Cursor> cursors;             // by scanout
     std::map<uint32_t, ScanoutTimeline> timelines;  // by scanout
     bool hello = false;
     uint32_t num_scanouts = 0;
@@ -143,8 +141,8 @@ struct Compositor::Impl {
     std::unique_ptr<OutputSink> sink;
     std::vector<FallbackImage> fallback;  // per layer, the size of its rectangle
     std::vector<LayerSpec> fallback_spec;
-    uint64_t on_planes = 0;                    // compositions the sink showed on hardware planes
-    bool canvas_stale = false;                 // the last one was on planes: the canvas is older
+    uint64_t on_planes = 0;     // compositions the sink showed on hardware planes
+    bool canvas_stale = false;  // the last one was on planes: the canvas is older
     std::optional<OutputScheduler::Plan> last_plan;
   };
   struct TraceEvent {
@@ -285,9 +283,10 @@ struct Compositor::Impl {
     if (!st->lost && st->tl.producer_state() == buffers::ProducerState::kLost) {
       st->lost = true;
       auto c = conns.find(conn_id);
-      CANOPY_WARN("canopy-display: %s: scanout %u: the producer of its timeline is gone; %zu frame(s) will "
-                  "not complete",
-                  c != conns.end() ? c->second.stats.vm.c_str() : "?", scanout, st->waiting.size());
+      CANOPY_WARN(
+          "canopy-display: %s: scanout %u: the producer of its timeline is gone; %zu frame(s) will "
+          "not complete",
+          c != conns.end() ? c->second.stats.vm.c_str() : "?", scanout, st->waiting.size());
     }
   }
 
@@ -302,7 +301,8 @@ struct Compositor::Impl {
 
   Status on_timeline(uint64_t conn_id, Conn& c, ch::Message& m) {
     const uint32_t scanout = m.fixed<ch::TimelineMsg>().scanout.get();
-    if (scanout >= c.num_scanouts) return make_error(Errc::kProtocol, "TIMELINE for a scanout the device does not have");
+    if (scanout >= c.num_scanouts)
+      return make_error(Errc::kProtocol, "TIMELINE for a scanout the device does not have");
     if (c.timelines.count(scanout)) return make_error(Errc::kProtocol, "a second TIMELINE for a scanout");
     buffers::TimelineFds fds;
     fds.memfd = std::move(m.fds[0]);
@@ -411,9 +411,10 @@ struct Compositor::Impl {
       // The piece must lie inside its file, and the file must not be able to shrink under the mapping
       // (a read past its end would raise SIGBUS): memfds sealed with F_SEAL_SHRINK only.
       const int fd = p.fds[fd_base + pc.fd_index.get()].get();
-      struct stat sb {};
+      struct stat sb{};
       const int seals = ::fcntl(fd, F_GET_SEALS);
-      if (seals < 0 || !(seals & F_SEAL_SHRINK)) return make_error(Errc::kProtocol, "BUFFER file is not sealed against shrinking");
+      if (seals < 0 || !(seals & F_SEAL_SHRINK))
+        return make_error(Errc::kProtocol, "BUFFER file is not sealed against shrinking");
       if (::fstat(fd, &sb) != 0 || pc.offset.get() > uint64_t(sb.st_size) ||
           len > ((uint64_t(sb.st_size) + ch::kPageSize - 1) & ~(ch::kPageSize - 1)) - pc.offset.get())
         return make_error(Errc::kProtocol, "BUFFER piece outside its file");
@@ -451,7 +452,8 @@ struct Compositor::Impl {
 
   Status on_cursor(Conn& c, const ch::Message& m) {
     const auto cm = m.fixed<ch::CursorMsg>();
-    if (cm.scanout.get() >= c.num_scanouts) return make_error(Errc::kProtocol, "CURSOR for a scanout the device does not have");
+    if (cm.scanout.get() >= c.num_scanouts)
+      return make_error(Errc::kProtocol, "CURSOR for a scanout the device does not have");
     Cursor& cur = c.cursors[cm.scanout.get()];
     if (const uint32_t id = cm.buffer_id.get()) {
       auto b = c.buffers.find(id);
@@ -469,7 +471,6 @@ struct Compositor::Impl {
     return {};
   }
 
-
   Status on_frame(uint64_t conn_id, Conn& c, const ch::Message& m) {
     const auto f = m.fixed<ch::FrameMsg>();
     const uint32_t scanout = f.scanout.get();
@@ -481,7 +482,8 @@ struct Compositor::Impl {
     ScanoutTimeline* st = nullptr;
     if (acquire) {
       auto t = c.timelines.find(f.scanout.get());
-      if (t == c.timelines.end()) return make_error(Errc::kProtocol, "FRAME with an acquire point on a scanout without TIMELINE");
+      if (t == c.timelines.end())
+        return make_error(Errc::kProtocol, "FRAME with an acquire point on a scanout without TIMELINE");
       st = &t->second;
       ++c.stats.fenced_frames;
     }
@@ -492,7 +494,7 @@ struct Compositor::Impl {
     auto refuse = [&](const char* why) -> Status {
       ++c.stats.frames_refused;
       CANOPY_WARN_RL("canopy-display: %s: frame %llu of scanout %u refused: %s", c.stats.vm.c_str(),
-                              (unsigned long long)seq, scanout, why);
+                     (unsigned long long)seq, scanout, why);
       hand_back();
       return {};
     };
@@ -528,8 +530,8 @@ struct Compositor::Impl {
     r.acquire = acquire;
     r.targets = targets;
     r.buf = bit->second;
-    r.image = Image{reinterpret_cast<const uint8_t*>(r.buf->map.data()) + f.offset.get(), w, h, stride, fmt,
-                    r.buf->mapping()};
+    r.image = Image{
+        reinterpret_cast<const uint8_t*>(r.buf->map.data()) + f.offset.get(), w, h, stride, fmt, r.buf->mapping()};
     r.refs = int(targets.size());
     const TimePoint now = clock.now();
     trace_event("frame", now, now, 100, seq);
@@ -538,8 +540,8 @@ struct Compositor::Impl {
     std::optional<TimePoint> presented;
     // (Compared as unsigned nanoseconds: any 64-bit value may come from the device.)
     const int64_t now_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()).count();
-    if (const uint64_t pns = f.present_ns.get(); pns && now_ns > 0 && pns <= uint64_t(now_ns) &&
-                                                 uint64_t(now_ns) - pns < 10'000'000'000ull)
+    if (const uint64_t pns = f.present_ns.get();
+        pns && now_ns > 0 && pns <= uint64_t(now_ns) && uint64_t(now_ns) - pns < 10'000'000'000ull)
       presented = TimePoint{std::chrono::nanoseconds(int64_t(pns))};
     // Frames without an acquire point (2D and blob scanouts) are complete when they arrive.
     bool signalled = true;
@@ -651,7 +653,8 @@ struct Compositor::Impl {
     if (!f) return make_error(Errc::kIo, "trace: cannot write the file", errno);
     std::fprintf(f, "{\"traceEvents\":[\n");
     for (size_t i = 0; i < outputs.size(); ++i)
-      std::fprintf(f, "{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":1,\"tid\":%zu,\"args\":{\"name\":\"output %s\"}},\n",
+      std::fprintf(f,
+                   "{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":1,\"tid\":%zu,\"args\":{\"name\":\"output %s\"}},\n",
                    i, layout.outputs[i].name.c_str());
     std::fprintf(f, "{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":1,\"tid\":100,\"args\":{\"name\":\"frames in\"}}");
     for (const auto& e : trace)
@@ -700,12 +703,13 @@ struct Compositor::Impl {
     for (const auto& [id, c] : conns) {
       if (!c.hello) continue;
       std::snprintf(line, sizeof line,
-                    "vm %s connected=%d frames=%llu refused=%llu blob_frames=%llu fenced_frames=%llu bytes_copied=%llu buffers=%zu "
+                    "vm %s connected=%d frames=%llu refused=%llu blob_frames=%llu fenced_frames=%llu bytes_copied=%llu "
+                    "buffers=%zu "
                     "mapped_bytes=%llu\n",
                     c.stats.vm.c_str(), c.stats.connected ? 1 : 0, (unsigned long long)c.stats.frames,
                     (unsigned long long)c.stats.frames_refused, (unsigned long long)c.stats.blob_frames,
-                    (unsigned long long)c.stats.fenced_frames,
-                    (unsigned long long)c.stats.bytes_copied, c.stats.buffers, (unsigned long long)c.stats.mapped_bytes);
+                    (unsigned long long)c.stats.fenced_frames, (unsigned long long)c.stats.bytes_copied,
+                    c.stats.buffers, (unsigned long long)c.stats.mapped_bytes);
       s += line;
     }
     return s;
@@ -765,20 +769,23 @@ struct Compositor::Impl {
     if (!spec) return;
     specs.push_back(*spec);
     const auto* px = reinterpret_cast<const uint8_t*>(k.image->map.data());
-    draws.push_back({&specs.back(), Image{px, kCursorSize, kCursorSize, kCursorSize * 4, Format::kARGB8888, k.image->mapping()}});
+    draws.push_back(
+        {&specs.back(), Image{px, kCursorSize, kCursorSize, kCursorSize * 4, Format::kARGB8888, k.image->mapping()}});
     sources.push_back({k.image, 0});
   }
 
   // The draws as hardware-plane layers, when every one is a buffer of its VM and the picture needs no
   // background of the compositor's (black, or an opaque bottom layer covering the output).
-  std::vector<PlaneLayer> plane_layers(size_t oi, const std::vector<LayerDraw>& draws, const std::vector<Source>& sources) {
+  std::vector<PlaneLayer> plane_layers(size_t oi, const std::vector<LayerDraw>& draws,
+                                       const std::vector<Source>& sources) {
     std::vector<PlaneLayer> out;
     if (draws.empty()) return out;
     const OutputSpec& spec = layout.outputs[oi];
     const LayerDraw& bottom = draws.front();
     const bool opaque_format = bottom.image.format == Format::kXRGB8888 || bottom.image.format == Format::kXBGR8888 ||
                                bottom.image.format == Format::kRGB565;
-    const bool covered = opaque_format && bottom.layer->alpha >= 1.0 && bottom.layer->dst.x <= 0 && bottom.layer->dst.y <= 0 &&
+    const bool covered = opaque_format && bottom.layer->alpha >= 1.0 && bottom.layer->dst.x <= 0 &&
+                         bottom.layer->dst.y <= 0 &&
                          int64_t(bottom.layer->dst.x) + bottom.layer->dst.width >= int64_t(spec.width) &&
                          int64_t(bottom.layer->dst.y) + bottom.layer->dst.height >= int64_t(spec.height);
     if ((opt.background & 0xffffff) != 0 && !covered) return out;
@@ -897,7 +904,8 @@ struct Compositor::Impl {
 // ---- Compositor -----------------------------------------------------------------------------------
 
 Result<std::unique_ptr<Compositor>> Compositor::create(Layout layout, CompositorOptions options, const Clock& clock) {
-  if (layout.outputs.empty()) return make_error(Errc::kInvalidArgument, "canopy-display: the manifest has no [[display]]");
+  if (layout.outputs.empty())
+    return make_error(Errc::kInvalidArgument, "canopy-display: the manifest has no [[display]]");
   auto impl = std::make_unique<Impl>(std::move(layout), std::move(options), clock);
   Impl& m = *impl;
   m.epoch = clock.now();

@@ -236,7 +236,9 @@ TEST_P(CompositorTest, FramesFromTwoVmsAreComposedAndReplacedFramesReleased) {
 TEST_P(CompositorTest, LatencyStartsAtTheGuestPresentTheDeviceReports) {
   FakeDevice cluster(sock(), "cluster");
   const uint32_t b = cluster.buffer(64, 32, 0x010203);
-  auto ns = [](TimePoint t) { return uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count()); };
+  auto ns = [](TimePoint t) {
+    return uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count());
+  };
   clock.set(comp->next_latch() - milliseconds(3));
   cluster.frame(b, 64, 32, 0, 0, 0, ns(clock.now() - milliseconds(4)));  // 4 ms before it arrived
   pump();
@@ -433,7 +435,7 @@ TEST_P(MixedCriticality, IviThatFloodsIsBoundedAndNeverDelaysTheCluster) {
     ivi.releases();  // as canopy-gpu does: its loop takes RELEASEs as they come
   });
   const auto& l = comp->output_stats(0).layers[1];
-  EXPECT_EQ(l.new_frames, uint64_t(kFrames));   // one shown per refresh
+  EXPECT_EQ(l.new_frames, uint64_t(kFrames));                  // one shown per refresh
   EXPECT_EQ(l.dropped, uint64_t(kFrames * 10 + 1 - kFrames));  // the rest released unshown
 }
 

@@ -67,8 +67,8 @@ TEST(Layout, DstToSrcCornersForEachRotation) {
   const Rect src{10, 20, 200, 100};
   struct Case {
     Rotation r;
-    uint32_t w, h;                   // dst size (rotated 90/270 swaps the source's sides)
-    double tl[2], tr[2], bl[2];      // source points at dst's top-left, top-right, bottom-left corners
+    uint32_t w, h;               // dst size (rotated 90/270 swaps the source's sides)
+    double tl[2], tr[2], bl[2];  // source points at dst's top-left, top-right, bottom-left corners
   } cases[] = {
       {Rotation::k0, 100, 50, {10, 20}, {210, 20}, {10, 120}},
       {Rotation::k90, 50, 100, {10, 120}, {10, 20}, {210, 120}},

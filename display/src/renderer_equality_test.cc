@@ -28,11 +28,11 @@ std::unique_ptr<Renderer> vulkan_or_skip() {
   return std::move(*v);
 }
 
-#define VULKAN_OR_SKIP(var)                                                                 \
-  auto var = vulkan_or_skip();                                                              \
-  if (!var) {                                                                               \
-    if (std::getenv("CANOPY_NO_SKIP")) FAIL() << "no Vulkan renderer on this machine";     \
-    GTEST_SKIP() << "no Vulkan renderer on this machine";                                   \
+#define VULKAN_OR_SKIP(var)                                                            \
+  auto var = vulkan_or_skip();                                                         \
+  if (!var) {                                                                          \
+    if (std::getenv("CANOPY_NO_SKIP")) FAIL() << "no Vulkan renderer on this machine"; \
+    GTEST_SKIP() << "no Vulkan renderer on this machine";                              \
   }
 
 // Whole pages of a memfd, mapped: what the compositor's buffer views and canvases are.
@@ -222,7 +222,7 @@ TEST(RendererEquality, EveryFormatRotationScaleAndAlphaMatchesPixman) {
 TEST(RendererEquality, DemoOutputsMatchPixman) {
   VULKAN_OR_SKIP(vk);
   const Case cluster{"cluster", 1920, 720, Format::kXRGB8888, {}, {0, 0, 1920, 720}, Rotation::k0, 1.0};
-  const Case inset{"inset", 1920, 1080, Format::kXRGB8888, {300, 370, 680, 600}, {790, 390, 340, 300},
+  const Case inset{"inset",      1920, 1080, Format::kXRGB8888, {300, 370, 680, 600}, {790, 390, 340, 300},
                    Rotation::k0, 0.9};
   const Case center{"center", 1920, 1080, Format::kXRGB8888, {}, {0, 0, 1920, 1080}, Rotation::k0, 1.0};
   expect_same(*vk, {cluster, inset}, 1920, 720, true, 100);

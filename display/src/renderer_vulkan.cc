@@ -14,6 +14,7 @@
 // truncated like pixman_double_to_fixed, the first sample point rounded like pixman_transform_point),
 // 7-bit bilinear weights, pad at the frame's edges, the layer alpha as an 8-bit solid mask and OVER
 // with pixman's rounded 8-bit multiplies.
+#include <unistd.h>
 #include <vulkan/vulkan.h>
 
 #include <algorithm>
@@ -22,7 +23,6 @@
 #include <cstring>
 #include <string>
 #include <vector>
-#include <unistd.h>
 
 #include "canopy/base/log.h"
 #include "canopy/display/renderer.h"
@@ -35,7 +35,7 @@ constexpr uint32_t kSpirv[] = {
 };
 
 constexpr uint64_t kWaitNs = 5'000'000'000;  // a composition that takes longer means a hung device
-constexpr uint32_t kMaxLayers = 64;           // descriptor sets per composition
+constexpr uint32_t kMaxLayers = 64;          // descriptor sets per composition
 constexpr size_t kMaxImports = 512;
 constexpr VkDeviceSize kStagingAlign = 256;
 
@@ -63,9 +63,9 @@ Status vk_error(VkResult r, const char* what) {
   return make_error(r == VK_ERROR_DEVICE_LOST ? Errc::kState : Errc::kIo, what);
 }
 
-#define VK_TRY(call, what)                          \
-  do {                                              \
-    const VkResult vk_try_r = (call);               \
+#define VK_TRY(call, what)                                       \
+  do {                                                           \
+    const VkResult vk_try_r = (call);                            \
     if (vk_try_r != VK_SUCCESS) return vk_error(vk_try_r, what); \
   } while (0)
 
@@ -339,7 +339,8 @@ class VulkanRenderer final : public Renderer {
       p.exact_origin[1] = int32_t(off_y + int64_t(m.f));
     } else {
       p.mode = 1;
-      const int64_t mx[2][3] = {{to_fixed(m.a), to_fixed(m.b), to_fixed(m.e)}, {to_fixed(m.c), to_fixed(m.d), to_fixed(m.f)}};
+      const int64_t mx[2][3] = {{to_fixed(m.a), to_fixed(m.b), to_fixed(m.e)},
+                                {to_fixed(m.c), to_fixed(m.d), to_fixed(m.f)}};
       // The first sample point, (off + 1/2) through the matrix, rounded as pixman_transform_point does.
       const int64_t v[3] = {off_x * 65536 + 32768, off_y * 65536 + 32768, 65536};
       for (int i = 0; i < 2; ++i) {
@@ -446,8 +447,8 @@ class VulkanRenderer final : public Renderer {
     VK_TRY(vkCreateBuffer(dev_, &bci, nullptr, &b.buf), "create staging buffer");
     VkMemoryRequirements req;
     vkGetBufferMemoryRequirements(dev_, b.buf, &req);
-    const uint32_t type = memory_type(req.memoryTypeBits,
-                                      VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT | VK_MEMORY_PROPERTY_HOST_COHERENT_BIT);
+    const uint32_t type =
+        memory_type(req.memoryTypeBits, VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT | VK_MEMORY_PROPERTY_HOST_COHERENT_BIT);
     if (type == ~0u) {
       destroy(b);
       return make_error(Errc::kUnsupported, "vulkan: no host-visible coherent memory");
@@ -535,10 +536,12 @@ class VulkanRenderer final : public Renderer {
       }
     }
     if (!phys_)
-      return make_error(Errc::kUnsupported,
-                        "vulkan: no device with Vulkan 1.2, timeline semaphores, VK_EXT_external_memory_host and compute");
+      return make_error(
+          Errc::kUnsupported,
+          "vulkan: no device with Vulkan 1.2, timeline semaphores, VK_EXT_external_memory_host and compute");
     vkGetPhysicalDeviceMemoryProperties(phys_, &mem_props_);
-    VkPhysicalDeviceExternalMemoryHostPropertiesEXT hp{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_EXTERNAL_MEMORY_HOST_PROPERTIES_EXT};
+    VkPhysicalDeviceExternalMemoryHostPropertiesEXT hp{
+        VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_EXTERNAL_MEMORY_HOST_PROPERTIES_EXT};
     VkPhysicalDeviceProperties2 p2{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2};
     p2.pNext = &hp;
     vkGetPhysicalDeviceProperties2(phys_, &p2);

@@ -1,6 +1,6 @@
-#include <SDL2/SDL.h>
-
 #include "canopy/display/sink.h"
+
+#include <SDL2/SDL.h>
 
 namespace canopy::display {
 

@@ -5,8 +5,8 @@
 // can drive it, in the mode of the output's size (else the connector's preferred mode). Composed
 // canvases go to two dumb buffers in turn, shown by one libliftoff layer, which libliftoff puts on a
 // plane the CRTC can scan out (the primary, here). (Not libliftoff's "composition layer": that one is
-// only placed when other layers need composing, and the canvas is all there is to show.) The first commit sets the mode (ALLOW_MODESET,
-// blocking); later ones are non-blocking page flips with a flip event. present() never writes a buffer
+// only placed when other layers need composing, and the canvas is all there is to show.) The first commit sets the mode
+// (ALLOW_MODESET, blocking); later ones are non-blocking page flips with a flip event. present() never writes a buffer
 // the display still scans out: while a flip is pending it waits for its event for at most one refresh
 // period and otherwise skips that composition (counted).
 //
@@ -30,8 +30,8 @@ extern "C" {  // libliftoff 0.3's header has no C++ guards
 }
 
 #include <algorithm>
-#include <cmath>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -51,7 +51,7 @@ struct KmsCard {
   std::string path;
   std::vector<uint32_t> connectors;  // connected, by id
   size_t next_connector = 0;
-  uint32_t crtcs_used = 0;            // bit i: resources->crtcs[i]
+  uint32_t crtcs_used = 0;             // bit i: resources->crtcs[i]
   std::vector<uint32_t> planes_taken;  // planes already given to an output's libliftoff device
   // Page flips per CRTC, updated from the shared descriptor's events whichever output reads them.
   struct Flips {
@@ -105,10 +105,11 @@ class KmsSink final : public OutputSink {
     }
     if (mode_blob_) drmModeDestroyPropertyBlob(fd, mode_blob_);
     if (crtc_bit_) card_->crtcs_used &= ~crtc_bit_;
-    CANOPY_INFO("kms: output %s: %llu commits, %llu flips completed, %llu compositions skipped while a flip was pending; "
-                "%llu on planes, %llu refused planes",
-                name_.c_str(), (unsigned long long)commits_, (unsigned long long)flips_.completed,
-                (unsigned long long)skipped_, (unsigned long long)on_planes_, (unsigned long long)planes_refused_);
+    CANOPY_INFO(
+        "kms: output %s: %llu commits, %llu flips completed, %llu compositions skipped while a flip was pending; "
+        "%llu on planes, %llu refused planes",
+        name_.c_str(), (unsigned long long)commits_, (unsigned long long)flips_.completed, (unsigned long long)skipped_,
+        (unsigned long long)on_planes_, (unsigned long long)planes_refused_);
   }
 
   bool offers_planes() const override { return true; }
@@ -152,13 +153,15 @@ class KmsSink final : public OutputSink {
       liftoff_layer_set_property(l, "SRC_W", uint64_t(src.width) << 16);
       liftoff_layer_set_property(l, "SRC_H", uint64_t(src.height) << 16);
       // Only what differs from a plane's defaults, so planes without these properties still qualify.
-      if (spec.alpha < 1.0) liftoff_layer_set_property(l, "alpha", uint64_t(std::lround(std::clamp(spec.alpha, 0.0, 1.0) * 0xffff)));
+      if (spec.alpha < 1.0)
+        liftoff_layer_set_property(l, "alpha", uint64_t(std::lround(std::clamp(spec.alpha, 0.0, 1.0) * 0xffff)));
       else liftoff_layer_unset_property(l, "alpha");
       // KMS rotates counter-clockwise, the layout clockwise.
       if (spec.rotation != Rotation::k0)
-        liftoff_layer_set_property(l, "rotation", spec.rotation == Rotation::k90    ? DRM_MODE_ROTATE_270
-                                                  : spec.rotation == Rotation::k180 ? DRM_MODE_ROTATE_180
-                                                                                    : DRM_MODE_ROTATE_90);
+        liftoff_layer_set_property(l, "rotation",
+                                   spec.rotation == Rotation::k90    ? DRM_MODE_ROTATE_270
+                                   : spec.rotation == Rotation::k180 ? DRM_MODE_ROTATE_180
+                                                                     : DRM_MODE_ROTATE_90);
       else liftoff_layer_unset_property(l, "rotation");
     }
     liftoff_layer_set_property(layer_, "FB_ID", 0);  // the canvas is not shown
@@ -329,8 +332,8 @@ class KmsSink final : public OutputSink {
   // The framebuffer over a layer's own memory; 0 when the device cannot scan it out.
   uint32_t framebuffer(const PlaneLayer& l) {
     const auto* base = static_cast<const uint8_t*>(l.buffer_base);
-    const FbKey key{l.buffer_base, uint64_t(l.image.data - base), l.image.width, l.image.height, l.image.stride,
-                    uint32_t(l.image.format)};
+    const FbKey key{l.buffer_base,  uint64_t(l.image.data - base), l.image.width, l.image.height,
+                    l.image.stride, uint32_t(l.image.format)};
     if (auto it = fbs_.find(key); it != fbs_.end()) return it->second.fb;
     Fb& f = fbs_[key];
     auto dmabuf = buffers::make_udmabuf(l.pieces);
@@ -345,8 +348,8 @@ class KmsSink final : public OutputSink {
       return 0;
     }
     const uint32_t handles[4] = {f.handle}, pitches[4] = {l.image.stride}, offsets[4] = {uint32_t(key.offset)};
-    if (key.offset > UINT32_MAX ||
-        drmModeAddFB2(card_->fd.get(), l.image.width, l.image.height, key.fourcc, handles, pitches, offsets, &f.fb, 0) != 0) {
+    if (key.offset > UINT32_MAX || drmModeAddFB2(card_->fd.get(), l.image.width, l.image.height, key.fourcc, handles,
+                                                 pitches, offsets, &f.fb, 0) != 0) {
       f.fb = 0;
       CANOPY_WARN_RL("kms: output %s: no framebuffer over a frame's memory: %s; composing instead", name_.c_str(),
                      std::strerror(errno));
@@ -388,8 +391,9 @@ class KmsSink final : public OutputSink {
     for (uint32_t i = 0; i < pr->count_planes; ++i) {
       const uint32_t id = pr->planes[i];
       drmModePlane* p = drmModeGetPlane(fd, id);
-      const bool ours = p && (p->possible_crtcs & crtc_bit_) &&
-                        std::find(card_->planes_taken.begin(), card_->planes_taken.end(), id) == card_->planes_taken.end();
+      const bool ours =
+          p && (p->possible_crtcs & crtc_bit_) &&
+          std::find(card_->planes_taken.begin(), card_->planes_taken.end(), id) == card_->planes_taken.end();
       drmModeFreePlane(p);
       if (!ours || !liftoff_plane_create(lo_, id)) continue;
       card_->planes_taken.push_back(id);
@@ -407,12 +411,14 @@ class KmsSink final : public OutputSink {
     cd.width = mode_.hdisplay;
     cd.height = mode_.vdisplay;
     cd.bpp = 32;
-    if (drmIoctl(fd, DRM_IOCTL_MODE_CREATE_DUMB, &cd) != 0) return make_error(Errc::kIo, "kms: create dumb buffer", errno);
+    if (drmIoctl(fd, DRM_IOCTL_MODE_CREATE_DUMB, &cd) != 0)
+      return make_error(Errc::kIo, "kms: create dumb buffer", errno);
     b.handle = cd.handle;
     b.pitch = cd.pitch;
     b.size = cd.size;
     const uint32_t handles[4] = {b.handle}, pitches[4] = {b.pitch}, offsets[4] = {0};
-    if (drmModeAddFB2(fd, mode_.hdisplay, mode_.vdisplay, uint32_t(buffers::Format::kXRGB8888), handles, pitches, offsets, &b.fb, 0) != 0)
+    if (drmModeAddFB2(fd, mode_.hdisplay, mode_.vdisplay, uint32_t(buffers::Format::kXRGB8888), handles, pitches,
+                      offsets, &b.fb, 0) != 0)
       return make_error(Errc::kIo, "kms: add framebuffer", errno);
     drm_mode_map_dumb md{};
     md.handle = b.handle;
@@ -458,7 +464,7 @@ class KmsSink final : public OutputSink {
   liftoff_device* lo_ = nullptr;
   size_t planes_ = 0;
   liftoff_output* out_ = nullptr;
-  liftoff_layer* layer_ = nullptr;     // the canvas
+  liftoff_layer* layer_ = nullptr;         // the canvas
   std::vector<liftoff_layer*> vm_layers_;  // frames on planes (FB_ID 0: unused)
   std::map<FbKey, Fb> fbs_;
   std::vector<std::shared_ptr<void>> holds_[2];  // on screen, and in the last commit

@@ -102,8 +102,7 @@ void progress(const Compositor& c, double seconds) {
     uint64_t fb = 0;
     for (const auto& l : st.layers) fb += l.fallback ? 1 : 0;
     std::snprintf(part, sizeof part, " | %s: %llu frames, %llu missed%s", c.layout().outputs[i].name.c_str(),
-                  (unsigned long long)st.compositions, (unsigned long long)st.missed_deadlines,
-                  fb ? ", FALLBACK" : "");
+                  (unsigned long long)st.compositions, (unsigned long long)st.missed_deadlines, fb ? ", FALLBACK" : "");
     s += part;
   }
   std::fprintf(stderr, "%s\n", s.c_str());
@@ -140,7 +139,8 @@ int main(int argc, char** argv) {
     else if (a == "--renderer") opt.renderer = value("--renderer");
     else if (a == "--vulkan-device") opt.vulkan_device = value("--vulkan-device");
     else if (a == "--kms-device") opt.kms_device = value("--kms-device");
-    else if (a == "--background") opt.background = uint32_t(std::strtoul(value("--background"), nullptr, 16)) & 0xffffff;
+    else if (a == "--background")
+      opt.background = uint32_t(std::strtoul(value("--background"), nullptr, 16)) & 0xffffff;
     else if (!a.empty() && a[0] != '-' && manifest_path.empty()) manifest_path = a;
     else {
       std::fprintf(stderr, "canopy-display: unknown argument %s\n%s", a.c_str(), kUsage);
@@ -148,7 +148,8 @@ int main(int argc, char** argv) {
     }
   }
   if (manifest_path.empty() || opt.listen_path.empty() || run_for < 0 ||
-      (output != "auto" && output != "headless" && output != "window" && output != "kms") || opt.scheduler.budget.count() <= 0) {
+      (output != "auto" && output != "headless" && output != "window" && output != "kms") ||
+      opt.scheduler.budget.count() <= 0) {
     std::fputs(kUsage, stderr);
     return 2;
   }
@@ -185,8 +186,8 @@ int main(int argc, char** argv) {
   sigaction(SIGINT, &sa, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
 
-  std::fprintf(stderr, "canopy-display: %zu output(s), %s, listening on %s\n", comp->num_outputs(),
-               comp->sink_name(0), opt.listen_path.c_str());
+  std::fprintf(stderr, "canopy-display: %zu output(s), %s, listening on %s\n", comp->num_outputs(), comp->sink_name(0),
+               opt.listen_path.c_str());
   const TimePoint start = clock.now();
   TimePoint next_progress = start + std::chrono::seconds(1);
   int rc = 0;

@@ -77,7 +77,8 @@ int main(int argc, char** argv) {
   }
   auto connected = transport::vhost_user::connect_unix(socket_path.c_str(), 10'000, SOCK_SEQPACKET);
   if (!connected.ok()) {
-    std::fprintf(stderr, "canopy-display-feed: cannot connect to %s: %s\n", socket_path.c_str(), connected.error().what);
+    std::fprintf(stderr, "canopy-display-feed: cannot connect to %s: %s\n", socket_path.c_str(),
+                 connected.error().what);
     return 1;
   }
   UniqueFd sock = std::move(*connected);
@@ -109,9 +110,9 @@ int main(int argc, char** argv) {
     f.height = h;
     f.stride = w * 4;
     f.flags = ch::kFrameBlob;
-    f.present_ns = uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                std::chrono::steady_clock::now().time_since_epoch())
-                                .count());
+    f.present_ns = uint64_t(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+            .count());
     if (!send(ch::encode_frame(f, {}))) {
       std::fprintf(stderr, "canopy-display-feed: the connection closed\n");
       return 1;

@@ -73,14 +73,16 @@ class CheckingRenderer final : public Renderer {
     resources_[id] = Res{a, false};
     return {};
   }
-  Status create_blob_3d(uint32_t id, const Blob3dArgs& a, std::span<const transport::GuestMemory::HostRange> iov) override {
+  Status create_blob_3d(uint32_t id, const Blob3dArgs& a,
+                        std::span<const transport::GuestMemory::HostRange> iov) override {
     check(id != 0 && !resources_.count(id), "host blob id zero or taken");
     const bool guest_only = a.blob_mem == uint32_t(proto::BlobMem::kGuest);
     check(guest_only || contexts_.count(a.ctx_id), "host blob in an unknown context");
     check(!guest_only || !iov.empty(), "guest blob without its memory");
     check(a.size > 0, "empty host blob");
     for (const auto& r : iov)
-      check(r.len > 0 && r.base >= ram_ && r.base + r.len <= ram_ + Rig::kRam, "host blob backing outside guest memory");
+      check(r.len > 0 && r.base >= ram_ && r.base + r.len <= ram_ + Rig::kRam,
+            "host blob backing outside guest memory");
     if (!guest_only && a.blob_id > 3) return make_error(Errc::kInvalidArgument, "no such object");
     resources_[id] = Res{{}, !iov.empty(), a.size};
     return {};
@@ -132,7 +134,8 @@ class CheckingRenderer final : public Renderer {
     check(it->second.backed, "transfer without backing");
     check(t.ctx_id == 0 || contexts_.count(t.ctx_id), "transfer in an unknown context");
     const auto& a = it->second.a;
-    if (uint64_t(t.x) + t.w > a.width || uint64_t(t.y) + t.h > a.height) return make_error(Errc::kInvalidArgument, "box");
+    if (uint64_t(t.x) + t.w > a.width || uint64_t(t.y) + t.h > a.height)
+      return make_error(Errc::kInvalidArgument, "box");
     return {};
   }
   Status read_pixels(uint32_t id, const Rect& r, uint8_t* dst, uint32_t stride) override {
@@ -194,7 +197,8 @@ class CheckingRegion final : public HostVisibleRegion {
     check(len >= r_.exported_size(fd) && r_.exported_size(fd) > 0, "mapping smaller than the blob, or of no export");
     auto next = maps_.lower_bound(offset);
     check(next == maps_.end() || next->first >= offset + len, "mapping over the next one");
-    check(next == maps_.begin() || std::prev(next)->first + std::prev(next)->second <= offset, "mapping over the previous one");
+    check(next == maps_.begin() || std::prev(next)->first + std::prev(next)->second <= offset,
+          "mapping over the previous one");
     maps_.emplace(offset, len);
     return {};
   }

@@ -92,9 +92,9 @@ struct Rig {
     for (uint64_t t = 1; t < token; ++t) check(answers[t] == 1, "every control request answered exactly once");
     dev->reset();
     const auto st = dev->stats();
-    check(st.resources == 0 && st.backing_bytes == 0 && st.host_bytes == 0 && st.gpu_bytes == 0 &&
-              st.pending_fences == 0,
-          "reset releases everything");
+    check(
+        st.resources == 0 && st.backing_bytes == 0 && st.host_bytes == 0 && st.gpu_bytes == 0 && st.pending_fences == 0,
+        "reset releases everything");
   }
 };
 

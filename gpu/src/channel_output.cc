@@ -215,7 +215,8 @@ void ChannelOutput::on_frame(std::shared_ptr<Frame> f) {
   m.flags = (f->blob ? ch::kFrameBlob : 0) | (f->aliased ? ch::kFrameAliased : 0);
   // steady_clock is CLOCK_MONOTONIC: the compositor on this host measures latency from here.
   if (f->presented != Frame::Clock::time_point{})
-    m.present_ns = uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(f->presented.time_since_epoch()).count());
+    m.present_ns =
+        uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(f->presented.time_since_epoch()).count());
   std::vector<ch::WireRect> damage;
   if (f->damage.size() <= ch::kMaxDamage) {
     for (const auto& r : f->damage) {
@@ -247,7 +248,8 @@ void ChannelOutput::on_cursor(const CursorUpdate& c) {
   m.y = c.y;
   m.hot_x = std::min<uint32_t>(c.hot_x, 63);
   m.hot_y = std::min<uint32_t>(c.hot_y, 63);
-  if (c.image_changed && c.image && c.image->width == 64 && c.image->height == 64 && c.image->argb.size() == size_t{64} * 64) {
+  if (c.image_changed && c.image && c.image->width == 64 && c.image->height == 64 &&
+      c.image->argb.size() == size_t{64} * 64) {
     // Cursor images are small and rare: one memfd each, defined as a one-piece buffer.
     auto fd = memfd_copy(c.image->argb.data(), c.image->argb.size() * 4, "canopy-gpu-cursor");
     if (!fd.ok()) return;

@@ -59,8 +59,7 @@ Result<ControlCommand> parse_control_line(std::string_view line) {
   const size_t x = m.find('x'), at = m.find('@');
   if (x == std::string_view::npos) return bad("mode must be WxH or WxH@HZ");
   std::string_view ws = m.substr(0, x), hs = m.substr(x + 1, at == std::string_view::npos ? m.npos : at - x - 1);
-  if (!number(ws, 0xffff, c.mode.width) || !number(hs, 0xffff, c.mode.height))
-    return bad("mode must be WxH or WxH@HZ");
+  if (!number(ws, 0xffff, c.mode.width) || !number(hs, 0xffff, c.mode.height)) return bad("mode must be WxH or WxH@HZ");
   c.mode.refresh_hz = 60;
   if (at != std::string_view::npos && !number(m.substr(at + 1), 1000, c.mode.refresh_hz))
     return bad("refresh must be a number of Hz");

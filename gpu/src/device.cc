@@ -22,25 +22,25 @@ using proto::Resp;
 struct GpuDevice::Resource {
   uint32_t id = 0;
   bool blob = false;
-  bool is3d = false;                           // RESOURCE_CREATE_3D: lives in the renderer
+  bool is3d = false;  // RESOURCE_CREATE_3D: lives in the renderer
   Resource3dArgs args3d;
-  uint64_t gpu_bytes = 0;                      // its share of GpuCaps::max_3d_bytes
+  uint64_t gpu_bytes = 0;  // its share of GpuCaps::max_3d_bytes
   uint32_t format = 0, fourcc = 0, width = 0, height = 0;
-  HostImage host;                              // 2D
-  std::vector<transport::Segment> backing;     // guest-physical entries, in the guest's order
-  std::vector<uint64_t> backing_end;           // running end offset of each entry
+  HostImage host;                           // 2D
+  std::vector<transport::Segment> backing;  // guest-physical entries, in the guest's order
+  std::vector<uint64_t> backing_end;        // running end offset of each entry
   uint64_t backing_bytes = 0;
-  FramePieces pieces;                          // backing as file pieces (blob, alias mode); null if none
-  FramePieces host_pieces;                     // the host storage (2D)
+  FramePieces pieces;       // backing as file pieces (blob, alias mode); null if none
+  FramePieces host_pieces;  // the host storage (2D)
   uint64_t blob_size = 0;
   uint32_t blob_flags = 0;
-  uint32_t blob_mem = 0;                       // proto::BlobMem of a blob
-  bool in_renderer = false;                    // a guest blob the 3D renderer also has (contexts use it)
-  bool mapped = false;                         // in the host-visible region at map_offset
+  uint32_t blob_mem = 0;     // proto::BlobMem of a blob
+  bool in_renderer = false;  // a guest blob the 3D renderer also has (contexts use it)
+  bool mapped = false;       // in the host-visible region at map_offset
   uint64_t map_offset = 0, map_len = 0;
   bool has_uuid = false;
   std::array<uint8_t, 16> uuid{};
-  uint64_t pending_copied = 0;                 // transfer bytes not yet reported with a frame
+  uint64_t pending_copied = 0;  // transfer bytes not yet reported with a frame
   std::shared_ptr<Frame::ViewCache> view = std::make_shared<Frame::ViewCache>();
   uint32_t scanout_mask = 0;
 };
@@ -110,7 +110,8 @@ Result<std::unique_ptr<GpuDevice>> GpuDevice::create(GpuOptions options, std::un
   if (options.scanouts.empty() || options.scanouts.size() > proto::kMaxScanouts)
     return make_error(Errc::kInvalidArgument, "scanouts: 1 to 16");
   for (const auto& m : options.scanouts) CANOPY_TRY(cvt_reduced_blanking(m));
-  if (!renderer || !output || !respond) return make_error(Errc::kInvalidArgument, "gpu: missing renderer, output or respond");
+  if (!renderer || !output || !respond)
+    return make_error(Errc::kInvalidArgument, "gpu: missing renderer, output or respond");
   options.features &= proto::kFEdid | proto::kFResourceUuid | proto::kFResourceBlob | proto::kFContextInit |
                       (renderer->num_capsets() ? proto::kFVirgl : 0);
   std::unique_ptr<GpuDevice> d(new GpuDevice(std::move(options), std::move(renderer), output, std::move(respond)));
@@ -184,7 +185,8 @@ void GpuDevice::control(uint64_t token, std::span<const uint8_t> request, uint32
     resp_.clear();
     const Resp r = dispatch(*cmd, 0);
     if (is_error(r)) CANOPY_WARN_RL("gpu: %s -> %s", proto::cmd_name(in.type), proto::resp_name(uint32_t(r)));
-    send_response(token, r, cmd->hdr, is_error(r) ? std::span<const uint8_t>() : std::span<const uint8_t>(resp_), false);
+    send_response(token, r, cmd->hdr, is_error(r) ? std::span<const uint8_t>() : std::span<const uint8_t>(resp_),
+                  false);
     process_releases();
     return;
   }
@@ -206,7 +208,8 @@ void GpuDevice::control(uint64_t token, std::span<const uint8_t> request, uint32
   timelines_[key].push_back(id);
   resp_.clear();
   pp->resp = early == Resp::kOkNodata ? dispatch(*cmd, id) : early;
-  if (is_error(pp->resp)) CANOPY_WARN_RL("gpu: %s -> %s", proto::cmd_name(in.type), proto::resp_name(uint32_t(pp->resp)));
+  if (is_error(pp->resp))
+    CANOPY_WARN_RL("gpu: %s -> %s", proto::cmd_name(in.type), proto::resp_name(uint32_t(pp->resp)));
   else pp->body = resp_;
   // With a 3D renderer the fence also waits for the GPU work queued so far (the command's own included).
   if (!is_error(pp->resp) && renderer_->supports_3d()) {
@@ -509,8 +512,7 @@ Status GpuDevice::make_pieces(Resource& r) {
       }
       if (!pieces.empty() && pieces.back().fd == fd && pieces.back().offset + pieces.back().length == fr.offset)
         pieces.back().length += fr.length;
-      else
-        pieces.push_back({fd, fr.offset, fr.length});
+      else pieces.push_back({fd, fr.offset, fr.length});
     }
   }
   r.pieces = std::make_shared<const std::vector<FramePiece>>(std::move(pieces));
@@ -1056,8 +1058,8 @@ void GpuDevice::unmap_resource(Resource& r) {
     if (Status st = host_visible_->unmap(r.map_offset, r.map_len); !st.ok()) {
       // The guest may still reach those pages: the range stays taken (no other blob goes there) until a
       // reset, when the front-end empties the region.
-      CANOPY_WARN_RL("gpu: resource %u: the front-end did not unmap it (%s): its range stays taken until a reset",
-                     r.id, st.error().what);
+      CANOPY_WARN_RL("gpu: resource %u: the front-end did not unmap it (%s): its range stays taken until a reset", r.id,
+                     st.error().what);
       mapped_[r.map_offset].first = 0;
       return;
     }
@@ -1124,14 +1126,15 @@ proto::CtrlHdr GpuDevice::cursor(std::span<const uint8_t> request) {
       auto it = resources_.find(u.resource_id);
       if (it == resources_.end()) return answer(Resp::kErrInvalidResourceId);
       Resource& r = *it->second;
-      if (r.blob || r.width != proto::kCursorSize || r.height != proto::kCursorSize) return answer(Resp::kErrInvalidParameter);
+      if (r.blob || r.width != proto::kCursorSize || r.height != proto::kCursorSize)
+        return answer(Resp::kErrInvalidParameter);
       auto img = std::make_shared<CursorImage>();
       img->argb.resize(size_t{proto::kCursorSize} * proto::kCursorSize);
       uint8_t* dst = reinterpret_cast<uint8_t*>(img->argb.data());
       // Alias mode shows the guest's memory itself; otherwise the pixels were transferred to the host.
       if (r.is3d) {
-        if (!renderer_->read_pixels(r.id, Rect{0, 0, proto::kCursorSize, proto::kCursorSize}, dst,
-                                    proto::kCursorSize * 4)
+        if (!renderer_
+                 ->read_pixels(r.id, Rect{0, 0, proto::kCursorSize, proto::kCursorSize}, dst, proto::kCursorSize * 4)
                  .ok())
           return answer(Resp::kErrUnspec);
       } else if (!aliased(r)) std::memcpy(dst, r.host.map.data(), img->argb.size() * 4);

@@ -125,7 +125,7 @@ TEST(GpuDevice, TransferRefusesRectanglesAndOffsetsOutsideTheResourceOrBacking) 
   ASSERT_EQ(h.attach(1, {Harness::entry(0x10000, 64 * 64 * 4)}), R(Resp::kOkNodata));
   EXPECT_EQ(h.transfer(1, 65, 1), R(Resp::kErrInvalidParameter));
   EXPECT_EQ(h.transfer(1, 1, 1, 0, 0xffffffff, 0), R(Resp::kErrInvalidParameter));  // x + width wraps 32 bits
-  EXPECT_EQ(h.transfer(1, 64, 64, 4), R(Resp::kErrInvalidParameter));              // one pixel past the backing
+  EXPECT_EQ(h.transfer(1, 64, 64, 4), R(Resp::kErrInvalidParameter));               // one pixel past the backing
   EXPECT_EQ(h.transfer(1, 1, 1, ~uint64_t{0} - 2), R(Resp::kErrInvalidParameter));  // offset + row wraps 64 bits
   EXPECT_EQ(h.transfer(7, 1, 1), R(Resp::kErrInvalidResourceId));
   EXPECT_EQ(h.dev->stats().bytes_copied, 0u);
@@ -549,7 +549,7 @@ TEST(GpuDevice, MalformedRequestsGetErrUnspec) {
   EXPECT_EQ(h.call(proto::make_hdr(Cmd(0x0142))), R(Resp::kErrUnspec));
   EXPECT_EQ(h.call(proto::make_hdr(Cmd::kGetDisplayInfo, 0x80)), R(Resp::kErrUnspec));  // unknown flag bit
   EXPECT_EQ(h.call(proto::make_hdr(Cmd::kResourceCreate2d)), R(Resp::kErrUnspec));      // truncated body
-  EXPECT_EQ(h.call(proto::make_hdr(Cmd::kUpdateCursor)), R(Resp::kErrUnspec));          // a cursor command on the control queue
+  EXPECT_EQ(h.call(proto::make_hdr(Cmd::kUpdateCursor)), R(Resp::kErrUnspec));  // a cursor command on the control queue
   EXPECT_EQ(h.call(proto::make_hdr(Cmd::kResourceMapBlob)), R(Resp::kErrUnspec));
   EXPECT_EQ(h.dev->stats().errors, 6u);
 }
@@ -595,7 +595,8 @@ TEST(HeadlessOutput, CountsItsOwnCopyOfPiecesThatAreNotPageAligned) {
   UniqueFd fd(::memfd_create("unaligned", MFD_CLOEXEC));
   ASSERT_EQ(::ftruncate(fd.get(), 8192), 0);
   const SharedFd shared = std::make_shared<const UniqueFd>(std::move(fd));
-  const auto pieces = std::make_shared<const std::vector<FramePiece>>(std::vector<FramePiece>{{shared, 100, 16 * 16 * 4}});
+  const auto pieces =
+      std::make_shared<const std::vector<FramePiece>>(std::vector<FramePiece>{{shared, 100, 16 * 16 * 4}});
   const auto cache = std::make_shared<Frame::ViewCache>();
   char path[] = "/tmp/canopy-headless-log.XXXXXX";
   const int log_fd = ::mkstemp(path);

@@ -96,7 +96,7 @@ Result<std::array<uint8_t, kEdidSize>> make_edid(const DisplayMode& mode, uint32
   if (mode.width >= 640 && mode.height >= 480) e[35] |= 0x20;   // 640x480@60
   if (mode.width >= 800 && mode.height >= 600) e[35] |= 0x01;   // 800x600@60
   if (mode.width >= 1024 && mode.height >= 768) e[36] |= 0x08;  // 1024x768@60
-  for (int i = 0; i < 8; ++i) {  // no standard timings
+  for (int i = 0; i < 8; ++i) {                                 // no standard timings
     e[38 + 2 * i] = 0x01;
     e[39 + 2 * i] = 0x01;
   }

@@ -22,7 +22,7 @@ struct Harness {
   HeadlessOutput out;
   std::unique_ptr<GpuDevice> dev;
   std::map<uint64_t, std::vector<uint8_t>> responses;  // by token
-  std::vector<uint64_t> order;                          // tokens in response order
+  std::vector<uint64_t> order;                         // tokens in response order
   uint64_t next = 1;
 
   explicit Harness(GpuOptions o = {}, HeadlessOutput::Options ho = {}, std::unique_ptr<Renderer> renderer = nullptr)
@@ -82,7 +82,8 @@ struct Harness {
     a.hdr = make_hdr(proto::Cmd::kResourceAttachBacking);
     a.resource_id = id;
     a.nr_entries = uint32_t(entries.size());
-    return call(a, std::span(reinterpret_cast<const uint8_t*>(entries.data()), entries.size() * sizeof(proto::MemEntry)));
+    return call(a,
+                std::span(reinterpret_cast<const uint8_t*>(entries.data()), entries.size() * sizeof(proto::MemEntry)));
   }
   static proto::MemEntry entry(uint64_t addr, uint32_t len) {
     proto::MemEntry e{};

@@ -1,8 +1,7 @@
 #include <unistd.h>
 
-#include <cerrno>
-
 #include <array>
+#include <cerrno>
 #include <cstdarg>
 #include <cstring>
 
@@ -205,8 +204,10 @@ void HeadlessOutput::on_frame(std::shared_ptr<Frame> frame) {
                     char(frame->drm_fourcc >> 24), 0};
   log("frame %u seq %llu %ux%u %s stride %u %s copied %llu damage %u,%u %ux%u crc %s%08x\n", frame->scanout,
       (unsigned long long)frame->seq, frame->width, frame->height, fourcc, frame->stride,
-      frame->blob ? "blob" : frame->aliased ? "alias" : "2d", (unsigned long long)copied, d.x, d.y,
-      d.width, d.height, crc_ok ? "" : "none-", crc);
+      frame->blob      ? "blob"
+      : frame->aliased ? "alias"
+                       : "2d",
+      (unsigned long long)copied, d.x, d.y, d.width, d.height, crc_ok ? "" : "none-", crc);
   if (on_frame_hook) on_frame_hook(*frame);
   if (opt_.hold_frames || opt_.release_after_ms > 0) {
     std::lock_guard<std::mutex> lk(mu_);
@@ -228,8 +229,8 @@ void HeadlessOutput::on_cursor(const CursorUpdate& c) {
   if (c.image_changed && c.image)
     crc = image_crc32(reinterpret_cast<const uint8_t*>(c.image->argb.data()), c.image->width * 4, c.image->height,
                       c.image->width * 4);
-  log("cursor %u %s %u,%u hot %u,%u%s crc %08x\n", c.scanout, c.visible ? "show" : "hide", c.x, c.y, c.hot_x,
-      c.hot_y, c.image_changed ? " image" : "", crc);
+  log("cursor %u %s %u,%u hot %u,%u%s crc %08x\n", c.scanout, c.visible ? "show" : "hide", c.x, c.y, c.hot_x, c.hot_y,
+      c.image_changed ? " image" : "", crc);
 }
 
 HeadlessOutput::ScanoutStats HeadlessOutput::stats(uint32_t scanout) const {

@@ -62,7 +62,9 @@ Status Renderer::create_3d(uint32_t, const Resource3dArgs&) {
 Status Renderer::create_blob_3d(uint32_t, const Blob3dArgs&, std::span<const transport::GuestMemory::HostRange>) {
   return make_error(Errc::kUnsupported, "renderer has no host blobs");
 }
-Result<BlobExport> Renderer::export_blob(uint32_t) { return make_error(Errc::kUnsupported, "renderer has no host blobs"); }
+Result<BlobExport> Renderer::export_blob(uint32_t) {
+  return make_error(Errc::kUnsupported, "renderer has no host blobs");
+}
 Status Renderer::attach_backing_3d(uint32_t, std::span<const transport::GuestMemory::HostRange>) {
   return make_error(Errc::kUnsupported, "renderer: no 3D resources");
 }

@@ -72,7 +72,8 @@ class OwnEgl {
     auto has = [ext](const char* name) { return ext && std::strstr(ext, name) != nullptr; };
     if (!has("EGL_KHR_no_config_context") || !has("EGL_KHR_surfaceless_context"))
       return make_error(Errc::kUnsupported, "virgl: EGL lacks contexts without a config or surface");
-    if (!eglBindAPI(gles ? EGL_OPENGL_ES_API : EGL_OPENGL_API)) return make_error(Errc::kIo, "virgl: eglBindAPI failed");
+    if (!eglBindAPI(gles ? EGL_OPENGL_ES_API : EGL_OPENGL_API))
+      return make_error(Errc::kIo, "virgl: eglBindAPI failed");
     if (p != VirglOptions::Priority::kDefault) {
       if (has("EGL_IMG_context_priority")) {
         e->priority_ = p == VirglOptions::Priority::kHigh     ? EGL_CONTEXT_PRIORITY_HIGH_IMG
@@ -191,8 +192,10 @@ class VirglRenderer final : public Renderer {
       // Venus's capset has version 0; a size says the renderer has it.
       if (size > 0 && (ver > 0 || id == kCapsetVenus)) r->capsets_.push_back(CapsetInfo{id, ver, size});
     }
-    if (o.venus && std::none_of(r->capsets_.begin(), r->capsets_.end(), [](const CapsetInfo& c) { return c.id == kCapsetVenus; }))
-      return make_error(Errc::kUnsupported, "virgl: venus asked for, but virglrenderer has no venus (no Vulkan driver?)");
+    if (o.venus &&
+        std::none_of(r->capsets_.begin(), r->capsets_.end(), [](const CapsetInfo& c) { return c.id == kCapsetVenus; }))
+      return make_error(Errc::kUnsupported,
+                        "virgl: venus asked for, but virglrenderer has no venus (no Vulkan driver?)");
     if (r->capsets_.empty()) return make_error(Errc::kIo, "virgl: no virgl capsets (OpenGL too old?)");
     return std::unique_ptr<Renderer>(std::move(r));
   }
@@ -454,7 +457,7 @@ class VirglRenderer final : public Renderer {
   std::vector<uint32_t> words_;
   std::function<void(uint64_t)> on_fence_;
   uint32_t next_global_ = 1;
-  FenceQueue global_fences_;                                    // virgl's ctx0 fence seq -> device id
+  FenceQueue global_fences_;                                        // virgl's ctx0 fence seq -> device id
   std::map<uint32_t, std::map<uint32_t, FenceQueue>> ring_fences_;  // ctx -> ring -> (id, id)
 };
 

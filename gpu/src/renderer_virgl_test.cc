@@ -1,5 +1,7 @@
 // The device model with the virgl renderer: virglrenderer on this machine's OpenGL (llvmpipe in CI),
 // driven with the commands a guest's Mesa virgl driver sends, and a virgl command stream of our own.
+#include "canopy/gpu/renderer_virgl.h"
+
 #include <poll.h>
 #include <sys/mman.h>
 
@@ -8,7 +10,6 @@
 #include <cstring>
 #include <map>
 
-#include "canopy/gpu/renderer_virgl.h"
 #include "egl_probe.h"
 #include "gpu_test_util.h"
 
@@ -114,9 +115,22 @@ class VirglDevice : public ::testing::Test {
   }
   // Surface 1 on the resource, bound as the only colour buffer, cleared to (r, g, b).
   std::vector<uint32_t> clear_stream(float r, float g, float b) {
-    std::vector<uint32_t> w = {cmd0(kCcmdCreateObject, kObjectSurface, 5), 1, kRes, kFormatB8G8R8X8, 0, 0,
-                               cmd0(kCcmdSetFramebufferState, 0, 3), 1, 0, 1,
-                               cmd0(kCcmdClear, 0, 8), kClearColor0, f32(r), f32(g), f32(b), f32(1.0f)};
+    std::vector<uint32_t> w = {cmd0(kCcmdCreateObject, kObjectSurface, 5),
+                               1,
+                               kRes,
+                               kFormatB8G8R8X8,
+                               0,
+                               0,
+                               cmd0(kCcmdSetFramebufferState, 0, 3),
+                               1,
+                               0,
+                               1,
+                               cmd0(kCcmdClear, 0, 8),
+                               kClearColor0,
+                               f32(r),
+                               f32(g),
+                               f32(b),
+                               f32(1.0f)};
     const double depth = 1.0;
     uint32_t d[2];
     std::memcpy(d, &depth, 8);
@@ -144,7 +158,7 @@ class VirglDevice : public ::testing::Test {
     size_t red = 0;
     for (uint32_t p : px) red += (p & 0x00ffffff) == 0x00ff0000;
     EXPECT_EQ(red, px.size()) << "first pixel " << std::hex << px[0];
-  
+
     ASSERT_EQ(h->set_scanout(0, kRes, kW, kH), R(Resp::kOkNodata));
     const uint64_t before = h->dev->stats().bytes_copied;
     const uint64_t f = h->send(h->flush_cmd(kRes, kW, kH, proto::kFlagFence, 12));
@@ -155,7 +169,7 @@ class VirglDevice : public ::testing::Test {
     EXPECT_EQ(st.last_crc, image_crc32(reinterpret_cast<const uint8_t*>(px.data()), kW * 4, kH, kW * 4));
     EXPECT_EQ(st.bytes_copied, uint64_t(kW) * kH * 4);
     EXPECT_EQ(h->dev->stats().bytes_copied - before, uint64_t(kW) * kH * 4);
-  
+
     // Cleared again to blue: the next flush shows it.
     ASSERT_EQ(h->response(submit(kCtx, clear_stream(0.0f, 0.0f, 1.0f))).type.get(), R(Resp::kOkNodata));
     ASSERT_TRUE(wait(h->send(h->flush_cmd(kRes, kW, kH, proto::kFlagFence, 13))));
@@ -207,9 +221,7 @@ TEST_F(VirglDevice, OffersVirglWithTheVirglAndVirgl2Capsets) {
 // The whole 3D path: a command stream clears the render target on the host's GPU, a fenced
 // TRANSFER_FROM_HOST_3D brings the pixels into guest memory and is answered only once the renderer's
 // fence has signalled, and a scanout of the resource shows them (a counted read-back copy).
-TEST_F(VirglDevice, ClearsARenderTargetReadsItBackAndScansItOut) {
-  clear_read_back_and_scan_out();
-}
+TEST_F(VirglDevice, ClearsARenderTargetReadsItBackAndScansItOut) { clear_read_back_and_scan_out(); }
 
 TEST_F(VirglDevice, UploadsGuestPixelsAndReadsThemBack) {
   render_target();
@@ -317,7 +329,7 @@ TEST_F(VirglDevice, RingFencesOfADestroyedContextAreAnswered) {
 TEST_F(VirglDevice, BuffersAreSizedInBytesAndTheThreeDBudgetHolds) {
   auto buf = create_3d_cmd(20, 1 << 20, 1);
   buf.target = 0;
-  buf.format = 64;  // VIRGL_FORMAT_R8_UNORM, as Mesa's buffers
+  buf.format = 64;     // VIRGL_FORMAT_R8_UNORM, as Mesa's buffers
   buf.bind = 1u << 4;  // VIRGL_BIND_VERTEX_BUFFER
   EXPECT_EQ(h->call(buf), R(Resp::kOkNodata));
   EXPECT_EQ(h->dev->stats().gpu_bytes, 1u << 20);
@@ -530,7 +542,7 @@ TEST_F(VenusDevice, MapBlobRefusesWhatTheRegionCannotHold) {
   ASSERT_EQ(create_blob(11, kCtx, 8192), R(Resp::kOkNodata));
   // Fresh shared memory is only for mapping: virglrenderer refuses it without MAPPABLE.
   EXPECT_EQ(create_blob(12, kCtx, 4096, 0), R(Resp::kErrInvalidParameter));
-  EXPECT_EQ(map(10, 100).first, R(Resp::kErrInvalidParameter));               // not page aligned
+  EXPECT_EQ(map(10, 100).first, R(Resp::kErrInvalidParameter));                // not page aligned
   EXPECT_EQ(map(10, (16 << 20) - 4096).first, R(Resp::kErrInvalidParameter));  // runs past the region
   EXPECT_EQ(map(10, uint64_t(1) << 63).first, R(Resp::kErrInvalidParameter));
   EXPECT_EQ(unmap(11), R(Resp::kErrInvalidParameter));  // not mapped

@@ -38,8 +38,8 @@ class VhostGpu::Region final : public HostVisibleRegion {
     m.flags = flags;
     auto msg = vu::Message::make(static_cast<vu::Request>(uint32_t(what)), m);
     // A front-end that does not answer in time loses the channel rather than stall the device.
-    Status s = g_.backend_channel_->request_ack(std::move(msg), fd >= 0 ? std::span<const int>(&fd, 1) : std::span<const int>(),
-                                                kReplyTimeoutMs);
+    Status s = g_.backend_channel_->request_ack(
+        std::move(msg), fd >= 0 ? std::span<const int>(&fd, 1) : std::span<const int>(), kReplyTimeoutMs);
     if (!s.ok() && (s.code() == Errc::kTimeout || s.code() == Errc::kProtocol || s.code() == Errc::kClosed)) {
       CANOPY_WARN("gpu: back-end channel out of step (%s): closing it", s.error().what);
       g_.backend_channel_->close();
@@ -65,8 +65,9 @@ Result<std::unique_ptr<VhostGpu>> VhostGpu::create(VhostGpuOptions options, Scan
   } else {
     return make_error(Errc::kInvalidArgument, "vhost-gpu: renderer is 2d or virgl");
   }
-  CANOPY_ASSIGN_OR_RETURN(v->gpu_, GpuDevice::create(v->options_.gpu, std::move(renderer), &v->tee_,
-                                                     [self](uint64_t t, std::span<const uint8_t> b) { self->respond(t, b); }));
+  CANOPY_ASSIGN_OR_RETURN(v->gpu_,
+                          GpuDevice::create(v->options_.gpu, std::move(renderer), &v->tee_,
+                                            [self](uint64_t t, std::span<const uint8_t> b) { self->respond(t, b); }));
   if (v->options_.renderer != "virgl") v->options_.host_visible_bytes = 0;
   if (v->options_.host_visible_bytes % (uint64_t{2} << 20))
     return make_error(Errc::kInvalidArgument, "vhost-gpu: the host-visible region is a multiple of 2 MiB");
@@ -75,11 +76,10 @@ Result<std::unique_ptr<VhostGpu>> VhostGpu::create(VhostGpuOptions options, Scan
     v->gpu_->set_host_visible(v->region_.get());
   }
   if (!v->options_.control_path.empty()) {
-    CANOPY_ASSIGN_OR_RETURN(v->control_,
-                            ControlServer::listen(
-                                v->options_.control_path,
-                                [self](const ControlCommand& c) { return self->control_command(c); },
-                                [self] { self->rewatch(); }));
+    CANOPY_ASSIGN_OR_RETURN(
+        v->control_, ControlServer::listen(
+                         v->options_.control_path, [self](const ControlCommand& c) { return self->control_command(c); },
+                         [self] { self->rewatch(); }));
   }
   return v;
 }
@@ -189,7 +189,8 @@ void VhostGpu::on_queue_stopped(vu::QueueHandle& q) {
   std::vector<uint64_t> tokens;
   for (auto& [t, d] : deferred_)
     if (d.q == &q) tokens.push_back(t);
-  if (!tokens.empty()) CANOPY_INFO("gpu: queue stopped with %zu fenced command(s) in flight: answering them", tokens.size());
+  if (!tokens.empty())
+    CANOPY_INFO("gpu: queue stopped with %zu fenced command(s) in flight: answering them", tokens.size());
   gpu_->force_retire();
   for (uint64_t t : tokens) deferred_.erase(t);
 }
@@ -243,14 +244,11 @@ Result<std::string> VhostGpu::control_command(const ControlCommand& c) {
     }
     return out;
   }
-  if (c.scanout >= g.num_scanouts())
-    return make_error(Errc::kInvalidArgument, "no such scanout (see: displays)");
+  if (c.scanout >= g.num_scanouts()) return make_error(Errc::kInvalidArgument, "no such scanout (see: displays)");
   const DisplayMode mode = c.connected ? c.mode : g.display(c.scanout).mode;
   CANOPY_TRY(set_display(c.scanout, c.connected, mode));
-  if (c.connected)
-    CANOPY_INFO("gpu: scanout %u now %ux%u@%u", c.scanout, mode.width, mode.height, mode.refresh_hz);
-  else
-    CANOPY_INFO("gpu: scanout %u disconnected", c.scanout);
+  if (c.connected) CANOPY_INFO("gpu: scanout %u now %ux%u@%u", c.scanout, mode.width, mode.height, mode.refresh_hz);
+  else CANOPY_INFO("gpu: scanout %u disconnected", c.scanout);
   return std::string();
 }
 

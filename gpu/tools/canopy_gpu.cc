@@ -75,7 +75,6 @@ struct Program {
 };
 Program g_program;
 
-
 Result<std::unique_ptr<vu::Device>> make_device(const std::vector<std::string>& args) {
   VhostGpuOptions o;
   uint64_t scanouts = 1;
@@ -89,8 +88,8 @@ Result<std::unique_ptr<vu::Device>> make_device(const std::vector<std::string>& 
     std::string key = a.substr(0, eq), val = eq == std::string::npos ? "" : a.substr(eq + 1);
     uint64_t v = 0;
     if (key == "--scanouts" && parse_u64(val, v, proto::kMaxScanouts) && v >= 1) scanouts = v;
-    else if (key == "--mode" && parse_mode(val, mode)) {}
-    else if (key == "--scanout-mode") {
+    else if (key == "--mode" && parse_mode(val, mode)) {
+    } else if (key == "--scanout-mode") {
       auto colon = val.find(':');
       DisplayMode m;
       if (colon == std::string::npos || !parse_u64(val.substr(0, colon), v, proto::kMaxScanouts - 1) ||
@@ -138,8 +137,8 @@ Result<std::unique_ptr<vu::Device>> make_device(const std::vector<std::string>& 
   // frame log is asked for.
   ScanoutOutput* out = nullptr;
   if (!display_socket.empty()) {
-    g_program.channel = std::make_unique<ChannelOutput>(
-        ChannelOutput::Options{display_socket, vm_name, uint32_t(scanouts)});
+    g_program.channel =
+        std::make_unique<ChannelOutput>(ChannelOutput::Options{display_socket, vm_name, uint32_t(scanouts)});
     g_program.tee.add(g_program.channel.get());
     out = &g_program.tee;
   }
@@ -163,8 +162,9 @@ int main(int argc, char** argv) {
   vu::BackendProgram program{"canopy-gpu", "gpu", {"edid"}, kUsage};
   // virglrenderer and the host's GL / Vulkan driver decode guest command streams in this process.
   program.confine = true;
-  program.valued_options = {"--renderer", "--scanouts",    "--mode",           "--scanout-mode", "--frame-log",
-                            "--max-resources", "--max-backing-mb", "--max-host-mb",  "--max-contexts",
-                            "--release-after-ms", "--control",  "--display-socket", "--vm", "--host-visible-mb", "--priority"};
+  program.valued_options = {"--renderer",     "--scanouts",         "--mode",           "--scanout-mode",
+                            "--frame-log",    "--max-resources",    "--max-backing-mb", "--max-host-mb",
+                            "--max-contexts", "--release-after-ms", "--control",        "--display-socket",
+                            "--vm",           "--host-visible-mb",  "--priority"};
   return vu::backend_main(argc, argv, program, make_device);
 }

@@ -124,8 +124,7 @@ Status MmioDriverTransport::set_queue_ready(uint16_t q, bool ready) {
   wr(mmio::kQueueSel, q);
   wr(mmio::kQueueReady, ready ? 1 : 0);
   if ((rd(mmio::kQueueReady) != 0) != ready)
-    return make_error(Errc::kProtocol,
-                      ready ? "mmio: device refused to enable the queue" : "mmio: queue stayed ready");
+    return make_error(Errc::kProtocol, ready ? "mmio: device refused to enable the queue" : "mmio: queue stayed ready");
   return {};
 }
 
@@ -143,8 +142,7 @@ uint32_t MmioDriverTransport::poll_interrupt() {
 }
 
 Result<uint32_t> MmioDriverTransport::wait_interrupt(int timeout_ms) {
-  const auto deadline =
-      std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms < 0 ? 0 : timeout_ms);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms < 0 ? 0 : timeout_ms);
   for (;;) {
     uint64_t seen;
     {

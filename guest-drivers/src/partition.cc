@@ -199,7 +199,8 @@ Result<std::unique_ptr<Partition>> Partition::attach(int reply_timeout_ms) {
   if (v == nullptr || *v == '\0') return make_error(Errc::kInvalidArgument, "CANOPY_PARTITION_FD is not set");
   char* end = nullptr;
   long fd = std::strtol(v, &end, 10);
-  if (*end != '\0' || fd < 0 || fd > 1 << 20) return make_error(Errc::kInvalidArgument, "CANOPY_PARTITION_FD is not an fd");
+  if (*end != '\0' || fd < 0 || fd > 1 << 20)
+    return make_error(Errc::kInvalidArgument, "CANOPY_PARTITION_FD is not an fd");
   return connect(UniqueFd(int(fd)), reply_timeout_ms);
 }
 

@@ -46,7 +46,8 @@ Result<std::unique_ptr<SndClient>> SndClient::create(VirtioTransport& t, transpo
 }
 
 Status SndClient::post_event(uint32_t slot) {
-  auto r = driver_.queue(sndp::kEventQ).add({}, {{ev_gpa_ + uint64_t(slot) * kEventBytes, kEventBytes}}, kEventTokenBase + slot);
+  auto r = driver_.queue(sndp::kEventQ)
+               .add({}, {{ev_gpa_ + uint64_t(slot) * kEventBytes, kEventBytes}}, kEventTokenBase + slot);
   return r.ok() ? Status{} : Status(r.error());
 }
 
@@ -120,7 +121,8 @@ Status SndClient::pump(int timeout_ms) {
 }
 
 Result<uint32_t> SndClient::call(std::span<const uint8_t> request, uint32_t payload, std::vector<uint8_t>* out) {
-  if (request.size() + 4 + payload > kCtlBytes) return make_error(Errc::kInvalidArgument, "snd client: request too large");
+  if (request.size() + 4 + payload > kCtlBytes)
+    return make_error(Errc::kInvalidArgument, "snd client: request too large");
   const uint64_t req = ctl_gpa_, resp = ctl_gpa_ + ((request.size() + 63) & ~size_t(63));
   CANOPY_TRY(mem_.write(req, request.data(), request.size()));
   const uint32_t zero = 0;
@@ -250,8 +252,8 @@ Status SndClient::write(uint32_t stream, std::span<const uint8_t> data) {
   if (!data.empty()) CANOPY_TRY(mem_.write(base + 4, data.data(), data.size()));
   const sndp::PcmStatus blank{};
   CANOPY_TRY(mem_.write_obj(base + 4 + data.size(), blank));
-  auto added = driver_.queue(sndp::kTxQ).add({{base, uint32_t(4 + data.size())}}, {{base + 4 + data.size(), 8}},
-                                             kIoTokenBase + slot);
+  auto added = driver_.queue(sndp::kTxQ)
+                   .add({{base, uint32_t(4 + data.size())}}, {{base + 4 + data.size(), 8}}, kIoTokenBase + slot);
   if (!added.ok()) return added.error();
   io_[slot] = {true, true, stream, uint32_t(data.size()), now_ns()};
   auto k = driver_.kick(sndp::kTxQ);

@@ -77,8 +77,7 @@ Status VirtioDriver::init(const DriverOptions& o) {
   status |= kStatusFeaturesOk;
   t_.write_status(status);
   if (!(t_.read_status() & kStatusFeaturesOk))
-    return fail(
-        make_error(Errc::kUnsupported, "virtio driver: device did not accept the features (FEATURES_OK)"));
+    return fail(make_error(Errc::kUnsupported, "virtio driver: device did not accept the features (FEATURES_OK)"));
 
   // Step 7: queues, then device-specific setup.
   if (Status s = setup_queues(o); !s.ok()) return fail(s.error());
@@ -90,10 +89,8 @@ Status VirtioDriver::init(const DriverOptions& o) {
   status |= kStatusDriverOk;
   t_.write_status(status);
   const uint8_t now = t_.read_status();
-  if (now & kStatusDeviceNeedsReset)
-    return fail(make_error(Errc::kState, "virtio driver: device needs reset"));
-  if (!(now & kStatusDriverOk))
-    return fail(make_error(Errc::kProtocol, "virtio driver: DRIVER_OK did not stick"));
+  if (now & kStatusDeviceNeedsReset) return fail(make_error(Errc::kState, "virtio driver: device needs reset"));
+  if (!(now & kStatusDriverOk)) return fail(make_error(Errc::kProtocol, "virtio driver: DRIVER_OK did not stick"));
   initialised_ = true;
   return {};
 }
@@ -109,8 +106,7 @@ Status VirtioDriver::setup_queues(const DriverOptions& o) {
   queues_.resize(o.num_queues);
   for (uint16_t q = 0; q < o.num_queues; ++q) {
     const uint16_t max = t_.queue_max_size(q);
-    if (max == 0)
-      return make_error(Errc::kUnsupported, "virtio driver: device has fewer queues than requested");
+    if (max == 0) return make_error(Errc::kUnsupported, "virtio driver: device has fewer queues than requested");
     const uint16_t size = floor_pow2(max < o.max_queue_size ? max : o.max_queue_size);
 
     CANOPY_ASSIGN_OR_RETURN(SplitRingLayout layout, layout_split_ring(size, cursor, *area_end - cursor));

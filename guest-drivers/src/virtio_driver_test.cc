@@ -147,8 +147,7 @@ class EchoDevice : public MmioDevice {
   }
 
   uint32_t id = kDeviceId;
-  uint64_t features =
-      kVirtioFVersion1 | kVirtioFEventIdx | kVirtioFIndirectDesc | kVirtioFRingPacked | kFeatA | kFeatB;
+  uint64_t features = kVirtioFVersion1 | kVirtioFEventIdx | kVirtioFIndirectDesc | kVirtioFRingPacked | kFeatA | kFeatB;
   std::vector<uint16_t> queue_max{100, 16};
   bool accept_features = true;
   bool fail_at_driver_ok = false;
@@ -258,10 +257,9 @@ TEST_F(VirtioDriverTest, IndirectDescriptorsEndToEnd) {
   ASSERT_TRUE(driver.has_feature(kVirtioFIndirectDesc));
   EXPECT_EQ(driver.queue(0).indirect_slot_entries(), 8u);
   ASSERT_TRUE(mem.write(kData, "abcdefgh", 8).ok());
-  ASSERT_TRUE(
-      driver.queue(0)
-          .add({{kData, 2}, {kData + 2, 2}, {kData + 4, 4}}, {{kData + 0x100, 4}, {kData + 0x104, 4}}, 9)
-          .ok());
+  ASSERT_TRUE(driver.queue(0)
+                  .add({{kData, 2}, {kData + 2, 2}, {kData + 4, 4}}, {{kData + 0x100, 4}, {kData + 0x104, 4}}, 9)
+                  .ok());
   EXPECT_EQ(driver.queue(0).num_free(), 63);
   ASSERT_TRUE(driver.kick(0).ok());
   ASSERT_TRUE(driver.wait_interrupt(5000).ok());
@@ -351,9 +349,7 @@ TEST_F(VirtioDriverTest, DeviceSetupRunsBetweenFeaturesOkAndDriverOk) {
 }
 
 TEST_F(VirtioDriverTest, DeviceSetupErrorSetsFailed) {
-  opts.device_setup = [](VirtioDriver&) -> Status {
-    return make_error(Errc::kInvalidArgument, "bad config");
-  };
+  opts.device_setup = [](VirtioDriver&) -> Status { return make_error(Errc::kInvalidArgument, "bad config"); };
   EXPECT_EQ(driver.init(opts).code(), Errc::kInvalidArgument);
   EXPECT_EQ(mmio.status(), 0x8b);
 }

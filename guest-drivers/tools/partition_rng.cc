@@ -131,7 +131,8 @@ int main(int argc, char** argv) {
         const uint32_t len = (*used)->len;
         (void)part.memory().read(buf->gpa, data.data(), len);
         if (len == 0 || (o.expect_pattern && !pattern_ok(data.data(), len))) {
-          std::fprintf(stderr, "canopy-partition-rng: bad data in round %llu (%u bytes)\n", (unsigned long long)rounds, len);
+          std::fprintf(stderr, "canopy-partition-rng: bad data in round %llu (%u bytes)\n", (unsigned long long)rounds,
+                       len);
           return 3;
         }
       } else if (driver.needs_reset()) {

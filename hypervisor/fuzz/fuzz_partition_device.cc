@@ -24,7 +24,8 @@ namespace msg = canopy::transport::msg;
 
 namespace {
 constexpr uint64_t kRam = 1 << 20;
-constexpr uint64_t kOffered = transport::kVirtioFVersion1 | transport::kVirtioFEventIdx | transport::kVirtioFIndirectDesc;
+constexpr uint64_t kOffered =
+    transport::kVirtioFVersion1 | transport::kVirtioFEventIdx | transport::kVirtioFIndirectDesc;
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -57,8 +58,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     at += len;
     if (!m.ok() || m->type() == msg::Type::kHello || m->type() == msg::Type::kHeartbeat) continue;
     DeviceBridge::Reply r = d.handle(*m);
-    auto reply = msg::encode(m->type(), msg::kFlagResponse, 0, m->header.id, r.code,
-                             r.code == msg::Code::kOk ? std::span<const uint8_t>(r.payload) : std::span<const uint8_t>{});
+    auto reply =
+        msg::encode(m->type(), msg::kFlagResponse, 0, m->header.id, r.code,
+                    r.code == msg::Code::kOk ? std::span<const uint8_t>(r.payload) : std::span<const uint8_t>{});
     if (!msg::check(reply, 0, msg::Direction::kToPartition).ok()) std::abort();
     const uint8_t st = d.status();
     if ((st & transport::kStatusDriverOk) && !(st & transport::kStatusFeaturesOk) &&

@@ -56,13 +56,13 @@ bool in_ram(uint64_t gpa, uint64_t len, uint64_t ram) {
 
 uint32_t virtio_config_size(uint32_t id) {
   switch (id) {
-    case 3: return 12;   // console: cols, rows, max_nr_ports, emerg_wr
-    case 16: return 16;  // gpu: events_read, events_clear, num_scanouts, num_capsets
-    case 18: return 136; // input: select, subsel, size, reserved, union
-    case 19: return 8;   // vsock: guest_cid
-    case 25: return 16;  // snd: jacks, streams, chmaps, controls
-    case 41: return 8;   // gpio: ngpio, padding, gpio_names_size
-    default: return 0;   // rng, i2c, scmi, can: none
+    case 3: return 12;    // console: cols, rows, max_nr_ports, emerg_wr
+    case 16: return 16;   // gpu: events_read, events_clear, num_scanouts, num_capsets
+    case 18: return 136;  // input: select, subsel, size, reserved, union
+    case 19: return 8;    // vsock: guest_cid
+    case 25: return 16;   // snd: jacks, streams, chmaps, controls
+    case 41: return 8;    // gpio: ngpio, padding, gpio_names_size
+    default: return 0;    // rng, i2c, scmi, can: none
   }
 }
 
@@ -265,8 +265,8 @@ Status DeviceBridge::activate() {
     const Queue& q = queues_[i];
     if (!q.set) continue;
     CANOPY_TRY(fe.set_vring_num(i, q.size));
-    CANOPY_TRY(fe.set_vring_addr(i, kRamUserAddr + q.addrs.desc, kRamUserAddr + q.addrs.avail,
-                                 kRamUserAddr + q.addrs.used));
+    CANOPY_TRY(
+        fe.set_vring_addr(i, kRamUserAddr + q.addrs.desc, kRamUserAddr + q.addrs.avail, kRamUserAddr + q.addrs.used));
     CANOPY_TRY(fe.set_vring_base(i, 0));
     CANOPY_TRY(fe.set_vring_call(i, q.call.get()));
     CANOPY_TRY(fe.set_vring_kick(i, q.kick.get()));

@@ -32,7 +32,7 @@
 namespace canopy::hypervisor {
 
 struct BackendSpec {
-  std::string name;     // for logs and status ("rng", "gpu", ...)
+  std::string name;  // for logs and status ("rng", "gpu", ...)
   uint32_t virtio_id = 0;
   std::string program;  // resolved path
   std::vector<std::string> args;
@@ -119,7 +119,7 @@ class DeviceBridge {
   Child backend_;
   std::optional<transport::vhost_user::Frontend> frontend_;
   transport::vhost_user::Channel backend_req_;
-  uint64_t offered_ = 0;         // device features, as the guest sees them
+  uint64_t offered_ = 0;           // device features, as the guest sees them
   uint64_t backend_features_ = 0;  // as the back-end offered them (incl. the vhost-user bit)
   uint64_t protocol_ = 0;
   uint16_t num_queues_ = 0;

@@ -2,8 +2,8 @@
 // virtio 1.2 §3.1.1 and the queue checks, with the exact values that broke it (fuzz_partition_device).
 #include "device_bridge.h"
 
-#include <gtest/gtest.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>

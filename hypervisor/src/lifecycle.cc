@@ -39,8 +39,9 @@ void VmLifecycle::on_stop_requested() {
 
 VmState VmLifecycle::on_exit(TimePoint now, bool failure, const std::string& description) {
   const bool watchdog = watchdog_fired_;
-  last_exit_ = watchdog ? "watchdog: no heartbeat for " + std::to_string(watchdog_.count()) + " ms (" + description + ")"
-                        : description;
+  last_exit_ = watchdog
+                   ? "watchdog: no heartbeat for " + std::to_string(watchdog_.count()) + " ms (" + description + ")"
+                   : description;
   if (stop_requested_) {
     state_ = VmState::kStopped;
     return state_;

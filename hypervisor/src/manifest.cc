@@ -46,9 +46,8 @@ constexpr Choice<Criticality> kCriticalities[] = {{"safety", Criticality::kSafet
                                                   {"high", Criticality::kHigh},
                                                   {"normal", Criticality::kNormal},
                                                   {"low", Criticality::kLow}};
-constexpr Choice<RestartPolicy> kRestarts[] = {{"never", RestartPolicy::kNever},
-                                               {"on-failure", RestartPolicy::kOnFailure},
-                                               {"always", RestartPolicy::kAlways}};
+constexpr Choice<RestartPolicy> kRestarts[] = {
+    {"never", RestartPolicy::kNever}, {"on-failure", RestartPolicy::kOnFailure}, {"always", RestartPolicy::kAlways}};
 constexpr Choice<StreamDirection> kDirections[] = {{"output", StreamDirection::kOutput},
                                                    {"input", StreamDirection::kInput}};
 constexpr Choice<AudioRole> kRoles[] = {{"chime", AudioRole::kChime},  {"alert", AudioRole::kAlert},
@@ -61,10 +60,10 @@ constexpr Choice<JackDevice> kJackDevices[] = {{"line-out", JackDevice::kLineOut
                                                {"line-in", JackDevice::kLineIn},
                                                {"mic", JackDevice::kMic}};
 // virtio-snd channel positions (virtio spec 5.14.6.8.1.1) a stream's channel map may name.
-constexpr std::string_view kPositions[] = {"NA",  "MONO", "FL",  "FR",   "RL",   "RR",  "FC",  "LFE", "SL",  "SR",
-                                           "RC",  "FLC",  "FRC", "RLC",  "RRC",  "FLW", "FRW", "FLH", "FCH", "FRH",
-                                           "TC",  "TFL",  "TFR", "TFC",  "TRL",  "TRR", "TRC", "TFLC", "TFRC", "TSL",
-                                           "TSR", "LLFE", "RLFE", "BC",  "BLC",  "BRC"};
+constexpr std::string_view kPositions[] = {"NA",   "MONO", "FL",  "FR",  "RL",   "RR",   "FC",  "LFE", "SL",
+                                           "SR",   "RC",   "FLC", "FRC", "RLC",  "RRC",  "FLW", "FRW", "FLH",
+                                           "FCH",  "FRH",  "TC",  "TFL", "TFR",  "TFC",  "TRL", "TRR", "TRC",
+                                           "TFLC", "TFRC", "TSL", "TSR", "LLFE", "RLFE", "BC",  "BLC", "BRC"};
 constexpr Choice<DisplayOutput> kOutputs[] = {
     {"kms", DisplayOutput::kKms}, {"window", DisplayOutput::kWindow}, {"headless", DisplayOutput::kHeadless}};
 
@@ -108,8 +107,7 @@ std::string quote(std::string_view s) {
 
 std::string key_segment(std::string_view k) {
   const bool bare = !k.empty() && std::all_of(k.begin(), k.end(), [](char ch) {
-    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '_' ||
-           ch == '-';
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '_' || ch == '-';
   });
   return bare ? std::string(k) : quote(k);
 }
@@ -121,26 +119,16 @@ std::string idx(const std::string& path, size_t i) { return path + "[" + std::to
 
 const char* type_name(toml::node_type t) {
   switch (t) {
-    case toml::node_type::string:
-      return "a string";
-    case toml::node_type::integer:
-      return "an integer";
-    case toml::node_type::floating_point:
-      return "a float";
-    case toml::node_type::boolean:
-      return "a boolean";
-    case toml::node_type::table:
-      return "a table";
-    case toml::node_type::array:
-      return "an array";
-    case toml::node_type::date:
-      return "a date";
-    case toml::node_type::time:
-      return "a time";
-    case toml::node_type::date_time:
-      return "a date-time";
-    case toml::node_type::none:
-      break;
+    case toml::node_type::string: return "a string";
+    case toml::node_type::integer: return "an integer";
+    case toml::node_type::floating_point: return "a float";
+    case toml::node_type::boolean: return "a boolean";
+    case toml::node_type::table: return "a table";
+    case toml::node_type::array: return "an array";
+    case toml::node_type::date: return "a date";
+    case toml::node_type::time: return "a time";
+    case toml::node_type::date_time: return "a date-time";
+    case toml::node_type::none: break;
   }
   return "nothing";
 }
@@ -220,9 +208,7 @@ class Ctx {
     if (line == 0) line = column = 1;  // the root table has no position of its own
     add_at(line, column, std::move(path), std::move(msg));
   }
-  void add(const toml::node& n, std::string path, std::string msg) {
-    add(n.source(), std::move(path), std::move(msg));
-  }
+  void add(const toml::node& n, std::string path, std::string msg) { add(n.source(), std::move(path), std::move(msg)); }
   void add_at(uint32_t line, uint32_t column, std::string path, std::string msg) {
     if (errors_.size() >= kMaxErrors) {
       overflow_ = true;
@@ -238,16 +224,15 @@ class Ctx {
     std::vector<size_t> order(errors_.size());
     for (size_t i = 0; i < order.size(); ++i) order[i] = i;
     std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-      return std::tuple(errors_[a].line, errors_[a].column, a) <
-             std::tuple(errors_[b].line, errors_[b].column, b);
+      return std::tuple(errors_[a].line, errors_[a].column, a) < std::tuple(errors_[b].line, errors_[b].column, b);
     });
     std::vector<ManifestError> sorted;
     sorted.reserve(errors_.size() + 1);
     for (size_t i : order) sorted.push_back(std::move(errors_[i]));
     errors_ = std::move(sorted);
     if (overflow_)
-      errors_.push_back(ManifestError{
-          file_, 0, 0, "", "too many errors; only the first " + std::to_string(kMaxErrors) + " are shown"});
+      errors_.push_back(ManifestError{file_, 0, 0, "",
+                                      "too many errors; only the first " + std::to_string(kMaxErrors) + " are shown"});
     return std::move(errors_);
   }
 
@@ -273,8 +258,7 @@ std::optional<std::string> node_str(Ctx& c, const toml::node& n, const std::stri
   return s;
 }
 
-std::optional<int64_t> node_int(Ctx& c, const toml::node& n, const std::string& path, int64_t lo,
-                                int64_t hi) {
+std::optional<int64_t> node_int(Ctx& c, const toml::node& n, const std::string& path, int64_t lo, int64_t hi) {
   const auto* v = n.as_integer();
   if (v == nullptr) {
     c.add(n, path, std::string("expected an integer, got ") + type_name(n.type()));
@@ -282,8 +266,7 @@ std::optional<int64_t> node_int(Ctx& c, const toml::node& n, const std::string& 
   }
   const int64_t x = v->get();
   if (x < lo || x > hi) {
-    c.add(n, path,
-          std::to_string(x) + " is out of range (" + std::to_string(lo) + ".." + std::to_string(hi) + ")");
+    c.add(n, path, std::to_string(x) + " is out of range (" + std::to_string(lo) + ".." + std::to_string(hi) + ")");
     return std::nullopt;
   }
   return x;
@@ -299,8 +282,7 @@ std::optional<std::string> node_name(Ctx& c, const toml::node& n, const std::str
 }
 
 template <typename E>
-std::optional<E> node_choice(Ctx& c, const toml::node& n, const std::string& path,
-                             std::span<const Choice<E>> cs) {
+std::optional<E> node_choice(Ctx& c, const toml::node& n, const std::string& path, std::span<const Choice<E>> cs) {
   auto s = node_str(c, n, path);
   if (!s) return std::nullopt;
   for (const auto& ch : cs)
@@ -350,8 +332,7 @@ std::optional<uint64_t> parse_size(std::string_view t) {
 namespace {
 
 // Sizes: integer bytes, or a string of digits with an optional binary suffix K, M or G.
-std::optional<uint64_t> node_size(Ctx& c, const toml::node& n, const std::string& path, uint64_t lo,
-                                  uint64_t hi) {
+std::optional<uint64_t> node_size(Ctx& c, const toml::node& n, const std::string& path, uint64_t lo, uint64_t hi) {
   uint64_t bytes = 0;
   std::string shown;
   if (const auto* i = n.as_integer()) {
@@ -370,9 +351,8 @@ std::optional<uint64_t> node_size(Ctx& c, const toml::node& n, const std::string
     }
     bytes = *parsed;
   } else {
-    c.add(
-        n, path,
-        std::string("expected a size (a string like \"512M\" or integer bytes), got ") + type_name(n.type()));
+    c.add(n, path,
+          std::string("expected a size (a string like \"512M\" or integer bytes), got ") + type_name(n.type()));
     return std::nullopt;
   }
   if (bytes < lo || bytes > hi) {
@@ -433,8 +413,7 @@ class Reader {
   }
   template <typename T>
   void integer(std::string_view key, bool required, T& out, int64_t lo, int64_t hi) {
-    read(key, required, out,
-         [&](const toml::node& n, const std::string& p) { return node_int(c_, n, p, lo, hi); });
+    read(key, required, out, [&](const toml::node& n, const std::string& p) { return node_int(c_, n, p, lo, hi); });
   }
   // A number (integer or float) in [lo, hi].
   void number(std::string_view key, bool required, double& out, double lo, double hi) {
@@ -566,8 +545,7 @@ SndConfig parse_snd(Ctx& c, const toml::table& t, const std::string& path) {
         auto [it, fresh] = seen.emplace(s.name, i);
         if (!fresh)
           c.add(*st.get("name"), sr.at("name"),
-                "duplicate stream name " + quote(s.name) + " (first at " + idx(r.at("streams"), it->second) +
-                    ")");
+                "duplicate stream name " + quote(s.name) + " (first at " + idx(r.at("streams"), it->second) + ")");
       }
       sr.choice("direction", true, s.direction, kDirections);
       sr.integer("channels", false, s.channels, 1, 8);
@@ -604,8 +582,8 @@ SndConfig parse_snd(Ctx& c, const toml::table& t, const std::string& path) {
 VmConfig parse_vm(Ctx& c, const toml::table& t, const std::string& path, VmSource& src) {
   VmConfig vm;
   Reader r(c, t, path,
-           {"name", "backend", "memory", "vcpus", "criticality", "restart", "max_restarts", "kernel",
-            "initrd", "cmdline", "app", "args", "start_after", "watchdog_ms", "gpu", "snd", "device"});
+           {"name", "backend", "memory", "vcpus", "criticality", "restart", "max_restarts", "kernel", "initrd",
+            "cmdline", "app", "args", "start_after", "watchdog_ms", "gpu", "snd", "device"});
   src.table = &t;
   r.name("name", true, vm.name);
   r.choice("backend", true, vm.backend, kBackends);
@@ -620,10 +598,9 @@ VmConfig parse_vm(Ctx& c, const toml::table& t, const std::string& path, VmSourc
 
   // Backend-specific keys, checked only when the backend itself is valid (no cascades).
   const toml::node* bn = t.get("backend");
-  const bool has_backend =
-      bn != nullptr && bn->is_string() &&
-      std::any_of(std::begin(kBackends), std::end(kBackends),
-                  [&](const Choice<Backend>& ch) { return ch.name == bn->as_string()->get(); });
+  const bool has_backend = bn != nullptr && bn->is_string() &&
+                           std::any_of(std::begin(kBackends), std::end(kBackends),
+                                       [&](const Choice<Backend>& ch) { return ch.name == bn->as_string()->get(); });
   const bool kvm = vm.backend == Backend::kKvm || vm.backend == Backend::kAuto;
   const bool part = vm.backend == Backend::kPartition || vm.backend == Backend::kAuto;
   if (has_backend) {
@@ -631,8 +608,7 @@ VmConfig parse_vm(Ctx& c, const toml::table& t, const std::string& path, VmSourc
       if (!kvm && t.get(k) != nullptr) c.add(*t.get(k), r.at(k), "only for backend = \"kvm\" or \"auto\"");
     }
     for (std::string_view k : {"app", "args"}) {
-      if (!part && t.get(k) != nullptr)
-        c.add(*t.get(k), r.at(k), "only for backend = \"partition\" or \"auto\"");
+      if (!part && t.get(k) != nullptr) c.add(*t.get(k), r.at(k), "only for backend = \"partition\" or \"auto\"");
     }
     if (kvm) r.get("kernel", true, " (required for backend = \"kvm\" and \"auto\")");
     if (part) r.get("app", true, " (required for backend = \"partition\" and \"auto\")");
@@ -798,8 +774,7 @@ void check_start_after(Ctx& c, Manifest& m, const std::vector<VmSource>& srcs) {
         auto from = std::find(stack.begin(), stack.end(), d);
         for (auto it = from; it != stack.end(); ++it) cycle += m.vms[*it].name + " -> ";
         cycle += m.vms[d].name;
-        c.add((*srcs[v].start_after)[j], idx(sub(idx("vm", v), "start_after"), j),
-              "start_after cycle: " + cycle);
+        c.add((*srcs[v].start_after)[j], idx(sub(idx("vm", v), "start_after"), j), "start_after cycle: " + cycle);
       } else if (color[d] == Color::kWhite) {
         self(self, d);
       }
@@ -842,25 +817,24 @@ void check_layouts(Ctx& c, const Manifest& m, const std::vector<const toml::tabl
       } else if (l.scanout >= vm->gpu->scanouts.size()) {
         const toml::node* sn = t.get("scanout");
         c.add(sn ? sn->source() : t.source(), sub(p, "scanout"),
-              "VM " + quote(l.vm) + " has " + std::to_string(vm->gpu->scanouts.size()) +
-                  " scanout(s); index " + std::to_string(l.scanout) + " does not exist");
+              "VM " + quote(l.vm) + " has " + std::to_string(vm->gpu->scanouts.size()) + " scanout(s); index " +
+                  std::to_string(l.scanout) + " does not exist");
       }
     }
     if (vm != nullptr && vm->gpu && l.scanout < vm->gpu->scanouts.size() && l.crop.width != 0 && l.crop.height != 0) {
       const Scanout& so = vm->gpu->scanouts[l.scanout];
       if (uint64_t{l.crop.x} + l.crop.width > so.width || uint64_t{l.crop.y} + l.crop.height > so.height)
         c.add(*t.get("crop"), sub(p, "crop"),
-              "crop " + std::to_string(l.crop.x) + "," + std::to_string(l.crop.y) + " " +
-                  std::to_string(l.crop.width) + "x" + std::to_string(l.crop.height) + " does not fit scanout " +
-                  std::to_string(l.scanout) + " of VM " + quote(l.vm) + " (" + std::to_string(so.width) + "x" +
-                  std::to_string(so.height) + ")");
+              "crop " + std::to_string(l.crop.x) + "," + std::to_string(l.crop.y) + " " + std::to_string(l.crop.width) +
+                  "x" + std::to_string(l.crop.height) + " does not fit scanout " + std::to_string(l.scanout) +
+                  " of VM " + quote(l.vm) + " (" + std::to_string(so.width) + "x" + std::to_string(so.height) + ")");
     }
     if (d != nullptr && l.width != 0 && l.height != 0 &&
         (uint64_t{l.x} + l.width > d->width || uint64_t{l.y} + l.height > d->height)) {
       c.add(t, p,
-            "rectangle " + std::to_string(l.x) + "," + std::to_string(l.y) + " " + std::to_string(l.width) +
-                "x" + std::to_string(l.height) + " does not fit display " + quote(d->name) + " (" +
-                std::to_string(d->width) + "x" + std::to_string(d->height) + ")");
+            "rectangle " + std::to_string(l.x) + "," + std::to_string(l.y) + " " + std::to_string(l.width) + "x" +
+                std::to_string(l.height) + " does not fit display " + quote(d->name) + " (" + std::to_string(d->width) +
+                "x" + std::to_string(d->height) + ")");
     }
   }
 }
@@ -880,8 +854,7 @@ void check_routes(Ctx& c, const Manifest& m, const std::vector<const toml::table
     const bool found = vm->snd && std::any_of(vm->snd->streams.begin(), vm->snd->streams.end(),
                                               [&](const SndStream& s) { return s.name == a.stream; });
     if (!found)
-      c.add(*t.get("stream"), sub(p, "stream"),
-            "VM " + quote(a.vm) + " has no snd stream " + quote(a.stream));
+      c.add(*t.get("stream"), sub(p, "stream"), "VM " + quote(a.vm) + " has no snd stream " + quote(a.stream));
   }
 }
 
@@ -967,8 +940,7 @@ LoadResult load_manifest_string(std::string_view text, std::string_view name) {
     const std::string path = key_segment(key);
     if (key == "version") {
       if (auto ver = node_int(c, v, path, 0, INT32_MAX)) {
-        if (*ver != 1)
-          c.add(v, path, std::to_string(*ver) + " is not supported (this canopy-vmm reads version 1)");
+        if (*ver != 1) c.add(v, path, std::to_string(*ver) + " is not supported (this canopy-vmm reads version 1)");
       }
     } else if (key == "vm") {
       section_array(c, v, path, kMaxVms, [&](const toml::table& t, const std::string& p, size_t) {

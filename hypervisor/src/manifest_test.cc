@@ -106,8 +106,8 @@ TEST(ManifestTest, ParsesMinimalExampleWithDefaults) {
 }
 
 TEST(ManifestTest, BootOrderFollowsStartAfterThenFileOrder) {
-  LoadResult r = load_manifest_string(
-      vm("a", "start_after = [\"c\"]\n") + vm("b") + vm("c", "start_after = [\"b\"]\n"), "t.toml");
+  LoadResult r =
+      load_manifest_string(vm("a", "start_after = [\"c\"]\n") + vm("b") + vm("c", "start_after = [\"b\"]\n"), "t.toml");
   ASSERT_TRUE(r.ok());
   EXPECT_THAT(r.manifest->boot_order, ElementsAre(1u, 2u, 0u));
 }
@@ -120,12 +120,11 @@ TEST(ManifestTest, AcceptsIntegerBytesAndAutoBackend) {
 }
 
 TEST(ManifestTest, RejectsUnknownKey) {
-  EXPECT_THAT(
-      errors_of("[[vm]]\nname = \"a\"\nbackend = \"kvm\"\nmemroy = \"512M\"\nkernel = \"k\"\n"),
-      ElementsAre("t.toml:1:1: vm[0]: missing required key \"memory\"",
-                  "t.toml:4:1: vm[0].memroy: unknown key (known: name, backend, memory, vcpus, "
-                  "criticality, restart, max_restarts, kernel, initrd, cmdline, app, args, start_after, "
-                  "watchdog_ms, gpu, snd, device)"));
+  EXPECT_THAT(errors_of("[[vm]]\nname = \"a\"\nbackend = \"kvm\"\nmemroy = \"512M\"\nkernel = \"k\"\n"),
+              ElementsAre("t.toml:1:1: vm[0]: missing required key \"memory\"",
+                          "t.toml:4:1: vm[0].memroy: unknown key (known: name, backend, memory, vcpus, "
+                          "criticality, restart, max_restarts, kernel, initrd, cmdline, app, args, start_after, "
+                          "watchdog_ms, gpu, snd, device)"));
 }
 
 TEST(ManifestTest, RejectsBadSize) {
@@ -140,9 +139,8 @@ TEST(ManifestTest, RejectsSizeOutOfRangeOrUnaligned) {
               ElementsAre("t.toml:4:10: vm[0].memory: \"65G\" is out of range (16M..64G)"));
   EXPECT_THAT(errors_of("[[vm]]\nname = \"a\"\nbackend = \"kvm\"\nmemory = 16777217\nkernel = \"k\"\n"),
               ElementsAre("t.toml:4:10: vm[0].memory: 16777217 is not a multiple of 4K"));
-  EXPECT_THAT(
-      errors_of("[[vm]]\nname = \"a\"\nbackend = \"kvm\"\nmemory = \"99999999999999G\"\nkernel = \"k\"\n"),
-      ElementsAre("t.toml:4:10: vm[0].memory: \"99999999999999G\" is not a size (use e.g. 512M, 2G)"));
+  EXPECT_THAT(errors_of("[[vm]]\nname = \"a\"\nbackend = \"kvm\"\nmemory = \"99999999999999G\"\nkernel = \"k\"\n"),
+              ElementsAre("t.toml:4:10: vm[0].memory: \"99999999999999G\" is not a size (use e.g. 512M, 2G)"));
 }
 
 TEST(ManifestTest, RejectsDuplicateVmName) {
@@ -170,18 +168,15 @@ TEST(ManifestTest, RejectsLayoutReferencingMissingVm) {
 
 TEST(ManifestTest, RejectsLayoutScanoutThatDoesNotExist) {
   EXPECT_THAT(
-      errors_of(gfx_vm("a") +
-                "[[display]]\nname = \"d\"\nwidth = 1024\nheight = 768\n"
-                "[[layout]]\ndisplay = \"d\"\nvm = \"a\"\nscanout = 1\nwidth = 10\nheight = 10\n"),
+      errors_of(gfx_vm("a") + "[[display]]\nname = \"d\"\nwidth = 1024\nheight = 768\n"
+                              "[[layout]]\ndisplay = \"d\"\nvm = \"a\"\nscanout = 1\nwidth = 10\nheight = 10\n"),
       ElementsAre("t.toml:17:11: layout[0].scanout: VM \"a\" has 1 scanout(s); index 1 does not exist"));
 }
 
 TEST(ManifestTest, RejectsRectangleOutsideDisplay) {
-  EXPECT_THAT(
-      errors_of(gfx_vm("a") +
-                "[[display]]\nname = \"d\"\nwidth = 1024\nheight = 768\n"
-                "[[layout]]\ndisplay = \"d\"\nvm = \"a\"\nx = 100\nwidth = 1000\nheight = 768\n"),
-      ElementsAre("t.toml:14:1: layout[0]: rectangle 100,0 1000x768 does not fit display \"d\" (1024x768)"));
+  EXPECT_THAT(errors_of(gfx_vm("a") + "[[display]]\nname = \"d\"\nwidth = 1024\nheight = 768\n"
+                                      "[[layout]]\ndisplay = \"d\"\nvm = \"a\"\nx = 100\nwidth = 1000\nheight = 768\n"),
+              ElementsAre("t.toml:14:1: layout[0]: rectangle 100,0 1000x768 does not fit display \"d\" (1024x768)"));
 }
 
 TEST(ManifestTest, LayoutCropAlphaRotationStaleAndDisplayCriticality) {
@@ -214,12 +209,15 @@ TEST(ManifestTest, LayoutCropAlphaRotationStaleAndDisplayCriticality) {
 TEST(ManifestTest, RejectsBadCropAlphaRotation) {
   const std::string head = gfx_vm("a") + "[[display]]\nname = \"d\"\nwidth = 1024\nheight = 768\n" +
                            "[[layout]]\ndisplay = \"d\"\nvm = \"a\"\nwidth = 10\nheight = 10\n";
-  EXPECT_THAT(errors_of(head + "crop = { x = 100, width = 1000, height = 10 }\n"),
-              ElementsAre("t.toml:19:8: layout[0].crop: crop 100,0 1000x10 does not fit scanout 0 of VM \"a\" (1024x768)"));
+  EXPECT_THAT(
+      errors_of(head + "crop = { x = 100, width = 1000, height = 10 }\n"),
+      ElementsAre("t.toml:19:8: layout[0].crop: crop 100,0 1000x10 does not fit scanout 0 of VM \"a\" (1024x768)"));
   EXPECT_THAT(errors_of(head + "crop = { x = 1, height = 10 }\n"),
               ElementsAre("t.toml:19:8: layout[0].crop: missing required key \"width\""));
-  EXPECT_THAT(errors_of(head + "alpha = 1.5\n"), ElementsAre("t.toml:19:9: layout[0].alpha: 1.5 is out of range (0..1)"));
-  EXPECT_THAT(errors_of(head + "alpha = nan\n"), ElementsAre("t.toml:19:9: layout[0].alpha: nan is out of range (0..1)"));
+  EXPECT_THAT(errors_of(head + "alpha = 1.5\n"),
+              ElementsAre("t.toml:19:9: layout[0].alpha: 1.5 is out of range (0..1)"));
+  EXPECT_THAT(errors_of(head + "alpha = nan\n"),
+              ElementsAre("t.toml:19:9: layout[0].alpha: nan is out of range (0..1)"));
   EXPECT_THAT(errors_of(head + "alpha = \"half\"\n"),
               ElementsAre("t.toml:19:9: layout[0].alpha: expected a number, got a string"));
   EXPECT_THAT(errors_of(head + "rotation = 45\n"),
@@ -248,10 +246,9 @@ TEST(ManifestTest, RejectsOutOfRangeAndBadChoice) {
 
 TEST(ManifestTest, ReportsTomlSyntaxErrorWithItsLine) {
   // The description after "TOML syntax error: " is toml++'s own (3.3.0 here).
-  EXPECT_THAT(
-      errors_of("[[vm]]\nname = \"a\"\nmemory = = 3\n"),
-      ElementsAre("t.toml:3:10: TOML syntax error: Error while parsing value: could not determine value "
-                  "type"));
+  EXPECT_THAT(errors_of("[[vm]]\nname = \"a\"\nmemory = = 3\n"),
+              ElementsAre("t.toml:3:10: TOML syntax error: Error while parsing value: could not determine value "
+                          "type"));
 }
 
 // Regression: toml++ 3.3.0 reaches __builtin_unreachable() for these (found by fuzz_manifest; upstream
@@ -263,8 +260,7 @@ TEST(ManifestTest, RejectsCodePointsThatBreakTheTomlParser) {
   EXPECT_THAT(errors_of("# x\ns = \"\"\"\\\n\xc2\xa7\"\"\"\n"),
               ElementsAre("t.toml:3:1: character U+00A7 is not supported by this build's TOML parser outside "
                           "\\u escapes (toml++ bug, docs/manifest.md)"));
-  LoadResult r =
-      load_manifest_string(vm("a", "cmdline = \"\\u00e9 \xe2\x82\xac\" # \xe2\x9c\x93\n"), "t.toml");
+  LoadResult r = load_manifest_string(vm("a", "cmdline = \"\\u00e9 \xe2\x82\xac\" # \xe2\x9c\x93\n"), "t.toml");
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r.manifest->vms[0].cmdline, "\xc3\xa9 \xe2\x82\xac");
 }
@@ -278,15 +274,13 @@ TEST(ManifestTest, RejectsNonAsciiTableHeader) {
 }
 
 TEST(ManifestTest, ChecksBackendSpecificKeys) {
-  EXPECT_THAT(
-      errors_of("[[vm]]\nname = \"p\"\nbackend = \"partition\"\nmemory = \"64M\"\nkernel = \"k\"\n"),
-      ElementsAre("t.toml:1:1: vm[0]: missing required key \"app\" (required for backend = \"partition\" "
-                  "and \"auto\")",
-                  "t.toml:5:10: vm[0].kernel: only for backend = \"kvm\" or \"auto\""));
-  EXPECT_THAT(
-      errors_of("[[vm]]\nname = \"k\"\nbackend = \"kvm\"\nmemory = \"64M\"\n"),
-      ElementsAre("t.toml:1:1: vm[0]: missing required key \"kernel\" (required for backend = \"kvm\" "
-                  "and \"auto\")"));
+  EXPECT_THAT(errors_of("[[vm]]\nname = \"p\"\nbackend = \"partition\"\nmemory = \"64M\"\nkernel = \"k\"\n"),
+              ElementsAre("t.toml:1:1: vm[0]: missing required key \"app\" (required for backend = \"partition\" "
+                          "and \"auto\")",
+                          "t.toml:5:10: vm[0].kernel: only for backend = \"kvm\" or \"auto\""));
+  EXPECT_THAT(errors_of("[[vm]]\nname = \"k\"\nbackend = \"kvm\"\nmemory = \"64M\"\n"),
+              ElementsAre("t.toml:1:1: vm[0]: missing required key \"kernel\" (required for backend = \"kvm\" "
+                          "and \"auto\")"));
 }
 
 TEST(ManifestTest, RejectsReservedAndUnknownSections) {
@@ -367,13 +361,14 @@ TEST(ManifestTest, ReadsDevicesWatchdogAndBackEndArgs) {
 }
 
 TEST(ManifestTest, RejectsUnknownDeviceTypeMissingBackEndAndWatchdogOutOfRange) {
-  EXPECT_THAT(errors_of("[[vm]]\nname = \"p\"\nbackend = \"partition\"\nmemory = \"32M\"\napp = \"a\"\n"
-                        "watchdog_ms = 600001\n[[vm.device]]\ntype = \"toaster\"\n"),
-              ::testing::ElementsAre(
-                  "t.toml:6:15: vm[0].watchdog_ms: 600001 is out of range (0..600000)",
-                  "t.toml:7:1: vm[0].device[0]: missing required key \"backend\"",
-                  "t.toml:8:8: vm[0].device[0].type: unknown device type \"toaster\" (known: console, rng, input, vsock, "
-                  "scmi, i2c, can, gpio; gpu and snd have their own tables)"));
+  EXPECT_THAT(
+      errors_of("[[vm]]\nname = \"p\"\nbackend = \"partition\"\nmemory = \"32M\"\napp = \"a\"\n"
+                "watchdog_ms = 600001\n[[vm.device]]\ntype = \"toaster\"\n"),
+      ::testing::ElementsAre(
+          "t.toml:6:15: vm[0].watchdog_ms: 600001 is out of range (0..600000)",
+          "t.toml:7:1: vm[0].device[0]: missing required key \"backend\"",
+          "t.toml:8:8: vm[0].device[0].type: unknown device type \"toaster\" (known: console, rng, input, vsock, "
+          "scmi, i2c, can, gpio; gpu and snd have their own tables)"));
 }
 
 TEST(CanopyVmmTest, CheckPrintsEveryErrorAndFails) {
@@ -409,7 +404,8 @@ using ::testing::HasSubstr;
 
 const char* const kSndVm =
     "[[vm]]\nname = \"a\"\nbackend = \"partition\"\nmemory = \"32M\"\napp = \"x\"\n[vm.snd]\n"
-    "streams = [{ name = \"chime\", direction = \"output\", channels = 2, rates = [48000], positions = [\"FL\", \"FR\"] },\n"
+    "streams = [{ name = \"chime\", direction = \"output\", channels = 2, rates = [48000], positions = [\"FL\", "
+    "\"FR\"] },\n"
     "           { name = \"mic\", direction = \"input\", channels = 1, rates = [16000] }]\n"
     "jacks = [{ name = \"speaker\", direction = \"output\", device = \"speaker\" },\n"
     "         { name = \"mic\", direction = \"input\", connected = false }]\n";

@@ -2,6 +2,7 @@
 #include "canopy/hypervisor/process.h"
 
 #include <fcntl.h>
+#include <grp.h>
 #include <linux/filter.h>
 #include <linux/sched.h>
 #include <linux/seccomp.h>
@@ -13,7 +14,6 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
-#include <grp.h>
 
 #include <cerrno>
 #include <chrono>
@@ -321,7 +321,8 @@ Result<Child> spawn(const SpawnOptions& o) {
   if (ns & CLONE_NEWUSER) {
     // Map the child's root to our own ids, then let it go on.
     const std::string p = "/proc/" + std::to_string(pid) + "/";
-    bool ok = write_file(p + "setgroups", "deny") && write_file(p + "uid_map", "0 " + std::to_string(geteuid()) + " 1") &&
+    bool ok = write_file(p + "setgroups", "deny") &&
+              write_file(p + "uid_map", "0 " + std::to_string(geteuid()) + " 1") &&
               write_file(p + "gid_map", "0 " + std::to_string(getegid()) + " 1");
     if (!ok) CANOPY_WARN("spawn: user namespace id maps for pid %d failed: %s", int(pid), strerror(errno));
     char go = 1;

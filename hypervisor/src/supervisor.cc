@@ -1,7 +1,5 @@
 // canopy-vmm's supervisor: partitions, back-ends, lifecycle, control socket (supervisor.h).
 #include "canopy/hypervisor/supervisor.h"
-#include "canopy/audio/config.h"
-#include "kvm/kvm_vm.h"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -19,11 +17,13 @@
 #include <map>
 #include <sstream>
 
+#include "canopy/audio/config.h"
 #include "canopy/base/log.h"
 #include "canopy/hypervisor/process.h"
 #include "canopy/hypervisor/sandbox.h"
 #include "canopy/transport/virtio_msg.h"
 #include "device_bridge.h"
+#include "kvm/kvm_vm.h"
 
 namespace canopy::hypervisor {
 
@@ -42,12 +42,13 @@ std::vector<std::string> snd_args(const Manifest& m, const VmConfig& c) {
     // The manifest's stream as canopy-snd's own configuration, written by canopy-snd's own printer.
     audio::StreamConfig sc;
     sc.name = s.name;
-    sc.direction = s.direction == StreamDirection::kOutput ? audio::proto::Direction::kOutput
-                                                            : audio::proto::Direction::kInput;
+    sc.direction =
+        s.direction == StreamDirection::kOutput ? audio::proto::Direction::kOutput : audio::proto::Direction::kInput;
     sc.channels_max = uint8_t(s.channels);
     for (uint32_t hz : s.rates) sc.rates |= 1ull << audio::proto::rate_bit(hz);  // checked by the loader
     sc.role = to_string(s.role);
-    for (const std::string& p : s.positions) sc.positions.push_back(uint8_t(audio::proto::position_from_name(p.c_str())));
+    for (const std::string& p : s.positions)
+      sc.positions.push_back(uint8_t(audio::proto::position_from_name(p.c_str())));
     for (const AudioRoute& r : m.audio_routes) {
       if (r.vm != c.name || r.stream != s.name) continue;
       sc.policy = {r.priority, r.duck_others, r.duck_db, r.ramp_ms, r.exclusive};
@@ -129,8 +130,7 @@ struct Supervisor::Impl {
     epoll_event ev{};
     ev.events = EPOLLIN;
     ev.data.u64 = t;
-    if (epoll_ctl(epoll.get(), EPOLL_CTL_ADD, fd, &ev) != 0)
-      CANOPY_WARN("epoll_ctl ADD failed: %s", strerror(errno));
+    if (epoll_ctl(epoll.get(), EPOLL_CTL_ADD, fd, &ev) != 0) CANOPY_WARN("epoll_ctl ADD failed: %s", strerror(errno));
   }
   void unwatch(int fd) {
     if (fd >= 0) (void)epoll_ctl(epoll.get(), EPOLL_CTL_DEL, fd, nullptr);
@@ -152,7 +152,8 @@ struct Supervisor::Impl {
     // RAM: a sealed memfd (the partition cannot shrink it under a back-end's mapping).
     UniqueFd ram(memfd_create(("canopy-ram-" + c.name).c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING));
     if (!ram) return make_error(Errc::kIo, "memfd_create failed", errno);
-    if (ftruncate(ram.get(), off_t(c.memory_bytes)) != 0) return make_error(Errc::kIo, "ftruncate of RAM failed", errno);
+    if (ftruncate(ram.get(), off_t(c.memory_bytes)) != 0)
+      return make_error(Errc::kIo, "ftruncate of RAM failed", errno);
     if (fcntl(ram.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0)
       return make_error(Errc::kIo, "sealing RAM failed", errno);
     const RamInfo info{ram.get(), c.memory_bytes};
@@ -215,8 +216,11 @@ struct Supervisor::Impl {
     self_exe[n] = 0;
     SpawnOptions o;
     o.path = self_exe;
-    o.argv = {self_exe, "boot", "--kernel", resolve_path(c.kernel), "--memory", std::to_string(c.memory_bytes),
-              "--vcpus", std::to_string(c.vcpus), "--cmdline", c.cmdline.empty() ? "console=ttyS0" : c.cmdline};
+    o.argv = {self_exe,    "boot",
+              "--kernel",  resolve_path(c.kernel),
+              "--memory",  std::to_string(c.memory_bytes),
+              "--vcpus",   std::to_string(c.vcpus),
+              "--cmdline", c.cmdline.empty() ? "console=ttyS0" : c.cmdline};
     if (!c.initrd.empty()) o.argv.insert(o.argv.end(), {"--initrd", resolve_path(c.initrd)});
     for (auto& d : vm.devices) {
       o.argv.push_back("--device");
@@ -231,7 +235,8 @@ struct Supervisor::Impl {
     vm.progress = 0;
     watch(vm.proc.pidfd(), tag(kVmProcess, vm.index));
     vm.life.on_started(now());
-    if (c.watchdog_ms) CANOPY_WARN("vm %s: watchdog_ms applies to partitions; a KVM guest has no heartbeat", c.name.c_str());
+    if (c.watchdog_ms)
+      CANOPY_WARN("vm %s: watchdog_ms applies to partitions; a KVM guest has no heartbeat", c.name.c_str());
     CANOPY_INFO("vm %s: started on KVM, pid %d", c.name.c_str(), int(vm.proc.pid()));
     if (self->on_vm_started) self->on_vm_started(c.name);
     return {};
@@ -308,8 +313,8 @@ struct Supervisor::Impl {
     const TimePoint t = now();
     std::erase_if(times, [&](TimePoint x) { return t - x > std::chrono::seconds(10); });
     if (times.size() >= 5) {
-      CANOPY_ERROR("vm %s: device %s back-end failed 5 times in 10 s; left down (restart the VM)",
-                   vm.cfg.name.c_str(), d.spec().name.c_str());
+      CANOPY_ERROR("vm %s: device %s back-end failed 5 times in 10 s; left down (restart the VM)", vm.cfg.name.c_str(),
+                   d.spec().name.c_str());
       return;
     }
     times.push_back(t);
@@ -342,7 +347,8 @@ struct Supervisor::Impl {
 
   // --- partition messages --------------------------------------------------------------------------------
 
-  void reply(Vm& vm, const msg::Message& req, Code code, std::span<const uint8_t> payload, std::span<const int> fds = {}) {
+  void reply(Vm& vm, const msg::Message& req, Code code, std::span<const uint8_t> payload,
+             std::span<const int> fds = {}) {
     auto pkt = msg::encode(req.type(), msg::kFlagResponse, req.header.device, req.header.id, code,
                            code == Code::kOk ? payload : std::span<const uint8_t>{});
     if (Status s = msg::send_packet(vm.sock.get(), pkt, code == Code::kOk ? fds : std::span<const int>{}); !s.ok())
@@ -417,7 +423,8 @@ struct Supervisor::Impl {
     if (opt.control_path.empty()) return {};
     sockaddr_un a{};
     a.sun_family = AF_UNIX;
-    if (opt.control_path.size() >= sizeof a.sun_path) return make_error(Errc::kInvalidArgument, "control socket path too long");
+    if (opt.control_path.size() >= sizeof a.sun_path)
+      return make_error(Errc::kInvalidArgument, "control socket path too long");
     std::memcpy(a.sun_path, opt.control_path.c_str(), opt.control_path.size() + 1);
     UniqueFd s(socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
     if (!s) return make_error(Errc::kIo, "socket failed", errno);
@@ -441,8 +448,7 @@ struct Supervisor::Impl {
       if (!c) return;
       ucred cred{};
       socklen_t len = sizeof cred;
-      if (getsockopt(c.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 ||
-          (cred.uid != geteuid() && cred.uid != 0)) {
+      if (getsockopt(c.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || (cred.uid != geteuid() && cred.uid != 0)) {
         const char deny[] = "error: permission denied";
         (void)send(c.get(), deny, sizeof deny - 1, MSG_NOSIGNAL);
         continue;
@@ -501,7 +507,8 @@ struct Supervisor::Impl {
     for (auto& vp : vms) {
       Vm& vm = *vp;
       if (vm.kill_at && t >= *vm.kill_at && vm.proc.running()) {
-        CANOPY_WARN("vm %s: still running %d ms after the stop request; SIGKILL", vm.cfg.name.c_str(), opt.stop_grace_ms);
+        CANOPY_WARN("vm %s: still running %d ms after the stop request; SIGKILL", vm.cfg.name.c_str(),
+                    opt.stop_grace_ms);
         (void)vm.proc.signal(SIGKILL);
         vm.kill_at.reset();
       }
@@ -749,15 +756,16 @@ std::string Supervisor::status_text() const {
     o += "vm name=" + s.name + " state=" + to_string(s.state) + " pid=" + std::to_string(s.pid) +
          " criticality=" + to_string(s.criticality) + " restarts=" + std::to_string(s.restarts) +
          " heartbeats=" + std::to_string(s.heartbeats) + " progress=" + std::to_string(s.progress) +
-         " watchdog_expiries=" + std::to_string(s.watchdog_expiries) + " bad_messages=" + std::to_string(s.bad_messages) +
-         " confinement=" + quoted(s.confinement) + " last_exit=" + quoted(s.last_exit) + "\n";
+         " watchdog_expiries=" + std::to_string(s.watchdog_expiries) +
+         " bad_messages=" + std::to_string(s.bad_messages) + " confinement=" + quoted(s.confinement) +
+         " last_exit=" + quoted(s.last_exit) + "\n";
     for (const auto& d : s.devices) {
       std::snprintf(hex, sizeof hex, "0x%02x", d.status);
       o += "device vm=" + s.name + " index=" + std::to_string(d.index) + " type=" + d.type +
            " backend_pid=" + std::to_string(d.backend_pid) + " backend_up=" + (d.backend_up ? "1" : "0") +
            " backend_starts=" + std::to_string(d.backend_starts) + " status=" + hex +
-           " driver_resets=" + std::to_string(d.driver_resets) +
-           " config_changes=" + std::to_string(d.config_changes) + "\n";
+           " driver_resets=" + std::to_string(d.driver_resets) + " config_changes=" + std::to_string(d.config_changes) +
+           "\n";
     }
   }
   return o;

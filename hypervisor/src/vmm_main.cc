@@ -126,8 +126,7 @@ int boot(int argc, char** argv) {
     else if (const auto size = a == "--memory" && has ? canopy::hypervisor::parse_size(argv[i + 1]) : std::nullopt) {
       c.ram_bytes = *size;
       ++i;
-    }
-    else if (a == "--vcpus" && has) c.vcpus = uint32_t(std::strtoul(argv[++i], nullptr, 10));
+    } else if (a == "--vcpus" && has) c.vcpus = uint32_t(std::strtoul(argv[++i], nullptr, 10));
     else if (a == "--device" && has) {
       const std::string spec = argv[++i];
       const size_t eq = spec.find('=');

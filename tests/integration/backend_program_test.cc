@@ -69,7 +69,8 @@ TEST(BackendProgram, ExitsZeroOnSigtermWhileWaitingForFrontend) {
   pid_t pid = spawn({kRng, "--socket-path=" + path});
   // Wait until it listens, then stop it.
   struct stat st;
-  for (int i = 0; i < 500 && stat(path.c_str(), &st) != 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  for (int i = 0; i < 500 && stat(path.c_str(), &st) != 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
   ASSERT_EQ(stat(path.c_str(), &st), 0);
   kill(pid, SIGTERM);
   EXPECT_EQ(wait_exit(pid, 5000), 0);
@@ -110,9 +111,9 @@ namespace {
 TEST(BackendProgram, DeviceOptionsTakeTheirValueEitherWay) {
   const std::string snd = std::string(CANOPY_BIN_DIR) + "/canopy-snd";
   std::string path = socket_path("snd");
-  pid_t pid = spawn({snd, "--socket-path", path, "--host", "null", "--no-policy", "--stream",
-                     "name=a,dir=output,channels=2", "--stream=name=b,dir=input,channels=1", "--jack",
-                     "name=j,dir=output"});
+  pid_t pid =
+      spawn({snd, "--socket-path", path, "--host", "null", "--no-policy", "--stream", "name=a,dir=output,channels=2",
+             "--stream=name=b,dir=input,channels=1", "--jack", "name=j,dir=output"});
   auto fe = Frontend::connect(path.c_str(), 5000);
   ASSERT_TRUE(fe.ok());
   auto features = fe->get_features();

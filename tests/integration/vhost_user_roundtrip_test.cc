@@ -26,7 +26,7 @@ constexpr uint64_t kUva = 0x7e0000000000;  // the front-end's own address for gu
 constexpr uint64_t kRingBase = 0x1000;
 constexpr uint64_t kData = 0x100000;
 constexpr uint16_t kQueueSize = 256;
-constexpr uint32_t kPart = 64;       // bytes per descriptor
+constexpr uint32_t kPart = 64;  // bytes per descriptor
 constexpr uint32_t kSlotBytes = 4 * kPart;
 
 // Writes every readable byte XOR 0xa5 to the writable part.
@@ -141,7 +141,8 @@ TEST_F(RoundTrip, MovesOverAMillionDescriptorsWithContentChecked) {
       for (uint32_t i = 0; i < 2 * kPart; ++i) buf[i] = pattern(next_seq, i);
       ASSERT_TRUE(mem.write(base, buf, sizeof buf).ok());
       ASSERT_TRUE(mem.fill(base + 2 * kPart, 0, 2 * kPart).ok());
-      auto head = dq.add({{base, kPart}, {base + kPart, kPart}}, {{base + 2 * kPart, kPart}, {base + 3 * kPart, kPart}}, s);
+      auto head =
+          dq.add({{base, kPart}, {base + kPart, kPart}}, {{base + 2 * kPart, kPart}, {base + 3 * kPart, kPart}}, s);
       ASSERT_TRUE(head.ok()) << head.error().what;
       slot_seq[s] = next_seq++;
       descriptors += 4;

@@ -37,10 +37,13 @@ void report(bool ok, const char* name, const std::string& detail = "") {
 // The device's answer to a typed helper: OK_NODATA on success, else the error response.
 uint32_t code(const Status& s, GpuClient& g) { return s.ok() ? uint32_t(Resp::kOkNodata) : g.last_response(); }
 template <typename T>
-uint32_t code(const Result<T>& r, GpuClient& g) { return r.ok() ? uint32_t(Resp::kOkNodata) : g.last_response(); }
+uint32_t code(const Result<T>& r, GpuClient& g) {
+  return r.ok() ? uint32_t(Resp::kOkNodata) : g.last_response();
+}
 
 void expect_code(const char* name, uint32_t got, Resp want) {
-  report(got == uint32_t(want), name, std::string("got ") + proto::resp_name(got) + ", want " + proto::resp_name(uint32_t(want)));
+  report(got == uint32_t(want), name,
+         std::string("got ") + proto::resp_name(got) + ", want " + proto::resp_name(uint32_t(want)));
 }
 
 }  // namespace
@@ -106,7 +109,8 @@ int main() {
   // --- error codes a guest can cause ---
   expect_code("SET_SCANOUT scanout 2", code(g.set_scanout(2, r2d, {0, 0, W, H}), g), Resp::kErrInvalidScanoutId);
   expect_code("SET_SCANOUT rect outside", code(g.set_scanout(0, r2d, {1, 0, W, H}), g), Resp::kErrInvalidParameter);
-  expect_code("SET_SCANOUT unknown resource", code(g.set_scanout(0, 999, {0, 0, W, H}), g), Resp::kErrInvalidResourceId);
+  expect_code("SET_SCANOUT unknown resource", code(g.set_scanout(0, 999, {0, 0, W, H}), g),
+              Resp::kErrInvalidResourceId);
   expect_code("TRANSFER outside the resource", code(g.transfer_to_host_2d(r2d, {0, 0, W + 1, 1}, 0), g),
               Resp::kErrInvalidParameter);
   expect_code("TRANSFER past the backing", code(g.transfer_to_host_2d(r2d, {0, 0, W, H}, 4), g),
@@ -170,7 +174,8 @@ int main() {
              g.set_scanout_blob(1, *blob, proto::Format::kB8G8R8X8, 64, 64, 256, 0, {0, 0, 64, 64}).ok(),
          "SET_SCANOUT_BLOB 1");
   report(g.flush(*blob, {0, 0, 64, 64}).ok(), "RESOURCE_FLUSH (blob)");
-  expect_code("SET_SCANOUT_BLOB past the blob", code(g.set_scanout_blob(1, *blob, proto::Format::kB8G8R8X8, 64, 65, 256, 0, {0, 0, 64, 64}), g),
+  expect_code("SET_SCANOUT_BLOB past the blob",
+              code(g.set_scanout_blob(1, *blob, proto::Format::kB8G8R8X8, 64, 65, 256, 0, {0, 0, 64, 64}), g),
               Resp::kErrInvalidParameter);
   expect_code("SET_SCANOUT on a blob", code(g.set_scanout(1, *blob, {0, 0, 64, 64}), g), Resp::kErrInvalidParameter);
   auto uuid = g.assign_uuid(*blob);

@@ -1,9 +1,9 @@
 // canopy-vmm with real guest partitions and real back-ends, as separate processes: crash isolation,
 // back-end restart with device reset, watchdog, confinement (a hostile partition), a misbehaving
 // partition, the control socket. Every process started here is owned by PID and gone at the end.
-#include <gtest/gtest.h>
 #include <dirent.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -68,7 +68,7 @@ class Vmm {
   explicit Vmm(const std::string& manifest, std::vector<std::string> extra = {}) {
     char tmpl[] = "/tmp/canopy-partition-test-XXXXXX";
     dir_ = mkdtemp(tmpl);
-    chmod(dir_.c_str(), 0755);  // partitions (other uids) read the probe's target file here
+    chmod(dir_.c_str(), 0755);    // partitions (other uids) read the probe's target file here
     std::string text = manifest;  // "@DIR@" stands for this folder
     for (size_t at; (at = text.find("@DIR@")) != std::string::npos;) text.replace(at, 5, dir_);
     std::ofstream(dir_ + "/vm.toml") << text;
@@ -97,7 +97,8 @@ class Vmm {
       for (int i = 0; i < 100 && !process_gone(p); ++i) usleep(20000);
       EXPECT_TRUE(process_gone(p)) << "pid " << p << " outlived canopy-vmm";
     }
-    if (HasFailure() || getenv("CANOPY_TEST_SHOW_LOG")) std::fprintf(stderr, "--- canopy-vmm log ---\n%s\n", read_file(log_).c_str());
+    if (HasFailure() || getenv("CANOPY_TEST_SHOW_LOG"))
+      std::fprintf(stderr, "--- canopy-vmm log ---\n%s\n", read_file(log_).c_str());
     std::system(("rm -rf " + dir_).c_str());
   }
   static bool HasFailure() { return ::testing::Test::HasFailure(); }
@@ -194,15 +195,16 @@ class Vmm {
 
 std::string rng_vm(const std::string& name, const std::string& extra, const std::string& app_args,
                    const std::string& app = "canopy-partition-rng") {
-  return "[[vm]]\nname = \"" + name + "\"\nbackend = \"partition\"\nmemory = \"32M\"\n" + extra + "app = \"" + kBin + "/" +
-         app + "\"\nargs = [" + app_args + "]\n[[vm.device]]\ntype = \"rng\"\nbackend = \"" + kBin +
+  return "[[vm]]\nname = \"" + name + "\"\nbackend = \"partition\"\nmemory = \"32M\"\n" + extra + "app = \"" + kBin +
+         "/" + app + "\"\nargs = [" + app_args + "]\n[[vm.device]]\ntype = \"rng\"\nbackend = \"" + kBin +
          "/canopy-vhost-rng\"\nargs = [\"--pattern\"]\n\n";
 }
 
 TEST(Partitions, EachSurvivesTheOthersCrashAndABackEndRestartResetsOnlyItsDevice) {
   Vmm vmm(rng_vm("cluster", "criticality = \"safety\"\n", "\"--expect-pattern\"") +
           rng_vm("ivi", "start_after = [\"cluster\"]\n", "\"--expect-pattern\""));
-  ASSERT_TRUE(Vmm::wait_until([&] { return vmm.field("vm cluster", "progress") >= 20 && vmm.field("vm ivi", "progress") >= 20; }));
+  ASSERT_TRUE(Vmm::wait_until(
+      [&] { return vmm.field("vm cluster", "progress") >= 20 && vmm.field("vm ivi", "progress") >= 20; }));
   EXPECT_EQ(vmm.text("vm cluster", "confinement").rfind("ns:pid", 0), 0u) << vmm.text("vm cluster", "confinement");
 
   // Kill the IVI partition: the cluster keeps running while the VMM restarts the IVI (on-failure).
@@ -210,8 +212,8 @@ TEST(Partitions, EachSurvivesTheOthersCrashAndABackEndRestartResetsOnlyItsDevice
   const long cluster_before = vmm.field("vm cluster", "progress");
   ASSERT_EQ(kill(ivi, SIGKILL), 0);
   ASSERT_TRUE(Vmm::wait_until([&] {
-    return vmm.field("vm ivi", "restarts") == 1 && vmm.field("vm ivi", "pid") > 0 && vmm.field("vm ivi", "pid") != ivi &&
-           vmm.field("vm ivi", "progress") >= 10;
+    return vmm.field("vm ivi", "restarts") == 1 && vmm.field("vm ivi", "pid") > 0 &&
+           vmm.field("vm ivi", "pid") != ivi && vmm.field("vm ivi", "progress") >= 10;
   }));
   EXPECT_EQ(vmm.text("vm ivi", "last_exit"), "killed by signal 9 (Killed)");
   EXPECT_TRUE(Vmm::wait_until([&] { return vmm.field("vm cluster", "progress") >= cluster_before + 10; }));
@@ -221,8 +223,8 @@ TEST(Partitions, EachSurvivesTheOthersCrashAndABackEndRestartResetsOnlyItsDevice
   const pid_t backend = pid_t(vmm.field("device cluster 0", "backend_pid"));
   ASSERT_EQ(kill(backend, SIGKILL), 0);
   ASSERT_TRUE(Vmm::wait_until([&] {
-    return vmm.field("device cluster 0", "backend_starts") == 2 && vmm.field("device cluster 0", "driver_resets") >= 1 &&
-           vmm.text("device cluster 0", "status") == "0x0f";
+    return vmm.field("device cluster 0", "backend_starts") == 2 &&
+           vmm.field("device cluster 0", "driver_resets") >= 1 && vmm.text("device cluster 0", "status") == "0x0f";
   }));
   const long after_reset = vmm.field("vm cluster", "progress");
   ASSERT_TRUE(Vmm::wait_until([&] { return vmm.field("vm cluster", "progress") >= after_reset + 20; }))
@@ -241,8 +243,10 @@ TEST(Partitions, EachSurvivesTheOthersCrashAndABackEndRestartResetsOnlyItsDevice
 }
 
 TEST(Partitions, WatchdogKillsAndRestartsAPartitionThatStopsHeartbeating) {
-  Vmm vmm(rng_vm("hangs", "watchdog_ms = 300\nrestart = \"on-failure\"\nmax_restarts = 10\n", "\"--hang-after\", \"5\""));
-  ASSERT_TRUE(Vmm::wait_until([&] { return vmm.field("vm hangs", "watchdog_expiries") >= 2 && vmm.field("vm hangs", "restarts") >= 2; }));
+  Vmm vmm(
+      rng_vm("hangs", "watchdog_ms = 300\nrestart = \"on-failure\"\nmax_restarts = 10\n", "\"--hang-after\", \"5\""));
+  ASSERT_TRUE(Vmm::wait_until(
+      [&] { return vmm.field("vm hangs", "watchdog_expiries") >= 2 && vmm.field("vm hangs", "restarts") >= 2; }));
   EXPECT_EQ(vmm.text("vm hangs", "last_exit"), "watchdog: no heartbeat for 300 ms (killed by signal 9 (Killed))");
 }
 
@@ -304,7 +308,8 @@ TEST(Partitions, AMisbehavingPartitionNeitherStopsTheVmmNorTheOthers) {
 
 TEST(Partitions, ControlSocketStopsStartsAndRestartsVmsAndRefusesBadRequests) {
   Vmm vmm(rng_vm("a", "restart = \"always\"\n", "") + rng_vm("b", "", ""));
-  ASSERT_TRUE(Vmm::wait_until([&] { return vmm.field("vm a", "progress") >= 5 && vmm.field("vm b", "progress") >= 5; }));
+  ASSERT_TRUE(
+      Vmm::wait_until([&] { return vmm.field("vm a", "progress") >= 5 && vmm.field("vm b", "progress") >= 5; }));
   std::string out;
   EXPECT_EQ(vmm.canopyctl("frobnicate", out), 1);
   EXPECT_EQ(out, "error: unknown command (status, stop VM, start VM, restart VM, shutdown)\n");
@@ -323,7 +328,8 @@ TEST(Partitions, ControlSocketStopsStartsAndRestartsVmsAndRefusesBadRequests) {
   EXPECT_EQ(vmm.field("device a 0", "backend_up"), 0) << "its back-end went with it";
 
   EXPECT_EQ(vmm.canopyctl("start a", out), 0);
-  ASSERT_TRUE(Vmm::wait_until([&] { return vmm.text("vm a", "state") == "running" && vmm.field("vm a", "progress") >= 5; }));
+  ASSERT_TRUE(
+      Vmm::wait_until([&] { return vmm.text("vm a", "state") == "running" && vmm.field("vm a", "progress") >= 5; }));
   EXPECT_EQ(vmm.canopyctl("start a", out), 1);
   EXPECT_EQ(out, "error: VM is running\n");
 
@@ -352,16 +358,19 @@ TEST(Partitions, ControlSocketStopsStartsAndRestartsVmsAndRefusesBadRequests) {
       return vmm.field("vm b", "pid") > 0 && vmm.field("vm b", "pid") != before && vmm.field("vm b", "progress") >= 5;
     }));
   }
-  EXPECT_TRUE(Vmm::wait_until([&] { return fds() == steady; }, 2000)) << fds() << " descriptors, " << steady << " before";
+  EXPECT_TRUE(Vmm::wait_until([&] { return fds() == steady; }, 2000))
+      << fds() << " descriptors, " << steady << " before";
 }
 
 TEST(Partitions, RunRefusesAManifestItCannotRunAndNamesTheVm) {
   char tmpl[] = "/tmp/canopy-partition-test-XXXXXX";
   std::string dir = mkdtemp(tmpl);
-  std::ofstream(dir + "/vm.toml") << "[[vm]]\nname = \"x\"\nbackend = \"partition\"\nmemory = \"32M\"\napp = \"no-such-app\"\n";
+  std::ofstream(dir + "/vm.toml")
+      << "[[vm]]\nname = \"x\"\nbackend = \"partition\"\nmemory = \"32M\"\napp = \"no-such-app\"\n";
   std::string out;
   EXPECT_EQ(run_command(kBin + "/canopy-vmm run " + dir + "/vm.toml", out), 1);
-  EXPECT_NE(out.find("vm x: app no-such-app: program not found beside canopy-vmm or in PATH"), std::string::npos) << out;
+  EXPECT_NE(out.find("vm x: app no-such-app: program not found beside canopy-vmm or in PATH"), std::string::npos)
+      << out;
   std::system(("rm -rf " + dir).c_str());
 }
 
@@ -393,12 +402,12 @@ TEST(PartitionGpu, EveryCommandAndErrorCodeThroughTheGuestClient) {
   // Display changes from the host side: canopy-gpu's control socket -> CONFIG_CHANGE_MSG on the
   // back-end request channel -> canopy-vmm -> EVENT_CONFIG -> the guest re-reads its displays.
   const std::string gpu_control = vmm.dir() + "/gpu-control.sock";
-  ASSERT_TRUE(Vmm::wait_until([&] { return vmm.log().find("gpu-check: waiting for a display change") != std::string::npos; },
-                              60000))
+  ASSERT_TRUE(Vmm::wait_until(
+      [&] { return vmm.log().find("gpu-check: waiting for a display change") != std::string::npos; }, 60000))
       << vmm.log();
   EXPECT_EQ(line_exchange(gpu_control, "display 1 400x300\n"), "ok\n");
-  ASSERT_TRUE(
-      Vmm::wait_until([&] { return vmm.log().find("gpu-check: waiting for a disconnect") != std::string::npos; }, 30000))
+  ASSERT_TRUE(Vmm::wait_until(
+      [&] { return vmm.log().find("gpu-check: waiting for a disconnect") != std::string::npos; }, 30000))
       << vmm.log();
   EXPECT_EQ(line_exchange(gpu_control, "display 1 off\ndisplays\n"), "ok\n0 640x480@60 on\n1 400x300@60 off\nok\n");
   ASSERT_TRUE(Vmm::wait_until([&] { return vmm.log().find("gpu-check: done") != std::string::npos; }, 30000))
@@ -433,7 +442,8 @@ TEST(PartitionSnd, EveryRequestAndErrorThroughTheGuestClient) {
           "  { name = \"mic\", direction = \"input\", channels = 1, rates = [48000], role = \"voice\" },\n]\n"
           "jacks = [{ name = \"speaker\", direction = \"output\", device = \"speaker\" }]\n"
           "args = [\"--host=null\", \"--wav-dir=@DIR@\", \"--capture-tone=440\", \"--policy=@DIR@/policy\"]\n");
-  ASSERT_TRUE(Vmm::wait_until([&] { return vmm.log().find("snd-check: done") != std::string::npos; }, 60000)) << vmm.log();
+  ASSERT_TRUE(Vmm::wait_until([&] { return vmm.log().find("snd-check: done") != std::string::npos; }, 60000))
+      << vmm.log();
   const std::string log = vmm.log();
   EXPECT_EQ(log.find("snd-check: FAIL"), std::string::npos) << log;
   EXPECT_NE(log.find("snd-check: done"), std::string::npos);

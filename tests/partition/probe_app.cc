@@ -6,21 +6,21 @@
 //   --garbage       send malformed packets, requests out of order and a flood of requests it never reads
 //                   the replies of; prints "garbage done" and goes on heartbeating (the VMM must still serve it).
 // After either it heartbeats until told to stop.
+#include <dirent.h>
 #include <fcntl.h>
 #include <sched.h>
+#include <signal.h>
 #include <sys/mount.h>
 #include <sys/ptrace.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
-#include <dirent.h>
-#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstdlib>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <string>
@@ -101,8 +101,8 @@ void attack(Partition& p, pid_t target) {
   int foreign = 0;
   std::string seen;
   if (DIR* d = opendir("/proc/self/fd")) {
-    const std::string ram = "/memfd:canopy-ram-" + std::string(getenv("CANOPY_VM_NAME") ? getenv("CANOPY_VM_NAME") : "") +
-                            " (deleted)";
+    const std::string ram =
+        "/memfd:canopy-ram-" + std::string(getenv("CANOPY_VM_NAME") ? getenv("CANOPY_VM_NAME") : "") + " (deleted)";
     while (dirent* e = readdir(d)) {
       if (e->d_name[0] == '.') continue;
       const int fd = std::atoi(e->d_name);
@@ -115,8 +115,8 @@ void attack(Partition& p, pid_t target) {
       target_name[n] = '\0';
       const std::string t(target_name);
       // Judged by kind, not by path (in a chroot the kernel may print paths from outside it).
-      const bool mine = t.rfind("pipe:", 0) == 0 || t.rfind("anon_inode:[eventfd]", 0) == 0 ||
-                        t.rfind("socket:", 0) == 0 || t == ram;
+      const bool mine =
+          t.rfind("pipe:", 0) == 0 || t.rfind("anon_inode:[eventfd]", 0) == 0 || t.rfind("socket:", 0) == 0 || t == ram;
       if (!mine) {
         ++foreign;
         seen += " " + t;

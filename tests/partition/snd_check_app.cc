@@ -35,7 +35,8 @@ void report(bool ok, const char* name, const std::string& detail = "") {
 }
 
 void expect_status(const char* name, uint32_t got, Code want) {
-  report(got == uint32_t(want), name, std::string("got ") + sndp::code_name(got) + ", want " + sndp::code_name(uint32_t(want)));
+  report(got == uint32_t(want), name,
+         std::string("got ") + sndp::code_name(got) + ", want " + sndp::code_name(uint32_t(want)));
 }
 
 uint32_t status_of(const Status& s, SndClient& c) { return s.ok() ? uint32_t(Code::kOk) : c.last_status(); }
@@ -89,7 +90,8 @@ int main() {
   // --- features, config, queries ---
   report(s.has_feature(sndp::kFCtls), "feature CTLS negotiated");
   auto cfg = s.config();
-  report(cfg.ok() && cfg->jacks.get() == 1 && cfg->streams.get() == 2 && cfg->chmaps.get() == 2 && cfg->controls.get() == 4,
+  report(cfg.ok() && cfg->jacks.get() == 1 && cfg->streams.get() == 2 && cfg->chmaps.get() == 2 &&
+             cfg->controls.get() == 4,
          "config: 1 jack, 2 streams, 2 chmaps, 4 controls");
   auto pcm = s.pcm_info();
   report(pcm.ok() && pcm->size() == 2 && (*pcm)[0].direction == 0 && (*pcm)[0].channels_max == 2 &&
@@ -108,7 +110,8 @@ int main() {
          "CTL_INFO: volume and switch per stream");
 
   // --- errors a guest can cause ---
-  expect_status("PCM_INFO count 0x80000000 size 2 (CVE-2026-3196)", query(s, Code::kPcmInfo, 0, 0x80000000u, 2, 64), Code::kBadMsg);
+  expect_status("PCM_INFO count 0x80000000 size 2 (CVE-2026-3196)", query(s, Code::kPcmInfo, 0, 0x80000000u, 2, 64),
+                Code::kBadMsg);
   expect_status("PCM_INFO start 1 count 0xffffffff", query(s, Code::kPcmInfo, 1, 0xffffffffu, 32, 64), Code::kBadMsg);
   expect_status("PCM_INFO start_id == streams", query(s, Code::kPcmInfo, 2, 1, 32, 32), Code::kBadMsg);
   expect_status("PCM_INFO size below the struct", query(s, Code::kPcmInfo, 0, 1, 16, 32), Code::kBadMsg);
@@ -125,14 +128,17 @@ int main() {
   expect_status("PCM_PREPARE before SET_PARAMS", status_of(s.prepare(0), s), Code::kBadMsg);
   expect_status("PCM_START before PREPARE", status_of(s.start(0), s), Code::kBadMsg);
   expect_status("PCM_RELEASE before PREPARE", status_of(s.release(0), s), Code::kBadMsg);
-  expect_status("SET_PARAMS 3 channels", status_of(s.set_params(0, 7680, 1920, 3, sndp::Format::kS16, 48000), s), Code::kBadMsg);
-  expect_status("SET_PARAMS 44100 Hz (not offered)", status_of(s.set_params(0, 7680, 1920, 2, sndp::Format::kS16, 44100), s),
+  expect_status("SET_PARAMS 3 channels", status_of(s.set_params(0, 7680, 1920, 3, sndp::Format::kS16, 48000), s),
                 Code::kBadMsg);
-  expect_status("SET_PARAMS format S8", status_of(s.set_params(0, 7680, 1920, 2, sndp::Format::kS8, 48000), s), Code::kBadMsg);
-  expect_status("SET_PARAMS buffer not whole periods", status_of(s.set_params(0, 7681, 1920, 2, sndp::Format::kS16, 48000), s),
+  expect_status("SET_PARAMS 44100 Hz (not offered)",
+                status_of(s.set_params(0, 7680, 1920, 2, sndp::Format::kS16, 44100), s), Code::kBadMsg);
+  expect_status("SET_PARAMS format S8", status_of(s.set_params(0, 7680, 1920, 2, sndp::Format::kS8, 48000), s),
                 Code::kBadMsg);
+  expect_status("SET_PARAMS buffer not whole periods",
+                status_of(s.set_params(0, 7681, 1920, 2, sndp::Format::kS16, 48000), s), Code::kBadMsg);
   expect_status("SET_PARAMS MSG_POLLING (not offered)",
-                status_of(s.set_params(0, 7680, 1920, 2, sndp::Format::kS16, 48000, sndp::kPcmFMsgPolling), s), Code::kBadMsg);
+                status_of(s.set_params(0, 7680, 1920, 2, sndp::Format::kS16, 48000, sndp::kPcmFMsgPolling), s),
+                Code::kBadMsg);
 
   // --- controls ---
   report(s.ctl_write(0, 80).ok() && s.ctl_read(0).ok() && *s.ctl_read(0) == 80, "CTL_WRITE / CTL_READ volume 80");
@@ -150,7 +156,8 @@ int main() {
 
   // --- playback: 1 s of 1 kHz at -6 dBFS in 10 ms periods, 4 queued ahead ---
   constexpr uint32_t kFrames = 480, kPeriod = kFrames * 4;
-  report(s.set_params(0, 4 * kPeriod, kPeriod, 2, sndp::Format::kS16, 48000).ok(), "SET_PARAMS music 48 kHz S16 stereo");
+  report(s.set_params(0, 4 * kPeriod, kPeriod, 2, sndp::Format::kS16, 48000).ok(),
+         "SET_PARAMS music 48 kHz S16 stereo");
   report(s.prepare(0).ok(), "PCM_PREPARE music");
   uint64_t phase = 0;
   int written = 0, completed = 0, bad_status = 0;
@@ -158,8 +165,8 @@ int main() {
   for (; written < 4; ++written) (void)s.write(0, tone_period(1000, phase, kFrames, 2));
   report(s.start(0).ok(), "PCM_START music");
   expect_status("PCM_START twice", status_of(s.start(0), s), Code::kBadMsg);
-  expect_status("SET_PARAMS while started", status_of(s.set_params(0, 4 * kPeriod, kPeriod, 2, sndp::Format::kS16, 48000), s),
-                Code::kBadMsg);
+  expect_status("SET_PARAMS while started",
+                status_of(s.set_params(0, 4 * kPeriod, kPeriod, 2, sndp::Format::kS16, 48000), s), Code::kBadMsg);
   while (completed < 100) {
     auto c = s.next_tx(2000);
     if (!c.ok()) break;
@@ -193,8 +200,10 @@ int main() {
 
   // --- capture: the null host's 440 Hz tone, 0.5 s in 10 ms periods ---
   constexpr uint32_t kMicPeriod = kFrames * 2;
-  report(s.set_params(1, 4 * kMicPeriod, kMicPeriod, 1, sndp::Format::kS16, 48000).ok(), "SET_PARAMS mic 48 kHz S16 mono");
-  report(s.prepare(1).ok() && s.queue_reads(1, kMicPeriod, 4).ok() && s.start(1).ok(), "mic: PREPARE, 4 buffers, START");
+  report(s.set_params(1, 4 * kMicPeriod, kMicPeriod, 1, sndp::Format::kS16, 48000).ok(),
+         "SET_PARAMS mic 48 kHz S16 mono");
+  report(s.prepare(1).ok() && s.queue_reads(1, kMicPeriod, 4).ok() && s.start(1).ok(),
+         "mic: PREPARE, 4 buffers, START");
   audio::Audio heard;
   heard.rate = 48000;
   heard.channels = 1;
@@ -211,11 +220,12 @@ int main() {
     }
     (void)s.queue_reads(1, kMicPeriod, 1);
   }
-  report(periods == 50 && short_reads == 0, "50 full capture periods", std::to_string(periods) + " periods, " +
-                                                                          std::to_string(short_reads) + " short or failed");
+  report(periods == 50 && short_reads == 0, "50 full capture periods",
+         std::to_string(periods) + " periods, " + std::to_string(short_reads) + " short or failed");
   const audio::ToneReport tone = audio::analyze_tone(heard, 0);
   char detail[128];
-  std::snprintf(detail, sizeof detail, "found %d, %.1f Hz at %.2f dB, %zu gaps", tone.found, tone.hz, tone.level_db, tone.gaps);
+  std::snprintf(detail, sizeof detail, "found %d, %.1f Hz at %.2f dB, %zu gaps", tone.found, tone.hz, tone.level_db,
+                tone.gaps);
   report(tone.found && std::abs(tone.hz - 440) < 3 && std::abs(tone.level_db + 6) < 0.5 && tone.gaps == 0,
          "capture hears the host's 440 Hz tone at -6 dBFS, no gaps", detail);
   report(s.stop(1).ok(), "PCM_STOP mic");
@@ -223,7 +233,8 @@ int main() {
   report(s.release(1).ok(), "PCM_RELEASE mic");
   int returned = 0;
   while (s.next_rx(200).ok()) ++returned;
-  report(pending > 0 && returned == int(pending) && s.rx_in_flight() == 0, "RELEASE handed every pending capture buffer back",
+  report(pending > 0 && returned == int(pending) && s.rx_in_flight() == 0,
+         "RELEASE handed every pending capture buffer back",
          std::to_string(returned) + " of " + std::to_string(pending));
 
   std::fprintf(stderr, "snd-check: done %d %d\n", ok_count, fail_count);

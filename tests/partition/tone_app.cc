@@ -125,8 +125,8 @@ int main(int argc, char** argv) {
   for (double v : lat) sum += v;
   auto pct = [&](double q) { return lat.empty() ? 0.0 : lat[std::min(lat.size() - 1, size_t(q * lat.size()))]; };
   std::fprintf(stderr, "tone: done periods=%llu latency_ms avg=%.2f p50=%.2f p99=%.2f max=%.2f late_completions=%llu\n",
-               (unsigned long long)done, lat.empty() ? 0 : sum / lat.size(), pct(0.5), pct(0.99), lat.empty() ? 0 : lat.back(),
-               (unsigned long long)gaps);
+               (unsigned long long)done, lat.empty() ? 0 : sum / lat.size(), pct(0.5), pct(0.99),
+               lat.empty() ? 0 : lat.back(), (unsigned long long)gaps);
   // Stay up (heartbeating) until the VMM stops us: the test reads the sink meanwhile.
   for (;;) {
     (void)part.heartbeat(done);

@@ -1,10 +1,11 @@
 // libFuzzer target: the device-side chain walker. The input is the guest's memory image: a 16-entry
 // descriptor table, the avail ring, and data/indirect areas. The device pops every published chain and
 // reads/writes through it; nothing may crash, hang or touch memory outside the guest region.
-#include <cstdint>
-#include <cstring>
 #include <sys/mman.h>
 #include <unistd.h>
+
+#include <cstdint>
+#include <cstring>
 
 #include "canopy/transport/virtqueue.h"
 

@@ -25,8 +25,8 @@ namespace {
 
 constexpr uint64_t kMem = 0x40000;  // guest memory [0, 256 KiB): every u16 offset * 4 lands inside
 constexpr uint16_t kQueues = 3;
-constexpr uint64_t kOffered = kVirtioFVersion1 | kVirtioFEventIdx | kVirtioFIndirectDesc | kVirtioFRingReset |
-                              kVirtioFNotificationData | 1ull;
+constexpr uint64_t kOffered =
+    kVirtioFVersion1 | kVirtioFEventIdx | kVirtioFIndirectDesc | kVirtioFRingReset | kVirtioFNotificationData | 1ull;
 
 class FuzzDevice : public MmioDevice {
  public:
@@ -115,8 +115,7 @@ void check_invariants(VirtioMmio& mmio, bool line) {
   for (uint16_t q = 0; q < kQueues; ++q) {
     MmioQueueConfig c = mmio.queue(q);
     if (!c.ready) continue;
-    if (q == 1 || !is_power_of_two(c.size) || (c.addrs.desc & 15) || (c.addrs.avail & 1) ||
-        (c.addrs.used & 3))
+    if (q == 1 || !is_power_of_two(c.size) || (c.addrs.desc & 15) || (c.addrs.avail & 1) || (c.addrs.used & 3))
       __builtin_trap();
     if (q == 0 && c.size > 64) __builtin_trap();
   }
@@ -158,22 +157,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         break;
       }
       case 4:
-      case 5:
-        mmio.write(r.offset, r.size % 9, uint64_t(r.value) | (uint64_t(r.value) << 32));
-        break;
+      case 5: mmio.write(r.offset, r.size % 9, uint64_t(r.value) | (uint64_t(r.value) << 32)); break;
       case 6:
         if (r.size == 0xee)  // canopy-vmm's irqfd mode on or off
           mmio.set_used_buffer_notifications_external(r.value & 1);
-        else if (r.value % 3 == 0)
-          mmio.raise_interrupt(InterruptKind::kUsedBuffer);
-        else if (r.value % 3 == 1)
-          mmio.config_changed();
-        else
-          mmio.set_needs_reset();
+        else if (r.value % 3 == 0) mmio.raise_interrupt(InterruptKind::kUsedBuffer);
+        else if (r.value % 3 == 1) mmio.config_changed();
+        else mmio.set_needs_reset();
         break;
-      case 7:
-        (void)mem.write_obj<uint32_t>(uint64_t(r.offset) * 4, r.value);
-        break;
+      case 7: (void)mem.write_obj<uint32_t>(uint64_t(r.offset) * 4, r.value); break;
     }
     check_invariants(mmio, line && (mmio.status() & kStatusDriverOk));
   }

@@ -1,7 +1,5 @@
 #include "canopy/transport/backend_main.h"
 
-#include "canopy/transport/backend_sandbox.h"
-
 #include <poll.h>
 #include <signal.h>
 #include <sys/eventfd.h>
@@ -15,6 +13,7 @@
 #include <string_view>
 
 #include "canopy/base/log.h"
+#include "canopy/transport/backend_sandbox.h"
 
 namespace canopy::transport::vhost_user {
 namespace {

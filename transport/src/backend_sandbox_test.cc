@@ -1,5 +1,7 @@
 // The back-end confinement in a child process: what it must refuse, and what a back-end (and a GPU
 // driver inside it) still needs.
+#include "canopy/transport/backend_sandbox.h"
+
 #include <errno.h>
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -13,8 +15,6 @@
 
 #include <atomic>
 #include <thread>
-
-#include "canopy/transport/backend_sandbox.h"
 
 namespace canopy::transport {
 namespace {
@@ -47,9 +47,9 @@ TEST(BackendSandbox, RefusesNewProcessesProgramsNetworkAndOtherProcesses) {
               if (syscall(SYS_tgkill, parent, parent, 0) != -1 || errno != EPERM) return 9;
               if (syscall(SYS_tkill, parent, 0) != -1 || errno != EPERM) return 10;
               rlimit lim{};
-              if (prlimit(parent, RLIMIT_NOFILE, nullptr, &lim) != 0) return 11;       // reading: allowed
+              if (prlimit(parent, RLIMIT_NOFILE, nullptr, &lim) != 0) return 11;  // reading: allowed
               if (prlimit(parent, RLIMIT_NOFILE, &lim, nullptr) != -1 || errno != EPERM) return 12;
-              if (setrlimit(RLIMIT_NOFILE, &lim) != 0) return 13;                       // its own: allowed
+              if (setrlimit(RLIMIT_NOFILE, &lim) != 0) return 13;  // its own: allowed
               if (unshare(CLONE_NEWUSER) != -1 || errno != EPERM) return 6;
               if (!kSanitizer) {
                 if (fork() != -1 || errno != EPERM) return 7;

@@ -47,11 +47,9 @@ Status DriverQueue::init(GuestMemory* mem, const Config& cfg) {
   if (!valid_size(cfg.size))
     return make_error(Errc::kInvalidArgument, "driver queue: size not a power of two in [1, 32768]");
   const VringAddrs& a = cfg.addrs;
-  if ((a.desc & (kDescTableAlign - 1)) || (a.avail & (kAvailRingAlign - 1)) ||
-      (a.used & (kUsedRingAlign - 1)))
+  if ((a.desc & (kDescTableAlign - 1)) || (a.avail & (kAvailRingAlign - 1)) || (a.used & (kUsedRingAlign - 1)))
     return make_error(Errc::kInvalidArgument, "driver queue: ring address misaligned");
-  if (!mem->contains(a.desc, desc_table_bytes(cfg.size)) ||
-      !mem->contains(a.avail, avail_ring_bytes(cfg.size)) ||
+  if (!mem->contains(a.desc, desc_table_bytes(cfg.size)) || !mem->contains(a.avail, avail_ring_bytes(cfg.size)) ||
       !mem->contains(a.used, used_ring_bytes(cfg.size)))
     return make_error(Errc::kOutOfRange, "driver queue: ring outside guest memory");
 
@@ -138,8 +136,7 @@ Result<uint16_t> DriverQueue::add(std::span<const Segment> readable, std::span<c
     if (!t) return make_error(Errc::kOverflow, "driver queue: chain length overflows 32 bits");
     total = *t;
   }
-  if (!checked_add(rbytes, wbytes))
-    return make_error(Errc::kOverflow, "driver queue: chain length overflows 32 bits");
+  if (!checked_add(rbytes, wbytes)) return make_error(Errc::kOverflow, "driver queue: chain length overflows 32 bits");
 
   const bool use_indirect = indirect_slot_entries_ != 0 && n > 1 && n <= indirect_slot_entries_;
   const uint16_t needed = use_indirect ? 1 : uint16_t(n);
@@ -270,10 +267,8 @@ Status DriverQueue::disable_interrupts() {
 Result<bool> DriverQueue::enable_interrupts() {
   if (!mem_) return make_error(Errc::kState, "driver queue: not initialised");
   interrupts_enabled_ = true;
-  if (event_idx_)
-    CANOPY_TRY(mem_->store_relaxed_u16(addrs_.avail + 4 + 2ull * size_, last_used_));
-  else
-    CANOPY_TRY(mem_->store_relaxed_u16(addrs_.avail, 0));
+  if (event_idx_) CANOPY_TRY(mem_->store_relaxed_u16(addrs_.avail + 4 + 2ull * size_, last_used_));
+  else CANOPY_TRY(mem_->store_relaxed_u16(addrs_.avail, 0));
   // Order the re-enable before re-checking the used idx: either the device sees it or we see its entry.
   std::atomic_thread_fence(std::memory_order_seq_cst);
   return has_used();

@@ -65,9 +65,7 @@ class QueuePair {
   DeviceQueue device;
 };
 
-void put(GuestMemory& mem, uint64_t gpa, const std::string& s) {
-  ASSERT_TRUE(mem.write(gpa, s.data(), s.size()).ok());
-}
+void put(GuestMemory& mem, uint64_t gpa, const std::string& s) { ASSERT_TRUE(mem.write(gpa, s.data(), s.size()).ok()); }
 std::string get(GuestMemory& mem, uint64_t gpa, size_t n) {
   std::string s(n, '\0');
   EXPECT_TRUE(mem.read(gpa, s.data(), n).ok());
@@ -232,8 +230,7 @@ TEST_P(DriverQueueRoundTrip, MultiSegmentChainsOutOfOrderCompletion) {
   EXPECT_EQ(tokens, (std::vector<uint64_t>{3, 1}));
   EXPECT_EQ(p.driver.num_free(), 5);
   // The freed descriptors are reusable while chain 2 is still in flight.
-  ASSERT_TRUE(
-      p.driver.add({{kData, 1}, {kData, 1}, {kData, 1}}, {{kData + 0x400, 1}, {kData + 0x400, 1}}, 5).ok());
+  ASSERT_TRUE(p.driver.add({{kData, 1}, {kData, 1}, {kData, 1}}, {{kData + 0x400, 1}, {kData + 0x400, 1}}, 5).ok());
   EXPECT_EQ(p.driver.num_free(), 0);
   ASSERT_TRUE(p.driver.publish().ok());
   DescriptorChain c;
@@ -350,8 +347,7 @@ TEST(DriverQueue, AddRejectsBadSegments) {
   EXPECT_EQ(p.driver.add({{kData, 0}}, {}, 1).code(), Errc::kInvalidArgument);
   EXPECT_EQ(p.driver.add({{kBase + kMemSize - 4, 8}}, {}, 1).code(), Errc::kOutOfRange);
   EXPECT_EQ(p.driver.add({{0x1000, 8}}, {}, 1).code(), Errc::kOutOfRange);
-  EXPECT_EQ(p.driver.add({{kData, 1}, {kData, 1}, {kData, 1}}, {{kData, 1}, {kData, 1}}, 1).code(),
-            Errc::kLimit);
+  EXPECT_EQ(p.driver.add({{kData, 1}, {kData, 1}, {kData, 1}}, {{kData, 1}, {kData, 1}}, 1).code(), Errc::kLimit);
   // Nothing was consumed by the failures.
   EXPECT_EQ(p.driver.num_free(), 4);
   EXPECT_EQ(p.driver.in_flight(), 0);

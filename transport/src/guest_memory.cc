@@ -59,12 +59,14 @@ Status GuestMemory::add_region(const RegionInfo& info, UniqueFd fd) {
     return make_error(Errc::kOverflow, "guest memory: region end overflows");
   for (const auto& r : regions_) {
     uint64_t rs = r->info.guest_phys_addr, re = rs + r->info.size;
-    if (info.guest_phys_addr < re && rs < *end) return make_error(Errc::kInvalidArgument, "guest memory: overlapping region");
+    if (info.guest_phys_addr < re && rs < *end)
+      return make_error(Errc::kInvalidArgument, "guest memory: overlapping region");
   }
   // A region past the end of its file would fault (SIGBUS) on access: check it against the file size.
   struct stat st;
   if (::fstat(fd.get(), &st) != 0) return make_error(Errc::kIo, "guest memory: fstat failed", errno);
-  if (S_ISREG(st.st_mode) && (info.mmap_offset > uint64_t(st.st_size) || info.size > uint64_t(st.st_size) - info.mmap_offset))
+  if (S_ISREG(st.st_mode) &&
+      (info.mmap_offset > uint64_t(st.st_size) || info.size > uint64_t(st.st_size) - info.mmap_offset))
     return make_error(Errc::kOutOfRange, "guest memory: region runs past the end of its file");
   // mmap needs a page-aligned file offset: map from the page boundary below mmap_offset.
   const uint64_t page = uint64_t(::sysconf(_SC_PAGESIZE));
@@ -81,8 +83,9 @@ Status GuestMemory::add_region(const RegionInfo& info, UniqueFd fd) {
   region->map_base = static_cast<uint8_t*>(p);
   region->map_len = size_t(map_len);
   region->host = region->map_base + delta;
-  auto pos = std::lower_bound(regions_.begin(), regions_.end(), info.guest_phys_addr,
-                              [](const std::unique_ptr<Region>& r, uint64_t gpa) { return r->info.guest_phys_addr < gpa; });
+  auto pos =
+      std::lower_bound(regions_.begin(), regions_.end(), info.guest_phys_addr,
+                       [](const std::unique_ptr<Region>& r, uint64_t gpa) { return r->info.guest_phys_addr < gpa; });
   regions_.insert(pos, std::move(region));
   layout_ = next_layout();
   return {};
@@ -166,9 +169,8 @@ Status GuestMemory::write(uint64_t gpa, const void* src, size_t len) {
 }
 
 Status GuestMemory::fill(uint64_t gpa, uint8_t byte, size_t len) {
-  CANOPY_TRY(for_each_piece(gpa, len, [&](const Region& r, uint64_t off, size_t, size_t n) {
-    std::memset(r.host + off, byte, n);
-  }));
+  CANOPY_TRY(for_each_piece(
+      gpa, len, [&](const Region& r, uint64_t off, size_t, size_t n) { std::memset(r.host + off, byte, n); }));
   bytes_copied_.fetch_add(len, std::memory_order_relaxed);
   return {};
 }

@@ -39,25 +39,59 @@ bool is_get(Request r) {
     case Request::kGetSharedObject:
     case Request::kCheckDeviceState:
     case Request::kSetDeviceStateFd:
-    case Request::kGetShmemConfig:
-      return true;
-    default:
-      return false;
+    case Request::kGetShmemConfig: return true;
+    default: return false;
   }
 }
 
 }  // namespace
 
 const char* request_name(Request r) {
-  static const char* const kNames[] = {
-      "NONE", "GET_FEATURES", "SET_FEATURES", "SET_OWNER", "RESET_OWNER", "SET_MEM_TABLE", "SET_LOG_BASE",
-      "SET_LOG_FD", "SET_VRING_NUM", "SET_VRING_ADDR", "SET_VRING_BASE", "GET_VRING_BASE", "SET_VRING_KICK",
-      "SET_VRING_CALL", "SET_VRING_ERR", "GET_PROTOCOL_FEATURES", "SET_PROTOCOL_FEATURES", "GET_QUEUE_NUM",
-      "SET_VRING_ENABLE", "SEND_RARP", "NET_SET_MTU", "SET_BACKEND_REQ_FD", "IOTLB_MSG", "SET_VRING_ENDIAN",
-      "GET_CONFIG", "SET_CONFIG", "CREATE_CRYPTO_SESSION", "CLOSE_CRYPTO_SESSION", "POSTCOPY_ADVISE",
-      "POSTCOPY_LISTEN", "POSTCOPY_END", "GET_INFLIGHT_FD", "SET_INFLIGHT_FD", "GPU_SET_SOCKET", "RESET_DEVICE",
-      "VRING_KICK", "GET_MAX_MEM_SLOTS", "ADD_MEM_REG", "REM_MEM_REG", "SET_STATUS", "GET_STATUS",
-      "GET_SHARED_OBJECT", "SET_DEVICE_STATE_FD", "CHECK_DEVICE_STATE", "GET_SHMEM_CONFIG"};
+  static const char* const kNames[] = {"NONE",
+                                       "GET_FEATURES",
+                                       "SET_FEATURES",
+                                       "SET_OWNER",
+                                       "RESET_OWNER",
+                                       "SET_MEM_TABLE",
+                                       "SET_LOG_BASE",
+                                       "SET_LOG_FD",
+                                       "SET_VRING_NUM",
+                                       "SET_VRING_ADDR",
+                                       "SET_VRING_BASE",
+                                       "GET_VRING_BASE",
+                                       "SET_VRING_KICK",
+                                       "SET_VRING_CALL",
+                                       "SET_VRING_ERR",
+                                       "GET_PROTOCOL_FEATURES",
+                                       "SET_PROTOCOL_FEATURES",
+                                       "GET_QUEUE_NUM",
+                                       "SET_VRING_ENABLE",
+                                       "SEND_RARP",
+                                       "NET_SET_MTU",
+                                       "SET_BACKEND_REQ_FD",
+                                       "IOTLB_MSG",
+                                       "SET_VRING_ENDIAN",
+                                       "GET_CONFIG",
+                                       "SET_CONFIG",
+                                       "CREATE_CRYPTO_SESSION",
+                                       "CLOSE_CRYPTO_SESSION",
+                                       "POSTCOPY_ADVISE",
+                                       "POSTCOPY_LISTEN",
+                                       "POSTCOPY_END",
+                                       "GET_INFLIGHT_FD",
+                                       "SET_INFLIGHT_FD",
+                                       "GPU_SET_SOCKET",
+                                       "RESET_DEVICE",
+                                       "VRING_KICK",
+                                       "GET_MAX_MEM_SLOTS",
+                                       "ADD_MEM_REG",
+                                       "REM_MEM_REG",
+                                       "SET_STATUS",
+                                       "GET_STATUS",
+                                       "GET_SHARED_OBJECT",
+                                       "SET_DEVICE_STATE_FD",
+                                       "CHECK_DEVICE_STATE",
+                                       "GET_SHMEM_CONFIG"};
   auto i = static_cast<uint32_t>(r);
   return i < sizeof kNames / sizeof kNames[0] ? kNames[i] : "UNKNOWN";
 }
@@ -270,7 +304,8 @@ Result<QueueHandle*> Backend::vring_from_u64(const Message& msg, uint64_t* out) 
   CANOPY_ASSIGN_OR_RETURN(le64 v, msg.exact<le64>());
   uint64_t raw = v;
   uint64_t index = raw & kVringIndexMask;
-  if (raw & ~(kVringIndexMask | kVringNoFdMask)) return make_error(Errc::kProtocol, "vring fd message: reserved bits set");
+  if (raw & ~(kVringIndexMask | kVringNoFdMask))
+    return make_error(Errc::kProtocol, "vring fd message: reserved bits set");
   if (index >= queues_.size()) return make_error(Errc::kOutOfRange, "vring index out of range");
   const bool nofd = raw & kVringNoFdMask;
   if (nofd ? !msg.fds.empty() : msg.fds.size() != 1)
@@ -300,8 +335,7 @@ Status Backend::dispatch(Message& msg, Message& reply, bool& has_reply) {
     case Request::kSetLogFd:
     case Request::kSetLogBase:
     case Request::kSetInflightFd:
-    case Request::kSetDeviceStateFd:
-      break;
+    case Request::kSetDeviceStateFd: break;
     default:
       if (!msg.fds.empty()) {
         has_reply = is_get(req);  // still answer, so the peer is not left waiting
@@ -310,9 +344,7 @@ Status Backend::dispatch(Message& msg, Message& reply, bool& has_reply) {
   }
 
   switch (req) {
-    case Request::kGetFeatures:
-      reply_u64(device_.features() | kVhostUserFProtocolFeatures);
-      return {};
+    case Request::kGetFeatures: reply_u64(device_.features() | kVhostUserFProtocolFeatures); return {};
     case Request::kSetFeatures: {
       CANOPY_ASSIGN_OR_RETURN(le64 v, msg.exact<le64>());
       const uint64_t offered = device_.features() | kVhostUserFProtocolFeatures;
@@ -326,9 +358,7 @@ Status Backend::dispatch(Message& msg, Message& reply, bool& has_reply) {
       device_.set_acked_features(acked_features_ & ~kVhostUserFProtocolFeatures);
       return {};
     }
-    case Request::kGetProtocolFeatures:
-      reply_u64(base_protocol_features() | device_.protocol_features());
-      return {};
+    case Request::kGetProtocolFeatures: reply_u64(base_protocol_features() | device_.protocol_features()); return {};
     case Request::kSetProtocolFeatures: {
       CANOPY_ASSIGN_OR_RETURN(le64 v, msg.exact<le64>());
       if (v.get() & ~(base_protocol_features() | device_.protocol_features()))
@@ -345,18 +375,11 @@ Status Backend::dispatch(Message& msg, Message& reply, bool& has_reply) {
       reset_device();
       owner_set_ = false;
       return {};
-    case Request::kSetMemTable:
-      return set_mem_table(msg);
-    case Request::kGetMaxMemSlots:
-      reply_u64(kMaxMemoryRegions);
-      return {};
-    case Request::kAddMemReg:
-      return add_mem_reg(msg);
-    case Request::kRemMemReg:
-      return rem_mem_reg(msg);
-    case Request::kGetQueueNum:
-      reply_u64(queues_.size());
-      return {};
+    case Request::kSetMemTable: return set_mem_table(msg);
+    case Request::kGetMaxMemSlots: reply_u64(kMaxMemoryRegions); return {};
+    case Request::kAddMemReg: return add_mem_reg(msg);
+    case Request::kRemMemReg: return rem_mem_reg(msg);
+    case Request::kGetQueueNum: reply_u64(queues_.size()); return {};
     case Request::kSetVringNum: {
       VringState st;
       CANOPY_ASSIGN_OR_RETURN(QueueHandle * q, vring_from_state(msg, &st));
@@ -485,12 +508,8 @@ Status Backend::dispatch(Message& msg, Message& reply, bool& has_reply) {
       device_.on_status(status_);
       return {};
     }
-    case Request::kGetStatus:
-      reply_u64(status_);
-      return {};
-    case Request::kResetDevice:
-      reset_device();
-      return {};
+    case Request::kGetStatus: reply_u64(status_); return {};
+    case Request::kResetDevice: reset_device(); return {};
     case Request::kGetShmemConfig: {
       has_reply = true;
       if (!has_protocol(kProtoShmem)) return make_error(Errc::kProtocol, "GET_SHMEM_CONFIG: SHMEM not negotiated");

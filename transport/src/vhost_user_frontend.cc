@@ -188,7 +188,8 @@ Result<std::vector<uint64_t>> Frontend::get_shmem_config() {
     sizes[i] = c.memory_sizes[i];
     n += sizes[i] != 0;
   }
-  if (n != c.nregions.get()) return make_error(Errc::kProtocol, "GET_SHMEM_CONFIG: region count does not match the sizes");
+  if (n != c.nregions.get())
+    return make_error(Errc::kProtocol, "GET_SHMEM_CONFIG: region count does not match the sizes");
   while (!sizes.empty() && sizes.back() == 0) sizes.pop_back();
   return sizes;
 }
@@ -230,11 +231,11 @@ Status serve_backend_request(Channel& ch, const BackendRequestHandlers& h, int t
       result = map ? h.shmem_map(*body, m.fds[0].get()) : h.shmem_unmap(*body);
       break;
     }
-    default:
-      result = make_error(Errc::kUnsupported, "back-end request not supported");
+    default: result = make_error(Errc::kUnsupported, "back-end request not supported");
   }
   if (m.need_reply()) {
-    Message r = Message::make_u64(static_cast<Request>(m.header.request.get()), result.ok() ? 0 : 1, kVersion | kFlagReply);
+    Message r =
+        Message::make_u64(static_cast<Request>(m.header.request.get()), result.ok() ? 0 : 1, kVersion | kFlagReply);
     CANOPY_TRY(ch.send(r));
   }
   if (outcome) *outcome = result;

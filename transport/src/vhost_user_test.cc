@@ -6,8 +6,8 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 
-#include <cstring>
 #include <atomic>
+#include <cstring>
 #include <functional>
 #include <string>
 #include <thread>
@@ -204,8 +204,8 @@ TEST_F(VhostUserTest, ReadsConfigSpace) {
   auto c = fe.get_config(2, 4);
   ASSERT_TRUE(c.ok());
   EXPECT_EQ(*c, (std::vector<uint8_t>{3, 4, 5, 6}));
-  EXPECT_FALSE(fe.get_config(6, 4).ok());   // past the end of config space
-  EXPECT_FALSE(fe.get_config(0, 257).ok()); // over the 256-byte cap
+  EXPECT_FALSE(fe.get_config(6, 4).ok());    // past the end of config space
+  EXPECT_FALSE(fe.get_config(0, 257).ok());  // over the 256-byte cap
 }
 
 // Regression (found by fuzz_vhost_user_message): GET_CONFIG with size 0 copied from a null pointer.
@@ -272,13 +272,18 @@ TEST(VhostUserBackendRequests, ShmemMapAndUnmapAreServedAndAcknowledged) {
   m.len = 8192;
   m.flags = kShmemMapWritable;
   const int fd = file.get();
-  EXPECT_TRUE(backend_side.request_ack(Message::make(static_cast<Request>(BackendRequest::kShmemMap), m),
-                                       std::span<const int>(&fd, 1), 5000).ok());
+  EXPECT_TRUE(backend_side
+                  .request_ack(Message::make(static_cast<Request>(BackendRequest::kShmemMap), m),
+                               std::span<const int>(&fd, 1), 5000)
+                  .ok());
   m.shm_offset = 1 << 20;
-  EXPECT_FALSE(backend_side.request_ack(Message::make(static_cast<Request>(BackendRequest::kShmemMap), m),
-                                        std::span<const int>(&fd, 1), 5000).ok());
+  EXPECT_FALSE(backend_side
+                   .request_ack(Message::make(static_cast<Request>(BackendRequest::kShmemMap), m),
+                                std::span<const int>(&fd, 1), 5000)
+                   .ok());
   m.shm_offset = 4096;
-  EXPECT_TRUE(backend_side.request_ack(Message::make(static_cast<Request>(BackendRequest::kShmemUnmap), m), {}, 5000).ok());
+  EXPECT_TRUE(
+      backend_side.request_ack(Message::make(static_cast<Request>(BackendRequest::kShmemUnmap), m), {}, 5000).ok());
   fe_thread.join();
   EXPECT_EQ(seen, (std::vector<std::string>{"map 1 4096 8192 fd", "map 1 1048576 8192 fd", "unmap 4096"}));
 }
@@ -299,13 +304,17 @@ TEST(VhostUserBackendRequests, MalformedShmemRequestsAreRefusedWithAReplyAndTheC
   std::thread fe_thread([&] {
     for (auto& o : outcomes) EXPECT_TRUE(serve_backend_request(frontend_side, h, 5000, &o).ok());
   });
-  EXPECT_FALSE(backend_side.request_ack(Message::make(static_cast<Request>(BackendRequest::kShmemMap), ShmemMap{}), {},
-                                        5000).ok());
-  EXPECT_FALSE(backend_side.request_ack(Message::make_u64(static_cast<Request>(BackendRequest::kShmemMap), 7), {}, 5000).ok());
+  EXPECT_FALSE(
+      backend_side.request_ack(Message::make(static_cast<Request>(BackendRequest::kShmemMap), ShmemMap{}), {}, 5000)
+          .ok());
+  EXPECT_FALSE(
+      backend_side.request_ack(Message::make_u64(static_cast<Request>(BackendRequest::kShmemMap), 7), {}, 5000).ok());
   UniqueFd file = make_memfd(4096);
   const int fd = file.get();
-  EXPECT_TRUE(backend_side.request_ack(Message::make(static_cast<Request>(BackendRequest::kShmemMap), ShmemMap{}),
-                                       std::span<const int>(&fd, 1), 5000).ok());
+  EXPECT_TRUE(backend_side
+                  .request_ack(Message::make(static_cast<Request>(BackendRequest::kShmemMap), ShmemMap{}),
+                               std::span<const int>(&fd, 1), 5000)
+                  .ok());
   fe_thread.join();
   EXPECT_EQ(outcomes[0].code(), Errc::kInvalidArgument);
   EXPECT_EQ(outcomes[1].code(), Errc::kInvalidArgument);
@@ -337,11 +346,11 @@ TEST_F(VhostUserTest, StatusAndResetDevice) {
 
 TEST_F(VhostUserTest, RejectsBadVringMessagesWithExactValues) {
   handshake();
-  EXPECT_FALSE(fe.set_vring_num(0, 3).ok());      // not a power of two
-  EXPECT_FALSE(fe.set_vring_num(0, 2048).ok());   // over the device maximum (1024)
-  EXPECT_FALSE(fe.set_vring_num(2, 16).ok());     // queue 2 of 2
+  EXPECT_FALSE(fe.set_vring_num(0, 3).ok());     // not a power of two
+  EXPECT_FALSE(fe.set_vring_num(0, 2048).ok());  // over the device maximum (1024)
+  EXPECT_FALSE(fe.set_vring_num(2, 16).ok());    // queue 2 of 2
   EXPECT_FALSE(fe.set_vring_base(0, 0x10000).ok());
-  EXPECT_FALSE(fe.set_vring_kick(0, -1).ok());    // polling mode unsupported
+  EXPECT_FALSE(fe.set_vring_kick(0, -1).ok());  // polling mode unsupported
   // A ring whose addresses are outside the memory table cannot start.
   ASSERT_TRUE(fe.set_vring_num(1, 16).ok());
   ASSERT_TRUE(fe.set_vring_addr(1, 0x1000, 0x2000, 0x3000).ok());

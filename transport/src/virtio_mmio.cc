@@ -55,8 +55,7 @@ VirtioMmio::Queue* VirtioMmio::selected_queue() {
 uint64_t VirtioMmio::read(uint64_t offset, uint32_t size) {
   std::lock_guard lock(mu_);
   if (offset >= mmio::kConfig)
-    return read_config(offset - mmio::kConfig > UINT32_MAX ? UINT32_MAX : uint32_t(offset - mmio::kConfig),
-                       size);
+    return read_config(offset - mmio::kConfig > UINT32_MAX ? UINT32_MAX : uint32_t(offset - mmio::kConfig), size);
   // §4.2.2.2: the driver MUST only use 32-bit wide and aligned reads and writes for the registers.
   if (size != 4 || (offset & 3)) {
     bad("register read not 32-bit wide and aligned", offset);
@@ -68,8 +67,7 @@ uint64_t VirtioMmio::read(uint64_t offset, uint32_t size) {
 void VirtioMmio::write(uint64_t offset, uint32_t size, uint64_t value) {
   std::lock_guard lock(mu_);
   if (offset >= mmio::kConfig) {
-    write_config(offset - mmio::kConfig > UINT32_MAX ? UINT32_MAX : uint32_t(offset - mmio::kConfig), size,
-                 value);
+    write_config(offset - mmio::kConfig > UINT32_MAX ? UINT32_MAX : uint32_t(offset - mmio::kConfig), size, value);
     return;
   }
   if (size != 4 || (offset & 3)) {
@@ -118,14 +116,10 @@ void VirtioMmio::write_config(uint32_t offset, uint32_t size, uint64_t value) {
 
 uint32_t VirtioMmio::read_reg(uint32_t offset) {
   switch (offset) {
-    case mmio::kMagicValue:
-      return mmio::kMagic;
-    case mmio::kVersion:
-      return mmio::kVersion2;
-    case mmio::kDeviceId:
-      return dev_.device_id();
-    case mmio::kVendorId:
-      return dev_.vendor_id();
+    case mmio::kMagicValue: return mmio::kMagic;
+    case mmio::kVersion: return mmio::kVersion2;
+    case mmio::kDeviceId: return dev_.device_id();
+    case mmio::kVendorId: return dev_.vendor_id();
     case mmio::kDeviceFeatures:
       if (device_features_sel_ == 0) return lo32(device_features_);
       if (device_features_sel_ == 1) return hi32(device_features_);
@@ -146,11 +140,9 @@ uint32_t VirtioMmio::read_reg(uint32_t offset) {
       return q && q->reset_done ? 1 : 0;
     }
     case mmio::kInterruptStatus:
-      return interrupt_status_ | (external_used_ && (status_ & kStatusDriverOk)
-                                      ? static_cast<uint32_t>(InterruptKind::kUsedBuffer)
-                                      : 0u);
-    case mmio::kStatus:
-      return status_;
+      return interrupt_status_ |
+             (external_used_ && (status_ & kStatusDriverOk) ? static_cast<uint32_t>(InterruptKind::kUsedBuffer) : 0u);
+    case mmio::kStatus: return status_;
     case mmio::kShmLenLow:
     case mmio::kShmLenHigh: {
       auto r = dev_.shm_region(shm_sel_);
@@ -163,8 +155,7 @@ uint32_t VirtioMmio::read_reg(uint32_t offset) {
       if (!r) return 0;
       return offset == mmio::kShmBaseLow ? lo32(r->base) : hi32(r->base);
     }
-    case mmio::kConfigGeneration:
-      return config_generation_;
+    case mmio::kConfigGeneration: return config_generation_;
 
     case mmio::kDeviceFeaturesSel:
     case mmio::kDriverFeatures:
@@ -179,12 +170,8 @@ uint32_t VirtioMmio::read_reg(uint32_t offset) {
     case mmio::kQueueDriverHigh:
     case mmio::kQueueDeviceLow:
     case mmio::kQueueDeviceHigh:
-    case mmio::kShmSel:
-      bad("read of a write-only register", offset);
-      return 0;
-    default:
-      bad("read of an undefined register", offset);
-      return 0;
+    case mmio::kShmSel: bad("read of a write-only register", offset); return 0;
+    default: bad("read of an undefined register", offset); return 0;
   }
 }
 
@@ -201,33 +188,22 @@ void VirtioMmio::write_reg(uint32_t offset, uint32_t value) {
     case mmio::kShmLenHigh:
     case mmio::kShmBaseLow:
     case mmio::kShmBaseHigh:
-    case mmio::kConfigGeneration:
-      bad("write to a read-only register", offset);
-      return;
+    case mmio::kConfigGeneration: bad("write to a read-only register", offset); return;
 
-    case mmio::kDeviceFeaturesSel:
-      device_features_sel_ = value;
-      return;
-    case mmio::kDriverFeaturesSel:
-      driver_features_sel_ = value;
-      return;
+    case mmio::kDeviceFeaturesSel: device_features_sel_ = value; return;
+    case mmio::kDriverFeaturesSel: driver_features_sel_ = value; return;
     case mmio::kDriverFeatures:
       // §3.1.1: features are fixed once FEATURES_OK is set.
       if (status_ & kStatusFeaturesOk) {
         bad("DriverFeatures written after FEATURES_OK", offset);
         return;
       }
-      if (driver_features_sel_ == 0)
-        set_lo32(driver_features_, value);
-      else if (driver_features_sel_ == 1)
-        set_hi32(driver_features_, value);
-      else if (value != 0)
-        bad("DriverFeatures word beyond 64 bits", offset);
+      if (driver_features_sel_ == 0) set_lo32(driver_features_, value);
+      else if (driver_features_sel_ == 1) set_hi32(driver_features_, value);
+      else if (value != 0) bad("DriverFeatures word beyond 64 bits", offset);
       return;
 
-    case mmio::kQueueSel:
-      queue_sel_ = value;
-      return;  // any value; queue registers then check it
+    case mmio::kQueueSel: queue_sel_ = value; return;  // any value; queue registers then check it
     case mmio::kQueueNum: {
       Queue* q = selected_queue();
       if (!q) return bad("QueueNum with no available queue selected", offset);
@@ -238,9 +214,7 @@ void VirtioMmio::write_reg(uint32_t offset, uint32_t value) {
       q->num = uint16_t(value);
       return;
     }
-    case mmio::kQueueReady:
-      write_queue_ready(value);
-      return;
+    case mmio::kQueueReady: write_queue_ready(value); return;
     case mmio::kQueueNotify: {
       const bool with_data = (status_ & kStatusFeaturesOk) && (driver_features_ & kVirtioFNotificationData);
       const uint32_t index = with_data ? (value & 0xffff) : value;
@@ -263,9 +237,7 @@ void VirtioMmio::write_reg(uint32_t offset, uint32_t value) {
       if (before != 0 && interrupt_status_ == 0 && irq_) irq_(false);
       return;
     }
-    case mmio::kStatus:
-      write_status(value);
-      return;
+    case mmio::kStatus: write_status(value); return;
 
     case mmio::kQueueDescLow:
     case mmio::kQueueDescHigh:
@@ -276,18 +248,12 @@ void VirtioMmio::write_reg(uint32_t offset, uint32_t value) {
       Queue* q = selected_queue();
       if (!q) return bad("queue address with no available queue selected", offset);
       if (q->ready) return bad("queue address written while QueueReady=1", offset);
-      uint64_t& a = offset < mmio::kQueueDriverLow   ? q->desc
-                    : offset < mmio::kQueueDeviceLow ? q->driver
-                                                     : q->device;
-      if (offset & 4)
-        set_hi32(a, value);
-      else
-        set_lo32(a, value);
+      uint64_t& a = offset < mmio::kQueueDriverLow ? q->desc : offset < mmio::kQueueDeviceLow ? q->driver : q->device;
+      if (offset & 4) set_hi32(a, value);
+      else set_lo32(a, value);
       return;
     }
-    case mmio::kShmSel:
-      shm_sel_ = value;
-      return;
+    case mmio::kShmSel: shm_sel_ = value; return;
     case mmio::kQueueReset: {
       if (!(status_ & kStatusFeaturesOk) || !(driver_features_ & kVirtioFRingReset))
         return bad("QueueReset written without VIRTIO_F_RING_RESET", offset);
@@ -300,9 +266,7 @@ void VirtioMmio::write_reg(uint32_t offset, uint32_t value) {
       if (was_ready) (void)dev_.on_queue_ready(uint16_t(queue_sel_), MmioQueueConfig{});
       return;
     }
-    default:
-      bad("write to an undefined register", offset);
-      return;
+    default: bad("write to an undefined register", offset); return;
   }
 }
 
@@ -315,8 +279,7 @@ void VirtioMmio::write_queue_ready(uint32_t value) {
     if (!q->ready) return;
     q->ready = false;
     q->notify_pending = false;
-    (void)dev_.on_queue_ready(index,
-                              MmioQueueConfig{q->num, VringAddrs{q->desc, q->driver, q->device}, false});
+    (void)dev_.on_queue_ready(index, MmioQueueConfig{q->num, VringAddrs{q->desc, q->driver, q->device}, false});
     return;
   }
   if (value != 1) return bad("QueueReady value other than 0 or 1", offset);
@@ -326,8 +289,7 @@ void VirtioMmio::write_queue_ready(uint32_t value) {
     return bad("QueueReady before FEATURES_OK or on a failed device", offset);
   if (q->num == 0) return bad("QueueReady with QueueNum unset", offset);
   // §2.7: descriptor table 16-, driver area 2-, device area 4-byte aligned.
-  if ((q->desc & 15) || (q->driver & 1) || (q->device & 3))
-    return bad("QueueReady with misaligned rings", offset);
+  if ((q->desc & 15) || (q->driver & 1) || (q->device & 3)) return bad("QueueReady with misaligned rings", offset);
   MmioQueueConfig cfg{q->num, VringAddrs{q->desc, q->driver, q->device}, true};
   Status s = dev_.on_queue_ready(index, cfg);
   if (!s.ok()) return bad("QueueReady refused by the device", offset);
@@ -356,28 +318,19 @@ void VirtioMmio::write_status(uint32_t value) {
   uint8_t next = old;
   if (added & kStatusAcknowledge) next |= kStatusAcknowledge;
   if (added & kStatusDriver) {
-    if (next & kStatusAcknowledge)
-      next |= kStatusDriver;
-    else
-      bad("DRIVER before ACKNOWLEDGE", offset);
+    if (next & kStatusAcknowledge) next |= kStatusDriver;
+    else bad("DRIVER before ACKNOWLEDGE", offset);
   }
   if (added & kStatusFeaturesOk) {
-    if (!(next & kStatusDriver))
-      bad("FEATURES_OK before DRIVER", offset);
-    else if (driver_features_ & ~device_features_)
-      bad("FEATURES_OK with features the device does not offer", offset);
-    else if (!(driver_features_ & kVirtioFVersion1))
-      bad("FEATURES_OK without VIRTIO_F_VERSION_1", offset);
-    else if (!dev_.on_features_ok(driver_features_))
-      bad("FEATURES_OK refused by the device", offset);
-    else
-      next |= kStatusFeaturesOk;
+    if (!(next & kStatusDriver)) bad("FEATURES_OK before DRIVER", offset);
+    else if (driver_features_ & ~device_features_) bad("FEATURES_OK with features the device does not offer", offset);
+    else if (!(driver_features_ & kVirtioFVersion1)) bad("FEATURES_OK without VIRTIO_F_VERSION_1", offset);
+    else if (!dev_.on_features_ok(driver_features_)) bad("FEATURES_OK refused by the device", offset);
+    else next |= kStatusFeaturesOk;
   }
   if (added & kStatusDriverOk) {
-    if (next & kStatusFeaturesOk)
-      next |= kStatusDriverOk;
-    else
-      bad("DRIVER_OK before FEATURES_OK", offset);
+    if (next & kStatusFeaturesOk) next |= kStatusDriverOk;
+    else bad("DRIVER_OK before FEATURES_OK", offset);
   }
   if (added & kStatusFailed) next |= kStatusFailed;
   if (next == old) return;

@@ -23,9 +23,7 @@ class FakeDevice : public MmioDevice {
   uint32_t vendor_id() const override { return 0x43414e4f; }
   uint64_t device_features() const override { return features; }
   uint32_t config_size() const override { return sizeof config; }
-  void read_config(uint32_t offset, void* dst, uint32_t len) override {
-    std::memcpy(dst, config + offset, len);
-  }
+  void read_config(uint32_t offset, void* dst, uint32_t len) override { std::memcpy(dst, config + offset, len); }
   void write_config(uint32_t offset, const void* src, uint32_t len) override {
     std::memcpy(config + offset, src, len);
     ++config_writes;
@@ -425,9 +423,9 @@ TEST_F(VirtioMmioTest, QueueResetNeedsTheFeatureAndResetsOneQueue) {
 // Register access rules
 
 TEST_F(VirtioMmioTest, WritesToReadOnlyRegistersAreIgnored) {
-  for (uint32_t off : {mmio::kMagicValue, mmio::kVersion, mmio::kDeviceId, mmio::kVendorId,
-                       mmio::kDeviceFeatures, mmio::kQueueNumMax, mmio::kInterruptStatus, mmio::kShmLenLow,
-                       mmio::kShmBaseHigh, mmio::kConfigGeneration})
+  for (uint32_t off :
+       {mmio::kMagicValue, mmio::kVersion, mmio::kDeviceId, mmio::kVendorId, mmio::kDeviceFeatures, mmio::kQueueNumMax,
+        mmio::kInterruptStatus, mmio::kShmLenLow, mmio::kShmBaseHigh, mmio::kConfigGeneration})
     wr(off, 0x12345678);
   EXPECT_EQ(mmio.bad_accesses(), 10u);
   EXPECT_EQ(rd(mmio::kMagicValue), mmio::kMagic);
@@ -438,9 +436,9 @@ TEST_F(VirtioMmioTest, WritesToReadOnlyRegistersAreIgnored) {
 TEST_F(VirtioMmioTest, ReadsOfWriteOnlyRegistersReadZero) {
   wr(mmio::kQueueSel, 1);
   wr(mmio::kDeviceFeaturesSel, 1);
-  for (uint32_t off : {mmio::kDeviceFeaturesSel, mmio::kDriverFeatures, mmio::kDriverFeaturesSel,
-                       mmio::kQueueSel, mmio::kQueueNum, mmio::kQueueNotify, mmio::kInterruptAck,
-                       mmio::kQueueDescLow, mmio::kQueueDeviceHigh, mmio::kShmSel})
+  for (uint32_t off :
+       {mmio::kDeviceFeaturesSel, mmio::kDriverFeatures, mmio::kDriverFeaturesSel, mmio::kQueueSel, mmio::kQueueNum,
+        mmio::kQueueNotify, mmio::kInterruptAck, mmio::kQueueDescLow, mmio::kQueueDeviceHigh, mmio::kShmSel})
     EXPECT_EQ(rd(off), 0u) << off;
   EXPECT_EQ(mmio.bad_accesses(), 10u);
 }

@@ -87,9 +87,7 @@ Shape event_shape(Type t) {
   }
 }
 
-bool known_type(uint8_t t) {
-  return (t >= 0x01 && t <= 0x0a) || t == 0x10 || t == 0x20 || t == 0x21;
-}
+bool known_type(uint8_t t) { return (t >= 0x01 && t <= 0x0a) || t == 0x10 || t == 0x20 || t == 0x21; }
 
 Error bad(const char* what) { return make_error(Errc::kProtocol, what); }
 

@@ -84,7 +84,8 @@ TEST(VirtioMsg, DirectionRulesHold) {
 }
 
 TEST(VirtioMsg, ErrorResponsesCarryNothingAndKnownCodesOnly) {
-  EXPECT_EQ(why(packet(Type::kGetFeatures, kFlagResponse, 1, Code::kDeviceError, {}), 0, Direction::kToPartition), "ok");
+  EXPECT_EQ(why(packet(Type::kGetFeatures, kFlagResponse, 1, Code::kDeviceError, {}), 0, Direction::kToPartition),
+            "ok");
   EXPECT_EQ(why(packet(Type::kGetFeatures, kFlagResponse, 1, Code::kDeviceError, std::vector<uint8_t>(8)), 0,
                 Direction::kToPartition),
             std::string("payload size wrong for the message type"));

@@ -224,8 +224,7 @@ Result<bool> DeviceQueue::pop(DescriptorChain& out) {
     broken_ = true;
     return make_error(Errc::kProtocol, "queue: driver published more entries than the queue holds");
   }
-  CANOPY_ASSIGN_OR_RETURN(uint16_t head,
-                          mem_->load_relaxed_u16(addrs_.avail + 4 + 2ull * (last_avail_ & (size_ - 1))));
+  CANOPY_ASSIGN_OR_RETURN(uint16_t head, mem_->load_relaxed_u16(addrs_.avail + 4 + 2ull * (last_avail_ & (size_ - 1))));
   ++last_avail_;
   Status s = DescriptorChain::parse(*mem_, addrs_.desc, size_, head, indirect_, out);
   if (!s.ok()) {

@@ -19,9 +19,7 @@ constexpr uint64_t kData = 0x10000;
 class DeviceQueueTest : public ::testing::Test {
  protected:
   void SetUp() override { configure(0); }
-  void configure(uint64_t features) {
-    ASSERT_TRUE(q.configure(&mem, kSize, ring.addrs(), features).ok());
-  }
+  void configure(uint64_t features) { ASSERT_TRUE(q.configure(&mem, kSize, ring.addrs(), features).ok()); }
   static constexpr uint16_t kSize = 8;
   GuestMemory mem = make_memory(0, 0x20000);
   RawRing ring{mem, kRing, kSize};
@@ -38,7 +36,8 @@ TEST_F(DeviceQueueTest, EmptyRingPopsNothing) {
 TEST_F(DeviceQueueTest, PopsChainAndReadsWritesThroughIt) {
   const char req[] = "request-bytes";
   ASSERT_TRUE(mem.write(kData, req, sizeof req).ok());
-  uint16_t head = ring.chain(0).out(kData, 6).out(kData + 6, sizeof req - 6).in(kData + 0x100, 4).in(kData + 0x200, 60).publish();
+  uint16_t head =
+      ring.chain(0).out(kData, 6).out(kData + 6, sizeof req - 6).in(kData + 0x100, 4).in(kData + 0x200, 60).publish();
   auto r = q.pop(chain);
   ASSERT_TRUE(r.ok() && *r);
   EXPECT_EQ(chain.head(), head);

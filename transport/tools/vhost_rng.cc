@@ -38,7 +38,8 @@ class RngDevice : public Device {
       bytes_ += wr.bytes_written();
       return wr.bytes_written();
     });
-    if (served.ok() && *served) CANOPY_DEBUG("served %u request(s), %llu bytes in all", *served, (unsigned long long)bytes_);
+    if (served.ok() && *served)
+      CANOPY_DEBUG("served %u request(s), %llu bytes in all", *served, (unsigned long long)bytes_);
   }
   void on_queue_stopped(QueueHandle&) override {
     CANOPY_INFO("queue stopped; %llu random bytes served", (unsigned long long)bytes_);
@@ -70,7 +71,8 @@ class RngDevice : public Device {
 }  // namespace
 
 int main(int argc, char** argv) {
-  BackendProgram program{"canopy-vhost-rng", "rng", {}, "  --pattern             serve the repeated text \"canopy-rng:\"\n"};
+  BackendProgram program{
+      "canopy-vhost-rng", "rng", {}, "  --pattern             serve the repeated text \"canopy-rng:\"\n"};
   program.confine = true;
   return backend_main(argc, argv, program, [](const std::vector<std::string>& args) -> Result<std::unique_ptr<Device>> {
     bool pattern = false;

@@ -103,13 +103,9 @@ void run_pixel_exchange(Format format, uint32_t width, uint32_t height) {
   EXPECT_EQ(WEXITSTATUS(status), 0);
 }
 
-TEST(CrossProcess, ChildDrawsXrgbAndSignalsParentSeesExactPixels) {
-  run_pixel_exchange(Format::kXRGB8888, 64, 48);
-}
+TEST(CrossProcess, ChildDrawsXrgbAndSignalsParentSeesExactPixels) { run_pixel_exchange(Format::kXRGB8888, 64, 48); }
 
-TEST(CrossProcess, ChildDrawsOddSizedNv12AndSignalsParentSeesExactPixels) {
-  run_pixel_exchange(Format::kNV12, 33, 17);
-}
+TEST(CrossProcess, ChildDrawsOddSizedNv12AndSignalsParentSeesExactPixels) { run_pixel_exchange(Format::kNV12, 33, 17); }
 
 TEST(CrossProcess, KilledProducerIsReportedLostToWaitingParent) {
   AlarmGuard alarm(kTestAlarm);

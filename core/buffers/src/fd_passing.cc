@@ -96,8 +96,7 @@ Result<std::vector<UniqueFd>> recv_fds(int sock, void* data, size_t len, size_t 
     if (n < 0) return io_error("recv_fds: recvmsg", errno);
     collect_fds(&msg, &fds);
     if (msg.msg_flags & MSG_CTRUNC) return make_error(Errc::kProtocol, "recv_fds: descriptors truncated");
-    if (msg.msg_flags & MSG_TRUNC)
-      return make_error(Errc::kProtocol, "recv_fds: message larger than expected");
+    if (msg.msg_flags & MSG_TRUNC) return make_error(Errc::kProtocol, "recv_fds: message larger than expected");
     if (fds.size() > max_fds) return make_error(Errc::kProtocol, "recv_fds: more descriptors than expected");
     if (n == 0) {
       if (got == 0) return make_error(Errc::kClosed, "recv_fds: end of stream");

@@ -187,10 +187,10 @@ TEST(FdPassing, SendToClosedPeerIsClosedWithoutSigpipe) {
 }
 
 TEST(FdPassing, ReceiveSurvivesSignalsWhileBlocked) {
-  struct sigaction sa {};
+  struct sigaction sa{};
   sa.sa_handler = [](int) {};
   sa.sa_flags = 0;  // no SA_RESTART: a blocked recvmsg fails with EINTR
-  struct sigaction old {};
+  struct sigaction old{};
   ASSERT_EQ(::sigaction(SIGUSR1, &sa, &old), 0);
   auto sp = make_socketpair();
   std::atomic<bool> receiving{false};

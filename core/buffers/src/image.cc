@@ -21,8 +21,7 @@ bool known_format(Format f) {
     case Format::kABGR8888:
     case Format::kXBGR8888:
     case Format::kRGB565:
-    case Format::kNV12:
-      return true;
+    case Format::kNV12: return true;
   }
   return false;
 }
@@ -46,17 +45,14 @@ Result<uint64_t> layout_end(const ImageLayout& l) {
   for (uint32_t p = 0; p < kMaxPlanes; ++p) {
     const PlaneLayout& pl = l.planes[p];
     if (p >= n) {
-      if (pl.offset != 0 || pl.stride != 0)
-        return make_error(Errc::kInvalidArgument, "image: unused plane not zero");
+      if (pl.offset != 0 || pl.stride != 0) return make_error(Errc::kInvalidArgument, "image: unused plane not zero");
       continue;
     }
     CANOPY_ASSIGN_OR_RETURN(PlaneInfo info, plane_info(l.format, p));
     CANOPY_ASSIGN_OR_RETURN(uint32_t min, min_stride(l.format, l.width, p));
     if (pl.stride < min) return make_error(Errc::kInvalidArgument, "image: stride smaller than a row");
-    if (pl.stride % info.cpp != 0)
-      return make_error(Errc::kInvalidArgument, "image: stride not a multiple of cpp");
-    if (pl.offset % info.cpp != 0)
-      return make_error(Errc::kInvalidArgument, "image: plane offset misaligned");
+    if (pl.stride % info.cpp != 0) return make_error(Errc::kInvalidArgument, "image: stride not a multiple of cpp");
+    if (pl.offset % info.cpp != 0) return make_error(Errc::kInvalidArgument, "image: plane offset misaligned");
     CANOPY_ASSIGN_OR_RETURN(uint64_t size, plane_size(l.format, l.height, pl.stride, p));
     auto plane_end = checked_add<uint64_t>(pl.offset, size);
     if (!plane_end) return make_error(Errc::kOverflow, "image: plane offset + size");
@@ -75,18 +71,12 @@ std::optional<Format> format_from_fourcc(uint32_t fourcc) {
 
 const char* format_name(Format f) {
   switch (f) {
-    case Format::kXRGB8888:
-      return "XRGB8888";
-    case Format::kARGB8888:
-      return "ARGB8888";
-    case Format::kABGR8888:
-      return "ABGR8888";
-    case Format::kXBGR8888:
-      return "XBGR8888";
-    case Format::kRGB565:
-      return "RGB565";
-    case Format::kNV12:
-      return "NV12";
+    case Format::kXRGB8888: return "XRGB8888";
+    case Format::kARGB8888: return "ARGB8888";
+    case Format::kABGR8888: return "ABGR8888";
+    case Format::kXBGR8888: return "XBGR8888";
+    case Format::kRGB565: return "RGB565";
+    case Format::kNV12: return "NV12";
   }
   return "unknown";
 }
@@ -101,12 +91,9 @@ uint32_t bytes_per_pixel(Format f) {
     case Format::kXRGB8888:
     case Format::kARGB8888:
     case Format::kABGR8888:
-    case Format::kXBGR8888:
-      return 4;
-    case Format::kRGB565:
-      return 2;
-    case Format::kNV12:
-      return 0;
+    case Format::kXBGR8888: return 4;
+    case Format::kRGB565: return 2;
+    case Format::kNV12: return 0;
   }
   return 0;
 }
@@ -177,8 +164,7 @@ Status ImageLayout::validate(uint64_t backing_size) const {
 Result<ImageLayout> layout_from_wire(const ImageWireMetadata& meta) {
   // Each field is read once from the caller's copy.
   if (meta.magic.get() != kImageWireMagic) return make_error(Errc::kInvalidArgument, "image wire: bad magic");
-  if (meta.version.get() != kImageWireVersion)
-    return make_error(Errc::kInvalidArgument, "image wire: bad version");
+  if (meta.version.get() != kImageWireVersion) return make_error(Errc::kInvalidArgument, "image wire: bad version");
   auto f = format_from_fourcc(meta.fourcc.get());
   if (!f) return make_error(Errc::kUnsupported, "image: unknown format");
   if (meta.num_planes.get() != plane_count(*f))
@@ -189,8 +175,7 @@ Result<ImageLayout> layout_from_wire(const ImageWireMetadata& meta) {
   l.height = meta.height.get();
   l.modifier = meta.modifier.get();
   for (uint32_t p = 0; p < kMaxPlanes; ++p) {
-    if (meta.planes[p].reserved.get() != 0)
-      return make_error(Errc::kInvalidArgument, "image wire: reserved not zero");
+    if (meta.planes[p].reserved.get() != 0) return make_error(Errc::kInvalidArgument, "image wire: reserved not zero");
     l.planes[p].offset = meta.planes[p].offset.get();
     l.planes[p].stride = meta.planes[p].stride.get();
   }
@@ -250,7 +235,7 @@ namespace {
 Status check_region(int fd, uint64_t offset, uint64_t size, const ImageLayout& layout) {
   if (size == 0) return make_error(Errc::kInvalidArgument, "image: zero backing size");
   if (size > kMaxSharedMemorySize) return make_error(Errc::kLimit, "image: backing above cap");
-  struct stat st {};
+  struct stat st{};
   if (::fstat(fd, &st) != 0) return make_error(Errc::kIo, "image: fstat", errno);
   if (!S_ISREG(st.st_mode)) return make_error(Errc::kInvalidArgument, "image: fd is not a regular file");
   if (st.st_size < 0 || !range_within(offset, size, uint64_t(st.st_size)))
@@ -260,8 +245,7 @@ Status check_region(int fd, uint64_t offset, uint64_t size, const ImageLayout& l
 
 }  // namespace
 
-Result<ImageBuffer> ImageBuffer::wrap_external(int fd, uint64_t offset, uint64_t size,
-                                               const ImageLayout& layout) {
+Result<ImageBuffer> ImageBuffer::wrap_external(int fd, uint64_t offset, uint64_t size, const ImageLayout& layout) {
   if (fd < 0) return make_error(Errc::kInvalidArgument, "image: bad fd");
   CANOPY_TRY(check_region(fd, offset, size, layout));
   UniqueFd own(::fcntl(fd, F_DUPFD_CLOEXEC, 0));  // the caller keeps its borrowed descriptor
@@ -269,8 +253,7 @@ Result<ImageBuffer> ImageBuffer::wrap_external(int fd, uint64_t offset, uint64_t
   return ImageBuffer(std::move(own), offset, size, layout, Backing::kExternal);
 }
 
-Result<ImageBuffer> ImageBuffer::import(UniqueFd fd, const ImageWireMetadata& meta_in,
-                                        uint32_t required_seals) {
+Result<ImageBuffer> ImageBuffer::import(UniqueFd fd, const ImageWireMetadata& meta_in, uint32_t required_seals) {
   if (!fd) return make_error(Errc::kInvalidArgument, "image: bad fd");
   const ImageWireMetadata meta = meta_in;  // one copy: every field is read once
   CANOPY_ASSIGN_OR_RETURN(ImageLayout layout, layout_from_wire(meta));

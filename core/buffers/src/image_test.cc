@@ -376,8 +376,7 @@ TEST_F(ImageImport, RejectsDescriptorThatIsNotAFile) {
 TEST_F(ImageImport, RejectsMissingRequiredSeals) {
   auto unsealed = SharedMemory::create("unsealed", 12288, 0);
   ASSERT_TRUE(unsealed.ok());
-  EXPECT_EQ(ImageBuffer::import(unsealed->dup_fd().value(), meta_, kSealShrink).code(),
-            Errc::kInvalidArgument);
+  EXPECT_EQ(ImageBuffer::import(unsealed->dup_fd().value(), meta_, kSealShrink).code(), Errc::kInvalidArgument);
   EXPECT_TRUE(ImageBuffer::import(unsealed->dup_fd().value(), meta_).ok());
 }
 

@@ -1,9 +1,9 @@
 #include "canopy/buffers/scatter_mapping.h"
 
 #include <sys/mman.h>
-#include <cerrno>
 #include <unistd.h>
 
+#include <cerrno>
 #include <utility>
 
 #include "canopy/base/checked.h"

@@ -23,8 +23,10 @@ SharedMemory pattern_file(uint64_t pages) {
 TEST(ScatterMapping, MapsScatteredPagesInTheGivenOrder) {
   SharedMemory f = pattern_file(8);
   // Pages 5, 2, 3 (adjacent: one mmap), then half of page 7.
-  std::vector<FilePiece> pieces{{f.fd(), 5 * kPage, kPage}, {f.fd(), 2 * kPage, kPage},
-                                {f.fd(), 3 * kPage, kPage}, {f.fd(), 7 * kPage, kPage / 2}};
+  std::vector<FilePiece> pieces{{f.fd(), 5 * kPage, kPage},
+                                {f.fd(), 2 * kPage, kPage},
+                                {f.fd(), 3 * kPage, kPage},
+                                {f.fd(), 7 * kPage, kPage / 2}};
   auto m = map_scattered(pieces, Access::kRead);
   ASSERT_TRUE(m.ok()) << m.error().what;
   EXPECT_EQ(m->size(), 3 * kPage + kPage / 2);

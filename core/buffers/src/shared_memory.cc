@@ -27,8 +27,7 @@ Result<Mapping> Mapping::map(int fd, uint64_t offset, uint64_t size, Access acce
   const uint64_t delta = offset % page;
   const uint64_t start = offset - delta;
   auto len = checked_add<uint64_t>(size, delta);
-  if (!len || !checked_add<uint64_t>(offset, size))
-    return make_error(Errc::kOverflow, "mapping: offset + size");
+  if (!len || !checked_add<uint64_t>(offset, size)) return make_error(Errc::kOverflow, "mapping: offset + size");
   if (start > uint64_t(INT64_MAX)) return make_error(Errc::kOverflow, "mapping: offset");
   const int prot = access == Access::kReadWrite ? PROT_READ | PROT_WRITE : PROT_READ;
   void* base = ::mmap(nullptr, size_t(*len), prot, MAP_SHARED, fd, off_t(start));
@@ -85,13 +84,12 @@ Result<SharedMemory> SharedMemory::create(const char* name, uint64_t size, uint3
 Result<SharedMemory> SharedMemory::import(UniqueFd fd, uint64_t min_size, uint32_t required_seals) {
   if (!fd || min_size == 0) return make_error(Errc::kInvalidArgument, "shm import: bad fd or zero size");
   if (min_size > kMaxSharedMemorySize) return make_error(Errc::kLimit, "shm import: size above cap");
-  struct stat st {};
+  struct stat st{};
   if (::fstat(fd.get(), &st) != 0) return make_error(Errc::kIo, "shm import: fstat", errno);
   if (!S_ISREG(st.st_mode)) return make_error(Errc::kInvalidArgument, "shm import: not a regular file");
   if (st.st_size < 0 || uint64_t(st.st_size) < min_size)
     return make_error(Errc::kOutOfRange, "shm import: file smaller than expected");
-  if (uint64_t(st.st_size) > kMaxSharedMemorySize)
-    return make_error(Errc::kLimit, "shm import: file above cap");
+  if (uint64_t(st.st_size) > kMaxSharedMemorySize) return make_error(Errc::kLimit, "shm import: file above cap");
   SharedMemory shm(std::move(fd), uint64_t(st.st_size));
   if (required_seals != 0) {
     auto s = shm.seals();
@@ -105,8 +103,7 @@ Result<SharedMemory> SharedMemory::import(UniqueFd fd, uint64_t min_size, uint32
 Status SharedMemory::add_seals(uint32_t seals) {
   if (!fd_) return make_error(Errc::kState, "shm: empty");
   if ((seals & ~kKnownSeals) != 0) return make_error(Errc::kInvalidArgument, "shm: unknown seal bits");
-  if (::fcntl(fd_.get(), F_ADD_SEALS, int(seals)) != 0)
-    return make_error(Errc::kIo, "shm: F_ADD_SEALS", errno);
+  if (::fcntl(fd_.get(), F_ADD_SEALS, int(seals)) != 0) return make_error(Errc::kIo, "shm: F_ADD_SEALS", errno);
   return ok_status();
 }
 
@@ -114,8 +111,7 @@ Result<uint32_t> SharedMemory::seals() const {
   if (!fd_) return make_error(Errc::kState, "shm: empty");
   int s = ::fcntl(fd_.get(), F_GET_SEALS);
   if (s < 0) {
-    if (errno == EINVAL)
-      return make_error(Errc::kUnsupported, "shm: fd cannot carry seals (not a memfd)", errno);
+    if (errno == EINVAL) return make_error(Errc::kUnsupported, "shm: fd cannot carry seals (not a memfd)", errno);
     return make_error(Errc::kIo, "shm: F_GET_SEALS", errno);
   }
   return uint32_t(s);

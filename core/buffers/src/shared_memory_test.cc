@@ -103,8 +103,7 @@ TEST(SharedMemory, ImportChecksRequiredSeals) {
   EXPECT_EQ(SharedMemory::import(shm->dup_fd().value(), 4096, kSealShrink).code(), Errc::kInvalidArgument);
   ASSERT_TRUE(shm->add_seals(kSealShrink).ok());
   EXPECT_TRUE(SharedMemory::import(shm->dup_fd().value(), 4096, kSealShrink).ok());
-  EXPECT_EQ(SharedMemory::import(shm->dup_fd().value(), 4096, kSealShrink | kSealGrow).code(),
-            Errc::kInvalidArgument);
+  EXPECT_EQ(SharedMemory::import(shm->dup_fd().value(), 4096, kSealShrink | kSealGrow).code(), Errc::kInvalidArgument);
 }
 
 TEST(SharedMemory, SealSealForbidsFurtherSeals) {

@@ -38,7 +38,7 @@ constexpr off_t kLockByte = 0;  // the byte of the memfd the producer locks (F_O
 
 // A write lock on kLockByte: the producer takes it (F_OFD_SETLK), anyone tests it (F_OFD_GETLK).
 struct flock lock_byte_request() {
-  struct flock fl {};
+  struct flock fl{};
   fl.l_type = F_WRLCK;
   fl.l_whence = SEEK_SET;
   fl.l_start = kLockByte;
@@ -105,8 +105,7 @@ struct Timeline::Impl {
     // a write would only cost a system call. Order: the value is stored before the flag is taken, and the
     // poller drains before re-arming, so a poller that re-arms then reads the value never misses one.
     bool write_event = notify == Notify::kAlways;
-    if (notify == Notify::kIfArmed)
-      write_event = page->notify_armed.exchange(0, std::memory_order_seq_cst) != 0;
+    if (notify == Notify::kIfArmed) write_event = page->notify_armed.exchange(0, std::memory_order_seq_cst) != 0;
     if (write_event) {
       const uint64_t one = 1;
       // EAGAIN (counter saturated) still leaves the eventfd readable: nothing to do.
@@ -117,8 +116,7 @@ struct Timeline::Impl {
   // Attached -> lost, once; the winner wakes everybody.
   void mark_lost() const {
     uint32_t expected = uint32_t(ProducerState::kAttached);
-    if (page->producer.compare_exchange_strong(expected, uint32_t(ProducerState::kLost),
-                                               std::memory_order_acq_rel))
+    if (page->producer.compare_exchange_strong(expected, uint32_t(ProducerState::kLost), std::memory_order_acq_rel))
       wake_all(Notify::kAlways);
   }
 
@@ -154,8 +152,7 @@ struct Timeline::Impl {
         last_probe = now;
       } else if (check_lost && now - last_probe >= kLivenessSlice) {
         last_probe = now;
-        if (probe() == ProducerState::kLost)
-          continue;  // re-check the value first: it may have been signalled
+        if (probe() == ProducerState::kLost) continue;  // re-check the value first: it may have been signalled
       }
       const auto slice = std::min<Clock::duration>(deadline - now, kLivenessSlice);
       const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(slice).count();
@@ -252,10 +249,9 @@ Result<Timeline> Timeline::create_producer() {
 
 Result<Timeline> Timeline::import(TimelineFds fds) {
   if (!fds.memfd || !fds.eventfd) return make_error(Errc::kInvalidArgument, "timeline: missing descriptor");
-  CANOPY_ASSIGN_OR_RETURN(SharedMemory shm, SharedMemory::import(std::move(fds.memfd), kTimelinePageSize,
-                                                                 kSealShrink | kSealGrow));
-  if (shm.size() != kTimelinePageSize)
-    return make_error(Errc::kInvalidArgument, "timeline: page has the wrong size");
+  CANOPY_ASSIGN_OR_RETURN(SharedMemory shm,
+                          SharedMemory::import(std::move(fds.memfd), kTimelinePageSize, kSealShrink | kSealGrow));
+  if (shm.size() != kTimelinePageSize) return make_error(Errc::kInvalidArgument, "timeline: page has the wrong size");
   if (fd_link(fds.eventfd.get()) != "anon_inode:[eventfd]")
     return make_error(Errc::kInvalidArgument, "timeline: not an eventfd");
   CANOPY_ASSIGN_OR_RETURN(auto impl, map_impl(std::move(shm), std::move(fds.eventfd)));
@@ -287,17 +283,13 @@ Status Timeline::attach_producer() {
   char path[64];
   (void)std::snprintf(path, sizeof(path), "/proc/self/fd/%d", impl_->shm.fd());
   UniqueFd lock(retry_eintr([&] { return ::open(path, O_RDWR | O_CLOEXEC); }));
-  if (!lock)
-    return make_error(Errc::kUnsupported, "timeline: cannot reopen the memfd via /proc/self/fd", errno);
-  struct stat a {
-  }, b{};
-  if (::fstat(lock.get(), &a) != 0 || ::fstat(impl_->shm.fd(), &b) != 0 || a.st_dev != b.st_dev ||
-      a.st_ino != b.st_ino)
+  if (!lock) return make_error(Errc::kUnsupported, "timeline: cannot reopen the memfd via /proc/self/fd", errno);
+  struct stat a{}, b{};
+  if (::fstat(lock.get(), &a) != 0 || ::fstat(impl_->shm.fd(), &b) != 0 || a.st_dev != b.st_dev || a.st_ino != b.st_ino)
     return make_error(Errc::kIo, "timeline: reopened memfd is another file");
   struct flock fl = lock_byte_request();
   if (::fcntl(lock.get(), F_OFD_SETLK, &fl) != 0) {
-    if (errno == EAGAIN || errno == EACCES)
-      return make_error(Errc::kState, "timeline: another producer is attached");
+    if (errno == EAGAIN || errno == EACCES) return make_error(Errc::kState, "timeline: another producer is attached");
     return make_error(Errc::kIo, "timeline: F_OFD_SETLK", errno);
   }
   uint32_t expected = uint32_t(ProducerState::kNone);
@@ -312,8 +304,7 @@ Status Timeline::attach_producer() {
   impl_->lockfd = std::move(lock);
   impl_->producer = true;
   impl_->producer_pid = self;
-  if (!impl_->pidfd)
-    impl_->pidfd.reset(int(::syscall(SYS_pidfd_open, self, 0)));  // optional: -1 on old kernels
+  if (!impl_->pidfd) impl_->pidfd.reset(int(::syscall(SYS_pidfd_open, self, 0)));  // optional: -1 on old kernels
   register_producer(impl_.get());
   return ok_status();
 }
@@ -358,8 +349,7 @@ Status Timeline::retire(uint64_t value) {
 Status Timeline::wait(uint64_t value, Clock::time_point deadline) const {
   if (!impl_) return make_error(Errc::kState, "timeline: empty");
   const TimelinePage* p = impl_->page;
-  return impl_->wait_until(deadline, true,
-                           [&] { return p->signalled.load(std::memory_order_acquire) >= value; });
+  return impl_->wait_until(deadline, true, [&] { return p->signalled.load(std::memory_order_acquire) >= value; });
 }
 
 Status Timeline::wait_for(uint64_t value, std::chrono::nanoseconds timeout) const {
@@ -369,17 +359,12 @@ Status Timeline::wait_for(uint64_t value, std::chrono::nanoseconds timeout) cons
 Status Timeline::wait_retired(uint64_t value, Clock::time_point deadline) const {
   if (!impl_) return make_error(Errc::kState, "timeline: empty");
   const TimelinePage* p = impl_->page;
-  return impl_->wait_until(deadline, false,
-                           [&] { return p->retired.load(std::memory_order_acquire) >= value; });
+  return impl_->wait_until(deadline, false, [&] { return p->retired.load(std::memory_order_acquire) >= value; });
 }
 
-uint64_t Timeline::signalled() const {
-  return impl_ ? impl_->page->signalled.load(std::memory_order_acquire) : 0;
-}
+uint64_t Timeline::signalled() const { return impl_ ? impl_->page->signalled.load(std::memory_order_acquire) : 0; }
 
-uint64_t Timeline::retired() const {
-  return impl_ ? impl_->page->retired.load(std::memory_order_acquire) : 0;
-}
+uint64_t Timeline::retired() const { return impl_ ? impl_->page->retired.load(std::memory_order_acquire) : 0; }
 
 PointState Timeline::lifecycle(uint64_t value) const {
   if (value <= retired()) return PointState::kRetired;
@@ -394,8 +379,7 @@ ProducerState Timeline::check_producer() const { return impl_ ? impl_->probe() :
 bool Timeline::consume_event() const {
   if (!impl_) return false;
   uint64_t v = 0;
-  const bool had =
-      retry_eintr([&] { return ::read(impl_->eventfd.get(), &v, sizeof(v)); }) == ssize_t(sizeof(v));
+  const bool had = retry_eintr([&] { return ::read(impl_->eventfd.get(), &v, sizeof(v)); }) == ssize_t(sizeof(v));
   impl_->page->notify_armed.store(1, std::memory_order_seq_cst);  // after draining: see wake_all
   return had;
 }
@@ -404,9 +388,7 @@ bool Timeline::is_producer() const { return impl_ && impl_->producer; }
 int Timeline::eventfd() const { return impl_ ? impl_->eventfd.get() : -1; }
 int Timeline::producer_pidfd() const { return impl_ ? impl_->pidfd.get() : -1; }
 int Timeline::memfd() const { return impl_ ? impl_->shm.fd() : -1; }
-uint32_t Timeline::waiter_count() const {
-  return impl_ ? impl_->page->waiters.load(std::memory_order_acquire) : 0;
-}
+uint32_t Timeline::waiter_count() const { return impl_ ? impl_->page->waiters.load(std::memory_order_acquire) : 0; }
 
 Status send_timeline(int sock, const Timeline& timeline) {
   CANOPY_ASSIGN_OR_RETURN(TimelineFds fds, timeline.export_fds());

@@ -201,7 +201,9 @@ TEST(Timeline, SignalledValueStillSatisfiesWaitAfterLoss) {
 TEST(Timeline, ConsumerDestructionDoesNotAffectProducer) {
   auto t = Timeline::create_producer();
   ASSERT_TRUE(t.ok());
-  { Timeline c = consumer_of(*t); }
+  {
+    Timeline c = consumer_of(*t);
+  }
   EXPECT_EQ(t->producer_state(), ProducerState::kAttached);
   EXPECT_EQ(t->check_producer(), ProducerState::kAttached);
   EXPECT_TRUE(t->signal(1).ok());

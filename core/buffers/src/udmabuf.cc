@@ -20,8 +20,7 @@ Result<UniqueFd> make_udmabuf(std::span<const FilePiece> pieces) {
   for (const auto& p : pieces) {
     if (p.fd < 0 || p.length == 0 || p.offset % page || p.length % page)
       return make_error(Errc::kInvalidArgument, "udmabuf: a piece is not whole pages");
-    if (!items.empty() && items.back().memfd == uint32_t(p.fd) &&
-        items.back().offset + items.back().size == p.offset) {
+    if (!items.empty() && items.back().memfd == uint32_t(p.fd) && items.back().offset + items.back().size == p.offset) {
       items.back().size += p.length;
       continue;
     }

@@ -20,8 +20,8 @@ void append_le(std::vector<uint8_t>& v, T x) {
   for (size_t i = 0; i < sizeof(T); ++i) v.push_back(uint8_t(uint64_t(x) >> (8 * i)));
 }
 void append_integer(std::vector<uint8_t>& v, uint32_t x) {
-  if (x == 0) v.push_back(0x00);  // ZeroOp
-  else if (x == 1) v.push_back(0x01);  // OneOp
+  if (x == 0) v.push_back(0x00);                      // ZeroOp
+  else if (x == 1) v.push_back(0x01);                 // OneOp
   else if (x <= 0xff) append(v, {0x0a, uint8_t(x)});  // BytePrefix
   else {
     v.push_back(0x0c);  // DWordPrefix
@@ -46,7 +46,7 @@ std::vector<uint8_t> header(const char* sig, uint8_t revision) {
   t[8] = revision;
   std::memcpy(t.data() + 10, "CANOPY", 6);
   std::memcpy(t.data() + 16, "CANOPYVM", 8);
-  t[24] = 1;                            // OEM revision
+  t[24] = 1;                              // OEM revision
   std::memcpy(t.data() + 28, "CNPY", 4);  // creator
   t[32] = 1;
   return t;
@@ -107,7 +107,7 @@ std::vector<uint8_t> dsdt_aml(const AcpiConfig& c) {
     append(dev, {0x08});
     append_name(dev, "_UID");
     append(dev, {0x01});
-    std::vector<uint8_t> res = {0x47, 0x01, 0xf8, 0x03, 0xf8, 0x03, 0x01, 0x08,   // IO
+    std::vector<uint8_t> res = {0x47, 0x01, 0xf8, 0x03, 0xf8, 0x03, 0x01, 0x08,        // IO
                                 0x89, 0x06, 0x00, 0x03, 0x01, 0x04, 0x00, 0x00, 0x00,  // Interrupt {4}
                                 0x79, 0x00};
     std::vector<uint8_t> buf{0x0a, uint8_t(res.size())};
@@ -127,13 +127,13 @@ std::vector<uint8_t> dsdt_aml(const AcpiConfig& c) {
     append(dev, {0x0d});
     const char* hid = "LNRO0005";
     dev.insert(dev.end(), hid, hid + 9);  // with its NUL
-    append(dev, {0x08});  // Name(_UID, i)
+    append(dev, {0x08});                  // Name(_UID, i)
     append_name(dev, "_UID");
     append_integer(dev, uint32_t(i));
     append(dev, {0x08});  // Name(_CCA, One): DMA is cache coherent
     append_name(dev, "_CCA");
     append(dev, {0x01});
-    std::vector<uint8_t> res;  // ResourceTemplate contents
+    std::vector<uint8_t> res;               // ResourceTemplate contents
     append(res, {0x86, 0x09, 0x00, 0x01});  // Memory32Fixed(ReadWrite, base, size)
     append_le<uint32_t>(res, uint32_t(d.base));
     append_le<uint32_t>(res, d.size);
@@ -170,13 +170,13 @@ Result<uint64_t> write_acpi_tables(std::span<uint8_t> low, uint64_t base, const 
   std::vector<uint8_t> fadt = header("FACP", 6);
   fadt.resize(276, 0);
   put<uint32_t>(fadt, 40, uint32_t(dsdt_at));  // DSDT (32-bit)
-  put<uint16_t>(fadt, 109, 1u << 2);            // IAPC_BOOT_ARCH: no VGA
+  put<uint16_t>(fadt, 109, 1u << 2);           // IAPC_BOOT_ARCH: no VGA
   // Flags: HW_REDUCED_ACPI, RESET_REG_SUP, no fixed power / sleep buttons.
   put<uint32_t>(fadt, 112, (1u << 20) | (1u << 10) | (1u << 4) | (1u << 5));
   put_io_gas(fadt, 116, kResetPort);
   fadt[128] = kResetValue;
-  fadt[131] = 5;                           // FADT minor version (6.5)
-  put<uint64_t>(fadt, 140, dsdt_at);       // X_DSDT
+  fadt[131] = 5;                      // FADT minor version (6.5)
+  put<uint64_t>(fadt, 140, dsdt_at);  // X_DSDT
   put_io_gas(fadt, 244, kSleepControlPort);
   put_io_gas(fadt, 256, kSleepControlPort + 1);
   std::memcpy(fadt.data() + 268, "CANOPYVM", 8);  // hypervisor vendor identity
@@ -187,11 +187,11 @@ Result<uint64_t> write_acpi_tables(std::span<uint8_t> low, uint64_t base, const 
   append_le<uint32_t>(madt, 0);  // no PC-AT 8259s
   for (uint32_t i = 0; i < c.vcpus; ++i) {
     append(madt, {0, 8, uint8_t(i), uint8_t(i)});  // Processor Local APIC: UID, APIC ID
-    append_le<uint32_t>(madt, 1);                 // enabled
+    append_le<uint32_t>(madt, 1);                  // enabled
   }
   append(madt, {1, 12, 0, 0});  // IO APIC id 0
   append_le<uint32_t>(madt, uint32_t(kIoApicAddr));
-  append_le<uint32_t>(madt, 0);  // GSI base
+  append_le<uint32_t>(madt, 0);         // GSI base
   append(madt, {4, 6, 0xff, 0, 0, 1});  // Local APIC NMI: all processors, LINT1
   finish(madt);
 

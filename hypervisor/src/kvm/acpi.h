@@ -22,7 +22,7 @@ namespace canopy::hypervisor::kvm {
 inline constexpr uint16_t kSleepControlPort = 0x600;  // and sleep status at 0x601
 inline constexpr uint16_t kResetPort = 0x602;
 inline constexpr uint8_t kResetValue = 0x42;
-inline constexpr uint8_t kSleepEnable = 0x20;        // SLP_EN in the sleep control register
+inline constexpr uint8_t kSleepEnable = 0x20;  // SLP_EN in the sleep control register
 inline constexpr uint64_t kIoApicAddr = 0xfec00000, kLocalApicAddr = 0xfee00000;
 
 struct AcpiVirtioDevice {

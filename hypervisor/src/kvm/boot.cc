@@ -49,7 +49,8 @@ Result<KernelImage> parse_bzimage(std::span<const uint8_t> f) {
   k.initrd_addr_max = get<uint32_t>(f, kInitrdAddrMax);
   k.cmdline_size = get<uint32_t>(f, kCmdlineSize);
   k.header_end = kJump + 2 + f[kJump + 1];
-  if (k.header_end > 0x1000 || k.header_end <= kSetupSects) return make_error(Errc::kInvalidArgument, "kernel: bad header length");
+  if (k.header_end > 0x1000 || k.header_end <= kSetupSects)
+    return make_error(Errc::kInvalidArgument, "kernel: bad header length");
   return k;
 }
 

@@ -24,10 +24,10 @@ inline constexpr uint64_t kBootStack = 0x8ff0;
 inline constexpr uint64_t kPml4Addr = 0x9000;  // then the PDPT at 0xa000 and four PDs at 0xb000..0xefff
 inline constexpr uint64_t kCmdlineAddr = 0x20000;
 inline constexpr uint64_t kCmdlineMax = 0x10000;
-inline constexpr uint64_t kLowRamEnd = 0x9fc00;      // RAM below the EBDA / VGA / BIOS hole
-inline constexpr uint64_t kAcpiAddr = 0xe0000;       // RSDP here, the other tables after it (to 1 MiB)
-inline constexpr uint64_t kKernelAddr = 0x100000;    // the protected-mode kernel
-inline constexpr uint64_t kMmioGapStart = 0xc0000000;  // [3 GiB, 4 GiB): devices, IOAPIC, LAPIC
+inline constexpr uint64_t kLowRamEnd = 0x9fc00;         // RAM below the EBDA / VGA / BIOS hole
+inline constexpr uint64_t kAcpiAddr = 0xe0000;          // RSDP here, the other tables after it (to 1 MiB)
+inline constexpr uint64_t kKernelAddr = 0x100000;       // the protected-mode kernel
+inline constexpr uint64_t kMmioGapStart = 0xc0000000;   // [3 GiB, 4 GiB): devices, IOAPIC, LAPIC
 inline constexpr uint64_t kHighRamStart = 0x100000000;  // RAM above 3 GiB continues at 4 GiB
 
 // GDT selectors the vCPU is entered with.
@@ -65,8 +65,8 @@ struct GuestRam {
 };
 
 struct BootSetup {
-  uint64_t entry = 0;       // RIP
-  uint64_t zero_page = 0;   // RSI
+  uint64_t entry = 0;      // RIP
+  uint64_t zero_page = 0;  // RSI
   uint64_t initrd_addr = 0;
   uint64_t initrd_size = 0;
 };

@@ -1,3 +1,5 @@
+#include "kvm/boot.h"
+
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -6,7 +8,6 @@
 #include <iterator>
 
 #include "kvm/acpi.h"
-#include "kvm/boot.h"
 #include "kvm/serial.h"
 
 namespace canopy::hypervisor::kvm {
@@ -98,12 +99,12 @@ TEST(KvmBoot, WritesKernelInitrdZeroPageE820PageTablesAndGdt) {
   EXPECT_STREQ(reinterpret_cast<const char*>(ram.data() + kCmdlineAddr), "console=ttyS0 quiet");
   const std::vector<uint8_t> zp(ram.begin() + kZeroPage, ram.begin() + kZeroPage + 4096);
   EXPECT_EQ(at<uint32_t>(zp, 0x202), 0x53726448u);  // the setup header was copied
-  EXPECT_EQ(zp[0x210], 0xff);                        // type_of_loader
+  EXPECT_EQ(zp[0x210], 0xff);                       // type_of_loader
   EXPECT_EQ(at<uint32_t>(zp, 0x228), kCmdlineAddr);
   EXPECT_EQ(at<uint32_t>(zp, 0x218), s->initrd_addr);
   EXPECT_EQ(at<uint32_t>(zp, 0x21c), initrd.size());
   EXPECT_EQ(at<uint64_t>(zp, 0x070), 0xe0000u);  // acpi_rsdp_addr
-  ASSERT_EQ(zp[0x1e8], 3);                         // e820: low RAM, ACPI, RAM from 1 MiB
+  ASSERT_EQ(zp[0x1e8], 3);                       // e820: low RAM, ACPI, RAM from 1 MiB
   EXPECT_EQ(at<uint64_t>(zp, 0x2d0), 0u);
   EXPECT_EQ(at<uint64_t>(zp, 0x2d0 + 8), kLowRamEnd);
   EXPECT_EQ(at<uint32_t>(zp, 0x2d0 + 16), kE820Ram);
@@ -168,7 +169,7 @@ TEST(KvmAcpi, TablesHaveValidChecksumsAndTheDevicesInTheDsdt) {
   const auto madt = table(at<uint64_t>(x, 44), "APIC");
   EXPECT_EQ(fadt.size(), 276u);
   EXPECT_TRUE(at<uint32_t>(fadt, 112) & (1u << 20));  // hardware-reduced
-  EXPECT_EQ(fadt[244], 1);                              // sleep control in I/O space
+  EXPECT_EQ(fadt[244], 1);                            // sleep control in I/O space
   EXPECT_EQ(at<uint64_t>(fadt, 248), kSleepControlPort);
   EXPECT_EQ(at<uint64_t>(fadt, 120), kResetPort);
   const auto dsdt = table(at<uint64_t>(fadt, 140), "DSDT");
@@ -180,13 +181,13 @@ TEST(KvmAcpi, TablesHaveValidChecksumsAndTheDevicesInTheDsdt) {
   EXPECT_EQ(at<uint32_t>(madt, 64), kIoApicAddr);
   // Device V001: _HID "LNRO0005", _UID One, Memory32Fixed at 0xd0001000 size 0x1000, edge IRQ 6.
   const std::vector<uint8_t> v001 = {
-      0x5b, 0x82, 0x41, 0x04, 'V', '0', '0', '1',                                            // Device, PkgLen 65
-      0x08, '_', 'H', 'I', 'D', 0x0d, 'L', 'N', 'R', 'O', '0', '0', '0', '5', 0x00,          // Name(_HID, ...)
-      0x08, '_', 'U', 'I', 'D', 0x01,                                                        // Name(_UID, One)
-      0x08, '_', 'C', 'C', 'A', 0x01,                                                        // Name(_CCA, One)
-      0x08, '_', 'C', 'R', 'S', 0x11, 0x1a, 0x0a, 0x17,                                      // Buffer(23)
-      0x86, 0x09, 0x00, 0x01, 0x00, 0x10, 0x00, 0xd0, 0x00, 0x10, 0x00, 0x00,                // Memory32Fixed
-      0x89, 0x06, 0x00, 0x03, 0x01, 0x06, 0x00, 0x00, 0x00,                                  // Interrupt(edge){6}
+      0x5b, 0x82, 0x41, 0x04, 'V',  '0',  '0',  '1',                                           // Device, PkgLen 65
+      0x08, '_',  'H',  'I',  'D',  0x0d, 'L',  'N',  'R',  'O',  '0',  '0',  '0', '5', 0x00,  // Name(_HID, ...)
+      0x08, '_',  'U',  'I',  'D',  0x01,                                                      // Name(_UID, One)
+      0x08, '_',  'C',  'C',  'A',  0x01,                                                      // Name(_CCA, One)
+      0x08, '_',  'C',  'R',  'S',  0x11, 0x1a, 0x0a, 0x17,                                    // Buffer(23)
+      0x86, 0x09, 0x00, 0x01, 0x00, 0x10, 0x00, 0xd0, 0x00, 0x10, 0x00, 0x00,                  // Memory32Fixed
+      0x89, 0x06, 0x00, 0x03, 0x01, 0x06, 0x00, 0x00, 0x00,                                    // Interrupt(edge){6}
       0x79, 0x00};
   EXPECT_NE(std::search(dsdt.begin(), dsdt.end(), v001.begin(), v001.end()), dsdt.end());
   const std::vector<uint8_t> s5 = {0x08, 0x5c, '_', 'S', '5', '_', 0x12, 0x07, 0x04, 0x0a, 0x05, 0, 0, 0};

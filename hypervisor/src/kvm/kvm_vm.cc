@@ -121,9 +121,12 @@ Result<std::unique_ptr<KvmVm>> KvmVm::create(const KvmConfig& c) {
   vm->kvm_ = UniqueFd(::open("/dev/kvm", O_RDWR | O_CLOEXEC));
   if (!vm->kvm_.valid()) return make_error(Errc::kUnsupported, "kvm: cannot open /dev/kvm", errno);
   const int kfd = vm->kvm_.get();
-  if (ioctl(kfd, KVM_GET_API_VERSION, 0) != KVM_API_VERSION) return make_error(Errc::kUnsupported, "kvm: API version is not 12");
-  for (int cap : {KVM_CAP_IRQCHIP, KVM_CAP_USER_MEMORY, KVM_CAP_IOEVENTFD, KVM_CAP_IRQFD, KVM_CAP_PIT2, KVM_CAP_EXT_CPUID})
-    if (ioctl(kfd, KVM_CHECK_EXTENSION, cap) <= 0) return make_error(Errc::kUnsupported, "kvm: a required capability is missing");
+  if (ioctl(kfd, KVM_GET_API_VERSION, 0) != KVM_API_VERSION)
+    return make_error(Errc::kUnsupported, "kvm: API version is not 12");
+  for (int cap :
+       {KVM_CAP_IRQCHIP, KVM_CAP_USER_MEMORY, KVM_CAP_IOEVENTFD, KVM_CAP_IRQFD, KVM_CAP_PIT2, KVM_CAP_EXT_CPUID})
+    if (ioctl(kfd, KVM_CHECK_EXTENSION, cap) <= 0)
+      return make_error(Errc::kUnsupported, "kvm: a required capability is missing");
   vm->vm_ = UniqueFd(ioctl(kfd, KVM_CREATE_VM, 0));
   if (!vm->vm_.valid()) return make_error(Errc::kIo, "kvm: KVM_CREATE_VM failed", errno);
   const int vfd = vm->vm_.get();
@@ -140,7 +143,8 @@ Result<std::unique_ptr<KvmVm>> KvmVm::create(const KvmConfig& c) {
   // Guest RAM: one memfd (shared with the vhost-user back-ends), mapped once.
   vm->ram_fd_ = UniqueFd(memfd_create("canopy-kvm-ram", MFD_CLOEXEC));
   if (!vm->ram_fd_.valid()) return make_error(Errc::kIo, "kvm: memfd_create failed", errno);
-  if (ftruncate(vm->ram_fd_.get(), off_t(c.ram_bytes)) != 0) return make_error(Errc::kNoMemory, "kvm: cannot size guest RAM", errno);
+  if (ftruncate(vm->ram_fd_.get(), off_t(c.ram_bytes)) != 0)
+    return make_error(Errc::kNoMemory, "kvm: cannot size guest RAM", errno);
   void* p = mmap(nullptr, c.ram_bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, vm->ram_fd_.get(), 0);
   if (p == MAP_FAILED) return make_error(Errc::kNoMemory, "kvm: cannot map guest RAM", errno);
   vm->ram_ = static_cast<uint8_t*>(p);
@@ -156,7 +160,8 @@ Result<std::unique_ptr<KvmVm>> KvmVm::create(const KvmConfig& c) {
     r.guest_phys_addr = kHighRamStart;
     r.memory_size = c.ram_bytes - low;
     r.userspace_addr = reinterpret_cast<uint64_t>(vm->ram_ + low);
-    if (ioctl(vfd, KVM_SET_USER_MEMORY_REGION, &r) < 0) return make_error(Errc::kIo, "kvm: cannot add high guest RAM", errno);
+    if (ioctl(vfd, KVM_SET_USER_MEMORY_REGION, &r) < 0)
+      return make_error(Errc::kIo, "kvm: cannot add high guest RAM", errno);
   }
   KvmVm* self = vm.get();
   vm->impl_->serial = std::make_unique<Serial8250>(
@@ -244,8 +249,8 @@ Status KvmVm::map_shm(uint32_t region, uint64_t offset, int fd, uint64_t fd_offs
     return make_error(Errc::kInvalidArgument, "kvm: shared memory mapping overlaps another");
   if (next != r.maps.begin() && std::prev(next)->first + std::prev(next)->second > offset)
     return make_error(Errc::kInvalidArgument, "kvm: shared memory mapping overlaps another");
-  void* p = mmap(r.host + offset, len, PROT_READ | (writable ? PROT_WRITE : 0), MAP_SHARED | MAP_FIXED, fd,
-                 off_t(fd_offset));
+  void* p =
+      mmap(r.host + offset, len, PROT_READ | (writable ? PROT_WRITE : 0), MAP_SHARED | MAP_FIXED, fd, off_t(fd_offset));
   if (p == MAP_FAILED) {
     const int err = errno;
     reserve(r.host + offset, len);  // MAP_FIXED may have dropped the reservation there
@@ -292,7 +297,8 @@ Status KvmVm::add_mmio(uint64_t base, uint64_t size, MmioHandler h) {
   if (base < kMmioGapStart || base + size > kIoApicAddr || size == 0)
     return make_error(Errc::kInvalidArgument, "kvm: MMIO windows go in [3 GiB, IOAPIC)");
   for (const auto& w : impl_->windows)
-    if (base < w.base + w.size && w.base < base + size) return make_error(Errc::kInvalidArgument, "kvm: MMIO windows overlap");
+    if (base < w.base + w.size && w.base < base + size)
+      return make_error(Errc::kInvalidArgument, "kvm: MMIO windows overlap");
   impl_->windows.push_back({base, size, std::move(h)});
   return {};
 }
@@ -320,7 +326,9 @@ Status irqfd(int vm, uint32_t gsi, int fd, bool assign) {
 }
 }  // namespace
 
-Status KvmVm::add_ioeventfd(uint64_t addr, uint32_t datamatch, int fd) { return ioeventfd(vm_.get(), addr, datamatch, fd, true); }
+Status KvmVm::add_ioeventfd(uint64_t addr, uint32_t datamatch, int fd) {
+  return ioeventfd(vm_.get(), addr, datamatch, fd, true);
+}
 Status KvmVm::remove_ioeventfd(uint64_t addr, uint32_t datamatch, int fd) {
   return ioeventfd(vm_.get(), addr, datamatch, fd, false);
 }
@@ -352,7 +360,8 @@ Status setup_cpuid(int kvm_fd, int vcpu_fd, uint32_t index, uint32_t count) {
   std::vector<uint8_t> buf(sizeof(kvm_cpuid2) + kMax * sizeof(kvm_cpuid_entry2));
   auto* cpuid = reinterpret_cast<kvm_cpuid2*>(buf.data());
   cpuid->nent = kMax;
-  if (ioctl(kvm_fd, KVM_GET_SUPPORTED_CPUID, cpuid) < 0) return make_error(Errc::kIo, "kvm: KVM_GET_SUPPORTED_CPUID failed", errno);
+  if (ioctl(kvm_fd, KVM_GET_SUPPORTED_CPUID, cpuid) < 0)
+    return make_error(Errc::kIo, "kvm: KVM_GET_SUPPORTED_CPUID failed", errno);
   const bool tsc_deadline = ioctl(kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_TSC_DEADLINE_TIMER) > 0;
   for (uint32_t i = 0; i < cpuid->nent; ++i) {
     kvm_cpuid_entry2& e = cpuid->entries[i];
@@ -372,11 +381,17 @@ Status setup_cpuid(int kvm_fd, int vcpu_fd, uint32_t index, uint32_t count) {
 
 Status setup_msrs(int vcpu_fd) {
   const std::pair<uint32_t, uint64_t> boot[] = {
-      {0x174, 0}, {0x175, 0}, {0x176, 0},  // SYSENTER
-      {0xc0000081, 0}, {0xc0000082, 0}, {0xc0000083, 0}, {0xc0000084, 0}, {0xc0000102, 0},  // STAR .. KERNEL_GS_BASE
-      {0x10, 0},                 // TSC
-      {0x1a0, 1},                // MISC_ENABLE: fast strings
-      {0x2ff, (1u << 11) | 6},   // MTRRdefType: enabled, write-back
+      {0x174, 0},
+      {0x175, 0},
+      {0x176, 0},  // SYSENTER
+      {0xc0000081, 0},
+      {0xc0000082, 0},
+      {0xc0000083, 0},
+      {0xc0000084, 0},
+      {0xc0000102, 0},          // STAR .. KERNEL_GS_BASE
+      {0x10, 0},                // TSC
+      {0x1a0, 1},               // MISC_ENABLE: fast strings
+      {0x2ff, (1u << 11) | 6},  // MTRRdefType: enabled, write-back
   };
   std::vector<uint8_t> buf(sizeof(kvm_msrs) + std::size(boot) * sizeof(kvm_msr_entry));
   auto* msrs = reinterpret_cast<kvm_msrs*>(buf.data());
@@ -385,7 +400,8 @@ Status setup_msrs(int vcpu_fd) {
     msrs->entries[i].index = boot[i].first;
     msrs->entries[i].data = boot[i].second;
   }
-  if (ioctl(vcpu_fd, KVM_SET_MSRS, msrs) != int(std::size(boot))) return make_error(Errc::kIo, "kvm: KVM_SET_MSRS failed", errno);
+  if (ioctl(vcpu_fd, KVM_SET_MSRS, msrs) != int(std::size(boot)))
+    return make_error(Errc::kIo, "kvm: KVM_SET_MSRS failed", errno);
   return {};
 }
 
@@ -416,8 +432,8 @@ Status setup_boot_cpu(int vcpu_fd, const BootSetup& b) {
   s.idt.limit = 7;
   s.cr0 = 0x80000011;  // PG | ET | PE
   s.cr3 = kPml4Addr;
-  s.cr4 = 0x20;        // PAE
-  s.efer = 0x500;      // LME | LMA
+  s.cr4 = 0x20;    // PAE
+  s.efer = 0x500;  // LME | LMA
   if (ioctl(vcpu_fd, KVM_SET_SREGS, &s) < 0) return make_error(Errc::kIo, "kvm: KVM_SET_SREGS failed", errno);
   kvm_regs r{};
   r.rflags = 0x2;
@@ -496,10 +512,11 @@ Result<VmExit> KvmVm::run() {
             continue;
           }
           if (errno == EFAULT)
-            CANOPY_ERROR("kvm: vCPU %u: the guest touched memory without host pages (an unmapped part of a "
-                         "shared memory region?): stopping it", v->index);
-          else
-            CANOPY_ERROR("kvm: vCPU %u: KVM_RUN failed: %s", v->index, std::strerror(errno));
+            CANOPY_ERROR(
+                "kvm: vCPU %u: the guest touched memory without host pages (an unmapped part of a "
+                "shared memory region?): stopping it",
+                v->index);
+          else CANOPY_ERROR("kvm: vCPU %u: KVM_RUN failed: %s", v->index, std::strerror(errno));
           finish(VmExit::kError);
           break;
         }
@@ -551,8 +568,7 @@ Result<VmExit> KvmVm::run() {
             finish(run->system_event.type == KVM_SYSTEM_EVENT_SHUTDOWN ? VmExit::kPowerOff : VmExit::kReboot);
             break;
           case KVM_EXIT_HLT:
-          case KVM_EXIT_INTR:
-            break;
+          case KVM_EXIT_INTR: break;
           case KVM_EXIT_FAIL_ENTRY:
             CANOPY_ERROR("kvm: vCPU %u: entry failed (reason 0x%llx)", v->index,
                          (unsigned long long)run->fail_entry.hardware_entry_failure_reason);

@@ -27,8 +27,8 @@ namespace canopy::hypervisor::kvm {
 struct KvmConfig {
   uint64_t ram_bytes = 512ull << 20;
   uint32_t vcpus = 1;
-  std::string kernel;   // bzImage
-  std::string initrd;   // optional
+  std::string kernel;  // bzImage
+  std::string initrd;  // optional
   std::string cmdline = "console=ttyS0";
   // Where the guest's serial console goes (each byte as written); default: stdout.
   std::function<void(uint8_t)> console;

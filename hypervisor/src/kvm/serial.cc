@@ -20,7 +20,8 @@ uint8_t Serial8250::read(uint16_t off) {
     case 3: return lcr_;
     case 4: return mcr_;
     case 5: return kLsrIdle;
-    case 6: return (mcr_ & 0x10) ? uint8_t(((mcr_ & 0x0c) << 4) | ((mcr_ & 0x01) << 5) | ((mcr_ & 0x02) << 3)) : kMsrIdle;
+    case 6:
+      return (mcr_ & 0x10) ? uint8_t(((mcr_ & 0x0c) << 4) | ((mcr_ & 0x01) << 5) | ((mcr_ & 0x02) << 3)) : kMsrIdle;
     case 7: return scr_;
     default: return 0xff;
   }

@@ -14,7 +14,8 @@ class Serial8250 {
  public:
   static constexpr uint16_t kBase = 0x3f8;
   static constexpr uint32_t kIrq = 4;
-  Serial8250(std::function<void(uint8_t)> out, std::function<void()> irq) : out_(std::move(out)), irq_(std::move(irq)) {}
+  Serial8250(std::function<void(uint8_t)> out, std::function<void()> irq)
+      : out_(std::move(out)), irq_(std::move(irq)) {}
   // Port offsets 0..7 from kBase.
   uint8_t read(uint16_t offset);
   void write(uint16_t offset, uint8_t value);

@@ -31,7 +31,8 @@ Result<std::unique_ptr<VhostMmioDevice>> VhostMmioDevice::start(const KvmDeviceS
   d->base_ = base;
   d->gsi_ = gsi;
   int sv[2];
-  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return make_error(Errc::kIo, "socketpair failed", errno);
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+    return make_error(Errc::kIo, "socketpair failed", errno);
   UniqueFd ours(sv[0]), theirs(sv[1]);
   SpawnOptions o;
   o.path = spec.program;
@@ -103,19 +104,22 @@ Result<std::unique_ptr<VhostMmioDevice>> VhostMmioDevice::start(const KvmDeviceS
   });
   d->mmio_->set_used_buffer_notifications_external(true);
   d->window_ = transport::mmio::window_size(d->config_size_);
-  CANOPY_TRY(vm.add_mmio(base, d->window_,
-                         MmioHandler{[self](uint64_t off, uint32_t len) { return self->mmio_->read(off, len); },
-                                     [self](uint64_t off, uint32_t len, uint64_t v) { self->mmio_->write(off, len, v); }}));
+  CANOPY_TRY(
+      vm.add_mmio(base, d->window_,
+                  MmioHandler{[self](uint64_t off, uint32_t len) { return self->mmio_->read(off, len); },
+                              [self](uint64_t off, uint32_t len, uint64_t v) { self->mmio_->write(off, len, v); }}));
   vm.describe_virtio(base, uint32_t(d->window_), gsi);
   if (proto & vu::proto_bit(vu::kProtoBackendReq)) CANOPY_TRY(d->start_backend_requests());
-  CANOPY_INFO("kvm: device %s (virtio %u): back-end %s up (pid %d), %u queue(s), MMIO 0x%llx, GSI %u", spec.name.c_str(),
-              spec.virtio_id, spec.program.c_str(), int(d->backend_.pid()), queues, (unsigned long long)base, gsi);
+  CANOPY_INFO("kvm: device %s (virtio %u): back-end %s up (pid %d), %u queue(s), MMIO 0x%llx, GSI %u",
+              spec.name.c_str(), spec.virtio_id, spec.program.c_str(), int(d->backend_.pid()), queues,
+              (unsigned long long)base, gsi);
   return d;
 }
 
 Status VhostMmioDevice::start_backend_requests() {
   int sv[2];
-  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return make_error(Errc::kIo, "socketpair failed", errno);
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+    return make_error(Errc::kIo, "socketpair failed", errno);
   backend_req_ = UniqueFd(sv[0]);
   UniqueFd theirs(sv[1]);
   CANOPY_TRY(fe_.set_backend_req_fd(theirs.get()));

@@ -17,11 +17,11 @@
 // Threading: register accesses come from vCPU threads (serialised by the register model's mutex).
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
-#include <string>
-#include <condition_variable>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 

@@ -33,7 +33,9 @@ static void die(const char* what) {
   exit(1);
 }
 
-static uint32_t word(uint32_t blob, uint32_t round, uint32_t i) { return (i + 1u) * 2654435761u ^ (blob << 24 | round << 16); }
+static uint32_t word(uint32_t blob, uint32_t round, uint32_t i) {
+  return (i + 1u) * 2654435761u ^ (blob << 24 | round << 16);
+}
 
 enum { kMaxBlobs = 16, kCapsetVenus = 4 };
 
@@ -56,7 +58,8 @@ int main(int argc, char** argv) {
   }
   int fd = open(path, O_RDWR | O_CLOEXEC);
   if (fd < 0) die(path);
-  const int host_visible = getparam(fd, VIRTGPU_PARAM_HOST_VISIBLE), ctx_init = getparam(fd, VIRTGPU_PARAM_CONTEXT_INIT);
+  const int host_visible = getparam(fd, VIRTGPU_PARAM_HOST_VISIBLE),
+            ctx_init = getparam(fd, VIRTGPU_PARAM_CONTEXT_INIT);
   printf("canopy-guest-hostmem: params host_visible %d context_init %d\n", host_visible, ctx_init);
   if (host_visible != 1) die("no host-visible region (VIRTGPU_PARAM_HOST_VISIBLE)");
   if (ctx_init != 1) die("no context init (VIRTGPU_PARAM_CONTEXT_INIT)");
@@ -97,7 +100,8 @@ int main(int argc, char** argv) {
       struct drm_gem_close gc = {.handle = handles[b]};
       if (xioctl(fd, DRM_IOCTL_GEM_CLOSE, &gc) != 0) die("GEM_CLOSE");
     }
-    printf("canopy-guest-hostmem: round %d: %d host blob(s) of %d MiB mapped, written and read back\n", round, blobs, mb);
+    printf("canopy-guest-hostmem: round %d: %d host blob(s) of %d MiB mapped, written and read back\n", round, blobs,
+           mb);
   }
   close(fd);
   printf("canopy-guest-hostmem: PASS %d round(s)\n", rounds);

@@ -22,9 +22,9 @@ static void fail(const char* what, VkResult r) {
   printf("canopy-guest-vk: FAIL %s (VkResult %d)\n", what, (int)r);
   exit(1);
 }
-#define CHECK(call)                    \
-  do {                                 \
-    VkResult r_ = (call);              \
+#define CHECK(call)                        \
+  do {                                     \
+    VkResult r_ = (call);                  \
     if (r_ != VK_SUCCESS) fail(#call, r_); \
   } while (0)
 
@@ -195,8 +195,8 @@ int main(int argc, char** argv) {
     to_dst.srcQueueFamilyIndex = to_dst.dstQueueFamilyIndex = VK_QUEUE_FAMILY_IGNORED;
     to_dst.image = image;
     to_dst.subresourceRange = (VkImageSubresourceRange){VK_IMAGE_ASPECT_COLOR_BIT, 0, 1, 0, 1};
-    vkCmdPipelineBarrier(cmd, VK_PIPELINE_STAGE_TOP_OF_PIPE_BIT, VK_PIPELINE_STAGE_TRANSFER_BIT, 0, 0, NULL, 0, NULL,
-                         1, &to_dst);
+    vkCmdPipelineBarrier(cmd, VK_PIPELINE_STAGE_TOP_OF_PIPE_BIT, VK_PIPELINE_STAGE_TRANSFER_BIT, 0, 0, NULL, 0, NULL, 1,
+                         &to_dst);
     VkClearColorValue colour;
     memcpy(colour.float32, rgba, sizeof rgba);
     vkCmdClearColorImage(cmd, image, VK_IMAGE_LAYOUT_TRANSFER_DST_OPTIMAL, &colour, 1, &to_dst.subresourceRange);

@@ -56,8 +56,8 @@ struct StreamConfig {
   proto::Direction direction = proto::Direction::kOutput;
   uint8_t channels_min = 1;
   uint8_t channels_max = 2;
-  uint64_t formats = 0;  // virtio format bits; 0: default_formats()
-  uint64_t rates = 0;    // virtio rate bits; 0: 44100 and 48000
+  uint64_t formats = 0;            // virtio format bits; 0: default_formats()
+  uint64_t rates = 0;              // virtio rate bits; 0: 44100 and 48000
   std::vector<uint8_t> positions;  // channel map (channels_max entries); empty: the usual layout
   std::string role = "media";      // media.role of the host stream
   std::string target;              // host sink / source node name; empty: the default one
@@ -74,8 +74,8 @@ struct JackConfig {
 struct SndOptions {
   std::vector<StreamConfig> streams;
   std::vector<JackConfig> jacks;
-  bool controls = true;  // offer VIRTIO_SND_F_CTLS: a volume and a switch per stream
-  std::string vm = "vm";  // shown in host node names and logs
+  bool controls = true;              // offer VIRTIO_SND_F_CTLS: a volume and a switch per stream
+  std::string vm = "vm";             // shown in host node names and logs
   uint32_t max_pending_events = 64;  // events kept while the driver has no eventq buffer
 };
 
@@ -136,13 +136,13 @@ class HostBackend {
 
 struct StreamStats {
   uint64_t tx_buffers = 0, rx_buffers = 0, io_errors = 0;
-  uint64_t frames = 0;      // frames moved to / from the host
-  uint64_t underruns = 0;   // playback pulls the guest could not fill while running
-  uint64_t overruns = 0;    // capture pushes with no guest buffer
+  uint64_t frames = 0;     // frames moved to / from the host
+  uint64_t underruns = 0;  // playback pulls the guest could not fill while running
+  uint64_t overruns = 0;   // capture pushes with no guest buffer
   uint64_t xrun_events = 0;
-  uint64_t ducks = 0;       // times the policy started attenuating this stream
-  double gain_db = 0;       // current policy gain (0 = none)
-  double deepest_db = 0;    // the lowest policy gain reached
+  uint64_t ducks = 0;           // times the policy started attenuating this stream
+  double gain_db = 0;           // current policy gain (0 = none)
+  double deepest_db = 0;        // the lowest policy gain reached
   double duck_reached_ms = -1;  // how long the last duck took to reach its target (-1: none yet)
   uint32_t last_latency_bytes = 0;
   // Playback latency per tx buffer: from its arrival (the guest's kick) until its last sample is out of

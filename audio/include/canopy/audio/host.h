@@ -15,8 +15,8 @@
 namespace canopy::audio {
 
 struct NullHostOptions {
-  std::string wav_dir;          // playback of stream S of VM V is written to WAV_DIR/V-S.wav ("" = discarded)
-  double capture_tone_hz = 0;   // capture streams hear this sine at -6 dBFS (0 = silence)
+  std::string wav_dir;         // playback of stream S of VM V is written to WAV_DIR/V-S.wav ("" = discarded)
+  double capture_tone_hz = 0;  // capture streams hear this sine at -6 dBFS (0 = silence)
   std::string vm = "vm";
 };
 Result<std::unique_ptr<HostBackend>> make_null_backend(const NullHostOptions& o);

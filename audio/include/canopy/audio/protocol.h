@@ -53,8 +53,31 @@ inline constexpr uint32_t kPcmFShmemHost = 1u << 0, kPcmFShmemGuest = 1u << 1, k
 
 // PCM sample formats (bit numbers).
 enum class Format : uint8_t {
-  kImaAdpcm = 0, kMuLaw, kALaw, kS8, kU8, kS16, kU16, kS18_3, kU18_3, kS20_3, kU20_3, kS24_3, kU24_3,
-  kS20, kU20, kS24, kU24, kS32, kU32, kFloat, kFloat64, kDsdU8, kDsdU16, kDsdU32, kIec958Subframe,
+  kImaAdpcm = 0,
+  kMuLaw,
+  kALaw,
+  kS8,
+  kU8,
+  kS16,
+  kU16,
+  kS18_3,
+  kU18_3,
+  kS20_3,
+  kU20_3,
+  kS24_3,
+  kU24_3,
+  kS20,
+  kU20,
+  kS24,
+  kU24,
+  kS32,
+  kU32,
+  kFloat,
+  kFloat64,
+  kDsdU8,
+  kDsdU16,
+  kDsdU32,
+  kIec958Subframe,
 };
 inline constexpr uint8_t kFormatCount = 25;
 // Bytes per sample of a format the device can carry (0: not a linear PCM format it supports).
@@ -65,16 +88,50 @@ inline uint8_t silence_byte(uint8_t format) { return format == uint8_t(Format::k
 
 // PCM frame rates (bit numbers): 5512, 8000, ... 384000 (§5.14.6.6.2).
 inline constexpr uint8_t kRateCount = 14;
-inline constexpr uint32_t kRates[kRateCount] = {5512,  8000,  11025, 16000,  22050,  32000,  44100,
+inline constexpr uint32_t kRates[kRateCount] = {5512,  8000,  11025, 16000, 22050,  32000,  44100,
                                                 48000, 64000, 88200, 96000, 176400, 192000, 384000};
 // The bit of a rate in Hz; -1 when virtio-snd has none.
 int rate_bit(uint32_t hz);
 
 // Channel positions (§5.14.6.8.1.1).
 enum class Pos : uint8_t {
-  kNone = 0, kNa, kMono, kFl, kFr, kRl, kRr, kFc, kLfe, kSl, kSr, kRc, kFlc, kFrc, kRlc, kRrc, kFlw, kFrw,
-  kFlh, kFch, kFrh, kTc, kTfl, kTfr, kTfc, kTrl, kTrr, kTrc, kTflc, kTfrc, kTsl, kTsr, kLlfe, kRlfe, kBc,
-  kBlc, kBrc,
+  kNone = 0,
+  kNa,
+  kMono,
+  kFl,
+  kFr,
+  kRl,
+  kRr,
+  kFc,
+  kLfe,
+  kSl,
+  kSr,
+  kRc,
+  kFlc,
+  kFrc,
+  kRlc,
+  kRrc,
+  kFlw,
+  kFrw,
+  kFlh,
+  kFch,
+  kFrh,
+  kTc,
+  kTfl,
+  kTfr,
+  kTfc,
+  kTrl,
+  kTrr,
+  kTrc,
+  kTflc,
+  kTfrc,
+  kTsl,
+  kTsr,
+  kLlfe,
+  kRlfe,
+  kBc,
+  kBlc,
+  kBrc,
 };
 inline constexpr uint8_t kPosCount = 37;
 inline constexpr uint32_t kChmapMaxSize = 18;

@@ -67,9 +67,9 @@ struct DuckReport {
   bool chime_found = false;
   double onset_ms = 0, chime_end_ms = 0;
   double before_db = -200, during_db = -200, after_db = -200;
-  double ducked_by_db = 0;       // during - before
-  double reached_ms = -1;        // -1: never within 1 dB of expect_db
-  double restored_ms = -1;       // -1: never back
+  double ducked_by_db = 0;  // during - before
+  double reached_ms = -1;   // -1: never within 1 dB of expect_db
+  double restored_ms = -1;  // -1: never back
 };
 DuckReport measure_ducking(const Audio& a, uint32_t ch, double music_hz, double chime_hz, double expect_db,
                            double settle_ms);

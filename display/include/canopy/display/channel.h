@@ -117,11 +117,11 @@ struct FrameMsg {
   le32 fourcc;
   le32 width, height;
   le32 stride;
-  le64 offset;        // of pixel (0,0) in the buffer's view
-  le64 bytes_copied;  // device-side copies made for this frame
-  le32 flags;         // kFrameBlob | kFrameAliased
-  le32 num_damage;    // WireRect[num_damage] follow (0: the whole frame)
-  le64 present_ns;    // CLOCK_MONOTONIC when the device took the guest's flush; 0: unknown
+  le64 offset;         // of pixel (0,0) in the buffer's view
+  le64 bytes_copied;   // device-side copies made for this frame
+  le32 flags;          // kFrameBlob | kFrameAliased
+  le32 num_damage;     // WireRect[num_damage] follow (0: the whole frame)
+  le64 present_ns;     // CLOCK_MONOTONIC when the device took the guest's flush; 0: unknown
   le64 acquire_point;  // with kFrameAcquire: the scanout's timeline value that makes the frame complete
 };
 struct TimelineMsg {
@@ -149,8 +149,8 @@ struct DisplayMsg {
   le32 reserved;
 };
 #pragma pack(pop)
-static_assert(sizeof(Header) == kHeaderSize && sizeof(Hello) == 40 && sizeof(BufferHdr) == 16 &&
-              sizeof(Piece) == 16 && sizeof(FrameMsg) == 72 && sizeof(TimelineMsg) == 8 && sizeof(CursorMsg) == 32 && sizeof(Release) == 16 &&
+static_assert(sizeof(Header) == kHeaderSize && sizeof(Hello) == 40 && sizeof(BufferHdr) == 16 && sizeof(Piece) == 16 &&
+              sizeof(FrameMsg) == 72 && sizeof(TimelineMsg) == 8 && sizeof(CursorMsg) == 32 && sizeof(Release) == 16 &&
               sizeof(DisplayMsg) == 24 && sizeof(WireRect) == 16 && sizeof(ScanoutMsg) == 16);
 
 inline constexpr uint32_t kFrameBlob = 1u << 0;
@@ -171,9 +171,9 @@ struct Message {
     std::memcpy(&v, payload.data(), sizeof v);
     return v;
   }
-  std::string vm_name() const;                   // kHello
-  std::vector<Piece> pieces() const;             // kBuffer
-  std::vector<WireRect> damage() const;          // kFrame
+  std::string vm_name() const;           // kHello
+  std::vector<Piece> pieces() const;     // kBuffer
+  std::vector<WireRect> damage() const;  // kFrame
 };
 
 // Checks one packet (see the file comment). Errors: kProtocol with a message naming the problem.
@@ -200,7 +200,8 @@ struct PieceRef {
   uint64_t offset;
   uint64_t length;
 };
-Result<std::vector<BufferPacket>> encode_buffer(uint32_t id, std::span<const PieceRef> pieces, std::span<const int> fds);
+Result<std::vector<BufferPacket>> encode_buffer(uint32_t id, std::span<const PieceRef> pieces,
+                                                std::span<const int> fds);
 
 // Sends / receives one packet (SOCK_SEQPACKET). receive: kClosed at end of stream, kTimeout, kProtocol.
 Status send_packet(int sock, std::span<const uint8_t> packet, std::span<const int> fds = {});

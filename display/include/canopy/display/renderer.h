@@ -65,8 +65,8 @@ class Renderer {
 
   struct Stats {
     uint64_t compositions = 0;
-    uint64_t imports = 0;         // mappings imported (once each)
-    uint64_t bytes_staged = 0;    // bytes copied because memory had no usable mapping
+    uint64_t imports = 0;       // mappings imported (once each)
+    uint64_t bytes_staged = 0;  // bytes copied because memory had no usable mapping
   };
   virtual Stats stats() const { return {}; }
 };
@@ -77,8 +77,8 @@ std::unique_ptr<Renderer> make_pixman_renderer();
 // canvas where they lie in memory (host-pointer imports); a timeline semaphore tells when a
 // composition is done. Same pixels as the pixman renderer (docs/display.md says to what tolerance).
 struct VulkanOptions {
-  std::string device;      // use the first device whose name contains this ("" = rank by type)
-  bool allow_cpu = true;   // accept a CPU implementation (lavapipe); false: GPUs only
+  std::string device;     // use the first device whose name contains this ("" = rank by type)
+  bool allow_cpu = true;  // accept a CPU implementation (lavapipe); false: GPUs only
 };
 // Fails with kUnsupported when no device has what it needs (Vulkan 1.2, timeline semaphores,
 // VK_EXT_external_memory_host, a compute queue).

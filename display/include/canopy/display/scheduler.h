@@ -55,8 +55,8 @@ struct LayerStats {
   uint64_t dropped = 0;           // frames never shown (superseded or flooded out)
   uint64_t fallback_entries = 0;  // times the stale-frame watchdog switched to the fallback
   uint64_t fallback_compositions = 0;
-  bool fallback = false;          // showing the fallback now
-  LatencyRecorder latency;        // guest present (else submit) -> output present, for frames shown
+  bool fallback = false;    // showing the fallback now
+  LatencyRecorder latency;  // guest present (else submit) -> output present, for frames shown
 };
 
 struct OutputStats {
@@ -96,7 +96,7 @@ class OutputScheduler {
     uint64_t frame = 0;  // kNew / kReused
   };
   struct Plan {
-    bool wait = false;       // call latch() again at wait_until or when a frame is signalled
+    bool wait = false;  // call latch() again at wait_until or when a frame is signalled
     TimePoint wait_until{};
     TimePoint deadline{};
     std::vector<LayerPlan> layers;
@@ -118,9 +118,9 @@ class OutputScheduler {
   };
   struct Layer {
     std::deque<Pending> pending;
-    std::optional<Pending> current;   // shown by the last composition
-    std::optional<Pending> latched;   // chosen by latch(), shown once presented
-    TimePoint last_new;               // when the last new frame was latched (or the start)
+    std::optional<Pending> current;  // shown by the last composition
+    std::optional<Pending> latched;  // chosen by latch(), shown once presented
+    TimePoint last_new;              // when the last new frame was latched (or the start)
   };
 
   OutputSpec spec_;

@@ -22,10 +22,10 @@ namespace canopy::display {
 // behind it, so the display reads it where the guest drew it.
 struct PlaneLayer {
   const LayerSpec* layer = nullptr;
-  Image image;                                  // the pixels, inside the buffer's mapping
-  const void* buffer_base = nullptr;            // the buffer's mapping: the key of what a sink derives
-  std::span<const buffers::FilePiece> pieces;   // the buffer's memory, in mapping order
-  std::shared_ptr<void> hold;                   // keeps the frame from its VM while the sink shows it
+  Image image;                                 // the pixels, inside the buffer's mapping
+  const void* buffer_base = nullptr;           // the buffer's mapping: the key of what a sink derives
+  std::span<const buffers::FilePiece> pieces;  // the buffer's memory, in mapping order
+  std::shared_ptr<void> hold;                  // keeps the frame from its VM while the sink shows it
 };
 
 class OutputSink {

@@ -50,7 +50,7 @@ struct GpuCaps {
   uint32_t max_backing_entries = 16384;            // per ATTACH_BACKING / CREATE_BLOB (QEMU's limit too)
   uint32_t max_command_bytes = 1 << 20;            // readable bytes of one control command
   uint32_t max_contexts = 256;
-  uint32_t max_dimension = 16384;                  // resource width/height (2D, blob scanouts, 3D textures)
+  uint32_t max_dimension = 16384;  // resource width/height (2D, blob scanouts, 3D textures)
   // 3D resources (virgl), all together: an estimate of their GPU memory, 4 bytes a texel (a buffer's
   // width is its size in bytes), so a guest cannot make the host allocate without bound.
   uint64_t max_3d_bytes = uint64_t{1} << 30;
@@ -159,7 +159,8 @@ class Renderer {
   // the callback set with set_fence_callback gets `id` once that work has completed, from poll().
   virtual Status create_fence(uint32_t ctx_id, uint32_t ring_idx, bool on_ring, uint64_t id);
   // A sink: the overrides move from it.
-  virtual void set_fence_callback(std::function<void(uint64_t id)> /*cb*/) {}  // NOLINT(performance-unnecessary-value-param)
+  virtual void set_fence_callback(std::function<void(uint64_t id)> /*cb*/) {
+  }  // NOLINT(performance-unnecessary-value-param)
   // Readable when poll() has fences to report; -1 when the renderer has none.
   virtual int poll_fd() const { return -1; }
   virtual void poll() {}
@@ -180,7 +181,7 @@ struct GpuStats {
   uint32_t resources = 0;
   uint64_t backing_bytes = 0;
   uint64_t host_bytes = 0;
-  uint64_t gpu_bytes = 0;  // the 3D resources' estimate (GpuCaps::max_3d_bytes)
+  uint64_t gpu_bytes = 0;     // the 3D resources' estimate (GpuCaps::max_3d_bytes)
   uint32_t blobs_mapped = 0;  // host blobs in the host-visible region now
   uint32_t contexts = 0;
   uint32_t pending_fences = 0;
@@ -338,7 +339,7 @@ class GpuDevice {
   std::map<uint64_t, std::vector<uint64_t>> timelines_;  // key -> pending ids (front = oldest)
   uint64_t next_pending_ = 1;
   std::vector<uint8_t> resp_;  // response body of the command being handled (after the header)
-  GpuStats stats_;  // counters; the table sizes are filled in by stats()
+  GpuStats stats_;             // counters; the table sizes are filled in by stats()
 
   struct ReleaseQueue {
     std::mutex mu;

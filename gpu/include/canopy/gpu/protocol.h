@@ -101,7 +101,8 @@ struct CtrlHdr {
 static_assert(sizeof(CtrlHdr) == 24 && offsetof(CtrlHdr, ring_idx) == 20);
 
 // A request header (drivers and tests build every command on one).
-inline CtrlHdr make_hdr(Cmd type, uint32_t flags = 0, uint64_t fence_id = 0, uint32_t ctx_id = 0, uint8_t ring_idx = 0) {
+inline CtrlHdr make_hdr(Cmd type, uint32_t flags = 0, uint64_t fence_id = 0, uint32_t ctx_id = 0,
+                        uint8_t ring_idx = 0) {
   CtrlHdr h{};
   h.type = uint32_t(type);
   h.flags = flags;
@@ -260,8 +261,7 @@ static_assert(sizeof(CtxResource) == 32);
 inline constexpr uint32_t kResourceFlagY0Top = 1u << 0;
 struct ResourceCreate3d {
   CtrlHdr hdr;
-  le32 resource_id, target, format, bind, width, height, depth, array_size, last_level, nr_samples, flags,
-      padding;
+  le32 resource_id, target, format, bind, width, height, depth, array_size, last_level, nr_samples, flags, padding;
 };
 static_assert(sizeof(ResourceCreate3d) == 72 && offsetof(ResourceCreate3d, flags) == 64);
 

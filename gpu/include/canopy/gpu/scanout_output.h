@@ -19,12 +19,12 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <thread>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "canopy/base/result.h"
@@ -64,17 +64,17 @@ class Frame {
  public:
   using Clock = std::chrono::steady_clock;
   uint32_t scanout = 0;
-  uint64_t seq = 0;           // per scanout, from 1
+  uint64_t seq = 0;  // per scanout, from 1
   uint32_t resource_id = 0;
-  uint32_t drm_fourcc = 0;    // DRM_FORMAT_* (linear)
+  uint32_t drm_fourcc = 0;  // DRM_FORMAT_* (linear)
   uint32_t width = 0, height = 0;
   uint32_t stride = 0;
-  uint64_t offset = 0;        // of pixel (0,0) in the contiguous view
+  uint64_t offset = 0;  // of pixel (0,0) in the contiguous view
   FramePieces pieces;
   std::vector<Rect> damage;   // in scanout coordinates
   uint64_t bytes_copied = 0;  // device-side copies made for this frame
   bool blob = false;
-  bool aliased = false;       // a 2D resource shown straight from guest memory (alias mode)
+  bool aliased = false;           // a 2D resource shown straight from guest memory (alias mode)
   Clock::time_point presented{};  // when the guest's flush reached the device
   // Acquire: the pixels are complete when the frame is delivered (2D transfers and guest blob writes
   // precede the flush). The 3D renderer sets a fence the consumer waits on before reading.
@@ -157,9 +157,9 @@ class OutputTee : public ScanoutOutput {
 class HeadlessOutput : public ScanoutOutput {
  public:
   struct Options {
-    std::string log_path;     // "" = no log
+    std::string log_path;  // "" = no log
     bool hold_frames = false;
-    bool checksum = true;     // CRC-32 of the visible pixels (width*4 bytes per row)
+    bool checksum = true;  // CRC-32 of the visible pixels (width*4 bytes per row)
     // > 0: a thread releases each frame this long after it arrived (a display that keeps showing a
     // frame until its next refresh); fenced flushes then retire at that pace.
     int release_after_ms = 0;

@@ -45,7 +45,7 @@ struct VhostGpuOptions {
   bool mirror_to_frontend = true;  // QEMU's display socket gets the frames too
   // The host-visible region's size (virgl renderer; a multiple of 2 MiB; 0: none).
   uint64_t host_visible_bytes = uint64_t{1} << 30;
-  std::string control_path;        // listen here for display changes (empty: no control socket)
+  std::string control_path;  // listen here for display changes (empty: no control socket)
 };
 
 class VhostGpu : public transport::vhost_user::Device {

@@ -17,8 +17,8 @@
 #pragma once
 
 #include <array>
-#include <cstring>
 #include <cstdint>
+#include <cstring>
 #include <deque>
 #include <memory>
 #include <optional>
@@ -72,7 +72,8 @@ class GpuClient {
   // Raw requests: the command bytes (header first) and the response size expected.
   Result<Reply> call(std::span<const uint8_t> command, uint32_t response_bytes = sizeof(proto::CtrlHdr));
   template <typename T>
-  Result<Reply> call(const T& cmd, std::span<const uint8_t> tail = {}, uint32_t response_bytes = sizeof(proto::CtrlHdr)) {
+  Result<Reply> call(const T& cmd, std::span<const uint8_t> tail = {},
+                     uint32_t response_bytes = sizeof(proto::CtrlHdr)) {
     const auto b = bytes_of(cmd, tail);
     return call(std::span<const uint8_t>(b), response_bytes);
   }
@@ -99,8 +100,8 @@ class GpuClient {
   Status flush(uint32_t resource, GpuRect r);
   Result<uint32_t> create_blob(std::span<const transport::Segment> pages, uint64_t size,
                                uint32_t flags = proto::kBlobFlagShareable);
-  Status set_scanout_blob(uint32_t scanout, uint32_t resource, proto::Format format, uint32_t width,
-                          uint32_t height, uint32_t stride, uint32_t offset, GpuRect r);
+  Status set_scanout_blob(uint32_t scanout, uint32_t resource, proto::Format format, uint32_t width, uint32_t height,
+                          uint32_t stride, uint32_t offset, GpuRect r);
   Result<std::array<uint8_t, 16>> assign_uuid(uint32_t resource);
   Status ctx_create(uint32_t ctx, uint32_t capset = 0, const char* name = "canopy");
   Status ctx_destroy(uint32_t ctx);
@@ -140,7 +141,7 @@ class GpuClient {
   uint64_t cursor_gpa_ = 0;
   uint64_t next_ticket_ = 1;
   std::vector<std::pair<uint64_t, InFlight>> in_flight_;
-  std::deque<Reply> done_;       // answered submit()s, in answer order
+  std::deque<Reply> done_;  // answered submit()s, in answer order
   std::optional<Reply> sync_reply_;
   uint32_t next_resource_ = 1;
   uint64_t fence_id_ = 0;

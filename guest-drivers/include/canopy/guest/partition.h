@@ -65,8 +65,8 @@ class Partition {
 
   // One request and its reply (events received meanwhile are taken). A reply with an error status
   // becomes an error value: kState, kOutOfRange, kUnsupported, kInvalidArgument or kIo (device error).
-  Result<transport::msg::Message> request(transport::msg::Type type, uint16_t device,
-                                          std::span<const uint8_t> payload, std::span<const int> fds = {});
+  Result<transport::msg::Message> request(transport::msg::Type type, uint16_t device, std::span<const uint8_t> payload,
+                                          std::span<const int> fds = {});
 
   // Per-device event state, for the transports.
   struct DeviceEvents {

@@ -33,14 +33,14 @@ namespace sndp = canopy::audio::proto;
 class SndClient {
  public:
   static constexpr uint64_t kRingBytes = 64 << 10;
-  static constexpr uint64_t kCtlBytes = 64 << 10;      // one control request and its response
+  static constexpr uint64_t kCtlBytes = 64 << 10;  // one control request and its response
   static constexpr uint32_t kIoSlots = 32;
   static constexpr uint64_t kIoSlotBytes = 32 << 10;  // periods up to 32 KiB - 16
   static constexpr uint32_t kEventSlots = 16;
   static constexpr uint64_t kAreaBytes = kRingBytes + kCtlBytes + kIoSlots * kIoSlotBytes + 4096;
 
   struct Options {
-    GuestArea area;  // at least kAreaBytes
+    GuestArea area;        // at least kAreaBytes
     bool controls = true;  // negotiate VIRTIO_SND_F_CTLS when offered
     int timeout_ms = 3000;
   };
@@ -48,11 +48,11 @@ class SndClient {
     uint32_t stream = 0;
     uint32_t status = 0;
     uint32_t latency_bytes = 0;
-    uint32_t bytes = 0;             // playback: bytes written; capture: bytes recorded
-    uint64_t submitted_ns = 0;      // CLOCK_MONOTONIC
+    uint32_t bytes = 0;         // playback: bytes written; capture: bytes recorded
+    uint64_t submitted_ns = 0;  // CLOCK_MONOTONIC
     uint64_t completed_ns = 0;
-    uint32_t queued_after = 0;      // playback: bytes of this stream's later buffers still with the device
-    std::vector<uint8_t> data;      // capture only
+    uint32_t queued_after = 0;  // playback: bytes of this stream's later buffers still with the device
+    std::vector<uint8_t> data;  // capture only
     // Playback: how long after completion its last sample is heard (latency_bytes counts the later
     // buffers too; they play after it), in ms at `bytes_per_ms`.
     double host_delay_ms(double bytes_per_ms) const {

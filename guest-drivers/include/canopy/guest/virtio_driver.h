@@ -85,9 +85,7 @@ class VirtioDriver {
     CANOPY_TRY(read_config(offset, &v, sizeof v));
     return v;
   }
-  Status write_config(uint32_t offset, const void* src, uint32_t len) {
-    return t_.write_config(offset, src, len);
-  }
+  Status write_config(uint32_t offset, const void* src, uint32_t len) { return t_.write_config(offset, src, len); }
 
   // Interrupts: causes as kInterrupt* bits.
   uint32_t poll_interrupt() { return t_.poll_interrupt(); }

@@ -98,9 +98,9 @@ struct SndConfig {
 
 // Any other vhost-user device ([[vm.device]]): its virtio type and the back-end program to start.
 struct DeviceConfig {
-  std::string type;      // virtio device name: "rng", "console", "input", "i2c", "gpio", ...
+  std::string type;        // virtio device name: "rng", "console", "input", "i2c", "gpio", ...
   uint32_t virtio_id = 0;  // virtio 1.2 §5 device id for `type`
-  std::string backend;   // back-end program (PATH lookup or a path relative to the manifest)
+  std::string backend;     // back-end program (PATH lookup or a path relative to the manifest)
   std::vector<std::string> args;
 };
 

@@ -30,9 +30,9 @@ inline constexpr uid_t kPartitionUidBase = 0x7c000;  // partition i runs as uid/
 inline constexpr int kMessageBudget = 64;
 
 struct SupervisorOptions {
-  std::string control_path;  // empty: no control socket
-  std::string base_dir;      // relative program paths are taken from here (the manifest's folder)
-  int stop_grace_ms = 1000;  // EVENT_STOP + SIGTERM, then SIGKILL after this long
+  std::string control_path;      // empty: no control socket
+  std::string base_dir;          // relative program paths are taken from here (the manifest's folder)
+  int stop_grace_ms = 1000;      // EVENT_STOP + SIGTERM, then SIGKILL after this long
   const Clock* clock = nullptr;  // nullptr: the steady clock
   bool confine = true;           // namespaces + uid + seccomp for partitions
   // canopy-display's scanout channel socket: GPU back-ends get --display-socket=PATH --vm=NAME.

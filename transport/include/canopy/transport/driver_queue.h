@@ -147,8 +147,7 @@ class DriverQueue {
     uint16_t ndesc = 0;  // descriptors of the table this chain holds (1 when indirect)
     bool in_flight = false;
   };
-  Status write_desc(uint64_t table, uint32_t index, uint64_t addr, uint32_t len, uint16_t flags,
-                    uint16_t next);
+  Status write_desc(uint64_t table, uint32_t index, uint64_t addr, uint32_t len, uint16_t flags, uint16_t next);
   void free_chain(uint16_t head);
   Error fail(const char* what);
 

@@ -32,8 +32,8 @@ struct RegionInfo {
 
 // A piece of guest memory as a file range, for consumers that map guest buffers themselves.
 struct FileRange {
-  int fd = -1;            // borrowed; valid while the region exists
-  uint64_t offset = 0;    // file offset
+  int fd = -1;          // borrowed; valid while the region exists
+  uint64_t offset = 0;  // file offset
   uint64_t length = 0;
 };
 

@@ -19,9 +19,9 @@ namespace canopy::transport::vhost_user {
 
 // What a front-end does with the back-end's requests on the back-end request channel.
 struct BackendRequestHandlers {
-  std::function<void()> config_changed;                            // CONFIG_CHANGE_MSG
-  std::function<Status(const ShmemMap& m, int fd)> shmem_map;      // SHMEM_MAP (fd borrowed)
-  std::function<Status(const ShmemMap& m)> shmem_unmap;            // SHMEM_UNMAP
+  std::function<void()> config_changed;                        // CONFIG_CHANGE_MSG
+  std::function<Status(const ShmemMap& m, int fd)> shmem_map;  // SHMEM_MAP (fd borrowed)
+  std::function<Status(const ShmemMap& m)> shmem_unmap;        // SHMEM_UNMAP
 };
 // Reads and serves one back-end request from `ch` (waiting at most timeout_ms, -1: forever), replying
 // where the back-end asked (NEED_REPLY): 0 when done, 1 when refused. A request refused (by a handler,

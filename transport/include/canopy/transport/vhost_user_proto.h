@@ -188,9 +188,8 @@ struct ShmemMap {
   le64 fd_offset;   // of the area in the file (MAP only)
   le64 shm_offset;  // from the start of the region
   le64 len;
-  le64 flags;       // kShmemMapWritable, else read-only (MAP only)
+  le64 flags;  // kShmemMapWritable, else read-only (MAP only)
 };
 static_assert(sizeof(ShmemMap) == 40 && offsetof(ShmemMap, fd_offset) == 8);
-
 
 }  // namespace canopy::transport::vhost_user

@@ -63,9 +63,7 @@ inline constexpr uint32_t kConfig = 0x100;
 inline constexpr uint32_t kMagic = 0x74726976;  // "virt"
 inline constexpr uint32_t kVersion2 = 2;
 // Size of the MMIO window a VMM should map for a device with `config_size` bytes of config space.
-constexpr uint64_t window_size(uint32_t config_size) {
-  return ((kConfig + uint64_t(config_size) + 0xfff) & ~0xfffull);
-}
+constexpr uint64_t window_size(uint32_t config_size) { return ((kConfig + uint64_t(config_size) + 0xfff) & ~0xfffull); }
 }  // namespace mmio
 
 // InterruptStatus bits (§4.2.2).

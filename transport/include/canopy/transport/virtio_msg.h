@@ -158,9 +158,7 @@ struct Message {
   template <typename T>
   T as() const;
   // The bytes after a fixed prefix T (GET_CONFIG responses, SET_CONFIG requests).
-  std::span<const uint8_t> tail(size_t prefix) const {
-    return std::span<const uint8_t>(payload).subspan(prefix);
-  }
+  std::span<const uint8_t> tail(size_t prefix) const { return std::span<const uint8_t>(payload).subspan(prefix); }
 };
 
 // Which way a packet travels: parse() refuses a packet that the receiver should never get.

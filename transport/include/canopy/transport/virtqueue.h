@@ -11,8 +11,8 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <type_traits>
 #include <span>
+#include <type_traits>
 #include <vector>
 
 #include "canopy/base/result.h"

@@ -24,8 +24,6 @@ constexpr std::optional<T> checked_mul(T a, T b) {
 }
 
 // True when [off, off+len) lies inside [0, size).
-constexpr bool range_within(uint64_t off, uint64_t len, uint64_t size) {
-  return off <= size && len <= size - off;
-}
+constexpr bool range_within(uint64_t off, uint64_t len, uint64_t size) { return off <= size && len <= size - off; }
 
 }  // namespace canopy

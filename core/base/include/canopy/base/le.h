@@ -14,7 +14,10 @@ class LeInt {
   constexpr LeInt(T v) : raw_(to_le(v)) {}  // NOLINT: implicit on purpose
   constexpr T get() const { return to_le(raw_); }
   constexpr operator T() const { return get(); }  // NOLINT
-  constexpr LeInt& operator=(T v) { raw_ = to_le(v); return *this; }
+  constexpr LeInt& operator=(T v) {
+    raw_ = to_le(v);
+    return *this;
+  }
 
  private:
   static constexpr T to_le(T v) {

@@ -31,22 +31,25 @@ class RateLimiter {
 
 }  // namespace canopy
 
-#define CANOPY_LOG(level, ...) \
-  do { if ((level) >= ::canopy::log_level()) ::canopy::log_message((level), __VA_ARGS__); } while (0)
+#define CANOPY_LOG(level, ...)                                                         \
+  do {                                                                                 \
+    if ((level) >= ::canopy::log_level()) ::canopy::log_message((level), __VA_ARGS__); \
+  } while (0)
 #define CANOPY_DEBUG(...) CANOPY_LOG(::canopy::LogLevel::kDebug, __VA_ARGS__)
 #define CANOPY_INFO(...) CANOPY_LOG(::canopy::LogLevel::kInfo, __VA_ARGS__)
 #define CANOPY_WARN(...) CANOPY_LOG(::canopy::LogLevel::kWarn, __VA_ARGS__)
 #define CANOPY_ERROR(...) CANOPY_LOG(::canopy::LogLevel::kError, __VA_ARGS__)
 
 // Rate-limited: one limiter per call site. Use for anything a guest or peer can trigger repeatedly.
-#define CANOPY_LOG_RL(level, fmt, ...)                                                        \
-  do {                                                                                        \
-    static ::canopy::RateLimiter canopy_rl_;                                                  \
-    uint64_t canopy_sup_ = 0;                                                                 \
-    if ((level) >= ::canopy::log_level() && canopy_rl_.allow(&canopy_sup_)) {                 \
-      if (canopy_sup_) ::canopy::log_message((level), "(%llu similar suppressed) " fmt,       \
-                                             (unsigned long long)canopy_sup_, ##__VA_ARGS__); \
-      else ::canopy::log_message((level), fmt, ##__VA_ARGS__);                                \
-    }                                                                                         \
+#define CANOPY_LOG_RL(level, fmt, ...)                                                                    \
+  do {                                                                                                    \
+    static ::canopy::RateLimiter canopy_rl_;                                                              \
+    uint64_t canopy_sup_ = 0;                                                                             \
+    if ((level) >= ::canopy::log_level() && canopy_rl_.allow(&canopy_sup_)) {                             \
+      if (canopy_sup_)                                                                                    \
+        ::canopy::log_message((level), "(%llu similar suppressed) " fmt, (unsigned long long)canopy_sup_, \
+                              ##__VA_ARGS__);                                                             \
+      else ::canopy::log_message((level), fmt, ##__VA_ARGS__);                                            \
+    }                                                                                                     \
   } while (0)
 #define CANOPY_WARN_RL(fmt, ...) CANOPY_LOG_RL(::canopy::LogLevel::kWarn, fmt, ##__VA_ARGS__)

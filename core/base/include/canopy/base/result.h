@@ -42,9 +42,9 @@ inline Error make_error(Errc code, const char* what, int sys_errno = 0) { return
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(const T& v) : ok_(true) { new (&storage_.value) T(v); }  // NOLINT: implicit by design
+  Result(const T& v) : ok_(true) { new (&storage_.value) T(v); }        // NOLINT: implicit by design
   Result(T&& v) : ok_(true) { new (&storage_.value) T(std::move(v)); }  // NOLINT
-  Result(Error e) : ok_(false) { new (&storage_.error) Error(e); }  // NOLINT
+  Result(Error e) : ok_(false) { new (&storage_.error) Error(e); }      // NOLINT
   Result(const Result& o) : ok_(o.ok_) {
     if (ok_) new (&storage_.value) T(o.storage_.value);
     else new (&storage_.error) Error(o.storage_.error);
@@ -64,14 +64,38 @@ class [[nodiscard]] Result {
 
   bool ok() const { return ok_; }
   explicit operator bool() const { return ok_; }
-  T& value() & { check(); return storage_.value; }
-  const T& value() const& { check(); return storage_.value; }
-  T&& value() && { check(); return std::move(storage_.value); }
-  T* operator->() { check(); return &storage_.value; }
-  const T* operator->() const { check(); return &storage_.value; }
-  T& operator*() & { check(); return storage_.value; }
-  const T& operator*() const& { check(); return storage_.value; }
-  const Error& error() const { assert(!ok_); return storage_.error; }
+  T& value() & {
+    check();
+    return storage_.value;
+  }
+  const T& value() const& {
+    check();
+    return storage_.value;
+  }
+  T&& value() && {
+    check();
+    return std::move(storage_.value);
+  }
+  T* operator->() {
+    check();
+    return &storage_.value;
+  }
+  const T* operator->() const {
+    check();
+    return &storage_.value;
+  }
+  T& operator*() & {
+    check();
+    return storage_.value;
+  }
+  const T& operator*() const& {
+    check();
+    return storage_.value;
+  }
+  const Error& error() const {
+    assert(!ok_);
+    return storage_.error;
+  }
   Errc code() const { return ok_ ? Errc::kOk : storage_.error.code; }
 
  private:
@@ -110,16 +134,16 @@ inline Status ok_status() { return {}; }
 }  // namespace canopy
 
 // Propagate an error from an expression returning Result/Status.
-#define CANOPY_TRY(expr)                         \
-  do {                                           \
-    auto canopy_try_r_ = (expr);                 \
+#define CANOPY_TRY(expr)                                   \
+  do {                                                     \
+    auto canopy_try_r_ = (expr);                           \
     if (!canopy_try_r_.ok()) return canopy_try_r_.error(); \
   } while (0)
 
 #define CANOPY_CONCAT_INNER(a, b) a##b
 #define CANOPY_CONCAT(a, b) CANOPY_CONCAT_INNER(a, b)
 // auto x = CANOPY_TRY_ASSIGN-like helper: CANOPY_ASSIGN_OR_RETURN(auto v, expr);
-#define CANOPY_ASSIGN_OR_RETURN(lhs, expr)                               \
-  auto CANOPY_CONCAT(canopy_r_, __LINE__) = (expr);                      \
+#define CANOPY_ASSIGN_OR_RETURN(lhs, expr)                                                         \
+  auto CANOPY_CONCAT(canopy_r_, __LINE__) = (expr);                                                \
   if (!CANOPY_CONCAT(canopy_r_, __LINE__).ok()) return CANOPY_CONCAT(canopy_r_, __LINE__).error(); \
   lhs = std::move(CANOPY_CONCAT(canopy_r_, __LINE__)).value()

@@ -39,8 +39,7 @@
 namespace canopy::buffers {
 
 constexpr uint32_t fourcc_code(char a, char b, char c, char d) {
-  return uint32_t(uint8_t(a)) | uint32_t(uint8_t(b)) << 8 | uint32_t(uint8_t(c)) << 16 |
-         uint32_t(uint8_t(d)) << 24;
+  return uint32_t(uint8_t(a)) | uint32_t(uint8_t(b)) << 8 | uint32_t(uint8_t(c)) << 16 | uint32_t(uint8_t(d)) << 24;
 }
 
 // Values are the DRM fourcc codes (drm_fourcc.h).
@@ -173,8 +172,7 @@ class ImageBuffer {
   // layout.required_size() bytes).
   [[nodiscard]] static Result<ImageBuffer> allocate(Format f, uint32_t width, uint32_t height,
                                                     const char* name = "canopy-image");
-  [[nodiscard]] static Result<ImageBuffer> allocate(const ImageLayout& layout,
-                                                    const char* name = "canopy-image");
+  [[nodiscard]] static Result<ImageBuffer> allocate(const ImageLayout& layout, const char* name = "canopy-image");
 
   // An image inside [offset, offset + size) of someone else's file (e.g. guest memory). `fd` is borrowed and
   // duplicated (the caller keeps and closes its own). Checks the region against fstat and the layout

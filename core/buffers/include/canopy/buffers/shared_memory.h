@@ -73,16 +73,14 @@ class SharedMemory {
   // memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING), ftruncate(size), then adds `seals` (default: fixed
   // size; pass 0 to keep it resizable, add kSealSeal to forbid later seals). Errors: kInvalidArgument
   // (size 0 or null name), kLimit (size > kMaxSharedMemorySize), kIo.
-  [[nodiscard]] static Result<SharedMemory> create(const char* name, uint64_t size,
-                                                   uint32_t seals = kSealFixedSize);
+  [[nodiscard]] static Result<SharedMemory> create(const char* name, uint64_t size, uint32_t seals = kSealFixedSize);
 
   // Takes ownership of `fd` (e.g. received over a socket). Checks with fstat that it is a regular file of at
   // least `min_size` bytes (kOutOfRange otherwise; kInvalidArgument if not a regular file or min_size is 0;
   // kLimit above kMaxSharedMemorySize) and, when required_seals != 0, that F_GET_SEALS reports all of them
   // (kInvalidArgument when not, kUnsupported when the fd cannot carry seals, i.e. is not a memfd).
   // size() is the file size found by fstat.
-  [[nodiscard]] static Result<SharedMemory> import(UniqueFd fd, uint64_t min_size,
-                                                   uint32_t required_seals = 0);
+  [[nodiscard]] static Result<SharedMemory> import(UniqueFd fd, uint64_t min_size, uint32_t required_seals = 0);
 
   SharedMemory(SharedMemory&& o) noexcept : fd_(std::move(o.fd_)), size_(std::exchange(o.size_, 0)) {}
   SharedMemory& operator=(SharedMemory&& o) noexcept {
