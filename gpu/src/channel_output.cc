@@ -144,11 +144,11 @@ uint32_t ChannelOutput::buffer_for(const Frame& f, uint64_t& copied) {
   } else {
     const uint64_t before = copied;
     auto view = f.map(&copied);  // the read into this process, when this call made the view
-    if (!view.ok()) return 0;
+    if (!view.ok()) return 0;    // (map adds to `copied` only when it made the view)
     auto fd = memfd_copy((*view)->data(), (*view)->size(), "canopy-gpu-frame-copy");
+    if (fd.ok()) copied += (*view)->size();
+    stats_.bytes_copied += copied - before;  // what was copied, whether or not the buffer goes out
     if (!fd.ok()) return 0;
-    copied += (*view)->size();
-    stats_.bytes_copied += copied - before;
     fds.push_back(fd->get());
     pieces.push_back({0, 0, page_up((*view)->size())});
     ref.copy = std::move(*fd);

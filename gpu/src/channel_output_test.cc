@@ -112,6 +112,36 @@ TEST_F(ChannelOutputTest, BufferOnceFramesAsPacketsReleaseOnRelease) {
   EXPECT_EQ(released, 2);
 }
 
+// Pieces that are not page aligned cannot be sent as they are: the output reads them (Frame::map) and
+// copies them into a memfd of its own, once per backing. The FRAME that made the copy carries both
+// copies on top of the device's own figure; the next FRAME of the same backing only the device's.
+TEST_F(ChannelOutputTest, FramesOfPiecesThatAreNotPageAlignedCarryTheOutputsCopies) {
+  pieces_ = std::make_shared<std::vector<FramePiece>>(std::vector<FramePiece>{{fd_, 100, 32 * 64 * 4}});
+  int released = 0;  // outlives out, whose destructor releases what it holds
+  ChannelOutput out({path_, "ivi", 1});
+  auto f1 = frame(1, &released);
+  f1->bytes_copied = 5;  // the device's copies for this frame
+  out.on_frame(f1);
+  UniqueFd comp = accept();
+  EXPECT_EQ(next(comp.get()).vm_name(), "ivi");
+  auto buf = next(comp.get());
+  ASSERT_EQ(buf.type, ch::Type::kBuffer);
+  ASSERT_EQ(buf.pieces().size(), 1u);  // the output's own memfd copy
+  EXPECT_EQ(buf.pieces()[0].offset.get(), 0u);
+  auto m1 = next(comp.get());
+  ASSERT_EQ(m1.type, ch::Type::kFrame);
+  constexpr uint64_t kBytes = 32 * 64 * 4;
+  EXPECT_EQ(m1.fixed<ch::FrameMsg>().bytes_copied.get(), 5 + 2 * kBytes);  // device + read + memfd copy
+  EXPECT_EQ(out.stats().bytes_copied, 2 * kBytes);
+  auto f2 = frame(2, &released);
+  f2->bytes_copied = 0;
+  out.on_frame(f2);
+  auto m2 = next(comp.get());
+  ASSERT_EQ(m2.type, ch::Type::kFrame);  // the same buffer: no copy this time
+  EXPECT_EQ(m2.fixed<ch::FrameMsg>().bytes_copied.get(), 0u);
+  EXPECT_EQ(out.stats().bytes_copied, 2 * kBytes);
+}
+
 TEST_F(ChannelOutputTest, NoCompositorMeansFramesAreReleasedAtOnce) {
   listen_.reset();
   ::unlink(path_.c_str());

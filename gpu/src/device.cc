@@ -789,12 +789,14 @@ Resp GpuDevice::transfer_to_host_2d(const Command& c) {
   if (!last || *last > r.backing_bytes) return Resp::kErrInvalidParameter;
   if (aliased(r)) return Resp::kOkNodata;
   uint8_t* host = reinterpret_cast<uint8_t*>(r.host.map.data());
-  for (uint32_t i = 0; i < h; ++i) {
+  bool ok = true;
+  for (uint32_t i = 0; i < h && ok; ++i) {
     uint8_t* dst = host + (uint64_t(y) + i) * r.host.stride + uint64_t(x) * proto::kBytesPerPixel;
-    if (!read_backing(r, t.offset.get() + stride * i, dst, row)) return Resp::kErrUnspec;
+    ok = read_backing(r, t.offset.get() + stride * i, dst, row);
   }
-  r.pending_copied += take_guest_copies();  // as GuestMemory counted them, not as computed
-  return Resp::kOkNodata;
+  // As GuestMemory counted them, not as computed; the rows copied before a failure count too.
+  r.pending_copied += take_guest_copies();
+  return ok ? Resp::kOkNodata : Resp::kErrUnspec;
 }
 
 // ---- contexts -----------------------------------------------------------------------------------
@@ -1131,14 +1133,24 @@ proto::CtrlHdr GpuDevice::cursor(std::span<const uint8_t> request) {
       auto img = std::make_shared<CursorImage>();
       img->argb.resize(size_t{proto::kCursorSize} * proto::kCursorSize);
       uint8_t* dst = reinterpret_cast<uint8_t*>(img->argb.data());
+      const uint64_t image_bytes = img->argb.size() * 4;
       // Alias mode shows the guest's memory itself; otherwise the pixels were transferred to the host.
+      // The guest-memory copy is counted as GuestMemory counted it (between commands: no frame gets it).
       if (r.is3d) {
         if (!renderer_
                  ->read_pixels(r.id, Rect{0, 0, proto::kCursorSize, proto::kCursorSize}, dst, proto::kCursorSize * 4)
                  .ok())
           return answer(Resp::kErrUnspec);
-      } else if (!aliased(r)) std::memcpy(dst, r.host.map.data(), img->argb.size() * 4);
-      else if (!read_backing(r, 0, dst, img->argb.size() * 4)) return answer(Resp::kErrUnspec);
+        stats_.cursor_bytes_copied += image_bytes;
+      } else if (!aliased(r)) {
+        std::memcpy(dst, r.host.map.data(), image_bytes);
+        stats_.cursor_bytes_copied += image_bytes;
+      } else {
+        const uint64_t before = mem_ ? mem_->bytes_copied() : 0;
+        const bool ok = read_backing(r, 0, dst, image_bytes);
+        if (mem_) stats_.cursor_bytes_copied += mem_->bytes_copied() - before;
+        if (!ok) return answer(Resp::kErrUnspec);
+      }
       cu.image = std::move(img);
       cu.image_changed = true;
       cu.visible = true;

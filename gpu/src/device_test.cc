@@ -418,6 +418,58 @@ TEST(GpuDevice, FramesCarryTheGuestMemoryCopiesGuestMemoryCounted) {
   EXPECT_EQ(h.out.stats(0).bytes_copied, counted);
 }
 
+// A transfer that fails part way (the second backing entry's memory is gone) has still copied the rows
+// before it: they are charged to the resource, not lost (they used to show as uncharged).
+TEST(GpuDevice, RowsCopiedBeforeATransferFailsAreChargedToTheResource) {
+  Harness h({}, {.checksum = true});
+  constexpr uint64_t kHigh = 64 << 20, kHighSize = 64 << 10;
+  UniqueFd extra(::memfd_create("gpu-test-ram-high", MFD_CLOEXEC));
+  ASSERT_EQ(::ftruncate(extra.get(), off_t(kHighSize)), 0);
+  ASSERT_TRUE(h.mem.add_region({kHigh, kHighSize, 0, 0}, std::move(extra)).ok());
+  ASSERT_EQ(h.create_2d(1, 64, 32), R(Resp::kOkNodata));
+  ASSERT_EQ(h.attach(1, {Harness::entry(0x10000, 64 * 16 * 4), Harness::entry(kHigh, 64 * 16 * 4)}),
+            R(Resp::kOkNodata));
+  ASSERT_EQ(h.set_scanout(0, 1, 64, 32), R(Resp::kOkNodata));
+  ASSERT_TRUE(h.mem.remove_region(kHigh, kHighSize).ok());
+  const uint64_t before = h.mem.bytes_copied();
+  EXPECT_EQ(h.transfer(1, 64, 32), R(Resp::kErrUnspec));
+  const uint64_t counted = h.mem.bytes_copied() - before;
+  EXPECT_EQ(counted, 64u * 16 * 4);  // the first entry's rows
+  EXPECT_EQ(h.dev->stats().guest_copies_uncharged, 0u);
+  EXPECT_EQ(h.dev->stats().bytes_copied, counted);
+  ASSERT_EQ(h.call(h.flush_cmd(1, 64, 32)), R(Resp::kOkNodata));
+  EXPECT_EQ(h.out.stats(0).bytes_copied, counted);
+}
+
+// UPDATE_CURSOR copies the cursor image (here from guest memory, alias mode): that copy is counted as
+// the cursor's, as GuestMemory counted it, and never lands in the next frame's figure.
+TEST(GpuDevice, CursorImageCopiesAreCountedApartFromFrames) {
+  GpuOptions o;
+  o.alias_2d = true;
+  Harness h(o, {.checksum = true});
+  ASSERT_EQ(h.create_2d(1, 64, 64), R(Resp::kOkNodata));
+  ASSERT_EQ(h.attach(1, {Harness::entry(0x10000, 64 * 64 * 4)}), R(Resp::kOkNodata));
+  ASSERT_EQ(h.set_scanout(0, 1, 64, 64), R(Resp::kOkNodata));
+  ASSERT_EQ(h.create_2d(3, 64, 64, proto::Format::kB8G8R8A8), R(Resp::kOkNodata));
+  h.fill_ram(0x40000, 64 * 64 * 4, 0x80ffffff);
+  ASSERT_EQ(h.attach(3, {Harness::entry(0x40000, 64 * 64 * 4)}), R(Resp::kOkNodata));
+  proto::UpdateCursor u{};
+  u.hdr = proto::make_hdr(Cmd::kUpdateCursor);
+  u.resource_id = 3;
+  const uint64_t before = h.mem.bytes_copied();
+  ASSERT_EQ(h.dev->cursor(std::span(reinterpret_cast<const uint8_t*>(&u), sizeof u)).type.get(), R(Resp::kOkNodata));
+  const uint64_t counted = h.mem.bytes_copied() - before;
+  ASSERT_TRUE(h.out.stats(0).last_cursor.image);
+  EXPECT_EQ(h.out.stats(0).last_cursor.image->argb[0], 0x80ffffffu);
+  EXPECT_EQ(counted, 64u * 64 * 4);
+  EXPECT_EQ(h.dev->stats().cursor_bytes_copied, counted);
+  ASSERT_EQ(h.call(h.flush_cmd(1, 64, 64)), R(Resp::kOkNodata));
+  EXPECT_EQ(h.out.stats(0).frames, 1u);
+  EXPECT_EQ(h.out.stats(0).bytes_copied, 0u);  // an aliased frame: nothing copied for it
+  EXPECT_EQ(h.dev->stats().bytes_copied, 0u);
+  EXPECT_EQ(h.dev->stats().guest_copies_uncharged, 0u);
+}
+
 // Linux 6.12's virtio_gpu makes dumb buffers guest blobs once RESOURCE_BLOB is negotiated (without 3D)
 // and sends TRANSFER_TO_HOST_2D before each flush. The blob is guest memory shown in place: the transfer
 // succeeds and copies nothing (it used to answer ERR_INVALID_PARAMETER, found in the nested KVM test).

@@ -17,8 +17,9 @@
 //   - A RELEASE for an unknown frame is ignored; a malformed packet closes the connection.
 // DISPLAY packets from the compositor (an output changed) go to on_display.
 //
-// Pieces that map_scattered() cannot map (not page aligned) are copied once into a memfd of this
-// process, and that copy is counted in the frame's bytes_copied.
+// Pieces that map_scattered() cannot map (not page aligned) are read into this process (Frame::map) and
+// copied once into a memfd; both copies are added to the FRAME's bytes_copied (with the device's own)
+// and to Stats::bytes_copied. Cursor images always go as a memfd copy and are not counted there.
 //
 // Threading: the device thread calls everything (ScanoutOutput calls, on_readable()).
 #pragma once
@@ -53,7 +54,7 @@ class ChannelOutput : public ScanoutOutput {
     uint64_t buffers_sent = 0;
     uint64_t connects = 0;
     uint64_t disconnects = 0;
-    uint64_t bytes_copied = 0;  // unaligned pieces copied into a memfd
+    uint64_t bytes_copied = 0;  // unaligned pieces read into this process (Frame::map) and copied into a memfd
   };
 
   explicit ChannelOutput(Options o);

@@ -159,8 +159,8 @@ class Renderer {
   // the callback set with set_fence_callback gets `id` once that work has completed, from poll().
   virtual Status create_fence(uint32_t ctx_id, uint32_t ring_idx, bool on_ring, uint64_t id);
   // A sink: the overrides move from it.
-  virtual void set_fence_callback(std::function<void(uint64_t id)> /*cb*/) {
-  }  // NOLINT(performance-unnecessary-value-param)
+  // NOLINTNEXTLINE(performance-unnecessary-value-param)
+  virtual void set_fence_callback(std::function<void(uint64_t id)> /*cb*/) {}
   // Readable when poll() has fences to report; -1 when the renderer has none.
   virtual int poll_fd() const { return -1; }
   virtual void poll() {}
@@ -171,12 +171,16 @@ struct GpuStats {
   uint64_t commands = 0;
   uint64_t errors = 0;  // error responses
   uint64_t frames = 0;
-  // Guest-memory bytes copied for resources (GuestMemory's own count over each command, so any path that
-  // copies shows up) + the 3D renderer's read-backs into host copies. Each frame carries its resource's.
+  // Guest-memory bytes copied for resources (GuestMemory's own count over each control command, so any
+  // path that copies shows up) + the 3D renderer's read-backs into host copies. Each frame carries what
+  // its resource was charged since its last frame (a resource on two scanouts: the first frame has it).
   uint64_t bytes_copied = 0;
-  // Guest-memory bytes copied while a command ran that no resource took (0 unless a copy path forgot to
-  // charge its resource).
+  // Guest-memory bytes copied while a control command ran that no resource took (0 unless a copy path
+  // forgot to charge its resource).
   uint64_t guest_copies_uncharged = 0;
+  // Cursor images copied (UPDATE_CURSOR, 16 KiB each: from guest memory in alias mode, else from the host
+  // copy or the renderer). A cursor is always a copy; it is kept apart from the frames' figure.
+  uint64_t cursor_bytes_copied = 0;
   uint64_t fences_retired = 0;
   uint32_t resources = 0;
   uint64_t backing_bytes = 0;
@@ -256,7 +260,9 @@ class GpuDevice {
 
   // Command handlers return a response type: OK_NODATA, an error, or an OK_* whose body is in resp_.
   // Runs one decoded command: marks GuestMemory's copy count first (the request is already copied out and
-  // the response is written after), so every guest-memory copy in between is resource data.
+  // the response is written after, by the caller), so every guest-memory copy in between is resource data.
+  // This holds because only the device thread copies through GuestMemory; the cursor queue's copies
+  // (cursor()) come between commands and are counted apart (GpuStats::cursor_bytes_copied).
   proto::Resp dispatch(const Command& c, uint64_t pending_id);
   proto::Resp dispatch_command(const Command& c, uint64_t pending_id);
   // Guest-memory bytes copied since the last mark (the command's start or the last take); moves the mark

@@ -71,8 +71,11 @@ class Frame {
   uint32_t stride = 0;
   uint64_t offset = 0;  // of pixel (0,0) in the contiguous view
   FramePieces pieces;
-  std::vector<Rect> damage;   // in scanout coordinates
-  uint64_t bytes_copied = 0;  // device-side copies made for this frame
+  std::vector<Rect> damage;  // in scanout coordinates
+  // Device-side copies made for this frame: the guest-memory bytes GuestMemory counted for its resource
+  // since the resource's last frame (2D transfers; 0 for blob and alias frames unless a path copied) plus
+  // 3D read-backs. An output adds its own copies (Frame::map's `copied`) to what it logs or forwards.
+  uint64_t bytes_copied = 0;
   bool blob = false;
   bool aliased = false;           // a 2D resource shown straight from guest memory (alias mode)
   Clock::time_point presented{};  // when the guest's flush reached the device
@@ -167,7 +170,7 @@ class HeadlessOutput : public ScanoutOutput {
   struct ScanoutStats {
     ScanoutState state;
     uint64_t frames = 0;
-    uint64_t bytes_copied = 0;
+    uint64_t bytes_copied = 0;  // the frames' bytes_copied + this output's own copies (the frame log's figure)
     uint32_t last_crc = 0;
     uint32_t last_width = 0, last_height = 0, last_fourcc = 0;
     std::vector<Rect> last_damage;
