@@ -26,6 +26,7 @@ canopy_begin display_kms_qemu
   canopy_fail "usage: $0 PATH/TO/canopy-display PATH/TO/canopy-gpu PATH/TO/canopy-display-feed"
 for b in "$DISPLAY_BIN" "$BACKEND" "$FEED"; do [ -x "$b" ] || canopy_fail "$b missing or not executable"; done
 [ "$(dirname "$FEED")" -ef "$(dirname "$DISPLAY_BIN")" ] || canopy_fail "canopy-display-feed must lie beside canopy-display"
+[ -x "$(dirname "$DISPLAY_BIN")/canopyctl" ] || canopy_fail "canopyctl must lie beside canopy-display (the guest asks it for stats)"
 DISPLAY_BIN=$(cd "$(dirname "$DISPLAY_BIN")" && pwd)/$(basename "$DISPLAY_BIN")
 canopy_require "${CANOPY_QEMU:-qemu-system-x86_64}" busybox cpio modinfo gzip od
 
@@ -74,6 +75,9 @@ crc0=$(canopy_pixel_crc c08020ff $((1024 * 768 * 4)))
 crc1=$(canopy_pixel_crc 777777ff $((800 * 600 * 4)))
 CANOPY_GUEST_TIMEOUT=${CANOPY_GUEST_TIMEOUT:-300}
 CANOPY_QEMU_TIMEOUT=${CANOPY_QEMU_TIMEOUT:-360}
+# Room for two ASan programs (canopy-display and the feed) beside the initramfs; the guest also bounds
+# ASan's quarantine, which an OOM kill of the feed showed to be the main consumer on a slow run.
+CANOPY_QEMU_MEMORY=${CANOPY_QEMU_MEMORY:-1024M}
 qemu_rc=0
 CANOPY_QEMU_APPEND="canopy.display_bin=$DISPLAY_BIN canopy.display_manifest=$CANOPY_WORK/kms.toml canopy.frames_log=$CANOPY_FRAMES canopy.crc0=$crc0 canopy.crc1=$crc1" \
   canopy_qemu_gpu2 || qemu_rc=$?

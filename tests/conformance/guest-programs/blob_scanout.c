@@ -13,10 +13,11 @@
 //      SET_SCANOUT_BLOB + RESOURCE_FLUSH).
 //   4. after the SETCRTC and after each flip, a host barrier: Linux 6.12's virtio_gpu fences a flip only
 //      for dumb buffers, so a blob flip's event says nothing about the host (the guest could flip 20
-//      times and power off while the device still had the commands queued). The barrier is a fenced
-//      RESOURCE_CREATE of a small 2D resource followed by VIRTGPU_WAIT on it: the device answers the
-//      control queue in order, so when the fence signals, the flip's flush was processed (and logged
-//      by canopy-gpu's output). "shown" counts only flips the host processed.
+//      times and power off while the device still had the commands queued; the power-off resets the
+//      device, canopy-vmm stops the rings, and those commands are never processed). The barrier is a
+//      fenced RESOURCE_CREATE of a small 2D resource followed by VIRTGPU_WAIT on it: the device answers
+//      the control queue in order, so when the fence signals, the flip's flush was processed (and
+//      logged by canopy-gpu's output). "shown" counts only flips the host processed.
 //
 // Output, for the test scripts: one "canopy-guest-blob: KEY ..." line per step, including the CRC-32
 // (IEEE, as gzip) of each pattern's pixels, which the host compares with what reached canopy-gpu's

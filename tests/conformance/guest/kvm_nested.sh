@@ -34,13 +34,15 @@ for v in VMM KERNEL L2 L2RNG RNG MANIFEST GPU L2GPU SND L2SND WAVTOOL L2VENUS CA
 done
 # boot_l2 LABEL INITRD [DEVICE-ARGS...]: canopy-vmm boot of the inner guest; its console lines are shown,
 # its verdict must be PASS and canopy-vmm's exit status 0 (the guest powered off).
+# l2_timeout: the inner test script's hang guard in seconds (canopy.timeout), 60 unless a case sets it.
+l2_timeout=60
 boot_l2() {
   label=$1 initrd=$2
   shift 2
   note "canopy-vmm boot on KVM ($label)"
   t0=$(cut -d' ' -f1 /proc/uptime)
   chroot /host "$VMM" boot --kernel "$KERNEL" --initrd "$initrd" --memory 256M "$@" \
-    --cmdline "console=ttyS0 panic=-1 quiet canopy.timeout=60" >/tmp/l2.txt 2>&1
+    --cmdline "console=ttyS0 panic=-1 quiet canopy.timeout=$l2_timeout" >/tmp/l2.txt 2>&1
   rc=$?
   t1=$(cut -d' ' -f1 /proc/uptime)
   grep -a -E 'canopy-|CANOPY-TEST-RESULT|kvm:' /tmp/l2.txt | while read -r l; do note "L2 $label: $l"; done
@@ -63,12 +65,20 @@ if wants gpu; then
   # virtio-gpu: canopy-gpu's headless output logs every frame (size, format, blob or not, bytes copied,
   # CRC-32 of the pixels); the inner guest prints the CRC of each blob's pattern.
   frames=/run/kvm-frames.log
+  # The inner guest waits for canopy-gpu after each flip (its host barrier), so its time includes
+  # canopy-gpu's: the hang guard is wider than the others' (a slow, loaded host is not a failure).
+  l2_timeout=240
   boot_l2 "virtio-gpu over vhost-user" "$L2GPU" --device "gpu=$GPU,--mode=1024x768,--frame-log=$frames"
+  l2_timeout=60
   mode=$(grep -a -o 'canopy-guest-blob: connector .* mode [0-9]*x[0-9]*' /tmp/l2.txt | head -n1 | awk '{ print $NF }')
   [ "$mode" = 1024x768 ] || fail "the inner guest scanned out '$mode', not canopy-gpu's 1024x768"
   frames=/host$frames
   [ -s "$frames" ] || fail "canopy-gpu logged no frame"
   note "canopy-gpu: $(grep -c '^frame ' "$frames") frame(s) in all, $(grep -c '^frame .* blob ' "$frames") from blobs"
+  # The frame log in order, one word per scanout change, RESOURCExFRAMES (the inner guest printed which
+  # resource each blob is; the others are fbcon's), so a kept work dir's console shows what arrived.
+  note "frame log: $(awk '/^scanout 0 on /{ if (r != "") printf "%s ", r "x" n; r = $NF; n = 0 } /^frame 0 /{ ++n }
+       END { if (r != "") print r "x" n }' "$frames")"
   # canopy-guest-blob waits for the host after each flip (a fenced barrier: the device answers in order),
   # so every flip it counts as shown reached canopy-gpu's output: the check is exact, not a rate.
   shown_line=$(grep -a -o 'canopy-guest-blob: [0-9]* flips done, shown A [0-9]* B [0-9]*' /tmp/l2.txt | head -n1)
