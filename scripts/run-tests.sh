@@ -7,7 +7,8 @@
 #   CANOPY_FUZZ_SECONDS), bench smoke.
 # Usage: scripts/run-tests.sh [--quick]   (--quick: release build + unit tier only)
 # Environment: CANOPY_FUZZ_SECONDS (default 30), CANOPY_JOBS (default: nproc), CANOPY_NO_SKIP (default 1
-# here: everything a test needs is installed by this script, so a skip fails the run).
+# here: everything a test needs is installed by this script, so a skip fails the run),
+# CANOPY_TIER_BUDGETS=report (outside CI: a tier over budget is reported, not failed).
 #
 # Each tier runs with `set -e`: any failing command in it fails the tier, and the first failing tier
 # ends the run. A tier that takes more than 150 % of its budget (docs/conformance.md, "Tier budgets")
@@ -59,7 +60,9 @@ tier() {  # tier NAME COMMAND...: runs COMMAND in a subshell with set -e
   echo "==== tier: $tier_name done in $secs s (budget ${budget:-none} min, rc=$rc)"
   if [ $rc -eq 0 ] && [ -n "$budget" ] && [ $((secs * 2)) -gt $((budget * 60 * 3)) ]; then
     echo "tier $tier_name took $secs s, more than 150 % of its budget of $budget min (docs/conformance.md)"
-    rc=1
+    # CANOPY_TIER_BUDGETS=report: say so without failing (a developer's run on a machine shared with
+    # other heavy work); CI enforces the budgets.
+    if [ "${CANOPY_TIER_BUDGETS:-enforce}" != report ] || [ "${CI:-}" = true ]; then rc=1; fi
   fi
   if [ $rc -ne 0 ]; then
     finish "FAILED in tier $tier_name"
