@@ -7,6 +7,18 @@
 #               write -> heard per period as the partition measures it (write to completion + the host
 #               delay from latency_bytes) and as canopy-snd measures it (kick to taken + PipeWire's
 #               delay), p50 / p99 / max, and underruns. Target: at most 10 ms at 48 kHz (docs/sound.md).
+#   reference   after each period's case, in the same PipeWire: canopy-pw-reference, a plain PipeWire
+#               playback client (pw_stream, no VM) with canopy-snd's stream setup and the same forced
+#               quantum, writing the same periods with the same two periods queued, into the same sink
+#               for as long; write -> heard measured as canopy-snd measures it (from the write of a
+#               period until its last byte is copied into PipeWire's buffer, + PipeWire's delay at that
+#               moment). It must have run at the period's quantum. Reported:
+#                 ratio canopy-snd write->heard p50 / plain PipeWire client p50 (P ms period) = X
+#               and the same for the partition's own figure (the guest's view of write -> heard), and
+#               canopy-snd's p99 against the reference's p99.
+#               The null sink reports no delay of its own (pw_delay_ms_p50 in the log), so on this
+#               sink both figures are the time written audio waits for PipeWire; the ratio is what
+#               the virtio path adds to it.
 #   soak        5 ms periods for CANOPY_BENCH_SOAK_S (60; smoke 3) seconds: underruns over the run.
 #   linux       the same Linux 6.12 guest plays a 1 s tone with aplay (20 ms periods) against canopy-snd
 #               (vhost-user-snd-pci) and against QEMU's built-in virtio-sound-pci with its PipeWire
@@ -17,9 +29,8 @@
 # Fails (never a silent gap in the report): a partition that says "tone: FAIL" or a figure it did not
 # report; canopy-vmm not stopping cleanly; QEMU missing (the Linux guest comparison is the reference);
 # QEMU or its guest failing for either device (exit status, guest verdict, canopy-snd's own exit); aplay's
-# time or the sink analysis missing, or no tone found at the sink. There is no same-run reference for the
-# write -> heard latency yet (issue "CI that tells the truth", point 5: a plain PipeWire client writing to
-# the same sink with the same quantum); the report says so, and those figures are absolute.
+# time or the sink analysis missing, or no tone found at the sink; the plain PipeWire reference failing,
+# reporting no figure, or running at another quantum than the case it stands beside.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 SMOKE=0
@@ -32,7 +43,7 @@ if [ $SMOKE -eq 1 ]; then TONE_MS=1000 SOAK_S=3; else TONE_MS=5000 SOAK_S=${CANO
 REPORT="$BUILD/bench-snd.md"
 
 canopy_begin snd_bench
-for b in canopy-vmm canopy-snd canopy-partition-tone canopy-snd-wav; do
+for b in canopy-vmm canopy-snd canopy-partition-tone canopy-snd-wav canopy-pw-reference; do
   [ -x "$BIN/$b" ] || canopy_fail "$BIN/$b missing (build first)"
 done
 canopy_require pipewire wireplumber pw-cli pw-record pw-metadata wpctl
@@ -90,21 +101,32 @@ need() {
   for v in "$@"; do [[ "$v" =~ ^[0-9]+(\.[0-9]+)?$ ]] || canopy_fail "$what: a figure was not measured ('$v' in: $*)"; done
 }
 
+# ratio NAME A B: "ratio NAME = A/B" (two decimals), or "ratio NAME: not measured" when B is not > 0.
+ratio() {
+  awk -v n="$1" -v a="$2" -v b="$3" 'BEGIN {
+    if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b + 0 > 0) printf "ratio %s = %.2f", n, a / b
+    else printf "ratio %s: not measured (%s / %s)", n, a, b }'
+}
+
 {
   echo "## canopy-snd (bench/snd_bench.sh)"
   echo
   echo "- PipeWire $(pipewire --version 2>/dev/null | grep -o -m1 '[0-9][0-9.]*' | tail -n1), headless null sink at 48 kHz; $(nproc) cores; mode $([ $SMOKE -eq 1 ] && echo smoke || echo full)"
-  echo "- reference: none measured in this run yet (to come: a plain PipeWire client writing to the same sink"
-  echo "  with the same quantum); the latencies are absolute figures, not ratios"
+  echo "- reference, same run: canopy-pw-reference, a plain PipeWire client (pw_stream playback, no VM) set up"
+  echo "  as canopy-snd sets up a stream, at the same forced quantum and with the same two periods queued,"
+  echo "  into the same sink, after each case; write -> heard as canopy-snd measures it (a period's wait"
+  echo "  until PipeWire has copied it + PipeWire's delay; the null sink reports no delay of its own)"
+  echo "- canopy-snd's stats give its latencies to 0.1 ms, the partition's and the reference's to 0.01 ms"
   if [ $SMOKE -eq 1 ]; then
     echo "- smoke: ${TONE_MS} ms tones, a ${SOAK_S} s soak: these figures say that each part ran, they are not a measurement"
   fi
   echo
   echo "### Guest write -> heard, 48 kHz stereo S16, two periods buffered (target: at most 10 ms)"
   echo
-  echo "| period | partition p50 | p99 | max | canopy-snd p50 | p99 | max | underruns | periods |"
-  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+  echo "| period | partition p50 | p99 | max | canopy-snd p50 | p99 | max | underruns | periods | plain PipeWire p50 | p99 | max | underruns |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 } >"$REPORT"
+RATIOS=()
 for period in 2.5 5 10; do
   run_partition "p$period" "$period" "$TONE_MS"
   tone=$(sed -n 1p "$CANOPY_WORK/p$period/result.txt")
@@ -115,7 +137,28 @@ for period in 2.5 5 10; do
   s50=$(grep -o 'latency_ms p50=[^ ]*' <<<"$snd" | cut -d= -f2) || true
   s99=$(field "$snd" p99) smax=$(field "$snd" max) under=$(field "$snd" underruns)
   need "period $period ms" "$t50" "$t99" "$tmax" "$periods" "$s50" "$s99" "$smax" "$under"
-  echo "| $period ms | $t50 | $t99 | $tmax | $s50 | $s99 | $smax | $under | $periods |" >>"$REPORT"
+  # The reference: a plain PipeWire client at the same quantum into the same sink, for as long.
+  frames=$(awk -v p="$period" 'BEGIN { printf "%d", p * 48 + 0.5 }')
+  ref=$(timeout 60 "$BIN/canopy-pw-reference" --period-ms "$period" --periods 2 --ms "$TONE_MS" --hz 1000 --level-db -12 \
+    --target canopy-test-sink --timeout-s 30 2>>"$CANOPY_WORK/pw-reference.log") ||
+    canopy_fail "period $period ms: the plain PipeWire reference failed: ${ref:-$(tail -n1 "$CANOPY_WORK/pw-reference.log")}"
+  canopy_log "period $period ms: $ref"
+  r50=$(field "$ref" p50) r99=$(field "$ref" p99) rmax=$(field "$ref" max) rq=$(field "$ref" requested_frames)
+  runder=$(field "$ref" underruns)
+  need "period $period ms reference" "$r50" "$r99" "$rmax" "$rq" "$runder"
+  awk -v v="$r50" 'BEGIN { exit !(v > 0) }' || canopy_fail "period $period ms: the reference measured no latency ($ref)"
+  [ "$rq" = "$frames" ] || canopy_fail "period $period ms: the reference ran at a quantum of $rq frames, not $frames"
+  echo "| $period ms | $t50 | $t99 | $tmax | $s50 | $s99 | $smax | $under | $periods | $r50 | $r99 | $rmax | $runder |" >>"$REPORT"
+  RATIOS+=("$(ratio "canopy-snd write->heard p50 / plain PipeWire client p50 ($period ms period)" "$s50" "$r50")")
+  RATIOS+=("$(ratio "partition write->heard p50 / plain PipeWire client p50 ($period ms period)" "$t50" "$r50")")
+  RATIOS+=("$(ratio "canopy-snd write->heard p99 / plain PipeWire client p99 ($period ms period)" "$s99" "$r99")")
+done
+{
+  echo
+  printf '%s\n' "${RATIOS[@]}"
+} >>"$REPORT"
+for r in "${RATIOS[@]}"; do
+  case "$r" in *"not measured"*) canopy_fail "$r" ;; esac
 done
 
 run_partition soak 5 $((SOAK_S * 1000))

@@ -329,6 +329,7 @@ struct SndDevice::Stream final : StreamIo {
     }
     moved(got);
     xrun(got < bytes, st.underruns);
+    if (got < bytes && fb) st.underrun_frames += (bytes - got) / fb;
     return got;
   }
 

@@ -233,6 +233,7 @@ TEST(SndDevice, PlaybackBuffersCompleteWhenTheHostTookThemWithLatency) {
   EXPECT_EQ(io->pull(rest.data(), rest.size()), kPeriod * 3 / 2);
   ASSERT_EQ(h.done.size(), 3u);
   EXPECT_EQ(h.dev->stats(0).underruns, 1u);
+  EXPECT_EQ(h.dev->stats(0).underrun_frames, (kPeriod * 3 / 2) / 4u);  // the bytes it lacked, in 4-byte frames
   EXPECT_EQ(h.dev->stats(0).xrun_events, 0u);
   EXPECT_TRUE(std::equal(periods[2].begin(), periods[2].end(), rest.begin() + kPeriod / 2));
 }

@@ -1,4 +1,5 @@
 // The null host: a monotonic timer consumes playback and produces capture at each stream's rate.
+// Playback is recorded (--wav-dir) as delivered: the file holds the guest's audio, not the timeline.
 #include <sys/timerfd.h>
 #include <unistd.h>
 
@@ -9,9 +10,9 @@
 
 #include "canopy/audio/host.h"
 #include "canopy/audio/policy.h"
-#include "canopy/audio/wav.h"
 #include "canopy/base/log.h"
 #include "canopy/base/unique_fd.h"
+#include "playback_tap.h"
 
 namespace canopy::audio {
 
@@ -21,7 +22,7 @@ class NullHost;
 
 class NullStream final : public HostStream {
  public:
-  NullStream(NullHost& host, StreamIo& io) : host_(host), io_(io) {}
+  NullStream(NullHost& host, StreamIo& io);
   ~NullStream() override;
   Status prepare(const PcmParams& p) override;
   void start() override;
@@ -42,8 +43,7 @@ class NullStream final : public HostStream {
   uint64_t t0_ = 0;
   uint64_t frames_done_ = 0;
   uint64_t tone_phase_ = 0;
-  std::unique_ptr<WavWriter> wav_;
-  int files_ = 0;
+  PlaybackTap tap_;
   std::vector<uint8_t> buf_;
 };
 
@@ -94,22 +94,16 @@ class NullHost final : public HostBackend {
   std::vector<NullStream*> streams_;
 };
 
+NullStream::NullStream(NullHost& host, StreamIo& io)
+    : host_(host),
+      io_(io),
+      tap_(io.config().direction == proto::Direction::kOutput ? host.options().wav_dir : std::string(),
+           host.options().vm, io.config().name) {}
+
 NullStream::~NullStream() { host_.forget(this); }
 
 Status NullStream::prepare(const PcmParams& p) {
-  // One file per stream, continued across PREPAREs while the sample format stays; a new format starts
-  // a new file (VM-STREAM-2.wav, -3 ...).
-  const bool same_format = wav_ && p.format == p_.format && p.channels == p_.channels && p.rate == p_.rate;
-  if (!same_format && !host_.options().wav_dir.empty() && io_.config().direction == proto::Direction::kOutput) {
-    wav_.reset();
-    char suffix[16] = "";
-    if (files_++) std::snprintf(suffix, sizeof suffix, "-%d", files_);
-    const std::string path =
-        host_.options().wav_dir + "/" + host_.options().vm + "-" + io_.config().name + suffix + ".wav";
-    auto w = WavWriter::create(path, p.format, p.channels, p.rate);
-    if (!w.ok()) return w.error();
-    wav_ = std::move(*w);
-  }
+  CANOPY_TRY(tap_.prepare(p));
   p_ = p;
   return {};
 }
@@ -123,7 +117,7 @@ void NullStream::start() {
 
 void NullStream::stop() {
   running_ = false;
-  if (wav_) (void)wav_->flush();
+  tap_.flush();
   host_.rearm();
 }
 
@@ -149,12 +143,16 @@ void NullStream::tick(uint64_t now) {
   frames_done_ = due;
   buf_.resize(frames * fb);
   if (io_.config().direction == proto::Direction::kOutput) {
+    // The file gets exactly what the guest delivered (PlaybackTap): a late guest's missing frames are
+    // underruns in the device's stats, not silence in the file.
     const size_t got = io_.pull(buf_.data(), buf_.size());
-    if (got < buf_.size()) std::memset(buf_.data() + got, proto::silence_byte(p_.format), buf_.size() - got);
-    if (wav_) (void)wav_->write(buf_.data(), buf_.size());
+    tap_.taken(buf_.data(), got);
   } else {
+    // Capture gets the tone continuously: what the guest had no buffer for (an overrun, counted by the
+    // device) is not skipped in the tone, so what a late guest hears is still one unbroken sine.
     fill_capture(buf_.data(), frames);
-    (void)io_.push(buf_.data(), buf_.size());
+    const size_t taken = io_.push(buf_.data(), buf_.size());
+    if (host_.options().capture_tone_hz > 0) tone_phase_ -= (buf_.size() - taken) / fb;
   }
 }
 

@@ -15,6 +15,7 @@
 #include "canopy/audio/host.h"
 #include "canopy/audio/policy.h"
 #include "canopy/base/log.h"
+#include "playback_tap.h"
 
 namespace canopy::audio {
 
@@ -79,7 +80,7 @@ class PwHost;
 
 class PwStream final : public HostStream {
  public:
-  PwStream(PwHost& host, StreamIo& io) : host_(host), io_(io) {}
+  PwStream(PwHost& host, StreamIo& io);
   ~PwStream() override { destroy(); }
   Status prepare(const PcmParams& p) override;
   void start() override;
@@ -103,6 +104,7 @@ class PwStream final : public HostStream {
   PcmParams p_;
   bool running_ = false;
   uint64_t stopped_frames_ = 0;  // silence played since STOP; the node goes inactive after ~200 ms of it
+  PlaybackTap tap_;              // --wav-dir: what the guest delivered, before any silence is added
 };
 
 class PwHost final : public HostBackend {
@@ -212,7 +214,13 @@ void PwStream::on_param_changed(void* d, uint32_t id, const spa_pod* param) {
   pw_stream_update_params(s->stream_, params, 1);
 }
 
+PwStream::PwStream(PwHost& host, StreamIo& io)
+    : host_(host),
+      io_(io),
+      tap_(playback() ? host.options().wav_dir : std::string(), host.options().vm, io.config().name) {}
+
 Status PwStream::prepare(const PcmParams& p) {
+  CANOPY_TRY(tap_.prepare(p));
   if (stream_ && p == p_) return {};  // same parameters: keep the node (and what it still plays)
   destroy();
   p_ = p;
@@ -269,6 +277,7 @@ void PwStream::start() {
 void PwStream::stop() {
   running_ = false;
   stopped_frames_ = 0;
+  tap_.flush();
   // Capture stops at once; playback keeps its node running on silence so what PipeWire still holds
   // reaches the sink (no tail held back), then goes inactive (process()).
   if (stream_ && !playback()) pw_stream_set_active(stream_, false);
@@ -297,6 +306,7 @@ void PwStream::process() {
     auto* dst = static_cast<uint8_t*>(d.data);
     const size_t want = size_t(frames) * fb;
     const size_t got = running_ ? io_.pull(dst, want) : 0;
+    tap_.taken(dst, got);
     if (got < want) std::memset(dst + got, proto::silence_byte(p_.format), want - got);
     d.chunk->offset = 0;
     d.chunk->stride = int32_t(fb);

@@ -1,6 +1,10 @@
 #include "canopy/audio/policy.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <poll.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmath>
 
@@ -67,23 +71,40 @@ TEST(PolicyBoard, TwoProcessesShareOneBoardFile) {
   auto a = PolicyBoard::open(path);
   ASSERT_TRUE(a.ok());
   const uint32_t music = *(*a)->claim("ivi/music", StreamPolicy{10, false, -20, 50, false});
+  // Ordered by pipes, not by time: the child claims and starts its chime, sends the time it used, and
+  // keeps the slot until the parent has looked; the parent reads the board at that same time, so how
+  // late either process runs (a loaded machine) cannot make the slot look stale.
+  int to_parent[2], to_child[2];
+  ASSERT_EQ(pipe2(to_parent, O_CLOEXEC), 0);
+  ASSERT_EQ(pipe2(to_child, O_CLOEXEC), 0);
   const pid_t child = fork();
   if (child == 0) {
+    close(to_parent[0]);
+    close(to_child[1]);
     auto b = PolicyBoard::open(path);
     if (!b.ok()) _exit(2);
     const uint32_t chime = *(*b)->claim("cluster/chime", StreamPolicy{100, true, -18, 30, false});
-    (*b)->set_active(chime, true, monotonic_ns());
-    usleep(300000);
+    const uint64_t t = monotonic_ns();
+    (*b)->set_active(chime, true, t);
+    if (write(to_parent[1], &t, sizeof t) != ssize_t(sizeof t)) _exit(3);
+    char go;
+    (void)!read(to_child[0], &go, 1);  // hold the slot until the parent has looked (or is gone)
     _exit(0);
   }
-  double seen = 0;
-  for (int i = 0; i < 200 && seen == 0; ++i) {
-    seen = (*a)->target(music, monotonic_ns()).db;
-    usleep(1000);
-  }
-  EXPECT_EQ(seen, -18);
+  close(to_parent[1]);
+  close(to_child[0]);
+  uint64_t t = 0;
+  pollfd pf{to_parent[0], POLLIN, 0};
+  ASSERT_EQ(poll(&pf, 1, 30000), 1) << "the child did not report within 30 s (hang guard)";
+  ASSERT_EQ(read(to_parent[0], &t, sizeof t), ssize_t(sizeof t));
+  EXPECT_EQ((*a)->target(music, t).db, -18);
+  EXPECT_EQ((*a)->target(music, t).ramp_ms, 30u);
+  ASSERT_EQ(write(to_child[1], "x", 1), 1);
+  close(to_child[1]);
+  close(to_parent[0]);
   int st = 0;
-  waitpid(child, &st, 0);
+  ASSERT_EQ(waitpid(child, &st, 0), child);
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << st;
   // The chime's process is gone: its slot is reclaimed by the next claim, and no longer ducks once stale.
   auto other = (*a)->claim("x/y", StreamPolicy{});
   ASSERT_TRUE(other.ok());

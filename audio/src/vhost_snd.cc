@@ -97,12 +97,14 @@ std::string VhostSnd::summary() const {
     const double lat_ms = p.rate && p.frame_bytes() ? 1000.0 * s.last_latency_bytes / p.frame_bytes() / p.rate : 0;
     char line[640];
     int n = std::snprintf(line, sizeof line,
-                          "stream %s/%s %s: state=%s tx=%llu rx=%llu frames=%llu underruns=%llu overruns=%llu "
+                          "stream %s/%s %s: state=%s tx=%llu rx=%llu frames=%llu underruns=%llu underrun_frames=%llu "
+                          "overruns=%llu "
                           "xrun_events=%llu io_errors=%llu latency_bytes_ms=%.1f",
                           vm_.c_str(), io->config().name.c_str(),
                           io->config().direction == proto::Direction::kOutput ? "output" : "input", dev_->state_name(i),
                           (unsigned long long)s.tx_buffers, (unsigned long long)s.rx_buffers,
-                          (unsigned long long)s.frames, (unsigned long long)s.underruns, (unsigned long long)s.overruns,
+                          (unsigned long long)s.frames, (unsigned long long)s.underruns,
+                          (unsigned long long)s.underrun_frames, (unsigned long long)s.overruns,
                           (unsigned long long)s.xrun_events, (unsigned long long)s.io_errors, lat_ms);
     if (!s.latency_ms.empty())
       n += std::snprintf(line + n, sizeof line - size_t(n), " latency_ms p50=%.1f p99=%.1f max=%.1f",

@@ -28,7 +28,8 @@ constexpr const char* kUsage =
     "                           line-in|mic][,connected=0|1]\n"
     "  --host=auto|pipewire|null  where the audio goes (default auto: PipeWire, or the null host with a\n"
     "                           warning when no PipeWire daemon answers; or $CANOPY_SND_HOST)\n"
-    "  --wav-dir=DIR            null host: record each playback stream to DIR/VM-STREAM.wav\n"
+    "  --wav-dir=DIR            record each playback stream to DIR/VM-STREAM.wav (either host): what the\n"
+    "                           guest delivered; where it was late: underruns in the stats, not silence\n"
     "  --capture-tone=HZ        null host: capture streams hear a sine at -6 dBFS\n"
     "  --vm=NAME                the VM (PipeWire node names, policy board labels)\n"
     "  --policy=PATH            the cross-VM policy board (default $XDG_RUNTIME_DIR/canopy-audio-policy)\n"
@@ -92,6 +93,7 @@ Result<std::unique_ptr<vu::Device>> make_device(const std::vector<std::string>& 
     PipeWireHostOptions po;
     po.vm = o.vm;
     po.force_quantum = force_quantum;
+    po.wav_dir = wav_dir;
     auto r = make_pipewire_backend(po);
     if (r.ok()) {
       h = std::move(*r);

@@ -136,9 +136,10 @@ class HostBackend {
 
 struct StreamStats {
   uint64_t tx_buffers = 0, rx_buffers = 0, io_errors = 0;
-  uint64_t frames = 0;     // frames moved to / from the host
-  uint64_t underruns = 0;  // playback pulls the guest could not fill while running
-  uint64_t overruns = 0;   // capture pushes with no guest buffer
+  uint64_t frames = 0;           // frames moved to / from the host
+  uint64_t underruns = 0;        // playback pulls the guest could not fill while running
+  uint64_t underrun_frames = 0;  // the frames those pulls lacked (the host plays silence or nothing there)
+  uint64_t overruns = 0;         // capture pushes with no guest buffer
   uint64_t xrun_events = 0;
   uint64_t ducks = 0;           // times the policy started attenuating this stream
   double gain_db = 0;           // current policy gain (0 = none)

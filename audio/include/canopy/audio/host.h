@@ -3,7 +3,9 @@
 //             media.role; node.latency asks for a quantum of one guest period); PipeWire converts format,
 //             rate and channel layout to the graph's.
 //   null      no audio system: a timer takes playback at the stream's rate (optionally recorded to a WAV
-//             file per stream) and gives capture a tone or silence. For tests and machines without audio.
+//             file per stream: the content the guest delivered) and gives capture a tone (unbroken:
+//             frames the guest had no buffer for are not skipped) or silence. For tests and machines
+//             without audio.
 // Both run on the device's event loop thread (their descriptors come from watches()).
 #pragma once
 
@@ -15,7 +17,9 @@
 namespace canopy::audio {
 
 struct NullHostOptions {
-  std::string wav_dir;         // playback of stream S of VM V is written to WAV_DIR/V-S.wav ("" = discarded)
+  // Playback of stream S of VM V is written to WAV_DIR/V-S.wav ("" = discarded): exactly the frames the
+  // guest delivered, in order, with no silence where it was late (those are underruns in the stats).
+  std::string wav_dir;
   double capture_tone_hz = 0;  // capture streams hear this sine at -6 dBFS (0 = silence)
   std::string vm = "vm";
 };
@@ -25,6 +29,9 @@ struct PipeWireHostOptions {
   std::string vm = "vm";
   bool force_quantum = false;  // also force the graph's quantum to one period (node.force-quantum)
   int connect_timeout_ms = 3000;
+  // As NullHostOptions::wav_dir: each playback stream's content as the guest delivered it, before the
+  // silence PipeWire gets where the guest was late (a test's check of content whatever the load).
+  std::string wav_dir;
 };
 // Connects to the PipeWire daemon (PIPEWIRE_REMOTE / XDG_RUNTIME_DIR as usual); an error when none answers.
 Result<std::unique_ptr<HostBackend>> make_pipewire_backend(const PipeWireHostOptions& o);
