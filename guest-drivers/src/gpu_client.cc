@@ -74,6 +74,29 @@ Result<uint32_t> GpuClient::take_slot() {
 }
 
 Result<uint64_t> GpuClient::submit(std::span<const uint8_t> cmd, uint32_t resp_bytes) {
+  CANOPY_ASSIGN_OR_RETURN(uint64_t ticket, add_request(cmd, resp_bytes));
+  CANOPY_TRY(driver_.kick(0));
+  return ticket;
+}
+
+Result<std::vector<uint64_t>> GpuClient::submit_batch(std::span<const std::vector<uint8_t>> commands,
+                                                      uint32_t resp_bytes) {
+  std::vector<uint64_t> tickets;
+  Status failed;
+  for (const auto& c : commands) {
+    auto t = add_request(c, resp_bytes);
+    if (!t.ok()) {
+      failed = t.error();
+      break;
+    }
+    tickets.push_back(*t);
+  }
+  CANOPY_TRY(driver_.kick(0));  // the ones added go out either way (their tickets still complete)
+  if (!failed.ok()) return failed.error();
+  return tickets;
+}
+
+Result<uint64_t> GpuClient::add_request(std::span<const uint8_t> cmd, uint32_t resp_bytes) {
   if (cmd.size() < sizeof(proto::CtrlHdr) || cmd.size() > kRespOffset || resp_bytes > 2048 || resp_bytes == 0)
     return make_error(Errc::kInvalidArgument, "gpu client: command or response size");
   CANOPY_ASSIGN_OR_RETURN(uint32_t slot, take_slot());
@@ -88,7 +111,6 @@ Result<uint64_t> GpuClient::submit(std::span<const uint8_t> cmd, uint32_t resp_b
     return added.error();
   }
   in_flight_.push_back({ticket, InFlight{slot, resp_bytes, false}});
-  CANOPY_TRY(driver_.kick(0));
   return ticket;
 }
 

@@ -69,7 +69,7 @@ class RoundTrip : public ::testing::Test {
     ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
     child = spawn_backend(UniqueFd(sv[1]));
     ASSERT_GT(child, 0);
-    fe = Frontend(UniqueFd(sv[0]), 5000);
+    fe = Frontend(UniqueFd(sv[0]), 30000);  // reply hang guard
     int fd = memfd_create("guest-ram", MFD_CLOEXEC);
     ASSERT_GE(fd, 0);
     ASSERT_EQ(ftruncate(fd, kMemSize), 0);
@@ -109,7 +109,7 @@ class RoundTrip : public ::testing::Test {
   }
   bool wait_call() {
     pollfd p{call.get(), POLLIN, 0};
-    if (poll(&p, 1, 5000) != 1) return false;
+    if (poll(&p, 1, 30000) != 1) return false;  // hang guard: the back-end answers in microseconds
     uint64_t v;
     return read(call.get(), &v, sizeof v) == sizeof v;
   }

@@ -6,6 +6,7 @@
 // RELEASE handing back pending buffers. Prints "snd-check: ok NAME" / "snd-check: FAIL NAME: ..." and
 // "snd-check: done OK FAILED"; exits 0 only when nothing failed.
 // Expects streams 0 "music" (output, 2 ch, 48 kHz) and 1 "mic" (input, 1 ch, 48 kHz) and one jack.
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -23,6 +24,10 @@ using sndp::Code;
 namespace {
 
 int ok_count = 0, fail_count = 0;
+
+// Hang guards: every wait below ends on an event (a completion, an event, a reply) in milliseconds on
+// an idle machine; these limits only stop a partition that would otherwise hang.
+constexpr int kGuardMs = 30000;
 
 void report(bool ok, const char* name, const std::string& detail = "") {
   if (ok) {
@@ -63,7 +68,7 @@ std::vector<uint8_t> tone_period(double hz, uint64_t& phase, uint32_t frames, ui
 }  // namespace
 
 int main() {
-  auto p = Partition::attach();
+  auto p = Partition::attach(kGuardMs);
   if (!p.ok()) {
     std::fprintf(stderr, "snd-check: attach failed: %s\n", p.error().what);
     return 2;
@@ -76,6 +81,7 @@ int main() {
   }
   auto t = part.transport(*dev);
   SndClient::Options o;
+  o.timeout_ms = kGuardMs;
   auto area = part.alloc(SndClient::kAreaBytes);
   if (!area.ok()) return 2;
   o.area = *area;
@@ -150,7 +156,7 @@ int main() {
   {
     std::vector<uint8_t> b(1920, 0);
     report(s.write(0, b).ok(), "tx buffer queued before PREPARE");
-    auto c = s.next_tx(2000);
+    auto c = s.next_tx(kGuardMs);
     expect_status("tx before PREPARE", c.ok() ? c->status : 0, Code::kIoErr);
   }
 
@@ -168,7 +174,7 @@ int main() {
   expect_status("SET_PARAMS while started",
                 status_of(s.set_params(0, 4 * kPeriod, kPeriod, 2, sndp::Format::kS16, 48000), s), Code::kBadMsg);
   while (completed < 100) {
-    auto c = s.next_tx(2000);
+    auto c = s.next_tx(kGuardMs);
     if (!c.ok()) break;
     ++completed;
     bad_status += c->status != uint32_t(Code::kOk);
@@ -192,7 +198,8 @@ int main() {
          "SET_PARAMS with EVT_XRUNS");
   report(s.prepare(0).ok() && s.start(0).ok(), "PCM_PREPARE + PCM_START with no data");
   bool xrun = false;
-  for (int i = 0; i < 20 && !xrun; ++i)
+  const auto xrun_end = std::chrono::steady_clock::now() + std::chrono::milliseconds(kGuardMs);
+  while (!xrun && std::chrono::steady_clock::now() < xrun_end)
     for (const auto& e : s.take_events(100))
       xrun |= e.hdr.code.get() == uint32_t(Code::kEvtPcmXrun) && e.data.get() == 0;
   report(xrun, "EVT_PCM_XRUN for stream 0");
@@ -209,7 +216,7 @@ int main() {
   heard.channels = 1;
   int periods = 0, short_reads = 0;
   while (periods < 50) {
-    auto c = s.next_rx(2000);
+    auto c = s.next_rx(kGuardMs);
     if (!c.ok()) break;
     ++periods;
     short_reads += c->bytes != kMicPeriod || c->status != uint32_t(Code::kOk);
@@ -231,8 +238,9 @@ int main() {
   report(s.stop(1).ok(), "PCM_STOP mic");
   const uint32_t pending = s.rx_in_flight();
   report(s.release(1).ok(), "PCM_RELEASE mic");
+  // Every pending buffer comes back (each one an event); how soon is the device's business.
   int returned = 0;
-  while (s.next_rx(200).ok()) ++returned;
+  while (returned < int(pending) && s.next_rx(kGuardMs).ok()) ++returned;
   report(pending > 0 && returned == int(pending) && s.rx_in_flight() == 0,
          "RELEASE handed every pending capture buffer back",
          std::to_string(returned) + " of " + std::to_string(pending));

@@ -83,6 +83,11 @@ class GpuClient {
     const auto b = bytes_of(cmd, tail);
     return submit(std::span<const uint8_t>(b), uint32_t(sizeof(proto::CtrlHdr)));
   }
+  // Several requests published together (one avail-index update, at most one notification): the device
+  // finds them all at once, in this order, however late this thread runs between them. Tickets in the
+  // same order. On an error the requests before it were still sent.
+  Result<std::vector<uint64_t>> submit_batch(std::span<const std::vector<uint8_t>> commands,
+                                             uint32_t response_bytes = sizeof(proto::CtrlHdr));
   // The next answered submit(), waiting up to timeout_ms (kTimeout).
   Result<Reply> next_completion(int timeout_ms);
   // Cursor queue (no response is read back).
@@ -123,6 +128,7 @@ class GpuClient {
  private:
   GpuClient(VirtioTransport& t, transport::GuestMemory& mem) : driver_(t, mem), mem_(mem) {}
   Status expect_ok(const Result<Reply>& r);
+  Result<uint64_t> add_request(std::span<const uint8_t> command, uint32_t response_bytes);  // not published yet
   Result<uint32_t> take_slot();
   Status pump(int timeout_ms);  // reaps used buffers into done_
   bool config_changed_ = false;
