@@ -1,8 +1,10 @@
 // The cockpit demo end to end, as processes (canopy-display, canopy-vmm, two canopy-gpu back-ends, the
 // cluster and IVI partitions): its headless PNGs are checked for what they must show (not byte-exact
 // goldens), its summary for zero-copy frames; and with the IVI VM stopped mid-run the cluster output
-// goes on with new cluster frames and never shows the fallback. Assertions are on frame counts and
-// pixels, not on wall-clock rates. Every process started here is owned by PID and gone at the end.
+// goes on with new cluster frames and never shows the fallback. Assertions are on frame counts, pixels,
+// levels and order, not on wall-clock rates: the demo runs until events (CANOPY_DEMO_UNTIL=events), and
+// every time limit here is a hang guard. What the audio sink heard of the ducking (its depth and times
+// there) are figures for bench/, not checks. Every process started here is owned by PID and gone at the end.
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -38,9 +40,9 @@ std::string read_file(const std::string& path) {
 
 using canopy::test_support::run_command;
 
-// One request on a control socket in canopyctl's protocol; "" when it cannot be had.
+// One request on a control socket in canopyctl's protocol; "" when it cannot be had (30 s hang guard).
 std::string ask(const std::string& path, const std::string& req) {
-  auto r = hypervisor::control_request(path, req, 5000);
+  auto r = hypervisor::control_request(path, req, 30000);
   return r.ok() ? std::move(*r) : std::string();
 }
 
@@ -102,13 +104,34 @@ void expect_center(const PixelImage& c) {
   EXPECT_GT(share(c, 1280, 0, 1920, 1080, [](Rgb p) { return p.r == 0x1c && p.g == 0x1c && p.b == 0x26; }), 0.3);
 }
 
+// The demo's manifest with the cluster's stale-frame watchdog at the manifest's maximum, 60 s: a hang
+// guard. What these tests check is the demo's content and that stopping the IVI never disturbs the
+// cluster; the 250 ms watchdog itself is tested in virtual time (compositor_test), and on a loaded
+// 2-core machine a wall-clock run may starve the cluster app for longer than that, IVI or not.
+std::string manifest_without_watchdog(std::string* error) {
+  std::string text = read_file(kSource + "/demos/cockpit.toml");
+  const std::string cluster_layer = "[[layout]]\ndisplay = \"cluster\"\nvm = \"cluster\"\n";
+  const size_t at = text.find(cluster_layer);
+  if (at == std::string::npos) *error = "the demo manifest's cluster layer is not where it was";
+  else text.insert(at + cluster_layer.size(), "stale_ms = 60000\n");
+  return text;
+}
+
 TEST(CockpitDemo, RunsHeadlessAndWritesBothOutputsAndTheSummary) {
   char tmpl[] = "/tmp/canopy-demo-test-XXXXXX";
   const std::string out = mkdtemp(tmpl);
+  std::string error;
+  const std::string manifest = out + "/cockpit.toml";
+  std::ofstream(manifest) << manifest_without_watchdog(&error);
+  ASSERT_EQ(error, "");
+  // Until the events the checks below need (run-cockpit.sh, CANOPY_DEMO_UNTIL=events), with its 300 s
+  // hang guard; `timeout` is the last resort behind it.
   std::string log;
-  const int rc = run_command("CANOPY_DEMO_SECONDS=4 CANOPY_DEMO_OUTPUT=headless timeout 120 bash " + kSource +
-                                 "/demos/run-cockpit.sh " + kBin + "/.. " + out,
-                             log);
+  const int rc = run_command(
+      "CANOPY_DEMO_UNTIL=events CANOPY_DEMO_SECONDS=300 CANOPY_DEMO_OUTPUT=headless "
+      "CANOPY_DEMO_MANIFEST=" +
+          manifest + " timeout 400 bash " + kSource + "/demos/run-cockpit.sh " + kBin + "/.. " + out,
+      log);
   ASSERT_EQ(rc, 0) << log;
   auto cluster = read_png(out + "/cluster.png");
   auto center = read_png(out + "/center.png");
@@ -128,8 +151,7 @@ TEST(CockpitDemo, RunsHeadlessAndWritesBothOutputsAndTheSummary) {
     EXPECT_EQ(m[1], m[2]) << summary;
   }
   EXPECT_NE(read_file(out + "/trace.json").find("\"name\":\"compose\""), std::string::npos);
-  // Sound: both VMs played through their canopy-snd (the chime once, at 1.5 s), and where PipeWire is
-  // installed what reached the sink shows the music ducked by the manifest's 20 dB while the chime played.
+  // Sound: both VMs played through their canopy-snd (the chime once the music played).
   std::smatch m;
   ASSERT_TRUE(
       std::regex_search(summary, m, std::regex(R"(audio: stream cluster/chime output: .* tx=(\d+) .*latency_ms p50=)")))
@@ -137,16 +159,26 @@ TEST(CockpitDemo, RunsHeadlessAndWritesBothOutputsAndTheSummary) {
   EXPECT_GE(std::stol(m[1]), 50) << summary;  // a 500 ms chime in 5 ms periods
   ASSERT_TRUE(std::regex_search(summary, m, std::regex(R"(audio: stream ivi/media output: .* tx=(\d+) )"))) << summary;
   EXPECT_GE(std::stol(m[1]), 100) << summary;
+  // The ducking where it is decided and applied: the IVI's canopy-snd took the chime's duck from the
+  // policy board and applied it to the music's samples: the manifest's depth (-20 dB), reached over the
+  // manifest's ramp (40 ms) counted in frames of music, which no load can stretch.
+  ASSERT_TRUE(std::regex_search(
+      summary, m,
+      std::regex(
+          R"(audio: stream ivi/media output: .* ducks=(\d+) deepest_db=(-?[0-9.]+) duck_reached_ms=(-?[0-9.]+))")))
+      << summary;
+  EXPECT_GE(std::stol(m[1]), 1) << summary;
+  EXPECT_NEAR(std::stod(m[2]), -20.0, 0.05) << summary;
+  EXPECT_NEAR(std::stod(m[3]), 40.0, 0.5) << summary;
+  // At the sink (PipeWire, where there is one), in order: the music before the chime, then the chime.
+  // What the sink heard of the duck (ducked_by_db, reached_ms, restored_ms) depends on both apps keeping
+  // their streams fed in real time: figures for bench/ on a quiet machine, not checks here (a loaded
+  // machine breaks the chime into pieces at the sink, and the first piece is then measured).
   if (summary.find("audio: through no PipeWire") == std::string::npos) {
-    ASSERT_TRUE(std::regex_search(
-        summary, m,
-        std::regex(
-            R"(audio: ducking at the sink .*chime=1 .*ducked_by_db=(-?[0-9.]+) reached_ms=(-?[0-9.]+) restored_ms=(-?[0-9.]+))")))
+    ASSERT_TRUE(
+        std::regex_search(summary, m, std::regex(R"(audio: ducking at the sink .*chime=1 .*before_db=(-?[0-9.]+) )")))
         << summary;
-    EXPECT_NEAR(std::stod(m[1]), -20.0, 1.0) << summary;
-    EXPECT_GE(std::stod(m[2]), 0.0) << summary;
-    EXPECT_LE(std::stod(m[2]), 60.0) << summary;
-    EXPECT_GE(std::stod(m[3]), 0.0) << summary;
+    EXPECT_GT(std::stod(m[1]), -40.0) << "the music reached the sink before the chime\n" << summary;
   }
   std::system(("rm -rf " + out).c_str());
 }
@@ -168,22 +200,18 @@ TEST(CockpitDemo, ClusterGoesOnWhenTheIviIsStopped) {
     EXPECT_TRUE(c.ok());
     return c.ok() ? std::move(*c) : Child();
   };
-  // The demo's manifest with a 5 s stale-frame watchdog on the cluster: what is tested here is that
-  // stopping the IVI never disturbs the cluster; the 250 ms watchdog itself is tested in virtual time
-  // (compositor_test), and on a loaded 2-core machine a wall-clock run may starve the cluster app for
-  // longer than that with the IVI running or not.
-  std::string text = read_file(kSource + "/demos/cockpit.toml");
-  const std::string cluster_layer = "[[layout]]\ndisplay = \"cluster\"\nvm = \"cluster\"\n";
-  const size_t at = text.find(cluster_layer);
-  ASSERT_NE(at, std::string::npos) << "the demo manifest's cluster layer";
-  text.insert(at + cluster_layer.size(), "stale_ms = 5000\n");
+  // The cluster's stale-frame watchdog as a hang guard (see manifest_without_watchdog).
+  std::string error;
+  const std::string text = manifest_without_watchdog(&error);
+  ASSERT_EQ(error, "");
   const std::string manifest = dir + "/cockpit.toml";
   {
     std::ofstream(manifest) << text;
   }
+  // pixman: no Vulkan loader probing every ICD before the socket exists (the test is not about that).
   Child display = start({kBin + "/canopy-display", manifest, "--listen", dir + "/display.sock", "--control",
-                         display_ctl, "--output", "headless", "--quiet"});
-  ASSERT_TRUE(wait_for([&] { return access((dir + "/display.sock").c_str(), F_OK) == 0; }, 10));
+                         display_ctl, "--output", "headless", "--renderer", "pixman", "--quiet"});
+  ASSERT_TRUE(wait_for([&] { return access((dir + "/display.sock").c_str(), F_OK) == 0; }, 60));
   Child vmm = start({kBin + "/canopy-vmm", "run", manifest, "--display", dir + "/display.sock", "--control", vmm_ctl,
                      "--stop-grace-ms", "500"});
   auto stats = [&] { return ask(display_ctl, "stats"); };
@@ -198,7 +226,7 @@ TEST(CockpitDemo, ClusterGoesOnWhenTheIviIsStopped) {
 
   std::string out;
   ASSERT_EQ(run_command(kBin + "/canopyctl --socket " + vmm_ctl + " stop ivi", out), 0) << out;
-  ASSERT_TRUE(wait_for([&] { return stat(stats(), "vm ivi ", "connected") == 0; }, 20)) << stats();
+  ASSERT_TRUE(wait_for([&] { return stat(stats(), "vm ivi ", "connected") == 0; }, 60)) << stats();
   const long before = stat(stats(), "layer 0 vm=cluster", "new");
   ASSERT_TRUE(wait_for([&] { return stat(stats(), "layer 0 vm=cluster", "new") > before + 60; }, 60)) << stats();
   const std::string s = stats();
@@ -210,9 +238,9 @@ TEST(CockpitDemo, ClusterGoesOnWhenTheIviIsStopped) {
   expect_cluster(*cluster);  // the inset keeps the IVI's last good frame
 
   ASSERT_EQ(run_command(kBin + "/canopyctl --socket " + vmm_ctl + " shutdown", out), 0) << out;
-  EXPECT_TRUE(vmm.wait(10000).ok());
+  EXPECT_TRUE(vmm.wait(60000).ok());
   EXPECT_EQ(ask(display_ctl, "quit"), "ok\n");
-  EXPECT_TRUE(display.wait(10000).ok());
+  EXPECT_TRUE(display.wait(60000).ok());
   if (::testing::Test::HasFailure()) std::fprintf(stderr, "--- log ---\n%s\n", read_file(dir + "/log").c_str());
   std::system(("rm -rf " + dir).c_str());
 }

@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
 # Runs the cockpit demo from a build: canopy-display (the compositor) and canopy-vmm with
-# demos/cockpit.toml (the cluster and IVI partitions, each with its canopy-gpu), for a fixed time.
+# demos/cockpit.toml (the cluster and IVI partitions, each with its canopy-gpu), for a fixed time or,
+# in the test mode, until what the checks need has happened.
 #   demos/run-cockpit.sh [BUILD_DIR] [OUT_DIR]
 # Environment: CANOPY_DEMO_SECONDS (default 10; 0 = until Ctrl-C or the windows are closed),
+#              CANOPY_DEMO_UNTIL time | events (default time: run CANOPY_DEMO_SECONDS). events, the test
+#                mode (demo_test): run until these events, in this order, then quit canopy-display:
+#                the IVI's music is playing; 0.5 s more of it reached the recording; the cluster's first
+#                chime (started only now, through --chime-after-file) is done; 1 s more of the recording
+#                after it; the IVI 100 periods in; both VMs' frames >= 30 at the compositor. No step waits
+#                for a time; CANOPY_DEMO_SECONDS (default 300 here) is only the hang guard, and reaching it
+#                fails the run.
 #              CANOPY_DEMO_OUTPUT auto | headless | window (default auto: windows when a display is there),
 #              CANOPY_DEMO_RENDERER auto | pixman | vulkan (default auto: Vulkan on a GPU, else pixman),
 #              CANOPY_DEMO_MANIFEST (default demos/cockpit.toml).
@@ -17,7 +25,12 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD="$(cd "${1:-$ROOT/build}" && pwd)"
 OUT="${2:-$BUILD/demo}"
-SECONDS_TO_RUN="${CANOPY_DEMO_SECONDS:-10}"
+UNTIL="${CANOPY_DEMO_UNTIL:-time}"
+case "$UNTIL" in
+  time) SECONDS_TO_RUN="${CANOPY_DEMO_SECONDS:-10}" ;;
+  events) SECONDS_TO_RUN="${CANOPY_DEMO_SECONDS:-300}" ;;
+  *) echo "demo: CANOPY_DEMO_UNTIL is time or events, not '$UNTIL'" >&2; exit 2 ;;
+esac
 MODE="${CANOPY_DEMO_OUTPUT:-auto}"
 RENDERER="${CANOPY_DEMO_RENDERER:-auto}"
 MANIFEST="${CANOPY_DEMO_MANIFEST:-$ROOT/demos/cockpit.toml}"
@@ -41,6 +54,18 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+# Readiness waits below end on an event (a socket, an answer, a line); 60 s is their hang guard.
+# wait_ready SECONDS CMD...: until CMD succeeds; false when the guard ran out.
+wait_ready() {
+  local end=$((SECONDS + $1))
+  shift
+  until "$@"; do
+    [ "$SECONDS" -lt "$end" ] || return 1
+    sleep 0.05
+  done
+}
+pw_up() { pw-cli info 0 >/dev/null 2>&1; }
+sink_up() { wpctl inspect @DEFAULT_AUDIO_SINK@ 2>/dev/null | grep -q canopy-test-sink; }
 
 rm -f "$OUT"/cluster.png "$OUT"/center.png "$OUT"/summary.txt "$OUT"/trace.json "$OUT"/sink.wav
 
@@ -56,16 +81,23 @@ elif command -v pipewire >/dev/null && command -v wireplumber >/dev/null; then
   cp "$ROOT/scripts/pipewire/canopy-headless.conf" "$XDG_CONFIG_HOME/pipewire/pipewire.conf.d/"
   pipewire >"$RUN/pipewire.log" 2>&1 &
   PW_PIDS="$!"
-  for _ in $(seq 100); do pw-cli info 0 >/dev/null 2>&1 && break; sleep 0.05; done
+  wait_ready 60 pw_up || echo "demo: the private PipeWire does not answer" >&2
   wireplumber >"$RUN/wireplumber.log" 2>&1 &
   PW_PIDS="$PW_PIDS $!"
-  for _ in $(seq 200); do wpctl inspect @DEFAULT_AUDIO_SINK@ 2>/dev/null | grep -q canopy-test-sink && break; sleep 0.05; done
+  wait_ready 60 sink_up || echo "demo: WirePlumber made no default sink" >&2
   pw-metadata -n default 0 default.configured.audio.sink '{ "name": "canopy-test-sink" }' Spa:String:JSON >/dev/null 2>&1 || true
   SINK_TARGET=(--target canopy-test-sink)
   AUDIO="a private headless PipeWire (null sink)"
 else
   export CANOPY_SND_HOST=null
   AUDIO="no PipeWire: canopy-snd's null host"
+  # The policy board lives in $XDG_RUNTIME_DIR: a private one when there is none, so the chime still
+  # ducks the music (silently).
+  if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
+    export XDG_RUNTIME_DIR="$RUN/xdg-run"
+    mkdir -p "$XDG_RUNTIME_DIR"
+    chmod 700 "$XDG_RUNTIME_DIR"
+  fi
 fi
 export CANOPY_SND_STATS_DIR="$RUN/snd"
 mkdir -p "$CANOPY_SND_STATS_DIR"
@@ -75,19 +107,87 @@ if [ "${CANOPY_SND_HOST:-}" != null ] && command -v pw-record >/dev/null; then
   REC_PID=$!
 fi
 echo "demo: sound through $AUDIO" >&2
+if [ "$UNTIL" = events ]; then
+  # The cluster's first chime waits for a file the steps below create (partitions run under uids of
+  # their own: the folder is theirs to read).
+  TRIGGER="$RUN/trigger"
+  mkdir -p "$TRIGGER"
+  chmod 711 "$RUN"
+  chmod 755 "$TRIGGER"
+  sed "s|^app = \"canopy-cluster-app\"\(.*\)\$|app = \"canopy-cluster-app\"\1\nargs = [\"--chime-after-file\", \"$TRIGGER/chime\"]|" \
+    "$MANIFEST" >"$RUN/cockpit.toml"
+  grep -q -- '--chime-after-file' "$RUN/cockpit.toml" ||
+    { echo "demo: no 'app = \"canopy-cluster-app\"' line in $MANIFEST for the chime trigger" >&2; exit 1; }
+  MANIFEST="$RUN/cockpit.toml"
+fi
 RUN_FOR=()
 [ "$SECONDS_TO_RUN" != 0 ] && RUN_FOR=(--run-for-s "$SECONDS_TO_RUN")
 "$BUILD/bin/canopy-display" "$MANIFEST" --listen "$RUN/display.sock" --control "$RUN/display.ctl" \
   --output "$MODE" --renderer "$RENDERER" "${RUN_FOR[@]}" --snapshot-dir "$OUT" --summary "$OUT/summary.txt" --trace "$OUT/trace.json" &
 DISPLAY_PID=$!
-for _ in $(seq 100); do [ -S "$RUN/display.sock" ] && break; sleep 0.05; done
+display_up() { [ -S "$RUN/display.sock" ] || ! kill -0 "$DISPLAY_PID" 2>/dev/null; }
+wait_ready 60 display_up || true
 [ -S "$RUN/display.sock" ] || { echo "demo: canopy-display did not start" >&2; exit 1; }
 
 "$BUILD/bin/canopy-vmm" run "$MANIFEST" --display "$RUN/display.sock" --control "$RUN/vmm.ctl" \
   >"$OUT/vmm.log" 2>&1 &
 VMM_PID=$!
-echo "demo: cluster and IVI partitions started (canopy-vmm pid $VMM_PID, log $OUT/vmm.log); composing for" \
-     "${SECONDS_TO_RUN:-?} s" >&2
+if [ "$UNTIL" = events ]; then
+  echo "demo: cluster and IVI partitions started (canopy-vmm pid $VMM_PID, log $OUT/vmm.log); composing" \
+       "until the events (hang guard ${SECONDS_TO_RUN} s)" >&2
+  GUARD_END=$((SECONDS + SECONDS_TO_RUN))
+  # wait_event WHAT CMD...: until CMD succeeds; the run fails when canopy-display or the recorder is gone
+  # or the hang guard ran out.
+  wait_event() {
+    local what=$1
+    shift
+    until "$@"; do
+      local why=""
+      kill -0 "$DISPLAY_PID" 2>/dev/null || why="canopy-display exited"
+      [ -z "$REC_PID" ] || kill -0 "$REC_PID" 2>/dev/null || why="pw-record exited"
+      [ "$SECONDS" -lt "$GUARD_END" ] || why="the hang guard (${SECONDS_TO_RUN} s) ran out"
+      if [ -n "$why" ]; then
+        echo "demo: $why while waiting for $what; canopy-vmm's log:" >&2
+        tail -n 30 "$OUT/vmm.log" >&2
+        exit 1
+      fi
+      sleep 0.1
+    done
+  }
+  log_has() { grep -q -F -- "$1" "$OUT/vmm.log"; }
+  wav_bytes() { stat -c %s "$OUT/sink.wav" 2>/dev/null || echo 0; }
+  wav_reached() { [ "$(wav_bytes)" -ge "$1" ]; }
+  frames_of() {
+    "$BUILD/bin/canopyctl" --socket "$RUN/display.ctl" stats 2>/dev/null |
+      sed -n "s/^vm $1 .* frames=\([0-9]*\) .*/\1/p" | head -n1
+  }
+  both_frames() {
+    local c i
+    c=$(frames_of cluster) i=$(frames_of ivi)
+    [ "${c:-0}" -ge "$1" ] && [ "${i:-0}" -ge "$1" ]
+  }
+  wait_event "the IVI's music" log_has "canopy-ivi-app: audio: playing"
+  # The recording: f32 stereo at 48 kHz, 384000 bytes a second. Data behind a point proves what was
+  # played before it reached the sink (the graph moves in order), whatever the machine's speed.
+  if [ -n "$REC_PID" ]; then
+    at=$(wav_bytes)
+    wait_event "0.5 s of the music in the recording" wav_reached $((at + 192000))
+  fi
+  : >"$TRIGGER/chime"
+  chmod 644 "$TRIGGER/chime"
+  wait_event "the cluster's chime" log_has "canopy-cluster-app: audio: chime 1 done"
+  if [ -n "$REC_PID" ]; then
+    at=$(wav_bytes)
+    wait_event "1 s of the recording after the chime" wav_reached $((at + 384000))
+  fi
+  wait_event "100 periods of the IVI's music" log_has "canopy-ivi-app: audio: 100 periods"
+  wait_event "30 frames of each VM at the compositor" both_frames 30
+  "$BUILD/bin/canopyctl" --socket "$RUN/display.ctl" quit >/dev/null ||
+    { echo "demo: canopy-display did not take 'quit'" >&2; exit 1; }
+else
+  echo "demo: cluster and IVI partitions started (canopy-vmm pid $VMM_PID, log $OUT/vmm.log); composing for" \
+       "${SECONDS_TO_RUN:-?} s" >&2
+fi
 
 rc=0
 wait "$DISPLAY_PID" || rc=$?
@@ -114,7 +214,7 @@ fi
   done
   # An app prints its audio line as it exits: one stopped the hard way (a loaded machine, the IVI
   # flooding) has none, which must not end the demo under pipefail.
-  { grep -h -E 'canopy-(cluster|ivi)-app: audio:' "$OUT/vmm.log" || true; } |
+  { grep -h -E 'canopy-(cluster|ivi)-app: audio: [0-9]+ periods,' "$OUT/vmm.log" || true; } |
     sed 's/^.*canopy-\(cluster\|ivi\)-app: audio: /audio: \1 guest: /'
   if [ -s "$OUT/sink.wav" ]; then
     duck=$("$BUILD/bin/canopy-snd-wav" duck "$OUT/sink.wav" --music-hz 220 --chime-hz 880 --expect-db -20 --settle-ms 80 || true)

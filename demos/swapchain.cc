@@ -1,6 +1,7 @@
 #include "swapchain.h"
 
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -198,7 +199,8 @@ namespace sndp = canopy::audio::proto;
 // The sound side of run_app (AudioPlan).
 class DemoAudio {
  public:
-  static std::unique_ptr<DemoAudio> open(const char* name, guest::Partition& part, const AudioPlan& plan) {
+  static std::unique_ptr<DemoAudio> open(const char* name, guest::Partition& part, const AudioPlan& plan,
+                                         const std::string& chime_file) {
     auto dev = part.find_device(sndp::kDeviceId);
     if (!dev.ok()) {
       std::fprintf(stderr, "%s: no [vm.snd]: silent\n", name);
@@ -224,6 +226,7 @@ class DemoAudio {
       return nullptr;
     }
     a->next_chime_ = plan.first_s;
+    a->chime_file_ = chime_file;
     std::fprintf(stderr, "%s: sound on virtio-snd stream 0 (%.1f ms periods, %u buffered)\n", name, plan.period_ms,
                  plan.periods);
     return a;
@@ -236,6 +239,10 @@ class DemoAudio {
       if (!c.ok()) break;
       ++periods_;
       latency_.push_back((c->completed_ns - c->submitted_ns) / 1e6 + c->host_delay_ms(192.0));
+      if (plan_.kind == AudioPlan::Kind::kContinuous && (periods_ == 1 || periods_ == 100)) {
+        if (periods_ == 1) std::fprintf(stderr, "%s: audio: playing\n", name_);
+        else std::fprintf(stderr, "%s: audio: 100 periods\n", name_);
+      }
     }
     if (plan_.kind == AudioPlan::Kind::kContinuous) {
       if (!playing_) begin();
@@ -243,10 +250,17 @@ class DemoAudio {
       return;
     }
     const uint64_t len = uint64_t(plan_.length_s * 48000);
+    if (!chime_file_.empty()) {
+      // The first chime waits for the file (an event from outside); the schedule runs from then on.
+      if (access(chime_file_.c_str(), F_OK) != 0) return;
+      chime_file_.clear();
+      next_chime_ = t;
+    }
     if (!playing_ && t >= next_chime_) {
       begin();
       ++chimes_;
       next_chime_ += plan_.every_s;
+      std::fprintf(stderr, "%s: audio: chime %llu started\n", name_, (unsigned long long)chimes_);
     }
     if (!playing_) return;
     fill(len);
@@ -254,6 +268,7 @@ class DemoAudio {
       (void)snd_->stop(0);
       (void)snd_->release(0);
       playing_ = false;
+      std::fprintf(stderr, "%s: audio: chime %llu done\n", name_, (unsigned long long)chimes_);
     }
   }
 
@@ -299,6 +314,7 @@ class DemoAudio {
   uint64_t pos_ = 0;
   bool playing_ = false;
   double next_chime_ = 0;
+  std::string chime_file_;  // the first chime waits for this file ("" : at first_s)
   uint64_t periods_ = 0, chimes_ = 0;
   std::vector<double> latency_;
 };
@@ -310,12 +326,14 @@ int run_app(const char* name, double fps, int argc, char** argv, void (*draw)(co
   uint64_t max_frames = 0;
   double hang_after = -1;
   bool flood = false;
+  std::string chime_file;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--fps" && i + 1 < argc) fps = std::atof(argv[++i]);
     else if (a == "--frames" && i + 1 < argc) max_frames = std::strtoull(argv[++i], nullptr, 10);
     else if (a == "--hang-after-s" && i + 1 < argc) hang_after = std::atof(argv[++i]);
     else if (a == "--flood") flood = true;
+    else if (a == "--chime-after-file" && i + 1 < argc) chime_file = argv[++i];
     else {
       std::fprintf(stderr, "%s: unknown argument %s\n", name, a.c_str());
       return 2;
@@ -359,7 +377,7 @@ int run_app(const char* name, double fps, int argc, char** argv, void (*draw)(co
     return 1;
   }
   std::fprintf(stderr, "%s: drawing %ux%u at %.0f fps%s\n", name, w, h, fps, flood ? " (flooding)" : "");
-  std::unique_ptr<DemoAudio> audio = audio_plan ? DemoAudio::open(name, part, *audio_plan) : nullptr;
+  std::unique_ptr<DemoAudio> audio = audio_plan ? DemoAudio::open(name, part, *audio_plan, chime_file) : nullptr;
   using clock = std::chrono::steady_clock;
   const auto start = clock::now();
   const auto period = std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(1.0 / fps));

@@ -79,6 +79,9 @@ namespace canopy::demo {
 //   --frames N         stop after N frames (0: run until stopped)
 //   --hang-after-s S   after S seconds stop presenting (a hung guest; heartbeats go on)
 //   --flood            present as fast as possible, ignoring --fps (a guest flooding frames)
+//   --chime-after-file F  chimes (AudioPlan kChimes): the first starts as soon as the file F exists
+//                      (instead of at first_s), the next every_s after it; the test mode of
+//                      demos/run-cockpit.sh orders the chime after the music this way, by events
 // Returns the process exit status.
 struct DrawArgs {
   pixman_image_t* image;
@@ -90,7 +93,10 @@ struct DrawArgs {
 // SndClient, serviced between frames every period. Continuous: played from the start (the IVI's music).
 // Chimes: each one STARTs the stream, plays `length_s` and STOPs it again — the policy ducks lower
 // streams exactly while a chime runs — the first at `first_s`, then every `every_s`. At the end the app
-// prints "NAME: audio: N periods, latency_ms p50=.. p99=.. (write -> heard)".
+// prints "NAME: audio: N periods, latency_ms p50=.. p99=.. (write -> heard)". Progress lines on the way
+// (events a script can wait for): "NAME: audio: playing" (the first period was taken by the device) and
+// "NAME: audio: 100 periods" for continuous sound; "NAME: audio: chime N started" and "NAME: audio:
+// chime N done" (all its periods taken, the stream stopped) for chimes.
 struct AudioPlan {
   enum class Kind { kContinuous, kChimes } kind = Kind::kContinuous;
   double period_ms = 10;
