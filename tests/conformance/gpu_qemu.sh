@@ -2,7 +2,8 @@
 # Conformance: the upstream Linux virtio_gpu driver (Linux 6.12 under QEMU 10 TCG) against
 # canopy-gpu through QEMU's vhost-user-gpu-pci with two scanouts of different modes. The guest
 # (guest/gpu.sh) checks the driver, the connectors and their EDID modes, then runs modetest (mode set
-# with a known pattern on both scanouts, hardware cursor, page flips). Here we check what reached
+# with a known pattern on both scanouts, hardware cursor, page flips until canopy-gpu's frame log holds
+# what the checks need, read over 9p: events, not a time). Here we check what reached
 # canopy-gpu's scanout output: frames of the right size whose pixels have the checksum of modetest's
 # "plain" pattern (every byte 0x77), page flips, and cursor updates with an image.
 #
@@ -22,8 +23,10 @@ canopy_guest --test "$HERE/guest/gpu.sh" virtio-gpu netfs 9pnet 9p 9pnet_virtio
 
 canopy_start_gpu2 "$BACKEND"
 
+# The guest flips until canopy-gpu's frame log (read over 9p) holds what the checks below need.
+crcs="$(canopy_pixel_crc 77777777 $((1024 * 768 * 4))),$(canopy_pixel_crc 77777777 $((800 * 600 * 4)))"
 qemu_rc=0
-CANOPY_QEMU_APPEND="canopy.gpu_modes=1024x768,800x600 canopy.gpu_flip_s=${CANOPY_GPU_FLIP_S:-6}" \
+CANOPY_QEMU_APPEND="canopy.gpu_modes=1024x768,800x600 canopy.frames_log=$CANOPY_FRAMES canopy.crcs=$crcs" \
   canopy_qemu_gpu2 || qemu_rc=$?
 canopy_check_guest_run "$qemu_rc"
 grep -q 'front-end display connected' "$CANOPY_WORK/backend.log" ||

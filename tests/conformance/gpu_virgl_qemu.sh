@@ -23,7 +23,7 @@ canopy_guest --test "$HERE/guest/virgl.sh" virtio-gpu netfs 9pnet 9p 9pnet_virti
 SOCK="$CANOPY_WORK/gpu.sock"
 LOG="$CANOPY_WORK/frames.log"
 canopy_start backend "$BACKEND" --socket-path "$SOCK" --renderer=virgl --mode 1024x768 --frame-log "$LOG"
-canopy_wait_socket "$SOCK" 10 backend
+canopy_wait_socket "$SOCK" 60 backend
 
 qemu_rc=0
 CANOPY_QEMU_TIMEOUT=${CANOPY_QEMU_TIMEOUT:-240} CANOPY_GUEST_TIMEOUT=${CANOPY_GUEST_TIMEOUT:-200} \

@@ -6,7 +6,7 @@
 #   canopy_begin rng                        # work dir + cleanup trap
 #   canopy_guest --test guest/rng.sh virtio-rng   # kernel + initramfs (cached)
 #   canopy_start backend "$BIN" --socket-path "$CANOPY_WORK/rng.sock"
-#   canopy_wait_socket "$CANOPY_WORK/rng.sock" 10 backend
+#   canopy_wait_socket "$CANOPY_WORK/rng.sock" 60 backend
 #   qemu_rc=0; canopy_qemu -chardev socket,id=c,path="$CANOPY_WORK/rng.sock" -device vhost-user-rng-pci,chardev=c || qemu_rc=$?
 #   canopy_check_guest_run "$qemu_rc"      # QEMU in time and 0, guest PASS, back-end exited 0
 #   canopy_pass / canopy_fail REASON
@@ -15,8 +15,8 @@
 # Everything a test starts is killed on exit (TERM, then KILL after a grace period); the work dir
 # is removed unless CANOPY_KEEP_WORK=1. On failure the tails of the logs are printed.
 #
-# Environment: CANOPY_KEEP_WORK=1, CANOPY_QEMU_TIMEOUT (s, default 120), CANOPY_QEMU
-# (default qemu-system-x86_64), CANOPY_QEMU_MEMORY (the guest's RAM, default 512M), CANOPY_GUEST_TIMEOUT (s, default 60; the guest's own limit on
+# Environment: CANOPY_KEEP_WORK=1, CANOPY_QEMU_TIMEOUT (s, default 360: a hang guard), CANOPY_QEMU
+# (default qemu-system-x86_64), CANOPY_QEMU_MEMORY (the guest's RAM, default 512M), CANOPY_GUEST_TIMEOUT (s, default 300: a hang guard; the guest's own limit on
 # /test.sh), CANOPY_CACHE (see scripts/guest-kernel.sh), CANOPY_QEMU_APPEND (extra kernel args).
 
 CANOPY_CONFORMANCE_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -114,6 +114,19 @@ canopy_wait_socket() {
   canopy_log "socket $path ready"
 }
 
+# canopy_until GUARD_S WHAT CMD...: run CMD (a quiet test) every 50 ms until it succeeds; fail
+# naming WHAT when the hang guard of GUARD_S seconds runs out. Readiness is the event CMD tests, never
+# a time: GUARD_S is at least 10x what it takes on an idle machine.
+canopy_until() {
+  local guard=$1 what=$2 deadline
+  shift 2
+  deadline=$(($(date +%s%N) + guard * 1000000000))
+  until "$@"; do
+    [ "$(date +%s%N)" -lt "$deadline" ] || canopy_fail "$what: not within ${guard}s (hang guard)"
+    sleep 0.05
+  done
+}
+
 # canopy_wait_exit NAME TIMEOUT_S: wait for process NAME to exit; prints nothing, returns its exit
 # status (124 if it is still running after the timeout).
 canopy_wait_exit() {
@@ -131,8 +144,8 @@ canopy_wait_exit() {
 # shared memfd RAM (as vhost-user needs), bounded by `timeout`; serial console in
 # $CANOPY_WORK/console.log. Returns QEMU's exit status (124 on timeout).
 canopy_qemu() {
-  local qemu=${CANOPY_QEMU:-qemu-system-x86_64} limit=${CANOPY_QEMU_TIMEOUT:-120} rc=0 mem=${CANOPY_QEMU_MEMORY:-512M}
-  local append="console=ttyS0 panic=-1 quiet canopy.timeout=${CANOPY_GUEST_TIMEOUT:-60} ${CANOPY_QEMU_APPEND:-}"
+  local qemu=${CANOPY_QEMU:-qemu-system-x86_64} limit=${CANOPY_QEMU_TIMEOUT:-360} rc=0 mem=${CANOPY_QEMU_MEMORY:-512M}
+  local append="console=ttyS0 panic=-1 quiet canopy.timeout=${CANOPY_GUEST_TIMEOUT:-300} ${CANOPY_QEMU_APPEND:-}"
   # shellcheck disable=SC2054 # commas belong to QEMU's option syntax
   local -a cmd=(timeout --kill-after=5 "$limit" "$qemu"
     -accel tcg -nic none -nographic -no-reboot -m "$mem"
@@ -165,16 +178,16 @@ canopy_guest_result() {
 
 # canopy_check_guest_run QEMU_RC [BACKEND]: after canopy_qemu, fail unless QEMU finished in time and
 # exited 0, the guest said PASS, and back-end process BACKEND (default "backend") noticed the
-# disconnect and exited 0 by itself within 10 s.
+# disconnect and exited 0 by itself (60 s hang guard).
 canopy_check_guest_run() {
   local qemu_rc=$1 backend=${2:-backend} verdict_ok=0 backend_rc=0
   canopy_guest_timing
   canopy_guest_result || verdict_ok=$?
-  canopy_wait_exit "$backend" 10 || backend_rc=$?
-  [ "$qemu_rc" -ne 124 ] || canopy_fail "QEMU did not finish within ${CANOPY_QEMU_TIMEOUT:-120}s (guest verdict: $CANOPY_GUEST_VERDICT)"
+  canopy_wait_exit "$backend" 60 || backend_rc=$?
+  [ "$qemu_rc" -ne 124 ] || canopy_fail "QEMU did not finish within ${CANOPY_QEMU_TIMEOUT:-360}s (guest verdict: $CANOPY_GUEST_VERDICT)"
   [ "$verdict_ok" -eq 0 ] || canopy_fail "guest: $CANOPY_GUEST_VERDICT"
   [ "$qemu_rc" -eq 0 ] || canopy_fail "QEMU exited with status $qemu_rc"
-  [ "$backend_rc" -ne 124 ] || canopy_fail "$backend still running 10 s after QEMU exited"
+  [ "$backend_rc" -ne 124 ] || canopy_fail "$backend still running 60 s after QEMU exited"
   [ "$backend_rc" -eq 0 ] || canopy_fail "$backend exited with status $backend_rc"
 }
 
@@ -185,7 +198,7 @@ canopy_start_gpu2() {
   CANOPY_FRAMES="$CANOPY_WORK/frames.log"
   canopy_start backend "$1" --socket-path "$CANOPY_GPU_SOCK" --scanouts 2 --mode 1024x768 \
     --scanout-mode 1:800x600 --frame-log "$CANOPY_FRAMES"
-  canopy_wait_socket "$CANOPY_GPU_SOCK" 10 backend
+  canopy_wait_socket "$CANOPY_GPU_SOCK" 60 backend
 }
 
 # canopy_qemu_gpu2: canopy_qemu with that back-end behind vhost-user-gpu-pci (max_outputs=2) and the
@@ -304,26 +317,13 @@ canopy_pipewire_start() {
   chmod 700 "$XDG_RUNTIME_DIR"
   cp "$CANOPY_REPO/scripts/pipewire/canopy-headless.conf" "$XDG_CONFIG_HOME/pipewire/pipewire.conf.d/"
   canopy_start pipewire pipewire
-  local i
-  for i in $(seq 100); do
-    pw-cli info 0 >/dev/null 2>&1 && break
-    canopy_alive pipewire || canopy_fail "pipewire exited at start (see pipewire.log)"
-    sleep 0.05
-  done
-  pw-cli info 0 >/dev/null 2>&1 || canopy_fail "pipewire did not answer within 5 s"
+  canopy_until 60 "PipeWire answering" _canopy_pw_up
   canopy_start wireplumber wireplumber
-  for i in $(seq 200); do
-    wpctl inspect @DEFAULT_AUDIO_SINK@ 2>/dev/null | grep -q canopy-test-sink && break
-    canopy_alive wireplumber || canopy_fail "wireplumber exited at start (see wireplumber.log)"
-    sleep 0.05
-  done
+  canopy_until 60 "WirePlumber making canopy-test-sink the default sink" _canopy_default_sink
   # Pin the defaults: otherwise WirePlumber may pick the sink's monitor as the default source.
   pw-metadata -n default 0 default.configured.audio.sink '{ "name": "canopy-test-sink" }' Spa:String:JSON >/dev/null
   pw-metadata -n default 0 default.configured.audio.source '{ "name": "canopy-test-source" }' Spa:String:JSON >/dev/null
-  for i in $(seq 100); do
-    wpctl inspect @DEFAULT_AUDIO_SOURCE@ 2>/dev/null | grep -q canopy-test-source && break
-    sleep 0.05
-  done
+  canopy_until 60 "canopy-test-source as the default source" _canopy_default_source
   wpctl inspect @DEFAULT_AUDIO_SINK@ 2>/dev/null | grep -q canopy-test-sink || canopy_fail "canopy-test-sink is not the default sink"
   wpctl inspect @DEFAULT_AUDIO_SOURCE@ 2>/dev/null | grep -q canopy-test-source || canopy_fail "canopy-test-source is not the default source"
   canopy_log "pipewire + wireplumber up (XDG_RUNTIME_DIR=$XDG_RUNTIME_DIR)"
@@ -334,30 +334,47 @@ canopy_pipewire_start() {
 canopy_record_sink() {
   canopy_start "$1" pw-record -P '{ stream.capture.sink = true }' --target canopy-test-sink --rate 48000 \
     --channels 2 --format f32 "$2"
-  local i
-  for i in $(seq 100); do
-    [ -s "$2" ] && break
-    sleep 0.05
-  done
-  [ -s "$2" ] || canopy_fail "pw-record made no file $2"
+  # Audio flowing into the file (0.1 s past its header), not just the file made: the players start next.
+  canopy_until 60 "pw-record recording from canopy-test-sink" _canopy_file_reached "$2" $((44 + 38400))
 }
 
+# canopy_wait_recorded FILE SECONDS: wait until the recording FILE (canopy_record_sink's format, 384000
+# bytes a second) grew by SECONDS (a decimal) of audio from now. The graph moves in order, so audio behind
+# that point proves that everything played before now reached the sink, however slow the machine.
+canopy_wait_recorded() {
+  local want
+  want=$(awk -v now="$(stat -c %s "$1" 2>/dev/null || echo 0)" -v s="$2" 'BEGIN { printf "%d", now + s * 384000 }')
+  canopy_until 60 "$2 s more audio in $1" _canopy_file_reached "$1" "$want"
+}
+
+# canopy_stop_recording NAME: SIGINT to pw-record NAME, which then finishes its WAV file; a recorder that
+# does not exit (an unfinished header) fails the test.
 canopy_stop_recording() {
   local pid=${CANOPY_PIDS[$1]:-}
   [ -n "$pid" ] || return 0
   kill -INT "$pid" 2>/dev/null || true
-  canopy_wait_exit "$1" 5 || true
+  local rc=0
+  canopy_wait_exit "$1" 60 || rc=$?  # its status after SIGINT says nothing; only not exiting does
+  [ "$rc" -ne 124 ] || canopy_fail "$1 (pw-record) did not finish its file within 60 s of SIGINT"
 }
 
 # canopy_feed_source NAME FILE: play FILE into canopy-test-source (so guests recording from the default
 # source hear it), looped by pw-play's own means: the test makes FILE as long as it needs.
 canopy_feed_source() {
   canopy_start "$1" pw-play --target 0 -P "{ node.name = canopy-test-feed }" "$2"
-  local i
-  for i in $(seq 100); do
-    pw-link canopy-test-feed:output_FL canopy-test-source:input_FL >/dev/null 2>&1 && break
-    sleep 0.05
-  done
+  canopy_until 60 "linking the tone into canopy-test-source" _canopy_link_feed
   pw-link canopy-test-feed:output_FR canopy-test-source:input_FR >/dev/null 2>&1 ||
     canopy_fail "cannot link the tone into canopy-test-source"
 }
+
+_canopy_pw_up() {
+  canopy_alive pipewire || canopy_fail "pipewire exited at start (see pipewire.log)"
+  pw-cli info 0 >/dev/null 2>&1
+}
+_canopy_default_sink() {
+  canopy_alive wireplumber || canopy_fail "wireplumber exited at start (see wireplumber.log)"
+  wpctl inspect @DEFAULT_AUDIO_SINK@ 2>/dev/null | grep -q canopy-test-sink
+}
+_canopy_default_source() { wpctl inspect @DEFAULT_AUDIO_SOURCE@ 2>/dev/null | grep -q canopy-test-source; }
+_canopy_link_feed() { pw-link canopy-test-feed:output_FL canopy-test-source:input_FL >/dev/null 2>&1; }
+_canopy_file_reached() { [ "$(stat -c %s "$1" 2>/dev/null || echo 0)" -ge "$2" ]; }

@@ -24,7 +24,7 @@ canopy_guest --test "$HERE/guest/rng.sh" virtio-rng
 
 SOCK="$CANOPY_WORK/rng.sock"
 canopy_start backend "$BACKEND" --socket-path "$SOCK" --pattern
-canopy_wait_socket "$SOCK" 10 backend
+canopy_wait_socket "$SOCK" 60 backend
 
 qemu_rc=0
 canopy_qemu -chardev "socket,id=c,path=$SOCK" -device vhost-user-rng-pci,chardev=c || qemu_rc=$?

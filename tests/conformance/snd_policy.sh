@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # The cross-VM audio policy end to end: canopy-vmm runs two guest partitions, each playing a tone through
 # its own canopy-snd into a private headless PipeWire (lib.sh canopy_pipewire_start). The IVI's music
-# (400 Hz, -12 dBFS, 3 s, priority 10) is ducked by the cluster's chime (1 kHz, 0.6 s from ~1.2 s,
-# priority 100, duck_others, duck_db -20, ramp_ms 40). What reached the sink is recorded and measured on
-# sample positions (canopy-snd-wav duck): the music before the chime, its level while the chime plays
-# (20 dB lower), how long after the chime's onset it got there and how long after its end it came back.
+# (400 Hz, -12 dBFS, priority 10) is ducked by the cluster's chime (1 kHz, 0.6 s, priority 100,
+# duck_others, duck_db -20, ramp_ms 40). Ordered by events, never by time: the chime starts once the
+# music has been playing (0.5 s of it in the recording), the music ends once the chime is done and 1 s
+# more was recorded (files the partitions wait for). What reached the sink is measured on sample
+# positions (canopy-snd-wav duck): the music before the chime, its level while the chime plays (20 dB
+# lower) and after it; and the IVI's canopy-snd applied exactly the manifest's depth over the ramp,
+# counted in frames (its stats). How long after the chime's onset the sink heard the duck, and after
+# its end the music back, depend on both partitions being scheduled in real time: figures logged here
+# and reported by bench/cockpit_bench.sh (the demo's ducking), not checks.
 #
 # Usage: snd_policy.sh PATH/TO/canopy-vmm (canopy-snd, canopy-partition-tone and canopy-snd-wav beside it)
 set -euo pipefail
@@ -24,6 +29,11 @@ canopy_pipewire_start
 
 RAMP_MS=40
 DUCK_DB=-20
+# The partitions run under uids of their own: the trigger folder is theirs to look into.
+TRIGGER="$CANOPY_WORK/trigger"
+mkdir -p "$TRIGGER"
+chmod 711 "$CANOPY_WORK"
+chmod 755 "$TRIGGER"
 cat >"$CANOPY_WORK/policy.toml" <<TOML
 version = 1
 
@@ -33,7 +43,7 @@ backend = "partition"
 memory = "32M"
 restart = "never"
 app = "canopy-partition-tone"
-args = ["--hz", "1000", "--ms", "600", "--delay-ms", "1200", "--level-db", "-6"]
+args = ["--hz", "1000", "--ms", "600", "--start-after-file", "$TRIGGER/chime", "--level-db", "-6"]
 [vm.snd]
 streams = [{ name = "chime", direction = "output", channels = 2, rates = [48000], role = "chime" }]
 args = ["--stats=$CANOPY_WORK/cluster-snd.txt"]
@@ -44,7 +54,7 @@ backend = "partition"
 memory = "32M"
 restart = "never"
 app = "canopy-partition-tone"
-args = ["--hz", "400", "--ms", "3000", "--level-db", "-12"]
+args = ["--hz", "400", "--until-file", "$TRIGGER/music-end", "--level-db", "-12"]
 [vm.snd]
 streams = [{ name = "music", direction = "output", channels = 2, rates = [48000], role = "media" }]
 args = ["--stats=$CANOPY_WORK/ivi-snd.txt"]
@@ -67,17 +77,24 @@ TOML
 
 canopy_record_sink sink "$CANOPY_WORK/sink.wav"
 canopy_start vmm "$BIN/canopy-vmm" run "$CANOPY_WORK/policy.toml"
-deadline=$(($(date +%s) + 40))
-until [ "$(grep -c 'tone: done' "$CANOPY_WORK/vmm.log" 2>/dev/null)" -ge 2 ]; do
+# tones_done N: N partitions said "tone: done"; a failure or canopy-vmm's exit ends the test.
+tones_done() {
   canopy_alive vmm || canopy_fail "canopy-vmm exited early"
-  grep -q 'tone: FAIL' "$CANOPY_WORK/vmm.log" && canopy_fail "$(grep 'tone: FAIL' "$CANOPY_WORK/vmm.log" | head -n1)"
-  [ "$(date +%s)" -lt "$deadline" ] || canopy_fail "the partitions did not finish their tones within 40 s"
-  sleep 0.1
-done
-sleep 0.3
+  ! grep -q 'tone: FAIL' "$CANOPY_WORK/vmm.log" || canopy_fail "$(grep 'tone: FAIL' "$CANOPY_WORK/vmm.log" | head -n1)"
+  [ "$(grep -c 'tone: done' "$CANOPY_WORK/vmm.log" 2>/dev/null)" -ge "$1" ]
+}
+music_started() { tones_done 0 && grep -q 'tone: started at [0-9]* ms (400 Hz' "$CANOPY_WORK/vmm.log"; }
+canopy_until 120 "the IVI's music starting" music_started
+canopy_wait_recorded "$CANOPY_WORK/sink.wav" 0.5
+: >"$TRIGGER/chime"
+canopy_until 120 "the cluster's chime" tones_done 1
+canopy_wait_recorded "$CANOPY_WORK/sink.wav" 1
+: >"$TRIGGER/music-end"
+canopy_until 120 "the IVI's music ending" tones_done 2
+canopy_wait_recorded "$CANOPY_WORK/sink.wav" 0.5
 canopy_stop_recording sink
 kill -TERM "${CANOPY_PIDS[vmm]}"
-canopy_wait_exit vmm 10 || canopy_fail "canopy-vmm did not stop on SIGTERM"
+canopy_wait_exit vmm 60 || canopy_fail "canopy-vmm did not stop on SIGTERM"
 grep -a 'tone: ' "$CANOPY_WORK/vmm.log" | while read -r l; do canopy_log "${l#*info: }"; done
 for f in cluster ivi; do while read -r l; do canopy_log "$f canopy-snd: $l"; done <"$CANOPY_WORK/$f-snd.txt"; done
 
@@ -91,11 +108,17 @@ check() { awk "BEGIN { exit !($1) }" || canopy_fail "$2"; }
 check "${r[before_db]} > -13 && ${r[before_db]} < -11" "the music arrived at ${r[before_db]} dB before the chime, want -12"
 check "${r[ducked_by_db]} > $DUCK_DB - 1 && ${r[ducked_by_db]} < $DUCK_DB + 1" \
   "the chime ducked the music by ${r[ducked_by_db]} dB, want $DUCK_DB"
-# Within the ramp: measured on the signal with 20 ms analysis windows (which smear an edge by up to
-# 10 ms) and one 10 ms guest period of scheduling between the chime's START and its first samples.
-check "${r[reached_ms]} >= 0 && ${r[reached_ms]} <= $RAMP_MS + 20" \
-  "the music reached $DUCK_DB dB ${r[reached_ms]} ms after the chime's onset, want within the ${RAMP_MS} ms ramp"
-check "${r[restored_ms]} >= 0 && ${r[restored_ms]} <= $RAMP_MS + 20" \
-  "the music came back ${r[restored_ms]} ms after the chime ended, want within the ${RAMP_MS} ms ramp"
+canopy_log "figures, not checks: the sink heard the duck ${r[reached_ms]} ms after the chime's onset and the music" \
+  "back ${r[restored_ms]} ms after its end (the ramp: ${RAMP_MS} ms; see bench/cockpit_bench.sh)"
+# Where the duck is decided and applied, in frames (no load can stretch them): the IVI's canopy-snd took
+# the chime's duck from the policy board and brought the music to the manifest's depth over its ramp.
+stats=$(grep 'stream ivi/music' "$CANOPY_WORK/ivi-snd.txt" || true)
+[[ "$stats" =~ ducks=([0-9]+)\ deepest_db=(-?[0-9.]+)\ duck_reached_ms=(-?[0-9.]+) ]] ||
+  canopy_fail "no ducking figures in the IVI's canopy-snd stats: $stats"
+check "${BASH_REMATCH[1]} >= 1" "the IVI's canopy-snd never ducked the music"
+check "${BASH_REMATCH[2]} > $DUCK_DB - 0.05 && ${BASH_REMATCH[2]} < $DUCK_DB + 0.05" \
+  "the IVI's canopy-snd ducked the music to ${BASH_REMATCH[2]} dB, want $DUCK_DB"
+check "${BASH_REMATCH[3]} > $RAMP_MS - 0.5 && ${BASH_REMATCH[3]} < $RAMP_MS + 0.5" \
+  "the IVI's canopy-snd reached the duck after ${BASH_REMATCH[3]} ms of music, want the ${RAMP_MS} ms ramp"
 check "${r[after_db]} > ${r[before_db]} - 1" "the music stayed at ${r[after_db]} dB after the chime"
 canopy_pass

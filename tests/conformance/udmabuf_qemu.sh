@@ -25,7 +25,7 @@ CANOPY_QEMU_APPEND="canopy.udmabuf_test=$TEST_BIN" \
 canopy_guest_timing
 verdict_ok=0
 canopy_guest_result || verdict_ok=$?
-[ "$qemu_rc" -ne 124 ] || canopy_fail "QEMU did not finish within ${CANOPY_QEMU_TIMEOUT:-120}s (guest verdict: $CANOPY_GUEST_VERDICT)"
+[ "$qemu_rc" -ne 124 ] || canopy_fail "QEMU did not finish within ${CANOPY_QEMU_TIMEOUT:-360}s (guest verdict: $CANOPY_GUEST_VERDICT)"
 [ "$verdict_ok" -eq 0 ] || canopy_fail "guest: $CANOPY_GUEST_VERDICT"
 [ "$qemu_rc" -eq 0 ] || canopy_fail "QEMU exited with status $qemu_rc"
 { grep -a 'canopy-test: .*\(OK \|PASSED\)' "$CANOPY_WORK/console.log" || true; } | while read -r l; do

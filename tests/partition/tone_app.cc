@@ -2,12 +2,16 @@
 // guest-drivers SndClient, for the audio policy test and the audio benchmark.
 //   canopy-partition-tone [--hz 1000] [--ms 500] [--delay-ms 0] [--level-db -6] [--period-ms 10]
 //                         [--periods 4] [--stream 0] [--channels 2] [--rate 48000]
-// Waits --delay-ms after the device is up, pre-buffers --periods periods, starts, keeps the buffer full
-// until --ms of tone were written, drains, stops and releases. Prints
+//                         [--start-after-file PATH] [--until-file PATH]
+// Waits --delay-ms after the device is up (or, with --start-after-file, until PATH exists: an event
+// from the test), pre-buffers --periods periods, starts, keeps the buffer full until --ms of tone were
+// written (or, with --until-file, until PATH exists), drains, stops and releases. Waits for
+// completions with a 30 s hang guard. Prints
 //   tone: started at T ms / tone: done periods=N latency_ms avg=A p50=.. p99=.. max=M (write -> heard:
 //   write -> completion plus the host delay in latency_bytes) late_completions=G
 // and exits 0, or prints "tone: FAIL ..." and exits 1.
 #include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -41,10 +45,13 @@ int fail(const char* what, const char* detail = "") {
 int main(int argc, char** argv) {
   double hz = 1000, ms = 500, delay_ms = 0, level_db = -6, period_ms = 10;
   uint32_t periods = 4, stream = 0, channels = 2, rate = 48000;
+  std::string start_file, until_file;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i];
     const double v = std::atof(argv[i + 1]);
-    if (k == "--hz") hz = v;
+    if (k == "--start-after-file") start_file = argv[i + 1];
+    else if (k == "--until-file") until_file = argv[i + 1];
+    else if (k == "--hz") hz = v;
     else if (k == "--ms") ms = v;
     else if (k == "--delay-ms") delay_ms = v;
     else if (k == "--level-db") level_db = v;
@@ -55,13 +62,15 @@ int main(int argc, char** argv) {
     else if (k == "--rate") rate = uint32_t(v);
     else return fail("unknown option", argv[i]);
   }
-  auto p = Partition::attach();
+  constexpr int kGuardMs = 30000;  // hang guards: every wait ends on an event
+  auto p = Partition::attach(kGuardMs);
   if (!p.ok()) return fail("attach", p.error().what);
   Partition& part = **p;
   auto dev = part.find_device(sndp::kDeviceId);
   if (!dev.ok()) return fail("no virtio-snd device");
   auto t = part.transport(*dev);
   SndClient::Options o;
+  o.timeout_ms = kGuardMs;
   auto area = part.alloc(SndClient::kAreaBytes);
   if (!area.ok()) return fail("alloc");
   o.area = *area;
@@ -74,12 +83,16 @@ int main(int argc, char** argv) {
     return fail("SET_PARAMS", sndp::code_name(s.last_status()));
   if (!s.prepare(stream).ok()) return fail("PREPARE", sndp::code_name(s.last_status()));
   const uint64_t t0 = now_ms();
-  while (now_ms() - t0 < uint64_t(delay_ms)) {
+  auto waiting = [&] {
+    return start_file.empty() ? now_ms() - t0 < uint64_t(delay_ms) : access(start_file.c_str(), F_OK) != 0;
+  };
+  while (waiting()) {
     (void)part.heartbeat(1);
     struct timespec d{0, 5'000'000};
     nanosleep(&d, nullptr);
   }
-  const uint64_t total = uint64_t(ms * rate / 1000.0);
+  // --until-file: no length of its own; the end is set once the file exists.
+  const uint64_t total = until_file.empty() ? uint64_t(ms * rate / 1000.0) : UINT64_MAX;
   const double amp = std::pow(10.0, level_db / 20.0);
   uint64_t phase = 0;
   std::vector<uint8_t> buf(period);
@@ -91,17 +104,17 @@ int main(int argc, char** argv) {
     }
     return s.write(stream, buf);
   };
-  const uint64_t n_periods = (total + frames - 1) / frames;
+  uint64_t n_periods = until_file.empty() ? (total + frames - 1) / frames : UINT64_MAX;
   uint64_t written = 0, done = 0;
   for (; written < std::min<uint64_t>(periods, n_periods); ++written)
     if (!next_period().ok()) return fail("write");
   if (!s.start(stream).ok()) return fail("START", sndp::code_name(s.last_status()));
   std::fprintf(stderr, "tone: started at %llu ms (%.0f Hz, %.0f ms, period %u frames)\n",
-               (unsigned long long)(now_ms() - t0), hz, ms, frames);
+               (unsigned long long)(now_ms() - t0), hz, until_file.empty() ? ms : -1.0, frames);
   std::vector<double> lat;
   uint64_t gaps = 0, last_done_ms = now_ms();
   while (done < n_periods) {
-    auto c = s.next_tx(3000);
+    auto c = s.next_tx(kGuardMs);
     if (!c.ok()) return fail("tx completion", c.error().what);
     ++done;
     if (c->status != uint32_t(sndp::Code::kOk)) return fail("tx status", sndp::code_name(c->status));
@@ -111,13 +124,14 @@ int main(int argc, char** argv) {
     const uint64_t n = now_ms();
     if (n - last_done_ms > uint64_t(2 * period_ms) && done > 1) ++gaps;
     last_done_ms = n;
+    if (!until_file.empty() && n_periods == UINT64_MAX && access(until_file.c_str(), F_OK) == 0) n_periods = written;
     if (written < n_periods) {
       if (!next_period().ok()) return fail("write");
       ++written;
     }
     (void)part.heartbeat(done);
   }
-  (void)s.drain_tx(3000);
+  (void)s.drain_tx(kGuardMs);
   (void)s.stop(stream);
   (void)s.release(stream);
   std::sort(lat.begin(), lat.end());

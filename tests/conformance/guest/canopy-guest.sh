@@ -19,7 +19,7 @@ fail() {
 # wait_for PATH [SECONDS]: wait (10 ms steps) until PATH exists; status 1 on timeout.
 wait_for() {
   _p=$1
-  _n=$((${2:-10} * 100))
+  _n=$((${2:-60} * 100))
   while [ ! -e "$_p" ]; do
     _n=$((_n - 1))
     [ "$_n" -gt 0 ] || return 1
@@ -54,7 +54,7 @@ virtio_device() {
   _want=$(printf '0x%04x' "$1")
   for _d in /sys/bus/virtio/devices/*; do
     [ "$(cat "$_d/device" 2>/dev/null)" = "$_want" ] || continue
-    wait_for "$_d/driver" 10 || fail "$(basename "$_d") (virtio ID $1): no driver bound"
+    wait_for "$_d/driver" 60 || fail "$(basename "$_d") (virtio ID $1): no driver bound"
     _drv=$(basename "$(readlink "$_d/driver")")
     [ "$_drv" = "$2" ] || fail "$(basename "$_d") (virtio ID $1) bound to '$_drv', not $2"
     echo "$_d"

@@ -6,20 +6,32 @@
 #   2. every scanout is a connected connector whose modes are the EDID's (canopy.gpu_modes lists the
 #      expected preferred mode per connector, e.g. 1024x768,800x600);
 #   3. modetest sets those modes with the "plain" pattern (every byte 0x77) on all connectors at once,
-#      moves the hardware cursor and page-flips for canopy.gpu_flip_s seconds.
-# The host checks what reached canopy-gpu's scanout output (checksums, cursor events).
+#      moves the hardware cursor and page-flips until the events the checks need have happened: it
+#      reported its flip rate (after 60 flips), and canopy-gpu's frame log (the host's, read over 9p)
+#      holds 10 frames of the pattern on every scanout, a cursor image and cursor moves. No count in a
+#      fixed time: the only clock is the hang guard, below the guest's own limit (canopy.timeout).
+# Kernel command line: canopy.gpu_modes=WxH,... canopy.frames_log=PATH canopy.crcs=CRC,... (the CRC-32
+# of a whole frame of the pattern per scanout) canopy.timeout=S.
+# The host checks what reached canopy-gpu's scanout output again (checksums, cursor events).
 # shellcheck disable=SC1091 # installed in the initramfs from guest/canopy-guest.sh
 . /lib/canopy/guest.sh
 
 modes=1024x768
-flip_s=6
+frames_log=""
+crcs=""
+limit=60
 # shellcheck disable=SC2013 # words, not lines
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     canopy.gpu_modes=*) modes=${arg#canopy.gpu_modes=} ;;
-    canopy.gpu_flip_s=*) flip_s=${arg#canopy.gpu_flip_s=} ;;
+    canopy.frames_log=*) frames_log=${arg#canopy.frames_log=} ;;
+    canopy.crcs=*) crcs=${arg#canopy.crcs=} ;;
+    canopy.timeout=*) limit=${arg#canopy.timeout=} ;;
   esac
 done
+[ -n "$frames_log" ] && [ -n "$crcs" ] || fail "canopy.frames_log / canopy.crcs missing"
+guard=$((limit - 20))  # leaves time to report before /init's own limit
+[ "$guard" -ge 30 ] || fail "canopy.timeout=$limit is too short for the hang guard"
 
 # 1. The virtio device with ID 16 (GPU), bound to virtio_gpu, EDID negotiated.
 dev=$(virtio_device 16 virtio_gpu) || exit 1
@@ -27,13 +39,14 @@ features=$(cat "$dev/features")
 [ "$(echo "$features" | cut -c2)" = "1" ] || fail "VIRTIO_GPU_F_EDID not negotiated (features $features)"
 [ "$(echo "$features" | cut -c33)" = "1" ] || fail "VIRTIO_F_VERSION_1 not negotiated"
 note "features $features"
-wait_for /dev/dri/card0 10 || fail "no /dev/dri/card0"
+wait_for /dev/dri/card0 60 || fail "no /dev/dri/card0"
 note "/dev/dri/card0 present"
 
 # 2. Host tools: the host's root over 9p, read-only.
 mkdir -p /host
 mount -t 9p -o trans=virtio,version=9p2000.L,ro host /host || fail "cannot mount the host's root over 9p"
-for m in dev proc sys tmp; do mount --bind "/$m" "/host/$m" || fail "cannot bind /$m into /host"; done
+# The host's /tmp stays visible (canopy-gpu's frame log is there); modetest needs no /tmp of its own.
+for m in dev proc sys; do mount --bind "/$m" "/host/$m" || fail "cannot bind /$m into /host"; done
 [ -x /host/usr/bin/modetest ] || fail "modetest missing on the host (libdrm-tests)"
 mt() { chroot /host /usr/bin/modetest -M virtio_gpu "$@"; }
 
@@ -68,14 +81,44 @@ for c in $conns; do
   i=$((i + 1))
 done
 
-# 3. Set the modes with the plain pattern on every connector, test the cursor, page-flip.
-note "modetest$set_args -F plain,plain -C -v for ${flip_s}s"
+# 3. Set the modes with the plain pattern on every connector, test the cursor, page-flip until the
+# events below. modetest -v flips until a line on its stdin: a fifo this script holds open.
+log=/host$frames_log
+# good SCANOUT WxH CRC: frames of that scanout in canopy-gpu's log whose every pixel is the pattern.
+good() { grep -c "^frame $1 .* $2 XR24 .* crc $3\$" "$log" 2>/dev/null || true; }
+enough() {
+  grep -q 'freq:' /tmp/flip.txt || return 1
+  _i=1
+  for _m in $(echo "$modes" | tr ',' ' '); do
+    [ "$(good $((_i - 1)) "$_m" "$(echo "$crcs" | cut -d, -f"$_i")")" -ge 10 ] || return 1
+    _i=$((_i + 1))
+  done
+  _images=$(grep -c '^cursor [01] show .* image' "$log" 2>/dev/null || true)
+  _moves=$(grep -c '^cursor [01] show ' "$log" 2>/dev/null || true)
+  [ "${_images:-0}" -ge 1 ] && [ "${_moves:-0}" -gt "${_images:-0}" ]
+}
+note "modetest$set_args -F plain,plain -C -v until the host has the frames (hang guard ${guard}s)"
+mkfifo /tmp/mt.in
+start=$(cut -d. -f1 /proc/uptime)
 # shellcheck disable=SC2086 # set_args is a list of options
-(sleep "$flip_s"; echo) | mt $set_args -F plain,plain -C -v >/tmp/flip.txt 2>&1
-rc=$?
+mt $set_args -F plain,plain -C -v </tmp/mt.in >/tmp/flip.txt 2>&1 &
+mt_pid=$!
+exec 3>/tmp/mt.in
+until enough; do
+  kill -0 "$mt_pid" 2>/dev/null || { tail -n 20 /tmp/flip.txt; fail "modetest exited before the host had the frames"; }
+  [ $(($(cut -d. -f1 /proc/uptime) - start)) -lt "$guard" ] || {
+    tail -n 20 /tmp/flip.txt
+    fail "after ${guard}s: flip rate $(grep -c 'freq:' /tmp/flip.txt) line(s); host frames of the pattern per scanout:" \
+      "$(_i=1; for _m in $(echo "$modes" | tr ',' ' '); do printf '%s ' "$(good $((_i - 1)) "$_m" "$(echo "$crcs" | cut -d, -f"$_i")")"; _i=$((_i + 1)); done)(want 10 each)"
+  }
+  usleep 200000
+done
+echo >&3
+exec 3>&-
+rc=0
+wait "$mt_pid" || rc=$?
 grep -a -E 'setting mode|freq' /tmp/flip.txt | head -n 20 | while read -r l; do note "$l"; done
 [ "$rc" -eq 0 ] || { tail -n 20 /tmp/flip.txt; fail "modetest exited with $rc"; }
-grep -q 'freq:' /tmp/flip.txt || { tail -n 20 /tmp/flip.txt; fail "no page-flip rate reported (no flips completed)"; }
-for m in dev proc sys tmp; do umount "/host/$m"; done
+for m in dev proc sys; do umount "/host/$m"; done
 umount /host
 exit 0

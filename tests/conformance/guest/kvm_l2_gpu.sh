@@ -19,7 +19,7 @@ note "virtio-gpu $(basename "$dev") on $(basename "$(readlink -f "$dev/..")") fe
 dmesg | grep -a 'features:' | while read -r l; do note "dmesg: ${l#*] }"; done
 dmesg | grep -q -a '+resource_blob' || fail "virtio_gpu did not report +resource_blob"
 dmesg | grep -q -a '+context_init' || fail "virtio_gpu did not report +context_init"
-wait_for /dev/dri/card0 10 || fail "no /dev/dri/card0"
+wait_for /dev/dri/card0 60 || fail "no /dev/dri/card0"
 /bin/canopy-guest-blob --flips "$flips" >/tmp/blob.txt 2>&1
 rc=$?
 while read -r l; do note "$l"; done </tmp/blob.txt

@@ -15,7 +15,7 @@ dmesg | grep -a 'features:' | while read -r l; do note "dmesg: ${l#*] }"; done
 for f in virgl resource_blob host_visible context_init; do
   dmesg | grep -q -a "+$f" || fail "virtio_gpu did not report +$f"
 done
-wait_for /dev/dri/renderD128 10 || fail "no /dev/dri/renderD128 (3D not enabled?)"
+wait_for /dev/dri/renderD128 60 || fail "no /dev/dri/renderD128 (3D not enabled?)"
 /bin/canopy-guest-hostmem --rounds "$rounds" >/tmp/hostmem.txt 2>&1
 rc=$?
 while read -r l; do note "$l"; done </tmp/hostmem.txt

@@ -8,8 +8,8 @@
 . /lib/canopy/guest.sh
 dev=$(virtio_device 25 virtio_snd) || exit 1
 note "virtio-snd $(basename "$dev") on $(basename "$(readlink -f "$dev/..")")"
-wait_for /proc/asound/card0 15 || fail "no /proc/asound/card0 (snd_virtio did not bind)"
-wait_for /dev/snd/pcmC0D0p 10 || fail "no playback PCM device /dev/snd/pcmC0D0p"
+wait_for /proc/asound/card0 60 || fail "no /proc/asound/card0 (snd_virtio did not bind)"
+wait_for /dev/snd/pcmC0D0p 60 || fail "no playback PCM device /dev/snd/pcmC0D0p"
 note "cards: $(tr -s ' \n' ' ' </proc/asound/cards)"
 grep -q 'VirtIO SoundCard' /proc/asound/cards || fail "card 0 is not the virtio sound card"
 note "pcm: $(tr '\n' ' ' </proc/asound/pcm)"

@@ -27,7 +27,7 @@ note "features $features"
 # 3. hw_random core: virtio_rng is available and current.
 hw=$(first_existing /sys/class/misc/hw_random /sys/devices/virtual/misc/hw_random) ||
   fail "no hw_random in sysfs"
-wait_for "$hw/rng_current" 5 || fail "no $hw/rng_current"
+wait_for "$hw/rng_current" 60 || fail "no $hw/rng_current"
 available=$(cat "$hw/rng_available")
 current=$(cat "$hw/rng_current")
 note "rng_available='$available' rng_current='$current'"
@@ -43,7 +43,7 @@ case "$current" in
 esac
 
 # 4. Read from /dev/hwrng: 4 KiB, then 64 KiB (many requests in flight over time).
-wait_for /dev/hwrng 5 || fail "no /dev/hwrng"
+wait_for /dev/hwrng 60 || fail "no /dev/hwrng"
 head -c 4096 /dev/hwrng >/tmp/rng.4k || fail "reading /dev/hwrng failed"
 n=$(wc -c </tmp/rng.4k)
 [ "$n" -eq 4096 ] || fail "read $n bytes from /dev/hwrng, wanted 4096"

@@ -16,7 +16,7 @@ note "features $features"
 dmesg | grep -a -E '\[drm\] (features|number of cap sets|cap set)' | while read -r l; do note "dmesg: ${l#*] }"; done
 dmesg | grep -q -a '+virgl' || fail "virtio_gpu did not report +virgl"
 dmesg | grep -q -a 'number of cap sets: 2' || fail "virtio_gpu did not find the two capsets"
-wait_for /dev/dri/card0 10 || fail "no /dev/dri/card0"
+wait_for /dev/dri/card0 60 || fail "no /dev/dri/card0"
 
 mkdir -p /host
 mount -t 9p -o trans=virtio,version=9p2000.L,ro host /host || fail "cannot mount the host's root over 9p"
