@@ -38,6 +38,9 @@ namespace {
 
 constexpr size_t kMaxTraceEvents = 1 << 20;
 constexpr size_t kMaxControlRequest = 4096;
+// Control connections accepted whose request has not arrived yet (served when it does, from the loop;
+// the oldest is dropped beyond this, so a client that never sends costs nothing but its slot).
+constexpr size_t kMaxPendingControl = 8;
 
 Result<UniqueFd> listen_seqpacket(const std::string& path, bool private_mode) {
   UniqueFd s(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
@@ -162,6 +165,8 @@ struct Compositor::Impl {
   UniqueFd ep;
   UniqueFd listen;
   UniqueFd control;
+  std::map<uint64_t, UniqueFd> control_pending;  // by accept order: connections waiting for their request
+  uint64_t next_control = 0;
   std::map<uint64_t, Conn> conns;  // by connection id
   std::map<int, uint64_t> conn_by_fd;
   std::map<int, std::pair<uint64_t, uint32_t>> timeline_by_fd;  // eventfd / pidfd -> (connection, scanout)
@@ -590,21 +595,48 @@ struct Compositor::Impl {
 
   // ---- control ----
 
+  // The control socket never blocks the loop: a request that is not there yet when its connection is
+  // accepted is served when it arrives (the fd is watched), however late its client runs.
   void on_control() {
     for (;;) {
-      UniqueFd s(::accept4(control.get(), nullptr, nullptr, SOCK_CLOEXEC));
+      UniqueFd s(::accept4(control.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
       if (!s.valid()) return;
       ucred cred{};
       socklen_t len = sizeof cred;
       if (::getsockopt(s.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || cred.uid != ::geteuid()) continue;
-      pollfd p{s.get(), POLLIN, 0};
-      if (::poll(&p, 1, 1000) != 1) continue;
-      char buf[kMaxControlRequest];
-      const ssize_t n = ::recv(s.get(), buf, sizeof buf, 0);
-      if (n <= 0) continue;
-      std::string reply = control_request(std::string(buf, size_t(n)));
-      (void)::send(s.get(), reply.data(), reply.size(), MSG_NOSIGNAL);
+      if (serve_control(s.get())) continue;
+      if (control_pending.size() >= kMaxPendingControl) {
+        ::epoll_ctl(ep.get(), EPOLL_CTL_DEL, control_pending.begin()->second.get(), nullptr);
+        control_pending.erase(control_pending.begin());
+      }
+      if (!watch(s.get()).ok()) continue;
+      control_pending.emplace(next_control++, std::move(s));
     }
+  }
+
+  // One request on a control connection, if it has come (or the peer is gone): answered; false while
+  // there is nothing to read yet.
+  bool serve_control(int fd) {
+    char buf[kMaxControlRequest];
+    const ssize_t n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return false;
+    if (n > 0) {
+      std::string reply = control_request(std::string(buf, size_t(n)));
+      (void)::send(fd, reply.data(), reply.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    }
+    return true;
+  }
+
+  bool on_control_pending(int fd) {
+    for (auto it = control_pending.begin(); it != control_pending.end(); ++it) {
+      if (it->second.get() != fd) continue;
+      if (serve_control(fd)) {
+        ::epoll_ctl(ep.get(), EPOLL_CTL_DEL, fd, nullptr);
+        control_pending.erase(it);
+      }
+      return true;
+    }
+    return false;
   }
 
   std::string control_request(const std::string& req) {
@@ -881,6 +913,7 @@ struct Compositor::Impl {
       const int fd = evs[i].data.fd;
       if (fd == listen.get()) accept_all();
       else if (control.valid() && fd == control.get()) on_control();
+      else if (on_control_pending(fd)) continue;
       else if (auto it = conn_by_fd.find(fd); it != conn_by_fd.end()) on_conn_readable(it->second);
       else if (auto t = timeline_by_fd.find(fd); t != timeline_by_fd.end())
         on_timeline_event(fd, t->second.first, t->second.second);

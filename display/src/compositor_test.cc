@@ -512,6 +512,46 @@ TEST_P(CompositorTest, ControlSocketAnswersStatsSnapshotAndTrace) {
   ::unlink((dir_ + "/trace.json").c_str());
 }
 
+// A control client that connects and does not send (yet) must neither stall the loop nor be dropped:
+// the loop serves others meanwhile and answers it once its request comes; silent connections beyond 8
+// cost the oldest its slot. (Before, the loop waited up to 1 s in poll for the request and then dropped
+// the client: the request it sent afterwards got no reply — the first check below fails that way.)
+TEST_P(CompositorTest, ControlSocketServesLateRequestsWithoutWaitingForThem) {
+  auto connect_control = [&] {
+    UniqueFd s(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    const std::string path = dir_ + "/control.sock";
+    std::memcpy(a.sun_path, path.c_str(), path.size());
+    EXPECT_EQ(::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    return s;
+  };
+  auto reply = [&](const UniqueFd& s) {
+    char buf[8192];
+    const ssize_t n = ::recv(s.get(), buf, sizeof buf, MSG_DONTWAIT);
+    return n > 0 ? std::string(buf, size_t(n)) : n == 0 ? std::string("(closed)") : std::string();
+  };
+  UniqueFd late = connect_control();
+  pump();  // accepted; its request is not there
+  UniqueFd other = connect_control();
+  ASSERT_EQ(::send(other.get(), "stats", 5, 0), 5);
+  pump();
+  EXPECT_NE(reply(other).find("output cluster"), std::string::npos) << "served while the first one is silent";
+  ASSERT_EQ(::send(late.get(), "stats", 5, MSG_NOSIGNAL), 5);
+  pump();
+  EXPECT_NE(reply(late).find("output cluster"), std::string::npos) << "the late request was answered";
+  // Nine silent connections: the oldest loses its slot (closed), the newest is still answered.
+  std::vector<UniqueFd> silent;
+  for (int i = 0; i < 9; ++i) {
+    silent.push_back(connect_control());
+    pump();
+  }
+  EXPECT_EQ(reply(silent.front()), "(closed)");
+  ASSERT_EQ(::send(silent.back().get(), "stats", 5, MSG_NOSIGNAL), 5);
+  pump();
+  EXPECT_NE(reply(silent.back()).find("output cluster"), std::string::npos);
+}
+
 // A sink with hardware planes, as the KMS sink is on hardware that can scan out guest memory: it takes
 // (or refuses) whole compositions and keeps the holds of what it shows until the test lets them go.
 struct FakePlaneSink final : OutputSink {
