@@ -143,7 +143,13 @@ done
 
 while read -r m; do
   [ -n "$m" ] || continue
-  insmod "/lib/modules/canopy/$m.ko" || result "FAIL insmod $m failed"
+  # The module's parameters from the kernel command line (MODULE.PARAM=VALUE), as modprobe passes them.
+  params=""
+  for arg in $(cat /proc/cmdline); do
+    case "$arg" in "$m".*=*) params="$params ${arg#"$m".}" ;; esac
+  done
+  # shellcheck disable=SC2086 # a list of PARAM=VALUE words
+  insmod "/lib/modules/canopy/$m.ko" $params || result "FAIL insmod $m$params failed"
 done </etc/canopy-modules
 echo "canopy-init: modules loaded at $(cut -d' ' -f1 /proc/uptime) s"
 

@@ -45,7 +45,9 @@ mkdir -p "$CANOPY_WORK/tap"
 canopy_wait_socket "$SOCK" 60 backend
 
 qemu_rc=0
-CANOPY_QEMU_APPEND="canopy.tone=$CANOPY_WORK/tone.wav canopy.wavtool=$WAVTOOL" \
+# virtio_snd's control requests wait 1000 ms by default (then EIO): a hang guard of 30 s instead, so a
+# loaded machine's slow answer is not a failure (see guest/kvm_nested.sh).
+CANOPY_QEMU_APPEND="canopy.tone=$CANOPY_WORK/tone.wav canopy.wavtool=$WAVTOOL virtio_snd.msg_timeout_ms=30000" \
   canopy_qemu -chardev "socket,id=snd,path=$SOCK" -device vhost-user-snd-pci,chardev=snd,controls=on \
   -virtfs local,path=/,mount_tag=host,security_model=none,readonly=on || qemu_rc=$?
 canopy_check_guest_run "$qemu_rc"

@@ -15,6 +15,7 @@ grep -q 'VirtIO SoundCard' /proc/asound/cards || fail "card 0 is not the virtio 
 note "pcm: $(tr '\n' ' ' </proc/asound/pcm)"
 grep -q 'playback 1' /proc/asound/pcm || fail "no playback substream in /proc/asound/pcm"
 [ -s /tone.wav ] || fail "no /tone.wav in the initramfs"
+note "snd_virtio msg_timeout_ms=$(cat /sys/module/virtio_snd/parameters/msg_timeout_ms 2>/dev/null || echo '?')"
 note "aplay (20 ms periods)"
 t0=$(cut -d' ' -f1 /proc/uptime)
 aplay -D hw:0,0 --period-time=20000 --buffer-time=80000 /tone.wav >/tmp/aplay.txt 2>&1 ||

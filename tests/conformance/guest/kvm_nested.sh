@@ -36,13 +36,18 @@ done
 # its verdict must be PASS and canopy-vmm's exit status 0 (the guest powered off).
 # l2_timeout: the inner test script's hang guard in seconds (canopy.timeout), 60 unless a case sets it.
 l2_timeout=60
+# snd_virtio gives up on a control request the device has not answered in msg_timeout_ms (1000 ms by
+# default; ALSA then reports EIO): a real-time limit that a loaded machine running canopy-snd in this
+# TCG guest missed (aplay: "write error: Input/output error" in a run with two busy loops on the host).
+# 30 s makes it a hang guard; init passes it to insmod as modprobe would.
+SND_PARAMS="virtio_snd.msg_timeout_ms=30000"
 boot_l2() {
   label=$1 initrd=$2
   shift 2
   note "canopy-vmm boot on KVM ($label)"
   t0=$(cut -d' ' -f1 /proc/uptime)
   chroot /host "$VMM" boot --kernel "$KERNEL" --initrd "$initrd" --memory 256M "$@" \
-    --cmdline "console=ttyS0 panic=-1 quiet canopy.timeout=$l2_timeout" >/tmp/l2.txt 2>&1
+    --cmdline "console=ttyS0 panic=-1 quiet canopy.timeout=$l2_timeout $SND_PARAMS" >/tmp/l2.txt 2>&1
   rc=$?
   t1=$(cut -d' ' -f1 /proc/uptime)
   grep -a -E 'canopy-|CANOPY-TEST-RESULT|kvm:' /tmp/l2.txt | while read -r l; do note "L2 $label: $l"; done

@@ -45,6 +45,7 @@ grep -q "Speaker Jack" /tmp/controls.txt || fail "no speaker jack control"
 chroot /host amixer -c 0 cget "name=playback Playback Volume" >/tmp/vol.txt 2>&1 || fail "cannot read the volume"
 grep -q 'dBscale-min=-50.00dB' /tmp/vol.txt || { cat /tmp/vol.txt; fail "the volume has no dB scale"; }
 
+note "snd_virtio msg_timeout_ms=$(cat /sys/module/virtio_snd/parameters/msg_timeout_ms 2>/dev/null || echo '?')"
 note "aplay (20 ms periods)"
 chroot /host aplay -D hw:0,0 --period-time=20000 --buffer-time=80000 "$tone" >/tmp/aplay.txt 2>&1 ||
   { cat /tmp/aplay.txt; fail "aplay failed"; }
