@@ -19,7 +19,7 @@ note "snd_virtio msg_timeout_ms=$(cat /sys/module/virtio_snd/parameters/msg_time
 note "aplay (20 ms periods)"
 t0=$(cut -d' ' -f1 /proc/uptime)
 aplay -D hw:0,0 --period-time=20000 --buffer-time=80000 /tone.wav >/tmp/aplay.txt 2>&1 ||
-  { cat /tmp/aplay.txt; fail "aplay failed: $(tail -n1 /tmp/aplay.txt)"; }
+  { cat /tmp/aplay.txt; dmesg | tail -n 15 | while read -r l; do note "dmesg: $l"; done; fail "aplay failed: $(tail -n1 /tmp/aplay.txt)"; }
 t1=$(cut -d' ' -f1 /proc/uptime)
 while read -r l; do note "aplay: $l"; done </tmp/aplay.txt
 note "aplay done in $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }') s"

@@ -48,7 +48,7 @@ grep -q 'dBscale-min=-50.00dB' /tmp/vol.txt || { cat /tmp/vol.txt; fail "the vol
 note "snd_virtio msg_timeout_ms=$(cat /sys/module/virtio_snd/parameters/msg_timeout_ms 2>/dev/null || echo '?')"
 note "aplay (20 ms periods)"
 chroot /host aplay -D hw:0,0 --period-time=20000 --buffer-time=80000 "$tone" >/tmp/aplay.txt 2>&1 ||
-  { cat /tmp/aplay.txt; fail "aplay failed"; }
+  { cat /tmp/aplay.txt; dmesg | tail -n 15 | while read -r l; do note "dmesg: $l"; done; fail "aplay failed"; }
 grep -i -E 'underrun|xrun' /tmp/aplay.txt && note "aplay reported an underrun"
 
 # 4 s of frames, of which at least 1 s must be the tone: the host source's start-up under load (and
