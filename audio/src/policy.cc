@@ -8,6 +8,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -181,10 +182,17 @@ std::string PolicyBoard::describe(uint64_t now_ns) const {
     const Slot& s = slots_[i];
     const uint32_t owner = s.owner.load(std::memory_order_acquire);
     if (owner == 0 || owner == 0xffffffffu) continue;
+    // The label comes from shared memory another process writes: at most its 32 bytes, and only
+    // printable ones (a line break there must not forge a line of the stats).
+    char label[sizeof s.label + 1];
+    size_t n = 0;
+    for (; n < sizeof s.label && s.label[n] != '\0'; ++n)
+      label[n] = std::isprint(uint8_t(s.label[n])) ? s.label[n] : '?';
+    label[n] = '\0';
     char line[160];
     const uint64_t seen = s.refreshed_ns.load(std::memory_order_relaxed);
     std::snprintf(line, sizeof line,
-                  "%s pid=%u priority=%u duck=%s%.1fdB ramp=%ums exclusive=%d active=%u age_ms=%llu\n", s.label, owner,
+                  "%s pid=%u priority=%u duck=%s%.1fdB ramp=%ums exclusive=%d active=%u age_ms=%llu\n", label, owner,
                   s.priority, (s.flags & kFlagDuck) ? "" : "(off)", s.duck_mdb / 1000.0, s.ramp_ms,
                   (s.flags & kFlagExclusive) ? 1 : 0, s.active.load(std::memory_order_relaxed),
                   (unsigned long long)(now_ns > seen ? (now_ns - seen) / 1000000 : 0));

@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "snd_test_util.h"
@@ -62,6 +63,36 @@ TEST(PolicyBoard, TargetsFollowPriorityDuckingAndExclusivity) {
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(*again, c);
   EXPECT_NE(board.describe(t).find("ivi/music pid="), std::string::npos);
+}
+
+// The board is shared memory any process of the user can write: a label that fills its 32 bytes with no
+// NUL, or holds a line break, must not make describe() read past it into the next slot or forge lines
+// of its own in canopy-snd's stats.
+TEST(PolicyBoard, DescribeBoundsAndCleansLabelsFromSharedMemory) {
+  char dir[] = "/tmp/canopy-policy-XXXXXX";
+  ASSERT_NE(mkdtemp(dir), nullptr);
+  const std::string path = std::string(dir) + "/board";
+  auto board = PolicyBoard::open(path);
+  ASSERT_TRUE(board.ok());
+  ASSERT_TRUE((*board)->claim("ivi/music", StreamPolicy{}).ok());
+  ASSERT_TRUE((*board)->claim("cluster/chime", StreamPolicy{}).ok());
+  // A hostile writer of the file: the first label becomes 31 'X' and a line break, with no NUL.
+  {
+    const int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    std::string bytes(4096, '\0');
+    bytes.resize(size_t(::pread(fd, bytes.data(), bytes.size(), 0)));
+    const size_t at = bytes.find("ivi/music");
+    ASSERT_NE(at, std::string::npos);
+    const std::string forged = std::string(31, 'X') + "\n";
+    ASSERT_EQ(::pwrite(fd, forged.data(), forged.size(), off_t(at)), ssize_t(forged.size()));
+    ::close(fd);
+  }
+  const std::string d = (*board)->describe(monotonic_ns());
+  EXPECT_EQ(d.rfind(std::string(31, 'X') + "? pid=", 0), 0u) << d;
+  EXPECT_EQ(std::count(d.begin(), d.end(), '\n'), 2) << d;  // one line per claimed slot, no more
+  ::unlink(path.c_str());
+  ::rmdir(dir);
 }
 
 TEST(PolicyBoard, TwoProcessesShareOneBoardFile) {
