@@ -629,7 +629,8 @@ uint32_t SndDevice::pcm_command(const Chain& c, Code code, const std::vector<uin
       if (!(st == S::kSetParams || st == S::kPrepared || st == S::kReleased) || !s.has_params) return refuse();
       if (s.host) {
         if (Status r = s.host->prepare(s.params_); !r.ok()) {
-          CANOPY_WARN("snd: stream %s: the host end refused the parameters: %s", s.cfg.name.c_str(), r.error().what);
+          CANOPY_WARN_RL("snd: stream %s: the host end refused the parameters: %s", s.cfg.name.c_str(),
+                         r.error().what);  // a guest can ask again and again
           return respond(c, Code::kIoErr);
         }
       }

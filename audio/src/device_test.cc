@@ -200,6 +200,22 @@ TEST(SndDevice, TheSpecsStateMachineAndBadMsgForEveryInvalidTransition) {
   EXPECT_STREQ(h.dev->state_name(0), "params-set");
 }
 
+// A guest can make the host refuse its parameters as often as it likes (PCM_PREPARE in a loop): the
+// warning that says so is rate limited (a burst of 10 a second, then a count; 50 allows for a slow run),
+// so the guest cannot flood canopy-snd's log. Before, each of the 200 requests below wrote a line.
+TEST(SndDevice, AGuestCannotFloodTheLogWithHostRefusedPrepares) {
+  Harness h;
+  ASSERT_EQ(h.set_params(0, kBuffer, kPeriod, 2, proto::Format::kS16, k48k), kOk);
+  h.host.refuse_prepare = true;
+  ::testing::internal::CaptureStderr();
+  for (int i = 0; i < 200; ++i) ASSERT_EQ(h.pcm(Code::kPcmPrepare, 0), kIoErr);
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  size_t lines = 0;
+  for (size_t at = 0; (at = err.find("refused the parameters", at)) != std::string::npos; ++at) ++lines;
+  EXPECT_GE(lines, 1u) << err;  // it is still said
+  EXPECT_LE(lines, 50u) << lines << " warnings for 200 refused PREPAREs";
+}
+
 TEST(SndDevice, PlaybackBuffersCompleteWhenTheHostTookThemWithLatency) {
   Harness h;
   h.host.delay = 100;  // frames
