@@ -225,5 +225,21 @@ TEST(KvmSerial, TransmitsAndRaisesTheThrEmptyInterrupt) {
   EXPECT_EQ(s.read(1), 0x0f);  // only the low four IER bits exist
 }
 
+// What a guest writes to its console reaches canopy-vmm's stdout filtered: an escape sequence that
+// would clear the host's terminal or retitle it arrives as text; ordinary lines are untouched.
+TEST(KvmSerial, ConsoleOutputCannotDriveTheHostTerminal) {
+  std::string line;
+  for (uint8_t b : std::string("boot ok\r\n")) append_console_byte(line, b);
+  EXPECT_EQ(line, "boot ok\n");
+  line.clear();
+  for (uint8_t b : std::string("\x1b[2J\x1b]0;owned\x07\x9b"
+                               "1m\x7f\tend"))
+    append_console_byte(line, b);
+  EXPECT_EQ(line,
+            "\\x1b[2J\\x1b]0;owned\\x07\\x9b"
+            "1m\\x7f\tend");
+  EXPECT_EQ(line.find('\x1b'), std::string::npos);
+}
+
 }  // namespace
 }  // namespace canopy::hypervisor::kvm

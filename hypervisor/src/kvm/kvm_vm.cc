@@ -172,7 +172,7 @@ Result<std::unique_ptr<KvmVm>> KvmVm::create(const KvmConfig& c) {
         }
         std::lock_guard<std::mutex> l(self->impl_->console_mu);
         std::string& line = self->impl_->console_line;
-        line.push_back(char(b));
+        append_console_byte(line, b);  // no raw escape sequences onto the host's terminal
         if (b == '\n' || line.size() >= 256) {
           ssize_t w = ::write(STDOUT_FILENO, line.data(), line.size());
           (void)w;

@@ -59,4 +59,16 @@ void Serial8250::write(uint16_t off, uint8_t v) {
   if (raise && irq_) irq_();
 }
 
+void append_console_byte(std::string& line, uint8_t b) {
+  if (b == '\r') return;
+  if (b == '\n' || b == '\t' || (b >= 0x20 && b < 0x7f)) {
+    line.push_back(char(b));
+    return;
+  }
+  static const char kHex[] = "0123456789abcdef";
+  line += "\\x";
+  line.push_back(kHex[b >> 4]);
+  line.push_back(kHex[b & 15]);
+}
+
 }  // namespace canopy::hypervisor::kvm

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <mutex>
+#include <string>
 
 namespace canopy::hypervisor::kvm {
 
@@ -27,5 +28,11 @@ class Serial8250 {
   uint8_t ier_ = 0, lcr_ = 0x03, mcr_ = 0x08, scr_ = 0, dll_ = 0x0c, dlm_ = 0;
   bool thre_pending_ = false;
 };
+
+// Appends one byte of a guest's console output to `line` as canopy-vmm prints it on its own stdout (a
+// terminal, a log): printable ASCII, line feeds and tabs as they are; a carriage return dropped; every
+// other byte (escape sequences, other control bytes, DEL, bytes >= 0x80 that a terminal may take as
+// C1 controls) as the text \xNN, so a guest can neither drive the host's terminal nor forge its lines.
+void append_console_byte(std::string& line, uint8_t b);
 
 }  // namespace canopy::hypervisor::kvm
