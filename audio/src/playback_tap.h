@@ -21,7 +21,8 @@ class PlaybackTap {
   // dir "" records nothing.
   PlaybackTap(std::string dir, std::string vm, std::string stream)
       : dir_(std::move(dir)), vm_(std::move(vm)), stream_(std::move(stream)) {}
-  // The stream's (new) parameters; opens the next file when the format changed.
+  // The stream's (new) parameters; opens the next file when the format changed (a file that cannot be
+  // made is logged, and nothing is recorded: never an error for the guest).
   Status prepare(const PcmParams& p);
   // Bytes the host took from the guest, in order (they may end inside a frame; the rest comes next).
   void taken(const uint8_t* data, size_t bytes);

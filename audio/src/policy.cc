@@ -184,12 +184,14 @@ std::string PolicyBoard::describe(uint64_t now_ns) const {
     if (owner == 0 || owner == 0xffffffffu) continue;
     // The label comes from shared memory another process writes: at most its 32 bytes, and only
     // printable ones (a line break there must not forge a line of the stats).
+    // Copied once first: the writer may change the bytes while they are checked.
+    char raw[sizeof s.label];
+    std::memcpy(raw, s.label, sizeof raw);
     char label[sizeof s.label + 1];
     size_t n = 0;
-    for (; n < sizeof s.label && s.label[n] != '\0'; ++n)
-      label[n] = std::isprint(uint8_t(s.label[n])) ? s.label[n] : '?';
+    for (; n < sizeof raw && raw[n] != '\0'; ++n) label[n] = std::isprint(uint8_t(raw[n])) ? raw[n] : '?';
     label[n] = '\0';
-    char line[160];
+    char line[256];  // room for every field at its widest: no slot's line is ever cut (and merged)
     const uint64_t seen = s.refreshed_ns.load(std::memory_order_relaxed);
     std::snprintf(line, sizeof line,
                   "%s pid=%u priority=%u duck=%s%.1fdB ramp=%ums exclusive=%d active=%u age_ms=%llu\n", label, owner,

@@ -30,7 +30,10 @@ Result<std::string> control_request(const std::string& path, std::string_view re
   auto wait_readable = [&] {
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
     pollfd p{s.get(), POLLIN, 0};
-    return ::poll(&p, 1, int(std::max<int64_t>(0, left))) == 1;
+    int r;
+    while ((r = ::poll(&p, 1, int(std::max<int64_t>(0, left)))) < 0 && errno == EINTR) {
+    }
+    return r == 1;
   };
   if (!wait_readable()) return make_error(Errc::kTimeout, "no reply on the control socket");
   std::vector<char> buf(1 << 20);

@@ -3,8 +3,8 @@
 # its own canopy-snd into a private headless PipeWire (lib.sh canopy_pipewire_start). The IVI's music
 # (400 Hz, -12 dBFS, priority 10) is ducked by the cluster's chime (1 kHz, 0.6 s, priority 100,
 # duck_others, duck_db -20, ramp_ms 40). Ordered by events, never by time: the chime starts once the
-# music has been playing (0.5 s of it in the recording), the music ends once the chime is done and 1 s
-# more was recorded (files the partitions wait for). What reached the sink is measured on sample
+# music has started and the recording grew by 0.5 s more, the music ends once the chime is done and the
+# recording grew by 1 s more (files the partitions wait for). What reached the sink is measured on sample
 # positions (canopy-snd-wav duck): the music before the chime, its level while the chime plays (20 dB
 # lower) and after it; and the IVI's canopy-snd applied exactly the manifest's depth over the ramp,
 # counted in frames (its stats). How long after the chime's onset the sink heard the duck, and after

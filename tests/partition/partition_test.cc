@@ -63,7 +63,8 @@ std::string line_exchange(const std::string& path, const std::string& text) {
     auto answered = [&] {
       size_t n = 0;
       std::istringstream in(out);
-      for (std::string line; std::getline(in, line);) n += line == "ok" || line.rfind("error", 0) == 0;
+      for (std::string line; std::getline(in, line);)  // complete lines only: the last may still be coming
+        n += !in.eof() && (line == "ok" || line.rfind("error", 0) == 0);
       return n;
     };
     char buf[4096];

@@ -87,6 +87,7 @@ int main(int argc, char** argv) {
     return start_file.empty() ? now_ms() - t0 < uint64_t(delay_ms) : access(start_file.c_str(), F_OK) != 0;
   };
   while (waiting()) {
+    if (!start_file.empty() && now_ms() - t0 > uint64_t(4 * kGuardMs)) return fail("no", start_file.c_str());
     (void)part.heartbeat(1);
     struct timespec d{0, 5'000'000};
     nanosleep(&d, nullptr);

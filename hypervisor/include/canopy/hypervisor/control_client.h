@@ -13,7 +13,8 @@ namespace canopy::hypervisor {
 // too long), kIo (cannot reach the socket or send; sys_errno set), kTimeout (no reply in timeout_ms),
 // kClosed (the server closed the connection without a reply).
 // After the reply it half-closes the connection and waits (within what is left of timeout_ms) until the
-// server has closed its end too: when this returns, the server holds no descriptor for the request, so a
+// server has closed its end too: unless that wait ran out (a server that keeps the connection, the
+// reply is still returned), the server holds no descriptor for the request when this returns, so a
 // caller counting the server's descriptors needs no sleep.
 Result<std::string> control_request(const std::string& path, std::string_view request, int timeout_ms);
 
