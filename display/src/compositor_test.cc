@@ -179,6 +179,16 @@ class CompositorTest : public ::testing::TestWithParam<const char*> {
     ::rmdir(dir_.c_str());
   }
   std::string sock() const { return dir_ + "/display.sock"; }
+  // A connection to the compositor's control socket (nothing sent yet).
+  UniqueFd connect_control() const {
+    UniqueFd s(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    const std::string path = dir_ + "/control.sock";
+    std::memcpy(a.sun_path, path.c_str(), path.size());
+    EXPECT_EQ(::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    return s;
+  }
   // Takes every packet that arrived (the connections are local: a few turns suffice).
   void pump() {
     for (int i = 0; i < 5; ++i) ASSERT_TRUE(comp->poll_input(1).ok());
@@ -479,12 +489,7 @@ TEST_P(CompositorTest, ControlSocketAnswersStatsSnapshotAndTrace) {
   comp->trace_start();
   refresh();
   auto ask = [&](const std::string& req) {
-    UniqueFd s(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
-    sockaddr_un a{};
-    a.sun_family = AF_UNIX;
-    const std::string path = dir_ + "/control.sock";
-    std::memcpy(a.sun_path, path.c_str(), path.size());
-    EXPECT_EQ(::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    UniqueFd s = connect_control();
     EXPECT_EQ(::send(s.get(), req.data(), req.size(), 0), ssize_t(req.size()));
     pump();
     char buf[8192];
@@ -517,15 +522,6 @@ TEST_P(CompositorTest, ControlSocketAnswersStatsSnapshotAndTrace) {
 // cost the oldest its slot. (Before, the loop waited up to 1 s in poll for the request and then dropped
 // the client: the request it sent afterwards got no reply — the first check below fails that way.)
 TEST_P(CompositorTest, ControlSocketServesLateRequestsWithoutWaitingForThem) {
-  auto connect_control = [&] {
-    UniqueFd s(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
-    sockaddr_un a{};
-    a.sun_family = AF_UNIX;
-    const std::string path = dir_ + "/control.sock";
-    std::memcpy(a.sun_path, path.c_str(), path.size());
-    EXPECT_EQ(::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
-    return s;
-  };
   auto reply = [&](const UniqueFd& s) {
     char buf[8192];
     const ssize_t n = ::recv(s.get(), buf, sizeof buf, MSG_DONTWAIT);
