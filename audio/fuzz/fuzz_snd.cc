@@ -86,6 +86,7 @@ SndOptions make_options() {
   o.jacks.resize(1);
   o.jacks[0].name = std::string("speaker");
   o.max_pending_events = 4;
+  o.controls = true;
   return o;
 }
 

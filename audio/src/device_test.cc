@@ -46,6 +46,18 @@ TEST(SndDevice, ConfigCountsJacksStreamsChmapsAndControls) {
   EXPECT_EQ(n.dev->offered_features(), 0u);
 }
 
+// QEMU's vhost-user-snd sizes its config space without the controls field unless it is given
+// controls=on, yet passes whatever the back-end offers through: a device that offered CTLS by default
+// made Linux read 0xffffffff controls there and fail to probe (-ENOMEM). Controls are asked for.
+TEST(SndDevice, OffersControlsOnlyWhenAskedAsQemusDefaultSizesNoControlsField) {
+  EXPECT_FALSE(SndOptions{}.controls);
+  SndOptions o = Harness::default_options();
+  o.controls = SndOptions{}.controls;
+  Harness d(o);
+  EXPECT_EQ(d.dev->offered_features() & proto::kFCtls, 0u);
+  EXPECT_EQ(d.dev->config_bytes(), proto::kConfigBytesNoCtls);
+}
+
 TEST(SndDevice, PcmInfoDescribesEveryStream) {
   Harness h;
   proto::QueryInfo q{};

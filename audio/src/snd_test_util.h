@@ -67,6 +67,7 @@ struct Harness {
     j.hda_device = proto::kHdaDevSpeaker;
     o.jacks = {j};
     o.vm = "test";
+    o.controls = true;
     return o;
   }
 

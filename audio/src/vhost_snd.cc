@@ -45,6 +45,15 @@ uint64_t VhostSnd::protocol_features() const { return vu::proto_bit(vu::kProtoCo
 Result<std::vector<uint8_t>> VhostSnd::read_config(uint32_t offset, uint32_t size) {
   const proto::Config c = dev_->config();
   if (uint64_t(offset) + size > sizeof c) return make_error(Errc::kOutOfRange, "snd config: read past the end");
+  if (offset == 0 && size == proto::kConfigBytesNoCtls && (dev_->offered_features() & proto::kFCtls) &&
+      !told_no_controls_field_) {
+    told_no_controls_field_ = true;
+    CANOPY_ERROR(
+        "canopy-snd: the front-end's config space is %u bytes, without the controls field that the offered "
+        "VIRTIO_SND_F_CTLS needs: its guest will fail to probe; give QEMU's vhost-user-snd controls=on, or "
+        "run canopy-snd without --controls",
+        size);
+  }
   std::vector<uint8_t> out(size);
   if (size) std::memcpy(out.data(), reinterpret_cast<const uint8_t*>(&c) + offset, size);
   return out;

@@ -3,7 +3,9 @@
 //   canopy-snd --socket-path /tmp/snd.sock          one stereo playback and one stereo capture stream
 //                                                   on the default PipeWire sink and source
 //   qemu-system-x86_64 ... -chardev socket,id=snd,path=/tmp/snd.sock
-//       -device vhost-user-snd-pci,chardev=snd,controls=on
+//       -device vhost-user-snd-pci,chardev=snd
+//   canopy-snd --socket-path /tmp/snd.sock --controls    volume and mute controls (VIRTIO_SND_F_CTLS),
+//       -device vhost-user-snd-pci,chardev=snd,controls=on   for a front-end whose config space holds them
 #include <cstdlib>
 #include <memory>
 #include <string>
@@ -34,7 +36,9 @@ constexpr const char* kUsage =
     "  --vm=NAME                the VM (PipeWire node names, policy board labels)\n"
     "  --policy=PATH            the cross-VM policy board (default $XDG_RUNTIME_DIR/canopy-audio-policy)\n"
     "  --no-policy              no cross-VM policy\n"
-    "  --no-controls            do not offer VIRTIO_SND_F_CTLS (volume/mute controls)\n"
+    "  --controls               offer VIRTIO_SND_F_CTLS (a volume and a switch per stream); QEMU needs\n"
+    "                           controls=on on vhost-user-snd-pci for it (canopy-vmm passes this itself)\n"
+    "  --no-controls            do not offer VIRTIO_SND_F_CTLS (the default, as QEMU's controls=off)\n"
     "  --force-quantum          force PipeWire's quantum to the guest's period while a stream runs\n"
     "  --stats=FILE             write the per-stream summary to FILE at exit (default with\n"
     "                           $CANOPY_SND_STATS_DIR set: that folder, VM-snd.txt)\n";
@@ -72,6 +76,7 @@ Result<std::unique_ptr<vu::Device>> make_device(const std::vector<std::string>& 
     else if (key == "--vm" && !val.empty() && val.size() < 64) o.vm = val;
     else if (key == "--policy" && !val.empty()) policy = val;
     else if (key == "--no-policy" && flag) no_policy = true;
+    else if (key == "--controls" && flag) o.controls = true;
     else if (key == "--no-controls" && flag) o.controls = false;
     else if (key == "--force-quantum" && flag) force_quantum = true;
     else if (key == "--stats" && !val.empty()) stats = val;

@@ -33,11 +33,12 @@ using msg::Type;
 
 namespace {
 
-// canopy-snd's flags for a VM's [vm.snd] (docs/sound.md): --vm, one --stream per stream with its channel
+// canopy-snd's flags for a VM's [vm.snd] (docs/sound.md): --vm, --controls, one --stream per stream with its channel
 // map and the policy of its [[audio.route]] (priority, ducking, exclusivity, the host sink), one --jack
 // per jack; the manifest's own args come last.
 std::vector<std::string> snd_args(const Manifest& m, const VmConfig& c) {
-  std::vector<std::string> args{"--vm=" + c.name};
+  // --controls: canopy-vmm's front-end sizes the config space for the controls field (16 bytes).
+  std::vector<std::string> args{"--vm=" + c.name, "--controls"};
   for (const SndStream& s : c.snd->streams) {
     // The manifest's stream as canopy-snd's own configuration, written by canopy-snd's own printer.
     audio::StreamConfig sc;

@@ -132,8 +132,8 @@ TEST(BackendProgram, DeviceOptionsTakeTheirValueEitherWay) {
   const std::string snd = std::string(CANOPY_BIN_DIR) + "/canopy-snd";
   std::string path = socket_path("snd");
   pid_t pid =
-      spawn({snd, "--socket-path", path, "--host", "null", "--no-policy", "--stream", "name=a,dir=output,channels=2",
-             "--stream=name=b,dir=input,channels=1", "--jack", "name=j,dir=output"});
+      spawn({snd, "--socket-path", path, "--host", "null", "--no-policy", "--controls", "--stream",
+             "name=a,dir=output,channels=2", "--stream=name=b,dir=input,channels=1", "--jack", "name=j,dir=output"});
   auto fe = Frontend::connect(path.c_str(), kGuardMs);
   ASSERT_TRUE(fe.ok());
   auto features = fe->get_features();
@@ -146,6 +146,22 @@ TEST(BackendProgram, DeviceOptionsTakeTheirValueEitherWay) {
   ASSERT_EQ(config->size(), 16u);
   const std::vector<uint8_t> want = {1, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 4, 0, 0, 0};  // jacks streams chmaps controls
   EXPECT_EQ(*config, want);
+  kill(pid, SIGTERM);
+  EXPECT_EQ(wait_exit(pid), 0);
+  // Without --controls (QEMU's vhost-user-snd default, controls=off): no CTLS, and the 12 bytes such a
+  // front-end asks for.
+  pid = spawn({snd, "--socket-path", path, "--host", "null", "--no-policy", "--stream", "name=a,dir=output,channels=2",
+               "--stream=name=b,dir=input,channels=1", "--jack", "name=j,dir=output"});
+  fe = Frontend::connect(path.c_str(), kGuardMs);
+  ASSERT_TRUE(fe.ok());
+  features = fe->get_features();
+  ASSERT_TRUE(features.ok());
+  EXPECT_FALSE(*features & 1);
+  ASSERT_TRUE(fe->get_protocol_features().ok());
+  ASSERT_TRUE(fe->set_protocol_features(proto_bit(kProtoConfig)).ok());
+  config = fe->get_config(0, 12);
+  ASSERT_TRUE(config.ok());
+  EXPECT_EQ(*config, std::vector<uint8_t>(want.begin(), want.begin() + 12));
   kill(pid, SIGTERM);
   EXPECT_EQ(wait_exit(pid), 0);
   // A bad value is a usage error naming the option.

@@ -74,7 +74,10 @@ struct JackConfig {
 struct SndOptions {
   std::vector<StreamConfig> streams;
   std::vector<JackConfig> jacks;
-  bool controls = true;              // offer VIRTIO_SND_F_CTLS: a volume and a switch per stream
+  // Offer VIRTIO_SND_F_CTLS (a volume and a switch per stream). Off by default, as QEMU's vhost-user-snd
+  // is: it passes the back-end's features through but sizes the config space from its own `controls=`
+  // (12 bytes without it), so a guest offered CTLS there reads 0xffffffff controls and fails to probe.
+  bool controls = false;
   std::string vm = "vm";             // shown in host node names and logs
   uint32_t max_pending_events = 64;  // events kept while the driver has no eventq buffer
 };

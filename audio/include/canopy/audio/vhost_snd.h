@@ -1,7 +1,9 @@
 // canopy-snd's vhost-user device: the SndDevice model behind QEMU's vhost-user-snd(-pci) front-end or
 // canopy-vmm's device bridge. Offers VERSION_1, INDIRECT_DESC, EVENT_IDX and (with controls) CTLS itself,
 // since QEMU passes the back-end's features through; protocol features CONFIG and MQ; a config space of
-// exactly the size asked for (12 bytes without CTLS, 16 with).
+// exactly the size asked for (12 bytes without CTLS, 16 with). A front-end that reads its whole config
+// space as 12 bytes while CTLS is offered (QEMU without controls=on) is told, once, in the log: its guest
+// reads no controls field and will not probe.
 #pragma once
 
 #include <array>
@@ -49,6 +51,7 @@ class VhostSnd final : public transport::vhost_user::Device {
   std::array<transport::vhost_user::QueueHandle*, proto::kNumQueues> queues_{};
   std::string stats_path_;
   std::string vm_;
+  bool told_no_controls_field_ = false;
 };
 
 }  // namespace canopy::audio
