@@ -40,8 +40,22 @@ Result<UniqueFd> memfd_copy(const void* data, size_t len, const char* name) {
 
 }  // namespace
 
-ChannelOutput::ChannelOutput(Options o) : opt_(std::move(o)), held_(opt_.num_scanouts), scanouts_(opt_.num_scanouts) {
+ChannelOutput::ChannelOutput(Options o)
+    : opt_(std::move(o)),
+      next_buffer_id_(opt_.first_buffer_id ? opt_.first_buffer_id : 1),
+      held_(opt_.num_scanouts),
+      scanouts_(opt_.num_scanouts) {
   for (uint32_t i = 0; i < opt_.num_scanouts; ++i) scanouts_[i].scanout = i;
+}
+
+uint32_t ChannelOutput::take_buffer_id() {
+  for (;;) {
+    const uint32_t id = next_buffer_id_++;
+    if (id == 0) continue;
+    bool in_use = false;
+    for (const auto& [cache, ref] : buffers_) in_use |= ref.id == id;
+    if (!in_use) return id;
+  }
 }
 
 ChannelOutput::~ChannelOutput() { disconnect(nullptr); }
@@ -128,8 +142,7 @@ uint32_t ChannelOutput::buffer_for(const Frame& f, uint64_t& copied) {
 
   BufferRef ref;
   ref.cache = f.view_cache;
-  ref.id = next_buffer_id_++;
-  if (next_buffer_id_ == 0) next_buffer_id_ = 1;
+  ref.id = take_buffer_id();
   std::vector<ch::PieceRef> pieces;
   std::vector<int> fds;
   std::vector<buffers::FilePiece> fp;
@@ -253,7 +266,7 @@ void ChannelOutput::on_cursor(const CursorUpdate& c) {
     // Cursor images are small and rare: one memfd each, defined as a one-piece buffer.
     auto fd = memfd_copy(c.image->argb.data(), c.image->argb.size() * 4, "canopy-gpu-cursor");
     if (!fd.ok()) return;
-    const uint32_t id = next_buffer_id_++;
+    const uint32_t id = take_buffer_id();
     ch::PieceRef piece{0, 0, uint64_t{64} * 64 * 4};
     const int fds[1] = {fd->get()};
     auto packets = ch::encode_buffer(id, {&piece, 1}, fds);

@@ -175,5 +175,49 @@ TEST_F(ChannelOutputTest, AMalformedPacketFromTheCompositorDropsTheConnection) {
   EXPECT_EQ(released, 1);
 }
 
+// Buffer ids wrap: neither a frame's backing nor a cursor image may get id 0 (the wire's "no buffer"). A
+// cursor that took the last id left 0 for the next backing, whose frames were then never sent.
+TEST_F(ChannelOutputTest, BufferIdsSkipZeroWhenTheyWrapCursorImagesToo) {
+  int released = 0;  // outlives out, whose destructor releases what it holds
+  ChannelOutput::Options o{path_, "ivi", 1};
+  o.first_buffer_id = 0xfffffffe;
+  ChannelOutput out(o);
+  out.on_frame(frame(1, &released));
+  UniqueFd comp = accept();
+  EXPECT_EQ(next(comp.get()).type, ch::Type::kHello);
+  auto buf = next(comp.get());
+  ASSERT_EQ(buf.type, ch::Type::kBuffer);
+  EXPECT_EQ(buf.fixed<ch::BufferHdr>().id.get(), 0xfffffffeu);
+  EXPECT_EQ(next(comp.get()).type, ch::Type::kFrame);
+  auto image = std::make_shared<CursorImage>();
+  image->argb.assign(size_t{64} * 64, 0xff00ff00u);
+  CursorUpdate c;
+  c.visible = true;
+  c.image_changed = true;
+  c.image = image;
+  std::vector<uint32_t> cursor_ids;
+  for (int i = 0; i < 2; ++i) {
+    out.on_cursor(c);
+    auto b = next(comp.get());
+    ASSERT_EQ(b.type, ch::Type::kBuffer);
+    cursor_ids.push_back(b.fixed<ch::BufferHdr>().id.get());
+    auto m = next(comp.get());
+    ASSERT_EQ(m.type, ch::Type::kCursor);
+    EXPECT_EQ(m.fixed<ch::CursorMsg>().buffer_id.get(), cursor_ids.back());
+    EXPECT_EQ(next(comp.get()).type, ch::Type::kBufferGone);
+  }
+  EXPECT_EQ(cursor_ids, (std::vector<uint32_t>{0xffffffffu, 1u}));
+  // A new backing after the wrap is defined and its frame sent.
+  cache_ = std::make_shared<Frame::ViewCache>();
+  out.on_frame(frame(2, &released));
+  buf = next(comp.get());
+  ASSERT_EQ(buf.type, ch::Type::kBuffer);
+  EXPECT_EQ(buf.fixed<ch::BufferHdr>().id.get(), 2u);
+  auto f = next(comp.get());
+  ASSERT_EQ(f.type, ch::Type::kFrame);
+  EXPECT_EQ(f.fixed<ch::FrameMsg>().buffer_id.get(), 2u);
+  EXPECT_EQ(out.stats().frames_released_unsent, 0u);
+}
+
 }  // namespace
 }  // namespace canopy::gpu

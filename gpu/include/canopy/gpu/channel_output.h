@@ -45,6 +45,7 @@ class ChannelOutput : public ScanoutOutput {
     uint32_t num_scanouts = 1;
     int retry_ms = 500;
     size_t max_held = 8;
+    uint32_t first_buffer_id = 1;  // where buffer ids start (tests start near the wrap); 0 is never used
   };
   struct Stats {
     uint64_t frames_sent = 0;
@@ -89,6 +90,8 @@ class ChannelOutput : public ScanoutOutput {
   // The buffer id of the frame's backing, defining it first when new (0: could not be sent).
   uint32_t buffer_for(const Frame& f, uint64_t& copied);
   void collect_gone();
+  // The next buffer id: never 0 (the wire's "none"), never one a defined buffer still has (after a wrap).
+  uint32_t take_buffer_id();
   void hold(std::shared_ptr<Frame> f);
 
   Options opt_;
