@@ -13,7 +13,7 @@ canopy_program(canopy-vhost-rng SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/tools/vhost_
 
 canopy_test(canopy_vhost_user_test
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/src/vhost_user_test.cc ${CMAKE_CURRENT_SOURCE_DIR}/src/backend_sandbox_test.cc
-  DEPS canopy_transport
+  DEPS canopy_transport canopy_transport_testing
   LABELS "unit;tsan")
 
 canopy_fuzzer(fuzz_vhost_user_message

@@ -923,6 +923,10 @@ Resp GpuDevice::attach_backing_3d(Resource& r) {
   return Resp::kOkNodata;
 }
 
+void GpuDevice::memory_changed() {
+  if (mem_ && mem_->layout() != mem_layout_) refresh_3d_backings();
+}
+
 void GpuDevice::refresh_3d_backings() {
   mem_layout_ = mem_->layout();
   for (auto& [id, r] : resources_) {

@@ -344,6 +344,12 @@ class VirglRenderer final : public Renderer {
     virgl_renderer_resource_detach_iov(int(resource_id), nullptr, nullptr);
     backings_.erase(resource_id);
   }
+  std::vector<transport::GuestMemory::HostRange> backing_3d(uint32_t resource_id) const override {
+    std::vector<transport::GuestMemory::HostRange> out;
+    if (auto it = backings_.find(resource_id); it != backings_.end())
+      for (const iovec& v : it->second) out.push_back({static_cast<uint8_t*>(v.iov_base), v.iov_len});
+    return out;
+  }
 
   void attach_to_context(uint32_t ctx_id, uint32_t resource_id) override {
     virgl_renderer_ctx_attach_resource(int(ctx_id), int(resource_id));

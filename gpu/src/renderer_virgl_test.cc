@@ -2,6 +2,7 @@
 // driven with the commands a guest's Mesa virgl driver sends, and a virgl command stream of our own.
 #include "canopy/gpu/renderer_virgl.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/mman.h>
 
@@ -48,6 +49,7 @@ class VirglDevice : public ::testing::Test {
     ASSERT_TRUE(r.ok()) << r.error().what;  // CI has EGL on llvmpipe: a failure here is a failure
     GpuOptions o;
     o.features |= proto::kFVirgl;
+    renderer = r->get();
     h = std::make_unique<Harness>(o, HeadlessOutput::Options{.checksum = true}, std::move(*r));
   }
 
@@ -141,6 +143,7 @@ class VirglDevice : public ::testing::Test {
   }
 
   std::unique_ptr<Harness> h;
+  Renderer* renderer = nullptr;  // h's
 
   // A clear through our command stream, read back with a fenced TRANSFER_FROM_HOST_3D, scanned out.
   void clear_read_back_and_scan_out() {
@@ -238,6 +241,61 @@ TEST_F(VirglDevice, UploadsGuestPixelsAndReadsThemBack) {
   // virglrenderer read and wrote the guest's pages in place: only the test's own write, fill and read
   // went through GuestMemory's copies.
   EXPECT_EQ(h->mem.bytes_copied(), 3u * kW * kH * 4);
+}
+
+// A memory-table change reaches the renderer before the old mapping goes: virglrenderer's iovecs (venus
+// reads guest blobs from its own threads) point into the new mapping as soon as the device is told, not
+// at the next command. A table that names the same file again (QEMU resends its table with fresh
+// descriptors) keeps the mapping, and the iovecs stay as they were.
+TEST_F(VirglDevice, AMemoryTableChangeReHandsTheRenderersIovecsAtOnce) {
+  render_target();
+  const size_t bytes = size_t{kW} * kH * 4;
+  const auto first = renderer->backing_3d(kRes);
+  ASSERT_EQ(first.size(), 1u);
+  auto host = h->mem.host_ranges(kBacking, bytes);
+  ASSERT_TRUE(host.ok());
+  EXPECT_EQ(first[0].base, (*host)[0].base);
+  {
+    auto file = h->mem.file_ranges(0, 1);
+    ASSERT_TRUE(file.ok());
+    std::vector<transport::GuestMemory::TableEntry> same;
+    same.push_back({{0, Harness::kRam, 0, 0}, UniqueFd(::fcntl((*file)[0].fd, F_DUPFD_CLOEXEC, 0))});
+    transport::GuestMemory retired;
+    const uint64_t layout = h->mem.layout();
+    ASSERT_TRUE(h->mem.replace_table(std::move(same), retired).ok());
+    EXPECT_EQ(retired.region_count(), 0u);
+    EXPECT_EQ(h->mem.layout(), layout);
+    h->dev->memory_changed();
+    ASSERT_EQ(renderer->backing_3d(kRes).size(), 1u);
+    EXPECT_EQ(renderer->backing_3d(kRes)[0].base, first[0].base);
+  }
+  // Another file: re-handed when the device is told, while the old mapping is still there.
+  UniqueFd other(memfd_create("gpu-test-ram-2", MFD_CLOEXEC));
+  ASSERT_EQ(ftruncate(other.get(), off_t(Harness::kRam)), 0);
+  std::vector<transport::GuestMemory::TableEntry> moved;
+  moved.push_back({{0, Harness::kRam, 0, 0}, std::move(other)});
+  transport::GuestMemory retired;
+  ASSERT_TRUE(h->mem.replace_table(std::move(moved), retired).ok());
+  EXPECT_EQ(retired.region_count(), 1u);
+  h->dev->memory_changed();
+  const auto now = renderer->backing_3d(kRes);
+  host = h->mem.host_ranges(kBacking, bytes);
+  ASSERT_TRUE(host.ok());
+  ASSERT_EQ(now.size(), 1u);
+  EXPECT_EQ(now[0].base, (*host)[0].base);
+  EXPECT_NE(now[0].base, first[0].base);
+  retired = transport::GuestMemory();  // the old mapping goes
+  // The renderer works from the new memory: pixels uploaded from it come back.
+  std::vector<uint32_t> in(kW * kH);
+  for (uint32_t i = 0; i < in.size(); ++i) in[i] = 0xff000000u | (i * 40503u);
+  ASSERT_TRUE(h->mem.write(kBacking, in.data(), bytes).ok());
+  ASSERT_EQ(h->call(transfer_cmd(Cmd::kTransferToHost3d, kRes, kW, kH)), R(Resp::kOkNodata));
+  h->fill_ram(kBacking, bytes, 0);
+  const uint64_t t = h->send(transfer_cmd(Cmd::kTransferFromHost3d, kRes, kW, kH, proto::kFlagFence, 5));
+  ASSERT_TRUE(wait(t));
+  std::vector<uint32_t> out(kW * kH);
+  ASSERT_TRUE(h->mem.read(kBacking, out.data(), bytes).ok());
+  EXPECT_EQ(out, in);
 }
 
 TEST_F(VirglDevice, RefusesBadThreeDCommandsAndKeepsServing) {

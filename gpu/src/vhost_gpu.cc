@@ -138,6 +138,13 @@ void VhostGpu::respond(uint64_t token, std::span<const uint8_t> bytes) {
   deferred_.erase(it);
 }
 
+// Before the regions that went are unmapped: virglrenderer's iovecs move to the new mappings now, not
+// at the next control command (venus reads guest blobs from its own threads meanwhile).
+void VhostGpu::on_memory_changed(transport::GuestMemory& memory) {
+  gpu_->set_memory(&memory);
+  gpu_->memory_changed();
+}
+
 void VhostGpu::on_kick(vu::QueueHandle& q) {
   gpu_->set_memory(&q.memory());
   if (q.index() == 0) {

@@ -13,6 +13,7 @@
 #include <string_view>
 
 #include "canopy/base/log.h"
+#include "canopy/buffers/fault_guard.h"
 #include "canopy/transport/backend_sandbox.h"
 
 namespace canopy::transport::vhost_user {
@@ -155,6 +156,9 @@ int backend_main(int argc, char** argv, const BackendProgram& program, const Dev
     conn = std::move(*c);
   }
 
+  // Guest memory whose file a front-end truncates must not kill the process (SIGBUS): set up before
+  // the process is confined.
+  buffers::fault_guard::install();
   if (program.confine && !no_sandbox) {
     if (Status st = confine_backend(); !st.ok()) {
       CANOPY_ERROR("cannot confine the process: %s (--no-sandbox runs without)", st.error().what);

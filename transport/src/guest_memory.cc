@@ -9,6 +9,7 @@
 
 #include "canopy/base/checked.h"
 #include "canopy/base/log.h"
+#include "canopy/buffers/fault_guard.h"
 
 namespace canopy::transport {
 namespace {
@@ -42,10 +43,27 @@ GuestMemory& GuestMemory::operator=(GuestMemory&& o) noexcept {
 
 GuestMemory::~GuestMemory() { clear(); }
 
+void GuestMemory::unmap(Region& r) {
+  buffers::fault_guard::remove(r.guard);  // before the range can be reused by another mapping
+  r.guard = buffers::fault_guard::kNoSlot;
+  if (r.map_base) ::munmap(r.map_base, r.map_len);
+  r.map_base = nullptr;
+}
+
+Status GuestMemory::check_lost() const {
+  for (const auto& r : regions_)
+    if (buffers::fault_guard::lost(r->guard)) {
+      CANOPY_ERROR("guest memory: region at gpa 0x%llx (%llu bytes) lost: its file shrank under the mapping",
+                   static_cast<unsigned long long>(r->info.guest_phys_addr),
+                   static_cast<unsigned long long>(r->info.size));
+      return make_error(Errc::kIo,
+                        "guest memory: a region's file shrank under the mapping (truncated by the front-end)");
+    }
+  return {};
+}
+
 void GuestMemory::clear() {
-  for (auto& r : regions_) {
-    if (r->map_base) ::munmap(r->map_base, r->map_len);
-  }
+  for (auto& r : regions_) unmap(*r);
   regions_.clear();
   layout_ = next_layout();
 }
@@ -83,24 +101,95 @@ Status GuestMemory::add_region(const RegionInfo& info, UniqueFd fd) {
   region->map_base = static_cast<uint8_t*>(p);
   region->map_len = size_t(map_len);
   region->host = region->map_base + delta;
-  auto pos =
-      std::lower_bound(regions_.begin(), regions_.end(), info.guest_phys_addr,
-                       [](const std::unique_ptr<Region>& r, uint64_t gpa) { return r->info.guest_phys_addr < gpa; });
-  regions_.insert(pos, std::move(region));
+  region->guard = buffers::fault_guard::add(p, size_t(map_len));
+  region->dev = st.st_dev;
+  region->ino = st.st_ino;
+  insert(std::move(region));
   layout_ = next_layout();
   return {};
 }
 
+void GuestMemory::insert(std::unique_ptr<Region> region) {
+  auto pos =
+      std::lower_bound(regions_.begin(), regions_.end(), region->info.guest_phys_addr,
+                       [](const std::unique_ptr<Region>& r, uint64_t gpa) { return r->info.guest_phys_addr < gpa; });
+  regions_.insert(pos, std::move(region));
+}
+
 Status GuestMemory::remove_region(uint64_t gpa, uint64_t size) {
+  GuestMemory retired;
+  return remove_region(gpa, size, retired);  // unmapped as `retired` goes
+}
+
+Status GuestMemory::remove_region(uint64_t gpa, uint64_t size, GuestMemory& retired) {
   for (auto it = regions_.begin(); it != regions_.end(); ++it) {
     if ((*it)->info.guest_phys_addr == gpa && (*it)->info.size == size) {
-      ::munmap((*it)->map_base, (*it)->map_len);
+      retired.insert(std::move(*it));
+      retired.layout_ = next_layout();
       regions_.erase(it);
       layout_ = next_layout();
       return {};
     }
   }
   return make_error(Errc::kInvalidArgument, "guest memory: no such region");
+}
+
+Status GuestMemory::replace_table(std::vector<TableEntry> table, GuestMemory& retired) {
+  if (table.size() > kMaxMemoryRegions) return make_error(Errc::kLimit, "guest memory: too many regions");
+  // Which present region each entry is (same place, size, front-end address, file and offset in it).
+  std::vector<int> same(table.size(), -1);
+  std::vector<bool> kept(regions_.size(), false);
+  for (size_t e = 0; e < table.size(); ++e) {
+    struct stat st{};
+    if (!table[e].fd.valid() || ::fstat(table[e].fd.get(), &st) != 0) continue;  // add_region says why
+    const RegionInfo& n = table[e].info;
+    for (size_t i = 0; i < regions_.size(); ++i) {
+      const Region& o = *regions_[i];
+      if (kept[i] || o.info.guest_phys_addr != n.guest_phys_addr || o.info.size != n.size ||
+          o.info.user_addr != n.user_addr || o.info.mmap_offset != n.mmap_offset || o.dev != st.st_dev ||
+          o.ino != st.st_ino)
+        continue;
+      same[e] = int(i);
+      kept[i] = true;
+      break;
+    }
+  }
+  // The new regions are mapped (and the whole table checked for overlaps) before anything changes.
+  GuestMemory fresh;
+  for (size_t e = 0; e < table.size(); ++e) {
+    if (same[e] >= 0) {
+      const RegionInfo& n = table[e].info;
+      for (const auto& r : fresh.regions_) {
+        const uint64_t rs = r->info.guest_phys_addr, re = rs + r->info.size;
+        if (n.guest_phys_addr < re && rs < n.guest_phys_addr + n.size)
+          return make_error(Errc::kInvalidArgument, "guest memory: overlapping region");
+      }
+      auto placeholder = std::make_unique<Region>();
+      placeholder->info = n;  // stands for the kept region until the table is committed
+      fresh.insert(std::move(placeholder));
+      continue;
+    }
+    CANOPY_TRY(fresh.add_region(table[e].info, std::move(table[e].fd)));
+  }
+  // Commit: kept regions move over with their mappings; the others retire, still mapped.
+  bool changed = regions_.size() != table.size();
+  for (size_t e = 0; e < table.size(); ++e) {
+    if (same[e] < 0) {
+      changed = true;
+      continue;
+    }
+    for (auto& r : fresh.regions_)
+      if (!r->map_base && r->info.guest_phys_addr == table[e].info.guest_phys_addr) {
+        r = std::move(regions_[size_t(same[e])]);
+        break;
+      }
+  }
+  for (auto& r : regions_)
+    if (r) retired.insert(std::move(r));
+  retired.layout_ = next_layout();
+  regions_ = std::move(fresh.regions_);
+  if (changed) layout_ = next_layout();
+  return {};
 }
 
 std::vector<RegionInfo> GuestMemory::regions() const {

@@ -5,7 +5,7 @@
 #include <cstring>
 #include <limits>
 
-#include "test_ring.h"
+#include "canopy/transport/testing/ring.h"
 
 namespace canopy::transport {
 namespace {
@@ -31,6 +31,30 @@ TEST(GuestMemory, RejectsRangesOutsideOrOverflowing) {
   EXPECT_EQ(mem.read(0x2000, b, 1).code(), Errc::kOutOfRange);
   EXPECT_EQ(mem.read(std::numeric_limits<uint64_t>::max() - 4, b, 16).code(), Errc::kOverflow);
   EXPECT_TRUE(mem.read(0x1ff0, b, 16).ok());
+}
+
+// A front-end may hand an unsealed file and truncate it later: the back-end survives (the region reads
+// zeros from then on; buffers::fault_guard) and the memory says which region was lost. The control run,
+// a reader without the guard dying of SIGBUS, is in core/buffers' fault_guard_test.
+TEST(GuestMemory, ARegionWhoseFileIsTruncatedReadsZerosAndIsReportedLost) {
+  GuestMemory mem;
+  UniqueFd fd = make_memfd(0x2000);
+  const int raw = fd.get();
+  ASSERT_TRUE(mem.add_region({0x0, 0x1000, 0, 0}, make_memfd(0x1000)).ok());
+  ASSERT_TRUE(mem.add_region({0x1000, 0x2000, 0, 0}, std::move(fd)).ok());
+  const uint8_t in[4] = {1, 2, 3, 4};
+  ASSERT_TRUE(mem.write(0x1800, in, 4).ok());
+  ASSERT_TRUE(mem.write(0x10, in, 4).ok());
+  EXPECT_TRUE(mem.check_lost().ok());
+  ASSERT_EQ(::ftruncate(raw, 0), 0);  // the front-end's move (the region owns the descriptor)
+  uint8_t out[4] = {9, 9, 9, 9};
+  ASSERT_TRUE(mem.read(0x1800, out, 4).ok());
+  EXPECT_EQ(out[0] | out[1] | out[2] | out[3], 0);
+  const Status lost = mem.check_lost();
+  EXPECT_EQ(lost.code(), Errc::kIo);
+  // The other region is untouched.
+  ASSERT_TRUE(mem.read(0x10, out, 4).ok());
+  EXPECT_EQ(std::memcmp(in, out, 4), 0);
 }
 
 TEST(GuestMemory, AccessSpansAdjacentRegions) {

@@ -5,8 +5,8 @@
 
 #include <limits>
 
+#include "canopy/transport/testing/ring.h"
 #include "canopy/transport/virtqueue.h"
-#include "test_ring.h"
 
 namespace canopy::transport {
 namespace {

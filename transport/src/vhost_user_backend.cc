@@ -9,12 +9,14 @@
 #include <cstring>
 
 #include "canopy/base/log.h"
+#include "canopy/buffers/fault_guard.h"
 
 namespace canopy::transport::vhost_user {
 namespace {
 
 constexpr uint64_t kTagSocket = 0;
 constexpr uint64_t kTagStop = 1;
+constexpr uint64_t kTagFault = 2;
 constexpr uint64_t kTagKickBase = 0x100;
 constexpr uint64_t kTagWatchBase = 0x10000;
 // A stalled partial message from the front-end ends the connection after this long.
@@ -210,6 +212,7 @@ Status Backend::rebuild_epoll() {
   };
   CANOPY_TRY(add(channel_.fd(), kTagSocket));
   CANOPY_TRY(add(stop_fd_.get(), kTagStop));
+  if (buffers::fault_guard::event_fd() >= 0) CANOPY_TRY(add(buffers::fault_guard::event_fd(), kTagFault));
   for (auto& q : queues_) {
     if (q->kick_) CANOPY_TRY(add(q->kick_.get(), kTagKickBase + q->index_));
   }
@@ -240,6 +243,8 @@ Status Backend::run(UniqueFd connection) {
       uint64_t tag = events[i].data.u64;
       if (tag == kTagStop) {
         done = true;
+      } else if (tag == kTagFault) {
+        drain_eventfd(buffers::fault_guard::event_fd());
       } else if (tag == kTagSocket) {
         auto msg = channel_.recv(kMessagePartTimeoutMs);
         if (!msg.ok()) {
@@ -261,6 +266,17 @@ Status Backend::run(UniqueFd connection) {
           drain_eventfd(queues_[k]->kick_.get());
           kick(*queues_[k]);
         }
+      }
+    }
+    // A region of this device's guest memory lost (its file truncated): the device reads zeros there,
+    // so it is not run on. Every back-end of the process looks when the count moves (one of them took
+    // the wake-up).
+    if (const uint64_t lost = buffers::fault_guard::lost_count(); lost != seen_lost_) {
+      seen_lost_ = lost;
+      if (Status m = mem_.check_lost(); !m.ok()) {
+        CANOPY_ERROR("vhost-user: guest memory lost, the device stops: %s", m.error().what);
+        result = m;
+        done = true;
       }
     }
   }
@@ -549,15 +565,22 @@ Status Backend::set_mem_table(Message& msg) {
       msg.payload.size() != sizeof(MemoryTable))
     return make_error(Errc::kProtocol, "SET_MEM_TABLE: payload size mismatch");
   if (msg.fds.size() != count) return make_error(Errc::kProtocol, "SET_MEM_TABLE: fd count != region count");
-  GuestMemory fresh;
+  std::vector<GuestMemory::TableEntry> table;
   for (uint32_t i = 0; i < count; ++i) {
     MemoryRegion r;
     std::memcpy(&r, msg.payload.data() + kMemoryTableHeaderSize + i * sizeof r, sizeof r);
-    CANOPY_TRY(fresh.add_region(RegionInfo{r.guest_phys_addr, r.memory_size, r.userspace_addr, r.mmap_offset},
-                                std::move(msg.fds[i])));
+    table.push_back(
+        {RegionInfo{r.guest_phys_addr, r.memory_size, r.userspace_addr, r.mmap_offset}, std::move(msg.fds[i])});
   }
-  mem_ = std::move(fresh);
-  return refresh_running_queues();
+  GuestMemory retired;  // the regions that went, unmapped when this returns: after the device let go
+  CANOPY_TRY(mem_.replace_table(std::move(table), retired));
+  return memory_changed();
+}
+
+Status Backend::memory_changed() {
+  Status s = refresh_running_queues();
+  device_.on_memory_changed(mem_);
+  return s;
 }
 
 Status Backend::add_mem_reg(Message& msg) {
@@ -566,15 +589,16 @@ Status Backend::add_mem_reg(Message& msg) {
   const MemoryRegion& r = s.region;
   CANOPY_TRY(mem_.add_region(RegionInfo{r.guest_phys_addr, r.memory_size, r.userspace_addr, r.mmap_offset},
                              std::move(msg.fds[0])));
-  return refresh_running_queues();
+  return memory_changed();
 }
 
 Status Backend::rem_mem_reg(Message& msg) {
   CANOPY_ASSIGN_OR_RETURN(SingleMemoryRegion s, msg.exact<SingleMemoryRegion>());
   if (msg.fds.size() > 1) return make_error(Errc::kProtocol, "REM_MEM_REG: too many fds");
-  msg.fds.clear();  // QEMU may attach the region's fd; it is not needed
-  CANOPY_TRY(mem_.remove_region(s.region.guest_phys_addr, s.region.memory_size));
-  return refresh_running_queues();
+  msg.fds.clear();      // QEMU may attach the region's fd; it is not needed
+  GuestMemory retired;  // unmapped when this returns: after the device let go
+  CANOPY_TRY(mem_.remove_region(s.region.guest_phys_addr, s.region.memory_size, retired));
+  return memory_changed();
 }
 
 Status Backend::start_queue(QueueHandle& q) {

@@ -4,18 +4,20 @@
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <functional>
 #include <string>
 #include <thread>
 
+#include "canopy/transport/testing/ring.h"
 #include "canopy/transport/vhost_user_backend.h"
 #include "canopy/transport/vhost_user_frontend.h"
-#include "test_ring.h"
 
 namespace canopy::transport::vhost_user {
 namespace {
@@ -60,9 +62,13 @@ class EchoDevice : public Device {
       return wr.bytes_written();
     });
   }
+  void on_memory_changed(GuestMemory& memory) override {
+    if (on_memory) on_memory(memory);
+  }
   uint8_t config_[8] = {1, 2, 3, 4, 5, 6, 7, 8};
   std::atomic<int> kicks{0};
-  std::function<void()> on_served;  // runs on the back-end thread for each chain
+  std::function<void(GuestMemory&)> on_memory;  // runs on the back-end thread
+  std::function<void()> on_served;              // runs on the back-end thread for each chain
 };
 
 size_t open_fd_count() {
@@ -207,6 +213,44 @@ TEST_F(VhostUserTest, AddAndRemoveMemoryRegions) {
   EXPECT_FALSE(fe.add_mem_reg(r).ok());  // overlaps itself
   EXPECT_TRUE(fe.rem_mem_reg(r.info).ok());
   EXPECT_FALSE(fe.rem_mem_reg(r.info).ok());  // already gone
+}
+
+// A memory-table change reaches the device while the regions that went are still mapped (a device that
+// handed host ranges to a library re-hands them there), and they are unmapped after; a table naming the
+// same file again (QEMU resends its table with fresh descriptors) keeps the mapping.
+TEST_F(VhostUserTest, MemoryChangesReachTheDeviceBeforeTheOldMappingGoes) {
+  std::atomic<int> told{0};
+  std::atomic<uint8_t*> now{nullptr};
+  std::atomic<uint8_t*> before{nullptr};
+  std::atomic<bool> before_mapped{false};
+  const auto page_of = [](uint8_t* p) {
+    return reinterpret_cast<void*>(reinterpret_cast<uintptr_t>(p) & ~uintptr_t(4095));
+  };
+  device.on_memory = [&](GuestMemory& m) {
+    auto r = m.host_ranges(kData, 16);
+    now = r.ok() ? (*r)[0].base : nullptr;
+    if (uint8_t* b = before.load()) before_mapped = ::msync(page_of(b), 4096, MS_ASYNC) == 0;
+    ++told;
+  };
+  handshake();
+  ASSERT_EQ(told.load(), 1);
+  uint8_t* const first = now.load();
+  ASSERT_NE(first, nullptr);
+  before = first;
+  FrontendRegion same{{0, kMemSize, kUvaBase, 0}, guest_fd.get()};
+  ASSERT_TRUE(fe.set_mem_table(std::span<const FrontendRegion>(&same, 1)).ok());
+  ASSERT_EQ(told.load(), 2);
+  EXPECT_EQ(now.load(), first);  // the same mapping
+  UniqueFd other = make_memfd(kMemSize);
+  FrontendRegion moved{{0, kMemSize, kUvaBase, 0}, other.get()};
+  ASSERT_TRUE(fe.set_mem_table(std::span<const FrontendRegion>(&moved, 1)).ok());
+  ASSERT_EQ(told.load(), 3);
+  EXPECT_NE(now.load(), first);
+  EXPECT_TRUE(before_mapped.load()) << "the old mapping was gone before the device was told";
+  // REPLY_ACK: SET_MEM_TABLE was handled whole, so the old mapping is gone now.
+  errno = 0;
+  EXPECT_EQ(::msync(page_of(first), 4096, MS_ASYNC), -1);
+  EXPECT_EQ(errno, ENOMEM);
 }
 
 TEST_F(VhostUserTest, ReadsConfigSpace) {
@@ -434,6 +478,29 @@ TEST_F(VhostUserTest, TruncatedMessageTimesOutInsteadOfHanging) {
   backend_thread.join();  // the back-end gives up on the partial message (5 s) and ends
   backend_thread = std::thread([] {});
   EXPECT_EQ(backend.stats().bad_messages, 1u);
+}
+
+// A front-end that truncates guest memory's file after SET_MEM_TABLE (an unsealed memfd; hugetlbfs and
+// /dev/shm files are handed unsealed too): the back-end's next access to it faults. The process lives
+// (buffers::fault_guard), the device is not run on: run() ends with the error.
+TEST_F(VhostUserTest, GuestMemoryTruncatedUnderTheBackendEndsTheSessionWithAnError) {
+  handshake();
+  RawRing ring(guest, 0x1000, 16);
+  start_ring(0, ring, 16);
+  ring.chain(0).out(kData, 16).in(kData + 0x1000, 16).publish();
+  kick_and_wait();  // served while the memory was whole
+  ASSERT_EQ(ring.used_idx(), 1);
+  ASSERT_EQ(::ftruncate(guest_fd.get(), 0), 0);
+  uint64_t one = 1;
+  ASSERT_EQ(write(kick.get(), &one, sizeof one), 8);
+  // The back-end closes the connection when it stops: wait for that (30 s hang guard).
+  pollfd p{fe.channel().fd(), POLLIN | POLLHUP, 0};
+  ASSERT_EQ(poll(&p, 1, 30000), 1) << "the back-end went on after its guest memory was lost";
+  backend_thread.join();
+  backend_thread = std::thread([] {});
+  ASSERT_FALSE(run_status.ok());
+  EXPECT_EQ(run_status.code(), Errc::kIo);
+  EXPECT_NE(std::string(run_status.error().what).find("shrank"), std::string::npos) << run_status.error().what;
 }
 
 }  // namespace

@@ -5,7 +5,7 @@
 #include <cstring>
 #include <string>
 
-#include "test_ring.h"
+#include "canopy/transport/testing/ring.h"
 
 namespace canopy::transport {
 namespace {

@@ -141,6 +141,8 @@ class Renderer {
   // The guest memory behind a 3D resource, as host mappings (GuestMemory::host_ranges), in order.
   virtual Status attach_backing_3d(uint32_t resource_id, std::span<const transport::GuestMemory::HostRange> iov);
   virtual void detach_backing_3d(uint32_t /*resource_id*/) {}
+  // What the renderer was last handed as the resource's backing (none: empty), for checks.
+  virtual std::vector<transport::GuestMemory::HostRange> backing_3d(uint32_t /*resource_id*/) const { return {}; }
   virtual void attach_to_context(uint32_t /*ctx_id*/, uint32_t /*resource_id*/) {}
   virtual void detach_from_context(uint32_t /*ctx_id*/, uint32_t /*resource_id*/) {}
   // Host blobs (RESOURCE_CREATE_BLOB with HOST3D / HOST3D_GUEST); iov: the guest backing of HOST3D_GUEST.
@@ -207,6 +209,10 @@ class GpuDevice {
   uint64_t acked_features() const { return acked_; }
   // The guest memory commands refer to (borrowed; may change between commands).
   void set_memory(transport::GuestMemory* mem) { mem_ = mem; }
+  // The guest memory's region table changed (vhost-user SET_MEM_TABLE, ADD_MEM_REG, REM_MEM_REG): what
+  // the renderer holds of guest memory (3D backings, guest blobs; virglrenderer reads them from its own
+  // threads too) is re-handed from the new mappings now, while the regions that went are still mapped.
+  void memory_changed();
   // The host-visible region RESOURCE_MAP_BLOB maps into (borrowed; nullptr: none, MAP_BLOB fails).
   void set_host_visible(HostVisibleRegion* region) { host_visible_ = region; }
 

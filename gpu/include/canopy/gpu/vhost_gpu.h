@@ -62,6 +62,7 @@ class VhostGpu : public transport::vhost_user::Device {
   void set_acked_features(uint64_t features) override;
   void on_kick(transport::vhost_user::QueueHandle& q) override;
   void on_queue_stopped(transport::vhost_user::QueueHandle& q) override;
+  void on_memory_changed(transport::GuestMemory& memory) override;
   void on_reset() override;
   void on_backend_channel(transport::vhost_user::Channel* channel) override { backend_channel_ = channel; }
   void set_acked_protocol_features(uint64_t features) override { acked_protocol_ = features; }

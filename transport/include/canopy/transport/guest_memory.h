@@ -51,6 +51,19 @@ class GuestMemory {
   Status add_region(const RegionInfo& info, UniqueFd fd);
   // Removes the region that starts at gpa with exactly this size.
   Status remove_region(uint64_t gpa, uint64_t size);
+  // As above, but the region moves into `retired`, still mapped: whoever holds host ranges of it (a
+  // library's iovecs) lets go first, then `retired` is dropped (vhost-user REM_MEM_REG).
+  Status remove_region(uint64_t gpa, uint64_t size, GuestMemory& retired);
+  // A whole new region table (vhost-user SET_MEM_TABLE, which QEMU resends with fresh descriptors for
+  // the same memory whenever its memory map changes). A region that is the same as before (place, size,
+  // front-end address, file and offset in it) keeps its mapping, so host ranges taken from it stay valid
+  // and layout() stays as it was when nothing changed; the regions that go move into `retired`, still
+  // mapped (see remove_region). On an error nothing changes.
+  struct TableEntry {
+    RegionInfo info;
+    UniqueFd fd;
+  };
+  Status replace_table(std::vector<TableEntry> table, GuestMemory& retired);
   void clear();
 
   size_t region_count() const { return regions_.size(); }
@@ -104,6 +117,10 @@ class GuestMemory {
   // is cleared or moved: host_ranges() taken under another layout may dangle.
   uint64_t layout() const { return layout_; }
 
+  // A region whose file shrank under its mapping (a front-end truncated it; fault_guard.h) reads as
+  // zeros from the fault on: an error naming the first such region, else ok. Devices fail on it.
+  Status check_lost() const;
+
   // Bytes copied by read/write/fill since creation: the zero-copy accounting figure.
   uint64_t bytes_copied() const { return bytes_copied_.load(std::memory_order_relaxed); }
 
@@ -114,7 +131,11 @@ class GuestMemory {
     uint8_t* host = nullptr;  // mapping of [mmap_offset, mmap_offset+size)
     size_t map_len = 0;
     uint8_t* map_base = nullptr;
+    int guard = -1;             // buffers::fault_guard slot
+    uint64_t dev = 0, ino = 0;  // the file's identity (replace_table keeps the mapping of the same file)
   };
+  static void unmap(Region& r);
+  void insert(std::unique_ptr<Region> region);  // in gpa order
   // Returns the region containing gpa, or nullptr. Regions are sorted by gpa.
   const Region* find(uint64_t gpa) const;
   template <typename Fn>

@@ -98,6 +98,11 @@ class Device {
   virtual void on_queue_started(QueueHandle& q) { (void)q; }
   virtual void on_queue_stopped(QueueHandle& q) { (void)q; }
   virtual void on_status(uint8_t status) { (void)status; }
+  // The guest memory's region table was set or changed (SET_MEM_TABLE, ADD_MEM_REG, REM_MEM_REG; its
+  // layout() says whether anything moved). Regions that went are still mapped while this runs and are
+  // unmapped when it returns: a device that handed host ranges of guest memory to a library
+  // (virglrenderer's iovecs, read by its own threads too) re-hands or takes them back here, not later.
+  virtual void on_memory_changed(GuestMemory& memory) { (void)memory; }
   virtual void on_reset() {}
   // VIRTIO shared memory regions (protocol feature SHMEM): each one's size, indexed by shmid (0: none).
   virtual std::vector<uint64_t> shmem_sizes() const { return {}; }
@@ -141,7 +146,8 @@ class Backend {
   Backend& operator=(const Backend&) = delete;
 
   // Serves one connected front-end until it disconnects or request_stop(). Returns ok on a clean
-  // end (disconnect or stop), an error when the connection failed.
+  // end (disconnect or stop), an error when the connection failed or the guest memory was lost (a
+  // front-end truncated a region's file under the mapping: fault_guard.h; the device is not run on).
   Status run(UniqueFd connection);
   // Handles one message (used by run() and directly by the fuzz target). The reply, if any, is sent
   // on the channel given to run(); without a channel replies are dropped.
@@ -164,6 +170,7 @@ class Backend {
   Status start_queue(QueueHandle& q);
   void stop_queue(QueueHandle& q);
   Status refresh_running_queues();
+  Status memory_changed();  // rings re-resolved, then the device told
   void reset_device();
   void kick(QueueHandle& q);
   Status rebuild_epoll();
@@ -182,6 +189,7 @@ class Backend {
   bool owner_set_ = false;
   uint8_t status_ = 0;
   bool epoll_dirty_ = true;
+  uint64_t seen_lost_ = 0;  // fault_guard::lost_count() last looked at
   BackendStats stats_;
 };
 

@@ -1,5 +1,7 @@
-// Test support: guest memory from a memfd and a raw split ring a test writes by hand, with a fluent
-// chain builder, so tests can publish any chain, including malformed ones.
+// Test support (canopy_transport_testing): guest memory from a memfd and a raw split ring a test writes
+// by hand, with a fluent chain builder, so tests can publish any chain, including malformed ones. The
+// ring is the driver's side: what a guest's driver writes and reads (vhost_user_rig.h puts a device
+// behind it).
 #pragma once
 
 #include <gtest/gtest.h>
