@@ -130,6 +130,7 @@ Result<std::unique_ptr<GpuDevice>> GpuDevice::create(GpuOptions options, std::un
   if (!d->release_event_) return make_error(Errc::kIo, "gpu: eventfd", errno);
   d->releases_ = std::make_shared<ReleaseQueue>();
   d->releases_->fd = d->release_event_.get();
+  d->releases_->owner = std::this_thread::get_id();
   return d;
 }
 
@@ -165,6 +166,7 @@ void GpuDevice::send_response(uint64_t token, Resp resp, const proto::CtrlHdr& i
 void GpuDevice::control(uint64_t token, std::span<const uint8_t> request, uint32_t writable) {
   (void)writable;
   ++stats_.commands;
+  claim_thread();
   proto::CtrlHdr in{};
   if (request.size() >= sizeof in) std::memcpy(&in, request.data(), sizeof in);
   if (request.size() > options_.caps.max_command_bytes) {
@@ -250,14 +252,28 @@ void GpuDevice::force_retire() {
   retire_ready();
 }
 
+void GpuDevice::claim_thread() {
+  const auto me = std::this_thread::get_id();
+  if (releases_->owner == me) return;  // written only here, on the device's thread
+  std::lock_guard<std::mutex> lk(releases_->mu);
+  releases_->owner = me;
+}
+
 void GpuDevice::take_releases(std::vector<uint64_t>& out) {
-  // Releases push a token and write the eventfd under the lock; taking them drains it under the same
-  // lock, so the eventfd is readable exactly while tokens wait. An empty queue (the common case after
-  // a command) costs no system call.
+  // Releases from other threads push a token and write the eventfd under the lock; taking them drains
+  // it under the same lock, so the eventfd is readable exactly while such tokens wait. The device's own
+  // thread pushes without writing it. An empty queue (the common case after a command) costs no system
+  // call, and neither do tokens that came without a wake-up.
   std::lock_guard<std::mutex> lk(releases_->mu);
   if (releases_->tokens.empty()) return;
-  uint64_t v;
-  [[maybe_unused]] ssize_t r = read(release_event_.get(), &v, sizeof v);
+  if (releases_->signalled) {
+    uint64_t v;
+    [[maybe_unused]] ssize_t r = read(release_event_.get(), &v, sizeof v);
+    releases_->signalled = false;
+    ++releases_woken_;
+  } else {
+    ++releases_direct_;
+  }
   out.swap(releases_->tokens);
 }
 
@@ -715,6 +731,10 @@ void GpuDevice::emit_frame(uint32_t s, Resource& r, const Rect& damage_res, uint
       if (!q) return;
       std::lock_guard<std::mutex> lk(q->mu);
       q->tokens.push_back(token);
+      // The device's own thread runs process_releases() when it is done with what released the frame;
+      // only another thread needs to wake it.
+      if (std::this_thread::get_id() == q->owner || q->signalled) return;
+      q->signalled = true;
       const uint64_t one = 1;
       [[maybe_unused]] ssize_t n = write(q->fd, &one, sizeof one);
     };

@@ -1,12 +1,14 @@
 #include "canopy/gpu/device.h"
 
 #include <gtest/gtest.h>
+#include <poll.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <thread>
 
 #include "canopy/buffers/image.h"
 #include "gpu_test_util.h"
@@ -276,6 +278,33 @@ TEST(GpuDevice, FencedFlushRetiresWhenTheOutputReleasesAndInOrderOnItsTimeline) 
   EXPECT_EQ(h.response(flush).flags.get(), proto::kFlagFence);
   EXPECT_EQ(h.response(xfer).fence_id.get(), 11u);
   EXPECT_EQ(h.dev->stats().fences_retired, 2u);
+}
+
+// A release on the device's own thread (the compositor's RELEASE read by the device's loop) needs no
+// wake-up: release_fd() stays quiet and process_releases() retires it. One from another thread wakes
+// release_fd().
+TEST(GpuDevice, ReleasesOnTheDevicesThreadRetireWithoutTheEventfdHop) {
+  Harness h({}, {.hold_frames = true});
+  ASSERT_EQ(h.create_2d(1, 32, 32), R(Resp::kOkNodata));
+  ASSERT_EQ(h.attach(1, {Harness::entry(0x10000, 32 * 32 * 4)}), R(Resp::kOkNodata));
+  ASSERT_EQ(h.set_scanout(0, 1, 32, 32), R(Resp::kOkNodata));
+  const uint64_t flush = h.send(h.flush_cmd(1, 32, 32, proto::kFlagFence, 10));
+  EXPECT_FALSE(h.answered(flush));
+  h.out.release_held();  // this thread made the device's calls: it is the device's thread
+  pollfd p{h.dev->release_fd(), POLLIN, 0};
+  EXPECT_EQ(::poll(&p, 1, 0), 0) << "a release on the device's thread woke it";
+  h.dev->process_releases();
+  ASSERT_TRUE(h.answered(flush));
+  EXPECT_EQ(h.dev->releases_direct(), 1u);
+  EXPECT_EQ(h.dev->releases_woken(), 0u);
+  const uint64_t flush2 = h.send(h.flush_cmd(1, 32, 32, proto::kFlagFence, 11));
+  EXPECT_FALSE(h.answered(flush2));
+  std::thread([&] { h.out.release_held(); }).join();
+  EXPECT_EQ(::poll(&p, 1, 0), 1) << "a release from another thread did not wake the device";
+  h.dev->process_releases();
+  ASSERT_TRUE(h.answered(flush2));
+  EXPECT_EQ(h.dev->releases_woken(), 1u);
+  EXPECT_EQ(::poll(&p, 1, 0), 0);  // drained
 }
 
 TEST(GpuDevice, RingsOfAContextAreIndependentTimelines) {

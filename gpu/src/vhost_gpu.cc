@@ -270,14 +270,19 @@ std::vector<vu::Device::Watch> VhostGpu::watches() {
                    gpu_->process_renderer();
                    after_work();
                  }});
+  // The compositor's and the front-end display's releases arrive on this thread: they retire their
+  // fences here, with no wake-up through release_fd().
   if (frontend_ && frontend_->alive())
     w.push_back({frontend_->fd(), [this] {
                    frontend_->on_readable();
+                   gpu_->process_releases();
+                   after_work();
                    if (!frontend_->alive()) rewatch();
                  }});
   if (channel_ && channel_->fd() >= 0)
     w.push_back({channel_->fd(), [this] {
                    channel_->on_readable();
+                   gpu_->process_releases();
                    after_work();
                  }});
   if (control_) {

@@ -18,7 +18,10 @@
 // command bytes, contexts. Defaults in GpuCaps; docs/gpu.md lists them.
 //
 // Threading: one thread calls everything except Frame::release(), which may come from any thread; it
-// queues the release and makes release_fd() readable; process_releases() takes them.
+// queues the release, and from another thread also makes release_fd() readable; process_releases()
+// takes them. A release on the device's own thread (the compositor's RELEASE read by the device's loop,
+// an output that releases at once) wakes nothing: the caller runs process_releases() when it is done
+// (control() does; VhostGpu after every watch).
 #pragma once
 
 #include <array>
@@ -29,6 +32,7 @@
 #include <mutex>
 #include <span>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -226,6 +230,9 @@ class GpuDevice {
   // Frame releases from the output (any thread) become fence completions here.
   int release_fd() const { return release_event_.get(); }
   void process_releases();
+  // Releases taken so far without an eventfd wake-up (on the device's thread) and with one.
+  uint64_t releases_direct() const { return releases_direct_; }
+  uint64_t releases_woken() const { return releases_woken_; }
   // The renderer's completed fences (3D): watch renderer_fd() (-1 without a 3D renderer), then call
   // process_renderer().
   int renderer_fd() const { return renderer_->poll_fd(); }
@@ -323,6 +330,7 @@ class GpuDevice {
                      bool fenced);
   void retire_ready();
   void take_releases(std::vector<uint64_t>& out);
+  void claim_thread();  // the calling thread is the device's (releases on it need no wake-up)
   // A 2D resource shown straight from its guest backing (alias mode, page-aligned, big enough).
   bool aliased(const Resource& r) const;
   // Copies len bytes at `offset` of r's backing (across entries); false when guest memory fails.
@@ -357,9 +365,12 @@ class GpuDevice {
     std::mutex mu;
     std::vector<uint64_t> tokens;
     int fd = -1;
+    bool signalled = false;  // fd was written for what `tokens` holds
+    std::thread::id owner;   // the device's thread: its releases skip the eventfd
   };
   std::shared_ptr<ReleaseQueue> releases_;
   UniqueFd release_event_;
+  uint64_t releases_direct_ = 0, releases_woken_ = 0;
 };
 
 }  // namespace canopy::gpu
