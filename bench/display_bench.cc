@@ -9,9 +9,9 @@
 
 #include "bench_main.h"
 #include "canopy/buffers/shared_memory.h"
+#include "canopy/config/manifest.h"
 #include "canopy/display/layout.h"
 #include "canopy/display/renderer.h"
-#include "canopy/hypervisor/manifest.h"
 
 namespace {
 
@@ -20,7 +20,7 @@ using namespace canopy::display;
 
 const Layout& demo_layout() {
   static const Layout l = [] {
-    auto m = hypervisor::load_manifest_file(CANOPY_SOURCE_DIR "/demos/cockpit.toml");
+    auto m = config::load_manifest_file(CANOPY_SOURCE_DIR "/demos/cockpit.toml");
     return m.ok() ? layout_from_manifest(*m.manifest) : Layout{};
   }();
   return l;

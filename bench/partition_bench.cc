@@ -10,7 +10,7 @@
 
 #include "bench_main.h"
 #include "canopy/base/log.h"
-#include "canopy/hypervisor/manifest.h"
+#include "canopy/config/manifest.h"
 #include "canopy/hypervisor/process.h"
 #include "canopy/hypervisor/supervisor.h"
 

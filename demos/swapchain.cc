@@ -9,7 +9,7 @@
 
 namespace canopy::demo {
 
-namespace proto = canopy::gpu::proto;
+namespace proto = canopy::protocol::virtio_gpu;
 
 Result<std::unique_ptr<Swapchain>> Swapchain::create(guest::Partition& part, guest::GpuClient& gpu, uint32_t scanout,
                                                      uint32_t width, uint32_t height, int wait_ms) {
@@ -194,7 +194,7 @@ namespace canopy::demo {
 
 namespace {
 
-namespace sndp = canopy::audio::proto;
+namespace sndp = canopy::protocol::virtio_snd;
 
 // The sound side of run_app (AudioPlan).
 class DemoAudio {

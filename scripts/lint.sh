@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Canopy's source gates (the lint tier of scripts/run-tests.sh):
 #   1. clang-format-19 in check mode over every C and C++ file git tracks (.clang-format);
-#   2. clang-tidy-19 with the curated checks of .clang-tidy (warnings are errors) over the project's
+#   2. the import graph of docs/architecture.md (scripts/check-layers.sh);
+#   3. clang-tidy-19 with the curated checks of .clang-tidy (warnings are errors) over the project's
 #      non-test sources: libraries, programs and tools (tests, fuzz targets and benchmarks are formatted
 #      but not tidied), with the compile commands of BUILD_DIR.
 # Usage: scripts/lint.sh [BUILD_DIR]   (default build; it must have been configured)
@@ -18,6 +19,10 @@ fmt_rc=0
 git ls-files -z '*.cc' '*.h' '*.c' | xargs -0 -n 32 -P "$JOBS" clang-format-19 --dry-run --Werror || fmt_rc=$?
 [ $fmt_rc -eq 0 ] || echo "lint: clang-format found files to reformat (see above)" >&2
 
+echo "lint: layers (scripts/check-layers.sh)"
+layers_rc=0
+scripts/check-layers.sh || layers_rc=$?
+
 echo "lint: clang-tidy (.clang-tidy, warnings are errors)"
 tidy_log=$(mktemp)
 trap 'rm -f "$tidy_log"' EXIT
@@ -32,4 +37,4 @@ if [ $tidy_rc -ne 0 ] || grep -q -E ': (error|warning): ' "$tidy_log"; then
   tidy_rc=1
 fi
 echo "lint: $(git ls-files '*.cc' '*.h' '*.c' | wc -l) files format-checked, clang-tidy over the non-test sources"
-[ $fmt_rc -eq 0 ] && [ $tidy_rc -eq 0 ]
+[ $fmt_rc -eq 0 ] && [ $layers_rc -eq 0 ] && [ $tidy_rc -eq 0 ]

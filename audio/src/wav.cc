@@ -5,7 +5,11 @@
 #include <cmath>
 #include <cstring>
 
-#include "canopy/audio/protocol.h"
+#include "canopy/protocol/virtio_snd.h"
+
+namespace canopy::audio {
+namespace proto = ::canopy::protocol::virtio_snd;  // virtio-snd's wire format (canopy/protocol/virtio_snd.h)
+}  // namespace canopy::audio
 
 namespace canopy::audio {
 

@@ -10,9 +10,9 @@
 #include <memory>
 #include <string>
 
-#include "canopy/audio/config.h"
 #include "canopy/audio/vhost_snd.h"
 #include "canopy/base/log.h"
+#include "canopy/config/snd_options.h"
 #include "canopy/transport/backend_main.h"
 
 namespace {
@@ -57,14 +57,14 @@ Result<std::unique_ptr<vu::Device>> make_device(const std::vector<std::string>& 
     const std::string key = a.substr(0, eq), val = eq == std::string::npos ? "" : a.substr(eq + 1);
     const bool flag = eq == std::string::npos;
     if (key == "--stream") {
-      auto s = parse_stream_spec(val);
+      auto s = config::parse_stream_spec(val);
       if (!s.ok()) {
         CANOPY_ERROR("canopy-snd: %s: %s", a.c_str(), s.error().what);
         return s.error();
       }
       o.streams.push_back(std::move(*s));
     } else if (key == "--jack") {
-      auto j = parse_jack_spec(val);
+      auto j = config::parse_jack_spec(val);
       if (!j.ok()) {
         CANOPY_ERROR("canopy-snd: %s: %s", a.c_str(), j.error().what);
         return j.error();

@@ -14,8 +14,12 @@
 #include <string>
 #include <vector>
 
-#include "canopy/audio/protocol.h"
 #include "canopy/audio/wav.h"
+#include "canopy/protocol/virtio_snd.h"
+
+namespace canopy::audio {
+namespace proto = ::canopy::protocol::virtio_snd;  // virtio-snd's wire format (canopy/protocol/virtio_snd.h)
+}  // namespace canopy::audio
 
 using namespace canopy;
 using namespace canopy::audio;

@@ -18,11 +18,12 @@
 #include "canopy/base/log.h"
 #include "canopy/buffers/shared_memory.h"
 #include "canopy/buffers/timeline.h"
-#include "canopy/display/channel.h"
 #include "canopy/display/compositor.h"
+#include "canopy/protocol/scanout_channel.h"
 
 using namespace canopy;
 using namespace canopy::display;
+namespace channel = canopy::protocol::scanout;
 
 namespace {
 

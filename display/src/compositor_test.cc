@@ -17,14 +17,14 @@
 
 #include "canopy/buffers/shared_memory.h"
 #include "canopy/buffers/timeline.h"
-#include "canopy/display/channel.h"
 #include "canopy/display/fallback.h"
 #include "canopy/display/png.h"
+#include "canopy/protocol/scanout_channel.h"
 
 namespace canopy::display {
 namespace {
 
-namespace ch = channel;
+namespace ch = canopy::protocol::scanout;
 using std::chrono::milliseconds;
 
 // A GPU device as canopy-gpu is on the channel: one connection, one memfd per buffer.

@@ -4,19 +4,9 @@
 #include <cmath>
 #include <optional>
 
-#include "canopy/hypervisor/manifest.h"
+#include "canopy/config/manifest.h"
 
 namespace canopy::display {
-
-const char* to_string(Criticality c) {
-  switch (c) {
-    case Criticality::kSafety: return "safety";
-    case Criticality::kHigh: return "high";
-    case Criticality::kNormal: return "normal";
-    case Criticality::kLow: return "low";
-  }
-  return "?";
-}
 
 const char* to_string(OutputKind k) {
   switch (k) {
@@ -35,28 +25,18 @@ const OutputSpec* Layout::find(std::string_view name) const {
 
 namespace {
 
-Criticality from_manifest(hypervisor::Criticality c) {
-  switch (c) {
-    case hypervisor::Criticality::kSafety: return Criticality::kSafety;
-    case hypervisor::Criticality::kHigh: return Criticality::kHigh;
-    case hypervisor::Criticality::kNormal: return Criticality::kNormal;
-    case hypervisor::Criticality::kLow: return Criticality::kLow;
-  }
-  return Criticality::kNormal;
-}
-
-OutputKind from_manifest(hypervisor::DisplayOutput o) {
+OutputKind from_manifest(config::DisplayOutput o) {
   switch (o) {
-    case hypervisor::DisplayOutput::kKms: return OutputKind::kKms;
-    case hypervisor::DisplayOutput::kWindow: return OutputKind::kWindow;
-    case hypervisor::DisplayOutput::kHeadless: return OutputKind::kHeadless;
+    case config::DisplayOutput::kKms: return OutputKind::kKms;
+    case config::DisplayOutput::kWindow: return OutputKind::kWindow;
+    case config::DisplayOutput::kHeadless: return OutputKind::kHeadless;
   }
   return OutputKind::kHeadless;
 }
 
 }  // namespace
 
-Layout layout_from_manifest(const hypervisor::Manifest& m) {
+Layout layout_from_manifest(const config::Manifest& m) {
   Layout out;
   for (const auto& d : m.displays) {
     OutputSpec o;
@@ -68,7 +48,7 @@ Layout layout_from_manifest(const hypervisor::Manifest& m) {
     Criticality most = Criticality::kLow;
     for (const auto& l : m.layouts) {
       if (l.display != d.name) continue;
-      const hypervisor::VmConfig* vm = m.find_vm(l.vm);
+      const config::VmConfig* vm = m.find_vm(l.vm);
       LayerSpec s;
       s.vm = l.vm;
       s.scanout = l.scanout;
@@ -77,7 +57,7 @@ Layout layout_from_manifest(const hypervisor::Manifest& m) {
       s.z = l.z;
       s.alpha = l.alpha;
       s.rotation = Rotation(l.rotation);
-      s.criticality = vm ? from_manifest(vm->criticality) : Criticality::kNormal;
+      s.criticality = vm ? vm->criticality : Criticality::kNormal;
       s.stale_ms = l.stale_ms ? *l.stale_ms : (s.criticality == Criticality::kSafety ? kDefaultSafetyStaleMs : 0);
       if (at_least(s.criticality, most)) most = s.criticality;
       o.layers.push_back(std::move(s));
@@ -92,7 +72,7 @@ Layout layout_from_manifest(const hypervisor::Manifest& m) {
     sorted.reserve(order.size());
     for (const auto& [z, i] : order) sorted.push_back(std::move(o.layers[i]));
     o.layers = std::move(sorted);
-    o.criticality = d.criticality ? from_manifest(*d.criticality) : (o.layers.empty() ? Criticality::kNormal : most);
+    o.criticality = d.criticality ? *d.criticality : (o.layers.empty() ? Criticality::kNormal : most);
     out.outputs.push_back(std::move(o));
   }
   return out;

@@ -2,7 +2,7 @@
 
 #include <gtest/gtest.h>
 
-#include "canopy/hypervisor/manifest.h"
+#include "canopy/config/manifest.h"
 
 namespace canopy::display {
 namespace {
@@ -10,7 +10,7 @@ namespace {
 const std::string kExamples = CANOPY_HYPERVISOR_EXAMPLES;
 
 TEST(Layout, FromTheCockpitManifest) {
-  auto r = hypervisor::load_manifest_file(kExamples + "/cockpit.toml");
+  auto r = config::load_manifest_file(kExamples + "/cockpit.toml");
   ASSERT_TRUE(r.ok());
   const Layout l = layout_from_manifest(*r.manifest);
   ASSERT_EQ(l.outputs.size(), 2u);
@@ -37,7 +37,7 @@ TEST(Layout, FromTheCockpitManifest) {
 }
 
 TEST(Layout, ExplicitCriticalityAndZOrderKeepsManifestOrderForTies) {
-  auto r = hypervisor::load_manifest_string(
+  auto r = config::load_manifest_string(
       "[[vm]]\nname = \"a\"\nbackend = \"kvm\"\nmemory = \"512M\"\nkernel = \"k\"\ncriticality = \"low\"\n"
       "[vm.gpu]\nscanouts = [{ width = 64, height = 64 }, { width = 32, height = 32 }]\n"
       "[[display]]\nname = \"d\"\nwidth = 100\nheight = 100\ncriticality = \"high\"\n"

@@ -18,8 +18,8 @@
 
 #include "canopy/base/clock.h"
 #include "canopy/base/log.h"
+#include "canopy/config/manifest.h"
 #include "canopy/display/compositor.h"
-#include "canopy/hypervisor/manifest.h"
 
 using namespace canopy;
 using namespace canopy::display;
@@ -153,7 +153,7 @@ int main(int argc, char** argv) {
     std::fputs(kUsage, stderr);
     return 2;
   }
-  auto loaded = hypervisor::load_manifest_file(manifest_path);
+  auto loaded = config::load_manifest_file(manifest_path);
   if (!loaded.ok()) {
     for (const auto& e : loaded.errors) std::fprintf(stderr, "%s\n", e.to_string().c_str());
     return 2;

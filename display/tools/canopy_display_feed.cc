@@ -17,11 +17,11 @@
 #include <string>
 
 #include "canopy/buffers/shared_memory.h"
-#include "canopy/display/channel.h"
+#include "canopy/protocol/scanout_channel.h"
 #include "canopy/transport/vhost_user_channel.h"
 
 using namespace canopy;
-namespace ch = canopy::display::channel;
+namespace ch = canopy::protocol::scanout;
 
 namespace {
 

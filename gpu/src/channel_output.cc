@@ -13,11 +13,11 @@
 
 #include "canopy/base/log.h"
 #include "canopy/buffers/shared_memory.h"
-#include "canopy/display/channel.h"
+#include "canopy/protocol/scanout_channel.h"
 
 namespace canopy::gpu {
 
-namespace ch = canopy::display::channel;
+namespace ch = canopy::protocol::scanout;
 
 namespace {
 

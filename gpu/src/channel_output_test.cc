@@ -10,12 +10,12 @@
 #include <cstring>
 
 #include "canopy/buffers/shared_memory.h"
-#include "canopy/display/channel.h"
+#include "canopy/protocol/scanout_channel.h"
 
 namespace canopy::gpu {
 namespace {
 
-namespace ch = canopy::display::channel;
+namespace ch = canopy::protocol::scanout;
 
 class ChannelOutputTest : public ::testing::Test {
  protected:

@@ -12,9 +12,10 @@
 #include <vector>
 
 #include "canopy/base/result.h"
-#include "canopy/gpu/protocol.h"
+#include "canopy/protocol/virtio_gpu.h"
 
 namespace canopy::gpu {
+namespace proto = ::canopy::protocol::virtio_gpu;  // virtio-gpu's wire format (canopy/protocol/virtio_gpu.h)
 
 enum class Queue { kControl, kCursor };
 

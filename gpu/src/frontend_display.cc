@@ -10,7 +10,7 @@
 
 #include "canopy/base/log.h"
 #include "canopy/buffers/image.h"
-#include "canopy/gpu/protocol.h"
+#include "canopy/protocol/virtio_gpu.h"
 
 namespace canopy::gpu {
 namespace {

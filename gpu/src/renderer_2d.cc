@@ -7,7 +7,7 @@
 #include <set>
 
 #include "canopy/gpu/device.h"
-#include "canopy/gpu/protocol.h"
+#include "canopy/protocol/virtio_gpu.h"
 
 namespace canopy::gpu {
 namespace {

@@ -1,6 +1,6 @@
 // The VM manifest loader: the examples parse to the expected model; every kind of mistake gives one exact,
 // positioned error; canopy-vmm --check reports the same.
-#include "canopy/hypervisor/manifest.h"
+#include "canopy/config/manifest.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -14,6 +14,9 @@
 #include "canopy/test_support/command.h"
 
 namespace canopy::hypervisor {
+
+// The manifest and its types (canopy/config/manifest.h) are the VMM's vocabulary.
+using namespace ::canopy::config;  // NOLINT(google-build-using-namespace)
 namespace {
 
 using ::testing::ElementsAre;

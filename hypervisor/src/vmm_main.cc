@@ -16,7 +16,7 @@
 #include <string>
 
 #include "canopy/base/log.h"
-#include "canopy/hypervisor/manifest.h"
+#include "canopy/config/manifest.h"
 #include "canopy/hypervisor/supervisor.h"
 #include "canopy/transport/backend_sandbox.h"
 #include "kvm/kvm_vm.h"
@@ -39,8 +39,8 @@ constexpr const char* kUsage =
     "                             SIGTERM/SIGINT, 1 an error\n"
     "       canopy-vmm --help     this text\n";
 
-canopy::hypervisor::LoadResult load(const std::string& path) {
-  canopy::hypervisor::LoadResult r = canopy::hypervisor::load_manifest_file(path);
+canopy::config::LoadResult load(const std::string& path) {
+  canopy::config::LoadResult r = canopy::config::load_manifest_file(path);
   if (!r.ok()) {
     for (const auto& e : r.errors) std::fprintf(stderr, "%s\n", e.to_string().c_str());
   }
@@ -123,7 +123,7 @@ int boot(int argc, char** argv) {
     if (a == "--kernel" && has) c.kernel = argv[++i];
     else if (a == "--initrd" && has) c.initrd = argv[++i];
     else if (a == "--cmdline" && has) c.cmdline = argv[++i];
-    else if (const auto size = a == "--memory" && has ? canopy::hypervisor::parse_size(argv[i + 1]) : std::nullopt) {
+    else if (const auto size = a == "--memory" && has ? canopy::config::parse_size(argv[i + 1]) : std::nullopt) {
       c.ram_bytes = *size;
       ++i;
     } else if (a == "--vcpus" && has) c.vcpus = uint32_t(std::strtoul(argv[++i], nullptr, 10));
@@ -132,7 +132,7 @@ int boot(int argc, char** argv) {
       const size_t eq = spec.find('=');
       k::KvmDeviceSpec d;
       d.name = spec.substr(0, eq);
-      d.virtio_id = d.name == "gpu" ? 16 : d.name == "snd" ? 25 : canopy::hypervisor::virtio_device_id(d.name);
+      d.virtio_id = d.name == "gpu" ? 16 : d.name == "snd" ? 25 : canopy::config::virtio_device_id(d.name);
       if (eq == std::string::npos || d.virtio_id == 0 || eq + 1 >= spec.size()) {
         std::fprintf(stderr, "canopy-vmm boot: --device %s: expected TYPE=PROGRAM[,ARG...] with a virtio type\n",
                      spec.c_str());

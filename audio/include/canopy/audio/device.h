@@ -11,9 +11,9 @@
 // malformed request gets VIRTIO_SND_S_BAD_MSG; a buffer the device cannot use is handed back at once with
 // VIRTIO_SND_S_IO_ERR (or with nothing written when it has no room for a status).
 //
-// Data: a host backend (host.h) pulls playback bytes and pushes capture bytes through the stream's
-// StreamIo at the host's pace, so tx buffers are completed when the host has taken them (the guest's
-// clock is the host's), rx buffers when full. Volume, mute and the policy's ducking are applied there.
+// Data: a host backend (host_backend.h; the PipeWire and null hosts in host.h) pulls playback bytes and pushes capture
+// bytes through the stream's StreamIo at the host's pace, so tx buffers are completed when the host has taken them (the
+// guest's clock is the host's), rx buffers when full. Volume, mute and the policy's ducking are applied there.
 //
 // Threading: one thread (canopy-snd's event loop) calls everything, host callbacks included.
 #pragma once
@@ -26,12 +26,15 @@
 #include <string>
 #include <vector>
 
-#include "canopy/audio/protocol.h"
+#include "canopy/audio/host_backend.h"
 #include "canopy/base/result.h"
+#include "canopy/config/snd_options.h"
+#include "canopy/protocol/virtio_snd.h"
 #include "canopy/transport/guest_memory.h"
 #include "canopy/transport/virtqueue.h"
 
 namespace canopy::audio {
+namespace proto = ::canopy::protocol::virtio_snd;  // virtio-snd's wire format (canopy/protocol/virtio_snd.h)
 
 class PolicyBoard;
 
@@ -42,34 +45,11 @@ uint64_t default_formats();
 // The usual channel layout for a channel count (MONO; FL FR; ... 7.1), as virtio positions.
 std::vector<uint8_t> default_positions(uint8_t channels);
 
-// Cross-VM policy of one stream (docs/audio-policy.md).
-struct StreamPolicy {
-  uint32_t priority = 50;    // 0..100, higher wins
-  bool duck_others = false;  // while this stream runs, lower-priority streams are attenuated ...
-  double duck_db = -20.0;    // ... by this much (dB, < 0) ...
-  uint32_t ramp_ms = 50;     // ... over this ramp (and restored over the same ramp)
-  bool exclusive = false;    // while this stream runs, lower-priority streams are muted
-};
-
-struct StreamConfig {
-  std::string name;
-  proto::Direction direction = proto::Direction::kOutput;
-  uint8_t channels_min = 1;
-  uint8_t channels_max = 2;
-  uint64_t formats = 0;            // virtio format bits; 0: default_formats()
-  uint64_t rates = 0;              // virtio rate bits; 0: 44100 and 48000
-  std::vector<uint8_t> positions;  // channel map (channels_max entries); empty: the usual layout
-  std::string role = "media";      // media.role of the host stream
-  std::string target;              // host sink / source node name; empty: the default one
-  StreamPolicy policy;
-};
-
-struct JackConfig {
-  std::string name;
-  proto::Direction direction = proto::Direction::kOutput;
-  uint32_t hda_device = proto::kHdaDevLineOut;  // HDA default device (Line Out, Speaker, HP Out, Mic In ...)
-  bool connected = true;
-};
+// A stream's and a jack's configuration, and a stream's cross-VM policy: canopy-snd's options
+// (canopy/config/snd_options.h, with their parser and printer). formats 0: default_formats().
+using config::JackConfig;
+using config::StreamConfig;
+using config::StreamPolicy;
 
 struct SndOptions {
   std::vector<StreamConfig> streams;
@@ -80,61 +60,6 @@ struct SndOptions {
   bool controls = false;
   std::string vm = "vm";             // shown in host node names and logs
   uint32_t max_pending_events = 64;  // events kept while the driver has no eventq buffer
-};
-
-// One stream's parameters from PCM_SET_PARAMS.
-struct PcmParams {
-  uint32_t buffer_bytes = 0;
-  uint32_t period_bytes = 0;
-  uint32_t features = 0;
-  uint8_t channels = 0;
-  uint8_t format = 0;  // proto::Format
-  uint32_t rate = 0;   // Hz
-  uint32_t frame_bytes() const { return channels * proto::format_bytes(format); }
-  bool operator==(const PcmParams&) const = default;
-};
-
-// The device side of a stream, for its host backend.
-class StreamIo {
- public:
-  virtual ~StreamIo() = default;
-  // Playback: copies up to `bytes` of the guest's queued audio to dst (volume and ducking applied) and
-  // completes the tx buffers it empties; returns the bytes copied. Less than asked while running is an
-  // underrun (counted, and an XRUN event where negotiated); the caller fills the rest with silence.
-  virtual size_t pull(uint8_t* dst, size_t bytes) = 0;
-  // Capture: writes `bytes` of host audio into the guest's rx buffers, completing each one filled;
-  // returns the bytes taken (less: no buffer, an overrun, counted).
-  virtual size_t push(const uint8_t* src, size_t bytes) = 0;
-  virtual const PcmParams& params() const = 0;
-  virtual const StreamConfig& config() const = 0;
-};
-
-// The host end of one virtio stream (a PipeWire stream, a WAV file, nothing).
-class HostStream {
- public:
-  virtual ~HostStream() = default;
-  // PCM_PREPARE: open or reopen the host side for these parameters (not running yet).
-  virtual Status prepare(const PcmParams& p) = 0;
-  // PCM_START / PCM_STOP. A stopped playback stream plays out what the host already holds.
-  virtual void start() = 0;
-  virtual void stop() = 0;
-  // PCM_RELEASE.
-  virtual void release() {}
-  // Frames the host holds between pull() and the output (for latency_bytes).
-  virtual uint32_t delay_frames() { return 0; }
-};
-
-class HostBackend {
- public:
-  virtual ~HostBackend() = default;
-  virtual const char* name() const = 0;
-  virtual Result<std::unique_ptr<HostStream>> open(uint32_t index, StreamIo& io) = 0;
-  // Descriptors the event loop polls for the backend, and what to call when one is readable.
-  struct Watch {
-    int fd;
-    std::function<void()> fn;
-  };
-  virtual std::vector<Watch> watches() { return {}; }
 };
 
 struct StreamStats {
@@ -234,7 +159,7 @@ class SndDevice {
 
 // Applies a gain ramp to interleaved samples in place: frame i gets db_start + i * db_step (dB, clamped
 // at kMuteDb = silence). Supports the formats of default_formats().
-inline constexpr double kMuteDb = -96.0;
+using config::kMuteDb;  // silence (config/snd_options.h: the deepest duck-db too)
 void apply_gain(uint8_t format, uint8_t* data, size_t frames, uint32_t channels, double db_start, double db_step);
 
 }  // namespace canopy::audio

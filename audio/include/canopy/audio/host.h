@@ -1,4 +1,4 @@
-// Host ends of canopy-snd's streams (device.h's HostBackend):
+// Host ends of canopy-snd's streams (host_backend.h's HostBackend):
 //   PipeWire  one pw_stream per virtio stream (node properties carry the VM, the stream and the manifest's
 //             media.role; node.latency asks for a quantum of one guest period); PipeWire converts format,
 //             rate and channel layout to the graph's.
@@ -12,7 +12,7 @@
 #include <memory>
 #include <string>
 
-#include "canopy/audio/device.h"
+#include "canopy/audio/host_backend.h"
 
 namespace canopy::audio {
 

@@ -1,5 +1,5 @@
 // The compositor behind canopy-display: GPU devices (canopy-gpu, one connection per VM) send their
-// scanouts' frames over the scanout channel (canopy/display/channel.h); the compositor maps each buffer
+// scanouts' frames over the scanout channel (canopy/protocol/scanout_channel.h); the compositor maps each buffer
 // once (the pieces back to back, buffers::map_scattered: zero copy), schedules every output with its
 // own OutputScheduler (mixed criticality, canopy/display/scheduler.h), composes with a Renderer into
 // the output's canvas, presents it on the output's sink and sends RELEASE for every frame it no

@@ -7,8 +7,8 @@
 // affine map from a point in dst (relative to dst's top-left corner, in output pixels; pixel centres
 // at +0.5) to source pixel coordinates; renderers sample there (nearest for 1:1, bilinear otherwise).
 //
-// Criticality follows the manifest: safety > high > normal > low (a smaller enum value is more
-// critical). An output's criticality is given or else the most critical of its layers' VMs.
+// Criticality is the manifest's (canopy/config/criticality.h): safety > high > normal > low. An output's
+// criticality is given or else the most critical of its layers' VMs.
 #pragma once
 
 #include <cstdint>
@@ -18,17 +18,16 @@
 #include <vector>
 
 #include "canopy/base/result.h"
+#include "canopy/config/criticality.h"
 
-namespace canopy::hypervisor {
+namespace canopy::config {
 struct Manifest;
 }
 
 namespace canopy::display {
 
-enum class Criticality : uint8_t { kSafety = 0, kHigh = 1, kNormal = 2, kLow = 3 };
-const char* to_string(Criticality c);
-// a is at least as critical as b.
-constexpr bool at_least(Criticality a, Criticality b) { return uint8_t(a) <= uint8_t(b); }
+using config::at_least;
+using config::Criticality;
 
 enum class Rotation : uint16_t { k0 = 0, k90 = 90, k180 = 180, k270 = 270 };
 enum class OutputKind { kHeadless, kWindow, kKms };
@@ -72,7 +71,7 @@ struct Layout {
 
 // The manifest's displays and layout entries as a Layout (the manifest has been validated by its
 // loader). Defaults applied: output criticality, stale_ms for safety VMs, z order.
-Layout layout_from_manifest(const hypervisor::Manifest& m);
+Layout layout_from_manifest(const config::Manifest& m);
 
 // p' = (a*x + b*y + e, c*x + d*y + f)
 struct Affine {

@@ -1,5 +1,5 @@
 // ChannelOutput: the scanout output that hands a canopy-gpu device's frames to the compositor
-// (canopy-display) over the scanout channel (canopy/display/channel.h, docs/display.md), zero copy.
+// (canopy-display) over the scanout channel (canopy/protocol/scanout_channel.h, docs/display.md), zero copy.
 //
 // A frame's pieces (guest RAM memfd for blobs and aliased 2D resources, the device's sealed host storage
 // for 2D resources) are sent once per resource backing as a BUFFER with their descriptors; every frame

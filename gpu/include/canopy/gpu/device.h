@@ -1,7 +1,7 @@
 // The virtio-gpu device model (virtio 1.2 §5.7), independent of any transport:
 //
 //   transport (vhost-user / tests) -> queue handling (vhost_gpu.h) -> command decode (command.h)
-//     -> GpuDevice (this file: resources, scanouts, contexts, fences, caps) -> Renderer (2D now)
+//     -> GpuDevice (this file: resources, scanouts, contexts, fences, caps) -> Renderer (renderer.h)
 //     -> ScanoutOutput (frames to the compositor)
 //
 // Commands arrive as the readable bytes of a control-queue chain with a token; responses leave through
@@ -39,11 +39,13 @@
 #include "canopy/base/result.h"
 #include "canopy/base/unique_fd.h"
 #include "canopy/gpu/edid.h"
-#include "canopy/gpu/protocol.h"
+#include "canopy/gpu/renderer.h"
 #include "canopy/gpu/scanout_output.h"
+#include "canopy/protocol/virtio_gpu.h"
 #include "canopy/transport/guest_memory.h"
 
 namespace canopy::gpu {
+namespace proto = ::canopy::protocol::virtio_gpu;  // virtio-gpu's wire format (canopy/protocol/virtio_gpu.h)
 
 struct Command;
 
@@ -69,37 +71,6 @@ struct GpuOptions {
   uint64_t features = proto::kFEdid | proto::kFResourceUuid | proto::kFResourceBlob | proto::kFContextInit;
 };
 
-struct CapsetInfo {
-  uint32_t id = 0, max_version = 0, max_size = 0;
-};
-
-// A 2D resource's host storage.
-struct HostImage {
-  SharedFd fd;
-  buffers::Mapping map;
-  uint32_t stride = 0;
-  uint64_t size = 0;
-};
-
-// RESOURCE_CREATE_3D's arguments (Gallium target, format, bind flags ...), checked by the renderer.
-struct Resource3dArgs {
-  uint32_t target = 0, format = 0, bind = 0, width = 0, height = 0, depth = 0, array_size = 0, last_level = 0,
-           nr_samples = 0, flags = 0;
-};
-
-// RESOURCE_CREATE_BLOB of host memory (HOST3D, or HOST3D_GUEST with guest backing): the context's
-// object `blob_id` (0: fresh shared memory) becomes resource memory.
-struct Blob3dArgs {
-  uint32_t ctx_id = 0, blob_mem = 0, blob_flags = 0;
-  uint64_t blob_id = 0, size = 0;
-};
-
-// A host blob as a file the front-end can map into the guest, and how the guest should cache it.
-struct BlobExport {
-  UniqueFd fd;
-  uint32_t map_info = 0;  // proto::kMapCache*
-};
-
 // The host-visible memory region (virtio-gpu shared memory region 1): where RESOURCE_MAP_BLOB puts a
 // host blob for the guest to reach without copies. The transport implements it: over vhost-user,
 // SHMEM_MAP / SHMEM_UNMAP to the front-end, which maps the file into the guest's region.
@@ -112,66 +83,6 @@ class HostVisibleRegion {
   virtual Status map(uint64_t offset, int fd, uint64_t fd_offset, uint64_t len, bool writable) = 0;
   virtual Status unmap(uint64_t offset, uint64_t len) = 0;
 };
-
-// A TRANSFER_TO/FROM_HOST_3D: the box of `level`, the guest data at `offset` of the resource's backing
-// with `stride` bytes per row and `layer_stride` per layer (0: tightly packed).
-struct Transfer3d {
-  uint32_t ctx_id = 0, level = 0, stride = 0, layer_stride = 0;
-  uint32_t x = 0, y = 0, z = 0, w = 0, h = 0, d = 0;
-  uint64_t offset = 0;
-};
-
-// The renderer behind the device model. The 2D renderer (make_2d_renderer) keeps 2D resources in
-// memfds and has no capsets; the virgl renderer (renderer_virgl.h) runs virglrenderer: capsets,
-// contexts with command streams, 3D resources and fences that complete when the GPU work has.
-class Renderer {
- public:
-  virtual ~Renderer() = default;
-  virtual const char* name() const = 0;
-  virtual uint32_t num_capsets() const = 0;
-  // Errors: kInvalidArgument for an index / id / version the renderer does not have.
-  virtual Result<CapsetInfo> capset_info(uint32_t index) const = 0;
-  virtual Result<std::vector<uint8_t>> capset(uint32_t id, uint32_t version) const = 0;
-  virtual Status create_context(uint32_t ctx_id, uint32_t capset_id, std::string_view debug_name) = 0;
-  virtual void destroy_context(uint32_t ctx_id) = 0;
-  // A context's command stream (SUBMIT_3D). The 2D renderer accepts only an empty stream (a fence carrier).
-  virtual Status submit(uint32_t ctx_id, std::span<const uint8_t> commands) = 0;
-  virtual Result<HostImage> create_2d(uint32_t resource_id, uint32_t width, uint32_t height) = 0;
-
-  // ---- 3D. The 2D renderer has none of this (supports_3d() false, the rest kUnsupported). ----
-  virtual bool supports_3d() const { return false; }
-  virtual Status create_3d(uint32_t resource_id, const Resource3dArgs& args);
-  virtual void destroy_3d(uint32_t /*resource_id*/) {}
-  // The guest memory behind a 3D resource, as host mappings (GuestMemory::host_ranges), in order.
-  virtual Status attach_backing_3d(uint32_t resource_id, std::span<const transport::GuestMemory::HostRange> iov);
-  virtual void detach_backing_3d(uint32_t /*resource_id*/) {}
-  // What the renderer was last handed as the resource's backing (none: empty), for checks.
-  virtual std::vector<transport::GuestMemory::HostRange> backing_3d(uint32_t /*resource_id*/) const { return {}; }
-  virtual void attach_to_context(uint32_t /*ctx_id*/, uint32_t /*resource_id*/) {}
-  virtual void detach_from_context(uint32_t /*ctx_id*/, uint32_t /*resource_id*/) {}
-  // Host blobs (RESOURCE_CREATE_BLOB with HOST3D / HOST3D_GUEST); iov: the guest backing of HOST3D_GUEST.
-  // Destroyed with destroy_3d.
-  virtual Status create_blob_3d(uint32_t resource_id, const Blob3dArgs& args,
-                                std::span<const transport::GuestMemory::HostRange> iov);
-  // A host blob as a mappable file (RESOURCE_MAP_BLOB). kUnsupported where the renderer's memory
-  // cannot be shared as a file.
-  virtual Result<BlobExport> export_blob(uint32_t resource_id);
-  // Between the resource and its attached backing; errors for a box or level outside the resource.
-  virtual Status transfer_3d(uint32_t resource_id, bool to_host, const Transfer3d& t);
-  // Reads level 0's rows [y, y + h) of columns [x, x + w) into dst (`stride` bytes a row, top row first):
-  // how a scanout of a 3D resource reaches the output (a counted copy).
-  virtual Status read_pixels(uint32_t resource_id, const Rect& r, uint8_t* dst, uint32_t stride);
-  // A fence after everything submitted so far (to ring `ring_idx` of ctx_id when on_ring, else to all):
-  // the callback set with set_fence_callback gets `id` once that work has completed, from poll().
-  virtual Status create_fence(uint32_t ctx_id, uint32_t ring_idx, bool on_ring, uint64_t id);
-  // A sink: the overrides move from it.
-  // NOLINTNEXTLINE(performance-unnecessary-value-param)
-  virtual void set_fence_callback(std::function<void(uint64_t id)> /*cb*/) {}
-  // Readable when poll() has fences to report; -1 when the renderer has none.
-  virtual int poll_fd() const { return -1; }
-  virtual void poll() {}
-};
-std::unique_ptr<Renderer> make_2d_renderer();
 
 struct GpuStats {
   uint64_t commands = 0;
@@ -271,17 +182,24 @@ class GpuDevice {
  private:
   GpuDevice(GpuOptions options, std::unique_ptr<Renderer> renderer, ScanoutOutput* output, Respond respond);
 
-  // Command handlers return a response type: OK_NODATA, an error, or an OK_* whose body is in resp_.
+  // A command's answer: its response type and, for the OK_* queries, the body after the header. Handlers
+  // return it as a value (a bare Resp converts: OK_NODATA or an error, no body).
+  struct Reply {
+    Reply(proto::Resp t) : type(t) {}  // NOLINT(google-explicit-constructor): handlers return a Resp
+    Reply(proto::Resp t, std::vector<uint8_t> b) : type(t), body(std::move(b)) {}
+    proto::Resp type;
+    std::vector<uint8_t> body;
+  };
   // Runs one decoded command: marks GuestMemory's copy count first (the request is already copied out and
   // the response is written after, by the caller), so every guest-memory copy in between is resource data.
   // This holds because only the device thread copies through GuestMemory; the cursor queue's copies
   // (cursor()) come between commands and are counted apart (GpuStats::cursor_bytes_copied).
-  proto::Resp dispatch(const Command& c, uint64_t pending_id);
-  proto::Resp dispatch_command(const Command& c, uint64_t pending_id);
+  Reply dispatch(const Command& c, uint64_t pending_id);
+  Reply dispatch_command(const Command& c, uint64_t pending_id);
   // Guest-memory bytes copied since the last mark (the command's start or the last take); moves the mark
   // and adds them to stats_.bytes_copied.
   uint64_t take_guest_copies();
-  proto::Resp get_display_info();
+  Reply get_display_info();
   proto::Resp resource_create_2d(const Command& c);
   proto::Resp resource_unref(const Command& c);
   proto::Resp set_scanout(const Command& c);
@@ -290,10 +208,10 @@ class GpuDevice {
   proto::Resp transfer_to_host_2d(const Command& c);
   proto::Resp attach_backing(const Command& c);
   proto::Resp detach_backing(const Command& c);
-  proto::Resp get_capset_info(const Command& c);
-  proto::Resp get_capset(const Command& c);
-  proto::Resp get_edid(const Command& c);
-  proto::Resp assign_uuid(const Command& c);
+  Reply get_capset_info(const Command& c);
+  Reply get_capset(const Command& c);
+  Reply get_edid(const Command& c);
+  Reply assign_uuid(const Command& c);
   proto::Resp create_blob(const Command& c);
   proto::Resp ctx_create(const Command& c);
   proto::Resp ctx_destroy(const Command& c);
@@ -304,7 +222,7 @@ class GpuDevice {
   proto::Resp create_blob_3d(const Command& c);
   // A guest blob made the 3D renderer's too (its backing handed over in place).
   proto::Resp give_guest_blob_to_renderer(Resource& r, uint32_t ctx_id, uint64_t blob_id);
-  proto::Resp map_blob(const Command& c);
+  Reply map_blob(const Command& c);
   proto::Resp unmap_blob(const Command& c);
   void unmap_resource(Resource& r);
   // Gives a 3D resource's backing to the renderer as host mappings of the current guest memory.
@@ -358,8 +276,7 @@ class GpuDevice {
   std::unordered_map<uint64_t, std::unique_ptr<Pending>> pending_;
   std::map<uint64_t, std::vector<uint64_t>> timelines_;  // key -> pending ids (front = oldest)
   uint64_t next_pending_ = 1;
-  std::vector<uint8_t> resp_;  // response body of the command being handled (after the header)
-  GpuStats stats_;             // counters; the table sizes are filled in by stats()
+  GpuStats stats_;  // counters; the table sizes are filled in by stats()
 
   struct ReleaseQueue {
     std::mutex mu;

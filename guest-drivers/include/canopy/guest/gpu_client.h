@@ -26,12 +26,12 @@
 #include <vector>
 
 #include "canopy/base/result.h"
-#include "canopy/gpu/protocol.h"
 #include "canopy/guest/virtio_driver.h"
+#include "canopy/protocol/virtio_gpu.h"
 
 namespace canopy::guest {
 
-namespace proto = canopy::gpu::proto;
+namespace proto = canopy::protocol::virtio_gpu;
 
 struct GpuRect {
   uint32_t x = 0, y = 0, width = 0, height = 0;

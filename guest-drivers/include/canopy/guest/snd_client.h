@@ -22,13 +22,13 @@
 #include <span>
 #include <vector>
 
-#include "canopy/audio/protocol.h"
 #include "canopy/base/result.h"
 #include "canopy/guest/virtio_driver.h"
+#include "canopy/protocol/virtio_snd.h"
 
 namespace canopy::guest {
 
-namespace sndp = canopy::audio::proto;
+namespace sndp = canopy::protocol::virtio_snd;
 
 class SndClient {
  public:

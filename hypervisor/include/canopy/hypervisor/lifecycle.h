@@ -23,9 +23,12 @@
 #include <string>
 
 #include "canopy/base/clock.h"
-#include "canopy/hypervisor/manifest.h"
+#include "canopy/config/manifest.h"
 
 namespace canopy::hypervisor {
+
+// The manifest and its types (canopy/config/manifest.h) are the VMM's vocabulary.
+using namespace ::canopy::config;  // NOLINT(google-build-using-namespace)
 
 using TimePoint = canopy::TimePoint;
 using Millis = std::chrono::milliseconds;

@@ -21,10 +21,13 @@
 #include <vector>
 
 #include "canopy/base/result.h"
+#include "canopy/config/manifest.h"
 #include "canopy/hypervisor/lifecycle.h"
-#include "canopy/hypervisor/manifest.h"
 
 namespace canopy::hypervisor {
+
+// The manifest and its types (canopy/config/manifest.h) are the VMM's vocabulary.
+using namespace ::canopy::config;  // NOLINT(google-build-using-namespace)
 
 inline constexpr uid_t kPartitionUidBase = 0x7c000;  // partition i runs as uid/gid base + i (VMM as root)
 inline constexpr int kMessageBudget = 64;

@@ -1,4 +1,4 @@
-// libFuzzer target: the scanout channel's packet parser (canopy/display/channel.h), both directions.
+// libFuzzer target: the scanout channel's packet parser (canopy/protocol/scanout_channel.h), both directions.
 // The first input byte says how many descriptors arrive with the packet (0..9) and which direction.
 #include <fcntl.h>
 #include <unistd.h>
@@ -8,10 +8,10 @@
 #include <span>
 #include <vector>
 
-#include "canopy/display/channel.h"
+#include "canopy/protocol/scanout_channel.h"
 
 using namespace canopy;
-using namespace canopy::display::channel;
+using namespace canopy::protocol::scanout;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1) return 0;

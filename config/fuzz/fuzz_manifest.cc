@@ -5,10 +5,10 @@
 #include <cstdlib>
 #include <string_view>
 
-#include "canopy/hypervisor/manifest.h"
+#include "canopy/config/manifest.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  using namespace canopy::hypervisor;
+  using namespace canopy::config;
   const std::string_view text(reinterpret_cast<const char*>(data), size);
   LoadResult r = load_manifest_string(text, "fuzz.toml");
   if (r.ok() == !r.errors.empty()) std::abort();

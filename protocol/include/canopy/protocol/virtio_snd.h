@@ -8,7 +8,7 @@
 
 #include "canopy/base/le.h"
 
-namespace canopy::audio::proto {
+namespace canopy::protocol::virtio_snd {
 
 inline constexpr uint32_t kDeviceId = 25;
 inline constexpr uint64_t kFCtls = uint64_t{1} << 0;  // VIRTIO_SND_F_CTLS (1.3)
@@ -315,4 +315,4 @@ inline constexpr uint32_t kHdaDevLineOut = 0x0, kHdaDevSpeaker = 0x1, kHdaDevHpO
 // Pin capabilities (HDA 7.3.4.9).
 inline constexpr uint32_t kHdaCapPresenceDetect = 1u << 2, kHdaCapOutput = 1u << 4, kHdaCapInput = 1u << 5;
 
-}  // namespace canopy::audio::proto
+}  // namespace canopy::protocol::virtio_snd

@@ -1,4 +1,4 @@
-#include "canopy/audio/config.h"
+#include "canopy/config/snd_options.h"
 
 #include <cerrno>
 #include <cmath>
@@ -6,7 +6,9 @@
 #include <string_view>
 #include <vector>
 
-namespace canopy::audio {
+namespace canopy::config {
+
+namespace proto = protocol::virtio_snd;
 
 namespace {
 
@@ -157,4 +159,17 @@ std::string stream_spec(const StreamConfig& s) {
   return o;
 }
 
-}  // namespace canopy::audio
+std::string jack_spec(const JackConfig& j) {
+  const char* device = "line-out";
+  switch (j.hda_device) {
+    case proto::kHdaDevSpeaker: device = "speaker"; break;
+    case proto::kHdaDevHpOut: device = "headphone"; break;
+    case proto::kHdaDevLineIn: device = "line-in"; break;
+    case proto::kHdaDevMicIn: device = "mic"; break;
+    default: break;
+  }
+  return "name=" + j.name + ",dir=" + (j.direction == proto::Direction::kOutput ? "output" : "input") +
+         ",device=" + device + ",connected=" + (j.connected ? "1" : "0");
+}
+
+}  // namespace canopy::config

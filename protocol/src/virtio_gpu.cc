@@ -1,8 +1,8 @@
-#include "canopy/gpu/protocol.h"
+#include "canopy/protocol/virtio_gpu.h"
 
 #include "canopy/buffers/image.h"
 
-namespace canopy::gpu::proto {
+namespace canopy::protocol::virtio_gpu {
 
 const char* cmd_name(uint32_t type) {
   switch (static_cast<Cmd>(type)) {
@@ -71,4 +71,4 @@ uint32_t drm_fourcc(uint32_t virtio_format) {
   }
 }
 
-}  // namespace canopy::gpu::proto
+}  // namespace canopy::protocol::virtio_gpu

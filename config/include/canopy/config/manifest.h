@@ -16,7 +16,9 @@
 #include <string_view>
 #include <vector>
 
-namespace canopy::hypervisor {
+#include "canopy/config/criticality.h"
+
+namespace canopy::config {
 
 // Documented caps (docs/manifest.md "Limits").
 inline constexpr size_t kMaxManifestBytes = 1 << 20;
@@ -44,15 +46,12 @@ inline constexpr size_t kMaxDevices = 16;  // [[vm.device]] entries per VM
 inline constexpr uint32_t kMaxWatchdogMs = 600000;
 
 enum class Backend { kKvm, kPartition, kAuto };
-// Ordered: a smaller value is more critical (safety > high > normal > low).
-enum class Criticality { kSafety = 0, kHigh = 1, kNormal = 2, kLow = 3 };
 enum class RestartPolicy { kNever, kOnFailure, kAlways };
 enum class StreamDirection { kOutput, kInput };
 enum class AudioRole { kChime, kAlert, kPhone, kNavigation, kVoice, kMedia, kSystem };
 enum class DisplayOutput { kKms, kWindow, kHeadless };
 
 const char* to_string(Backend b);
-const char* to_string(Criticality c);
 const char* to_string(RestartPolicy r);
 const char* to_string(StreamDirection d);
 const char* to_string(AudioRole r);
@@ -209,4 +208,4 @@ LoadResult load_manifest_file(const std::string& path);
 // Checks manifest text; `name` is the file name used in error messages.
 LoadResult load_manifest_string(std::string_view text, std::string_view name);
 
-}  // namespace canopy::hypervisor
+}  // namespace canopy::config

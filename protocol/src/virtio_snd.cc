@@ -1,8 +1,8 @@
-#include "canopy/audio/protocol.h"
+#include "canopy/protocol/virtio_snd.h"
 
 #include <cstring>
 
-namespace canopy::audio::proto {
+namespace canopy::protocol::virtio_snd {
 
 const char* code_name(uint32_t code) {
   switch (Code(code)) {
@@ -76,4 +76,4 @@ int position_from_name(const char* name) {
 
 const char* position_name(uint8_t pos) { return pos < kPosCount ? kPosNames[pos] : "?"; }
 
-}  // namespace canopy::audio::proto
+}  // namespace canopy::protocol::virtio_snd

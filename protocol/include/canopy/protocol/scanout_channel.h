@@ -45,7 +45,7 @@ namespace canopy::buffers {
 class Timeline;
 }
 
-namespace canopy::display::channel {
+namespace canopy::protocol::scanout {
 
 inline constexpr uint32_t kMagic = 0x53444e43;  // "CNDS"
 inline constexpr uint16_t kVersion = 2;
@@ -209,4 +209,4 @@ Status send_packet(int sock, std::span<const uint8_t> packet, std::span<const in
 Status send_timeline(int sock, uint32_t scanout, const buffers::Timeline& timeline);
 Result<Message> receive(int sock, Direction dir, int timeout_ms);
 
-}  // namespace canopy::display::channel
+}  // namespace canopy::protocol::scanout

@@ -1,4 +1,4 @@
-#include "canopy/display/channel.h"
+#include "canopy/protocol/scanout_channel.h"
 
 #include <algorithm>
 #include <cstring>
@@ -7,7 +7,7 @@
 #include "canopy/buffers/fd_passing.h"
 #include "canopy/buffers/timeline.h"
 
-namespace canopy::display::channel {
+namespace canopy::protocol::scanout {
 namespace {
 
 Error bad(const char* what) { return make_error(Errc::kProtocol, what); }
@@ -306,4 +306,4 @@ Result<Message> receive(int sock, Direction dir, int timeout_ms) {
   return parse(std::span<const uint8_t>(buf.data(), p.size), std::move(p.fds), dir);
 }
 
-}  // namespace canopy::display::channel
+}  // namespace canopy::protocol::scanout

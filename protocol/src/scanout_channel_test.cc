@@ -1,4 +1,4 @@
-#include "canopy/display/channel.h"
+#include "canopy/protocol/scanout_channel.h"
 
 #include <gtest/gtest.h>
 #include <sys/mman.h>
@@ -7,7 +7,7 @@
 
 #include "canopy/buffers/timeline.h"
 
-namespace canopy::display::channel {
+namespace canopy::protocol::scanout {
 namespace {
 
 std::vector<UniqueFd> memfds(size_t n) {
@@ -229,4 +229,4 @@ TEST(Channel, SendAndReceiveOverASocketWithDescriptors) {
 }
 
 }  // namespace
-}  // namespace canopy::display::channel
+}  // namespace canopy::protocol::scanout

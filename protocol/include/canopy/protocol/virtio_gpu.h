@@ -7,7 +7,7 @@
 
 #include "canopy/base/le.h"
 
-namespace canopy::gpu::proto {
+namespace canopy::protocol::virtio_gpu {
 
 // Feature bits (§5.7.3).
 inline constexpr uint64_t kFVirgl = uint64_t{1} << 0;
@@ -327,4 +327,4 @@ struct Config {
 };
 static_assert(sizeof(Config) == 16);
 
-}  // namespace canopy::gpu::proto
+}  // namespace canopy::protocol::virtio_gpu

@@ -1,0 +1,376 @@
+// The compositor's channel server: device connections and their packets (compositor_impl.h).
+#include "compositor_impl.h"
+
+namespace canopy::display {
+
+void Compositor::Impl::send_release(uint64_t conn_id, uint32_t scanout, uint64_t seq) {
+  auto it = conns.find(conn_id);
+  if (it == conns.end() || !it->second.sock.valid()) return;
+  ch::Release r{};
+  r.scanout = scanout;
+  r.seq = seq;
+  auto st = ch::send_packet(it->second.sock.get(), ch::encode(ch::Type::kRelease, r));
+  if (!st.ok()) drop(conn_id, st.error().what);
+}
+
+void Compositor::Impl::unref(uint64_t id) {
+  auto it = frames.find(id);
+  if (it == frames.end()) return;
+  if (--it->second.refs > 0) return;
+  const FrameRec f = std::move(it->second);
+  frames.erase(it);
+  if (f.acquire) release_point(f.conn, f.scanout, f.acquire, id);
+  send_release(f.conn, f.scanout, f.seq);
+}
+
+auto Compositor::Impl::timeline_of(uint64_t conn_id, uint32_t scanout) -> ScanoutTimeline* {
+  auto c = conns.find(conn_id);
+  if (c == conns.end()) return nullptr;
+  auto t = c->second.timelines.find(scanout);
+  return t == c->second.timelines.end() ? nullptr : &t->second;
+}
+
+void Compositor::Impl::release_point(uint64_t conn_id, uint32_t scanout, uint64_t point, uint64_t id) {
+  ScanoutTimeline* st = timeline_of(conn_id, scanout);
+  if (!st) return;
+  for (auto [a, b] = st->waiting.equal_range(point); a != b; ++a)
+    if (a->second == id) {
+      st->waiting.erase(a);
+      break;
+    }
+  if (auto h = st->held.find(point); h != st->held.end() && --h->second == 0) st->held.erase(h);
+  retire(*st, point);
+}
+
+void Compositor::Impl::retire(ScanoutTimeline& st, uint64_t released) {
+  st.highest_released = std::max(st.highest_released, released);
+  uint64_t to = st.highest_released;
+  if (!st.held.empty()) to = std::min(to, st.held.begin()->first - 1);
+  to = std::min(to, st.tl.signalled());
+  if (to > st.tl.retired()) (void)st.tl.retire(to);
+}
+
+void Compositor::Impl::on_timeline_event(int fd, uint64_t conn_id, uint32_t scanout) {
+  ScanoutTimeline* st = timeline_of(conn_id, scanout);
+  if (!st) return;
+  if (fd == st->tl.producer_pidfd()) {
+    ::epoll_ctl(ep.get(), EPOLL_CTL_DEL, fd, nullptr);  // readable for good once the producer exited
+    timeline_by_fd.erase(fd);
+    st->tl.check_producer();
+  }
+  st->tl.consume_event();
+  const uint64_t v = st->tl.signalled();
+  while (!st->waiting.empty() && st->waiting.begin()->first <= v) {
+    const uint64_t id = st->waiting.begin()->second;
+    st->waiting.erase(st->waiting.begin());
+    auto f = frames.find(id);
+    if (f == frames.end()) continue;
+    for (auto [o, l] : f->second.targets) outputs[o].sched->signal(l, id);
+    trace_event("acquire", clock.now(), clock.now(), 100, f->second.seq);
+  }
+  retire(*st);
+  if (!st->lost && st->tl.producer_state() == buffers::ProducerState::kLost) {
+    st->lost = true;
+    auto c = conns.find(conn_id);
+    CANOPY_WARN(
+        "canopy-display: %s: scanout %u: the producer of its timeline is gone; %zu frame(s) will "
+        "not complete",
+        c != conns.end() ? c->second.stats.vm.c_str() : "?", scanout, st->waiting.size());
+  }
+}
+
+void Compositor::Impl::unwatch_timelines(uint64_t conn_id) {
+  std::erase_if(timeline_by_fd, [&](const auto& kv) {
+    if (kv.second.first != conn_id) return false;
+    ::epoll_ctl(ep.get(), EPOLL_CTL_DEL, kv.first, nullptr);
+    return true;
+  });
+}
+
+Status Compositor::Impl::on_timeline(uint64_t conn_id, Conn& c, ch::Message& m) {
+  const uint32_t scanout = m.fixed<ch::TimelineMsg>().scanout.get();
+  if (scanout >= c.num_scanouts) return make_error(Errc::kProtocol, "TIMELINE for a scanout the device does not have");
+  if (c.timelines.count(scanout)) return make_error(Errc::kProtocol, "a second TIMELINE for a scanout");
+  buffers::TimelineFds fds;
+  fds.memfd = std::move(m.fds[0]);
+  fds.eventfd = std::move(m.fds[1]);
+  if (m.fds.size() > 2) fds.producer_pidfd = std::move(m.fds[2]);
+  auto tl = buffers::Timeline::import(std::move(fds));
+  if (!tl.ok()) return make_error(Errc::kProtocol, "TIMELINE descriptors are not a timeline");
+  ScanoutTimeline& st = c.timelines[scanout];
+  st.tl = std::move(*tl);
+  CANOPY_TRY(watch(st.tl.eventfd()));
+  timeline_by_fd[st.tl.eventfd()] = {conn_id, scanout};
+  if (st.tl.producer_pidfd() >= 0) {
+    CANOPY_TRY(watch(st.tl.producer_pidfd()));
+    timeline_by_fd[st.tl.producer_pidfd()] = {conn_id, scanout};
+  }
+  return {};
+}
+
+void Compositor::Impl::take_releases(Output& o) {
+  for (auto [layer, id] : o.sched->take_releases()) unref(id);
+}
+
+void Compositor::Impl::drop(uint64_t conn_id, const char* why) {
+  auto it = conns.find(conn_id);
+  if (it == conns.end() || !it->second.sock.valid()) return;
+  Conn& c = it->second;
+  CANOPY_WARN("canopy-display: connection of %s closed: %s", c.stats.vm.empty() ? "(no HELLO)" : c.stats.vm.c_str(),
+              why);
+  ::epoll_ctl(ep.get(), EPOLL_CTL_DEL, c.sock.get(), nullptr);
+  conn_by_fd.erase(c.sock.get());
+  unwatch_timelines(conn_id);
+  c.sock.reset();
+  c.stats.connected = false;
+  c.buffers.clear();  // frames on screen keep their own references
+  c.partial.clear();
+  c.timelines.clear();  // frames waiting on one will not complete; newer frames replace them
+  c.cursors.clear();    // a gone VM's pointer is not drawn over its last frames
+}
+
+void Compositor::Impl::accept_all() {
+  for (;;) {
+    UniqueFd s(::accept4(listen.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+    if (!s.valid()) return;
+    size_t live = 0;
+    for (auto& [id, c] : conns) live += c.sock.valid() ? 1 : 0;
+    if (live >= kMaxConnections) {
+      CANOPY_WARN("canopy-display: connection refused: %zu devices connected already", live);
+      continue;
+    }
+    // Connections that closed before saying HELLO are not worth a record.
+    std::erase_if(conns, [](const auto& kv) { return !kv.second.sock.valid() && !kv.second.hello; });
+    const uint64_t id = next_conn++;
+    Conn& c = conns[id];
+    c.sock = std::move(s);
+    c.stats.connected = true;
+    conn_by_fd[c.sock.get()] = id;
+    if (!watch(c.sock.get()).ok()) drop(id, "epoll");
+  }
+}
+
+Status Compositor::Impl::on_hello(uint64_t id, Conn& c, const ch::Message& m) {
+  if (c.hello) return make_error(Errc::kProtocol, "second HELLO");
+  c.hello = true;
+  c.stats.vm = m.vm_name();
+  c.num_scanouts = m.fixed<ch::Hello>().num_scanouts.get();
+  // A VM's device that reconnects (a restarted back-end) replaces its old connection; records of
+  // closed connections are forgotten then (their frames on screen keep their own mappings).
+  std::vector<uint64_t> old;
+  for (auto& [other_id, o] : conns)
+    if (other_id != id && o.stats.vm == c.stats.vm) old.push_back(other_id);
+  for (uint64_t o : old) {
+    drop(o, "replaced by a new connection of the same VM");
+    conns.erase(o);
+  }
+  bool shown = false;
+  for (const auto& out : layout.outputs)
+    for (const auto& l : out.layers) shown |= l.vm == c.stats.vm;
+  CANOPY_INFO("canopy-display: %s connected (%u scanouts)%s", c.stats.vm.c_str(), c.num_scanouts,
+              shown ? "" : "; the layout shows none of them");
+  return {};
+}
+
+Status Compositor::Impl::on_buffer(Conn& c, ch::Message& m) {
+  const auto h = m.fixed<ch::BufferHdr>();
+  const uint32_t id = h.id.get();
+  if (c.buffers.count(id)) return make_error(Errc::kProtocol, "BUFFER redefines a live buffer id");
+  PartialBuffer& p = c.partial[id];
+  if (h.first_piece.get() == 0 && p.total == 0) {
+    if (c.buffers.size() + c.partial.size() > kMaxBuffersPerConnection)
+      return make_error(Errc::kLimit, "too many buffers");
+    p.total = h.total_pieces.get();
+  }
+  if (h.first_piece.get() != p.pieces.size() || h.total_pieces.get() != p.total)
+    return make_error(Errc::kProtocol, "BUFFER packets out of order");
+  const size_t fd_base = p.fds.size();
+  for (auto& fd : m.fds) p.fds.push_back(std::move(fd));
+  uint64_t bytes = 0;
+  for (const auto& pc : p.pieces) bytes += pc.length;
+  for (const auto& pc : m.pieces()) {
+    const uint64_t len = uint64_t(pc.pages.get()) * ch::kPageSize;
+    bytes += len;
+    if (c.stats.mapped_bytes + bytes > kMaxMappedBytesPerConnection)
+      return make_error(Errc::kLimit, "buffers above the mapped-bytes cap");
+    // The piece must lie inside its file, and the file must not be able to shrink under the mapping
+    // (a read past its end would raise SIGBUS): memfds sealed with F_SEAL_SHRINK only.
+    const int fd = p.fds[fd_base + pc.fd_index.get()].get();
+    struct stat sb{};
+    const int seals = ::fcntl(fd, F_GET_SEALS);
+    if (seals < 0 || !(seals & F_SEAL_SHRINK))
+      return make_error(Errc::kProtocol, "BUFFER file is not sealed against shrinking");
+    if (::fstat(fd, &sb) != 0 || pc.offset.get() > uint64_t(sb.st_size) ||
+        len > ((uint64_t(sb.st_size) + ch::kPageSize - 1) & ~(ch::kPageSize - 1)) - pc.offset.get())
+      return make_error(Errc::kProtocol, "BUFFER piece outside its file");
+    p.pieces.push_back({fd, pc.offset.get(), len});
+  }
+  if (p.pieces.size() < p.total) return {};
+  auto map = buffers::map_scattered(p.pieces, buffers::Access::kRead);
+  if (!map.ok()) {
+    CANOPY_WARN("canopy-display: %s: buffer %u: %s", c.stats.vm.c_str(), id, map.error().what);
+    return make_error(Errc::kProtocol, "BUFFER cannot be mapped");
+  }
+  auto b = std::make_shared<MappedBuffer>();
+  b->map = std::move(*map);
+  b->forget = [this](const void* base) { forget_memory(base); };
+  if (plane_sinks) {
+    b->fds = std::move(p.fds);
+    b->pieces = std::move(p.pieces);
+  }
+  c.stats.mapped_bytes += b->map.size();
+  c.buffers[id] = std::move(b);
+  c.partial.erase(id);  // closes the descriptors: the mapping keeps the memory
+  c.stats.buffers = c.buffers.size();
+  return {};
+}
+
+Status Compositor::Impl::on_buffer_gone(Conn& c, const ch::Message& m) {
+  const uint32_t id = m.fixed<ch::BufferGone>().id.get();
+  auto it = c.buffers.find(id);
+  if (it == c.buffers.end()) return make_error(Errc::kProtocol, "BUFFER_GONE for an unknown buffer");
+  c.stats.mapped_bytes -= it->second->map.size();
+  c.buffers.erase(it);  // frames still on screen hold the mapping
+  c.stats.buffers = c.buffers.size();
+  return {};
+}
+
+Status Compositor::Impl::on_cursor(Conn& c, const ch::Message& m) {
+  const auto cm = m.fixed<ch::CursorMsg>();
+  if (cm.scanout.get() >= c.num_scanouts)
+    return make_error(Errc::kProtocol, "CURSOR for a scanout the device does not have");
+  Cursor& cur = c.cursors[cm.scanout.get()];
+  if (const uint32_t id = cm.buffer_id.get()) {
+    auto b = c.buffers.find(id);
+    if (b == c.buffers.end()) return make_error(Errc::kProtocol, "CURSOR shows an unknown buffer");
+    if (b->second->map.size() < size_t(kCursorSize) * kCursorSize * 4)
+      return make_error(Errc::kProtocol, "CURSOR image buffer smaller than 64x64 ARGB8888");
+    cur.image = b->second;
+  }
+  cur.visible = cm.visible.get() != 0;
+  // Positions are the guest's signed 32-bit values (a cursor may hang over the scanout's left edge).
+  cur.x = int32_t(cm.x.get());
+  cur.y = int32_t(cm.y.get());
+  cur.hot_x = cm.hot_x.get();
+  cur.hot_y = cm.hot_y.get();
+  return {};
+}
+
+Status Compositor::Impl::on_frame(uint64_t conn_id, Conn& c, const ch::Message& m) {
+  const auto f = m.fixed<ch::FrameMsg>();
+  const uint32_t scanout = f.scanout.get();
+  const uint64_t seq = f.seq.get();
+  ++c.stats.frames;
+  c.stats.bytes_copied += f.bytes_copied.get();
+  if (f.flags.get() & ch::kFrameBlob) ++c.stats.blob_frames;
+  const uint64_t acquire = f.acquire_point.get();  // nonzero iff kFrameAcquire (parse() checked)
+  ScanoutTimeline* st = nullptr;
+  if (acquire) {
+    auto t = c.timelines.find(f.scanout.get());
+    if (t == c.timelines.end())
+      return make_error(Errc::kProtocol, "FRAME with an acquire point on a scanout without TIMELINE");
+    st = &t->second;
+    ++c.stats.fenced_frames;
+  }
+  auto hand_back = [&] {  // a frame never shown: released at once
+    if (st) retire(*st, acquire);
+    send_release(conn_id, scanout, seq);
+  };
+  auto refuse = [&](const char* why) -> Status {
+    ++c.stats.frames_refused;
+    CANOPY_WARN_RL("canopy-display: %s: frame %llu of scanout %u refused: %s", c.stats.vm.c_str(),
+                   (unsigned long long)seq, scanout, why);
+    hand_back();
+    return {};
+  };
+  if (scanout >= c.num_scanouts) return make_error(Errc::kProtocol, "FRAME for a scanout the device does not have");
+  auto bit = c.buffers.find(f.buffer_id.get());
+  if (bit == c.buffers.end()) return make_error(Errc::kProtocol, "FRAME shows an unknown buffer");
+  if (!drawable_format(f.fourcc.get())) return refuse("format not drawable");
+  const Format fmt = Format(f.fourcc.get());
+  const uint32_t w = f.width.get(), h = f.height.get(), stride = f.stride.get();
+  // The frame must lie inside its buffer: offset + stride * (h - 1) + w * bpp <= size.
+  if (w == 0 || h == 0) return refuse("frame has no pixels");
+  const auto row = checked_mul<uint64_t>(w, bytes_per_pixel(fmt));
+  const auto last = checked_mul<uint64_t>(stride, h - 1);
+  const auto end = last && row ? checked_add<uint64_t>(*last, *row) : std::nullopt;
+  const auto total = end ? checked_add<uint64_t>(*end, f.offset.get()) : std::nullopt;
+  if (!row || stride < *row || !total || *total > bit->second->map.size())
+    return refuse("frame does not fit its buffer");
+  std::vector<std::pair<size_t, size_t>> targets;
+  for (size_t o = 0; o < layout.outputs.size(); ++o)
+    for (size_t l = 0; l < layout.outputs[o].layers.size(); ++l) {
+      const auto& ls = layout.outputs[o].layers[l];
+      if (ls.vm == c.stats.vm && ls.scanout == scanout) targets.emplace_back(o, l);
+    }
+  if (targets.empty()) {
+    hand_back();
+    return {};
+  }
+  const uint64_t id = next_frame++;
+  FrameRec& r = frames[id];
+  r.conn = conn_id;
+  r.scanout = scanout;
+  r.seq = seq;
+  r.acquire = acquire;
+  r.targets = targets;
+  r.buf = bit->second;
+  r.image =
+      Image{reinterpret_cast<const uint8_t*>(r.buf->map.data()) + f.offset.get(), w, h, stride, fmt, r.buf->mapping()};
+  r.refs = int(targets.size());
+  const TimePoint now = clock.now();
+  trace_event("frame", now, now, 100, seq);
+  // The guest's present time from the device (CLOCK_MONOTONIC, the real clock's base) starts the
+  // frame's latency when it is plausible: not ahead of now, at most 10 s back.
+  std::optional<TimePoint> presented;
+  // (Compared as unsigned nanoseconds: any 64-bit value may come from the device.)
+  const int64_t now_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()).count();
+  if (const uint64_t pns = f.present_ns.get();
+      pns && now_ns > 0 && pns <= uint64_t(now_ns) && uint64_t(now_ns) - pns < 10'000'000'000ull)
+    presented = TimePoint{std::chrono::nanoseconds(int64_t(pns))};
+  // Frames without an acquire point (2D and blob scanouts) are complete when they arrive.
+  bool signalled = true;
+  if (st) {
+    st->held[acquire]++;
+    signalled = st->tl.signalled() >= acquire;
+    if (!signalled) st->waiting.emplace(acquire, id);
+  }
+  for (auto [o, l] : targets) outputs[o].sched->submit(l, id, signalled, presented);
+  for (auto [o, l] : targets) take_releases(outputs[o]);
+  return {};
+}
+
+void Compositor::Impl::on_conn_readable(uint64_t id) {
+  for (size_t n = 0; n < kMaxPacketsPerTurn; ++n) {
+    auto it = conns.find(id);
+    if (it == conns.end() || !it->second.sock.valid()) return;
+    Conn& c = it->second;
+    auto msg = ch::receive(c.sock.get(), ch::Direction::kToCompositor, 0);
+    if (!msg.ok()) {
+      if (msg.error().code == Errc::kTimeout) return;
+      drop(id, msg.error().code == Errc::kClosed ? "closed by the device" : msg.error().what);
+      return;
+    }
+    Status st;
+    if (!c.hello && msg->type != ch::Type::kHello) st = make_error(Errc::kProtocol, "first packet is not HELLO");
+    else switch (msg->type) {
+        case ch::Type::kHello: st = on_hello(id, c, *msg); break;
+        case ch::Type::kBuffer: st = on_buffer(c, *msg); break;
+        case ch::Type::kBufferGone: st = on_buffer_gone(c, *msg); break;
+        case ch::Type::kFrame: st = on_frame(id, c, *msg); break;
+        case ch::Type::kTimeline: st = on_timeline(id, c, *msg); break;
+        case ch::Type::kScanout:
+          if (msg->fixed<ch::ScanoutMsg>().scanout.get() >= c.num_scanouts)
+            st = make_error(Errc::kProtocol, "SCANOUT for a scanout the device does not have");
+          break;
+        case ch::Type::kCursor: st = on_cursor(c, *msg); break;
+        default: st = make_error(Errc::kProtocol, "unexpected packet type"); break;
+      }
+    if (!st.ok()) {
+      drop(id, st.error().what);
+      return;
+    }
+  }
+}
+
+}  // namespace canopy::display

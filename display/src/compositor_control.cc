@@ -1,0 +1,164 @@
+// The compositor's control socket, stats and traces (compositor_impl.h).
+#include "compositor_impl.h"
+
+namespace canopy::display {
+
+void Compositor::Impl::start_trace() {
+  trace.clear();
+  tracing = true;
+}
+
+void Compositor::Impl::trace_event(const char* name, TimePoint start, TimePoint end, uint32_t tid, uint64_t arg) {
+  if (!tracing || trace.size() >= kMaxTraceEvents) return;
+  trace.push_back({name, us_since(epoch, start), us_since(start, end), tid, arg});
+}
+
+void Compositor::Impl::on_control() {
+  for (;;) {
+    UniqueFd s(::accept4(control.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+    if (!s.valid()) return;
+    ucred cred{};
+    socklen_t len = sizeof cred;
+    if (::getsockopt(s.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || cred.uid != ::geteuid()) continue;
+    if (serve_control(s.get())) continue;
+    if (control_pending.size() >= kMaxPendingControl) {
+      ::epoll_ctl(ep.get(), EPOLL_CTL_DEL, control_pending.begin()->second.get(), nullptr);
+      control_pending.erase(control_pending.begin());
+    }
+    if (!watch(s.get()).ok()) continue;
+    control_pending.emplace(next_control++, std::move(s));
+  }
+}
+
+bool Compositor::Impl::serve_control(int fd) {
+  char buf[kMaxControlRequest];
+  const ssize_t n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return false;
+  if (n > 0) {
+    std::string reply = control_request(std::string(buf, size_t(n)));
+    (void)::send(fd, reply.data(), reply.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+  }
+  return true;
+}
+
+bool Compositor::Impl::on_control_pending(int fd) {
+  for (auto it = control_pending.begin(); it != control_pending.end(); ++it) {
+    if (it->second.get() != fd) continue;
+    if (serve_control(fd)) {
+      ::epoll_ctl(ep.get(), EPOLL_CTL_DEL, fd, nullptr);
+      control_pending.erase(it);
+    }
+    return true;
+  }
+  return false;
+}
+
+std::string Compositor::Impl::control_request(const std::string& req) {
+  const auto sp = req.find(' ');
+  const std::string cmd = req.substr(0, sp), arg = sp == std::string::npos ? "" : req.substr(sp + 1);
+  if (cmd == "stats" && arg.empty()) return stats_text();
+  if (cmd == "snapshot" && !arg.empty()) {
+    auto st = snapshot(arg);
+    return st.ok() ? "ok\n" : std::string("error: ") + st.error().what + "\n";
+  }
+  if (cmd == "trace-start" && arg.empty()) {
+    start_trace();
+    return "ok\n";
+  }
+  if (cmd == "trace-stop" && !arg.empty()) {
+    auto st = write_trace(arg);
+    return st.ok() ? "ok\n" : std::string("error: ") + st.error().what + "\n";
+  }
+  if (cmd == "quit" && arg.empty()) {
+    quit = true;
+    return "ok\n";
+  }
+  return "error: unknown request (stats | snapshot DIR | trace-start | trace-stop FILE | quit)\n";
+}
+
+Status Compositor::Impl::snapshot(const std::string& dir) {
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    Output& o = outputs[i];
+    if (o.canvas_stale && o.last_plan) {
+      // Shown on planes: compose the same picture for the file (its frames are still held).
+      std::vector<LayerDraw> draws;
+      std::vector<Source> sources;
+      std::vector<LayerSpec> specs;
+      build_draws(i, *o.last_plan, draws, sources, specs);
+      CANOPY_TRY(renderer->compose(draws, o.canvas, opt.background));
+      o.canvas_stale = false;
+    }
+    CANOPY_TRY(write_png(dir + "/" + layout.outputs[i].name + ".png", o.canvas));
+  }
+  return {};
+}
+
+Status Compositor::Impl::write_trace(const std::string& path) {
+  tracing = false;
+  FILE* f = std::fopen(path.c_str(), "w");
+  if (!f) return make_error(Errc::kIo, "trace: cannot write the file", errno);
+  std::fprintf(f, "{\"traceEvents\":[\n");
+  for (size_t i = 0; i < outputs.size(); ++i)
+    std::fprintf(f,
+                 "{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":1,\"tid\":%zu,\"args\":{\"name\":\"output %s\"}},\n",
+                 i, layout.outputs[i].name.c_str());
+  std::fprintf(f, "{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":1,\"tid\":100,\"args\":{\"name\":\"frames in\"}}");
+  for (const auto& e : trace)
+    std::fprintf(f, ",\n{\"name\":\"%s\",\"ph\":\"%s\",\"pid\":1,\"tid\":%u,\"ts\":%lld%s,\"args\":{\"n\":%llu}%s}",
+                 e.name, e.dur_us > 0 ? "X" : "i", e.tid, (long long)e.ts_us,
+                 e.dur_us > 0 ? (",\"dur\":" + std::to_string(e.dur_us)).c_str() : "", (unsigned long long)e.arg,
+                 e.dur_us > 0 ? "" : ",\"s\":\"t\"");
+  std::fprintf(f, "\n]}\n");
+  const bool ok = std::fclose(f) == 0;
+  trace.clear();
+  return ok ? Status{} : make_error(Errc::kIo, "trace: write failed");
+}
+
+std::string Compositor::Impl::stats_text() const {
+  std::string s;
+  char line[512];
+  const Renderer::Stats rs = renderer->stats();
+  std::snprintf(line, sizeof line, "renderer %s compositions=%llu imports=%llu bytes_staged=%llu switches=%llu\n",
+                renderer->name(), (unsigned long long)rs.compositions, (unsigned long long)rs.imports,
+                (unsigned long long)rs.bytes_staged, (unsigned long long)renderer_switches);
+  s += line;
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    const OutputSpec& spec = layout.outputs[i];
+    const OutputStats& st = outputs[i].sched->stats();
+    std::snprintf(line, sizeof line,
+                  "output %s %ux%u@%u criticality=%s sink=%s renderer=%s compositions=%llu missed_deadlines=%llu "
+                  "waits=%llu on_planes=%llu\n",
+                  spec.name.c_str(), spec.width, spec.height, spec.refresh_hz, to_string(spec.criticality),
+                  outputs[i].sink->name(), renderer->name(), (unsigned long long)st.compositions,
+                  (unsigned long long)st.missed_deadlines, (unsigned long long)st.waits,
+                  (unsigned long long)outputs[i].on_planes);
+    s += line;
+    for (size_t l = 0; l < spec.layers.size(); ++l) {
+      const LayerStats& ls = st.layers[l];
+      std::snprintf(line, sizeof line,
+                    "  layer %zu vm=%s scanout=%u new=%llu reused=%llu missed=%llu dropped=%llu fallback=%d "
+                    "fallback_entries=%llu latency_p50_us=%lld latency_p99_us=%lld\n",
+                    l, spec.layers[l].vm.c_str(), spec.layers[l].scanout, (unsigned long long)ls.new_frames,
+                    (unsigned long long)ls.reused, (unsigned long long)ls.missed, (unsigned long long)ls.dropped,
+                    ls.fallback ? 1 : 0, (unsigned long long)ls.fallback_entries,
+                    (long long)(ls.latency.percentile(0.5).count() / 1000),
+                    (long long)(ls.latency.percentile(0.99).count() / 1000));
+      s += line;
+    }
+  }
+  for (const auto& [id, c] : conns) {
+    if (!c.hello) continue;
+    std::snprintf(line, sizeof line,
+                  "vm %s connected=%d frames=%llu refused=%llu blob_frames=%llu fenced_frames=%llu bytes_copied=%llu "
+                  "buffers=%zu "
+                  "mapped_bytes=%llu\n",
+                  c.stats.vm.c_str(), c.stats.connected ? 1 : 0, (unsigned long long)c.stats.frames,
+                  (unsigned long long)c.stats.frames_refused, (unsigned long long)c.stats.blob_frames,
+                  (unsigned long long)c.stats.fenced_frames, (unsigned long long)c.stats.bytes_copied, c.stats.buffers,
+                  (unsigned long long)c.stats.mapped_bytes);
+    s += line;
+  }
+  return s;
+}
+
+}  // namespace canopy::display
