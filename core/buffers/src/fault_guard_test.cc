@@ -44,8 +44,9 @@ constexpr bool kSanitizer = false;
 
 // Died of the SIGBUS: by the signal, or (sanitizer builds, whose runtime handled SIGBUS before the guard
 // was installed and is chained to) by the runtime's report and exit.
+// (abort_on_error=1 makes that report end in SIGABRT).
 bool died_of_sigbus(int status) {
-  if (WIFSIGNALED(status)) return WTERMSIG(status) == SIGBUS;
+  if (WIFSIGNALED(status)) return WTERMSIG(status) == SIGBUS || (kSanitizer && WTERMSIG(status) == SIGABRT);
   return kSanitizer && WIFEXITED(status) && WEXITSTATUS(status) != 0 && WEXITSTATUS(status) != 3 &&
          WEXITSTATUS(status) != 4;
 }
