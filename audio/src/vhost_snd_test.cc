@@ -9,7 +9,6 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
-#include <map>
 #include <vector>
 
 #include "canopy/transport/testing/vhost_user_rig.h"
@@ -58,32 +57,7 @@ class VhostSndQueues : public ::testing::Test {
   // room on ring q; returns the head. Kicks unless told not to (a ring not started yet).
   uint16_t submit(uint32_t q, std::span<const uint8_t> header, std::span<const uint8_t> data, uint32_t writable,
                   bool kick = true) {
-    RawRing& ring = rig->ring(q);
-    const uint64_t slot = kSlots + 0x4000ull * (next_slot_++ % 32);
-    EXPECT_TRUE(rig->guest().write(slot, header.data(), header.size()).ok());
-    if (!data.empty()) {
-      EXPECT_TRUE(rig->guest().write(slot + 0x1000, data.data(), data.size()).ok());
-    }
-    const uint16_t head = next_head_[q];
-    auto chain = ring.chain(head);
-    uint16_t n = 0;
-    if (!header.empty()) {
-      chain.out(slot, uint32_t(header.size()));
-      ++n;
-    }
-    if (!data.empty()) {
-      chain.out(slot + 0x1000, uint32_t(data.size()));
-      ++n;
-    }
-    if (writable) {
-      chain.in(slot + 0x3000, writable);
-      ++n;
-    }
-    chain.publish();
-    next_head_[q] = uint16_t((head + n) % kSize);
-    answer_at_[q][head] = slot + 0x3000;
-    if (kick) rig->kick(q);
-    return head;
+    return rig->post(q, {header, data}, writable, kick);
   }
   template <typename T>
   std::span<const uint8_t> bytes(const T& v) {
@@ -95,7 +69,7 @@ class VhostSndQueues : public ::testing::Test {
     if (head) *head = uint16_t(e.id.get());
     if (len) *len = e.len.get();
     le32 s{};
-    EXPECT_TRUE(rig->guest().read(answer_at_[q][uint16_t(e.id.get())], &s, sizeof s).ok());
+    EXPECT_TRUE(rig->guest().read(rig->answer_at(q, uint16_t(e.id.get())), &s, sizeof s).ok());
     return s.get();
   }
   // One control request, waited for; its status.
@@ -133,11 +107,6 @@ class VhostSndQueues : public ::testing::Test {
 
   std::unique_ptr<VhostSnd> snd;
   std::unique_ptr<VhostUserRig> rig;
-  std::map<uint16_t, uint64_t> answer_at_[proto::kNumQueues];  // head -> where its answer goes
-
- private:
-  uint64_t next_slot_ = 0;
-  uint16_t next_head_[proto::kNumQueues] = {};
 };
 
 // Held while prepared (not started), all handed back with OK before RELEASE is answered. The buffers
@@ -174,7 +143,7 @@ TEST_F(VhostSndQueues, PlayedBuffersComeBackInOrderWithTheirStatus) {
     EXPECT_EQ(head, heads[i]);
     EXPECT_EQ(len, sizeof(proto::PcmStatus));
     proto::PcmStatus st{};
-    ASSERT_TRUE(rig->guest().read(answer_at_[proto::kTxQ][head], &st, sizeof st).ok());
+    ASSERT_TRUE(rig->guest().read(rig->answer_at(proto::kTxQ, head), &st, sizeof st).ok());
     EXPECT_LE(st.latency_bytes.get(), 4 * kPeriod);
   }
   ASSERT_EQ(pcm(Code::kPcmStop), uint32_t(Code::kOk));

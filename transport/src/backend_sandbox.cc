@@ -9,21 +9,14 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "canopy/base/sanitizer.h"
+
 namespace canopy::transport {
 
 namespace {
 
-#if defined(__SANITIZE_ADDRESS__)
-constexpr bool kSanitizer = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(leak_sanitizer)
-constexpr bool kSanitizer = true;
-#else
-constexpr bool kSanitizer = false;
-#endif
-#else
-constexpr bool kSanitizer = false;
-#endif
+// ASan's runtime signals its helper task and ptraces at exit: the policy keeps kill for it.
+constexpr bool kSanitizer = kAddressSanitizer;
 
 // Refused outright.
 constexpr const char* kDenied[] = {

@@ -75,11 +75,7 @@ Status GuestMemory::add_region(const RegionInfo& info, UniqueFd fd) {
   auto end = checked_add(info.guest_phys_addr, info.size);
   if (!end || !checked_add(info.mmap_offset, info.size) || (info.user_addr && !checked_add(info.user_addr, info.size)))
     return make_error(Errc::kOverflow, "guest memory: region end overflows");
-  for (const auto& r : regions_) {
-    uint64_t rs = r->info.guest_phys_addr, re = rs + r->info.size;
-    if (info.guest_phys_addr < re && rs < *end)
-      return make_error(Errc::kInvalidArgument, "guest memory: overlapping region");
-  }
+  if (overlaps(info)) return make_error(Errc::kInvalidArgument, "guest memory: overlapping region");
   // A region past the end of its file would fault (SIGBUS) on access: check it against the file size.
   struct stat st;
   if (::fstat(fd.get(), &st) != 0) return make_error(Errc::kIo, "guest memory: fstat failed", errno);
@@ -107,6 +103,16 @@ Status GuestMemory::add_region(const RegionInfo& info, UniqueFd fd) {
   insert(std::move(region));
   layout_ = next_layout();
   return {};
+}
+
+bool GuestMemory::overlaps(const RegionInfo& info) const {
+  // The caller checked that info's end does not overflow.
+  const uint64_t end = info.guest_phys_addr + info.size;
+  for (const auto& r : regions_) {
+    const uint64_t rs = r->info.guest_phys_addr, re = rs + r->info.size;
+    if (info.guest_phys_addr < re && rs < end) return true;
+  }
+  return false;
 }
 
 void GuestMemory::insert(std::unique_ptr<Region> region) {
@@ -159,11 +165,7 @@ Status GuestMemory::replace_table(std::vector<TableEntry> table, GuestMemory& re
   for (size_t e = 0; e < table.size(); ++e) {
     if (same[e] >= 0) {
       const RegionInfo& n = table[e].info;
-      for (const auto& r : fresh.regions_) {
-        const uint64_t rs = r->info.guest_phys_addr, re = rs + r->info.size;
-        if (n.guest_phys_addr < re && rs < n.guest_phys_addr + n.size)
-          return make_error(Errc::kInvalidArgument, "guest memory: overlapping region");
-      }
+      if (fresh.overlaps(n)) return make_error(Errc::kInvalidArgument, "guest memory: overlapping region");
       auto placeholder = std::make_unique<Region>();
       placeholder->info = n;  // stands for the kept region until the table is committed
       fresh.insert(std::move(placeholder));

@@ -10,6 +10,7 @@
 
 #include <cstring>
 
+#include "canopy/base/sanitizer.h"
 #include "canopy/base/unique_fd.h"
 
 namespace canopy::buffers {
@@ -30,17 +31,8 @@ uint8_t* map(int fd, size_t len) {
   return static_cast<uint8_t*>(p);
 }
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-constexpr bool kSanitizer = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-constexpr bool kSanitizer = true;
-#else
-constexpr bool kSanitizer = false;
-#endif
-#else
-constexpr bool kSanitizer = false;
-#endif
+// The sanitizer runtimes that handle SIGBUS themselves.
+constexpr bool kSanitizer = kAddressSanitizer || kThreadSanitizer;
 
 // Died of the SIGBUS: by the signal, or (sanitizer builds, whose runtime handled SIGBUS before the guard
 // was installed and is chained to) by the runtime's report and exit.

@@ -136,6 +136,7 @@ class GuestMemory {
   };
   static void unmap(Region& r);
   void insert(std::unique_ptr<Region> region);  // in gpa order
+  bool overlaps(const RegionInfo& info) const;  // with a region present (info's end checked by the caller)
   // Returns the region containing gpa, or nullptr. Regions are sorted by gpa.
   const Region* find(uint64_t gpa) const;
   template <typename Fn>
