@@ -1,5 +1,5 @@
 // libFuzzer target: the compositor's handling of a device connection (canopy/display/compositor.h):
-// packet sequences after a valid HELLO, against the stateful checks (buffer ids, multi-packet BUFFERs,
+// packet sequences after a valid HELLO, against the stateful checks (buffer keys, multi-packet BUFFERs,
 // frames against their buffers, caps), with compositions in virtual time between packets.
 // Input: a sequence of records [u16 length][u8 descriptors][length bytes of packet]; each record's
 // packet is sent with (descriptors % 10) memfds (64 KiB each) attached, or, for 9, a real timeline's

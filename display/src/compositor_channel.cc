@@ -174,8 +174,8 @@ Status Compositor::Impl::on_hello(uint64_t id, Conn& c, const ch::Message& m) {
 
 Status Compositor::Impl::on_buffer(Conn& c, ch::Message& m) {
   const auto h = m.fixed<ch::BufferHdr>();
-  const uint32_t id = h.id.get();
-  if (c.buffers.count(id)) return make_error(Errc::kProtocol, "BUFFER redefines a live buffer id");
+  const BufferKey id = ch::key_pair(h.key);
+  if (c.buffers.count(id)) return make_error(Errc::kProtocol, "BUFFER redefines a live buffer");
   PartialBuffer& p = c.partial[id];
   if (h.first_piece.get() == 0 && p.total == 0) {
     if (c.buffers.size() + c.partial.size() > kMaxBuffersPerConnection)
@@ -208,7 +208,8 @@ Status Compositor::Impl::on_buffer(Conn& c, ch::Message& m) {
   if (p.pieces.size() < p.total) return {};
   auto map = buffers::map_scattered(p.pieces, buffers::Access::kRead);
   if (!map.ok()) {
-    CANOPY_WARN("canopy-display: %s: buffer %u: %s", c.stats.vm.c_str(), id, map.error().what);
+    CANOPY_WARN("canopy-display: %s: buffer of resource %u (backing %llu): %s", c.stats.vm.c_str(), id.first,
+                (unsigned long long)id.second, map.error().what);
     return make_error(Errc::kProtocol, "BUFFER cannot be mapped");
   }
   auto b = std::make_shared<MappedBuffer>();
@@ -226,7 +227,7 @@ Status Compositor::Impl::on_buffer(Conn& c, ch::Message& m) {
 }
 
 Status Compositor::Impl::on_buffer_gone(Conn& c, const ch::Message& m) {
-  const uint32_t id = m.fixed<ch::BufferGone>().id.get();
+  const BufferKey id = ch::key_pair(m.fixed<ch::BufferGone>().key);
   auto it = c.buffers.find(id);
   if (it == c.buffers.end()) return make_error(Errc::kProtocol, "BUFFER_GONE for an unknown buffer");
   c.stats.mapped_bytes -= it->second->map.size();
@@ -240,12 +241,24 @@ Status Compositor::Impl::on_cursor(Conn& c, const ch::Message& m) {
   if (cm.scanout.get() >= c.num_scanouts)
     return make_error(Errc::kProtocol, "CURSOR for a scanout the device does not have");
   Cursor& cur = c.cursors[cm.scanout.get()];
-  if (const uint32_t id = cm.buffer_id.get()) {
-    auto b = c.buffers.find(id);
-    if (b == c.buffers.end()) return make_error(Errc::kProtocol, "CURSOR shows an unknown buffer");
-    if (b->second->map.size() < size_t(kCursorSize) * kCursorSize * 4)
-      return make_error(Errc::kProtocol, "CURSOR image buffer smaller than 64x64 ARGB8888");
-    cur.image = b->second;
+  if (cm.image.get()) {
+    // The image's memfd came with the packet (parse() checked there is exactly one): sealed against
+    // shrinking, so that reading it can never fault, and large enough for 64x64 ARGB8888.
+    const int fd = m.fds[0].get();
+    constexpr uint64_t kImageBytes = uint64_t(kCursorSize) * kCursorSize * 4;
+    struct stat sb{};
+    const int seals = ::fcntl(fd, F_GET_SEALS);
+    if (seals < 0 || !(seals & F_SEAL_SHRINK))
+      return make_error(Errc::kProtocol, "CURSOR image file is not sealed against shrinking");
+    if (::fstat(fd, &sb) != 0 || uint64_t(sb.st_size) < kImageBytes)
+      return make_error(Errc::kProtocol, "CURSOR image smaller than 64x64 ARGB8888");
+    const buffers::FilePiece piece{fd, 0, kImageBytes};
+    auto map = buffers::map_scattered({&piece, 1}, buffers::Access::kRead);
+    if (!map.ok()) return make_error(Errc::kProtocol, "CURSOR image cannot be mapped");
+    auto b = std::make_shared<MappedBuffer>();
+    b->map = std::move(*map);
+    b->forget = [this](const void* base) { forget_memory(base); };
+    cur.image = std::move(b);
   }
   cur.visible = cm.visible.get() != 0;
   // Positions are the guest's signed 32-bit values (a cursor may hang over the scanout's left edge).
@@ -284,7 +297,7 @@ Status Compositor::Impl::on_frame(uint64_t conn_id, Conn& c, const ch::Message& 
     return {};
   };
   if (scanout >= c.num_scanouts) return make_error(Errc::kProtocol, "FRAME for a scanout the device does not have");
-  auto bit = c.buffers.find(f.buffer_id.get());
+  auto bit = c.buffers.find(ch::key_pair(f.buffer));
   if (bit == c.buffers.end()) return make_error(Errc::kProtocol, "FRAME shows an unknown buffer");
   if (!drawable_format(f.fourcc.get())) return refuse("format not drawable");
   const Format fmt = Format(f.fourcc.get());

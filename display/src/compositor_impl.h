@@ -104,6 +104,7 @@ struct MappedBuffer {
 };
 
 struct Compositor::Impl {
+  using BufferKey = std::pair<uint32_t, uint64_t>;
   struct PartialBuffer {
     uint32_t total = 0;
     std::vector<buffers::FilePiece> pieces;
@@ -124,7 +125,7 @@ struct Compositor::Impl {
     bool visible = false;
     int32_t x = 0, y = 0;  // the hotspot's position in the scanout
     uint32_t hot_x = 0, hot_y = 0;
-    std::shared_ptr<MappedBuffer> image;  // 64x64 ARGB8888; kept after its BUFFER_GONE
+    std::shared_ptr<MappedBuffer> image;  // 64x64 ARGB8888, from the CURSOR packet that changed it
   };
   struct Conn {
     UniqueFd sock;
@@ -132,8 +133,9 @@ struct Compositor::Impl {
     std::map<uint32_t, ScanoutTimeline> timelines;  // by scanout
     bool hello = false;
     uint32_t num_scanouts = 0;
-    std::unordered_map<uint32_t, std::shared_ptr<MappedBuffer>> buffers;
-    std::unordered_map<uint32_t, PartialBuffer> partial;
+    // By the device's name for them: (resource id, backing generation).
+    std::map<BufferKey, std::shared_ptr<MappedBuffer>> buffers;
+    std::map<BufferKey, PartialBuffer> partial;
     ConnectionStats stats;
   };
   struct FrameRec {

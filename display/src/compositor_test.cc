@@ -52,11 +52,13 @@ class FakeDevice {
     const uint32_t id = next_buffer_++;
     ch::PieceRef piece{0, 0, bytes};
     const int fds[1] = {shm->fd()};
-    auto pk = ch::encode_buffer(id, {&piece, 1}, fds);
+    auto pk = ch::encode_buffer(key(id), {&piece, 1}, fds);
     EXPECT_TRUE(pk.ok());
     send((*pk)[0].bytes, (*pk)[0].fds);
     return id;
   }
+  // The test's buffers are resources 1, 2, ... each with its first backing.
+  static ch::BufferKey key(uint32_t id) { return ch::buffer_key(id, 1); }
   // Gives scanout 0 an acquire/release timeline this object produces.
   buffers::Timeline& timeline() {
     auto t = buffers::Timeline::create_producer();
@@ -76,7 +78,7 @@ class FakeDevice {
                  uint32_t stride = 0, uint64_t present_ns = 0) {
     ch::FrameMsg f{};
     f.scanout = scanout;
-    f.buffer_id = buffer;
+    f.buffer = key(buffer);
     f.seq = ++seq_;
     f.fourcc = uint32_t(buffers::Format::kXRGB8888);
     f.width = w;
@@ -89,8 +91,8 @@ class FakeDevice {
     send(ch::encode_frame(f, {}));
     return seq_;
   }
-  // CURSOR on scanout 0; with an image colour, a new 64x64 ARGB8888 image (its buffer gone at once,
-  // as canopy-gpu does).
+  // CURSOR on scanout 0; with an image colour, a new 64x64 ARGB8888 image in a memfd sent with it (as
+  // canopy-gpu does).
   void cursor(bool visible, int32_t x, int32_t y, uint32_t hot_x, uint32_t hot_y, uint32_t image_argb = 0) {
     ch::CursorMsg m{};
     m.visible = visible ? 1 : 0;
@@ -98,13 +100,15 @@ class FakeDevice {
     m.y = uint32_t(y);
     m.hot_x = hot_x;
     m.hot_y = hot_y;
-    if (image_argb) m.buffer_id = buffer(64, 64, image_argb);
-    send(ch::encode(ch::Type::kCursor, m));
-    if (image_argb) {
-      ch::BufferGone g{};
-      g.id = m.buffer_id.get();
-      send(ch::encode(ch::Type::kBufferGone, g));
-    }
+    if (!image_argb) return send(ch::encode(ch::Type::kCursor, m));
+    auto shm = buffers::SharedMemory::create("test-cursor", 64 * 64 * 4);
+    ASSERT_TRUE(shm.ok());
+    auto map = shm->map();
+    auto* px = reinterpret_cast<uint32_t*>(map->data());
+    for (int i = 0; i < 64 * 64; ++i) px[i] = image_argb;
+    m.image = 1;
+    const int fds[1] = {shm->fd()};
+    send(ch::encode(ch::Type::kCursor, m), fds);
   }
   // RELEASEs received so far (seq numbers), without waiting.
   std::vector<uint64_t> releases() {
@@ -332,13 +336,74 @@ TEST_P(CompositorTest, CursorsAreDrawnWhereTheirScanoutShows) {
   pump();
   refresh();
   EXPECT_EQ(pixel(38, 18), 0x101010u);
-  // A CURSOR naming a buffer it does not have closes that connection only.
-  FakeDevice bad(sock(), "other");
-  ch::CursorMsg m{};
-  m.buffer_id = 5;
-  bad.send(ch::encode(ch::Type::kCursor, m));
+  // A cursor image in a file that could shrink under the mapping, or too small, closes that connection
+  // only.
+  auto unsealed = buffers::SharedMemory::create("test-cursor", 64 * 64 * 4, 0);
+  auto small = buffers::SharedMemory::create("test-cursor", 4096);
+  ASSERT_TRUE(unsealed.ok() && small.ok());
+  for (int fd : {unsealed->fd(), small->fd()}) {
+    FakeDevice bad(sock(), "other");
+    ch::CursorMsg m{};
+    m.image = 1;
+    const int fds[1] = {fd};
+    bad.send(ch::encode(ch::Type::kCursor, m), fds);
+    pump();
+    EXPECT_TRUE(bad.closed());
+  }
+  EXPECT_FALSE(cluster.closed());
+  refresh();
+  EXPECT_EQ(pixel(0, 0), 0x101010u);
+}
+
+// A buffer is named by the device's resource id and backing generation: a new backing of the same
+// resource is a new buffer beside the old one, BUFFER_GONE forgets only the generation it names, and a
+// key the connection still has cannot be defined again (it would swap the memory under a live name).
+TEST_P(CompositorTest, BuffersAreNamedByResourceAndBackingGeneration) {
+  FakeDevice cluster(sock(), "cluster");
+  auto define = [&](ch::BufferKey key, uint32_t colour) {
+    auto shm = buffers::SharedMemory::create("test-frame", 64 * 32 * 4);
+    ASSERT_TRUE(shm.ok());
+    auto map = shm->map();
+    auto* px = reinterpret_cast<uint32_t*>(map->data());
+    for (int i = 0; i < 64 * 32; ++i) px[i] = colour;
+    ch::PieceRef piece{0, 0, 64 * 32 * 4};
+    const int fds[1] = {shm->fd()};
+    auto pk = ch::encode_buffer(key, {&piece, 1}, fds);
+    ASSERT_TRUE(pk.ok());
+    cluster.send((*pk)[0].bytes, (*pk)[0].fds);
+  };
+  auto show = [&](ch::BufferKey key) {
+    ch::FrameMsg f{};
+    f.buffer = key;
+    static uint64_t seq = 0;
+    f.seq = ++seq;
+    f.fourcc = uint32_t(buffers::Format::kXRGB8888);
+    f.width = 64;
+    f.height = 32;
+    f.stride = 64 * 4;
+    cluster.send(ch::encode_frame(f, {}));
+  };
+  define(ch::buffer_key(7, 1), 0x0000aa);
+  define(ch::buffer_key(7, 2), 0x0000bb);  // resource 7 with a new backing
+  show(ch::buffer_key(7, 1));
   pump();
-  EXPECT_TRUE(bad.closed());
+  refresh();
+  EXPECT_EQ(pixel(0, 0), 0x0000aau);
+  ch::BufferGone g{};
+  g.key = ch::buffer_key(7, 1);
+  cluster.send(ch::encode(ch::Type::kBufferGone, g));
+  show(ch::buffer_key(7, 2));
+  pump();
+  refresh();
+  EXPECT_EQ(pixel(0, 0), 0x0000bbu) << "generation 2 survived generation 1's BUFFER_GONE";
+  for (const auto& c : comp->connections())
+    if (c.vm == "cluster") {
+      EXPECT_EQ(c.buffers, 1u);
+    }
+  EXPECT_FALSE(cluster.closed());
+  define(ch::buffer_key(7, 2), 0x0000cc);
+  pump();
+  EXPECT_TRUE(cluster.closed()) << "a live key defined again";
 }
 
 // Acquire fences travel as a timeline (TIMELINE) and points on FRAMEs: a frame is shown only once its

@@ -91,7 +91,8 @@ int main(int argc, char** argv) {
   so.height = h;
   ch::PieceRef piece{0, 0, bytes};
   const int fds[1] = {shm->fd()};
-  auto buf = ch::encode_buffer(1, {&piece, 1}, fds);
+  const ch::BufferKey key = ch::buffer_key(1, 1);  // resource 1, its first backing
+  auto buf = ch::encode_buffer(key, {&piece, 1}, fds);
   if (!buf.ok() || !send(ch::encode_hello(vm, 1)) || !send(ch::encode(ch::Type::kScanout, so)) ||
       !send((*buf)[0].bytes, (*buf)[0].fds)) {
     std::fprintf(stderr, "canopy-display-feed: the compositor refused the connection\n");
@@ -103,7 +104,7 @@ int main(int argc, char** argv) {
   for (auto next = start; !g_stop; next += period) {
     if (run_s > 0 && std::chrono::steady_clock::now() - start >= std::chrono::duration<double>(run_s)) break;
     ch::FrameMsg f{};
-    f.buffer_id = 1;
+    f.buffer = key;
     f.seq = ++seq;
     f.fourcc = 0x34325258;  // XRGB8888
     f.width = w;

@@ -42,7 +42,7 @@ Resp GpuDevice::set_backing(Resource& r, std::span<const uint8_t> tail, uint32_t
   for (size_t i = 0; i < r.backing.size(); ++i) r.backing_end[i] = end += r.backing[i].len;
   r.backing_bytes = total;
   stats_.backing_bytes += total;
-  r.view = std::make_shared<Frame::ViewCache>();
+  backing_changed(r);
   r.pieces.reset();
   return Resp::kOkNodata;
 }
@@ -77,6 +77,12 @@ void GpuDevice::free_backing(Resource& r) {
   r.backing_end.clear();
   r.backing_bytes = 0;
   r.pieces.reset();
+  backing_changed(r);
+}
+
+void GpuDevice::backing_changed(Resource& r) {
+  if (r.generation) output_->on_backing_gone(r.id, r.generation);
+  r.generation = 0;
   r.view = std::make_shared<Frame::ViewCache>();
 }
 

@@ -41,21 +41,8 @@ Result<UniqueFd> memfd_copy(const void* data, size_t len, const char* name) {
 }  // namespace
 
 ChannelOutput::ChannelOutput(Options o)
-    : opt_(std::move(o)),
-      next_buffer_id_(opt_.first_buffer_id ? opt_.first_buffer_id : 1),
-      held_(opt_.num_scanouts),
-      scanouts_(opt_.num_scanouts) {
+    : opt_(std::move(o)), timelines_sent_(opt_.num_scanouts), held_(opt_.num_scanouts), scanouts_(opt_.num_scanouts) {
   for (uint32_t i = 0; i < opt_.num_scanouts; ++i) scanouts_[i].scanout = i;
-}
-
-uint32_t ChannelOutput::take_buffer_id() {
-  for (;;) {
-    const uint32_t id = next_buffer_id_++;
-    if (id == 0) continue;
-    bool in_use = false;
-    for (const auto& [cache, ref] : buffers_) in_use |= ref.id == id;
-    if (!in_use) return id;
-  }
 }
 
 ChannelOutput::~ChannelOutput() { disconnect(nullptr); }
@@ -103,8 +90,10 @@ void ChannelOutput::disconnect(const char* why) {
   if (why) CANOPY_WARN("canopy-gpu: compositor connection dropped: %s", why);
   sock_.reset();
   ++stats_.disconnects;
-  // The compositor's mappings of our buffers are its own; ours are defined anew on the next connection.
+  // The compositor's mappings of our buffers are its own; ours (and the timelines) are sent anew on the
+  // next connection.
   buffers_.clear();
+  for (auto& t : timelines_sent_) t.reset();
   for (auto& m : held_) {
     for (auto& [seq, f] : m) f->release();
     m.clear();
@@ -123,26 +112,21 @@ bool ChannelOutput::send(const std::vector<uint8_t>& packet, std::span<const int
   return true;
 }
 
-void ChannelOutput::collect_gone() {
-  for (auto it = buffers_.begin(); it != buffers_.end();) {
-    if (it->second.cache.expired()) {
-      ch::BufferGone g{};
-      g.id = it->second.id;
-      it = buffers_.erase(it);
-      if (!send(ch::encode(ch::Type::kBufferGone, g))) return;  // disconnect cleared buffers_
-    } else {
-      ++it;
-    }
-  }
+void ChannelOutput::on_backing_gone(uint32_t resource_id, uint64_t generation) {
+  auto it = buffers_.find(Key{resource_id, generation});
+  if (it == buffers_.end()) return;  // never sent on this connection
+  buffers_.erase(it);
+  ch::BufferGone g{};
+  g.key = ch::buffer_key(resource_id, generation);
+  if (send(ch::encode(ch::Type::kBufferGone, g))) ++stats_.buffers_gone;
 }
 
-uint32_t ChannelOutput::buffer_for(const Frame& f, uint64_t& copied) {
-  if (!f.view_cache || !f.pieces || f.pieces->empty()) return 0;
-  if (auto it = buffers_.find(f.view_cache.get()); it != buffers_.end()) return it->second.id;
+bool ChannelOutput::define_buffer(const Frame& f, uint64_t& copied) {
+  if (!f.pieces || f.pieces->empty() || f.resource_id == 0 || f.generation == 0) return false;
+  const Key key{f.resource_id, f.generation};
+  if (buffers_.count(key)) return true;
 
   BufferRef ref;
-  ref.cache = f.view_cache;
-  ref.id = take_buffer_id();
   std::vector<ch::PieceRef> pieces;
   std::vector<int> fds;
   std::vector<buffers::FilePiece> fp;
@@ -156,27 +140,43 @@ uint32_t ChannelOutput::buffer_for(const Frame& f, uint64_t& copied) {
     }
   } else {
     const uint64_t before = copied;
-    auto view = f.map(&copied);  // the read into this process, when this call made the view
-    if (!view.ok()) return 0;    // (map adds to `copied` only when it made the view)
+    auto view = f.map(&copied);    // the read into this process, when this call made the view
+    if (!view.ok()) return false;  // (map adds to `copied` only when it made the view)
     auto fd = memfd_copy((*view)->data(), (*view)->size(), "canopy-gpu-frame-copy");
     if (fd.ok()) copied += (*view)->size();
     stats_.bytes_copied += copied - before;  // what was copied, whether or not the buffer goes out
-    if (!fd.ok()) return 0;
+    if (!fd.ok()) return false;
     fds.push_back(fd->get());
     pieces.push_back({0, 0, page_up((*view)->size())});
     ref.copy = std::move(*fd);
   }
-  auto packets = ch::encode_buffer(ref.id, pieces, fds);
+  auto packets = ch::encode_buffer(ch::buffer_key(key.first, key.second), pieces, fds);
   if (!packets.ok()) {
     CANOPY_WARN("canopy-gpu: frame buffer cannot be sent to the compositor: %s", packets.error().what);
-    return 0;
+    return false;
   }
   for (const auto& pk : *packets)
-    if (!send(pk.bytes, pk.fds)) return 0;
+    if (!send(pk.bytes, pk.fds)) return false;
   ++stats_.buffers_sent;
-  const uint32_t id = ref.id;
-  buffers_.emplace(f.view_cache.get(), std::move(ref));
-  return id;
+  buffers_.emplace(key, std::move(ref));
+  return true;
+}
+
+bool ChannelOutput::send_timeline(const Frame& f) {
+  auto& sent = timelines_sent_[f.scanout];
+  if (sent == f.acquire_timeline) return true;
+  if (sent) {
+    // The compositor takes one timeline per scanout and connection: a new one needs a new connection.
+    disconnect("the scanout's acquire timeline changed");
+    return false;
+  }
+  auto st = ch::send_timeline(sock_.get(), f.scanout, *f.acquire_timeline);
+  if (!st.ok()) {
+    disconnect(st.error().what);
+    return false;
+  }
+  sent = f.acquire_timeline;
+  return true;
 }
 
 void ChannelOutput::on_scanout(const ScanoutState& s) {
@@ -207,17 +207,16 @@ void ChannelOutput::on_frame(std::shared_ptr<Frame> f) {
     ++stats_.frames_released_unsent;
     return;
   }
-  collect_gone();
   uint64_t copied = 0;
-  const uint32_t id = sock_.valid() ? buffer_for(*f, copied) : 0;
-  if (id == 0) {
+  const bool fenced = f->acquire_timeline && f->acquire_point;
+  if (!sock_.valid() || !define_buffer(*f, copied) || (fenced && !send_timeline(*f))) {
     f->release();
     ++stats_.frames_released_unsent;
     return;
   }
   ch::FrameMsg m{};
   m.scanout = f->scanout;
-  m.buffer_id = id;
+  m.buffer = ch::buffer_key(f->resource_id, f->generation);
   m.seq = f->seq;
   m.fourcc = f->drm_fourcc;
   m.width = f->width;
@@ -225,7 +224,8 @@ void ChannelOutput::on_frame(std::shared_ptr<Frame> f) {
   m.stride = f->stride;
   m.offset = f->offset;
   m.bytes_copied = f->bytes_copied + copied;
-  m.flags = (f->blob ? ch::kFrameBlob : 0) | (f->aliased ? ch::kFrameAliased : 0);
+  m.flags = (f->blob ? ch::kFrameBlob : 0) | (f->aliased ? ch::kFrameAliased : 0) | (fenced ? ch::kFrameAcquire : 0);
+  m.acquire_point = fenced ? f->acquire_point : 0;
   // steady_clock is CLOCK_MONOTONIC: the compositor on this host measures latency from here.
   if (f->presented != Frame::Clock::time_point{})
     m.present_ns =
@@ -249,6 +249,7 @@ void ChannelOutput::on_frame(std::shared_ptr<Frame> f) {
     return;
   }
   ++stats_.frames_sent;
+  if (fenced) ++stats_.fenced_frames;
   hold(std::move(f));
 }
 
@@ -263,20 +264,12 @@ void ChannelOutput::on_cursor(const CursorUpdate& c) {
   m.hot_y = std::min<uint32_t>(c.hot_y, 63);
   if (c.image_changed && c.image && c.image->width == 64 && c.image->height == 64 &&
       c.image->argb.size() == size_t{64} * 64) {
-    // Cursor images are small and rare: one memfd each, defined as a one-piece buffer.
+    // Cursor images are small and rare: one sealed memfd each, sent with the CURSOR packet itself.
     auto fd = memfd_copy(c.image->argb.data(), c.image->argb.size() * 4, "canopy-gpu-cursor");
     if (!fd.ok()) return;
-    const uint32_t id = take_buffer_id();
-    ch::PieceRef piece{0, 0, uint64_t{64} * 64 * 4};
+    m.image = 1;
     const int fds[1] = {fd->get()};
-    auto packets = ch::encode_buffer(id, {&piece, 1}, fds);
-    if (!packets.ok() || !send((*packets)[0].bytes, (*packets)[0].fds)) return;
-    m.buffer_id = id;
-    if (!send(ch::encode(ch::Type::kCursor, m))) return;
-    // The compositor keeps its own mapping of the image; the id is not used again.
-    ch::BufferGone g{};
-    g.id = id;
-    (void)send(ch::encode(ch::Type::kBufferGone, g));
+    (void)send(ch::encode(ch::Type::kCursor, m), fds);
     return;
   }
   (void)send(ch::encode(ch::Type::kCursor, m));

@@ -2,6 +2,7 @@
 // packets, RELEASE releases, and a missing, stuck or gone compositor never holds the guest's frames.
 #include "canopy/gpu/channel_output.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -48,6 +49,8 @@ class ChannelOutputTest : public ::testing::Test {
     f->height = 64;
     f->stride = 128;
     f->blob = true;
+    f->resource_id = 5;
+    f->generation = generation_;
     f->pieces = pieces_;
     f->view_cache = cache_;
     f->release_token = seq;
@@ -70,6 +73,7 @@ class ChannelOutputTest : public ::testing::Test {
   SharedFd fd_;
   FramePieces pieces_;
   std::shared_ptr<Frame::ViewCache> cache_;
+  uint64_t generation_ = 1;
 };
 
 TEST_F(ChannelOutputTest, BufferOnceFramesAsPacketsReleaseOnRelease) {
@@ -175,19 +179,53 @@ TEST_F(ChannelOutputTest, AMalformedPacketFromTheCompositorDropsTheConnection) {
   EXPECT_EQ(released, 1);
 }
 
-// Buffer ids wrap: neither a frame's backing nor a cursor image may get id 0 (the wire's "no buffer"). A
-// cursor that took the last id left 0 for the next backing, whose frames were then never sent.
-TEST_F(ChannelOutputTest, BufferIdsSkipZeroWhenTheyWrapCursorImagesToo) {
+// A buffer is named by (resource id, backing generation), never by an object's address: frames of one
+// generation share one BUFFER, a new generation is a new BUFFER, and the device's on_backing_gone sends
+// BUFFER_GONE for exactly the generation it names (once, and only for a buffer this connection has).
+TEST_F(ChannelOutputTest, BuffersAreNamedByResourceAndGenerationAndGoneWhenTheDeviceSays) {
   int released = 0;  // outlives out, whose destructor releases what it holds
-  ChannelOutput::Options o{path_, "ivi", 1};
-  o.first_buffer_id = 0xfffffffe;
-  ChannelOutput out(o);
+  ChannelOutput out({path_, "ivi", 1});
   out.on_frame(frame(1, &released));
   UniqueFd comp = accept();
   EXPECT_EQ(next(comp.get()).type, ch::Type::kHello);
   auto buf = next(comp.get());
   ASSERT_EQ(buf.type, ch::Type::kBuffer);
-  EXPECT_EQ(buf.fixed<ch::BufferHdr>().id.get(), 0xfffffffeu);
+  EXPECT_EQ(ch::key_pair(buf.fixed<ch::BufferHdr>().key), std::make_pair(5u, uint64_t{1}));
+  auto f = next(comp.get());
+  EXPECT_EQ(ch::key_pair(f.fixed<ch::FrameMsg>().buffer), std::make_pair(5u, uint64_t{1}));
+  // The same memory under a new generation (a re-attached backing) is a new buffer; the old one stays
+  // defined until the device says it is gone.
+  generation_ = 2;
+  out.on_frame(frame(2, &released));
+  buf = next(comp.get());
+  ASSERT_EQ(buf.type, ch::Type::kBuffer);
+  EXPECT_EQ(ch::key_pair(buf.fixed<ch::BufferHdr>().key), std::make_pair(5u, uint64_t{2}));
+  EXPECT_EQ(next(comp.get()).type, ch::Type::kFrame);
+  out.on_backing_gone(5, 1);
+  auto gone = next(comp.get());
+  ASSERT_EQ(gone.type, ch::Type::kBufferGone);
+  EXPECT_EQ(ch::key_pair(gone.fixed<ch::BufferGone>().key), std::make_pair(5u, uint64_t{1}));
+  out.on_backing_gone(5, 1);  // already gone: nothing
+  out.on_backing_gone(9, 1);  // never sent: nothing
+  out.on_frame(frame(3, &released));
+  f = next(comp.get());
+  ASSERT_EQ(f.type, ch::Type::kFrame) << "generation 2 is still defined";
+  EXPECT_EQ(out.stats().buffers_sent, 2u);
+  EXPECT_EQ(out.stats().buffers_gone, 1u);
+  // A frame without a generation names no buffer: it is released, not sent.
+  generation_ = 0;
+  out.on_frame(frame(4, &released));
+  EXPECT_EQ(out.stats().frames_released_unsent, 1u);
+}
+
+// Cursor images travel as a sealed memfd with their CURSOR packet: no buffer name is taken for them.
+TEST_F(ChannelOutputTest, CursorImagesComeWithTheirCursorPacket) {
+  int released = 0;
+  ChannelOutput out({path_, "ivi", 1});
+  out.on_frame(frame(1, &released));
+  UniqueFd comp = accept();
+  EXPECT_EQ(next(comp.get()).type, ch::Type::kHello);
+  EXPECT_EQ(next(comp.get()).type, ch::Type::kBuffer);
   EXPECT_EQ(next(comp.get()).type, ch::Type::kFrame);
   auto image = std::make_shared<CursorImage>();
   image->argb.assign(size_t{64} * 64, 0xff00ff00u);
@@ -195,28 +233,24 @@ TEST_F(ChannelOutputTest, BufferIdsSkipZeroWhenTheyWrapCursorImagesToo) {
   c.visible = true;
   c.image_changed = true;
   c.image = image;
-  std::vector<uint32_t> cursor_ids;
-  for (int i = 0; i < 2; ++i) {
-    out.on_cursor(c);
-    auto b = next(comp.get());
-    ASSERT_EQ(b.type, ch::Type::kBuffer);
-    cursor_ids.push_back(b.fixed<ch::BufferHdr>().id.get());
-    auto m = next(comp.get());
-    ASSERT_EQ(m.type, ch::Type::kCursor);
-    EXPECT_EQ(m.fixed<ch::CursorMsg>().buffer_id.get(), cursor_ids.back());
-    EXPECT_EQ(next(comp.get()).type, ch::Type::kBufferGone);
-  }
-  EXPECT_EQ(cursor_ids, (std::vector<uint32_t>{0xffffffffu, 1u}));
-  // A new backing after the wrap is defined and its frame sent.
-  cache_ = std::make_shared<Frame::ViewCache>();
-  out.on_frame(frame(2, &released));
-  buf = next(comp.get());
-  ASSERT_EQ(buf.type, ch::Type::kBuffer);
-  EXPECT_EQ(buf.fixed<ch::BufferHdr>().id.get(), 2u);
-  auto f = next(comp.get());
-  ASSERT_EQ(f.type, ch::Type::kFrame);
-  EXPECT_EQ(f.fixed<ch::FrameMsg>().buffer_id.get(), 2u);
-  EXPECT_EQ(out.stats().frames_released_unsent, 0u);
+  out.on_cursor(c);
+  auto m = next(comp.get());
+  ASSERT_EQ(m.type, ch::Type::kCursor);
+  EXPECT_EQ(m.fixed<ch::CursorMsg>().image.get(), 1u);
+  ASSERT_EQ(m.fds.size(), 1u);
+  EXPECT_TRUE(fcntl(m.fds[0].get(), F_GET_SEALS) & F_SEAL_SHRINK);
+  auto shm = buffers::SharedMemory::import(std::move(m.fds[0]), 64 * 64 * 4);
+  ASSERT_TRUE(shm.ok());
+  auto map = shm->map(buffers::Access::kRead);
+  ASSERT_TRUE(map.ok());
+  EXPECT_EQ(reinterpret_cast<const uint32_t*>(map->data())[64 * 64 - 1], 0xff00ff00u);
+  c.image_changed = false;
+  c.x = 7;
+  out.on_cursor(c);
+  m = next(comp.get());
+  ASSERT_EQ(m.type, ch::Type::kCursor);
+  EXPECT_EQ(m.fixed<ch::CursorMsg>().image.get(), 0u);
+  EXPECT_TRUE(m.fds.empty());
 }
 
 }  // namespace

@@ -31,8 +31,13 @@ Result<std::unique_ptr<GpuDevice>> GpuDevice::create(GpuOptions options, std::un
   }
   GpuDevice* self = d.get();
   d->renderer_->set_fence_callback([self](uint64_t id) {
-    auto p = self->pending_.find(id);
-    if (p != self->pending_.end() && p->second->outstanding) --p->second->outstanding;
+    // A fenced command's GPU work, or a 3D scanout's read-back (done after poll() returns: the renderer is
+    // not called back into from its own callback).
+    if (auto p = self->pending_.find(id); p != self->pending_.end()) {
+      if (p->second->outstanding) --p->second->outstanding;
+    } else if (self->readbacks_.count(id)) {
+      self->readbacks_done_.push_back(id);
+    }
   });
   d->release_event_.reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!d->release_event_) return make_error(Errc::kIo, "gpu: eventfd", errno);
@@ -233,6 +238,9 @@ void GpuDevice::reset() {
   mapped_.clear();  // a reset empties the front-end's region too
   pending_.clear();
   timelines_.clear();
+  // Read-backs still waiting: their frames' points are signalled now (the resources are gone).
+  for (const auto& [id, rb] : readbacks_) readbacks_done_.push_back(id);
+  finish_readbacks();
   std::vector<uint64_t> dropped;
   take_releases(dropped);
   for (auto& s : scanouts_) {

@@ -52,6 +52,7 @@ struct GpuDevice::Resource {
   std::array<uint8_t, 16> uuid{};
   uint64_t pending_copied = 0;  // transfer bytes not yet reported with a frame
   std::shared_ptr<Frame::ViewCache> view = std::make_shared<Frame::ViewCache>();
+  uint64_t generation = 0;  // of the backing its frames show; 0: none given yet (the next frame takes one)
   uint32_t scanout_mask = 0;
 };
 
@@ -69,6 +70,18 @@ struct GpuDevice::Scanout {
   Framebuffer fb;  // the resource, or a framebuffer inside a blob
   uint64_t seq = 0;
   CursorUpdate cursor;
+  // 3D frames' acquire timeline (this device is its producer; made on the first fenced read-back and
+  // kept across resets, so its values only grow) and the last point given to a frame.
+  std::shared_ptr<buffers::Timeline> acquire;
+  uint64_t acquire_value = 0;
+};
+
+// A 3D scanout's read-back waiting for the renderer's fence: what to read, and the acquire points it
+// completes (scanout, point).
+struct GpuDevice::Readback {
+  uint32_t resource_id = 0;
+  Rect rect;
+  std::vector<std::pair<uint32_t, uint64_t>> points;
 };
 
 struct GpuDevice::Context {

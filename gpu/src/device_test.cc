@@ -5,6 +5,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -92,6 +94,54 @@ TEST(GpuDevice, TransferAndFlushDeliverTheGuestPixels) {
   EXPECT_EQ(st.last_fourcc, buffers::fourcc_code('X', 'R', '2', '4'));
   ASSERT_EQ(st.last_damage.size(), 1u);
   EXPECT_EQ(st.last_damage[0], (Rect{0, 0, 64, 32}));
+}
+
+// A frame names its buffer by resource id and backing generation. Frames of one backing share a
+// generation; DETACH_BACKING, a new ATTACH_BACKING and RESOURCE_UNREF each end it, and the output is told
+// which one ended; generations are never reused, not even by a re-created resource id.
+TEST(GpuDevice, FramesNameTheirBackingAndTheOutputHearsWhenItGoes) {
+  struct Recorder : HeadlessOutput {
+    void on_frame(std::shared_ptr<Frame> f) override {
+      frames.emplace_back(f->resource_id, f->generation);
+      HeadlessOutput::on_frame(std::move(f));
+    }
+    void on_backing_gone(uint32_t r, uint64_t g) override { gone.emplace_back(r, g); }
+    std::vector<std::pair<uint32_t, uint64_t>> frames, gone;
+  } rec;
+  Harness h({}, {}, nullptr, &rec);
+  auto flush = [&] { return h.call(h.flush_cmd(1, 64, 32)); };
+  proto::ResourceDetachBacking d{};
+  d.hdr = proto::make_hdr(Cmd::kResourceDetachBacking);
+  d.resource_id = 1;
+  proto::ResourceUnref u{};
+  u.hdr = proto::make_hdr(Cmd::kResourceUnref);
+  u.resource_id = 1;
+  ASSERT_EQ(h.create_2d(1, 64, 32), R(Resp::kOkNodata));
+  ASSERT_EQ(h.attach(1, {Harness::entry(0x10000, 64 * 32 * 4)}), R(Resp::kOkNodata));
+  ASSERT_EQ(h.set_scanout(0, 1, 64, 32), R(Resp::kOkNodata));
+  ASSERT_EQ(flush(), R(Resp::kOkNodata));
+  ASSERT_EQ(flush(), R(Resp::kOkNodata));
+  ASSERT_EQ(rec.frames.size(), 2u);
+  const uint64_t g1 = rec.frames[0].second;
+  EXPECT_NE(g1, 0u);
+  EXPECT_EQ(rec.frames[1], std::make_pair(1u, g1)) << "one backing, one buffer";
+  EXPECT_TRUE(rec.gone.empty());
+  ASSERT_EQ(h.call(d), R(Resp::kOkNodata));
+  EXPECT_EQ(rec.gone, (std::vector<std::pair<uint32_t, uint64_t>>{{1, g1}}));
+  ASSERT_EQ(h.attach(1, {Harness::entry(0x10000, 64 * 32 * 4)}), R(Resp::kOkNodata));
+  EXPECT_EQ(rec.gone.size(), 1u) << "a backing no frame showed has nothing to forget";
+  ASSERT_EQ(flush(), R(Resp::kOkNodata));
+  const uint64_t g2 = rec.frames.back().second;
+  EXPECT_GT(g2, g1) << "the same memory re-attached is a new buffer";
+  ASSERT_EQ(h.call(u), R(Resp::kOkNodata));
+  EXPECT_EQ(rec.gone.back(), std::make_pair(1u, g2));
+  // The same resource id again: a new generation.
+  ASSERT_EQ(h.create_2d(1, 64, 32), R(Resp::kOkNodata));
+  ASSERT_EQ(h.attach(1, {Harness::entry(0x10000, 64 * 32 * 4)}), R(Resp::kOkNodata));
+  ASSERT_EQ(h.set_scanout(0, 1, 64, 32), R(Resp::kOkNodata));
+  ASSERT_EQ(flush(), R(Resp::kOkNodata));
+  EXPECT_GT(rec.frames.back().second, g2);
+  EXPECT_EQ(rec.frames.back().first, 1u);
 }
 
 TEST(GpuDevice, TransferGathersRowsAcrossScatteredEntries) {
@@ -704,6 +754,62 @@ TEST(HeadlessOutput, CountsItsOwnCopyOfPiecesThatAreNotPageAligned) {
   EXPECT_NE(std::strstr(line, " blob copied 1024 "), nullptr) << line;
   std::fclose(log);
   ::unlink(path);
+}
+
+// The tee takes acquire points for its consumers: one that waits for them itself gets a frame at once;
+// for one that reads frames as they arrive the tee holds the frame, and every event behind it, until the
+// point has signalled and the device says so (on_acquired); a frame whose producer is gone is handed on
+// as it is rather than hold the events behind it forever.
+TEST(OutputTee, HoldsFramesWithAcquirePointsForConsumersThatReadAtOnce) {
+  struct Waits : HeadlessOutput {
+    bool takes_acquire_fences() const override { return true; }
+  } waits;
+  struct Log : ScanoutOutput {
+    void on_scanout(const ScanoutState& s) override { events.push_back("scanout " + std::to_string(s.scanout)); }
+    void on_frame(std::shared_ptr<Frame> f) override {
+      events.push_back("frame " + std::to_string(f->seq) + (f->acquired() ? "" : " incomplete"));
+    }
+    void on_cursor(const CursorUpdate&) override { events.push_back("cursor"); }
+    std::vector<std::string> events;
+  } reads;
+  OutputTee tee;
+  tee.add(&waits);
+  tee.add(&reads);
+  EXPECT_TRUE(tee.takes_acquire_fences());
+  auto tl = buffers::Timeline::create_producer();
+  ASSERT_TRUE(tl.ok());
+  auto timeline = std::make_shared<buffers::Timeline>(std::move(*tl));
+  int released = 0;
+  auto frame = [&](uint64_t seq, uint64_t point) {
+    auto f = std::make_shared<Frame>();
+    f->seq = seq;
+    f->acquire_timeline = point ? timeline : nullptr;
+    f->acquire_point = point;
+    f->release_token = seq;
+    f->on_release = [&released](uint64_t) { ++released; };
+    return f;
+  };
+  tee.on_frame(frame(1, 0));  // complete: straight through
+  tee.on_frame(frame(2, 1));
+  tee.on_cursor(CursorUpdate{});
+  tee.on_frame(frame(3, 0));  // complete, but behind frame 2
+  EXPECT_EQ(waits.stats(0).frames, 3u) << "the consumer that waits itself got every frame at once";
+  EXPECT_EQ(reads.events, std::vector<std::string>{"frame 1"});
+  EXPECT_EQ(tee.waiting(), 3u);
+  tee.on_acquired();  // nothing signalled yet: nothing moves
+  EXPECT_EQ(tee.waiting(), 3u);
+  ASSERT_TRUE(timeline->signal(1).ok());
+  tee.on_acquired();
+  EXPECT_EQ(reads.events, (std::vector<std::string>{"frame 1", "frame 2", "cursor", "frame 3"}));
+  EXPECT_EQ(tee.waiting(), 0u);
+  // The producer goes away with a point outstanding: the frame is handed on, incomplete, with what follows.
+  tee.on_frame(frame(4, 2));
+  tee.on_scanout(ScanoutState{});
+  timeline->detach();
+  tee.on_acquired();
+  EXPECT_EQ(reads.events.back(), "scanout 0");
+  EXPECT_EQ(reads.events[reads.events.size() - 2], "frame 4 incomplete");
+  EXPECT_EQ(released, 4) << "each device frame released once both consumers let go";
 }
 
 }  // namespace

@@ -80,7 +80,63 @@ void GpuDevice::take_releases(std::vector<uint64_t>& out) {
 
 void GpuDevice::process_renderer() {
   renderer_->poll();
+  finish_readbacks();
   retire_ready();
+}
+
+GpuDevice::Readback* GpuDevice::fence_readback(Resource& r, const Rect& damage) {
+  if (!output_->takes_acquire_fences() || !renderer_->supports_3d()) return nullptr;
+  // A guest that floods flushes ahead of its GPU work would grow the list without bound: past the cap
+  // the read-back is done now (it waits for the GPU, as every read-back did before acquire points).
+  if (readbacks_.size() >= kMaxReadbacks) {
+    ++stats_.readbacks_over_cap;
+    return nullptr;
+  }
+  for (uint32_t s = 0; s < scanouts_.size(); ++s) {
+    if (!(r.scanout_mask & (1u << s)) || scanouts_[s]->acquire) continue;
+    auto tl = buffers::Timeline::create_producer();
+    if (!tl.ok()) {
+      CANOPY_WARN_RL("gpu: scanout %u: no acquire timeline (%s); 3D frames are read back at once", s, tl.error().what);
+      return nullptr;
+    }
+    scanouts_[s]->acquire = std::make_shared<buffers::Timeline>(std::move(*tl));
+  }
+  const uint64_t id = next_pending_++;
+  if (!renderer_->create_fence(0, 0, false, id).ok()) return nullptr;
+  ++stats_.fenced_readbacks;
+  auto rb = std::make_unique<Readback>();
+  rb->resource_id = r.id;
+  rb->rect = damage;
+  Readback* out = rb.get();
+  readbacks_.emplace(id, std::move(rb));
+  return out;
+}
+
+void GpuDevice::finish_readbacks() {
+  // In completion order (the renderer reports a timeline's fences oldest first), so each scanout's points
+  // are signalled in increasing order.
+  std::vector<uint64_t> done;
+  done.swap(readbacks_done_);
+  for (uint64_t id : done) {
+    auto it = readbacks_.find(id);
+    if (it == readbacks_.end()) continue;
+    const std::unique_ptr<Readback> rb = std::move(it->second);
+    readbacks_.erase(it);
+    // A resource destroyed meanwhile has nothing to read: its frames show what its host copy held.
+    auto res = resources_.find(rb->resource_id);
+    if (res != resources_.end() && res->second->is3d && res->second->host.map.data()) {
+      Resource& r = *res->second;
+      uint8_t* dst = reinterpret_cast<uint8_t*>(r.host.map.data()) + uint64_t(rb->rect.y) * r.host.stride +
+                     uint64_t(rb->rect.x) * proto::kBytesPerPixel;
+      if (!renderer_->read_pixels(r.id, rb->rect, dst, r.host.stride).ok())
+        CANOPY_WARN_RL("gpu: resource %u: read-back after its fence failed; the frame shows older pixels", r.id);
+    }
+    // The points are signalled whatever happened: a consumer never waits for a frame that cannot come.
+    for (auto [s, point] : rb->points)
+      if (s < scanouts_.size() && scanouts_[s]->acquire && scanouts_[s]->acquire->signalled() < point)
+        (void)scanouts_[s]->acquire->signal(point);
+  }
+  if (!done.empty()) output_->on_acquired();
 }
 
 void GpuDevice::process_releases() {

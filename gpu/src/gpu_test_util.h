@@ -25,16 +25,19 @@ struct Harness {
   std::vector<uint64_t> order;                         // tokens in response order
   uint64_t next = 1;
 
-  explicit Harness(GpuOptions o = {}, HeadlessOutput::Options ho = {}, std::unique_ptr<Renderer> renderer = nullptr)
+  // output: where frames go instead of `out` (nullptr: `out`).
+  explicit Harness(GpuOptions o = {}, HeadlessOutput::Options ho = {}, std::unique_ptr<Renderer> renderer = nullptr,
+                   ScanoutOutput* output = nullptr)
       : out(ho) {
     UniqueFd fd(memfd_create("gpu-test-ram", MFD_CLOEXEC));
     EXPECT_EQ(ftruncate(fd.get(), off_t(kRam)), 0);
     EXPECT_TRUE(mem.add_region({0, kRam, 0, 0}, std::move(fd)).ok());
     if (!renderer) renderer = make_2d_renderer();
-    auto d = GpuDevice::create(std::move(o), std::move(renderer), &out, [this](uint64_t t, std::span<const uint8_t> b) {
-      responses[t].assign(b.begin(), b.end());
-      order.push_back(t);
-    });
+    auto d = GpuDevice::create(std::move(o), std::move(renderer), output ? output : &out,
+                               [this](uint64_t t, std::span<const uint8_t> b) {
+                                 responses[t].assign(b.begin(), b.end());
+                                 order.push_back(t);
+                               });
     EXPECT_TRUE(d.ok());
     dev = std::move(*d);
     dev->set_memory(&mem);

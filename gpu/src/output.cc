@@ -1,8 +1,10 @@
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <cstdarg>
+#include <cstdio>
 #include <cstring>
 
 #include "canopy/gpu/scanout_output.h"
@@ -43,6 +45,13 @@ Result<std::shared_ptr<const FrameView>> Frame::map(uint64_t* copied) const {
   return std::shared_ptr<const FrameView>(view);
 }
 
+bool Frame::wait_acquire(int timeout_ms) const {
+  if (acquired()) return true;
+  return acquire_timeline->wait_for(acquire_point, std::chrono::milliseconds(timeout_ms)).ok();
+}
+
+bool Frame::acquired() const { return !acquire_timeline || acquire_timeline->signalled() >= acquire_point; }
+
 void Frame::release() {
   if (released_.exchange(true, std::memory_order_acq_rel)) return;
   if (on_release && release_token) on_release(release_token);
@@ -50,20 +59,36 @@ void Frame::release() {
 
 // ---- OutputTee ------------------------------------------------------------------------------
 
+void OutputTee::add(ScanoutOutput* out) { outs_.push_back(Consumer{out, {}}); }
+
+void OutputTee::remove(ScanoutOutput* out) {
+  std::erase_if(outs_, [out](const Consumer& c) { return c.out == out; });
+}
+
+void OutputTee::pass(Consumer& c, std::function<void()> event) {
+  if (c.waiting.empty()) return event();
+  c.waiting.push_back({nullptr, std::move(event)});
+}
+
+void OutputTee::hand(Consumer& c, std::shared_ptr<Frame> f) {
+  if (c.out->takes_acquire_fences() || (c.waiting.empty() && f->acquired())) return c.out->on_frame(std::move(f));
+  c.waiting.push_back({std::move(f), nullptr});
+}
+
 void OutputTee::on_scanout(const ScanoutState& s) {
-  for (auto* o : outs_) o->on_scanout(s);
+  for (auto& c : outs_) pass(c, [o = c.out, s] { o->on_scanout(s); });
 }
 
 void OutputTee::on_frame(std::shared_ptr<Frame> frame) {
-  if (outs_.size() == 1) return outs_[0]->on_frame(std::move(frame));
-  // Each consumer gets its own Frame sharing the pixels; the original is released when all are.
+  if (outs_.size() == 1) return hand(outs_[0], std::move(frame));
+  // Each consumer gets its own Frame; the device's is released when every copy is.
   struct Join {
     std::shared_ptr<Frame> original;
     explicit Join(std::shared_ptr<Frame> f) : original(std::move(f)) {}
     ~Join() { original->release(); }
   };
   auto join = std::make_shared<Join>(frame);
-  for (auto* o : outs_) {
+  for (auto& c : outs_) {
     auto f = std::make_shared<Frame>();
     f->scanout = frame->scanout;
     f->seq = frame->seq;
@@ -79,16 +104,49 @@ void OutputTee::on_frame(std::shared_ptr<Frame> frame) {
     f->blob = frame->blob;
     f->aliased = frame->aliased;
     f->presented = frame->presented;
-    f->wait_acquire = frame->wait_acquire;
+    f->generation = frame->generation;
+    f->acquire_timeline = frame->acquire_timeline;
+    f->acquire_point = frame->acquire_point;
     f->view_cache = frame->view_cache;
     f->release_token = 1;
     f->on_release = [join](uint64_t) mutable { join.reset(); };
-    o->on_frame(std::move(f));
+    hand(c, std::move(f));
   }
 }
 
-void OutputTee::on_cursor(const CursorUpdate& c) {
-  for (auto* o : outs_) o->on_cursor(c);
+void OutputTee::on_cursor(const CursorUpdate& cu) {
+  for (auto& c : outs_) pass(c, [o = c.out, cu] { o->on_cursor(cu); });
+}
+
+void OutputTee::on_backing_gone(uint32_t resource_id, uint64_t generation) {
+  for (auto& c : outs_) pass(c, [o = c.out, resource_id, generation] { o->on_backing_gone(resource_id, generation); });
+}
+
+void OutputTee::on_acquired() {
+  for (auto& c : outs_) {
+    while (!c.waiting.empty()) {
+      Waiting& w = c.waiting.front();
+      if (w.frame) {
+        // A frame whose producer is gone cannot become complete: it goes as it is rather than stop the
+        // events behind it.
+        if (!w.frame->acquired() && w.frame->acquire_timeline->producer_state() != buffers::ProducerState::kLost) break;
+        auto f = std::move(w.frame);
+        c.waiting.pop_front();
+        c.out->on_frame(std::move(f));
+      } else {
+        auto event = std::move(w.event);
+        c.waiting.pop_front();
+        event();
+      }
+    }
+    c.out->on_acquired();
+  }
+}
+
+size_t OutputTee::waiting() const {
+  size_t n = 0;
+  for (const auto& c : outs_) n += c.waiting.size();
+  return n;
 }
 
 // ---- HeadlessOutput -------------------------------------------------------------------------
@@ -202,12 +260,17 @@ void HeadlessOutput::on_frame(std::shared_ptr<Frame> frame) {
   const Rect d = frame->damage.empty() ? Rect{} : frame->damage[0];
   char fourcc[5] = {char(frame->drm_fourcc), char(frame->drm_fourcc >> 8), char(frame->drm_fourcc >> 16),
                     char(frame->drm_fourcc >> 24), 0};
-  log("frame %u seq %llu %ux%u %s stride %u %s copied %llu damage %u,%u %ux%u crc %s%08x\n", frame->scanout,
+  // " acquire N": the frame waited for point N of its scanout's acquire timeline (a 3D frame read back
+  // after its fence).
+  char acquire[32] = "";
+  if (frame->acquire_point)
+    std::snprintf(acquire, sizeof acquire, " acquire %llu", (unsigned long long)frame->acquire_point);
+  log("frame %u seq %llu %ux%u %s stride %u %s copied %llu%s damage %u,%u %ux%u crc %s%08x\n", frame->scanout,
       (unsigned long long)frame->seq, frame->width, frame->height, fourcc, frame->stride,
       frame->blob      ? "blob"
       : frame->aliased ? "alias"
                        : "2d",
-      (unsigned long long)copied, d.x, d.y, d.width, d.height, crc_ok ? "" : "none-", crc);
+      (unsigned long long)copied, acquire, d.x, d.y, d.width, d.height, crc_ok ? "" : "none-", crc);
   if (on_frame_hook) on_frame_hook(*frame);
   if (opt_.hold_frames || opt_.release_after_ms > 0) {
     std::lock_guard<std::mutex> lk(mu_);

@@ -226,6 +226,68 @@ TEST_F(VirglDevice, OffersVirglWithTheVirglAndVirgl2Capsets) {
 // fence has signalled, and a scanout of the resource shows them (a counted read-back copy).
 TEST_F(VirglDevice, ClearsARenderTargetReadsItBackAndScansItOut) { clear_read_back_and_scan_out(); }
 
+// An output that waits for acquire points itself (as the compositor's channel does): it keeps each frame
+// as delivered and reads it only when asked.
+class WaitingOutput : public HeadlessOutput {
+ public:
+  bool takes_acquire_fences() const override { return true; }
+  void on_frame(std::shared_ptr<Frame> f) override { frames.push_back(std::move(f)); }
+  std::vector<std::shared_ptr<Frame>> frames;
+};
+
+// For such an output a 3D scanout's flush does not read the pixels back at once: the frame leaves with the
+// next point of its scanout's acquire timeline, the device reads back once virglrenderer's fence after
+// the GPU work so far has signalled, and only then signals the point; the frame's pixels are complete.
+TEST_F(VirglDevice, ThreeDFramesForAnOutputThatWaitsCarryAcquirePointsSignalledAfterTheFence) {
+  h.reset();  // one virgl renderer per process: the fixture's goes first
+  auto r = make_virgl_renderer({});
+  ASSERT_TRUE(r.ok()) << r.error().what;
+  WaitingOutput waiting;
+  GpuOptions o;
+  o.features |= proto::kFVirgl;
+  h = std::make_unique<Harness>(o, HeadlessOutput::Options{}, std::move(*r), &waiting);
+  render_target();
+  ASSERT_EQ(h->set_scanout(0, kRes, kW, kH), R(Resp::kOkNodata));
+  auto colour_of = [&](const Frame& f) -> uint32_t {
+    auto view = f.map();
+    if (!view.ok()) return 0xdeadbeef;
+    uint32_t first = 0, odd = 0;
+    std::memcpy(&first, (*view)->data() + f.offset, 4);
+    for (uint32_t y = 0; y < f.height; ++y)
+      for (uint32_t x = 0; x < f.width; ++x) {
+        uint32_t p;
+        std::memcpy(&p, (*view)->data() + f.offset + uint64_t(y) * f.stride + x * 4, 4);
+        odd += p != first;
+      }
+    return odd ? 0xdeadbeef : first & 0x00ffffff;
+  };
+  const std::pair<std::vector<float>, uint32_t> clears[] = {{{1.0f, 0.0f, 0.0f}, 0xff0000},
+                                                            {{0.0f, 0.0f, 1.0f}, 0x0000ff}};
+  for (size_t n = 0; n < 2; ++n) {
+    const auto& [rgb, want] = clears[n];
+    ASSERT_EQ(h->response(submit(kCtx, clear_stream(rgb[0], rgb[1], rgb[2]))).type.get(), R(Resp::kOkNodata));
+    const uint64_t copied = h->dev->stats().bytes_copied;
+    ASSERT_EQ(h->call(h->flush_cmd(kRes, kW, kH)), R(Resp::kOkNodata));
+    ASSERT_EQ(waiting.frames.size(), n + 1);
+    const auto f = waiting.frames.back();
+    ASSERT_TRUE(f->acquire_timeline);
+    EXPECT_EQ(f->acquire_point, n + 1);
+    EXPECT_LT(f->acquire_timeline->signalled(), f->acquire_point) << "read back before the device saw the fence";
+    EXPECT_EQ(h->dev->stats().bytes_copied - copied, uint64_t(kW) * kH * 4) << "the read-back is counted";
+    const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (f->acquire_timeline->signalled() < f->acquire_point && std::chrono::steady_clock::now() < end) {
+      pollfd p{h->dev->renderer_fd(), POLLIN, 0};
+      (void)::poll(&p, 1, 10);
+      h->dev->process_renderer();
+    }
+    ASSERT_TRUE(f->wait_acquire(0)) << "the fence did not signal within 5 s";
+    EXPECT_EQ(colour_of(*f), want) << "frame " << n;
+  }
+  EXPECT_EQ(waiting.frames[0]->acquire_timeline, waiting.frames[1]->acquire_timeline) << "one timeline per scanout";
+  waiting.frames.clear();
+  h.reset();  // before `waiting`, which the device calls until it goes
+}
+
 TEST_F(VirglDevice, UploadsGuestPixelsAndReadsThemBack) {
   render_target();
   std::vector<uint32_t> in(kW * kH);

@@ -84,7 +84,7 @@ Resp GpuDevice::set_scanout_blob(const Command& c) {
   return Resp::kOkNodata;
 }
 
-void GpuDevice::emit_frame(uint32_t s, Resource& r, const Rect& damage_res, uint64_t pending_id) {
+void GpuDevice::emit_frame(uint32_t s, Resource& r, const Rect& damage_res, uint64_t pending_id, Readback* rb) {
   Scanout& sc = *scanouts_[s];
   Rect dmg = intersect(damage_res, sc.r);
   if (dmg.empty()) return;
@@ -111,6 +111,13 @@ void GpuDevice::emit_frame(uint32_t s, Resource& r, const Rect& damage_res, uint
     f->pieces = r.host_pieces;
   }
   f->view_cache = r.view;
+  if (!r.generation) r.generation = ++generations_;
+  f->generation = r.generation;
+  if (rb && sc.acquire) {
+    f->acquire_timeline = sc.acquire;
+    f->acquire_point = ++sc.acquire_value;
+    rb->points.emplace_back(s, f->acquire_point);
+  }
   // Every kind of frame carries what was copied for its resource: earlier transfers and read-backs, and
   // whatever guest memory this command copied before the frame left (0 for a zero-copy path).
   r.pending_copied += take_guest_copies();
@@ -148,17 +155,22 @@ Resp GpuDevice::resource_flush(const Command& c, uint64_t pending_id) {
   for (uint32_t s = 0; s < scanouts_.size(); ++s)
     if (r.blob && (r.scanout_mask & (1u << s)) && !rect_inside(rf.r, scanouts_[s]->fb.width, scanouts_[s]->fb.height))
       return Resp::kErrInvalidParameter;
+  Readback* rb = nullptr;
   if (r.is3d && r.scanout_mask && r.host.map.data() && !dmg.empty()) {
-    // The damaged rectangle, from the renderer into the host copy the output reads.
-    uint8_t* dst = reinterpret_cast<uint8_t*>(r.host.map.data()) + uint64_t(dmg.y) * r.host.stride +
-                   uint64_t(dmg.x) * proto::kBytesPerPixel;
-    if (!renderer_->read_pixels(r.id, dmg, dst, r.host.stride).ok()) return Resp::kErrUnspec;
+    // The damaged rectangle, from the renderer into the host copy the output reads: once the GPU work
+    // before this flush is done where the output waits for acquire points, else now.
+    rb = fence_readback(r, dmg);
+    if (!rb) {
+      uint8_t* dst = reinterpret_cast<uint8_t*>(r.host.map.data()) + uint64_t(dmg.y) * r.host.stride +
+                     uint64_t(dmg.x) * proto::kBytesPerPixel;
+      if (!renderer_->read_pixels(r.id, dmg, dst, r.host.stride).ok()) return Resp::kErrUnspec;
+    }
     const uint64_t copied = uint64_t(dmg.width) * proto::kBytesPerPixel * dmg.height;
     r.pending_copied += copied;
     stats_.bytes_copied += copied;
   }
   for (uint32_t s = 0; s < scanouts_.size(); ++s)
-    if (r.scanout_mask & (1u << s)) emit_frame(s, r, dmg, pending_id);
+    if (r.scanout_mask & (1u << s)) emit_frame(s, r, dmg, pending_id, rb);
   return Resp::kOkNodata;
 }
 

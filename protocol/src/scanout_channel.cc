@@ -35,6 +35,8 @@ T read_at(std::span<const uint8_t> p, size_t off) {
   return v;
 }
 
+bool valid_key(const BufferKey& k) { return k.resource.get() != 0 && k.generation.get() != 0 && k.reserved.get() == 0; }
+
 bool valid_name_char(char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-'; }
 
 Status check_hello(std::span<const uint8_t> p) {
@@ -57,7 +59,8 @@ Status check_buffer(std::span<const uint8_t> p, size_t nfds) {
   if (p.size() < sizeof(BufferHdr)) return bad("channel: BUFFER shorter than its header");
   const BufferHdr b = read_at<BufferHdr>(p, 0);
   const uint32_t n = b.num_pieces, first = b.first_piece, total = b.total_pieces;
-  if (b.id.get() == 0) return bad("channel: BUFFER id 0");
+  if (!valid_key(b.key) || b.reserved.get() != 0)
+    return bad("channel: BUFFER resource or generation 0, or reserved field set");
   if (n == 0 || n > kMaxPiecesPerPacket) return bad("channel: BUFFER piece count out of range (1..4096)");
   if (p.size() != sizeof(BufferHdr) + size_t(n) * sizeof(Piece))
     return bad("channel: BUFFER size does not match its piece count");
@@ -83,7 +86,8 @@ Status check_frame(std::span<const uint8_t> p) {
   if (p.size() != sizeof(FrameMsg) + size_t(nd) * sizeof(WireRect))
     return bad("channel: FRAME size does not match its damage count");
   if (f.scanout.get() >= kMaxScanouts) return bad("channel: FRAME scanout out of range");
-  if (f.buffer_id.get() == 0) return bad("channel: FRAME buffer id 0");
+  if (!valid_key(f.buffer) || f.reserved.get() != 0)
+    return bad("channel: FRAME buffer resource or generation 0, or reserved field set");
   const uint32_t w = f.width, h = f.height;
   if (w == 0 || h == 0 || w > kMaxDimension || h > kMaxDimension) return bad("channel: FRAME size out of range");
   if (f.stride.get() < w || f.stride.get() % 4) return bad("channel: FRAME stride too small or not 4-byte aligned");
@@ -147,7 +151,7 @@ Result<Message> parse(std::span<const uint8_t> packet, std::vector<UniqueFd> fds
   if (!known(h.type.get())) return bad("channel: unknown message type");
   const Type t = Type(h.type.get());
   if (to_device(t) != (dir == Direction::kToDevice)) return bad("channel: message type not valid in this direction");
-  if (t != Type::kBuffer && t != Type::kTimeline && !fds.empty())
+  if (t != Type::kBuffer && t != Type::kTimeline && t != Type::kCursor && !fds.empty())
     return bad("channel: descriptors with a message that carries none");
   if (fds.size() > kMaxFdsPerPacket) return bad("channel: more than 8 descriptors in one packet");
   const auto p = packet.subspan(kHeaderSize);
@@ -161,7 +165,7 @@ Result<Message> parse(std::span<const uint8_t> packet, std::vector<UniqueFd> fds
     case Type::kBufferGone: {
       CANOPY_TRY(exact(sizeof(BufferGone)));
       const auto g = read_at<BufferGone>(p, 0);
-      if (g.id.get() == 0 || g.reserved.get() != 0) return bad("channel: BUFFER_GONE id 0 or reserved field set");
+      if (!valid_key(g.key)) return bad("channel: BUFFER_GONE resource or generation 0, or reserved field set");
       break;
     }
     case Type::kScanout: {
@@ -179,8 +183,9 @@ Result<Message> parse(std::span<const uint8_t> packet, std::vector<UniqueFd> fds
       CANOPY_TRY(exact(sizeof(CursorMsg)));
       const auto c = read_at<CursorMsg>(p, 0);
       if (c.scanout.get() >= kMaxScanouts || c.visible.get() > 1 || c.reserved.get() != 0 || c.hot_x.get() >= 64 ||
-          c.hot_y.get() >= 64)
+          c.hot_y.get() >= 64 || c.image.get() > 1)
         return bad("channel: CURSOR field out of range");
+      if (fds.size() != c.image.get()) return bad("channel: CURSOR image flag and descriptor count differ");
       break;
     }
     case Type::kTimeline: {
@@ -244,10 +249,17 @@ std::vector<uint8_t> encode_frame(const FrameMsg& f, std::span<const WireRect> d
   return encode(Type::kFrame, body);
 }
 
-Result<std::vector<BufferPacket>> encode_buffer(uint32_t id, std::span<const PieceRef> pieces,
+BufferKey buffer_key(uint32_t resource, uint64_t generation) {
+  BufferKey k{};
+  k.resource = resource;
+  k.generation = generation;
+  return k;
+}
+
+Result<std::vector<BufferPacket>> encode_buffer(BufferKey key, std::span<const PieceRef> pieces,
                                                 std::span<const int> fds) {
-  if (id == 0 || pieces.empty() || pieces.size() > kMaxPiecesPerBuffer)
-    return make_error(Errc::kInvalidArgument, "channel: buffer id 0 or piece count out of range");
+  if (!valid_key(key) || pieces.empty() || pieces.size() > kMaxPiecesPerBuffer)
+    return make_error(Errc::kInvalidArgument, "channel: buffer resource or generation 0, or piece count out of range");
   std::vector<BufferPacket> out;
   for (size_t first = 0; first < pieces.size();) {
     BufferPacket pk;
@@ -272,7 +284,7 @@ Result<std::vector<BufferPacket>> encode_buffer(uint32_t id, std::span<const Pie
       wire.push_back(pc);
     }
     BufferHdr b{};
-    b.id = id;
+    b.key = key;
     b.first_piece = uint32_t(first);
     b.total_pieces = uint32_t(pieces.size());
     b.num_pieces = uint32_t(wire.size());

@@ -4,7 +4,9 @@
 # which passes VIRTIO_GPU_F_VIRGL to the guest without a GL display of its own (-nographic). The guest
 # (guest/virgl.sh) checks the feature and capsets and that kmscube's GL renderer is virgl; here we check
 # what reached canopy-gpu's scanout output: kmscube's frames (1024x768, read back from the 3D resources
-# and counted as copies) with the cube moving between them.
+# and counted as copies) with the cube moving between them. The frame log waits for acquire points as the
+# compositor does, so each 3D frame left canopy-gpu at the flush and was read back once virglrenderer's
+# fence had signalled: its log line says which point it waited for ("acquire N").
 #
 # Usage: gpu_virgl_qemu.sh PATH/TO/canopy-gpu
 set -euo pipefail
@@ -39,8 +41,10 @@ fbcon=$(awk '/^scanout 0 on 1024x768/ { print $NF; exit }' "$LOG")
 total=$(grep -c '^frame 0 ' "$LOG" || true)
 kms=$(awk -v fb="$fbcon" '/^scanout 0 on 1024x768/ { res = $NF } /^frame 0 .* 1024x768 XR24 .* copied 3145728 / { if (res != fb) print $NF }' "$LOG")
 n=$(echo "$kms" | grep -c . || true)
+fenced=$(awk -v fb="$fbcon" '/^scanout 0 on 1024x768/ { res = $NF } /^frame 0 .* copied 3145728 acquire [0-9]+ / { if (res != fb) n++ } END { print n + 0 }' "$LOG")
 distinct=$(echo "$kms" | sort -u | grep -c . || true)
-canopy_log "canopy-gpu: $total frame(s) in all; kmscube's: $n, $distinct different pictures (fbcon's resource $fbcon)"
+canopy_log "canopy-gpu: $total frame(s) in all; kmscube's: $n, $distinct different pictures, $fenced with an acquire point (fbcon's resource $fbcon)"
 [ "$n" -ge $((FRAMES / 2)) ] || canopy_fail "only $n of kmscube's $FRAMES frames reached the output"
+[ "$fenced" -eq "$n" ] || canopy_fail "only $fenced of kmscube's $n frames waited for an acquire point"
 [ "$distinct" -ge 10 ] || canopy_fail "kmscube's frames show only $distinct different pictures (the cube should turn)"
 canopy_pass

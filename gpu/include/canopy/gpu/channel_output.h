@@ -2,10 +2,15 @@
 // (canopy-display) over the scanout channel (canopy/protocol/scanout_channel.h, docs/display.md), zero copy.
 //
 // A frame's pieces (guest RAM memfd for blobs and aliased 2D resources, the device's sealed host storage
-// for 2D resources) are sent once per resource backing as a BUFFER with their descriptors; every frame
-// of it is then one small FRAME packet. The frame is held until the compositor sends RELEASE for its
-// (scanout, seq); that is when a fenced flush retires. When a backing is gone and its last frame was
-// released, BUFFER_GONE lets the compositor unmap it.
+// for 2D resources) are sent once per resource backing as a BUFFER with their descriptors, named by the
+// frame's (resource_id, generation); every frame of it is then one small FRAME packet. The frame is held
+// until the compositor sends RELEASE for its (scanout, seq); that is when a fenced flush retires. When the
+// device says a backing is gone (on_backing_gone), BUFFER_GONE lets the compositor unmap it once the
+// frames it still shows are replaced.
+//
+// Frames with an acquire point (3D scanouts): the scanout's timeline goes out once per connection as a
+// TIMELINE, and the FRAME carries the point; the compositor shows the frame only once it is signalled,
+// and keeps the previous one until then.
 //
 // Robustness: the compositor is another process and may be late, slow or gone.
 //   - Connecting is retried (at most every retry_ms) when a frame arrives while disconnected; frames
@@ -19,7 +24,8 @@
 //
 // Pieces that map_scattered() cannot map (not page aligned) are read into this process (Frame::map) and
 // copied once into a memfd; both copies are added to the FRAME's bytes_copied (with the device's own)
-// and to Stats::bytes_copied. Cursor images always go as a memfd copy and are not counted there.
+// and to Stats::bytes_copied. Cursor images go as a memfd copy with their CURSOR packet and are not
+// counted there.
 //
 // Threading: the device thread calls everything (ScanoutOutput calls, on_readable()).
 #pragma once
@@ -29,7 +35,7 @@
 #include <map>
 #include <memory>
 #include <string>
-#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "canopy/base/unique_fd.h"
@@ -45,7 +51,6 @@ class ChannelOutput : public ScanoutOutput {
     uint32_t num_scanouts = 1;
     int retry_ms = 500;
     size_t max_held = 8;
-    uint32_t first_buffer_id = 1;  // where buffer ids start (tests start near the wrap); 0 is never used
   };
   struct Stats {
     uint64_t frames_sent = 0;
@@ -53,6 +58,8 @@ class ChannelOutput : public ScanoutOutput {
     uint64_t frames_released_unsent = 0;  // disconnected, or the send would have blocked
     uint64_t frames_released_over_cap = 0;
     uint64_t buffers_sent = 0;
+    uint64_t buffers_gone = 0;   // BUFFER_GONE sent
+    uint64_t fenced_frames = 0;  // FRAMEs sent with an acquire point
     uint64_t connects = 0;
     uint64_t disconnects = 0;
     uint64_t bytes_copied = 0;  // unaligned pieces read into this process (Frame::map) and copied into a memfd
@@ -64,6 +71,8 @@ class ChannelOutput : public ScanoutOutput {
   void on_scanout(const ScanoutState& s) override;
   void on_frame(std::shared_ptr<Frame> frame) override;
   void on_cursor(const CursorUpdate& c) override;
+  void on_backing_gone(uint32_t resource_id, uint64_t generation) override;
+  bool takes_acquire_fences() const override { return true; }
 
   // The connected socket (-1 when disconnected), to watch for readability; on_readable() takes what
   // arrived. `on_change` runs when the descriptor to watch changes (connect / disconnect).
@@ -79,26 +88,26 @@ class ChannelOutput : public ScanoutOutput {
   size_t held() const;
 
  private:
+  // (resource id, backing generation): a buffer's name on the wire and here.
+  using Key = std::pair<uint32_t, uint64_t>;
   struct BufferRef {
-    std::weak_ptr<Frame::ViewCache> cache;
-    uint32_t id = 0;
     UniqueFd copy;  // the memfd copy of unaligned pieces (kept while the buffer is defined)
   };
   bool ensure_connected();
   void disconnect(const char* why);
   bool send(const std::vector<uint8_t>& packet, std::span<const int> fds = {});
-  // The buffer id of the frame's backing, defining it first when new (0: could not be sent).
-  uint32_t buffer_for(const Frame& f, uint64_t& copied);
-  void collect_gone();
-  // The next buffer id: never 0 (the wire's "none"), never one a defined buffer still has (after a wrap).
-  uint32_t take_buffer_id();
+  // Defines the frame's buffer on this connection when it is new; false: it could not be sent.
+  bool define_buffer(const Frame& f, uint64_t& copied);
+  // Sends the frame's acquire timeline when this connection does not have it yet; false: it could not.
+  bool send_timeline(const Frame& f);
   void hold(std::shared_ptr<Frame> f);
 
   Options opt_;
   UniqueFd sock_;
   int64_t next_try_ms_ = 0;
-  uint32_t next_buffer_id_ = 1;
-  std::unordered_map<const Frame::ViewCache*, BufferRef> buffers_;
+  std::map<Key, BufferRef> buffers_;
+  // Per scanout: the acquire timeline this connection has (TIMELINE sent), or null.
+  std::vector<std::shared_ptr<const buffers::Timeline>> timelines_sent_;
   // Per scanout: seq -> frame, oldest first.
   std::vector<std::map<uint64_t, std::shared_ptr<Frame>>> held_;
   std::vector<ScanoutState> scanouts_;  // resent after a reconnect

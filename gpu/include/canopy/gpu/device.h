@@ -99,6 +99,10 @@ struct GpuStats {
   // copy or the renderer). A cursor is always a copy; it is kept apart from the frames' figure.
   uint64_t cursor_bytes_copied = 0;
   uint64_t fences_retired = 0;
+  // 3D scanout read-backs done after a renderer fence (frames with acquire points), and those done at
+  // once because kMaxReadbacks were waiting.
+  uint64_t fenced_readbacks = 0;
+  uint64_t readbacks_over_cap = 0;
   uint32_t resources = 0;
   uint64_t backing_bytes = 0;
   uint64_t host_bytes = 0;
@@ -178,6 +182,7 @@ class GpuDevice {
   struct Framebuffer;
   struct Context;
   struct Pending;
+  struct Readback;
 
  private:
   GpuDevice(GpuOptions options, std::unique_ptr<Renderer> renderer, ScanoutOutput* output, Respond respond);
@@ -240,10 +245,20 @@ class GpuDevice {
   proto::Resp give_host_image(Resource& r);
   Status make_pieces(Resource& r);
   void free_backing(Resource& r);
+  // r's backing is going (a new one attached, detached, the resource destroyed): the output forgets the
+  // buffer r's frames were in, and r's next frame names a new generation.
+  void backing_changed(Resource& r);
+  // A 3D scanout's flush for an output that takes acquire fences: the read-back of `damage` waits for a
+  // renderer fence after the GPU work submitted so far, and each frame of it carries an acquire point
+  // of its scanout's timeline, signalled once the pixels are read back. nullptr: read back now instead.
+  Readback* fence_readback(Resource& r, const Rect& damage);
+  // The read-backs whose renderer fences completed: the pixels are read, the acquire points signalled.
+  void finish_readbacks();
   void destroy_resource(uint32_t id);
   void disable_scanout(uint32_t s);
   void show(uint32_t s, Resource& r, const Rect& rect, const Framebuffer& fb);
-  void emit_frame(uint32_t s, Resource& r, const Rect& damage_in_resource, uint64_t pending_id);
+  void emit_frame(uint32_t s, Resource& r, const Rect& damage_in_resource, uint64_t pending_id,
+                  Readback* readback = nullptr);
   void send_response(uint64_t token, proto::Resp resp, const proto::CtrlHdr& in, std::span<const uint8_t> body,
                      bool fenced);
   void retire_ready();
@@ -275,7 +290,12 @@ class GpuDevice {
   // Fenced commands not answered yet, by id; per timeline in submission order.
   std::unordered_map<uint64_t, std::unique_ptr<Pending>> pending_;
   std::map<uint64_t, std::vector<uint64_t>> timelines_;  // key -> pending ids (front = oldest)
-  uint64_t next_pending_ = 1;
+  uint64_t next_pending_ = 1;  // ids of pending commands and read-backs alike (renderer fence ids)
+  uint64_t generations_ = 0;   // the last backing generation given (Frame::generation)
+  // 3D read-backs waiting for their renderer fence, by fence id; fences completed, not read back yet.
+  std::map<uint64_t, std::unique_ptr<Readback>> readbacks_;
+  static constexpr size_t kMaxReadbacks = 16;
+  std::vector<uint64_t> readbacks_done_;
   GpuStats stats_;  // counters; the table sizes are filled in by stats()
 
   struct ReleaseQueue {

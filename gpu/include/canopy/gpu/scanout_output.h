@@ -20,6 +20,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -30,6 +31,7 @@
 #include "canopy/base/result.h"
 #include "canopy/base/unique_fd.h"
 #include "canopy/buffers/scatter_mapping.h"
+#include "canopy/buffers/timeline.h"
 
 namespace canopy::gpu {
 
@@ -79,9 +81,20 @@ class Frame {
   bool blob = false;
   bool aliased = false;           // a 2D resource shown straight from guest memory (alias mode)
   Clock::time_point presented{};  // when the guest's flush reached the device
-  // Acquire: the pixels are complete when the frame is delivered (2D transfers and guest blob writes
-  // precede the flush). The 3D renderer sets a fence the consumer waits on before reading.
-  std::function<bool(int timeout_ms)> wait_acquire;
+  // Which buffer the pixels are in: the resource's backing generation, renewed whenever its backing
+  // changes (attached, detached, destroyed) and never reused by the device. (resource_id, generation)
+  // names the same memory for as long as the device does not call ScanoutOutput::on_backing_gone for it.
+  uint64_t generation = 0;
+  // Acquire: without a timeline the pixels are complete when the frame is delivered (2D transfers and
+  // guest blob writes precede the flush). A 3D scanout's frame, given to an output that
+  // takes_acquire_fences(), is complete once `acquire_timeline` has signalled `acquire_point`: the
+  // device reads the renderer's pixels back when the GPU work before the flush has finished.
+  std::shared_ptr<const buffers::Timeline> acquire_timeline;
+  uint64_t acquire_point = 0;
+  // Blocks until the pixels are complete (true) or the timeout passes / the producer is gone (false).
+  bool wait_acquire(int timeout_ms) const;
+  // Whether the pixels are complete now (no system call).
+  bool acquired() const;
 
   // The contiguous view (maps the pieces on first use per resource). Errors from map_scattered. Pieces
   // that are not page aligned are read into the view once per resource: `copied`, when given, grows by
@@ -138,20 +151,50 @@ class ScanoutOutput {
   // A frame to show. The consumer must release it (or drop it) eventually.
   virtual void on_frame(std::shared_ptr<Frame> frame) = 0;
   virtual void on_cursor(const CursorUpdate& cursor) = 0;
+  // Frames of resource `resource_id` with backing `generation` will not come again: the memory behind
+  // them may be detached, replaced or freed (frames already delivered keep their own references).
+  virtual void on_backing_gone(uint32_t /*resource_id*/, uint64_t /*generation*/) {}
+  // Whether this output waits for a frame's acquire point itself (true: the device may deliver 3D
+  // frames before their pixels are read back; false: every frame is complete on delivery).
+  virtual bool takes_acquire_fences() const { return false; }
+  // The device signalled acquire points (3D read-backs done): an output holding frames for a consumer
+  // that reads at once (OutputTee) hands on those now complete.
+  virtual void on_acquired() {}
 };
 
 // Fans one device's output out to several consumers (e.g. the compositor and the QEMU frontend's
 // display). A frame is released when every consumer has released it.
+//
+// Acquire points: the tee takes them for all its consumers. One that waits for them itself (the
+// compositor's channel) gets each frame at once; for one that reads a frame as it arrives (the QEMU
+// front-end's display, the frame log) the tee holds a frame until its point has signalled, and every
+// event after it for that consumer too, so each consumer sees its events in order (on_acquired hands
+// them on).
 class OutputTee : public ScanoutOutput {
  public:
-  void add(ScanoutOutput* out) { outs_.push_back(out); }
-  void remove(ScanoutOutput* out) { std::erase(outs_, out); }
+  void add(ScanoutOutput* out);
+  void remove(ScanoutOutput* out);
   void on_scanout(const ScanoutState& s) override;
   void on_frame(std::shared_ptr<Frame> frame) override;
   void on_cursor(const CursorUpdate& c) override;
+  void on_backing_gone(uint32_t resource_id, uint64_t generation) override;
+  bool takes_acquire_fences() const override { return true; }
+  void on_acquired() override;
+  // Frames and events held for consumers that read at once.
+  size_t waiting() const;
 
  private:
-  std::vector<ScanoutOutput*> outs_;
+  struct Waiting {
+    std::shared_ptr<Frame> frame;  // a frame waiting for its acquire point, or
+    std::function<void()> event;   // an event behind such a frame
+  };
+  struct Consumer {
+    ScanoutOutput* out;
+    std::deque<Waiting> waiting;
+  };
+  void hand(Consumer& c, std::shared_ptr<Frame> f);
+  void pass(Consumer& c, std::function<void()> event);
+  std::vector<Consumer> outs_;
 };
 
 // Headless consumer for tests and benchmarks: keeps per-scanout statistics and the last frame's

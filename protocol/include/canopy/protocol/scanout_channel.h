@@ -4,22 +4,29 @@
 //
 // One unix SOCK_SEQPACKET connection per GPU device; every packet is one message: a 16-byte header and
 // a payload whose layout is fixed per type (counts inside it size its arrays). Descriptors travel with
-// BUFFER and TIMELINE packets only. parse() checks everything that does not need the receiver's state (sizes,
-// counts against the caps, descriptor indices, overflow, names, flags); the receiver checks ids
-// against what it knows. Wire format and caps: docs/display.md.
+// BUFFER, TIMELINE and image-carrying CURSOR packets only.
+//
+// A buffer is named by what it is on the device: the guest's resource id and the generation of that
+// resource's backing (BufferKey). The device numbers backings from 1 and never reuses a generation, so a
+// resource whose backing is replaced (ATTACH_BACKING after DETACH, a new blob) is a new buffer, and the
+// key of a buffer the compositor still maps can never come back with other memory behind it. parse() checks everything
+// that does not need the receiver's state (sizes, counts against the caps, descriptor indices, overflow, names, flags);
+// the receiver checks ids against what it knows. Wire format and caps: docs/display.md.
 //
 //   device -> compositor
 //     HELLO        vm name, scanout count (first message)
-//     BUFFER       defines buffer `id` (a view: its pieces, in order), possibly over several packets
+//     BUFFER       defines buffer `key` (a view: its pieces, in order), possibly over several packets
 //                  (first_piece / total_pieces); carries the descriptors its pieces name
-//     BUFFER_GONE  buffer `id` will not be used again (its resource was destroyed)
+//     BUFFER_GONE  buffer `key` will not be used again (its backing was detached or replaced, or its
+//                  resource destroyed); frames on screen keep their mapping
 //     SCANOUT      scanout enabled with a size, or disabled
 //     TIMELINE     the scanout's acquire/release timeline (canopy/buffers/timeline.h): its memfd, eventfd
 //                  and, when known, the producer's pidfd; at most one per scanout and connection
-//     FRAME        scanout shows buffer `id` from now on: format, size, stride, offset, damage, seq; with
+//     FRAME        scanout shows buffer `key` from now on: format, size, stride, offset, damage, seq; with
 //                  kFrameAcquire, only once the scanout's timeline has signalled `acquire_point` (else the
 //                  frame is complete on arrival, as 2D and blob frames are)
-//     CURSOR       cursor image (a 64x64 ARGB8888 buffer, 0: unchanged), position, hotspot, visibility
+//     CURSOR       position, hotspot, visibility and, with `image` 1, a new 64x64 ARGB8888 image: a sealed
+//                  memfd of at least 16 KiB sent with the packet (stride 256, offset 0)
 //   compositor -> device
 //     RELEASE      the compositor no longer reads frame `seq` of `scanout`; for frames with an acquire
 //                  point it also retires the timeline up to the highest point whose frames (and all
@@ -35,6 +42,7 @@
 #include <span>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "canopy/base/le.h"
@@ -48,7 +56,7 @@ class Timeline;
 namespace canopy::protocol::scanout {
 
 inline constexpr uint32_t kMagic = 0x53444e43;  // "CNDS"
-inline constexpr uint16_t kVersion = 2;
+inline constexpr uint16_t kVersion = 3;
 inline constexpr size_t kHeaderSize = 16;
 inline constexpr uint32_t kMaxScanouts = 16;
 inline constexpr uint32_t kMaxPiecesPerPacket = 4096;     // a packet stays under 64 KiB of payload
@@ -57,7 +65,7 @@ inline constexpr uint32_t kMaxFdsPerPacket = 8;
 inline constexpr uint32_t kMaxDamage = 16;
 inline constexpr uint32_t kMaxDimension = 16384;
 inline constexpr size_t kMaxNameBytes = 32;
-inline constexpr size_t kMaxPacket = kHeaderSize + 16 + size_t(kMaxPiecesPerPacket) * 16;
+inline constexpr size_t kMaxPacket = kHeaderSize + 32 + size_t(kMaxPiecesPerPacket) * 16;
 
 enum class Type : uint16_t {
   kHello = 1,
@@ -87,11 +95,18 @@ struct Hello {
   le32 num_scanouts;
   le32 reserved;
 };
+// A buffer's name: the resource it belongs to and the generation of that resource's backing.
+struct BufferKey {
+  le32 resource;    // the guest's resource id, nonzero
+  le32 reserved;    // 0 (keeps the generation 8-byte aligned where a message places the key)
+  le64 generation;  // nonzero, never reused by the device
+};
 struct BufferHdr {
-  le32 id;            // nonzero
+  BufferKey key;
   le32 first_piece;   // index of this packet's first piece in the buffer
   le32 total_pieces;  // the buffer's piece count (same in every packet of it)
   le32 num_pieces;    // pieces in this packet; Piece[num_pieces] follow
+  le32 reserved;
 };
 struct Piece {
   le32 fd_index;  // into this packet's descriptors
@@ -99,8 +114,7 @@ struct Piece {
   le64 offset;    // in the file, 4 KiB aligned
 };
 struct BufferGone {
-  le32 id;
-  le32 reserved;
+  BufferKey key;
 };
 struct ScanoutMsg {
   le32 scanout;
@@ -112,7 +126,8 @@ struct WireRect {
 };
 struct FrameMsg {
   le32 scanout;
-  le32 buffer_id;
+  le32 reserved;
+  BufferKey buffer;
   le64 seq;
   le32 fourcc;
   le32 width, height;
@@ -133,7 +148,7 @@ struct CursorMsg {
   le32 visible;
   le32 x, y;
   le32 hot_x, hot_y;
-  le32 buffer_id;  // a 64x64 ARGB8888 image (stride 256, offset 0); 0: the image is unchanged
+  le32 image;  // 1: the packet carries a new image's memfd; 0: the image is unchanged
   le32 reserved;
 };
 struct Release {
@@ -149,8 +164,9 @@ struct DisplayMsg {
   le32 reserved;
 };
 #pragma pack(pop)
-static_assert(sizeof(Header) == kHeaderSize && sizeof(Hello) == 40 && sizeof(BufferHdr) == 16 && sizeof(Piece) == 16 &&
-              sizeof(FrameMsg) == 72 && sizeof(TimelineMsg) == 8 && sizeof(CursorMsg) == 32 && sizeof(Release) == 16 &&
+static_assert(sizeof(Header) == kHeaderSize && sizeof(Hello) == 40 && sizeof(BufferKey) == 16 &&
+              sizeof(BufferHdr) == 32 && sizeof(BufferGone) == 16 && sizeof(Piece) == 16 && sizeof(FrameMsg) == 88 &&
+              sizeof(TimelineMsg) == 8 && sizeof(CursorMsg) == 32 && sizeof(Release) == 16 &&
               sizeof(DisplayMsg) == 24 && sizeof(WireRect) == 16 && sizeof(ScanoutMsg) == 16);
 
 inline constexpr uint32_t kFrameBlob = 1u << 0;
@@ -200,8 +216,11 @@ struct PieceRef {
   uint64_t offset;
   uint64_t length;
 };
-Result<std::vector<BufferPacket>> encode_buffer(uint32_t id, std::span<const PieceRef> pieces,
+Result<std::vector<BufferPacket>> encode_buffer(BufferKey key, std::span<const PieceRef> pieces,
                                                 std::span<const int> fds);
+BufferKey buffer_key(uint32_t resource, uint64_t generation);
+// A key as a map key: (resource, generation).
+inline std::pair<uint32_t, uint64_t> key_pair(const BufferKey& k) { return {k.resource.get(), k.generation.get()}; }
 
 // Sends / receives one packet (SOCK_SEQPACKET). receive: kClosed at end of stream, kTimeout, kProtocol.
 Status send_packet(int sock, std::span<const uint8_t> packet, std::span<const int> fds = {});
