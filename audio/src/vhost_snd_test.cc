@@ -128,6 +128,23 @@ TEST_F(VhostSndQueues, TxBuffersAreHeldWhilePreparedAndHandedBackBeforeReleaseIs
   EXPECT_EQ(head, b);
 }
 
+// A hostile driver republishes a tx head the device holds (a prepared stream keeps its buffers), as
+// often as the ring has room for. The transport refuses the second copy and breaks the ring, so
+// canopy-snd holds the buffer once: RELEASE hands back exactly one. (Without the check every copy was
+// appended to the stream, again at each turn of the ring: memory without bound, and 64 used entries for
+// one buffer.) Published before the ring starts, so all is taken before ENABLE is acknowledged.
+TEST_F(VhostSndQueues, ATxHeadRepublishedWhileHeldIsHeldOnce) {
+  set_params_and_prepare();
+  const uint16_t a = submit_period(false);
+  for (int i = 1; i < kSize; ++i) rig->ring(proto::kTxQ).publish(a);
+  rig->start(proto::kTxQ);
+  ASSERT_EQ(pcm(Code::kPcmRelease), uint32_t(Code::kOk));
+  EXPECT_EQ(rig->ring(proto::kTxQ).used_idx(), 1u) << "the held buffer is handed back once";
+  uint16_t head = 0;
+  EXPECT_EQ(status_of(proto::kTxQ, 0, &head), uint32_t(Code::kOk));
+  EXPECT_EQ(head, a);
+}
+
 // Started: each period comes back once the host took it, in order, OK, with a latency within the buffer.
 TEST_F(VhostSndQueues, PlayedBuffersComeBackInOrderWithTheirStatus) {
   set_params_and_prepare();

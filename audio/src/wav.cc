@@ -232,7 +232,7 @@ ToneReport analyze_tone(const Audio& a, uint32_t ch, double threshold_db) {
   while (r.onset < (first + 1) * win && std::abs(a.samples[r.onset * a.channels + ch]) < thr) ++r.onset;
   r.end = (last + 1) * win;
   while (r.end > last * win && std::abs(a.samples[(r.end - 1) * a.channels + ch]) < thr) --r.end;
-  size_t run = 0;
+  size_t run = 0, gap_frames = 0;
   for (size_t w = first; w <= last; ++w) {
     if (!loud[w]) {
       ++run;
@@ -241,6 +241,7 @@ ToneReport analyze_tone(const Audio& a, uint32_t ch, double threshold_db) {
     if (run >= 2) {
       ++r.gaps;
       r.longest_gap = std::max(r.longest_gap, run * win);
+      gap_frames += run * win;
     }
     run = 0;
   }
@@ -255,7 +256,9 @@ ToneReport analyze_tone(const Audio& a, uint32_t ch, double threshold_db) {
       if ((p < 0 && v >= 0) || (p >= 0 && v < 0)) ++crossings;
     }
   }
-  const double secs = double(r.end - r.onset) / a.rate;
+  // Over the time the tone sounds: a gap (samples a sink lost) has no crossings and would lower the pitch.
+  const size_t span = r.end - r.onset;
+  const double secs = double(span > gap_frames ? span - gap_frames : span) / a.rate;
   r.hz = secs > 0 ? crossings / 2.0 / secs : 0;
   const double rms = std::sqrt(sumsq / double(std::max<size_t>(1, r.end - r.onset)));
   r.level_db = rms > 0 ? 20.0 * std::log10(rms * std::sqrt(2.0)) : -200;

@@ -28,6 +28,7 @@ Status Compositor::Impl::poll_input(int wait_ms) {
     else if (auto t = timeline_by_fd.find(fd); t != timeline_by_fd.end())
       on_timeline_event(fd, t->second.first, t->second.second);
   }
+  expire_silent();
   return {};
 }
 
@@ -107,6 +108,7 @@ Result<std::unique_ptr<Compositor>> Compositor::create(Layout layout, Compositor
     }
   }
   for (const auto& o : m.outputs) m.plane_sinks |= o.sink->offers_planes();
+  m.share_quotas();
   CANOPY_ASSIGN_OR_RETURN(m.listen, listen_seqpacket(m.opt.listen_path, false));
   CANOPY_TRY(m.watch(m.listen.get()));
   if (!m.opt.control_path.empty()) {
@@ -148,8 +150,13 @@ Status Compositor::trace_stop(const std::string& path) { return impl_->write_tra
 
 std::vector<ConnectionStats> Compositor::connections() const {
   std::vector<ConnectionStats> out;
-  for (const auto& [id, c] : impl_->conns)
-    if (c.hello) out.push_back(c.stats);
+  for (const auto& [id, c] : impl_->conns) {
+    if (!c.hello) continue;
+    out.push_back(c.stats);
+    out.back().mappings = c.usage ? c.usage->mappings : 0;
+    out.back().mapping_quota = c.usage ? c.usage->quota : 0;
+    out.back().descriptors = c.sock.valid() ? Impl::descriptors_of(c) : 0;
+  }
   return out;
 }
 

@@ -125,8 +125,47 @@ void Compositor::Impl::drop(uint64_t conn_id, const char* why) {
   c.stats.connected = false;
   c.buffers.clear();  // frames on screen keep their own references
   c.partial.clear();
+  c.partial_pieces = 0;
   c.timelines.clear();  // frames waiting on one will not complete; newer frames replace them
   c.cursors.clear();    // a gone VM's pointer is not drawn over its last frames
+}
+
+void Compositor::Impl::share_quotas() {
+  uint64_t total = opt.quotas.mappings;
+  if (total == 0) {
+    uint64_t max_map_count = 65530;  // Linux's default
+    if (FILE* f = std::fopen("/proc/sys/vm/max_map_count", "re")) {
+      unsigned long long v = 0;
+      if (std::fscanf(f, "%llu", &v) == 1 && v > 0) max_map_count = v;
+      std::fclose(f);
+    }
+    total = max_map_count > 2 * kReservedMappings ? max_map_count - kReservedMappings : max_map_count / 2;
+  }
+  std::set<std::string> shown;
+  for (const auto& out : layout.outputs)
+    for (const auto& l : out.layers) shown.insert(l.vm);
+  const uint64_t others = shown.empty() ? total : total / 4;
+  for (const auto& vm : shown) {
+    auto u = std::make_shared<VmUsage>();
+    u->quota = (total - others) / shown.size();
+    vm_usage[vm] = std::move(u);
+  }
+  unnamed_quota = others / kMaxConnections;
+}
+
+size_t Compositor::Impl::descriptors_of(const Conn& c) {
+  size_t n = 0;
+  for (const auto& [key, p] : c.partial) n += p.fds.size();
+  for (const auto& [key, b] : c.buffers) n += b->fds.size();
+  return n;
+}
+
+void Compositor::Impl::expire_silent() {
+  const TimePoint now = clock.now();
+  std::vector<uint64_t> late;
+  for (const auto& [id, c] : conns)
+    if (!c.hello && c.sock.valid() && now - c.accepted > opt.quotas.hello_deadline) late.push_back(id);
+  for (uint64_t id : late) drop(id, "no HELLO in time");
 }
 
 void Compositor::Impl::accept_all() {
@@ -144,6 +183,7 @@ void Compositor::Impl::accept_all() {
     const uint64_t id = next_conn++;
     Conn& c = conns[id];
     c.sock = std::move(s);
+    c.accepted = clock.now();
     c.stats.connected = true;
     conn_by_fd[c.sock.get()] = id;
     if (!watch(c.sock.get()).ok()) drop(id, "epoll");
@@ -154,6 +194,14 @@ Status Compositor::Impl::on_hello(uint64_t id, Conn& c, const ch::Message& m) {
   if (c.hello) return make_error(Errc::kProtocol, "second HELLO");
   c.hello = true;
   c.stats.vm = m.vm_name();
+  // The VM's mapping quota: its share when the layout shows it (all its connections together), else a
+  // connection's share of what the others have.
+  if (auto u = vm_usage.find(c.stats.vm); u != vm_usage.end()) {
+    c.usage = u->second;
+  } else {
+    c.usage = std::make_shared<VmUsage>();
+    c.usage->quota = unnamed_quota;
+  }
   c.num_scanouts = m.fixed<ch::Hello>().num_scanouts.get();
   // A VM's device that reconnects (a restarted back-end) replaces its old connection; records of
   // closed connections are forgotten then (their frames on screen keep their own mappings).
@@ -186,9 +234,16 @@ Status Compositor::Impl::on_buffer(Conn& c, ch::Message& m) {
     return make_error(Errc::kProtocol, "BUFFER packets out of order");
   const size_t fd_base = p.fds.size();
   for (auto& fd : m.fds) p.fds.push_back(std::move(fd));
+  if (descriptors_of(c) > opt.quotas.descriptors_per_connection)
+    return make_error(Errc::kLimit, "descriptors above the connection's quota");
+  // Every piece will be a mapping (and the buffer's reservation one more): charged as the pieces come.
+  const auto here = m.pieces();
+  if (c.usage->mappings + c.partial_pieces + here.size() + 1 > c.usage->quota)
+    return make_error(Errc::kLimit, "buffers above the VM's memory-mapping quota");
+  c.partial_pieces += here.size();
   uint64_t bytes = 0;
   for (const auto& pc : p.pieces) bytes += pc.length;
-  for (const auto& pc : m.pieces()) {
+  for (const auto& pc : here) {
     const uint64_t len = uint64_t(pc.pages.get()) * ch::kPageSize;
     bytes += len;
     if (c.stats.mapped_bytes + bytes > kMaxMappedBytesPerConnection)
@@ -206,6 +261,7 @@ Status Compositor::Impl::on_buffer(Conn& c, ch::Message& m) {
     p.pieces.push_back({fd, pc.offset.get(), len});
   }
   if (p.pieces.size() < p.total) return {};
+  c.partial_pieces -= p.pieces.size();
   auto map = buffers::map_scattered(p.pieces, buffers::Access::kRead);
   if (!map.ok()) {
     CANOPY_WARN("canopy-display: %s: buffer of resource %u (backing %llu): %s", c.stats.vm.c_str(), id.first,
@@ -215,6 +271,9 @@ Status Compositor::Impl::on_buffer(Conn& c, ch::Message& m) {
   auto b = std::make_shared<MappedBuffer>();
   b->map = std::move(*map);
   b->forget = [this](const void* base) { forget_memory(base); };
+  b->usage = c.usage;
+  b->mappings = p.pieces.size() + 1;
+  c.usage->mappings += b->mappings;
   if (plane_sinks) {
     b->fds = std::move(p.fds);
     b->pieces = std::move(p.pieces);
@@ -252,12 +311,17 @@ Status Compositor::Impl::on_cursor(Conn& c, const ch::Message& m) {
       return make_error(Errc::kProtocol, "CURSOR image file is not sealed against shrinking");
     if (::fstat(fd, &sb) != 0 || uint64_t(sb.st_size) < kImageBytes)
       return make_error(Errc::kProtocol, "CURSOR image smaller than 64x64 ARGB8888");
+    if (c.usage->mappings + c.partial_pieces + 2 > c.usage->quota)
+      return make_error(Errc::kLimit, "cursor image above the VM's memory-mapping quota");
     const buffers::FilePiece piece{fd, 0, kImageBytes};
     auto map = buffers::map_scattered({&piece, 1}, buffers::Access::kRead);
     if (!map.ok()) return make_error(Errc::kProtocol, "CURSOR image cannot be mapped");
     auto b = std::make_shared<MappedBuffer>();
     b->map = std::move(*map);
     b->forget = [this](const void* base) { forget_memory(base); };
+    b->usage = c.usage;
+    b->mappings = 2;
+    c.usage->mappings += b->mappings;
     cur.image = std::move(b);
   }
   cur.visible = cm.visible.get() != 0;

@@ -23,6 +23,7 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <set>
 #include <unordered_map>
 #include <utility>
 
@@ -88,8 +89,17 @@ inline int64_t us_since(TimePoint epoch, TimePoint t) {
 // A device's buffer, mapped once. The renderer and the sinks may have derived state from the mapping
 // (the Vulkan renderer's import of it, a KMS framebuffer), dropped before the memory goes. With sinks
 // that offer hardware planes the descriptors stay open: a plane needs the memory as a dma-buf.
+// The memory mappings a VM's buffers hold (Quotas::mappings), shared by its connections and by its buffers,
+// which outlive their connection while their frames are on screen.
+struct VmUsage {
+  uint64_t mappings = 0;
+  uint64_t quota = 0;
+};
+
 struct MappedBuffer {
   buffers::ScatterMapping map;
+  std::shared_ptr<VmUsage> usage;  // charged `mappings` while this buffer is mapped
+  uint64_t mappings = 0;
   std::vector<UniqueFd> fds;               // (only for plane sinks)
   std::vector<buffers::FilePiece> pieces;  // the mapping's pieces of those files, in order
   std::function<void(const void*)> forget;
@@ -98,6 +108,7 @@ struct MappedBuffer {
   MappedBuffer& operator=(const MappedBuffer&) = delete;
   ~MappedBuffer() {
     if (forget && map.data()) forget(map.data());
+    if (usage) usage->mappings -= mappings;
   }
   // The whole pages the mapping covers (the last piece's final page is mapped whole).
   Mapping mapping() const { return Mapping{map.data(), (map.size() + ch::kPageSize - 1) & ~size_t(ch::kPageSize - 1)}; }
@@ -136,6 +147,9 @@ struct Compositor::Impl {
     // By the device's name for them: (resource id, backing generation).
     std::map<BufferKey, std::shared_ptr<MappedBuffer>> buffers;
     std::map<BufferKey, PartialBuffer> partial;
+    uint64_t partial_pieces = 0;     // pieces of `partial`, charged to the VM's mapping quota
+    std::shared_ptr<VmUsage> usage;  // the VM's (from HELLO)
+    TimePoint accepted{};            // HELLO is due within Quotas::hello_deadline of this
     ConnectionStats stats;
   };
   struct FrameRec {
@@ -179,6 +193,9 @@ struct Compositor::Impl {
   std::map<uint64_t, UniqueFd> control_pending;  // by accept order: connections waiting for their request
   uint64_t next_control = 0;
   std::map<uint64_t, Conn> conns;  // by connection id
+  // Mapping quotas: per VM the layout shows (made at start), per connection of any other VM.
+  std::map<std::string, std::shared_ptr<VmUsage>> vm_usage;
+  uint64_t unnamed_quota = 0;
   std::map<int, uint64_t> conn_by_fd;
   std::map<int, std::pair<uint64_t, uint32_t>> timeline_by_fd;  // eventfd / pidfd -> (connection, scanout)
   uint64_t next_conn = 1;
@@ -242,6 +259,13 @@ struct Compositor::Impl {
   void drop(uint64_t conn_id, const char* why);
 
   void accept_all();
+
+  // Shares out Quotas::mappings (create()).
+  void share_quotas();
+  // Closes connections that have not said HELLO in time.
+  void expire_silent();
+  // Descriptors connection `c` makes this process hold now.
+  static size_t descriptors_of(const Conn& c);
 
   Status on_hello(uint64_t id, Conn& c, const ch::Message& m);
 

@@ -67,14 +67,18 @@ Status check_buffer(std::span<const uint8_t> p, size_t nfds) {
   if (total == 0 || total > kMaxPiecesPerBuffer) return bad("channel: BUFFER total pieces out of range (1..65536)");
   if (uint64_t(first) + n > total) return bad("channel: BUFFER pieces past the buffer's total");
   if (nfds == 0) return bad("channel: BUFFER without descriptors");
+  uint32_t named = 0;  // bit i: descriptor i is named by a piece (nfds <= kMaxFdsPerPacket, checked before)
   for (uint32_t i = 0; i < n; ++i) {
     const Piece pc = read_at<Piece>(p, sizeof(BufferHdr) + size_t(i) * sizeof(Piece));
     if (pc.fd_index.get() >= nfds) return bad("channel: BUFFER piece names a descriptor not sent");
+    named |= 1u << pc.fd_index.get();
     if (pc.pages.get() == 0) return bad("channel: BUFFER piece of 0 pages");
     if (pc.offset.get() % kPageSize) return bad("channel: BUFFER piece offset not page aligned");
     auto end = checked_add(pc.offset.get(), uint64_t(pc.pages.get()) * kPageSize);
     if (!end || *end > (uint64_t(1) << 62)) return bad("channel: BUFFER piece past any file's end");
   }
+  // A descriptor no piece uses would only be held open: a way to fill the receiver's descriptor table.
+  if (named != (1u << nfds) - 1) return bad("channel: BUFFER carries a descriptor no piece names");
   return {};
 }
 

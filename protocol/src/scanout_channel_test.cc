@@ -206,6 +206,7 @@ TEST(Channel, RefusesBadPacketsWithAReason) {
   b2.num_pieces = 2;
   EXPECT_EQ(why(buffer(b2, pc), 1), "channel: BUFFER size does not match its piece count");
   EXPECT_EQ(why(buffer(b, pc), 9), "channel: more than 8 descriptors in one packet");
+  EXPECT_EQ(why(buffer(b, pc), 2), "channel: BUFFER carries a descriptor no piece names");
 
   ScanoutMsg s{};
   s.scanout = 0;

@@ -197,6 +197,8 @@ Status DeviceQueue::configure(GuestMemory* mem, uint16_t size, const VringAddrs&
   mem_ = mem;
   size_ = size;
   addrs_ = addrs;
+  in_flight_.assign(size, false);
+  in_flight_count_ = 0;
   event_idx_ = features & kVirtioFEventIdx;
   indirect_ = features & kVirtioFIndirectDesc;
   return {};
@@ -211,6 +213,8 @@ void DeviceQueue::reset() {
   signalled_valid_ = false;
   pushed_since_notify_ = 0;
   rejected_ = 0;
+  in_flight_.clear();
+  in_flight_count_ = 0;
 }
 
 Result<bool> DeviceQueue::pop(DescriptorChain& out) {
@@ -225,6 +229,12 @@ Result<bool> DeviceQueue::pop(DescriptorChain& out) {
     return make_error(Errc::kProtocol, "queue: driver published more entries than the queue holds");
   }
   CANOPY_ASSIGN_OR_RETURN(uint16_t head, mem_->load_relaxed_u16(addrs_.avail + 4 + 2ull * (last_avail_ & (size_ - 1))));
+  if (head < size_ && in_flight_[head]) {
+    // Taking it again would hand the device a second copy of a request it is still serving (and let a
+    // driver make a back-end hold without bound): the ring is corrupt.
+    broken_ = true;
+    return make_error(Errc::kProtocol, "queue: driver published a head the device still holds");
+  }
   ++last_avail_;
   Status s = DescriptorChain::parse(*mem_, addrs_.desc, size_, head, indirect_, out);
   if (!s.ok()) {
@@ -234,7 +244,14 @@ Result<bool> DeviceQueue::pop(DescriptorChain& out) {
     if (head < size_) CANOPY_TRY(push_used(head, 0));
     return s.error();
   }
+  in_flight_[head] = true;
+  ++in_flight_count_;
   return true;
+}
+
+void DeviceQueue::forget_in_flight() {
+  std::fill(in_flight_.begin(), in_flight_.end(), false);
+  in_flight_count_ = 0;
 }
 
 Result<bool> DeviceQueue::has_available() const {
@@ -254,6 +271,10 @@ Status DeviceQueue::sync_used_idx() {
 Status DeviceQueue::push_used(uint16_t head, uint32_t written) {
   if (!mem_) return make_error(Errc::kState, "queue: not configured");
   if (head >= size_) return make_error(Errc::kInvalidArgument, "queue: used id out of range");
+  if (in_flight_[head]) {
+    in_flight_[head] = false;
+    --in_flight_count_;
+  }
   VirtqUsedElem e;
   e.id = head;
   e.len = written;

@@ -94,6 +94,39 @@ TEST_F(DeviceQueueTest, IndexesWrapAround) {
   EXPECT_EQ(q.last_avail_idx(), 3 * kSize + 3);
 }
 
+// A head the device holds (popped, not yet used) belongs to the device until it is pushed used. A driver
+// that publishes it again would make a back-end serve (and hold) the same request twice, as often as it
+// likes: the queue breaks instead. The control: the same head published again after it was pushed used
+// is served, and a reset or a ring restart forgets what was held.
+TEST_F(DeviceQueueTest, AHeadTheDeviceStillHoldsPublishedAgainBreaksTheQueue) {
+  const uint16_t head = ring.chain(3).out(kData, 16).publish();
+  ASSERT_TRUE(*q.pop(chain));
+  EXPECT_EQ(q.in_flight(), 1u);
+  ring.publish(head);  // again, while the device holds it
+  auto r = q.pop(chain);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.code(), Errc::kProtocol);
+  EXPECT_STREQ(r.error().what, "queue: driver published a head the device still holds");
+  EXPECT_TRUE(q.broken());
+  EXPECT_EQ(q.pop(chain).code(), Errc::kProtocol) << "broken until reset";
+
+  configure(0);  // a reset: nothing is held
+  EXPECT_EQ(q.in_flight(), 0u);
+  ring.set_avail_idx(0);
+  const uint16_t h2 = ring.chain(3).out(kData, 16).publish();
+  ASSERT_TRUE(*q.pop(chain));
+  ASSERT_TRUE(q.push_used(h2, 0).ok());
+  EXPECT_EQ(q.in_flight(), 0u);
+  ring.publish(h2);  // after it came back: a new request
+  auto again = q.pop(chain);
+  ASSERT_TRUE(again.ok() && *again);
+  EXPECT_EQ(chain.head(), h2);
+  EXPECT_FALSE(q.broken());
+  // A ring restarted at a base (vhost-user SET_VRING_BASE) holds nothing either.
+  q.set_last_avail_idx(q.last_avail_idx());
+  EXPECT_EQ(q.in_flight(), 0u);
+}
+
 TEST_F(DeviceQueueTest, NotifiesUnlessDriverSuppressesInterrupts) {
   ring.chain(0).in(kData, 8).publish();
   ASSERT_TRUE(*q.pop(chain));

@@ -25,6 +25,7 @@
 // call the steps themselves).
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -45,6 +46,24 @@ inline constexpr size_t kMaxConnections = 16;
 inline constexpr size_t kMaxBuffersPerConnection = 256;
 inline constexpr uint64_t kMaxMappedBytesPerConnection = 2ull << 30;
 inline constexpr size_t kMaxPacketsPerTurn = 256;  // per connection, so one VM cannot starve the loop
+// Memory mappings left to the process itself (libraries, threads, the renderer's) out of vm.max_map_count.
+inline constexpr uint64_t kReservedMappings = 16384;
+
+// What one VM's device connections may hold in this process, so that no VM can exhaust what the others
+// need (docs/display.md, "Quotas"). Over a quota the VM's connection is closed: its layers keep their last
+// good frame, then show the fallback; no other VM notices.
+struct Quotas {
+  // Memory mappings all devices together may hold (each piece of a mapped buffer is one, at most, and
+  // its reservation one more); 0: vm.max_map_count less kReservedMappings. Three quarters are shared out
+  // equally among the VMs the layout shows, the last quarter among the connections of any other VM
+  // (kMaxConnections shares). Pieces of buffers still being defined count too.
+  uint64_t mappings = 0;
+  // Descriptors one connection may make this process hold: those of buffers still being defined and,
+  // where an output has hardware planes, those its buffers keep.
+  size_t descriptors_per_connection = 64;
+  // A device connection that has not said HELLO within this (on the compositor's clock) is closed.
+  std::chrono::milliseconds hello_deadline{2000};
+};
 
 struct CompositorOptions {
   std::string listen_path;   // the scanout channel socket canopy-gpu connects to
@@ -60,6 +79,7 @@ struct CompositorOptions {
   std::function<std::unique_ptr<OutputSink>(const OutputSpec&)> make_sink;
   SchedulerOptions scheduler;
   uint32_t background = 0x00000000;
+  Quotas quotas;
 };
 
 struct ConnectionStats {
@@ -72,6 +92,9 @@ struct ConnectionStats {
   uint64_t fenced_frames = 0;  // frames with an acquire point on their scanout's timeline
   size_t buffers = 0;
   uint64_t mapped_bytes = 0;
+  uint64_t mappings = 0;       // memory mappings the VM's buffers hold now (on screen or defined)
+  uint64_t mapping_quota = 0;  // what its VM may hold (Quotas::mappings' share)
+  size_t descriptors = 0;      // descriptors this connection makes the compositor hold now
 };
 
 class Compositor {

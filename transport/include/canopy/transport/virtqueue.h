@@ -124,8 +124,10 @@ class DeviceQueue {
 
   // Pops the next available chain into `out`. Returns false when the ring is empty. A chain that fails
   // validation is returned to the driver as used with len 0 and reported as an error value; the queue
-  // stays usable. A driver that publishes more than `size` new entries at once is a protocol error
-  // (the queue is then broken: kProtocol until reset).
+  // stays usable. A driver that publishes more than `size` new entries at once, or publishes a head the
+  // device still holds (popped, not yet pushed used: §2.7.13.2 makes it the device's until then), is a
+  // protocol error (the queue is then broken: kProtocol until reset). So at most `size` chains are
+  // ever held, however the driver writes its ring.
   Result<bool> pop(DescriptorChain& out);
   // Whether the driver has published chains not popped yet (does not consume anything).
   Result<bool> has_available() const;
@@ -145,9 +147,12 @@ class DeviceQueue {
     last_avail_ = idx;
     used_idx_ = idx;
     signalled_valid_ = false;
+    forget_in_flight();
   }
   uint16_t used_idx() const { return used_idx_; }
   bool broken() const { return broken_; }
+  // Chains popped and not yet pushed used.
+  uint32_t in_flight() const { return in_flight_count_; }
   uint64_t chains_rejected() const { return rejected_; }
 
  private:
@@ -163,6 +168,9 @@ class DeviceQueue {
   bool signalled_valid_ = false;
   uint32_t pushed_since_notify_ = 0;
   uint64_t rejected_ = 0;
+  std::vector<bool> in_flight_;  // by head
+  uint32_t in_flight_count_ = 0;
+  void forget_in_flight();
 };
 
 }  // namespace canopy::transport

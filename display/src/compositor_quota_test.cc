@@ -1,0 +1,291 @@
+// The compositor's per-VM quotas (Quotas in compositor.h) against the attacks they stop, each beside a
+// control run without the quota that shows the attack works: a VM that maps scattered pages until the
+// process runs out of memory mappings, one that makes the compositor hold descriptors, and connections
+// that never say HELLO. In each, the cluster beside the attacker keeps connecting, mapping and showing its
+// frames. Virtual time; pixman (the packet handling is under test, not the renderer).
+#include <gtest/gtest.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "canopy/buffers/shared_memory.h"
+#include "canopy/display/compositor.h"
+#include "canopy/protocol/scanout_channel.h"
+
+namespace canopy::display {
+namespace {
+
+namespace ch = canopy::protocol::scanout;
+
+Layout cockpit() {
+  OutputSpec o;
+  o.name = "cluster";
+  o.width = 64;
+  o.height = 32;
+  o.criticality = Criticality::kSafety;
+  LayerSpec c;
+  c.vm = "cluster";
+  c.dst = {0, 0, 64, 32};
+  c.criticality = Criticality::kSafety;
+  LayerSpec i;
+  i.vm = "ivi";
+  i.dst = {40, 8, 16, 16};
+  i.z = 1;
+  o.layers = {c, i};
+  Layout l;
+  l.outputs.push_back(o);
+  return l;
+}
+
+// Memory mappings this process holds now, and the most it may.
+size_t mappings_now() {
+  std::ifstream maps("/proc/self/maps");
+  size_t n = 0;
+  for (std::string line; std::getline(maps, line);) ++n;
+  return n;
+}
+size_t max_map_count() {
+  std::ifstream f("/proc/sys/vm/max_map_count");
+  size_t v = 65530;
+  f >> v;
+  return v;
+}
+
+// A device connection speaking the channel by hand.
+class Device {
+ public:
+  Device(const std::string& path, const std::string& vm, bool hello = true) {
+    sock_ = UniqueFd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::memcpy(a.sun_path, path.c_str(), path.size());
+    connected_ = ::connect(sock_.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+    if (hello) send(ch::encode_hello(vm, 1));
+  }
+  bool send(const std::vector<uint8_t>& p, std::span<const int> fds = {}) {
+    return ch::send_packet(sock_.get(), p, fds).ok();
+  }
+  // Buffer `resource` of `pages` pages of `file` from `first_page` on, every other page (so no two pieces
+  // are adjacent in the file and none of their mappings can merge).
+  bool scattered(uint32_t resource, int file, uint32_t pages, uint64_t first_page = 0) {
+    std::vector<ch::PieceRef> pieces;
+    for (uint32_t i = 0; i < pages; ++i) pieces.push_back({0, (first_page + 2 * uint64_t(i)) * 4096, 4096});
+    const int fds[1] = {file};
+    auto pk = ch::encode_buffer(ch::buffer_key(resource, 1), pieces, fds);
+    if (!pk.ok()) return false;
+    for (const auto& p : *pk)
+      if (!send(p.bytes, p.fds)) return false;
+    return true;
+  }
+  bool frame(uint32_t resource, uint32_t w, uint32_t h) {
+    ch::FrameMsg f{};
+    f.buffer = ch::buffer_key(resource, 1);
+    f.seq = ++seq_;
+    f.fourcc = uint32_t(buffers::Format::kXRGB8888);
+    f.width = w;
+    f.height = h;
+    f.stride = w * 4;
+    return send(ch::encode_frame(f, {}));
+  }
+  bool closed() {
+    char b[256];
+    for (;;) {
+      const ssize_t n = ::recv(sock_.get(), b, sizeof b, MSG_DONTWAIT);
+      if (n == 0) return true;
+      if (n < 0) return errno != EAGAIN;
+    }
+  }
+  bool connected() const { return connected_; }
+
+ private:
+  UniqueFd sock_;
+  bool connected_ = false;
+  uint64_t seq_ = 0;
+};
+
+class Quota : public ::testing::Test {
+ protected:
+  void start(Quotas q) {
+    dir_ = "/tmp/canopy-quota-test." + std::to_string(::getpid());
+    ::mkdir(dir_.c_str(), 0700);
+    CompositorOptions o;
+    o.listen_path = dir_ + "/display.sock";
+    o.renderer = "pixman";
+    o.quotas = q;
+    auto c = Compositor::create(cockpit(), o, clock);
+    ASSERT_TRUE(c.ok()) << c.error().what;
+    comp = std::move(*c);
+    // The cluster's pixels: a 64x32 frame in a memfd; the attacker's file: sparse and large.
+    auto shm = buffers::SharedMemory::create("cluster", 128 * 4096);
+    ASSERT_TRUE(shm.ok());
+    auto map = shm->map();
+    ASSERT_TRUE(map.ok());
+    for (size_t i = 0; i < 128 * 1024; ++i) reinterpret_cast<uint32_t*>(map->data())[i] = 0x00c0ffee;
+    cluster_file = std::move(*shm);
+    auto big = buffers::SharedMemory::create("attacker", uint64_t(1) << 31);
+    ASSERT_TRUE(big.ok());
+    attacker_file = std::move(*big);
+  }
+  void TearDown() override {
+    comp.reset();
+    ::unlink(sock().c_str());
+    ::rmdir(dir_.c_str());
+  }
+  std::string sock() const { return dir_ + "/display.sock"; }
+  void pump() {
+    for (int i = 0; i < 8; ++i) ASSERT_TRUE(comp->poll_input(1).ok());
+  }
+  const OutputStats& refresh() {
+    clock.set(std::max(clock.now(), comp->next_latch()));
+    EXPECT_TRUE(comp->compose_due().ok());
+    return comp->output_stats(0);
+  }
+  uint32_t pixel(uint32_t x, uint32_t y) const {
+    const Canvas& c = comp->canvas(0);
+    uint32_t v;
+    std::memcpy(&v, c.data + size_t(y) * c.stride + x * 4, 4);
+    return v & 0x00ffffff;
+  }
+  const ConnectionStats* conn(const std::string& vm) {
+    stats_ = comp->connections();
+    for (const auto& c : stats_)
+      if (c.vm == vm && c.connected) return &c;
+    return nullptr;
+  }
+  // The cluster defines a buffer of 64 scattered pages (as a guest's blob may be) and shows a 64x32
+  // frame of it; true when it is on screen at the next refresh.
+  bool cluster_shows(Device& cluster, uint32_t resource) {
+    if (!cluster.scattered(resource, cluster_file.fd(), 64) || !cluster.frame(resource, 64, 32)) return false;
+    pump();
+    refresh();
+    return conn("cluster") != nullptr && pixel(0, 0) == 0xc0ffee;
+  }
+
+  FakeClock clock;
+  std::string dir_;
+  std::unique_ptr<Compositor> comp;
+  buffers::SharedMemory cluster_file, attacker_file;
+  std::vector<ConnectionStats> stats_;
+};
+
+// The IVI maps scattered single pages until the process has almost no memory mapping left. Without a
+// quota (control) it gets them, and the cluster's next buffer cannot be mapped: its connection is
+// dropped. With the default quota the IVI is stopped at its share and the cluster maps and shows.
+TEST_F(Quota, ScatteredPagesCannotExhaustTheMappingsTheClusterNeeds) {
+  for (bool protect : {false, true}) {
+    SCOPED_TRACE(protect ? "with the mapping quota" : "control: no quota");
+    Quotas q;
+    if (!protect) q.mappings = uint64_t(1) << 40;
+    start(q);
+    Device cluster(sock(), "cluster"), ivi(sock(), "ivi");
+    ASSERT_TRUE(cluster_shows(cluster, 1));
+    // What is left of the process's mappings, less a few: the IVI takes it in buffers of 16384 pieces.
+    const size_t left = max_map_count() - mappings_now() - 8;
+    uint32_t resource = 1;
+    uint64_t page = 0;
+    for (size_t taken = 0; taken < left;) {
+      const uint32_t n = uint32_t(std::min<size_t>(16000, left - taken - 1));
+      if (n == 0) break;
+      ASSERT_TRUE(ivi.scattered(resource++, attacker_file.fd(), n, page));
+      page += 2 * uint64_t(n);
+      taken += n + 1;
+      pump();
+      if (ivi.closed()) break;
+    }
+    const bool ivi_stopped = ivi.closed();
+    EXPECT_EQ(ivi_stopped, protect) << "the IVI is refused at its quota, and only with one";
+    // The cluster's back-end restarts (or the guest allocates its next buffer): a new buffer to map.
+    Device cluster2(sock(), "cluster");
+    const bool shows = cluster_shows(cluster2, 2);
+    EXPECT_EQ(shows, protect) << "the cluster maps its new buffer only when the IVI was stopped";
+    if (protect) {
+      const auto* c = conn("cluster");
+      ASSERT_NE(c, nullptr);
+      EXPECT_GT(c->mapping_quota, 10000u);
+      EXPECT_LE(c->mappings, c->mapping_quota);
+      const auto& st = refresh();
+      EXPECT_FALSE(st.layers[0].fallback);
+    }
+    comp.reset();
+  }
+}
+
+// A BUFFER that is never completed makes the compositor hold its descriptors until it is. Without a cap
+// (control) the IVI makes it hold as many as it sends (at EMFILE a restarting cluster back-end could not
+// reconnect); with the default quota the IVI is closed at 64 and the cluster connects and shows.
+TEST_F(Quota, BuffersNeverCompletedCannotMakeTheCompositorHoldDescriptors) {
+  for (bool protect : {false, true}) {
+    SCOPED_TRACE(protect ? "with the descriptor quota" : "control: no quota");
+    Quotas q;
+    if (!protect) q.descriptors_per_connection = size_t(1) << 30;
+    start(q);
+    Device ivi(sock(), "ivi");
+    // One buffer of 65536 pieces, 8 new files per packet, never finished.
+    for (uint32_t packet = 0; packet < 12 && !ivi.closed(); ++packet) {
+      std::vector<buffers::SharedMemory> files;
+      std::vector<int> fds;
+      std::vector<uint8_t> body(sizeof(ch::BufferHdr) + 8 * sizeof(ch::Piece));
+      ch::BufferHdr h{};
+      h.key = ch::buffer_key(9, 1);
+      h.first_piece = packet * 8;
+      h.total_pieces = 65536;
+      h.num_pieces = 8;
+      std::memcpy(body.data(), &h, sizeof h);
+      for (uint32_t i = 0; i < 8; ++i) {
+        auto f = buffers::SharedMemory::create("attacker", 4096);
+        ASSERT_TRUE(f.ok());
+        fds.push_back(f->fd());
+        files.push_back(std::move(*f));
+        ch::Piece p{};
+        p.fd_index = i;
+        p.pages = 1;
+        std::memcpy(body.data() + sizeof h + i * sizeof p, &p, sizeof p);
+      }
+      ASSERT_TRUE(ivi.send(ch::encode(ch::Type::kBuffer, body), fds));
+      pump();
+    }
+    if (protect) {
+      EXPECT_TRUE(ivi.closed()) << "closed at its quota";
+      EXPECT_EQ(conn("ivi"), nullptr);
+    } else {
+      EXPECT_FALSE(ivi.closed());
+      const auto* c = conn("ivi");
+      ASSERT_NE(c, nullptr);
+      EXPECT_EQ(c->descriptors, 96u) << "control: every descriptor it sent is held";
+    }
+    Device cluster(sock(), "cluster");
+    EXPECT_TRUE(cluster_shows(cluster, 1));
+    comp.reset();
+  }
+}
+
+// Connections that never say HELLO take the compositor's connection slots. Within the deadline (the
+// control) the cluster's back-end cannot connect; once the deadline has passed on the compositor's clock
+// they are closed and it can.
+TEST_F(Quota, ConnectionsThatNeverSayHelloAreClosedAtTheDeadline) {
+  start(Quotas{});
+  std::vector<std::unique_ptr<Device>> silent;
+  for (size_t i = 0; i < kMaxConnections; ++i) silent.push_back(std::make_unique<Device>(sock(), "", false));
+  pump();
+  {
+    Device cluster(sock(), "cluster");
+    pump();
+    EXPECT_EQ(conn("cluster"), nullptr) << "control: every slot taken by a silent connection";
+  }
+  clock.advance(Quotas{}.hello_deadline + std::chrono::milliseconds(1));
+  pump();
+  for (auto& s : silent) EXPECT_TRUE(s->closed());
+  Device cluster(sock(), "cluster");
+  EXPECT_TRUE(cluster_shows(cluster, 1));
+}
+
+}  // namespace
+}  // namespace canopy::display
