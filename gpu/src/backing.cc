@@ -36,12 +36,14 @@ Resp GpuDevice::set_backing(Resource& r, std::span<const uint8_t> tail, uint32_t
   for (size_t i = 1; i < sorted.size(); ++i)
     if (sorted[i - 1].gpa + sorted[i - 1].len > sorted[i].gpa) return Resp::kErrInvalidParameter;  // overlap
   if (stats_.backing_bytes + total > options_.caps.max_backing_bytes) return Resp::kErrOutOfMemory;
+  if (stats_.backing_entries + segs.size() > options_.caps.max_backing_entries_total) return Resp::kErrOutOfMemory;
   r.backing = std::move(segs);
   r.backing_end.resize(r.backing.size());
   uint64_t end = 0;
   for (size_t i = 0; i < r.backing.size(); ++i) r.backing_end[i] = end += r.backing[i].len;
   r.backing_bytes = total;
   stats_.backing_bytes += total;
+  stats_.backing_entries += r.backing.size();
   backing_changed(r);
   r.pieces.reset();
   return Resp::kOkNodata;
@@ -73,6 +75,7 @@ Status GpuDevice::make_pieces(Resource& r) {
 
 void GpuDevice::free_backing(Resource& r) {
   stats_.backing_bytes -= r.backing_bytes;
+  stats_.backing_entries -= r.backing.size();
   r.backing.clear();
   r.backing_end.clear();
   r.backing_bytes = 0;

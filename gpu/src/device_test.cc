@@ -299,6 +299,38 @@ TEST(GpuDevice, CapsAnswerOutOfMemory) {
   EXPECT_EQ(h.call(cc), R(Resp::kErrOutOfMemory));
 }
 
+// Backing entries are capped per command (as QEMU does) and per device: a guest cannot make the device
+// hold bookkeeping for max_resources x max_backing_entries scattered entries. The control: with no
+// per-device cap the same guest attaches every resource's entries.
+TEST(GpuDevice, BackingEntriesAreCappedPerDevice) {
+  for (bool capped : {false, true}) {
+    SCOPED_TRACE(capped ? "capped" : "control: no per-device cap");
+    GpuOptions o;
+    o.caps.max_backing_entries = 64;
+    o.caps.max_backing_entries_total = capped ? 128 : 1u << 30;
+    Harness h(o);
+    std::vector<proto::MemEntry> scattered;
+    for (uint32_t i = 0; i < 64; ++i) scattered.push_back(Harness::entry(0x100000 + 2 * 4096ull * i, 4096));
+    uint32_t attached = 0;
+    for (uint32_t id = 1; id <= 4; ++id) {
+      ASSERT_EQ(h.create_2d(id, 16, 16), R(Resp::kOkNodata));
+      const uint32_t r = h.attach(id, scattered);
+      if (r == R(Resp::kOkNodata)) ++attached;
+      else EXPECT_EQ(r, R(Resp::kErrOutOfMemory));
+    }
+    EXPECT_EQ(attached, capped ? 2u : 4u);
+    EXPECT_EQ(h.dev->stats().backing_entries, attached * 64u);
+    if (capped) {
+      proto::ResourceUnref u{};
+      u.hdr = proto::make_hdr(Cmd::kResourceUnref);
+      u.resource_id = 1;
+      ASSERT_EQ(h.call(u), R(Resp::kOkNodata));
+      EXPECT_EQ(h.dev->stats().backing_entries, 64u);
+      EXPECT_EQ(h.attach(3, scattered), R(Resp::kOkNodata)) << "room again once a resource went";
+    }
+  }
+}
+
 TEST(GpuDevice, FencedFlushRetiresWhenTheOutputReleasesAndInOrderOnItsTimeline) {
   Harness h({}, {.hold_frames = true});
   ASSERT_EQ(h.create_2d(1, 32, 32), R(Resp::kOkNodata));

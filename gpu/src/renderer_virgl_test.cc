@@ -463,6 +463,10 @@ TEST_F(VirglDevice, BuffersAreSizedInBytesAndTheThreeDBudgetHolds) {
   o.features |= proto::kFVirgl;
   o.caps.max_3d_bytes = 4 * kW * kH + 100;
   h = std::make_unique<Harness>(o, HeadlessOutput::Options{}, std::move(*r));
+  // The same texture with its mip chain costs a third more: over the budget (it was charged as one level).
+  auto mipped = create_3d_cmd(kRes, kW, kH);
+  mipped.last_level = 6;
+  EXPECT_EQ(h->call(mipped), R(Resp::kErrOutOfMemory));
   EXPECT_EQ(h->call(create_3d_cmd(kRes, kW, kH)), R(Resp::kOkNodata));
   EXPECT_EQ(h->call(create_3d_cmd(kRes + 1, 8, 8)), R(Resp::kErrOutOfMemory));  // 256 bytes over the 100 left
   proto::ResourceUnref u{};

@@ -1,5 +1,6 @@
 // GpuDevice's resources (2D, 3D, blobs) and 3D contexts (device_internal.h).
 #include "device_internal.h"
+#include "texture_bytes.h"
 
 namespace canopy::gpu {
 
@@ -210,10 +211,10 @@ Resp GpuDevice::resource_create_3d(const Command& c) {
   if (a.target == kPipeBuffer ? (a.height != 1 || a.depth != 1 || a.array_size != 1)
                               : (a.width > maxd || a.height > maxd || a.depth > maxd || a.array_size > maxd))
     return Resp::kErrInvalidParameter;
-  uint64_t bytes = a.target == kPipeBuffer ? uint64_t(a.width) : uint64_t(a.width) * a.height * 4;
-  auto more = checked_mul<uint64_t>(bytes, uint64_t(a.depth) * a.array_size * std::max<uint32_t>(a.nr_samples, 1));
-  if (!more) return Resp::kErrInvalidParameter;
-  bytes = *more;
+  // Its format's size, every mip level, every layer and sample (texture_bytes.cc).
+  const auto size = texture_bytes(a);
+  if (!size) return Resp::kErrInvalidParameter;
+  const uint64_t bytes = *size;
   if (resources_.size() >= options_.caps.max_resources) return Resp::kErrOutOfMemory;
   if (bytes > options_.caps.max_3d_bytes || stats_.gpu_bytes + bytes > options_.caps.max_3d_bytes)
     return Resp::kErrOutOfMemory;

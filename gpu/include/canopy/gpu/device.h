@@ -54,11 +54,15 @@ struct GpuCaps {
   uint64_t max_backing_bytes = uint64_t{4} << 30;  // guest memory attached as backing, all resources
   uint64_t max_host_bytes = uint64_t{1} << 30;     // host storage of 2D resources, all resources
   uint32_t max_backing_entries = 16384;            // per ATTACH_BACKING / CREATE_BLOB (QEMU's limit too)
-  uint32_t max_command_bytes = 1 << 20;            // readable bytes of one control command
+  // All resources' backing entries together: the device keeps 24 bytes of bookkeeping per entry, so a
+  // guest with max_resources resources of max_backing_entries each would make it hold 1.6 GB.
+  uint32_t max_backing_entries_total = 16 * 16384;
+  uint32_t max_command_bytes = 1 << 20;  // readable bytes of one control command
   uint32_t max_contexts = 256;
   uint32_t max_dimension = 16384;  // resource width/height (2D, blob scanouts, 3D textures)
-  // 3D resources (virgl), all together: an estimate of their GPU memory, 4 bytes a texel (a buffer's
-  // width is its size in bytes), so a guest cannot make the host allocate without bound.
+  // 3D resources (virgl), all together: an estimate of their GPU memory (their format's bytes per texel
+  // or per compressed block, every mip level, layer and sample; a buffer's width is its size in bytes),
+  // so a guest cannot make the host allocate without bound.
   uint64_t max_3d_bytes = uint64_t{1} << 30;
 };
 
@@ -105,6 +109,7 @@ struct GpuStats {
   uint64_t readbacks_over_cap = 0;
   uint32_t resources = 0;
   uint64_t backing_bytes = 0;
+  uint64_t backing_entries = 0;  // all resources' (GpuCaps::max_backing_entries_total)
   uint64_t host_bytes = 0;
   uint64_t gpu_bytes = 0;     // the 3D resources' estimate (GpuCaps::max_3d_bytes)
   uint32_t blobs_mapped = 0;  // host blobs in the host-visible region now
