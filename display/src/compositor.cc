@@ -109,6 +109,7 @@ Result<std::unique_ptr<Compositor>> Compositor::create(Layout layout, Compositor
   }
   for (const auto& o : m.outputs) m.plane_sinks |= o.sink->offers_planes();
   m.share_quotas();
+  m.spare = UniqueFd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
   CANOPY_ASSIGN_OR_RETURN(m.listen, listen_seqpacket(m.opt.listen_path, false));
   CANOPY_TRY(m.watch(m.listen.get()));
   if (!m.opt.control_path.empty()) {

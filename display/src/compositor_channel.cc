@@ -171,11 +171,21 @@ void Compositor::Impl::expire_silent() {
 void Compositor::Impl::accept_all() {
   for (;;) {
     UniqueFd s(::accept4(listen.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
-    if (!s.valid()) return;
+    if (!s.valid()) {
+      if ((errno != EMFILE && errno != ENFILE) || !spare.valid()) return;
+      // No descriptor left for it: left in the backlog, the connection would keep the listening socket
+      // readable and the loop spinning. It is taken with the spare descriptor and closed at once.
+      spare.reset();
+      const bool turned = UniqueFd(::accept4(listen.get(), nullptr, nullptr, SOCK_CLOEXEC)).valid();
+      spare = UniqueFd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+      CANOPY_WARN_RL("canopy-display: connection refused: the process has no descriptor left");
+      if (!turned) return;
+      continue;
+    }
     size_t live = 0;
     for (auto& [id, c] : conns) live += c.sock.valid() ? 1 : 0;
     if (live >= kMaxConnections) {
-      CANOPY_WARN("canopy-display: connection refused: %zu devices connected already", live);
+      CANOPY_WARN_RL("canopy-display: connection refused: %zu devices connected already", live);
       continue;
     }
     // Connections that closed before saying HELLO are not worth a record.

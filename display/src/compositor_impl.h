@@ -189,6 +189,7 @@ struct Compositor::Impl {
   std::vector<Output> outputs;
   UniqueFd ep;
   UniqueFd listen;
+  UniqueFd spare;  // /dev/null, kept open so that a full descriptor table can still turn a connection away
   UniqueFd control;
   std::map<uint64_t, UniqueFd> control_pending;  // by accept order: connections waiting for their request
   uint64_t next_control = 0;

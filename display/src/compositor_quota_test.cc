@@ -3,13 +3,16 @@
 // process runs out of memory mappings, one that makes the compositor hold descriptors, and connections
 // that never say HELLO. In each, the cluster beside the attacker keeps connecting, mapping and showing its
 // frames. Virtual time; pixman (the packet handling is under test, not the renderer).
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -301,6 +304,40 @@ TEST_F(Quota, ConnectionsThatNeverSayHelloAreClosedAtTheDeadline) {
   for (auto& s : silent) EXPECT_TRUE(s->closed());
   Device cluster(sock(), "cluster");
   EXPECT_TRUE(cluster_shows(cluster, 1));
+}
+
+// The process's descriptor table is full (other VMs' buffers, a small limit): a new connection cannot be
+// taken. It is turned away (its peer sees the connection closed) instead of staying in the backlog, where
+// it kept the listening socket readable and the loop spinning on it; once descriptors are free again the
+// cluster connects. (Without the spare descriptor the connection stays pending: `closed()` is false.)
+TEST_F(Quota, AFullDescriptorTableTurnsConnectionsAwayInsteadOfSpinning) {
+  start(Quotas{});
+  rlimit old{};
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &old), 0);
+  Device ivi(sock(), "ivi");
+  pump();
+  ASSERT_NE(conn("ivi"), nullptr);
+  Device late(sock(), "late");  // connected; the compositor has not taken it yet
+  // Every descriptor number up to the highest in use taken (the holes filled), and the limit just above.
+  int top = 0;
+  for (int fd = 0; fd < int(std::min<rlim_t>(old.rlim_cur, 1 << 16)); ++fd)
+    if (::fcntl(fd, F_GETFD) >= 0) top = fd;
+  std::vector<UniqueFd> fillers;
+  for (int fd = 0; fd < top; ++fd)
+    if (::fcntl(fd, F_GETFD) < 0) fillers.emplace_back(::fcntl(top, F_DUPFD_CLOEXEC, fd));
+  rlimit low = old;
+  low.rlim_cur = rlim_t(top + 1);
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &low), 0);
+  pump();
+  const bool turned_away = late.closed();
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &old), 0);
+  fillers.clear();
+  EXPECT_TRUE(late.connected());
+  EXPECT_TRUE(turned_away);
+  EXPECT_EQ(conn("late"), nullptr);
+  Device cluster(sock(), "cluster");
+  EXPECT_TRUE(cluster_shows(cluster, 1));
+  EXPECT_NE(conn("ivi"), nullptr) << "the others' connections are not touched";
 }
 
 }  // namespace
