@@ -91,6 +91,8 @@ Status Compositor::Impl::on_timeline(uint64_t conn_id, Conn& c, ch::Message& m) 
   const uint32_t scanout = m.fixed<ch::TimelineMsg>().scanout.get();
   if (scanout >= c.num_scanouts) return make_error(Errc::kProtocol, "TIMELINE for a scanout the device does not have");
   if (c.timelines.count(scanout)) return make_error(Errc::kProtocol, "a second TIMELINE for a scanout");
+  if (descriptors_of(c) + 3 > opt.quotas.descriptors_per_connection)
+    return make_error(Errc::kLimit, "descriptors above the connection's quota");
   buffers::TimelineFds fds;
   fds.memfd = std::move(m.fds[0]);
   fds.eventfd = std::move(m.fds[1]);
@@ -157,6 +159,7 @@ size_t Compositor::Impl::descriptors_of(const Conn& c) {
   size_t n = 0;
   for (const auto& [key, p] : c.partial) n += p.fds.size();
   for (const auto& [key, b] : c.buffers) n += b->fds.size();
+  n += 3 * c.timelines.size();  // memfd, eventfd and (at most) pidfd of each
   return n;
 }
 

@@ -80,6 +80,7 @@ struct GpuDevice::Scanout {
 // completes (scanout, point).
 struct GpuDevice::Readback {
   uint32_t resource_id = 0;
+  SharedFd host;  // the resource's host copy then: the one to read into, if it is still the resource's
   Rect rect;
   std::vector<std::pair<uint32_t, uint64_t>> points;
 };

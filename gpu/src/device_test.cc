@@ -842,6 +842,19 @@ TEST(OutputTee, HoldsFramesWithAcquirePointsForConsumersThatReadAtOnce) {
   EXPECT_EQ(reads.events.back(), "scanout 0");
   EXPECT_EQ(reads.events[reads.events.size() - 2], "frame 4 incomplete");
   EXPECT_EQ(released, 4) << "each device frame released once both consumers let go";
+  // A GPU that never finishes and a guest that keeps moving its cursor: the queue stays bounded, and
+  // what waited goes on as it is once it is full.
+  auto tl2 = buffers::Timeline::create_producer();
+  ASSERT_TRUE(tl2.ok());
+  timeline = std::make_shared<buffers::Timeline>(std::move(*tl2));
+  reads.events.clear();
+  tee.on_frame(frame(5, 1));
+  for (size_t i = 0; i < 10 * OutputTee::kMaxWaiting; ++i) {
+    tee.on_cursor(CursorUpdate{});
+    ASSERT_LE(tee.waiting(), OutputTee::kMaxWaiting);
+  }
+  ASSERT_FALSE(reads.events.empty());
+  EXPECT_EQ(reads.events.front(), "frame 5 incomplete");
 }
 
 }  // namespace

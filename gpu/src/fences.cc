@@ -106,6 +106,7 @@ GpuDevice::Readback* GpuDevice::fence_readback(Resource& r, const Rect& damage) 
   ++stats_.fenced_readbacks;
   auto rb = std::make_unique<Readback>();
   rb->resource_id = r.id;
+  rb->host = r.host.fd;
   rb->rect = damage;
   Readback* out = rb.get();
   readbacks_.emplace(id, std::move(rb));
@@ -122,9 +123,11 @@ void GpuDevice::finish_readbacks() {
     if (it == readbacks_.end()) continue;
     const std::unique_ptr<Readback> rb = std::move(it->second);
     readbacks_.erase(it);
-    // A resource destroyed meanwhile has nothing to read: its frames show what its host copy held.
+    // A resource destroyed meanwhile (its id perhaps given to a new one, with a host copy of its own)
+    // has nothing to read: its frames show what its host copy held.
     auto res = resources_.find(rb->resource_id);
-    if (res != resources_.end() && res->second->is3d && res->second->host.map.data()) {
+    if (res != resources_.end() && res->second->is3d && res->second->host.map.data() &&
+        res->second->host.fd == rb->host) {
       Resource& r = *res->second;
       uint8_t* dst = reinterpret_cast<uint8_t*>(r.host.map.data()) + uint64_t(rb->rect.y) * r.host.stride +
                      uint64_t(rb->rect.x) * proto::kBytesPerPixel;

@@ -68,11 +68,32 @@ void OutputTee::remove(ScanoutOutput* out) {
 void OutputTee::pass(Consumer& c, std::function<void()> event) {
   if (c.waiting.empty()) return event();
   c.waiting.push_back({nullptr, std::move(event)});
+  if (c.waiting.size() > kMaxWaiting) hand_on(c, true);
 }
 
 void OutputTee::hand(Consumer& c, std::shared_ptr<Frame> f) {
   if (c.out->takes_acquire_fences() || (c.waiting.empty() && f->acquired())) return c.out->on_frame(std::move(f));
   c.waiting.push_back({std::move(f), nullptr});
+  if (c.waiting.size() > kMaxWaiting) hand_on(c, true);
+}
+
+void OutputTee::hand_on(Consumer& c, bool all) {
+  while (!c.waiting.empty()) {
+    Waiting& w = c.waiting.front();
+    if (w.frame) {
+      // A frame whose producer is gone cannot become complete: it goes as it is rather than stop the
+      // events behind it; so does every frame when the consumer's queue is full (`all`).
+      if (!all && !w.frame->acquired() && w.frame->acquire_timeline->producer_state() != buffers::ProducerState::kLost)
+        break;
+      auto f = std::move(w.frame);
+      c.waiting.pop_front();
+      c.out->on_frame(std::move(f));
+    } else {
+      auto event = std::move(w.event);
+      c.waiting.pop_front();
+      event();
+    }
+  }
 }
 
 void OutputTee::on_scanout(const ScanoutState& s) {
@@ -124,21 +145,7 @@ void OutputTee::on_backing_gone(uint32_t resource_id, uint64_t generation) {
 
 void OutputTee::on_acquired() {
   for (auto& c : outs_) {
-    while (!c.waiting.empty()) {
-      Waiting& w = c.waiting.front();
-      if (w.frame) {
-        // A frame whose producer is gone cannot become complete: it goes as it is rather than stop the
-        // events behind it.
-        if (!w.frame->acquired() && w.frame->acquire_timeline->producer_state() != buffers::ProducerState::kLost) break;
-        auto f = std::move(w.frame);
-        c.waiting.pop_front();
-        c.out->on_frame(std::move(f));
-      } else {
-        auto event = std::move(w.event);
-        c.waiting.pop_front();
-        event();
-      }
-    }
+    hand_on(c, false);
     c.out->on_acquired();
   }
 }

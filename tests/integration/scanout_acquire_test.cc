@@ -323,6 +323,35 @@ TEST_F(ScanoutAcquire, AFloodOfFlushesAheadOfTheGpuIsBounded) {
   EXPECT_EQ(dev_->stats().fenced_readbacks, 17u) << "below the cap again: fenced";
 }
 
+// The guest destroys the resource while its read-back waits, and makes a smaller one with the same id:
+// the old read-back is not done into the new resource's host copy (its rectangle would not fit it).
+TEST_F(ScanoutAcquire, AReadBackOfAResourceGoneIsNotDoneIntoItsSuccessor) {
+  ivi_draws(0x00ff00);
+  proto::ResourceUnref u{};
+  u.hdr = proto::make_hdr(proto::Cmd::kResourceUnref);
+  u.resource_id = kRes;
+  ASSERT_EQ(command(u), uint32_t(proto::Resp::kOkNodata));
+  proto::ResourceCreate3d rc{};
+  rc.hdr = proto::make_hdr(proto::Cmd::kResourceCreate3d);
+  rc.resource_id = kRes;
+  rc.target = 2;
+  rc.format = 2;
+  rc.width = 8;
+  rc.height = 8;
+  rc.depth = 1;
+  rc.array_size = 1;
+  ASSERT_EQ(command(rc), uint32_t(proto::Resp::kOkNodata));
+  proto::SetScanout ss{};
+  ss.hdr = proto::make_hdr(proto::Cmd::kSetScanout);
+  ss.resource_id = kRes;
+  ss.r.width = 8;
+  ss.r.height = 8;
+  ASSERT_EQ(command(ss), uint32_t(proto::Resp::kOkNodata));
+  gpu_->finish(1);
+  pump();
+  EXPECT_EQ(gpu_->reads, 0) << "the 32x32 read-back of the old resource into the new 8x8 one";
+}
+
 // A device reset drops the resources, and the read-backs still waiting with them: the acquire points
 // those frames carry are signalled all the same, so the compositor never waits for frames that cannot
 // come (it shows the newest, with whatever its host copy held).

@@ -58,8 +58,8 @@ struct Quotas {
   // equally among the VMs the layout shows, the last quarter among the connections of any other VM
   // (kMaxConnections shares). Pieces of buffers still being defined count too.
   uint64_t mappings = 0;
-  // Descriptors one connection may make this process hold: those of buffers still being defined and,
-  // where an output has hardware planes, those its buffers keep.
+  // Descriptors one connection may make this process hold: those of buffers still being defined, its
+  // timelines' and, where an output has hardware planes, those its buffers keep.
   size_t descriptors_per_connection = 64;
   // A device connection that has not said HELLO within this (on the compositor's clock) is closed.
   std::chrono::milliseconds hello_deadline{2000};

@@ -169,9 +169,11 @@ class ScanoutOutput {
 // compositor's channel) gets each frame at once; for one that reads a frame as it arrives (the QEMU
 // front-end's display, the frame log) the tee holds a frame until its point has signalled, and every
 // event after it for that consumer too, so each consumer sees its events in order (on_acquired hands
-// them on).
+// them on). At most kMaxWaiting events wait per consumer: past that (a GPU that never finishes, a guest
+// moving its cursor meanwhile) everything queued goes on as it is, incomplete frames included.
 class OutputTee : public ScanoutOutput {
  public:
+  static constexpr size_t kMaxWaiting = 256;
   void add(ScanoutOutput* out);
   void remove(ScanoutOutput* out);
   void on_scanout(const ScanoutState& s) override;
@@ -194,6 +196,8 @@ class OutputTee : public ScanoutOutput {
   };
   void hand(Consumer& c, std::shared_ptr<Frame> f);
   void pass(Consumer& c, std::function<void()> event);
+  // Hands on what waits for c, up to the first incomplete frame (all: everything).
+  void hand_on(Consumer& c, bool all);
   std::vector<Consumer> outs_;
 };
 
