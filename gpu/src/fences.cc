@@ -84,6 +84,12 @@ void GpuDevice::process_renderer() {
   retire_ready();
 }
 
+Status GpuDevice::read_back_into_host(Resource& res, const Rect& r) {
+  uint8_t* dst = reinterpret_cast<uint8_t*>(res.host.map.data()) + uint64_t(r.y) * res.host.stride +
+                 uint64_t(r.x) * proto::kBytesPerPixel;
+  return renderer_->read_pixels(res.id, r, dst, res.host.stride);
+}
+
 GpuDevice::Readback* GpuDevice::fence_readback(Resource& r, const Rect& damage) {
   if (!output_->takes_acquire_fences() || !renderer_->supports_3d()) return nullptr;
   // A guest that floods flushes ahead of its GPU work would grow the list without bound: past the cap
@@ -128,11 +134,9 @@ void GpuDevice::finish_readbacks() {
     auto res = resources_.find(rb->resource_id);
     if (res != resources_.end() && res->second->is3d && res->second->host.map.data() &&
         res->second->host.fd == rb->host) {
-      Resource& r = *res->second;
-      uint8_t* dst = reinterpret_cast<uint8_t*>(r.host.map.data()) + uint64_t(rb->rect.y) * r.host.stride +
-                     uint64_t(rb->rect.x) * proto::kBytesPerPixel;
-      if (!renderer_->read_pixels(r.id, rb->rect, dst, r.host.stride).ok())
-        CANOPY_WARN_RL("gpu: resource %u: read-back after its fence failed; the frame shows older pixels", r.id);
+      if (!read_back_into_host(*res->second, rb->rect).ok())
+        CANOPY_WARN_RL("gpu: resource %u: read-back after its fence failed; the frame shows older pixels",
+                       rb->resource_id);
     }
     // The points are signalled whatever happened: a consumer never waits for a frame that cannot come.
     for (auto [s, point] : rb->points)

@@ -160,11 +160,7 @@ Resp GpuDevice::resource_flush(const Command& c, uint64_t pending_id) {
     // The damaged rectangle, from the renderer into the host copy the output reads: once the GPU work
     // before this flush is done where the output waits for acquire points, else now.
     rb = fence_readback(r, dmg);
-    if (!rb) {
-      uint8_t* dst = reinterpret_cast<uint8_t*>(r.host.map.data()) + uint64_t(dmg.y) * r.host.stride +
-                     uint64_t(dmg.x) * proto::kBytesPerPixel;
-      if (!renderer_->read_pixels(r.id, dmg, dst, r.host.stride).ok()) return Resp::kErrUnspec;
-    }
+    if (!rb && !read_back_into_host(r, dmg).ok()) return Resp::kErrUnspec;
     const uint64_t copied = uint64_t(dmg.width) * proto::kBytesPerPixel * dmg.height;
     r.pending_copied += copied;
     stats_.bytes_copied += copied;

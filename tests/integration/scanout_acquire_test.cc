@@ -142,22 +142,7 @@ class ScanoutAcquire : public ::testing::Test {
     ASSERT_TRUE(mem_.add_region({0, 1 << 20, 0, 0}, std::move(ram)).ok());
     dev_->set_memory(&mem_);
     dev_->set_acked_features(dev_->offered_features());
-    proto::ResourceCreate3d rc{};
-    rc.hdr = proto::make_hdr(proto::Cmd::kResourceCreate3d);
-    rc.resource_id = kRes;
-    rc.target = 2;  // PIPE_TEXTURE_2D
-    rc.format = 2;  // B8G8R8X8: XRGB8888
-    rc.width = kSize;
-    rc.height = kSize;
-    rc.depth = 1;
-    rc.array_size = 1;
-    ASSERT_EQ(command(rc), uint32_t(proto::Resp::kOkNodata));
-    proto::SetScanout ss{};
-    ss.hdr = proto::make_hdr(proto::Cmd::kSetScanout);
-    ss.resource_id = kRes;
-    ss.r.width = kSize;
-    ss.r.height = kSize;
-    ASSERT_EQ(command(ss), uint32_t(proto::Resp::kOkNodata));
+    show_3d(kSize);
 
     // The cluster: a device on the channel showing two buffers in turn.
     cluster_ = UniqueFd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
@@ -186,6 +171,25 @@ class ScanoutAcquire : public ::testing::Test {
     ::rmdir(dir_.c_str());
   }
 
+  // The guest makes 3D resource kRes, size x size XRGB8888, and shows it on scanout 0.
+  void show_3d(uint32_t size) {
+    proto::ResourceCreate3d rc{};
+    rc.hdr = proto::make_hdr(proto::Cmd::kResourceCreate3d);
+    rc.resource_id = kRes;
+    rc.target = 2;  // PIPE_TEXTURE_2D
+    rc.format = 2;  // B8G8R8X8: XRGB8888
+    rc.width = size;
+    rc.height = size;
+    rc.depth = 1;
+    rc.array_size = 1;
+    ASSERT_EQ(command(rc), uint32_t(proto::Resp::kOkNodata));
+    proto::SetScanout ss{};
+    ss.hdr = proto::make_hdr(proto::Cmd::kSetScanout);
+    ss.resource_id = kRes;
+    ss.r.width = size;
+    ss.r.height = size;
+    ASSERT_EQ(command(ss), uint32_t(proto::Resp::kOkNodata));
+  }
   // Runs one control command; its response type (0: none came).
   template <typename T>
   uint32_t command(const T& c) {
@@ -331,22 +335,7 @@ TEST_F(ScanoutAcquire, AReadBackOfAResourceGoneIsNotDoneIntoItsSuccessor) {
   u.hdr = proto::make_hdr(proto::Cmd::kResourceUnref);
   u.resource_id = kRes;
   ASSERT_EQ(command(u), uint32_t(proto::Resp::kOkNodata));
-  proto::ResourceCreate3d rc{};
-  rc.hdr = proto::make_hdr(proto::Cmd::kResourceCreate3d);
-  rc.resource_id = kRes;
-  rc.target = 2;
-  rc.format = 2;
-  rc.width = 8;
-  rc.height = 8;
-  rc.depth = 1;
-  rc.array_size = 1;
-  ASSERT_EQ(command(rc), uint32_t(proto::Resp::kOkNodata));
-  proto::SetScanout ss{};
-  ss.hdr = proto::make_hdr(proto::Cmd::kSetScanout);
-  ss.resource_id = kRes;
-  ss.r.width = 8;
-  ss.r.height = 8;
-  ASSERT_EQ(command(ss), uint32_t(proto::Resp::kOkNodata));
+  show_3d(8);
   gpu_->finish(1);
   pump();
   EXPECT_EQ(gpu_->reads, 0) << "the 32x32 read-back of the old resource into the new 8x8 one";

@@ -259,6 +259,8 @@ class GpuDevice {
   Readback* fence_readback(Resource& r, const Rect& damage);
   // The read-backs whose renderer fences completed: the pixels are read, the acquire points signalled.
   void finish_readbacks();
+  // Reads rectangle `r` of 3D resource `res` from the renderer into its host copy (same place in it).
+  Status read_back_into_host(Resource& res, const Rect& r);
   void destroy_resource(uint32_t id);
   void disable_scanout(uint32_t s);
   void show(uint32_t s, Resource& r, const Rect& rect, const Framebuffer& fb);
