@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs the cockpit demo from a build: canopy-display (the compositor) and canopy-vmm with
-# demos/cockpit.toml (the cluster and IVI partitions, each with its canopy-gpu), for a fixed time or,
-# in the test mode, until what the checks need has happened.
+# Runs the cockpit demo from a build: canopy-vmm with demos/cockpit.toml (the cluster and IVI partitions,
+# each with its canopy-gpu and canopy-snd) and canopy-display (the compositor), which canopy-vmm starts
+# and connects the VMs' GPU back-ends to through its broker, for a fixed time or, in the test mode, until
+# what the checks need has happened. canopy-vmm ends when canopy-display does.
 #   demos/run-cockpit.sh [BUILD_DIR] [OUT_DIR]
 # Environment: CANOPY_DEMO_SECONDS (default 10; 0 = until Ctrl-C or the windows are closed),
 #              CANOPY_DEMO_UNTIL time | events (default time: run CANOPY_DEMO_SECONDS). events, the test
@@ -37,16 +38,15 @@ MANIFEST="${CANOPY_DEMO_MANIFEST:-$ROOT/demos/cockpit.toml}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 RUN="$(mktemp -d /tmp/canopy-demo.XXXXXX)"
-DISPLAY_PID=""
 VMM_PID=""
 PW_PIDS=""
 REC_PID=""
 
 cleanup() {
-  for pid in $REC_PID $VMM_PID $DISPLAY_PID $PW_PIDS; do
+  for pid in $REC_PID $VMM_PID $PW_PIDS; do
     if kill -0 "$pid" 2>/dev/null; then kill -TERM "$pid" 2>/dev/null || true; fi
   done
-  for pid in $REC_PID $VMM_PID $DISPLAY_PID $PW_PIDS; do
+  for pid in $REC_PID $VMM_PID $PW_PIDS; do
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
   done
@@ -122,15 +122,9 @@ if [ "$UNTIL" = events ]; then
 fi
 RUN_FOR=()
 [ "$SECONDS_TO_RUN" != 0 ] && RUN_FOR=(--run-for-s "$SECONDS_TO_RUN")
-"$BUILD/bin/canopy-display" "$MANIFEST" --listen "$RUN/display.sock" --control "$RUN/display.ctl" \
-  --output "$MODE" --renderer "$RENDERER" "${RUN_FOR[@]}" --snapshot-dir "$OUT" --summary "$OUT/summary.txt" --trace "$OUT/trace.json" &
-DISPLAY_PID=$!
-display_up() { [ -S "$RUN/display.sock" ] || ! kill -0 "$DISPLAY_PID" 2>/dev/null; }
-wait_ready 60 display_up || true
-[ -S "$RUN/display.sock" ] || { echo "demo: canopy-display did not start" >&2; exit 1; }
-
-"$BUILD/bin/canopy-vmm" run "$MANIFEST" --display "$RUN/display.sock" --control "$RUN/vmm.ctl" \
-  >"$OUT/vmm.log" 2>&1 &
+"$BUILD/bin/canopy-vmm" run "$MANIFEST" --control "$RUN/vmm.ctl" \
+  --compositor --control "$RUN/display.ctl" --output "$MODE" --renderer "$RENDERER" "${RUN_FOR[@]}" \
+  --snapshot-dir "$OUT" --summary "$OUT/summary.txt" --trace "$OUT/trace.json" >"$OUT/vmm.log" 2>&1 &
 VMM_PID=$!
 if [ "$UNTIL" = events ]; then
   echo "demo: cluster and IVI partitions started (canopy-vmm pid $VMM_PID, log $OUT/vmm.log); composing" \
@@ -143,7 +137,7 @@ if [ "$UNTIL" = events ]; then
     shift
     until "$@"; do
       local why=""
-      kill -0 "$DISPLAY_PID" 2>/dev/null || why="canopy-display exited"
+      kill -0 "$VMM_PID" 2>/dev/null || why="canopy-vmm exited"
       [ -z "$REC_PID" ] || kill -0 "$REC_PID" 2>/dev/null || why="pw-record exited"
       [ "$SECONDS" -lt "$GUARD_END" ] || why="the hang guard (${SECONDS_TO_RUN} s) ran out"
       if [ -n "$why" ]; then
@@ -189,11 +183,10 @@ else
        "${SECONDS_TO_RUN:-?} s" >&2
 fi
 
+# canopy-vmm stops the VMs and ends once canopy-display has ended (its run time, `quit`, its windows
+# closed); its status is canopy-display's.
 rc=0
-wait "$DISPLAY_PID" || rc=$?
-DISPLAY_PID=""
-"$BUILD/bin/canopyctl" --socket "$RUN/vmm.ctl" shutdown >/dev/null 2>&1 || true
-wait "$VMM_PID" 2>/dev/null || true
+wait "$VMM_PID" || rc=$?
 VMM_PID=""
 if [ -n "$REC_PID" ]; then
   kill -INT "$REC_PID" 2>/dev/null || true
@@ -201,7 +194,7 @@ if [ -n "$REC_PID" ]; then
   REC_PID=""
 fi
 if [ $rc -ne 0 ]; then
-  echo "demo: canopy-display exited with $rc; canopy-vmm's log:" >&2
+  echo "demo: canopy-vmm (and canopy-display) exited with $rc; their log:" >&2
   tail -n 30 "$OUT/vmm.log" >&2
   exit $rc
 fi
@@ -221,5 +214,5 @@ fi
     echo "audio: ducking at the sink (music 220 Hz under the 880 Hz chime, expect -20 dB within 40 ms): $duck"
   fi
 } >>"$OUT/summary.txt"
-grep '^audio' "$OUT/summary.txt" >&2 || true
+cat "$OUT/summary.txt" >&2
 echo "demo: outputs: $OUT/cluster.png $OUT/center.png; summary: $OUT/summary.txt; trace: $OUT/trace.json"

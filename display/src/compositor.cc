@@ -21,7 +21,9 @@ Status Compositor::Impl::poll_input(int wait_ms) {
   }
   for (int i = 0; i < n; ++i) {
     const int fd = evs[i].data.fd;
-    if (fd == listen.get()) accept_all();
+    if (listen.valid() && fd == listen.get()) accept_all(fd, "");
+    else if (auto v = vm_listen.find(fd); v != vm_listen.end()) accept_all(fd, v->second.second);
+    else if (broker.valid() && fd == broker.get()) on_broker();
     else if (control.valid() && fd == control.get()) on_control();
     else if (on_control_pending(fd)) continue;
     else if (auto it = conn_by_fd.find(fd); it != conn_by_fd.end()) on_conn_readable(it->second);
@@ -110,8 +112,29 @@ Result<std::unique_ptr<Compositor>> Compositor::create(Layout layout, Compositor
   for (const auto& o : m.outputs) m.plane_sinks |= o.sink->offers_planes();
   m.share_quotas();
   m.spare = UniqueFd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
-  CANOPY_ASSIGN_OR_RETURN(m.listen, listen_seqpacket(m.opt.listen_path, false));
-  CANOPY_TRY(m.watch(m.listen.get()));
+  if (m.opt.listen_path.empty() && m.opt.listen_dir.empty() && m.opt.broker_fd < 0)
+    return make_error(Errc::kInvalidArgument, "canopy-display: neither a broker link nor a socket to listen on");
+  if (!m.opt.listen_dir.empty()) {
+    std::set<std::string> shown;
+    for (const auto& out : m.layout.outputs)
+      for (const auto& l : out.layers) shown.insert(l.vm);
+    for (const auto& vm : shown) {
+      CANOPY_ASSIGN_OR_RETURN(auto s, listen_seqpacket(m.opt.listen_dir + "/" + vm + ".sock", true));
+      CANOPY_TRY(m.watch(s.get()));
+      m.brokered.insert(vm);  // nobody else may claim it on listen_path
+      const int fd = s.get();
+      m.vm_listen[fd] = {std::move(s), vm};
+    }
+  }
+  if (m.opt.broker_fd >= 0) {
+    m.broker = UniqueFd(::fcntl(m.opt.broker_fd, F_DUPFD_CLOEXEC, 3));
+    if (!m.broker.valid()) return make_error(Errc::kIo, "canopy-display: the broker descriptor", errno);
+    CANOPY_TRY(m.watch(m.broker.get()));
+  }
+  if (!m.opt.listen_path.empty()) {
+    CANOPY_ASSIGN_OR_RETURN(m.listen, listen_seqpacket(m.opt.listen_path, false));
+    CANOPY_TRY(m.watch(m.listen.get()));
+  }
   if (!m.opt.control_path.empty()) {
     CANOPY_ASSIGN_OR_RETURN(m.control, listen_seqpacket(m.opt.control_path, true));
     CANOPY_TRY(m.watch(m.control.get()));
@@ -124,6 +147,7 @@ Compositor::Compositor(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Compositor::~Compositor() {
   if (!impl_) return;
   if (!impl_->opt.listen_path.empty()) ::unlink(impl_->opt.listen_path.c_str());
+  for (const auto& [fd, s] : impl_->vm_listen) ::unlink((impl_->opt.listen_dir + "/" + s.second + ".sock").c_str());
   if (!impl_->opt.control_path.empty()) ::unlink(impl_->opt.control_path.c_str());
 }
 

@@ -118,8 +118,10 @@ void Compositor::Impl::drop(uint64_t conn_id, const char* why) {
   auto it = conns.find(conn_id);
   if (it == conns.end() || !it->second.sock.valid()) return;
   Conn& c = it->second;
-  CANOPY_WARN("canopy-display: connection of %s closed: %s", c.stats.vm.empty() ? "(no HELLO)" : c.stats.vm.c_str(),
-              why);
+  const std::string who = !c.stats.vm.empty()   ? c.stats.vm
+                          : !c.bound_vm.empty() ? c.bound_vm + " (brokered, no HELLO)"
+                                                : std::string("(no HELLO)");
+  CANOPY_WARN("canopy-display: connection of %s closed: %s", who.c_str(), why);
   ::epoll_ctl(ep.get(), EPOLL_CTL_DEL, c.sock.get(), nullptr);
   conn_by_fd.erase(c.sock.get());
   unwatch_timelines(conn_id);
@@ -171,42 +173,96 @@ void Compositor::Impl::expire_silent() {
   for (uint64_t id : late) drop(id, "no HELLO in time");
 }
 
-void Compositor::Impl::accept_all() {
+void Compositor::Impl::accept_all(int sock, const std::string& bound_vm) {
   for (;;) {
-    UniqueFd s(::accept4(listen.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+    UniqueFd s(::accept4(sock, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
     if (!s.valid()) {
       if ((errno != EMFILE && errno != ENFILE) || !spare.valid()) return;
       // No descriptor left for it: left in the backlog, the connection would keep the listening socket
       // readable and the loop spinning. It is taken with the spare descriptor and closed at once.
       spare.reset();
-      const bool turned = UniqueFd(::accept4(listen.get(), nullptr, nullptr, SOCK_CLOEXEC)).valid();
+      const bool turned = UniqueFd(::accept4(sock, nullptr, nullptr, SOCK_CLOEXEC)).valid();
       spare = UniqueFd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
       CANOPY_WARN_RL("canopy-display: connection refused: the process has no descriptor left");
       if (!turned) return;
       continue;
     }
-    size_t live = 0;
-    for (auto& [id, c] : conns) live += c.sock.valid() ? 1 : 0;
-    if (live >= kMaxConnections) {
-      CANOPY_WARN_RL("canopy-display: connection refused: %zu devices connected already", live);
+    adopt(std::move(s), bound_vm);
+  }
+}
+
+void Compositor::Impl::adopt(UniqueFd s, std::string bound_vm) {
+  size_t live = 0;
+  for (auto& [id, c] : conns) live += c.sock.valid() ? 1 : 0;
+  if (live >= kMaxConnections) {
+    CANOPY_WARN_RL("canopy-display: connection refused: %zu devices connected already", live);
+    return;
+  }
+  // Connections that closed before saying HELLO are not worth a record.
+  std::erase_if(conns, [](const auto& kv) { return !kv.second.sock.valid() && !kv.second.hello; });
+  const uint64_t id = next_conn++;
+  Conn& c = conns[id];
+  c.sock = std::move(s);
+  c.accepted = clock.now();
+  c.stats.connected = true;
+  c.stats.brokered = !bound_vm.empty();
+  c.bound_vm = std::move(bound_vm);
+  conn_by_fd[c.sock.get()] = id;
+  if (!watch(c.sock.get()).ok()) drop(id, "epoll");
+}
+
+void Compositor::Impl::on_broker() {
+  for (size_t n = 0; n < kMaxPacketsPerTurn && broker.valid(); ++n) {
+    auto m = protocol::broker::receive(broker.get(), protocol::broker::Link::kBrokerToService, 0);
+    if (!m.ok()) {
+      if (m.error().code == Errc::kTimeout) return;
+      if (m.error().code == Errc::kClosed) {
+        // canopy-vmm is gone: the connections it made keep working, no new ones come.
+        CANOPY_WARN("canopy-display: the broker closed its link; no new device connections");
+      } else if (m.error().code == Errc::kProtocol) {
+        // The packet is gone (e.g. its descriptor did not fit a full table: MSG_CTRUNC); the device
+        // asks again. The link stays.
+        CANOPY_WARN_RL("canopy-display: a broker packet was dropped: %s", m.error().what);
+        continue;
+      } else {
+        CANOPY_ERROR("canopy-display: broker link failed: %s", m.error().what);
+      }
+      ::epoll_ctl(ep.get(), EPOLL_CTL_DEL, broker.get(), nullptr);
+      broker.reset();
+      return;
+    }
+    int type = 0;
+    socklen_t len = sizeof type;
+    if (::getsockopt(m->fd.get(), SOL_SOCKET, SO_TYPE, &type, &len) != 0 || type != SOCK_SEQPACKET) {
+      CANOPY_ERROR("canopy-display: the broker admitted %s with a descriptor that is not a seqpacket socket",
+                   m->vm.c_str());
       continue;
     }
-    // Connections that closed before saying HELLO are not worth a record.
-    std::erase_if(conns, [](const auto& kv) { return !kv.second.sock.valid() && !kv.second.hello; });
-    const uint64_t id = next_conn++;
-    Conn& c = conns[id];
-    c.sock = std::move(s);
-    c.accepted = clock.now();
-    c.stats.connected = true;
-    conn_by_fd[c.sock.get()] = id;
-    if (!watch(c.sock.get()).ok()) drop(id, "epoll");
+    const int fl = ::fcntl(m->fd.get(), F_GETFL);
+    if (fl < 0 || ::fcntl(m->fd.get(), F_SETFL, fl | O_NONBLOCK) != 0) continue;
+    CANOPY_INFO("canopy-display: broker admits a connection of %s (criticality %s, #%llu)", m->vm.c_str(),
+                protocol::broker::to_string(m->criticality), (unsigned long long)m->serial);
+    brokered.insert(m->vm);
+    const uint64_t id = next_conn;
+    adopt(std::move(m->fd), m->vm);
+    if (auto it = conns.find(id); it != conns.end()) {
+      it->second.stats.criticality = protocol::broker::to_string(m->criticality);
+      it->second.stats.broker_serial = m->serial;
+    }
   }
 }
 
 Status Compositor::Impl::on_hello(uint64_t id, Conn& c, const ch::Message& m) {
   if (c.hello) return make_error(Errc::kProtocol, "second HELLO");
+  const std::string name = m.vm_name();
+  // The name a connection goes by is the broker's where there is one; on the listening socket a VM
+  // whose connections the broker makes cannot be claimed at all.
+  if (!c.bound_vm.empty() && name != c.bound_vm)
+    return make_error(Errc::kProtocol, "HELLO names another VM than the one the broker bound the connection to");
+  if (c.bound_vm.empty() && brokered.count(name))
+    return make_error(Errc::kProtocol, "HELLO claims a VM whose connections are bound (broker or its own socket)");
   c.hello = true;
-  c.stats.vm = m.vm_name();
+  c.stats.vm = name;
   // The VM's mapping quota: its share when the layout shows it (all its connections together), else a
   // connection's share of what the others have.
   if (auto u = vm_usage.find(c.stats.vm); u != vm_usage.end()) {

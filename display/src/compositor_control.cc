@@ -150,12 +150,12 @@ std::string Compositor::Impl::stats_text() const {
     if (!c.hello) continue;
     std::snprintf(line, sizeof line,
                   "vm %s connected=%d frames=%llu refused=%llu blob_frames=%llu fenced_frames=%llu bytes_copied=%llu "
-                  "buffers=%zu "
-                  "mapped_bytes=%llu\n",
+                  "buffers=%zu mapped_bytes=%llu brokered=%d criticality=%s\n",
                   c.stats.vm.c_str(), c.stats.connected ? 1 : 0, (unsigned long long)c.stats.frames,
                   (unsigned long long)c.stats.frames_refused, (unsigned long long)c.stats.blob_frames,
                   (unsigned long long)c.stats.fenced_frames, (unsigned long long)c.stats.bytes_copied, c.stats.buffers,
-                  (unsigned long long)c.stats.mapped_bytes);
+                  (unsigned long long)c.stats.mapped_bytes, c.stats.brokered ? 1 : 0,
+                  c.stats.brokered ? c.stats.criticality.c_str() : "-");
     s += line;
   }
   return s;

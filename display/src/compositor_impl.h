@@ -37,6 +37,7 @@
 #include "canopy/display/compositor.h"
 #include "canopy/display/fallback.h"
 #include "canopy/display/png.h"
+#include "canopy/protocol/broker.h"
 #include "canopy/protocol/scanout_channel.h"
 
 namespace canopy::display {
@@ -150,6 +151,7 @@ struct Compositor::Impl {
     uint64_t partial_pieces = 0;     // pieces of `partial`, charged to the VM's mapping quota
     std::shared_ptr<VmUsage> usage;  // the VM's (from HELLO)
     TimePoint accepted{};            // HELLO is due within Quotas::hello_deadline of this
+    std::string bound_vm;            // brokered: the only name its HELLO may give
     ConnectionStats stats;
   };
   struct FrameRec {
@@ -189,6 +191,9 @@ struct Compositor::Impl {
   std::vector<Output> outputs;
   UniqueFd ep;
   UniqueFd listen;
+  UniqueFd broker;  // the broker's service link (canopy-vmm), when there is one
+  std::map<int, std::pair<UniqueFd, std::string>> vm_listen;  // listen_dir: by descriptor, (socket, its VM)
+  std::set<std::string> brokered;  // VMs whose connections came through the broker: not claimable on `listen`
   UniqueFd spare;  // /dev/null, kept open so that a full descriptor table can still turn a connection away
   UniqueFd control;
   std::map<uint64_t, UniqueFd> control_pending;  // by accept order: connections waiting for their request
@@ -259,7 +264,12 @@ struct Compositor::Impl {
 
   void drop(uint64_t conn_id, const char* why);
 
-  void accept_all();
+  // Takes the connections waiting on a listening socket; those of a per-VM socket are bound to its VM.
+  void accept_all(int sock, const std::string& bound_vm);
+  // A new device connection (accepted, or admitted by the broker bound to `bound_vm`).
+  void adopt(UniqueFd sock, std::string bound_vm);
+  // ADMITs from the broker's service link.
+  void on_broker();
 
   // Shares out Quotas::mappings (create()).
   void share_quotas();

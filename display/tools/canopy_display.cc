@@ -1,12 +1,14 @@
 // canopy-display: the multi-VM compositor (docs/display.md).
 //
-//   canopy-display MANIFEST --listen /run/canopy/display.sock [--control PATH] [--output auto|headless|window]
+//   canopy-display MANIFEST --broker-fd N | --listen PATH [--control PATH] [--output auto|headless|window]
 //                  [--run-for-s N] [--snapshot-dir DIR] [--summary FILE] [--trace FILE] [--budget-ms N]
 //                  [--renderer auto|pixman|vulkan] [--vulkan-device NAME] [--output kms [--kms-device PATH]]
 //                  [--background RRGGBB]
 //
-// canopy-gpu instances connect to --listen (canopy-vmm run ... --display PATH tells them to) and send
-// their scanouts' frames; the manifest's [[display]] / [[layout]] say where each one goes. With
+// canopy-gpu instances send their scanouts' frames over connections canopy-vmm's broker makes and
+// hands over --broker-fd (canopy-vmm run ... --compositor starts canopy-display so), each bound to its
+// VM; or, for desktop use without canopy-vmm, they connect to --listen and name their VM themselves; the manifest's
+// [[display]] / [[layout]] say where each one goes. With
 // --run-for-s it stops after that long, writes PNG snapshots of every output and a summary; SIGTERM /
 // SIGINT / control `quit` stop it too (and write them as well). Exit status: 0, 1 on a runtime error,
 // 2 on bad usage or a bad manifest.
@@ -27,8 +29,13 @@ using namespace canopy::display;
 namespace {
 
 constexpr const char* kUsage =
-    "usage: canopy-display MANIFEST --listen PATH [options]\n"
-    "  --listen PATH          scanout channel socket canopy-gpu connects to (--display-socket)\n"
+    "usage: canopy-display MANIFEST --broker-fd N | --listen-dir DIR | --listen PATH [options]\n"
+    "  --broker-fd N          canopy-vmm's broker link: device connections bound to their VM arrive there\n"
+    "  --listen-dir DIR       a socket per VM the layout shows, DIR/<vm>.sock (mode 0600): canopy-gpu\n"
+    "                         --display-socket=DIR/<vm>.sock; a connection there is that VM's\n"
+    "  --listen PATH          one socket for every device, which names its VM itself (trusting every\n"
+    "                         peer that can reach it); a VM bound by the broker or --listen-dir cannot\n"
+    "                         be claimed there\n"
     "  --control PATH         control socket (canopyctl --socket PATH stats | snapshot DIR | trace-start |\n"
     "                         trace-stop FILE | quit)\n"
     "  --output MODE          auto (a window when a display is there, else headless), headless, window,\n"
@@ -83,9 +90,10 @@ std::string summary(const Compositor& c, double seconds) {
     }
   }
   for (const auto& v : c.connections()) {
-    std::snprintf(line, sizeof line, "vm %s: frames %llu (blob %llu, refused %llu), bytes copied %llu%s\n",
+    std::snprintf(line, sizeof line, "vm %s: frames %llu (blob %llu, refused %llu), bytes copied %llu%s%s%s\n",
                   v.vm.c_str(), (unsigned long long)v.frames, (unsigned long long)v.blob_frames,
                   (unsigned long long)v.frames_refused, (unsigned long long)v.bytes_copied,
+                  v.brokered ? ", brokered as " : ", self-named", v.brokered ? v.criticality.c_str() : "",
                   v.connected ? "" : " (disconnected)");
     s += line;
   }
@@ -128,6 +136,8 @@ int main(int argc, char** argv) {
       std::fputs(kUsage, stdout);
       return 0;
     } else if (a == "--listen") opt.listen_path = value("--listen");
+    else if (a == "--broker-fd") opt.broker_fd = std::atoi(value("--broker-fd"));
+    else if (a == "--listen-dir") opt.listen_dir = value("--listen-dir");
     else if (a == "--control") opt.control_path = value("--control");
     else if (a == "--output") output = value("--output");
     else if (a == "--run-for-s") run_for = std::atof(value("--run-for-s"));
@@ -147,12 +157,13 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  if (manifest_path.empty() || opt.listen_path.empty() || run_for < 0 ||
-      (output != "auto" && output != "headless" && output != "window" && output != "kms") ||
+  if (manifest_path.empty() || (opt.listen_path.empty() && opt.listen_dir.empty() && opt.broker_fd < 0) ||
+      run_for < 0 || (output != "auto" && output != "headless" && output != "window" && output != "kms") ||
       opt.scheduler.budget.count() <= 0) {
     std::fputs(kUsage, stderr);
     return 2;
   }
+  set_log_tag("canopy-display");
   auto loaded = config::load_manifest_file(manifest_path);
   if (!loaded.ok()) {
     for (const auto& e : loaded.errors) std::fprintf(stderr, "%s\n", e.to_string().c_str());
@@ -186,8 +197,9 @@ int main(int argc, char** argv) {
   sigaction(SIGINT, &sa, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
 
-  std::fprintf(stderr, "canopy-display: %zu output(s), %s, listening on %s\n", comp->num_outputs(), comp->sink_name(0),
-               opt.listen_path.c_str());
+  std::fprintf(stderr, "canopy-display: %zu output(s), %s, devices from %s%s%s\n", comp->num_outputs(),
+               comp->sink_name(0), opt.broker_fd >= 0 ? "the broker " : "",
+               opt.listen_dir.empty() ? "" : (opt.listen_dir + "/<vm>.sock ").c_str(), opt.listen_path.c_str());
   const TimePoint start = clock.now();
   TimePoint next_progress = start + std::chrono::seconds(1);
   int rc = 0;

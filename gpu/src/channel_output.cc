@@ -13,6 +13,7 @@
 
 #include "canopy/base/log.h"
 #include "canopy/buffers/shared_memory.h"
+#include "canopy/protocol/broker.h"
 #include "canopy/protocol/scanout_channel.h"
 
 namespace canopy::gpu {
@@ -58,13 +59,8 @@ bool ChannelOutput::ensure_connected() {
   const int64_t now = now_ms();
   if (now < next_try_ms_) return false;
   next_try_ms_ = now + opt_.retry_ms;
-  UniqueFd s(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  UniqueFd s = opt_.broker_fd >= 0 ? request_connection() : connect_socket();
   if (!s.valid()) return false;
-  sockaddr_un a{};
-  a.sun_family = AF_UNIX;
-  if (opt_.socket_path.size() >= sizeof a.sun_path) return false;
-  std::memcpy(a.sun_path, opt_.socket_path.c_str(), opt_.socket_path.size());
-  if (::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) return false;
   // Room for bursts of FRAME packets; a compositor that lets it fill up is dropped, not waited for.
   int sz = 1 << 20;
   (void)::setsockopt(s.get(), SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz);
@@ -80,9 +76,52 @@ bool ChannelOutput::ensure_connected() {
     m.height = st.height;
     if (!send(ch::encode(ch::Type::kScanout, m))) return false;
   }
-  CANOPY_INFO("canopy-gpu: connected to the compositor at %s as %s", opt_.socket_path.c_str(), opt_.vm_name.c_str());
+  CANOPY_INFO("canopy-gpu: connected to the compositor %s%s as %s", opt_.broker_fd >= 0 ? "through the broker" : "at ",
+              opt_.broker_fd >= 0 ? "" : opt_.socket_path.c_str(), opt_.vm_name.c_str());
   if (on_change) on_change();
   return true;
+}
+
+UniqueFd ChannelOutput::connect_socket() {
+  UniqueFd s(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!s.valid()) return {};
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  if (opt_.socket_path.size() >= sizeof a.sun_path) return {};
+  std::memcpy(a.sun_path, opt_.socket_path.c_str(), opt_.socket_path.size());
+  if (::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) return {};
+  return s;
+}
+
+UniqueFd ChannelOutput::request_connection() {
+  if (broker_gone_) return {};
+  namespace bk = protocol::broker;
+  // Answers to earlier requests that came after their wait ended are stale: the broker made those
+  // connections, but the compositor has replaced them with the newest of this VM's.
+  for (;;) {
+    auto stale = bk::receive(opt_.broker_fd, bk::Link::kBrokerToDevice, 0);
+    if (!stale.ok() && stale.error().code != Errc::kProtocol) break;
+  }
+  auto sent = bk::send(opt_.broker_fd, bk::encode_connect(bk::Service::kDisplay));
+  auto answer = sent.ok() ? bk::receive(opt_.broker_fd, bk::Link::kBrokerToDevice, opt_.broker_wait_ms)
+                          : Result<bk::Message>(sent.error());
+  if (!answer.ok()) {
+    if (answer.error().code == Errc::kClosed) {
+      broker_gone_ = true;
+      CANOPY_WARN("canopy-gpu: the broker closed its link: no compositor connections any more");
+    } else {
+      CANOPY_WARN_RL("canopy-gpu: no answer from the broker: %s", answer.error().what);
+    }
+    return {};
+  }
+  if (answer->type == bk::Type::kRefused) {
+    ++stats_.broker_refusals;
+    CANOPY_WARN_RL("canopy-gpu: the broker refused a compositor connection (reason %u)", unsigned(answer->reason));
+    return {};
+  }
+  const int fl = ::fcntl(answer->fd.get(), F_GETFL);
+  if (fl < 0 || ::fcntl(answer->fd.get(), F_SETFL, fl | O_NONBLOCK) != 0) return {};
+  return std::move(answer->fd);
 }
 
 void ChannelOutput::disconnect(const char* why) {

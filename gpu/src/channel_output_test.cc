@@ -9,8 +9,10 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <thread>
 
 #include "canopy/buffers/shared_memory.h"
+#include "canopy/protocol/broker.h"
 #include "canopy/protocol/scanout_channel.h"
 
 namespace canopy::gpu {
@@ -251,6 +253,62 @@ TEST_F(ChannelOutputTest, CursorImagesComeWithTheirCursorPacket) {
   ASSERT_EQ(m.type, ch::Type::kCursor);
   EXPECT_EQ(m.fixed<ch::CursorMsg>().image.get(), 0u);
   EXPECT_TRUE(m.fds.empty());
+}
+
+}  // namespace
+}  // namespace canopy::gpu
+
+namespace canopy::gpu {
+namespace {
+
+namespace bk = canopy::protocol::broker;
+
+// With canopy-vmm's broker (--display-fd): the output asks on its device link for each connection and
+// gets it there, or a refusal (then it has none and asks again later); a broker that is gone is not
+// asked again. The broker here answers from a thread: the output waits for its answer.
+TEST_F(ChannelOutputTest, ConnectionsComeFromTheBrokerWhenThereIsOne) {
+  int sv[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+  UniqueFd device_link(sv[0]), broker_link(sv[1]);
+  UniqueFd compositor_end;
+  std::thread broker([&] {
+    // First request: refused; second: a connection.
+    auto r1 = bk::receive(broker_link.get(), bk::Link::kDeviceToBroker, 5000);
+    ASSERT_TRUE(r1.ok()) << r1.error().what;
+    EXPECT_EQ(r1->type, bk::Type::kConnect);
+    ASSERT_TRUE(bk::send(broker_link.get(), bk::encode_refused(bk::Service::kDisplay, bk::Refusal::kNoService)).ok());
+    auto r2 = bk::receive(broker_link.get(), bk::Link::kDeviceToBroker, 5000);
+    ASSERT_TRUE(r2.ok()) << r2.error().what;
+    int pair[2];
+    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair), 0);
+    compositor_end = UniqueFd(pair[0]);
+    UniqueFd theirs(pair[1]);
+    ASSERT_TRUE(bk::send(broker_link.get(), bk::encode_connected(bk::Service::kDisplay), theirs.get()).ok());
+  });
+  int released = 0;  // outlives out
+  ChannelOutput::Options o{"", "cluster", 1};
+  o.broker_fd = device_link.get();
+  o.retry_ms = 0;
+  ChannelOutput out(o);
+  out.on_frame(frame(1, &released));
+  EXPECT_FALSE(out.connected());
+  EXPECT_EQ(out.stats().broker_refusals, 1u);
+  EXPECT_EQ(released, 1);  // nowhere to send it: released at once
+  out.on_frame(frame(2, &released));
+  broker.join();
+  ASSERT_TRUE(out.connected());
+  EXPECT_EQ(next(compositor_end.get()).vm_name(), "cluster");
+  EXPECT_EQ(next(compositor_end.get()).type, ch::Type::kBuffer);
+  EXPECT_EQ(next(compositor_end.get()).fixed<ch::FrameMsg>().seq.get(), 2u);
+  // The compositor and the broker go away: the output lets go of its frames and asks no more.
+  compositor_end.reset();
+  broker_link.reset();
+  out.on_readable();
+  EXPECT_FALSE(out.connected());
+  out.on_frame(frame(3, &released));
+  out.on_frame(frame(4, &released));
+  EXPECT_FALSE(out.connected());
+  EXPECT_EQ(released, 4);
 }
 
 }  // namespace

@@ -4,6 +4,8 @@
 //   canopy-gpu --socket-path /tmp/gpu.sock --scanouts 2 --mode 1920x1080@60
 //   qemu-system-x86_64 ... -chardev socket,id=gpu,path=/tmp/gpu.sock
 //       -device vhost-user-gpu-pci,chardev=gpu,max_outputs=2
+#include <fcntl.h>
+
 #include <cerrno>
 #include <csignal>
 #include <cstdlib>
@@ -30,8 +32,11 @@ constexpr const char* kUsage =
     "                           the guest may tear)\n"
     "  --frame-log=FILE         headless output: one line per frame / cursor event (checksums)\n"
     "  --release-after-ms=N     headless output: release each frame N ms after it arrived\n"
-    "  --display-socket=PATH    send frames to the compositor (canopy-display --listen PATH), zero copy\n"
-    "  --vm=NAME                the VM name the compositor lays out (default: gpu)\n"
+    "  --display-fd=N           send frames to the compositor, zero copy, over connections canopy-vmm's\n"
+    "                           broker makes on request through descriptor N (bound to this VM by it)\n"
+    "  --display-socket=PATH    send frames to the compositor listening at PATH (canopy-display --listen)\n"
+    "  --vm=NAME                the VM name the compositor lays out (default: gpu); with --display-fd the\n"
+    "                           broker's name counts, and the compositor refuses a HELLO that differs\n"
     "  --no-frontend-display    do not mirror frames to QEMU's vhost-user-gpu display socket\n"
     "  --control=PATH           control socket for display changes, one command per line:\n"
     "                           'display I WxH[@HZ]', 'display I off', 'displays' (docs/gpu.md)\n"
@@ -83,6 +88,7 @@ Result<std::unique_ptr<vu::Device>> make_device(const std::vector<std::string>& 
   HeadlessOutput::Options ho;
   ho.checksum = false;
   std::string display_socket, vm_name = "gpu";
+  int display_fd = -1;
   for (const auto& a : args) {
     auto eq = a.find('=');
     std::string key = a.substr(0, eq), val = eq == std::string::npos ? "" : a.substr(eq + 1);
@@ -103,6 +109,8 @@ Result<std::unique_ptr<vu::Device>> make_device(const std::vector<std::string>& 
     } else if (key == "--no-frontend-display" && eq == std::string::npos) o.mirror_to_frontend = false;
     else if (key == "--control" && !val.empty()) o.control_path = val;
     else if (key == "--display-socket" && !val.empty()) display_socket = val;
+    else if (key == "--display-fd" && parse_u64(val, v, 1u << 20) && v > 2 && ::fcntl(int(v), F_GETFD) >= 0)
+      display_fd = int(v);
     else if (key == "--vm" && !val.empty() && val.size() < 32 &&
              val.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789-") == std::string::npos)
       vm_name = val;
@@ -136,13 +144,20 @@ Result<std::unique_ptr<vu::Device>> make_device(const std::vector<std::string>& 
   // Frames go to the compositor when there is one, to the headless output otherwise, to both when a
   // frame log is asked for.
   ScanoutOutput* out = nullptr;
-  if (!display_socket.empty()) {
-    g_program.channel =
-        std::make_unique<ChannelOutput>(ChannelOutput::Options{display_socket, vm_name, uint32_t(scanouts)});
+  if (!display_socket.empty() && display_fd >= 0)
+    return make_error(Errc::kInvalidArgument, "--display-fd and --display-socket exclude each other");
+  const bool to_compositor = !display_socket.empty() || display_fd >= 0;
+  if (to_compositor) {
+    ChannelOutput::Options co;
+    co.broker_fd = display_fd;
+    co.socket_path = display_socket;
+    co.vm_name = vm_name;
+    co.num_scanouts = uint32_t(scanouts);
+    g_program.channel = std::make_unique<ChannelOutput>(co);
     g_program.tee.add(g_program.channel.get());
     out = &g_program.tee;
   }
-  if (display_socket.empty() || !ho.log_path.empty()) {
+  if (!to_compositor || !ho.log_path.empty()) {
     g_program.output = std::make_unique<HeadlessOutput>(ho);
     g_program.tee.add(g_program.output.get());
     out = &g_program.tee;
@@ -162,9 +177,10 @@ int main(int argc, char** argv) {
   vu::BackendProgram program{"canopy-gpu", "gpu", {"edid"}, kUsage};
   // virglrenderer and the host's GL / Vulkan driver decode guest command streams in this process.
   program.confine = true;
-  program.valued_options = {"--renderer",     "--scanouts",         "--mode",           "--scanout-mode",
-                            "--frame-log",    "--max-resources",    "--max-backing-mb", "--max-host-mb",
-                            "--max-contexts", "--release-after-ms", "--control",        "--display-socket",
-                            "--vm",           "--host-visible-mb",  "--priority"};
+  program.valued_options = {
+      "--renderer",      "--scanouts",       "--mode",        "--scanout-mode", "--frame-log",
+      "--max-resources", "--max-backing-mb", "--max-host-mb", "--max-contexts", "--release-after-ms",
+      "--control",       "--display-socket", "--display-fd",  "--vm",           "--host-visible-mb",
+      "--priority"};
   return vu::backend_main(argc, argv, program, make_device);
 }

@@ -8,14 +8,16 @@ namespace canopy::hypervisor {
 
 using namespace config;  // NOLINT(google-build-using-namespace): the manifest's vocabulary
 
-std::vector<std::string> gpu_args(const VmConfig& c, const std::string& display_socket) {
+std::vector<std::string> gpu_args(const VmConfig& c, const std::string& display_socket, bool brokered) {
   std::vector<std::string> args{"--scanouts=" + std::to_string(c.gpu->scanouts.size())};
   for (size_t k = 0; k < c.gpu->scanouts.size(); ++k) {
     const auto& s = c.gpu->scanouts[k];
     args.push_back("--scanout-mode=" + std::to_string(k) + ":" + std::to_string(s.width) + "x" +
                    std::to_string(s.height) + "@" + std::to_string(s.refresh_hz));
   }
-  if (!display_socket.empty()) {
+  if (brokered) {
+    args.push_back("--vm=" + c.name);
+  } else if (!display_socket.empty()) {
     args.push_back("--display-socket=" + display_socket);
     args.push_back("--vm=" + c.name);
   }

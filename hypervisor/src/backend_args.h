@@ -9,8 +9,10 @@
 
 namespace canopy::hypervisor {
 
-// canopy-gpu: --scanouts, one --scanout-mode per scanout, and with a compositor --display-socket and --vm.
-std::vector<std::string> gpu_args(const config::VmConfig& c, const std::string& display_socket);
+// canopy-gpu: --scanouts, one --scanout-mode per scanout, and with a compositor --vm and either
+// --display-socket (listening) or nothing more (brokered: the device link's --display-fd is the
+// DeviceBridge's to add).
+std::vector<std::string> gpu_args(const config::VmConfig& c, const std::string& display_socket, bool brokered);
 // canopy-snd: --vm, --controls, one --stream per stream (with its [[audio.route]] policy), one --jack
 // per jack; written with canopy-snd's own printers (config/snd_options.h).
 std::vector<std::string> snd_args(const config::Manifest& m, const config::VmConfig& c);

@@ -1,6 +1,7 @@
 // A partition's virtio device bridged to a vhost-user back-end (device_bridge.h).
 #include "device_bridge.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -101,8 +102,15 @@ Status DeviceBridge::start_backend(const RamInfo& ram) {
   o.argv.insert(o.argv.end(), spec_.args.begin(), spec_.args.end());
   for (char** e = environ; *e != nullptr; ++e) o.env.emplace_back(*e);
   o.fds = {{theirs.get(), 3}};
+  UniqueFd link;
+  if (spec_.display_link) {
+    CANOPY_ASSIGN_OR_RETURN(link, open_display_link());
+    o.argv.push_back("--display-fd=" + std::to_string(kDisplayLinkFd));
+    o.fds.emplace_back(link.get(), kDisplayLinkFd);
+  }
   CANOPY_ASSIGN_OR_RETURN(backend_, spawn(o));
   theirs.reset();
+  link.reset();
   ++backend_starts_;
   vu::Frontend fe(std::move(ours), kBackendReplyTimeoutMs);
 
@@ -160,9 +168,23 @@ void DeviceBridge::configure_offline(const RamInfo& ram, uint16_t queues, uint64
   queues_.resize(queues);
 }
 
+Result<UniqueFd> DeviceBridge::open_display_link() {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) != 0)
+    return make_error(Errc::kIo, "socketpair for the broker's device link failed", errno);
+  display_link_.reset(sv[0]);
+  // The back-end's end blocks: it waits for the broker's answer.
+  UniqueFd theirs(sv[1]);
+  const int fl = fcntl(theirs.get(), F_GETFL);
+  if (fl < 0 || fcntl(theirs.get(), F_SETFL, fl & ~O_NONBLOCK) != 0)
+    return make_error(Errc::kIo, "fcntl on the broker's device link", errno);
+  return theirs;
+}
+
 void DeviceBridge::stop_backend() {
   frontend_.reset();  // closing the socket makes a back-end exit on its own
   backend_req_.close();
+  display_link_.reset();
   if (backend_.running()) {
     if (!backend_.wait(500).ok()) backend_.terminate(500);
   }
@@ -173,6 +195,7 @@ bool DeviceBridge::backend_lost(const std::string& why) {
   CANOPY_WARN("device %s: back-end lost: %s", spec_.name.c_str(), why.c_str());
   frontend_.reset();
   backend_req_.close();
+  display_link_.reset();
   if (backend_.running()) backend_.terminate(0);
   active_ = false;
   if (status_ != 0 && !(status_ & transport::kStatusDeviceNeedsReset)) {

@@ -36,7 +36,12 @@ struct BackendSpec {
   uint32_t virtio_id = 0;
   std::string program;  // resolved path
   std::vector<std::string> args;
+  // The back-end gets a device link to canopy-vmm's connection broker (canopy/protocol/broker.h) as
+  // descriptor kDisplayLinkFd, named by --display-fd: it asks there for compositor connections.
+  bool display_link = false;
 };
+
+inline constexpr int kDisplayLinkFd = 4;
 
 // The guest's RAM as the back-ends get it.
 struct RamInfo {
@@ -70,6 +75,11 @@ class DeviceBridge {
     transport::msg::Code code = transport::msg::Code::kOk;
     std::vector<uint8_t> payload;
   };
+  // Our end of the back-end's device link to the broker, -1 when it has none (watch it for readability).
+  int display_link_fd() const { return display_link_.get(); }
+  // A new device link (the old one closed): our end is kept, the back-end's end returned. start_backend
+  // makes one itself; a KVM VM's back-ends, started by its own canopy-vmm, get theirs through it.
+  Result<UniqueFd> open_display_link();
   // The back-end request channel, -1 when the back-end has none (watch it for readability).
   int backend_request_fd() const { return backend_req_.valid() ? backend_req_.fd() : -1; }
   // Takes the messages waiting on the back-end request channel (never blocks for long: a message is
@@ -119,6 +129,7 @@ class DeviceBridge {
   Child backend_;
   std::optional<transport::vhost_user::Frontend> frontend_;
   transport::vhost_user::Channel backend_req_;
+  UniqueFd display_link_;
   uint64_t offered_ = 0;           // device features, as the guest sees them
   uint64_t backend_features_ = 0;  // as the back-end offered them (incl. the vhost-user bit)
   uint64_t protocol_ = 0;

@@ -53,6 +53,13 @@ void Supervisor::Impl::dispatch(uint64_t t) {
     case kControlListen: on_control_accept(); break;
     case kControlClient: on_control_client(int(tag_b(t))); break;
     case kSignal: break;
+    case kDisplayLink: {
+      Vm& vm = *vms[tag_a(t)];
+      const size_t d = tag_b(t);
+      if (d < vm.devices.size()) on_display_link(vm, *vm.devices[d]);
+      break;
+    }
+    case kCompositorProcess: on_compositor_exit(); break;
   }
 }
 
@@ -72,6 +79,14 @@ Result<std::unique_ptr<Supervisor>> Supervisor::create(const Manifest& m, Superv
   if (impl->opt.confine) {
     CANOPY_ASSIGN_OR_RETURN(impl->filter, partition_seccomp_filter());
   }
+  if (impl->opt.compositor) {
+    auto prog = resolve_program("canopy-display", impl->opt.base_dir);
+    if (!prog.ok()) {
+      CANOPY_ERROR("the compositor canopy-display: %s", prog.error().what);
+      return prog.error();
+    }
+    impl->compositor_program = *prog;
+  }
   for (size_t i = 0; i < m.vms.size(); ++i) {
     const VmConfig& c = m.vms[i];
     auto vm = std::make_unique<Vm>(c, i);
@@ -85,7 +100,8 @@ Result<std::unique_ptr<Supervisor>> Supervisor::create(const Manifest& m, Superv
     }
     std::vector<BackendSpec> specs;
     if (c.gpu) {
-      specs.push_back({"gpu", 16, c.gpu->backend, gpu_args(c, impl->opt.display_socket)});
+      specs.push_back({"gpu", 16, c.gpu->backend, gpu_args(c, impl->opt.display_socket, impl->opt.compositor),
+                       impl->opt.compositor});
     }
     if (c.snd) specs.push_back({"snd", 25, c.snd->backend, snd_args(m, c)});
     for (const auto& d : c.devices) specs.push_back({d.type, d.virtio_id, d.backend, d.args});
@@ -99,10 +115,16 @@ Result<std::unique_ptr<Supervisor>> Supervisor::create(const Manifest& m, Superv
       vm->devices.push_back(std::make_unique<DeviceBridge>(s, uint16_t(vm->devices.size())));
     }
     vm->backend_restarts.resize(vm->devices.size());
+    vm->link_requests.resize(vm->devices.size());
     impl->vms.push_back(std::move(vm));
   }
   CANOPY_TRY(impl->open_control());
   return std::unique_ptr<Supervisor>(new Supervisor(std::move(impl)));
+}
+
+Status Supervisor::start_services() {
+  if (impl_->opt.compositor) return impl_->start_compositor();
+  return {};
 }
 
 void Supervisor::start_all() {
@@ -147,6 +169,8 @@ void Supervisor::shutdown() {
     impl_->unwatch(vm.proc.pidfd());
     impl_->cleanup(vm);
   }
+  // The compositor last: it outlives the VMs' last frames, and writes what it was asked to at its end.
+  impl_->stop_compositor(std::max(impl_->opt.stop_grace_ms, 5000));
   for (auto& [fd, c] : impl_->clients) impl_->unwatch(fd);
   impl_->clients.clear();
   if (impl_->control) {
@@ -213,9 +237,21 @@ std::vector<VmStatus> Supervisor::status() const {
   return out;
 }
 
+std::vector<ServiceStatus> Supervisor::services() const {
+  if (!impl_->opt.compositor) return {};
+  ServiceStatus s = impl_->compositor_status;
+  s.pid = impl_->compositor.running() ? impl_->compositor.pid() : -1;
+  return {s};
+}
+
+int Supervisor::compositor_exit_code() const { return impl_->compositor_exit_code; }
+
 std::string Supervisor::status_text() const {
   std::string o;
   char hex[8];
+  for (const auto& s : services())
+    o += "service name=" + s.name + " pid=" + std::to_string(s.pid) + " starts=" + std::to_string(s.starts) +
+         " admitted=" + std::to_string(s.admitted) + " refused=" + std::to_string(s.refused) + "\n";
   for (const auto& s : status()) {
     o += "vm name=" + s.name + " state=" + to_string(s.state) + " pid=" + std::to_string(s.pid) +
          " criticality=" + to_string(s.criticality) + " restarts=" + std::to_string(s.restarts) +

@@ -4,7 +4,8 @@
 //   backend_args.cc          a VM's manifest entries as its back-ends' command lines;
 //   supervisor_lifecycle.cc  starting and stopping VMs (partitions and KVM guests), exits, restarts, timers;
 //   supervisor_messages.cc   a partition's messages and its device back-ends (the partition transport);
-//   supervisor_control.cc    the control socket (canopyctl).
+//   supervisor_control.cc    the control socket (canopyctl);
+//   supervisor_broker.cc     the compositor service and the connection broker.
 #pragma once
 
 #include <fcntl.h>
@@ -46,7 +47,9 @@ enum Kind : uint64_t {
   kBackendRequest,
   kControlListen,
   kControlClient,
-  kSignal
+  kSignal,
+  kDisplayLink,        // a back-end's device link to the broker
+  kCompositorProcess,  // the compositor's pidfd
 };
 inline uint64_t tag(Kind k, uint64_t a = 0, uint64_t b = 0) { return (uint64_t(k) << 56) | (a << 24) | b; }
 inline Kind tag_kind(uint64_t t) { return Kind(t >> 56); }
@@ -84,6 +87,7 @@ struct Vm {
   uint64_t progress = 0;
   uint64_t bad_messages = 0;
   std::string confinement;
+  std::vector<std::vector<TimePoint>> link_requests;  // per device: recent connection requests (broker)
 
   Vm(VmConfig c, size_t i)
       : cfg(std::move(c)), index(i), life(cfg.restart, cfg.max_restarts, Millis(cfg.watchdog_ms)) {}
@@ -100,6 +104,13 @@ struct Supervisor::Impl {
   UniqueFd epoll;
   UniqueFd control;
   std::map<int, UniqueFd> clients;
+  // The compositor service and our end of its service link (supervisor_broker.cc).
+  Child compositor;
+  UniqueFd broker;
+  std::string compositor_program;
+  std::vector<TimePoint> compositor_starts;
+  ServiceStatus compositor_status{"display"};
+  int compositor_exit_code = 0;
 
   TimePoint now() const { return clock->now(); }
 
@@ -141,6 +152,16 @@ struct Supervisor::Impl {
   void on_backend_exit(Vm& vm, DeviceBridge& d);
 
   void after_device_request(Vm& vm, DeviceBridge& d);
+
+  // --- the connection broker and the compositor (supervisor_broker.cc) -----------------------------------
+
+  Status start_compositor();
+  void on_compositor_exit();
+  void stop_compositor(int grace_ms);
+  // A back-end asks for a compositor connection on its device link.
+  void on_display_link(Vm& vm, DeviceBridge& d);
+  // Our end of a KVM VM's device links: given to its canopy-vmm, which hands them to the back-ends.
+  void watch_display_link(Vm& vm, DeviceBridge& d);
 
   // --- partition messages --------------------------------------------------------------------------------
 

@@ -78,14 +78,25 @@ Status Supervisor::Impl::start_kvm(Vm& vm) {
             "--vcpus",   std::to_string(c.vcpus),
             "--cmdline", c.cmdline.empty() ? "console=ttyS0" : c.cmdline};
   if (!c.initrd.empty()) o.argv.insert(o.argv.end(), {"--initrd", resolve_path(c.initrd)});
+  // Device links to the broker go to the child canopy-vmm, which hands each to its back-end.
+  std::vector<UniqueFd> links;
   for (auto& d : vm.devices) {
     o.argv.push_back("--device");
     o.argv.push_back(d->spec().name + "=" + d->spec().program);
     for (const auto& a : d->spec().args) o.argv.insert(o.argv.end(), {"--device-arg", a});
+    if (d->spec().display_link) {
+      CANOPY_ASSIGN_OR_RETURN(auto theirs, d->open_display_link());
+      const int n = 3 + int(links.size());
+      o.argv.insert(o.argv.end(), {"--device-link", std::to_string(n)});
+      o.fds.emplace_back(theirs.get(), n);
+      links.push_back(std::move(theirs));
+    }
   }
   for (char** e = environ; *e != nullptr; ++e) o.env.emplace_back(*e);
   o.env.push_back("CANOPY_VM_NAME=" + c.name);
   CANOPY_ASSIGN_OR_RETURN(vm.proc, spawn(o));
+  links.clear();
+  for (auto& d : vm.devices) watch_display_link(vm, *d);
   vm.confinement = "kvm";
   vm.kill_at.reset();
   vm.progress = 0;
@@ -118,6 +129,7 @@ void Supervisor::Impl::cleanup(Vm& vm) {
   for (auto& d : vm.devices) {
     unwatch(d->backend().pidfd());
     unwatch(d->backend_request_fd());
+    unwatch(d->display_link_fd());
     d->reset();
     d->stop_backend();
   }

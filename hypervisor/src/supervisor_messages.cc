@@ -35,12 +35,14 @@ void Supervisor::Impl::restart_backend(Vm& vm, DeviceBridge& d) {
 void Supervisor::Impl::watch_backend(Vm& vm, DeviceBridge& d) {
   watch(d.backend().pidfd(), tag(kBackendProcess, vm.index, d.index()));
   if (d.backend_request_fd() >= 0) watch(d.backend_request_fd(), tag(kBackendRequest, vm.index, d.index()));
+  watch_display_link(vm, d);
 }
 
 void Supervisor::Impl::on_backend_exit(Vm& vm, DeviceBridge& d) {
   auto e = d.backend().try_reap();
   if (!e) return;  // stale event
   unwatch(d.backend_request_fd());
+  unwatch(d.display_link_fd());
   if (d.backend_lost(e->to_string())) send_event(vm, d);
   if (vm.proc.running()) restart_backend(vm, d);
 }

@@ -1,10 +1,13 @@
 // canopy-vmm: the VM manager.
 //   canopy-vmm --check FILE                      validate a manifest and exit
-//   canopy-vmm run FILE [--control PATH] [--no-confine] [--stop-grace-ms N] [--display PATH]
+//   canopy-vmm run FILE [--control PATH] [--no-confine] [--stop-grace-ms N]
+//                       [--display PATH | --compositor [CANOPY-DISPLAY-ARGS...]]
 //                                                run its VMs until SIGTERM/SIGINT or `canopyctl shutdown`
+//                                                (or the compositor it runs ends)
 //   canopy-vmm boot --kernel BZIMAGE [--initrd FILE] [--cmdline TEXT] [--memory SIZE] [--vcpus N]
 //                   [--device TYPE=PROGRAM[,ARG...]]...
 //                                                boot one Linux guest on KVM, its serial console on stdout
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
@@ -27,15 +30,23 @@ namespace {
 constexpr const char* kUsage =
     "usage: canopy-vmm --check FILE   check a VM manifest (docs/manifest.md) and exit\n"
     "       canopy-vmm run FILE [--control PATH] [--no-confine] [--stop-grace-ms N]\n"
-    "                             [--display PATH]\n"
+    "                             [--display PATH | --compositor [CANOPY-DISPLAY-ARGS...]]\n"
     "                             run the VMs of a manifest (guest partitions; docs/partition-transport.md)\n"
-    "                             until SIGTERM/SIGINT or `canopyctl --socket PATH shutdown`\n"
+    "                             until SIGTERM/SIGINT or `canopyctl --socket PATH shutdown`.\n"
+    "                             --compositor: run canopy-display FILE --broker-fd 3 ARGS too (every\n"
+    "                             argument after it is its), before the VMs; their GPU back-ends get\n"
+    "                             compositor connections from canopy-vmm, bound to their VM. When it\n"
+    "                             ends cleanly, everything ends; after a crash it is restarted.\n"
+    "                             --display PATH: GPU back-ends connect to canopy-display --listen PATH\n"
+    "                             themselves and name their VM (no broker: docs/security.md)\n"
     "       canopy-vmm boot --kernel BZIMAGE [--initrd FILE] [--cmdline TEXT] [--memory SIZE] [--vcpus N]\n"
-    "                       [--device TYPE=PROGRAM[,ARG...] [--device-arg ARG]...]...\n"
+    "                       [--device TYPE=PROGRAM[,ARG...] [--device-arg ARG]... [--device-link FD]]...\n"
     "                             boot one Linux guest on KVM (docs/kvm.md), each --device a virtio-mmio\n"
     "                             device (rng, snd, gpu, console, ...) bridged to the vhost-user back-end\n"
     "                             PROGRAM (started as PROGRAM --fd=3 ARGS); its serial console goes to\n"
-    "                             stdout. Exit status: 0 the guest powered off, 3 it rebooted, 4 stopped by\n"
+    "                             stdout; --device-link: an inherited broker device link the back-end gets\n"
+    "                             as --display-fd=4. Exit status: 0 the guest powered off, 3 it rebooted, 4 stopped "
+    "by\n"
     "                             SIGTERM/SIGINT, 1 an error\n"
     "       canopy-vmm --help     this text\n";
 
@@ -64,6 +75,10 @@ int run(int argc, char** argv) {
       opt.control_path = argv[++i];
     } else if (a == "--display" && i + 1 < argc) {
       opt.display_socket = argv[++i];  // canopy-display --listen PATH: GPU back-ends send frames there
+    } else if (a == "--compositor") {
+      opt.compositor = true;  // everything after it is canopy-display's
+      opt.compositor_args.assign(argv + i + 1, argv + argc);
+      break;
     } else if (a == "--no-confine") {
       opt.confine = false;
     } else if (a == "--stop-grace-ms" && i + 1 < argc) {
@@ -79,8 +94,13 @@ int run(int argc, char** argv) {
     std::fputs(kUsage, stderr);
     return 2;
   }
+  if (opt.compositor && !opt.display_socket.empty()) {
+    std::fprintf(stderr, "canopy-vmm: --display and --compositor exclude each other\n");
+    return 2;
+  }
   auto r = load(file);
   if (!r.ok()) return 1;
+  opt.manifest_path = file;
   const size_t slash = file.rfind('/');
   opt.base_dir = slash == std::string::npos ? "." : file.substr(0, slash);
   canopy::set_log_tag("canopy-vmm");
@@ -99,11 +119,15 @@ int run(int argc, char** argv) {
     std::fprintf(stderr, "canopy-vmm: %s: cannot run: %s\n", file.c_str(), sup.error().what);
     return 1;
   }
+  if (auto s = (*sup)->start_services(); !s.ok()) {
+    std::fprintf(stderr, "canopy-vmm: %s: cannot start the compositor: %s\n", file.c_str(), s.error().what);
+    return 1;
+  }
   (*sup)->start_all();
   (*sup)->run(sfd);
   (*sup)->shutdown();
   CANOPY_INFO("all VMs stopped");
-  return 0;
+  return (*sup)->compositor_exit_code();
 }
 
 }  // namespace
@@ -151,6 +175,14 @@ int boot(int argc, char** argv) {
       devices.push_back(std::move(d));
     } else if (a == "--device-arg" && has && !devices.empty()) {
       devices.back().args.push_back(argv[++i]);  // one argument, commas and all
+    } else if (a == "--device-link" && has && !devices.empty()) {
+      // A broker device link canopy-vmm run gave us: the back-end gets it as descriptor 4, --display-fd=4.
+      const int fd = std::atoi(argv[++i]);
+      if (fd <= 2 || fcntl(fd, F_GETFD) < 0) {
+        std::fprintf(stderr, "canopy-vmm boot: --device-link %s: not an open descriptor\n", argv[i]);
+        return 2;
+      }
+      devices.back().link_fd = fd;
     } else {
       std::fprintf(stderr, "canopy-vmm boot: bad argument %s\n%s", a.c_str(), kUsage);
       return 2;

@@ -39,6 +39,7 @@ struct KvmDeviceSpec {
   uint32_t virtio_id = 0;
   std::string program;
   std::vector<std::string> args;
+  int link_fd = -1;  // a broker device link (canopy/protocol/broker.h) the back-end gets as --display-fd=4
 };
 
 class VhostMmioDevice final : public transport::MmioDevice {

@@ -66,7 +66,20 @@ struct Quotas {
 };
 
 struct CompositorOptions {
-  std::string listen_path;   // the scanout channel socket canopy-gpu connects to
+  // Where device connections come from (at least one of them):
+  //   broker_fd    the service link of canopy-vmm's connection broker (canopy/protocol/broker.h): every
+  //                connection on it is bound to the VM canopy-vmm names, and its HELLO must name that VM.
+  //                Duplicated by create(); the caller may close its own.
+  //   listen_dir   desktop use without canopy-vmm (canopy-gpu under QEMU): a listening socket per VM the
+  //                layout shows, DIR/<vm>.sock, mode 0600; a connection to it is bound to that VM as a
+  //                brokered one is. Who may connect is who may open the socket (the compositor's uid;
+  //                chown a VM's socket to the uid of its back-end to let only that one in).
+  //   listen_path  one listening socket for every device: the VM name is the one HELLO declares
+  //                (trusting every peer that can reach the socket); a VM that came through the broker or
+  //                has a socket in listen_dir cannot be claimed there.
+  int broker_fd = -1;
+  std::string listen_dir;
+  std::string listen_path;
   std::string control_path;  // "" = no control socket
   // pixman, vulkan (any Vulkan device, lavapipe included) or auto (Vulkan on a GPU, else pixman).
   std::string renderer = "auto";
@@ -84,6 +97,9 @@ struct CompositorOptions {
 
 struct ConnectionStats {
   std::string vm;
+  bool brokered = false;    // the name is the broker's, not the device's
+  std::string criticality;  // brokered: the VM's criticality as canopy-vmm gave it
+  uint64_t broker_serial = 0;
   bool connected = false;
   uint64_t frames = 0;
   uint64_t frames_refused = 0;

@@ -46,11 +46,16 @@ namespace canopy::gpu {
 class ChannelOutput : public ScanoutOutput {
  public:
   struct Options {
-    std::string socket_path;  // the compositor's listening SOCK_SEQPACKET socket
-    std::string vm_name;      // a-z 0-9 -, at most 31 bytes
+    // Where connections come from: the compositor's listening SOCK_SEQPACKET socket, where the compositor
+    // believes the name HELLO gives; or, when broker_fd is set, canopy-vmm's broker (the device link,
+    // canopy/protocol/broker.h; borrowed, it must outlive the output), which binds each to this VM.
+    std::string socket_path;
+    std::string vm_name;  // a-z 0-9 -, at most 31 bytes
     uint32_t num_scanouts = 1;
     int retry_ms = 500;
     size_t max_held = 8;
+    int broker_fd = -1;
+    int broker_wait_ms = 1000;  // how long a connection request waits for the broker's answer
   };
   struct Stats {
     uint64_t frames_sent = 0;
@@ -61,6 +66,7 @@ class ChannelOutput : public ScanoutOutput {
     uint64_t buffers_gone = 0;   // BUFFER_GONE sent
     uint64_t fenced_frames = 0;  // FRAMEs sent with an acquire point
     uint64_t connects = 0;
+    uint64_t broker_refusals = 0;  // connection requests the broker refused
     uint64_t disconnects = 0;
     uint64_t bytes_copied = 0;  // unaligned pieces read into this process (Frame::map) and copied into a memfd
   };
@@ -94,6 +100,8 @@ class ChannelOutput : public ScanoutOutput {
     UniqueFd copy;  // the memfd copy of unaligned pieces (kept while the buffer is defined)
   };
   bool ensure_connected();
+  UniqueFd connect_socket();      // to Options::socket_path
+  UniqueFd request_connection();  // from the broker
   void disconnect(const char* why);
   bool send(const std::vector<uint8_t>& packet, std::span<const int> fds = {});
   // Defines the frame's buffer on this connection when it is new; false: it could not be sent.
@@ -105,6 +113,7 @@ class ChannelOutput : public ScanoutOutput {
   Options opt_;
   UniqueFd sock_;
   int64_t next_try_ms_ = 0;
+  bool broker_gone_ = false;
   std::map<Key, BufferRef> buffers_;
   // Per scanout: the acquire timeline this connection has (TIMELINE sent), or null.
   std::vector<std::shared_ptr<const buffers::Timeline>> timelines_sent_;

@@ -38,8 +38,23 @@ struct SupervisorOptions {
   int stop_grace_ms = 1000;      // EVENT_STOP + SIGTERM, then SIGKILL after this long
   const Clock* clock = nullptr;  // nullptr: the steady clock
   bool confine = true;           // namespaces + uid + seccomp for partitions
-  // canopy-display's scanout channel socket: GPU back-ends get --display-socket=PATH --vm=NAME.
+  // The compositor as a service canopy-vmm runs (start_services()): canopy-display MANIFEST
+  // --broker-fd 3 ARGS, and every GPU back-end gets a device link to the connection broker
+  // (canopy/protocol/broker.h): its compositor connections are made by canopy-vmm and bound to its VM.
+  bool compositor = false;
+  std::vector<std::string> compositor_args;
+  std::string manifest_path;  // what the compositor is given
+  // Without the broker: canopy-display's listening socket; GPU back-ends get --display-socket=PATH
+  // --vm=NAME and the compositor believes the name (desktop use; docs/security.md).
   std::string display_socket;
+};
+
+struct ServiceStatus {
+  std::string name;  // "display"
+  int pid = -1;
+  uint32_t starts = 0;
+  uint64_t admitted = 0;  // connections the broker made for it
+  uint64_t refused = 0;   // connection requests it refused (service down, too many)
 };
 
 struct DeviceStatus {
@@ -77,6 +92,9 @@ class Supervisor {
   Supervisor(const Supervisor&) = delete;
   Supervisor& operator=(const Supervisor&) = delete;
 
+  // Starts the services the options ask for (the compositor) before any VM, so that the cluster's first
+  // frame has somewhere to go. Errors: the service could not be started.
+  Status start_services();
   // Starts every VM in boot order. A VM that fails to start is handled by its restart policy; the
   // others start regardless.
   void start_all();
@@ -92,6 +110,9 @@ class Supervisor {
   Status start_vm(const std::string& name);
   Status restart_vm(const std::string& name);
   std::vector<VmStatus> status() const;
+  std::vector<ServiceStatus> services() const;
+  // The exit status of a compositor that ended itself (0 when it ended well or is still running).
+  int compositor_exit_code() const;
   std::string status_text() const;
 
   // Observers (benchmarks, tests): a heartbeat arrived; a VM process started.
