@@ -135,6 +135,10 @@ Result<std::unique_ptr<Compositor>> Compositor::create(Layout layout, Compositor
     CANOPY_ASSIGN_OR_RETURN(m.listen, listen_seqpacket(m.opt.listen_path, false));
     CANOPY_TRY(m.watch(m.listen.get()));
   }
+  if (!m.opt.control_dir.empty()) {
+    m.control_dir = UniqueFd(::open(m.opt.control_dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+    if (!m.control_dir.valid()) return make_error(Errc::kIo, "canopy-display: cannot open the control folder", errno);
+  }
   if (!m.opt.control_path.empty()) {
     CANOPY_ASSIGN_OR_RETURN(m.control, listen_seqpacket(m.opt.control_path, true));
     CANOPY_TRY(m.watch(m.control.get()));
@@ -168,10 +172,22 @@ const OutputStats& Compositor::output_stats(size_t i) const { return impl_->outp
 const char* Compositor::sink_name(size_t i) const { return impl_->outputs.at(i).sink->name(); }
 const char* Compositor::renderer_name() const { return impl_->renderer->name(); }
 Renderer::Stats Compositor::renderer_stats() const { return impl_->renderer->stats(); }
-Status Compositor::snapshot(const std::string& dir) { return impl_->snapshot(dir); }
+Status Compositor::snapshot(const std::string& dir) {
+  UniqueFd d(::open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+  if (!d.valid()) return make_error(Errc::kIo, "snapshot: cannot open the folder", errno);
+  return impl_->snapshot(d.get(), false);
+}
 std::string Compositor::stats_text() const { return impl_->stats_text(); }
 void Compositor::trace_start() { impl_->start_trace(); }
-Status Compositor::trace_stop(const std::string& path) { return impl_->write_trace(path); }
+Status Compositor::trace_stop(const std::string& path) {
+  std::FILE* f = std::fopen(path.c_str(), "we");
+  if (!f) {
+    impl_->tracing = false;
+    impl_->trace.clear();
+    return make_error(Errc::kIo, "trace: cannot write the file", errno);
+  }
+  return impl_->write_trace(f);
+}
 
 std::vector<ConnectionStats> Compositor::connections() const {
   std::vector<ConnectionStats> out;

@@ -1,7 +1,32 @@
 // The compositor's control socket, stats and traces (compositor_impl.h).
+#include <linux/openat2.h>
+#include <sys/syscall.h>
+
+#include "canopy/base/peer.h"
 #include "compositor_impl.h"
 
 namespace canopy::display {
+
+namespace {
+
+// `name` opened relative to `dir`; with `confined`, resolved beneath it only (openat2 RESOLVE_BENEATH:
+// no absolute path, no "..", no symlink anywhere on the way).
+Result<UniqueFd> open_in(int dir, const std::string& name, int flags, bool confined) {
+  if (name.empty()) return make_error(Errc::kInvalidArgument, "empty name");
+  open_how how{};
+  how.flags = uint64_t(flags | O_CLOEXEC);
+  how.mode = (flags & O_CREAT) ? 0644 : 0;
+  how.resolve = confined ? RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS : 0;
+  const long fd = ::syscall(SYS_openat2, dir, name.c_str(), &how, sizeof how);
+  if (fd < 0)
+    return make_error(errno == EXDEV || errno == ELOOP ? Errc::kInvalidArgument : Errc::kIo,
+                      errno == EXDEV || errno == ELOOP ? "the name leads outside the control folder"
+                                                       : "cannot open the name in the control folder",
+                      errno);
+  return UniqueFd(int(fd));
+}
+
+}  // namespace
 
 void Compositor::Impl::start_trace() {
   trace.clear();
@@ -20,6 +45,11 @@ void Compositor::Impl::on_control() {
     ucred cred{};
     socklen_t len = sizeof cred;
     if (::getsockopt(s.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || cred.uid != ::geteuid()) continue;
+    if (opt.control_refuses_descendants_of > 0 && peer_descends_from(s.get(), opt.control_refuses_descendants_of)) {
+      // A VM, a back-end or anything they started: closed unanswered.
+      CANOPY_WARN_RL("canopy-display: control connection of pid %d refused: started by canopy-vmm", int(cred.pid));
+      continue;
+    }
     if (serve_control(s.get())) continue;
     if (control_pending.size() >= kMaxPendingControl) {
       ::epoll_ctl(ep.get(), EPOLL_CTL_DEL, control_pending.begin()->second.get(), nullptr);
@@ -57,8 +87,13 @@ std::string Compositor::Impl::control_request(const std::string& req) {
   const auto sp = req.find(' ');
   const std::string cmd = req.substr(0, sp), arg = sp == std::string::npos ? "" : req.substr(sp + 1);
   if (cmd == "stats" && arg.empty()) return stats_text();
-  if (cmd == "snapshot" && !arg.empty()) {
-    auto st = snapshot(arg);
+  const bool writes = cmd == "snapshot" || (cmd == "trace-stop" && !arg.empty());
+  if (writes && !control_dir.valid()) return "error: no control folder (--control-dir): nothing is written\n";
+  if (cmd == "snapshot") {
+    auto dir = arg.empty() ? open_in(control_dir.get(), ".", O_PATH | O_DIRECTORY, true)
+                           : open_in(control_dir.get(), arg, O_PATH | O_DIRECTORY, true);
+    if (!dir.ok()) return std::string("error: ") + dir.error().what + "\n";
+    auto st = snapshot(dir->get(), true);
     return st.ok() ? "ok\n" : std::string("error: ") + st.error().what + "\n";
   }
   if (cmd == "trace-start" && arg.empty()) {
@@ -66,17 +101,22 @@ std::string Compositor::Impl::control_request(const std::string& req) {
     return "ok\n";
   }
   if (cmd == "trace-stop" && !arg.empty()) {
-    auto st = write_trace(arg);
+    auto fd = open_in(control_dir.get(), arg, O_WRONLY | O_CREAT | O_TRUNC, true);
+    if (!fd.ok()) return std::string("error: ") + fd.error().what + "\n";
+    std::FILE* f = ::fdopen(fd->get(), "w");
+    if (!f) return "error: trace: cannot write the file\n";
+    (void)fd->release();
+    auto st = write_trace(f);
     return st.ok() ? "ok\n" : std::string("error: ") + st.error().what + "\n";
   }
   if (cmd == "quit" && arg.empty()) {
     quit = true;
     return "ok\n";
   }
-  return "error: unknown request (stats | snapshot DIR | trace-start | trace-stop FILE | quit)\n";
+  return "error: unknown request (stats | snapshot [DIR] | trace-start | trace-stop FILE | quit)\n";
 }
 
-Status Compositor::Impl::snapshot(const std::string& dir) {
+Status Compositor::Impl::snapshot(int dir, bool confined) {
   for (size_t i = 0; i < outputs.size(); ++i) {
     Output& o = outputs[i];
     if (o.canvas_stale && o.last_plan) {
@@ -88,15 +128,20 @@ Status Compositor::Impl::snapshot(const std::string& dir) {
       CANOPY_TRY(renderer->compose(draws, o.canvas, opt.background));
       o.canvas_stale = false;
     }
-    CANOPY_TRY(write_png(dir + "/" + layout.outputs[i].name + ".png", o.canvas));
+    CANOPY_ASSIGN_OR_RETURN(auto fd,
+                            open_in(dir, layout.outputs[i].name + ".png", O_WRONLY | O_CREAT | O_TRUNC, confined));
+    std::FILE* f = ::fdopen(fd.get(), "w");
+    if (!f) return make_error(Errc::kIo, "snapshot: fdopen", errno);
+    (void)fd.release();
+    Status s = write_png(f, o.canvas);
+    if (std::fclose(f) != 0 && s.ok()) return make_error(Errc::kIo, "snapshot: writing the file failed", errno);
+    CANOPY_TRY(s);
   }
   return {};
 }
 
-Status Compositor::Impl::write_trace(const std::string& path) {
+Status Compositor::Impl::write_trace(std::FILE* f) {
   tracing = false;
-  FILE* f = std::fopen(path.c_str(), "w");
-  if (!f) return make_error(Errc::kIo, "trace: cannot write the file", errno);
   std::fprintf(f, "{\"traceEvents\":[\n");
   for (size_t i = 0; i < outputs.size(); ++i)
     std::fprintf(f,

@@ -196,6 +196,7 @@ struct Compositor::Impl {
   std::set<std::string> brokered;  // VMs whose connections came through the broker: not claimable on `listen`
   UniqueFd spare;  // /dev/null, kept open so that a full descriptor table can still turn a connection away
   UniqueFd control;
+  UniqueFd control_dir;                          // O_PATH of opt.control_dir
   std::map<uint64_t, UniqueFd> control_pending;  // by accept order: connections waiting for their request
   uint64_t next_control = 0;
   std::map<uint64_t, Conn> conns;  // by connection id
@@ -304,9 +305,11 @@ struct Compositor::Impl {
 
   std::string control_request(const std::string& req);
 
-  Status snapshot(const std::string& dir);
+  // DIR/<output>.png for every output, DIR open as `dir`; `confined`: nothing outside it (no symlinks,
+  // no "..": the control socket's requests).
+  Status snapshot(int dir, bool confined);
 
-  Status write_trace(const std::string& path);
+  Status write_trace(std::FILE* f);  // closes f
 
   std::string stats_text() const;
 

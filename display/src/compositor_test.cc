@@ -172,6 +172,7 @@ class CompositorTest : public ::testing::TestWithParam<const char*> {
     CompositorOptions o;
     o.listen_path = dir_ + "/display.sock";
     o.control_path = dir_ + "/control.sock";
+    o.control_dir = dir_;
     o.renderer = GetParam();
     auto c = Compositor::create(cockpit_layout(), o, clock);
     if (!c.ok() && o.renderer == "vulkan" && !std::getenv("CANOPY_NO_SKIP")) GTEST_SKIP() << c.error().what;
@@ -565,9 +566,9 @@ TEST_P(CompositorTest, ControlSocketAnswersStatsSnapshotAndTrace) {
   EXPECT_NE(stats.find("output cluster 64x32@60 criticality=safety"), std::string::npos) << stats;
   EXPECT_NE(stats.find("layer 0 vm=cluster scanout=0 new=1"), std::string::npos) << stats;
   EXPECT_NE(stats.find("vm cluster connected=1 frames=1"), std::string::npos) << stats;
-  EXPECT_EQ(ask("snapshot " + dir_), "ok\n");
+  EXPECT_EQ(ask("snapshot"), "ok\n");
   EXPECT_EQ(::access((dir_ + "/cluster.png").c_str(), R_OK), 0);
-  EXPECT_EQ(ask("trace-stop " + dir_ + "/trace.json"), "ok\n");
+  EXPECT_EQ(ask("trace-stop trace.json"), "ok\n");
   FILE* f = std::fopen((dir_ + "/trace.json").c_str(), "r");
   ASSERT_NE(f, nullptr);
   std::string trace(65536, '\0');
@@ -575,7 +576,28 @@ TEST_P(CompositorTest, ControlSocketAnswersStatsSnapshotAndTrace) {
   std::fclose(f);
   EXPECT_EQ(trace.rfind("{\"traceEvents\":[", 0), 0u);
   EXPECT_NE(trace.find("\"name\":\"compose\""), std::string::npos);
-  EXPECT_EQ(ask("bogus"), "error: unknown request (stats | snapshot DIR | trace-start | trace-stop FILE | quit)\n");
+  EXPECT_EQ(ask("bogus"), "error: unknown request (stats | snapshot [DIR] | trace-start | trace-stop FILE | quit)\n");
+
+  // Nothing is written outside the control folder: not by an absolute path, "..", or a symlink in it
+  // (here to a folder beside it).
+  const std::string outside = dir_ + ".outside";
+  ::mkdir(outside.c_str(), 0700);
+  ASSERT_EQ(::symlink(outside.c_str(), (dir_ + "/out").c_str()), 0);
+  for (const std::string& req : std::vector<std::string>{
+           "snapshot " + outside, "snapshot ..", "snapshot out", "trace-stop " + outside + "/t.json",
+           std::string("trace-stop ../t.json"), std::string("trace-stop out/t.json")}) {
+    EXPECT_EQ(ask(req).rfind("error: ", 0), 0u) << req;
+  }
+  EXPECT_NE(::access((outside + "/cluster.png").c_str(), F_OK), 0);
+  EXPECT_NE(::access((outside + "/t.json").c_str(), F_OK), 0);
+  EXPECT_NE(::access((dir_ + ".outside/../t.json").c_str(), F_OK), 0);
+  // Control: the same folder through the symlink is writable where the path is not confined (the
+  // operator's own --snapshot-dir at the end of a run).
+  EXPECT_TRUE(comp->snapshot(dir_ + "/out").ok());
+  EXPECT_EQ(::access((outside + "/cluster.png").c_str(), R_OK), 0);
+  ::unlink((outside + "/cluster.png").c_str());
+  ::unlink((dir_ + "/out").c_str());
+  ::rmdir(outside.c_str());
   EXPECT_EQ(ask("quit"), "ok\n");
   EXPECT_TRUE(comp->quit_requested());
   ::unlink((dir_ + "/cluster.png").c_str());

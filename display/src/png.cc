@@ -2,11 +2,20 @@
 
 #include <png.h>
 
+#include <cerrno>
 #include <cstring>
 
 namespace canopy::display {
 
 Status write_png(const std::string& path, const Canvas& c) {
+  std::FILE* f = std::fopen(path.c_str(), "wbe");
+  if (!f) return make_error(Errc::kIo, "png: cannot create the file", errno);
+  Status s = write_png(f, c);
+  if (std::fclose(f) != 0 && s.ok()) return make_error(Errc::kIo, "png: writing the file failed", errno);
+  return s;
+}
+
+Status write_png(std::FILE* f, const Canvas& c) {
   if (!c.data || c.width == 0 || c.height == 0 || c.stride < c.width * 4)
     return make_error(Errc::kInvalidArgument, "png: bad canvas");
   std::vector<uint8_t> rgb(size_t(c.width) * c.height * 3);
@@ -27,7 +36,7 @@ Status write_png(const std::string& path, const Canvas& c) {
   img.width = c.width;
   img.height = c.height;
   img.format = PNG_FORMAT_RGB;
-  if (!png_image_write_to_file(&img, path.c_str(), 0, rgb.data(), 0, nullptr)) {
+  if (!png_image_write_to_stdio(&img, f, 0, rgb.data(), 0, nullptr)) {
     png_image_free(&img);
     return make_error(Errc::kIo, "png: writing the file failed");
   }

@@ -12,6 +12,8 @@
 // --run-for-s it stops after that long, writes PNG snapshots of every output and a summary; SIGTERM /
 // SIGINT / control `quit` stop it too (and write them as well). Exit status: 0, 1 on a runtime error,
 // 2 on bad usage or a bad manifest.
+#include <unistd.h>
+
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -36,8 +38,10 @@ constexpr const char* kUsage =
     "  --listen PATH          one socket for every device, which names its VM itself (trusting every\n"
     "                         peer that can reach it); a VM bound by the broker or --listen-dir cannot\n"
     "                         be claimed there\n"
-    "  --control PATH         control socket (canopyctl --socket PATH stats | snapshot DIR | trace-start |\n"
-    "                         trace-stop FILE | quit)\n"
+    "  --control PATH         control socket (canopyctl --socket PATH stats | snapshot [DIR] | trace-start |\n"
+    "                         trace-stop FILE | quit), for the uid's processes that canopy-vmm did not start\n"
+    "  --control-dir DIR      where snapshot and trace-stop write, names resolved beneath it only (default:\n"
+    "                         --snapshot-dir; without either they are refused)\n"
     "  --output MODE          auto (a window when a display is there, else headless), headless, window,\n"
     "                         kms (each output on the next connected connector of the DRM device)\n"
     "  --kms-device PATH      the DRM device for --output kms (default: the first /dev/dri/cardN with a\n"
@@ -138,6 +142,7 @@ int main(int argc, char** argv) {
     } else if (a == "--listen") opt.listen_path = value("--listen");
     else if (a == "--broker-fd") opt.broker_fd = std::atoi(value("--broker-fd"));
     else if (a == "--listen-dir") opt.listen_dir = value("--listen-dir");
+    else if (a == "--control-dir") opt.control_dir = value("--control-dir");
     else if (a == "--control") opt.control_path = value("--control");
     else if (a == "--output") output = value("--output");
     else if (a == "--run-for-s") run_for = std::atof(value("--run-for-s"));
@@ -164,6 +169,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   set_log_tag("canopy-display");
+  if (opt.control_dir.empty()) opt.control_dir = snapshot_dir;
+  // Under canopy-vmm (the broker), whatever it started (VMs, back-ends) may not use the control socket.
+  if (opt.broker_fd >= 0) opt.control_refuses_descendants_of = ::getppid();
   auto loaded = config::load_manifest_file(manifest_path);
   if (!loaded.ok()) {
     for (const auto& e : loaded.errors) std::fprintf(stderr, "%s\n", e.to_string().c_str());

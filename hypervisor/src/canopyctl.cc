@@ -1,5 +1,5 @@
 // canopyctl: the client of canopy-vmm's control socket.
-//   canopyctl [--socket PATH] status | stop VM | start VM | restart VM | shutdown
+//   canopyctl [--socket PATH] status | stop VM [force] | start VM | restart VM [force] | shutdown
 // PATH defaults to $CANOPY_CONTROL. Prints the reply; exits 0 on success, 1 when the VMM answered with
 // an error, 2 on bad usage or when the VMM cannot be reached.
 #include <cstdio>
@@ -14,7 +14,7 @@
 namespace {
 
 constexpr const char* kUsage =
-    "usage: canopyctl [--socket PATH] status | stop VM | start VM | restart VM | shutdown\n"
+    "usage: canopyctl [--socket PATH] status | stop VM [force] | start VM | restart VM [force] | shutdown\n"
     "       PATH defaults to $CANOPY_CONTROL\n";
 constexpr int kTimeoutMs = 10000;
 

@@ -137,6 +137,7 @@ void Supervisor::run_once(int timeout_ms) {
   int n = epoll_wait(impl_->epoll.get(), evs, 32, wait);
   for (int i = 0; i < n; ++i) impl_->dispatch(evs[i].data.u64);
   impl_->due();
+  impl_->reap_orphans();
 }
 
 void Supervisor::run(int signal_fd) {
@@ -171,6 +172,7 @@ void Supervisor::shutdown() {
   }
   // The compositor last: it outlives the VMs' last frames, and writes what it was asked to at its end.
   impl_->stop_compositor(std::max(impl_->opt.stop_grace_ms, 5000));
+  impl_->kill_orphans();
   for (auto& [fd, c] : impl_->clients) impl_->unwatch(fd);
   impl_->clients.clear();
   if (impl_->control) {

@@ -1,4 +1,10 @@
 // canopy-vmm's supervisor: the control socket canopyctl talks to (supervisor_impl.h).
+#include <dirent.h>
+#include <sys/wait.h>
+
+#include <cstdio>
+
+#include "canopy/base/peer.h"
 #include "supervisor_impl.h"
 
 namespace canopy::hypervisor {
@@ -26,18 +32,67 @@ Status Supervisor::Impl::open_control() {
   return {};
 }
 
+bool Supervisor::Impl::peer_is_descendant(int sock) const { return peer_descends_from(sock, getpid()); }
+
+void Supervisor::Impl::reap_orphans() {
+  if (!opt.subreaper) return;
+  for (int n = 0; n < 64; ++n) {
+    siginfo_t si{};
+    if (waitid(P_ALL, 0, &si, WEXITED | WNOHANG | WNOWAIT) != 0 || si.si_pid == 0) return;
+    const pid_t pid = si.si_pid;
+    bool known = compositor.running() && compositor.pid() == pid;
+    for (const auto& vm : vms) {
+      known |= vm->proc.running() && vm->proc.pid() == pid;
+      for (const auto& d : vm->devices) known |= d->backend().running() && d->backend().pid() == pid;
+    }
+    // A child of ours is reaped through its pidfd, by the loop; it is first in line until then.
+    if (known) return;
+    (void)waitpid(pid, nullptr, WNOHANG);
+  }
+}
+
+void Supervisor::Impl::kill_orphans() {
+  if (!opt.subreaper) return;
+  const pid_t self_pid = getpid();
+  for (int round = 0; round < 8; ++round) {
+    std::vector<pid_t> orphans;
+    if (DIR* d = opendir("/proc")) {
+      while (dirent* e = readdir(d)) {
+        const pid_t pid = pid_t(std::atoi(e->d_name));
+        if (pid > 1 && pid != self_pid && parent_of(pid) == self_pid) orphans.push_back(pid);
+      }
+      closedir(d);
+    }
+    if (orphans.empty()) return;
+    for (pid_t pid : orphans) {
+      CANOPY_WARN("pid %d, orphaned by a process canopy-vmm started, is killed", int(pid));
+      (void)kill(pid, SIGKILL);
+      (void)waitpid(pid, nullptr, 0);
+    }
+  }
+}
+
 void Supervisor::Impl::on_control_accept() {
   for (;;) {
     UniqueFd c(accept4(control.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
     if (!c) return;
     ucred cred{};
     socklen_t len = sizeof cred;
-    if (getsockopt(c.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || (cred.uid != geteuid() && cred.uid != 0)) {
-      const char deny[] = "error: permission denied";
-      (void)send(c.get(), deny, sizeof deny - 1, MSG_NOSIGNAL);
-      continue;
-    }
+    const char* deny = nullptr;
+    if (getsockopt(c.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || (cred.uid != geteuid() && cred.uid != 0))
+      deny = "error: permission denied";
+    else if (opt.control_refuses_descendants && peer_is_descendant(c.get()))
+      deny = "error: permission denied: processes canopy-vmm started (VMs, back-ends, services) may not control it";
     const int fd = c.get();
+    // Bounded, so that no client can use up our descriptors: refused peers get at most a few slots
+    // (then they are closed unanswered), the others kMaxControlClients.
+    if (deny ? denied.size() >= kMaxDeniedClients : clients.size() - denied.size() >= kMaxControlClients) continue;
+    if (deny) {
+      // Answered when its request comes (closing first could reset the connection before the client
+      // reads why); it holds a slot until then like any client.
+      CANOPY_WARN_RL("control: connection of pid %d refused: %s", int(cred.pid), deny + 7);
+      denied[fd] = deny;
+    }
     watch(fd, tag(kControlClient, 0, uint64_t(fd)));
     clients.emplace(fd, std::move(c));
   }
@@ -45,9 +100,9 @@ void Supervisor::Impl::on_control_accept() {
 
 std::string Supervisor::Impl::command(const std::string& line) {
   std::istringstream in(line);
-  std::string verb, name, extra;
-  in >> verb >> name >> extra;
-  if (!extra.empty()) return "error: too many arguments";
+  std::string verb, name, extra, more;
+  in >> verb >> name >> extra >> more;
+  if (!more.empty() || (!extra.empty() && verb != "stop" && verb != "restart")) return "error: too many arguments";
   if (verb == "status" && name.empty()) return self->status_text();
   if (verb == "shutdown" && name.empty()) {
     self->shutdown_requested_ = true;
@@ -55,11 +110,16 @@ std::string Supervisor::Impl::command(const std::string& line) {
   }
   if (verb == "stop" || verb == "start" || verb == "restart") {
     if (name.empty()) return "error: " + verb + " needs a VM name";
+    if (!extra.empty() && (extra != "force" || verb == "start")) return "error: too many arguments";
+    // Taking the safety-critical VM down is never one slip of the operator's: it must be forced.
+    if (verb != "start" && extra != "force")
+      if (Vm* vm = find(name); vm && vm->cfg.criticality == Criticality::kSafety)
+        return "error: " + name + " is safety-critical: '" + verb + " " + name + " force' to " + verb + " it";
     Status s = verb == "stop" ? self->stop_vm(name) : verb == "start" ? self->start_vm(name) : self->restart_vm(name);
     if (!s.ok()) return std::string("error: ") + s.error().what;
     return "ok " + verb + " " + name;
   }
-  return "error: unknown command (status, stop VM, start VM, restart VM, shutdown)";
+  return "error: unknown command (status, stop VM [force], start VM, restart VM [force], shutdown)";
 }
 
 void Supervisor::Impl::on_control_client(int fd) {
@@ -70,10 +130,18 @@ void Supervisor::Impl::on_control_client(int fd) {
   if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
   if (n <= 0) {
     unwatch(fd);
+    denied.erase(fd);
     clients.erase(it);
     return;
   }
   std::string out;
+  if (auto d = denied.find(fd); d != denied.end()) {
+    (void)send(fd, d->second, std::strlen(d->second), MSG_NOSIGNAL | MSG_DONTWAIT);
+    denied.erase(d);
+    unwatch(fd);
+    clients.erase(it);
+    return;
+  }
   if (size_t(n) > kMaxControlRequest) {
     out = "error: request over 4096 bytes";
   } else {

@@ -57,6 +57,8 @@ inline uint64_t tag_a(uint64_t t) { return (t >> 24) & 0xffffffff; }
 inline uint64_t tag_b(uint64_t t) { return t & 0xffffff; }
 
 constexpr size_t kMaxControlRequest = 4096;
+constexpr size_t kMaxControlClients = 16;
+constexpr size_t kMaxDeniedClients = 4;
 
 inline std::string quoted(const std::string& s) {
   std::string o = "\"";
@@ -104,6 +106,7 @@ struct Supervisor::Impl {
   UniqueFd epoll;
   UniqueFd control;
   std::map<int, UniqueFd> clients;
+  std::map<int, const char*> denied;  // clients refused at accept: the reason, sent for their request
   // The compositor service and our end of its service link (supervisor_broker.cc).
   Child compositor;
   UniqueFd broker;
@@ -181,6 +184,15 @@ struct Supervisor::Impl {
   std::string command(const std::string& line);
 
   void on_control_client(int fd);
+
+  // The peer of an accepted control connection descends from a process this supervisor started (walks
+  // its parents up to ours). Unknown (gone, unreadable) counts as a descendant.
+  bool peer_is_descendant(int sock) const;
+
+  // With opt.subreaper: reaps orphans reparented to us that are none of our known children.
+  void reap_orphans();
+  // With opt.subreaper, at shutdown: kills and reaps what is left of them (no process outlives us).
+  void kill_orphans();
 
   // --- the loop ------------------------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: canopy-vmm --check FILE   check a VM manifest (docs/manifest.md) and exit\n"
-    "       canopy-vmm run FILE [--control PATH] [--no-confine] [--stop-grace-ms N]\n"
+    "       canopy-vmm run FILE [--control PATH [--control-open-to-children]] [--no-confine] [--stop-grace-ms N]\n"
     "                             [--display PATH | --compositor [CANOPY-DISPLAY-ARGS...]]\n"
     "                             run the VMs of a manifest (guest partitions; docs/partition-transport.md)\n"
     "                             until SIGTERM/SIGINT or `canopyctl --socket PATH shutdown`.\n"
@@ -39,6 +39,8 @@ constexpr const char* kUsage =
     "                             ends cleanly, everything ends; after a crash it is restarted.\n"
     "                             --display PATH: GPU back-ends connect to canopy-display --listen PATH\n"
     "                             themselves and name their VM (no broker: docs/security.md)\n"
+    "                             The control socket refuses what canopy-vmm started (and what they fork);\n"
+    "                             --control-open-to-children: only the uid decides (tests' control runs)\n"
     "       canopy-vmm boot --kernel BZIMAGE [--initrd FILE] [--cmdline TEXT] [--memory SIZE] [--vcpus N]\n"
     "                       [--device TYPE=PROGRAM[,ARG...] [--device-arg ARG]... [--device-link FD]]...\n"
     "                             boot one Linux guest on KVM (docs/kvm.md), each --device a virtio-mmio\n"
@@ -79,6 +81,8 @@ int run(int argc, char** argv) {
       opt.compositor = true;  // everything after it is canopy-display's
       opt.compositor_args.assign(argv + i + 1, argv + argc);
       break;
+    } else if (a == "--control-open-to-children") {
+      opt.control_refuses_descendants = false;  // tests' control runs: the uid alone decides
     } else if (a == "--no-confine") {
       opt.confine = false;
     } else if (a == "--stop-grace-ms" && i + 1 < argc) {
@@ -113,6 +117,9 @@ int run(int argc, char** argv) {
   sigprocmask(SIG_BLOCK, &set, nullptr);
   int sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
   signal(SIGPIPE, SIG_IGN);
+  // What a child orphans stays ours: reparented here, refused on the control socket, reaped, and killed
+  // at the end.
+  opt.subreaper = prctl(PR_SET_CHILD_SUBREAPER, 1) == 0;
 
   auto sup = Supervisor::create(*r.manifest, opt);
   if (!sup.ok()) {

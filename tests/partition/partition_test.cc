@@ -312,6 +312,41 @@ TEST(Partitions, TheSameProbeGetsThroughWithoutConfinement) {
   EXPECT_NE(log.find("probe ram_shrink: blocked"), std::string::npos);
 }
 
+// A VM (or back-end) taken over, with the operator's uid: it cannot use canopy-vmm's control socket,
+// neither itself nor through an orphan it leaves (reparented to canopy-vmm, the subreaper); the
+// safety-critical VM keeps running. Control run (--control-open-to-children: the uid alone decides,
+// as before): the same requests stop the cluster.
+TEST(Partitions, ProcessesCanopyVmmStartedCannotUseItsControlSocket) {
+  for (bool protect : {true, false}) {
+    SCOPED_TRACE(protect ? "protected" : "control: the uid alone decides");
+    std::vector<std::string> flags{"--no-confine"};  // so that the socket is reachable at all
+    if (!protect) flags.push_back("--control-open-to-children");
+    Vmm vmm(rng_vm("cluster", "criticality = \"safety\"\n", "\"--expect-pattern\"") +
+                rng_vm("ivi", "start_after = [\"cluster\"]\n", "\"--control\", \"@DIR@/control\", \"cluster\"",
+                       "canopy-partition-probe"),
+            flags);
+    ASSERT_TRUE(Vmm::wait_until([&] {
+      const std::string log = vmm.log();
+      return log.find("control stop:") != std::string::npos && log.find("control orphan:") != std::string::npos;
+    })) << vmm.log();
+    const std::string log = vmm.log();
+    if (protect) {
+      EXPECT_NE(log.find("control stop: blocked"), std::string::npos);
+      EXPECT_NE(log.find("control orphan: blocked"), std::string::npos);
+      const long before = vmm.field("vm cluster", "progress");
+      ASSERT_TRUE(Vmm::wait_until([&] { return vmm.field("vm cluster", "progress") >= before + 10; }));
+      EXPECT_EQ(vmm.text("vm cluster", "state"), "running");
+      // The operator (this test: not a descendant) is still served, and must force the cluster's stop.
+      EXPECT_EQ(vmm.ctl("stop cluster"), "error: cluster is safety-critical: 'stop cluster force' to stop it");
+      EXPECT_EQ(vmm.ctl("stop cluster force"), "ok stop cluster");
+    } else {
+      EXPECT_NE(log.find("control stop: ALLOWED (ok stop cluster)"), std::string::npos);
+      EXPECT_NE(log.find("control orphan: ALLOWED (vm name=cluster"), std::string::npos);
+      EXPECT_TRUE(Vmm::wait_until([&] { return vmm.text("vm cluster", "state") == "stopped"; }));
+    }
+  }
+}
+
 TEST(Partitions, AMisbehavingPartitionNeitherStopsTheVmmNorTheOthers) {
   Vmm vmm(rng_vm("good", "", "\"--expect-pattern\"") + rng_vm("bad", "", "\"--garbage\"", "canopy-partition-probe"));
   ASSERT_TRUE(Vmm::wait_until([&] { return vmm.log().find("garbage done") != std::string::npos; }));
@@ -332,7 +367,7 @@ TEST(Partitions, ControlSocketStopsStartsAndRestartsVmsAndRefusesBadRequests) {
       Vmm::wait_until([&] { return vmm.field("vm a", "progress") >= 5 && vmm.field("vm b", "progress") >= 5; }));
   std::string out;
   EXPECT_EQ(vmm.canopyctl("frobnicate", out), 1);
-  EXPECT_EQ(out, "error: unknown command (status, stop VM, start VM, restart VM, shutdown)\n");
+  EXPECT_EQ(out, "error: unknown command (status, stop VM [force], start VM, restart VM [force], shutdown)\n");
   EXPECT_EQ(vmm.canopyctl("stop nosuchvm", out), 1);
   EXPECT_EQ(out, "error: no such VM\n");
   EXPECT_EQ(vmm.ctl(std::string(5000, 'x')), "error: request over 4096 bytes");

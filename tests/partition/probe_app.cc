@@ -3,6 +3,11 @@
 //                   anything outside this partition's RAM; one line per attempt:
 //                     probe NAME: blocked (why)   or   probe NAME: ALLOWED (what happened)
 //                   then "probe summary: attempted=N allowed=M".
+//   --control PATH VM   (run it unconfined, so that the socket is reachable) ask canopy-vmm's control
+//                   socket at PATH to "stop VM force", and from an orphan (double fork: reparented to
+//                   canopy-vmm, its subreaper) for its "status"; one line each:
+//                     control stop: blocked (reply)   or   control stop: ALLOWED (reply)
+//                     control orphan: blocked (reply) or   control orphan: ALLOWED (reply)
 //   --garbage       send malformed packets, requests out of order and a flood of requests it never reads
 //                   the replies of; prints "garbage done" and goes on heartbeating (the VMM must still serve it).
 // After either it heartbeats until told to stop.
@@ -15,6 +20,7 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -232,14 +238,60 @@ void garbage(Partition& p) {
 
 }  // namespace
 
+// One request on a SOCK_SEQPACKET control socket; the reply ("" when unreachable).
+std::string control_request(const std::string& path, const std::string& req) {
+  int s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  if (s < 0) return "";
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::snprintf(a.sun_path, sizeof a.sun_path, "%s", path.c_str());
+  std::string reply;
+  if (connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
+    // A refusal may come (and the socket close) before the request is sent: read it either way.
+    (void)send(s, req.data(), req.size(), MSG_NOSIGNAL);
+    char buf[4096];
+    const ssize_t n = recv(s, buf, sizeof buf, 0);
+    if (n > 0) reply.assign(buf, size_t(n));
+  }
+  close(s);
+  while (!reply.empty() && reply.back() == '\n') reply.pop_back();
+  return reply;
+}
+
+void control_result(const char* name, const std::string& reply) {
+  const bool refused = reply.rfind("error: permission denied", 0) == 0;
+  std::printf("control %s: %s (%s)\n", name, refused ? "blocked" : "ALLOWED", reply.c_str());
+  std::fflush(stdout);
+}
+
+void control_attack(const std::string& path, const std::string& vm) {
+  control_result("stop", control_request(path, "stop " + vm + " force"));
+  const pid_t child = fork();
+  if (child < 0) return;
+  if (child == 0) {
+    const pid_t middle = getpid();
+    if (fork() == 0) {
+      // The orphan: waits (up to 30 s, a hang guard) to be reparented, then asks.
+      for (int i = 0; i < 3000 && getppid() == middle; ++i) usleep(10 * 1000);
+      control_result("orphan", control_request(path, "status"));
+      _exit(0);
+    }
+    _exit(0);
+  }
+  (void)waitpid(child, nullptr, 0);
+}
+
 int main(int argc, char** argv) {
-  std::string target_file;
+  std::string target_file, control_path, control_vm;
   bool do_garbage = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--attack" && i + 1 < argc) target_file = argv[++i];
     else if (a == "--garbage") do_garbage = true;
-    else {
+    else if (a == "--control" && i + 2 < argc) {
+      control_path = argv[++i];
+      control_vm = argv[++i];
+    } else {
       std::fprintf(stderr, "canopy-partition-probe: bad argument %s\n", a.c_str());
       return 2;
     }
@@ -260,6 +312,7 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
   }
   if (do_garbage) garbage(**p);
+  if (!control_path.empty()) control_attack(control_path, control_vm);
   uint64_t beats = 0;
   while (!(*p)->stop_requested()) {
     Status s = (*p)->heartbeat(++beats);

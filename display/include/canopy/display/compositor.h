@@ -81,6 +81,12 @@ struct CompositorOptions {
   std::string listen_dir;
   std::string listen_path;
   std::string control_path;  // "" = no control socket
+  // The control socket serves peers of the compositor's uid, except the descendants of this process
+  // (canopy-display under canopy-vmm: canopy-vmm, whose children are the VMs and their back-ends); 0: none.
+  pid_t control_refuses_descendants_of = 0;
+  // Where `snapshot [NAME]` and `trace-stop NAME` from the control socket may write: NAME is resolved
+  // beneath it, no symlinks, no "..". "" = those requests are refused.
+  std::string control_dir;
   // pixman, vulkan (any Vulkan device, lavapipe included) or auto (Vulkan on a GPU, else pixman).
   std::string renderer = "auto";
   std::string vulkan_device;  // a substring of the Vulkan device's name; "" = the best ranked

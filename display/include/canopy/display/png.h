@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -12,6 +13,8 @@ namespace canopy::display {
 
 // Writes an XRGB8888 canvas as an 8-bit RGB PNG (the X byte is dropped).
 Status write_png(const std::string& path, const Canvas& c);
+// The same into an open file (written, not closed).
+Status write_png(std::FILE* f, const Canvas& c);
 
 // A PNG read back as XRGB8888 (alpha dropped, 0xff in the X byte).
 struct PixelImage {

@@ -3,8 +3,9 @@
 //   - start order from the manifest (boot_order: start_after, cluster first);
 //   - per-VM restart policy and heartbeat watchdog (VmLifecycle, lifecycle.h);
 //   - device back-ends restarted when they die, the VM told through DEVICE_NEEDS_RESET;
-//   - a control socket (SOCK_SEQPACKET, mode 0600, same-uid peers only) with status / stop / start /
-//     restart / shutdown, used by canopyctl;
+//   - a control socket (SOCK_SEQPACKET, mode 0600, same-uid peers that are not descendants of anything
+//     it started) with status / stop / start / restart / shutdown, used by canopyctl; stopping or
+//     restarting a safety-critical VM needs `force`;
 //   - teardown of every process and descriptor it started.
 // One event loop (epoll) serves every partition's control messages, process exits and the control
 // socket. The data path (kicks, calls, guest memory) never passes through it. A VM that floods its socket
@@ -33,7 +34,14 @@ inline constexpr uid_t kPartitionUidBase = 0x7c000;  // partition i runs as uid/
 inline constexpr int kMessageBudget = 64;
 
 struct SupervisorOptions {
-  std::string control_path;      // empty: no control socket
+  std::string control_path;  // empty: no control socket
+  // The control socket refuses every process descending from one canopy-vmm started (VMs, back-ends,
+  // the compositor, what they fork), whatever its uid. false: only the uid counts (tests' control runs).
+  bool control_refuses_descendants = true;
+  // canopy-vmm is the child subreaper of what it starts (PR_SET_CHILD_SUBREAPER): a process that a
+  // child orphans is reparented to it, so it stays a descendant, and canopy-vmm reaps it. For canopy-vmm
+  // itself; a process that runs other children of its own (a test) leaves it off.
+  bool subreaper = false;
   std::string base_dir;          // relative program paths are taken from here (the manifest's folder)
   int stop_grace_ms = 1000;      // EVENT_STOP + SIGTERM, then SIGKILL after this long
   const Clock* clock = nullptr;  // nullptr: the steady clock

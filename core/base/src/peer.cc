@@ -1,0 +1,56 @@
+#include "canopy/base/peer.h"
+
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+
+#include "canopy/base/unique_fd.h"
+
+namespace canopy {
+
+pid_t parent_of(pid_t pid) {
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%d/stat", int(pid));
+  UniqueFd f(::open(path, O_RDONLY | O_CLOEXEC));
+  if (!f.valid()) return 0;
+  char buf[512];
+  const ssize_t n = ::read(f.get(), buf, sizeof buf - 1);
+  if (n <= 0) return 0;
+  buf[n] = '\0';
+  // "pid (comm) state ppid ...": comm may hold spaces and parentheses; the last ')' ends it.
+  const char* close = std::strrchr(buf, ')');
+  if (!close) return 0;
+  char state = 0;
+  int ppid = 0;
+  if (std::sscanf(close + 1, " %c %d", &state, &ppid) != 2) return 0;
+  return pid_t(ppid);
+}
+
+bool peer_descends_from(int sock, pid_t ancestor) {
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  if (::getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || cred.pid <= 0) return true;
+  int pidfd = -1;
+#ifdef SO_PEERPIDFD
+  len = sizeof pidfd;
+  if (::getsockopt(sock, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) != 0) pidfd = -1;
+#endif
+  const UniqueFd pinned(pidfd);
+  bool descends = cred.pid == ancestor;
+  pid_t p = cred.pid;
+  for (int depth = 0; depth < 4096 && !descends && p > 1; ++depth) {
+    const pid_t parent = parent_of(p);
+    if (parent == 0) return true;  // unreadable on the way
+    descends = parent == ancestor;
+    p = parent;
+  }
+  // The walk read the parents of the process that connected, not of a successor with its pid.
+  if (pinned.valid() && ::syscall(SYS_pidfd_send_signal, pinned.get(), 0, nullptr, 0) != 0) return true;
+  return descends;
+}
+
+}  // namespace canopy

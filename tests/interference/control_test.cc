@@ -1,0 +1,127 @@
+// canopy-display's control socket against the processes canopy-vmm started (docs/security.md, "Control
+// sockets"): under the broker canopy-display refuses every descendant of its parent, canopy-vmm, whose
+// children are the VMs and their back-ends, whatever their uid; the operator's own clients, started
+// elsewhere, are served. Control run without the refusal: the same back-end quits the compositor.
+// (canopy-vmm's own control socket: tests/partition, ProcessesCanopyVmmStartedCannotUseItsControlSocket.)
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <string>
+#include <thread>
+
+#include "canopy/base/clock.h"
+#include "canopy/display/compositor.h"
+
+namespace canopy::display {
+namespace {
+
+Layout one_output() {
+  OutputSpec o;
+  o.name = "cluster";
+  o.width = 64;
+  o.height = 32;
+  LayerSpec c;
+  c.vm = "cluster";
+  c.dst = {0, 0, 64, 32};
+  o.layers = {c};
+  Layout l;
+  l.outputs.push_back(o);
+  return l;
+}
+
+// One request on the control socket at `path`; the reply, "" when closed unanswered.
+std::string ask(const std::string& path, const std::string& req, int timeout_ms) {
+  UniqueFd s(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::snprintf(a.sun_path, sizeof a.sun_path, "%s", path.c_str());
+  if (::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) return "unreachable";
+  (void)::send(s.get(), req.data(), req.size(), MSG_NOSIGNAL);
+  pollfd p{s.get(), POLLIN, 0};
+  if (::poll(&p, 1, timeout_ms) != 1) return "no answer";
+  char buf[4096];
+  const ssize_t n = ::recv(s.get(), buf, sizeof buf, 0);
+  return n > 0 ? std::string(buf, size_t(n)) : std::string();
+}
+
+TEST(DisplayControl, ProcessesCanopyVmmStartedCannotUseTheControlSocket) {
+  for (bool protect : {true, false}) {
+    SCOPED_TRACE(protect ? "refusing canopy-vmm's descendants" : "control: the uid alone decides");
+    const std::string dir = "/tmp/canopy-display-control-test." + std::to_string(::getpid());
+    ::mkdir(dir.c_str(), 0700);
+    const std::string ctl = dir + "/control.sock";
+    // "canopy-vmm": a child of this test that, once told, starts a "back-end" that asks the compositor
+    // to quit and reports the answer through a pipe.
+    int go[2], result[2];
+    ASSERT_EQ(::pipe2(go, O_CLOEXEC), 0);
+    ASSERT_EQ(::pipe2(result, O_CLOEXEC), 0);
+    const pid_t vmm = ::fork();
+    ASSERT_GE(vmm, 0);
+    if (vmm == 0) {
+      char b;
+      if (::read(go[0], &b, 1) != 1) _exit(1);
+      const pid_t backend = ::fork();
+      if (backend == 0) {
+        // The compositor is served by the test's thread: no answer within 30 s is a hang guard.
+        const std::string reply = ask(ctl, "quit", 30000);
+        (void)!::write(result[1], reply.data(), reply.size());
+        _exit(0);
+      }
+      int st = 0;
+      (void)::waitpid(backend, &st, 0);
+      _exit(0);
+    }
+    ::close(go[0]);
+    ::close(result[1]);
+    FakeClock clock;
+    CompositorOptions o;
+    o.listen_path = dir + "/display.sock";
+    o.control_path = ctl;
+    o.renderer = "pixman";
+    if (protect) o.control_refuses_descendants_of = vmm;
+    auto c = Compositor::create(one_output(), o, clock);
+    ASSERT_TRUE(c.ok()) << c.error().what;
+    ASSERT_EQ(::write(go[1], "g", 1), 1);
+    // Serve until the back-end has its answer (the pipe closes when it and "canopy-vmm" are gone).
+    std::string reply;
+    for (int i = 0; i < 3000; ++i) {
+      ASSERT_TRUE((*c)->poll_input(10).ok());
+      pollfd p{result[0], POLLIN, 0};
+      if (::poll(&p, 1, 0) == 1) {
+        char buf[512];
+        const ssize_t n = ::read(result[0], buf, sizeof buf);
+        if (n <= 0) break;
+        reply.append(buf, size_t(n));
+      }
+    }
+    int st = 0;
+    ASSERT_EQ(::waitpid(vmm, &st, 0), vmm);
+    if (protect) {
+      EXPECT_EQ(reply, "");  // closed unanswered
+      EXPECT_FALSE((*c)->quit_requested());
+      // The operator, not started by "canopy-vmm", is served.
+      std::string stats;
+      std::thread op([&] { stats = ask(ctl, "stats", 30000); });
+      for (int i = 0; i < 3000 && stats.empty(); ++i) ASSERT_TRUE((*c)->poll_input(10).ok());
+      op.join();
+      EXPECT_EQ(stats.rfind("renderer ", 0), 0u) << stats;
+    } else {
+      EXPECT_EQ(reply, "ok\n");
+      EXPECT_TRUE((*c)->quit_requested());
+    }
+    ::close(go[1]);
+    ::close(result[0]);
+    c->reset();
+    ::rmdir(dir.c_str());
+  }
+}
+
+}  // namespace
+}  // namespace canopy::display
