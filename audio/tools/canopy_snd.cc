@@ -36,6 +36,9 @@ constexpr const char* kUsage =
     "  --vm=NAME                the VM (PipeWire node names, policy board labels)\n"
     "  --policy=PATH            the cross-VM policy board (default $XDG_RUNTIME_DIR/canopy-audio-policy)\n"
     "  --no-policy              no cross-VM policy\n"
+    "  --policy-fd=N --policy-states=A,B,...  canopy-vmm's board instead (what canopy-vmm passes): the\n"
+    "                           sealed policy table from the manifest, and each VM's state segment (this\n"
+    "                           VM's writable, the others read-only); priorities come from the table\n"
     "  --controls               offer VIRTIO_SND_F_CTLS (a volume and a switch per stream); QEMU needs\n"
     "                           controls=on on vhost-user-snd-pci for it (canopy-vmm passes this itself)\n"
     "  --no-controls            do not offer VIRTIO_SND_F_CTLS (the default, as QEMU's controls=off)\n"
@@ -51,6 +54,8 @@ Result<std::unique_ptr<vu::Device>> make_device(const std::vector<std::string>& 
   std::string host = "auto", wav_dir, policy, stats;
   if (env_host && (std::string(env_host) == "null" || std::string(env_host) == "pipewire")) host = env_host;
   bool no_policy = false, force_quantum = false;
+  int policy_fd = -1;
+  std::vector<int> policy_states;
   double tone = 0;
   for (const auto& a : args) {
     const auto eq = a.find('=');
@@ -76,7 +81,14 @@ Result<std::unique_ptr<vu::Device>> make_device(const std::vector<std::string>& 
     else if (key == "--vm" && !val.empty() && val.size() < 64) o.vm = val;
     else if (key == "--policy" && !val.empty()) policy = val;
     else if (key == "--no-policy" && flag) no_policy = true;
-    else if (key == "--controls" && flag) o.controls = true;
+    else if (key == "--policy-fd" && !val.empty()) policy_fd = std::atoi(val.c_str());
+    else if (key == "--policy-states" && !val.empty()) {
+      for (size_t at = 0; at <= val.size();) {
+        const size_t comma = std::min(val.find(',', at), val.size());
+        policy_states.push_back(std::atoi(val.substr(at, comma - at).c_str()));
+        at = comma + 1;
+      }
+    } else if (key == "--controls" && flag) o.controls = true;
     else if (key == "--no-controls" && flag) o.controls = false;
     else if (key == "--force-quantum" && flag) force_quantum = true;
     else if (key == "--stats" && !val.empty()) stats = val;
@@ -120,7 +132,14 @@ Result<std::unique_ptr<vu::Device>> make_device(const std::vector<std::string>& 
     CANOPY_ASSIGN_OR_RETURN(h, make_null_backend(no));
   }
   std::unique_ptr<PolicyBoard> board;
-  if (!no_policy) {
+  if (!no_policy && policy_fd >= 0) {
+    auto b = PolicyBoard::from_vmm(policy_fd, policy_states, o.vm);
+    if (!b.ok()) {
+      CANOPY_ERROR("canopy-snd: canopy-vmm's policy board: %s", b.error().what);
+      return b.error();
+    }
+    board = std::move(*b);
+  } else if (!no_policy) {
     if (policy.empty()) {
       const char* rt = std::getenv("XDG_RUNTIME_DIR");
       if (rt && *rt) policy = std::string(rt) + "/canopy-audio-policy";
@@ -145,7 +164,11 @@ Result<std::unique_ptr<vu::Device>> make_device(const std::vector<std::string>& 
   }
   dev->set_stats_path(stats);
   CANOPY_INFO("canopy-snd: vm %s, %zu stream(s), %zu jack(s), controls %s, host %s, policy %s", vm.c_str(), nstreams,
-              njacks, controls ? "on" : "off", host.c_str(), policy.empty() || no_policy ? "off" : policy.c_str());
+              njacks, controls ? "on" : "off", host.c_str(),
+              no_policy        ? "off"
+              : policy_fd >= 0 ? "from canopy-vmm (the manifest's table)"
+              : policy.empty() ? "off"
+                               : policy.c_str());
   return std::unique_ptr<vu::Device>(std::move(dev));
 }
 
@@ -153,7 +176,7 @@ Result<std::unique_ptr<vu::Device>> make_device(const std::vector<std::string>& 
 
 int main(int argc, char** argv) {
   vu::BackendProgram program{"canopy-snd", "sound", {}, kUsage};
-  program.valued_options = {"--stream",       "--jack", "--host",   "--wav-dir",
-                            "--capture-tone", "--vm",   "--policy", "--stats"};
+  program.valued_options = {"--stream", "--jack",   "--host",  "--wav-dir",   "--capture-tone",
+                            "--vm",     "--policy", "--stats", "--policy-fd", "--policy-states"};
   return vu::backend_main(argc, argv, program, make_device);
 }

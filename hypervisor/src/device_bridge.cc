@@ -102,6 +102,7 @@ Status DeviceBridge::start_backend(const RamInfo& ram) {
   o.argv.insert(o.argv.end(), spec_.args.begin(), spec_.args.end());
   for (char** e = environ; *e != nullptr; ++e) o.env.emplace_back(*e);
   o.fds = {{theirs.get(), 3}};
+  o.fds.insert(o.fds.end(), spec_.inherit.begin(), spec_.inherit.end());
   UniqueFd link;
   if (spec_.display_link) {
     CANOPY_ASSIGN_OR_RETURN(link, open_display_link());

@@ -39,6 +39,8 @@ struct BackendSpec {
   // The back-end gets a device link to canopy-vmm's connection broker (canopy/protocol/broker.h) as
   // descriptor kDisplayLinkFd, named by --display-fd: it asks there for compositor connections.
   bool display_link = false;
+  // Descriptors the back-end inherits: (ours, its number); ours stay open as long as the spec is used.
+  std::vector<std::pair<int, int>> inherit;
 };
 
 inline constexpr int kDisplayLinkFd = 4;

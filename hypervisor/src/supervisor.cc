@@ -65,6 +65,45 @@ void Supervisor::Impl::dispatch(uint64_t t) {
 
 // --- Supervisor --------------------------------------------------------------------------------------------
 
+Status Supervisor::Impl::make_policy_board() {
+  CANOPY_ASSIGN_OR_RETURN(auto table, config::policy_table_from_manifest(manifest));
+  if (table.vms.empty()) return {};
+  const auto bytes = config::encode_policy_table(table);
+  policy_table = UniqueFd(memfd_create("canopy-audio-policy", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  if (!policy_table) return make_error(Errc::kIo, "memfd_create failed", errno);
+  if (pwrite(policy_table.get(), bytes.data(), bytes.size(), 0) != ssize_t(bytes.size()))
+    return make_error(Errc::kIo, "writing the policy table failed", errno);
+  // Nobody writes it after this, canopy-vmm included.
+  if (fcntl(policy_table.get(), F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0)
+    return make_error(Errc::kIo, "sealing the policy table failed", errno);
+  policy_vms = table.vms;
+  for (const auto& vm : table.vms) {
+    UniqueFd rw(memfd_create(("canopy-audio-state-" + vm).c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING));
+    if (!rw || ftruncate(rw.get(), off_t(config::kPolicyStateBytes)) != 0 ||
+        fcntl(rw.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0)
+      return make_error(Errc::kIo, "making a policy state segment failed", errno);
+    // The same file, opened again read-only: what the other VMs' back-ends get.
+    UniqueFd ro(open(("/proc/self/fd/" + std::to_string(rw.get())).c_str(), O_RDONLY | O_CLOEXEC));
+    if (!ro) return make_error(Errc::kIo, "reopening a policy state segment read-only failed", errno);
+    policy_state_rw.push_back(std::move(rw));
+    policy_state_ro.push_back(std::move(ro));
+  }
+  return {};
+}
+
+void Supervisor::Impl::add_policy_board(const std::string& name, BackendSpec& spec) const {
+  if (!policy_table) return;
+  constexpr int kFirst = 5;  // after the vhost-user socket (3) and a device link (4)
+  spec.inherit.emplace_back(policy_table.get(), kFirst);
+  std::string states;
+  for (size_t v = 0; v < policy_vms.size(); ++v) {
+    const int n = kFirst + 1 + int(v);
+    spec.inherit.emplace_back(policy_vms[v] == name ? policy_state_rw[v].get() : policy_state_ro[v].get(), n);
+    states += (v ? "," : "") + std::to_string(n);
+  }
+  spec.args.insert(spec.args.begin(), {"--policy-fd=" + std::to_string(kFirst), "--policy-states=" + states});
+}
+
 Supervisor::Supervisor(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) { impl_->self = this; }
 
 Supervisor::~Supervisor() { shutdown(); }
@@ -78,6 +117,10 @@ Result<std::unique_ptr<Supervisor>> Supervisor::create(const Manifest& m, Superv
   if (!impl->epoll) return make_error(Errc::kIo, "epoll_create1 failed", errno);
   if (impl->opt.confine) {
     CANOPY_ASSIGN_OR_RETURN(impl->filter, partition_seccomp_filter());
+  }
+  if (Status s = impl->make_policy_board(); !s.ok()) {
+    CANOPY_ERROR("audio policy: %s", s.error().what);
+    return s.error();
   }
   if (impl->opt.compositor) {
     auto prog = resolve_program("canopy-display", impl->opt.base_dir);
@@ -103,7 +146,10 @@ Result<std::unique_ptr<Supervisor>> Supervisor::create(const Manifest& m, Superv
       specs.push_back({"gpu", 16, c.gpu->backend, gpu_args(c, impl->opt.display_socket, impl->opt.compositor),
                        impl->opt.compositor});
     }
-    if (c.snd) specs.push_back({"snd", 25, c.snd->backend, snd_args(m, c)});
+    if (c.snd) {
+      specs.push_back({"snd", 25, c.snd->backend, snd_args(m, c)});
+      impl->add_policy_board(c.name, specs.back());
+    }
     for (const auto& d : c.devices) specs.push_back({d.type, d.virtio_id, d.backend, d.args});
     for (auto& s : specs) {
       auto prog = resolve_program(s.program, impl->opt.base_dir);

@@ -25,6 +25,7 @@
 #include <sstream>
 
 #include "canopy/base/log.h"
+#include "canopy/config/policy_table.h"
 #include "canopy/hypervisor/process.h"
 #include "canopy/hypervisor/sandbox.h"
 #include "canopy/hypervisor/supervisor.h"
@@ -107,6 +108,15 @@ struct Supervisor::Impl {
   UniqueFd control;
   std::map<int, UniqueFd> clients;
   std::map<int, const char*> denied;  // clients refused at accept: the reason, sent for their request
+  // The audio policy board (config/policy_table.h): the sealed table, and per VM of it its state
+  // segment, writable (for its own canopy-snd) and read-only (for the others).
+  UniqueFd policy_table;
+  std::vector<std::string> policy_vms;
+  std::vector<UniqueFd> policy_state_rw, policy_state_ro;
+  Status make_policy_board();
+  // canopy-snd's board arguments and descriptors for VM `name` (none when it has no sound device).
+  void add_policy_board(const std::string& name, BackendSpec& spec) const;
+
   // The compositor service and our end of its service link (supervisor_broker.cc).
   Child compositor;
   UniqueFd broker;

@@ -86,10 +86,16 @@ Status Supervisor::Impl::start_kvm(Vm& vm) {
     for (const auto& a : d->spec().args) o.argv.insert(o.argv.end(), {"--device-arg", a});
     if (d->spec().display_link) {
       CANOPY_ASSIGN_OR_RETURN(auto theirs, d->open_display_link());
-      const int n = 3 + int(links.size());
+      const int n = 3 + int(o.fds.size());
       o.argv.insert(o.argv.end(), {"--device-link", std::to_string(n)});
       o.fds.emplace_back(theirs.get(), n);
       links.push_back(std::move(theirs));
+    }
+    // What the back-end inherits (the audio policy board) goes through the child canopy-vmm too.
+    for (const auto& [ours, target] : d->spec().inherit) {
+      const int n = 3 + int(o.fds.size());
+      o.argv.insert(o.argv.end(), {"--device-inherit", std::to_string(n) + ":" + std::to_string(target)});
+      o.fds.emplace_back(ours, n);
     }
   }
   for (char** e = environ; *e != nullptr; ++e) o.env.emplace_back(*e);

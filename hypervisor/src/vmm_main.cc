@@ -42,7 +42,8 @@ constexpr const char* kUsage =
     "                             The control socket refuses what canopy-vmm started (and what they fork);\n"
     "                             --control-open-to-children: only the uid decides (tests' control runs)\n"
     "       canopy-vmm boot --kernel BZIMAGE [--initrd FILE] [--cmdline TEXT] [--memory SIZE] [--vcpus N]\n"
-    "                       [--device TYPE=PROGRAM[,ARG...] [--device-arg ARG]... [--device-link FD]]...\n"
+    "                       [--device TYPE=PROGRAM[,ARG...] [--device-arg ARG]... [--device-link FD]\n"
+    "                        [--device-inherit FD:TARGET]...]...\n"
     "                             boot one Linux guest on KVM (docs/kvm.md), each --device a virtio-mmio\n"
     "                             device (rng, snd, gpu, console, ...) bridged to the vhost-user back-end\n"
     "                             PROGRAM (started as PROGRAM --fd=3 ARGS); its serial console goes to\n"
@@ -190,6 +191,15 @@ int boot(int argc, char** argv) {
         return 2;
       }
       devices.back().link_fd = fd;
+    } else if (a == "--device-inherit" && has && !devices.empty()) {
+      // FD:TARGET: an inherited descriptor the back-end gets as TARGET (the audio policy board).
+      int fd = -1, target = -1;
+      if (std::sscanf(argv[++i], "%d:%d", &fd, &target) != 2 || fd <= 2 || target <= 4 || target >= 16 ||
+          fcntl(fd, F_GETFD) < 0) {
+        std::fprintf(stderr, "canopy-vmm boot: --device-inherit %s: expected an open FD:TARGET (5..15)\n", argv[i]);
+        return 2;
+      }
+      devices.back().inherit.emplace_back(fd, target);
     } else {
       std::fprintf(stderr, "canopy-vmm boot: bad argument %s\n%s", a.c_str(), kUsage);
       return 2;

@@ -491,14 +491,14 @@ TEST(PartitionGpu, EveryCommandAndErrorCodeThroughTheGuestClient) {
 }
 
 TEST(PartitionSnd, EveryRequestAndErrorThroughTheGuestClient) {
-  // canopy-snd with its null host: playback recorded to a WAV file, capture hearing a 440 Hz tone. The
-  // policy board is private to the test (no $XDG_RUNTIME_DIR board shared with anything else).
+  // canopy-snd with its null host: playback recorded to a WAV file, capture hearing a 440 Hz tone. Its
+  // policy board is canopy-vmm's (the manifest's table), shared with nothing outside this canopy-vmm.
   Vmm vmm("[[vm]]\nname = \"audio\"\nbackend = \"partition\"\nmemory = \"32M\"\nrestart = \"never\"\napp = \"" + kBin +
           "/canopy-partition-snd-check\"\n[vm.snd]\nbackend = \"" + kBin +
           "/canopy-snd\"\nstreams = [\n  { name = \"music\", direction = \"output\", channels = 2, rates = [48000] },\n"
           "  { name = \"mic\", direction = \"input\", channels = 1, rates = [48000], role = \"voice\" },\n]\n"
           "jacks = [{ name = \"speaker\", direction = \"output\", device = \"speaker\" }]\n"
-          "args = [\"--host=null\", \"--wav-dir=@DIR@\", \"--capture-tone=440\", \"--policy=@DIR@/policy\"]\n");
+          "args = [\"--host=null\", \"--wav-dir=@DIR@\", \"--capture-tone=440\"]\n");
   ASSERT_TRUE(Vmm::wait_until([&] { return vmm.log().find("snd-check: done") != std::string::npos; })) << vmm.log();
   const std::string log = vmm.log();
   EXPECT_EQ(log.find("snd-check: FAIL"), std::string::npos) << log;

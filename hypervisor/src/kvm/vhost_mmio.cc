@@ -44,6 +44,7 @@ Result<std::unique_ptr<VhostMmioDevice>> VhostMmioDevice::start(const KvmDeviceS
     o.argv.push_back("--display-fd=4");
     o.fds.emplace_back(spec.link_fd, 4);
   }
+  o.fds.insert(o.fds.end(), spec.inherit.begin(), spec.inherit.end());
   CANOPY_ASSIGN_OR_RETURN(d->backend_, spawn(o));
   theirs.reset();
   // The back-end answers its first message once it has set itself up, which can take long (canopy-gpu's

@@ -40,6 +40,7 @@ struct KvmDeviceSpec {
   std::string program;
   std::vector<std::string> args;
   int link_fd = -1;  // a broker device link (canopy/protocol/broker.h) the back-end gets as --display-fd=4
+  std::vector<std::pair<int, int>> inherit;  // (ours, its number): what else it inherits
 };
 
 class VhostMmioDevice final : public transport::MmioDevice {
