@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -10,6 +11,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <string>
 
 #include "canopy/base/log.h"
 #include "canopy/buffers/shared_memory.h"
@@ -37,6 +39,17 @@ Result<UniqueFd> memfd_copy(const void* data, size_t len, const char* name) {
     std::memcpy(map.data(), data, len);
   }
   return shm.dup_fd();
+}
+
+// The same file opened again read-only: what the compositor gets of guest memory (it only reads, and a
+// taken-over compositor cannot write a VM's memory through it: no PROT_WRITE mapping, no write()).
+Result<UniqueFd> read_only(int fd) {
+  UniqueFd ro(::open(("/proc/self/fd/" + std::to_string(fd)).c_str(), O_RDONLY | O_CLOEXEC));
+  if (!ro.valid()) return make_error(Errc::kIo, "reopening a buffer's file read-only failed", errno);
+  struct stat a{}, b{};
+  if (::fstat(fd, &a) != 0 || ::fstat(ro.get(), &b) != 0 || a.st_ino != b.st_ino || a.st_dev != b.st_dev)
+    return make_error(Errc::kIo, "reopening a buffer's file read-only gave another file");
+  return ro;
 }
 
 }  // namespace
@@ -188,6 +201,17 @@ bool ChannelOutput::define_buffer(const Frame& f, uint64_t& copied) {
     fds.push_back(fd->get());
     pieces.push_back({0, 0, page_up((*view)->size())});
     ref.copy = std::move(*fd);
+  }
+  // Every file goes out read-only (held until the packets are sent).
+  std::vector<UniqueFd> ro;
+  for (int& fd : fds) {
+    auto r = read_only(fd);
+    if (!r.ok()) {
+      CANOPY_WARN_RL("canopy-gpu: frame buffer not sent to the compositor: %s", r.error().what);
+      return false;
+    }
+    fd = r->get();
+    ro.push_back(std::move(*r));
   }
   auto packets = ch::encode_buffer(ch::buffer_key(key.first, key.second), pieces, fds);
   if (!packets.ok()) {

@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -89,6 +90,15 @@ TEST_F(ChannelOutputTest, BufferOnceFramesAsPacketsReleaseOnRelease) {
   ASSERT_EQ(buf.pieces().size(), 2u);
   EXPECT_EQ(buf.pieces()[0].offset.get(), 8192u);
   EXPECT_EQ(buf.fds.size(), 1u);  // one descriptor for both pieces of the same file
+  // Guest memory goes to the compositor read-only: it cannot be mapped writable nor written (control: the
+  // device's own descriptor of the same file can).
+  ASSERT_EQ(buf.fds.size(), 1u);
+  EXPECT_EQ(::fcntl(buf.fds[0].get(), F_GETFL) & O_ACCMODE, O_RDONLY);
+  EXPECT_EQ(::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, buf.fds[0].get(), 0), MAP_FAILED);
+  EXPECT_EQ(::pwrite(buf.fds[0].get(), "x", 1, 0), -1);
+  void* rw = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd_->get(), 0);
+  EXPECT_NE(rw, MAP_FAILED);
+  if (rw != MAP_FAILED) ::munmap(rw, 4096);
   auto f1 = next(comp.get());
   ASSERT_EQ(f1.type, ch::Type::kFrame);
   EXPECT_EQ(f1.fixed<ch::FrameMsg>().seq.get(), 1u);
