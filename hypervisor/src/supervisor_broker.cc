@@ -128,7 +128,7 @@ void Supervisor::Impl::on_display_link(Vm& vm, DeviceBridge& d) {
       continue;
     }
     UniqueFd service_end(sv[0]), device_end(sv[1]);
-    const uint64_t serial = compositor_status.admitted + compositor_status.refused + 1;
+    const uint64_t serial = compositor_status.admitted + 1;
     auto admit =
         bk::encode_admit(vm.cfg.name, bk::Service::kDisplay, bk::Criticality(uint32_t(vm.cfg.criticality)), serial);
     if (!admit.ok() || !bk::send(broker.get(), *admit, service_end.get()).ok()) {

@@ -20,6 +20,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <regex>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -97,8 +98,10 @@ class Vmm {
     char tmpl[] = "/tmp/canopy-partition-test-XXXXXX";
     dir_ = mkdtemp(tmpl);
     chmod(dir_.c_str(), 0755);    // partitions (other uids) read the probe's target file here
-    std::string text = manifest;  // "@DIR@" stands for this folder
+    std::string text = manifest;  // "@DIR@" stands for this folder, here and in `extra`
     for (size_t at; (at = text.find("@DIR@")) != std::string::npos;) text.replace(at, 5, dir_);
+    for (auto& e : extra)
+      for (size_t at; (at = e.find("@DIR@")) != std::string::npos;) e.replace(at, 5, dir_);
     std::ofstream(dir_ + "/vm.toml") << text;
     log_ = dir_ + "/vmm.log";
     control_ = dir_ + "/control";
@@ -345,6 +348,46 @@ TEST(Partitions, ProcessesCanopyVmmStartedCannotUseItsControlSocket) {
       EXPECT_TRUE(Vmm::wait_until([&] { return vmm.text("vm cluster", "state") == "stopped"; }));
     }
   }
+}
+
+// A taken-over GPU back-end of the IVI against canopy-vmm's broker (canopy-vmm --compositor): it asks
+// for compositor connections 30 times as fast as the answers come; canopy-vmm makes at most 10 per 10 s
+// of them (the rest refused), and each one it gets is bound to "ivi": its HELLO as "cluster" makes
+// canopy-display close it, so no connection of the cluster's name comes from it.
+TEST(Partitions, AGpuBackEndCanNeitherFloodTheBrokerNorClaimAnotherVm) {
+  const std::string display =
+      "[[display]]\nname = \"main\"\nwidth = 64\nheight = 32\nrefresh_hz = 60\n"
+      "[[layout]]\ndisplay = \"main\"\nvm = \"cluster\"\nwidth = 64\nheight = 32\n"
+      "[[layout]]\ndisplay = \"main\"\nvm = \"ivi\"\nwidth = 16\nheight = 16\nz = 1\n";
+  const std::string gpu = "[vm.gpu]\nscanouts = [{ width = 64, height = 32, refresh_hz = 60 }]\n";
+  Vmm vmm(
+      rng_vm("cluster", "criticality = \"safety\"\n", "") + gpu + rng_vm("ivi", "", "") + "[vm.gpu]\nbackend = \"" +
+          kBin +
+          "/canopy-test-display-flood\"\nscanouts = [{ width = 64, height = "
+          "32, refresh_hz = 60 }]\n" +
+          display,
+      {"--compositor", "--output", "headless", "--renderer", "pixman", "--quiet", "--control", "@DIR@/display.ctl"});
+  ASSERT_TRUE(Vmm::wait_until([&] { return vmm.log().find("flood: asked=") != std::string::npos; })) << vmm.log();
+  const std::string log = vmm.log();
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(
+      log, m, std::regex(R"(flood: asked=30 connected=(\d+) refused=(\d+) closed=(\d+) elapsed_ms=(\d+))")))
+      << log;
+  const long connected = std::stol(m[1]), refused = std::stol(m[2]), closed = std::stol(m[3]), ms = std::stol(m[4]);
+  EXPECT_EQ(connected + refused, 30);
+  // 10 per window of 10 s: the windows the flood spanned bound what it got.
+  EXPECT_LE(connected, 10 * (1 + ms / 10000)) << log;
+  EXPECT_GE(connected, 1) << "the broker serves a back-end that asks in measure";
+  EXPECT_EQ(closed, connected) << "every connection that claimed the cluster was closed";
+  // canopy-vmm's count agrees, and the compositor has no connection of anybody's name from it.
+  EXPECT_TRUE(Vmm::wait_until([&] { return vmm.ctl("status").find("service name=display") != std::string::npos; }));
+  const std::string status = vmm.ctl("status");
+  EXPECT_NE(status.find("admitted=" + std::to_string(connected) + " refused=" + std::to_string(refused)),
+            std::string::npos)
+      << status;
+  auto stats = control_request(vmm.dir() + "/display.ctl", "stats", 30000);
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(stats->find("\nvm "), std::string::npos) << *stats;
 }
 
 TEST(Partitions, AMisbehavingPartitionNeitherStopsTheVmmNorTheOthers) {
