@@ -38,6 +38,7 @@ Status Supervisor::Impl::start(Vm& vm) {
   if (!asan.empty()) o.env.push_back("ASAN_OPTIONS=" + asan);
   o.fds = {{pair.second.get(), 3}};
   o.confine = opt.confine;
+  o.read_only_fs = opt.confine;  // a partition writes no file anywhere (it has no need to)
   o.uid = kPartitionUidBase + uid_t(vm.index);
   o.seccomp = opt.confine ? &filter : nullptr;
   auto child = spawn(o);

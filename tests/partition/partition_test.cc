@@ -284,15 +284,22 @@ TEST(Partitions, AHostilePartitionReachesNothingOutsideItsRam) {
   iovec local{buf, sizeof buf}, remote{reinterpret_cast<void*>(start), sizeof buf};
   ASSERT_EQ(process_vm_readv(victim, &local, 1, &remote, 1, 0), ssize_t(sizeof buf));
 
+  // A folder the partition's uid may write to by its permissions: only its file system view stops it.
+  ASSERT_EQ(mkdir((vmm.dir() + "/open").c_str(), 0777), 0);
+  ASSERT_EQ(chmod((vmm.dir() + "/open").c_str(), 01777), 0);
   std::ofstream(vmm.dir() + "/TARGET") << victim << "\n";
   ASSERT_TRUE(Vmm::wait_until([&] { return vmm.log().find("probe summary:") != std::string::npos; }));
   const std::string log = vmm.log();
-  for (const char* probe : {"process_vm_readv", "process_vm_writev", "ptrace_seize", "open_proc_mem", "pidfd_open",
-                            "kill", "socket", "unshare_user", "setuid_root", "mount", "fork", "ram_shrink", "ram_grow",
-                            "foreign_descriptors", "ring_outside_ram", "buffer_outside_ram"}) {
+  for (const char* probe :
+       {"process_vm_readv", "process_vm_writev", "ptrace_seize", "open_proc_mem", "pidfd_open", "kill", "socket",
+        "write_file", "unshare_user", "setuid_root", "mount", "fork", "ram_shrink", "ram_grow", "foreign_descriptors",
+        "ring_outside_ram", "buffer_outside_ram"}) {
     EXPECT_NE(log.find(std::string("probe ") + probe + ": blocked"), std::string::npos) << probe;
   }
-  EXPECT_NE(log.find("probe summary: attempted=16 allowed=0"), std::string::npos);
+  EXPECT_NE(log.find("probe summary: attempted=17 allowed=0"), std::string::npos);
+  EXPECT_NE(access((vmm.dir() + "/open/written-by-probe").c_str(), F_OK), 0);
+  EXPECT_NE(vmm.text("vm attacker", "confinement").find("landlock:ro"), std::string::npos)
+      << vmm.text("vm attacker", "confinement");
   const long before = vmm.field("vm victim", "progress");
   ASSERT_TRUE(Vmm::wait_until([&] { return vmm.field("vm victim", "progress") >= before + 10; }));
   EXPECT_EQ(vmm.field("vm victim", "restarts"), 0);
@@ -305,10 +312,12 @@ TEST(Partitions, TheSameProbeGetsThroughWithoutConfinement) {
   Vmm vmm(rng_vm("victim", "", "") + rng_vm("attacker", "", "\"--attack\", \"@DIR@/TARGET\"", "canopy-partition-probe"),
           {"--no-confine"});
   ASSERT_TRUE(Vmm::wait_until([&] { return vmm.field("vm victim", "progress") >= 5; }));
+  ASSERT_EQ(mkdir((vmm.dir() + "/open").c_str(), 0777), 0);
+  ASSERT_EQ(chmod((vmm.dir() + "/open").c_str(), 01777), 0);
   std::ofstream(vmm.dir() + "/TARGET") << vmm.field("vm victim", "pid") << "\n";
   ASSERT_TRUE(Vmm::wait_until([&] { return vmm.log().find("probe summary:") != std::string::npos; }));
   const std::string log = vmm.log();
-  for (const char* probe : {"process_vm_readv", "open_proc_mem", "pidfd_open", "socket"})
+  for (const char* probe : {"process_vm_readv", "open_proc_mem", "pidfd_open", "socket", "write_file"})
     EXPECT_NE(log.find(std::string("probe ") + probe + ": ALLOWED"), std::string::npos) << probe;
   // The device-side limits do not depend on the sandbox: they hold either way.
   EXPECT_NE(log.find("probe ring_outside_ram: blocked"), std::string::npos);

@@ -1,6 +1,7 @@
 // canopy-partition-probe: a hostile guest partition for canopy-vmm's isolation and robustness tests.
 //   --attack FILE   read a victim's host pid from FILE (written by the test) and try to reach it and
-//                   anything outside this partition's RAM; one line per attempt:
+//                   anything outside this partition's RAM, and to write a file into the folder "open"
+//                   beside FILE (mode 1777); one line per attempt:
 //                     probe NAME: blocked (why)   or   probe NAME: ALLOWED (what happened)
 //                   then "probe summary: attempted=N allowed=M".
 //   --control PATH VM   (run it unconfined, so that the socket is reachable) ask canopy-vmm's control
@@ -42,6 +43,7 @@ using namespace canopy::guest;
 namespace msg = canopy::transport::msg;
 
 int attempted = 0, allowed = 0;
+std::string g_open_dir;  // a folder anybody may write to (mode 1777), beside the target file
 
 void result(const char* name, bool was_blocked, const std::string& detail) {
   ++attempted;
@@ -85,6 +87,10 @@ void attack(Partition& p, pid_t target) {
   syscall_result("kill", kill(target, 0), {EPERM, ESRCH});  // signal 0: the permission check alone
   // New channels and privileges.
   syscall_result("socket", socket(AF_UNIX, SOCK_STREAM, 0), {EPERM, EACCES});
+  // A file where the permissions let anybody write (a back-end's binary, elsewhere): the partition's
+  // file system view lets it write nowhere.
+  syscall_result("write_file", open((g_open_dir + "/written-by-probe").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644),
+                 {EACCES, EPERM, EROFS});
   syscall_result("unshare_user", unshare(CLONE_NEWUSER), {EPERM, EINVAL});
   syscall_result("setuid_root", setuid(0), {EPERM});
   {
@@ -302,6 +308,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   if (!target_file.empty()) {
+    g_open_dir = target_file.substr(0, target_file.rfind('/') + 1) + "open";
     pid_t target = read_target(**p, target_file);
     if (target <= 0) {
       std::fprintf(stderr, "canopy-partition-probe: no target pid in %s\n", target_file.c_str());

@@ -41,8 +41,12 @@ struct SpawnOptions {
   int stderr_fd = -1;
   // Confinement (guest partitions).
   bool confine = false;
+  bool read_only_fs = false;
   uid_t uid = 0;  // the uid/gid to run as when the VMM is root (0: keep)
   const std::vector<sock_filter>* seccomp = nullptr;
+  // With `confine`: a Landlock domain in which the child can write, create, remove or truncate nothing
+  // in any filesystem (descriptors it was given stay usable), nor signal outside it. Where the kernel
+  // has no Landlock the child runs without it (its confinement string says so).
 };
 
 struct ExitInfo {
