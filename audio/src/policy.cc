@@ -69,7 +69,13 @@ struct Header {
 static_assert(sizeof(Header) == 64);
 constexpr size_t kBoardBytes = sizeof(Header) + PolicyBoard::kSlots * sizeof(SharedBoard::Slot);
 
-bool process_gone(uint32_t pid) { return pid != 0 && kill(pid_t(pid), 0) != 0 && errno == ESRCH; }
+// Whether a slot's process is gone: its /proc entry (not kill(pid, 0): refused to a confined back-end, and
+// across identities).
+bool process_gone(uint32_t pid) {
+  if (pid == 0) return false;
+  struct stat st{};
+  return ::stat(("/proc/" + std::to_string(pid)).c_str(), &st) != 0 && errno == ENOENT;
+}
 }  // namespace
 
 uint64_t monotonic_ns() {

@@ -178,5 +178,17 @@ int main(int argc, char** argv) {
   vu::BackendProgram program{"canopy-snd", "sound", {}, kUsage};
   program.valued_options = {"--stream", "--jack",   "--host",  "--wav-dir",   "--capture-tone",
                             "--vm",     "--policy", "--stats", "--policy-fd", "--policy-states"};
+  // Confined like every back-end (backend_sandbox.h: PipeWire's client needs only unix sockets, memfds,
+  // threads and its own scheduling); it writes its recordings, its stats and the shared policy file.
+  program.confine = true;
+  program.writable_options = {"--wav-dir", "--stats", "--policy"};
+  if (const char* d = std::getenv("CANOPY_SND_STATS_DIR"); d && *d) program.writable_paths.emplace_back(d);
+  bool default_board = true;  // the shared file in $XDG_RUNTIME_DIR, unless another board or none is asked for
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--no-policy" || a.rfind("--policy", 0) == 0) default_board = false;
+  }
+  if (const char* rt = std::getenv("XDG_RUNTIME_DIR"); default_board && rt && *rt)
+    program.writable_paths.emplace_back(rt);
   return vu::backend_main(argc, argv, program, make_device);
 }

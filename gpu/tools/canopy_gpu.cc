@@ -177,6 +177,11 @@ int main(int argc, char** argv) {
   vu::BackendProgram program{"canopy-gpu", "gpu", {"edid"}, kUsage};
   // virglrenderer and the host's GL / Vulkan driver decode guest command streams in this process.
   program.confine = true;
+  // What it writes: its frame log, its control socket, and the GPU driver's shader cache.
+  program.writable_options = {"--frame-log", "--control"};
+  if (const char* d = std::getenv("MESA_SHADER_CACHE_DIR"); d && *d) program.writable_paths.emplace_back(d);
+  else if (const char* x = std::getenv("XDG_CACHE_HOME"); x && *x) program.writable_paths.emplace_back(x);
+  else if (const char* h = std::getenv("HOME"); h && *h) program.writable_paths.push_back(std::string(h) + "/.cache");
   program.valued_options = {
       "--renderer",      "--scanouts",       "--mode",        "--scanout-mode", "--frame-log",
       "--max-resources", "--max-backing-mb", "--max-host-mb", "--max-contexts", "--release-after-ms",

@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -120,6 +121,31 @@ int backend_main(int argc, char** argv, const BackendProgram& program, const Dev
     usage(program, stderr);
     return 2;
   }
+  // The file system view comes first: a Landlock domain covers the threads made after it, and the
+  // device makes its threads (a GPU driver's, PipeWire's) in the factory.
+  if (program.confine && !no_sandbox) {
+    auto where = [](const std::string& path) {  // a folder itself, else the folder it is in
+      struct stat st{};
+      if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) return path;
+      const size_t slash = path.rfind('/');
+      return slash == std::string::npos ? std::string(".") : slash == 0 ? std::string("/") : path.substr(0, slash);
+    };
+    std::vector<std::string> beneath = program.writable_paths;
+    if (!socket_path.empty()) beneath.push_back(where(socket_path));
+    for (const auto& a : extra) {
+      const size_t eq = a.find('=');
+      if (eq == std::string::npos) continue;
+      for (const auto& w : program.writable_options)
+        if (a.compare(0, eq, w) == 0 && eq + 1 < a.size()) beneath.push_back(where(a.substr(eq + 1)));
+    }
+    if (Status st = restrict_backend_writes(beneath); !st.ok()) {
+      if (st.error().code != Errc::kUnsupported) {
+        CANOPY_ERROR("cannot confine the process's writes: %s (--no-sandbox runs without)", st.error().what);
+        return 1;
+      }
+      CANOPY_WARN("no Landlock in this kernel: the process may write wherever its uid may");
+    }
+  }
   auto device = factory(extra);
   if (!device.ok()) {
     std::fprintf(stderr, "%s: %s\n", program.name, device.error().what);
@@ -164,7 +190,9 @@ int backend_main(int argc, char** argv, const BackendProgram& program, const Dev
       CANOPY_ERROR("cannot confine the process: %s (--no-sandbox runs without)", st.error().what);
       return 1;
     }
-    CANOPY_INFO("confined: no exec, no new processes, unix sockets only, no other processes (seccomp)");
+    CANOPY_INFO(
+        "confined: no exec, no new processes, unix sockets only, no other processes (seccomp), "
+        "writes only where its options say (Landlock)");
   }
   Backend backend(**device);
   g_backend.store(&backend);

@@ -2,11 +2,15 @@
 #include "canopy/transport/backend_sandbox.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <linux/landlock.h>
 #include <linux/seccomp.h>
 #include <sched.h>
 #include <seccomp.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "canopy/base/sanitizer.h"
@@ -138,6 +142,54 @@ Status confine_backend() {
     return make_error(Errc::kIo, "seccomp: cannot set no_new_privs", -rc);
   if ((rc = seccomp_load(ctx)) != 0) return make_error(Errc::kIo, "seccomp: the kernel refused the filter", -rc);
   return {};
+}
+
+Status restrict_backend_writes(const std::vector<std::string>& beneath) {
+  const long abi = syscall(SYS_landlock_create_ruleset, nullptr, 0, LANDLOCK_CREATE_RULESET_VERSION);
+  if (abi < 1) return make_error(Errc::kUnsupported, "the kernel has no Landlock", errno);
+  // Every write right of the kernel's ABI (not IOCTL_DEV: a GPU driver's ioctls on its device files).
+  uint64_t dir_rights = LANDLOCK_ACCESS_FS_WRITE_FILE | LANDLOCK_ACCESS_FS_REMOVE_DIR | LANDLOCK_ACCESS_FS_REMOVE_FILE |
+                        LANDLOCK_ACCESS_FS_MAKE_CHAR | LANDLOCK_ACCESS_FS_MAKE_DIR | LANDLOCK_ACCESS_FS_MAKE_REG |
+                        LANDLOCK_ACCESS_FS_MAKE_SOCK | LANDLOCK_ACCESS_FS_MAKE_FIFO | LANDLOCK_ACCESS_FS_MAKE_BLOCK |
+                        LANDLOCK_ACCESS_FS_MAKE_SYM;
+  uint64_t file_rights = LANDLOCK_ACCESS_FS_WRITE_FILE;
+  if (abi >= 2) dir_rights |= LANDLOCK_ACCESS_FS_REFER;
+  if (abi >= 3) {
+    dir_rights |= LANDLOCK_ACCESS_FS_TRUNCATE;
+    file_rights |= LANDLOCK_ACCESS_FS_TRUNCATE;
+  }
+  uint64_t attr[3] = {dir_rights, 0, 0};  // handled_access_fs, handled_access_net, scoped
+  size_t attr_size = abi >= 4 ? 16 : 8;
+  if (abi >= 6) {
+    attr[2] = LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET | LANDLOCK_SCOPE_SIGNAL;
+    attr_size = 24;
+  }
+  const int rs = int(syscall(SYS_landlock_create_ruleset, attr, attr_size, 0));
+  if (rs < 0) return make_error(Errc::kIo, "landlock_create_ruleset failed", errno);
+  auto add = [&](const std::string& path, uint64_t want) -> Status {
+    const int fd = ::open(path.c_str(), O_PATH | O_CLOEXEC);
+    if (fd < 0) return {};  // not there: nothing to allow
+    struct stat st{};
+    const bool dir = ::fstat(fd, &st) == 0 && S_ISDIR(st.st_mode);
+    landlock_path_beneath_attr pb{};
+    pb.allowed_access = want & (dir ? dir_rights : file_rights);
+    pb.parent_fd = fd;
+    const long r = syscall(SYS_landlock_add_rule, rs, LANDLOCK_RULE_PATH_BENEATH, &pb, 0);
+    const int e = errno;
+    ::close(fd);
+    if (r != 0) return make_error(Errc::kIo, "landlock_add_rule failed", e);
+    return {};
+  };
+  Status st;
+  for (const auto& p : beneath)
+    if (st.ok()) st = add(p, dir_rights);
+  if (st.ok()) st = add("/dev", LANDLOCK_ACCESS_FS_WRITE_FILE | LANDLOCK_ACCESS_FS_TRUNCATE);
+  if (st.ok()) st = add("/dev/shm", dir_rights);
+  if (st.ok() && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) st = make_error(Errc::kIo, "no_new_privs failed", errno);
+  if (st.ok() && syscall(SYS_landlock_restrict_self, rs, 0) != 0)
+    st = make_error(Errc::kIo, "landlock_restrict_self failed", errno);
+  ::close(rs);
+  return st;
 }
 
 }  // namespace canopy::transport

@@ -26,6 +26,11 @@ struct BackendProgram {
   // Confine the process (backend_sandbox.h) once the device is up and the front-end connected, unless
   // --no-sandbox is given.
   bool confine = false;
+  // With confine: what it may write (restrict_backend_writes, applied before the device is made): the
+  // values of these options (a folder, or a file's folder) and of --socket-path (its folder), and these
+  // paths.
+  std::vector<std::string> writable_options = {};
+  std::vector<std::string> writable_paths = {};
 };
 
 // Creates the device from the options main() did not consume (each "--name" or "--name=value").

@@ -14,10 +14,9 @@
 //     reboot, swapon/swapoff, acct, changing the clock, the host name, uids, gids and capabilities,
 //     iopl/ioperm, personality, quotactl.
 //   - Not covered: scheduling calls on other processes of the same user (sched_setaffinity and friends,
-//     which GPU drivers use on their own threads), and connecting to any unix socket (the compositor's,
-//     but also a session bus): a filesystem view of its own (Landlock, a mount namespace) would close
-//     that. canopy-vmm makes itself non-dumpable, so a back-end of the same user cannot open its memory
-//     through /proc.
+//     which GPU drivers use on their own threads), and connecting to any pathname unix socket the uid
+//     may reach (Landlock does not cover connect; restrict_backend_writes below covers writes). canopy-vmm makes itself
+//     non-dumpable, so a back-end of the same user cannot open its memory through /proc.
 //   - Everything else stays allowed: a GPU driver's ioctls, Mesa's JIT (mmap/mprotect), memfds for
 //     frames and blobs, AF_UNIX sockets (the compositor channel reconnects), threads, files (the uid's
 //     permissions decide). An allowlist is what partitions get (hypervisor/sandbox.h); a back-end that
@@ -30,9 +29,22 @@
 // applied to all threads: SECCOMP_FILTER_FLAG_TSYNC).
 #pragma once
 
+#include <string>
+#include <vector>
+
 #include "canopy/base/result.h"
 
 namespace canopy::transport {
+
+// The file system view of a back-end (Landlock; backend_main applies it before the device exists, while
+// the process has one thread, because a Landlock domain covers only the threads made after it): it
+// may write, create, remove, rename or truncate nothing but beneath `beneath` (what its options say it
+// writes: a frame log, a socket, its stats; a cache of its GPU driver), plus open device files in /dev
+// for writing (a GPU's render node, /dev/null) and use /dev/shm; reading stays as the uid's permissions
+// say. From Landlock ABI 6 it can neither signal nor reach the abstract sockets of processes outside its
+// domain. Paths that do not exist are skipped. Errors: kUnsupported when the kernel has no Landlock
+// (the caller decides: backend_main goes on with a warning), kIo.
+Status restrict_backend_writes(const std::vector<std::string>& beneath);
 
 // Errors: kIo when the kernel refuses the filter (seccomp not built in).
 Status confine_backend();
