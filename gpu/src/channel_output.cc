@@ -3,7 +3,6 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -39,17 +38,6 @@ Result<UniqueFd> memfd_copy(const void* data, size_t len, const char* name) {
     std::memcpy(map.data(), data, len);
   }
   return shm.dup_fd();
-}
-
-// The same file opened again read-only: what the compositor gets of guest memory (it only reads, and a
-// taken-over compositor cannot write a VM's memory through it: no PROT_WRITE mapping, no write()).
-Result<UniqueFd> read_only(int fd) {
-  UniqueFd ro(::open(("/proc/self/fd/" + std::to_string(fd)).c_str(), O_RDONLY | O_CLOEXEC));
-  if (!ro.valid()) return make_error(Errc::kIo, "reopening a buffer's file read-only failed", errno);
-  struct stat a{}, b{};
-  if (::fstat(fd, &a) != 0 || ::fstat(ro.get(), &b) != 0 || a.st_ino != b.st_ino || a.st_dev != b.st_dev)
-    return make_error(Errc::kIo, "reopening a buffer's file read-only gave another file");
-  return ro;
 }
 
 }  // namespace
@@ -132,8 +120,7 @@ UniqueFd ChannelOutput::request_connection() {
     CANOPY_WARN_RL("canopy-gpu: the broker refused a compositor connection (reason %u)", unsigned(answer->reason));
     return {};
   }
-  const int fl = ::fcntl(answer->fd.get(), F_GETFL);
-  if (fl < 0 || ::fcntl(answer->fd.get(), F_SETFL, fl | O_NONBLOCK) != 0) return {};
+  if (!set_nonblocking(answer->fd.get()).ok()) return {};
   return std::move(answer->fd);
 }
 
@@ -202,10 +189,11 @@ bool ChannelOutput::define_buffer(const Frame& f, uint64_t& copied) {
     pieces.push_back({0, 0, page_up((*view)->size())});
     ref.copy = std::move(*fd);
   }
-  // Every file goes out read-only (held until the packets are sent).
+  // Every file goes out read-only (held until the packets are sent): the compositor only reads, and a
+  // taken-over compositor cannot write a VM's memory through it (no PROT_WRITE mapping, no write()).
   std::vector<UniqueFd> ro;
   for (int& fd : fds) {
-    auto r = read_only(fd);
+    auto r = reopen_read_only(fd);
     if (!r.ok()) {
       CANOPY_WARN_RL("canopy-gpu: frame buffer not sent to the compositor: %s", r.error().what);
       return false;

@@ -1,7 +1,6 @@
 // A partition's virtio device bridged to a vhost-user back-end (device_bridge.h).
 #include "device_bridge.h"
 
-#include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -171,14 +170,12 @@ void DeviceBridge::configure_offline(const RamInfo& ram, uint16_t queues, uint64
 
 Result<UniqueFd> DeviceBridge::open_display_link() {
   int sv[2];
-  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) != 0)
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
     return make_error(Errc::kIo, "socketpair for the broker's device link failed", errno);
+  // Ours never blocks the loop; the back-end's end blocks: it waits for the broker's answer.
   display_link_.reset(sv[0]);
-  // The back-end's end blocks: it waits for the broker's answer.
   UniqueFd theirs(sv[1]);
-  const int fl = fcntl(theirs.get(), F_GETFL);
-  if (fl < 0 || fcntl(theirs.get(), F_SETFL, fl & ~O_NONBLOCK) != 0)
-    return make_error(Errc::kIo, "fcntl on the broker's device link", errno);
+  CANOPY_TRY(set_nonblocking(display_link_.get()));
   return theirs;
 }
 

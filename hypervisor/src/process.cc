@@ -20,6 +20,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "canopy/base/landlock.h"
 #include "canopy/base/log.h"
 
 #ifndef P_PIDFD
@@ -123,28 +124,9 @@ struct ChildPlan {
   int sync_r = -1;
   int devnull = -1;
   sock_fprog prog{};
-  // Landlock (read_only_fs): the ruleset's attributes (handled fs rights, net, scopes) and their size for
-  // the kernel's ABI; 0: none.
-  uint64_t landlock[3] = {0, 0, 0};
-  size_t landlock_size = 0;
+  // Landlock (read_only_fs): the ruleset with no rule granting anything back; attr_size 0: none.
+  LandlockWrites landlock;
 };
-
-// Write rights of every Landlock ABI up to `abi`, and its scopes (signals, abstract sockets).
-void landlock_plan(ChildPlan& p, long abi) {
-  if (abi < 1) return;
-  uint64_t fs = (1ull << 1) | (1ull << 4) | (1ull << 5) | (1ull << 6) | (1ull << 7) | (1ull << 8) | (1ull << 9) |
-                (1ull << 10) | (1ull << 11) | (1ull << 12);  // WRITE_FILE, REMOVE_*, MAKE_*
-  if (abi >= 2) fs |= 1ull << 13;                            // REFER
-  if (abi >= 3) fs |= 1ull << 14;                            // TRUNCATE
-  if (abi >= 5) fs |= 1ull << 15;                            // IOCTL_DEV
-  p.landlock[0] = fs;
-  p.landlock_size = 8;
-  if (abi >= 4) p.landlock_size = 16;
-  if (abi >= 6) {
-    p.landlock[2] = (1ull << 0) | (1ull << 1);  // SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL
-    p.landlock_size = 24;
-  }
-}
 
 [[noreturn]] void child_main(const ChildPlan& p) {
   const SpawnOptions& o = *p.o;
@@ -195,8 +177,8 @@ void landlock_plan(ChildPlan& p, long abi) {
   }
   if (o.confine) {
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) child_fail(errfd, kStageNoNewPrivs);
-    if (p.landlock_size != 0) {
-      const long rs = syscall(SYS_landlock_create_ruleset, p.landlock, p.landlock_size, 0);
+    if (p.landlock.attr_size != 0) {
+      const long rs = syscall(SYS_landlock_create_ruleset, p.landlock.attr, p.landlock.attr_size, 0);
       if (rs < 0 || syscall(SYS_landlock_restrict_self, int(rs), 0) != 0) child_fail(errfd, kStageLandlock);
       close(int(rs));
     }
@@ -310,8 +292,7 @@ Result<Child> spawn(const SpawnOptions& o) {
     plan.prog.filter = const_cast<sock_filter*>(o.seccomp->data());
   }
   const bool root = geteuid() == 0;
-  if (o.confine && o.read_only_fs)
-    landlock_plan(plan, syscall(SYS_landlock_create_ruleset, nullptr, 0, 1 /* LANDLOCK_CREATE_RULESET_VERSION */));
+  if (o.confine && o.read_only_fs) plan.landlock = landlock_writes(true);
 
   // Namespace sets to try, strongest first.
   std::vector<uint64_t> tries;
@@ -386,7 +367,7 @@ Result<Child> spawn(const SpawnOptions& o) {
     if ((ns & CLONE_NEWNS) && !root_is_mount_point()) conf += " mounts:outer";
     if (plan.drop_ids) conf += " uid:" + std::to_string(o.uid);
     conf += " no_new_privs";
-    if (o.read_only_fs) conf += plan.landlock_size ? " landlock:ro" : " landlock:unavailable";
+    if (o.read_only_fs) conf += plan.landlock.attr_size ? " landlock:ro" : " landlock:unavailable";
     if (o.seccomp != nullptr) conf += " seccomp";
   }
   return Child(pid, std::move(child_pidfd), conf);

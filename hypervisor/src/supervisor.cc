@@ -83,8 +83,7 @@ Status Supervisor::Impl::make_policy_board() {
         fcntl(rw.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0)
       return make_error(Errc::kIo, "making a policy state segment failed", errno);
     // The same file, opened again read-only: what the other VMs' back-ends get.
-    UniqueFd ro(open(("/proc/self/fd/" + std::to_string(rw.get())).c_str(), O_RDONLY | O_CLOEXEC));
-    if (!ro) return make_error(Errc::kIo, "reopening a policy state segment read-only failed", errno);
+    CANOPY_ASSIGN_OR_RETURN(auto ro, reopen_read_only(rw.get()));
     policy_state_rw.push_back(std::move(rw));
     policy_state_ro.push_back(std::move(ro));
   }

@@ -42,7 +42,7 @@ Status Supervisor::Impl::start_compositor() {
   o.fds = {{theirs.get(), 3}};
   CANOPY_ASSIGN_OR_RETURN(compositor, spawn(o));
   // Ours never blocks the loop: a compositor that does not take its ADMITs gets its requests refused.
-  (void)fcntl(ours.get(), F_SETFL, O_NONBLOCK);
+  (void)set_nonblocking(ours.get());
   broker = std::move(ours);
   ++compositor_status.starts;
   compositor_starts.push_back(now());

@@ -44,7 +44,9 @@ struct VmmBoard {
     for (int v = 0; v < 2; ++v) {
       UniqueFd s(memfd_create("state", MFD_CLOEXEC | MFD_ALLOW_SEALING));
       EXPECT_EQ(ftruncate(s.get(), off_t(config::kPolicyStateBytes)), 0);
-      ro.emplace_back(open(("/proc/self/fd/" + std::to_string(s.get())).c_str(), O_RDONLY | O_CLOEXEC));
+      auto r = reopen_read_only(s.get());
+      EXPECT_TRUE(r.ok());
+      ro.push_back(r.ok() ? std::move(*r) : UniqueFd());
       rw.push_back(std::move(s));
     }
   }

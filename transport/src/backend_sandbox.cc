@@ -13,6 +13,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "canopy/base/landlock.h"
 #include "canopy/base/sanitizer.h"
 
 namespace canopy::transport {
@@ -145,26 +146,11 @@ Status confine_backend() {
 }
 
 Status restrict_backend_writes(const std::vector<std::string>& beneath) {
-  const long abi = syscall(SYS_landlock_create_ruleset, nullptr, 0, LANDLOCK_CREATE_RULESET_VERSION);
-  if (abi < 1) return make_error(Errc::kUnsupported, "the kernel has no Landlock", errno);
   // Every write right of the kernel's ABI (not IOCTL_DEV: a GPU driver's ioctls on its device files).
-  uint64_t dir_rights = LANDLOCK_ACCESS_FS_WRITE_FILE | LANDLOCK_ACCESS_FS_REMOVE_DIR | LANDLOCK_ACCESS_FS_REMOVE_FILE |
-                        LANDLOCK_ACCESS_FS_MAKE_CHAR | LANDLOCK_ACCESS_FS_MAKE_DIR | LANDLOCK_ACCESS_FS_MAKE_REG |
-                        LANDLOCK_ACCESS_FS_MAKE_SOCK | LANDLOCK_ACCESS_FS_MAKE_FIFO | LANDLOCK_ACCESS_FS_MAKE_BLOCK |
-                        LANDLOCK_ACCESS_FS_MAKE_SYM;
-  uint64_t file_rights = LANDLOCK_ACCESS_FS_WRITE_FILE;
-  if (abi >= 2) dir_rights |= LANDLOCK_ACCESS_FS_REFER;
-  if (abi >= 3) {
-    dir_rights |= LANDLOCK_ACCESS_FS_TRUNCATE;
-    file_rights |= LANDLOCK_ACCESS_FS_TRUNCATE;
-  }
-  uint64_t attr[3] = {dir_rights, 0, 0};  // handled_access_fs, handled_access_net, scoped
-  size_t attr_size = abi >= 4 ? 16 : 8;
-  if (abi >= 6) {
-    attr[2] = LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET | LANDLOCK_SCOPE_SIGNAL;
-    attr_size = 24;
-  }
-  const int rs = int(syscall(SYS_landlock_create_ruleset, attr, attr_size, 0));
+  const LandlockWrites w = landlock_writes(false);
+  if (w.attr_size == 0) return make_error(Errc::kUnsupported, "the kernel has no Landlock");
+  const uint64_t dir_rights = w.dir_rights, file_rights = w.file_rights;
+  const int rs = int(syscall(SYS_landlock_create_ruleset, w.attr, w.attr_size, 0));
   if (rs < 0) return make_error(Errc::kIo, "landlock_create_ruleset failed", errno);
   auto add = [&](const std::string& path, uint64_t want) -> Status {
     const int fd = ::open(path.c_str(), O_PATH | O_CLOEXEC);
@@ -183,7 +169,7 @@ Status restrict_backend_writes(const std::vector<std::string>& beneath) {
   Status st;
   for (const auto& p : beneath)
     if (st.ok()) st = add(p, dir_rights);
-  if (st.ok()) st = add("/dev", LANDLOCK_ACCESS_FS_WRITE_FILE | LANDLOCK_ACCESS_FS_TRUNCATE);
+  if (st.ok()) st = add("/dev", file_rights);  // opening device files for writing
   if (st.ok()) st = add("/dev/shm", dir_rights);
   if (st.ok() && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) st = make_error(Errc::kIo, "no_new_privs failed", errno);
   if (st.ok() && syscall(SYS_landlock_restrict_self, rs, 0) != 0)

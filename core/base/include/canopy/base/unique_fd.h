@@ -3,6 +3,8 @@
 
 #include <utility>
 
+#include "canopy/base/result.h"
+
 namespace canopy {
 
 class UniqueFd {
@@ -29,5 +31,12 @@ class UniqueFd {
  private:
   int fd_ = -1;
 };
+
+// `fd` with O_NONBLOCK set (`on`) or cleared. Errors: kIo.
+Status set_nonblocking(int fd, bool on = true);
+// The file behind `fd` opened again read-only (through /proc/self/fd): a descriptor that can be neither
+// written nor mapped writable, to hand to a process that must only read. Errors: kIo (no /proc, or it
+// gave another file).
+Result<UniqueFd> reopen_read_only(int fd);
 
 }  // namespace canopy
