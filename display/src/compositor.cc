@@ -115,10 +115,7 @@ Result<std::unique_ptr<Compositor>> Compositor::create(Layout layout, Compositor
   if (m.opt.listen_path.empty() && m.opt.listen_dir.empty() && m.opt.broker_fd < 0)
     return make_error(Errc::kInvalidArgument, "canopy-display: neither a broker link nor a socket to listen on");
   if (!m.opt.listen_dir.empty()) {
-    std::set<std::string> shown;
-    for (const auto& out : m.layout.outputs)
-      for (const auto& l : out.layers) shown.insert(l.vm);
-    for (const auto& vm : shown) {
+    for (const auto& [vm, usage] : m.vm_usage) {  // every VM the layout shows (share_quotas)
       CANOPY_ASSIGN_OR_RETURN(auto s, listen_seqpacket(m.opt.listen_dir + "/" + vm + ".sock", true));
       CANOPY_TRY(m.watch(s.get()));
       m.brokered.insert(vm);  // nobody else may claim it on listen_path

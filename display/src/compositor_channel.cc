@@ -191,12 +191,12 @@ void Compositor::Impl::accept_all(int sock, const std::string& bound_vm) {
   }
 }
 
-void Compositor::Impl::adopt(UniqueFd s, std::string bound_vm) {
+auto Compositor::Impl::adopt(UniqueFd s, std::string bound_vm) -> Conn* {
   size_t live = 0;
   for (auto& [id, c] : conns) live += c.sock.valid() ? 1 : 0;
   if (live >= kMaxConnections) {
     CANOPY_WARN_RL("canopy-display: connection refused: %zu devices connected already", live);
-    return;
+    return nullptr;
   }
   // Connections that closed before saying HELLO are not worth a record.
   std::erase_if(conns, [](const auto& kv) { return !kv.second.sock.valid() && !kv.second.hello; });
@@ -209,6 +209,7 @@ void Compositor::Impl::adopt(UniqueFd s, std::string bound_vm) {
   c.bound_vm = std::move(bound_vm);
   conn_by_fd[c.sock.get()] = id;
   if (!watch(c.sock.get()).ok()) drop(id, "epoll");
+  return &c;
 }
 
 void Compositor::Impl::on_broker() {
@@ -238,16 +239,13 @@ void Compositor::Impl::on_broker() {
                    m->vm.c_str());
       continue;
     }
-    const int fl = ::fcntl(m->fd.get(), F_GETFL);
-    if (fl < 0 || ::fcntl(m->fd.get(), F_SETFL, fl | O_NONBLOCK) != 0) continue;
+    if (!set_nonblocking(m->fd.get()).ok()) continue;
     CANOPY_INFO("canopy-display: broker admits a connection of %s (criticality %s, #%llu)", m->vm.c_str(),
                 protocol::broker::to_string(m->criticality), (unsigned long long)m->serial);
     brokered.insert(m->vm);
-    const uint64_t id = next_conn;
-    adopt(std::move(m->fd), m->vm);
-    if (auto it = conns.find(id); it != conns.end()) {
-      it->second.stats.criticality = protocol::broker::to_string(m->criticality);
-      it->second.stats.broker_serial = m->serial;
+    if (Conn* c = adopt(std::move(m->fd), m->vm)) {
+      c->stats.criticality = protocol::broker::to_string(m->criticality);
+      c->stats.broker_serial = m->serial;
     }
   }
 }

@@ -26,6 +26,15 @@ Result<UniqueFd> open_in(int dir, const std::string& name, int flags, bool confi
   return UniqueFd(int(fd));
 }
 
+// `name` in `dir`, created or truncated, as a stdio file (open_in's rules).
+Result<std::FILE*> create_in(int dir, const std::string& name, bool confined) {
+  CANOPY_ASSIGN_OR_RETURN(auto fd, open_in(dir, name, O_WRONLY | O_CREAT | O_TRUNC, confined));
+  std::FILE* f = ::fdopen(fd.get(), "w");
+  if (!f) return make_error(Errc::kIo, "fdopen failed", errno);
+  (void)fd.release();
+  return f;
+}
+
 }  // namespace
 
 void Compositor::Impl::start_trace() {
@@ -101,12 +110,9 @@ std::string Compositor::Impl::control_request(const std::string& req) {
     return "ok\n";
   }
   if (cmd == "trace-stop" && !arg.empty()) {
-    auto fd = open_in(control_dir.get(), arg, O_WRONLY | O_CREAT | O_TRUNC, true);
-    if (!fd.ok()) return std::string("error: ") + fd.error().what + "\n";
-    std::FILE* f = ::fdopen(fd->get(), "w");
-    if (!f) return "error: trace: cannot write the file\n";
-    (void)fd->release();
-    auto st = write_trace(f);
+    auto f = create_in(control_dir.get(), arg, true);
+    if (!f.ok()) return std::string("error: ") + f.error().what + "\n";
+    auto st = write_trace(*f);
     return st.ok() ? "ok\n" : std::string("error: ") + st.error().what + "\n";
   }
   if (cmd == "quit" && arg.empty()) {
@@ -128,11 +134,7 @@ Status Compositor::Impl::snapshot(int dir, bool confined) {
       CANOPY_TRY(renderer->compose(draws, o.canvas, opt.background));
       o.canvas_stale = false;
     }
-    CANOPY_ASSIGN_OR_RETURN(auto fd,
-                            open_in(dir, layout.outputs[i].name + ".png", O_WRONLY | O_CREAT | O_TRUNC, confined));
-    std::FILE* f = ::fdopen(fd.get(), "w");
-    if (!f) return make_error(Errc::kIo, "snapshot: fdopen", errno);
-    (void)fd.release();
+    CANOPY_ASSIGN_OR_RETURN(std::FILE * f, create_in(dir, layout.outputs[i].name + ".png", confined));
     Status s = write_png(f, o.canvas);
     if (std::fclose(f) != 0 && s.ok()) return make_error(Errc::kIo, "snapshot: writing the file failed", errno);
     CANOPY_TRY(s);

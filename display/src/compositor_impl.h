@@ -267,8 +267,8 @@ struct Compositor::Impl {
 
   // Takes the connections waiting on a listening socket; those of a per-VM socket are bound to its VM.
   void accept_all(int sock, const std::string& bound_vm);
-  // A new device connection (accepted, or admitted by the broker bound to `bound_vm`).
-  void adopt(UniqueFd sock, std::string bound_vm);
+  // A new device connection (accepted, or admitted by the broker bound to `bound_vm`); null when refused.
+  Conn* adopt(UniqueFd sock, std::string bound_vm);
   // ADMITs from the broker's service link.
   void on_broker();
 
