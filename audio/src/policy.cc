@@ -237,8 +237,7 @@ std::string SharedBoard::describe(uint64_t now_ns) const {
 class VmBoard final : public PolicyBoard {
  public:
   ~VmBoard() override {
-    for (auto& m : states_)
-      if (m.slots) munmap(m.slots, config::kPolicyStateBytes);
+    for (auto* m : states_) munmap(m, config::kPolicyStateBytes);
   }
   static Result<std::unique_ptr<PolicyBoard>> create(int table, const std::vector<int>& states, const std::string& vm) {
     auto b = std::make_unique<VmBoard>();
@@ -267,7 +266,7 @@ class VmBoard final : public PolicyBoard {
       void* m =
           mmap(nullptr, config::kPolicyStateBytes, own ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, states[v], 0);
       if (m == MAP_FAILED) return make_error(Errc::kIo, "policy board: cannot map a state segment", errno);
-      b->states_.push_back({static_cast<config::PolicyStateSlot*>(m)});
+      b->states_.push_back(static_cast<config::PolicyStateSlot*>(m));
     }
     if (b->own_ < 0) return make_error(Errc::kInvalidArgument, "policy board: this VM is not in the policy table");
     return std::unique_ptr<PolicyBoard>(std::move(b));
@@ -300,7 +299,7 @@ class VmBoard final : public PolicyBoard {
     for (size_t i = 0; i < table_.entries.size(); ++i) {
       const config::PolicyTableEntry& e = table_.entries[i];
       if (i == slot || e.stream.empty() || e.policy.priority <= mine) continue;
-      const config::PolicyStateSlot& st = states_[i / config::kPolicySlotsPerVm].slots[i % config::kPolicySlotsPerVm];
+      const config::PolicyStateSlot& st = state(i);
       if (!st.active.load(std::memory_order_acquire)) continue;
       const uint64_t seen = st.refreshed_ns.load(std::memory_order_relaxed);
       if (now_ns > seen && now_ns - seen > kStaleNs) continue;  // its back-end is gone or hung
@@ -317,7 +316,7 @@ class VmBoard final : public PolicyBoard {
     for (size_t i = 0; i < table_.entries.size(); ++i) {
       const config::PolicyTableEntry& e = table_.entries[i];
       if (e.stream.empty()) continue;
-      const config::PolicyStateSlot& st = states_[i / config::kPolicySlotsPerVm].slots[i % config::kPolicySlotsPerVm];
+      const config::PolicyStateSlot& st = state(i);
       const uint64_t seen = st.refreshed_ns.load(std::memory_order_relaxed);
       char line[256];
       std::snprintf(line, sizeof line,
@@ -332,16 +331,17 @@ class VmBoard final : public PolicyBoard {
   }
 
  private:
-  struct State {
-    config::PolicyStateSlot* slots = nullptr;
-  };
+  // The state of the table's slot `i` (in its VM's segment).
+  const config::PolicyStateSlot& state(size_t i) const {
+    return states_[i / config::kPolicySlotsPerVm][i % config::kPolicySlotsPerVm];
+  }
   // Our own VM's slot `slot`, or null (another VM's, or none): only ours are ever written.
   config::PolicyStateSlot* own_slot(uint32_t slot) {
     if (slot / config::kPolicySlotsPerVm != uint32_t(own_) || slot >= table_.entries.size()) return nullptr;
-    return &states_[size_t(own_)].slots[slot % config::kPolicySlotsPerVm];
+    return &states_[size_t(own_)][slot % config::kPolicySlotsPerVm];
   }
   config::PolicyTable table_;
-  std::vector<State> states_;
+  std::vector<config::PolicyStateSlot*> states_;  // per VM of the table: its segment, mapped
   int own_ = -1;
 };
 
