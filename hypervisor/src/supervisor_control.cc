@@ -32,8 +32,6 @@ Status Supervisor::Impl::open_control() {
   return {};
 }
 
-bool Supervisor::Impl::peer_is_descendant(int sock) const { return peer_descends_from(sock, getpid()); }
-
 void Supervisor::Impl::reap_orphans() {
   if (!opt.subreaper) return;
   for (int n = 0; n < 64; ++n) {
@@ -81,7 +79,7 @@ void Supervisor::Impl::on_control_accept() {
     const char* deny = nullptr;
     if (getsockopt(c.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || (cred.uid != geteuid() && cred.uid != 0))
       deny = "error: permission denied";
-    else if (opt.control_refuses_descendants && peer_is_descendant(c.get()))
+    else if (opt.control_refuses_descendants && peer_descends_from(c.get(), getpid()))
       deny = "error: permission denied: processes canopy-vmm started (VMs, back-ends, services) may not control it";
     const int fd = c.get();
     // Bounded, so that no client can use up our descriptors: refused peers get at most a few slots

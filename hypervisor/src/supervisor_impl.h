@@ -195,10 +195,6 @@ struct Supervisor::Impl {
 
   void on_control_client(int fd);
 
-  // The peer of an accepted control connection descends from a process this supervisor started (walks
-  // its parents up to ours). Unknown (gone, unreadable) counts as a descendant.
-  bool peer_is_descendant(int sock) const;
-
   // With opt.subreaper: reaps orphans reparented to us that are none of our known children.
   void reap_orphans();
   // With opt.subreaper, at shutdown: kills and reaps what is left of them (no process outlives us).

@@ -79,21 +79,21 @@ Status Supervisor::Impl::start_kvm(Vm& vm) {
             "--vcpus",   std::to_string(c.vcpus),
             "--cmdline", c.cmdline.empty() ? "console=ttyS0" : c.cmdline};
   if (!c.initrd.empty()) o.argv.insert(o.argv.end(), {"--initrd", resolve_path(c.initrd)});
-  // Device links to the broker go to the child canopy-vmm, which hands each to its back-end.
+  // What a back-end inherits (its device link to the broker, the audio policy board) goes to the child
+  // canopy-vmm, which hands it on under the number the back-end expects.
   std::vector<UniqueFd> links;
   for (auto& d : vm.devices) {
     o.argv.push_back("--device");
     o.argv.push_back(d->spec().name + "=" + d->spec().program);
     for (const auto& a : d->spec().args) o.argv.insert(o.argv.end(), {"--device-arg", a});
+    auto inherit = d->spec().inherit;
     if (d->spec().display_link) {
       CANOPY_ASSIGN_OR_RETURN(auto theirs, d->open_display_link());
-      const int n = 3 + int(o.fds.size());
-      o.argv.insert(o.argv.end(), {"--device-link", std::to_string(n)});
-      o.fds.emplace_back(theirs.get(), n);
+      o.argv.insert(o.argv.end(), {"--device-arg", "--display-fd=" + std::to_string(kDisplayLinkFd)});
+      inherit.emplace_back(theirs.get(), kDisplayLinkFd);
       links.push_back(std::move(theirs));
     }
-    // What the back-end inherits (the audio policy board) goes through the child canopy-vmm too.
-    for (const auto& [ours, target] : d->spec().inherit) {
+    for (const auto& [ours, target] : inherit) {
       const int n = 3 + int(o.fds.size());
       o.argv.insert(o.argv.end(), {"--device-inherit", std::to_string(n) + ":" + std::to_string(target)});
       o.fds.emplace_back(ours, n);

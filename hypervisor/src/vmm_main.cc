@@ -42,14 +42,13 @@ constexpr const char* kUsage =
     "                             The control socket refuses what canopy-vmm started (and what they fork);\n"
     "                             --control-open-to-children: only the uid decides (tests' control runs)\n"
     "       canopy-vmm boot --kernel BZIMAGE [--initrd FILE] [--cmdline TEXT] [--memory SIZE] [--vcpus N]\n"
-    "                       [--device TYPE=PROGRAM[,ARG...] [--device-arg ARG]... [--device-link FD]\n"
+    "                       [--device TYPE=PROGRAM[,ARG...] [--device-arg ARG]...\n"
     "                        [--device-inherit FD:TARGET]...]...\n"
     "                             boot one Linux guest on KVM (docs/kvm.md), each --device a virtio-mmio\n"
     "                             device (rng, snd, gpu, console, ...) bridged to the vhost-user back-end\n"
     "                             PROGRAM (started as PROGRAM --fd=3 ARGS); its serial console goes to\n"
-    "                             stdout; --device-link: an inherited broker device link the back-end gets\n"
-    "                             as --display-fd=4. Exit status: 0 the guest powered off, 3 it rebooted, 4 stopped "
-    "by\n"
+    "                             stdout; --device-inherit: an inherited descriptor the back-end gets as\n"
+    "                             TARGET. Exit status: 0 the guest powered off, 3 it rebooted, 4 stopped by\n"
     "                             SIGTERM/SIGINT, 1 an error\n"
     "       canopy-vmm --help     this text\n";
 
@@ -183,20 +182,13 @@ int boot(int argc, char** argv) {
       devices.push_back(std::move(d));
     } else if (a == "--device-arg" && has && !devices.empty()) {
       devices.back().args.push_back(argv[++i]);  // one argument, commas and all
-    } else if (a == "--device-link" && has && !devices.empty()) {
-      // A broker device link canopy-vmm run gave us: the back-end gets it as descriptor 4, --display-fd=4.
-      const int fd = std::atoi(argv[++i]);
-      if (fd <= 2 || fcntl(fd, F_GETFD) < 0) {
-        std::fprintf(stderr, "canopy-vmm boot: --device-link %s: not an open descriptor\n", argv[i]);
-        return 2;
-      }
-      devices.back().link_fd = fd;
     } else if (a == "--device-inherit" && has && !devices.empty()) {
-      // FD:TARGET: an inherited descriptor the back-end gets as TARGET (the audio policy board).
+      // FD:TARGET: an inherited descriptor the back-end gets as TARGET (its broker device link, the audio
+      // policy board); 3 is its vhost-user socket.
       int fd = -1, target = -1;
-      if (std::sscanf(argv[++i], "%d:%d", &fd, &target) != 2 || fd <= 2 || target <= 4 || target >= 16 ||
+      if (std::sscanf(argv[++i], "%d:%d", &fd, &target) != 2 || fd <= 2 || target <= 3 || target >= 16 ||
           fcntl(fd, F_GETFD) < 0) {
-        std::fprintf(stderr, "canopy-vmm boot: --device-inherit %s: expected an open FD:TARGET (5..15)\n", argv[i]);
+        std::fprintf(stderr, "canopy-vmm boot: --device-inherit %s: expected an open FD:TARGET (4..15)\n", argv[i]);
         return 2;
       }
       devices.back().inherit.emplace_back(fd, target);

@@ -40,10 +40,6 @@ Result<std::unique_ptr<VhostMmioDevice>> VhostMmioDevice::start(const KvmDeviceS
   o.argv.insert(o.argv.end(), spec.args.begin(), spec.args.end());
   for (char** e = environ; *e != nullptr; ++e) o.env.emplace_back(*e);
   o.fds = {{theirs.get(), 3}};
-  if (spec.link_fd >= 0) {
-    o.argv.push_back("--display-fd=4");
-    o.fds.emplace_back(spec.link_fd, 4);
-  }
   o.fds.insert(o.fds.end(), spec.inherit.begin(), spec.inherit.end());
   CANOPY_ASSIGN_OR_RETURN(d->backend_, spawn(o));
   theirs.reset();

@@ -39,8 +39,7 @@ struct KvmDeviceSpec {
   uint32_t virtio_id = 0;
   std::string program;
   std::vector<std::string> args;
-  int link_fd = -1;  // a broker device link (canopy/protocol/broker.h) the back-end gets as --display-fd=4
-  std::vector<std::pair<int, int>> inherit;  // (ours, its number): what else it inherits
+  std::vector<std::pair<int, int>> inherit;  // (ours, its number): what it inherits besides its socket
 };
 
 class VhostMmioDevice final : public transport::MmioDevice {
