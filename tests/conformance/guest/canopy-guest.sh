@@ -9,10 +9,11 @@ CANOPY_FAIL_FILE=/tmp/canopy-fail-reason
 # note MESSAGE...: a progress line on the console.
 note() { echo "canopy-test: $*"; }
 
-# fail REASON...: record the reason and end the test script with status 1.
+# fail REASON...: record the reason and end the test script with status 1. The line goes to stderr (the
+# console too), so that a fail inside $(...) is still seen.
 fail() {
   echo "$*" >"$CANOPY_FAIL_FILE"
-  echo "canopy-test: FAIL: $*"
+  echo "canopy-test: FAIL: $*" >&2
   exit 1
 }
 

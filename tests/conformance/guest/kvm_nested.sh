@@ -52,7 +52,13 @@ boot_l2() {
   t1=$(cut -d' ' -f1 /proc/uptime)
   grep -a -E 'canopy-|CANOPY-TEST-RESULT|kvm:' /tmp/l2.txt | while read -r l; do note "L2 $label: $l"; done
   note "canopy-vmm boot ($label) exited $rc after $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s"
-  grep -q 'CANOPY-TEST-RESULT: PASS' /tmp/l2.txt || { tail -n 30 /tmp/l2.txt; fail "the L2 guest ($label) did not pass"; }
+  # On failure: the inner guest's last lines, then its own verdict in this test's (the part of a long
+  # log that survives truncation is its end).
+  grep -q 'CANOPY-TEST-RESULT: PASS' /tmp/l2.txt || {
+    tail -n 30 /tmp/l2.txt
+    why=$(grep -a -E 'canopy-test: FAIL|CANOPY-TEST-RESULT|ERROR|error' /tmp/l2.txt | tail -n 3 | tr -s '\r\n' '  ')
+    fail "the L2 guest ($label) did not pass (canopy-vmm exited $rc): ${why:-no verdict from the inner guest}"
+  }
   [ "$rc" -eq 0 ] || fail "canopy-vmm boot ($label) exited $rc (0 = the guest powered off)"
 }
 # wants CASE: whether this run includes that inner guest (CASES, from the env file).
