@@ -24,6 +24,7 @@
 #include "canopy/base/log.h"
 #include "canopy/config/manifest.h"
 #include "canopy/display/compositor.h"
+#include "canopy/transport/backend_sandbox.h"
 
 using namespace canopy;
 using namespace canopy::display;
@@ -35,6 +36,10 @@ constexpr const char* kUsage =
     "  --broker-fd N          canopy-vmm's broker link: device connections bound to their VM arrive there\n"
     "  --listen-dir DIR       a socket per VM the layout shows, DIR/<vm>.sock (mode 0600): canopy-gpu\n"
     "                         --display-socket=DIR/<vm>.sock; a connection there is that VM's\n"
+    "  --no-sandbox           run unconfined (docs/security.md: confined, it writes only where its options\n"
+    "                         say and makes only the system calls of its allowlist)\n"
+    "  --seccomp-allow NAMES  add system calls (a,b,...) to the allowlist\n"
+    "  --seccomp-audit        let calls outside the allowlist through; the kernel logs them\n"
     "  --listen PATH          one socket for every device, which names its VM itself (trusting every\n"
     "                         peer that can reach it); a VM bound by the broker or --listen-dir cannot\n"
     "                         be claimed there\n"
@@ -126,7 +131,8 @@ int main(int argc, char** argv) {
   std::string manifest_path, output = "auto", snapshot_dir, summary_path, trace_path;
   CompositorOptions opt;
   double run_for = 0;
-  bool quiet = false;
+  bool quiet = false, no_sandbox = false;
+  transport::SyscallPolicy syscalls;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto value = [&](const char* name) -> const char* {
@@ -151,7 +157,18 @@ int main(int argc, char** argv) {
     else if (a == "--trace") trace_path = value("--trace");
     else if (a == "--budget-ms") opt.scheduler.budget = std::chrono::milliseconds(std::atoi(value("--budget-ms")));
     else if (a == "--quiet") quiet = true;
-    else if (a == "--renderer") opt.renderer = value("--renderer");
+    else if (a == "--no-sandbox") no_sandbox = true;
+    else if (a == "--seccomp-audit") syscalls.audit = true;
+    else if (a == "--seccomp-allow") {
+      const char* list = value("--seccomp-allow");
+      auto names = transport::parse_syscall_names(list);
+      if (!names.ok() || names->empty()) {
+        std::fprintf(stderr, "canopy-display: --seccomp-allow %s: %s\n", list,
+                     names.ok() ? "needs system call names" : names.error().what);
+        return 2;
+      }
+      syscalls.allow.insert(syscalls.allow.end(), names->begin(), names->end());
+    } else if (a == "--renderer") opt.renderer = value("--renderer");
     else if (a == "--vulkan-device") opt.vulkan_device = value("--vulkan-device");
     else if (a == "--kms-device") opt.kms_device = value("--kms-device");
     else if (a == "--background")
@@ -179,6 +196,27 @@ int main(int argc, char** argv) {
   }
   Layout layout = layout_from_manifest(*loaded.manifest);
 
+  // Its file system view comes first, while it has one thread (a Landlock domain covers only the
+  // threads made after it; Vulkan and SDL make theirs when the outputs open): it writes its sockets,
+  // snapshots, traces and summary, the GPU driver's shader cache, and opens device files (KMS, render
+  // nodes).
+  if (!no_sandbox) {
+    std::vector<std::string> beneath;
+    for (const std::string& p : {opt.listen_path, opt.control_path, summary_path, trace_path})
+      if (!p.empty()) beneath.push_back(transport::writable_folder(p));
+    for (const std::string& d : {opt.listen_dir, opt.control_dir, snapshot_dir})
+      if (!d.empty()) beneath.push_back(d);
+    if (std::string cache = transport::driver_cache_dir(); !cache.empty()) beneath.push_back(cache);
+    if (Status st = transport::restrict_writes(beneath); !st.ok()) {
+      if (st.error().code != Errc::kUnsupported) {
+        std::fprintf(stderr, "canopy-display: cannot confine its writes: %s (--no-sandbox runs without)\n",
+                     st.error().what);
+        return 1;
+      }
+      std::fprintf(stderr, "canopy-display: no Landlock in this kernel: it may write wherever its uid may\n");
+    }
+  }
+
   SteadyClock clock;
   using Sinks = CompositorOptions::Sinks;
   auto create = [&](Sinks sinks) {
@@ -197,6 +235,21 @@ int main(int argc, char** argv) {
     return 1;
   }
   std::unique_ptr<Compositor> comp = std::move(*created);
+  // Its outputs open, before the first byte from a device connection, the broker or a control client:
+  // the allowlist, on every thread. A window on X11 shares its frames through SysV shared memory.
+  if (!no_sandbox) {
+    if (std::string(comp->sink_name(0)) == "window")
+      syscalls.allow.insert(syscalls.allow.end(), {"shmget", "shmat", "shmdt", "shmctl"});
+    if (Status st = transport::confine_syscalls(syscalls); !st.ok()) {
+      std::fprintf(stderr, "canopy-display: cannot confine the process: %s (--no-sandbox runs without)\n",
+                   st.error().what);
+      return 1;
+    }
+    std::fprintf(stderr,
+                 "canopy-display: confined: a system call allowlist (seccomp%s); writes only where its options "
+                 "say (Landlock)\n",
+                 syscalls.audit ? ", audit: calls outside it go through and are logged" : "");
+  }
   if (!trace_path.empty()) comp->trace_start();
 
   struct sigaction sa{};

@@ -17,6 +17,7 @@
 #include "canopy/gpu/channel_output.h"
 #include "canopy/gpu/vhost_gpu.h"
 #include "canopy/transport/backend_main.h"
+#include "canopy/transport/backend_sandbox.h"
 
 namespace {
 
@@ -179,9 +180,7 @@ int main(int argc, char** argv) {
   program.confine = true;
   // What it writes: its frame log, its control socket, and the GPU driver's shader cache.
   program.writable_options = {"--frame-log", "--control"};
-  if (const char* d = std::getenv("MESA_SHADER_CACHE_DIR"); d && *d) program.writable_paths.emplace_back(d);
-  else if (const char* x = std::getenv("XDG_CACHE_HOME"); x && *x) program.writable_paths.emplace_back(x);
-  else if (const char* h = std::getenv("HOME"); h && *h) program.writable_paths.push_back(std::string(h) + "/.cache");
+  if (std::string cache = transport::driver_cache_dir(); !cache.empty()) program.writable_paths.push_back(cache);
   program.valued_options = {
       "--renderer",      "--scanouts",       "--mode",        "--scanout-mode", "--frame-log",
       "--max-resources", "--max-backing-mb", "--max-host-mb", "--max-contexts", "--release-after-ms",

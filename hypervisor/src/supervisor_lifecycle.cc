@@ -79,6 +79,7 @@ Status Supervisor::Impl::start_kvm(Vm& vm) {
             "--vcpus",   std::to_string(c.vcpus),
             "--cmdline", c.cmdline.empty() ? "console=ttyS0" : c.cmdline};
   if (!c.initrd.empty()) o.argv.insert(o.argv.end(), {"--initrd", resolve_path(c.initrd)});
+  if (!opt.confine) o.argv.push_back("--no-sandbox");
   // What a back-end inherits (its device link to the broker, the audio policy board) goes to the child
   // canopy-vmm, which hands it on under the number the back-end expects.
   std::vector<UniqueFd> links;

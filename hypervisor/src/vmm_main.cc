@@ -43,13 +43,15 @@ constexpr const char* kUsage =
     "                             --control-open-to-children: only the uid decides (tests' control runs)\n"
     "       canopy-vmm boot --kernel BZIMAGE [--initrd FILE] [--cmdline TEXT] [--memory SIZE] [--vcpus N]\n"
     "                       [--device TYPE=PROGRAM[,ARG...] [--device-arg ARG]...\n"
-    "                        [--device-inherit FD:TARGET]...]...\n"
+    "                        [--device-inherit FD:TARGET]...]... [--no-sandbox]\n"
     "                             boot one Linux guest on KVM (docs/kvm.md), each --device a virtio-mmio\n"
     "                             device (rng, snd, gpu, console, ...) bridged to the vhost-user back-end\n"
     "                             PROGRAM (started as PROGRAM --fd=3 ARGS); its serial console goes to\n"
     "                             stdout; --device-inherit: an inherited descriptor the back-end gets as\n"
     "                             TARGET. Exit status: 0 the guest powered off, 3 it rebooted, 4 stopped by\n"
-    "                             SIGTERM/SIGINT, 1 an error\n"
+    "                             SIGTERM/SIGINT, 1 an error. Once its devices are up it runs\n"
+    "                             the guest under a system call allowlist (docs/security.md) unless\n"
+    "                             --no-sandbox\n"
     "       canopy-vmm --help     this text\n";
 
 canopy::config::LoadResult load(const std::string& path) {
@@ -148,10 +150,12 @@ int boot(int argc, char** argv) {
   k::KvmConfig c;
   c.cmdline = "console=ttyS0";
   std::vector<k::KvmDeviceSpec> devices;
+  bool no_sandbox = false;
   for (int i = 2; i < argc; ++i) {
     const std::string a = argv[i];
     const bool has = i + 1 < argc;
-    if (a == "--kernel" && has) c.kernel = argv[++i];
+    if (a == "--no-sandbox") no_sandbox = true;
+    else if (a == "--kernel" && has) c.kernel = argv[++i];
     else if (a == "--initrd" && has) c.initrd = argv[++i];
     else if (a == "--cmdline" && has) c.cmdline = argv[++i];
     else if (const auto size = a == "--memory" && has ? canopy::config::parse_size(argv[i + 1]) : std::nullopt) {
@@ -221,6 +225,19 @@ int boot(int argc, char** argv) {
       return 1;
     }
     live.push_back(std::move(*d));
+  }
+  // Set up: from here on it runs the guest (vCPU threads, its devices' messages and interrupts) under
+  // the allowlist, on every thread; of other processes it may wait for and signal only the back-ends it
+  // started, through their pidfds.
+  if (!no_sandbox) {
+    canopy::transport::SyscallPolicy policy;
+    policy.children = true;
+    if (canopy::Status st = canopy::transport::confine_syscalls(policy); !st.ok()) {
+      std::fprintf(stderr, "canopy-vmm boot: cannot confine the process: %s (--no-sandbox runs without)\n",
+                   st.error().what);
+      return 1;
+    }
+    CANOPY_INFO("kvm: confined: a system call allowlist (seccomp), its back-ends' pidfds only");
   }
   g_kvm = vm->get();
   struct sigaction sa{};

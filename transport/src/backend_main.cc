@@ -39,7 +39,10 @@ void usage(const BackendProgram& p, FILE* out) {
                "  --print-capabilities  print the back-end's capabilities as JSON\n"
                "  --verbose             debug logging\n%s%s",
                p.name, p.name,
-               p.confine ? "  --no-sandbox          do not confine the process once serving (docs/transport.md)\n" : "",
+               p.confine ? "  --no-sandbox          do not confine the process once serving (docs/security.md)\n"
+                           "  --seccomp-allow=NAMES add system calls (a,b,...) to the allowlist\n"
+                           "  --seccomp-audit       let calls outside the allowlist through; the kernel logs them\n"
+                         : "",
                p.extra_usage);
 }
 
@@ -69,6 +72,7 @@ int backend_main(int argc, char** argv, const BackendProgram& program, const Dev
   int conn_fd = -1;
   bool print_caps = false;
   bool no_sandbox = false;
+  SyscallPolicy syscalls{program.syscalls, false};
   std::vector<std::string> extra;
   for (int i = 1; i < argc; ++i) {
     std::string_view a = argv[i];
@@ -85,6 +89,17 @@ int backend_main(int argc, char** argv, const BackendProgram& program, const Dev
       return 0;
     } else if (a == "--no-sandbox") {
       no_sandbox = true;
+    } else if (a == "--seccomp-audit") {
+      syscalls.audit = true;
+    } else if (a.rfind("--seccomp-allow", 0) == 0 && (a.size() == 15 || a[15] == '=')) {
+      const std::string list = value("--seccomp-allow");
+      auto names = parse_syscall_names(list);
+      if (!names.ok() || names->empty()) {
+        std::fprintf(stderr, "%s: --seccomp-allow %s: %s\n", program.name, list.c_str(),
+                     names.ok() ? "needs system call names" : names.error().what);
+        return 2;
+      }
+      syscalls.allow.insert(syscalls.allow.end(), names->begin(), names->end());
     } else if (a == "--verbose" || a == "-v") {
       set_log_level(LogLevel::kDebug);
     } else if (a.rfind("--socket-path", 0) == 0) {
@@ -124,21 +139,15 @@ int backend_main(int argc, char** argv, const BackendProgram& program, const Dev
   // The file system view comes first: a Landlock domain covers the threads made after it, and the
   // device makes its threads (a GPU driver's, PipeWire's) in the factory.
   if (program.confine && !no_sandbox) {
-    auto where = [](const std::string& path) {  // a folder itself, else the folder it is in
-      struct stat st{};
-      if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) return path;
-      const size_t slash = path.rfind('/');
-      return slash == std::string::npos ? std::string(".") : slash == 0 ? std::string("/") : path.substr(0, slash);
-    };
     std::vector<std::string> beneath = program.writable_paths;
-    if (!socket_path.empty()) beneath.push_back(where(socket_path));
+    if (!socket_path.empty()) beneath.push_back(writable_folder(socket_path));
     for (const auto& a : extra) {
       const size_t eq = a.find('=');
       if (eq == std::string::npos) continue;
       for (const auto& w : program.writable_options)
-        if (a.compare(0, eq, w) == 0 && eq + 1 < a.size()) beneath.push_back(where(a.substr(eq + 1)));
+        if (a.compare(0, eq, w) == 0 && eq + 1 < a.size()) beneath.push_back(writable_folder(a.substr(eq + 1)));
     }
-    if (Status st = restrict_backend_writes(beneath); !st.ok()) {
+    if (Status st = restrict_writes(beneath); !st.ok()) {
       if (st.error().code != Errc::kUnsupported) {
         CANOPY_ERROR("cannot confine the process's writes: %s (--no-sandbox runs without)", st.error().what);
         return 1;
@@ -186,13 +195,15 @@ int backend_main(int argc, char** argv, const BackendProgram& program, const Dev
   // the process is confined.
   buffers::fault_guard::install();
   if (program.confine && !no_sandbox) {
-    if (Status st = confine_backend(); !st.ok()) {
+    if (Status st = confine_syscalls(syscalls); !st.ok()) {
       CANOPY_ERROR("cannot confine the process: %s (--no-sandbox runs without)", st.error().what);
       return 1;
     }
     CANOPY_INFO(
-        "confined: no exec, no new processes, unix sockets only, no other processes (seccomp), "
-        "writes only where its options say (Landlock)");
+        "confined: a system call allowlist%s (seccomp%s): no exec, no new processes, unix sockets only, no "
+        "other processes; writes only where its options say (Landlock)",
+        syscalls.allow.empty() ? "" : " with additions",
+        syscalls.audit ? ", audit: calls outside it go through and are logged" : "");
   }
   Backend backend(**device);
   g_backend.store(&backend);

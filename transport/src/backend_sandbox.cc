@@ -1,4 +1,4 @@
-// The device back-ends' seccomp policy (backend_sandbox.h).
+// The seccomp allowlist of confined processes and their file system view (backend_sandbox.h).
 #include "canopy/transport/backend_sandbox.h"
 
 #include <errno.h>
@@ -7,13 +7,22 @@
 #include <linux/seccomp.h>
 #include <sched.h>
 #include <seccomp.h>
+#include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <termios.h>
+#include <ucontext.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+
 #include "canopy/base/landlock.h"
+#include "canopy/base/log.h"
 #include "canopy/base/sanitizer.h"
 
 namespace canopy::transport {
@@ -23,7 +32,179 @@ namespace {
 // ASan's runtime signals its helper task and ptraces at exit: the policy keeps kill for it.
 constexpr bool kSanitizer = kAddressSanitizer;
 
-// Refused outright.
+// What every confined process may call. Calls that exist on one architecture only (open, stat, poll,
+// arch_prctl on x86-64) are skipped where they do not exist.
+constexpr const char* kAllowed[] = {
+    // memory
+    "brk",
+    "mmap",
+    "munmap",
+    "mprotect",
+    "mremap",
+    "madvise",
+    "membarrier",
+    "mlock",
+    "mlock2",
+    "munlock",
+    "mlockall",
+    "munlockall",
+    "mincore",
+    "msync",
+    // files (Landlock and the uid decide which), memfds, descriptors
+    "read",
+    "write",
+    "readv",
+    "writev",
+    "pread64",
+    "pwrite64",
+    "preadv",
+    "pwritev",
+    "preadv2",
+    "pwritev2",
+    "close",
+    "close_range",
+    "openat",
+    "openat2",
+    "open",
+    "creat",
+    "lseek",
+    "fstat",
+    "newfstatat",
+    "stat",
+    "lstat",
+    "statx",
+    "statfs",
+    "fstatfs",
+    "access",
+    "faccessat",
+    "faccessat2",
+    "readlink",
+    "readlinkat",
+    "getdents64",
+    "getcwd",
+    "fcntl",
+    "flock",
+    "dup",
+    "dup2",
+    "dup3",
+    "pipe",
+    "pipe2",
+    "ftruncate",
+    "fallocate",
+    "fadvise64",
+    "fsync",
+    "fdatasync",
+    "unlink",
+    "unlinkat",
+    "mkdir",
+    "mkdirat",
+    "rename",
+    "renameat",
+    "renameat2",
+    "fchmod",
+    "memfd_create",
+    "inotify_init1",
+    "inotify_add_watch",
+    "inotify_rm_watch",
+    // this process and its threads (clone: threads only, below)
+    "exit",
+    "exit_group",
+    "arch_prctl",
+    "set_tid_address",
+    "set_robust_list",
+    "get_robust_list",
+    "rseq",
+    "getrlimit",
+    "getpid",
+    "gettid",
+    "getppid",
+    "getuid",
+    "geteuid",
+    "getgid",
+    "getegid",
+    "getgroups",
+    "getresuid",
+    "getresgid",
+    "capget",
+    "uname",
+    "sysinfo",
+    "getrusage",
+    "times",
+    "prctl",
+    "futex",
+    "futex_waitv",
+    "getrandom",
+    "getcpu",
+    "sched_yield",
+    "sched_getaffinity",
+    "sched_setaffinity",
+    "sched_getparam",
+    "sched_setparam",
+    "sched_getscheduler",
+    "sched_setscheduler",
+    "sched_getattr",
+    "sched_setattr",
+    "sched_get_priority_min",
+    "sched_get_priority_max",
+    "getpriority",
+    "setpriority",
+    // signals (to itself: tgkill and friends below)
+    "rt_sigaction",
+    "rt_sigprocmask",
+    "rt_sigreturn",
+    "rt_sigtimedwait",
+    "rt_sigsuspend",
+    "rt_sigpending",
+    "sigaltstack",
+    "restart_syscall",
+    "signalfd4",
+    // time
+    "clock_gettime",
+    "clock_getres",
+    "clock_nanosleep",
+    "nanosleep",
+    "gettimeofday",
+    "time",
+    "timerfd_create",
+    "timerfd_settime",
+    "timerfd_gettime",
+    "timer_create",
+    "timer_settime",
+    "timer_gettime",
+    "timer_getoverrun",
+    "timer_delete",
+    // sockets (socket and socketpair: unix only, below), events, polling
+    "connect",
+    "bind",
+    "listen",
+    "accept",
+    "accept4",
+    "sendmsg",
+    "recvmsg",
+    "sendmmsg",
+    "recvmmsg",
+    "sendto",
+    "recvfrom",
+    "shutdown",
+    "getsockopt",
+    "setsockopt",
+    "getsockname",
+    "getpeername",
+    "eventfd2",
+    "poll",
+    "ppoll",
+    "select",
+    "pselect6",
+    "epoll_create",
+    "epoll_create1",
+    "epoll_ctl",
+    "epoll_wait",
+    "epoll_pwait",
+    "epoll_pwait2",
+};
+
+// Refused with EPERM, whatever a program adds: no other programs, processes, namespaces, mounts,
+// kernel objects or system settings.
 constexpr const char* kDenied[] = {
     "execve",
     "execveat",
@@ -34,7 +215,6 @@ constexpr const char* kDenied[] = {
     "kcmp",
     "pidfd_open",
     "pidfd_getfd",
-    "pidfd_send_signal",
     "mount",
     "umount2",
     "move_mount",
@@ -93,59 +273,215 @@ constexpr const char* kDenied[] = {
     "tkill",
 };
 
+// Allowed with conditions (confine_syscalls): an addition cannot widen them.
+constexpr const char* kConditional[] = {
+    "tgkill",
+    "rt_sigqueueinfo",
+    "rt_tgsigqueueinfo",
+    "kill",
+    "prlimit64",
+    "socket",
+    "socketpair",
+    "ioctl",
+    "clone",
+    "clone3",
+    "ptrace",
+    "wait4",
+    "waitid",
+    "pidfd_send_signal",
+};
+
+// Whether an addition may name `name`.
+bool addable(std::string_view name) {
+  for (const char* d : kDenied)
+    if (name == d) return false;
+  for (const char* c : kConditional)
+    if (name == c) return false;
+  return true;
+}
+
+// The SIGSYS handler's state: set before the filter is loaded, read in the handler (async-signal-safe:
+// no allocation, one write(2) per line).
+constexpr int kMaxNr = 1024;
+const char* g_names[kMaxNr];  // syscall names by number (from libseccomp), nullptr where unknown
+char g_tag[64] = "canopy";
+std::atomic<uint64_t> g_refused{0};
+constexpr uint64_t kLoggedRefusals = 32;
+
+// Appends text or a decimal number to a line being built in the handler.
+struct Line {
+  char buf[256];
+  size_t n = 0;
+  void put(const char* s) {
+    while (*s && n < sizeof buf - 1) buf[n++] = *s++;
+  }
+  void num(uint64_t v) {
+    char d[24];
+    int k = 0;
+    do d[k++] = char('0' + v % 10);
+    while ((v /= 10) != 0 && k < 24);
+    while (k > 0 && n < sizeof buf - 1) buf[n++] = d[--k];
+  }
+};
+
+// A call outside the allowlist (SECCOMP_RET_TRAP): logged (the first kLoggedRefusals of the process),
+// and answered ENOSYS by writing the return register, as if the kernel had no such call.
+void on_sigsys(int, siginfo_t* si, void* context) {
+  const int saved = errno;
+  const uint64_t n = g_refused.fetch_add(1, std::memory_order_relaxed) + 1;
+  const int nr = si->si_syscall;
+  if (n <= kLoggedRefusals) {
+    Line l;
+    l.put(g_tag);
+    l.put("[");
+    l.num(uint64_t(getpid()));
+    l.put("] error: seccomp: refused system call ");
+    l.num(uint64_t(nr));
+    l.put(" (");
+    l.put(nr >= 0 && nr < kMaxNr && g_names[nr] ? g_names[nr] : "?");
+    l.put("), not in the allowlist: it returns ENOSYS");
+    if (n == kLoggedRefusals) l.put(" (later refusals are counted, not logged)");
+    l.put("\n");
+    ssize_t w = ::write(STDERR_FILENO, l.buf, l.n);
+    (void)w;
+  }
+  auto* uc = static_cast<ucontext_t*>(context);
+#if defined(__x86_64__)
+  uc->uc_mcontext.gregs[REG_RAX] = -ENOSYS;
+#elif defined(__aarch64__)
+  uc->uc_mcontext.regs[0] = uint64_t(-ENOSYS);
+#else
+  (void)uc;
+#endif
+  errno = saved;
+}
+
+#if defined(__x86_64__) || defined(__aarch64__)
+constexpr bool kCanTrap = true;
+#else
+constexpr bool kCanTrap = false;  // the return register is not written here: plain ENOSYS, unlogged
+#endif
+
 }  // namespace
 
 bool backend_sandbox_loosened() { return kSanitizer; }
 
-Status confine_backend() {
-  scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
-  if (ctx == nullptr) return make_error(Errc::kNoMemory, "seccomp_init failed");
+uint64_t seccomp_refusals() { return g_refused.load(std::memory_order_relaxed); }
+
+Result<std::vector<std::string>> parse_syscall_names(std::string_view list) {
+  std::vector<std::string> names;
+  while (!list.empty()) {
+    const size_t comma = list.find(',');
+    const std::string name(list.substr(0, comma));
+    list = comma == std::string_view::npos ? std::string_view() : list.substr(comma + 1);
+    if (name.empty()) continue;
+    if (seccomp_syscall_resolve_name(name.c_str()) == __NR_SCMP_ERROR)
+      return make_error(Errc::kInvalidArgument, "not a system call of this architecture");
+    if (!addable(name))
+      return make_error(Errc::kInvalidArgument, "a system call the sandbox refuses or allows only with conditions");
+    names.push_back(name);
+  }
+  return names;
+}
+
+Status confine_syscalls(const SyscallPolicy& policy) {
+  // Two filters, because libseccomp cannot say "allowed, except with these arguments": the allowlist
+  // (anything not on it traps), and the refusals that depend on arguments (anything else passes). The
+  // kernel takes the stricter answer of the two.
+  const bool trap = kCanTrap && !policy.audit;
+  scmp_filter_ctx list = seccomp_init(policy.audit ? SCMP_ACT_LOG : trap ? SCMP_ACT_TRAP : SCMP_ACT_ERRNO(ENOSYS));
+  scmp_filter_ctx args = seccomp_init(SCMP_ACT_ALLOW);
   struct Guard {
-    scmp_filter_ctx c;
-    ~Guard() { seccomp_release(c); }
-  } guard{ctx};
-  auto deny = [&](int nr, int err, unsigned n, const scmp_arg_cmp* args) {
-    return seccomp_rule_add_array(ctx, SCMP_ACT_ERRNO(err), nr, n, args);
-  };
+    scmp_filter_ctx a, b;
+    ~Guard() {
+      if (a) seccomp_release(a);
+      if (b) seccomp_release(b);
+    }
+  } guard{list, args};
+  if (list == nullptr || args == nullptr) return make_error(Errc::kNoMemory, "seccomp_init failed");
   int rc = 0;
-  for (const char* name : kDenied) {
+  auto add = [&](scmp_filter_ctx ctx, uint32_t action, const char* name, std::initializer_list<scmp_arg_cmp> cmp) {
     const int nr = seccomp_syscall_resolve_name(name);
-    if (nr == __NR_SCMP_ERROR) continue;  // not on this architecture
-    if ((rc = deny(nr, EPERM, 0, nullptr)) != 0) return make_error(Errc::kIo, "seccomp_rule_add failed", -rc);
-  }
-  // Signals only to this process's threads (raise and abort use tgkill on themselves); kill not at all
-  // (sanitizers keep it: their runtime signals its helper task).
-  const scmp_arg_cmp other_tgid[] = {SCMP_A0(SCMP_CMP_NE, uint64_t(getpid()))};
-  rc = deny(SCMP_SYS(tgkill), EPERM, 1, other_tgid);
-  if (rc == 0) rc = deny(SCMP_SYS(rt_sigqueueinfo), EPERM, 1, other_tgid);
-  if (rc == 0) rc = deny(SCMP_SYS(rt_tgsigqueueinfo), EPERM, 1, other_tgid);
+    if (nr != __NR_SCMP_ERROR && rc == 0)
+      rc = seccomp_rule_add_array(ctx, action, nr, unsigned(cmp.size()), cmp.begin());
+  };
+  for (const char* name : kAllowed) add(list, SCMP_ACT_ALLOW, name, {});
+  for (const std::string& name : policy.allow)
+    if (addable(name)) add(list, SCMP_ACT_ALLOW, name.c_str(), {});
+  for (const char* name : kDenied) add(list, SCMP_ACT_ERRNO(EPERM), name, {});
+  // Through a pidfd it holds (a peer's from SO_PEERPIDFD; a child's): whether it lives (signal 0);
+  // with children, also signals to them and waiting for them.
+  // The kernel reads the signal as 32 bits (a caller through syscall() may leave the upper half
+  // unset): so does the comparison. Another signal is outside the list.
+  if (policy.children) add(list, SCMP_ACT_ALLOW, "pidfd_send_signal", {});
+  else add(list, SCMP_ACT_ALLOW, "pidfd_send_signal", {SCMP_A1(SCMP_CMP_MASKED_EQ, 0xffffffffu, 0)});
+  if (policy.children && !kSanitizer) add(list, SCMP_ACT_ALLOW, "waitid", {});
+  for (const char* name : {"tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo", "kill", "prlimit64", "socket",
+                           "socketpair", "ioctl", "clone"})
+    add(list, SCMP_ACT_ALLOW, name, {});
+  add(list, SCMP_ACT_ERRNO(ENOSYS), "clone3", {});  // its flags sit in memory: glibc falls back to clone
+  const uint64_t self = uint64_t(getpid());
+  // Signals only to this process and its threads (raise and abort use tgkill on themselves); kill only
+  // to itself (sanitizers: to anyone, their runtime signals its helper task).
+  for (const char* name : {"tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo"})
+    add(args, SCMP_ACT_ERRNO(EPERM), name, {SCMP_A0(SCMP_CMP_NE, self)});
+  if (!kSanitizer) add(args, SCMP_ACT_ERRNO(EPERM), "kill", {SCMP_A0(SCMP_CMP_NE, self)});
   // Limits: its own to read and set (pid 0), another process's only to read.
-  const scmp_arg_cmp set_other_limits[] = {SCMP_A0(SCMP_CMP_NE, 0), SCMP_A2(SCMP_CMP_NE, 0)};
-  if (rc == 0) rc = deny(SCMP_SYS(prlimit64), EPERM, 2, set_other_limits);
-  if (rc == 0 && !kSanitizer) rc = deny(SCMP_SYS(kill), EPERM, 0, nullptr);
-  // No sockets but unix ones.
-  const scmp_arg_cmp not_unix[] = {SCMP_A0(SCMP_CMP_NE, AF_UNIX)};
-  if (rc == 0) rc = deny(SCMP_SYS(socket), EAFNOSUPPORT, 1, not_unix);
-  if (rc == 0) rc = deny(SCMP_SYS(socketpair), EAFNOSUPPORT, 1, not_unix);
-  // Threads, not processes: clone must carry CLONE_THREAD; clone3's flags sit in memory the filter
-  // cannot read, so it answers ENOSYS and glibc falls back to clone.
-  if (!kSanitizer) {
-    const scmp_arg_cmp no_thread[] = {SCMP_A0(SCMP_CMP_MASKED_EQ, CLONE_THREAD, 0)};
-    if (rc == 0) rc = deny(SCMP_SYS(clone), EPERM, 1, no_thread);
-    if (rc == 0) rc = deny(SCMP_SYS(ptrace), EPERM, 0, nullptr);
+  add(args, SCMP_ACT_ERRNO(EPERM), "prlimit64", {SCMP_A0(SCMP_CMP_NE, 0), SCMP_A2(SCMP_CMP_NE, 0)});
+  // Sockets: unix ones only (no network, no netlink).
+  for (const char* name : {"socket", "socketpair"})
+    add(args, SCMP_ACT_ERRNO(EAFNOSUPPORT), name, {SCMP_A0(SCMP_CMP_NE, AF_UNIX)});
+  // ioctl: a GPU driver's on its device files, a terminal's, a socket's; never one that pushes input into
+  // a terminal (TIOCSTI) or TIOCLINUX. The kernel reads the command as 32 bits: so does the comparison.
+  for (unsigned long cmd : {(unsigned long)TIOCSTI, (unsigned long)TIOCLINUX})
+    add(args, SCMP_ACT_ERRNO(EPERM), "ioctl", {SCMP_A1(SCMP_CMP_MASKED_EQ, 0xffffffffu, cmd)});
+  // Threads, not processes: clone must carry CLONE_THREAD. Sanitizers keep processes, ptrace and wait
+  // (LeakSanitizer's helper task).
+  if (kSanitizer) {
+    for (const char* name : {"ptrace", "wait4", "waitid"}) add(list, SCMP_ACT_ALLOW, name, {});
+  } else {
+    add(list, SCMP_ACT_ERRNO(EPERM), "ptrace", {});
+    add(args, SCMP_ACT_ERRNO(EPERM), "clone", {SCMP_A0(SCMP_CMP_MASKED_EQ, CLONE_THREAD, 0)});
   }
-  if (rc == 0) rc = deny(SCMP_SYS(clone3), ENOSYS, 0, nullptr);
   if (rc != 0) return make_error(Errc::kIo, "seccomp_rule_add failed", -rc);
-  // All threads (virglrenderer's, Mesa's) get it, and no new privileges.
-  if ((rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1)) != 0)
-    return make_error(Errc::kIo, "seccomp: cannot synchronise threads", -rc);
-  if ((rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_NNP, 1)) != 0)
-    return make_error(Errc::kIo, "seccomp: cannot set no_new_privs", -rc);
-  if ((rc = seccomp_load(ctx)) != 0) return make_error(Errc::kIo, "seccomp: the kernel refused the filter", -rc);
+  // All threads (virglrenderer's, Mesa's, PipeWire's) get them, and no new privileges.
+  for (scmp_filter_ctx ctx : {list, args}) {
+    if ((rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1)) != 0)
+      return make_error(Errc::kIo, "seccomp: cannot synchronise threads", -rc);
+    if ((rc = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_NNP, 1)) != 0)
+      return make_error(Errc::kIo, "seccomp: cannot set no_new_privs", -rc);
+  }
+  if (trap) {
+    for (int nr = 0; nr < kMaxNr; ++nr)
+      if (g_names[nr] == nullptr) g_names[nr] = seccomp_syscall_resolve_num_arch(SCMP_ARCH_NATIVE, nr);
+    std::strncpy(g_tag, log_tag(), sizeof g_tag - 1);
+    struct sigaction sa{};
+    sa.sa_sigaction = on_sigsys;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGSYS, &sa, nullptr) != 0) return make_error(Errc::kIo, "cannot handle SIGSYS", errno);
+  }
+  // The argument filter first: once the allowlist is in, loading another is no longer on it.
+  if ((rc = seccomp_load(args)) != 0 || (rc = seccomp_load(list)) != 0)
+    return make_error(Errc::kIo, "seccomp: the kernel refused the filter", -rc);
   return {};
 }
 
-Status restrict_backend_writes(const std::vector<std::string>& beneath) {
+std::string writable_folder(const std::string& path) {
+  struct stat st{};
+  if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) return path;
+  const size_t slash = path.rfind('/');
+  return slash == std::string::npos ? std::string(".") : slash == 0 ? std::string("/") : path.substr(0, slash);
+}
+
+std::string driver_cache_dir() {
+  if (const char* d = std::getenv("MESA_SHADER_CACHE_DIR"); d && *d) return d;
+  if (const char* x = std::getenv("XDG_CACHE_HOME"); x && *x) return x;
+  if (const char* h = std::getenv("HOME"); h && *h) return std::string(h) + "/.cache";
+  return {};
+}
+
+Status restrict_writes(const std::vector<std::string>& beneath) {
   // Every write right of the kernel's ABI (not IOCTL_DEV: a GPU driver's ioctls on its device files).
   const LandlockWrites w = landlock_writes(false);
   if (w.attr_size == 0) return make_error(Errc::kUnsupported, "the kernel has no Landlock");

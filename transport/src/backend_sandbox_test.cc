@@ -6,19 +6,24 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/ipc.h>
 #include <sys/mman.h>
 #include <sys/ptrace.h>
 #include <sys/resource.h>
+#include <sys/shm.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cstdlib>
 #include <string>
 #include <thread>
+#include <vector>
 
 namespace canopy::transport {
 namespace {
@@ -39,8 +44,8 @@ int in_child(Fn fn) {
 TEST(BackendSandbox, RefusesNewProcessesProgramsNetworkAndOtherProcesses) {
   const pid_t parent = getpid();
   EXPECT_EQ(in_child([parent] {
-              if (Status st = confine_backend(); !st.ok()) {
-                fprintf(stderr, "confine_backend: %s (%d)\n", st.error().what, st.error().sys_errno);
+              if (Status st = confine_syscalls(); !st.ok()) {
+                fprintf(stderr, "confine_syscalls: %s (%d)\n", st.error().what, st.error().sys_errno);
                 return 1;
               }
               char* const argv[] = {const_cast<char*>("/bin/true"), nullptr};
@@ -66,8 +71,8 @@ TEST(BackendSandbox, RefusesNewProcessesProgramsNetworkAndOtherProcesses) {
 
 TEST(BackendSandbox, KeepsWhatABackEndNeeds) {
   EXPECT_EQ(in_child([] {
-              if (Status st = confine_backend(); !st.ok()) {
-                fprintf(stderr, "confine_backend: %s (%d)\n", st.error().what, st.error().sys_errno);
+              if (Status st = confine_syscalls(); !st.ok()) {
+                fprintf(stderr, "confine_syscalls: %s (%d)\n", st.error().what, st.error().sys_errno);
                 return 1;
               }
               int sv[2];
@@ -90,6 +95,92 @@ TEST(BackendSandbox, KeepsWhatABackEndNeeds) {
             0);
 }
 
+// Runs fn in a forked child whose stderr goes to a pipe; returns its exit status and what it wrote.
+template <typename Fn>
+std::pair<int, std::string> in_child_logged(Fn fn) {
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) != 0) return {-1, ""};
+  const pid_t pid = fork();
+  if (pid == 0) {
+    dup2(p[1], STDERR_FILENO);
+    _exit(fn());
+  }
+  close(p[1]);
+  std::string text;
+  char buf[512];
+  for (ssize_t n; (n = read(p[0], buf, sizeof buf)) > 0;) text.append(buf, size_t(n));
+  close(p[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : 100 + WTERMSIG(status), text};
+}
+
+// A call outside the allowlist (SysV shared memory: a namespace every process of the uid shares) answers
+// ENOSYS and the process says which call it was; the program's additions let it through. Control: an
+// unconfined process gets its segment.
+TEST(BackendSandbox, RefusesCallsOutsideTheAllowlistAndSaysWhich) {
+  auto shm = [](bool confine, std::vector<std::string> allow) {
+    return in_child_logged([confine, allow] {
+      if (confine) {
+        if (Status st = confine_syscalls({allow, false}); !st.ok()) return 1;
+      }
+      const int id = shmget(IPC_PRIVATE, 4096, IPC_CREAT | 0600);
+      if (id < 0) return errno == ENOSYS && seccomp_refusals() == 1 ? 10 : 2;
+      shmctl(id, IPC_RMID, nullptr);
+      return 0;
+    });
+  };
+  auto [refused, log] = shm(true, {});
+  EXPECT_EQ(refused, 10) << log;
+  EXPECT_NE(log.find("seccomp: refused system call " + std::to_string(SYS_shmget) + " (shmget)"), std::string::npos)
+      << log;
+  EXPECT_EQ(shm(true, {"shmget", "shmctl"}).first, 0) << "the program's additions";
+  EXPECT_EQ(shm(false, {}).first, 0) << "control: unconfined, the segment is made";
+}
+
+// Additions cannot bring back what no confined process may do, and names are checked.
+TEST(BackendSandbox, AdditionsAreSystemCallsAndNeverTheRefusedOnes) {
+  auto ok = parse_syscall_names("shmget,,shmat");
+  ASSERT_TRUE(ok.ok());
+  EXPECT_EQ(*ok, (std::vector<std::string>{"shmget", "shmat"}));
+  EXPECT_FALSE(parse_syscall_names("shmget,no_such_call").ok());
+  EXPECT_FALSE(parse_syscall_names("execve").ok());
+  EXPECT_FALSE(parse_syscall_names("ptrace").ok());
+  EXPECT_FALSE(parse_syscall_names("clone").ok()) << "its conditions are the sandbox's";
+  EXPECT_EQ(in_child([] {
+              if (!confine_syscalls({{"execve", "fork"}, false}).ok()) return 1;
+              char* const argv[] = {const_cast<char*>("/bin/true"), nullptr};
+              if (execv("/bin/true", argv) != -1 || errno != EPERM) return 2;
+              return 0;
+            }),
+            0);
+}
+
+// Pushing input into a terminal (TIOCSTI: a confined process writing its owner's shell's next command)
+// is refused; the terminal's other ioctls are not. Control: unconfined, the byte arrives.
+TEST(BackendSandbox, CannotTypeIntoATerminal) {
+  auto sti = [](bool confine) {
+    return in_child([confine] {
+      // A terminal of its own, as its controlling one.
+      const int master = posix_openpt(O_RDWR | O_NOCTTY);
+      if (master < 0 || grantpt(master) != 0 || unlockpt(master) != 0 || setsid() < 0) return 1;
+      const int tty = open(ptsname(master), O_RDWR);
+      if (tty < 0 || ioctl(tty, TIOCSCTTY, 0) != 0) return 2;
+      if (confine && !confine_syscalls().ok()) return 3;
+      termios t{};
+      if (ioctl(tty, TCGETS, &t) != 0) return 4;
+      cfmakeraw(&t);  // a byte is readable without a newline
+      if (ioctl(tty, TCSETS, &t) != 0) return 7;
+      const char c = 'x';
+      if (ioctl(tty, TIOCSTI, &c) != 0) return errno == EPERM ? 10 : 5;
+      char got = 0;
+      return read(tty, &got, 1) == 1 && got == 'x' ? 0 : 6;
+    });
+  };
+  EXPECT_EQ(sti(true), 10);
+  EXPECT_EQ(sti(false), 0) << "control: unconfined, TIOCSTI types into the terminal";
+}
+
 // The file system view (Landlock): a confined back-end writes only beneath what it was given (here
 // `allowed`), whatever the permissions say; device files and /dev/shm stay usable. Control: the same
 // writes from a child that is not restricted succeed.
@@ -102,9 +193,9 @@ TEST(BackendSandbox, WritesOnlyWhereItsOptionsSay) {
   auto writes = [&](bool restrict) {
     return in_child([&] {
       if (restrict) {
-        Status st = restrict_backend_writes({allowed});
+        Status st = restrict_writes({allowed});
         if (!st.ok()) {
-          fprintf(stderr, "restrict_backend_writes: %s (%d)\n", st.error().what, st.error().sys_errno);
+          fprintf(stderr, "restrict_writes: %s (%d)\n", st.error().what, st.error().sys_errno);
           return st.error().code == Errc::kUnsupported ? 50 : 1;
         }
       }

@@ -55,6 +55,7 @@ const char* errc_name(Errc e) {
 void set_log_level(LogLevel level) { g_level.store(static_cast<int>(level)); }
 LogLevel log_level() { return static_cast<LogLevel>(g_level.load(std::memory_order_relaxed)); }
 void set_log_tag(const char* tag) { g_tag.store(tag); }
+const char* log_tag() { return g_tag.load(); }
 
 void log_message(LogLevel level, const char* fmt, ...) {
   static const char* const kNames[] = {"debug", "info", "warn", "error"};

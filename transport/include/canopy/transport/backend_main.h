@@ -26,11 +26,13 @@ struct BackendProgram {
   // Confine the process (backend_sandbox.h) once the device is up and the front-end connected, unless
   // --no-sandbox is given.
   bool confine = false;
-  // With confine: what it may write (restrict_backend_writes, applied before the device is made): the
+  // With confine: what it may write (restrict_writes, applied before the device is made): the
   // values of these options (a folder, or a file's folder) and of --socket-path (its folder), and these
   // paths.
   std::vector<std::string> writable_options = {};
   std::vector<std::string> writable_paths = {};
+  // With confine: system calls the program needs beyond the shared allowlist (backend_sandbox.h).
+  std::vector<std::string> syscalls = {};
 };
 
 // Creates the device from the options main() did not consume (each "--name" or "--name=value").

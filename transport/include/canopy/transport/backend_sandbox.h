@@ -1,53 +1,83 @@
-// Confinement of a vhost-user device back-end process (canopy-gpu, canopy-vhost-rng), applied by
-// backend_main once the device is set up and its front-end connected, before the first message: from
-// then on the process only serves that front-end. A compromised back-end (say, through a guest's 3D
-// command stream inside virglrenderer or the host's GL driver) keeps what it already holds (the VM's
-// guest memory, its sockets, the GPU's device files) but cannot grow it:
+// Confinement of the processes that read guest input: the vhost-user device back-ends (canopy-gpu,
+// canopy-snd, canopy-vhost-rng; applied by backend_main once the device is set up and its front-end
+// connected, before the first message) and canopy-display (once its outputs are open, before the first
+// connection). A compromised process (say, through a guest's 3D command stream inside virglrenderer or
+// the host's GL driver) keeps what it already holds (the VM's guest memory, its sockets, the GPU's
+// device files) but cannot grow it:
 //
-//   - PR_SET_NO_NEW_PRIVS, then a seccomp filter (libseccomp) that refuses with EPERM: execve/execveat,
-//     fork/vfork and clone without CLONE_THREAD (threads stay; clone3 answers ENOSYS so that glibc
-//     uses clone, whose flags the filter can see), ptrace, process_vm_readv/writev, kcmp, pidfd_open /
-//     pidfd_getfd / pidfd_send_signal, kill, tkill, tgkill / rt_(tg)sigqueueinfo to other processes,
-//     prlimit64 setting another process's limits, sockets other than AF_UNIX
-//     (no network, no netlink), mount and the new mount API, chroot, pivot_root, unshare, setns, bpf,
-//     perf_event_open, userfaultfd, io_uring, keyctl/add_key/request_key, module and kexec calls,
-//     reboot, swapon/swapoff, acct, changing the clock, the host name, uids, gids and capabilities,
-//     iopl/ioperm, personality, quotactl.
-//   - Not covered: scheduling calls on other processes of the same user (sched_setaffinity and friends,
-//     which GPU drivers use on their own threads), and connecting to any pathname unix socket the uid
-//     may reach (Landlock does not cover connect; restrict_backend_writes below covers writes). canopy-vmm makes itself
-//     non-dumpable, so a back-end of the same user cannot open its memory through /proc.
-//   - Everything else stays allowed: a GPU driver's ioctls, Mesa's JIT (mmap/mprotect), memfds for
-//     frames and blobs, AF_UNIX sockets (the compositor channel reconnects), threads, files (the uid's
-//     permissions decide). An allowlist is what partitions get (hypervisor/sandbox.h); a back-end that
-//     loads a GPU driver cannot be given one without breaking with each driver.
+//   - PR_SET_NO_NEW_PRIVS, then a seccomp allowlist (libseccomp) applied to every thread: memory,
+//     files (the file system view below and the uid decide which), memfds, threads, its own signals,
+//     time, unix sockets, eventfds, polling, a GPU driver's ioctls, and what the program adds
+//     (SyscallPolicy::allow: canopy-display's SysV shared memory for X11). With conditions: clone only
+//     with CLONE_THREAD (clone3 answers ENOSYS so that glibc uses clone, whose flags the filter can
+//     see); tgkill, rt_(tg)sigqueueinfo and kill only to itself; prlimit64 sets only its own limits;
+//     socket and socketpair only AF_UNIX (else EAFNOSUPPORT: no network, no netlink); ioctl never
+//     TIOCSTI or TIOCLINUX (pushing input into the operator's terminal).
+//   - Refused with EPERM, whatever a program adds: exec, fork, other processes' memory (ptrace,
+//     process_vm_*, pidfd_getfd, kcmp), pidfd_open, signals through a pidfd (signal 0, whether a
+//     peer whose pidfd SO_PEERPIDFD gave still lives, is allowed), mounts, namespaces, chroot, bpf, perf, userfaultfd,
+//     io_uring, keys, modules, kexec, reboot, swap, acct, clocks, host names, uids, gids, capabilities,
+//     iopl/ioperm, personality, quotactl, file handles.
+//   - Anything else is not in the allowlist: the call returns ENOSYS (as on a kernel without it) and the
+//     process logs "seccomp: refused system call N (name)" (the first 32; seccomp_refusals() counts them
+//     all), through a SIGSYS handler that writes the return register (x86-64, arm64; elsewhere a plain
+//     ENOSYS). The conformance tests fail on such a line: a GPU driver or PipeWire version that needs a
+//     call the list lacks shows there, and `--seccomp-allow=NAME,...` adds it without a rebuild.
+//     `--seccomp-audit` lets unlisted calls through and has the kernel log them instead (audit
+//     records of type SECCOMP, in dmesg or the audit log), to list what a new driver needs.
+//   - Not covered: scheduling calls on the same uid's other processes (sched_setaffinity and friends
+//     name threads by tid, and GPU drivers and PipeWire set them on their own threads), and connecting
+//     to any pathname unix socket the uid may reach (Landlock does not cover connect). canopy-vmm
+//     makes itself non-dumpable, so a back-end of the same user cannot open its memory through /proc.
 //
-// Sanitizer builds (ASan / LSan) keep ptrace, kill and clone without CLONE_THREAD: LeakSanitizer stops
-// the world with a traced helper task at exit.
+// Sanitizer builds (ASan / LSan) keep ptrace, kill, wait and clone without CLONE_THREAD: LeakSanitizer
+// stops the world with a traced helper task at exit.
 //
-// Threading: call once, from any thread, before other threads start is not required (the filter is
-// applied to all threads: SECCOMP_FILTER_FLAG_TSYNC).
+// Threading: confine_syscalls may be called with other threads running (SECCOMP_FILTER_FLAG_TSYNC);
+// restrict_writes must be called while the process has one thread.
 #pragma once
 
+#include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "canopy/base/result.h"
 
 namespace canopy::transport {
 
-// The file system view of a back-end (Landlock; backend_main applies it before the device exists, while
-// the process has one thread, because a Landlock domain covers only the threads made after it): it
-// may write, create, remove, rename or truncate nothing but beneath `beneath` (what its options say it
-// writes: a frame log, a socket, its stats; a cache of its GPU driver), plus open device files in /dev
-// for writing (a GPU's render node, /dev/null) and use /dev/shm; reading stays as the uid's permissions
-// say. From Landlock ABI 6 it can neither signal nor reach the abstract sockets of processes outside its
-// domain. Paths that do not exist are skipped. Errors: kUnsupported when the kernel has no Landlock
-// (the caller decides: backend_main goes on with a warning), kIo.
-Status restrict_backend_writes(const std::vector<std::string>& beneath);
+// The file system view of a confined process (Landlock; backend_main applies it before the device
+// exists, while the process has one thread, because a Landlock domain covers only the threads made after
+// it): it may write, create, remove, rename or truncate nothing but beneath `beneath` (what its options
+// say it writes: a frame log, a socket, its stats; a cache of its GPU driver), plus open device files in
+// /dev for writing (a GPU's render node, /dev/null) and use /dev/shm; reading stays as the uid's
+// permissions say. From Landlock ABI 6 it can neither signal nor reach the abstract sockets of
+// processes outside its domain. Paths that do not exist are skipped. Errors: kUnsupported when the
+// kernel has no Landlock (the caller decides: backend_main goes on with a warning), kIo.
+Status restrict_writes(const std::vector<std::string>& beneath);
+// What a path an option names gives restrict_writes: the folder itself, else the folder the file is in.
+std::string writable_folder(const std::string& path);
+// Where Mesa keeps its shader cache (MESA_SHADER_CACHE_DIR, else $XDG_CACHE_HOME, else ~/.cache), for a
+// process that runs a GPU driver; empty when none of them is set.
+std::string driver_cache_dir();
 
-// Errors: kIo when the kernel refuses the filter (seccomp not built in).
-Status confine_backend();
+// What a confined process may call beyond the shared allowlist.
+struct SyscallPolicy {
+  std::vector<std::string> allow;  // system call names (parse_syscall_names); the refused ones stay refused
+  bool audit = false;              // calls outside the list go through, logged by the kernel
+  // It may wait for and signal its own children through the pidfds it holds (waitid,
+  // pidfd_send_signal; pidfd_open stays refused): canopy-vmm's KVM child and its device back-ends.
+  bool children = false;
+};
+
+// Loads the allowlist into every thread of the process. Errors: kIo when the kernel refuses the filter
+// (seccomp not built in), or SIGSYS cannot be handled.
+Status confine_syscalls(const SyscallPolicy& policy = {});
+// How many calls outside the allowlist this process made since it was confined.
+uint64_t seccomp_refusals();
+// "a,b,c" -> names. Errors: kInvalidArgument for a name this architecture does not have or one that
+// no confined process may make (execve, ptrace...).
+Result<std::vector<std::string>> parse_syscall_names(std::string_view list);
 // Whether this build keeps ptrace, kill and process clones (a sanitizer build).
 bool backend_sandbox_loosened();
 

@@ -12,6 +12,7 @@ enum class LogLevel { kDebug = 0, kInfo, kWarn, kError };
 void set_log_level(LogLevel level);
 LogLevel log_level();
 void set_log_tag(const char* tag);  // program name shown in each line
+const char* log_tag();
 void log_message(LogLevel level, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
 
 // Allows `burst` messages per `period_ms`; counts the ones it drops and reports them with the next one let through.

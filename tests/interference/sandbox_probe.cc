@@ -1,0 +1,125 @@
+// A confined process taken over, simulated: preloaded (LD_PRELOAD) into a real canopy-display,
+// canopy-gpu or canopy-snd by sandbox_test.cc. In the process's main thread, at its first wait for
+// events once it is confined (Seccomp: 2 in /proc/self/status; with CANOPY_PROBE_ANY at its first wait
+// at all, for the control runs without confinement), it tries once what a confined process must not
+// do, writes one line of results to the descriptor CANOPY_PROBE_FD names, and lets the process go on.
+//   probe: fork=ok|refused exec=... inet=... netlink=... write_outside=... signal_parent=...
+//          read_parent_memory=... sysv_shm=...
+// CANOPY_PROBE_OUTSIDE: a folder the process's options do not name; CANOPY_PROBE_PEEK: an address in
+// the parent (hex) to read with process_vm_readv.
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/ipc.h>
+#include <sys/shm.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+namespace {
+
+std::atomic<bool> g_done{false};
+
+bool confined() {
+  const int fd = ::open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  char buf[4096];
+  const ssize_t n = ::read(fd, buf, sizeof buf - 1);
+  ::close(fd);
+  if (n <= 0) return false;
+  buf[n] = '\0';
+  return std::strstr(buf, "\nSeccomp:\t2") != nullptr;
+}
+
+void put(std::string& line, const char* what, bool done) {
+  line += std::string(" ") + what + "=" + (done ? "ok" : "refused");
+}
+
+void probe() {
+  const char* fd_text = std::getenv("CANOPY_PROBE_FD");
+  const char* outside = std::getenv("CANOPY_PROBE_OUTSIDE");
+  const char* peek = std::getenv("CANOPY_PROBE_PEEK");
+  if (fd_text == nullptr || outside == nullptr || peek == nullptr) return;
+  std::string line = "probe:";
+  // A new process, and a program: in a child where fork works, else in the process itself (where it
+  // worked, the process would be /bin/true now and the line never written: the test fails either way).
+  const pid_t child = ::fork();
+  if (child == 0) {
+    ::execl("/bin/true", "true", static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  bool exec_ok = false;
+  if (child > 0) {
+    int status = 0;
+    ::waitpid(child, &status, 0);
+    exec_ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  } else {
+    ::execl("/bin/true", "true", static_cast<char*>(nullptr));
+  }
+  put(line, "fork", child > 0);
+  put(line, "exec", exec_ok);
+  const int inet = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  put(line, "inet", inet >= 0);
+  if (inet >= 0) ::close(inet);
+  const int nl = ::socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, 0);
+  put(line, "netlink", nl >= 0);
+  if (nl >= 0) ::close(nl);
+  const std::string path = std::string(outside) + "/written-by-" + std::to_string(::getpid());
+  const int out = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  put(line, "write_outside", out >= 0);
+  if (out >= 0) {
+    ::close(out);
+    ::unlink(path.c_str());
+  }
+  put(line, "signal_parent", ::kill(::getppid(), 0) == 0);
+  char got[8] = {};
+  iovec local{got, sizeof got};
+  iovec remote{reinterpret_cast<void*>(std::strtoull(peek, nullptr, 16)), sizeof got};
+  put(line, "read_parent_memory", ::process_vm_readv(::getppid(), &local, 1, &remote, 1, 0) == ssize_t(sizeof got));
+  const int shm = ::shmget(IPC_PRIVATE, 4096, IPC_CREAT | 0600);
+  put(line, "sysv_shm", shm >= 0);
+  if (shm >= 0) ::shmctl(shm, IPC_RMID, nullptr);
+  line += "\n";
+  const ssize_t w = ::write(std::atoi(fd_text), line.data(), line.size());
+  (void)w;
+}
+
+// Runs the probe once, from the main thread, when it is due.
+void maybe_probe() {
+  if (g_done.load(std::memory_order_relaxed) || ::gettid() != ::getpid()) return;
+  if (std::getenv("CANOPY_PROBE_ANY") == nullptr && !confined()) return;
+  if (g_done.exchange(true)) return;
+  probe();
+}
+
+template <typename Fn>
+Fn next(const char* name) {
+  return reinterpret_cast<Fn>(::dlsym(RTLD_NEXT, name));
+}
+
+}  // namespace
+
+extern "C" {
+
+int epoll_wait(int epfd, epoll_event* events, int maxevents, int timeout) {
+  static auto real = next<int (*)(int, epoll_event*, int, int)>("epoll_wait");
+  maybe_probe();
+  return real(epfd, events, maxevents, timeout);
+}
+
+int poll(pollfd* fds, nfds_t nfds, int timeout) {
+  static auto real = next<int (*)(pollfd*, nfds_t, int)>("poll");
+  maybe_probe();
+  return real(fds, nfds, timeout);
+}
+
+}  // extern "C"
