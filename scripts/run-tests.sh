@@ -136,11 +136,11 @@ unit() {
 
 conformance() {
   # QEMU tests run against the sanitized back-ends; one at a time (each boots a guest under TCG). Then
-  # one per program against the release build, whose seccomp allowlist is not loosened for a sanitizer
+  # one per program (and the KVM child) against the release build, whose seccomp allowlist is not loosened for a sanitizer
   # runtime: a call the allowlist lacks fails the test (lib.sh, canopy_pass).
   run_ctest conformance build-asan -L conformance -j 1
   run_ctest conformance-release build -L conformance -j 1 \
-    -R '^conformance_(rng|gpu|gpu_virgl|snd|display_kms)_qemu$'
+    -R '^conformance_(rng|gpu|gpu_virgl|snd|display_kms|kvm_nested)_qemu$'
 }
 
 fuzz() {

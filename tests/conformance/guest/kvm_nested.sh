@@ -60,6 +60,9 @@ boot_l2() {
     fail "the L2 guest ($label) did not pass (canopy-vmm exited $rc): ${why:-no verdict from the inner guest}"
   }
   [ "$rc" -eq 0 ] || fail "canopy-vmm boot ($label) exited $rc (0 = the guest powered off)"
+  # The KVM child and its back-ends run under seccomp allowlists: a call outside one is logged.
+  refused=$(grep -a 'seccomp: refused system call' /tmp/l2.txt | head -n 3 | tr -s '\r\n' '  ')
+  [ -z "$refused" ] || fail "canopy-vmm boot ($label): a confined process made calls outside its allowlist: $refused"
 }
 # wants CASE: whether this run includes that inner guest (CASES, from the env file).
 wants() { case " $CASES " in *" $1 "*) return 0 ;; esac; return 1; }
