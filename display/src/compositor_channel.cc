@@ -1,4 +1,5 @@
 // The compositor's channel server: device connections and their packets (compositor_impl.h).
+#include "canopy/buffers/udmabuf.h"
 #include "compositor_impl.h"
 
 namespace canopy::display {
@@ -316,11 +317,12 @@ Status Compositor::Impl::on_buffer(Conn& c, ch::Message& m) {
     if (c.stats.mapped_bytes + bytes > kMaxMappedBytesPerConnection)
       return make_error(Errc::kLimit, "buffers above the mapped-bytes cap");
     // The piece must lie inside its file, and the file must not be able to shrink under the mapping
-    // (a read past its end would raise SIGBUS): memfds sealed with F_SEAL_SHRINK only.
+    // (a read past its end would raise SIGBUS): memfds sealed with F_SEAL_SHRINK, or a udmabuf (its
+    // size is fixed, its pages memfd pages) of just a frame's pages.
     const int fd = p.fds[fd_base + pc.fd_index.get()].get();
     struct stat sb{};
     const int seals = ::fcntl(fd, F_GET_SEALS);
-    if (seals < 0 || !(seals & F_SEAL_SHRINK))
+    if ((seals < 0 || !(seals & F_SEAL_SHRINK)) && !buffers::is_udmabuf(fd))
       return make_error(Errc::kProtocol, "BUFFER file is not sealed against shrinking");
     if (::fstat(fd, &sb) != 0 || pc.offset.get() > uint64_t(sb.st_size) ||
         len > ((uint64_t(sb.st_size) + ch::kPageSize - 1) & ~(ch::kPageSize - 1)) - pc.offset.get())

@@ -336,7 +336,7 @@ class KmsSink final : public OutputSink {
                     l.image.stride, uint32_t(l.image.format)};
     if (auto it = fbs_.find(key); it != fbs_.end()) return it->second.fb;
     Fb& f = fbs_[key];
-    auto dmabuf = buffers::make_udmabuf(l.pieces);
+    auto dmabuf = buffers::dmabuf_of(l.pieces);
     if (!dmabuf.ok()) {
       CANOPY_WARN_RL("kms: output %s: a frame cannot go on a plane: %s", name_.c_str(), dmabuf.error().what);
       return 0;

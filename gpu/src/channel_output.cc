@@ -14,6 +14,7 @@
 
 #include "canopy/base/log.h"
 #include "canopy/buffers/shared_memory.h"
+#include "canopy/buffers/udmabuf.h"
 #include "canopy/protocol/broker.h"
 #include "canopy/protocol/scanout_channel.h"
 
@@ -170,7 +171,31 @@ bool ChannelOutput::define_buffer(const Frame& f, uint64_t& copied) {
   std::vector<int> fds;
   std::vector<buffers::FilePiece> fp;
   for (const auto& p : *f.pieces) fp.push_back({p.fd->get(), p.offset, p.length});
-  if (buffers::scatter_mappable(fp)) {
+  // Just the frame's pages, as one dma-buf (whole pages: the last piece's final page is sent whole, as
+  // map_scattered maps it).
+  std::vector<buffers::FilePiece> pages = fp;
+  for (auto& p : pages) p.length = page_up(p.length);
+  UniqueFd dmabuf;
+  if (opt_.dmabuf && dmabuf_usable_ && buffers::scatter_mappable(fp)) {
+    auto d = buffers::make_udmabuf(pages);
+    if (d.ok()) {
+      dmabuf = std::move(*d);
+    } else if (d.code() == Errc::kUnsupported) {
+      dmabuf_usable_ = false;  // no /dev/udmabuf here: not asked again
+    } else {
+      CANOPY_WARN_RL("canopy-gpu: frame pages not sent as a dma-buf (%s%s%s): the compositor gets the files, read-only",
+                     d.error().what, d.error().sys_errno ? ": " : "",
+                     d.error().sys_errno ? std::strerror(d.error().sys_errno) : "");
+    }
+  }
+  const bool as_dmabuf = dmabuf.valid();
+  if (as_dmabuf) {
+    uint64_t total = 0;
+    for (const auto& p : pages) total += p.length;
+    fds.push_back(dmabuf.get());
+    pieces.push_back({0, 0, total});
+    ref.copy = std::move(dmabuf);
+  } else if (buffers::scatter_mappable(fp)) {
     for (const auto& p : fp) {
       auto at = std::find(fds.begin(), fds.end(), p.fd);
       if (at == fds.end()) at = fds.insert(fds.end(), p.fd);
@@ -191,8 +216,10 @@ bool ChannelOutput::define_buffer(const Frame& f, uint64_t& copied) {
   }
   // Every file goes out read-only (held until the packets are sent): the compositor only reads, and a
   // taken-over compositor cannot write a VM's memory through it (no PROT_WRITE mapping, no write()).
+  // (A dma-buf cannot be opened again: it goes as it is, with only the frame's pages.)
   std::vector<UniqueFd> ro;
   for (int& fd : fds) {
+    if (as_dmabuf) break;
     auto r = reopen_read_only(fd);
     if (!r.ok()) {
       CANOPY_WARN_RL("canopy-gpu: frame buffer not sent to the compositor: %s", r.error().what);
@@ -209,6 +236,7 @@ bool ChannelOutput::define_buffer(const Frame& f, uint64_t& copied) {
   for (const auto& pk : *packets)
     if (!send(pk.bytes, pk.fds)) return false;
   ++stats_.buffers_sent;
+  if (as_dmabuf) ++stats_.buffers_dmabuf;
   buffers_.emplace(key, std::move(ref));
   return true;
 }

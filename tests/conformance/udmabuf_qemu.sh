@@ -1,26 +1,30 @@
 #!/usr/bin/env bash
-# Conformance: Canopy's udmabuf path (core/buffers make_udmabuf: memfd pieces -> one dma-buf) on a
-# real /dev/udmabuf. No host here has the device; Debian's Linux 6.12 guest kernel has it built in, so
-# the test boots that guest and runs canopy_udmabuf_test (GoogleTest) inside it from the host's root
-# over 9p (guest/udmabuf.sh). Every case must pass there; a skip is a failure.
+# Conformance: Canopy's udmabuf paths on a real /dev/udmabuf: core/buffers make_udmabuf (memfd pieces
+# -> one dma-buf; canopy_udmabuf_test) and the least-privilege memory path (canopy-gpu's channel output
+# sends the compositor a dma-buf of just a frame's pages; canopy_dmabuf_test). No host here has the
+# device; Debian's Linux 6.12 guest kernel has it built in, so the test boots that guest and runs the
+# GoogleTest binaries inside it from the host's root over 9p (guest/udmabuf.sh). Every case must pass
+# there; a skip is a failure.
 #
-# Usage: udmabuf_qemu.sh PATH/TO/canopy_udmabuf_test
+# Usage: udmabuf_qemu.sh PATH/TO/canopy_udmabuf_test [PATH/TO/canopy_dmabuf_test...]
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=tests/conformance/lib.sh
 . "$HERE/lib.sh"
 
-TEST_BIN=${1:-}
 canopy_begin udmabuf_qemu
-[ -n "$TEST_BIN" ] || canopy_fail "usage: $0 PATH/TO/canopy_udmabuf_test"
-[ -x "$TEST_BIN" ] || canopy_fail "$TEST_BIN missing or not executable (build target canopy_udmabuf_test)"
-TEST_BIN=$(cd "$(dirname "$TEST_BIN")" && pwd)/$(basename "$TEST_BIN")
+[ $# -ge 1 ] || canopy_fail "usage: $0 PATH/TO/canopy_udmabuf_test [MORE TESTS...]"
+TEST_BINS=""
+for b in "$@"; do
+  [ -x "$b" ] || canopy_fail "$b missing or not executable (build its target)"
+  TEST_BINS="${TEST_BINS:+$TEST_BINS:}$(cd "$(dirname "$b")" && pwd)/$(basename "$b")"
+done
 canopy_require "${CANOPY_QEMU:-qemu-system-x86_64}" busybox cpio modinfo
 
 canopy_guest --test "$HERE/guest/udmabuf.sh" netfs 9pnet 9p 9pnet_virtio
 
 qemu_rc=0
-CANOPY_QEMU_APPEND="canopy.udmabuf_test=$TEST_BIN" \
+CANOPY_QEMU_APPEND="canopy.udmabuf_test=$TEST_BINS" \
   canopy_qemu -virtfs local,path=/,mount_tag=host,security_model=none,readonly=on || qemu_rc=$?
 canopy_guest_timing
 verdict_ok=0

@@ -1,11 +1,15 @@
 #include "canopy/buffers/udmabuf.h"
 
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <linux/udmabuf.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -42,6 +46,37 @@ Result<UniqueFd> make_udmabuf(std::span<const FilePiece> pieces) {
   const int fd = ::ioctl(dev.get(), UDMABUF_CREATE_LIST, list);
   if (fd < 0) return make_error(Errc::kIo, "udmabuf: the kernel refused the list", errno);
   return UniqueFd(fd);
+}
+
+bool is_udmabuf(int fd) {
+  struct statfs fs{};
+  if (fd < 0 || ::fstatfs(fd, &fs) != 0 || fs.f_type != DMA_BUF_MAGIC) return false;
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/self/fdinfo/%d", fd);
+  UniqueFd info(::open(path, O_RDONLY | O_CLOEXEC));
+  if (!info.valid()) return false;
+  char buf[1024];
+  const ssize_t n = ::read(info.get(), buf, sizeof buf - 1);
+  if (n <= 0) return false;
+  buf[n] = '\0';
+  // "exp_name:\tudmabuf" among the lines.
+  const char* e = std::strstr(buf, "exp_name:");
+  if (e == nullptr) return false;
+  e += 9;
+  while (*e == ' ' || *e == '\t') ++e;
+  return std::strncmp(e, "udmabuf", 7) == 0 && (e[7] == '\n' || e[7] == '\0');
+}
+
+Result<UniqueFd> dmabuf_of(std::span<const FilePiece> pieces) {
+  if (pieces.size() == 1 && pieces[0].offset == 0 && is_udmabuf(pieces[0].fd)) {
+    struct stat st{};
+    if (::fstat(pieces[0].fd, &st) == 0 && uint64_t(st.st_size) == pieces[0].length) {
+      const int d = ::fcntl(pieces[0].fd, F_DUPFD_CLOEXEC, 0);
+      if (d < 0) return make_error(Errc::kIo, "udmabuf: dup failed", errno);
+      return UniqueFd(d);
+    }
+  }
+  return make_udmabuf(pieces);
 }
 
 }  // namespace canopy::buffers

@@ -22,6 +22,13 @@
 //   - A RELEASE for an unknown frame is ignored; a malformed packet closes the connection.
 // DISPLAY packets from the compositor (an output changed) go to on_display.
 //
+// What the compositor gets of guest memory (docs/security.md, "Least privilege for guest memory"):
+// where /dev/udmabuf exists and the pieces are page aligned, one dma-buf of just the frame's pages (one
+// descriptor, one mapping on the other side; a taken-over compositor reaches nothing else of the VM);
+// elsewhere the files behind the pieces, each opened again read-only (it can read the whole file, a
+// VM's RAM, but write none of it). A dma-buf cannot be opened again read-only: its pages, which the
+// compositor shows anyway, stay writable to it.
+//
 // Pieces that map_scattered() cannot map (not page aligned) are read into this process (Frame::map) and
 // copied once into a memfd; both copies are added to the FRAME's bytes_copied (with the device's own)
 // and to Stats::bytes_copied. Cursor images go as a memfd copy with their CURSOR packet and are not
@@ -56,6 +63,7 @@ class ChannelOutput : public ScanoutOutput {
     size_t max_held = 8;
     int broker_fd = -1;
     int broker_wait_ms = 1000;  // how long a connection request waits for the broker's answer
+    bool dmabuf = true;         // frames' pages as one dma-buf where /dev/udmabuf exists
   };
   struct Stats {
     uint64_t frames_sent = 0;
@@ -63,8 +71,9 @@ class ChannelOutput : public ScanoutOutput {
     uint64_t frames_released_unsent = 0;  // disconnected, or the send would have blocked
     uint64_t frames_released_over_cap = 0;
     uint64_t buffers_sent = 0;
-    uint64_t buffers_gone = 0;   // BUFFER_GONE sent
-    uint64_t fenced_frames = 0;  // FRAMEs sent with an acquire point
+    uint64_t buffers_dmabuf = 0;  // of them, sent as a dma-buf of the frame's pages
+    uint64_t buffers_gone = 0;    // BUFFER_GONE sent
+    uint64_t fenced_frames = 0;   // FRAMEs sent with an acquire point
     uint64_t connects = 0;
     uint64_t broker_refusals = 0;  // connection requests the broker refused
     uint64_t disconnects = 0;
@@ -97,7 +106,7 @@ class ChannelOutput : public ScanoutOutput {
   // (resource id, backing generation): a buffer's name on the wire and here.
   using Key = std::pair<uint32_t, uint64_t>;
   struct BufferRef {
-    UniqueFd copy;  // the memfd copy of unaligned pieces (kept while the buffer is defined)
+    UniqueFd copy;  // the memfd copy of unaligned pieces, or the dma-buf (kept while the buffer is defined)
   };
   bool ensure_connected();
   UniqueFd connect_socket();      // to Options::socket_path
@@ -115,6 +124,7 @@ class ChannelOutput : public ScanoutOutput {
   int64_t next_try_ms_ = 0;
   bool broker_gone_ = false;
   std::map<Key, BufferRef> buffers_;
+  bool dmabuf_usable_ = true;  // false once /dev/udmabuf turned out missing
   // Per scanout: the acquire timeline this connection has (TIMELINE sent), or null.
   std::vector<std::shared_ptr<const buffers::Timeline>> timelines_sent_;
   // Per scanout: seq -> frame, oldest first.

@@ -21,4 +21,13 @@ namespace canopy::buffers {
 // over its limits; the error names errno).
 [[nodiscard]] Result<UniqueFd> make_udmabuf(std::span<const FilePiece> pieces);
 
+// Whether `fd` is a dma-buf that udmabuf exported (its pages are memfd pages: its size is fixed and
+// reading a mapping of it never faults), by the file system it lives in and the exporter that
+// /proc/self/fdinfo names. Another exporter's dma-buf (a device's memory) is not.
+bool is_udmabuf(int fd);
+
+// The pieces as one dma-buf: a duplicate of the piece when it is one whole udmabuf already (what
+// canopy-gpu sends where it has /dev/udmabuf), else make_udmabuf.
+[[nodiscard]] Result<UniqueFd> dmabuf_of(std::span<const FilePiece> pieces);
+
 }  // namespace canopy::buffers
