@@ -16,6 +16,9 @@
 #   ratio cockpit latency p50 / output refresh with no VM p50 (SCENARIO) = X   (and the same for p99)
 # and the demo's own refresh cost (with its VMs' frames) beside it; the reference must have composed
 # (at least one refresh per second of run) with the same renderer, or the benchmark fails.
+# The cost of confinement: the normal scenario again with nothing confined (canopy-vmm run
+# --no-confine: partitions, back-ends, compositor), reported as
+#   ratio cockpit latency p50 confined / unconfined = X   (one run each: no spread)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SECS=20
@@ -101,9 +104,9 @@ ratio() {
     else printf "ratio %s: not measured (%s / %s)\n", n, a, b }'
 }
 
-run() {  # run NAME MANIFEST
+run() {  # run NAME MANIFEST [UNCONFINED]
   local out="$WORK/$1"
-  CANOPY_DEMO_SECONDS=$SECS CANOPY_DEMO_OUTPUT=headless CANOPY_DEMO_RENDERER="$RENDERER" CANOPY_DEMO_MANIFEST="$2" \
+  CANOPY_DEMO_UNCONFINED=${3:-0} CANOPY_DEMO_SECONDS=$SECS CANOPY_DEMO_OUTPUT=headless CANOPY_DEMO_RENDERER="$RENDERER" CANOPY_DEMO_MANIFEST="$2" \
     bash "$ROOT/demos/run-cockpit.sh" "$BUILD" "$out" >"$WORK/$1.log" 2>&1 || {
     tail -n 30 "$WORK/$1.log" >&2
     echo "cockpit_bench: the demo failed in scenario $1" >&2
@@ -145,6 +148,7 @@ run() {  # run NAME MANIFEST
     echo "ducking at the sink ($1, target: within the 40 ms ramp): $duck" >>"$WORK/ducking"
   fi
   cp "$s" "$WORK/$1.summary"
+  echo "$p50 $p99" >"$WORK/$1.latency"
 }
 
 reference
@@ -168,12 +172,16 @@ reference
   echo "| no VM (reference) | | | | | | | | $REF_P50 | $REF_P99 |"
   run normal "$ROOT/demos/cockpit.toml"
   run ivi-flood "$WORK/flood.toml"
+  run unconfined "$ROOT/demos/cockpit.toml" 1
   echo
+  read -r c50 _ <"$WORK/normal.latency"
+  read -r u50 _ <"$WORK/unconfined.latency"
+  ratio "cockpit latency p50 confined / unconfined (normal; one run each, no spread)" "$c50" "$u50" >>"$WORK/ratios"
   cat "$WORK/ratios"
   echo
   cat "$WORK/ducking"
   echo
-  for n in reference normal ivi-flood; do
+  for n in reference normal ivi-flood unconfined; do
     echo "### $n: summary"
     echo
     echo '```'

@@ -10,6 +10,8 @@
 #   qemu-vhost-user   QEMU's reference back-end /usr/lib/qemu/vhost-user-gpu (package qemu-system-gui)
 #                     through the same vhost-user-gpu-pci
 #   qemu-builtin      QEMU's in-process -device virtio-gpu-pci
+#   canopy-unconfined canopy-gpu --no-sandbox: the cost of its confinement (Landlock, the seccomp
+#                     allowlist) is the ratio canopy / canopy-unconfined, with its spread over rounds
 #
 # Every device shows one 1024x768 scanout. Reported per device (median over rounds): page-flip rate and
 # flip latency, cursor image round trip (a fenced upload the guest waits for), cursor move (guest-side
@@ -42,7 +44,7 @@ for b in canopy-gpu canopy-drm-bench; do
 done
 canopy_guest --test "$HERE/guest/gpu.sh" virtio-gpu netfs 9pnet 9p 9pnet_virtio
 
-devices=(canopy canopy-direct qemu-vhost-user qemu-builtin)
+devices=(canopy canopy-direct qemu-vhost-user qemu-builtin canopy-unconfined)
 # The references must run: without QEMU's back-end the comparison this benchmark exists for is gone.
 [ -x "$REFERENCE" ] ||
   canopy_fail "QEMU's reference back-end $REFERENCE is not installed (qemu-system-gui; scripts/install-deps.sh)"
@@ -55,6 +57,7 @@ run_one() {
   case "$dev" in
     canopy) canopy_start "$name" "$BUILD/bin/canopy-gpu" --socket-path "$sock" --mode 1024x768 ;;
     canopy-direct) canopy_start "$name" "$BUILD/bin/canopy-gpu" --socket-path "$sock" --mode 1024x768 --no-frontend-display ;;
+    canopy-unconfined) canopy_start "$name" "$BUILD/bin/canopy-gpu" --socket-path "$sock" --mode 1024x768 --no-sandbox ;;
     qemu-vhost-user) canopy_start "$name" "$REFERENCE" --socket-path "$sock" ;;
   esac
   if [ "$dev" = qemu-builtin ]; then
@@ -116,6 +119,27 @@ add_ratio() {  # add_ratio LABEL A B BETTER
     ratio_lines+=("ratio $1 = $v  ($4 is better)")
   fi
 }
+# per_round DEVICE KIND KEY: KEY's value in DEVICE's KIND line of each round, in round order.
+per_round() {
+  awk -v d="$1" -v k="$2" -v key="$3" '$1 == d && $3 == k {
+      for (i = 4; i <= NF; i++) { split($i, kv, "="); if (kv[1] == key) print $2, kv[2] } }' "$RESULTS" | sort -n | cut -d' ' -f2
+}
+# The cost of confinement, same run: confined / unconfined per round, the median and the spread.
+add_confinement() {  # add_confinement LABEL KIND KEY BETTER
+  local v spread
+  v=$(ratio "$(median canopy "$2" "$3")" "$(median canopy-unconfined "$2" "$3")") ||
+    canopy_fail "ratio $1 cannot be computed"
+  spread=$(paste <(per_round canopy "$2" "$3") <(per_round canopy-unconfined "$2" "$3") |
+    awk '$2 > 0 { r = $1 / $2; if (n == 0 || r < lo) lo = r; if (n == 0 || r > hi) hi = r; n++ }
+      END { if (n) printf "%.2f..%.2f over %d round(s)", lo, hi, n }')
+  if [ $SMOKE -eq 1 ]; then
+    ratio_lines+=("ratio $1: smoke: not a measurement (one short round)")
+  else
+    ratio_lines+=("ratio $1 = $v  (1.00 is free; $4 is better; per round $spread)")
+  fi
+}
+add_confinement "guest flip rate canopy confined / unconfined" flip rate_hz higher
+add_confinement "guest cursor image round trip canopy confined / unconfined" cursor-image median_us lower
 for ref in "${devices[@]}"; do
   case "$ref" in qemu-*) ;; *) continue ;; esac
   for ours in canopy canopy-direct; do

@@ -19,6 +19,9 @@
 #               The null sink reports no delay of its own (pw_delay_ms_p50 in the log), so on this
 #               sink both figures are the time written audio waits for PipeWire; the ratio is what
 #               the virtio path adds to it.
+#   confinement 5 ms periods, canopy-snd confined (its Landlock view and seccomp allowlist) and with
+#               --no-sandbox, alternating, CANOPY_BENCH_ROUNDS (3; smoke 1) rounds each. Reported:
+#                 ratio partition write->heard p50 confined / unconfined = X (per round LO..HI)
 #   soak        5 ms periods for CANOPY_BENCH_SOAK_S (60; smoke 3) seconds: underruns over the run.
 #   linux       the same Linux 6.12 guest plays a 1 s tone with aplay (20 ms periods) against canopy-snd
 #               (vhost-user-snd-pci) and against QEMU's built-in virtio-sound-pci with its PipeWire
@@ -52,11 +55,11 @@ canopy_require pipewire wireplumber pw-cli pw-record pw-metadata wpctl
 canopy_require "${CANOPY_QEMU:-qemu-system-x86_64}" busybox cpio modinfo gzip
 canopy_pipewire_start
 
-# run_partition NAME PERIOD_MS MS: one partition playing a 1 kHz tone; writes its "tone: done" line and
+# run_partition NAME PERIOD_MS MS [SND-ARG]: one partition playing a 1 kHz tone; writes its "tone: done" line and
 # canopy-snd's stream line to $CANOPY_WORK/NAME/result.txt. Runs in this shell (not in a command
 # substitution), so its processes are this script's to clean up and canopy_fail ends the benchmark.
 run_partition() {
-  local name=$1 period=$2 ms=$3 dir="$CANOPY_WORK/$1"
+  local name=$1 period=$2 ms=$3 extra=${4:+, \"$4\"} dir="$CANOPY_WORK/$1"
   mkdir -p "$dir"
   cat >"$dir/vm.toml" <<TOML
 [[vm]]
@@ -68,7 +71,7 @@ app = "canopy-partition-tone"
 args = ["--hz", "1000", "--ms", "$ms", "--period-ms", "$period", "--periods", "2", "--level-db", "-12"]
 [vm.snd]
 streams = [{ name = "out", direction = "output", channels = 2, rates = [48000] }]
-args = ["--force-quantum", "--stats=$dir/snd.txt"]
+args = ["--force-quantum", "--stats=$dir/snd.txt"$extra]
 TOML
   canopy_start "vmm-$name" "$BIN/canopy-vmm" run "$dir/vm.toml"
   local deadline=$(($(date +%s) + ms / 1000 + 30))
@@ -160,6 +163,42 @@ done
 for r in "${RATIOS[@]}"; do
   case "$r" in *"not measured"*) canopy_fail "$r" ;; esac
 done
+
+# The cost of canopy-snd's confinement, same run: rounds alternate confined and unconfined.
+rounds=${CANOPY_BENCH_ROUNDS:-3}
+[ $SMOKE -eq 0 ] || rounds=1
+per_round=()
+for r in $(seq 1 "$rounds"); do
+  run_partition "confined-$r" 5 "$TONE_MS"
+  run_partition "unconfined-$r" 5 "$TONE_MS" --no-sandbox
+  grep -q 'confined: a system call allowlist' "$CANOPY_WORK/vmm-confined-$r.log" ||
+    canopy_fail "round $r: canopy-snd did not say it was confined"
+  ! grep -q 'confined: a system call allowlist' "$CANOPY_WORK/vmm-unconfined-$r.log" ||
+    canopy_fail "round $r: canopy-snd --no-sandbox said it was confined"
+  c50=$(field "$(sed -n 1p "$CANOPY_WORK/confined-$r/result.txt")" p50)
+  u50=$(field "$(sed -n 1p "$CANOPY_WORK/unconfined-$r/result.txt")" p50)
+  need "confinement round $r" "$c50" "$u50"
+  canopy_log "confinement round $r: partition write->heard p50 confined $c50 ms, unconfined $u50 ms"
+  per_round+=("$c50 $u50")
+done
+conf=$(printf '%s\n' "${per_round[@]}" | awk '$2 > 0 { r[n++] = $1 / $2 }
+  END { if (n == 0) exit 1
+    for (i = 0; i < n; i++) for (j = i + 1; j < n; j++) if (r[j] < r[i]) { t = r[i]; r[i] = r[j]; r[j] = t }
+    m = (n % 2) ? r[int(n / 2)] : (r[n / 2 - 1] + r[n / 2]) / 2
+    printf "%.2f (per round %.2f..%.2f over %d round(s))", m, r[0], r[n - 1], n }') ||
+  canopy_fail "confinement: no ratio could be computed"
+{
+  echo
+  echo "### The cost of canopy-snd's confinement, 5 ms periods (same run, rounds alternating)"
+  echo
+  echo '```'
+  if [ $SMOKE -eq 1 ]; then
+    echo "ratio partition write->heard p50 confined / unconfined: smoke: not a measurement"
+  else
+    echo "ratio partition write->heard p50 confined / unconfined = $conf  (1.00 is free; lower is better)"
+  fi
+  echo '```'
+} >>"$REPORT"
 
 run_partition soak 5 $((SOAK_S * 1000))
 snd=$(sed -n 2p "$CANOPY_WORK/soak/result.txt")

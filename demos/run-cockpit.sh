@@ -14,7 +14,9 @@
 #                fails the run.
 #              CANOPY_DEMO_OUTPUT auto | headless | window (default auto: windows when a display is there),
 #              CANOPY_DEMO_RENDERER auto | pixman | vulkan (default auto: Vulkan on a GPU, else pixman),
-#              CANOPY_DEMO_MANIFEST (default demos/cockpit.toml).
+#              CANOPY_DEMO_MANIFEST (default demos/cockpit.toml),
+#              CANOPY_DEMO_UNCONFINED=1: canopy-vmm run --no-confine (nothing confined: a benchmark's
+#                reference, bench/cockpit_bench.sh).
 # Writes OUT_DIR/cluster.png, OUT_DIR/center.png, OUT_DIR/summary.txt, OUT_DIR/trace.json (open it in
 # ui.perfetto.dev), OUT_DIR/vmm.log, OUT_DIR/sink.wav (what reached the audio sink). Every process it
 # starts is stopped by PID when it ends.
@@ -122,7 +124,9 @@ if [ "$UNTIL" = events ]; then
 fi
 RUN_FOR=()
 [ "$SECONDS_TO_RUN" != 0 ] && RUN_FOR=(--run-for-s "$SECONDS_TO_RUN")
-"$BUILD/bin/canopy-vmm" run "$MANIFEST" --control "$RUN/vmm.ctl" \
+VMM_EXTRA=()
+[ "${CANOPY_DEMO_UNCONFINED:-0}" = 1 ] && VMM_EXTRA=(--no-confine)
+"$BUILD/bin/canopy-vmm" run "$MANIFEST" --control "$RUN/vmm.ctl" "${VMM_EXTRA[@]}" \
   --compositor --control "$RUN/display.ctl" --output "$MODE" --renderer "$RENDERER" "${RUN_FOR[@]}" \
   --snapshot-dir "$OUT" --summary "$OUT/summary.txt" --trace "$OUT/trace.json" >"$OUT/vmm.log" 2>&1 &
 VMM_PID=$!

@@ -133,6 +133,8 @@ int main(int argc, char** argv) {
   double run_for = 0;
   bool quiet = false, no_sandbox = false;
   transport::SyscallPolicy syscalls;
+  // CANOPY_NO_SANDBOX=1 (what canopy-vmm run --no-confine hands its children): as --no-sandbox.
+  if (const char* e = std::getenv("CANOPY_NO_SANDBOX"); e && std::strcmp(e, "1") == 0) no_sandbox = true;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto value = [&](const char* name) -> const char* {

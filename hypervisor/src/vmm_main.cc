@@ -37,6 +37,8 @@ constexpr const char* kUsage =
     "                             argument after it is its), before the VMs; their GPU back-ends get\n"
     "                             compositor connections from canopy-vmm, bound to their VM. When it\n"
     "                             ends cleanly, everything ends; after a crash it is restarted.\n"
+    "                             --no-confine: nothing it starts is confined (CANOPY_NO_SANDBOX=1 for\n"
+    "                             back-ends and the compositor): a benchmark's reference, debugging\n"
     "                             --display PATH: GPU back-ends connect to canopy-display --listen PATH\n"
     "                             themselves and name their VM (no broker: docs/security.md)\n"
     "                             The control socket refuses what canopy-vmm started (and what they fork);\n"
@@ -86,7 +88,10 @@ int run(int argc, char** argv) {
     } else if (a == "--control-open-to-children") {
       opt.control_refuses_descendants = false;  // tests' control runs: the uid alone decides
     } else if (a == "--no-confine") {
+      // Nothing it starts is confined: partitions, KVM children, and (through the environment they
+      // inherit) back-ends and the compositor. For benchmarks' unconfined reference and debugging.
       opt.confine = false;
+      ::setenv("CANOPY_NO_SANDBOX", "1", 1);
     } else if (a == "--stop-grace-ms" && i + 1 < argc) {
       opt.stop_grace_ms = std::atoi(argv[++i]);
     } else if (file.empty() && !a.empty() && a[0] != '-') {

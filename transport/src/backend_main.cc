@@ -73,6 +73,8 @@ int backend_main(int argc, char** argv, const BackendProgram& program, const Dev
   bool print_caps = false;
   bool no_sandbox = false;
   SyscallPolicy syscalls{program.syscalls, false};
+  // CANOPY_NO_SANDBOX=1 (what canopy-vmm run --no-confine hands its children): as --no-sandbox.
+  if (const char* e = std::getenv("CANOPY_NO_SANDBOX"); e && std::strcmp(e, "1") == 0) no_sandbox = true;
   std::vector<std::string> extra;
   for (int i = 1; i < argc; ++i) {
     std::string_view a = argv[i];
