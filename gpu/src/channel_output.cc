@@ -182,6 +182,7 @@ bool ChannelOutput::define_buffer(const Frame& f, uint64_t& copied) {
       dmabuf = std::move(*d);
     } else if (d.code() == Errc::kUnsupported) {
       dmabuf_usable_ = false;  // no /dev/udmabuf here: not asked again
+      CANOPY_INFO("canopy-gpu: no /dev/udmabuf: the compositor gets the files behind frames, read-only");
     } else {
       CANOPY_WARN_RL("canopy-gpu: frame pages not sent as a dma-buf (%s%s%s): the compositor gets the files, read-only",
                      d.error().what, d.error().sys_errno ? ": " : "",

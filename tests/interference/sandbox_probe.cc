@@ -4,7 +4,7 @@
 // at all, for the control runs without confinement), it tries once what a confined process must not
 // do, writes one line of results to the descriptor CANOPY_PROBE_FD names, and lets the process go on.
 //   probe: fork=ok|refused exec=... inet=... netlink=... write_outside=... signal_parent=...
-//          read_parent_memory=... sysv_shm=...
+//          sigio_owner=... read_parent_memory=... sysv_shm=...
 // CANOPY_PROBE_OUTSIDE: a folder the process's options do not name; CANOPY_PROBE_PEEK: an address in
 // the parent (hex) to read with process_vm_readv.
 #include <dlfcn.h>
@@ -81,6 +81,15 @@ void probe() {
     ::unlink(path.c_str());
   }
   put(line, "signal_parent", ::kill(::getppid(), 0) == 0);
+  // The other way to signal: name the parent as the owner of a descriptor (SIGIO when it is ready).
+  int p[2];
+  bool owner = false;
+  if (::pipe2(p, O_CLOEXEC) == 0) {
+    owner = ::fcntl(p[0], F_SETOWN, ::getppid()) == 0;
+    ::close(p[0]);
+    ::close(p[1]);
+  }
+  put(line, "sigio_owner", owner);
   char got[8] = {};
   iovec local{got, sizeof got};
   iovec remote{reinterpret_cast<void*>(std::strtoull(peek, nullptr, 16)), sizeof got};

@@ -2,9 +2,9 @@
 // the real canopy-display, canopy-gpu, canopy-snd and canopy-vhost-rng, runs in the process's own main
 // thread once the program has confined itself, as code an attacker got to run there would, and tries
 // to start a program, make a process, open a network or netlink socket, write outside the folders the
-// options name, signal or read the memory of another process (the test, its parent), and use SysV
-// shared memory. Each must fail. Control: the same probe in the same program run with --no-sandbox
-// succeeds at each, so the test can fail.
+// options name, signal another process (the test, its parent: kill, or as the owner of a descriptor)
+// or read its memory, and use SysV shared memory. Each must fail. Control: the same probe in the same program run with
+// --no-sandbox succeeds at each, so the test can fail.
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <poll.h>
@@ -121,8 +121,8 @@ class Sandbox : public ::testing::Test {
     const std::string confined = probe(argv, true, outside_);
     const std::string control = probe(argv, false, outside_);
     const auto c = results(confined), u = results(control);
-    ASSERT_EQ(c.size(), 8u) << "no probe line from the confined " << argv[0] << ": '" << confined << "'";
-    ASSERT_EQ(u.size(), 8u) << "no probe line from the unconfined " << argv[0] << ": '" << control << "'";
+    ASSERT_EQ(c.size(), 9u) << "no probe line from the confined " << argv[0] << ": '" << confined << "'";
+    ASSERT_EQ(u.size(), 9u) << "no probe line from the unconfined " << argv[0] << ": '" << control << "'";
     for (const auto& [what, answer] : c) {
       const bool loosened = canopy::kAddressSanitizer && (what == "fork" || what == "signal_parent");
       if (!loosened) {

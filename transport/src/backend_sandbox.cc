@@ -327,6 +327,8 @@ struct Line {
 // A call outside the allowlist (SECCOMP_RET_TRAP): logged (the first kLoggedRefusals of the process),
 // and answered ENOSYS by writing the return register, as if the kernel had no such call.
 void on_sigsys(int, siginfo_t* si, void* context) {
+  constexpr int kSysSeccomp = 1;           // the si_code of a refused call (SYS_SECCOMP in the kernel's siginfo.h)
+  if (si->si_code != kSysSeccomp) return;  // a SIGSYS sent by someone, not a refused call
   const int saved = errno;
   const uint64_t n = g_refused.fetch_add(1, std::memory_order_relaxed) + 1;
   const int nr = si->si_syscall;
@@ -433,8 +435,13 @@ Status confine_syscalls(const SyscallPolicy& policy) {
     add(args, SCMP_ACT_ERRNO(EAFNOSUPPORT), name, {SCMP_A0(SCMP_CMP_NE, AF_UNIX)});
   // ioctl: a GPU driver's on its device files, a terminal's, a socket's; never one that pushes input into
   // a terminal (TIOCSTI) or TIOCLINUX. The kernel reads the command as 32 bits: so does the comparison.
-  for (unsigned long cmd : {(unsigned long)TIOCSTI, (unsigned long)TIOCLINUX})
+  // Nor one that names a process to signal when a descriptor is ready (SIGIO, or any signal with
+  // F_SETSIG): that would be kill() to anyone of its uid by another way.
+  for (unsigned long cmd : {(unsigned long)TIOCSTI, (unsigned long)TIOCLINUX, (unsigned long)FIOSETOWN,
+                            (unsigned long)SIOCSPGRP, (unsigned long)TIOCSPGRP})
     add(args, SCMP_ACT_ERRNO(EPERM), "ioctl", {SCMP_A1(SCMP_CMP_MASKED_EQ, 0xffffffffu, cmd)});
+  for (unsigned long cmd : {(unsigned long)F_SETOWN, (unsigned long)F_SETOWN_EX, (unsigned long)F_SETSIG})
+    add(args, SCMP_ACT_ERRNO(EPERM), "fcntl", {SCMP_A1(SCMP_CMP_MASKED_EQ, 0xffffffffu, cmd)});
   // Threads, not processes: clone must carry CLONE_THREAD. Sanitizers keep processes, ptrace and wait
   // (LeakSanitizer's helper task).
   if (kSanitizer) {

@@ -35,7 +35,12 @@ Result<UniqueFd> make_udmabuf(std::span<const FilePiece> pieces) {
     items.push_back(it);
   }
   UniqueFd dev(::open("/dev/udmabuf", O_RDWR | O_CLOEXEC));
-  if (!dev.valid()) return make_error(Errc::kUnsupported, "udmabuf: no /dev/udmabuf", errno);
+  if (!dev.valid()) {
+    // Only a missing device means "none here"; a full descriptor table or a refusal is an error.
+    const int e = errno;
+    if (e == ENOENT || e == ENODEV || e == ENXIO) return make_error(Errc::kUnsupported, "udmabuf: no /dev/udmabuf", e);
+    return make_error(Errc::kIo, "udmabuf: cannot open /dev/udmabuf", e);
+  }
   // struct udmabuf_create_list ends in a flexible array.
   const size_t bytes = sizeof(udmabuf_create_list) + items.size() * sizeof(udmabuf_create_item);
   std::unique_ptr<uint8_t[]> buf(new uint8_t[bytes]());

@@ -12,7 +12,9 @@
 //     with CLONE_THREAD (clone3 answers ENOSYS so that glibc uses clone, whose flags the filter can
 //     see); tgkill, rt_(tg)sigqueueinfo and kill only to itself; prlimit64 sets only its own limits;
 //     socket and socketpair only AF_UNIX (else EAFNOSUPPORT: no network, no netlink); ioctl never
-//     TIOCSTI or TIOCLINUX (pushing input into the operator's terminal).
+//     TIOCSTI or TIOCLINUX (pushing input into the operator's terminal); neither fcntl nor ioctl
+//     names a process to signal when a descriptor is ready (F_SETOWN, F_SETOWN_EX, F_SETSIG,
+//     FIOSETOWN, SIOCSPGRP, TIOCSPGRP: kill() to anyone of the uid by another way).
 //   - Refused with EPERM, whatever a program adds: exec, fork, other processes' memory (ptrace,
 //     process_vm_*, pidfd_getfd, kcmp), pidfd_open, signals through a pidfd (signal 0, whether a
 //     peer whose pidfd SO_PEERPIDFD gave still lives, is allowed), mounts, namespaces, chroot, bpf, perf, userfaultfd,
@@ -21,7 +23,8 @@
 //   - Anything else is not in the allowlist: the call returns ENOSYS (as on a kernel without it) and the
 //     process logs "seccomp: refused system call N (name)" (the first 32; seccomp_refusals() counts them
 //     all), through a SIGSYS handler that writes the return register (x86-64, arm64; elsewhere a plain
-//     ENOSYS). The conformance tests fail on such a line: a GPU driver or PipeWire version that needs a
+//     ENOSYS). A thread that blocks SIGSYS (some libraries' helper threads block every signal) cannot
+//     run the handler: the kernel then ends the process with SIGSYS instead. The conformance tests fail on such a line: a GPU driver or PipeWire version that needs a
 //     call the list lacks shows there, and `--seccomp-allow=NAME,...` adds it without a rebuild.
 //     `--seccomp-audit` lets unlisted calls through and has the kernel log them instead (audit
 //     records of type SECCOMP, in dmesg or the audit log), to list what a new driver needs.

@@ -19,4 +19,13 @@ struct LandlockWrites {
 // no allocation (fit to be called before a fork or clone).
 LandlockWrites landlock_writes(bool device_ioctls);
 
+// Puts the calling process in a Landlock domain of its own that takes no right it needs (only making
+// device nodes), for what every domain brings: processes outside it cannot be traced or have their
+// /proc/<pid>/mem opened, and from ABI 6 cannot be signalled (kill, pidfd_send_signal through a
+// /proc/<pid> folder, SIGIO) nor their abstract sockets reached. Its children inherit it and may nest
+// domains of their own, which it can still signal. Sets no_new_privs. Call while the process has one
+// thread (a domain covers only threads made after it). Returns the kernel's Landlock ABI, 0 when it
+// has none (nothing done) and -1 when the kernel refused.
+int landlock_scope_self();
+
 }  // namespace canopy

@@ -16,7 +16,8 @@
 
 namespace canopy::buffers {
 
-// The dma-buf (O_CLOEXEC) of the pieces, in order. Errors: kUnsupported (no /dev/udmabuf),
+// The dma-buf (O_CLOEXEC) of the pieces, in order. Errors: kUnsupported (no /dev/udmabuf: ENOENT,
+// ENODEV, ENXIO; other failures to open it are kIo),
 // kInvalidArgument (no pieces, or a piece not page aligned), kIo (the kernel refused: unsealed file,
 // over its limits; the error names errno).
 [[nodiscard]] Result<UniqueFd> make_udmabuf(std::span<const FilePiece> pieces);
