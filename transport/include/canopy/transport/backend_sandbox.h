@@ -17,17 +17,18 @@
 //     FIOSETOWN, SIOCSPGRP, TIOCSPGRP: kill() to anyone of the uid by another way).
 //   - Refused with EPERM, whatever a program adds: exec, fork, other processes' memory (ptrace,
 //     process_vm_*, pidfd_getfd, kcmp), pidfd_open, signals through a pidfd (signal 0, whether a
-//     peer whose pidfd SO_PEERPIDFD gave still lives, is allowed), mounts, namespaces, chroot, bpf, perf, userfaultfd,
-//     io_uring, keys, modules, kexec, reboot, swap, acct, clocks, host names, uids, gids, capabilities,
-//     iopl/ioperm, personality, quotactl, file handles.
+//     peer whose pidfd SO_PEERPIDFD gave still lives, is allowed), mounts, namespaces, chroot, bpf,
+//     perf, userfaultfd, io_uring, keys, modules, kexec, reboot, swap, acct, clocks, host names, uids,
+//     gids, capabilities, iopl/ioperm, personality, quotactl, file handles.
 //   - Anything else is not in the allowlist: the call returns ENOSYS (as on a kernel without it) and the
 //     process logs "seccomp: refused system call N (name)" (the first 32; seccomp_refusals() counts them
 //     all), through a SIGSYS handler that writes the return register (x86-64, arm64; elsewhere a plain
 //     ENOSYS). A thread that blocks SIGSYS (some libraries' helper threads block every signal) cannot
-//     run the handler: the kernel then ends the process with SIGSYS instead. The conformance tests fail on such a line: a GPU driver or PipeWire version that needs a
-//     call the list lacks shows there, and `--seccomp-allow=NAME,...` adds it without a rebuild.
-//     `--seccomp-audit` lets unlisted calls through and has the kernel log them instead (audit
-//     records of type SECCOMP, in dmesg or the audit log), to list what a new driver needs.
+//     run the handler: the kernel then ends the process with SIGSYS instead. The conformance tests fail
+//     on such a line: a GPU driver or PipeWire version that needs a call the list lacks shows there,
+//     and `--seccomp-allow=NAME,...` adds it without a rebuild. `--seccomp-audit` lets unlisted calls
+//     through and has the kernel log them instead (audit records of type SECCOMP, in dmesg or the audit
+//     log), to list what a new driver needs.
 //   - Not covered: scheduling calls on the same uid's other processes (sched_setaffinity and friends
 //     name threads by tid, and GPU drivers and PipeWire set them on their own threads), and connecting
 //     to any pathname unix socket the uid may reach (Landlock does not cover connect). canopy-vmm
