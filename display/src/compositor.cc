@@ -138,6 +138,10 @@ Result<std::unique_ptr<Compositor>> Compositor::create(Layout layout, Compositor
   }
   if (!m.opt.control_path.empty()) {
     CANOPY_ASSIGN_OR_RETURN(m.control, listen_seqpacket(m.opt.control_path, true));
+    // The operator group's members may use it too: mode 0660, of that group.
+    if (m.opt.control_group != gid_t(-1) && (::chown(m.opt.control_path.c_str(), uid_t(-1), m.opt.control_group) != 0 ||
+                                             ::chmod(m.opt.control_path.c_str(), 0660) != 0))
+      return make_error(Errc::kIo, "canopy-display: the control socket cannot be given to the operator group", errno);
     CANOPY_TRY(m.watch(m.control.get()));
   }
   return std::unique_ptr<Compositor>(new Compositor(std::move(impl)));

@@ -53,7 +53,9 @@ void Compositor::Impl::on_control() {
     if (!s.valid()) return;
     ucred cred{};
     socklen_t len = sizeof cred;
-    if (::getsockopt(s.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || cred.uid != ::geteuid()) continue;
+    if (::getsockopt(s.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 ||
+        !peer_is_operator(s.get(), opt.control_group))
+      continue;
     if (opt.control_refuses_descendants_of > 0 && peer_descends_from(s.get(), opt.control_refuses_descendants_of)) {
       // A VM, a back-end or anything they started: closed unanswered.
       CANOPY_WARN_RL("canopy-display: control connection of pid %d refused: started by canopy-vmm", int(cred.pid));

@@ -12,6 +12,7 @@
 // --run-for-s it stops after that long, writes PNG snapshots of every output and a summary; SIGTERM /
 // SIGINT / control `quit` stop it too (and write them as well). Exit status: 0, 1 on a runtime error,
 // 2 on bad usage or a bad manifest.
+#include <grp.h>
 #include <unistd.h>
 
 #include <csignal>
@@ -36,6 +37,7 @@ constexpr const char* kUsage =
     "  --broker-fd N          canopy-vmm's broker link: device connections bound to their VM arrive there\n"
     "  --listen-dir DIR       a socket per VM the layout shows, DIR/<vm>.sock (mode 0600): canopy-gpu\n"
     "                         --display-socket=DIR/<vm>.sock; a connection there is that VM's\n"
+    "  --control-group GROUP  its members may use the control socket too (mode 0660, of GROUP)\n"
     "  --no-sandbox           run unconfined (docs/security.md: confined, it writes only where its options\n"
     "                         say and makes only the system calls of its allowlist)\n"
     "  --seccomp-allow NAMES  add system calls (a,b,...) to the allowlist\n"
@@ -152,7 +154,19 @@ int main(int argc, char** argv) {
     else if (a == "--listen-dir") opt.listen_dir = value("--listen-dir");
     else if (a == "--control-dir") opt.control_dir = value("--control-dir");
     else if (a == "--control") opt.control_path = value("--control");
-    else if (a == "--output") output = value("--output");
+    else if (a == "--control-group") {
+      const char* g = value("--control-group");
+      char* end = nullptr;
+      const unsigned long n = std::strtoul(g, &end, 10);
+      if (end != g && *end == '\0') {
+        opt.control_group = gid_t(n);
+      } else if (const group* gr = ::getgrnam(g)) {
+        opt.control_group = gr->gr_gid;
+      } else {
+        std::fprintf(stderr, "canopy-display: --control-group %s: no such group\n", g);
+        return 2;
+      }
+    } else if (a == "--output") output = value("--output");
     else if (a == "--run-for-s") run_for = std::atof(value("--run-for-s"));
     else if (a == "--snapshot-dir") snapshot_dir = value("--snapshot-dir");
     else if (a == "--summary") summary_path = value("--summary");

@@ -22,10 +22,13 @@ Status Supervisor::Impl::open_control() {
   if (connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) == 0)
     return make_error(Errc::kState, "another canopy-vmm serves this control socket");
   unlink(opt.control_path.c_str());
-  const mode_t old = umask(0177);
+  const bool group = opt.control_group != gid_t(-1);
+  const mode_t old = umask(group ? 0117 : 0177);
   int rc = bind(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a);
   umask(old);
   if (rc != 0) return make_error(Errc::kIo, "bind of the control socket failed", errno);
+  if (group && chown(opt.control_path.c_str(), uid_t(-1), opt.control_group) != 0)
+    return make_error(Errc::kIo, "the control socket cannot be given to the operator group", errno);
   if (listen(s.get(), 8) != 0) return make_error(Errc::kIo, "listen failed", errno);
   control = std::move(s);
   watch(control.get(), tag(kControlListen));
@@ -77,7 +80,7 @@ void Supervisor::Impl::on_control_accept() {
     ucred cred{};
     socklen_t len = sizeof cred;
     const char* deny = nullptr;
-    if (getsockopt(c.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || (cred.uid != geteuid() && cred.uid != 0))
+    if (getsockopt(c.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || !peer_is_operator(c.get(), opt.control_group))
       deny = "error: permission denied";
     else if (opt.control_refuses_descendants && peer_descends_from(c.get(), getpid()))
       deny = "error: permission denied: processes canopy-vmm started (VMs, back-ends, services) may not control it";

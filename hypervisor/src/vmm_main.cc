@@ -8,6 +8,7 @@
 //                   [--device TYPE=PROGRAM[,ARG...]]...
 //                                                boot one Linux guest on KVM, its serial console on stdout
 #include <fcntl.h>
+#include <grp.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
@@ -30,7 +31,8 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: canopy-vmm --check FILE   check a VM manifest (docs/manifest.md) and exit\n"
-    "       canopy-vmm run FILE [--control PATH [--control-open-to-children]] [--no-confine] [--stop-grace-ms N]\n"
+    "       canopy-vmm run FILE [--control PATH [--control-group GROUP] [--control-open-to-children]]\n"
+    "                           [--no-confine] [--stop-grace-ms N]\n"
     "                             [--display PATH | --compositor [CANOPY-DISPLAY-ARGS...]]\n"
     "                             run the VMs of a manifest (guest partitions; docs/partition-transport.md)\n"
     "                             until SIGTERM/SIGINT or `canopyctl --socket PATH shutdown`.\n"
@@ -44,6 +46,8 @@ constexpr const char* kUsage =
     "                             themselves and name their VM (no broker: docs/security.md)\n"
     "                             The control socket refuses what canopy-vmm started (and what they fork);\n"
     "                             --control-open-to-children: only the uid decides (tests' control runs)\n"
+    "                             --control-group GROUP: its members may control it too (the socket is\n"
+    "                             mode 0660 and of GROUP); otherwise only canopy-vmm's uid and root\n"
     "       canopy-vmm boot --kernel BZIMAGE [--initrd FILE] [--cmdline TEXT] [--memory SIZE] [--vcpus N]\n"
     "                       [--device TYPE=PROGRAM[,ARG...] [--device-arg ARG]...\n"
     "                        [--device-inherit FD:TARGET]...]... [--no-sandbox]\n"
@@ -86,6 +90,19 @@ int run(int argc, char** argv) {
       opt.compositor = true;  // everything after it is canopy-display's
       opt.compositor_args.assign(argv + i + 1, argv + argc);
       break;
+    } else if (a == "--control-group" && i + 1 < argc) {
+      // A group name or number: its members are operators too.
+      const char* g = argv[++i];
+      char* end = nullptr;
+      const unsigned long n = std::strtoul(g, &end, 10);
+      if (end != g && *end == '\0') {
+        opt.control_group = gid_t(n);
+      } else if (const group* gr = getgrnam(g)) {
+        opt.control_group = gr->gr_gid;
+      } else {
+        std::fprintf(stderr, "canopy-vmm: --control-group %s: no such group\n", g);
+        return 2;
+      }
     } else if (a == "--control-open-to-children") {
       opt.control_refuses_descendants = false;  // tests' control runs: the uid alone decides
     } else if (a == "--no-confine") {

@@ -4,6 +4,7 @@
 // elsewhere, are served. Control run without the refusal: the same back-end quits the compositor.
 // (canopy-vmm's own control socket: tests/partition, ProcessesCanopyVmmStartedCannotUseItsControlSocket.)
 #include <fcntl.h>
+#include <grp.h>
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -12,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <thread>
@@ -119,6 +121,69 @@ TEST(DisplayControl, ProcessesCanopyVmmStartedCannotUseTheControlSocket) {
     ::close(go[1]);
     ::close(result[0]);
     c->reset();
+    ::rmdir(dir.c_str());
+  }
+}
+
+// Only the operator may use the control socket: this process's uid, root, and the members of the
+// operator group. A client of another uid in the group gets its stats; one outside it does not. Control:
+// without the group, the same member is refused like anyone of another uid.
+TEST(DisplayControl, TheOperatorGroupMayUseTheControlSocketOthersMayNot) {
+  if (::geteuid() != 0) {
+    if (std::getenv("CANOPY_NO_SKIP")) FAIL() << "needs root to run clients under other uids (CANOPY_NO_SKIP=1)";
+    GTEST_SKIP() << "needs root to run clients under other uids";
+  }
+  constexpr gid_t kGroup = 0x7bf10;
+  constexpr uid_t kMember = 0x7bf11, kOther = 0x7bf12;
+  for (bool configured : {true, false}) {
+    SCOPED_TRACE(configured ? "operator group" : "control: no operator group");
+    const std::string dir = "/tmp/canopy-display-group-test." + std::to_string(::getpid());
+    ::mkdir(dir.c_str(), 0755);
+    const std::string ctl = dir + "/control.sock";
+    FakeClock clock;
+    CompositorOptions o;
+    o.listen_path = dir + "/display.sock";
+    o.control_path = ctl;
+    o.renderer = "pixman";
+    if (configured) o.control_group = kGroup;
+    auto c = Compositor::create(one_output(), o, clock);
+    ASSERT_TRUE(c.ok()) << c.error().what;
+    // `stats` asked by a child running as `uid`, in the group or not; its answer ("" when refused).
+    auto ask_as = [&](uid_t uid, bool member) {
+      int result[2];
+      if (::pipe2(result, O_CLOEXEC) != 0) return std::string("pipe failed");
+      const pid_t pid = ::fork();
+      if (pid == 0) {
+        const gid_t groups[] = {kGroup};
+        if (::setgroups(member ? 1 : 0, groups) != 0 || ::setgid(uid) != 0 || ::setuid(uid) != 0) _exit(1);
+        const std::string reply = ask(ctl, "stats", 5000);  // served by the test's thread below
+        (void)!::write(result[1], reply.data(), reply.size());
+        _exit(0);
+      }
+      ::close(result[1]);
+      std::string reply;
+      for (int i = 0; i < 3000; ++i) {
+        if (!(*c)->poll_input(10).ok()) break;
+        pollfd p{result[0], POLLIN, 0};
+        if (::poll(&p, 1, 0) != 1) continue;
+        char buf[4096];
+        const ssize_t n = ::read(result[0], buf, sizeof buf);
+        if (n <= 0) break;
+        reply.append(buf, size_t(n));
+      }
+      ::close(result[0]);
+      ::waitpid(pid, nullptr, 0);
+      return reply;
+    };
+    const std::string member = ask_as(kMember, true), other = ask_as(kOther, false);
+    EXPECT_NE(other.rfind("renderer ", 0), 0u) << other;
+    if (configured) {
+      EXPECT_EQ(member.rfind("renderer ", 0), 0u) << "a member of the operator group: '" << member << "'";
+    } else {
+      EXPECT_NE(member.rfind("renderer ", 0), 0u) << member;
+    }
+    c->reset();
+    ::unlink((dir + "/display.sock").c_str());
     ::rmdir(dir.c_str());
   }
 }

@@ -3,6 +3,7 @@
 // partition, the control socket. Every process started here is owned by PID and gone at the end.
 #include <dirent.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <signal.h>
@@ -11,6 +12,7 @@
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -328,6 +330,55 @@ TEST(Partitions, TheSameProbeGetsThroughWithoutConfinement) {
 // neither itself nor through an orphan it leaves (reparented to canopy-vmm, the subreaper); the
 // safety-critical VM keeps running. Control run (--control-open-to-children: the uid alone decides,
 // as before): the same requests stop the cluster.
+// Only the operator may control canopy-vmm: its uid, root, and the members of --control-group. A process
+// of another uid in that group gets answers; one of another uid outside it does not. Control: without
+// --control-group the same member is refused like anyone of another uid.
+TEST(Partitions, TheOperatorGroupMayControlCanopyVmmOthersMayNot) {
+  if (geteuid() != 0) {
+    if (getenv("CANOPY_NO_SKIP")) FAIL() << "needs root to run clients under other uids (CANOPY_NO_SKIP=1)";
+    GTEST_SKIP() << "needs root to run clients under other uids";
+  }
+  constexpr gid_t kGroup = 0x7bf00;
+  constexpr uid_t kMember = 0x7bf01, kOther = 0x7bf02;
+  // `status` asked by a child that runs as `uid`, in kGroup or not; its answer ("" when refused).
+  auto ask_as = [](const std::string& socket, uid_t uid, bool member) {
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) != 0) return std::string("pipe failed");
+    const pid_t pid = fork();
+    if (pid == 0) {
+      const gid_t groups[] = {kGroup};
+      if (setgroups(member ? 1 : 0, groups) != 0 || setgid(uid) != 0 || setuid(uid) != 0) _exit(1);
+      auto r = control_request(socket, "status", 10000);
+      const std::string text = r.ok() ? *r : "";
+      if (!text.empty()) (void)!write(p[1], text.data(), text.size());
+      _exit(0);
+    }
+    close(p[1]);
+    std::string text;
+    char buf[4096];
+    for (ssize_t n; (n = read(p[0], buf, sizeof buf)) > 0;) text.append(buf, size_t(n));
+    close(p[0]);
+    waitpid(pid, nullptr, 0);
+    return text;
+  };
+  for (bool configured : {true, false}) {
+    SCOPED_TRACE(configured ? "--control-group" : "control: no operator group");
+    std::vector<std::string> extra;
+    if (configured) extra = {"--control-group", std::to_string(kGroup)};
+    Vmm vmm(rng_vm("cluster", "", ""), extra);
+    ASSERT_TRUE(Vmm::wait_until([&] { return vmm.field("vm cluster", "progress") >= 1; }));
+    const std::string socket = vmm.dir() + "/control";
+    const std::string member = ask_as(socket, kMember, true), other = ask_as(socket, kOther, false);
+    EXPECT_EQ(other.find("vm name=cluster"), std::string::npos) << other;
+    if (configured) {
+      EXPECT_NE(member.find("vm name=cluster"), std::string::npos)
+          << "a member of the operator group: '" << member << "'";
+    } else {
+      EXPECT_EQ(member.find("vm name=cluster"), std::string::npos) << member;
+    }
+  }
+}
+
 TEST(Partitions, ProcessesCanopyVmmStartedCannotUseItsControlSocket) {
   for (bool protect : {true, false}) {
     SCOPED_TRACE(protect ? "protected" : "control: the uid alone decides");

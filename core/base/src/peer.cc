@@ -56,4 +56,19 @@ bool peer_descends_from(int sock, pid_t ancestor) {
   return descends;
 }
 
+bool peer_is_operator(int sock, gid_t group) {
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  if (::getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return false;
+  if (cred.uid == ::geteuid() || cred.uid == 0) return true;
+  if (group == gid_t(-1)) return false;
+  if (cred.gid == group) return true;
+  gid_t groups[256];
+  len = sizeof groups;
+  if (::getsockopt(sock, SOL_SOCKET, SO_PEERGROUPS, groups, &len) != 0) return false;
+  for (size_t i = 0; i < len / sizeof(gid_t); ++i)
+    if (groups[i] == group) return true;
+  return false;
+}
+
 }  // namespace canopy

@@ -84,6 +84,9 @@ struct CompositorOptions {
   // The control socket serves peers of the compositor's uid, except the descendants of this process
   // (canopy-display under canopy-vmm: canopy-vmm, whose children are the VMs and their back-ends); 0: none.
   pid_t control_refuses_descendants_of = 0;
+  // The operator: this process's uid (and root) and, when set, the members of this group too (the
+  // socket is then mode 0660 and of this group). -1: none.
+  gid_t control_group = gid_t(-1);
   // Where `snapshot [NAME]` and `trace-stop NAME` from the control socket may write: NAME is resolved
   // beneath it, no symlinks, no "..". "" = those requests are refused.
   std::string control_dir;

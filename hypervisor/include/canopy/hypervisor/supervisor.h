@@ -38,6 +38,9 @@ struct SupervisorOptions {
   // The control socket refuses every process descending from one canopy-vmm started (VMs, back-ends,
   // the compositor, what they fork), whatever its uid. false: only the uid counts (tests' control runs).
   bool control_refuses_descendants = true;
+  // The operator: canopy-vmm's uid (and root), and, when set, the members of this group too (the socket
+  // is then mode 0660 and of this group). -1: none.
+  gid_t control_group = gid_t(-1);
   // canopy-vmm is the child subreaper of what it starts (PR_SET_CHILD_SUBREAPER): a process that a
   // child orphans is reparented to it, so it stays a descendant, and canopy-vmm reaps it. For canopy-vmm
   // itself; a process that runs other children of its own (a test) leaves it off.

@@ -14,4 +14,9 @@ pid_t parent_of(pid_t pid);
 // cannot be read, or is gone (its pid could be another's now), counts as a descendant: refuse it.
 bool peer_descends_from(int sock, pid_t ancestor);
 
+// True when the process connected on `sock` is an operator of a service run by this process's effective
+// uid: that uid, root, or (when `group` is not -1) a member of `group` by its gid or its supplementary
+// groups, as they were when it connected (SO_PEERCRED, SO_PEERGROUPS). False when they cannot be read.
+bool peer_is_operator(int sock, gid_t group);
+
 }  // namespace canopy
