@@ -11,116 +11,22 @@
 
 #include <cstring>
 
+#include "canopy/transport/backend_sandbox.h"
+
 namespace canopy::hypervisor {
 
 namespace {
 
-// Allowed without conditions.
-constexpr const char* kAllowed[] = {
-    // memory
-    "brk",
-    "mmap",
-    "munmap",
-    "mprotect",
-    "mremap",
-    "madvise",
-    "membarrier",
-    // files the app may open (the uid and mount namespace decide which)
-    "read",
-    "write",
-    "readv",
-    "writev",
-    "pread64",
-    "pwrite64",
-    "close",
-    "openat",
-    "open",
-    "lseek",
-    "fstat",
-    "newfstatat",
-    "stat",
-    "lstat",
-    "statx",
-    "access",
-    "faccessat",
-    "faccessat2",
-    "readlink",
-    "readlinkat",
-    "getdents64",
-    "getcwd",
-    "fcntl",
-    "dup",
-    "dup2",
-    "dup3",
-    "pipe2",
-    "close_range",
-    // process and threads (clone is conditional, below)
+// What running the app takes beyond what every confined program calls (basic_syscalls).
+constexpr const char* kApp[] = {
     "execve",
     "execveat",
-    "exit",
-    "exit_group",
-    "arch_prctl",
-    "set_tid_address",
-    "set_robust_list",
-    "get_robust_list",
-    "rseq",
     "prlimit64",
-    "getrlimit",
-    "getpid",
-    "gettid",
-    "getppid",
-    "getuid",
-    "geteuid",
-    "getgid",
-    "getegid",
-    "getgroups",
-    "getresuid",
-    "getresgid",
-    "uname",
-    "sched_yield",
-    "sched_getaffinity",
-    "getcpu",
-    "prctl",
-    "futex",
-    "futex_waitv",
-    "getrandom",
     "wait4",
     "waitid",
-    // signals (to itself)
-    "rt_sigaction",
-    "rt_sigprocmask",
-    "rt_sigreturn",
-    "rt_sigtimedwait",
-    "sigaltstack",
+    // signals to itself
     "tgkill",
     "tkill",
-    "restart_syscall",
-    // time
-    "clock_gettime",
-    "clock_getres",
-    "clock_nanosleep",
-    "nanosleep",
-    "gettimeofday",
-    "time",
-    "timerfd_create",
-    "timerfd_settime",
-    "timerfd_gettime",
-    // the transport: its socket, eventfds, polling
-    "sendmsg",
-    "recvmsg",
-    "sendto",
-    "recvfrom",
-    "shutdown",
-    "getsockopt",
-    "eventfd2",
-    "poll",
-    "ppoll",
-    "epoll_create1",
-    "epoll_ctl",
-    "epoll_wait",
-    "epoll_pwait",
-    "select",
-    "pselect6",
 };
 
 }  // namespace
@@ -133,12 +39,13 @@ Result<std::vector<sock_filter>> partition_seccomp_filter() {
     ~Guard() { seccomp_release(c); }
   } guard{ctx};
   int rc = 0;
-  for (const char* name : kAllowed) {
+  auto allow = [&](const char* name) {
     const int nr = seccomp_syscall_resolve_name(name);
-    if (nr == __NR_SCMP_ERROR) continue;  // not on this architecture
-    rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 0);
-    if (rc != 0) return make_error(Errc::kIo, "seccomp_rule_add failed", -rc);
-  }
+    return nr == __NR_SCMP_ERROR ? 0 : seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 0);  // else not on this arch
+  };
+  for (const char* name : transport::basic_syscalls()) rc = rc != 0 ? rc : allow(name);
+  for (const char* name : kApp) rc = rc != 0 ? rc : allow(name);
+  if (rc != 0) return make_error(Errc::kIo, "seccomp_rule_add failed", -rc);
   // Threads only: a clone without CLONE_THREAD (fork) is refused.
   rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(clone), 1,
                         SCMP_A0(SCMP_CMP_MASKED_EQ, CLONE_THREAD, CLONE_THREAD));

@@ -20,6 +20,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <span>
 
 #include "canopy/base/landlock.h"
 #include "canopy/base/log.h"
@@ -32,9 +33,9 @@ namespace {
 // ASan's runtime signals its helper task and ptraces at exit: the policy keeps kill for it.
 constexpr bool kSanitizer = kAddressSanitizer;
 
-// What every confined process may call. Calls that exist on one architecture only (open, stat, poll,
-// arch_prctl on x86-64) are skipped where they do not exist.
-constexpr const char* kAllowed[] = {
+// What every confined program calls for itself (basic_syscalls in backend_sandbox.h). Calls that exist
+// on one architecture only (open, stat, poll, arch_prctl on x86-64) are skipped where they do not exist.
+constexpr const char* kBasic[] = {
     // memory
     "brk",
     "mmap",
@@ -43,38 +44,22 @@ constexpr const char* kAllowed[] = {
     "mremap",
     "madvise",
     "membarrier",
-    "mlock",
-    "mlock2",
-    "munlock",
-    "mlockall",
-    "munlockall",
-    "mincore",
-    "msync",
-    // files (Landlock and the uid decide which), memfds, descriptors
+    // files it may open (its view of the file system and its uid decide which)
     "read",
     "write",
     "readv",
     "writev",
     "pread64",
     "pwrite64",
-    "preadv",
-    "pwritev",
-    "preadv2",
-    "pwritev2",
     "close",
-    "close_range",
     "openat",
-    "openat2",
     "open",
-    "creat",
     "lseek",
     "fstat",
     "newfstatat",
     "stat",
     "lstat",
     "statx",
-    "statfs",
-    "fstatfs",
     "access",
     "faccessat",
     "faccessat2",
@@ -83,30 +68,12 @@ constexpr const char* kAllowed[] = {
     "getdents64",
     "getcwd",
     "fcntl",
-    "flock",
     "dup",
     "dup2",
     "dup3",
-    "pipe",
     "pipe2",
-    "ftruncate",
-    "fallocate",
-    "fadvise64",
-    "fsync",
-    "fdatasync",
-    "unlink",
-    "unlinkat",
-    "mkdir",
-    "mkdirat",
-    "rename",
-    "renameat",
-    "renameat2",
-    "fchmod",
-    "memfd_create",
-    "inotify_init1",
-    "inotify_add_watch",
-    "inotify_rm_watch",
-    // this process and its threads (clone: threads only, below)
+    "close_range",
+    // this process and its threads (clone: threads only, in each list)
     "exit",
     "exit_group",
     "arch_prctl",
@@ -125,18 +92,92 @@ constexpr const char* kAllowed[] = {
     "getgroups",
     "getresuid",
     "getresgid",
-    "capget",
     "uname",
-    "sysinfo",
-    "getrusage",
-    "times",
+    "sched_yield",
+    "sched_getaffinity",
+    "getcpu",
     "prctl",
     "futex",
     "futex_waitv",
     "getrandom",
-    "getcpu",
-    "sched_yield",
-    "sched_getaffinity",
+    // signals (to itself; tgkill is conditional in each list)
+    "rt_sigaction",
+    "rt_sigprocmask",
+    "rt_sigreturn",
+    "rt_sigtimedwait",
+    "sigaltstack",
+    "restart_syscall",
+    // time
+    "clock_gettime",
+    "clock_getres",
+    "clock_nanosleep",
+    "nanosleep",
+    "gettimeofday",
+    "time",
+    "timerfd_create",
+    "timerfd_settime",
+    "timerfd_gettime",
+    // messages on the sockets it holds, eventfds, polling
+    "sendmsg",
+    "recvmsg",
+    "sendto",
+    "recvfrom",
+    "shutdown",
+    "getsockopt",
+    "eventfd2",
+    "poll",
+    "ppoll",
+    "epoll_create1",
+    "epoll_ctl",
+    "epoll_wait",
+    "epoll_pwait",
+    "select",
+    "pselect6",
+};
+
+// What a confined back-end or compositor may call beyond kBasic (GPU drivers, PipeWire, its sockets).
+constexpr const char* kBackEnd[] = {
+    // memory
+    "mlock",
+    "mlock2",
+    "munlock",
+    "mlockall",
+    "munlockall",
+    "mincore",
+    "msync",
+    // files (Landlock and the uid decide which), memfds, descriptors
+    "preadv",
+    "pwritev",
+    "preadv2",
+    "pwritev2",
+    "openat2",
+    "creat",
+    "statfs",
+    "fstatfs",
+    "flock",
+    "pipe",
+    "ftruncate",
+    "fallocate",
+    "fadvise64",
+    "fsync",
+    "fdatasync",
+    "unlink",
+    "unlinkat",
+    "mkdir",
+    "mkdirat",
+    "rename",
+    "renameat",
+    "renameat2",
+    "fchmod",
+    "memfd_create",
+    "inotify_init1",
+    "inotify_add_watch",
+    "inotify_rm_watch",
+    // this process and its threads (clone: threads only, below)
+    "capget",
+    "sysinfo",
+    "getrusage",
+    "times",
     "sched_setaffinity",
     "sched_getparam",
     "sched_setparam",
@@ -149,25 +190,10 @@ constexpr const char* kAllowed[] = {
     "getpriority",
     "setpriority",
     // signals (to itself: tgkill and friends below)
-    "rt_sigaction",
-    "rt_sigprocmask",
-    "rt_sigreturn",
-    "rt_sigtimedwait",
     "rt_sigsuspend",
     "rt_sigpending",
-    "sigaltstack",
-    "restart_syscall",
     "signalfd4",
     // time
-    "clock_gettime",
-    "clock_getres",
-    "clock_nanosleep",
-    "nanosleep",
-    "gettimeofday",
-    "time",
-    "timerfd_create",
-    "timerfd_settime",
-    "timerfd_gettime",
     "timer_create",
     "timer_settime",
     "timer_gettime",
@@ -179,27 +205,12 @@ constexpr const char* kAllowed[] = {
     "listen",
     "accept",
     "accept4",
-    "sendmsg",
-    "recvmsg",
     "sendmmsg",
     "recvmmsg",
-    "sendto",
-    "recvfrom",
-    "shutdown",
-    "getsockopt",
     "setsockopt",
     "getsockname",
     "getpeername",
-    "eventfd2",
-    "poll",
-    "ppoll",
-    "select",
-    "pselect6",
     "epoll_create",
-    "epoll_create1",
-    "epoll_ctl",
-    "epoll_wait",
-    "epoll_pwait",
     "epoll_pwait2",
 };
 
@@ -368,6 +379,8 @@ constexpr bool kCanTrap = false;  // the return register is not written here: pl
 
 bool backend_sandbox_loosened() { return kSanitizer; }
 
+std::span<const char* const> basic_syscalls() { return kBasic; }
+
 uint64_t seccomp_refusals() { return g_refused.load(std::memory_order_relaxed); }
 
 Result<std::vector<std::string>> parse_syscall_names(std::string_view list) {
@@ -407,7 +420,8 @@ Status confine_syscalls(const SyscallPolicy& policy) {
     if (nr != __NR_SCMP_ERROR && rc == 0)
       rc = seccomp_rule_add_array(ctx, action, nr, unsigned(cmp.size()), cmp.begin());
   };
-  for (const char* name : kAllowed) add(list, SCMP_ACT_ALLOW, name, {});
+  for (const char* name : kBasic) add(list, SCMP_ACT_ALLOW, name, {});
+  for (const char* name : kBackEnd) add(list, SCMP_ACT_ALLOW, name, {});
   for (const std::string& name : policy.allow)
     if (addable(name)) add(list, SCMP_ACT_ALLOW, name.c_str(), {});
   for (const char* name : kDenied) add(list, SCMP_ACT_ERRNO(EPERM), name, {});

@@ -42,6 +42,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -82,6 +83,10 @@ uint64_t seccomp_refusals();
 // "a,b,c" -> names. Errors: kInvalidArgument for a name this architecture does not have or one that
 // no confined process may make (execve, ptrace...).
 Result<std::vector<std::string>> parse_syscall_names(std::string_view list);
+// The system calls every confined program makes for itself: memory, I/O on the descriptors it holds
+// and the files its view lets it open, its threads, its own signals, time, polling and messages on its
+// sockets. The back-ends' allowlist and the partitions' (hypervisor/sandbox.h) both start from it.
+std::span<const char* const> basic_syscalls();
 // Whether this build keeps ptrace, kill and process clones (a sanitizer build).
 bool backend_sandbox_loosened();
 
