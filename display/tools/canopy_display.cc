@@ -12,7 +12,6 @@
 // --run-for-s it stops after that long, writes PNG snapshots of every output and a summary; SIGTERM /
 // SIGINT / control `quit` stop it too (and write them as well). Exit status: 0, 1 on a runtime error,
 // 2 on bad usage or a bad manifest.
-#include <grp.h>
 #include <unistd.h>
 
 #include <csignal>
@@ -23,6 +22,7 @@
 
 #include "canopy/base/clock.h"
 #include "canopy/base/log.h"
+#include "canopy/base/peer.h"
 #include "canopy/config/manifest.h"
 #include "canopy/display/compositor.h"
 #include "canopy/transport/backend_sandbox.h"
@@ -133,10 +133,8 @@ int main(int argc, char** argv) {
   std::string manifest_path, output = "auto", snapshot_dir, summary_path, trace_path;
   CompositorOptions opt;
   double run_for = 0;
-  bool quiet = false, no_sandbox = false;
+  bool quiet = false, no_sandbox = transport::sandbox_off_by_environment();
   transport::SyscallPolicy syscalls;
-  // CANOPY_NO_SANDBOX=1 (what canopy-vmm run --no-confine hands its children): as --no-sandbox.
-  if (const char* e = std::getenv("CANOPY_NO_SANDBOX"); e && std::strcmp(e, "1") == 0) no_sandbox = true;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto value = [&](const char* name) -> const char* {
@@ -156,16 +154,12 @@ int main(int argc, char** argv) {
     else if (a == "--control") opt.control_path = value("--control");
     else if (a == "--control-group") {
       const char* g = value("--control-group");
-      char* end = nullptr;
-      const unsigned long n = std::strtoul(g, &end, 10);
-      if (end != g && *end == '\0') {
-        opt.control_group = gid_t(n);
-      } else if (const group* gr = ::getgrnam(g)) {
-        opt.control_group = gr->gr_gid;
-      } else {
-        std::fprintf(stderr, "canopy-display: --control-group %s: no such group\n", g);
+      auto gid = group_named(g);
+      if (!gid.ok()) {
+        std::fprintf(stderr, "canopy-display: --control-group %s: %s\n", g, gid.error().what);
         return 2;
       }
+      opt.control_group = *gid;
     } else if (a == "--output") output = value("--output");
     else if (a == "--run-for-s") run_for = std::atof(value("--run-for-s"));
     else if (a == "--snapshot-dir") snapshot_dir = value("--snapshot-dir");
@@ -177,13 +171,10 @@ int main(int argc, char** argv) {
     else if (a == "--seccomp-audit") syscalls.audit = true;
     else if (a == "--seccomp-allow") {
       const char* list = value("--seccomp-allow");
-      auto names = transport::parse_syscall_names(list);
-      if (!names.ok() || names->empty()) {
-        std::fprintf(stderr, "canopy-display: --seccomp-allow %s: %s\n", list,
-                     names.ok() ? "needs system call names" : names.error().what);
+      if (Status s = transport::allow_syscalls(list, syscalls); !s.ok()) {
+        std::fprintf(stderr, "canopy-display: --seccomp-allow %s: %s\n", list, s.error().what);
         return 2;
       }
-      syscalls.allow.insert(syscalls.allow.end(), names->begin(), names->end());
     } else if (a == "--renderer") opt.renderer = value("--renderer");
     else if (a == "--vulkan-device") opt.vulkan_device = value("--vulkan-device");
     else if (a == "--kms-device") opt.kms_device = value("--kms-device");

@@ -8,7 +8,6 @@
 //                   [--device TYPE=PROGRAM[,ARG...]]...
 //                                                boot one Linux guest on KVM, its serial console on stdout
 #include <fcntl.h>
-#include <grp.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
@@ -21,6 +20,7 @@
 
 #include "canopy/base/landlock.h"
 #include "canopy/base/log.h"
+#include "canopy/base/peer.h"
 #include "canopy/config/manifest.h"
 #include "canopy/hypervisor/supervisor.h"
 #include "canopy/transport/backend_sandbox.h"
@@ -93,16 +93,12 @@ int run(int argc, char** argv) {
     } else if (a == "--control-group" && i + 1 < argc) {
       // A group name or number: its members are operators too.
       const char* g = argv[++i];
-      char* end = nullptr;
-      const unsigned long n = std::strtoul(g, &end, 10);
-      if (end != g && *end == '\0') {
-        opt.control_group = gid_t(n);
-      } else if (const group* gr = getgrnam(g)) {
-        opt.control_group = gr->gr_gid;
-      } else {
-        std::fprintf(stderr, "canopy-vmm: --control-group %s: no such group\n", g);
+      auto gid = canopy::group_named(g);
+      if (!gid.ok()) {
+        std::fprintf(stderr, "canopy-vmm: --control-group %s: %s\n", g, gid.error().what);
         return 2;
       }
+      opt.control_group = *gid;
     } else if (a == "--control-open-to-children") {
       opt.control_refuses_descendants = false;  // tests' control runs: the uid alone decides
     } else if (a == "--no-confine") {

@@ -71,10 +71,8 @@ int backend_main(int argc, char** argv, const BackendProgram& program, const Dev
   std::string socket_path;
   int conn_fd = -1;
   bool print_caps = false;
-  bool no_sandbox = false;
   SyscallPolicy syscalls{program.syscalls, false};
-  // CANOPY_NO_SANDBOX=1 (what canopy-vmm run --no-confine hands its children): as --no-sandbox.
-  if (const char* e = std::getenv("CANOPY_NO_SANDBOX"); e && std::strcmp(e, "1") == 0) no_sandbox = true;
+  bool no_sandbox = sandbox_off_by_environment();
   std::vector<std::string> extra;
   for (int i = 1; i < argc; ++i) {
     std::string_view a = argv[i];
@@ -95,13 +93,10 @@ int backend_main(int argc, char** argv, const BackendProgram& program, const Dev
       syscalls.audit = true;
     } else if (a.rfind("--seccomp-allow", 0) == 0 && (a.size() == 15 || a[15] == '=')) {
       const std::string list = value("--seccomp-allow");
-      auto names = parse_syscall_names(list);
-      if (!names.ok() || names->empty()) {
-        std::fprintf(stderr, "%s: --seccomp-allow %s: %s\n", program.name, list.c_str(),
-                     names.ok() ? "needs system call names" : names.error().what);
+      if (Status s = allow_syscalls(list, syscalls); !s.ok()) {
+        std::fprintf(stderr, "%s: --seccomp-allow %s: %s\n", program.name, list.c_str(), s.error().what);
         return 2;
       }
-      syscalls.allow.insert(syscalls.allow.end(), names->begin(), names->end());
     } else if (a == "--verbose" || a == "-v") {
       set_log_level(LogLevel::kDebug);
     } else if (a.rfind("--socket-path", 0) == 0) {

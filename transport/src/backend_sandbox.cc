@@ -399,6 +399,19 @@ Result<std::vector<std::string>> parse_syscall_names(std::string_view list) {
   return names;
 }
 
+Status allow_syscalls(std::string_view list, SyscallPolicy& policy) {
+  auto names = parse_syscall_names(list);
+  if (!names.ok()) return names.error();
+  if (names->empty()) return make_error(Errc::kInvalidArgument, "needs system call names");
+  policy.allow.insert(policy.allow.end(), names->begin(), names->end());
+  return {};
+}
+
+bool sandbox_off_by_environment() {
+  const char* e = std::getenv("CANOPY_NO_SANDBOX");
+  return e != nullptr && std::strcmp(e, "1") == 0;
+}
+
 Status confine_syscalls(const SyscallPolicy& policy) {
   // Two filters, because libseccomp cannot say "allowed, except with these arguments": the allowlist
   // (anything not on it traps), and the refusals that depend on arguments (anything else passes). The

@@ -2,11 +2,13 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "canopy/base/unique_fd.h"
@@ -69,6 +71,14 @@ bool peer_is_operator(int sock, gid_t group) {
   for (size_t i = 0; i < len / sizeof(gid_t); ++i)
     if (groups[i] == group) return true;
   return false;
+}
+
+Result<gid_t> group_named(const char* name_or_number) {
+  char* end = nullptr;
+  const unsigned long n = std::strtoul(name_or_number, &end, 10);
+  if (end != name_or_number && *end == '\0') return gid_t(n);
+  if (const group* g = ::getgrnam(name_or_number)) return g->gr_gid;
+  return make_error(Errc::kInvalidArgument, "no such group");
 }
 
 }  // namespace canopy

@@ -83,6 +83,12 @@ uint64_t seccomp_refusals();
 // "a,b,c" -> names. Errors: kInvalidArgument for a name this architecture does not have or one that
 // no confined process may make (execve, ptrace...).
 Result<std::vector<std::string>> parse_syscall_names(std::string_view list);
+// What `--seccomp-allow LIST` does: the names added to policy.allow. Errors: as parse_syscall_names,
+// kInvalidArgument for an empty list.
+Status allow_syscalls(std::string_view list, SyscallPolicy& policy);
+// Whether the environment turns confinement off: CANOPY_NO_SANDBOX=1, which `canopy-vmm run
+// --no-confine` hands everything it starts (as --no-sandbox).
+bool sandbox_off_by_environment();
 // The system calls every confined program makes for itself: memory, I/O on the descriptors it holds
 // and the files its view lets it open, its threads, its own signals, time, polling and messages on its
 // sockets. The back-ends' allowlist and the partitions' (hypervisor/sandbox.h) both start from it.

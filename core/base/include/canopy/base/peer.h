@@ -4,6 +4,8 @@
 
 #include <sys/types.h>
 
+#include "canopy/base/result.h"
+
 namespace canopy {
 
 // The parent of `pid` as /proc says (0 when it cannot be read: gone, or not visible).
@@ -18,5 +20,9 @@ bool peer_descends_from(int sock, pid_t ancestor);
 // uid: that uid, root, or (when `group` is not -1) a member of `group` by its gid or its supplementary
 // groups, as they were when it connected (SO_PEERCRED, SO_PEERGROUPS). False when they cannot be read.
 bool peer_is_operator(int sock, gid_t group);
+
+// The group an option names (--control-group): a number, or a name the group database knows.
+// Errors: kInvalidArgument for a name it does not know.
+Result<gid_t> group_named(const char* name_or_number);
 
 }  // namespace canopy
