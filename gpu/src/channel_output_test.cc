@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "canopy/buffers/shared_memory.h"
+#include "canopy/gpu/testing/frames.h"
 #include "canopy/protocol/broker.h"
 #include "canopy/protocol/scanout_channel.h"
 
@@ -45,20 +46,7 @@ class ChannelOutputTest : public ::testing::Test {
   void TearDown() override { ::unlink(path_.c_str()); }
 
   std::shared_ptr<Frame> frame(uint64_t seq, int* released) {
-    auto f = std::make_shared<Frame>();
-    f->seq = seq;
-    f->drm_fourcc = 0x34325258;  // XR24
-    f->width = 32;
-    f->height = 64;
-    f->stride = 128;
-    f->blob = true;
-    f->resource_id = 5;
-    f->generation = generation_;
-    f->pieces = pieces_;
-    f->view_cache = cache_;
-    f->release_token = seq;
-    f->on_release = [released](uint64_t) { ++*released; };
-    return f;
+    return gpu::testing::blob_frame(seq, generation_, pieces_, cache_, [released](uint64_t) { ++*released; });
   }
   UniqueFd accept() {
     UniqueFd s(::accept4(listen_.get(), nullptr, nullptr, SOCK_CLOEXEC));

@@ -20,6 +20,7 @@
 
 #include "canopy/base/clock.h"
 #include "canopy/display/compositor.h"
+#include "canopy/test_support/identity.h"
 
 namespace canopy::display {
 namespace {
@@ -51,6 +52,22 @@ std::string ask(const std::string& path, const std::string& req, int timeout_ms)
   char buf[4096];
   const ssize_t n = ::recv(s.get(), buf, sizeof buf, 0);
   return n > 0 ? std::string(buf, size_t(n)) : std::string();
+}
+
+// Serves the compositor's sockets (the test's thread is its only one) until `from` closes or 30 s pass;
+// what came through `from`: a client's answer, written by a child.
+std::string serve_until_closed(Compositor& c, int from) {
+  std::string got;
+  for (int i = 0; i < 3000; ++i) {
+    if (!c.poll_input(10).ok()) break;
+    pollfd p{from, POLLIN, 0};
+    if (::poll(&p, 1, 0) != 1) continue;
+    char buf[4096];
+    const ssize_t n = ::read(from, buf, sizeof buf);
+    if (n <= 0) break;
+    got.append(buf, size_t(n));
+  }
+  return got;
 }
 
 TEST(DisplayControl, ProcessesCanopyVmmStartedCannotUseTheControlSocket) {
@@ -92,17 +109,7 @@ TEST(DisplayControl, ProcessesCanopyVmmStartedCannotUseTheControlSocket) {
     ASSERT_TRUE(c.ok()) << c.error().what;
     ASSERT_EQ(::write(go[1], "g", 1), 1);
     // Serve until the back-end has its answer (the pipe closes when it and "canopy-vmm" are gone).
-    std::string reply;
-    for (int i = 0; i < 3000; ++i) {
-      ASSERT_TRUE((*c)->poll_input(10).ok());
-      pollfd p{result[0], POLLIN, 0};
-      if (::poll(&p, 1, 0) == 1) {
-        char buf[512];
-        const ssize_t n = ::read(result[0], buf, sizeof buf);
-        if (n <= 0) break;
-        reply.append(buf, size_t(n));
-      }
-    }
+    const std::string reply = serve_until_closed(**c, result[0]);
     int st = 0;
     ASSERT_EQ(::waitpid(vmm, &st, 0), vmm);
     if (protect) {
@@ -148,31 +155,14 @@ TEST(DisplayControl, TheOperatorGroupMayUseTheControlSocketOthersMayNot) {
     if (configured) o.control_group = kGroup;
     auto c = Compositor::create(one_output(), o, clock);
     ASSERT_TRUE(c.ok()) << c.error().what;
-    // `stats` asked by a child running as `uid`, in the group or not; its answer ("" when refused).
+    // `stats` asked by a client running as `uid`, in the group or not, while the test's thread serves
+    // the compositor; its answer ("" when refused).
     auto ask_as = [&](uid_t uid, bool member) {
-      int result[2];
-      if (::pipe2(result, O_CLOEXEC) != 0) return std::string("pipe failed");
-      const pid_t pid = ::fork();
-      if (pid == 0) {
-        const gid_t groups[] = {kGroup};
-        if (::setgroups(member ? 1 : 0, groups) != 0 || ::setgid(uid) != 0 || ::setuid(uid) != 0) _exit(1);
-        const std::string reply = ask(ctl, "stats", 5000);  // served by the test's thread below
-        (void)!::write(result[1], reply.data(), reply.size());
-        _exit(0);
-      }
-      ::close(result[1]);
-      std::string reply;
-      for (int i = 0; i < 3000; ++i) {
-        if (!(*c)->poll_input(10).ok()) break;
-        pollfd p{result[0], POLLIN, 0};
-        if (::poll(&p, 1, 0) != 1) continue;
-        char buf[4096];
-        const ssize_t n = ::read(result[0], buf, sizeof buf);
-        if (n <= 0) break;
-        reply.append(buf, size_t(n));
-      }
-      ::close(result[0]);
-      ::waitpid(pid, nullptr, 0);
+      test_support::ChildAs child = test_support::start_as(
+          uid, member ? std::vector<gid_t>{kGroup} : std::vector<gid_t>{}, [&] { return ask(ctl, "stats", 5000); });
+      if (child.pid < 0) return std::string("could not start a client");
+      const std::string reply = serve_until_closed(**c, child.out);
+      test_support::finish(child);
       return reply;
     };
     const std::string member = ask_as(kMember, true), other = ask_as(kOther, false);

@@ -24,6 +24,7 @@
 #include "canopy/buffers/udmabuf.h"
 #include "canopy/display/compositor.h"
 #include "canopy/gpu/channel_output.h"
+#include "canopy/gpu/testing/frames.h"
 #include "canopy/protocol/scanout_channel.h"
 
 namespace canopy {
@@ -60,21 +61,10 @@ class Dmabuf : public ::testing::Test {
   void TearDown() override { ::unlink(path_.c_str()); }
 
   std::shared_ptr<gpu::Frame> frame(uint64_t seq) {
-    auto f = std::make_shared<gpu::Frame>();
-    f->seq = seq;
-    f->drm_fourcc = 0x34325258;  // XR24
-    f->width = 32;
-    f->height = 64;
-    f->stride = 128;
-    f->blob = true;
-    f->resource_id = 5;
-    f->generation = 1;
-    f->pieces = std::make_shared<std::vector<gpu::FramePiece>>(
-        std::vector<gpu::FramePiece>{{ram_, 2 * kPage, kPage}, {ram_, 0, kPage}});
-    f->view_cache = std::make_shared<gpu::Frame::ViewCache>();
-    f->release_token = seq;
-    f->on_release = [](uint64_t) {};
-    return f;
+    return gpu::testing::blob_frame(seq, 1,
+                                    std::make_shared<std::vector<gpu::FramePiece>>(
+                                        std::vector<gpu::FramePiece>{{ram_, 2 * kPage, kPage}, {ram_, 0, kPage}}),
+                                    std::make_shared<gpu::Frame::ViewCache>());
   }
   UniqueFd listen() {
     UniqueFd s(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));

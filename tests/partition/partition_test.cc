@@ -32,6 +32,7 @@
 #include "canopy/hypervisor/control_client.h"
 #include "canopy/hypervisor/process.h"
 #include "canopy/test_support/command.h"
+#include "canopy/test_support/identity.h"
 
 namespace canopy::hypervisor {
 namespace {
@@ -340,26 +341,13 @@ TEST(Partitions, TheOperatorGroupMayControlCanopyVmmOthersMayNot) {
   }
   constexpr gid_t kGroup = 0x7bf00;
   constexpr uid_t kMember = 0x7bf01, kOther = 0x7bf02;
-  // `status` asked by a child that runs as `uid`, in kGroup or not; its answer ("" when refused).
+  // `status` asked by a client that runs as `uid`, in kGroup or not; its answer ("" when refused).
   auto ask_as = [](const std::string& socket, uid_t uid, bool member) {
-    int p[2];
-    if (pipe2(p, O_CLOEXEC) != 0) return std::string("pipe failed");
-    const pid_t pid = fork();
-    if (pid == 0) {
-      const gid_t groups[] = {kGroup};
-      if (setgroups(member ? 1 : 0, groups) != 0 || setgid(uid) != 0 || setuid(uid) != 0) _exit(1);
-      auto r = control_request(socket, "status", 10000);
-      const std::string text = r.ok() ? *r : "";
-      if (!text.empty()) (void)!write(p[1], text.data(), text.size());
-      _exit(0);
-    }
-    close(p[1]);
-    std::string text;
-    char buf[4096];
-    for (ssize_t n; (n = read(p[0], buf, sizeof buf)) > 0;) text.append(buf, size_t(n));
-    close(p[0]);
-    waitpid(pid, nullptr, 0);
-    return text;
+    return test_support::answer_of(
+        test_support::start_as(uid, member ? std::vector<gid_t>{kGroup} : std::vector<gid_t>{}, [&] {
+          auto r = control_request(socket, "status", 10000);
+          return r.ok() ? *r : std::string();
+        }));
   };
   for (bool configured : {true, false}) {
     SCOPED_TRACE(configured ? "--control-group" : "control: no operator group");
