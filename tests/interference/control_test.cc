@@ -54,6 +54,15 @@ std::string ask(const std::string& path, const std::string& req, int timeout_ms)
   return n > 0 ? std::string(buf, size_t(n)) : std::string();
 }
 
+// A pixman compositor's options with its device socket and its control socket (control.sock) in `dir`.
+CompositorOptions with_control_socket(const std::string& dir) {
+  CompositorOptions o;
+  o.listen_path = dir + "/display.sock";
+  o.control_path = dir + "/control.sock";
+  o.renderer = "pixman";
+  return o;
+}
+
 // Serves the compositor's sockets (the test's thread is its only one) until `from` closes or 30 s pass;
 // what came through `from`: a client's answer, written by a child.
 std::string serve_until_closed(Compositor& c, int from) {
@@ -100,10 +109,7 @@ TEST(DisplayControl, ProcessesCanopyVmmStartedCannotUseTheControlSocket) {
     ::close(go[0]);
     ::close(result[1]);
     FakeClock clock;
-    CompositorOptions o;
-    o.listen_path = dir + "/display.sock";
-    o.control_path = ctl;
-    o.renderer = "pixman";
+    CompositorOptions o = with_control_socket(dir);
     if (protect) o.control_refuses_descendants_of = vmm;
     auto c = Compositor::create(one_output(), o, clock);
     ASSERT_TRUE(c.ok()) << c.error().what;
@@ -148,10 +154,7 @@ TEST(DisplayControl, TheOperatorGroupMayUseTheControlSocketOthersMayNot) {
     ::mkdir(dir.c_str(), 0755);
     const std::string ctl = dir + "/control.sock";
     FakeClock clock;
-    CompositorOptions o;
-    o.listen_path = dir + "/display.sock";
-    o.control_path = ctl;
-    o.renderer = "pixman";
+    CompositorOptions o = with_control_socket(dir);
     if (configured) o.control_group = kGroup;
     auto c = Compositor::create(one_output(), o, clock);
     ASSERT_TRUE(c.ok()) << c.error().what;
