@@ -61,6 +61,7 @@ canopy_pipewire_start
 run_partition() {
   local name=$1 period=$2 ms=$3 extra=${4:+, \"$4\"} dir="$CANOPY_WORK/$1"
   mkdir -p "$dir"
+  chmod 1777 "$dir"  # canopy-snd writes its stats here, under its VM's uid when canopy-vmm is root
   cat >"$dir/vm.toml" <<TOML
 [[vm]]
 name = "bench"

@@ -101,8 +101,12 @@ else
     chmod 700 "$XDG_RUNTIME_DIR"
   fi
 fi
+# Each VM's canopy-snd writes its summary here; as root, canopy-vmm runs each VM's back-ends under a uid
+# of their own (docs/security.md), so the folder is open to them (sticky: none removes another's file).
 export CANOPY_SND_STATS_DIR="$RUN/snd"
 mkdir -p "$CANOPY_SND_STATS_DIR"
+chmod 711 "$RUN"
+chmod 1777 "$CANOPY_SND_STATS_DIR"
 if [ "${CANOPY_SND_HOST:-}" != null ] && command -v pw-record >/dev/null; then
   pw-record -P '{ stream.capture.sink = true }' "${SINK_TARGET[@]}" --rate 48000 --channels 2 --format f32 \
     "$OUT/sink.wav" >"$RUN/pw-record.log" 2>&1 &
@@ -114,7 +118,6 @@ if [ "$UNTIL" = events ]; then
   # their own: the folder is theirs to read).
   TRIGGER="$RUN/trigger"
   mkdir -p "$TRIGGER"
-  chmod 711 "$RUN"
   chmod 755 "$TRIGGER"
   sed "s|^app = \"canopy-cluster-app\"\(.*\)\$|app = \"canopy-cluster-app\"\1\nargs = [\"--chime-after-file\", \"$TRIGGER/chime\"]|" \
     "$MANIFEST" >"$RUN/cockpit.toml"

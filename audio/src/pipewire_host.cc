@@ -11,6 +11,7 @@
 #include <csignal>
 #include <cstring>
 #include <string>
+#include <utility>
 
 #include "canopy/audio/host.h"
 #include "canopy/audio/policy.h"
@@ -127,7 +128,9 @@ class PwHost final : public HostBackend {
     pw_loop_enter(loop_);
     context_ = pw_context_new(loop_, nullptr, 0);
     if (!context_) return make_error(Errc::kIo, "pipewire: cannot make a context");
-    core_ = pw_context_connect(context_, nullptr, 0);
+    // pw_context_connect_fd owns the descriptor from here, even when it fails.
+    core_ = opt_.fd >= 0 ? pw_context_connect_fd(context_, std::exchange(opt_.fd, -1), nullptr, 0)
+                         : pw_context_connect(context_, nullptr, 0);
     if (!core_) return make_error(Errc::kIo, "pipewire: no PipeWire daemon answers (is pipewire running?)", errno);
     static const pw_core_events core_events = [] {
       pw_core_events e{};

@@ -1,5 +1,6 @@
 #include "canopy/audio/vhost_snd.h"
 
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 
@@ -30,6 +31,8 @@ VhostSnd::~VhostSnd() {
     if (FILE* f = std::fopen(stats_path_.c_str(), "w")) {
       std::fputs(s.c_str(), f);
       std::fclose(f);
+    } else {
+      CANOPY_WARN("canopy-snd: cannot write the summary to %s: %s", stats_path_.c_str(), std::strerror(errno));
     }
   }
   dev_.reset();  // streams before their host

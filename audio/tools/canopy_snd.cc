@@ -6,6 +6,8 @@
 //       -device vhost-user-snd-pci,chardev=snd
 //   canopy-snd --socket-path /tmp/snd.sock --controls    volume and mute controls (VIRTIO_SND_F_CTLS),
 //       -device vhost-user-snd-pci,chardev=snd,controls=on   for a front-end whose config space holds them
+#include <unistd.h>
+
 #include <cstdlib>
 #include <memory>
 #include <string>
@@ -43,6 +45,8 @@ constexpr const char* kUsage =
     "                           controls=on on vhost-user-snd-pci for it (canopy-vmm passes this itself)\n"
     "  --no-controls            do not offer VIRTIO_SND_F_CTLS (the default, as QEMU's controls=off)\n"
     "  --force-quantum          force PipeWire's quantum to the guest's period while a stream runs\n"
+    "  --pipewire-fd=N          use descriptor N, a connection to the PipeWire daemon made for it\n"
+    "                           (canopy-vmm does so for a back-end under another uid)\n"
     "  --stats=FILE             write the per-stream summary to FILE at exit (default with\n"
     "                           $CANOPY_SND_STATS_DIR set: that folder, VM-snd.txt)\n";
 
@@ -54,7 +58,7 @@ Result<std::unique_ptr<vu::Device>> make_device(const std::vector<std::string>& 
   std::string host = "auto", wav_dir, policy, stats;
   if (env_host && (std::string(env_host) == "null" || std::string(env_host) == "pipewire")) host = env_host;
   bool no_policy = false, force_quantum = false;
-  int policy_fd = -1;
+  int policy_fd = -1, pipewire_fd = -1;
   std::vector<int> policy_states;
   double tone = 0;
   for (const auto& a : args) {
@@ -92,6 +96,7 @@ Result<std::unique_ptr<vu::Device>> make_device(const std::vector<std::string>& 
     else if (key == "--no-controls" && flag) o.controls = false;
     else if (key == "--force-quantum" && flag) force_quantum = true;
     else if (key == "--stats" && !val.empty()) stats = val;
+    else if (key == "--pipewire-fd" && !val.empty()) pipewire_fd = std::atoi(val.c_str());
     else {
       CANOPY_ERROR("canopy-snd: bad option %s", a.c_str());
       return make_error(Errc::kInvalidArgument, "bad option (see --help)");
@@ -106,11 +111,13 @@ Result<std::unique_ptr<vu::Device>> make_device(const std::vector<std::string>& 
     o.streams = {out, in};
   }
   std::unique_ptr<HostBackend> h;
+  if (host == "null" && pipewire_fd >= 0) ::close(pipewire_fd);  // not needed
   if (host != "null") {
     PipeWireHostOptions po;
     po.vm = o.vm;
     po.force_quantum = force_quantum;
     po.wav_dir = wav_dir;
+    po.fd = pipewire_fd;
     auto r = make_pipewire_backend(po);
     if (r.ok()) {
       h = std::move(*r);
@@ -176,8 +183,8 @@ Result<std::unique_ptr<vu::Device>> make_device(const std::vector<std::string>& 
 
 int main(int argc, char** argv) {
   vu::BackendProgram program{"canopy-snd", "sound", {}, kUsage};
-  program.valued_options = {"--stream", "--jack",   "--host",  "--wav-dir",   "--capture-tone",
-                            "--vm",     "--policy", "--stats", "--policy-fd", "--policy-states"};
+  program.valued_options = {"--stream", "--jack",  "--host",      "--wav-dir",       "--capture-tone", "--vm",
+                            "--policy", "--stats", "--policy-fd", "--policy-states", "--pipewire-fd"};
   // Confined like every back-end (backend_sandbox.h: PipeWire's client needs only unix sockets, memfds,
   // threads and its own scheduling); it writes its recordings, its stats and the shared policy file.
   program.confine = true;

@@ -108,9 +108,12 @@ Status DeviceBridge::start_backend(const RamInfo& ram) {
     o.argv.push_back("--display-fd=" + std::to_string(kDisplayLinkFd));
     o.fds.emplace_back(link.get(), kDisplayLinkFd);
   }
+  std::vector<UniqueFd> given;
+  apply_identity(spec_.identity, o, given);
   CANOPY_ASSIGN_OR_RETURN(backend_, spawn(o));
   theirs.reset();
   link.reset();
+  given.clear();
   ++backend_starts_;
   vu::Frontend fe(std::move(ours), kBackendReplyTimeoutMs);
 

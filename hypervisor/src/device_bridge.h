@@ -41,6 +41,7 @@ struct BackendSpec {
   bool display_link = false;
   // Descriptors the back-end inherits: (ours, its number); ours stay open as long as the spec is used.
   std::vector<std::pair<int, int>> inherit;
+  BackendIdentity identity;  // its VM's back-end uid when canopy-vmm is root
 };
 
 inline constexpr int kDisplayLinkFd = 4;

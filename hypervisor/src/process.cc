@@ -11,13 +11,17 @@
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "canopy/base/landlock.h"
@@ -123,6 +127,7 @@ struct ChildPlan {
   int err_w = -1;
   int sync_r = -1;
   int devnull = -1;
+  pid_t parent = 0;  // the VMM
   sock_fprog prog{};
   // Landlock (read_only_fs): the ruleset with no rule granting anything back; attr_size 0: none.
   LandlockWrites landlock;
@@ -135,7 +140,6 @@ struct ChildPlan {
     char c;
     if (read(p.sync_r, &c, 1) != 1) child_fail(errfd, kStageSync);
   }
-  prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (p.ns & CLONE_NEWNS) {
     if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) == 0) {
       // A /proc of the new PID namespace: other processes are not visible. Best effort (a read-only or
@@ -172,9 +176,12 @@ struct ChildPlan {
   if (syscall(SYS_close_range, unsigned(max_target + 1), ~0U, CLOSE_RANGE_CLOEXEC) != 0) child_fail(errfd, kStageFds);
   if (p.drop_ids) {
     const uid_t id = o.uid;
-    if (setgroups(0, nullptr) != 0 || setresgid(id, id, id) != 0 || setresuid(id, id, id) != 0)
+    if (setgroups(o.groups.size(), o.groups.data()) != 0 || setresgid(id, id, id) != 0 || setresuid(id, id, id) != 0)
       child_fail(errfd, kStageIds);
   }
+  // After the ids change (a change of uid clears the parent-death signal).
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (!(p.ns & CLONE_NEWPID) && getppid() != p.parent) _exit(127);  // the VMM died before the line above
   if (o.confine) {
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) child_fail(errfd, kStageNoNewPrivs);
     if (p.landlock.attr_size != 0) {
@@ -287,6 +294,7 @@ Result<Child> spawn(const SpawnOptions& o) {
   plan.exe_fd = exe.get();
   plan.err_w = err_w.get();
   plan.devnull = devnull.get();
+  plan.parent = getpid();
   if (o.seccomp != nullptr) {
     plan.prog.len = static_cast<unsigned short>(o.seccomp->size());
     plan.prog.filter = const_cast<sock_filter*>(o.seccomp->data());
@@ -319,7 +327,7 @@ Result<Child> spawn(const SpawnOptions& o) {
     }
     plan.ns = flags;
     plan.sync_r = sync_r.get();
-    plan.drop_ids = o.confine && root && o.uid != 0 && !(flags & CLONE_NEWUSER);
+    plan.drop_ids = root && o.uid != 0 && !(flags & CLONE_NEWUSER);
     clone_args args{};
     args.flags = CLONE_PIDFD | flags;
     args.pidfd = uint64_t(reinterpret_cast<uintptr_t>(&pidfd));
@@ -404,6 +412,48 @@ Result<std::string> resolve_program(const std::string& name, const std::string& 
     start = end + 1;
   }
   return make_error(Errc::kInvalidArgument, "program not found beside canopy-vmm or in PATH");
+}
+
+Result<UniqueFd> connect_pipewire() {
+  const char* remote = getenv("PIPEWIRE_REMOTE");
+  std::string path = remote && *remote ? remote : "pipewire-0";
+  if (path[0] != '/') {
+    const char* dir = getenv("PIPEWIRE_RUNTIME_DIR");
+    if (!dir || !*dir) dir = getenv("XDG_RUNTIME_DIR");
+    if (!dir || !*dir) return make_error(Errc::kUnsupported, "no PipeWire socket named (XDG_RUNTIME_DIR unset)");
+    path = std::string(dir) + "/" + path;
+  }
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  if (path.size() >= sizeof a.sun_path) return make_error(Errc::kInvalidArgument, "PipeWire socket path too long");
+  std::memcpy(a.sun_path, path.c_str(), path.size() + 1);
+  if (access(path.c_str(), F_OK) != 0) return make_error(Errc::kUnsupported, "no PipeWire socket", errno);
+  UniqueFd s(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!s) return make_error(Errc::kIo, "socket failed", errno);
+  if (connect(s.get(), reinterpret_cast<const sockaddr*>(&a), sizeof a) != 0)
+    return make_error(Errc::kIo, "connecting to PipeWire failed", errno);
+  return s;
+}
+
+void apply_identity(const BackendIdentity& who, SpawnOptions& o, std::vector<UniqueFd>& keep) {
+  if (who.uid == 0 || geteuid() != 0) return;
+  o.uid = who.uid;
+  o.groups = who.groups;
+  if (!who.pipewire) return;
+  int n = 3;
+  for (const auto& [ours, target] : o.fds) n = std::max(n, target + 1);
+  auto pw = connect_pipewire();
+  if (!pw.ok()) {
+    CANOPY_INFO("%s: no PipeWire connection for it: %s", o.path.c_str(), pw.error().what);
+    return;
+  }
+  if (n >= kFirstTempFd) {
+    CANOPY_WARN("%s: no descriptor number left for its PipeWire connection", o.path.c_str());
+    return;
+  }
+  o.fds.emplace_back(pw->get(), n);
+  o.argv.push_back("--pipewire-fd=" + std::to_string(n));
+  keep.push_back(std::move(*pw));
 }
 
 }  // namespace canopy::hypervisor

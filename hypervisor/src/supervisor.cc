@@ -1,5 +1,7 @@
 // canopy-vmm's supervisor: creation from the manifest, the event loop and the public API (supervisor_impl.h
 // says where the rest lives).
+#include <grp.h>
+
 #include "backend_args.h"
 #include "supervisor_impl.h"
 
@@ -103,6 +105,18 @@ void Supervisor::Impl::add_policy_board(const std::string& name, BackendSpec& sp
   spec.args.insert(spec.args.begin(), {"--policy-fd=" + std::to_string(kFirst), "--policy-states=" + states});
 }
 
+BackendIdentity Supervisor::Impl::backend_identity(size_t vm_index, const std::string& type) const {
+  BackendIdentity who;
+  if (!opt.confine || geteuid() != 0) return who;
+  who.uid = kBackendUidBase + uid_t(vm_index);
+  if (type == "gpu") {
+    for (const char* name : {"render", "video"})
+      if (const group* g = getgrnam(name)) who.groups.push_back(g->gr_gid);
+  }
+  who.pipewire = type == "snd";
+  return who;
+}
+
 Supervisor::Supervisor(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) { impl_->self = this; }
 
 Supervisor::~Supervisor() { shutdown(); }
@@ -157,6 +171,7 @@ Result<std::unique_ptr<Supervisor>> Supervisor::create(const Manifest& m, Superv
         return prog.error();
       }
       s.program = *prog;
+      s.identity = impl->backend_identity(i, s.name);
       vm->devices.push_back(std::make_unique<DeviceBridge>(s, uint16_t(vm->devices.size())));
     }
     vm->backend_restarts.resize(vm->devices.size());
@@ -273,6 +288,7 @@ std::vector<VmStatus> Supervisor::status() const {
       ds.type = d->spec().name;
       ds.backend_up = d->backend_up();
       ds.backend_pid = d->backend_up() ? d->backend().pid() : -1;
+      ds.backend_uid = d->spec().identity.uid != 0 && geteuid() == 0 ? d->spec().identity.uid : geteuid();
       ds.backend_starts = d->backend_starts();
       ds.status = d->status();
       ds.driver_resets = d->driver_resets();
@@ -309,10 +325,10 @@ std::string Supervisor::status_text() const {
     for (const auto& d : s.devices) {
       std::snprintf(hex, sizeof hex, "0x%02x", d.status);
       o += "device vm=" + s.name + " index=" + std::to_string(d.index) + " type=" + d.type +
-           " backend_pid=" + std::to_string(d.backend_pid) + " backend_up=" + (d.backend_up ? "1" : "0") +
-           " backend_starts=" + std::to_string(d.backend_starts) + " status=" + hex +
-           " driver_resets=" + std::to_string(d.driver_resets) + " config_changes=" + std::to_string(d.config_changes) +
-           "\n";
+           " backend_pid=" + std::to_string(d.backend_pid) + " backend_uid=" + std::to_string(d.backend_uid) +
+           " backend_up=" + (d.backend_up ? "1" : "0") + " backend_starts=" + std::to_string(d.backend_starts) +
+           " status=" + hex + " driver_resets=" + std::to_string(d.driver_resets) +
+           " config_changes=" + std::to_string(d.config_changes) + "\n";
     }
   }
   return o;

@@ -116,6 +116,10 @@ struct Supervisor::Impl {
   Status make_policy_board();
   // canopy-snd's board arguments and descriptors for VM `name` (none when it has no sound device).
   void add_policy_board(const std::string& name, BackendSpec& spec) const;
+  // Who VM `vm_index`'s back-end of `type` runs as: as root and confining, the VM's back-end uid (a GPU
+  // back-end with the render and video groups, for the GPU's device files; a sound back-end with a
+  // PipeWire connection made here); else the VMM's own identity.
+  BackendIdentity backend_identity(size_t vm_index, const std::string& type) const;
 
   // The compositor service and our end of its service link (supervisor_broker.cc).
   Child compositor;

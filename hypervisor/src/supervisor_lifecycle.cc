@@ -39,7 +39,7 @@ Status Supervisor::Impl::start(Vm& vm) {
   o.fds = {{pair.second.get(), 3}};
   o.confine = opt.confine;
   o.read_only_fs = opt.confine;  // a partition writes no file anywhere (it has no need to)
-  o.uid = kPartitionUidBase + uid_t(vm.index);
+  o.uid = opt.confine ? kPartitionUidBase + uid_t(vm.index) : 0;
   o.seccomp = opt.confine ? &filter : nullptr;
   auto child = spawn(o);
   if (!child.ok()) {
@@ -87,6 +87,11 @@ Status Supervisor::Impl::start_kvm(Vm& vm) {
     o.argv.push_back("--device");
     o.argv.push_back(d->spec().name + "=" + d->spec().program);
     for (const auto& a : d->spec().args) o.argv.insert(o.argv.end(), {"--device-arg", a});
+    // Its identity: the child canopy-vmm starts it under the VM's back-end uid as this one would.
+    const BackendIdentity& who = d->spec().identity;
+    if (who.uid != 0) o.argv.insert(o.argv.end(), {"--device-uid", std::to_string(who.uid)});
+    for (gid_t g : who.groups) o.argv.insert(o.argv.end(), {"--device-group", std::to_string(g)});
+    if (who.pipewire) o.argv.push_back("--device-pipewire");
     auto inherit = d->spec().inherit;
     if (d->spec().display_link) {
       CANOPY_ASSIGN_OR_RETURN(auto theirs, d->open_display_link());

@@ -40,8 +40,11 @@ constexpr const char* kUsage =
     "                             argument after it is its), before the VMs; their GPU back-ends get\n"
     "                             compositor connections from canopy-vmm, bound to their VM. When it\n"
     "                             ends cleanly, everything ends; after a crash it is restarted.\n"
+    "                             As root, each VM's partition and back-ends run under uids of that\n"
+    "                             VM's (docs/security.md).\n"
     "                             --no-confine: nothing it starts is confined (CANOPY_NO_SANDBOX=1 for\n"
-    "                             back-ends and the compositor): a benchmark's reference, debugging\n"
+    "                             back-ends and the compositor) and all keep canopy-vmm's uid: a\n"
+    "                             benchmark's reference, debugging\n"
     "                             --display PATH: GPU back-ends connect to canopy-display --listen PATH\n"
     "                             themselves and name their VM (no broker: docs/security.md)\n"
     "                             The control socket refuses what canopy-vmm started (and what they fork);\n"
@@ -50,14 +53,17 @@ constexpr const char* kUsage =
     "                             mode 0660 and of GROUP); otherwise only canopy-vmm's uid and root\n"
     "       canopy-vmm boot --kernel BZIMAGE [--initrd FILE] [--cmdline TEXT] [--memory SIZE] [--vcpus N]\n"
     "                       [--device TYPE=PROGRAM[,ARG...] [--device-arg ARG]...\n"
-    "                        [--device-inherit FD:TARGET]...]... [--no-sandbox]\n"
+    "                        [--device-inherit FD:TARGET]... [--device-uid UID [--device-group GID]...]\n"
+    "                        [--device-pipewire]]... [--no-sandbox]\n"
     "                             boot one Linux guest on KVM (docs/kvm.md), each --device a virtio-mmio\n"
     "                             device (rng, snd, gpu, console, ...) bridged to the vhost-user back-end\n"
     "                             PROGRAM (started as PROGRAM --fd=3 ARGS); its serial console goes to\n"
     "                             stdout; --device-inherit: an inherited descriptor the back-end gets as\n"
-    "                             TARGET. Exit status: 0 the guest powered off, 3 it rebooted, 4 stopped by\n"
-    "                             SIGTERM/SIGINT, 1 an error. Once its devices are up it runs\n"
-    "                             the guest under a system call allowlist (docs/security.md) unless\n"
+    "                             TARGET; --device-uid (as root): the back-end runs as UID:UID with the\n"
+    "                             GIDs as its groups, and with --device-pipewire gets a PipeWire\n"
+    "                             connection made here. Exit status: 0 the guest powered off, 3 it\n"
+    "                             rebooted, 4 stopped by SIGTERM/SIGINT, 1 an error. Once its devices are\n"
+    "                             up it runs the guest under a system call allowlist (docs/security.md) unless\n"
     "                             --no-sandbox\n"
     "       canopy-vmm --help     this text\n";
 
@@ -215,6 +221,12 @@ int boot(int argc, char** argv) {
         return 2;
       }
       devices.back().inherit.emplace_back(fd, target);
+    } else if (a == "--device-uid" && has && !devices.empty()) {
+      devices.back().identity.uid = uid_t(std::strtoul(argv[++i], nullptr, 10));
+    } else if (a == "--device-group" && has && !devices.empty()) {
+      devices.back().identity.groups.push_back(gid_t(std::strtoul(argv[++i], nullptr, 10)));
+    } else if (a == "--device-pipewire" && !devices.empty()) {
+      devices.back().identity.pipewire = true;
     } else {
       std::fprintf(stderr, "canopy-vmm boot: bad argument %s\n%s", a.c_str(), kUsage);
       return 2;

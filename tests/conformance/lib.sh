@@ -39,6 +39,9 @@ canopy_begin() {
   CANOPY_TEST_NAME=$1
   CANOPY_STARTED_AT=$(date +%s%N)
   CANOPY_WORK=$(mktemp -d "${TMPDIR:-/tmp}/canopy-$1.XXXXXX")
+  # As root, canopy-vmm runs each VM's back-ends under a uid of their own: they write their logs and
+  # stats here too (sticky: none removes another's file).
+  chmod 1777 "$CANOPY_WORK"
   trap 'canopy_cleanup $?' EXIT
   trap 'canopy_log "interrupted"; exit 130' INT
   trap 'canopy_log "terminated"; exit 143' TERM

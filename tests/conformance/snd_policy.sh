@@ -29,10 +29,10 @@ canopy_pipewire_start
 
 RAMP_MS=40
 DUCK_DB=-20
-# The partitions run under uids of their own: the trigger folder is theirs to look into.
+# The partitions run under uids of their own: the trigger folder is theirs to look into ($CANOPY_WORK
+# is open to every uid: the back-ends write their stats there).
 TRIGGER="$CANOPY_WORK/trigger"
 mkdir -p "$TRIGGER"
-chmod 711 "$CANOPY_WORK"
 chmod 755 "$TRIGGER"
 cat >"$CANOPY_WORK/policy.toml" <<TOML
 version = 1

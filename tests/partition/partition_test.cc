@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/ptrace.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -19,6 +20,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -100,7 +102,9 @@ class Vmm {
   explicit Vmm(const std::string& manifest, std::vector<std::string> extra = {}) {
     char tmpl[] = "/tmp/canopy-partition-test-XXXXXX";
     dir_ = mkdtemp(tmpl);
-    chmod(dir_.c_str(), 0755);    // partitions (other uids) read the probe's target file here
+    // Partitions (other uids) read the probe's target file here; back-ends (their VMs' uids when the
+    // test runs as root) write their frame logs, sockets and recordings here.
+    chmod(dir_.c_str(), 01777);
     std::string text = manifest;  // "@DIR@" stands for this folder, here and in `extra`
     for (size_t at; (at = text.find("@DIR@")) != std::string::npos;) text.replace(at, 5, dir_);
     for (auto& e : extra)
@@ -327,10 +331,86 @@ TEST(Partitions, TheSameProbeGetsThroughWithoutConfinement) {
   EXPECT_NE(log.find("probe ram_shrink: blocked"), std::string::npos);
 }
 
-// A VM (or back-end) taken over, with the operator's uid: it cannot use canopy-vmm's control socket,
-// neither itself nor through an orphan it leaves (reparented to canopy-vmm, the subreaper); the
-// safety-critical VM keeps running. Control run (--control-open-to-children: the uid alone decides,
-// as before): the same requests stop the cluster.
+// The uid a process runs as (/proc/PID/status), -1 when it cannot be read.
+long uid_of(pid_t pid) {
+  std::istringstream in(read_file("/proc/" + std::to_string(pid) + "/status"));
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("Uid:", 0) == 0) return std::stol(line.substr(4));
+  return -1;
+}
+
+// A taken-over back-end of the IVI (a process with its identity, without its own seccomp filter and
+// Landlock view, which sandbox_test attacks) against the cluster's back-end: signal it, trace it, read
+// its memory, open the cluster's RAM through its descriptors. As root, canopy-vmm starts each VM's
+// back-ends under a uid of their own: every attempt is refused. Control (--no-confine: every back-end
+// keeps the operator's uid, as before): every attempt succeeds.
+TEST(Partitions, EachVmsBackEndsRunUnderAUidOfTheirOwn) {
+  if (geteuid() != 0) {
+    if (getenv("CANOPY_NO_SKIP")) FAIL() << "needs root to give back-ends uids (CANOPY_NO_SKIP=1)";
+    GTEST_SKIP() << "needs root to give back-ends uids";
+  }
+  for (bool separate : {true, false}) {
+    SCOPED_TRACE(separate ? "a uid per VM's back-ends" : "control: --no-confine, one uid");
+    Vmm vmm(rng_vm("cluster", "criticality = \"safety\"\n", "\"--expect-pattern\"") +
+                rng_vm("ivi", "", "\"--expect-pattern\""),
+            separate ? std::vector<std::string>{} : std::vector<std::string>{"--no-confine"});
+    ASSERT_TRUE(Vmm::wait_until(
+        [&] { return vmm.field("vm cluster", "progress") >= 5 && vmm.field("vm ivi", "progress") >= 5; }));
+    const pid_t cluster = pid_t(vmm.field("device cluster 0", "backend_pid"));
+    const pid_t ivi = pid_t(vmm.field("device ivi 0", "backend_pid"));
+    ASSERT_GT(cluster, 0);
+    ASSERT_GT(ivi, 0);
+    const long cluster_uid = uid_of(cluster), ivi_uid = uid_of(ivi);
+    EXPECT_EQ(vmm.field("device cluster 0", "backend_uid"), cluster_uid);
+    EXPECT_EQ(vmm.field("device ivi 0", "backend_uid"), ivi_uid);
+    if (separate) {
+      EXPECT_NE(cluster_uid, ivi_uid);
+      EXPECT_NE(cluster_uid, 0);
+      EXPECT_NE(ivi_uid, 0);
+      EXPECT_NE(cluster_uid, uid_of(pid_t(vmm.field("vm cluster", "pid"))));  // not its partition's
+    } else {
+      EXPECT_EQ(cluster_uid, ivi_uid);
+    }
+    const std::string attempts = test_support::answer_of(test_support::start_as(uid_t(ivi_uid), {}, [&] {
+      std::string r;
+      auto note = [&](const char* what, bool done) { r += std::string(what) + (done ? "=ALLOWED " : "=refused "); };
+      note("signal", kill(cluster, 0) == 0);
+      note("trace", ptrace(PTRACE_SEIZE, cluster, nullptr, nullptr) == 0);
+      const std::string proc = "/proc/" + std::to_string(cluster);
+      const int mem = open((proc + "/mem").c_str(), O_RDONLY | O_CLOEXEC);
+      note("open_proc_mem", mem >= 0);
+      // The cluster's RAM, a memfd among its descriptors.
+      bool ram = false;
+      if (DIR* d = opendir((proc + "/fd").c_str())) {
+        while (dirent* e = readdir(d)) {
+          char link[256] = {};
+          const std::string path = proc + "/fd/" + e->d_name;
+          if (readlink(path.c_str(), link, sizeof link - 1) > 0 && std::strncmp(link, "/memfd:canopy-ram", 17) == 0) {
+            const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+            ram |= fd >= 0;
+            if (fd >= 0) close(fd);
+          }
+        }
+        closedir(d);
+      }
+      note("open_guest_ram", ram);
+      return r;
+    }));
+    for (const char* what : {"signal", "trace", "open_proc_mem", "open_guest_ram"})
+      EXPECT_NE(attempts.find(std::string(what) + (separate ? "=refused" : "=ALLOWED")), std::string::npos)
+          << what << ": " << attempts;
+    // The cluster is unharmed.
+    const long progress = vmm.field("vm cluster", "progress");
+    EXPECT_TRUE(Vmm::wait_until([&] { return vmm.field("vm cluster", "progress") > progress; }));
+    EXPECT_EQ(vmm.field("device cluster 0", "backend_starts"), 1);
+    // Nothing outlives a canopy-vmm killed outright.
+    const std::vector<pid_t> started = {cluster, ivi, pid_t(vmm.field("vm cluster", "pid")),
+                                        pid_t(vmm.field("vm ivi", "pid"))};
+    ASSERT_EQ(kill(vmm.process().pid(), SIGKILL), 0);
+    for (pid_t p : started) EXPECT_TRUE(wait_gone(p, 30000)) << "pid " << p << " outlived a killed canopy-vmm";
+  }
+}
+
 // Only the operator may control canopy-vmm: its uid, root, and the members of --control-group. A process
 // of another uid in that group gets answers; one of another uid outside it does not. Control: without
 // --control-group the same member is refused like anyone of another uid.
@@ -367,6 +447,44 @@ TEST(Partitions, TheOperatorGroupMayControlCanopyVmmOthersMayNot) {
   }
 }
 
+// A child started under another uid dies with its parent, though it ignores everything else (a back-end
+// that never notices its socket close): a change of uid clears the parent-death signal, so spawn() sets
+// it after the change.
+TEST(Partitions, AChildUnderAnotherUidDiesWithCanopyVmm) {
+  if (geteuid() != 0) {
+    if (getenv("CANOPY_NO_SKIP")) FAIL() << "needs root to start a child under another uid (CANOPY_NO_SKIP=1)";
+    GTEST_SKIP() << "needs root to start a child under another uid";
+  }
+  int p[2];
+  ASSERT_EQ(pipe2(p, O_CLOEXEC), 0);
+  const pid_t parent = fork();  // stands for canopy-vmm
+  ASSERT_GE(parent, 0);
+  if (parent == 0) {
+    SpawnOptions o;
+    o.path = "/bin/sleep";
+    o.argv = {"sleep", "600"};
+    o.uid = 0x7bf30;
+    auto c = spawn(o);
+    const pid_t pid = c.ok() ? c->pid() : -1;
+    (void)!write(p[1], &pid, sizeof pid);
+    for (;;) pause();
+  }
+  close(p[1]);
+  pid_t child = -1;
+  ASSERT_EQ(read(p[0], &child, sizeof child), ssize_t(sizeof child));
+  close(p[0]);
+  ASSERT_GT(child, 0);
+  EXPECT_EQ(uid_of(child), 0x7bf30);
+  ASSERT_EQ(kill(parent, SIGKILL), 0);
+  ASSERT_EQ(waitpid(parent, nullptr, 0), parent);
+  EXPECT_TRUE(wait_gone(child, 30000)) << "the child under another uid outlived its parent";
+  kill(child, SIGKILL);
+}
+
+// A VM (or back-end) taken over, with the operator's uid: it cannot use canopy-vmm's control socket,
+// neither itself nor through an orphan it leaves (reparented to canopy-vmm, the subreaper); the
+// safety-critical VM keeps running. Control run (--control-open-to-children: the uid alone decides,
+// as before): the same requests stop the cluster.
 TEST(Partitions, ProcessesCanopyVmmStartedCannotUseItsControlSocket) {
   for (bool protect : {true, false}) {
     SCOPED_TRACE(protect ? "protected" : "control: the uid alone decides");

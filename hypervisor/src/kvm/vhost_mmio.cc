@@ -41,8 +41,11 @@ Result<std::unique_ptr<VhostMmioDevice>> VhostMmioDevice::start(const KvmDeviceS
   for (char** e = environ; *e != nullptr; ++e) o.env.emplace_back(*e);
   o.fds = {{theirs.get(), 3}};
   o.fds.insert(o.fds.end(), spec.inherit.begin(), spec.inherit.end());
+  std::vector<UniqueFd> given;
+  apply_identity(spec.identity, o, given);
   CANOPY_ASSIGN_OR_RETURN(d->backend_, spawn(o));
   theirs.reset();
+  given.clear();
   // The back-end answers its first message once it has set itself up, which can take long (canopy-gpu's
   // virglrenderer compiles its shaders at start: seconds on a slow CPU); after that, 5 s a reply.
   d->fe_ = vu::Frontend(std::move(ours), kBackendStartMs);

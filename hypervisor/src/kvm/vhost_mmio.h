@@ -40,6 +40,7 @@ struct KvmDeviceSpec {
   std::string program;
   std::vector<std::string> args;
   std::vector<std::pair<int, int>> inherit;  // (ours, its number): what it inherits besides its socket
+  BackendIdentity identity;                  // its VM's back-end uid when canopy-vmm is root
 };
 
 class VhostMmioDevice final : public transport::MmioDevice {

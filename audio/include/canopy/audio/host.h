@@ -32,8 +32,12 @@ struct PipeWireHostOptions {
   // As NullHostOptions::wav_dir: each playback stream's content as the guest delivered it, before the
   // silence PipeWire gets where the guest was late (a test's check of content whatever the load).
   std::string wav_dir;
+  // A connection to the daemon made for this process (canopy-vmm's, for a back-end under another uid),
+  // taken over; -1: connect as usual.
+  int fd = -1;
 };
-// Connects to the PipeWire daemon (PIPEWIRE_REMOTE / XDG_RUNTIME_DIR as usual); an error when none answers.
+// Connects to the PipeWire daemon (PIPEWIRE_REMOTE / XDG_RUNTIME_DIR as usual, or through
+// PipeWireHostOptions::fd); an error when none answers.
 Result<std::unique_ptr<HostBackend>> make_pipewire_backend(const PipeWireHostOptions& o);
 
 }  // namespace canopy::audio

@@ -9,6 +9,9 @@
 //     /proc access checks keep it away from every other process, other partitions included;
 //   - no_new_privs and a seccomp filter (Sandbox in sandbox.h);
 //   - only the descriptors it is given (all others closed), and SIGKILL when the VMM dies.
+// A device back-end is not confined here (it confines itself, backend_sandbox.h), but as root the VMM
+// starts it under its VM's back-end uid (SpawnOptions::uid, with its supplementary groups), so that a
+// taken-over back-end of one VM can neither signal, trace nor read the memory of another VM's.
 // What was applied is reported in Child::confinement (e.g. "ns:pid,mnt,net,ipc,uts,cgroup uid:507904
 // seccomp"), so an operator sees it in canopyctl status.
 //
@@ -42,12 +45,33 @@ struct SpawnOptions {
   // Confinement (guest partitions).
   bool confine = false;
   bool read_only_fs = false;
-  uid_t uid = 0;  // the uid/gid to run as when the VMM is root (0: keep)
+  // The uid and gid to run as when the VMM is root (0: keep), confined or not, and its supplementary
+  // groups then (none unless given: e.g. a GPU back-end's "render" group for the render node).
+  uid_t uid = 0;
+  std::vector<gid_t> groups;
   const std::vector<sock_filter>* seccomp = nullptr;
   // With `confine`: a Landlock domain in which the child can write, create, remove or truncate nothing
   // in any filesystem (descriptors it was given stay usable), nor signal outside it. Where the kernel
   // has no Landlock the child runs without it (its confinement string says so).
 };
+
+// A connection to the PipeWire daemon (PIPEWIRE_REMOTE, else pipewire-0 in PIPEWIRE_RUNTIME_DIR or
+// XDG_RUNTIME_DIR, as PipeWire's clients look for it), made for a sound back-end that runs under an
+// identity that cannot reach the operator's socket: it gets the connected descriptor (--pipewire-fd) and
+// the daemon sees the operator. Errors: kUnsupported when no socket is named or it is not there, kIo.
+Result<UniqueFd> connect_pipewire();
+
+// Who a device back-end runs as and what it is given for that: as root, canopy-vmm starts each VM's
+// back-ends under that VM's back-end uid (supervisor.h, kBackendUidBase).
+struct BackendIdentity {
+  uid_t uid = 0;              // 0: the VMM's own
+  std::vector<gid_t> groups;  // its supplementary groups under `uid`
+  bool pipewire = false;      // a sound back-end: under another uid it gets a PipeWire connection made here
+};
+// Applies `who` to the start of a back-end: its ids, and with `pipewire` (when the ids change) a
+// connection from connect_pipewire as the next free descriptor number, named by --pipewire-fd; `keep`
+// holds it until spawn(). A daemon that cannot be reached is logged, and the back-end goes without.
+void apply_identity(const BackendIdentity& who, SpawnOptions& o, std::vector<UniqueFd>& keep);
 
 struct ExitInfo {
   bool signaled = false;

@@ -31,6 +31,9 @@ namespace canopy::hypervisor {
 using namespace ::canopy::config;  // NOLINT(google-build-using-namespace)
 
 inline constexpr uid_t kPartitionUidBase = 0x7c000;  // partition i runs as uid/gid base + i (VMM as root)
+// VM i's device back-ends run as uid/gid base + i (VMM as root, confining): not the partition's, not
+// another VM's back-ends', not the operator's.
+inline constexpr uid_t kBackendUidBase = 0x7c800;
 inline constexpr int kMessageBudget = 64;
 
 struct SupervisorOptions {
@@ -72,6 +75,7 @@ struct DeviceStatus {
   uint16_t index = 0;
   std::string type;
   int backend_pid = -1;
+  uid_t backend_uid = 0;  // what it runs as
   bool backend_up = false;
   uint32_t backend_starts = 0;
   uint8_t status = 0;
