@@ -10,8 +10,9 @@
 // the display still scans out: while a flip is pending it waits for its event for at most one refresh
 // period and otherwise skips that composition (counted).
 //
-// Plane offload (present_planes): each VM frame becomes a DRM framebuffer over its own memory (a
-// udmabuf of the guest's memfd pages, imported with drmPrimeFDToHandle, cached per buffer until the
+// Plane offload (present_planes): each VM frame becomes a DRM framebuffer over its own memory (the
+// udmabuf canopy-gpu sent of the frame's pages, or one made here when canopy-display runs unconfined;
+// confined it may not open /dev/udmabuf), imported with drmPrimeFDToHandle, cached per buffer until the
 // compositor forgets it), one libliftoff layer per composition layer (position, crop, zpos, alpha,
 // rotation), the canvas layer disabled. libliftoff tests the assignment with TEST_ONLY commits; if any
 // layer would need composition, nothing goes on planes and the compositor composes as usual (all or

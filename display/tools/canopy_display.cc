@@ -206,7 +206,8 @@ int main(int argc, char** argv) {
   // Its file system view comes first, while it has one thread (a Landlock domain covers only the
   // threads made after it; Vulkan and SDL make theirs when the outputs open): it writes its sockets,
   // snapshots, traces and summary, the GPU driver's shader cache, and opens device files (KMS, render
-  // nodes).
+  // nodes) but /dev/udmabuf: a read-only descriptor of guest memory stays read-only (KMS planes take
+  // the dma-bufs canopy-gpu sends).
   if (!no_sandbox) {
     std::vector<std::string> beneath;
     for (const std::string& p : {opt.listen_path, opt.control_path, summary_path, trace_path})
@@ -214,7 +215,7 @@ int main(int argc, char** argv) {
     for (const std::string& d : {opt.listen_dir, opt.control_dir, snapshot_dir})
       if (!d.empty()) beneath.push_back(d);
     if (std::string cache = transport::driver_cache_dir(); !cache.empty()) beneath.push_back(cache);
-    if (Status st = transport::restrict_writes(beneath); !st.ok()) {
+    if (Status st = transport::restrict_writes(beneath, {"udmabuf"}); !st.ok()) {
       if (st.error().code != Errc::kUnsupported) {
         std::fprintf(stderr, "canopy-display: cannot confine its writes: %s (--no-sandbox runs without)\n",
                      st.error().what);

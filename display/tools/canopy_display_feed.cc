@@ -17,6 +17,7 @@
 #include <string>
 
 #include "canopy/buffers/shared_memory.h"
+#include "canopy/buffers/udmabuf.h"
 #include "canopy/protocol/scanout_channel.h"
 #include "canopy/transport/vhost_user_channel.h"
 
@@ -89,8 +90,12 @@ int main(int argc, char** argv) {
   so.enabled = 1;
   so.width = w;
   so.height = h;
+  // As canopy-gpu sends guest memory where /dev/udmabuf exists: a dma-buf of the pages (the compositor
+  // may not make one itself), else the memfd.
+  const buffers::FilePiece whole{shm->fd(), 0, bytes};
+  auto dmabuf = buffers::make_udmabuf({&whole, 1});
   ch::PieceRef piece{0, 0, bytes};
-  const int fds[1] = {shm->fd()};
+  const int fds[1] = {dmabuf.ok() ? dmabuf->get() : shm->fd()};
   const ch::BufferKey key = ch::buffer_key(1, 1);  // resource 1, its first backing
   auto buf = ch::encode_buffer(key, {&piece, 1}, fds);
   if (!buf.ok() || !send(ch::encode_hello(vm, 1)) || !send(ch::encode(ch::Type::kScanout, so)) ||

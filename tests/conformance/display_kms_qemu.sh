@@ -4,7 +4,7 @@
 # canopy-gpu behind it). The guest (guest/display_kms.sh) runs canopy-display from the host's root
 # with --output kms and a manifest of two displays; it checks that both ran on KMS and page-flipped.
 # canopy-display-feed stands in for VM "ivi", full screen on output main in a colour of its own, so
-# the compositor offers that frame to a plane of its own (udmabuf of the feed's memfd, imported into
+# the compositor offers that frame to a plane of its own (the udmabuf the feed sends, imported into
 # virtio_gpu); the guest checks that it was offered and logs whether it was taken or refused and why.
 # Here we check what reached canopy-gpu's scanouts: output main must show the feed (0x2080c0, X byte
 # 0xff: every pixel c0 80 20 ff in memory), composed or on a plane, whichever way it went; output second

@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -26,6 +27,7 @@
 #include "canopy/gpu/channel_output.h"
 #include "canopy/gpu/testing/frames.h"
 #include "canopy/protocol/scanout_channel.h"
+#include "canopy/transport/backend_sandbox.h"
 
 namespace canopy {
 namespace {
@@ -169,6 +171,44 @@ TEST_F(Dmabuf, TheCompositorShowsAFrameFromTheDmaBuf) {
     std::memcpy(&v, cv.data + size_t(y) * cv.stride + 16 * 4, 4);
     EXPECT_EQ(v & 0x00ffffff, kColour) << "row " << y;
   }
+}
+
+// A taken-over compositor holding a read-only descriptor of guest memory (what it gets where a frame's
+// pieces cannot go as a dma-buf) cannot make it a writable dma-buf: canopy-display's file system view
+// (restrict_writes with /dev/udmabuf refused, as canopy_display.cc applies it) keeps it from opening
+// /dev/udmabuf, while other device files stay open to it. Control: in the back-ends' view (all of
+// /dev) the same process makes the dma-buf and writes the VM's memory through it.
+TEST_F(Dmabuf, TheCompositorsViewCannotTurnReadOnlyMemoryIntoAWritableDmaBuf) {
+  for (bool refused : {true, false}) {
+    SCOPED_TRACE(refused ? "canopy-display's view" : "control: /dev/udmabuf in its view");
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      // Exit status: 0 refused, 1 the dma-buf was made and written through, 2 something else.
+      auto ro = reopen_read_only(ram_->get());
+      if (!ro.ok()) _exit(2);
+      const std::vector<std::string> none;
+      if (!transport::restrict_writes({}, refused ? std::vector<std::string>{"udmabuf"} : none).ok()) _exit(2);
+      const int null = ::open("/dev/null", O_WRONLY | O_CLOEXEC);  // other devices stay open to it
+      if (null < 0) _exit(2);
+      ::close(null);
+      const buffers::FilePiece page{ro->get(), 0, kPage};
+      auto d = buffers::make_udmabuf({&page, 1});
+      if (!d.ok()) _exit(d.error().sys_errno == EACCES ? 0 : 2);
+      void* p = ::mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_SHARED, d->get(), 0);
+      if (p == MAP_FAILED) _exit(2);
+      static_cast<uint8_t*>(p)[0] = 0x5a;
+      _exit(1);
+    }
+    int st = 0;
+    ASSERT_EQ(::waitpid(pid, &st, 0), pid);
+    ASSERT_TRUE(WIFEXITED(st));
+    EXPECT_EQ(WEXITSTATUS(st), refused ? 0 : 1);
+  }
+  // The control's write reached the VM's memory.
+  uint8_t b = 0;
+  ASSERT_EQ(::pread(ram_->get(), &b, 1, 0), 1);
+  EXPECT_EQ(b, 0x5a) << "control: the dma-buf made from a read-only descriptor writes guest memory";
 }
 
 }  // namespace

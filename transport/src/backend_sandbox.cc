@@ -1,6 +1,7 @@
 // The seccomp allowlist of confined processes and their file system view (backend_sandbox.h).
 #include "canopy/transport/backend_sandbox.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/landlock.h>
@@ -17,6 +18,7 @@
 #include <ucontext.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -515,7 +517,7 @@ std::string driver_cache_dir() {
   return {};
 }
 
-Status restrict_writes(const std::vector<std::string>& beneath) {
+Status restrict_writes(const std::vector<std::string>& beneath, const std::vector<std::string>& refused_devices) {
   // Every write right of the kernel's ABI (not IOCTL_DEV: a GPU driver's ioctls on its device files).
   const LandlockWrites w = landlock_writes(false);
   if (w.attr_size == 0) return make_error(Errc::kUnsupported, "the kernel has no Landlock");
@@ -539,7 +541,22 @@ Status restrict_writes(const std::vector<std::string>& beneath) {
   Status st;
   for (const auto& p : beneath)
     if (st.ok()) st = add(p, dir_rights);
-  if (st.ok()) st = add("/dev", file_rights);  // opening device files for writing
+  if (st.ok() && refused_devices.empty()) st = add("/dev", file_rights);  // opening device files for writing
+  if (st.ok() && !refused_devices.empty()) {
+    // Each entry of /dev but the refused ones (links are skipped: where they lead is not /dev's).
+    DIR* dev = ::opendir("/dev");
+    if (dev == nullptr) st = make_error(Errc::kIo, "cannot list /dev", errno);
+    while (dev != nullptr && st.ok()) {
+      const dirent* e = ::readdir(dev);
+      if (e == nullptr) break;
+      const std::string name = e->d_name;
+      if (name == "." || name == ".." || e->d_type == DT_LNK ||
+          std::find(refused_devices.begin(), refused_devices.end(), name) != refused_devices.end())
+        continue;
+      st = add("/dev/" + name, file_rights);
+    }
+    if (dev != nullptr) ::closedir(dev);
+  }
   if (st.ok()) st = add("/dev/shm", dir_rights);
   if (st.ok() && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) st = make_error(Errc::kIo, "no_new_privs failed", errno);
   if (st.ok() && syscall(SYS_landlock_restrict_self, rs, 0) != 0)

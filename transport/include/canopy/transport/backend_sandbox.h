@@ -57,9 +57,13 @@ namespace canopy::transport {
 // say it writes: a frame log, a socket, its stats; a cache of its GPU driver), plus open device files in
 // /dev for writing (a GPU's render node, /dev/null) and use /dev/shm; reading stays as the uid's
 // permissions say. From Landlock ABI 6 it can neither signal nor reach the abstract sockets of
-// processes outside its domain. Paths that do not exist are skipped. Errors: kUnsupported when the
-// kernel has no Landlock (the caller decides: backend_main goes on with a warning), kIo.
-Status restrict_writes(const std::vector<std::string>& beneath);
+// processes outside its domain. Paths that do not exist are skipped. `refused_devices`: names in /dev
+// it may not open for writing (canopy-display: "udmabuf", so that a read-only descriptor of guest
+// memory cannot be made into a writable dma-buf); the others are then allowed one by one, as /dev
+// lists them when it is confined (a device that appears later cannot be opened for writing).
+// Errors: kUnsupported when the kernel has no Landlock (the caller decides: backend_main goes on with
+// a warning), kIo.
+Status restrict_writes(const std::vector<std::string>& beneath, const std::vector<std::string>& refused_devices = {});
 // What a path an option names gives restrict_writes: the folder itself, else the folder the file is in.
 std::string writable_folder(const std::string& path);
 // Where Mesa keeps its shader cache (MESA_SHADER_CACHE_DIR, else $XDG_CACHE_HOME, else ~/.cache), for a
