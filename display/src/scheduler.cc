@@ -160,6 +160,7 @@ void OutputScheduler::presented() {
           l.latched.reset();
           ++st.new_frames;
           st.latency.add(now - l.current->submitted);
+          if (!st.first_frame) st.first_frame = now - epoch_;
         }
         break;
       case Show::kReused: ++st.reused; break;

@@ -55,6 +55,23 @@ class SchedulerTest : public ::testing::Test {
   }
 };
 
+// Start to first frame: from the output's start to the presentation that first showed a layer's frame,
+// in virtual time; a layer that showed none has none.
+TEST_F(SchedulerTest, EachLayerKnowsWhenItsFirstFrameWasShown) {
+  const TimePoint start = clock.now();  // the scheduler's, made with the fixture
+  refresh();
+  refresh();  // two refreshes with nothing to show
+  clock.advance(milliseconds(100));
+  produce(0);
+  refresh(milliseconds(1));  // latched at the next latch point, presented 1 ms later
+  const TimePoint shown = clock.now();
+  produce(0);
+  refresh();
+  ASSERT_TRUE(s.stats().layers[0].first_frame.has_value());
+  EXPECT_EQ(*s.stats().layers[0].first_frame, shown - start) << "the first frame's presentation, not the last";
+  EXPECT_FALSE(s.stats().layers[1].first_frame.has_value());
+}
+
 TEST_F(SchedulerTest, NewFramesShowAndThePreviousOneIsReleasedOncePresented) {
   const uint64_t a = produce(0);
   auto p = refresh();

@@ -89,13 +89,15 @@ std::string summary(const Compositor& c, double seconds) {
     s += line;
     for (size_t l = 0; l < spec.layers.size(); ++l) {
       const LayerStats& ls = st.layers[l];
+      char first[48] = "";
+      if (ls.first_frame) std::snprintf(first, sizeof first, ", first frame at %.1f ms", ms(*ls.first_frame));
       std::snprintf(line, sizeof line,
                     "  layer %s/%u: %.1f new fps, frame latency p50 %.2f ms p99 %.2f ms, reused %llu, missed %llu, "
-                    "dropped %llu, fallback entries %llu%s\n",
+                    "dropped %llu, fallback entries %llu%s%s\n",
                     spec.layers[l].vm.c_str(), spec.layers[l].scanout,
                     seconds > 0 ? double(ls.new_frames) / seconds : 0.0, ms(ls.latency.percentile(0.5)),
                     ms(ls.latency.percentile(0.99)), (unsigned long long)ls.reused, (unsigned long long)ls.missed,
-                    (unsigned long long)ls.dropped, (unsigned long long)ls.fallback_entries,
+                    (unsigned long long)ls.dropped, (unsigned long long)ls.fallback_entries, first,
                     ls.fallback ? " (showing the fallback)" : "");
       s += line;
     }

@@ -57,6 +57,9 @@ struct LayerStats {
   uint64_t fallback_compositions = 0;
   bool fallback = false;    // showing the fallback now
   LatencyRecorder latency;  // guest present (else submit) -> output present, for frames shown
+  // From the output's start (the compositor's) to the presentation of the layer's first frame: with
+  // canopy-vmm run --compositor, which starts the compositor before the VMs, start to first frame.
+  std::optional<Nanos> first_frame;
 };
 
 struct OutputStats {
