@@ -145,6 +145,40 @@ TEST_F(VhostSndQueues, ATxHeadRepublishedWhileHeldIsHeldOnce) {
   EXPECT_EQ(head, a);
 }
 
+// The same on the rx queue: a capture stream, prepared, holds its buffers; copies of a held head are
+// refused, so RELEASE hands back exactly one.
+TEST_F(VhostSndQueues, AnRxHeadRepublishedWhileHeldIsHeldOnce) {
+  proto::PcmSetParams p{};
+  p.hdr.hdr.code = uint32_t(Code::kPcmSetParams);
+  p.hdr.stream_id = 1;  // "in"
+  p.buffer_bytes = 4 * kPeriod;
+  p.period_bytes = kPeriod;
+  p.channels = 2;
+  p.format = uint8_t(proto::Format::kS16);
+  p.rate = uint8_t(proto::rate_bit(48000));
+  ASSERT_EQ(control(p), uint32_t(Code::kOk));
+  ASSERT_EQ(pcm(Code::kPcmPrepare, 1), uint32_t(Code::kOk));
+  proto::PcmXfer x{};
+  x.stream_id = 1;
+  const uint16_t a = submit(proto::kRxQ, bytes(x), {}, kPeriod + sizeof(proto::PcmStatus), false);
+  for (int i = 1; i < kSize; ++i) rig->ring(proto::kRxQ).publish(a);
+  rig->start(proto::kRxQ);
+  ASSERT_EQ(pcm(Code::kPcmRelease, 1), uint32_t(Code::kOk));
+  EXPECT_EQ(rig->ring(proto::kRxQ).used_idx(), 1u) << "the held buffer is handed back once";
+  EXPECT_EQ(rig->ring(proto::kRxQ).used(0).id.get(), a);
+}
+
+// And on the event queue, whose buffers wait for events: stopping the ring hands the held buffer back
+// once.
+TEST_F(VhostSndQueues, AnEventBufferRepublishedWhileHeldIsHeldOnce) {
+  const uint16_t a = submit(proto::kEventQ, {}, {}, sizeof(proto::Event), false);
+  for (int i = 1; i < kSize; ++i) rig->ring(proto::kEventQ).publish(a);
+  rig->start(proto::kEventQ);
+  ASSERT_TRUE(rig->frontend().get_vring_base(proto::kEventQ).ok());  // stops the ring
+  EXPECT_EQ(rig->ring(proto::kEventQ).used_idx(), 1u) << "the held buffer is handed back once";
+  EXPECT_EQ(rig->ring(proto::kEventQ).used(0).id.get(), a);
+}
+
 // Started: each period comes back once the host took it, in order, OK, with a latency within the buffer.
 TEST_F(VhostSndQueues, PlayedBuffersComeBackInOrderWithTheirStatus) {
   set_params_and_prepare();

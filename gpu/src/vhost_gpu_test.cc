@@ -6,6 +6,8 @@
 #include "canopy/gpu/vhost_gpu.h"
 
 #include <gtest/gtest.h>
+#include <poll.h>
+#include <sys/eventfd.h>
 
 #include <atomic>
 #include <cstring>
@@ -166,6 +168,40 @@ TEST_F(VhostGpuQueues, AFencedFlushIsAnsweredWhenItsFrameIsReleasedAfterLaterCom
   EXPECT_EQ(r.type.get(), uint32_t(Resp::kOkNodata));
   EXPECT_TRUE(r.flags.get() & proto::kFlagFence);
   EXPECT_EQ(r.fence_id.get(), 7u);
+}
+
+// A hostile driver republishes the head of a fenced flush the device holds (its frame is not released
+// yet) as often as the ring has room: the queue refuses the first copy and breaks (the front-end hears
+// it on the ring's error eventfd), so the flush is answered once, when its frame goes back, and no
+// copy became a command of its own.
+TEST_F(VhostGpuQueues, AControlHeadRepublishedWhileHeldIsAnsweredOnce) {
+  scanout_64x64();
+  UniqueFd err(::eventfd(0, EFD_CLOEXEC));
+  ASSERT_TRUE(rig->frontend().set_vring_err(0, err.get()).ok());
+  const uint16_t before = ctrl->used_idx();
+  proto::ResourceFlush f{};
+  f.hdr = proto::make_hdr(Cmd::kResourceFlush, proto::kFlagFence, 9);
+  f.resource_id = 1;
+  f.r.width = kW;
+  f.r.height = kH;
+  const uint16_t flush = submit_obj(0, f);
+  proto::CtrlHdr info{};
+  info.type = uint32_t(Cmd::kGetDisplayInfo);
+  submit_obj(0, info, sizeof(proto::RespDisplayInfo));
+  ASSERT_TRUE(rig->wait_used(0, uint16_t(before + 1)));  // the flush before it was taken: it is held
+  const size_t frames = out.held();
+  ASSERT_GE(frames, 1u);
+  for (int i = 2; i < kCtrlSize; ++i) ctrl->publish(flush);
+  rig->kick(0);
+  pollfd p{err.get(), POLLIN, 0};
+  ASSERT_EQ(::poll(&p, 1, 30000), 1) << "the ring did not break";
+  EXPECT_EQ(out.held(), frames) << "a copy of the flush made another frame";
+  out.release_all();
+  ASSERT_TRUE(rig->wait_used(0, uint16_t(before + 2)));
+  uint16_t head = 0;
+  EXPECT_EQ(response(0, uint16_t(before + 1), &head).fence_id.get(), 9u);
+  EXPECT_EQ(head, flush);
+  EXPECT_EQ(ctrl->used_idx(), uint16_t(before + 2)) << "the held flush is answered once";
 }
 
 // Half a header: the spec's ERR_UNSPEC in the response room; a chain without response room is handed
