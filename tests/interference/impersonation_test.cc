@@ -288,6 +288,60 @@ TEST_F(Impersonation, PerVmSocketsBindTheirVm) {
   EXPECT_TRUE(connected("ivi"));
 }
 
+// Attacks while the cluster's back-end restarts (its connection gone, the new one not there yet): an
+// IVI back-end's brokered connection and a process on the listening socket both say "cluster". Neither
+// is taken: on every step the cluster layer shows the cluster's last picture or the fallback, never the
+// impostor's, and the restarted back-end's brokered connection is the cluster again. Control, without
+// the broker: in the same gap the listening impostor becomes the cluster.
+TEST_F(Impersonation, WhileTheClustersBackEndRestartsNobodyElseTakesItsName) {
+  for (bool brokered : {true, false}) {
+    SCOPED_TRACE(brokered ? "brokered" : "control: without the broker");
+    start(brokered);
+    auto cluster_link = [&] { return brokered ? admit("cluster", bk::Criticality::kSafety) : connect_listening(); };
+    {
+      Device cluster(cluster_link(), "cluster", kClusterColour);
+      ASSERT_TRUE(cluster.ok());
+      ASSERT_TRUE(cluster.frame());
+      pump();
+      step();
+      ASSERT_EQ(pixel(0, 0), kClusterColour);
+    }  // the back-end dies: its connection closes
+    pump();
+    std::vector<Device> impostors;
+    if (brokered) impostors.emplace_back(admit("ivi", bk::Criticality::kNormal), "cluster", kImpostorColour);
+    impostors.emplace_back(connect_listening(), "cluster", kImpostorColour);
+    bool impostor_shown = false;
+    for (int i = 0; i < kSteps; ++i) {
+      for (auto& d : impostors) (void)d.frame();
+      pump();
+      step();
+      impostor_shown |= pixel(0, 0) == kImpostorColour;
+    }
+    if (!brokered) {
+      EXPECT_TRUE(impostor_shown) << "control: the impostor's pixels became the cluster's picture";
+      comp_.reset();
+      TearDown();
+      continue;
+    }
+    EXPECT_FALSE(impostor_shown);
+    for (auto& d : impostors) EXPECT_TRUE(d.closed());
+    EXPECT_FALSE(connected("cluster"));
+    // The back-end is back: a new brokered connection is the cluster.
+    Device restarted(cluster_link(), "cluster", kClusterColour);
+    ASSERT_TRUE(restarted.ok());
+    for (int i = 0; i < 3; ++i) {
+      ASSERT_TRUE(restarted.frame());
+      pump();
+      step();
+    }
+    EXPECT_EQ(pixel(0, 0), kClusterColour);
+    EXPECT_FALSE(restarted.closed());
+    EXPECT_TRUE(connected("cluster"));
+    comp_.reset();
+    TearDown();
+  }
+}
+
 // The broker link ending (canopy-vmm gone) closes nothing that was made through it.
 TEST_F(Impersonation, ConnectionsOutliveTheBrokerLink) {
   start(true);
