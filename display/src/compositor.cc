@@ -158,6 +158,7 @@ Compositor::~Compositor() {
 
 Status Compositor::run_once(int max_wait_ms) {
   CANOPY_TRY(impl_->poll_input(std::min(max_wait_ms, impl_->until_next_latch_ms())));
+  if (impl_->step_client.valid()) return impl_->step();
   return impl_->compose_due();
 }
 

@@ -2,6 +2,9 @@
 #include <linux/openat2.h>
 #include <sys/syscall.h>
 
+#include <string_view>
+
+#include "canopy/base/crc32.h"
 #include "canopy/base/peer.h"
 #include "compositor_impl.h"
 
@@ -75,6 +78,11 @@ bool Compositor::Impl::serve_control(int fd) {
   char buf[kMaxControlRequest];
   const ssize_t n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
   if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return false;
+  if (n > 0 && std::string_view(buf, size_t(n)) == "step" && opt.stepped_clock != nullptr && !step_client.valid()) {
+    // Answered once the step is composed (Compositor::run_once, after this turn's input).
+    step_client = UniqueFd(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
+    return true;
+  }
   if (n > 0) {
     std::string reply = control_request(std::string(buf, size_t(n)));
     (void)::send(fd, reply.data(), reply.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -121,7 +129,50 @@ std::string Compositor::Impl::control_request(const std::string& req) {
     quit = true;
     return "ok\n";
   }
-  return "error: unknown request (stats | snapshot [DIR] | trace-start | trace-stop FILE | quit)\n";
+  if (cmd == "step" && arg.empty())
+    return opt.stepped_clock ? "error: a step is under way\n" : "error: the clock is not stepped (--stepped)\n";
+  return "error: unknown request (stats | snapshot [DIR] | trace-start | trace-stop FILE | quit | step)\n";
+}
+
+Status Compositor::Impl::step() {
+  UniqueFd client = std::move(step_client);
+  Status s = poll_input(0);  // what devices sent before the request
+  if (s.ok()) {
+    FakeClock& c = *opt.stepped_clock;
+    c.set(std::max(c.now(), next_latch()));
+    s = compose_due();
+  }
+  ++steps;
+  const std::string reply = s.ok() ? step_report() : std::string("error: ") + s.error().what + "\n";
+  (void)::send(client.get(), reply.data(), reply.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+  return s;
+}
+
+std::string Compositor::Impl::step_report() const {
+  std::string s = "step " + std::to_string(steps) + "\n";
+  char line[256];
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    const OutputSpec& spec = layout.outputs[i];
+    const Canvas& cv = outputs[i].canvas;
+    const OutputStats& st = outputs[i].sched->stats();
+    for (size_t l = 0; l < spec.layers.size(); ++l) {
+      // The layer's rectangle as it lies on the output (clipped to it).
+      const Rect& d = spec.layers[l].dst;
+      const int64_t x0 = std::clamp<int64_t>(d.x, 0, cv.width), y0 = std::clamp<int64_t>(d.y, 0, cv.height);
+      const int64_t x1 = std::clamp<int64_t>(int64_t(d.x) + d.width, 0, cv.width);
+      const int64_t y1 = std::clamp<int64_t>(int64_t(d.y) + d.height, 0, cv.height);
+      const uint32_t crc = x1 > x0 && y1 > y0 ? image_crc32(cv.data + y0 * cv.stride + x0 * 4, uint32_t((x1 - x0) * 4),
+                                                            uint32_t(y1 - y0), cv.stride)
+                                              : 0;
+      const LayerStats& ls = st.layers[l];
+      std::snprintf(
+          line, sizeof line, "layer %s %s/%u crc=%08x new=%llu reused=%llu fallback_entries=%llu fallback=%d\n",
+          spec.name.c_str(), spec.layers[l].vm.c_str(), spec.layers[l].scanout, crc, (unsigned long long)ls.new_frames,
+          (unsigned long long)ls.reused, (unsigned long long)ls.fallback_entries, ls.fallback ? 1 : 0);
+      s += line;
+    }
+  }
+  return s;
 }
 
 Status Compositor::Impl::snapshot(int dir, bool confined) {

@@ -198,6 +198,8 @@ struct Compositor::Impl {
   UniqueFd control;
   UniqueFd control_dir;                          // O_PATH of opt.control_dir
   std::map<uint64_t, UniqueFd> control_pending;  // by accept order: connections waiting for their request
+  UniqueFd step_client;                          // stepped: the control client waiting for its step
+  uint64_t steps = 0;
   uint64_t next_control = 0;
   std::map<uint64_t, Conn> conns;  // by connection id
   // Mapping quotas: per VM the layout shows (made at start), per connection of any other VM.
@@ -312,6 +314,9 @@ struct Compositor::Impl {
   Status write_trace(std::FILE* f);  // closes f
 
   std::string stats_text() const;
+  // Stepped time (CompositorOptions::stepped_clock): the step step_client asked for, answered.
+  Status step();
+  std::string step_report() const;
 
   // ---- composition ----
 

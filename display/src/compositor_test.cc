@@ -576,7 +576,9 @@ TEST_P(CompositorTest, ControlSocketAnswersStatsSnapshotAndTrace) {
   std::fclose(f);
   EXPECT_EQ(trace.rfind("{\"traceEvents\":[", 0), 0u);
   EXPECT_NE(trace.find("\"name\":\"compose\""), std::string::npos);
-  EXPECT_EQ(ask("bogus"), "error: unknown request (stats | snapshot [DIR] | trace-start | trace-stop FILE | quit)\n");
+  EXPECT_EQ(ask("bogus"),
+            "error: unknown request (stats | snapshot [DIR] | trace-start | trace-stop FILE | quit | step)\n");
+  EXPECT_EQ(ask("step"), "error: the clock is not stepped (--stepped)\n");  // time runs by itself here
 
   // Nothing is written outside the control folder: not by an absolute path, "..", or a symlink in it
   // (here to a folder beside it).

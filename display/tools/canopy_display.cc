@@ -46,7 +46,8 @@ constexpr const char* kUsage =
     "                         peer that can reach it); a VM bound by the broker or --listen-dir cannot\n"
     "                         be claimed there\n"
     "  --control PATH         control socket (canopyctl --socket PATH stats | snapshot [DIR] | trace-start |\n"
-    "                         trace-stop FILE | quit), for the uid's processes that canopy-vmm did not start\n"
+    "                         trace-stop FILE | quit | step), for the uid's processes that canopy-vmm did\n"
+    "                         not start\n"
     "  --control-dir DIR      where snapshot and trace-stop write, names resolved beneath it only (default:\n"
     "                         --snapshot-dir; without either they are refused)\n"
     "  --output MODE          auto (a window when a display is there, else headless), headless, window,\n"
@@ -59,6 +60,8 @@ constexpr const char* kUsage =
     "  --summary FILE         at the end write the summary there too (it always goes to stdout)\n"
     "  --trace FILE           record a Chrome JSON trace (Perfetto) of the whole run into FILE\n"
     "  --budget-ms N          compose this long before each deadline (default 4)\n"
+    "  --stepped              tests: time moves only by the control socket's `step` (compose the next\n"
+    "                         latch point; the answer gives each layer's CRC and counters)\n"
     "  --renderer R           auto (Vulkan on a GPU, else pixman), pixman, vulkan (any device, lavapipe too)\n"
     "  --vulkan-device NAME   the Vulkan device whose name contains NAME\n"
     "  --quiet                no progress line every second\n";
@@ -135,7 +138,7 @@ int main(int argc, char** argv) {
   std::string manifest_path, output = "auto", snapshot_dir, summary_path, trace_path;
   CompositorOptions opt;
   double run_for = 0;
-  bool quiet = false, no_sandbox = transport::sandbox_off_by_environment();
+  bool quiet = false, stepped_time = false, no_sandbox = transport::sandbox_off_by_environment();
   transport::SyscallPolicy syscalls;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -169,6 +172,7 @@ int main(int argc, char** argv) {
     else if (a == "--trace") trace_path = value("--trace");
     else if (a == "--budget-ms") opt.scheduler.budget = std::chrono::milliseconds(std::atoi(value("--budget-ms")));
     else if (a == "--quiet") quiet = true;
+    else if (a == "--stepped") stepped_time = true;
     else if (a == "--no-sandbox") no_sandbox = true;
     else if (a == "--seccomp-audit") syscalls.audit = true;
     else if (a == "--seccomp-allow") {
@@ -228,10 +232,13 @@ int main(int argc, char** argv) {
   }
 
   SteadyClock clock;
+  FakeClock stepped;  // --stepped: the compositor's clock, moved by the control socket's `step`
+  stepped.set(clock.now());
+  if (stepped_time) opt.stepped_clock = &stepped;
   using Sinks = CompositorOptions::Sinks;
   auto create = [&](Sinks sinks) {
     opt.sinks = sinks;
-    return Compositor::create(layout, opt, clock);
+    return Compositor::create(layout, opt, stepped_time ? static_cast<const Clock&>(stepped) : clock);
   };
   const bool has_display = std::getenv("DISPLAY") || std::getenv("WAYLAND_DISPLAY");
   const bool want_window = output == "window" || (output == "auto" && has_display);

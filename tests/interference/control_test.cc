@@ -21,6 +21,7 @@
 #include "canopy/base/clock.h"
 #include "canopy/display/compositor.h"
 #include "canopy/test_support/identity.h"
+#include "canopy/test_support/seqpacket.h"
 
 namespace canopy::display {
 namespace {
@@ -39,20 +40,8 @@ Layout one_output() {
   return l;
 }
 
-// One request on the control socket at `path`; the reply, "" when closed unanswered.
-std::string ask(const std::string& path, const std::string& req, int timeout_ms) {
-  UniqueFd s(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
-  sockaddr_un a{};
-  a.sun_family = AF_UNIX;
-  std::snprintf(a.sun_path, sizeof a.sun_path, "%s", path.c_str());
-  if (::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) return "unreachable";
-  (void)::send(s.get(), req.data(), req.size(), MSG_NOSIGNAL);
-  pollfd p{s.get(), POLLIN, 0};
-  if (::poll(&p, 1, timeout_ms) != 1) return "no answer";
-  char buf[4096];
-  const ssize_t n = ::recv(s.get(), buf, sizeof buf, 0);
-  return n > 0 ? std::string(buf, size_t(n)) : std::string();
-}
+// One request on a control socket; the reply, "" when closed unanswered.
+using test_support::ask_seqpacket;
 
 // A pixman compositor's options with its device socket and its control socket (control.sock) in `dir`.
 CompositorOptions with_control_socket(const std::string& dir) {
@@ -98,7 +87,7 @@ TEST(DisplayControl, ProcessesCanopyVmmStartedCannotUseTheControlSocket) {
       const pid_t backend = ::fork();
       if (backend == 0) {
         // The compositor is served by the test's thread: no answer within 30 s is a hang guard.
-        const std::string reply = ask(ctl, "quit", 30000);
+        const std::string reply = ask_seqpacket(ctl, "quit", 30000);
         (void)!::write(result[1], reply.data(), reply.size());
         _exit(0);
       }
@@ -123,7 +112,7 @@ TEST(DisplayControl, ProcessesCanopyVmmStartedCannotUseTheControlSocket) {
       EXPECT_FALSE((*c)->quit_requested());
       // The operator, not started by "canopy-vmm", is served.
       std::string stats;
-      std::thread op([&] { stats = ask(ctl, "stats", 30000); });
+      std::thread op([&] { stats = ask_seqpacket(ctl, "stats", 30000); });
       for (int i = 0; i < 3000 && stats.empty(); ++i) ASSERT_TRUE((*c)->poll_input(10).ok());
       op.join();
       EXPECT_EQ(stats.rfind("renderer ", 0), 0u) << stats;
@@ -161,8 +150,9 @@ TEST(DisplayControl, TheOperatorGroupMayUseTheControlSocketOthersMayNot) {
     // `stats` asked by a client running as `uid`, in the group or not, while the test's thread serves
     // the compositor; its answer ("" when refused).
     auto ask_as = [&](uid_t uid, bool member) {
-      test_support::ChildAs child = test_support::start_as(
-          uid, member ? std::vector<gid_t>{kGroup} : std::vector<gid_t>{}, [&] { return ask(ctl, "stats", 5000); });
+      test_support::ChildAs child =
+          test_support::start_as(uid, member ? std::vector<gid_t>{kGroup} : std::vector<gid_t>{},
+                                 [&] { return ask_seqpacket(ctl, "stats", 5000); });
       if (child.pid < 0) return std::string("could not start a client");
       const std::string reply = serve_until_closed(**c, child.out);
       test_support::finish(child);

@@ -102,6 +102,13 @@ struct CompositorOptions {
   SchedulerOptions scheduler;
   uint32_t background = 0x00000000;
   Quotas quotas;
+  // Stepped time, for tests of whole processes (an attack on a running cockpit, checked frame by
+  // frame): the compositor's clock is this FakeClock (the one create() is given), and it moves only when
+  // a control client asks `step`: to the next latch point, where what is due is composed (after the
+  // device packets already sent are read). The answer names each layer's picture, the CRC-32 of its
+  // rectangle on the output, and its counters (`step N`, then per layer `layer OUTPUT VM/SCANOUT
+  // crc=XXXXXXXX new=N reused=N fallback_entries=N fallback=0|1`). nullptr: the clock runs by itself.
+  FakeClock* stepped_clock = nullptr;
 };
 
 struct ConnectionStats {

@@ -28,6 +28,7 @@
 #include <thread>
 #include <vector>
 
+#include "canopy/base/crc32.h"
 #include "canopy/base/result.h"
 #include "canopy/base/unique_fd.h"
 #include "canopy/buffers/scatter_mapping.h"
@@ -251,8 +252,5 @@ class HeadlessOutput : public ScanoutOutput {
   std::vector<std::shared_ptr<Frame>> held_;
   FILE* log_ = nullptr;
 };
-
-// CRC-32 (IEEE) of the visible pixels of an image: `height` rows of `row_bytes` at `stride`.
-uint32_t image_crc32(const uint8_t* data, uint32_t row_bytes, uint32_t height, uint32_t stride);
 
 }  // namespace canopy::gpu
