@@ -86,17 +86,18 @@ class VhostSndQueues : public ::testing::Test {
     h.stream_id = stream;
     return control(h);
   }
-  void set_params_and_prepare() {
+  // Stream 0 ("out") by default; 1 is "in".
+  void set_params_and_prepare(uint32_t stream = 0) {
     proto::PcmSetParams p{};
     p.hdr.hdr.code = uint32_t(Code::kPcmSetParams);
-    p.hdr.stream_id = 0;
+    p.hdr.stream_id = stream;
     p.buffer_bytes = 4 * kPeriod;
     p.period_bytes = kPeriod;
     p.channels = 2;
     p.format = uint8_t(proto::Format::kS16);
     p.rate = uint8_t(proto::rate_bit(48000));
     ASSERT_EQ(control(p), uint32_t(Code::kOk));
-    ASSERT_EQ(pcm(Code::kPcmPrepare), uint32_t(Code::kOk));
+    ASSERT_EQ(pcm(Code::kPcmPrepare, stream), uint32_t(Code::kOk));
   }
   uint16_t submit_period(bool kick = true) {
     proto::PcmXfer x{};
@@ -148,16 +149,7 @@ TEST_F(VhostSndQueues, ATxHeadRepublishedWhileHeldIsHeldOnce) {
 // The same on the rx queue: a capture stream, prepared, holds its buffers; copies of a held head are
 // refused, so RELEASE hands back exactly one.
 TEST_F(VhostSndQueues, AnRxHeadRepublishedWhileHeldIsHeldOnce) {
-  proto::PcmSetParams p{};
-  p.hdr.hdr.code = uint32_t(Code::kPcmSetParams);
-  p.hdr.stream_id = 1;  // "in"
-  p.buffer_bytes = 4 * kPeriod;
-  p.period_bytes = kPeriod;
-  p.channels = 2;
-  p.format = uint8_t(proto::Format::kS16);
-  p.rate = uint8_t(proto::rate_bit(48000));
-  ASSERT_EQ(control(p), uint32_t(Code::kOk));
-  ASSERT_EQ(pcm(Code::kPcmPrepare, 1), uint32_t(Code::kOk));
+  set_params_and_prepare(1);  // "in"
   proto::PcmXfer x{};
   x.stream_id = 1;
   const uint16_t a = submit(proto::kRxQ, bytes(x), {}, kPeriod + sizeof(proto::PcmStatus), false);

@@ -132,6 +132,16 @@ class VhostGpuQueues : public ::testing::Test {
     ASSERT_EQ(call(s), uint32_t(Resp::kOkNodata));
   }
 
+  // A RESOURCE_FLUSH of the whole 64x64 resource 1 with fence `fence`, published and kicked; its head.
+  uint16_t fenced_flush(uint64_t fence) {
+    proto::ResourceFlush f{};
+    f.hdr = proto::make_hdr(Cmd::kResourceFlush, proto::kFlagFence, fence);
+    f.resource_id = 1;
+    f.r.width = kW;
+    f.r.height = kH;
+    return submit_obj(0, f);
+  }
+
   HoldingOutput out;
   std::unique_ptr<VhostGpu> gpu;
   std::unique_ptr<VhostUserRig> rig;
@@ -144,12 +154,7 @@ class VhostGpuQueues : public ::testing::Test {
 TEST_F(VhostGpuQueues, AFencedFlushIsAnsweredWhenItsFrameIsReleasedAfterLaterCommands) {
   scanout_64x64();
   const uint16_t before = ctrl->used_idx();
-  proto::ResourceFlush f{};
-  f.hdr = proto::make_hdr(Cmd::kResourceFlush, proto::kFlagFence, 7);
-  f.resource_id = 1;
-  f.r.width = kW;
-  f.r.height = kH;
-  const uint16_t flush = submit_obj(0, f);
+  const uint16_t flush = fenced_flush(7);
   proto::CtrlHdr info{};
   info.type = uint32_t(Cmd::kGetDisplayInfo);
   const uint16_t later = submit_obj(0, info, sizeof(proto::RespDisplayInfo));
@@ -179,12 +184,7 @@ TEST_F(VhostGpuQueues, AControlHeadRepublishedWhileHeldIsAnsweredOnce) {
   UniqueFd err(::eventfd(0, EFD_CLOEXEC));
   ASSERT_TRUE(rig->frontend().set_vring_err(0, err.get()).ok());
   const uint16_t before = ctrl->used_idx();
-  proto::ResourceFlush f{};
-  f.hdr = proto::make_hdr(Cmd::kResourceFlush, proto::kFlagFence, 9);
-  f.resource_id = 1;
-  f.r.width = kW;
-  f.r.height = kH;
-  const uint16_t flush = submit_obj(0, f);
+  const uint16_t flush = fenced_flush(9);
   proto::CtrlHdr info{};
   info.type = uint32_t(Cmd::kGetDisplayInfo);
   submit_obj(0, info, sizeof(proto::RespDisplayInfo));

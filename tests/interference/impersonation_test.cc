@@ -169,6 +169,13 @@ class Impersonation : public ::testing::Test {
     EXPECT_TRUE(comp_->compose_due().ok());
     return comp_->output_stats(0);
   }
+  // `d` sends a frame, the compositor reads it and composes the next step; false when the send failed.
+  bool frame_and_step(Device& d) {
+    if (!d.frame()) return false;
+    pump();
+    step();
+    return true;
+  }
   uint32_t pixel(uint32_t x, uint32_t y) const {
     const Canvas& c = comp_->canvas(0);
     uint32_t v;
@@ -192,16 +199,12 @@ TEST_F(Impersonation, ControlWithoutTheBrokerTheClaimedNameEvictsTheCluster) {
   start(false);
   Device cluster(connect_listening(), "cluster", kClusterColour);
   ASSERT_TRUE(cluster.ok());
-  ASSERT_TRUE(cluster.frame());
-  pump();
-  step();
+  ASSERT_TRUE(frame_and_step(cluster));
   ASSERT_EQ(pixel(0, 0), kClusterColour);
 
   Device impostor(connect_listening(), "cluster", kImpostorColour);
   ASSERT_TRUE(impostor.ok());
-  ASSERT_TRUE(impostor.frame());
-  pump();
-  step();
+  ASSERT_TRUE(frame_and_step(impostor));
   // The attack works: the real cluster is cut off and the impostor's pixels are the cluster's picture.
   EXPECT_TRUE(cluster.closed());
   EXPECT_FALSE(impostor.closed());
@@ -301,9 +304,7 @@ TEST_F(Impersonation, WhileTheClustersBackEndRestartsNobodyElseTakesItsName) {
     {
       Device cluster(cluster_link(), "cluster", kClusterColour);
       ASSERT_TRUE(cluster.ok());
-      ASSERT_TRUE(cluster.frame());
-      pump();
-      step();
+      ASSERT_TRUE(frame_and_step(cluster));
       ASSERT_EQ(pixel(0, 0), kClusterColour);
     }  // the back-end dies: its connection closes
     pump();
@@ -329,11 +330,7 @@ TEST_F(Impersonation, WhileTheClustersBackEndRestartsNobodyElseTakesItsName) {
     // The back-end is back: a new brokered connection is the cluster.
     Device restarted(cluster_link(), "cluster", kClusterColour);
     ASSERT_TRUE(restarted.ok());
-    for (int i = 0; i < 3; ++i) {
-      ASSERT_TRUE(restarted.frame());
-      pump();
-      step();
-    }
+    for (int i = 0; i < 3; ++i) ASSERT_TRUE(frame_and_step(restarted));
     EXPECT_EQ(pixel(0, 0), kClusterColour);
     EXPECT_FALSE(restarted.closed());
     EXPECT_TRUE(connected("cluster"));
@@ -349,9 +346,7 @@ TEST_F(Impersonation, ConnectionsOutliveTheBrokerLink) {
   ASSERT_TRUE(cluster.ok());
   broker_.reset();
   for (int i = 0; i < 3; ++i) {
-    ASSERT_TRUE(cluster.frame());
-    pump();
-    step();
+    ASSERT_TRUE(frame_and_step(cluster));
     EXPECT_EQ(pixel(0, 0), kClusterColour);
   }
   EXPECT_FALSE(cluster.closed());
