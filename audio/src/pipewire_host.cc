@@ -7,6 +7,7 @@
 #include <spa/param/props.h>
 #include <spa/pod/builder.h>
 #include <spa/utils/result.h>
+#include <unistd.h>
 
 #include <csignal>
 #include <cstring>
@@ -112,6 +113,7 @@ class PwHost final : public HostBackend {
  public:
   explicit PwHost(PipeWireHostOptions o) : opt_(std::move(o)) {}
   ~PwHost() override {
+    if (opt_.fd >= 0) ::close(opt_.fd);  // a connection made for it that was never handed to PipeWire
     if (core_) pw_core_disconnect(core_);
     if (context_) pw_context_destroy(context_);
     if (loop_) {

@@ -43,6 +43,7 @@ class Renderer2d : public Renderer {
     if (ftruncate(fd.get(), off_t(img.size)) != 0) return make_error(Errc::kNoMemory, "ftruncate", errno);
     (void)fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
     CANOPY_ASSIGN_OR_RETURN(img.map, buffers::Mapping::map(fd.get(), 0, img.size, buffers::Access::kReadWrite));
+    (void)forbid_writable_reopen(fd.get());  // the compositor gets it read-only: so it stays
     img.fd = std::make_shared<const UniqueFd>(std::move(fd));
     return img;
   }

@@ -140,6 +140,7 @@ struct ChildPlan {
     char c;
     if (read(p.sync_r, &c, 1) != 1) child_fail(errfd, kStageSync);
   }
+  prctl(PR_SET_PDEATHSIG, SIGKILL);  // and again after a change of ids, which clears it
   if (p.ns & CLONE_NEWNS) {
     if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) == 0) {
       // A /proc of the new PID namespace: other processes are not visible. Best effort (a read-only or
@@ -175,8 +176,11 @@ struct ChildPlan {
   // Everything else closes at exec (errfd and exe are needed until then).
   if (syscall(SYS_close_range, unsigned(max_target + 1), ~0U, CLOSE_RANGE_CLOEXEC) != 0) child_fail(errfd, kStageFds);
   if (p.drop_ids) {
+    // The system calls themselves: glibc's wrappers would change the ids of every thread the VMM had
+    // (its list, copied at clone), taking a lock another thread may have held then.
     const uid_t id = o.uid;
-    if (setgroups(o.groups.size(), o.groups.data()) != 0 || setresgid(id, id, id) != 0 || setresuid(id, id, id) != 0)
+    if (syscall(SYS_setgroups, o.groups.size(), o.groups.data()) != 0 || syscall(SYS_setresgid, id, id, id) != 0 ||
+        syscall(SYS_setresuid, id, id, id) != 0)
       child_fail(errfd, kStageIds);
   }
   // After the ids change (a change of uid clears the parent-death signal).
@@ -428,10 +432,12 @@ Result<UniqueFd> connect_pipewire() {
   if (path.size() >= sizeof a.sun_path) return make_error(Errc::kInvalidArgument, "PipeWire socket path too long");
   std::memcpy(a.sun_path, path.c_str(), path.size() + 1);
   if (access(path.c_str(), F_OK) != 0) return make_error(Errc::kUnsupported, "no PipeWire socket", errno);
-  UniqueFd s(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  // Non-blocking: a daemon whose backlog is full must not stall canopy-vmm (EAGAIN: no connection).
+  UniqueFd s(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
   if (!s) return make_error(Errc::kIo, "socket failed", errno);
   if (connect(s.get(), reinterpret_cast<const sockaddr*>(&a), sizeof a) != 0)
     return make_error(Errc::kIo, "connecting to PipeWire failed", errno);
+  CANOPY_TRY(set_nonblocking(s.get(), false));
   return s;
 }
 

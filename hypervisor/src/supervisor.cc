@@ -84,7 +84,9 @@ Status Supervisor::Impl::make_policy_board() {
     if (!rw || ftruncate(rw.get(), off_t(config::kPolicyStateBytes)) != 0 ||
         fcntl(rw.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0)
       return make_error(Errc::kIo, "making a policy state segment failed", errno);
-    // The same file, opened again read-only: what the other VMs' back-ends get.
+    // The same file, opened again read-only: what the other VMs' back-ends get (and cannot open again
+    // writable through /proc).
+    CANOPY_TRY(forbid_writable_reopen(rw.get()));
     CANOPY_ASSIGN_OR_RETURN(auto ro, reopen_read_only(rw.get()));
     policy_state_rw.push_back(std::move(rw));
     policy_state_ro.push_back(std::move(ro));
@@ -109,10 +111,9 @@ BackendIdentity Supervisor::Impl::backend_identity(size_t vm_index, const std::s
   BackendIdentity who;
   if (!opt.confine || geteuid() != 0) return who;
   who.uid = kBackendUidBase + uid_t(vm_index);
-  if (type == "gpu") {
-    for (const char* name : {"render", "video"})
-      if (const group* g = getgrnam(name)) who.groups.push_back(g->gr_gid);
-  }
+  // The render nodes only ("video" would also open the display nodes, /dev/dri/card*: the screen).
+  if (type == "gpu")
+    if (const group* g = getgrnam("render")) who.groups.push_back(g->gr_gid);
   who.pipewire = type == "snd";
   return who;
 }

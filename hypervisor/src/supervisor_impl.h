@@ -117,7 +117,7 @@ struct Supervisor::Impl {
   // canopy-snd's board arguments and descriptors for VM `name` (none when it has no sound device).
   void add_policy_board(const std::string& name, BackendSpec& spec) const;
   // Who VM `vm_index`'s back-end of `type` runs as: as root and confining, the VM's back-end uid (a GPU
-  // back-end with the render and video groups, for the GPU's device files; a sound back-end with a
+  // back-end with the render group, for the GPU's render nodes; a sound back-end with a
   // PipeWire connection made here); else the VMM's own identity.
   BackendIdentity backend_identity(size_t vm_index, const std::string& type) const;
 

@@ -14,6 +14,8 @@ Status Supervisor::Impl::start(Vm& vm) {
   if (ftruncate(ram.get(), off_t(c.memory_bytes)) != 0) return make_error(Errc::kIo, "ftruncate of RAM failed", errno);
   if (fcntl(ram.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0)
     return make_error(Errc::kIo, "sealing RAM failed", errno);
+  // Those given it read-only (the compositor through canopy-gpu) cannot open it again writable.
+  CANOPY_TRY(forbid_writable_reopen(ram.get()));
   const RamInfo info{ram.get(), c.memory_bytes};
   for (auto& d : vm.devices) {
     d->reset();

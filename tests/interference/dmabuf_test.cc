@@ -8,6 +8,8 @@
 // kernel has it (tests/conformance/udmabuf_qemu.sh), with CANOPY_NO_SKIP=1.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <linux/udmabuf.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -174,28 +176,46 @@ TEST_F(Dmabuf, TheCompositorShowsAFrameFromTheDmaBuf) {
 }
 
 // A taken-over compositor holding a read-only descriptor of guest memory (what it gets where a frame's
-// pieces cannot go as a dma-buf) cannot make it a writable dma-buf: canopy-display's file system view
-// (restrict_writes with /dev/udmabuf refused, as canopy_display.cc applies it) keeps it from opening
-// /dev/udmabuf, while other device files stay open to it. Control: in the back-ends' view (all of
-// /dev) the same process makes the dma-buf and writes the VM's memory through it.
-TEST_F(Dmabuf, TheCompositorsViewCannotTurnReadOnlyMemoryIntoAWritableDmaBuf) {
-  for (bool refused : {true, false}) {
-    SCOPED_TRACE(refused ? "canopy-display's view" : "control: /dev/udmabuf in its view");
+// pieces cannot go as a dma-buf) cannot make it a writable dma-buf: canopy-display's confinement keeps
+// it from opening /dev/udmabuf for writing (Landlock: restrict_writes with "udmabuf" refused) and from
+// the udmabuf ioctls however the device was opened (seccomp: SyscallPolicy::no_udmabuf; udmabuf looks
+// at neither the device's open mode nor the memfd descriptor's), while other device files stay open
+// to it. Controls: with the Landlock view alone, the device opened read-only still makes the dma-buf;
+// with neither, so does make_udmabuf; either way the VM's memory is written through it.
+TEST_F(Dmabuf, TheCompositorsConfinementCannotTurnReadOnlyMemoryIntoAWritableDmaBuf) {
+  enum class Confined { kAsCanopyDisplay, kLandlockOnly, kNot };
+  for (Confined how : {Confined::kAsCanopyDisplay, Confined::kLandlockOnly, Confined::kNot}) {
+    SCOPED_TRACE(how == Confined::kAsCanopyDisplay ? "as canopy-display"
+                 : how == Confined::kLandlockOnly  ? "control: the Landlock view alone"
+                                                   : "control: unconfined");
+    ASSERT_EQ(::pwrite(ram_->get(), "\0", 1, 0), 1);
     const pid_t pid = ::fork();
     ASSERT_GE(pid, 0);
     if (pid == 0) {
-      // Exit status: 0 refused, 1 the dma-buf was made and written through, 2 something else.
+      // Exit status: 0 refused both ways, 1 a dma-buf was made and written through, 2 something else.
       auto ro = reopen_read_only(ram_->get());
       if (!ro.ok()) _exit(2);
-      const std::vector<std::string> none;
-      if (!transport::restrict_writes({}, refused ? std::vector<std::string>{"udmabuf"} : none).ok()) _exit(2);
+      const std::vector<std::string> udmabuf = {"udmabuf"};
+      if (how != Confined::kNot && !transport::restrict_writes({}, udmabuf).ok()) _exit(2);
+      transport::SyscallPolicy policy;
+      policy.no_udmabuf = true;
+      if (how == Confined::kAsCanopyDisplay && !transport::confine_syscalls(policy).ok()) _exit(2);
       const int null = ::open("/dev/null", O_WRONLY | O_CLOEXEC);  // other devices stay open to it
       if (null < 0) _exit(2);
       ::close(null);
+      int dmabuf = -1;
       const buffers::FilePiece page{ro->get(), 0, kPage};
-      auto d = buffers::make_udmabuf({&page, 1});
-      if (!d.ok()) _exit(d.error().sys_errno == EACCES ? 0 : 2);
-      void* p = ::mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_SHARED, d->get(), 0);
+      if (auto d = buffers::make_udmabuf({&page, 1}); d.ok()) {
+        dmabuf = d->release();  // the device opened read-write
+      } else if (const int dev = ::open("/dev/udmabuf", O_RDONLY | O_CLOEXEC); dev >= 0) {
+        udmabuf_create c{};
+        c.memfd = uint32_t(ro->get());
+        c.size = kPage;
+        dmabuf = ::ioctl(dev, UDMABUF_CREATE, &c);  // the device opened read-only
+        if (dmabuf < 0 && errno != EPERM) _exit(2);
+      }
+      if (dmabuf < 0) _exit(0);
+      void* p = ::mmap(nullptr, kPage, PROT_READ | PROT_WRITE, MAP_SHARED, dmabuf, 0);
       if (p == MAP_FAILED) _exit(2);
       static_cast<uint8_t*>(p)[0] = 0x5a;
       _exit(1);
@@ -203,12 +223,12 @@ TEST_F(Dmabuf, TheCompositorsViewCannotTurnReadOnlyMemoryIntoAWritableDmaBuf) {
     int st = 0;
     ASSERT_EQ(::waitpid(pid, &st, 0), pid);
     ASSERT_TRUE(WIFEXITED(st));
+    const bool refused = how == Confined::kAsCanopyDisplay;
     EXPECT_EQ(WEXITSTATUS(st), refused ? 0 : 1);
+    uint8_t b = 0;
+    ASSERT_EQ(::pread(ram_->get(), &b, 1, 0), 1);
+    EXPECT_EQ(b, refused ? 0 : 0x5a) << "whether guest memory was written through a dma-buf";
   }
-  // The control's write reached the VM's memory.
-  uint8_t b = 0;
-  ASSERT_EQ(::pread(ram_->get(), &b, 1, 0), 1);
-  EXPECT_EQ(b, 0x5a) << "control: the dma-buf made from a read-only descriptor writes guest memory";
 }
 
 }  // namespace

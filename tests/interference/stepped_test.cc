@@ -30,6 +30,7 @@
 #include <string>
 #include <vector>
 
+#include "canopy/base/crc32.h"
 #include "canopy/test_support/seqpacket.h"
 
 extern char** environ;
@@ -96,6 +97,15 @@ std::map<std::string, std::string> layer_of(const std::string& report, const std
   return f;
 }
 
+// The CRC a 64x32 layer of one colour has on the canvas (XRGB8888 in memory: B, G, R, X), as the
+// step report writes it.
+std::string solid_crc(uint32_t rgb, uint8_t x) {
+  std::vector<uint32_t> px(64 * 32, (uint32_t(x) << 24) | rgb);
+  char hex[16];
+  std::snprintf(hex, sizeof hex, "%08x", image_crc32(reinterpret_cast<const uint8_t*>(px.data()), 64 * 4, 32, 64 * 4));
+  return hex;
+}
+
 bool wait_for(const std::function<bool()>& pred, int timeout_ms = 30000) {
   const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   while (!pred()) {
@@ -160,6 +170,11 @@ TEST(SteppedCockpit, AnImpostorProcessNeverChangesTheClustersPicture) {
         return before.count("new") && before["new"] != "0";
       })) << "the cluster's frames never reached the layer";
       const std::string picture = before["crc"];
+      // It is the feed's colour, whole: with the X byte the canvas keeps (0x00 or 0xff).
+      int x_byte = -1;
+      for (int x : {0x00, 0xff})
+        if (picture == solid_crc(0xc0ffee, uint8_t(x))) x_byte = x;
+      ASSERT_GE(x_byte, 0) << "the cluster layer does not show the cluster's colour: " << picture;
 
       Process impostor({kBin + "/canopy-display-feed", "--socket", impostor_socket, "--vm", "cluster", "--size",
                         "64x32", "--colour", "bad0bd"},
@@ -179,10 +194,9 @@ TEST(SteppedCockpit, AnImpostorProcessNeverChangesTheClustersPicture) {
         EXPECT_FALSE(cluster.exited()) << "the cluster's connection was cut";
       } else {
         // The attack works: the layer's picture becomes the impostor's.
-        std::string crc;
         EXPECT_TRUE(wait_for([&] {
-          crc = layer_of(ask(ctl, "step"), "layer cluster cluster/0")["crc"];
-          return !crc.empty() && crc != picture;
+          auto now = layer_of(ask(ctl, "step"), "layer cluster cluster/0");
+          return now["crc"] == solid_crc(0xbad0bd, uint8_t(x_byte)) && now["fallback"] == "0";
         })) << "control: the impostor's picture never became the cluster's";
         EXPECT_TRUE(wait_for([&] { return cluster.exited(); })) << "control: the cluster was not evicted";
       }

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <linux/landlock.h>
 #include <linux/seccomp.h>
+#include <linux/udmabuf.h>
 #include <sched.h>
 #include <seccomp.h>
 #include <signal.h>
@@ -469,6 +470,9 @@ Status confine_syscalls(const SyscallPolicy& policy) {
   for (unsigned long cmd : {(unsigned long)TIOCSTI, (unsigned long)TIOCLINUX, (unsigned long)FIOSETOWN,
                             (unsigned long)SIOCSPGRP, (unsigned long)TIOCSPGRP})
     add(args, SCMP_ACT_ERRNO(EPERM), "ioctl", {SCMP_A1(SCMP_CMP_MASKED_EQ, 0xffffffffu, cmd)});
+  if (policy.no_udmabuf)
+    for (unsigned long cmd : {(unsigned long)UDMABUF_CREATE, (unsigned long)UDMABUF_CREATE_LIST})
+      add(args, SCMP_ACT_ERRNO(EPERM), "ioctl", {SCMP_A1(SCMP_CMP_MASKED_EQ, 0xffffffffu, cmd)});
   for (unsigned long cmd : {(unsigned long)F_SETOWN, (unsigned long)F_SETOWN_EX, (unsigned long)F_SETSIG})
     add(args, SCMP_ACT_ERRNO(EPERM), "fcntl", {SCMP_A1(SCMP_CMP_MASKED_EQ, 0xffffffffu, cmd)});
   // Threads, not processes: clone must carry CLONE_THREAD. Sanitizers keep processes, ptrace and wait
@@ -550,7 +554,11 @@ Status restrict_writes(const std::vector<std::string>& beneath, const std::vecto
       const dirent* e = ::readdir(dev);
       if (e == nullptr) break;
       const std::string name = e->d_name;
-      if (name == "." || name == ".." || e->d_type == DT_LNK ||
+      struct stat lst{};
+      const bool link = e->d_type == DT_LNK ||
+                        (e->d_type == DT_UNKNOWN &&
+                         ::fstatat(::dirfd(dev), e->d_name, &lst, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(lst.st_mode));
+      if (name == "." || name == ".." || link ||
           std::find(refused_devices.begin(), refused_devices.end(), name) != refused_devices.end())
         continue;
       st = add("/dev/" + name, file_rights);

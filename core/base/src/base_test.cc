@@ -1,5 +1,7 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdint>
@@ -94,6 +96,34 @@ TEST(RateLimiter, DropsPastBurstAndCountsThem) {
   uint64_t sup = 0;
   for (int i = 0; i < 3; ++i) EXPECT_TRUE(rl.allow(&sup));
   for (int i = 0; i < 5; ++i) EXPECT_FALSE(rl.allow(&sup));
+}
+
+// A read-only descriptor of a memfd opened again read-write through /proc/self/fd: the way round a
+// read-only hand-over. Refused once the file is mode 0444, for its owner and anyone but root (as root
+// the attempt runs under another uid); the control, without, is let through.
+TEST(UniqueFd, AFileHandedOutReadOnlyCannotBeReopenedWritable) {
+  for (bool forbid : {true, false}) {
+    SCOPED_TRACE(forbid ? "mode 0444" : "control: the memfd's own mode 0777");
+    UniqueFd file(::memfd_create("canopy-base-test", MFD_CLOEXEC));
+    ASSERT_TRUE(file.valid());
+    ASSERT_EQ(::ftruncate(file.get(), 4096), 0);
+    if (forbid) {
+      ASSERT_TRUE(forbid_writable_reopen(file.get()).ok());
+    }
+    auto ro = reopen_read_only(file.get());
+    ASSERT_TRUE(ro.ok()) << "reopening read-only still works";
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      if (::geteuid() == 0 && (::setgid(0x7bf60) != 0 || ::setuid(0x7bf60) != 0)) _exit(2);
+      const int rw = ::open(("/proc/self/fd/" + std::to_string(ro->get())).c_str(), O_RDWR | O_CLOEXEC);
+      _exit(rw >= 0 ? 1 : errno == EACCES ? 0 : 2);
+    }
+    int st = 0;
+    ASSERT_EQ(::waitpid(pid, &st, 0), pid);
+    ASSERT_TRUE(WIFEXITED(st));
+    EXPECT_EQ(WEXITSTATUS(st), forbid ? 0 : 1);
+  }
 }
 
 }  // namespace

@@ -35,4 +35,9 @@ Result<UniqueFd> reopen_read_only(int fd) {
   return ro;
 }
 
+Status forbid_writable_reopen(int fd) {
+  if (::fchmod(fd, 0444) != 0) return make_error(Errc::kIo, "making a file read-only to reopening failed", errno);
+  return {};
+}
+
 }  // namespace canopy

@@ -145,6 +145,8 @@ Result<std::unique_ptr<KvmVm>> KvmVm::create(const KvmConfig& c) {
   if (!vm->ram_fd_.valid()) return make_error(Errc::kIo, "kvm: memfd_create failed", errno);
   if (ftruncate(vm->ram_fd_.get(), off_t(c.ram_bytes)) != 0)
     return make_error(Errc::kNoMemory, "kvm: cannot size guest RAM", errno);
+  // Those given it read-only (the compositor through canopy-gpu) cannot open it again writable.
+  CANOPY_TRY(forbid_writable_reopen(vm->ram_fd_.get()));
   void* p = mmap(nullptr, c.ram_bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, vm->ram_fd_.get(), 0);
   if (p == MAP_FAILED) return make_error(Errc::kNoMemory, "kvm: cannot map guest RAM", errno);
   vm->ram_ = static_cast<uint8_t*>(p);

@@ -77,6 +77,10 @@ struct SyscallPolicy {
   // It may wait for and signal its own children through the pidfds it holds (waitid,
   // pidfd_send_signal; pidfd_open stays refused): canopy-vmm's KVM child and its device back-ends.
   bool children = false;
+  // It may not make dma-bufs of memfd pages (udmabuf's UDMABUF_CREATE and UDMABUF_CREATE_LIST ioctls
+  // refused, however /dev/udmabuf was opened: udmabuf looks at neither the device's open mode nor the
+  // memfd descriptor's): canopy-display, so that a read-only descriptor of guest memory stays one.
+  bool no_udmabuf = false;
 };
 
 // Loads the allowlist into every thread of the process. Errors: kIo when the kernel refuses the filter

@@ -38,5 +38,11 @@ Status set_nonblocking(int fd, bool on = true);
 // written nor mapped writable, to hand to a process that must only read. Errors: kIo (no /proc, or it
 // gave another file).
 Result<UniqueFd> reopen_read_only(int fd);
+// A memfd is made mode 0777: whoever holds a read-only descriptor of it may open it again read-write
+// through /proc/self/fd (or /proc/PID/fd of a process of its uid). Mode 0444 stops that for every
+// process but root (CAP_DAC_OVERRIDE), the file's owner included; descriptors already open keep their
+// modes, and reopening read-only still works. For files handed out read-only: guest RAM, the audio
+// policy board, copies of guest pixels. Errors: kIo (not the owner).
+Status forbid_writable_reopen(int fd);
 
 }  // namespace canopy
