@@ -431,12 +431,12 @@ Result<UniqueFd> connect_pipewire() {
   a.sun_family = AF_UNIX;
   if (path.size() >= sizeof a.sun_path) return make_error(Errc::kInvalidArgument, "PipeWire socket path too long");
   std::memcpy(a.sun_path, path.c_str(), path.size() + 1);
-  if (access(path.c_str(), F_OK) != 0) return make_error(Errc::kUnsupported, "no PipeWire socket", errno);
   // Non-blocking: a daemon whose backlog is full must not stall canopy-vmm (EAGAIN: no connection).
   UniqueFd s(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
   if (!s) return make_error(Errc::kIo, "socket failed", errno);
   if (connect(s.get(), reinterpret_cast<const sockaddr*>(&a), sizeof a) != 0)
-    return make_error(Errc::kIo, "connecting to PipeWire failed", errno);
+    return errno == ENOENT ? make_error(Errc::kUnsupported, "no PipeWire socket", errno)
+                           : make_error(Errc::kIo, "connecting to PipeWire failed", errno);
   CANOPY_TRY(set_nonblocking(s.get(), false));
   return s;
 }

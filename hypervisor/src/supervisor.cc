@@ -289,7 +289,7 @@ std::vector<VmStatus> Supervisor::status() const {
       ds.type = d->spec().name;
       ds.backend_up = d->backend_up();
       ds.backend_pid = d->backend_up() ? d->backend().pid() : -1;
-      ds.backend_uid = d->spec().identity.uid != 0 && geteuid() == 0 ? d->spec().identity.uid : geteuid();
+      ds.backend_uid = d->spec().identity.uid != 0 ? d->spec().identity.uid : geteuid();  // set only as root
       ds.backend_starts = d->backend_starts();
       ds.status = d->status();
       ds.driver_resets = d->driver_resets();
