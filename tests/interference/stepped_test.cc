@@ -7,7 +7,11 @@
 //     reports it) is the one it showed before, and the layer never enters the fallback.
 //   - Control, one trusting socket (--listen): the impostor evicts the cluster and its picture becomes
 //     the cluster layer's.
+// And exhaustion: the IVI's own connection at each of canopy-display's quotas (descriptors, mappings,
+// connection slots), the cluster driven by the test a frame per step, canopy-display's holdings measured
+// from /proc on every step against the caps docs/display.md states.
 // Every wait is for an event (a step's answer, a process's exit) with a hang guard, never for a time.
+#include <dirent.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <poll.h>
@@ -19,6 +23,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -26,11 +31,15 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "canopy/base/crc32.h"
+#include "canopy/base/sanitizer.h"
+#include "canopy/buffers/shared_memory.h"
+#include "canopy/protocol/scanout_channel.h"
 #include "canopy/test_support/seqpacket.h"
 
 extern char** environ;
@@ -61,6 +70,7 @@ class Process {
     }
   }
   bool started() const { return pid_ > 0; }
+  pid_t pid() const { return pid_; }
   // Whether it has exited (reaped); its status in `status`.
   bool exited(int* status = nullptr) {
     if (exited_) return true;
@@ -205,6 +215,290 @@ TEST(SteppedCockpit, AnImpostorProcessNeverChangesTheClustersPicture) {
       EXPECT_TRUE(wait_for([&] { return compositor.exited(&st); }));
     }
   }
+}
+
+namespace ch = canopy::protocol::scanout;
+
+// A device connection the test speaks by hand on the scanout channel: the cluster (one buffer of one
+// colour, a FRAME of it sent before each step, so each step has exactly one new cluster frame) or an
+// attacker.
+class ChannelDevice {
+ public:
+  ChannelDevice(const std::string& path, const std::string& vm, bool hello = true) {
+    sock_ = UniqueFd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::memcpy(a.sun_path, path.c_str(), std::min(path.size(), sizeof a.sun_path - 1));
+    connected_ = ::connect(sock_.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+    if (hello) connected_ = connected_ && send(ch::encode_hello(vm, 1));
+  }
+  bool connected() const { return connected_; }
+  bool send(const std::vector<uint8_t>& p, std::span<const int> fds = {}) {
+    return ch::send_packet(sock_.get(), p, fds).ok();
+  }
+  // Scanout 0 of w x h, and buffer 1: a memfd of that many pixels of `rgb`.
+  bool show(uint32_t w, uint32_t h, uint32_t rgb) {
+    w_ = w;
+    h_ = h;
+    auto shm = buffers::SharedMemory::create("cluster", (uint64_t(w) * h * 4 + 4095) & ~uint64_t(4095));
+    if (!shm.ok()) return false;
+    {
+      auto map = shm->map(buffers::Access::kReadWrite);
+      if (!map.ok()) return false;
+      for (size_t i = 0; i < size_t(w) * h; ++i) reinterpret_cast<uint32_t*>(map->data())[i] = 0xff000000u | rgb;
+    }
+    file_ = std::move(*shm);
+    ch::ScanoutMsg so{};
+    so.enabled = 1;
+    so.width = w;
+    so.height = h;
+    const ch::PieceRef piece{0, 0, file_.size()};
+    const int fds[1] = {file_.fd()};
+    auto buf = ch::encode_buffer(ch::buffer_key(1, 1), {&piece, 1}, fds);
+    return buf.ok() && send(ch::encode(ch::Type::kScanout, so)) && send((*buf)[0].bytes, (*buf)[0].fds);
+  }
+  // The next frame of buffer 1; RELEASEs taken as they came.
+  bool frame() {
+    ch::FrameMsg f{};
+    f.buffer = ch::buffer_key(1, 1);
+    f.seq = ++seq_;
+    f.fourcc = 0x34325258;  // XRGB8888
+    f.width = w_;
+    f.height = h_;
+    f.stride = w_ * 4;
+    f.flags = ch::kFrameBlob;
+    return !closed() && send(ch::encode_frame(f, {}));
+  }
+  // Buffer `resource`: `pieces` single pages of `file`, every other page from page `first` on (no two
+  // adjacent in the file, so none of their mappings can merge).
+  bool scattered(uint32_t resource, int file, uint32_t pieces, uint64_t first) {
+    std::vector<ch::PieceRef> refs;
+    for (uint32_t i = 0; i < pieces; ++i) refs.push_back({0, (first + 2 * uint64_t(i)) * 4096, 4096});
+    const int fds[1] = {file};
+    auto pk = ch::encode_buffer(ch::buffer_key(resource, 1), refs, fds);
+    if (!pk.ok()) return false;
+    for (const auto& p : *pk)
+      if (!send(p.bytes, p.fds)) return false;
+    return true;
+  }
+  // Whether the compositor closed the connection (what it sent meanwhile is read and dropped).
+  bool closed() {
+    char b[4096];
+    for (;;) {
+      const ssize_t n = ::recv(sock_.get(), b, sizeof b, MSG_DONTWAIT);
+      if (n == 0) return true;
+      if (n < 0) return errno != EAGAIN && errno != EWOULDBLOCK;
+    }
+  }
+
+ private:
+  UniqueFd sock_;
+  bool connected_ = false;
+  buffers::SharedMemory file_;
+  uint32_t w_ = 0, h_ = 0;
+  uint64_t seq_ = 0;
+};
+
+// What a process holds, from /proc: descriptors, memory mappings, the bytes mapped of memfds named
+// `file` and its resident memory.
+struct Held {
+  size_t fds = 0, mappings = 0;
+  uint64_t file_bytes = 0, rss_kib = 0;
+};
+Held held_by(pid_t pid, const std::string& file) {
+  Held h;
+  const std::string proc = "/proc/" + std::to_string(pid);
+  if (DIR* d = ::opendir((proc + "/fd").c_str())) {
+    while (const dirent* e = ::readdir(d)) h.fds += e->d_name[0] != '.';
+    ::closedir(d);
+  }
+  std::ifstream maps(proc + "/maps");
+  for (std::string line; std::getline(maps, line);) {
+    ++h.mappings;
+    unsigned long long lo = 0, hi = 0;
+    if (line.find("/memfd:" + file + " ") != std::string::npos && std::sscanf(line.c_str(), "%llx-%llx", &lo, &hi) == 2)
+      h.file_bytes += hi - lo;
+  }
+  std::ifstream status(proc + "/status");
+  for (std::string line; std::getline(status, line);)
+    if (line.rfind("VmRSS:", 0) == 0) h.rss_kib = std::stoull(line.substr(6));
+  return h;
+}
+
+uint64_t max_map_count() {
+  uint64_t v = 65530;
+  std::ifstream("/proc/sys/vm/max_map_count") >> v;
+  return v;
+}
+
+// Exhaustion by the IVI against the running compositor (docs/security.md, "Quotas"), frame by frame:
+// the IVI's own connection (bound to it by its per-VM socket) makes canopy-display hold descriptors of
+// a buffer it never completes, maps scattered pages until its mapping quota, and fills the connection
+// slots with connections that never say HELLO. Each attacker is closed at its quota; on every step
+// meanwhile the cluster layer shows the cluster's picture, takes exactly one new frame (none reused) and
+// never enters the fallback; and canopy-display's descriptors, memory mappings and mapped bytes of the
+// attacker's file, measured from /proc on every step, stay under the caps docs/display.md states
+// (the peak of each is checked against the cap, and everything is given back once the attackers are
+// closed). The control runs without each quota, in which the attack works, are in-process
+// (display/src/compositor_quota_test.cc): here the processes are the real ones.
+TEST(SteppedCockpit, TheIviExhaustingTheCompositorNeverChangesTheClustersPicture) {
+  const std::string dir = "/tmp/canopy-stepped-test." + std::to_string(::getpid());
+  ASSERT_EQ(::mkdir(dir.c_str(), 0700), 0);
+  const std::string log = dir + "/log.txt", ctl = dir + "/display.ctl";
+  struct Cleanup {
+    std::string dir, log;
+    ~Cleanup() {
+      if (::testing::Test::HasFailure()) {
+        std::ifstream in(log);
+        std::stringstream ss;
+        ss << in.rdbuf();
+        std::fprintf(stderr, "--- log ---\n%s\n", ss.str().c_str());
+      }
+      std::system(("rm -rf " + dir).c_str());
+    }
+  } cleanup{dir, log};
+  // The IVI's layer beside the cluster's: the cluster layer's picture is the cluster's alone.
+  std::ofstream(dir + "/cockpit.toml")
+      << "[[vm]]\nname = \"cluster\"\nbackend = \"partition\"\nmemory = \"32M\"\ncriticality = \"safety\"\n"
+         "app = \"none\"\n[vm.gpu]\nscanouts = [{ width = 64, height = 32 }]\n"
+         "[[vm]]\nname = \"ivi\"\nbackend = \"partition\"\nmemory = \"32M\"\napp = \"none\"\n"
+         "[vm.gpu]\nscanouts = [{ width = 64, height = 32 }]\n"
+         "[[display]]\nname = \"cluster\"\nwidth = 128\nheight = 32\nrefresh_hz = 60\n"
+         "[[layout]]\ndisplay = \"cluster\"\nvm = \"cluster\"\nwidth = 64\nheight = 32\n"
+         "[[layout]]\ndisplay = \"cluster\"\nvm = \"ivi\"\nx = 64\nwidth = 64\nheight = 32\n";
+  Process compositor({kBin + "/canopy-display", dir + "/cockpit.toml", "--control", ctl, "--output", "headless",
+                      "--renderer", "pixman", "--stepped", "--quiet", "--listen-dir", dir},
+                     log);
+  ASSERT_TRUE(compositor.started());
+  ASSERT_TRUE(wait_for([&] { return ::access(ctl.c_str(), F_OK) == 0; })) << "no control socket";
+  ChannelDevice cluster(dir + "/cluster.sock", "cluster");
+  ASSERT_TRUE(cluster.connected() && cluster.show(64, 32, 0xc0ffee));
+
+  // One step: a new cluster frame, then the step; its report of the cluster layer.
+  auto step = [&] {
+    EXPECT_TRUE(cluster.frame()) << "the cluster's connection was closed";
+    return layer_of(ask(ctl, "step"), "layer cluster cluster/0");
+  };
+  std::map<std::string, std::string> last;
+  ASSERT_TRUE(wait_for([&] {
+    last = step();
+    return last.count("new") && last["new"] != "0";
+  })) << "the cluster's frames never reached the layer";
+  const std::string picture = last["crc"];
+  ASSERT_TRUE(picture == solid_crc(0xc0ffee, 0x00) || picture == solid_crc(0xc0ffee, 0xff)) << picture;
+  const pid_t pid = compositor.pid();
+  const Held base = held_by(pid, "attacker");
+  Held peak = base;
+  int steps = 0;
+  // A step during an attack: the cluster unharmed, and the peaks of what canopy-display holds.
+  auto checked_step = [&](const char* attack) {
+    SCOPED_TRACE(std::string(attack) + ", step " + std::to_string(++steps));
+    auto now = step();
+    EXPECT_EQ(now["crc"], picture);
+    EXPECT_EQ(std::stoull(now["new"]), std::stoull(last["new"]) + 1) << "the cluster's frame was not taken";
+    EXPECT_EQ(now["reused"], last["reused"]);
+    EXPECT_EQ(now["fallback_entries"], last["fallback_entries"]);
+    EXPECT_EQ(now["fallback"], "0");
+    last = now;
+    const Held h = held_by(pid, "attacker");
+    peak.fds = std::max(peak.fds, h.fds);
+    peak.mappings = std::max(peak.mappings, h.mappings);
+    peak.file_bytes = std::max(peak.file_bytes, h.file_bytes);
+    peak.rss_kib = std::max(peak.rss_kib, h.rss_kib);
+    return h;
+  };
+  for (int i = 0; i < 4; ++i) checked_step("before");
+
+  {
+    // Descriptors: one buffer of 65536 pieces, never completed, 8 new files in each BUFFER packet.
+    ChannelDevice ivi(dir + "/ivi.sock", "ivi");
+    ASSERT_TRUE(ivi.connected());
+    bool closed = false;
+    for (uint32_t packet = 0; packet < 16 && !closed; ++packet) {
+      std::vector<buffers::SharedMemory> files;
+      std::vector<int> fds;
+      std::vector<uint8_t> body(sizeof(ch::BufferHdr) + 8 * sizeof(ch::Piece));
+      ch::BufferHdr hdr{};
+      hdr.key = ch::buffer_key(9, 1);
+      hdr.first_piece = packet * 8;
+      hdr.total_pieces = 65536;
+      hdr.num_pieces = 8;
+      std::memcpy(body.data(), &hdr, sizeof hdr);
+      for (uint32_t i = 0; i < 8; ++i) {
+        auto f = buffers::SharedMemory::create("attacker", 4096);
+        ASSERT_TRUE(f.ok());
+        fds.push_back(f->fd());
+        files.push_back(std::move(*f));
+        ch::Piece pc{};
+        pc.fd_index = i;
+        pc.pages = 1;
+        std::memcpy(body.data() + sizeof hdr + i * sizeof pc, &pc, sizeof pc);
+      }
+      closed = !ivi.send(ch::encode(ch::Type::kBuffer, body), fds);
+      checked_step("descriptors");
+      closed = closed || ivi.closed();
+    }
+    EXPECT_TRUE(closed) << "the IVI was not closed at its descriptor quota";
+    // Held at most: its quota (64) and the 8 of the packet that went over it, and its connection.
+    EXPECT_LE(peak.fds, base.fds + 64 + 8 + 1);
+  }
+  {
+    // Mappings: buffers of 16000 scattered pages of a sparse 2 GiB file until the IVI is closed. Its
+    // quota: three quarters of (vm.max_map_count less 16384), shared by the two VMs the layout shows.
+    auto big = buffers::SharedMemory::create("attacker", uint64_t(1) << 31);
+    ASSERT_TRUE(big.ok());
+    const uint64_t quota = (max_map_count() - 16384 - (max_map_count() - 16384) / 4) / 2;
+    ChannelDevice ivi(dir + "/ivi.sock", "ivi");
+    ASSERT_TRUE(ivi.connected());
+    bool closed = false;
+    uint64_t page = 0;
+    for (uint32_t resource = 1; resource <= 8 && !closed; ++resource) {
+      closed = !ivi.scattered(resource, big->fd(), 16000, page);
+      page += 32000;
+      checked_step("mappings");
+      closed = closed || ivi.closed();
+    }
+    EXPECT_TRUE(closed) << "the IVI was not closed at its mapping quota";
+    EXPECT_GE(peak.file_bytes, uint64_t(16000) * 4096) << "the IVI's first buffer was never mapped";
+    EXPECT_LE(peak.mappings, base.mappings + quota) << "quota " << quota;
+    EXPECT_LE(peak.file_bytes, uint64_t(2) << 30) << "the cap on a connection's mapped bytes";
+  }
+  {
+    // Connection slots: 16 connections to the IVI's socket that never say HELLO (15 are taken: the
+    // cluster's is the 16th), then as many steps as the 2 s deadline on the compositor's clock needs.
+    std::vector<std::unique_ptr<ChannelDevice>> silent;
+    for (int i = 0; i < 16; ++i) silent.push_back(std::make_unique<ChannelDevice>(dir + "/ivi.sock", "", false));
+    auto all_closed = [&] {
+      for (auto& s : silent)
+        if (!s->closed()) return false;
+      return true;
+    };
+    for (int i = 0; i < 240 && !all_closed(); ++i) checked_step("silent connections");
+    EXPECT_TRUE(all_closed()) << "connections without HELLO outlived the deadline";
+    EXPECT_LE(peak.fds, base.fds + 64 + 8 + 1) << "the slots hold a descriptor each, under the descriptor peak";
+  }
+  // Everything the attackers made it hold is given back (the closing is read on the next turns; a
+  // sanitizer's runtime maps memory of its own meanwhile).
+  constexpr size_t kRuntimeMappings = kAddressSanitizer || kThreadSanitizer ? 64 : 16;
+  Held after;
+  for (int i = 0; i < 100; ++i) {
+    after = checked_step("after");
+    if (after.fds <= base.fds && after.file_bytes == 0 && after.mappings <= base.mappings + kRuntimeMappings) break;
+  }
+  EXPECT_LE(after.fds, base.fds);
+  EXPECT_EQ(after.file_bytes, 0u);
+  EXPECT_LE(after.mappings, base.mappings + kRuntimeMappings);
+  // Resident memory: the bookkeeping of the IVI at its quotas (the attacker's pages are never touched),
+  // and in ASan builds what its quarantine keeps of freed memory (256 MiB at most).
+  EXPECT_LE(peak.rss_kib, base.rss_kib + (64 + (kAddressSanitizer ? 256 : 0)) * 1024);
+  std::printf(
+      "canopy-display held: descriptors %zu -> peak %zu -> %zu, mappings %zu -> peak %zu -> %zu, "
+      "attacker bytes mapped peak %llu, resident %llu -> peak %llu KiB\n",
+      base.fds, peak.fds, after.fds, base.mappings, peak.mappings, after.mappings, (unsigned long long)peak.file_bytes,
+      (unsigned long long)base.rss_kib, (unsigned long long)peak.rss_kib);
+  EXPECT_EQ(ask(ctl, "quit"), "ok\n");
+  int st = 0;
+  EXPECT_TRUE(wait_for([&] { return compositor.exited(&st); }));
 }
 
 }  // namespace
