@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "canopy/audio/wav.h"
+#include "canopy/base/sanitizer.h"
 #include "canopy/hypervisor/control_client.h"
 #include "canopy/hypervisor/process.h"
 #include "canopy/test_support/command.h"
@@ -713,6 +714,74 @@ TEST(PartitionGpu, EveryCommandAndErrorCodeThroughTheGuestClient) {
   EXPECT_NE(frames.find("cursor 0 show 10,20 hot 1,1 image crc " + pixel_crc(0xffffffff, 64 * 64)), std::string::npos)
       << frames;
   EXPECT_NE(frames.find("cursor 0 show 30,40 hot 1,1 crc"), std::string::npos) << frames;
+}
+
+// What a process holds, from /proc: descriptors and resident memory (KiB).
+struct Held {
+  size_t fds = 0;
+  uint64_t rss_kib = 0;
+};
+Held held_by(pid_t pid) {
+  Held h;
+  const std::string proc = "/proc/" + std::to_string(pid);
+  if (DIR* d = opendir((proc + "/fd").c_str())) {
+    while (const dirent* e = readdir(d)) h.fds += e->d_name[0] != '.';
+    closedir(d);
+  }
+  std::istringstream status(read_file(proc + "/status"));
+  for (std::string line; std::getline(status, line);)
+    if (line.rfind("VmRSS:", 0) == 0) h.rss_kib = std::stoull(line.substr(6));
+  return h;
+}
+
+// A hostile partition pushes its canopy-gpu to its caps (docs/gpu.md, "Limits"): 4 MiB 2D resources,
+// each uploaded whole, until the host-memory cap refuses one; then resources of 4000 backing entries
+// each until the cap on all resources' entries refuses one. Measured from /proc before the flood and
+// while canopy-gpu holds what it made it hold: its resident memory grows by at most the host-memory cap
+// and the entries' bookkeeping (24 bytes each), and its descriptors by one per 2D resource. The control run, with a
+// cap four times higher, shows the measurement can fail: memory grows with what the guest asks, up to
+// the cap given.
+TEST(PartitionGpu, AFloodingGuestKeepsCanopyGpuUnderItsCaps) {
+  for (uint64_t host_mb : {128, 32}) {
+    SCOPED_TRACE(host_mb == 32 ? "--max-host-mb=32" : "control: --max-host-mb=128");
+    Vmm vmm("[[vm]]\nname = \"flood\"\nbackend = \"partition\"\nmemory = \"64M\"\nrestart = \"never\"\napp = \"" +
+            kBin + "/canopy-partition-gpu-flood\"\n[vm.gpu]\nbackend = \"" + kBin +
+            "/canopy-gpu\"\nscanouts = [{ width = 640, height = 480 }]\n"
+            "args = [\"--max-host-mb=" +
+            std::to_string(host_mb) + "\", \"--control=@DIR@/gpu-control.sock\"]\n");
+    ASSERT_TRUE(Vmm::wait_until([&] { return vmm.log().find("gpu-flood: ready") != std::string::npos; })) << vmm.log();
+    const long pid = vmm.field("device flood 0", "backend_pid");
+    ASSERT_GT(pid, 0) << vmm.ctl("status");
+    const Held base = held_by(pid_t(pid));
+    EXPECT_EQ(line_exchange(vmm.dir() + "/gpu-control.sock", "display 0 800x600\n"), "ok\n");
+    ASSERT_TRUE(Vmm::wait_until([&] { return vmm.log().find("gpu-flood: holding") != std::string::npos; }))
+        << vmm.log();
+    const Held now = held_by(pid_t(pid));
+    const std::string log = vmm.log();
+    // Backing entries until OUT_OF_MEMORY (the guest client's request holds 3900: 67 resources of them
+    // fit in 262144); then every 4 MiB 2D resource the cap lets through (less one: the 1x1 resources
+    // and the scanout's take a little of it).
+    EXPECT_NE(log.find("gpu-flood: entries 67 refused ERR_OUT_OF_MEMORY"), std::string::npos) << log;
+    const uint64_t made_2d = host_mb / 4 - 1;
+    EXPECT_NE(log.find("gpu-flood: 2d " + std::to_string(made_2d) + " refused ERR_OUT_OF_MEMORY"), std::string::npos)
+        << log;
+    const uint64_t grown_kib = now.rss_kib > base.rss_kib ? now.rss_kib - base.rss_kib : 0;
+    const uint64_t cap_kib = 32 * 1024 + 262144 * 24 / 1024;
+    std::printf("canopy-gpu --max-host-mb=%llu: resident %llu -> %llu KiB, descriptors %zu -> %zu\n",
+                (unsigned long long)host_mb, (unsigned long long)base.rss_kib, (unsigned long long)now.rss_kib,
+                base.fds, now.fds);
+    if (host_mb == 32) {
+      // The cap and the bookkeeping, and 16 MiB for what the requests themselves allocate (in sanitizer
+      // builds 64 MiB more: redzones around the bookkeeping, the quarantine of what was freed).
+      EXPECT_LE(grown_kib, cap_kib + (16 + (kAddressSanitizer || kThreadSanitizer ? 64 : 0)) * 1024);
+      // A 2D resource's copy is a file of its own (a memfd), one descriptor each: at most
+      // --max-resources (here 67 + made_2d), and nothing else.
+      EXPECT_LE(now.fds, base.fds + 67 + made_2d + 1);
+    } else {
+      EXPECT_GT(grown_kib, cap_kib + (16 + (kAddressSanitizer || kThreadSanitizer ? 64 : 0)) * 1024)
+          << "control: the flood never made canopy-gpu grow";
+    }
+  }
 }
 
 TEST(PartitionSnd, EveryRequestAndErrorThroughTheGuestClient) {
