@@ -17,15 +17,19 @@
 # and the demo's own refresh cost (with its VMs' frames) beside it; the reference must have composed
 # (at least one refresh per second of run) with the same renderer, or the benchmark fails.
 # The cost of confinement: the normal scenario again with nothing confined (canopy-vmm run
-# --no-confine: partitions, back-ends, compositor), reported as
-#   ratio cockpit latency p50 confined / unconfined = X   (one run each: no spread)
-#   ratio start to first cluster frame confined / unconfined = X   (from canopy-display's start, which
-#   canopy-vmm starts before the VMs, to the first cluster frame on the cluster output)
+# --no-confine: partitions, back-ends, compositor), in ROUNDS rounds (3; 1 with --smoke), each a
+# confined and an unconfined run, their order alternating between rounds; reported as the median of the
+# rounds' ratios with their spread:
+#   ratio cockpit latency p50 confined / unconfined = X (spread A..B over N rounds)
+#   ratio start to first cluster frame confined / unconfined = X (spread A..B over N rounds)   (from
+#   canopy-display's start, which canopy-vmm starts before the VMs, to the first cluster frame on the
+#   cluster output)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SECS=20
 SMOKE=0
-if [ "${1:-}" = "--smoke" ]; then SECS=3; SMOKE=1; shift; fi
+ROUNDS=3
+if [ "${1:-}" = "--smoke" ]; then SECS=3; SMOKE=1; ROUNDS=1; shift; fi
 BUILD="$(cd "${1:-$ROOT/build}" && pwd)"
 RENDERER="${CANOPY_BENCH_RENDERER:-auto}"
 WORK="$(mktemp -d /tmp/canopy-cockpit-bench.XXXXXX)"
@@ -106,6 +110,21 @@ ratio() {
     else printf "ratio %s: not measured (%s / %s)\n", n, a, b }'
 }
 
+# spread_ratio NAME A1/B1 A2/B2 ...: "ratio NAME = M (spread LO..HI over N rounds)", M the median of
+# the rounds' Ai/Bi (the lower middle one for an even N), or "not measured" when a Bi is not > 0.
+spread_ratio() {
+  local name="$1"
+  shift
+  printf '%s\n' "$@" | awk -F/ -v n="$name" '
+    { if ($1 !~ /^[0-9.]+$/ || $2 !~ /^[0-9.]+$/ || $2 + 0 <= 0) bad = 1; else r[NR] = $1 / $2 }
+    END {
+      if (bad || NR == 0) { printf "ratio %s: not measured\n", n; exit }
+      for (i = 1; i <= NR; i++) for (j = i + 1; j <= NR; j++) if (r[j] < r[i]) { t = r[i]; r[i] = r[j]; r[j] = t }
+      if (NR == 1) printf "ratio %s = %.2f (one round: no spread)\n", n, r[1]
+      else printf "ratio %s = %.2f (spread %.2f..%.2f over %d rounds)\n", n, r[int((NR + 1) / 2)], r[1], r[NR], NR
+    }'
+}
+
 run() {  # run NAME MANIFEST [UNCONFINED]
   local out="$WORK/$1"
   CANOPY_DEMO_UNCONFINED=${3:-0} CANOPY_DEMO_SECONDS=$SECS CANOPY_DEMO_OUTPUT=headless CANOPY_DEMO_RENDERER="$RENDERER" CANOPY_DEMO_MANIFEST="$2" \
@@ -139,8 +158,13 @@ run() {  # run NAME MANIFEST [UNCONFINED]
   read -r _ dr50 dr99 <<<"$demo_refresh"
   printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$1" "$fps" "$new" "$p50" "$p99" "$missed" "$ivi" \
     "$center" "$dr50" "$dr99" "$first"
-  ratio "cockpit latency p50 / output refresh with no VM p50 ($1)" "$p50" "$REF_P50" >>"$WORK/ratios"
-  ratio "cockpit latency p99 / output refresh with no VM p99 ($1)" "$p99" "$REF_P99" >>"$WORK/ratios"
+  case "$1" in
+    *-round*) ;;  # the confinement rounds: their own ratios below
+    *)
+      ratio "cockpit latency p50 / output refresh with no VM p50 ($1)" "$p50" "$REF_P50" >>"$WORK/ratios"
+      ratio "cockpit latency p99 / output refresh with no VM p99 ($1)" "$p99" "$REF_P99" >>"$WORK/ratios"
+      ;;
+  esac
   # The ducking as the sink heard it (a real-time figure, reported here rather than checked in tests):
   # how long after the chime's onset the music was down 20 dB, and after its end back.
   if grep -q '^audio: through no PipeWire' "$s"; then
@@ -177,17 +201,33 @@ reference
   run normal "$ROOT/demos/cockpit.toml"
   run ivi-flood "$WORK/flood.toml"
   run unconfined "$ROOT/demos/cockpit.toml" 1
+  # Round 1 is normal then unconfined; the next rounds alternate which runs first.
+  confined=(normal) unconfined=(unconfined)
+  for ((r = 2; r <= ROUNDS; r++)); do
+    if ((r % 2 == 0)); then
+      run "unconfined-round$r" "$ROOT/demos/cockpit.toml" 1
+      run "normal-round$r" "$ROOT/demos/cockpit.toml"
+    else
+      run "normal-round$r" "$ROOT/demos/cockpit.toml"
+      run "unconfined-round$r" "$ROOT/demos/cockpit.toml" 1
+    fi
+    confined+=("normal-round$r") unconfined+=("unconfined-round$r")
+  done
   echo
-  read -r c50 _ <"$WORK/normal.latency"
-  read -r u50 _ <"$WORK/unconfined.latency"
-  ratio "cockpit latency p50 confined / unconfined (normal; one run each, no spread)" "$c50" "$u50" >>"$WORK/ratios"
-  ratio "start to first cluster frame confined / unconfined (normal; one run each, no spread)" \
-    "$(cat "$WORK/normal.first")" "$(cat "$WORK/unconfined.first")" >>"$WORK/ratios"
+  lat=() first=()
+  for i in "${!confined[@]}"; do
+    read -r c50 _ <"$WORK/${confined[$i]}.latency"
+    read -r u50 _ <"$WORK/${unconfined[$i]}.latency"
+    lat+=("$c50/$u50")
+    first+=("$(cat "$WORK/${confined[$i]}.first")/$(cat "$WORK/${unconfined[$i]}.first")")
+  done
+  spread_ratio "cockpit latency p50 confined / unconfined (normal)" "${lat[@]}" >>"$WORK/ratios"
+  spread_ratio "start to first cluster frame confined / unconfined (normal)" "${first[@]}" >>"$WORK/ratios"
   cat "$WORK/ratios"
   echo
   cat "$WORK/ducking"
   echo
-  for n in reference normal ivi-flood unconfined; do
+  for n in reference normal ivi-flood unconfined "${confined[@]:1}" "${unconfined[@]:1}"; do
     echo "### $n: summary"
     echo
     echo '```'
