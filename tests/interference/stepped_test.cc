@@ -125,33 +125,43 @@ bool wait_for(const std::function<bool()>& pred, int timeout_ms = 30000) {
   return true;
 }
 
+// The two VMs of the cockpits below (the compositor reads only their names, criticality and scanouts).
+const std::string kCockpitVms =
+    "[[vm]]\nname = \"cluster\"\nbackend = \"partition\"\nmemory = \"32M\"\ncriticality = \"safety\"\n"
+    "app = \"none\"\n[vm.gpu]\nscanouts = [{ width = 64, height = 32 }]\n"
+    "[[vm]]\nname = \"ivi\"\nbackend = \"partition\"\nmemory = \"32M\"\napp = \"none\"\n"
+    "[vm.gpu]\nscanouts = [{ width = 64, height = 32 }]\n";
+
+// A test's folder with its manifest (cockpit.toml), the processes' log and canopy-display's control
+// socket; on the way out, also after an ASSERT, the log when something failed, and the folder removed.
+struct TestDir {
+  std::string dir = "/tmp/canopy-stepped-test." + std::to_string(::getpid());
+  std::string log = dir + "/log.txt", ctl = dir + "/display.ctl";
+  explicit TestDir(const std::string& manifest) {
+    EXPECT_EQ(::mkdir(dir.c_str(), 0700), 0);
+    std::ofstream(dir + "/cockpit.toml") << manifest;
+  }
+  ~TestDir() {
+    if (::testing::Test::HasFailure()) {
+      std::ifstream in(log);
+      std::stringstream ss;
+      ss << in.rdbuf();
+      std::fprintf(stderr, "--- log ---\n%s\n", ss.str().c_str());
+    }
+    std::system(("rm -rf " + dir).c_str());
+  }
+  TestDir(const TestDir&) = delete;
+  TestDir& operator=(const TestDir&) = delete;
+};
+
 TEST(SteppedCockpit, AnImpostorProcessNeverChangesTheClustersPicture) {
   for (bool per_vm : {true, false}) {
     SCOPED_TRACE(per_vm ? "per-VM sockets" : "control: one trusting socket");
-    const std::string dir = "/tmp/canopy-stepped-test." + std::to_string(::getpid());
-    ASSERT_EQ(::mkdir(dir.c_str(), 0700), 0);
-    const std::string log = dir + "/log.txt", ctl = dir + "/display.ctl";
-    // On the way out, also after an ASSERT: the processes' log when something failed, and the folder.
-    struct Cleanup {
-      std::string dir, log;
-      ~Cleanup() {
-        if (::testing::Test::HasFailure()) {
-          std::ifstream in(log);
-          std::stringstream ss;
-          ss << in.rdbuf();
-          std::fprintf(stderr, "--- log ---\n%s\n", ss.str().c_str());
-        }
-        std::system(("rm -rf " + dir).c_str());
-      }
-    } cleanup{dir, log};
-    std::ofstream(dir + "/cockpit.toml")
-        << "[[vm]]\nname = \"cluster\"\nbackend = \"partition\"\nmemory = \"32M\"\ncriticality = \"safety\"\n"
-           "app = \"none\"\n[vm.gpu]\nscanouts = [{ width = 64, height = 32 }]\n"
-           "[[vm]]\nname = \"ivi\"\nbackend = \"partition\"\nmemory = \"32M\"\napp = \"none\"\n"
-           "[vm.gpu]\nscanouts = [{ width = 64, height = 32 }]\n"
-           "[[display]]\nname = \"cluster\"\nwidth = 64\nheight = 32\nrefresh_hz = 60\n"
-           "[[layout]]\ndisplay = \"cluster\"\nvm = \"cluster\"\nwidth = 64\nheight = 32\n"
-           "[[layout]]\ndisplay = \"cluster\"\nvm = \"ivi\"\nx = 40\ny = 8\nwidth = 16\nheight = 16\nz = 1\n";
+    const TestDir d(kCockpitVms +
+                    "[[display]]\nname = \"cluster\"\nwidth = 64\nheight = 32\nrefresh_hz = 60\n"
+                    "[[layout]]\ndisplay = \"cluster\"\nvm = \"cluster\"\nwidth = 64\nheight = 32\n"
+                    "[[layout]]\ndisplay = \"cluster\"\nvm = \"ivi\"\nx = 40\ny = 8\nwidth = 16\nheight = 16\nz = 1\n");
+    const std::string &dir = d.dir, &log = d.log, &ctl = d.ctl;
     {
       std::vector<std::string> display = {kBin + "/canopy-display",
                                           dir + "/cockpit.toml",
@@ -342,30 +352,12 @@ uint64_t max_map_count() {
 // closed). The control runs without each quota, in which the attack works, are in-process
 // (display/src/compositor_quota_test.cc): here the processes are the real ones.
 TEST(SteppedCockpit, TheIviExhaustingTheCompositorNeverChangesTheClustersPicture) {
-  const std::string dir = "/tmp/canopy-stepped-test." + std::to_string(::getpid());
-  ASSERT_EQ(::mkdir(dir.c_str(), 0700), 0);
-  const std::string log = dir + "/log.txt", ctl = dir + "/display.ctl";
-  struct Cleanup {
-    std::string dir, log;
-    ~Cleanup() {
-      if (::testing::Test::HasFailure()) {
-        std::ifstream in(log);
-        std::stringstream ss;
-        ss << in.rdbuf();
-        std::fprintf(stderr, "--- log ---\n%s\n", ss.str().c_str());
-      }
-      std::system(("rm -rf " + dir).c_str());
-    }
-  } cleanup{dir, log};
   // The IVI's layer beside the cluster's: the cluster layer's picture is the cluster's alone.
-  std::ofstream(dir + "/cockpit.toml")
-      << "[[vm]]\nname = \"cluster\"\nbackend = \"partition\"\nmemory = \"32M\"\ncriticality = \"safety\"\n"
-         "app = \"none\"\n[vm.gpu]\nscanouts = [{ width = 64, height = 32 }]\n"
-         "[[vm]]\nname = \"ivi\"\nbackend = \"partition\"\nmemory = \"32M\"\napp = \"none\"\n"
-         "[vm.gpu]\nscanouts = [{ width = 64, height = 32 }]\n"
-         "[[display]]\nname = \"cluster\"\nwidth = 128\nheight = 32\nrefresh_hz = 60\n"
-         "[[layout]]\ndisplay = \"cluster\"\nvm = \"cluster\"\nwidth = 64\nheight = 32\n"
-         "[[layout]]\ndisplay = \"cluster\"\nvm = \"ivi\"\nx = 64\nwidth = 64\nheight = 32\n";
+  const TestDir d(kCockpitVms +
+                  "[[display]]\nname = \"cluster\"\nwidth = 128\nheight = 32\nrefresh_hz = 60\n"
+                  "[[layout]]\ndisplay = \"cluster\"\nvm = \"cluster\"\nwidth = 64\nheight = 32\n"
+                  "[[layout]]\ndisplay = \"cluster\"\nvm = \"ivi\"\nx = 64\nwidth = 64\nheight = 32\n");
+  const std::string &dir = d.dir, &log = d.log, &ctl = d.ctl;
   Process compositor({kBin + "/canopy-display", dir + "/cockpit.toml", "--control", ctl, "--output", "headless",
                       "--renderer", "pixman", "--stepped", "--quiet", "--listen-dir", dir},
                      log);
