@@ -101,12 +101,10 @@ else
     chmod 700 "$XDG_RUNTIME_DIR"
   fi
 fi
-# Each VM's canopy-snd writes its summary here; as root, canopy-vmm runs each VM's back-ends under a uid
-# of their own (docs/security.md), so the folder is open to them (sticky: none removes another's file).
-export CANOPY_SND_STATS_DIR="$RUN/snd"
-mkdir -p "$CANOPY_SND_STATS_DIR"
+# Each VM's back-ends get a scratch folder of their own, $RUN/scratch/VM (canopy-vmm --scratch-dir: mode
+# 0700, as root owned by the VM's back-end uid, docs/security.md); its canopy-snd writes its summary there.
+SCRATCH="$RUN/scratch"
 chmod 711 "$RUN"
-chmod 1777 "$CANOPY_SND_STATS_DIR"
 if [ "${CANOPY_SND_HOST:-}" != null ] && command -v pw-record >/dev/null; then
   pw-record -P '{ stream.capture.sink = true }' "${SINK_TARGET[@]}" --rate 48000 --channels 2 --format f32 \
     "$OUT/sink.wav" >"$RUN/pw-record.log" 2>&1 &
@@ -129,7 +127,7 @@ RUN_FOR=()
 [ "$SECONDS_TO_RUN" != 0 ] && RUN_FOR=(--run-for-s "$SECONDS_TO_RUN")
 VMM_EXTRA=()
 [ "${CANOPY_DEMO_UNCONFINED:-0}" = 1 ] && VMM_EXTRA=(--no-confine)
-"$BUILD/bin/canopy-vmm" run "$MANIFEST" --control "$RUN/vmm.ctl" "${VMM_EXTRA[@]}" \
+"$BUILD/bin/canopy-vmm" run "$MANIFEST" --control "$RUN/vmm.ctl" --scratch-dir "$SCRATCH" "${VMM_EXTRA[@]}" \
   --compositor --control "$RUN/display.ctl" --output "$MODE" --renderer "$RENDERER" "${RUN_FOR[@]}" \
   --snapshot-dir "$OUT" --summary "$OUT/summary.txt" --trace "$OUT/trace.json" >"$OUT/vmm.log" 2>&1 &
 VMM_PID=$!
@@ -209,7 +207,7 @@ fi
 # --- the audio part of the summary ---
 {
   echo "audio: through $AUDIO"
-  for f in "$CANOPY_SND_STATS_DIR"/*-snd.txt; do
+  for f in "$SCRATCH"/*/*-snd.txt; do
     [ -s "$f" ] && grep '^stream ' "$f" | sed 's/^/audio: /'
   done
   # An app prints its audio line as it exits: one stopped the hard way (a loaded machine, the IVI

@@ -48,7 +48,8 @@ constexpr const char* kUsage =
     "  --pipewire-fd=N          use descriptor N, a connection to the PipeWire daemon made for it\n"
     "                           (canopy-vmm does so for a back-end under another uid)\n"
     "  --stats=FILE             write the per-stream summary to FILE at exit (default with\n"
-    "                           $CANOPY_SND_STATS_DIR set: that folder, VM-snd.txt)\n";
+    "                           $CANOPY_SND_STATS_DIR or else $CANOPY_SCRATCH_DIR set: that folder,\n"
+    "                           VM-snd.txt)\n";
 
 Result<std::unique_ptr<vu::Device>> make_device(const std::vector<std::string>& args) {
   SndOptions o;
@@ -165,8 +166,10 @@ Result<std::unique_ptr<vu::Device>> make_device(const std::vector<std::string>& 
   const std::string vm = o.vm;
   CANOPY_ASSIGN_OR_RETURN(auto dev, VhostSnd::create(std::move(o), std::move(h), std::move(board)));
   if (stats.empty()) {
-    // canopy-vmm passes its environment on: the demo collects every VM's summary this way.
+    // canopy-vmm passes its environment on, and names the VM's scratch folder (--scratch-dir): the demo
+    // collects every VM's summary this way.
     const char* dir = std::getenv("CANOPY_SND_STATS_DIR");
+    if (!dir || !*dir) dir = std::getenv("CANOPY_SCRATCH_DIR");
     if (dir && *dir) stats = std::string(dir) + "/" + vm + "-snd.txt";
   }
   dev->set_stats_path(stats);

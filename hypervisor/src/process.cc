@@ -12,6 +12,7 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -442,6 +443,10 @@ Result<UniqueFd> connect_pipewire() {
 }
 
 void apply_identity(const BackendIdentity& who, SpawnOptions& o, std::vector<UniqueFd>& keep) {
+  if (!who.scratch.empty()) {
+    std::erase_if(o.env, [](const std::string& e) { return e.rfind("CANOPY_SCRATCH_DIR=", 0) == 0; });
+    o.env.push_back("CANOPY_SCRATCH_DIR=" + who.scratch);
+  }
   if (who.uid == 0 || geteuid() != 0) return;
   o.uid = who.uid;
   o.groups = who.groups;
@@ -460,6 +465,26 @@ void apply_identity(const BackendIdentity& who, SpawnOptions& o, std::vector<Uni
   o.fds.emplace_back(pw->get(), n);
   o.argv.push_back("--pipewire-fd=" + std::to_string(n));
   keep.push_back(std::move(*pw));
+}
+
+Result<std::string> make_scratch(const std::string& dir, const std::string& vm, uid_t owner) {
+  if (dir.empty() || vm.empty() || vm.find('/') != std::string::npos || vm == "." || vm == "..")
+    return make_error(Errc::kInvalidArgument, "scratch folder: an empty folder or a VM name that is not one name");
+  if (mkdir(dir.c_str(), 0711) != 0 && errno != EEXIST)
+    return make_error(Errc::kIo, "cannot make the scratch folder", errno);
+  char* real = realpath(dir.c_str(), nullptr);
+  if (real == nullptr) return make_error(Errc::kIo, "scratch folder", errno);
+  std::string path = std::string(real) + "/" + vm;
+  free(real);
+  if (mkdir(path.c_str(), 0700) != 0 && errno != EEXIST)
+    return make_error(Errc::kIo, "cannot make a VM's scratch folder", errno);
+  // Whatever is there must be a folder, not a link to one elsewhere.
+  UniqueFd fd(open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  if (!fd) return make_error(Errc::kIo, "a VM's scratch folder is not a folder", errno);
+  if (owner != 0 && fchown(fd.get(), owner, owner) != 0)
+    return make_error(Errc::kIo, "cannot give a VM's scratch folder to its back-ends", errno);
+  if (fchmod(fd.get(), 0700) != 0) return make_error(Errc::kIo, "a VM's scratch folder's mode", errno);
+  return path;
 }
 
 }  // namespace canopy::hypervisor

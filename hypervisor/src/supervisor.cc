@@ -155,6 +155,17 @@ Result<std::unique_ptr<Supervisor>> Supervisor::create(const Manifest& m, Superv
       }
       vm->program = *prog;
     }
+    std::string scratch;
+    if (!impl->opt.scratch_dir.empty()) {
+      const uid_t owner = impl->backend_identity(i, "").uid;
+      auto made = make_scratch(impl->opt.scratch_dir, c.name, owner);
+      if (!made.ok()) {
+        CANOPY_ERROR("vm %s: %s: %s", c.name.c_str(), made.error().what,
+                     made.error().sys_errno ? strerror(made.error().sys_errno) : "");
+        return made.error();
+      }
+      scratch = *made;
+    }
     std::vector<BackendSpec> specs;
     if (c.gpu) {
       specs.push_back({"gpu", 16, c.gpu->backend, gpu_args(c, impl->opt.display_socket, impl->opt.compositor),
@@ -173,6 +184,7 @@ Result<std::unique_ptr<Supervisor>> Supervisor::create(const Manifest& m, Superv
       }
       s.program = *prog;
       s.identity = impl->backend_identity(i, s.name);
+      s.identity.scratch = scratch;
       vm->devices.push_back(std::make_unique<DeviceBridge>(s, uint16_t(vm->devices.size())));
     }
     vm->backend_restarts.resize(vm->devices.size());

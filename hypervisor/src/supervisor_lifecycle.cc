@@ -94,6 +94,7 @@ Status Supervisor::Impl::start_kvm(Vm& vm) {
     if (who.uid != 0) o.argv.insert(o.argv.end(), {"--device-uid", std::to_string(who.uid)});
     for (gid_t g : who.groups) o.argv.insert(o.argv.end(), {"--device-group", std::to_string(g)});
     if (who.pipewire) o.argv.push_back("--device-pipewire");
+    if (!who.scratch.empty()) o.argv.insert(o.argv.end(), {"--device-scratch", who.scratch});
     auto inherit = d->spec().inherit;
     if (d->spec().display_link) {
       CANOPY_ASSIGN_OR_RETURN(auto theirs, d->open_display_link());

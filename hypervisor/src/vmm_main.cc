@@ -1,6 +1,6 @@
 // canopy-vmm: the VM manager.
 //   canopy-vmm --check FILE                      validate a manifest and exit
-//   canopy-vmm run FILE [--control PATH] [--no-confine] [--stop-grace-ms N]
+//   canopy-vmm run FILE [--control PATH] [--no-confine] [--scratch-dir DIR] [--stop-grace-ms N]
 //                       [--display PATH | --compositor [CANOPY-DISPLAY-ARGS...]]
 //                                                run its VMs until SIGTERM/SIGINT or `canopyctl shutdown`
 //                                                (or the compositor it runs ends)
@@ -32,7 +32,7 @@ namespace {
 constexpr const char* kUsage =
     "usage: canopy-vmm --check FILE   check a VM manifest (docs/manifest.md) and exit\n"
     "       canopy-vmm run FILE [--control PATH [--control-group GROUP] [--control-open-to-children]]\n"
-    "                           [--no-confine] [--stop-grace-ms N]\n"
+    "                           [--no-confine] [--scratch-dir DIR] [--stop-grace-ms N]\n"
     "                             [--display PATH | --compositor [CANOPY-DISPLAY-ARGS...]]\n"
     "                             run the VMs of a manifest (guest partitions; docs/partition-transport.md)\n"
     "                             until SIGTERM/SIGINT or `canopyctl --socket PATH shutdown`.\n"
@@ -45,6 +45,9 @@ constexpr const char* kUsage =
     "                             --no-confine: nothing it starts is confined (CANOPY_NO_SANDBOX=1 for\n"
     "                             back-ends and the compositor) and all keep canopy-vmm's uid: a\n"
     "                             benchmark's reference, debugging\n"
+    "                             --scratch-dir DIR: each VM's back-ends get DIR/VM, a folder of theirs\n"
+    "                             (mode 0700, as root owned by the VM's back-end uid) as\n"
+    "                             $CANOPY_SCRATCH_DIR, where they may write (canopy-snd's stats go there)\n"
     "                             --display PATH: GPU back-ends connect to canopy-display --listen PATH\n"
     "                             themselves and name their VM (no broker: docs/security.md)\n"
     "                             The control socket refuses what canopy-vmm started (and what they fork);\n"
@@ -54,14 +57,15 @@ constexpr const char* kUsage =
     "       canopy-vmm boot --kernel BZIMAGE [--initrd FILE] [--cmdline TEXT] [--memory SIZE] [--vcpus N]\n"
     "                       [--device TYPE=PROGRAM[,ARG...] [--device-arg ARG]...\n"
     "                        [--device-inherit FD:TARGET]... [--device-uid UID [--device-group GID]...]\n"
-    "                        [--device-pipewire]]... [--no-sandbox]\n"
+    "                        [--device-pipewire] [--device-scratch DIR]]... [--no-sandbox]\n"
     "                             boot one Linux guest on KVM (docs/kvm.md), each --device a virtio-mmio\n"
     "                             device (rng, snd, gpu, console, ...) bridged to the vhost-user back-end\n"
     "                             PROGRAM (started as PROGRAM --fd=3 ARGS); its serial console goes to\n"
     "                             stdout; --device-inherit: an inherited descriptor the back-end gets as\n"
     "                             TARGET; --device-uid (as root): the back-end runs as UID:UID with the\n"
     "                             GIDs as its groups, and with --device-pipewire gets a PipeWire\n"
-    "                             connection made here. Exit status: 0 the guest powered off, 3 it\n"
+    "                             connection made here; --device-scratch: its $CANOPY_SCRATCH_DIR. Exit status: 0 the "
+    "guest powered off, 3 it\n"
     "                             rebooted, 4 stopped by SIGTERM/SIGINT, 1 an error. Once its devices are\n"
     "                             up it runs the guest under a system call allowlist (docs/security.md) unless\n"
     "                             --no-sandbox\n"
@@ -112,6 +116,8 @@ int run(int argc, char** argv) {
       // inherit) back-ends and the compositor. For benchmarks' unconfined reference and debugging.
       opt.confine = false;
       ::setenv("CANOPY_NO_SANDBOX", "1", 1);
+    } else if (a == "--scratch-dir" && i + 1 < argc) {
+      opt.scratch_dir = argv[++i];
     } else if (a == "--stop-grace-ms" && i + 1 < argc) {
       opt.stop_grace_ms = std::atoi(argv[++i]);
     } else if (file.empty() && !a.empty() && a[0] != '-') {
@@ -227,6 +233,8 @@ int boot(int argc, char** argv) {
       devices.back().identity.groups.push_back(gid_t(std::strtoul(argv[++i], nullptr, 10)));
     } else if (a == "--device-pipewire" && !devices.empty()) {
       devices.back().identity.pipewire = true;
+    } else if (a == "--device-scratch" && has && !devices.empty()) {
+      devices.back().identity.scratch = argv[++i];
     } else {
       std::fprintf(stderr, "canopy-vmm boot: bad argument %s\n%s", a.c_str(), kUsage);
       return 2;

@@ -353,9 +353,11 @@ TEST(Partitions, EachVmsBackEndsRunUnderAUidOfTheirOwn) {
   }
   for (bool separate : {true, false}) {
     SCOPED_TRACE(separate ? "a uid per VM's back-ends" : "control: --no-confine, one uid");
+    std::vector<std::string> extra = {"--scratch-dir", "@DIR@/scratch"};
+    if (!separate) extra.emplace_back("--no-confine");
     Vmm vmm(rng_vm("cluster", "criticality = \"safety\"\n", "\"--expect-pattern\"") +
                 rng_vm("ivi", "", "\"--expect-pattern\""),
-            separate ? std::vector<std::string>{} : std::vector<std::string>{"--no-confine"});
+            extra);
     ASSERT_TRUE(Vmm::wait_until(
         [&] { return vmm.field("vm cluster", "progress") >= 5 && vmm.field("vm ivi", "progress") >= 5; }));
     const pid_t cluster = pid_t(vmm.field("device cluster 0", "backend_pid"));
@@ -396,9 +398,20 @@ TEST(Partitions, EachVmsBackEndsRunUnderAUidOfTheirOwn) {
         closedir(d);
       }
       note("open_guest_ram", ram);
+      // Scratch folders (--scratch-dir): its own VM's, and the cluster's.
+      for (const char* vm : {"ivi", "cluster"}) {
+        const int f = open((vmm.dir() + "/scratch/" + vm + "/probe").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+        note(std::string(vm) == "ivi" ? "write_own_scratch" : "write_cluster_scratch", f >= 0);
+        if (f >= 0) close(f);
+      }
       return r;
     }));
-    for (const char* what : {"signal", "trace", "open_proc_mem", "open_guest_ram"})
+    EXPECT_NE(attempts.find("write_own_scratch=ALLOWED"), std::string::npos) << attempts;
+    struct stat scratch{};
+    ASSERT_EQ(stat((vmm.dir() + "/scratch/ivi").c_str(), &scratch), 0);
+    EXPECT_EQ(scratch.st_mode & 07777, 0700u);
+    EXPECT_EQ(long(scratch.st_uid), ivi_uid) << "the IVI's scratch folder is its back-ends'";
+    for (const char* what : {"signal", "trace", "open_proc_mem", "open_guest_ram", "write_cluster_scratch"})
       EXPECT_NE(attempts.find(std::string(what) + (separate ? "=refused" : "=ALLOWED")), std::string::npos)
           << what << ": " << attempts;
     // The cluster is unharmed.

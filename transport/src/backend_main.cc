@@ -137,6 +137,8 @@ int backend_main(int argc, char** argv, const BackendProgram& program, const Dev
   // device makes its threads (a GPU driver's, PipeWire's) in the factory.
   if (program.confine && !no_sandbox) {
     std::vector<std::string> beneath = program.writable_paths;
+    // Its VM's scratch folder, where canopy-vmm starts it with one (--scratch-dir).
+    if (const char* s = std::getenv("CANOPY_SCRATCH_DIR"); s && *s) beneath.emplace_back(s);
     if (!socket_path.empty()) beneath.push_back(writable_folder(socket_path));
     for (const auto& a : extra) {
       const size_t eq = a.find('=');

@@ -67,11 +67,17 @@ struct BackendIdentity {
   uid_t uid = 0;              // 0: the VMM's own
   std::vector<gid_t> groups;  // its supplementary groups under `uid`
   bool pipewire = false;      // a sound back-end: under another uid it gets a PipeWire connection made here
+  std::string scratch;        // its VM's scratch folder ($CANOPY_SCRATCH_DIR; make_scratch), "" none
 };
-// Applies `who` to the start of a back-end: its ids, and with `pipewire` (when the ids change) a
-// connection from connect_pipewire as the next free descriptor number, named by --pipewire-fd; `keep`
-// holds it until spawn(). A daemon that cannot be reached is logged, and the back-end goes without.
+// Applies `who` to the start of a back-end: its scratch folder in its environment, its ids, and with
+// `pipewire` (when the ids change) a connection from connect_pipewire as the next free descriptor
+// number, named by --pipewire-fd; `keep` holds it until spawn(). A daemon that cannot be reached is
+// logged, and the back-end goes without.
 void apply_identity(const BackendIdentity& who, SpawnOptions& o, std::vector<UniqueFd>& keep);
+// A VM's scratch folder, DIR/VM (DIR made if missing, mode 0711): made or taken over, mode 0700 and, when
+// `owner` is not 0, owned by owner:owner, so that only that VM's back-ends (and root) may enter it. DIR
+// is the operator's; the folder's absolute path.
+Result<std::string> make_scratch(const std::string& dir, const std::string& vm, uid_t owner);
 
 struct ExitInfo {
   bool signaled = false;

@@ -61,6 +61,10 @@ struct SupervisorOptions {
   // Without the broker: canopy-display's listening socket; GPU back-ends get --display-socket=PATH
   // --vm=NAME and the compositor believes the name (desktop use; docs/security.md).
   std::string display_socket;
+  // Where each VM gets a scratch folder for its back-ends, DIR/VM (make_scratch: mode 0700, as root
+  // owned by the VM's back-end uid), named to them by $CANOPY_SCRATCH_DIR and writable in their
+  // Landlock view; "" none.
+  std::string scratch_dir;
 };
 
 struct ServiceStatus {

@@ -27,8 +27,8 @@ struct BackendProgram {
   // --no-sandbox is given.
   bool confine = false;
   // With confine: what it may write (restrict_writes, applied before the device is made): the
-  // values of these options (a folder, or a file's folder) and of --socket-path (its folder), and these
-  // paths.
+  // values of these options (a folder, or a file's folder) and of --socket-path (its folder), these
+  // paths, and $CANOPY_SCRATCH_DIR (its VM's scratch folder, from canopy-vmm --scratch-dir).
   std::vector<std::string> writable_options = {};
   std::vector<std::string> writable_paths = {};
   // With confine: system calls the program needs beyond the shared allowlist (backend_sandbox.h).
