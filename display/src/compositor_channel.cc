@@ -193,10 +193,16 @@ void Compositor::Impl::accept_all(int sock, const std::string& bound_vm) {
 }
 
 auto Compositor::Impl::adopt(UniqueFd s, std::string bound_vm) -> Conn* {
+  // Slots: a connection bound to a VM the layout shows takes one of that VM's own; any other (bound to
+  // no VM, or to a VM the layout does not show, whose mapping quota is a share of the others') one of
+  // the shared ones.
+  auto pool = [this](const std::string& vm) { return vm_usage.count(vm) ? vm : std::string(); };
+  const std::string mine = pool(bound_vm);
   size_t live = 0;
-  for (auto& [id, c] : conns) live += c.sock.valid() ? 1 : 0;
-  if (live >= kMaxConnections) {
-    CANOPY_WARN_RL("canopy-display: connection refused: %zu devices connected already", live);
+  for (auto& [id, c] : conns) live += c.sock.valid() && pool(c.bound_vm) == mine ? 1 : 0;
+  if (live >= (mine.empty() ? kMaxConnections : kMaxConnectionsPerVm)) {
+    CANOPY_WARN_RL("canopy-display: connection refused: %zu connections %s%s already", live,
+                   mine.empty() ? "outside the VMs' own slots" : "of ", mine.c_str());
     return nullptr;
   }
   // Connections that closed before saying HELLO are not worth a record.

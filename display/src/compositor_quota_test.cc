@@ -117,11 +117,14 @@ class Device {
 
 class Quota : public ::testing::Test {
  protected:
-  void start(Quotas q) {
+  // per_vm: a socket per VM the layout shows in the test's folder (listen_dir), its connections bound
+  // to that VM; else one trusting socket, sock().
+  void start(Quotas q, bool per_vm = false) {
     dir_ = "/tmp/canopy-quota-test." + std::to_string(::getpid());
     ::mkdir(dir_.c_str(), 0700);
     CompositorOptions o;
-    o.listen_path = dir_ + "/display.sock";
+    if (per_vm) o.listen_dir = dir_;
+    else o.listen_path = dir_ + "/display.sock";
     o.renderer = "pixman";
     o.quotas = q;
     auto c = Compositor::create(cockpit(), o, clock);
@@ -141,7 +144,7 @@ class Quota : public ::testing::Test {
   }
   void TearDown() override {
     comp.reset();
-    ::unlink(sock().c_str());
+    for (const char* s : {"/display.sock", "/cluster.sock", "/ivi.sock"}) ::unlink((dir_ + s).c_str());
     ::rmdir(dir_.c_str());
   }
   std::string sock() const { return dir_ + "/display.sock"; }
@@ -304,6 +307,27 @@ TEST_F(Quota, ConnectionsThatNeverSayHelloAreClosedAtTheDeadline) {
   for (auto& s : silent) EXPECT_TRUE(s->closed());
   Device cluster(sock(), "cluster");
   EXPECT_TRUE(cluster_shows(cluster, 1));
+}
+
+// Connections bound to a VM (its own socket, or the broker's) have slots of that VM's own
+// (kMaxConnectionsPerVm): the IVI's connections that never say HELLO are turned away beyond its 4, and
+// the cluster's restarted back-end connects and shows at once. Control: on the one trusting socket
+// every connection shares the 16 slots, and the silent ones keep the cluster out (until the deadline).
+TEST_F(Quota, SilentConnectionsOfOneVmCannotTakeTheClustersSlots) {
+  for (bool per_vm : {false, true}) {
+    SCOPED_TRACE(per_vm ? "per-VM sockets" : "control: one trusting socket");
+    start(Quotas{}, per_vm);
+    std::vector<std::unique_ptr<Device>> silent;
+    for (size_t i = 0; i < kMaxConnections; ++i)
+      silent.push_back(std::make_unique<Device>(per_vm ? dir_ + "/ivi.sock" : sock(), "", false));
+    pump();
+    size_t turned_away = 0;
+    for (auto& s : silent) turned_away += s->connected() && s->closed() ? 1 : 0;
+    EXPECT_EQ(turned_away, per_vm ? kMaxConnections - kMaxConnectionsPerVm : 0u);
+    Device cluster(per_vm ? dir_ + "/cluster.sock" : sock(), "cluster");
+    EXPECT_EQ(cluster_shows(cluster, 1), per_vm);
+    comp.reset();
+  }
 }
 
 // The process's descriptor table is full (other VMs' buffers, a small limit): a new connection cannot be

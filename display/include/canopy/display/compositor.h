@@ -42,7 +42,13 @@
 namespace canopy::display {
 
 // Caps per device connection (documented in docs/display.md).
+// Connections at most, together, of those bound to no VM (the trusting listen_path socket) or to a VM
+// the layout does not show.
 inline constexpr size_t kMaxConnections = 16;
+// Connections bound (by the broker or its listen_dir socket) to one VM the layout shows, at most: its
+// back-end's, one of a restarted back-end beside it, and a little room. They are that VM's own slots:
+// no other connection takes them.
+inline constexpr size_t kMaxConnectionsPerVm = 4;
 inline constexpr size_t kMaxBuffersPerConnection = 256;
 inline constexpr uint64_t kMaxMappedBytesPerConnection = 2ull << 30;
 inline constexpr size_t kMaxPacketsPerTurn = 256;  // per connection, so one VM cannot starve the loop
