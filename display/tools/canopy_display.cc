@@ -20,6 +20,7 @@
 #include <cstring>
 #include <string>
 
+#include "canopy/base/capabilities.h"
 #include "canopy/base/clock.h"
 #include "canopy/base/log.h"
 #include "canopy/base/peer.h"
@@ -228,6 +229,13 @@ int main(int argc, char** argv) {
         return 1;
       }
       std::fprintf(stderr, "canopy-display: no Landlock in this kernel: it may write wherever its uid may\n");
+    }
+    // As root (the operator's uid when canopy-vmm is root) it keeps the uid, not root's powers: the mode
+    // of a read-only descriptor of guest memory (0444) binds it.
+    if (Status st = drop_capabilities(); !st.ok()) {
+      std::fprintf(stderr, "canopy-display: cannot drop its capabilities: %s (--no-sandbox runs without)\n",
+                   st.error().what);
+      return 1;
     }
   }
 

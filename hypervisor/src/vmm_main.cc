@@ -8,6 +8,7 @@
 //                   [--device TYPE=PROGRAM[,ARG...]]...
 //                                                boot one Linux guest on KVM, its serial console on stdout
 #include <fcntl.h>
+#include <linux/capability.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
@@ -18,6 +19,7 @@
 #include <cstring>
 #include <string>
 
+#include "canopy/base/capabilities.h"
 #include "canopy/base/landlock.h"
 #include "canopy/base/log.h"
 #include "canopy/base/peer.h"
@@ -251,6 +253,16 @@ int boot(int argc, char** argv) {
   if (!no_sandbox && (landlock_abi = canopy::landlock_scope_self()) < 0) {
     std::fprintf(stderr, "canopy-vmm boot: cannot enter a Landlock domain (--no-sandbox runs without)\n");
     return 1;
+  }
+  // As root, of root's powers only what starting and stopping its back-ends under their uids takes:
+  // CAP_SETUID and CAP_SETGID to change to them, CAP_KILL to signal them. No CAP_DAC_OVERRIDE (the mode
+  // of another owner's file binds it), no CAP_SYS_PTRACE, no CAP_SYS_ADMIN.
+  if (!no_sandbox) {
+    if (canopy::Status st = canopy::drop_capabilities({CAP_SETUID, CAP_SETGID, CAP_KILL}); !st.ok()) {
+      std::fprintf(stderr, "canopy-vmm boot: cannot drop its capabilities: %s (--no-sandbox runs without)\n",
+                   st.error().what);
+      return 1;
+    }
   }
   auto vm = k::KvmVm::create(c);
   if (!vm.ok()) {

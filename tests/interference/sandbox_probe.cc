@@ -4,7 +4,10 @@
 // at all, for the control runs without confinement), it tries once what a confined process must not
 // do, writes one line of results to the descriptor CANOPY_PROBE_FD names, and lets the process go on.
 //   probe: fork=ok|refused exec=... inet=... netlink=... write_outside=... signal_parent=...
-//          sigio_owner=... read_parent_memory=... sysv_shm=...
+//          sigio_owner=... read_parent_memory=... sysv_shm=... reopen_read_only=... read_unreadable=...
+// (reopen_read_only: a file of its own made mode 0444, as a read-only descriptor of guest memory is,
+// opened again writable through /proc/self/fd; read_unreadable: CANOPY_PROBE_UNREADABLE, a file of
+// mode 0000, read: for both only root's capabilities get through.)
 // CANOPY_PROBE_OUTSIDE: a folder the process's options do not name; CANOPY_PROBE_PEEK: an address in
 // the parent (hex) to read with process_vm_readv.
 #include <dlfcn.h>
@@ -13,8 +16,10 @@
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/ipc.h>
+#include <sys/mman.h>
 #include <sys/shm.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -97,6 +102,19 @@ void probe() {
   const int shm = ::shmget(IPC_PRIVATE, 4096, IPC_CREAT | 0600);
   put(line, "sysv_shm", shm >= 0);
   if (shm >= 0) ::shmctl(shm, IPC_RMID, nullptr);
+  bool reopened = false;
+  const int mem = ::memfd_create("probe", MFD_CLOEXEC);
+  if (mem >= 0 && ::fchmod(mem, 0444) == 0) {
+    const int again = ::open(("/proc/self/fd/" + std::to_string(mem)).c_str(), O_RDWR | O_CLOEXEC);
+    reopened = again >= 0;
+    if (again >= 0) ::close(again);
+  }
+  if (mem >= 0) ::close(mem);
+  put(line, "reopen_read_only", reopened);
+  const char* unreadable = std::getenv("CANOPY_PROBE_UNREADABLE");
+  const int secret = unreadable ? ::open(unreadable, O_RDONLY | O_CLOEXEC) : -1;
+  put(line, "read_unreadable", secret >= 0);
+  if (secret >= 0) ::close(secret);
   line += "\n";
   const ssize_t w = ::write(std::atoi(fd_text), line.data(), line.size());
   (void)w;

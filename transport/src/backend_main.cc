@@ -13,6 +13,7 @@
 #include <cstring>
 #include <string_view>
 
+#include "canopy/base/capabilities.h"
 #include "canopy/base/log.h"
 #include "canopy/buffers/fault_guard.h"
 #include "canopy/transport/backend_sandbox.h"
@@ -152,6 +153,12 @@ int backend_main(int argc, char** argv, const BackendProgram& program, const Dev
         return 1;
       }
       CANOPY_WARN("no Landlock in this kernel: the process may write wherever its uid may");
+    }
+    // Root's powers too (a back-end run as root by hand or a test; canopy-vmm as root starts it under
+    // a uid of its VM's, which has none), while it has one thread.
+    if (Status st = drop_capabilities(); !st.ok()) {
+      CANOPY_ERROR("cannot drop its capabilities: %s (--no-sandbox runs without)", st.error().what);
+      return 1;
     }
   }
   auto device = factory(extra);
