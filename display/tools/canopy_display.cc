@@ -265,7 +265,9 @@ int main(int argc, char** argv) {
   if (!no_sandbox) {
     if (std::string(comp->sink_name(0)) == "window")
       syscalls.allow.insert(syscalls.allow.end(), {"shmget", "shmat", "shmdt", "shmctl"});
-    syscalls.no_udmabuf = true;  // with the Landlock view above: it makes no dma-buf of guest memory
+    syscalls.no_udmabuf = true;
+    syscalls.no_mode_changes = true;  // as root it owns a root canopy-vmm's guest RAM: its mode 0444 holds  // with the
+                                      // Landlock view above: it makes no dma-buf of guest memory
     if (Status st = transport::confine_syscalls(syscalls); !st.ok()) {
       std::fprintf(stderr, "canopy-display: cannot confine the process: %s (--no-sandbox runs without)\n",
                    st.error().what);

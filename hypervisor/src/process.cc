@@ -472,18 +472,31 @@ Result<std::string> make_scratch(const std::string& dir, const std::string& vm, 
     return make_error(Errc::kInvalidArgument, "scratch folder: an empty folder or a VM name that is not one name");
   if (mkdir(dir.c_str(), 0711) != 0 && errno != EEXIST)
     return make_error(Errc::kIo, "cannot make the scratch folder", errno);
+  // DIR itself (not a link) must be this process's and writable by no one else: whoever else could
+  // write it could swap a VM's folder for a link after the checks below, or plant one before.
+  UniqueFd top(open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  if (!top) return make_error(Errc::kIo, "the scratch folder is not a folder", errno);
+  struct stat st{};
+  if (fstat(top.get(), &st) != 0 || st.st_uid != geteuid())
+    return make_error(Errc::kInvalidArgument, "the scratch folder belongs to another user");
+  if (fchmod(top.get(), 0711) != 0)  // whatever the umask made of it: the back-ends' uids pass through
+    return make_error(Errc::kIo, "the scratch folder's mode", errno);
   char* real = realpath(dir.c_str(), nullptr);
   if (real == nullptr) return make_error(Errc::kIo, "scratch folder", errno);
   std::string path = std::string(real) + "/" + vm;
   free(real);
-  if (mkdir(path.c_str(), 0700) != 0 && errno != EEXIST)
+  if (mkdirat(top.get(), vm.c_str(), 0700) != 0 && errno != EEXIST)
     return make_error(Errc::kIo, "cannot make a VM's scratch folder", errno);
-  // Whatever is there must be a folder, not a link to one elsewhere.
-  UniqueFd fd(open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-  if (!fd) return make_error(Errc::kIo, "a VM's scratch folder is not a folder", errno);
+  // Whatever is there must be a folder (not a link to one elsewhere), this process's or already the
+  // back-ends' (a folder of another uid, e.g. another VM's back-ends' after the manifest changed, is
+  // refused rather than taken over with what is in it).
+  UniqueFd fd(openat(top.get(), vm.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  if (!fd) return make_error(Errc::kIo, "a VM's scratch folder cannot be opened as a folder", errno);
+  if (fstat(fd.get(), &st) != 0 || (st.st_uid != geteuid() && (owner == 0 || st.st_uid != owner)))
+    return make_error(Errc::kInvalidArgument, "a VM's scratch folder belongs to another user: remove it");
+  if (fchmod(fd.get(), 0700) != 0) return make_error(Errc::kIo, "a VM's scratch folder's mode", errno);
   if (owner != 0 && fchown(fd.get(), owner, owner) != 0)
     return make_error(Errc::kIo, "cannot give a VM's scratch folder to its back-ends", errno);
-  if (fchmod(fd.get(), 0700) != 0) return make_error(Errc::kIo, "a VM's scratch folder's mode", errno);
   return path;
 }
 

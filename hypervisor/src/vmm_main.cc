@@ -254,11 +254,14 @@ int boot(int argc, char** argv) {
     std::fprintf(stderr, "canopy-vmm boot: cannot enter a Landlock domain (--no-sandbox runs without)\n");
     return 1;
   }
-  // As root, of root's powers only what starting and stopping its back-ends under their uids takes:
-  // CAP_SETUID and CAP_SETGID to change to them, CAP_KILL to signal them. No CAP_DAC_OVERRIDE (the mode
-  // of another owner's file binds it), no CAP_SYS_PTRACE, no CAP_SYS_ADMIN.
+  // As root, of root's powers only what its set-up takes, while it has one thread: reading its kernel
+  // and initrd and reaching the operator's PipeWire socket wherever they are (CAP_DAC_OVERRIDE,
+  // CAP_DAC_READ_SEARCH), starting its back-ends under their uids (CAP_SETUID, CAP_SETGID) and stopping
+  // them (CAP_KILL). No CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_SYS_MODULE, CAP_NET_*, CAP_SYS_RAWIO ...
   if (!no_sandbox) {
-    if (canopy::Status st = canopy::drop_capabilities({CAP_SETUID, CAP_SETGID, CAP_KILL}); !st.ok()) {
+    if (canopy::Status st =
+            canopy::drop_capabilities({CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_SETUID, CAP_SETGID, CAP_KILL});
+        !st.ok()) {
       std::fprintf(stderr, "canopy-vmm boot: cannot drop its capabilities: %s (--no-sandbox runs without)\n",
                    st.error().what);
       return 1;

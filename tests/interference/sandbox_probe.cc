@@ -4,10 +4,12 @@
 // at all, for the control runs without confinement), it tries once what a confined process must not
 // do, writes one line of results to the descriptor CANOPY_PROBE_FD names, and lets the process go on.
 //   probe: fork=ok|refused exec=... inet=... netlink=... write_outside=... signal_parent=...
-//          sigio_owner=... read_parent_memory=... sysv_shm=... reopen_read_only=... read_unreadable=...
-// (reopen_read_only: a file of its own made mode 0444, as a read-only descriptor of guest memory is,
-// opened again writable through /proc/self/fd; read_unreadable: CANOPY_PROBE_UNREADABLE, a file of
-// mode 0000, read: for both only root's capabilities get through.)
+//          sigio_owner=... read_parent_memory=... sysv_shm=... reopen_read_only=... restore_mode=...
+//          read_unreadable=...
+// (reopen_read_only: CANOPY_PROBE_READONLY_FD, the test's file of mode 0444 as a read-only descriptor
+// of guest memory is, opened again writable through /proc/self/fd; restore_mode: its mode made 0644,
+// as its owner may, then the same; read_unreadable: CANOPY_PROBE_UNREADABLE, a file of mode 0000,
+// read: only root's capabilities get through the first and the last.)
 // CANOPY_PROBE_OUTSIDE: a folder the process's options do not name; CANOPY_PROBE_PEEK: an address in
 // the parent (hex) to read with process_vm_readv.
 #include <dlfcn.h>
@@ -102,15 +104,19 @@ void probe() {
   const int shm = ::shmget(IPC_PRIVATE, 4096, IPC_CREAT | 0600);
   put(line, "sysv_shm", shm >= 0);
   if (shm >= 0) ::shmctl(shm, IPC_RMID, nullptr);
-  bool reopened = false;
-  const int mem = ::memfd_create("probe", MFD_CLOEXEC);
-  if (mem >= 0 && ::fchmod(mem, 0444) == 0) {
-    const int again = ::open(("/proc/self/fd/" + std::to_string(mem)).c_str(), O_RDWR | O_CLOEXEC);
-    reopened = again >= 0;
+  // The test's memfd of mode 0444 (as guest RAM handed out read-only is: made by a root canopy-vmm).
+  const char* ro_text = std::getenv("CANOPY_PROBE_READONLY_FD");
+  const int ro = ro_text ? std::atoi(ro_text) : -1;
+  const std::string ro_path = "/proc/self/fd/" + std::to_string(ro);
+  auto reopen = [&] {
+    const int again = ro >= 0 ? ::open(ro_path.c_str(), O_RDWR | O_CLOEXEC) : -1;
     if (again >= 0) ::close(again);
-  }
-  if (mem >= 0) ::close(mem);
-  put(line, "reopen_read_only", reopened);
+    return again >= 0;
+  };
+  put(line, "reopen_read_only", reopen());
+  // Its mode given back, as the file's owner may (a root canopy-display owns a root canopy-vmm's
+  // files), then opened again writable.
+  put(line, "restore_mode", ro >= 0 && ::fchmod(ro, 0644) == 0 && reopen());
   const char* unreadable = std::getenv("CANOPY_PROBE_UNREADABLE");
   const int secret = unreadable ? ::open(unreadable, O_RDONLY | O_CLOEXEC) : -1;
   put(line, "read_unreadable", secret >= 0);

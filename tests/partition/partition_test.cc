@@ -818,7 +818,28 @@ TEST(PartitionSnd, EveryRequestAndErrorThroughTheGuestClient) {
           "  { name = \"mic\", direction = \"input\", channels = 1, rates = [48000], role = \"voice\" },\n]\n"
           "jacks = [{ name = \"speaker\", direction = \"output\", device = \"speaker\" }]\n"
           "args = [\"--host=null\", \"--wav-dir=@DIR@\", \"--capture-tone=440\"]\n");
-  ASSERT_TRUE(Vmm::wait_until([&] { return vmm.log().find("snd-check: done") != std::string::npos; })) << vmm.log();
+  // What canopy-snd holds through the whole check, read from /proc while it runs: it keeps no copy of
+  // the guest's audio (a request it holds is its place in guest memory; at most a queue's worth are
+  // held), so its own memory grows by little, and its descriptors by the WAV files it records to.
+  // At rest: once the guest's first check passed (the device is up, the check has begun).
+  long pid = -1;
+  ASSERT_TRUE(Vmm::wait_until([&] {
+    return vmm.log().find("snd-check: ok") != std::string::npos &&
+           (pid = vmm.field("device audio 0", "backend_pid")) > 0;
+  })) << vmm.log();
+  const Held base = held_by(pid_t(pid), "none");
+  ASSERT_GT(base.fds, 0u) << "canopy-snd's descriptors cannot be read";
+  Held peak = base;
+  ASSERT_TRUE(Vmm::wait_until([&] {
+    const Held h = held_by(pid_t(pid), "none");
+    peak.fds = std::max(peak.fds, h.fds);
+    peak.rss_kib = std::max(peak.rss_kib, h.rss_kib);
+    return vmm.log().find("snd-check: done") != std::string::npos;
+  })) << vmm.log();
+  std::printf("canopy-snd through the check: own resident memory %llu -> peak %llu KiB, descriptors %zu -> peak %zu\n",
+              (unsigned long long)base.rss_kib, (unsigned long long)peak.rss_kib, base.fds, peak.fds);
+  EXPECT_LE(peak.rss_kib, base.rss_kib + (8 + (kAddressSanitizer || kThreadSanitizer ? 64 : 0)) * 1024);
+  EXPECT_LE(peak.fds, base.fds + 4) << "the WAV files of its two streams, and no more";
   const std::string log = vmm.log();
   EXPECT_EQ(log.find("snd-check: FAIL"), std::string::npos) << log;
   EXPECT_NE(log.find("snd-check: done"), std::string::npos);

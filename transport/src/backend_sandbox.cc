@@ -473,6 +473,7 @@ Status confine_syscalls(const SyscallPolicy& policy) {
   if (policy.no_udmabuf)
     for (unsigned long cmd : {(unsigned long)UDMABUF_CREATE, (unsigned long)UDMABUF_CREATE_LIST})
       add(args, SCMP_ACT_ERRNO(EPERM), "ioctl", {SCMP_A1(SCMP_CMP_MASKED_EQ, 0xffffffffu, cmd)});
+  if (policy.no_mode_changes) add(args, SCMP_ACT_ERRNO(EPERM), "fchmod", {});
   for (unsigned long cmd : {(unsigned long)F_SETOWN, (unsigned long)F_SETOWN_EX, (unsigned long)F_SETSIG})
     add(args, SCMP_ACT_ERRNO(EPERM), "fcntl", {SCMP_A1(SCMP_CMP_MASKED_EQ, 0xffffffffu, cmd)});
   // Threads, not processes: clone must carry CLONE_THREAD. Sanitizers keep processes, ptrace and wait
@@ -545,9 +546,10 @@ Status restrict_writes(const std::vector<std::string>& beneath, const std::vecto
   Status st;
   for (const auto& p : beneath)
     if (st.ok()) st = add(p, dir_rights);
-  if (st.ok() && refused_devices.empty()) st = add("/dev", file_rights);  // opening device files for writing
-  if (st.ok() && !refused_devices.empty()) {
-    // Each entry of /dev but the refused ones (links are skipped: where they lead is not /dev's).
+  if (st.ok()) {
+    // Opening device files for writing: each entry of /dev but block devices (a process of root's uid,
+    // even without capabilities, owns the disks) and the refused ones; links are skipped (where they
+    // lead is not /dev's: /dev/disk/by-id/... reach a disk only through its refused entry).
     DIR* dev = ::opendir("/dev");
     if (dev == nullptr) st = make_error(Errc::kIo, "cannot list /dev", errno);
     while (dev != nullptr && st.ok()) {
@@ -555,10 +557,11 @@ Status restrict_writes(const std::vector<std::string>& beneath, const std::vecto
       if (e == nullptr) break;
       const std::string name = e->d_name;
       struct stat lst{};
-      const bool link = e->d_type == DT_LNK ||
-                        (e->d_type == DT_UNKNOWN &&
-                         ::fstatat(::dirfd(dev), e->d_name, &lst, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(lst.st_mode));
-      if (name == "." || name == ".." || link ||
+      const bool unknown =
+          e->d_type == DT_UNKNOWN && ::fstatat(::dirfd(dev), e->d_name, &lst, AT_SYMLINK_NOFOLLOW) == 0;
+      const bool link = e->d_type == DT_LNK || (unknown && S_ISLNK(lst.st_mode));
+      const bool block = e->d_type == DT_BLK || (unknown && S_ISBLK(lst.st_mode));
+      if (name == "." || name == ".." || link || block ||
           std::find(refused_devices.begin(), refused_devices.end(), name) != refused_devices.end())
         continue;
       st = add("/dev/" + name, file_rights);

@@ -2,6 +2,7 @@
 // driver inside it) still needs.
 #include "canopy/transport/backend_sandbox.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
@@ -184,6 +185,40 @@ TEST(BackendSandbox, CannotTypeIntoATerminal) {
 // The file system view (Landlock): a confined back-end writes only beneath what it was given (here
 // `allowed`), whatever the permissions say; device files and /dev/shm stay usable. Control: the same
 // writes from a child that is not restricted succeed.
+// A process of root's uid owns the disks whatever its capabilities: its view opens no block device for
+// writing (opening one writes nothing). Control: without the view, root opens it.
+TEST(BackendSandbox, OpensNoBlockDeviceForWriting) {
+  std::string disk;
+  if (DIR* dev = opendir("/dev")) {
+    while (const dirent* e = readdir(dev)) {
+      struct stat st{};
+      if (disk.empty() && fstatat(dirfd(dev), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISBLK(st.st_mode))
+        disk = std::string("/dev/") + e->d_name;
+    }
+    closedir(dev);
+  }
+  if (geteuid() != 0 || disk.empty()) {
+    if (getenv("CANOPY_NO_SKIP")) FAIL() << "needs root and a block device in /dev (CANOPY_NO_SKIP=1)";
+    GTEST_SKIP() << "needs root and a block device in /dev";
+  }
+  auto opens = [&](bool restrict) {
+    return in_child([&] {
+      if (restrict) {
+        Status st = restrict_writes({});
+        if (!st.ok()) return st.error().code == Errc::kUnsupported ? 50 : 1;
+      }
+      if (open("/dev/null", O_RDWR | O_CLOEXEC) < 0) return 3;  // other device files still open
+      const int fd = open(disk.c_str(), O_WRONLY | O_CLOEXEC);
+      if (fd >= 0) close(fd);
+      return fd >= 0 ? 10 : 0;
+    });
+  };
+  const int confined = opens(true);
+  if (confined == 50) GTEST_SKIP() << "no Landlock in this kernel";
+  EXPECT_EQ(confined, 0) << disk;
+  EXPECT_EQ(opens(false), 10) << "control: root opens " << disk << " for writing without the view";
+}
+
 TEST(BackendSandbox, WritesOnlyWhereItsOptionsSay) {
   char tmpl[] = "/tmp/canopy-sandbox-test-XXXXXX";
   const std::string root = mkdtemp(tmpl);

@@ -1,5 +1,6 @@
 #include "canopy/base/capabilities.h"
 
+#include <dirent.h>
 #include <linux/capability.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -9,16 +10,19 @@
 #include <cstdint>
 #include <cstdio>
 
+#include "canopy/base/sanitizer.h"
+
 namespace canopy {
 namespace {
 
-int last_cap() {
-  int last = CAP_LAST_CAP;
-  if (FILE* f = std::fopen("/proc/sys/kernel/cap_last_cap", "re")) {
-    if (std::fscanf(f, "%d", &last) != 1 || last < 0 || last > 63) last = CAP_LAST_CAP;
-    std::fclose(f);
+// The process's threads, from /proc/self/task (0 when it cannot be read).
+int threads() {
+  int n = 0;
+  if (DIR* d = ::opendir("/proc/self/task")) {
+    while (const dirent* e = ::readdir(d)) n += e->d_name[0] != '.';
+    ::closedir(d);
   }
-  return last;
+  return n;
 }
 
 bool kept(std::initializer_list<int> keep, int cap) {
@@ -33,11 +37,15 @@ Status drop_capabilities(std::initializer_list<int> keep) {
   // The bounding set first, while CAP_SETPCAP is still there to allow it (EPERM without it: a thread
   // that may not drop from it has nothing it could regain from it either but file capabilities, which
   // no_new_privs, set by every confinement here, ignores).
-  const int last = last_cap();
-  for (int cap = 0; cap <= last; ++cap)
-    if (!kept(keep, cap) && ::prctl(PR_CAPBSET_READ, cap, 0, 0, 0) == 1 &&
-        ::prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 && errno != EPERM)
+  if (threads() > 1 && !kThreadSanitizer)
+    return make_error(Errc::kInvalidArgument, "capabilities dropped with other threads running keep theirs");
+  // Every capability the kernel knows: PR_CAPBSET_READ answers EINVAL past the last.
+  for (int cap = 0; cap < 64; ++cap) {
+    const int in = ::prctl(PR_CAPBSET_READ, cap, 0, 0, 0);
+    if (in < 0) break;
+    if (in == 1 && !kept(keep, cap) && ::prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 && errno != EPERM)
       return make_error(Errc::kIo, "PR_CAPBSET_DROP", errno);
+  }
   if (::prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 && errno != EINVAL)
     return make_error(Errc::kIo, "PR_CAP_AMBIENT_CLEAR_ALL", errno);
   __user_cap_header_struct hdr{_LINUX_CAPABILITY_VERSION_3, 0};
@@ -55,14 +63,6 @@ Status drop_capabilities(std::initializer_list<int> keep) {
   }
   if (::syscall(SYS_capset, &hdr, want) != 0) return make_error(Errc::kIo, "capset", errno);
   return {};
-}
-
-bool has_capability(int cap) {
-  if (cap < 0 || cap > 63) return false;
-  __user_cap_header_struct hdr{_LINUX_CAPABILITY_VERSION_3, 0};
-  __user_cap_data_struct now[2] = {};
-  if (::syscall(SYS_capget, &hdr, now) != 0) return false;
-  return (now[cap / 32].effective & (1u << (cap % 32))) != 0;
 }
 
 }  // namespace canopy

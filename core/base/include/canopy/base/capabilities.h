@@ -15,10 +15,8 @@ namespace canopy {
 // permitted and inheritable sets and its ambient set, and, where the thread may (CAP_SETPCAP), from the
 // bounding set, so that no later execve regains one. Capabilities belong to each thread: call it while
 // the process has one thread (before a GPU driver, PipeWire or SDL make theirs). A thread without
-// capabilities (a non-root uid) has nothing to drop: ok.
+// capabilities (a non-root uid) has nothing to drop: ok. Errors: kInvalidArgument when the process has
+// other threads (but under ThreadSanitizer, whose runtime has one of its own), kIo.
 Status drop_capabilities(std::initializer_list<int> keep = {});
-
-// Whether the calling thread has capability `cap` in its effective set.
-bool has_capability(int cap);
 
 }  // namespace canopy

@@ -12,8 +12,11 @@
 namespace canopy::test_support {
 
 // Sends `req` to the socket at `path`; the answer, "unreachable" when it cannot connect, "no answer"
-// when none comes within `timeout_ms`, "" when the peer closed unanswered.
-inline std::string ask_seqpacket(const std::string& path, const std::string& req, int timeout_ms) {
+// when none comes within `timeout_ms`, "" when the peer closed unanswered. `until_closed`: returns only
+// once the peer has closed the connection too (every descriptor it had of it: a count of the peer's
+// descriptors taken then does not include it), within the same hang guard.
+inline std::string ask_seqpacket(const std::string& path, const std::string& req, int timeout_ms,
+                                 bool until_closed = false) {
   const int s = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
   if (s < 0) return "unreachable";
   sockaddr_un a{};
@@ -28,6 +31,8 @@ inline std::string ask_seqpacket(const std::string& path, const std::string& req
       char buf[8192];
       const ssize_t n = ::recv(s, buf, sizeof buf, 0);
       answer = n > 0 ? std::string(buf, size_t(n)) : std::string();
+      while (until_closed && n > 0 && ::poll(&p, 1, timeout_ms) == 1 && ::recv(s, buf, sizeof buf, 0) > 0) {
+      }
     }
   }
   ::close(s);
