@@ -128,7 +128,11 @@ class PwHost final : public HostBackend {
     loop_ = pw_loop_new(nullptr);
     if (!loop_) return make_error(Errc::kIo, "pipewire: cannot make a loop");
     pw_loop_enter(loop_);
-    context_ = pw_context_new(loop_, nullptr, 0);
+    // No D-Bus: a confined canopy-snd has neither the capability to raise its threads' priority nor
+    // a reason to ask RTKit or the portal over the session bus for it (module-rt then sets real-time
+    // priority itself only where RLIMIT_RTPRIO allows; its D-Bus attempt, failing, leaked in
+    // PipeWire 1.4's client).
+    context_ = pw_context_new(loop_, pw_properties_new("support.dbus", "false", nullptr), 0);
     if (!context_) return make_error(Errc::kIo, "pipewire: cannot make a context");
     // pw_context_connect_fd owns the descriptor from here, even when it fails.
     core_ = opt_.fd >= 0 ? pw_context_connect_fd(context_, std::exchange(opt_.fd, -1), nullptr, 0)

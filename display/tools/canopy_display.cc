@@ -12,6 +12,7 @@
 // --run-for-s it stops after that long, writes PNG snapshots of every output and a summary; SIGTERM /
 // SIGINT / control `quit` stop it too (and write them as well). Exit status: 0, 1 on a runtime error,
 // 2 on bad usage or a bad manifest.
+#include <linux/capability.h>
 #include <unistd.h>
 
 #include <csignal>
@@ -231,8 +232,11 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "canopy-display: no Landlock in this kernel: it may write wherever its uid may\n");
     }
     // As root (the operator's uid when canopy-vmm is root) it keeps the uid, not root's powers: the mode
-    // of a read-only descriptor of guest memory (0444) binds it.
-    if (Status st = drop_capabilities(); !st.ok()) {
+    // of a read-only descriptor of guest memory (0444) binds it. With --control-group, CAP_CHOWN to give
+    // its control socket to the group as it makes it (the allowlist, applied before any peer is
+    // served, has no chown call: nothing can use it after).
+    const bool chown_socket = opt.control_group != gid_t(-1);
+    if (Status st = chown_socket ? drop_capabilities({CAP_CHOWN}) : drop_capabilities(); !st.ok()) {
       std::fprintf(stderr, "canopy-display: cannot drop its capabilities: %s (--no-sandbox runs without)\n",
                    st.error().what);
       return 1;
@@ -265,9 +269,8 @@ int main(int argc, char** argv) {
   if (!no_sandbox) {
     if (std::string(comp->sink_name(0)) == "window")
       syscalls.allow.insert(syscalls.allow.end(), {"shmget", "shmat", "shmdt", "shmctl"});
-    syscalls.no_udmabuf = true;
-    syscalls.no_mode_changes = true;  // as root it owns a root canopy-vmm's guest RAM: its mode 0444 holds  // with the
-                                      // Landlock view above: it makes no dma-buf of guest memory
+    syscalls.no_udmabuf = true;       // with the Landlock view above: it makes no dma-buf of guest memory
+    syscalls.no_mode_changes = true;  // as root it owns a root canopy-vmm's guest RAM: its mode 0444 holds
     if (Status st = transport::confine_syscalls(syscalls); !st.ok()) {
       std::fprintf(stderr, "canopy-display: cannot confine the process: %s (--no-sandbox runs without)\n",
                    st.error().what);

@@ -470,29 +470,38 @@ void apply_identity(const BackendIdentity& who, SpawnOptions& o, std::vector<Uni
 Result<std::string> make_scratch(const std::string& dir, const std::string& vm, uid_t owner) {
   if (dir.empty() || vm.empty() || vm.find('/') != std::string::npos || vm == "." || vm == "..")
     return make_error(Errc::kInvalidArgument, "scratch folder: an empty folder or a VM name that is not one name");
-  if (mkdir(dir.c_str(), 0711) != 0 && errno != EEXIST)
-    return make_error(Errc::kIo, "cannot make the scratch folder", errno);
+  bool made = mkdir(dir.c_str(), 0711) == 0;
+  if (!made && errno != EEXIST) return make_error(Errc::kIo, "cannot make the scratch folder", errno);
   // DIR itself (not a link) must be this process's and writable by no one else: whoever else could
   // write it could swap a VM's folder for a link after the checks below, or plant one before.
   UniqueFd top(open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-  if (!top) return make_error(Errc::kIo, "the scratch folder is not a folder", errno);
+  if (!top) return make_error(Errc::kIo, "the scratch folder cannot be opened as a folder", errno);
   struct stat st{};
-  if (fstat(top.get(), &st) != 0 || st.st_uid != geteuid())
-    return make_error(Errc::kInvalidArgument, "the scratch folder belongs to another user");
-  if (fchmod(top.get(), 0711) != 0)  // whatever the umask made of it: the back-ends' uids pass through
-    return make_error(Errc::kIo, "the scratch folder's mode", errno);
-  char* real = realpath(dir.c_str(), nullptr);
-  if (real == nullptr) return make_error(Errc::kIo, "scratch folder", errno);
-  std::string path = std::string(real) + "/" + vm;
-  free(real);
+  if (fstat(top.get(), &st) != 0) return make_error(Errc::kIo, "the scratch folder", errno);
+  if (st.st_uid != geteuid()) return make_error(Errc::kInvalidArgument, "the scratch folder belongs to another user");
+  if (made) {
+    // Whatever the umask made of it: the back-ends' uids pass through.
+    if (fchmod(top.get(), 0711) != 0) return make_error(Errc::kIo, "the scratch folder's mode", errno);
+  } else if (st.st_mode & 022) {
+    // A folder that was there is not changed (it may be $XDG_RUNTIME_DIR or /tmp): it must suit.
+    return make_error(Errc::kInvalidArgument, "the scratch folder is writable by others");
+  } else if (owner != 0 && (st.st_mode & 011) != 011) {
+    return make_error(Errc::kInvalidArgument, "the scratch folder does not let the back-ends' uids through (0711)");
+  }
+  // Its path, from the folder opened (not the name given, which a renamed parent could change).
+  char real[4096];
+  const ssize_t n = readlink(("/proc/self/fd/" + std::to_string(top.get())).c_str(), real, sizeof real - 1);
+  if (n <= 0) return make_error(Errc::kIo, "the scratch folder's path", errno);
+  std::string path = std::string(real, size_t(n)) + "/" + vm;
   if (mkdirat(top.get(), vm.c_str(), 0700) != 0 && errno != EEXIST)
     return make_error(Errc::kIo, "cannot make a VM's scratch folder", errno);
   // Whatever is there must be a folder (not a link to one elsewhere), this process's or already the
-  // back-ends' (a folder of another uid, e.g. another VM's back-ends' after the manifest changed, is
-  // refused rather than taken over with what is in it).
+  // back-ends' (a folder of another uid, e.g. another VM's back-ends' after the manifest changed, or
+  // of a confined run's when this one is not, is refused rather than taken over with what is in it).
   UniqueFd fd(openat(top.get(), vm.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
   if (!fd) return make_error(Errc::kIo, "a VM's scratch folder cannot be opened as a folder", errno);
-  if (fstat(fd.get(), &st) != 0 || (st.st_uid != geteuid() && (owner == 0 || st.st_uid != owner)))
+  if (fstat(fd.get(), &st) != 0) return make_error(Errc::kIo, "a VM's scratch folder", errno);
+  if (st.st_uid != geteuid() && (owner == 0 || st.st_uid != owner))
     return make_error(Errc::kInvalidArgument, "a VM's scratch folder belongs to another user: remove it");
   if (fchmod(fd.get(), 0700) != 0) return make_error(Errc::kIo, "a VM's scratch folder's mode", errno);
   if (owner != 0 && fchown(fd.get(), owner, owner) != 0)

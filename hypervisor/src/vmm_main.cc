@@ -255,13 +255,11 @@ int boot(int argc, char** argv) {
     return 1;
   }
   // As root, of root's powers only what its set-up takes, while it has one thread: reading its kernel
-  // and initrd and reaching the operator's PipeWire socket wherever they are (CAP_DAC_OVERRIDE,
-  // CAP_DAC_READ_SEARCH), starting its back-ends under their uids (CAP_SETUID, CAP_SETGID) and stopping
-  // them (CAP_KILL). No CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_SYS_MODULE, CAP_NET_*, CAP_SYS_RAWIO ...
+  // and initrd and reaching the operator's PipeWire socket wherever they are (CAP_DAC_OVERRIDE), starting its back-ends
+  // under their uids (CAP_SETUID, CAP_SETGID) and stopping them (CAP_KILL). No CAP_SYS_ADMIN, CAP_SYS_PTRACE,
+  // CAP_SYS_MODULE, CAP_NET_*, CAP_SYS_RAWIO ...
   if (!no_sandbox) {
-    if (canopy::Status st =
-            canopy::drop_capabilities({CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_SETUID, CAP_SETGID, CAP_KILL});
-        !st.ok()) {
+    if (canopy::Status st = canopy::drop_capabilities({CAP_DAC_OVERRIDE, CAP_SETUID, CAP_SETGID, CAP_KILL}); !st.ok()) {
       std::fprintf(stderr, "canopy-vmm boot: cannot drop its capabilities: %s (--no-sandbox runs without)\n",
                    st.error().what);
       return 1;

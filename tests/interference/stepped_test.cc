@@ -92,7 +92,9 @@ class Process {
 // One request on canopy-display's control socket; the answer (30 s hang guard), once canopy-display
 // has closed the connection (so that a count of its descriptors taken next does not include it).
 std::string ask(const std::string& path, const std::string& req) {
-  return test_support::ask_seqpacket(path, req, 30000, true);
+  std::string answer = test_support::ask_seqpacket(path, req, 30000, true);
+  EXPECT_NE(answer.rfind("not closed", 0), 0u) << "canopy-display kept the connection of `" << req << "` open";
+  return answer;
 }
 
 // A step's line for a layer: field -> value ("crc", "new", "reused", "fallback_entries", "fallback").

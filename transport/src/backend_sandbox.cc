@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <cstdlib>
 #include <cstring>
 #include <span>
@@ -473,7 +474,10 @@ Status confine_syscalls(const SyscallPolicy& policy) {
   if (policy.no_udmabuf)
     for (unsigned long cmd : {(unsigned long)UDMABUF_CREATE, (unsigned long)UDMABUF_CREATE_LIST})
       add(args, SCMP_ACT_ERRNO(EPERM), "ioctl", {SCMP_A1(SCMP_CMP_MASKED_EQ, 0xffffffffu, cmd)});
-  if (policy.no_mode_changes) add(args, SCMP_ACT_ERRNO(EPERM), "fchmod", {});
+  // Refused in the argument filter, so that --seccomp-allow cannot add one back to the list.
+  if (policy.no_mode_changes)
+    for (const char* name : {"fchmod", "chmod", "fchmodat", "fchmodat2", "setxattr", "lsetxattr", "fsetxattr"})
+      add(args, SCMP_ACT_ERRNO(EPERM), name, {});
   for (unsigned long cmd : {(unsigned long)F_SETOWN, (unsigned long)F_SETOWN_EX, (unsigned long)F_SETSIG})
     add(args, SCMP_ACT_ERRNO(EPERM), "fcntl", {SCMP_A1(SCMP_CMP_MASKED_EQ, 0xffffffffu, cmd)});
   // Threads, not processes: clone must carry CLONE_THREAD. Sanitizers keep processes, ptrace and wait
@@ -522,6 +526,20 @@ std::string driver_cache_dir() {
   return {};
 }
 
+namespace {
+
+// Character devices by which a process that may open them for writing writes disks: SCSI generic
+// (sg0 ..., bsg/), NVMe generic (ng0n1 ...), MTD flash (mtd0 ...).
+bool reaches_disks(const std::string& name) {
+  auto numbered = [&](const char* prefix) {
+    const size_t n = std::strlen(prefix);
+    return name.size() > n && name.compare(0, n, prefix) == 0 && std::isdigit(static_cast<unsigned char>(name[n]));
+  };
+  return numbered("sg") || numbered("ng") || numbered("mtd") || name == "bsg";
+}
+
+}  // namespace
+
 Status restrict_writes(const std::vector<std::string>& beneath, const std::vector<std::string>& refused_devices) {
   // Every write right of the kernel's ABI (not IOCTL_DEV: a GPU driver's ioctls on its device files).
   const LandlockWrites w = landlock_writes(false);
@@ -560,7 +578,7 @@ Status restrict_writes(const std::vector<std::string>& beneath, const std::vecto
       const bool unknown =
           e->d_type == DT_UNKNOWN && ::fstatat(::dirfd(dev), e->d_name, &lst, AT_SYMLINK_NOFOLLOW) == 0;
       const bool link = e->d_type == DT_LNK || (unknown && S_ISLNK(lst.st_mode));
-      const bool block = e->d_type == DT_BLK || (unknown && S_ISBLK(lst.st_mode));
+      const bool block = e->d_type == DT_BLK || (unknown && S_ISBLK(lst.st_mode)) || reaches_disks(name);
       if (name == "." || name == ".." || link || block ||
           std::find(refused_devices.begin(), refused_devices.end(), name) != refused_devices.end())
         continue;

@@ -37,7 +37,8 @@ Status drop_capabilities(std::initializer_list<int> keep) {
   // The bounding set first, while CAP_SETPCAP is still there to allow it (EPERM without it: a thread
   // that may not drop from it has nothing it could regain from it either but file capabilities, which
   // no_new_privs, set by every confinement here, ignores).
-  if (threads() > 1 && !kThreadSanitizer)
+  // (ThreadSanitizer's runtime has a thread of its own.)
+  if (threads() > (kThreadSanitizer ? 2 : 1))
     return make_error(Errc::kInvalidArgument, "capabilities dropped with other threads running keep theirs");
   // Every capability the kernel knows: PR_CAPBSET_READ answers EINVAL past the last.
   for (int cap = 0; cap < 64; ++cap) {

@@ -74,9 +74,11 @@ struct BackendIdentity {
 // number, named by --pipewire-fd; `keep` holds it until spawn(). A daemon that cannot be reached is
 // logged, and the back-end goes without.
 void apply_identity(const BackendIdentity& who, SpawnOptions& o, std::vector<UniqueFd>& keep);
-// A VM's scratch folder, DIR/VM (DIR made if missing, mode 0711): made or taken over, mode 0700 and, when
-// `owner` is not 0, owned by owner:owner, so that only that VM's back-ends (and root) may enter it. DIR
-// is the operator's; the folder's absolute path.
+// A VM's scratch folder, DIR/VM: made or taken over (when it is this process's or already owner's),
+// mode 0700 and, when `owner` is not 0, owned by owner:owner, so that only that VM's back-ends (and
+// root) may enter it. DIR is made mode 0711 if missing; one that exists must be this process's, not
+// writable by others, and (for an owner) let others through; it is not changed. The folder's absolute
+// path. Errors: kInvalidArgument for a folder that does not suit, kIo.
 Result<std::string> make_scratch(const std::string& dir, const std::string& vm, uid_t owner);
 
 struct ExitInfo {

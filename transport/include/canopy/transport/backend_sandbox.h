@@ -59,9 +59,10 @@ namespace canopy::transport {
 // permissions say. From Landlock ABI 6 it can neither signal nor reach the abstract sockets of
 // processes outside its domain. Paths that do not exist are skipped. Device files it may open for
 // writing: each entry of /dev as /dev lists them when it is confined (a device that appears later
-// cannot be), but block devices (a process of root's uid owns the disks, capabilities or not) and
-// `refused_devices` (canopy-display: "udmabuf", so that a read-only descriptor of guest memory cannot
-// be made into a writable dma-buf).
+// cannot be), but block devices and the character devices that write disks (SCSI and NVMe generic,
+// MTD: a process of root's uid owns the disks, capabilities or not) and `refused_devices`
+// (canopy-display: "udmabuf", so that a read-only descriptor of guest memory cannot be made into a
+// writable dma-buf). Subfolders of /dev are allowed whole (/dev/dri ...).
 // Errors: kUnsupported when the kernel has no Landlock (the caller decides: backend_main goes on with
 // a warning), kIo.
 Status restrict_writes(const std::vector<std::string>& beneath, const std::vector<std::string>& refused_devices = {});
@@ -82,8 +83,9 @@ struct SyscallPolicy {
   // refused, however /dev/udmabuf was opened: udmabuf looks at neither the device's open mode nor the
   // memfd descriptor's): canopy-display, so that a read-only descriptor of guest memory stays one.
   bool no_udmabuf = false;
-  // It may not change a file's mode (fchmod refused; chmod and fchmodat are outside the list anyway):
-  // canopy-display, which as root owns the guest RAM a root canopy-vmm made, so that mode 0444 holds.
+  // It may not change a file's mode or ACL (fchmod, chmod, fchmodat, fchmodat2 and the setxattr calls
+  // refused, also when `allow` names them): canopy-display, which as root owns the guest RAM a root
+  // canopy-vmm made, so that mode 0444 holds.
   bool no_mode_changes = false;
 };
 

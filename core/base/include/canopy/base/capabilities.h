@@ -16,7 +16,7 @@ namespace canopy {
 // bounding set, so that no later execve regains one. Capabilities belong to each thread: call it while
 // the process has one thread (before a GPU driver, PipeWire or SDL make theirs). A thread without
 // capabilities (a non-root uid) has nothing to drop: ok. Errors: kInvalidArgument when the process has
-// other threads (but under ThreadSanitizer, whose runtime has one of its own), kIo.
+// other threads (under ThreadSanitizer: other than its runtime's), kIo.
 Status drop_capabilities(std::initializer_list<int> keep = {});
 
 }  // namespace canopy
