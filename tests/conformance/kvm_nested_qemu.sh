@@ -15,24 +15,27 @@
 # inner guest (vhost-user SHMEM), where canopy-guest-hostmem maps venus host blobs through the upstream
 # driver (RESOURCE_MAP_BLOB), writes them and reads them back.
 #
-# Usage: kvm_nested_qemu.sh VMM VHOST-RNG GPU SND SND-WAV GUEST-BLOB GUEST-HOSTMEM (the paths of
-#        canopy-vmm, canopy-vhost-rng, canopy-gpu, canopy-snd, canopy-snd-wav, canopy-guest-blob and
-#        canopy-guest-hostmem)
-#        CANOPY_NESTED_CASES="venus" (any of plain rng gpu snd venus run) runs only those inner guests.
+# And the KVM child taken over: tests/interference/sandbox_probe.cc preloaded into canopy-vmm boot tries,
+# once the child is confined, what it must not do (guest/kvm_nested.sh, case "probe").
+#
+# Usage: kvm_nested_qemu.sh VMM VHOST-RNG GPU SND SND-WAV GUEST-BLOB GUEST-HOSTMEM PROBE (the paths of
+#        canopy-vmm, canopy-vhost-rng, canopy-gpu, canopy-snd, canopy-snd-wav, canopy-guest-blob,
+#        canopy-guest-hostmem and the sandbox probe library)
+#        CANOPY_NESTED_CASES="venus" (any of plain probe rng gpu snd venus run) runs only those inner guests.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=lib.sh
 . "$HERE/lib.sh"
 
 canopy_begin kvm_nested_qemu
-[ $# -eq 7 ] || canopy_fail "usage: $0 VMM VHOST-RNG GPU SND SND-WAV GUEST-BLOB GUEST-HOSTMEM"
+[ $# -eq 8 ] || canopy_fail "usage: $0 VMM VHOST-RNG GPU SND SND-WAV GUEST-BLOB GUEST-HOSTMEM PROBE"
 abs=()
 for p in "$@"; do
   [ -x "$p" ] || canopy_fail "$p missing or not executable (build it first)"
   abs+=("$(cd "$(dirname "$p")" && pwd)/$(basename "$p")")
 done
 # shellcheck disable=SC2034 # all of them go to the outer guest through nested.env (${!v} below)
-VMM=${abs[0]} RNG=${abs[1]} GPU=${abs[2]} SND=${abs[3]} WAVTOOL=${abs[4]} BLOB=${abs[5]} HOSTMEM=${abs[6]}
+VMM=${abs[0]} RNG=${abs[1]} GPU=${abs[2]} SND=${abs[3]} WAVTOOL=${abs[4]} BLOB=${abs[5]} HOSTMEM=${abs[6]} PROBE=${abs[7]}
 canopy_require "${CANOPY_QEMU:-qemu-system-x86_64}" busybox cpio modinfo gzip
 
 # The inner guest's initramfs first (its path goes on the outer guest's command line), then the outer's.
@@ -79,8 +82,8 @@ TOML
 # shellcheck disable=SC2034 # read through ${!v}
 KERNEL=$CANOPY_VMLINUZ MANIFEST=$CANOPY_WORK/kvm.toml
 # CANOPY_NESTED_CASES picks inner guests for a quicker loop while developing (default: all of them).
-CASES=${CANOPY_NESTED_CASES:-plain rng gpu snd venus run}
-for v in VMM KERNEL L2 L2RNG RNG MANIFEST GPU L2GPU SND L2SND WAVTOOL L2VENUS CASES; do
+CASES=${CANOPY_NESTED_CASES:-plain probe rng gpu snd venus run}
+for v in VMM KERNEL L2 L2RNG RNG MANIFEST GPU L2GPU SND L2SND WAVTOOL L2VENUS PROBE CASES; do
   printf "%s='%s'\n" "$v" "${!v}"
 done >"$CANOPY_WORK/nested.env"
 chmod -R a+rX "$CANOPY_WORK"

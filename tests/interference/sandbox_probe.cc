@@ -1,20 +1,24 @@
 // A confined process taken over, simulated: preloaded (LD_PRELOAD) into a real canopy-display,
-// canopy-gpu or canopy-snd by sandbox_test.cc. In the process's main thread, at its first wait for
-// events once it is confined (Seccomp: 2 in /proc/self/status; with CANOPY_PROBE_ANY at its first wait
+// canopy-gpu or canopy-snd by sandbox_test.cc, and into canopy-vmm's KVM child by the nested KVM
+// conformance test (guest/kvm_nested.sh). In the process's main thread, at its first wait for events
+// (poll, epoll_wait, or pthread_join: the KVM child's main thread waits there for its vCPUs) once it is
+// confined (Seccomp: 2 in /proc/self/status; with CANOPY_PROBE_ANY at its first wait
 // at all, for the control runs without confinement), it tries once what a confined process must not
 // do, writes one line of results to the descriptor CANOPY_PROBE_FD names, and lets the process go on.
 //   probe: fork=ok|refused exec=... inet=... netlink=... write_outside=... signal_parent=...
 //          sigio_owner=... read_parent_memory=... sysv_shm=... reopen_read_only=... restore_mode=...
-//          read_unreadable=...
+//          read_unreadable=... setuid=...
 // (reopen_read_only: CANOPY_PROBE_READONLY_FD, the test's file of mode 0444 as a read-only descriptor
 // of guest memory is, opened again writable through /proc/self/fd; restore_mode: its mode made 0644,
 // as its owner may, then the same; read_unreadable: CANOPY_PROBE_UNREADABLE, a file of mode 0000,
-// read: only root's capabilities get through the first and the last.)
+// read: only root's capabilities get through the first and the last; setuid: another uid taken, in a
+// thread of its own, as only CAP_SETUID lets a process.)
 // CANOPY_PROBE_OUTSIDE: a folder the process's options do not name; CANOPY_PROBE_PEEK: an address in
 // the parent (hex) to read with process_vm_readv.
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/ipc.h>
@@ -22,6 +26,7 @@
 #include <sys/shm.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -31,6 +36,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
 
 namespace {
 
@@ -121,6 +127,11 @@ void probe() {
   const int secret = unreadable ? ::open(unreadable, O_RDONLY | O_CLOEXEC) : -1;
   put(line, "read_unreadable", secret >= 0);
   if (secret >= 0) ::close(secret);
+  // Another uid (another VM's back-end's, as root's CAP_SETUID would let it): in a thread of its own
+  // (the raw call changes only the calling thread's), so that where it works the process keeps its uid.
+  bool became = false;
+  std::thread([&] { became = ::syscall(SYS_setresuid, -1, 65534, -1) == 0; }).join();
+  put(line, "setuid", became);
   line += "\n";
   const ssize_t w = ::write(std::atoi(fd_text), line.data(), line.size());
   (void)w;
@@ -153,6 +164,12 @@ int poll(pollfd* fds, nfds_t nfds, int timeout) {
   static auto real = next<int (*)(pollfd*, nfds_t, int)>("poll");
   maybe_probe();
   return real(fds, nfds, timeout);
+}
+
+int pthread_join(pthread_t thread, void** result) {
+  static auto real = next<int (*)(pthread_t, void**)>("pthread_join");
+  maybe_probe();
+  return real(thread, result);
 }
 
 }  // extern "C"

@@ -4,9 +4,10 @@
 // to start a program, make a process, open a network or netlink socket, write outside the folders the
 // options name, signal another process (the test, its parent: kill, or as the owner of a descriptor)
 // or read its memory, use SysV shared memory, and (as root) open a file of mode 0444 again writable
-// through /proc/self/fd and read a file of mode 0000, as root's capabilities let it. Each must fail. Control: the same
-// probe in the same program run with --no-sandbox succeeds at each, so the test can fail (but the reopen when the test
-// is not root: there the mode binds the program either way).
+// through /proc/self/fd, read a file of mode 0000 and take another uid, as root's capabilities let
+// it. Each must fail. Control: the same probe in the same program run with --no-sandbox succeeds at
+// each, so the test can fail (but those three when the test is not root: there the program could not
+// either way).
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <poll.h>
@@ -133,8 +134,8 @@ class Sandbox : public ::testing::Test {
     const std::string confined = probe(argv, true, outside_);
     const std::string control = probe(argv, false, outside_);
     const auto c = results(confined), u = results(control);
-    ASSERT_EQ(c.size(), 12u) << "no probe line from the confined " << argv[0] << ": '" << confined << "'";
-    ASSERT_EQ(u.size(), 12u) << "no probe line from the unconfined " << argv[0] << ": '" << control << "'";
+    ASSERT_EQ(c.size(), 13u) << "no probe line from the confined " << argv[0] << ": '" << confined << "'";
+    ASSERT_EQ(u.size(), 13u) << "no probe line from the unconfined " << argv[0] << ": '" << control << "'";
     for (const auto& [what, answer] : c) {
       const bool loosened = canopy::kAddressSanitizer && (what == "fork" || what == "signal_parent");
       // A back-end holds its VM's RAM read-write anyway: a file's owner changing its mode is refused
@@ -143,7 +144,7 @@ class Sandbox : public ::testing::Test {
       if (!loosened && !back_end_may) {
         EXPECT_EQ(answer, "refused") << what << " in the confined " << argv[0] << ": " << confined;
       }
-      const bool root_only = what == "reopen_read_only" || what == "read_unreadable";
+      const bool root_only = what == "reopen_read_only" || what == "read_unreadable" || what == "setuid";
       EXPECT_EQ(u.at(what), root_only && ::geteuid() != 0 ? "refused" : "ok")
           << "control: " << what << " in the unconfined " << argv[0] << ": " << control;
     }

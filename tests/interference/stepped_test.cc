@@ -41,6 +41,7 @@
 #include "canopy/buffers/shared_memory.h"
 #include "canopy/protocol/scanout_channel.h"
 #include "canopy/test_support/seqpacket.h"
+#include "canopy/test_support/vmm.h"
 
 extern char** environ;
 
@@ -528,6 +529,150 @@ TEST(SteppedCockpit, TheIviExhaustingTheCompositorNeverChangesTheClustersPicture
   EXPECT_EQ(ask(ctl, "quit"), "ok\n");
   int st = 0;
   EXPECT_TRUE(wait_for([&] { return compositor.exited(&st); }));
+}
+
+// The whole cockpit under canopy-vmm, attacked from every side of the IVI at once, one cockpit shared by
+// the attacks, with canopy-display on a stepped clock: the cluster a partition showing one colour
+// (canopy-partition-solid, with its real canopy-gpu); the IVI a hostile guest flooding its canopy-gpu's
+// backing bookkeeping and host memory (canopy-partition-gpu-flood); a third VM, "media", a hostile
+// partition (canopy-partition-probe: the cluster's memory, signals, writes, its own ring outside its
+// RAM) whose GPU back-end is taken over (canopy-test-hostile-gpu: a broker connection claiming the
+// cluster, a flood of them, both control sockets, signals to and the RAM and scratch folder of the
+// cluster's canopy-gpu). On every step, from before the attacks until each attacker has reported all
+// of its attempts: the cluster had a new frame (the test waits for canopy-display to have received
+// one), the layer shows it (`new` grows by exactly 1), its picture is the cluster's colour, nothing is
+// reused and the fallback never entered. Each attempt is refused. Control, the same cockpit with
+// `--no-confine --control-open-to-children` (one uid, nothing confined): the taken-over back-end stops
+// the cluster, signals its canopy-gpu, reads its RAM and writes its scratch folder, and the cluster
+// layer stops showing new frames of the cluster.
+TEST(SteppedCockpit, TheWholeIviSideAttackingNeverChangesTheClustersPicture) {
+  if (::geteuid() != 0) {
+    if (std::getenv("CANOPY_NO_SKIP")) FAIL() << "needs root to give each VM's back-ends a uid (CANOPY_NO_SKIP=1)";
+    GTEST_SKIP() << "needs root to give each VM's back-ends a uid";
+  }
+  const std::string gpu = "[vm.gpu]\nbackend = \"" + kBin + "/canopy-gpu\"\nscanouts = [{ width = 64, height = 32 }]\n";
+  auto vm = [&](const std::string& name, const std::string& memory, const std::string& extra, const std::string& app,
+                const std::string& args) {
+    return "[[vm]]\nname = \"" + name + "\"\nbackend = \"partition\"\nmemory = \"" + memory + "\"\n" + extra +
+           "app = \"" + kBin + "/" + app + "\"\nargs = [" + args + "]\n";
+  };
+  const std::string manifest =
+      vm("cluster", "32M", "criticality = \"safety\"\n", "canopy-partition-solid", "") + gpu +
+      vm("ivi", "64M", "", "canopy-partition-gpu-flood", "") + gpu +
+      "args = [\"--max-host-mb=32\", \"--control=@DIR@/ivi-gpu.sock\"]\n" +
+      vm("media", "32M", "", "canopy-partition-probe", "\"--attack\", \"@DIR@/TARGET\"") +
+      "[[vm.device]]\ntype = \"rng\"\nbackend = \"" + kBin + "/canopy-vhost-rng\"\nargs = [\"--pattern\"]\n" +
+      "[vm.gpu]\nbackend = \"" + kBin +
+      "/canopy-test-hostile-gpu\"\nscanouts = [{ width = 64, height = 32 }]\nargs = [\"--plan=@DIR@/plan\"]\n"
+      "[[display]]\nname = \"main\"\nwidth = 192\nheight = 32\nrefresh_hz = 60\n"
+      "[[layout]]\ndisplay = \"main\"\nvm = \"cluster\"\nwidth = 64\nheight = 32\n"
+      "[[layout]]\ndisplay = \"main\"\nvm = \"ivi\"\nx = 64\nwidth = 64\nheight = 32\n"
+      "[[layout]]\ndisplay = \"main\"\nvm = \"media\"\nx = 128\nwidth = 64\nheight = 32\n";
+  for (bool protect : {true, false}) {
+    SCOPED_TRACE(protect ? "confined, a uid per VM" : "control: --no-confine --control-open-to-children");
+    std::vector<std::string> extra = {"--scratch-dir", "@DIR@/scratch"};
+    if (!protect) extra.insert(extra.end(), {"--no-confine", "--control-open-to-children"});
+    extra.insert(extra.end(), {"--compositor", "--output", "headless", "--renderer", "pixman", "--quiet", "--stepped",
+                               "--control", "@DIR@/display.ctl"});
+    test_support::Vmm vmm(manifest, extra);
+    const std::string ctl = vmm.dir() + "/display.ctl";
+    // Frames canopy-display has received from the cluster's connection (its stats).
+    auto cluster_frames = [&]() -> long {
+      if (::access(ctl.c_str(), F_OK) != 0) return -1;
+      std::istringstream in(ask(ctl, "stats"));
+      for (std::string line; std::getline(in, line);)
+        if (line.rfind("vm cluster connected=1 frames=", 0) == 0) return std::stol(line.substr(30));
+      return -1;
+    };
+    long frames = -1;
+    ASSERT_TRUE(test_support::Vmm::wait_until([&] { return (frames = cluster_frames()) > 0; }))
+        << "the cluster's frames never reached canopy-display";
+    // A step once the cluster has sent a frame since the last one (when `wait` says so): the cluster
+    // layer's line of its report.
+    auto step = [&](bool wait) {
+      if (wait) {
+        const long last = frames;
+        EXPECT_TRUE(test_support::Vmm::wait_until([&] { return (frames = cluster_frames()) > last; }, 30000))
+            << "no new frame of the cluster (" << frames << " received)";
+      }
+      return layer_of(ask(ctl, "step"), "layer main cluster/0");
+    };
+    std::map<std::string, std::string> before;
+    ASSERT_TRUE(test_support::Vmm::wait_until([&] {
+      before = step(true);
+      return before.count("new") && before["new"] != "0";
+    })) << "the cluster's frames never reached its layer";
+    const std::string picture = before["crc"];
+    // canopy-partition-solid's colour, whole (with the X byte the canvas keeps, 0x00 or 0xff).
+    ASSERT_TRUE(picture == solid_crc(0x2a7fd4, 0x00) || picture == solid_crc(0x2a7fd4, 0xff)) << picture;
+    ASSERT_TRUE(test_support::Vmm::wait_until([&] {
+      return vmm.log().find("gpu-flood: ready") != std::string::npos &&
+             ::access((vmm.dir() + "/ivi-gpu.sock").c_str(), F_OK) == 0;
+    })) << vmm.log();
+
+    // The attacks, all at once: the probe partition's victim, the taken-over back-end's plan, the
+    // IVI guest's go (a display change).
+    const long cluster_pid = vmm.field("vm cluster", "pid"), cluster_gpu = vmm.field("device cluster 0", "backend_pid");
+    ASSERT_GT(cluster_pid, 0);
+    ASSERT_GT(cluster_gpu, 0);
+    ASSERT_EQ(::mkdir((vmm.dir() + "/open").c_str(), 0777), 0);
+    ASSERT_EQ(::chmod((vmm.dir() + "/open").c_str(), 01777), 0);
+    std::ofstream(vmm.dir() + "/TARGET") << cluster_pid << "\n";
+    std::ofstream(vmm.dir() + "/plan.new")
+        << "vmm-control " << vmm.dir() << "/control\ndisplay-control " << ctl << "\ncluster-gpu " << cluster_gpu
+        << "\ncluster-scratch " << vmm.dir() << "/scratch/cluster\n";
+    ASSERT_EQ(::rename((vmm.dir() + "/plan.new").c_str(), (vmm.dir() + "/plan").c_str()), 0);
+    EXPECT_EQ(test_support::line_exchange(vmm.dir() + "/ivi-gpu.sock", "display 0 800x600\n"), "ok\n");
+    auto attacks_done = [&] {
+      const std::string log = vmm.log();
+      return log.find("hostile summary:") != std::string::npos && log.find("probe summary:") != std::string::npos &&
+             log.find("gpu-flood: holding") != std::string::npos;
+    };
+    if (protect) {
+      int steps = 0, after_done = 0;
+      for (; after_done < 30 && steps < 20000 && !::testing::Test::HasFailure(); ++steps) {
+        SCOPED_TRACE("step " + std::to_string(steps));
+        if (after_done > 0 || attacks_done()) ++after_done;
+        auto now = step(true);
+        EXPECT_EQ(now["crc"], picture);
+        EXPECT_EQ(std::stoull(now["new"]), std::stoull(before["new"]) + 1) << "the cluster's new frame is not shown";
+        EXPECT_EQ(now["reused"], before["reused"]);
+        EXPECT_EQ(now["fallback_entries"], before["fallback_entries"]);
+        EXPECT_EQ(now["fallback"], "0");
+        before = now;
+      }
+      ASSERT_TRUE(attacks_done()) << vmm.log();
+      std::printf("%d steps, the cluster's picture unchanged on each\n", steps);
+      const std::string log = vmm.log();
+      for (const char* attack : {"claim-cluster", "broker-flood", "display-quit", "signal-cluster", "cluster-ram",
+                                 "cluster-scratch", "vmm-stop-cluster"})
+        EXPECT_NE(log.find(std::string("hostile ") + attack + ": refused"), std::string::npos) << attack;
+      EXPECT_NE(log.find("hostile summary: attempted=7 done=0 confined=1"), std::string::npos);
+      EXPECT_NE(log.find("probe summary: attempted=17 allowed=0"), std::string::npos);
+      EXPECT_NE(log.find("gpu-flood: entries 67 refused ERR_OUT_OF_MEMORY"), std::string::npos);
+      EXPECT_NE(log.find("gpu-flood: 2d 7 refused ERR_OUT_OF_MEMORY"), std::string::npos);
+      EXPECT_NE(::access((vmm.dir() + "/scratch/cluster/written-by-ivi").c_str(), F_OK), 0);
+      // The cluster's processes are the ones from the start, never restarted.
+      EXPECT_EQ(vmm.field("vm cluster", "pid"), cluster_pid);
+      EXPECT_EQ(vmm.field("device cluster 0", "backend_pid"), cluster_gpu);
+      EXPECT_EQ(vmm.field("vm cluster", "restarts"), 0);
+    } else {
+      ASSERT_TRUE(test_support::Vmm::wait_until(attacks_done)) << vmm.log();
+      const std::string log = vmm.log();
+      for (const char* attack : {"signal-cluster", "cluster-ram", "cluster-scratch", "vmm-stop-cluster"})
+        EXPECT_NE(log.find(std::string("hostile ") + attack + ": DONE"), std::string::npos) << attack;
+      // The cluster is stopped: its layer shows no new frame of it any more (it reuses the last one or
+      // enters the fallback).
+      unsigned long long shown = std::stoull(step(false)["new"]);
+      int unchanged = 0;
+      EXPECT_TRUE(test_support::Vmm::wait_until([&] {
+        const unsigned long long now = std::stoull(step(false)["new"]);
+        unchanged = now == shown ? unchanged + 1 : 0;
+        shown = now;
+        return unchanged >= 30;
+      })) << "control: the cluster's frames still reach its layer";
+    }
+  }
 }
 
 }  // namespace
