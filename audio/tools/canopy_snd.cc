@@ -193,6 +193,12 @@ int main(int argc, char** argv) {
   program.confine = true;
   program.writable_options = {"--wav-dir", "--stats", "--policy"};
   if (const char* d = std::getenv("CANOPY_SND_STATS_DIR"); d && *d) program.writable_paths.emplace_back(d);
+  // PipeWire's client reads its configuration from the user's folder too, where there is one.
+  if (const char* c = std::getenv("PIPEWIRE_CONFIG_DIR"); c && *c) program.readable_paths.emplace_back(c);
+  if (const char* x = std::getenv("XDG_CONFIG_HOME"); x && *x)
+    program.readable_paths.push_back(std::string(x) + "/pipewire");
+  else if (const char* h = std::getenv("HOME"); h && *h)
+    program.readable_paths.push_back(std::string(h) + "/.config/pipewire");
   bool default_board = true;  // the shared file in $XDG_RUNTIME_DIR, unless another board or none is asked for
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];

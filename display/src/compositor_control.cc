@@ -172,6 +172,13 @@ std::string Compositor::Impl::step_report() const {
       s += line;
     }
   }
+  // The frames each VM's connection had sent when the step took them in (a test waits for more before
+  // the next step, so that the next one has a new frame of that VM to show).
+  for (const auto& [id, c] : conns) {
+    if (!c.hello) continue;
+    std::snprintf(line, sizeof line, "vm %s frames=%llu\n", c.stats.vm.c_str(), (unsigned long long)c.stats.frames);
+    s += line;
+  }
   return s;
 }
 

@@ -223,13 +223,23 @@ int main(int argc, char** argv) {
     for (const std::string& d : {opt.listen_dir, opt.control_dir, snapshot_dir})
       if (!d.empty()) beneath.push_back(d);
     if (std::string cache = transport::driver_cache_dir(); !cache.empty()) beneath.push_back(cache);
-    if (Status st = transport::restrict_writes(beneath, {"udmabuf"}); !st.ok()) {
+    transport::FileView view;
+    view.writable = std::move(beneath);
+    view.refused_devices = {"udmabuf"};
+    // It reads the system's files, what it writes and the GPU drivers' user configuration; not the
+    // operator's other files. A window's output reads what the desktop session needs (X authority,
+    // keyboard maps, toolkit settings: they vary), so there reading stays as the uid's permissions say.
+    const bool window =
+        output == "window" || (output == "auto" && (std::getenv("DISPLAY") || std::getenv("WAYLAND_DISPLAY")));
+    view.restrict_reads = !window;
+    view.readable = transport::driver_config_paths();
+    if (Status st = transport::restrict_files(view); !st.ok()) {
       if (st.error().code != Errc::kUnsupported) {
-        std::fprintf(stderr, "canopy-display: cannot confine its writes: %s (--no-sandbox runs without)\n",
+        std::fprintf(stderr, "canopy-display: cannot confine its files: %s (--no-sandbox runs without)\n",
                      st.error().what);
         return 1;
       }
-      std::fprintf(stderr, "canopy-display: no Landlock in this kernel: it may write wherever its uid may\n");
+      std::fprintf(stderr, "canopy-display: no Landlock in this kernel: it may read and write wherever its uid may\n");
     }
     // As root (the operator's uid when canopy-vmm is root) it keeps the uid, not root's powers: the mode
     // of a read-only descriptor of guest memory (0444) binds it. With --control-group, CAP_CHOWN to give

@@ -1,15 +1,17 @@
 // canopy-test-hostile-gpu: a GPU back-end of a lower-criticality VM, taken over (docs/security.md,
-// "Attackers"), for cockpit_attack_test. canopy-vmm starts it as that VM's GPU back-end, so it holds
+// "Attackers"), for stepped_test's whole cockpit. canopy-vmm starts it as that VM's GPU back-end, so it holds
 // what such a back-end holds: its VM's device link to the broker (--display-fd), the uid and the
 // confinement canopy-vmm and backend_main give a back-end (seccomp allowlist, Landlock view, no
-// capabilities). It serves a device that does nothing and, on a thread, once the file --plan names
-// exists (the test writes it when the cockpit runs steadily), tries what the attacker would:
+// capabilities). It serves a device that does nothing and, on a thread, once it is confined (but with
+// --no-sandbox or CANOPY_NO_SANDBOX) and the file --plan names exists (the test writes it when the
+// cockpit runs steadily; its folder is readable in the back-end's view), tries what the attacker would:
 //   claim-cluster      a connection from the broker, HELLO as "cluster"
 //   broker-flood       30 more connections, as fast as the answers come
 //   display-quit       "quit" on canopy-display's control socket
 //   vmm-stop-cluster   "stop cluster force" on canopy-vmm's control socket
 //   signal-cluster     SIGSTOP to the cluster's canopy-gpu (SIGCONT at once where it worked)
-//   cluster-ram        the cluster's guest RAM through its canopy-gpu's /proc/PID/fd, and /proc/PID/mem
+//   cluster-ram        the cluster's guest RAM read through its canopy-gpu's /proc/PID/fd (and
+//                      whether /proc/PID/mem opens, reported)
 //   cluster-scratch    a file in the cluster's scratch folder
 // The plan file has one "key value" per line: vmm-control PATH, display-control PATH, cluster-gpu PID,
 // cluster-scratch PATH. One line per attack:
@@ -39,6 +41,7 @@
 #include "canopy/protocol/scanout_channel.h"
 #include "canopy/test_support/seqpacket.h"
 #include "canopy/transport/backend_main.h"
+#include "canopy/transport/backend_sandbox.h"
 
 namespace {
 
@@ -100,11 +103,13 @@ bool confined() {
   return false;
 }
 
-void attack(int link, std::string plan_path) {
-  // The test writes the plan (by renaming it into place) once the cockpit runs steadily.
+void attack(int link, std::string plan_path, bool sandboxed) {
+  // The test writes the plan (by renaming it into place) once the cockpit runs steadily; by then the
+  // back-end has confined itself, which this waits for too (an attacker inside the confinement).
   const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(300);
   std::map<std::string, std::string> plan;
-  while (plan.size() < 4 && std::chrono::steady_clock::now() < end) {
+  while ((plan.size() < 4 || (sandboxed && !confined())) && std::chrono::steady_clock::now() < end) {
+    plan.clear();
     ::poll(nullptr, 0, 10);
     std::ifstream in(plan_path);
     for (std::string k, v; in >> k >> v;) plan[k] = v;
@@ -134,8 +139,10 @@ void attack(int link, std::string plan_path) {
       if (fd >= 0) {
         ++admitted;
         ::close(fd);
-      } else {
+      } else if (why_not == "the broker refused") {
         ++refused;
+      } else {
+        break;  // the link is gone or silent: no use waiting 30 s more each time
       }
     }
     r.put("broker-flood", refused == 0,
@@ -148,7 +155,9 @@ void attack(int link, std::string plan_path) {
   }
   {
     const pid_t gpu = pid_t(std::atol(plan["cluster-gpu"].c_str()));
-    if (::kill(gpu, SIGSTOP) == 0) {
+    if (gpu <= 0) {
+      r.put("signal-cluster", false, "no pid in the plan");
+    } else if (::kill(gpu, SIGSTOP) == 0) {
       (void)::kill(gpu, SIGCONT);
       r.put("signal-cluster", true, "stopped the cluster's canopy-gpu");
     } else {
@@ -187,7 +196,7 @@ void attack(int link, std::string plan_path) {
     } else {
       got += "; open " + proc + "/mem: " + why(errno);
     }
-    r.put("cluster-ram", read_ram || mem >= 0, got);
+    r.put("cluster-ram", read_ram, got);
   }
   {
     const std::string path = plan["cluster-scratch"] + "/written-by-ivi";
@@ -211,15 +220,23 @@ void attack(int link, std::string plan_path) {
 int main(int argc, char** argv) {
   BackendProgram program{"canopy-test-hostile-gpu", "gpu", {}, "  (a test back-end: see its source)\n"};
   program.confine = true;  // confined as canopy-gpu is: the attacker has taken over a confined back-end
-  return backend_main(argc, argv, program, [](const std::vector<std::string>& args) -> Result<std::unique_ptr<Device>> {
-    int link = -1;
-    std::string plan;
-    for (const auto& a : args) {  // canopy-gpu's other options are accepted and ignored
-      if (a.rfind("--display-fd=", 0) == 0) link = std::atoi(a.c_str() + 13);
-      if (a.rfind("--plan=", 0) == 0) plan = a.substr(7);
-    }
-    if (link < 0 || plan.empty()) return make_error(Errc::kInvalidArgument, "--display-fd and --plan are needed");
-    std::thread(attack, link, plan).detach();
-    return std::unique_ptr<Device>(std::make_unique<IdleDevice>());
-  });
+  bool sandboxed = !transport::sandbox_off_by_environment();
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--no-sandbox") sandboxed = false;
+    if (a.rfind("--plan=", 0) == 0) program.readable_paths.push_back(transport::writable_folder(a.substr(7)));
+  }
+  return backend_main(argc, argv, program,
+                      [sandboxed](const std::vector<std::string>& args) -> Result<std::unique_ptr<Device>> {
+                        int link = -1;
+                        std::string plan;
+                        for (const auto& a : args) {  // canopy-gpu's other options are accepted and ignored
+                          if (a.rfind("--display-fd=", 0) == 0) link = std::atoi(a.c_str() + 13);
+                          if (a.rfind("--plan=", 0) == 0) plan = a.substr(7);
+                        }
+                        if (link < 0 || plan.empty())
+                          return make_error(Errc::kInvalidArgument, "--display-fd and --plan are needed");
+                        std::thread(attack, link, plan, sandboxed).detach();
+                        return std::unique_ptr<Device>(std::make_unique<IdleDevice>());
+                      });
 }

@@ -7,12 +7,13 @@
 // do, writes one line of results to the descriptor CANOPY_PROBE_FD names, and lets the process go on.
 //   probe: fork=ok|refused exec=... inet=... netlink=... write_outside=... signal_parent=...
 //          sigio_owner=... read_parent_memory=... sysv_shm=... reopen_read_only=... restore_mode=...
-//          read_unreadable=... setuid=...
+//          read_unreadable=... read_outside=... setuid=... sanitizer=yes|no
 // (reopen_read_only: CANOPY_PROBE_READONLY_FD, the test's file of mode 0444 as a read-only descriptor
 // of guest memory is, opened again writable through /proc/self/fd; restore_mode: its mode made 0644,
 // as its owner may, then the same; read_unreadable: CANOPY_PROBE_UNREADABLE, a file of mode 0000,
-// read: only root's capabilities get through the first and the last; setuid: another uid taken, in a
-// thread of its own, as only CAP_SETUID lets a process.)
+// read: only root's capabilities get through the first and the last; read_outside:
+// CANOPY_PROBE_READABLE, a file of mode 0644 outside what the program reads, read; setuid: another uid
+// taken, in a thread of its own, as only CAP_SETUID lets a process.)
 // CANOPY_PROBE_OUTSIDE: a folder the process's options do not name; CANOPY_PROBE_PEEK: an address in
 // the parent (hex) to read with process_vm_readv.
 #include <dlfcn.h>
@@ -36,7 +37,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
-#include <thread>
 
 namespace {
 
@@ -127,11 +127,32 @@ void probe() {
   const int secret = unreadable ? ::open(unreadable, O_RDONLY | O_CLOEXEC) : -1;
   put(line, "read_unreadable", secret >= 0);
   if (secret >= 0) ::close(secret);
+  // A file anyone may read (mode 0644), outside the folders the program reads: the operator's, say.
+  const char* readable = std::getenv("CANOPY_PROBE_READABLE");
+  const int other = readable ? ::open(readable, O_RDONLY | O_CLOEXEC) : -1;
+  put(line, "read_outside", other >= 0);
+  if (other >= 0) ::close(other);
   // Another uid (another VM's back-end's, as root's CAP_SETUID would let it): in a thread of its own
   // (the raw call changes only the calling thread's), so that where it works the process keeps its uid.
   bool became = false;
-  std::thread([&] { became = ::syscall(SYS_setresuid, -1, 65534, -1) == 0; }).join();
-  put(line, "setuid", became);
+  pthread_t t{};
+  if (::pthread_create(
+          &t, nullptr,
+          [](void* out) -> void* {
+            *static_cast<bool*>(out) = ::syscall(SYS_setresuid, -1, 65534, -1) == 0;
+            return nullptr;
+          },
+          &became) == 0) {
+    ::pthread_join(t, nullptr);
+    put(line, "setuid", became);
+  } else {
+    line += " setuid=error";  // no thread to try it in: neither refused nor done
+  }
+  // Whether a sanitizer's runtime is in the process (its allowlist keeps processes and kill for it).
+  line += std::string(" sanitizer=") + (::dlsym(RTLD_DEFAULT, "__asan_init") || ::dlsym(RTLD_DEFAULT, "__tsan_init") ||
+                                                ::dlsym(RTLD_DEFAULT, "__lsan_do_leak_check")
+                                            ? "yes"
+                                            : "no");
   line += "\n";
   const ssize_t w = ::write(std::atoi(fd_text), line.data(), line.size());
   (void)w;

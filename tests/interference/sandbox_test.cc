@@ -5,9 +5,9 @@
 // options name, signal another process (the test, its parent: kill, or as the owner of a descriptor)
 // or read its memory, use SysV shared memory, and (as root) open a file of mode 0444 again writable
 // through /proc/self/fd, read a file of mode 0000 and take another uid, as root's capabilities let
-// it. Each must fail. Control: the same probe in the same program run with --no-sandbox succeeds at
-// each, so the test can fail (but those three when the test is not root: there the program could not
-// either way).
+// it, and read a file anyone may read outside the folders it reads (the operator's). Each must fail. Control: the same
+// probe in the same program run with --no-sandbox succeeds at each, so the test can fail (but those three when the test
+// is not root: there the program could not either way).
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <poll.h>
@@ -63,6 +63,7 @@ std::string probe(std::vector<std::string> argv, bool confined, const std::strin
     ::setenv("CANOPY_PROBE_OUTSIDE", outside.c_str(), 1);
     ::setenv("CANOPY_PROBE_PEEK", peek, 1);
     ::setenv("CANOPY_PROBE_UNREADABLE", (outside + "/../unreadable").c_str(), 1);
+    ::setenv("CANOPY_PROBE_READABLE", (outside + "/../readable").c_str(), 1);
     if (!confined) ::setenv("CANOPY_PROBE_ANY", "1", 1);
     std::vector<char*> args;
     for (auto& a : argv) args.push_back(a.data());
@@ -118,6 +119,9 @@ class Sandbox : public ::testing::Test {
     ::mkdir(outside_.c_str(), 0777);
     std::ofstream(dir_ + "/unreadable") << "secret";
     ::chmod((dir_ + "/unreadable").c_str(), 0);
+    std::ofstream(dir_ + "/readable") << "the operator's";
+    ::chmod((dir_ + "/readable").c_str(), 0644);
+    ::chmod(dir_.c_str(), 0755);  // mkdtemp's 0700 would keep a non-root program out by its permissions
     ::mkdir((dir_ + "/sockets").c_str(), 0700);
     ::mkdir((dir_ + "/snd").c_str(), 0700);
     std::ofstream(dir_ + "/cockpit.toml")
@@ -134,9 +138,11 @@ class Sandbox : public ::testing::Test {
     const std::string confined = probe(argv, true, outside_);
     const std::string control = probe(argv, false, outside_);
     const auto c = results(confined), u = results(control);
-    ASSERT_EQ(c.size(), 13u) << "no probe line from the confined " << argv[0] << ": '" << confined << "'";
-    ASSERT_EQ(u.size(), 13u) << "no probe line from the unconfined " << argv[0] << ": '" << control << "'";
+    ASSERT_EQ(c.size(), 15u) << "no probe line from the confined " << argv[0] << ": '" << confined << "'";
+    ASSERT_EQ(u.size(), 15u) << "no probe line from the unconfined " << argv[0] << ": '" << control << "'";
+    EXPECT_EQ(c.at("sanitizer"), canopy::kAddressSanitizer || canopy::kThreadSanitizer ? "yes" : "no") << confined;
     for (const auto& [what, answer] : c) {
+      if (what == "sanitizer") continue;
       const bool loosened = canopy::kAddressSanitizer && (what == "fork" || what == "signal_parent");
       // A back-end holds its VM's RAM read-write anyway: a file's owner changing its mode is refused
       // to canopy-display only.

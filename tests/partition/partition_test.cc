@@ -431,6 +431,39 @@ TEST(Partitions, AMisbehavingPartitionNeitherStopsTheVmmNorTheOthers) {
   EXPECT_EQ(vmm.field("vm good", "restarts"), 0);
 }
 
+// A VM that exits while another process traces it (a debugger; or, unconfined, another partition's
+// ptrace) cannot be reaped until its tracer has taken its exit: canopy-vmm sets its pidfd aside
+// (awake on it, the loop would spin a core) and reaps it once the tracer lets go.
+TEST(Partitions, AVmThatExitsWhileTracedIsReapedOnceItsTracerLetsGo) {
+  if (geteuid() != 0) {
+    if (getenv("CANOPY_NO_SKIP")) FAIL() << "needs root to trace a partition (CANOPY_NO_SKIP=1)";
+    GTEST_SKIP() << "needs root to trace a partition";
+  }
+  Vmm vmm(rng_vm("traced", "", ""));
+  ASSERT_TRUE(Vmm::wait_until([&] { return vmm.field("vm traced", "progress") >= 5; }));
+  const pid_t pid = pid_t(vmm.field("vm traced", "pid"));
+  ASSERT_EQ(ptrace(PTRACE_SEIZE, pid, nullptr, nullptr), 0) << strerror(errno);
+  std::string out;
+  EXPECT_EQ(vmm.canopyctl("stop traced", out), 0) << out;
+  // Its SIGTERM stops it for its tracer; canopy-vmm's SIGKILL after the grace ends it: a zombie whose
+  // exit its tracer takes first.
+  const std::string parked = "pid " + std::to_string(pid) + " exited, but another process traces it";
+  ASSERT_TRUE(Vmm::wait_until([&] { return vmm.log().find(parked) != std::string::npos; })) << vmm.log();
+  EXPECT_EQ(vmm.text("vm traced", "state"), "stopping");
+  EXPECT_NE(vmm.ctl("status"), "") << "canopy-vmm still answers";
+  // The tracer takes its stops and its exit (30 s hang guard).
+  bool ended = false;
+  ASSERT_TRUE(Vmm::wait_until(
+      [&] {
+        int st = 0;
+        while (!ended && waitpid(pid, &st, __WALL | WNOHANG) == pid) ended = WIFEXITED(st) || WIFSIGNALED(st);
+        return ended;
+      },
+      30000));
+  ASSERT_TRUE(Vmm::wait_until([&] { return vmm.text("vm traced", "state") == "stopped"; })) << vmm.ctl("status");
+  EXPECT_TRUE(wait_gone(pid, 30000));
+}
+
 TEST(Partitions, ControlSocketStopsStartsAndRestartsVmsAndRefusesBadRequests) {
   Vmm vmm(rng_vm("a", "restart = \"always\"\n", "") + rng_vm("b", "", ""));
   ASSERT_TRUE(

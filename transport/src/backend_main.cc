@@ -147,12 +147,16 @@ int backend_main(int argc, char** argv, const BackendProgram& program, const Dev
       for (const auto& w : program.writable_options)
         if (a.compare(0, eq, w) == 0 && eq + 1 < a.size()) beneath.push_back(writable_folder(a.substr(eq + 1)));
     }
-    if (Status st = restrict_writes(beneath); !st.ok()) {
+    FileView view;
+    view.writable = std::move(beneath);
+    view.restrict_reads = true;
+    view.readable = program.readable_paths;
+    if (Status st = restrict_files(view); !st.ok()) {
       if (st.error().code != Errc::kUnsupported) {
-        CANOPY_ERROR("cannot confine the process's writes: %s (--no-sandbox runs without)", st.error().what);
+        CANOPY_ERROR("cannot confine the process's files: %s (--no-sandbox runs without)", st.error().what);
         return 1;
       }
-      CANOPY_WARN("no Landlock in this kernel: the process may write wherever its uid may");
+      CANOPY_WARN("no Landlock in this kernel: the process may read and write wherever its uid may");
     }
     // Root's powers too (a back-end run as root by hand or a test; canopy-vmm as root starts it under
     // a uid of its VM's, which has none), while it has one thread.
@@ -207,7 +211,7 @@ int backend_main(int argc, char** argv, const BackendProgram& program, const Dev
     }
     CANOPY_INFO(
         "confined: a system call allowlist%s (seccomp%s): no exec, no new processes, unix sockets only, no "
-        "other processes; writes only where its options say (Landlock)",
+        "other processes; reads the system's files and writes only where its options say (Landlock)",
         syscalls.allow.empty() ? "" : " with additions",
         syscalls.audit ? ", audit: calls outside it go through and are logged" : "");
   }

@@ -24,6 +24,7 @@
 #include <cctype>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <span>
 
 #include "canopy/base/landlock.h"
@@ -526,6 +527,20 @@ std::string driver_cache_dir() {
   return {};
 }
 
+std::vector<std::string> driver_config_paths() {
+  std::vector<std::string> out;
+  const char* home = std::getenv("HOME");
+  auto base = [&](const char* var, const char* fallback) -> std::string {
+    if (const char* v = std::getenv(var); v && *v) return v;
+    return home && *home ? std::string(home) + fallback : std::string();
+  };
+  for (std::string p : {base("XDG_CONFIG_HOME", "/.config"), base("XDG_DATA_HOME", "/.local/share")})
+    if (!p.empty()) out.push_back(p + "/vulkan");
+  if (home && *home) out.push_back(std::string(home) + "/.drirc");
+  std::erase_if(out, [](const std::string& p) { return ::access(p.c_str(), F_OK) != 0; });
+  return out;
+}
+
 namespace {
 
 // Character devices by which a process that may open them for writing writes disks: SCSI generic
@@ -541,9 +556,78 @@ bool reaches_disks(const std::string& name) {
 }  // namespace
 
 Status restrict_writes(const std::vector<std::string>& beneath, const std::vector<std::string>& refused_devices) {
-  // Every write right of the kernel's ABI (not IOCTL_DEV: a GPU driver's ioctls on its device files).
-  const LandlockWrites w = landlock_writes(false);
+  FileView view;
+  view.writable = beneath;
+  view.refused_devices = refused_devices;
+  return restrict_files(view);
+}
+
+namespace {
+
+// What /etc holds that a confined process never reads: passwords, keys, credentials.
+bool secret_in_etc(const std::string& name) {
+  static const char* const kSecrets[] = {"shadow",
+                                         "shadow-",
+                                         "gshadow",
+                                         "gshadow-",
+                                         "ssh",
+                                         "ssl",
+                                         "sudoers",
+                                         "sudoers.d",
+                                         "security",
+                                         "krb5.keytab",
+                                         "NetworkManager",
+                                         "wpa_supplicant",
+                                         "ppp",
+                                         "credstore",
+                                         "credstore.encrypted",
+                                         "ipsec.secrets",
+                                         "ipsec.d",
+                                         "openvpn",
+                                         "wireguard",
+                                         "libvirt",
+                                         ".pwd.lock"};
+  for (const char* s : kSecrets)
+    if (name == s) return true;
+  return false;
+}
+
+// The entries of folder `dir` a rule may name: not "." and "..", not links (where they lead is not
+// the folder's), and those `keep` accepts (the entry's name, whether it is a block device).
+Status each_entry(const char* dir, const std::function<bool(const std::string&, bool)>& keep,
+                  const std::function<Status(const std::string&)>& add) {
+  DIR* d = ::opendir(dir);
+  if (d == nullptr) return make_error(Errc::kIo, "cannot list /dev or /etc for the file system view", errno);
+  Status st;
+  while (st.ok()) {
+    const dirent* e = ::readdir(d);
+    if (e == nullptr) break;
+    const std::string name = e->d_name;
+    struct stat lst{};
+    const bool unknown = e->d_type == DT_UNKNOWN && ::fstatat(::dirfd(d), e->d_name, &lst, AT_SYMLINK_NOFOLLOW) == 0;
+    const bool link = e->d_type == DT_LNK || (unknown && S_ISLNK(lst.st_mode));
+    const bool block = e->d_type == DT_BLK || (unknown && S_ISBLK(lst.st_mode));
+    if (name == "." || name == ".." || link || !keep(name, block)) continue;
+    st = add(std::string(dir) + "/" + name);
+  }
+  ::closedir(d);
+  return st;
+}
+
+}  // namespace
+
+Status restrict_files(const FileView& view) {
+  // Every write right of the kernel's ABI (not IOCTL_DEV: a GPU driver's ioctls on its device files),
+  // and with restrict_reads the read rights too.
+  LandlockWrites w = landlock_writes(false);
   if (w.attr_size == 0) return make_error(Errc::kUnsupported, "the kernel has no Landlock");
+  constexpr uint64_t kReadDir = LANDLOCK_ACCESS_FS_READ_FILE | LANDLOCK_ACCESS_FS_READ_DIR;
+  constexpr uint64_t kReadFile = LANDLOCK_ACCESS_FS_READ_FILE;
+  if (view.restrict_reads) {
+    w.dir_rights |= kReadDir;
+    w.file_rights |= kReadFile;
+    w.attr[0] |= kReadDir;
+  }
   const uint64_t dir_rights = w.dir_rights, file_rights = w.file_rights;
   const int rs = int(syscall(SYS_landlock_create_ruleset, w.attr, w.attr_size, 0));
   if (rs < 0) return make_error(Errc::kIo, "landlock_create_ruleset failed", errno);
@@ -562,31 +646,37 @@ Status restrict_writes(const std::vector<std::string>& beneath, const std::vecto
     return {};
   };
   Status st;
-  for (const auto& p : beneath)
+  for (const auto& p : view.writable)
     if (st.ok()) st = add(p, dir_rights);
   if (st.ok()) {
-    // Opening device files for writing: each entry of /dev but block devices (a process of root's uid,
-    // even without capabilities, owns the disks) and the refused ones; links are skipped (where they
-    // lead is not /dev's: /dev/disk/by-id/... reach a disk only through its refused entry).
-    DIR* dev = ::opendir("/dev");
-    if (dev == nullptr) st = make_error(Errc::kIo, "cannot list /dev", errno);
-    while (dev != nullptr && st.ok()) {
-      const dirent* e = ::readdir(dev);
-      if (e == nullptr) break;
-      const std::string name = e->d_name;
-      struct stat lst{};
-      const bool unknown =
-          e->d_type == DT_UNKNOWN && ::fstatat(::dirfd(dev), e->d_name, &lst, AT_SYMLINK_NOFOLLOW) == 0;
-      const bool link = e->d_type == DT_LNK || (unknown && S_ISLNK(lst.st_mode));
-      const bool block = e->d_type == DT_BLK || (unknown && S_ISBLK(lst.st_mode)) || reaches_disks(name);
-      if (name == "." || name == ".." || link || block ||
-          std::find(refused_devices.begin(), refused_devices.end(), name) != refused_devices.end())
-        continue;
-      st = add("/dev/" + name, file_rights);
-    }
-    if (dev != nullptr) ::closedir(dev);
+    // Opening device files (for writing, and with restrict_reads for reading): each entry of /dev but
+    // block devices (a process of root's uid, even without capabilities, owns the disks), those that
+    // reach disks and the refused ones; links are skipped (where they lead is not /dev's:
+    // /dev/disk/by-id/... reach a disk only through its refused entry).
+    const auto& refused = view.refused_devices;
+    st = each_entry(
+        "/dev",
+        [&](const std::string& name, bool block) {
+          return !block && !reaches_disks(name) && std::find(refused.begin(), refused.end(), name) == refused.end();
+        },
+        [&](const std::string& path) { return add(path, file_rights | (view.restrict_reads ? kReadDir : 0)); });
   }
   if (st.ok()) st = add("/dev/shm", dir_rights);
+  if (st.ok() && view.restrict_reads) {
+    // What every program reads: its libraries and their data, the kernel's views of itself and of
+    // this process, the device database; /etc but its secrets; and what the caller adds.
+    for (const char* p :
+         {"/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/opt", "/sys", "/proc", "/run/udev"})
+      if (st.ok()) st = add(p, kReadDir);
+    // /dev's folders may be listed (a GPU driver looks for its render nodes in /dev/dri).
+    if (st.ok()) st = add("/dev", LANDLOCK_ACCESS_FS_READ_DIR);
+    if (st.ok())
+      st = each_entry(
+          "/etc", [](const std::string& name, bool) { return !secret_in_etc(name); },
+          [&](const std::string& path) { return add(path, kReadDir); });
+    for (const auto& p : view.readable)
+      if (st.ok()) st = add(p, kReadDir);
+  }
   if (st.ok() && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) st = make_error(Errc::kIo, "no_new_privs failed", errno);
   if (st.ok() && syscall(SYS_landlock_restrict_self, rs, 0) != 0)
     st = make_error(Errc::kIo, "landlock_restrict_self failed", errno);

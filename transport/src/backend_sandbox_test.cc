@@ -22,6 +22,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <fstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -217,6 +218,62 @@ TEST(BackendSandbox, OpensNoBlockDeviceForWriting) {
   if (confined == 50) GTEST_SKIP() << "no Landlock in this kernel";
   EXPECT_EQ(confined, 0) << disk;
   EXPECT_EQ(opens(false), 10) << "control: root opens " << disk << " for writing without the view";
+}
+
+// Reads restricted too (restrict_files with restrict_reads): the system's files (here /etc/passwd,
+// /usr), its writable folder and what it was named stay readable; a file of mode 0644 elsewhere (the
+// operator's), /etc's secrets and, as root, a disk do not. Control: without the view each is read.
+TEST(BackendSandbox, ReadsOnlyTheSystemsFilesAndItsOwn) {
+  char tmpl[] = "/tmp/canopy-sandbox-test-XXXXXX";
+  const std::string root = mkdtemp(tmpl);
+  const std::string mine = root + "/mine", named = root + "/named", other = root + "/other";
+  for (const std::string& d : {mine, named, other}) {
+    ASSERT_EQ(mkdir(d.c_str(), 0755), 0);
+    std::ofstream(d + "/file") << "text";
+  }
+  std::string disk;  // a block device, read by root without the view
+  if (geteuid() == 0)
+    if (DIR* dev = opendir("/dev")) {
+      while (const dirent* e = readdir(dev)) {
+        struct stat st{};
+        if (fstatat(dirfd(dev), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISBLK(st.st_mode) && disk.empty())
+          disk = std::string("/dev/") + e->d_name;
+      }
+      closedir(dev);
+    }
+  const bool shadow = geteuid() == 0 && access("/etc/shadow", F_OK) == 0;
+  // Bits: 1 /etc/passwd, 2 /usr/lib, 4 its writable folder's file, 8 the named folder's, 16 the other
+  // file, 32 /etc/shadow, 64 the disk.
+  auto reads = [&](bool restrict) {
+    return in_child([&] {
+      if (restrict) {
+        FileView view;
+        view.writable = {mine};
+        view.restrict_reads = true;
+        view.readable = {named};
+        if (Status st = restrict_files(view); !st.ok()) return st.error().code == Errc::kUnsupported ? 128 : 129;
+      }
+      auto can = [](const std::string& path, int flags) {
+        const int fd = open(path.c_str(), flags | O_CLOEXEC);
+        if (fd >= 0) close(fd);
+        return fd >= 0;
+      };
+      int got = 0;
+      if (can("/etc/passwd", O_RDONLY)) got |= 1;
+      if (can("/usr/lib", O_RDONLY | O_DIRECTORY)) got |= 2;
+      if (can(mine + "/file", O_RDWR)) got |= 4;
+      if (can(named + "/file", O_RDONLY)) got |= 8;
+      if (can(other + "/file", O_RDONLY)) got |= 16;
+      if (can("/etc/shadow", O_RDONLY)) got |= 32;
+      if (!disk.empty() && can(disk, O_RDONLY)) got |= 64;
+      return got;
+    });
+  };
+  const int confined = reads(true);
+  if (confined == 128) GTEST_SKIP() << "no Landlock in this kernel";
+  EXPECT_EQ(confined, 1 | 2 | 4 | 8);
+  EXPECT_EQ(reads(false), 1 | 2 | 4 | 8 | 16 | (shadow ? 32 : 0) | (disk.empty() ? 0 : 64)) << "control";
+  std::system(("rm -rf " + root).c_str());
 }
 
 // The file system view (Landlock): a confined back-end writes only beneath what it was given (here

@@ -80,25 +80,26 @@ if wants probe; then
   # uid (it keeps CAP_SETUID as root, but its allowlist refuses the calls) (a
   # sanitizer build keeps processes and kill for its runtime: those two are not asserted there). What
   # docs/security.md says it may still do is reported, not asserted: write files (its Landlock domain
-  # restricts no writes) and, with the CAP_DAC_OVERRIDE it keeps as root, open a file of mode 0444 again
+  # restricts no writes, nor reads) and, with the CAP_DAC_OVERRIDE it keeps as root, open a file of mode 0444 again
   # writable and read one of mode 0000. Control, the same with --no-sandbox: every attempt succeeds.
   mkdir -p /host/run/probe/outside
-  : >/host/run/probe/ro
-  chmod 0444 /host/run/probe/ro
-  echo secret >/host/run/probe/unreadable
-  chmod 0 /host/run/probe/unreadable
+  echo "the operator's" >/host/run/probe/readable
   # An address of this shell's, canopy-vmm's parent (the chroot below execs it), for process_vm_readv.
   peek=$(sed -n '1s/-.*//p' "/proc/$$/maps")
-  loosened=""
-  grep -a -q AddressSanitizer "/host$VMM" && loosened="fork signal_parent"
   for mode in confined control; do
     sandbox="" any=""
     [ "$mode" = control ] && sandbox=--no-sandbox any=CANOPY_PROBE_ANY=1
     note "canopy-vmm boot on KVM with the sandbox probe ($mode)"
-    rm -f /host/run/probe/line
+    rm -f /host/run/probe/line /host/run/probe/ro /host/run/probe/unreadable
+    # Made again for each run: a run that could give the file its mode back (restore_mode) did.
+    : >/host/run/probe/ro
+    chmod 0444 /host/run/probe/ro
+    echo secret >/host/run/probe/unreadable
+    chmod 0 /host/run/probe/unreadable
     # shellcheck disable=SC2086 # $sandbox and $any: empty or one word
     env LD_PRELOAD="$PROBE" CANOPY_PROBE_FD=7 CANOPY_PROBE_OUTSIDE=/run/probe/outside CANOPY_PROBE_PEEK="$peek" \
-      CANOPY_PROBE_READONLY_FD=5 CANOPY_PROBE_UNREADABLE=/run/probe/unreadable $any \
+      CANOPY_PROBE_READONLY_FD=5 CANOPY_PROBE_UNREADABLE=/run/probe/unreadable \
+      CANOPY_PROBE_READABLE=/run/probe/readable $any \
       chroot /host "$VMM" boot --kernel "$KERNEL" --initrd "$L2" --memory 256M $sandbox \
       --cmdline "console=ttyS0 panic=-1 quiet canopy.timeout=$l2_timeout" >/tmp/l2.txt 2>&1 \
       7>/host/run/probe/line 5</host/run/probe/ro
@@ -110,9 +111,13 @@ if wants probe; then
     [ "$rc" -eq 0 ] || fail "canopy-vmm boot with the probe ($mode) exited $rc"
     line=$(cat /host/run/probe/line)
     note "KVM child ($mode): $line"
+    # A sanitizer build (the probe sees its runtime) keeps processes and kill for it: not asserted there.
+    loosened=""
+    case " $line " in *" sanitizer=yes "*) loosened="fork signal_parent" ;; esac
     n=0
     for kv in ${line#probe:}; do
       what=${kv%%=*} answer=${kv#*=}
+      [ "$what" = sanitizer ] && continue
       n=$((n + 1))
       if [ "$mode" = control ]; then
         [ "$answer" = ok ] || fail "control: $what was refused to the unconfined KVM child: $line"
@@ -125,7 +130,7 @@ if wants probe; then
       case " $loosened " in *" $what "*) continue ;; esac
       [ "$answer" = refused ] || fail "the confined KVM child could $what: $line"
     done
-    [ "$n" -eq 13 ] || fail "the probe in the KVM child ($mode) reported $n attempts, want 13: '$line'"
+    [ "$n" -eq 14 ] || fail "the probe in the KVM child ($mode) reported $n attempts, want 14: '$line'"
   done
 fi
 

@@ -31,6 +31,9 @@ struct BackendProgram {
   // paths, and $CANOPY_SCRATCH_DIR (its VM's scratch folder, from canopy-vmm --scratch-dir).
   std::vector<std::string> writable_options = {};
   std::vector<std::string> writable_paths = {};
+  // With confine: what it may read beyond the system's files and what it writes (restrict_files:
+  // reading is restricted too), e.g. a library's configuration in the user's folders.
+  std::vector<std::string> readable_paths = {};
   // With confine: system calls the program needs beyond the shared allowlist (backend_sandbox.h).
   std::vector<std::string> syscalls = {};
 };

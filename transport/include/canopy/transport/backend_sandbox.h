@@ -66,11 +66,30 @@ namespace canopy::transport {
 // Errors: kUnsupported when the kernel has no Landlock (the caller decides: backend_main goes on with
 // a warning), kIo.
 Status restrict_writes(const std::vector<std::string>& beneath, const std::vector<std::string>& refused_devices = {});
+
+// The same view, and with `restrict_reads` one in which the process may also read nothing but the
+// system's files and `readable`: the program folders (/usr, /lib*, /bin, /sbin, /opt), /sys, /proc,
+// /run/udev, each entry of /etc but its secrets (shadow and gshadow, ssh, ssl, sudoers, security,
+// credentials of the network, VPN and Kerberos configurations), the device files it may open (not the
+// disks), its writable folders and `readable`. Home folders, /root, /tmp, /srv, /var, /mnt and /media
+// stay out, so a confined process of root's (or the operator's) uid cannot read the operator's keys,
+// other VMs' files or a raw disk. Entries of /etc and /dev are taken as they are when it is confined.
+struct FileView {
+  std::vector<std::string> writable;         // restrict_writes' `beneath`
+  std::vector<std::string> refused_devices;  // restrict_writes' `refused_devices`
+  bool restrict_reads = false;
+  std::vector<std::string> readable;  // read beyond the system's (a file, or a folder and beneath it)
+};
+Status restrict_files(const FileView& view);
 // What a path an option names gives restrict_writes: the folder itself, else the folder the file is in.
 std::string writable_folder(const std::string& path);
 // Where Mesa keeps its shader cache (MESA_SHADER_CACHE_DIR, else $XDG_CACHE_HOME, else ~/.cache), for a
 // process that runs a GPU driver; empty when none of them is set.
 std::string driver_cache_dir();
+// The user's configuration of GPU drivers a process that runs one may read (restrict_files): the
+// Vulkan loader's folders in $XDG_CONFIG_HOME and $XDG_DATA_HOME (or ~/.config, ~/.local/share) and
+// ~/.drirc; those that exist.
+std::vector<std::string> driver_config_paths();
 
 // What a confined process may call beyond the shared allowlist.
 struct SyscallPolicy {
