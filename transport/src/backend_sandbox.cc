@@ -564,6 +564,22 @@ Status restrict_writes(const std::vector<std::string>& beneath, const std::vecto
 
 namespace {
 
+// The device files a confined program may open: GPUs (DRM; NVIDIA's; Arm Mali, Qualcomm Adreno's
+// kgsl, Vivante's galcore, Imagination's PowerVR as cockpit SoCs have them; compute accelerators),
+// dma-buf heaps and udmabuf, and the pseudo devices. Not input devices, sound cards, cameras,
+// terminals, consoles (vcs), hidraw, /dev/mem or the kernel log: a taken-over process cannot read
+// keystrokes, a microphone or what a console shows.
+bool device_for_confined(const std::string& name) {
+  static const char* const kExact[] = {"dri",  "accel", "dma_heap", "udmabuf", "galcore", "null",
+                                       "zero", "full",  "random",   "urandom", "shm"};
+  static const char* const kPrefix[] = {"nvidia", "mali", "kgsl", "pvr"};
+  for (const char* e : kExact)
+    if (name == e) return true;
+  for (const char* p : kPrefix)
+    if (name.rfind(p, 0) == 0) return true;
+  return false;
+}
+
 // What /etc holds that a confined process never reads: passwords, keys, credentials.
 bool secret_in_etc(const std::string& name) {
   static const char* const kSecrets[] = {"shadow",
@@ -657,7 +673,8 @@ Status restrict_files(const FileView& view) {
     st = each_entry(
         "/dev",
         [&](const std::string& name, bool block) {
-          return !block && !reaches_disks(name) && std::find(refused.begin(), refused.end(), name) == refused.end();
+          return !block && !reaches_disks(name) && device_for_confined(name) &&
+                 std::find(refused.begin(), refused.end(), name) == refused.end();
         },
         [&](const std::string& path) { return add(path, file_rights | (view.restrict_reads ? kReadDir : 0)); });
   }

@@ -221,8 +221,9 @@ TEST(BackendSandbox, OpensNoBlockDeviceForWriting) {
 }
 
 // Reads restricted too (restrict_files with restrict_reads): the system's files (here /etc/passwd,
-// /usr), its writable folder and what it was named stay readable; a file of mode 0644 elsewhere (the
-// operator's), /etc's secrets and, as root, a disk do not. Control: without the view each is read.
+// /usr, /dev/null), its writable folder and what it was named stay readable; a file of mode 0644
+// elsewhere (the operator's), /etc's secrets and, as root, a disk and the kernel's log device do not.
+// Control: without the view each is read.
 TEST(BackendSandbox, ReadsOnlyTheSystemsFilesAndItsOwn) {
   char tmpl[] = "/tmp/canopy-sandbox-test-XXXXXX";
   const std::string root = mkdtemp(tmpl);
@@ -242,8 +243,10 @@ TEST(BackendSandbox, ReadsOnlyTheSystemsFilesAndItsOwn) {
       closedir(dev);
     }
   const bool shadow = geteuid() == 0 && access("/etc/shadow", F_OK) == 0;
-  // Bits: 1 /etc/passwd, 2 /usr/lib, 4 its writable folder's file, 8 the named folder's, 16 the other
-  // file, 32 /etc/shadow, 64 the disk.
+  const bool kmsg = geteuid() == 0 && access("/dev/kmsg", F_OK) == 0;
+  // Bits: 1 the system's (/etc/passwd, /usr/lib, /dev/null), 2 its writable folder's file, 4 the named
+  // folder's, 8 the other file, 16 /etc/shadow, 32 the disk, 64 /dev/kmsg (the kernel's log, a device
+  // no confined program opens).
   auto reads = [&](bool restrict) {
     return in_child([&] {
       if (restrict) {
@@ -259,20 +262,20 @@ TEST(BackendSandbox, ReadsOnlyTheSystemsFilesAndItsOwn) {
         return fd >= 0;
       };
       int got = 0;
-      if (can("/etc/passwd", O_RDONLY)) got |= 1;
-      if (can("/usr/lib", O_RDONLY | O_DIRECTORY)) got |= 2;
-      if (can(mine + "/file", O_RDWR)) got |= 4;
-      if (can(named + "/file", O_RDONLY)) got |= 8;
-      if (can(other + "/file", O_RDONLY)) got |= 16;
-      if (can("/etc/shadow", O_RDONLY)) got |= 32;
-      if (!disk.empty() && can(disk, O_RDONLY)) got |= 64;
+      if (can("/etc/passwd", O_RDONLY) && can("/usr/lib", O_RDONLY | O_DIRECTORY) && can("/dev/null", O_RDWR)) got |= 1;
+      if (can(mine + "/file", O_RDWR)) got |= 2;
+      if (can(named + "/file", O_RDONLY)) got |= 4;
+      if (can(other + "/file", O_RDONLY)) got |= 8;
+      if (can("/etc/shadow", O_RDONLY)) got |= 16;
+      if (!disk.empty() && can(disk, O_RDONLY)) got |= 32;
+      if (can("/dev/kmsg", O_RDONLY)) got |= 64;
       return got;
     });
   };
   const int confined = reads(true);
   if (confined == 128) GTEST_SKIP() << "no Landlock in this kernel";
-  EXPECT_EQ(confined, 1 | 2 | 4 | 8);
-  EXPECT_EQ(reads(false), 1 | 2 | 4 | 8 | 16 | (shadow ? 32 : 0) | (disk.empty() ? 0 : 64)) << "control";
+  EXPECT_EQ(confined, 1 | 2 | 4);
+  EXPECT_EQ(reads(false), 1 | 2 | 4 | 8 | (shadow ? 16 : 0) | (disk.empty() ? 0 : 32) | (kmsg ? 64 : 0)) << "control";
   std::system(("rm -rf " + root).c_str());
 }
 

@@ -58,9 +58,11 @@ namespace canopy::transport {
 // /dev for writing (a GPU's render node, /dev/null) and use /dev/shm; reading stays as the uid's
 // permissions say. From Landlock ABI 6 it can neither signal nor reach the abstract sockets of
 // processes outside its domain. Paths that do not exist are skipped. Device files it may open for
-// writing: each entry of /dev as /dev lists them when it is confined (a device that appears later
-// cannot be), but block devices and the character devices that write disks (SCSI and NVMe generic,
-// MTD: a process of root's uid owns the disks, capabilities or not) and `refused_devices`
+// writing: the entries of /dev that are GPUs (dri, nvidia*, mali*, kgsl*, galcore, pvr*, accel),
+// dma-buf heaps (dma_heap, udmabuf) and pseudo devices (null, zero, full, random, urandom), as /dev
+// lists them when it is confined (a device that appears later cannot be); never block devices or the
+// character devices that write disks (SCSI and NVMe generic, MTD: a process of root's uid owns the
+// disks, capabilities or not), input devices, sound cards, cameras, terminals, nor `refused_devices`
 // (canopy-display: "udmabuf", so that a read-only descriptor of guest memory cannot be made into a
 // writable dma-buf). Subfolders of /dev are allowed whole (/dev/dri ...).
 // Errors: kUnsupported when the kernel has no Landlock (the caller decides: backend_main goes on with
