@@ -16,6 +16,7 @@
 #include "canopy/base/log.h"
 #include "canopy/config/snd_options.h"
 #include "canopy/transport/backend_main.h"
+#include "canopy/transport/backend_sandbox.h"
 
 namespace {
 
@@ -194,6 +195,7 @@ int main(int argc, char** argv) {
   program.writable_options = {"--wav-dir", "--stats", "--policy"};
   if (const char* d = std::getenv("CANOPY_SND_STATS_DIR"); d && *d) program.writable_paths.emplace_back(d);
   // PipeWire's client reads its configuration from the user's folder too, where there is one.
+  program.readable_paths = canopy::transport::driver_config_paths();  // SPA_PLUGIN_DIR, PIPEWIRE_MODULE_DIR ...
   if (const char* c = std::getenv("PIPEWIRE_CONFIG_DIR"); c && *c) program.readable_paths.emplace_back(c);
   if (const char* x = std::getenv("XDG_CONFIG_HOME"); x && *x)
     program.readable_paths.push_back(std::string(x) + "/pipewire");

@@ -222,7 +222,7 @@ int main(int argc, char** argv) {
       if (!p.empty()) beneath.push_back(transport::writable_folder(p));
     for (const std::string& d : {opt.listen_dir, opt.control_dir, snapshot_dir})
       if (!d.empty()) beneath.push_back(d);
-    if (std::string cache = transport::driver_cache_dir(); !cache.empty()) beneath.push_back(cache);
+    for (const std::string& cache : transport::driver_cache_dirs()) beneath.push_back(cache);
     transport::FileView view;
     view.writable = std::move(beneath);
     view.refused_devices = {"udmabuf"};

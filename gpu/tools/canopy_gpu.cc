@@ -180,7 +180,7 @@ int main(int argc, char** argv) {
   program.confine = true;
   // What it writes: its frame log, its control socket, and the GPU driver's shader cache.
   program.writable_options = {"--frame-log", "--control"};
-  if (std::string cache = transport::driver_cache_dir(); !cache.empty()) program.writable_paths.push_back(cache);
+  program.writable_paths = transport::driver_cache_dirs();
   program.readable_paths = transport::driver_config_paths();
   program.valued_options = {
       "--renderer",      "--scanouts",       "--mode",        "--scanout-mode", "--frame-log",

@@ -204,6 +204,7 @@ struct ChildPlan {
 }  // namespace
 
 std::string ExitInfo::to_string() const {
+  if (held_by_tracer) return "exited (its status held by the process that traces it)";
   if (signaled) return std::string("killed by signal ") + std::to_string(code) + " (" + strsignal(code) + ")";
   return "exited with status " + std::to_string(code);
 }
@@ -239,7 +240,17 @@ std::optional<ExitInfo> Child::try_reap() {
     }
     return std::nullopt;
   }
-  if (si.si_pid == 0) return std::nullopt;
+  if (si.si_pid == 0) {
+    // Running, or exited and traced by a process that has not taken its exit: its pidfd says which.
+    // Exited is exited: waiting for the tracer would keep its VM down as long as the tracer likes, and
+    // a readable pidfd woken on would spin every loop that watches it.
+    pollfd p{pidfd_.get(), POLLIN, 0};
+    if (::poll(&p, 1, 0) != 1) return std::nullopt;
+    pidfd_.reset();
+    ExitInfo held;
+    held.held_by_tracer = true;
+    return held;
+  }
   pidfd_.reset();
   ExitInfo e;
   e.signaled = si.si_code == CLD_KILLED || si.si_code == CLD_DUMPED;

@@ -1,7 +1,6 @@
 // canopy-vmm's supervisor: creation from the manifest, the event loop and the public API (supervisor_impl.h
 // says where the rest lives).
 #include <grp.h>
-#include <sys/wait.h>
 
 #include "backend_args.h"
 #include "supervisor_impl.h"
@@ -16,40 +15,7 @@ void Supervisor::Impl::watch(int fd, uint64_t t) {
 }
 
 void Supervisor::Impl::unwatch(int fd) {
-  if (fd < 0) return;
-  (void)epoll_ctl(epoll.get(), EPOLL_CTL_DEL, fd, nullptr);
-  std::erase_if(parked, [&](const Parked& p) { return p.fd == fd; });
-}
-
-namespace {
-
-// Whether the child behind `pidfd`, whose pidfd woke the loop (it exited), cannot be reaped yet.
-bool exited_unreapable(int pidfd) {
-  siginfo_t si{};
-  return waitid(idtype_t(P_PIDFD), id_t(pidfd), &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid == 0;
-}
-
-}  // namespace
-
-void Supervisor::Impl::park(int pidfd, uint64_t t, pid_t pid) {
-  if (pidfd < 0) return;
-  unwatch(pidfd);
-  parked.push_back({pidfd, t});
-  CANOPY_WARN("pid %d exited, but another process traces it and has not taken its exit: reaped once it can be",
-              int(pid));
-}
-
-void Supervisor::Impl::retry_parked() {
-  for (auto it = parked.begin(); it != parked.end();) {
-    if (exited_unreapable(it->fd)) {
-      ++it;
-      continue;
-    }
-    // Reapable now (or gone: the loop's handler says so): the loop takes it on its next turn.
-    const Parked p = *it;
-    it = parked.erase(it);
-    watch(p.fd, p.tag);
-  }
+  if (fd >= 0) (void)epoll_ctl(epoll.get(), EPOLL_CTL_DEL, fd, nullptr);
 }
 
 Vm* Supervisor::Impl::find(const std::string& name) {
@@ -68,16 +34,13 @@ void Supervisor::Impl::dispatch(uint64_t t) {
     }
     case kVmProcess: {
       Vm& vm = *vms[tag_a(t)];
-      if (vm.proc.running() && exited_unreapable(vm.proc.pidfd())) park(vm.proc.pidfd(), t, vm.proc.pid());
-      else if (auto e = vm.proc.try_reap()) on_vm_exit(vm, *e);
+      if (auto e = vm.proc.try_reap()) on_vm_exit(vm, *e);
       break;
     }
     case kBackendProcess: {
       Vm& vm = *vms[tag_a(t)];
       const size_t d = tag_b(t);
-      if (d >= vm.devices.size()) break;
-      if (Child& b = vm.devices[d]->backend(); b.running() && exited_unreapable(b.pidfd())) park(b.pidfd(), t, b.pid());
-      else on_backend_exit(vm, *vm.devices[d]);
+      if (d < vm.devices.size()) on_backend_exit(vm, *vm.devices[d]);
       break;
     }
     case kBackendRequest: {
@@ -98,10 +61,7 @@ void Supervisor::Impl::dispatch(uint64_t t) {
       if (d < vm.devices.size()) on_display_link(vm, *vm.devices[d]);
       break;
     }
-    case kCompositorProcess:
-      if (compositor.running() && exited_unreapable(compositor.pidfd())) park(compositor.pidfd(), t, compositor.pid());
-      else on_compositor_exit();
-      break;
+    case kCompositorProcess: on_compositor_exit(); break;
   }
 }
 
@@ -251,7 +211,6 @@ void Supervisor::run_once(int timeout_ms) {
   for (int i = 0; i < n; ++i) impl_->dispatch(evs[i].data.u64);
   impl_->due();
   impl_->reap_orphans();
-  impl_->retry_parked();
 }
 
 void Supervisor::run(int signal_fd) {

@@ -133,17 +133,6 @@ struct Supervisor::Impl {
 
   void watch(int fd, uint64_t t);
   void unwatch(int fd);
-  // A child whose pidfd says it exited but that cannot be reaped yet (another process traces it and
-  // has not taken its exit: a debugger, or an unconfined partition's ptrace): its pidfd would wake
-  // the loop without end, so it leaves the loop until waitid says it can be reaped (retry_parked, on
-  // every turn; at most a turn's timeout late). Unwatching a parked pidfd forgets it.
-  void park(int pidfd, uint64_t t, pid_t pid);
-  void retry_parked();
-  struct Parked {
-    int fd;
-    uint64_t tag;
-  };
-  std::vector<Parked> parked;
 
   Vm* find(const std::string& name);
 

@@ -4,7 +4,8 @@
 // confinement canopy-vmm and backend_main give a back-end (seccomp allowlist, Landlock view, no
 // capabilities). It serves a device that does nothing and, on a thread, once it is confined (but with
 // --no-sandbox or CANOPY_NO_SANDBOX) and the file --plan names exists (the test writes it when the
-// cockpit runs steadily; its folder is readable in the back-end's view), tries what the attacker would:
+// cockpit runs steadily, in the back-end's scratch folder; a plan elsewhere has its folder made
+// readable to it), tries what the attacker would:
 //   claim-cluster      a connection from the broker, HELLO as "cluster"
 //   broker-flood       30 more connections, as fast as the answers come
 //   display-quit       "quit" on canopy-display's control socket

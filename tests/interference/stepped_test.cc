@@ -558,18 +558,18 @@ TEST(SteppedCockpit, TheWholeIviSideAttackingNeverChangesTheClustersPicture) {
     return "[[vm]]\nname = \"" + name + "\"\nbackend = \"partition\"\nmemory = \"" + memory + "\"\n" + extra +
            "app = \"" + kBin + "/" + app + "\"\nargs = [" + args + "]\n";
   };
-  const std::string manifest =
-      vm("cluster", "32M", "criticality = \"safety\"\n", "canopy-partition-solid", "") + gpu +
-      vm("ivi", "64M", "", "canopy-partition-gpu-flood", "") + gpu +
-      "args = [\"--max-host-mb=32\", \"--control=@DIR@/ivi-gpu.sock\"]\n" +
-      vm("media", "32M", "", "canopy-partition-probe", "\"--attack\", \"@DIR@/TARGET\"") +
-      "[[vm.device]]\ntype = \"rng\"\nbackend = \"" + kBin + "/canopy-vhost-rng\"\nargs = [\"--pattern\"]\n" +
-      "[vm.gpu]\nbackend = \"" + kBin +
-      "/canopy-test-hostile-gpu\"\nscanouts = [{ width = 64, height = 32 }]\nargs = [\"--plan=@DIR@/plan\"]\n"
-      "[[display]]\nname = \"main\"\nwidth = 192\nheight = 32\nrefresh_hz = 60\n"
-      "[[layout]]\ndisplay = \"main\"\nvm = \"cluster\"\nwidth = 64\nheight = 32\n"
-      "[[layout]]\ndisplay = \"main\"\nvm = \"ivi\"\nx = 64\nwidth = 64\nheight = 32\n"
-      "[[layout]]\ndisplay = \"main\"\nvm = \"media\"\nx = 128\nwidth = 64\nheight = 32\n";
+  const std::string manifest = vm("cluster", "32M", "criticality = \"safety\"\n", "canopy-partition-solid", "") + gpu +
+                               vm("ivi", "64M", "", "canopy-partition-gpu-flood", "") + gpu +
+                               "args = [\"--max-host-mb=32\", \"--control=@DIR@/ivi-gpu.sock\"]\n" +
+                               vm("media", "32M", "", "canopy-partition-probe", "\"--attack\", \"@DIR@/TARGET\"") +
+                               "[[vm.device]]\ntype = \"rng\"\nbackend = \"" + kBin +
+                               "/canopy-vhost-rng\"\nargs = [\"--pattern\"]\n" + "[vm.gpu]\nbackend = \"" + kBin +
+                               "/canopy-test-hostile-gpu\"\nscanouts = [{ width = 64, height = 32 }]\nargs = "
+                               "[\"--plan=@DIR@/scratch/media/plan\"]\n"
+                               "[[display]]\nname = \"main\"\nwidth = 192\nheight = 32\nrefresh_hz = 60\n"
+                               "[[layout]]\ndisplay = \"main\"\nvm = \"cluster\"\nwidth = 64\nheight = 32\n"
+                               "[[layout]]\ndisplay = \"main\"\nvm = \"ivi\"\nx = 64\nwidth = 64\nheight = 32\n"
+                               "[[layout]]\ndisplay = \"main\"\nvm = \"media\"\nx = 128\nwidth = 64\nheight = 32\n";
   for (bool protect : {true, false}) {
     SCOPED_TRACE(protect ? "confined, a uid per VM" : "control: --no-confine --control-open-to-children");
     std::vector<std::string> extra = {"--scratch-dir", "@DIR@/scratch"};
@@ -578,12 +578,17 @@ TEST(SteppedCockpit, TheWholeIviSideAttackingNeverChangesTheClustersPicture) {
                                "--control", "@DIR@/display.ctl"});
     test_support::Vmm vmm(manifest, extra);
     const std::string ctl = vmm.dir() + "/display.ctl";
-    // Frames canopy-display has received from the cluster's connection (its stats; -1: none yet).
-    auto cluster_frames = [&]() -> long long {
+    // Frames canopy-display has received from the cluster's connection (its stats; -1: none), of a
+    // connected one, or of the first it lists (as a step's report does).
+    auto cluster_frames = [&](bool connected = true) -> long long {
       if (::access(ctl.c_str(), F_OK) != 0) return -1;
       std::istringstream in(ask(ctl, "stats"));
-      for (std::string line; std::getline(in, line);)
-        if (line.rfind("vm cluster connected=1 frames=", 0) == 0) return std::atoll(line.c_str() + 30);
+      for (std::string line; std::getline(in, line);) {
+        if (line.rfind("vm cluster connected=", 0) != 0 || (connected && line.rfind("vm cluster connected=1 ", 0) != 0))
+          continue;
+        const size_t at = line.find(" frames=");
+        return at == std::string::npos ? -1 : std::atoll(line.c_str() + at + 8);
+      }
       return -1;
     };
     auto number = [](const std::string& v) { return v.empty() ? ~0ull : std::stoull(v); };
@@ -637,10 +642,13 @@ TEST(SteppedCockpit, TheWholeIviSideAttackingNeverChangesTheClustersPicture) {
     ASSERT_EQ(::mkdir((vmm.dir() + "/open").c_str(), 0777), 0);
     ASSERT_EQ(::chmod((vmm.dir() + "/open").c_str(), 01777), 0);
     std::ofstream(vmm.dir() + "/TARGET") << cluster_pid << "\n";
-    std::ofstream(vmm.dir() + "/plan.new")
+    // The plan in the media VM's scratch folder, its back-end's own (it may read nothing else of the
+    // test's).
+    std::ofstream(vmm.dir() + "/scratch/media/plan.new")
         << "vmm-control " << vmm.dir() << "/control\ndisplay-control " << ctl << "\ncluster-gpu " << cluster_gpu
         << "\ncluster-scratch " << vmm.dir() << "/scratch/cluster\n";
-    ASSERT_EQ(::rename((vmm.dir() + "/plan.new").c_str(), (vmm.dir() + "/plan").c_str()), 0);
+    ASSERT_EQ(::rename((vmm.dir() + "/scratch/media/plan.new").c_str(), (vmm.dir() + "/scratch/media/plan").c_str()),
+              0);
     EXPECT_EQ(test_support::line_exchange(vmm.dir() + "/ivi-gpu.sock", "display 0 800x600\n"), "ok\n");
     auto attacks_done = [&] {
       const std::string log = vmm.log();
@@ -656,11 +664,13 @@ TEST(SteppedCockpit, TheWholeIviSideAttackingNeverChangesTheClustersPicture) {
     if (protect) {
       // Until every attacker has reported and 30 steps after (a hang guard of 300 s on the steady clock).
       const auto guard = std::chrono::steady_clock::now() + std::chrono::seconds(300);
-      for (int after = 0; after < 30 && std::chrono::steady_clock::now() < guard && !::testing::Test::HasFailure();) {
+      int after = 0;
+      for (; after < 30 && std::chrono::steady_clock::now() < guard && !::testing::Test::HasFailure();) {
         if (after > 0 || attacks_done()) ++after;
         checked_step();
       }
       ASSERT_TRUE(attacks_done()) << vmm.log();
+      EXPECT_EQ(after, 30) << "the hang guard ran out";
       std::printf("%d steps, the cluster's picture unchanged on each\n", steps);
       const std::string log = vmm.log();
       refused_in_both(log);
@@ -697,7 +707,13 @@ TEST(SteppedCockpit, TheWholeIviSideAttackingNeverChangesTheClustersPicture) {
         (void)step(false);
         return ended();
       })) << vmm.ctl("status");
-      const unsigned long long shown = number(step(false)["new"]);
+      // Until the last step has taken in every frame canopy-display received of the cluster (none once
+      // its back-end is gone with it).
+      unsigned long long shown = 0;
+      ASSERT_TRUE(test_support::Vmm::wait_until([&] {
+        shown = number(step(false)["new"]);
+        return cluster_frames(false) == taken;
+      }));
       for (int i = 0; i < 10; ++i)
         EXPECT_EQ(number(step(false)["new"]), shown) << "control: a new frame of the cluster";
     }

@@ -520,11 +520,26 @@ std::string writable_folder(const std::string& path) {
   return slash == std::string::npos ? std::string(".") : slash == 0 ? std::string("/") : path.substr(0, slash);
 }
 
-std::string driver_cache_dir() {
-  if (const char* d = std::getenv("MESA_SHADER_CACHE_DIR"); d && *d) return d;
-  if (const char* x = std::getenv("XDG_CACHE_HOME"); x && *x) return x;
-  if (const char* h = std::getenv("HOME"); h && *h) return std::string(h) + "/.cache";
-  return {};
+std::vector<std::string> driver_cache_dirs() {
+  // A VM's back-end keeps its cache in its VM's scratch folder: no VM's driver reads what another's
+  // compiled, nor its user's other caches.
+  const char* scratch = std::getenv("CANOPY_SCRATCH_DIR");
+  const char* set = std::getenv("MESA_SHADER_CACHE_DIR");
+  if ((set == nullptr || *set == 0) && scratch && *scratch) ::setenv("MESA_SHADER_CACHE_DIR", scratch, 1);
+  std::string base;
+  if (const char* d = std::getenv("MESA_SHADER_CACHE_DIR"); d && *d) base = d;
+  else if (const char* x = std::getenv("XDG_CACHE_HOME"); x && *x) base = x;
+  else if (const char* h = std::getenv("HOME"); h && *h) base = std::string(h) + "/.cache";
+  if (base.empty()) return {};
+  // Mesa keeps its cache in a folder of its own beneath (by the cache's kind); made here, while the
+  // process may still make folders there, so that only those are granted.
+  std::vector<std::string> out;
+  (void)::mkdir(base.c_str(), 0700);
+  for (const char* name : {"/mesa_shader_cache", "/mesa_shader_cache_db", "/mesa_shader_cache_sf"}) {
+    const std::string d = base + name;
+    if (::mkdir(d.c_str(), 0700) == 0 || errno == EEXIST) out.push_back(d);
+  }
+  return out;
 }
 
 std::vector<std::string> driver_config_paths() {
@@ -534,9 +549,27 @@ std::vector<std::string> driver_config_paths() {
     if (const char* v = std::getenv(var); v && *v) return v;
     return home && *home ? std::string(home) + fallback : std::string();
   };
-  for (std::string p : {base("XDG_CONFIG_HOME", "/.config"), base("XDG_DATA_HOME", "/.local/share")})
+  for (const std::string& p : {base("XDG_CONFIG_HOME", "/.config"), base("XDG_DATA_HOME", "/.local/share")})
     if (!p.empty()) out.push_back(p + "/vulkan");
   if (home && *home) out.push_back(std::string(home) + "/.drirc");
+  // What the operator's environment names for the drivers and their loaders: the Vulkan loader's
+  // manifests and layers, Mesa's drivers, EGL's vendors, the library path of a driver built by hand,
+  // and the vulkan folders of the system's data and configuration folders (Flatpak and snap add theirs).
+  auto each = [&](const char* var, const char* sub) {
+    const char* v = std::getenv(var);
+    for (std::string list = v ? v : ""; !list.empty();) {
+      const size_t colon = list.find(':');
+      const std::string item = list.substr(0, colon);
+      if (!item.empty()) out.push_back(item + sub);
+      list = colon == std::string::npos ? "" : list.substr(colon + 1);
+    }
+  };
+  for (const char* var : {"VK_ICD_FILENAMES", "VK_DRIVER_FILES", "VK_ADD_DRIVER_FILES", "VK_LAYER_PATH",
+                          "VK_ADD_LAYER_PATH", "LIBGL_DRIVERS_PATH", "GBM_BACKENDS_PATH", "__EGL_VENDOR_LIBRARY_DIRS",
+                          "__EGL_VENDOR_LIBRARY_FILENAMES", "LD_LIBRARY_PATH", "SPA_PLUGIN_DIR", "PIPEWIRE_MODULE_DIR"})
+    each(var, "");
+  each("XDG_DATA_DIRS", "/vulkan");
+  each("XDG_CONFIG_DIRS", "/vulkan");
   std::erase_if(out, [](const std::string& p) { return ::access(p.c_str(), F_OK) != 0; });
   return out;
 }
@@ -570,8 +603,8 @@ namespace {
 // terminals, consoles (vcs), hidraw, /dev/mem or the kernel log: a taken-over process cannot read
 // keystrokes, a microphone or what a console shows.
 bool device_for_confined(const std::string& name) {
-  static const char* const kExact[] = {"dri",  "accel", "dma_heap", "udmabuf", "galcore", "null",
-                                       "zero", "full",  "random",   "urandom", "shm"};
+  static const char* const kExact[] = {"dri",  "accel", "dma_heap", "udmabuf", "galcore", "kfd", "dxg",
+                                       "null", "zero",  "full",     "random",  "urandom", "shm"};
   static const char* const kPrefix[] = {"nvidia", "mali", "kgsl", "pvr"};
   for (const char* e : kExact)
     if (name == e) return true;
@@ -582,27 +615,14 @@ bool device_for_confined(const std::string& name) {
 
 // What /etc holds that a confined process never reads: passwords, keys, credentials.
 bool secret_in_etc(const std::string& name) {
-  static const char* const kSecrets[] = {"shadow",
-                                         "shadow-",
-                                         "gshadow",
-                                         "gshadow-",
-                                         "ssh",
-                                         "ssl",
-                                         "sudoers",
-                                         "sudoers.d",
-                                         "security",
-                                         "krb5.keytab",
-                                         "NetworkManager",
-                                         "wpa_supplicant",
-                                         "ppp",
-                                         "credstore",
-                                         "credstore.encrypted",
-                                         "ipsec.secrets",
-                                         "ipsec.d",
-                                         "openvpn",
-                                         "wireguard",
-                                         "libvirt",
-                                         ".pwd.lock"};
+  // clang-format off
+  static const char* const kSecrets[] = {
+      "shadow", "shadow-", "gshadow", "gshadow-", "ssh", "ssl", "pki", "letsencrypt", "sudoers", "sudoers.d",
+      "security", "krb5.keytab", "krb5kdc", "sssd", "NetworkManager", "netplan", "wpa_supplicant", "ppp",
+      "systemd", "credstore", "credstore.encrypted", "cryptsetup-keys.d", "crypttab", "ipsec.secrets", "ipsec.d",
+      "swanctl", "strongswan.d", "openvpn", "wireguard", "libvirt", "apt", "containers", "docker", "kubernetes",
+      "rancher", "ceph", "iscsi", "mysql", "postfix", "exim4", "davfs2", "cups", ".pwd.lock"};
+  // clang-format on
   for (const char* s : kSecrets)
     if (name == s) return true;
   return false;
@@ -682,8 +702,11 @@ Status restrict_files(const FileView& view) {
   if (st.ok() && view.restrict_reads) {
     // What every program reads: its libraries and their data, the kernel's views of itself and of
     // this process, the device database; /etc but its secrets; and what the caller adds.
-    for (const char* p :
-         {"/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/opt", "/sys", "/proc", "/run/udev"})
+    // /sys: devices and their classes (a GPU driver finds its PCI device there) and the cgroup
+    // limits; not the kernel's debug and tracing files, nor the firmware's tables.
+    for (const char* p : {"/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/opt", "/sys/devices",
+                          "/sys/dev", "/sys/class", "/sys/bus", "/sys/fs/cgroup", "/proc", "/run/udev", "/nix/store",
+                          "/gnu/store", "/run/opengl-driver"})
       if (st.ok()) st = add(p, kReadDir);
     // /dev's folders may be listed (a GPU driver looks for its render nodes in /dev/dri).
     if (st.ok()) st = add("/dev", LANDLOCK_ACCESS_FS_READ_DIR);

@@ -84,7 +84,11 @@ Result<std::string> make_scratch(const std::string& dir, const std::string& vm, 
 struct ExitInfo {
   bool signaled = false;
   int code = 0;  // exit status, or the signal number when signaled
-  bool clean() const { return !signaled && code == 0; }
+  // It exited, but another process traces it and has not taken its exit yet (a debugger; or an
+  // unconfined partition's ptrace): its status is unknown, and the zombie is left for the tracer to
+  // let go of (canopy-vmm, their subreaper, reaps it then as it reaps orphans).
+  bool held_by_tracer = false;
+  bool clean() const { return !signaled && code == 0 && !held_by_tracer; }
   std::string to_string() const;
 };
 

@@ -85,12 +85,17 @@ struct FileView {
 Status restrict_files(const FileView& view);
 // What a path an option names gives restrict_writes: the folder itself, else the folder the file is in.
 std::string writable_folder(const std::string& path);
-// Where Mesa keeps its shader cache (MESA_SHADER_CACHE_DIR, else $XDG_CACHE_HOME, else ~/.cache), for a
-// process that runs a GPU driver; empty when none of them is set.
-std::string driver_cache_dir();
-// The user's configuration of GPU drivers a process that runs one may read (restrict_files): the
-// Vulkan loader's folders in $XDG_CONFIG_HOME and $XDG_DATA_HOME (or ~/.config, ~/.local/share) and
-// ~/.drirc; those that exist.
+// Where Mesa keeps its shader cache, for a process that runs a GPU driver: the folders Mesa uses
+// beneath MESA_SHADER_CACHE_DIR (set to $CANOPY_SCRATCH_DIR, its VM's scratch folder, where that is
+// given and it is not), else $XDG_CACHE_HOME, else ~/.cache, made here (mesa_shader_cache, _db, _sf);
+// empty when none of them is set. Call before the process is confined.
+std::vector<std::string> driver_cache_dirs();
+// What a process that runs a GPU driver or PipeWire may read beyond the system's files
+// (restrict_files): the Vulkan loader's folders in $XDG_CONFIG_HOME and $XDG_DATA_HOME (or ~/.config,
+// ~/.local/share) and in $XDG_DATA_DIRS and $XDG_CONFIG_DIRS, ~/.drirc, and what the environment names
+// for the loaders and drivers (VK_ICD_FILENAMES, VK_DRIVER_FILES, VK_ADD_DRIVER_FILES, VK_LAYER_PATH,
+// VK_ADD_LAYER_PATH, LIBGL_DRIVERS_PATH, GBM_BACKENDS_PATH, __EGL_VENDOR_LIBRARY_DIRS and _FILENAMES,
+// LD_LIBRARY_PATH, SPA_PLUGIN_DIR, PIPEWIRE_MODULE_DIR); those that exist.
 std::vector<std::string> driver_config_paths();
 
 // What a confined process may call beyond the shared allowlist.
