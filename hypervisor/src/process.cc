@@ -19,11 +19,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 
 #include "canopy/base/landlock.h"
 #include "canopy/base/log.h"
@@ -204,9 +207,9 @@ struct ChildPlan {
 }  // namespace
 
 std::string ExitInfo::to_string() const {
-  if (held_by_tracer) return "exited (its status held by the process that traces it)";
-  if (signaled) return std::string("killed by signal ") + std::to_string(code) + " (" + strsignal(code) + ")";
-  return "exited with status " + std::to_string(code);
+  const std::string held = held_by_tracer ? " (not reaped yet: another process traces it)" : "";
+  if (signaled) return std::string("killed by signal ") + std::to_string(code) + " (" + strsignal(code) + ")" + held;
+  return "exited with status " + std::to_string(code) + held;
 }
 
 Child& Child::operator=(Child&& o) noexcept {
@@ -246,9 +249,35 @@ std::optional<ExitInfo> Child::try_reap() {
     // a readable pidfd woken on would spin every loop that watches it.
     pollfd p{pidfd_.get(), POLLIN, 0};
     if (::poll(&p, 1, 0) != 1) return std::nullopt;
-    pidfd_.reset();
+    // Readable: its exit is recorded by now, so a second look tells one that has just exited (reaped
+    // here, its status true) from one its tracer holds.
+    si = {};
+    if (waitid(idtype_t(P_PIDFD), id_t(pidfd_.get()), &si, WEXITED | WNOHANG) == 0 && si.si_pid != 0) {
+      pidfd_.reset();
+      ExitInfo e;
+      e.signaled = si.si_code == CLD_KILLED || si.si_code == CLD_DUMPED;
+      e.code = si.si_status;
+      return e;
+    }
     ExitInfo held;
     held.held_by_tracer = true;
+    // Its status as the kernel keeps it for the zombie (/proc/PID/stat field 52, a wait status): its
+    // pid stays ours until we reap it, so this is still the same process.
+    std::ifstream in("/proc/" + std::to_string(pid_) + "/stat");
+    std::string stat;
+    std::getline(in, stat);
+    if (const size_t paren = stat.rfind(')'); paren != std::string::npos) {
+      std::istringstream fields(stat.substr(paren + 2));
+      std::string f;
+      int n = 3;
+      while (fields >> f && n < 52) ++n;
+      if (n == 52 && !f.empty() && std::isdigit(static_cast<unsigned char>(f[0]))) {
+        const int status = std::atoi(f.c_str());
+        held.signaled = WIFSIGNALED(status);
+        held.code = WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status);
+      }
+    }
+    pidfd_.reset();
     return held;
   }
   pidfd_.reset();

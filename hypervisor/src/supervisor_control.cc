@@ -1,6 +1,7 @@
 // canopy-vmm's supervisor: the control socket canopyctl talks to (supervisor_impl.h).
 #include <dirent.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
 
@@ -68,7 +69,9 @@ void Supervisor::Impl::kill_orphans() {
     for (pid_t pid : orphans) {
       CANOPY_WARN("pid %d, orphaned by a process canopy-vmm started, is killed", int(pid));
       (void)kill(pid, SIGKILL);
-      (void)waitpid(pid, nullptr, 0);
+      // Reaped once it is gone; one that another process traces may not be reapable until that one
+      // lets go: a second at most, then it is left (it dies with its tracer).
+      for (int i = 0; i < 100 && waitpid(pid, nullptr, WNOHANG) == 0; ++i) usleep(10000);
     }
   }
 }

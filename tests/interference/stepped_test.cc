@@ -692,20 +692,12 @@ TEST(SteppedCockpit, TheWholeIviSideAttackingNeverChangesTheClustersPicture) {
       for (const char* attack : {"signal-cluster", "cluster-ram", "cluster-scratch", "vmm-stop-cluster"})
         EXPECT_NE(log.find(std::string("hostile ") + attack + ": DONE"), std::string::npos) << attack;
       EXPECT_EQ(::access((vmm.dir() + "/scratch/cluster/written-by-ivi").c_str(), F_OK), 0);
-      // The cluster is stopped: once its partition has ended (gone, or a zombie: the probe partition,
-      // unconfined here, may trace it and never take its exit) and a step has taken in what its
-      // back-end had sent before, no step shows a new frame of it. The clock steps meanwhile (its
-      // back-end's frames are given back on the compositor's time).
-      auto ended = [&] {
-        std::ifstream in("/proc/" + std::to_string(cluster_pid) + "/stat");
-        std::string stat;
-        std::getline(in, stat);
-        const size_t paren = stat.rfind(')');
-        return stat.empty() || (paren != std::string::npos && stat.compare(paren, 4, ") Z ") == 0);
-      };
+      // The cluster is stopped: once canopy-vmm says so and its back-end's connection is gone with it
+      // (the clock stepping meanwhile: frames are given back on the compositor's time), no step shows
+      // a new frame of it.
       ASSERT_TRUE(test_support::Vmm::wait_until([&] {
         (void)step(false);
-        return ended();
+        return vmm.text("vm cluster", "state") == "stopped" && cluster_frames(true) == -1;
       })) << vmm.ctl("status");
       // Until the last step has taken in every frame canopy-display received of the cluster (none once
       // its back-end is gone with it).

@@ -463,7 +463,7 @@ TEST(Partitions, AVmThatExitsWhileTracedIsDoneWithoutWaitingForItsTracer) {
   EXPECT_EQ(vmm.canopyctl("stop traced", out), 0) << out;
   // It has exited (its tracer has not taken that yet: a zombie), and canopy-vmm is done with it.
   ASSERT_TRUE(Vmm::wait_until([&] { return vmm.text("vm traced", "state") == "stopped"; })) << vmm.ctl("status");
-  EXPECT_NE(vmm.text("vm traced", "last_exit").find("held by the process that traces it"), std::string::npos)
+  EXPECT_NE(vmm.text("vm traced", "last_exit").find("not reaped yet: another process traces it"), std::string::npos)
       << vmm.ctl("status");
   EXPECT_FALSE(process_gone(pid)) << "the tracer has not let go yet";
   // The tracer takes its stops and its exit; then canopy-vmm reaps the zombie (30 s hang guard).

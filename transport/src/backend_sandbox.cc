@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cctype>
+#include <climits>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -521,26 +522,49 @@ std::string writable_folder(const std::string& path) {
 }
 
 std::vector<std::string> driver_cache_dirs() {
-  // A VM's back-end keeps its cache in its VM's scratch folder: no VM's driver reads what another's
-  // compiled, nor its user's other caches.
+  // A VM's back-end keeps its cache in its VM's scratch folder, which its view grants already: no
+  // VM's driver reads what another's compiled, nor its user's other caches.
   const char* scratch = std::getenv("CANOPY_SCRATCH_DIR");
   const char* set = std::getenv("MESA_SHADER_CACHE_DIR");
-  if ((set == nullptr || *set == 0) && scratch && *scratch) ::setenv("MESA_SHADER_CACHE_DIR", scratch, 1);
+  if ((set == nullptr || *set == 0) && scratch && *scratch) {
+    ::setenv("MESA_SHADER_CACHE_DIR", scratch, 1);
+    return {};
+  }
   std::string base;
-  if (const char* d = std::getenv("MESA_SHADER_CACHE_DIR"); d && *d) base = d;
+  if (set && *set) base = set;
   else if (const char* x = std::getenv("XDG_CACHE_HOME"); x && *x) base = x;
   else if (const char* h = std::getenv("HOME"); h && *h) base = std::string(h) + "/.cache";
   if (base.empty()) return {};
   // Mesa keeps its cache in a folder of its own beneath (by the cache's kind); made here, while the
-  // process may still make folders there, so that only those are granted.
+  // process may still make folders there, so that only those are granted. Only in a folder of this
+  // process's uid, and only real folders of its uid: a link planted in their place (by an earlier
+  // instance of a taken-over back-end, say) would grant where it leads.
+  auto ours = [](int dirfd, const char* name) {
+    const int fd = ::openat(dirfd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    struct stat st{};
+    const bool ok = fd >= 0 && ::fstat(fd, &st) == 0 && st.st_uid == ::geteuid();
+    if (fd >= 0) ::close(fd);
+    return ok;
+  };
   std::vector<std::string> out;
   (void)::mkdir(base.c_str(), 0700);
-  for (const char* name : {"/mesa_shader_cache", "/mesa_shader_cache_db", "/mesa_shader_cache_sf"}) {
-    const std::string d = base + name;
-    if (::mkdir(d.c_str(), 0700) == 0 || errno == EEXIST) out.push_back(d);
+  const int top = ::open(base.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+  struct stat st{};
+  if (top < 0 || ::fstat(top, &st) != 0 || st.st_uid != ::geteuid()) {
+    if (top >= 0) ::close(top);
+    return {};
   }
+  for (const char* name : {"mesa_shader_cache", "mesa_shader_cache_db", "mesa_shader_cache_sf"}) {
+    (void)::mkdirat(top, name, 0700);
+    if (ours(top, name)) out.push_back(base + "/" + name);
+  }
+  ::close(top);
   return out;
 }
+
+namespace {
+bool secret_in_etc(const std::string& name);
+}  // namespace
 
 std::vector<std::string> driver_config_paths() {
   std::vector<std::string> out;
@@ -555,12 +579,26 @@ std::vector<std::string> driver_config_paths() {
   // What the operator's environment names for the drivers and their loaders: the Vulkan loader's
   // manifests and layers, Mesa's drivers, EGL's vendors, the library path of a driver built by hand,
   // and the vulkan folders of the system's data and configuration folders (Flatpak and snap add theirs).
+  // Only absolute paths that lead below the system's top folders, the home folders and /etc's
+  // secrets: a "/" or a "$HOME" in a list would open everything.
+  const std::string home_dir = home && *home ? home : "";
+  auto acceptable = [&](const std::string& path) {
+    char real[PATH_MAX];
+    if (path.empty() || path[0] != '/' || ::realpath(path.c_str(), real) == nullptr) return false;
+    const std::string r = real;
+    for (const char* top : {"/", "/home", "/root", "/etc", "/var", "/run", "/tmp", "/dev", "/proc", "/sys", "/usr",
+                            "/srv", "/mnt", "/media", "/opt"})
+      if (r == top) return false;
+    if (!home_dir.empty() && (r == home_dir || home_dir.rfind(r + "/", 0) == 0)) return false;
+    if (r.rfind("/etc/", 0) == 0 && secret_in_etc(r.substr(5, r.find('/', 5) - 5))) return false;
+    return true;
+  };
   auto each = [&](const char* var, const char* sub) {
     const char* v = std::getenv(var);
     for (std::string list = v ? v : ""; !list.empty();) {
       const size_t colon = list.find(':');
       const std::string item = list.substr(0, colon);
-      if (!item.empty()) out.push_back(item + sub);
+      if (!item.empty() && acceptable(item + sub)) out.push_back(item + sub);
       list = colon == std::string::npos ? "" : list.substr(colon + 1);
     }
   };

@@ -85,10 +85,11 @@ struct ExitInfo {
   bool signaled = false;
   int code = 0;  // exit status, or the signal number when signaled
   // It exited, but another process traces it and has not taken its exit yet (a debugger; or an
-  // unconfined partition's ptrace): its status is unknown, and the zombie is left for the tracer to
-  // let go of (canopy-vmm, their subreaper, reaps it then as it reaps orphans).
+  // unconfined partition's ptrace): the status is the one the kernel keeps for the zombie, and the
+  // zombie is left until the tracer lets go (canopy-vmm, as its parent and subreaper, reaps it then as
+  // it reaps orphans; an owner that is not one leaves it until it exits).
   bool held_by_tracer = false;
-  bool clean() const { return !signaled && code == 0 && !held_by_tracer; }
+  bool clean() const { return !signaled && code == 0; }
   std::string to_string() const;
 };
 
