@@ -208,6 +208,7 @@ struct ChildPlan {
 
 std::string ExitInfo::to_string() const {
   const std::string held = held_by_tracer ? " (not reaped yet: another process traces it)" : "";
+  if (held_by_tracer && !status_known) return "exited, status unknown" + held;
   if (signaled) return std::string("killed by signal ") + std::to_string(code) + " (" + strsignal(code) + ")" + held;
   return "exited with status " + std::to_string(code) + held;
 }
@@ -252,8 +253,10 @@ std::optional<ExitInfo> Child::try_reap() {
     // Readable: its exit is recorded by now, so a second look tells one that has just exited (reaped
     // here, its status true) from one its tracer holds.
     si = {};
-    if (waitid(idtype_t(P_PIDFD), id_t(pidfd_.get()), &si, WEXITED | WNOHANG) == 0 && si.si_pid != 0) {
+    const int again = waitid(idtype_t(P_PIDFD), id_t(pidfd_.get()), &si, WEXITED | WNOHANG);
+    if (again != 0 || si.si_pid != 0) {
       pidfd_.reset();
+      if (again != 0) return ExitInfo{};  // reaped elsewhere: gone
       ExitInfo e;
       e.signaled = si.si_code == CLD_KILLED || si.si_code == CLD_DUMPED;
       e.code = si.si_status;
@@ -261,6 +264,7 @@ std::optional<ExitInfo> Child::try_reap() {
     }
     ExitInfo held;
     held.held_by_tracer = true;
+    held.status_known = false;
     // Its status as the kernel keeps it for the zombie (/proc/PID/stat field 52, a wait status): its
     // pid stays ours until we reap it, so this is still the same process.
     std::ifstream in("/proc/" + std::to_string(pid_) + "/stat");
@@ -275,6 +279,7 @@ std::optional<ExitInfo> Child::try_reap() {
         const int status = std::atoi(f.c_str());
         held.signaled = WIFSIGNALED(status);
         held.code = WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status);
+        held.status_known = true;
       }
     }
     pidfd_.reset();

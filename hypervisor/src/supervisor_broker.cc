@@ -65,7 +65,7 @@ void Supervisor::Impl::on_compositor_exit() {
   unwatch(compositor.pidfd());
   broker.reset();
   // Its connections are gone with it: the back-ends see them close and ask for new ones.
-  if (!e->signaled && !e->held_by_tracer) {
+  if (!e->signaled && e->status_known) {
     // It ended itself (its run time, `quit`, its windows closed, or an error it reported): the cockpit
     // ends with it, with its status.
     CANOPY_INFO("compositor: canopy-display ended (%s); shutting down", e->to_string().c_str());

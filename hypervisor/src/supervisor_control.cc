@@ -3,6 +3,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 
 #include "canopy/base/peer.h"
@@ -56,12 +57,15 @@ void Supervisor::Impl::reap_orphans() {
 void Supervisor::Impl::kill_orphans() {
   if (!opt.subreaper) return;
   const pid_t self_pid = getpid();
+  std::vector<pid_t> left;  // killed, but not reapable within a round (another process traces them)
   for (int round = 0; round < 8; ++round) {
     std::vector<pid_t> orphans;
     if (DIR* d = opendir("/proc")) {
       while (dirent* e = readdir(d)) {
         const pid_t pid = pid_t(std::atoi(e->d_name));
-        if (pid > 1 && pid != self_pid && parent_of(pid) == self_pid) orphans.push_back(pid);
+        if (pid > 1 && pid != self_pid && parent_of(pid) == self_pid &&
+            std::find(left.begin(), left.end(), pid) == left.end())
+          orphans.push_back(pid);
       }
       closedir(d);
     }
@@ -69,10 +73,14 @@ void Supervisor::Impl::kill_orphans() {
     for (pid_t pid : orphans) {
       CANOPY_WARN("pid %d, orphaned by a process canopy-vmm started, is killed", int(pid));
       (void)kill(pid, SIGKILL);
-      // Reaped once it is gone; one that another process traces may not be reapable until that one
-      // lets go: a second at most, then it is left (it dies with its tracer).
-      for (int i = 0; i < 100 && waitpid(pid, nullptr, WNOHANG) == 0; ++i) usleep(10000);
     }
+    // Each is reaped once it is gone; one that another process traces may not be reapable until that
+    // one lets go: a second for all of them, then it is left (dead; it goes with its tracer).
+    for (int i = 0; i < 100 && !orphans.empty(); ++i) {
+      std::erase_if(orphans, [](pid_t pid) { return waitpid(pid, nullptr, WNOHANG) != 0; });
+      if (!orphans.empty()) usleep(10000);
+    }
+    left.insert(left.end(), orphans.begin(), orphans.end());
   }
 }
 

@@ -7,6 +7,7 @@
 #include <linux/landlock.h>
 #include <linux/seccomp.h>
 #include <linux/udmabuf.h>
+#include <pwd.h>
 #include <sched.h>
 #include <seccomp.h>
 #include <signal.h>
@@ -528,7 +529,7 @@ std::vector<std::string> driver_cache_dirs() {
   const char* set = std::getenv("MESA_SHADER_CACHE_DIR");
   if ((set == nullptr || *set == 0) && scratch && *scratch) {
     ::setenv("MESA_SHADER_CACHE_DIR", scratch, 1);
-    return {};
+    return {scratch};  // a back-end's view has it already; a program that inherited the variable gets it
   }
   std::string base;
   if (set && *set) base = set;
@@ -562,10 +563,6 @@ std::vector<std::string> driver_cache_dirs() {
   return out;
 }
 
-namespace {
-bool secret_in_etc(const std::string& name);
-}  // namespace
-
 std::vector<std::string> driver_config_paths() {
   std::vector<std::string> out;
   const char* home = std::getenv("HOME");
@@ -579,26 +576,38 @@ std::vector<std::string> driver_config_paths() {
   // What the operator's environment names for the drivers and their loaders: the Vulkan loader's
   // manifests and layers, Mesa's drivers, EGL's vendors, the library path of a driver built by hand,
   // and the vulkan folders of the system's data and configuration folders (Flatpak and snap add theirs).
-  // Only absolute paths that lead below the system's top folders, the home folders and /etc's
-  // secrets: a "/" or a "$HOME" in a list would open everything.
-  const std::string home_dir = home && *home ? home : "";
-  auto acceptable = [&](const std::string& path) {
+  // Only what such a path is for: an absolute path that resolves below where software is installed
+  // (/usr, /opt, /nix, /gnu, /snap, Flatpak's folders), or below a home folder but not in one of its
+  // dot folders (a driver built by hand); the resolved path is what is granted. Never a device, /sys,
+  // /proc, /etc, /var, /run, /tmp, a home folder itself or its keys: a "/" or "$HOME" in a list would
+  // open everything.
+  auto acceptable = [&](const std::string& path) -> std::string {
     char real[PATH_MAX];
-    if (path.empty() || path[0] != '/' || ::realpath(path.c_str(), real) == nullptr) return false;
-    const std::string r = real;
-    for (const char* top : {"/", "/home", "/root", "/etc", "/var", "/run", "/tmp", "/dev", "/proc", "/sys", "/usr",
-                            "/srv", "/mnt", "/media", "/opt"})
-      if (r == top) return false;
-    if (!home_dir.empty() && (r == home_dir || home_dir.rfind(r + "/", 0) == 0)) return false;
-    if (r.rfind("/etc/", 0) == 0 && secret_in_etc(r.substr(5, r.find('/', 5) - 5))) return false;
-    return true;
+    if (path.empty() || path[0] != '/' || ::realpath(path.c_str(), real) == nullptr) return {};
+    std::string r = real;
+    auto below = [&](const std::string& top) { return r.size() > top.size() + 1 && r.rfind(top + "/", 0) == 0; };
+    for (const char* top : {"/usr", "/opt", "/nix", "/gnu", "/snap", "/app", "/var/lib/flatpak"})
+      if (below(top)) return r;
+    // A home folder: /home/USER or /root, or where $HOME or the password file says it is.
+    std::vector<std::string> homes = {"/root"};
+    if (home && *home && ::realpath(home, real) != nullptr) homes.emplace_back(real);
+    if (const passwd* pw = ::getpwuid(::geteuid()); pw && pw->pw_dir && ::realpath(pw->pw_dir, real) != nullptr)
+      homes.emplace_back(real);
+    if (r.rfind("/home/", 0) == 0 && r.find('/', 6) != std::string::npos) homes.push_back(r.substr(0, r.find('/', 6)));
+    for (const std::string& h : homes) {
+      if (!below(h)) continue;
+      const std::string rest = r.substr(h.size());
+      return rest.find("/.") == std::string::npos ? r : std::string();  // no dot folder, no dot file
+    }
+    return {};
   };
   auto each = [&](const char* var, const char* sub) {
     const char* v = std::getenv(var);
     for (std::string list = v ? v : ""; !list.empty();) {
       const size_t colon = list.find(':');
       const std::string item = list.substr(0, colon);
-      if (!item.empty() && acceptable(item + sub)) out.push_back(item + sub);
+      if (const std::string granted = item.empty() ? std::string() : acceptable(item + sub); !granted.empty())
+        out.push_back(granted);
       list = colon == std::string::npos ? "" : list.substr(colon + 1);
     }
   };

@@ -20,7 +20,9 @@
 #include <termios.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <climits>
 #include <cstdlib>
 #include <fstream>
 #include <string>
@@ -281,6 +283,42 @@ TEST(BackendSandbox, ReadsOnlyTheSystemsFilesAndItsOwn) {
   if (confined == 128) GTEST_SKIP() << "no Landlock in this kernel";
   EXPECT_EQ(confined, 1 | 2 | 4);
   EXPECT_EQ(reads(false), 1 | 2 | 4 | 8 | (shadow ? 16 : 0) | (disk.empty() ? 0 : 32) | (kmsg ? 64 : 0)) << "control";
+}
+
+// The loader paths the environment names are read rules only where such paths belong: resolved,
+// below where software is installed or below a home folder outside its dot folders. A "/" or a home
+// folder, a device, /sys, /etc, /tmp or a key folder in a list opens nothing.
+TEST(BackendSandbox, LoaderPathsFromTheEnvironmentOpenNothingClosed) {
+  const char* home = getenv("HOME");
+  const std::string home_dir = home ? home : "/root";
+  char tmpl[] = "/tmp/canopy-sandbox-test-XXXXXX";
+  const std::string tmp = mkdtemp(tmpl);
+  const std::string built = home_dir + "/canopy-sandbox-test-mesa";
+  ASSERT_EQ(mkdir(built.c_str(), 0755) == 0 || errno == EEXIST, true);
+  const char* old = getenv("LD_LIBRARY_PATH");
+  const std::string saved = old ? old : "";
+  setenv("LD_LIBRARY_PATH",
+         ("/:/dev/input:/dev:/sys/firmware:/proc:/etc:/etc/ssl:/tmp:" + tmp + ":/home:" + home_dir + ":" + home_dir +
+          "/.ssh:relative:/usr/lib:" + built)
+             .c_str(),
+         1);
+  const std::vector<std::string> got = driver_config_paths();
+  if (old) setenv("LD_LIBRARY_PATH", saved.c_str(), 1);
+  else unsetenv("LD_LIBRARY_PATH");
+  rmdir(built.c_str());
+  rmdir(tmp.c_str());
+  char real[PATH_MAX];
+  const std::string built_real =
+      realpath(home_dir.c_str(), real) ? std::string(real) + "/canopy-sandbox-test-mesa" : "";
+  // Only /usr/lib and the driver built in the home folder; nothing else of the list.
+  EXPECT_NE(std::find(got.begin(), got.end(), "/usr/lib"), got.end());
+  EXPECT_NE(std::find(got.begin(), got.end(), built_real), got.end());
+  for (const std::string& p : got)
+    for (const std::string& closed : {std::string("/"), std::string("/dev"), std::string("/sys"), std::string("/proc"),
+                                      std::string("/etc"), std::string("/tmp"), std::string("/home")})
+      EXPECT_FALSE(p == closed || p.rfind(closed == "/" ? "/#" : closed + "/", 0) == 0) << p;
+  for (const std::string& p : got) EXPECT_EQ(p.find("/.ssh"), std::string::npos) << p;
+  EXPECT_EQ(std::find(got.begin(), got.end(), home_dir), got.end());
 }
 
 // The file system view (Landlock): a confined back-end writes only beneath what it was given (here

@@ -86,10 +86,11 @@ struct ExitInfo {
   int code = 0;  // exit status, or the signal number when signaled
   // It exited, but another process traces it and has not taken its exit yet (a debugger; or an
   // unconfined partition's ptrace): the status is the one the kernel keeps for the zombie, and the
-  // zombie is left until the tracer lets go (canopy-vmm, as its parent and subreaper, reaps it then as
-  // it reaps orphans; an owner that is not one leaves it until it exits).
+  // zombie is left until the tracer lets go (canopy-vmm run, as its parent and subreaper, reaps it then
+  // as it reaps orphans; an owner that is no subreaper leaves it until it exits).
   bool held_by_tracer = false;
-  bool clean() const { return !signaled && code == 0; }
+  bool status_known = true;  // false: held by a tracer and its status could not be read
+  bool clean() const { return !signaled && code == 0 && status_known; }
   std::string to_string() const;
 };
 

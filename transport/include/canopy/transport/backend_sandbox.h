@@ -85,17 +85,21 @@ struct FileView {
 Status restrict_files(const FileView& view);
 // What a path an option names gives restrict_writes: the folder itself, else the folder the file is in.
 std::string writable_folder(const std::string& path);
-// Where Mesa keeps its shader cache, for a process that runs a GPU driver: the folders Mesa uses
-// beneath MESA_SHADER_CACHE_DIR (set to $CANOPY_SCRATCH_DIR, its VM's scratch folder, where that is
-// given and it is not), else $XDG_CACHE_HOME, else ~/.cache, made here (mesa_shader_cache, _db, _sf);
-// empty when none of them is set. Call before the process is confined.
+// Where Mesa keeps its shader cache, for a process that runs a GPU driver: $CANOPY_SCRATCH_DIR, its
+// VM's scratch folder, where that is given and MESA_SHADER_CACHE_DIR is not (which it then sets);
+// else the folders Mesa uses beneath MESA_SHADER_CACHE_DIR, $XDG_CACHE_HOME or ~/.cache
+// (mesa_shader_cache, _db, _sf), made here, and only where the folder and they are real folders of
+// the process's uid (a link planted in their place is not followed); empty when there are none. Call
+// before the process is confined, while it has one thread (it may call setenv).
 std::vector<std::string> driver_cache_dirs();
 // What a process that runs a GPU driver or PipeWire may read beyond the system's files
 // (restrict_files): the Vulkan loader's folders in $XDG_CONFIG_HOME and $XDG_DATA_HOME (or ~/.config,
 // ~/.local/share) and in $XDG_DATA_DIRS and $XDG_CONFIG_DIRS, ~/.drirc, and what the environment names
 // for the loaders and drivers (VK_ICD_FILENAMES, VK_DRIVER_FILES, VK_ADD_DRIVER_FILES, VK_LAYER_PATH,
 // VK_ADD_LAYER_PATH, LIBGL_DRIVERS_PATH, GBM_BACKENDS_PATH, __EGL_VENDOR_LIBRARY_DIRS and _FILENAMES,
-// LD_LIBRARY_PATH, SPA_PLUGIN_DIR, PIPEWIRE_MODULE_DIR); those that exist.
+// LD_LIBRARY_PATH, SPA_PLUGIN_DIR, PIPEWIRE_MODULE_DIR), resolved, and only those below where software
+// is installed (/usr, /opt, /nix, /gnu, /snap, Flatpak's) or below a home folder outside its dot
+// folders; those that exist.
 std::vector<std::string> driver_config_paths();
 
 // What a confined process may call beyond the shared allowlist.
