@@ -210,6 +210,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   Layout layout = layout_from_manifest(*loaded.manifest);
+  const bool has_display = std::getenv("DISPLAY") || std::getenv("WAYLAND_DISPLAY");
+  const bool want_window = output == "window" || (output == "auto" && has_display);
 
   // Its file system view comes first, while it has one thread (a Landlock domain covers only the
   // threads made after it; Vulkan and SDL make theirs when the outputs open): it writes its sockets,
@@ -229,9 +231,7 @@ int main(int argc, char** argv) {
     // It reads the system's files, what it writes and the GPU drivers' user configuration; not the
     // operator's other files. A window's output reads what the desktop session needs (X authority,
     // keyboard maps, toolkit settings: they vary), so there reading stays as the uid's permissions say.
-    const bool window =
-        output == "window" || (output == "auto" && (std::getenv("DISPLAY") || std::getenv("WAYLAND_DISPLAY")));
-    view.restrict_reads = !window;
+    view.restrict_reads = !want_window;
     view.readable = transport::driver_config_paths();
     if (Status st = transport::restrict_files(view); !st.ok()) {
       if (st.error().code != Errc::kUnsupported) {
@@ -262,8 +262,6 @@ int main(int argc, char** argv) {
     opt.sinks = sinks;
     return Compositor::create(layout, opt, stepped_time ? static_cast<const Clock&>(stepped) : clock);
   };
-  const bool has_display = std::getenv("DISPLAY") || std::getenv("WAYLAND_DISPLAY");
-  const bool want_window = output == "window" || (output == "auto" && has_display);
   auto created = create(output == "kms" ? Sinks::kKms : want_window ? Sinks::kWindow : Sinks::kHeadless);
   if (!created.ok() && want_window && output == "auto") {
     std::fprintf(stderr, "canopy-display: no window (%s): running headless\n", created.error().what);

@@ -234,6 +234,18 @@ Status Child::signal(int sig) {
   return {};
 }
 
+namespace {
+
+// What waitid said of a child it reaped.
+ExitInfo exit_of(const siginfo_t& si) {
+  ExitInfo e;
+  e.signaled = si.si_code == CLD_KILLED || si.si_code == CLD_DUMPED;
+  e.code = si.si_status;
+  return e;
+}
+
+}  // namespace
+
 std::optional<ExitInfo> Child::try_reap() {
   if (!running()) return std::nullopt;
   siginfo_t si{};
@@ -256,11 +268,7 @@ std::optional<ExitInfo> Child::try_reap() {
     const int again = waitid(idtype_t(P_PIDFD), id_t(pidfd_.get()), &si, WEXITED | WNOHANG);
     if (again != 0 || si.si_pid != 0) {
       pidfd_.reset();
-      if (again != 0) return ExitInfo{};  // reaped elsewhere: gone
-      ExitInfo e;
-      e.signaled = si.si_code == CLD_KILLED || si.si_code == CLD_DUMPED;
-      e.code = si.si_status;
-      return e;
+      return again != 0 ? ExitInfo{} : exit_of(si);  // ExitInfo{}: reaped elsewhere, gone
     }
     ExitInfo held;
     held.held_by_tracer = true;
@@ -286,10 +294,7 @@ std::optional<ExitInfo> Child::try_reap() {
     return held;
   }
   pidfd_.reset();
-  ExitInfo e;
-  e.signaled = si.si_code == CLD_KILLED || si.si_code == CLD_DUMPED;
-  e.code = si.si_status;
-  return e;
+  return exit_of(si);
 }
 
 Result<ExitInfo> Child::wait(int timeout_ms) {

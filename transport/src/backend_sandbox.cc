@@ -581,6 +581,14 @@ std::vector<std::string> driver_config_paths() {
   // dot folders (a driver built by hand); the resolved path is what is granted. Never a device, /sys,
   // /proc, /etc, /var, /run, /tmp, a home folder itself or its keys: a "/" or "$HOME" in a list would
   // open everything.
+  // The home folders: /root, where $HOME and the password file say, and /home/USER (below, per path).
+  std::vector<std::string> known_homes = {"/root"};
+  {
+    char real[PATH_MAX];
+    if (home && *home && ::realpath(home, real) != nullptr) known_homes.emplace_back(real);
+    if (const passwd* pw = ::getpwuid(::geteuid()); pw && pw->pw_dir && ::realpath(pw->pw_dir, real) != nullptr)
+      known_homes.emplace_back(real);
+  }
   auto acceptable = [&](const std::string& path) -> std::string {
     char real[PATH_MAX];
     if (path.empty() || path[0] != '/' || ::realpath(path.c_str(), real) == nullptr) return {};
@@ -588,11 +596,7 @@ std::vector<std::string> driver_config_paths() {
     auto below = [&](const std::string& top) { return r.size() > top.size() + 1 && r.rfind(top + "/", 0) == 0; };
     for (const char* top : {"/usr", "/opt", "/nix", "/gnu", "/snap", "/app", "/var/lib/flatpak"})
       if (below(top)) return r;
-    // A home folder: /home/USER or /root, or where $HOME or the password file says it is.
-    std::vector<std::string> homes = {"/root"};
-    if (home && *home && ::realpath(home, real) != nullptr) homes.emplace_back(real);
-    if (const passwd* pw = ::getpwuid(::geteuid()); pw && pw->pw_dir && ::realpath(pw->pw_dir, real) != nullptr)
-      homes.emplace_back(real);
+    std::vector<std::string> homes = known_homes;
     if (r.rfind("/home/", 0) == 0 && r.find('/', 6) != std::string::npos) homes.push_back(r.substr(0, r.find('/', 6)));
     for (const std::string& h : homes) {
       if (!below(h)) continue;
