@@ -254,7 +254,7 @@ int boot(int argc, char** argv) {
     std::fprintf(stderr, "canopy-vmm boot: cannot enter a Landlock domain (--no-sandbox runs without)\n");
     return 1;
   }
-  // As root, of root's powers only what its set-up takes, while it has one thread: reading its kernel
+  // As root, of root's powers only what its set-up takes, while it has one thread: opening its kernel
   // and initrd and reaching the operator's PipeWire socket wherever they are (CAP_DAC_OVERRIDE), starting its back-ends
   // under their uids (CAP_SETUID, CAP_SETGID) and stopping them (CAP_KILL). No CAP_SYS_ADMIN, CAP_SYS_PTRACE,
   // CAP_SYS_MODULE, CAP_NET_*, CAP_SYS_RAWIO ...
@@ -275,16 +275,44 @@ int boot(int argc, char** argv) {
     std::fprintf(stderr, "canopy-vmm boot: at most 16 devices\n");
     return 2;
   }
-  // Devices: 4 KiB MMIO windows from 0xd0000000, GSIs from 5 (4 is COM1), edge-triggered.
+  // Its back-ends started, under their identities: the last step that needs more than stopping them.
   std::vector<std::unique_ptr<k::VhostMmioDevice>> live;
-  for (size_t i = 0; i < devices.size(); ++i) {
-    auto d = k::VhostMmioDevice::start(devices[i], **vm, 0xd0000000ull + i * 0x1000, uint32_t(5 + i));
+  for (const auto& spec : devices) {
+    auto d = k::VhostMmioDevice::launch(spec);
     if (!d.ok()) {
-      std::fprintf(stderr, "canopy-vmm boot: device %s (%s): %s\n", devices[i].name.c_str(), devices[i].program.c_str(),
+      std::fprintf(stderr, "canopy-vmm boot: device %s (%s): %s\n", spec.name.c_str(), spec.program.c_str(),
                    d.error().what);
       return 1;
     }
     live.push_back(std::move(*d));
+  }
+  // Before the first byte from a back-end or the guest, while it has one thread (its threads inherit
+  // this): of root's powers only CAP_KILL (its back-ends run under other uids), and a view of the files
+  // in which it writes nothing and reads only the system's (restrict_files): what it opens is open.
+  if (!no_sandbox) {
+    if (canopy::Status st = canopy::drop_capabilities({CAP_KILL}); !st.ok()) {
+      std::fprintf(stderr, "canopy-vmm boot: cannot drop its capabilities: %s (--no-sandbox runs without)\n",
+                   st.error().what);
+      return 1;
+    }
+    canopy::transport::FileView view;
+    view.restrict_reads = true;
+    if (canopy::Status st = canopy::transport::restrict_files(view); !st.ok()) {
+      if (st.error().code != canopy::Errc::kUnsupported) {
+        std::fprintf(stderr, "canopy-vmm boot: cannot confine its files: %s (--no-sandbox runs without)\n",
+                     st.error().what);
+        return 1;
+      }
+      CANOPY_WARN("kvm: no Landlock in this kernel: it may read and write wherever its uid may");
+    }
+  }
+  // Devices: 4 KiB MMIO windows from 0xd0000000, GSIs from 5 (4 is COM1), edge-triggered.
+  for (size_t i = 0; i < live.size(); ++i) {
+    if (canopy::Status st = live[i]->attach(**vm, 0xd0000000ull + i * 0x1000, uint32_t(5 + i)); !st.ok()) {
+      std::fprintf(stderr, "canopy-vmm boot: device %s (%s): %s\n", devices[i].name.c_str(), devices[i].program.c_str(),
+                   st.error().what);
+      return 1;
+    }
   }
   // Set up: from here on it runs the guest (vCPU threads, its devices' messages and interrupts) under
   // the allowlist, on every thread; of other processes it may wait for and signal only the back-ends it
@@ -297,7 +325,7 @@ int boot(int argc, char** argv) {
                    st.error().what);
       return 1;
     }
-    CANOPY_INFO("kvm: confined: a system call allowlist (seccomp); %s",
+    CANOPY_INFO("kvm: confined: a system call allowlist (seccomp), no files but the system's to read; %s",
                 landlock_abi >= 6  ? "signals and ptrace only to its own back-ends (Landlock)"
                 : landlock_abi > 0 ? "ptrace only of its own back-ends (Landlock; this kernel's cannot scope signals)"
                                    : "no Landlock in this kernel");

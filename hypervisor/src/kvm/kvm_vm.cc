@@ -38,13 +38,13 @@ namespace {
 constexpr uint64_t kTssAddr = 0xfffbd000, kIdentityMapAddr = 0xfffbc000;
 int kick_signal() { return SIGRTMIN + 1; }  // takes a vCPU thread out of KVM_RUN
 
-Result<std::vector<uint8_t>> read_file(const std::string& path, size_t max) {
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd.valid()) return make_error(Errc::kIo, "cannot open the file", errno);
+// Read from the start whatever was read before (a second run of the same VM reads it again).
+Result<std::vector<uint8_t>> read_file(int fd, size_t max) {
+  if (::lseek(fd, 0, SEEK_SET) != 0) return make_error(Errc::kIo, "lseek failed", errno);
   std::vector<uint8_t> b;
   uint8_t chunk[1 << 16];
   for (;;) {
-    const ssize_t n = ::read(fd.get(), chunk, sizeof chunk);
+    const ssize_t n = ::read(fd, chunk, sizeof chunk);
     if (n < 0) return make_error(Errc::kIo, "read failed", errno);
     if (n == 0) break;
     if (b.size() + size_t(n) > max) return make_error(Errc::kLimit, "file too large");
@@ -118,6 +118,13 @@ Result<std::unique_ptr<KvmVm>> KvmVm::create(const KvmConfig& c) {
   std::unique_ptr<KvmVm> vm(new KvmVm());
   vm->cfg_ = c;
   vm->impl_ = std::make_unique<Impl>();
+  // Opened now, read by run(): the process may have given up its right to open them by then.
+  vm->kernel_fd_ = UniqueFd(::open(c.kernel.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!vm->kernel_fd_.valid()) return make_error(Errc::kIo, "kvm: cannot open the kernel", errno);
+  if (!c.initrd.empty()) {
+    vm->initrd_fd_ = UniqueFd(::open(c.initrd.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!vm->initrd_fd_.valid()) return make_error(Errc::kIo, "kvm: cannot open the initrd", errno);
+  }
   vm->kvm_ = UniqueFd(::open("/dev/kvm", O_RDWR | O_CLOEXEC));
   if (!vm->kvm_.valid()) return make_error(Errc::kUnsupported, "kvm: cannot open /dev/kvm", errno);
   const int kfd = vm->kvm_.get();
@@ -454,10 +461,10 @@ Status setup_boot_cpu(int vcpu_fd, const BootSetup& b) {
 
 Result<VmExit> KvmVm::run() {
   Impl& im = *impl_;
-  CANOPY_ASSIGN_OR_RETURN(auto kernel, read_file(cfg_.kernel, 256u << 20));
+  CANOPY_ASSIGN_OR_RETURN(auto kernel, read_file(kernel_fd_.get(), 256u << 20));
   std::vector<uint8_t> initrd;
-  if (!cfg_.initrd.empty()) {
-    CANOPY_ASSIGN_OR_RETURN(initrd, read_file(cfg_.initrd, 2048u << 20));
+  if (initrd_fd_.valid()) {
+    CANOPY_ASSIGN_OR_RETURN(initrd, read_file(initrd_fd_.get(), 2048u << 20));
   }
   const uint64_t low_bytes = std::min(cfg_.ram_bytes, kMmioGapStart);
   GuestRam ram{{ram_, low_bytes}, {ram_ + low_bytes, cfg_.ram_bytes - low_bytes}};

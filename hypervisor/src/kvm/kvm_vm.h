@@ -96,6 +96,7 @@ class KvmVm {
   KvmVm() = default;
   KvmConfig cfg_;
   UniqueFd kvm_, vm_, ram_fd_;
+  UniqueFd kernel_fd_, initrd_fd_;  // opened by create(), read by run()
   uint8_t* ram_ = nullptr;
   std::unique_ptr<Impl> impl_;
   std::atomic<uint64_t> exits_{0};

@@ -23,13 +23,9 @@ constexpr int kBackendStartMs = 60000;
 // ---------------------------------------------------------------------------------------------------
 // VhostMmioDevice
 
-Result<std::unique_ptr<VhostMmioDevice>> VhostMmioDevice::start(const KvmDeviceSpec& spec, KvmVm& vm, uint64_t base,
-                                                                uint32_t gsi) {
+Result<std::unique_ptr<VhostMmioDevice>> VhostMmioDevice::launch(const KvmDeviceSpec& spec) {
   std::unique_ptr<VhostMmioDevice> d(new VhostMmioDevice());
   d->spec_ = spec;
-  d->vm_ = &vm;
-  d->base_ = base;
-  d->gsi_ = gsi;
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
     return make_error(Errc::kIo, "socketpair failed", errno);
@@ -49,11 +45,20 @@ Result<std::unique_ptr<VhostMmioDevice>> VhostMmioDevice::start(const KvmDeviceS
   // The back-end answers its first message once it has set itself up, which can take long (canopy-gpu's
   // virglrenderer compiles its shaders at start: seconds on a slow CPU); after that, 5 s a reply.
   d->fe_ = vu::Frontend(std::move(ours), kBackendStartMs);
-  vu::Frontend& fe = d->fe_;
-  CANOPY_ASSIGN_OR_RETURN(d->backend_features_, fe.get_features());
+  return d;
+}
+
+Status VhostMmioDevice::attach(KvmVm& vm, uint64_t base, uint32_t gsi) {
+  if (vm_ != nullptr) return make_error(Errc::kInvalidArgument, "the device is attached already");
+  vm_ = &vm;
+  base_ = base;
+  gsi_ = gsi;
+  const KvmDeviceSpec& spec = spec_;
+  vu::Frontend& fe = fe_;
+  CANOPY_ASSIGN_OR_RETURN(backend_features_, fe.get_features());
   fe.set_reply_timeout(5000);
   uint64_t proto = 0;
-  if (d->backend_features_ & transport::kVhostUserFProtocolFeatures) {
+  if (backend_features_ & transport::kVhostUserFProtocolFeatures) {
     CANOPY_ASSIGN_OR_RETURN(uint64_t pf, fe.get_protocol_features());
     proto = pf & (vu::proto_bit(vu::kProtoConfig) | vu::proto_bit(vu::kProtoMq) | vu::proto_bit(vu::kProtoReplyAck) |
                   vu::proto_bit(vu::kProtoResetDevice) | vu::proto_bit(vu::kProtoBackendReq) |
@@ -78,8 +83,8 @@ Result<std::unique_ptr<VhostMmioDevice>> VhostMmioDevice::start(const KvmDeviceS
                                              reinterpret_cast<uint64_t>(vm.host_address(kHighRamStart)), low},
                        vm.ram_fd()});
   CANOPY_TRY(fe.set_mem_table(regions));
-  d->config_size_ = (proto & vu::proto_bit(vu::kProtoConfig)) ? virtio_config_size(spec.virtio_id) : 0;
-  d->proto_ = proto;
+  config_size_ = (proto & vu::proto_bit(vu::kProtoConfig)) ? virtio_config_size(spec.virtio_id) : 0;
+  proto_ = proto;
   if (proto & vu::proto_bit(vu::kProtoShmem)) {
     CANOPY_ASSIGN_OR_RETURN(auto sizes, fe.get_shmem_config());
     // Guest-physical space is finite (and each region a KVM slot): 64 GiB per device at most.
@@ -98,26 +103,26 @@ Result<std::unique_ptr<VhostMmioDevice>> VhostMmioDevice::start(const KvmDeviceS
       s.region = *region;
       CANOPY_INFO("kvm: device %s: shared memory region %u, %llu MiB at guest-physical 0x%llx", spec.name.c_str(), id,
                   (unsigned long long)(s.size >> 20), (unsigned long long)s.gpa);
-      d->shm_.push_back(s);
+      shm_.push_back(s);
     }
   }
-  d->queues_.resize(queues);
-  VhostMmioDevice* self = d.get();
-  d->mmio_ = std::make_unique<transport::VirtioMmio>(*d, [self](bool asserted) {
+  queues_.resize(queues);
+  VhostMmioDevice* self = this;
+  mmio_ = std::make_unique<transport::VirtioMmio>(*this, [self](bool asserted) {
     if (asserted) self->vm_->pulse_irq(self->gsi_);
   });
-  d->mmio_->set_used_buffer_notifications_external(true);
-  d->window_ = transport::mmio::window_size(d->config_size_);
+  mmio_->set_used_buffer_notifications_external(true);
+  window_ = transport::mmio::window_size(config_size_);
   CANOPY_TRY(
-      vm.add_mmio(base, d->window_,
+      vm.add_mmio(base, window_,
                   MmioHandler{[self](uint64_t off, uint32_t len) { return self->mmio_->read(off, len); },
                               [self](uint64_t off, uint32_t len, uint64_t v) { self->mmio_->write(off, len, v); }}));
-  vm.describe_virtio(base, uint32_t(d->window_), gsi);
-  if (proto & vu::proto_bit(vu::kProtoBackendReq)) CANOPY_TRY(d->start_backend_requests());
+  vm.describe_virtio(base, uint32_t(window_), gsi);
+  if (proto & vu::proto_bit(vu::kProtoBackendReq)) CANOPY_TRY(start_backend_requests());
   CANOPY_INFO("kvm: device %s (virtio %u): back-end %s up (pid %d), %u queue(s), MMIO 0x%llx, GSI %u",
-              spec.name.c_str(), spec.virtio_id, spec.program.c_str(), int(d->backend_.pid()), queues,
+              spec.name.c_str(), spec.virtio_id, spec.program.c_str(), int(backend_.pid()), queues,
               (unsigned long long)base, gsi);
-  return d;
+  return {};
 }
 
 Status VhostMmioDevice::start_backend_requests() {

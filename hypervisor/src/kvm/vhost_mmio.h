@@ -45,9 +45,10 @@ struct KvmDeviceSpec {
 
 class VhostMmioDevice final : public transport::MmioDevice {
  public:
-  // Starts the back-end, does the handshake, maps the window [base, base + window) at `gsi` into `vm`.
-  static Result<std::unique_ptr<VhostMmioDevice>> start(const KvmDeviceSpec& spec, KvmVm& vm, uint64_t base,
-                                                        uint32_t gsi);
+  // Starts the back-end (under its identity: as root, the only step that needs root's powers).
+  static Result<std::unique_ptr<VhostMmioDevice>> launch(const KvmDeviceSpec& spec);
+  // Then, once: the handshake, and the window [base, base + window) at `gsi` mapped into `vm`.
+  Status attach(KvmVm& vm, uint64_t base, uint32_t gsi);
   ~VhostMmioDevice() override;
 
   uint32_t device_id() const override { return spec_.virtio_id; }
