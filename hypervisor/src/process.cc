@@ -19,17 +19,15 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
-#include <sstream>
 
 #include "canopy/base/landlock.h"
 #include "canopy/base/log.h"
+#include "canopy/base/proc_stat.h"
 
 #ifndef P_PIDFD
 #define P_PIDFD 3
@@ -275,20 +273,11 @@ std::optional<ExitInfo> Child::try_reap() {
     held.status_known = false;
     // Its status as the kernel keeps it for the zombie (/proc/PID/stat field 52, a wait status): its
     // pid stays ours until we reap it, so this is still the same process.
-    std::ifstream in("/proc/" + std::to_string(pid_) + "/stat");
-    std::string stat;
-    std::getline(in, stat);
-    if (const size_t paren = stat.rfind(')'); paren != std::string::npos) {
-      std::istringstream fields(stat.substr(paren + 2));
-      std::string f;
-      int n = 3;
-      while (fields >> f && n < 52) ++n;
-      if (n == 52 && !f.empty() && std::isdigit(static_cast<unsigned char>(f[0]))) {
-        const int status = std::atoi(f.c_str());
-        held.signaled = WIFSIGNALED(status);
-        held.code = WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status);
-        held.status_known = true;
-      }
+    if (const auto status = proc_stat_field(pid_, 52); status && *status >= 0) {
+      const int s = int(*status);
+      held.signaled = WIFSIGNALED(s);
+      held.code = WIFSIGNALED(s) ? WTERMSIG(s) : WEXITSTATUS(s);
+      held.status_known = true;
     }
     pidfd_.reset();
     return held;

@@ -1,6 +1,7 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -11,6 +12,7 @@
 #include "canopy/base/checked.h"
 #include "canopy/base/le.h"
 #include "canopy/base/log.h"
+#include "canopy/base/proc_stat.h"
 #include "canopy/base/result.h"
 #include "canopy/base/unique_fd.h"
 
@@ -124,6 +126,43 @@ TEST(UniqueFd, AFileHandedOutReadOnlyCannotBeReopenedWritable) {
     ASSERT_TRUE(WIFEXITED(st));
     EXPECT_EQ(WEXITSTATUS(st), forbid ? 0 : 1);
   }
+}
+
+// /proc/PID/stat read by field: the parent (4) of a process whose name holds what could be taken for
+// the end of the name and for fields ("x) 1 2 (y"), the status a zombie keeps (52), and nothing for a
+// field past the end, the state (3), or a process that is not there.
+TEST(ProcStat, ReadsFieldsPastANameThatLooksLikeFields) {
+  int go[2], ready[2];
+  ASSERT_EQ(::pipe2(go, O_CLOEXEC), 0);
+  ASSERT_EQ(::pipe2(ready, O_CLOEXEC), 0);
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    ::prctl(PR_SET_NAME, "x) 1 2 (y", 0, 0, 0);
+    char c = 1;
+    if (::write(ready[1], &c, 1) != 1) _exit(2);
+    _exit(::read(go[0], &c, 1) == 1 ? 7 : 3);
+  }
+  ::close(go[0]);
+  ::close(ready[1]);
+  char c = 0;
+  ASSERT_EQ(::read(ready[0], &c, 1), 1);
+  EXPECT_EQ(proc_stat_field(pid, 4), std::optional<long long>(::getpid()));
+  EXPECT_EQ(proc_stat_field(pid, 1000), std::nullopt);
+  EXPECT_EQ(proc_stat_field(pid, 3), std::nullopt);
+  ASSERT_EQ(::write(go[1], &c, 1), 1);
+  // Once it has exited, unreaped: the status it exits with (7), a wait status.
+  siginfo_t si{};
+  ASSERT_EQ(::waitid(P_PID, id_t(pid), &si, WEXITED | WNOWAIT), 0);
+  const auto status = proc_stat_field(pid, 52);
+  ASSERT_TRUE(status.has_value());
+  EXPECT_TRUE(WIFEXITED(int(*status)));
+  EXPECT_EQ(WEXITSTATUS(int(*status)), 7);
+  int st = 0;
+  ASSERT_EQ(::waitpid(pid, &st, 0), pid);
+  EXPECT_EQ(proc_stat_field(pid, 4), std::nullopt) << "a reaped process is not there";
+  ::close(go[1]);
+  ::close(ready[0]);
 }
 
 }  // namespace

@@ -7,31 +7,14 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include <cstdio>
 #include <cstdlib>
-#include <cstring>
 
+#include "canopy/base/proc_stat.h"
 #include "canopy/base/unique_fd.h"
 
 namespace canopy {
 
-pid_t parent_of(pid_t pid) {
-  char path[64];
-  std::snprintf(path, sizeof path, "/proc/%d/stat", int(pid));
-  UniqueFd f(::open(path, O_RDONLY | O_CLOEXEC));
-  if (!f.valid()) return 0;
-  char buf[512];
-  const ssize_t n = ::read(f.get(), buf, sizeof buf - 1);
-  if (n <= 0) return 0;
-  buf[n] = '\0';
-  // "pid (comm) state ppid ...": comm may hold spaces and parentheses; the last ')' ends it.
-  const char* close = std::strrchr(buf, ')');
-  if (!close) return 0;
-  char state = 0;
-  int ppid = 0;
-  if (std::sscanf(close + 1, " %c %d", &state, &ppid) != 2) return 0;
-  return pid_t(ppid);
-}
+pid_t parent_of(pid_t pid) { return pid_t(proc_stat_field(pid, 4).value_or(0)); }
 
 bool peer_descends_from(int sock, pid_t ancestor) {
   ucred cred{};
