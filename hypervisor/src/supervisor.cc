@@ -68,6 +68,7 @@ void Supervisor::Impl::dispatch(uint64_t t) {
 // --- Supervisor --------------------------------------------------------------------------------------------
 
 Status Supervisor::Impl::make_policy_board() {
+  if (!opt.policy_board) return {};
   CANOPY_ASSIGN_OR_RETURN(auto table, config::policy_table_from_manifest(manifest));
   if (table.vms.empty()) return {};
   const auto bytes = config::encode_policy_table(table);

@@ -34,7 +34,7 @@ namespace {
 constexpr const char* kUsage =
     "usage: canopy-vmm --check FILE   check a VM manifest (docs/manifest.md) and exit\n"
     "       canopy-vmm run FILE [--control PATH [--control-group GROUP] [--control-open-to-children]]\n"
-    "                           [--no-confine] [--scratch-dir DIR] [--stop-grace-ms N]\n"
+    "                           [--no-confine] [--no-policy-board] [--scratch-dir DIR] [--stop-grace-ms N]\n"
     "                             [--display PATH | --compositor [CANOPY-DISPLAY-ARGS...]]\n"
     "                             run the VMs of a manifest (guest partitions; docs/partition-transport.md)\n"
     "                             until SIGTERM/SIGINT or `canopyctl --socket PATH shutdown`.\n"
@@ -47,6 +47,9 @@ constexpr const char* kUsage =
     "                             --no-confine: nothing it starts is confined (CANOPY_NO_SANDBOX=1 for\n"
     "                             back-ends and the compositor) and all keep canopy-vmm's uid: a\n"
     "                             benchmark's reference, debugging\n"
+    "                             --no-policy-board: no audio policy board from the manifest; each\n"
+    "                             canopy-snd joins the shared file board its options name, as without\n"
+    "                             canopy-vmm (tests' control runs)\n"
     "                             --scratch-dir DIR: each VM's back-ends get DIR/VM, a folder of theirs\n"
     "                             (mode 0700, as root owned by the VM's back-end uid) as\n"
     "                             $CANOPY_SCRATCH_DIR, where they may write (canopy-snd's stats go there)\n"
@@ -113,6 +116,8 @@ int run(int argc, char** argv) {
       opt.control_group = *gid;
     } else if (a == "--control-open-to-children") {
       opt.control_refuses_descendants = false;  // tests' control runs: the uid alone decides
+    } else if (a == "--no-policy-board") {
+      opt.policy_board = false;
     } else if (a == "--no-confine") {
       // Nothing it starts is confined: partitions, KVM children, and (through the environment they
       // inherit) back-ends and the compositor. For benchmarks' unconfined reference and debugging.
@@ -286,9 +291,15 @@ int boot(int argc, char** argv) {
     }
     live.push_back(std::move(*d));
   }
+  // What they inherited (their device links, the audio policy board) is theirs alone: not kept here,
+  // where a read-only descriptor of another VM's board could be opened again writable.
+  for (const auto& spec : devices)
+    for (const auto& [fd, target] : spec.inherit) (void)::close(fd);
   // Before the first byte from a back-end or the guest, while it has one thread (its threads inherit
   // this): of root's powers only CAP_KILL (its back-ends run under other uids), and a view of the files
-  // in which it writes nothing and reads only the system's (restrict_files): what it opens is open.
+  // in which it writes nothing, opens no device file and reads only the system's (restrict_files):
+  // what it needs is open. The view scopes no signals, so it can still stop its back-ends, which the
+  // domain it entered first keeps to.
   if (!no_sandbox) {
     if (canopy::Status st = canopy::drop_capabilities({CAP_KILL}); !st.ok()) {
       std::fprintf(stderr, "canopy-vmm boot: cannot drop its capabilities: %s (--no-sandbox runs without)\n",
@@ -297,6 +308,8 @@ int boot(int argc, char** argv) {
     }
     canopy::transport::FileView view;
     view.restrict_reads = true;
+    view.devices = false;
+    view.scope = false;
     if (canopy::Status st = canopy::transport::restrict_files(view); !st.ok()) {
       if (st.error().code != canopy::Errc::kUnsupported) {
         std::fprintf(stderr, "canopy-vmm boot: cannot confine its files: %s (--no-sandbox runs without)\n",
@@ -320,14 +333,15 @@ int boot(int argc, char** argv) {
   if (!no_sandbox) {
     canopy::transport::SyscallPolicy policy;
     policy.children = true;
+    policy.no_mode_changes = true;  // a file's mode it owns (root's memfds) stays what it is
     if (canopy::Status st = canopy::transport::confine_syscalls(policy); !st.ok()) {
       std::fprintf(stderr, "canopy-vmm boot: cannot confine the process: %s (--no-sandbox runs without)\n",
                    st.error().what);
       return 1;
     }
     CANOPY_INFO("kvm: confined: a system call allowlist (seccomp), no files but the system's to read; %s",
-                landlock_abi >= 6  ? "signals and ptrace only to its own back-ends (Landlock)"
-                : landlock_abi > 0 ? "ptrace only of its own back-ends (Landlock; this kernel's cannot scope signals)"
+                landlock_abi >= 6  ? "signals only to its own back-ends, ptrace of no other process (Landlock)"
+                : landlock_abi > 0 ? "ptrace of no other process (Landlock; this kernel's cannot scope signals)"
                                    : "no Landlock in this kernel");
   }
   g_kvm = vm->get();

@@ -1,5 +1,7 @@
-// canopy-test-hostile-gpu: a GPU back-end of a lower-criticality VM, taken over (docs/security.md,
-// "Attackers"), for stepped_test's whole cockpit. canopy-vmm starts it as that VM's GPU back-end, so it holds
+// canopy-test-hostile: a back-end of a lower-criticality VM, taken over (docs/security.md, "Attackers"):
+// its GPU back-end for stepped_test's whole cockpit, or its sound back-end for audio_cockpit_test.
+//
+// As the GPU back-end (--display-fd): canopy-vmm starts it as that VM's GPU back-end, so it holds
 // what such a back-end holds: its VM's device link to the broker (--display-fd), the uid and the
 // confinement canopy-vmm and backend_main give a back-end (seccomp allowlist, Landlock view, no
 // capabilities). It serves a device that does nothing and, on a thread, once it is confined (but with
@@ -18,10 +20,25 @@
 // cluster-scratch PATH. One line per attack:
 //   hostile NAME: refused (why)   or   hostile NAME: DONE (what happened)
 // then "hostile summary: attempted=N done=M confined=0|1" (confined: its seccomp filter is on).
+//
+// As the sound back-end (--policy-fd and --policy-states from canopy-vmm, or only --policy=PATH, the
+// shared file board, where canopy-vmm gives none): once confined, it goes at the cross-VM audio policy
+// board with what it holds, --victim=VM naming the VM whose state it goes for (the cluster), and
+// --attack-stream=NAME its own VM's stream (default "music"):
+//   state-write    the victim's state segment written: pwrite, a writable shared mapping, mprotect of
+//                  a read-only one, reopened writable through /proc/self/fd (on the shared board: the
+//                  file, everyone's slots in it, opened writable)
+//   table-write    the sealed policy table written: pwrite, a writable shared mapping, ftruncate,
+//                  reopened writable (on the shared board there is no table: each declares its own)
+//   claim-priority its stream claimed with priority 100000, exclusive, and kept running (refreshed every
+//                  50 ms from then on): done when the board then shows that priority for it
+//   fill-slots     64 more streams claimed (then released): done when more than one was granted
+// Reported as for the GPU, "hostile summary" last.
 #include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -37,6 +54,8 @@
 #include <string>
 #include <thread>
 
+#include "canopy/audio/policy.h"
+#include "canopy/config/policy_table.h"
 #include "canopy/hypervisor/control_client.h"
 #include "canopy/protocol/broker.h"
 #include "canopy/protocol/scanout_channel.h"
@@ -216,28 +235,165 @@ void attack(int link, std::string plan_path, bool sandboxed) {
   std::fprintf(stderr, "hostile summary: attempted=%d done=%d confined=%d\n", r.attempted, r.done, confined() ? 1 : 0);
 }
 
+// What the sound back-end was given: canopy-vmm's board (table, states) or the shared file's path.
+struct SoundPlan {
+  int table = -1;
+  std::vector<int> states;
+  std::string shared, vm, victim, stream = "music";
+};
+
+// Each way of writing through a descriptor of a file it holds read-only (or sealed): what wrote, or ""
+// when nothing did, and why each failed in `why_not`.
+std::string write_through(int fd, size_t bytes, std::string& why_not) {
+  std::string worked;
+  auto try_fd = [&](int f, const std::string& how) {
+    const char zero[8] = {};
+    if (::pwrite(f, zero, sizeof zero, 0) == ssize_t(sizeof zero)) worked += " pwrite" + how;
+    else why_not += " pwrite" + how + ": " + why(errno) + ";";
+    void* w = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, f, 0);
+    if (w != MAP_FAILED) {
+      worked += " writable mapping" + how;
+      ::munmap(w, bytes);
+    } else {
+      why_not += " writable mapping" + how + ": " + why(errno) + ";";
+    }
+  };
+  try_fd(fd, "");
+  void* r = ::mmap(nullptr, bytes, PROT_READ, MAP_SHARED, fd, 0);
+  if (r != MAP_FAILED) {
+    if (::mprotect(r, bytes, PROT_READ | PROT_WRITE) == 0) worked += " mprotect";
+    else why_not += " mprotect: " + why(errno) + ";";
+    ::munmap(r, bytes);
+  }
+  // Opened again writable through /proc: counted only where that then writes (a sealed file may be).
+  const int again = ::open(("/proc/self/fd/" + std::to_string(fd)).c_str(), O_RDWR | O_CLOEXEC);
+  if (again >= 0) {
+    try_fd(again, " (reopened)");
+    ::close(again);
+  } else {
+    why_not += " reopen: " + why(errno) + ";";
+  }
+  return worked;
+}
+
+void attack_board(SoundPlan plan, bool sandboxed) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(300);
+  while (sandboxed && !confined() && std::chrono::steady_clock::now() < end) ::poll(nullptr, 0, 10);
+  Report r;
+  std::unique_ptr<audio::PolicyBoard> board;
+  if (plan.table >= 0) {
+    // The victim's state segment: the one at the victim's place in the table's VM order.
+    int victim = -1;
+    void* t = ::mmap(nullptr, config::kPolicyTableBytes, PROT_READ, MAP_SHARED, plan.table, 0);
+    if (t != MAP_FAILED) {
+      auto table = config::parse_policy_table({static_cast<const uint8_t*>(t), config::kPolicyTableBytes});
+      ::munmap(t, config::kPolicyTableBytes);
+      for (size_t v = 0; table.ok() && v < table->vms.size() && v < plan.states.size(); ++v)
+        if (table->vms[v] == plan.victim) victim = plan.states[v];
+    }
+    std::string why_not;
+    const std::string worked = victim < 0 ? std::string() : write_through(victim, config::kPolicyStateBytes, why_not);
+    r.put("state-write", !worked.empty(),
+          victim < 0       ? "no state segment of " + plan.victim
+          : worked.empty() ? why_not
+                           : worked);
+    why_not.clear();
+    std::string grew;
+    if (::ftruncate(plan.table, off_t(2 * config::kPolicyTableBytes)) == 0) grew = " ftruncate";
+    else why_not += " ftruncate: " + why(errno) + ";";
+    const std::string table_worked = write_through(plan.table, config::kPolicyTableBytes, why_not) + grew;
+    r.put("table-write", !table_worked.empty(), table_worked.empty() ? why_not : table_worked);
+    auto b = audio::PolicyBoard::from_vmm(plan.table, plan.states, plan.vm);
+    if (b.ok()) board = std::move(*b);
+    else std::fprintf(stderr, "hostile: canopy-vmm's board: %s\n", b.error().what);
+  } else {
+    // The shared file: one writable mapping of everyone's slots, and no table.
+    const int f = ::open(plan.shared.c_str(), O_RDWR | O_CLOEXEC);
+    r.put("state-write", f >= 0, f >= 0 ? "the board file, everyone's slots, opened writable" : "open: " + why(errno));
+    if (f >= 0) ::close(f);
+    r.put("table-write", true, "no table: every back-end declares its own policy");
+    auto b = audio::PolicyBoard::open(plan.shared);
+    if (b.ok()) board = std::move(*b);
+    else std::fprintf(stderr, "hostile: the shared board: %s\n", b.error().what);
+  }
+  const std::string label = plan.vm + "/" + plan.stream;
+  const audio::StreamPolicy claimed{100000, true, -96.0, 0, true};
+  auto slot = board ? board->claim(label, claimed) : Result<uint32_t>(make_error(Errc::kIo, "no board"));
+  if (!slot.ok()) {
+    r.put("claim-priority", false, std::string("claim: ") + slot.error().what);
+  } else {
+    board->set_active(*slot, true, audio::monotonic_ns());
+    std::string shown;
+    std::istringstream in(board->describe(audio::monotonic_ns()));
+    for (std::string line; std::getline(in, line);)
+      if (line.rfind(label + " ", 0) == 0) shown = line;
+    const bool held = shown.find(" priority=100000 ") != std::string::npos;
+    r.put("claim-priority", held, "the board shows: " + shown);
+  }
+  {
+    int granted = 0;
+    std::vector<uint32_t> extra;
+    for (int i = 0; board && i < 64; ++i)
+      if (auto e = board->claim(plan.vm + "/extra" + std::to_string(i), claimed); e.ok()) extra.push_back(*e);
+    granted = int(extra.size());
+    for (uint32_t e : extra) board->release(e);  // the cluster's own claim must still find a slot
+    r.put("fill-slots", granted > 1, std::to_string(granted) + " of 64 more streams granted");
+  }
+  std::fprintf(stderr, "hostile summary: attempted=%d done=%d confined=%d\n", r.attempted, r.done, confined() ? 1 : 0);
+  // Its stream kept running, as loud as its claim lets it, for as long as it lives.
+  for (;;) {
+    if (board && slot.ok()) board->set_active(*slot, true, audio::monotonic_ns());
+    ::poll(nullptr, 0, 50);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  BackendProgram program{"canopy-test-hostile-gpu", "gpu", {}, "  (a test back-end: see its source)\n"};
-  program.confine = true;  // confined as canopy-gpu is: the attacker has taken over a confined back-end
+  // The GPU back-end of its VM, or the sound back-end (what canopy-vmm gives a canopy-snd).
+  bool sound = false;
+  for (int i = 1; i < argc; ++i)
+    if (std::strncmp(argv[i], "--policy", 8) == 0) sound = true;
+  BackendProgram program{"canopy-test-hostile", sound ? "sound" : "gpu", {}, "  (a test back-end: see its source)\n"};
+  program.confine = true;  // confined as canopy-gpu and canopy-snd are: it has taken over a confined back-end
+  program.writable_options = {"--policy"};  // the shared file board, as canopy-snd's
   bool sandboxed = !transport::sandbox_off_by_environment();
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--no-sandbox") sandboxed = false;
     if (a.rfind("--plan=", 0) == 0) program.readable_paths.push_back(transport::writable_folder(a.substr(7)));
   }
-  return backend_main(argc, argv, program,
-                      [sandboxed](const std::vector<std::string>& args) -> Result<std::unique_ptr<Device>> {
-                        int link = -1;
-                        std::string plan;
-                        for (const auto& a : args) {  // canopy-gpu's other options are accepted and ignored
-                          if (a.rfind("--display-fd=", 0) == 0) link = std::atoi(a.c_str() + 13);
-                          if (a.rfind("--plan=", 0) == 0) plan = a.substr(7);
-                        }
-                        if (link < 0 || plan.empty())
-                          return make_error(Errc::kInvalidArgument, "--display-fd and --plan are needed");
-                        std::thread(attack, link, plan, sandboxed).detach();
-                        return std::unique_ptr<Device>(std::make_unique<IdleDevice>());
-                      });
+  return backend_main(
+      argc, argv, program, [sandboxed](const std::vector<std::string>& args) -> Result<std::unique_ptr<Device>> {
+        int link = -1;
+        std::string plan;
+        SoundPlan sp;
+        for (const auto& a : args) {  // canopy-gpu's and canopy-snd's other options are accepted and ignored
+          auto value = [&](const char* key) -> const char* {
+            const size_t n = std::strlen(key);
+            return a.compare(0, n, key) == 0 ? a.c_str() + n : nullptr;
+          };
+          if (const char* v = value("--display-fd=")) link = std::atoi(v);
+          if (const char* v = value("--plan=")) plan = v;
+          if (const char* v = value("--policy-fd=")) sp.table = std::atoi(v);
+          if (const char* v = value("--policy-states=")) {
+            std::istringstream in(v);
+            for (std::string n; std::getline(in, n, ',');) sp.states.push_back(std::atoi(n.c_str()));
+          }
+          if (const char* v = value("--policy=")) sp.shared = v;
+          if (const char* v = value("--vm=")) sp.vm = v;
+          if (const char* v = value("--victim=")) sp.victim = v;
+          if (const char* v = value("--attack-stream=")) sp.stream = v;
+        }
+        if (sp.table >= 0 || !sp.shared.empty()) {
+          if (sp.vm.empty() || sp.victim.empty())
+            return make_error(Errc::kInvalidArgument, "--vm and --victim are needed");
+          std::thread(attack_board, sp, sandboxed).detach();
+        } else {
+          if (link < 0 || plan.empty())
+            return make_error(Errc::kInvalidArgument, "--display-fd and --plan (or a policy board) are needed");
+          std::thread(attack, link, plan, sandboxed).detach();
+        }
+        return std::unique_ptr<Device>(std::make_unique<IdleDevice>());
+      });
 }

@@ -15,7 +15,10 @@
 // CANOPY_PROBE_READABLE, a file of mode 0644 outside what the program reads, read; setuid: another uid
 // taken, in a thread of its own, as only CAP_SETUID lets a process.)
 // CANOPY_PROBE_OUTSIDE: a folder the process's options do not name; CANOPY_PROBE_PEEK: an address in
-// the parent (hex) to read with process_vm_readv.
+// the parent (hex) to read with process_vm_readv. CANOPY_PROBE_READONLY_FD=memfd: the probe makes that
+// file itself when it is loaded (before the process confines itself): a memfd of mode 0444 of the
+// process's uid, held only read-only, as a root canopy-vmm's guest RAM and policy board are (a shell
+// cannot make one; Landlock does not look at memfds, so only the capabilities and the mode decide).
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -41,6 +44,17 @@
 namespace {
 
 std::atomic<bool> g_done{false};
+int g_memfd = -1;  // CANOPY_PROBE_READONLY_FD=memfd: the read-only descriptor made at load
+
+__attribute__((constructor)) void make_memfd() {
+  const char* ro = std::getenv("CANOPY_PROBE_READONLY_FD");
+  if (ro == nullptr || std::strcmp(ro, "memfd") != 0) return;
+  const int rw = ::memfd_create("canopy-probe-ro", MFD_CLOEXEC);
+  if (rw < 0) return;
+  if (::write(rw, "guest", 5) == 5 && ::fchmod(rw, 0444) == 0)
+    g_memfd = ::open(("/proc/self/fd/" + std::to_string(rw)).c_str(), O_RDONLY | O_CLOEXEC);
+  ::close(rw);
+}
 
 bool confined() {
   const int fd = ::open("/proc/self/status", O_RDONLY | O_CLOEXEC);
@@ -112,7 +126,9 @@ void probe() {
   if (shm >= 0) ::shmctl(shm, IPC_RMID, nullptr);
   // The test's memfd of mode 0444 (as guest RAM handed out read-only is: made by a root canopy-vmm).
   const char* ro_text = std::getenv("CANOPY_PROBE_READONLY_FD");
-  const int ro = ro_text ? std::atoi(ro_text) : -1;
+  const int ro = g_memfd >= 0                                               ? g_memfd
+                 : ro_text != nullptr && std::strcmp(ro_text, "memfd") != 0 ? std::atoi(ro_text)
+                                                                            : -1;
   const std::string ro_path = "/proc/self/fd/" + std::to_string(ro);
   auto reopen = [&] {
     const int again = ro >= 0 ? ::open(ro_path.c_str(), O_RDWR | O_CLOEXEC) : -1;

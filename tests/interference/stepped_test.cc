@@ -536,7 +536,7 @@ TEST(SteppedCockpit, TheIviExhaustingTheCompositorNeverChangesTheClustersPicture
 // (canopy-partition-solid, with its real canopy-gpu); the IVI a hostile guest flooding its canopy-gpu's
 // backing bookkeeping and host memory (canopy-partition-gpu-flood); a third VM, "media", a hostile
 // partition (canopy-partition-probe: the cluster's memory, signals, writes, its own ring outside its
-// RAM) whose GPU back-end is taken over (canopy-test-hostile-gpu: a broker connection claiming the
+// RAM) whose GPU back-end is taken over (canopy-test-hostile: a broker connection claiming the
 // cluster, a flood of them, both control sockets, signals to and the RAM and scratch folder of the
 // cluster's canopy-gpu). On every step, from before the attacks until each attacker has reported all
 // of its attempts: the cluster had a new frame (the test waits for canopy-display to have received
@@ -564,7 +564,7 @@ TEST(SteppedCockpit, TheWholeIviSideAttackingNeverChangesTheClustersPicture) {
                                vm("media", "32M", "", "canopy-partition-probe", "\"--attack\", \"@DIR@/TARGET\"") +
                                "[[vm.device]]\ntype = \"rng\"\nbackend = \"" + kBin +
                                "/canopy-vhost-rng\"\nargs = [\"--pattern\"]\n" + "[vm.gpu]\nbackend = \"" + kBin +
-                               "/canopy-test-hostile-gpu\"\nscanouts = [{ width = 64, height = 32 }]\nargs = "
+                               "/canopy-test-hostile\"\nscanouts = [{ width = 64, height = 32 }]\nargs = "
                                "[\"--plan=@DIR@/scratch/media/plan\"]\n"
                                "[[display]]\nname = \"main\"\nwidth = 192\nheight = 32\nrefresh_hz = 60\n"
                                "[[layout]]\ndisplay = \"main\"\nvm = \"cluster\"\nwidth = 64\nheight = 32\n"

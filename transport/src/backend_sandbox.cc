@@ -708,6 +708,7 @@ Status restrict_files(const FileView& view) {
   // and with restrict_reads the read rights too.
   LandlockWrites w = landlock_writes(false);
   if (w.attr_size == 0) return make_error(Errc::kUnsupported, "the kernel has no Landlock");
+  if (!view.scope) w.attr[2] = 0;
   constexpr uint64_t kReadDir = LANDLOCK_ACCESS_FS_READ_FILE | LANDLOCK_ACCESS_FS_READ_DIR;
   constexpr uint64_t kReadFile = LANDLOCK_ACCESS_FS_READ_FILE;
   if (view.restrict_reads) {
@@ -735,7 +736,7 @@ Status restrict_files(const FileView& view) {
   Status st;
   for (const auto& p : view.writable)
     if (st.ok()) st = add(p, dir_rights);
-  if (st.ok()) {
+  if (st.ok() && view.devices) {
     // Opening device files (for writing, and with restrict_reads for reading): each entry of /dev but
     // block devices (a process of root's uid, even without capabilities, owns the disks), those that
     // reach disks and the refused ones; links are skipped (where they lead is not /dev's:
@@ -749,7 +750,7 @@ Status restrict_files(const FileView& view) {
         },
         [&](const std::string& path) { return add(path, file_rights | (view.restrict_reads ? kReadDir : 0)); });
   }
-  if (st.ok()) st = add("/dev/shm", dir_rights);
+  if (st.ok() && view.devices) st = add("/dev/shm", dir_rights);
   if (st.ok() && view.restrict_reads) {
     // What every program reads: its libraries and their data, the kernel's views of itself and of
     // this process, the device database; /etc but its secrets; and what the caller adds.

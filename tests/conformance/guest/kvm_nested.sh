@@ -77,11 +77,13 @@ if wants probe; then
   # inner guest, which must still pass) and tries once what code an attacker got to run there would.
   # Refused, every one of the 14: a new process, a program, a network or netlink socket, a signal to or
   # the memory of the process that started it (this shell), a descriptor's SIGIO aimed at it, SysV
-  # shared memory, another uid, writing a file outside (its files' view: nothing to write), opening the
-  # file of mode 0444 it has read-only again writable, even after giving it its mode back as its owner,
-  # reading one of mode 0000 (no CAP_DAC_OVERRIDE left after set-up) and one of mode 0644 outside the
-  # system's files (a sanitizer build keeps processes and kill for its runtime: those two are not
-  # asserted there). Control, the same with --no-sandbox: every attempt succeeds.
+  # shared memory, another uid, writing a file outside (its files' view: nothing to write), opening a
+  # memfd of mode 0444 it holds read-only again writable (Landlock does not look at memfds: no
+  # CAP_DAC_OVERRIDE left after set-up), even after giving it its mode back as its owner (its
+  # allowlist: no mode changes), reading a file of mode 0000 in /etc (inside its view of the files:
+  # again only the capability) and one of mode 0644 outside the system's files (a sanitizer build keeps
+  # processes and kill for its runtime: those two are not asserted there). Control, the same with
+  # --no-sandbox: every attempt succeeds.
   mkdir -p /host/run/probe/outside
   echo "the operator's" >/host/run/probe/readable
   # An address of this shell's, canopy-vmm's parent (the chroot below execs it), for process_vm_readv.
@@ -90,20 +92,21 @@ if wants probe; then
     sandbox="" any=""
     [ "$mode" = control ] && sandbox=--no-sandbox any=CANOPY_PROBE_ANY=1
     note "canopy-vmm boot on KVM with the sandbox probe ($mode)"
-    rm -f /host/run/probe/line /host/run/probe/ro /host/run/probe/unreadable
-    # Made again for each run: a run that could give the file its mode back (restore_mode) did.
-    : >/host/run/probe/ro
-    chmod 0444 /host/run/probe/ro
+    rm -f /host/run/probe/line /host/run/probe/unreadable
+    # A file of mode 0000 inside its view of the files (/etc; the host's is read-only here: bound over
+    # /etc/issue, which nothing in it reads).
     echo secret >/host/run/probe/unreadable
     chmod 0 /host/run/probe/unreadable
+    mount --bind /host/run/probe/unreadable /host/etc/issue || fail "cannot bind a file over /etc/issue"
     # shellcheck disable=SC2086 # $sandbox and $any: empty or one word
     env LD_PRELOAD="$PROBE" CANOPY_PROBE_FD=7 CANOPY_PROBE_OUTSIDE=/run/probe/outside CANOPY_PROBE_PEEK="$peek" \
-      CANOPY_PROBE_READONLY_FD=5 CANOPY_PROBE_UNREADABLE=/run/probe/unreadable \
+      CANOPY_PROBE_READONLY_FD=memfd CANOPY_PROBE_UNREADABLE=/etc/issue \
       CANOPY_PROBE_READABLE=/run/probe/readable $any \
       chroot /host "$VMM" boot --kernel "$KERNEL" --initrd "$L2" --memory 256M $sandbox \
       --cmdline "console=ttyS0 panic=-1 quiet canopy.timeout=$l2_timeout" >/tmp/l2.txt 2>&1 \
-      7>/host/run/probe/line 5</host/run/probe/ro
+      7>/host/run/probe/line
     rc=$?
+    umount /host/etc/issue
     grep -q 'CANOPY-TEST-RESULT: PASS' /tmp/l2.txt || {
       tail -n 30 /tmp/l2.txt
       fail "the L2 guest with the probed KVM child ($mode) did not pass (canopy-vmm exited $rc)"

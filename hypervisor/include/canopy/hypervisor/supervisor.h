@@ -65,6 +65,10 @@ struct SupervisorOptions {
   // owned by the VM's back-end uid), named to them by $CANOPY_SCRATCH_DIR and writable in their
   // Landlock view; "" none.
   std::string scratch_dir;
+  // The cross-VM audio policy board from the manifest (canopy/audio/policy.h, from_vmm): the sealed
+  // table and a state segment per VM, given to every canopy-snd. Off (tests' control runs): each
+  // canopy-snd uses the shared file board its options name, as without canopy-vmm.
+  bool policy_board = true;
 };
 
 struct ServiceStatus {

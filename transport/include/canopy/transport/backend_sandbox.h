@@ -81,6 +81,11 @@ struct FileView {
   std::vector<std::string> refused_devices;  // restrict_writes' `refused_devices`
   bool restrict_reads = false;
   std::vector<std::string> readable;  // read beyond the system's (a file, or a folder and beneath it)
+  // false: no device file and not /dev/shm either (a process that opens none once confined).
+  bool devices = true;
+  // false: this layer scopes no signals or abstract sockets (from ABI 6), so that a process may still
+  // signal the processes it started before it (in an outer domain, which may scope them itself).
+  bool scope = true;
 };
 Status restrict_files(const FileView& view);
 // What a path an option names gives restrict_writes: the folder itself, else the folder the file is in.
