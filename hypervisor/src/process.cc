@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <linux/filter.h>
+#include <linux/kcmp.h>
 #include <linux/sched.h>
 #include <linux/seccomp.h>
 #include <poll.h>
@@ -273,7 +274,10 @@ std::optional<ExitInfo> Child::try_reap() {
     held.status_known = false;
     // Its status as the kernel keeps it for the zombie (/proc/PID/stat field 52, a wait status): its
     // pid stays ours until we reap it, so this is still the same process.
-    if (const auto status = proc_stat_field(pid_, 52); status && *status >= 0) {
+    // The kernel shows 0 to a process that may not trace it (kcmp answers EPERM then): unknown.
+    const auto status = proc_stat_field(pid_, 52);
+    const bool may_read = status && (*status > 0 || syscall(SYS_kcmp, getpid(), pid_, KCMP_VM, 0, 0) >= 0);
+    if (may_read && *status >= 0) {
       const int s = int(*status);
       held.signaled = WIFSIGNALED(s);
       held.code = WIFSIGNALED(s) ? WTERMSIG(s) : WEXITSTATUS(s);

@@ -293,8 +293,10 @@ int boot(int argc, char** argv) {
   }
   // What they inherited (their device links, the audio policy board) is theirs alone: not kept here,
   // where a read-only descriptor of another VM's board could be opened again writable.
-  for (const auto& spec : devices)
+  for (auto& spec : devices) {
     for (const auto& [fd, target] : spec.inherit) (void)::close(fd);
+    spec.inherit.clear();  // their numbers are free for what it opens next
+  }
   // Before the first byte from a back-end or the guest, while it has one thread (its threads inherit
   // this): of root's powers only CAP_KILL (its back-ends run under other uids), and a view of the files
   // in which it writes nothing, opens no device file and reads only the system's (restrict_files):

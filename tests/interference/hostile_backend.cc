@@ -26,20 +26,24 @@
 // board with what it holds, --victim=VM naming the VM whose state it goes for (the cluster), and
 // --attack-stream=NAME its own VM's stream (default "music"):
 //   state-write    the victim's state segment written: pwrite, a writable shared mapping, mprotect of
-//                  a read-only one, reopened writable through /proc/self/fd (on the shared board: the
-//                  file, everyone's slots in it, opened writable)
-//   table-write    the sealed policy table written: pwrite, a writable shared mapping, ftruncate,
-//                  reopened writable (on the shared board there is no table: each declares its own)
+//                  a read-only one, reopened writable through /proc/self/fd and written (on the shared
+//                  board: the file, where everyone's slots are, mapped writable and written)
+//   table-write    the sealed policy table written: ftruncate, pwrite, a writable shared mapping,
+//                  mprotect of a read-only one, reopened writable and written (on the shared board there
+//                  is no table: reported as "none", not counted)
 //   claim-priority its stream claimed with priority 100000, exclusive, and kept running (refreshed every
-//                  50 ms from then on): done when the board then shows that priority for it
+//                  20 ms from then on; on canopy-vmm's board every slot of its own segment too, written
+//                  directly): done when the board then shows that priority for it
 //   fill-slots     64 more streams claimed (then released): done when more than one was granted
-// Reported as for the GPU, "hostile summary" last.
+// Reported as for the GPU, "hostile summary" last; later, once, "hostile: its stream ducked by the
+// board to X dB" when a stream above its own runs (the cluster's chime, where the board ranks them).
 #include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -281,15 +285,18 @@ void attack_board(SoundPlan plan, bool sandboxed) {
   while (sandboxed && !confined() && std::chrono::steady_clock::now() < end) ::poll(nullptr, 0, 10);
   Report r;
   std::unique_ptr<audio::PolicyBoard> board;
+  config::PolicyStateSlot* own = nullptr;  // canopy-vmm's board: its own state segment, mapped writable
   if (plan.table >= 0) {
-    // The victim's state segment: the one at the victim's place in the table's VM order.
-    int victim = -1;
+    // The victim's state segment and its own: at their places in the table's VM order.
+    int victim = -1, mine = -1;
     void* t = ::mmap(nullptr, config::kPolicyTableBytes, PROT_READ, MAP_SHARED, plan.table, 0);
     if (t != MAP_FAILED) {
       auto table = config::parse_policy_table({static_cast<const uint8_t*>(t), config::kPolicyTableBytes});
       ::munmap(t, config::kPolicyTableBytes);
-      for (size_t v = 0; table.ok() && v < table->vms.size() && v < plan.states.size(); ++v)
+      for (size_t v = 0; table.ok() && v < table->vms.size() && v < plan.states.size(); ++v) {
         if (table->vms[v] == plan.victim) victim = plan.states[v];
+        if (table->vms[v] == plan.vm) mine = plan.states[v];
+      }
     }
     std::string why_not;
     const std::string worked = victim < 0 ? std::string() : write_through(victim, config::kPolicyStateBytes, why_not);
@@ -306,12 +313,32 @@ void attack_board(SoundPlan plan, bool sandboxed) {
     auto b = audio::PolicyBoard::from_vmm(plan.table, plan.states, plan.vm);
     if (b.ok()) board = std::move(*b);
     else std::fprintf(stderr, "hostile: canopy-vmm's board: %s\n", b.error().what);
+    if (mine >= 0) {
+      void* m = ::mmap(nullptr, config::kPolicyStateBytes, PROT_READ | PROT_WRITE, MAP_SHARED, mine, 0);
+      if (m != MAP_FAILED) own = static_cast<config::PolicyStateSlot*>(m);
+    }
   } else {
-    // The shared file: one writable mapping of everyone's slots, and no table.
+    // The shared file: every VM's slots in one writable mapping (written here at its far end, a slot
+    // that is not its own), and no table.
+    std::string what = "open: ";
+    bool wrote = false;
     const int f = ::open(plan.shared.c_str(), O_RDWR | O_CLOEXEC);
-    r.put("state-write", f >= 0, f >= 0 ? "the board file, everyone's slots, opened writable" : "open: " + why(errno));
+    struct stat st{};
+    if (f >= 0 && ::fstat(f, &st) == 0 && st.st_size > 0) {
+      void* m = ::mmap(nullptr, size_t(st.st_size), PROT_READ | PROT_WRITE, MAP_SHARED, f, 0);
+      if (m != MAP_FAILED) {
+        static_cast<volatile uint8_t*>(m)[st.st_size - 1] = 0;
+        wrote = true;
+        ::munmap(m, size_t(st.st_size));
+      }
+      what = wrote ? "wrote into the board file, where every VM's slots are" : "mmap: " + why(errno);
+    } else {
+      what += why(errno);
+    }
     if (f >= 0) ::close(f);
-    r.put("table-write", true, "no table: every back-end declares its own policy");
+    r.put("state-write", wrote, what);
+    // Not counted: there is nothing to write, each back-end declares its own policy.
+    std::fprintf(stderr, "hostile table-write: none (the shared board has no table)\n");
     auto b = audio::PolicyBoard::open(plan.shared);
     if (b.ok()) board = std::move(*b);
     else std::fprintf(stderr, "hostile: the shared board: %s\n", b.error().what);
@@ -319,31 +346,47 @@ void attack_board(SoundPlan plan, bool sandboxed) {
   const std::string label = plan.vm + "/" + plan.stream;
   const audio::StreamPolicy claimed{100000, true, -96.0, 0, true};
   auto slot = board ? board->claim(label, claimed) : Result<uint32_t>(make_error(Errc::kIo, "no board"));
+  // Running, and on canopy-vmm's board every slot of its own segment too, written directly (kept so
+  // below): whatever the table says they are, they all count from now on.
+  auto run = [&] {
+    const uint64_t now = audio::monotonic_ns();
+    if (board && slot.ok()) board->set_active(*slot, true, now);
+    for (uint32_t i = 0; own != nullptr && i < config::kPolicySlotsPerVm; ++i) {
+      own[i].refreshed_ns.store(now);
+      own[i].active.store(1);
+    }
+  };
   if (!slot.ok()) {
     r.put("claim-priority", false, std::string("claim: ") + slot.error().what);
   } else {
-    board->set_active(*slot, true, audio::monotonic_ns());
+    run();
     std::string shown;
     std::istringstream in(board->describe(audio::monotonic_ns()));
     for (std::string line; std::getline(in, line);)
       if (line.rfind(label + " ", 0) == 0) shown = line;
     const bool held = shown.find(" priority=100000 ") != std::string::npos;
-    r.put("claim-priority", held, "the board shows: " + shown);
+    r.put("claim-priority", held,
+          "the board shows: " + shown + (own != nullptr ? "; every slot of its segment running" : ""));
   }
   {
-    int granted = 0;
     std::vector<uint32_t> extra;
     for (int i = 0; board && i < 64; ++i)
       if (auto e = board->claim(plan.vm + "/extra" + std::to_string(i), claimed); e.ok()) extra.push_back(*e);
-    granted = int(extra.size());
+    const size_t granted = extra.size();
     for (uint32_t e : extra) board->release(e);  // the cluster's own claim must still find a slot
     r.put("fill-slots", granted > 1, std::to_string(granted) + " of 64 more streams granted");
   }
   std::fprintf(stderr, "hostile summary: attempted=%d done=%d confined=%d\n", r.attempted, r.done, confined() ? 1 : 0);
-  // Its stream kept running, as loud as its claim lets it, for as long as it lives.
-  for (;;) {
-    if (board && slot.ok()) board->set_active(*slot, true, audio::monotonic_ns());
-    ::poll(nullptr, 0, 50);
+  // Its stream kept running, as loud as its claim lets it, for as long as it lives; once the board
+  // ducks it (a stream above it running: the cluster's chime), said once.
+  for (bool said = false;;) {
+    run();
+    if (board && slot.ok() && !said && board->target(*slot, audio::monotonic_ns()).db < 0) {
+      said = true;
+      std::fprintf(stderr, "hostile: its stream ducked by the board to %.1f dB\n",
+                   board->target(*slot, audio::monotonic_ns()).db);
+    }
+    ::poll(nullptr, 0, 20);
   }
 }
 

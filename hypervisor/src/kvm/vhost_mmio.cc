@@ -42,6 +42,7 @@ Result<std::unique_ptr<VhostMmioDevice>> VhostMmioDevice::launch(const KvmDevice
   CANOPY_ASSIGN_OR_RETURN(d->backend_, spawn(o));
   theirs.reset();
   given.clear();
+  d->spec_.inherit.clear();  // handed over: the caller closes them
   // The back-end answers its first message once it has set itself up, which can take long (canopy-gpu's
   // virglrenderer compiles its shaders at start: seconds on a slow CPU); after that, 5 s a reply.
   d->fe_ = vu::Frontend(std::move(ours), kBackendStartMs);
