@@ -37,6 +37,10 @@
 //   fill-slots     64 more streams claimed (then released): done when more than one was granted
 // Reported as for the GPU, "hostile summary" last; later, once, "hostile: its stream ducked by the
 // board to X dB" when a stream above its own runs (the cluster's chime, where the board ranks them).
+//
+// With --outlive-socket (and neither of the above): a device that does nothing, and a process that
+// outlives its socket: when its front-end is gone it blocks SIGTERM and sleeps 10 minutes (what starts
+// it must be able to stop it; conformance_kvm_nested_qemu, the KVM child).
 #include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -46,6 +50,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -400,13 +405,14 @@ int main(int argc, char** argv) {
   BackendProgram program{"canopy-test-hostile", sound ? "sound" : "gpu", {}, "  (a test back-end: see its source)\n"};
   program.confine = true;  // confined as canopy-gpu and canopy-snd are: it has taken over a confined back-end
   program.writable_options = {"--policy"};  // the shared file board, as canopy-snd's
-  bool sandboxed = !transport::sandbox_off_by_environment();
+  bool sandboxed = !transport::sandbox_off_by_environment(), outlive = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--no-sandbox") sandboxed = false;
+    if (a == "--outlive-socket") outlive = true;
     if (a.rfind("--plan=", 0) == 0) program.readable_paths.push_back(transport::writable_folder(a.substr(7)));
   }
-  return backend_main(
+  const int rc = backend_main(
       argc, argv, program, [sandboxed](const std::vector<std::string>& args) -> Result<std::unique_ptr<Device>> {
         int link = -1;
         std::string plan;
@@ -432,11 +438,21 @@ int main(int argc, char** argv) {
           if (sp.vm.empty() || sp.victim.empty())
             return make_error(Errc::kInvalidArgument, "--vm and --victim are needed");
           std::thread(attack_board, sp, sandboxed).detach();
-        } else {
-          if (link < 0 || plan.empty())
-            return make_error(Errc::kInvalidArgument, "--display-fd and --plan (or a policy board) are needed");
+        } else if (link >= 0 && !plan.empty()) {
           std::thread(attack, link, plan, sandboxed).detach();
+        } else if (std::find(args.begin(), args.end(), "--outlive-socket") == args.end()) {
+          return make_error(Errc::kInvalidArgument,
+                            "--display-fd and --plan, a policy board or --outlive-socket are needed");
         }
         return std::unique_ptr<Device>(std::make_unique<IdleDevice>());
       });
+  if (outlive) {
+    sigset_t term;
+    sigemptyset(&term);
+    sigaddset(&term, SIGTERM);
+    ::sigprocmask(SIG_BLOCK, &term, nullptr);
+    std::fprintf(stderr, "hostile: front-end gone; staying (SIGTERM blocked)\n");
+    for (int i = 0; i < 600; ++i) ::poll(nullptr, 0, 1000);
+  }
+  return rc;
 }

@@ -135,6 +135,31 @@ fi
 
 if wants rng; then
   boot_l2 "virtio-rng over vhost-user" "$L2RNG" --device "rng=$RNG,--pattern"
+  # A back-end that outlives its socket and blocks SIGTERM (canopy-test-hostile --outlive-socket, as the
+  # plain inner guest's rng device, which it does not use): when the guest is done, the confined KVM
+  # child must still stop it (SIGKILL through its pidfd: its own Landlock layers must not scope its
+  # back-ends away) and exit; stuck, it would wait for it forever (killed after 120 s here: a hang guard;
+  # it catches SIGTERM itself).
+  note "canopy-vmm boot on KVM (a back-end that outlives its socket)"
+  timeout -s KILL 120 chroot /host "$VMM" boot --kernel "$KERNEL" --initrd "$L2" --memory 256M \
+    --device "rng=${VMM%/*}/canopy-test-hostile,--outlive-socket" \
+    --cmdline "console=ttyS0 panic=-1 quiet canopy.timeout=$l2_timeout" >/tmp/l2.txt 2>&1
+  rc=$?
+  grep -q 'CANOPY-TEST-RESULT: PASS' /tmp/l2.txt || {
+    tail -n 30 /tmp/l2.txt
+    fail "the L2 guest with a back-end that outlives its socket did not pass (canopy-vmm exited $rc)"
+  }
+  grep -q 'hostile: front-end gone; staying' /tmp/l2.txt || fail "the back-end did not outlive its socket"
+  [ "$rc" -eq 0 ] || {
+    tail -n 10 /tmp/l2.txt
+    fail "canopy-vmm boot with a back-end that outlives its socket exited $rc (or was ended by the hang guard)"
+  }
+  ! grep -q 'survives' /tmp/l2.txt || fail "the KVM child could not kill its back-end: $(grep -a survives /tmp/l2.txt | head -n1)"
+  for d in /proc/[0-9]*; do
+    [ "$(tr -d '\0' <"$d/cmdline" 2>/dev/null)" = "${VMM%/*}/canopy-test-hostile--fd=3--outlive-socket" ] &&
+      fail "the back-end outlived the KVM child"
+  done
+  note "the KVM child stopped a back-end that outlived its socket"
 fi
 
 if wants gpu; then
