@@ -276,8 +276,7 @@ std::optional<ExitInfo> Child::try_reap() {
     // pid stays ours until we reap it, so this is still the same process.
     // The kernel shows 0 to a process that may not trace it (kcmp answers EPERM then): unknown.
     const auto status = proc_stat_field(pid_, 52);
-    const bool may_read = status && (*status > 0 || syscall(SYS_kcmp, getpid(), pid_, KCMP_VM, 0, 0) >= 0);
-    if (may_read && *status >= 0) {
+    if (status && (*status > 0 || (*status == 0 && syscall(SYS_kcmp, getpid(), pid_, KCMP_VM, 0, 0) >= 0))) {
       const int s = int(*status);
       held.signaled = WIFSIGNALED(s);
       held.code = WIFSIGNALED(s) ? WTERMSIG(s) : WEXITSTATUS(s);

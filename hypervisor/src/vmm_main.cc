@@ -281,14 +281,14 @@ int boot(int argc, char** argv) {
     return 2;
   }
   // Its back-ends started, under their identities: the last step that needs more than stopping them.
+  auto device_failed = [](const k::KvmDeviceSpec& spec, const char* what) {
+    std::fprintf(stderr, "canopy-vmm boot: device %s (%s): %s\n", spec.name.c_str(), spec.program.c_str(), what);
+    return 1;
+  };
   std::vector<std::unique_ptr<k::VhostMmioDevice>> live;
   for (const auto& spec : devices) {
     auto d = k::VhostMmioDevice::launch(spec);
-    if (!d.ok()) {
-      std::fprintf(stderr, "canopy-vmm boot: device %s (%s): %s\n", spec.name.c_str(), spec.program.c_str(),
-                   d.error().what);
-      return 1;
-    }
+    if (!d.ok()) return device_failed(spec, d.error().what);
     live.push_back(std::move(*d));
   }
   // What they inherited (their device links, the audio policy board) is theirs alone: not kept here,
@@ -323,11 +323,8 @@ int boot(int argc, char** argv) {
   }
   // Devices: 4 KiB MMIO windows from 0xd0000000, GSIs from 5 (4 is COM1), edge-triggered.
   for (size_t i = 0; i < live.size(); ++i) {
-    if (canopy::Status st = live[i]->attach(**vm, 0xd0000000ull + i * 0x1000, uint32_t(5 + i)); !st.ok()) {
-      std::fprintf(stderr, "canopy-vmm boot: device %s (%s): %s\n", devices[i].name.c_str(), devices[i].program.c_str(),
-                   st.error().what);
-      return 1;
-    }
+    if (canopy::Status st = live[i]->attach(**vm, 0xd0000000ull + i * 0x1000, uint32_t(5 + i)); !st.ok())
+      return device_failed(devices[i], st.error().what);
   }
   // Set up: from here on it runs the guest (vCPU threads, its devices' messages and interrupts) under
   // the allowlist, on every thread; of other processes it may wait for and signal only the back-ends it

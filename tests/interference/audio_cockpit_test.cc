@@ -26,7 +26,8 @@ namespace {
 
 const std::string kBin = CANOPY_BIN_DIR;
 
-// The line of `text` that starts with `prefix` ("" when none).
+// The first line of `text` holding `prefix`, from `prefix` on (a log line's own prefix dropped; "" when
+// none).
 std::string line_of(const std::string& text, const std::string& prefix) {
   std::istringstream in(text);
   for (std::string line; std::getline(in, line);)

@@ -386,10 +386,10 @@ void attack_board(SoundPlan plan, bool sandboxed) {
   // ducks it (a stream above it running: the cluster's chime), said once.
   for (bool said = false;;) {
     run();
-    if (board && slot.ok() && !said && board->target(*slot, audio::monotonic_ns()).db < 0) {
-      said = true;
-      std::fprintf(stderr, "hostile: its stream ducked by the board to %.1f dB\n",
-                   board->target(*slot, audio::monotonic_ns()).db);
+    if (board && slot.ok() && !said) {
+      const double db = board->target(*slot, audio::monotonic_ns()).db;
+      said = db < 0;
+      if (said) std::fprintf(stderr, "hostile: its stream ducked by the board to %.1f dB\n", db);
     }
     ::poll(nullptr, 0, 20);
   }
